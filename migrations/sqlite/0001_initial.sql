@@ -1,0 +1,68 @@
+-- Metadata of the registry: repositories, blobs and their links, manifests (verbatim bytes), tags,
+-- and upload sessions. Blob bytes live on disk, never here.
+
+CREATE TABLE repositories (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    visibility  TEXT NOT NULL DEFAULT 'private' CHECK (visibility IN ('private', 'public')),
+    created_at  INTEGER NOT NULL
+);
+
+-- A blob the node has verified and stored; its file is blobs/<alg>/<xx>/<hex>.
+CREATE TABLE blobs (
+    digest      TEXT PRIMARY KEY,
+    size        INTEGER NOT NULL CHECK (size >= 0),
+    created_at  INTEGER NOT NULL
+);
+
+-- Which repositories may serve which blobs.
+CREATE TABLE repository_blobs (
+    repository_id INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+    digest        TEXT NOT NULL REFERENCES blobs(digest),
+    created_at    INTEGER NOT NULL,
+    PRIMARY KEY (repository_id, digest)
+) WITHOUT ROWID;
+CREATE INDEX repository_blobs_by_digest ON repository_blobs(digest);
+
+CREATE TABLE manifests (
+    repository_id INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+    digest        TEXT NOT NULL,
+    media_type    TEXT NOT NULL,
+    artifact_type TEXT,
+    subject       TEXT,
+    annotations   TEXT,
+    content       BLOB NOT NULL,
+    created_at    INTEGER NOT NULL,
+    PRIMARY KEY (repository_id, digest)
+);
+CREATE INDEX manifests_by_subject ON manifests(repository_id, subject) WHERE subject IS NOT NULL;
+
+-- What each manifest references: blobs (config, layers) and manifests (index children).
+CREATE TABLE manifest_references (
+    repository_id   INTEGER NOT NULL,
+    manifest_digest TEXT NOT NULL,
+    child_digest    TEXT NOT NULL,
+    kind            TEXT NOT NULL CHECK (kind IN ('blob', 'manifest')),
+    PRIMARY KEY (repository_id, manifest_digest, child_digest),
+    FOREIGN KEY (repository_id, manifest_digest)
+        REFERENCES manifests(repository_id, digest) ON DELETE CASCADE
+) WITHOUT ROWID;
+
+-- A tag can only point at a manifest that exists: deleting the manifest deletes its tags.
+CREATE TABLE tags (
+    repository_id   INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+    name            TEXT NOT NULL,
+    manifest_digest TEXT NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    PRIMARY KEY (repository_id, name),
+    FOREIGN KEY (repository_id, manifest_digest)
+        REFERENCES manifests(repository_id, digest) ON DELETE CASCADE
+) WITHOUT ROWID;
+
+-- Upload sessions; the data itself is uploads/<id>.
+CREATE TABLE upload_sessions (
+    id          TEXT PRIMARY KEY,
+    repository  TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);

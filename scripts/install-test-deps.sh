@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs, idempotently, every independent client the test suite drives:
+# Debian's registry clients, the OCI conformance suite and Go clients built from the Go module
+# proxy, and oras from PyPI. Safe to run again; skips what is already there.
+set -euo pipefail
+
+CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
+REGCLIENT_VERSION=v0.11.7
+CRANE_VERSION=v0.22.1
+export GOBIN="${GOBIN:-$HOME/go/bin}"
+export PATH="$GOBIN:$PATH"
+
+need_apt=()
+for pair in skopeo:skopeo podman:podman buildah:buildah umoci:umoci containerd:containerd \
+            ctr:containerd docker-registry:docker-registry wrk:wrk jq:jq; do
+  cmd=${pair%%:*}; pkg=${pair##*:}
+  command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" fuse-overlayfs uidmap >/dev/null
+fi
+
+go_tool() { # name module@version
+  if [ ! -x "$GOBIN/$1" ]; then
+    echo "building $2"
+    go install "$2"
+  fi
+}
+go_tool conformance "github.com/opencontainers/distribution-spec/conformance@${CONFORMANCE_VERSION}"
+# The suite's binary is named after its package directory; keep a stable name.
+[ -x "$GOBIN/conformance.test" ] || true
+go_tool regctl "github.com/regclient/regclient/cmd/regctl@${REGCLIENT_VERSION}"
+go_tool crane "github.com/google/go-containerregistry/cmd/crane@${CRANE_VERSION}"
+
+python3 -c 'import oras' 2>/dev/null || { echo "installing oras (PyPI)"; pip install -q 'oras>=0.2,<0.3'; }
+echo "test dependencies ready"

@@ -1,0 +1,55 @@
+//! `GET|HEAD|DELETE /v2/<name>/blobs/<digest>`.
+
+use super::errors::{ApiError, ApiResult, Code};
+use super::range::{parse_range, RangeError, RangeRequest};
+use super::{header, parse_digest};
+use crate::registry::Registry;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse};
+use std::io::SeekFrom;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+/// Read size when streaming a blob: big enough that a 1 GiB pull is a few thousand reads.
+const READ_CHUNK: usize = 256 * 1024;
+
+pub async fn get(req: &HttpRequest, reg: &Registry, name: &str, digest: &str) -> ApiResult<HttpResponse> {
+    let digest = parse_digest(digest)?;
+    let (file, len) = reg.open_blob(name, &digest).await?;
+    let range = parse_range(header(req, "range"), len).map_err(|e| {
+        let code = match e {
+            RangeError::Malformed(_) | RangeError::Unsatisfiable(..) => Code::RangeInvalid,
+        };
+        ApiError::new(code, e.to_string()).with_header("Content-Range", format!("bytes */{len}"))
+    })?;
+    let (status, start, count) = match range {
+        RangeRequest::Full => (StatusCode::OK, 0, len),
+        RangeRequest::Partial(r) => (StatusCode::PARTIAL_CONTENT, r.start, r.end - r.start + 1),
+    };
+    let mut resp = HttpResponse::build(status);
+    resp.insert_header(("Docker-Content-Digest", digest.to_string()))
+        .insert_header(("ETag", format!("\"{digest}\"")))
+        .insert_header(("Accept-Ranges", "bytes"))
+        .content_type("application/octet-stream");
+    if status == StatusCode::PARTIAL_CONTENT {
+        resp.insert_header(("Content-Range", format!("bytes {}-{}/{}", start, start + count - 1, len)));
+    }
+    let mut file = tokio::fs::File::from_std(file);
+    if start > 0 {
+        file.seek(SeekFrom::Start(start))
+            .await
+            .map_err(|e| ApiError::new(Code::Internal, format!("seeking in blob {digest}: {e}")))?;
+    }
+    // HEAD shares this path: actix sends the headers, including Content-Length, and no body.
+    let stream = ReaderStream::with_capacity(file.take(count), READ_CHUNK);
+    Ok(resp.no_chunking(count).streaming(stream))
+}
+
+pub async fn delete(reg: &Registry, name: &str, digest: &str) -> ApiResult<HttpResponse> {
+    let digest = parse_digest(digest)?;
+    if reg.meta.unlink_blob(name, &digest).await? {
+        Ok(HttpResponse::Accepted().finish())
+    } else {
+        Err(ApiError::new(Code::BlobUnknown, format!("blob {digest} is not in {name}")))
+    }
+}

@@ -1,0 +1,69 @@
+//! Node configuration: command-line flags, `AF_*` environment variables and an optional TOML file,
+//! in that order of precedence, over built-in defaults.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_API: &str = "0.0.0.0:5000";
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
+/// What `af registry serve` runs with, after merging every source.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub api: SocketAddr,
+    pub data_dir: PathBuf,
+    pub sparse_manifests: bool,
+}
+
+/// The optional TOML file: every key is optional and named like its flag.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    pub api: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub sparse_manifests: Option<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} is invalid: {source}")]
+    Parse { path: String, source: toml::de::Error },
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })
+    }
+}
+
+impl ServeConfig {
+    /// Merges flag/env values (already combined by clap) over the file over the defaults.
+    pub fn merge(api: Option<SocketAddr>, data_dir: Option<PathBuf>, sparse_manifests: Option<bool>, file: FileConfig) -> Self {
+        ServeConfig {
+            api: api.or(file.api).unwrap_or_else(|| DEFAULT_API.parse().expect("default address")),
+            data_dir: data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            sparse_manifests: sparse_manifests.or(file.sparse_manifests).unwrap_or(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_beats_defaults() {
+        let file: FileConfig = toml::from_str("api = \"127.0.0.1:6000\"\ndata-dir = \"/srv/af\"").unwrap();
+        let c = ServeConfig::merge(None, Some("/flag".into()), None, file);
+        assert_eq!(c.api, "127.0.0.1:6000".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("/flag"));
+        let d = ServeConfig::merge(None, None, None, FileConfig::default());
+        assert_eq!(d.api, DEFAULT_API.parse().unwrap());
+        assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+    }
+}

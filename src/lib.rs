@@ -1,0 +1,12 @@
+//! af-registry: an OCI container registry node whose layers are IPFS content.
+//! See ARCHITECTURE.md for the map of these modules.
+
+pub mod api;
+pub mod config;
+pub mod digest;
+pub mod manifest;
+pub mod metadata;
+pub mod names;
+pub mod registry;
+pub mod server;
+pub mod storage;

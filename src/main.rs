@@ -1,0 +1,69 @@
+//! The `af` binary: command-line parsing, logging set-up and error reporting. Everything else is
+//! in the library.
+
+use af_registry::config::{FileConfig, ServeConfig};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "af", version, about = "af: a decentralized container registry node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Registry node and its administration.
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Run a registry node.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address of the OCI Distribution API [default: 0.0.0.0:5000].
+    #[arg(long, env = "AF_API")]
+    api: Option<SocketAddr>,
+    /// Directory for blobs, uploads and the metadata database [default: ./data].
+    #[arg(long, env = "AF_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Accept manifests whose layers or child manifests are not in the repository (sparse
+    /// mirrors of multi-arch images) [default: false: refused with MANIFEST_BLOB_UNKNOWN].
+    #[arg(long, env = "AF_SPARSE_MANIFESTS", num_args = 0..=1, default_missing_value = "true")]
+    sparse_manifests: Option<bool>,
+    /// Optional TOML file with the same settings (kebab-case keys); flags and AF_* win over it.
+    #[arg(long, env = "AF_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AF_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Registry { command: RegistryCommand::Serve(args) } => {
+            let file = match &args.config {
+                Some(path) => FileConfig::load(path)?,
+                None => FileConfig::default(),
+            };
+            let config = ServeConfig::merge(args.api, args.data_dir, args.sparse_manifests, file);
+            actix_web::rt::System::new()
+                .block_on(af_registry::server::serve(config))
+                .context("registry node stopped")
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The metadata store: repositories, blob links, manifests, tags, referrers and upload sessions.
+//!
+//! [`MetadataStore`] is the seam; SQLite ([`sqlite::SqliteStore`]) is the embedded default. Every
+//! method is one transaction: callers never see a half-applied change.
+
+pub mod sqlite;
+
+use crate::digest::Digest;
+use async_trait::async_trait;
+use bytes::Bytes;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    /// The database cannot be reached right now; the request may be retried.
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
+    #[error("metadata store failed: {0}")]
+    Backend(String),
+    #[error("metadata store holds an invalid value: {0}")]
+    Corrupt(String),
+}
+
+pub type MetaResult<T> = Result<T, MetadataError>;
+
+/// A manifest as stored: its verbatim bytes plus what the API needs without reparsing them.
+#[derive(Debug, Clone)]
+pub struct ManifestRecord {
+    pub digest: Digest,
+    pub media_type: String,
+    /// `artifactType`, or for an image manifest without one its config's media type.
+    pub artifact_type: Option<String>,
+    pub subject: Option<Digest>,
+    /// The manifest's `annotations` object as JSON text, for referrers descriptors.
+    pub annotations: Option<String>,
+    pub content: Bytes,
+}
+
+/// A manifest to store, with what it references and the tags to point at it.
+#[derive(Debug, Clone)]
+pub struct NewManifest {
+    pub record: ManifestRecord,
+    /// Blobs that must be linked to the repository (config, distributable layers).
+    pub blobs: Vec<Digest>,
+    /// Manifests that must exist in the repository (index children).
+    pub manifests: Vec<Digest>,
+    pub tags: Vec<String>,
+    /// Whether `blobs` and `manifests` must be present (false: a sparse manifest is accepted and
+    /// its references are still recorded).
+    pub require_references: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutManifestOutcome {
+    Stored,
+    /// A referenced blob or manifest is not in the repository; nothing was stored.
+    MissingReference(Digest),
+}
+
+#[derive(Debug, Clone)]
+pub enum Reference {
+    Tag(String),
+    Digest(Digest),
+}
+
+/// One entry of a referrers response.
+#[derive(Debug, Clone)]
+pub struct Referrer {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UploadSession {
+    pub id: Uuid,
+    pub repository: String,
+}
+
+/// A page of a sorted listing: items after `last` (exclusive), at most `limit` of them.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub last: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// Contract shared by every backend:
+/// - Names and digests passed in are already validated.
+/// - A blob is visible in a repository (via [`MetadataStore::blob_size`]) only after
+///   [`MetadataStore::commit_blob`] or a mount linked it, and only while its file exists.
+/// - A tag always points at a manifest that exists in the same repository.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Size of a blob if it is linked to `repo`.
+    async fn blob_size(&self, repo: &str, digest: &Digest) -> MetaResult<Option<u64>>;
+    /// Records a verified, published blob, links it to `repo` and ends `upload` if given.
+    async fn commit_blob(&self, repo: &str, digest: &Digest, size: u64, upload: Option<Uuid>) -> MetaResult<()>;
+    /// Links a blob already linked to `from` (or, with `from` = None, to any repository) into
+    /// `repo`. Returns its size, or None when the source does not hold it.
+    async fn mount_blob(&self, repo: &str, from: Option<&str>, digest: &Digest) -> MetaResult<Option<u64>>;
+    /// Removes the link between `repo` and a blob; true if there was one.
+    async fn unlink_blob(&self, repo: &str, digest: &Digest) -> MetaResult<bool>;
+
+    async fn create_upload(&self, repo: &str, id: Uuid) -> MetaResult<()>;
+    async fn get_upload(&self, id: Uuid) -> MetaResult<Option<UploadSession>>;
+    async fn touch_upload(&self, id: Uuid) -> MetaResult<()>;
+    async fn delete_upload(&self, id: Uuid) -> MetaResult<bool>;
+    async fn list_uploads(&self) -> MetaResult<Vec<UploadSession>>;
+
+    async fn put_manifest(&self, repo: &str, manifest: NewManifest) -> MetaResult<PutManifestOutcome>;
+    async fn get_manifest(&self, repo: &str, reference: &Reference) -> MetaResult<Option<ManifestRecord>>;
+    /// Deletes a manifest and every tag pointing at it; true if it existed.
+    async fn delete_manifest(&self, repo: &str, digest: &Digest) -> MetaResult<bool>;
+    async fn delete_tag(&self, repo: &str, tag: &str) -> MetaResult<bool>;
+    /// Tags of `repo` in lexical order, or None when the repository is unknown.
+    async fn list_tags(&self, repo: &str, page: &Page) -> MetaResult<Option<Vec<String>>>;
+    async fn list_repositories(&self, page: &Page) -> MetaResult<Vec<String>>;
+    async fn referrers(&self, repo: &str, subject: &Digest) -> MetaResult<Vec<Referrer>>;
+}

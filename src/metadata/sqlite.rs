@@ -1,0 +1,491 @@
+//! The embedded metadata store: SQLite in WAL mode, one file in the data directory.
+//!
+//! rusqlite is synchronous, so every call runs on a blocking thread with a connection taken from a
+//! small pool. Writes use `BEGIN IMMEDIATE` so that concurrent writers queue on SQLite's lock
+//! instead of failing half-way through a read-then-write transaction.
+
+use super::*;
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_initial.sql"))];
+const POOL_SIZE: usize = 4;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: tokio::sync::Semaphore,
+}
+
+fn backend(e: rusqlite::Error) -> MetadataError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+        {
+            MetadataError::Unavailable(e.to_string())
+        }
+        other => MetadataError::Backend(other.to_string()),
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+    )?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+    let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (version, sql) in MIGRATIONS {
+        if *version > current {
+            tx.execute_batch(sql)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {version}"))?;
+        }
+    }
+    tx.commit()
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub fn open(path: &Path) -> MetaResult<Arc<Self>> {
+        let mut first = open_connection(path).map_err(backend)?;
+        migrate(&mut first).map_err(backend)?;
+        let mut idle = vec![first];
+        for _ in 1..POOL_SIZE {
+            idle.push(open_connection(path).map_err(backend)?);
+        }
+        Ok(Arc::new(SqliteStore {
+            path: path.to_path_buf(),
+            idle: Mutex::new(idle),
+            permits: tokio::sync::Semaphore::new(POOL_SIZE),
+        }))
+    }
+
+    async fn with<T, F>(&self, f: F) -> MetaResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> MetaResult<T> + Send + 'static,
+    {
+        let _permit = self.permits.acquire().await.map_err(|e| MetadataError::Unavailable(e.to_string()))?;
+        let conn = self.idle.lock().expect("pool lock").pop();
+        let mut conn = match conn {
+            Some(c) => c,
+            None => open_connection(&self.path).map_err(backend)?,
+        };
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let r = f(&mut conn);
+            (conn, r)
+        })
+        .await
+        .map_err(|e| MetadataError::Backend(e.to_string()))?;
+        self.idle.lock().expect("pool lock").push(conn);
+        result
+    }
+
+    async fn write<T, F>(&self, f: F) -> MetaResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> MetaResult<T> + Send + 'static,
+    {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(backend)?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn ensure_repo(tx: &Transaction<'_>, name: &str) -> MetaResult<i64> {
+    tx.execute(
+        "INSERT INTO repositories (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+        params![name, now()],
+    )
+    .map_err(backend)?;
+    tx.query_row("SELECT id FROM repositories WHERE name = ?1", [name], |r| r.get(0)).map_err(backend)
+}
+
+fn repo_id(conn: &Connection, name: &str) -> MetaResult<Option<i64>> {
+    conn.prepare_cached("SELECT id FROM repositories WHERE name = ?1")
+        .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
+        .map_err(backend)
+}
+
+fn parse_digest(s: String) -> MetaResult<Digest> {
+    s.parse().map_err(|e| MetadataError::Corrupt(format!("{e}")))
+}
+
+fn link_blob(tx: &Transaction<'_>, repo: i64, digest: &str) -> MetaResult<()> {
+    tx.execute(
+        "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT DO NOTHING",
+        params![repo, digest, now()],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn page_sql(base: &str, key: &str, page: &Page) -> String {
+    // With no `last`, '' sorts before every (non-empty) name, so one statement serves both cases.
+    let mut sql = format!("{base} AND {key} > ?2 ORDER BY {key}");
+    if let Some(n) = page.limit {
+        sql.push_str(&format!(" LIMIT {n}"));
+    }
+    sql
+}
+
+#[async_trait]
+impl MetadataStore for SqliteStore {
+    async fn blob_size(&self, repo: &str, digest: &Digest) -> MetaResult<Option<u64>> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.with(move |c| {
+            c.prepare_cached(
+                "SELECT b.size FROM blobs b
+                 JOIN repository_blobs rb ON rb.digest = b.digest
+                 JOIN repositories r ON r.id = rb.repository_id
+                 WHERE r.name = ?1 AND b.digest = ?2",
+            )
+            .and_then(|mut s| s.query_row(params![repo, digest], |r| r.get::<_, i64>(0)).optional())
+            .map(|o| o.map(|n| n as u64))
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn commit_blob(&self, repo: &str, digest: &Digest, size: u64, upload: Option<Uuid>) -> MetaResult<()> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |tx| {
+            let id = ensure_repo(tx, &repo)?;
+            tx.execute(
+                "INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![digest, size as i64, now()],
+            )
+            .map_err(backend)?;
+            link_blob(tx, id, &digest)?;
+            if let Some(u) = upload {
+                tx.execute("DELETE FROM upload_sessions WHERE id = ?1", [u.to_string()]).map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mount_blob(&self, repo: &str, from: Option<&str>, digest: &Digest) -> MetaResult<Option<u64>> {
+        let (repo, from, digest) = (repo.to_string(), from.map(str::to_string), digest.to_string());
+        self.write(move |tx| {
+            let size: Option<i64> = match &from {
+                Some(from) => tx
+                    .query_row(
+                        "SELECT b.size FROM blobs b
+                         JOIN repository_blobs rb ON rb.digest = b.digest
+                         JOIN repositories r ON r.id = rb.repository_id
+                         WHERE r.name = ?1 AND b.digest = ?2",
+                        params![from, digest],
+                        |r| r.get(0),
+                    )
+                    .optional(),
+                None => tx
+                    .query_row(
+                        "SELECT b.size FROM blobs b WHERE b.digest = ?1
+                         AND EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)",
+                        params![digest],
+                        |r| r.get(0),
+                    )
+                    .optional(),
+            }
+            .map_err(backend)?;
+            let Some(size) = size else { return Ok(None) };
+            let id = ensure_repo(tx, &repo)?;
+            link_blob(tx, id, &digest)?;
+            Ok(Some(size as u64))
+        })
+        .await
+    }
+
+    async fn unlink_blob(&self, repo: &str, digest: &Digest) -> MetaResult<bool> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |tx| {
+            let n = tx
+                .execute(
+                    "DELETE FROM repository_blobs WHERE digest = ?2
+                     AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
+                    params![repo, digest],
+                )
+                .map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn create_upload(&self, repo: &str, id: Uuid) -> MetaResult<()> {
+        let repo = repo.to_string();
+        self.write(move |tx| {
+            let t = now();
+            tx.execute(
+                "INSERT INTO upload_sessions (id, repository, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+                params![id.to_string(), repo, t],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_upload(&self, id: Uuid) -> MetaResult<Option<UploadSession>> {
+        self.with(move |c| {
+            c.prepare_cached("SELECT repository FROM upload_sessions WHERE id = ?1")
+                .and_then(|mut s| s.query_row([id.to_string()], |r| r.get::<_, String>(0)).optional())
+                .map(|o| o.map(|repository| UploadSession { id, repository }))
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn touch_upload(&self, id: Uuid) -> MetaResult<()> {
+        self.write(move |tx| {
+            tx.execute("UPDATE upload_sessions SET updated_at = ?2 WHERE id = ?1", params![id.to_string(), now()])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_upload(&self, id: Uuid) -> MetaResult<bool> {
+        self.write(move |tx| {
+            let n = tx.execute("DELETE FROM upload_sessions WHERE id = ?1", [id.to_string()]).map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn list_uploads(&self) -> MetaResult<Vec<UploadSession>> {
+        self.with(|c| {
+            let mut s = c.prepare("SELECT id, repository FROM upload_sessions").map_err(backend)?;
+            let rows = s
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, repository) = row.map_err(backend)?;
+                let id = Uuid::parse_str(&id).map_err(|e| MetadataError::Corrupt(e.to_string()))?;
+                out.push(UploadSession { id, repository });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_manifest(&self, repo: &str, m: NewManifest) -> MetaResult<PutManifestOutcome> {
+        let repo = repo.to_string();
+        self.write(move |tx| {
+            let id = ensure_repo(tx, &repo)?;
+            for b in m.blobs.iter().filter(|_| m.require_references) {
+                let linked: bool = tx
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2)",
+                        params![id, b.to_string()],
+                        |r| r.get(0),
+                    )
+                    .map_err(backend)?;
+                if !linked {
+                    return Ok(PutManifestOutcome::MissingReference(b.clone()));
+                }
+            }
+            for child in m.manifests.iter().filter(|_| m.require_references) {
+                let present: bool = tx
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM manifests WHERE repository_id = ?1 AND digest = ?2)",
+                        params![id, child.to_string()],
+                        |r| r.get(0),
+                    )
+                    .map_err(backend)?;
+                if !present {
+                    return Ok(PutManifestOutcome::MissingReference(child.clone()));
+                }
+            }
+            let r = &m.record;
+            let digest = r.digest.to_string();
+            tx.execute(
+                "INSERT INTO manifests
+                   (repository_id, digest, media_type, artifact_type, subject, annotations, content, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+                params![
+                    id,
+                    digest,
+                    r.media_type,
+                    r.artifact_type,
+                    r.subject.as_ref().map(|s| s.to_string()),
+                    r.annotations,
+                    &r.content[..],
+                    now()
+                ],
+            )
+            .map_err(backend)?;
+            for (kind, list) in [("blob", &m.blobs), ("manifest", &m.manifests)] {
+                for child in list {
+                    tx.execute(
+                        "INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, kind)
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                        params![id, digest, child.to_string(), kind],
+                    )
+                    .map_err(backend)?;
+                }
+            }
+            for tag in &m.tags {
+                tx.execute(
+                    "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (repository_id, name)
+                     DO UPDATE SET manifest_digest = excluded.manifest_digest, updated_at = excluded.updated_at",
+                    params![id, tag, digest, now()],
+                )
+                .map_err(backend)?;
+            }
+            Ok(PutManifestOutcome::Stored)
+        })
+        .await
+    }
+
+    async fn get_manifest(&self, repo: &str, reference: &Reference) -> MetaResult<Option<ManifestRecord>> {
+        let repo = repo.to_string();
+        let reference = reference.clone();
+        self.with(move |c| {
+            const COLS: &str = "m.digest, m.media_type, m.artifact_type, m.subject, m.annotations, m.content";
+            let row = match &reference {
+                Reference::Digest(d) => c
+                    .prepare_cached(&format!(
+                        "SELECT {COLS} FROM manifests m JOIN repositories r ON r.id = m.repository_id
+                         WHERE r.name = ?1 AND m.digest = ?2"
+                    ))
+                    .and_then(|mut s| s.query_row(params![repo, d.to_string()], read_manifest_row).optional()),
+                Reference::Tag(t) => c
+                    .prepare_cached(&format!(
+                        "SELECT {COLS} FROM tags t
+                         JOIN repositories r ON r.id = t.repository_id
+                         JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest
+                         WHERE r.name = ?1 AND t.name = ?2"
+                    ))
+                    .and_then(|mut s| s.query_row(params![repo, t], read_manifest_row).optional()),
+            }
+            .map_err(backend)?;
+            row.map(|(digest, media_type, artifact_type, subject, annotations, content)| {
+                Ok(ManifestRecord {
+                    digest: parse_digest(digest)?,
+                    media_type,
+                    artifact_type,
+                    subject: subject.map(parse_digest).transpose()?,
+                    annotations,
+                    content: Bytes::from(content),
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn delete_manifest(&self, repo: &str, digest: &Digest) -> MetaResult<bool> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |tx| {
+            let n = tx
+                .execute(
+                    "DELETE FROM manifests WHERE digest = ?2
+                     AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
+                    params![repo, digest],
+                )
+                .map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn delete_tag(&self, repo: &str, tag: &str) -> MetaResult<bool> {
+        let (repo, tag) = (repo.to_string(), tag.to_string());
+        self.write(move |tx| {
+            let n = tx
+                .execute(
+                    "DELETE FROM tags WHERE name = ?2
+                     AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
+                    params![repo, tag],
+                )
+                .map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn list_tags(&self, repo: &str, page: &Page) -> MetaResult<Option<Vec<String>>> {
+        let (repo, page) = (repo.to_string(), page.clone());
+        self.with(move |c| {
+            let Some(id) = repo_id(c, &repo)? else { return Ok(None) };
+            let sql = page_sql("SELECT name FROM tags WHERE repository_id = ?1", "name", &page);
+            let mut s = c.prepare_cached(&sql).map_err(backend)?;
+            let last = page.last.clone().unwrap_or_default();
+            let rows = s.query_map(params![id, last], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<Result<Vec<String>, _>>().map(Some).map_err(backend)
+        })
+        .await
+    }
+
+    async fn list_repositories(&self, page: &Page) -> MetaResult<Vec<String>> {
+        let page = page.clone();
+        self.with(move |c| {
+            // A repository is listed once it holds a manifest or a blob.
+            let base = "SELECT name FROM repositories r WHERE ?1 = ?1 AND (
+                EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)
+                OR EXISTS (SELECT 1 FROM repository_blobs b WHERE b.repository_id = r.id))";
+            let sql = page_sql(base, "name", &page);
+            let mut s = c.prepare_cached(&sql).map_err(backend)?;
+            let last = page.last.clone().unwrap_or_default();
+            let rows = s.query_map(params![0, last], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn referrers(&self, repo: &str, subject: &Digest) -> MetaResult<Vec<Referrer>> {
+        let (repo, subject) = (repo.to_string(), subject.to_string());
+        self.with(move |c| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT m.digest, m.media_type, length(m.content), m.artifact_type, m.annotations
+                     FROM manifests m JOIN repositories r ON r.id = m.repository_id
+                     WHERE r.name = ?1 AND m.subject = ?2 ORDER BY m.digest",
+                )
+                .map_err(backend)?;
+            let rows = s
+                .query_map(params![repo, subject], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                    ))
+                })
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (digest, media_type, size, artifact_type, annotations) = row.map_err(backend)?;
+                out.push(Referrer { digest: parse_digest(digest)?, media_type, size: size as u64, artifact_type, annotations });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+type ManifestRow = (String, String, Option<String>, Option<String>, Option<String>, Vec<u8>);
+
+fn read_manifest_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ManifestRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+}

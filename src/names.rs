@@ -1,0 +1,53 @@
+//! Repository names and tags, validated by the grammar of the OCI distribution spec.
+//! A repository name never becomes a file path; it is only ever a key in the metadata store.
+
+use std::sync::LazyLock;
+
+static NAME: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(
+        r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$",
+    )
+    .expect("static regex")
+});
+
+static TAG: LazyLock<regex::Regex> =
+    LazyLock::new(|| regex::Regex::new(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$").expect("static regex"));
+
+/// Longest repository name accepted; distribution uses the same bound so names fit in a URL.
+pub const MAX_NAME_LEN: usize = 255;
+
+pub fn is_valid_name(name: &str) -> bool {
+    name.len() <= MAX_NAME_LEN && NAME.is_match(name)
+}
+
+pub fn is_valid_tag(tag: &str) -> bool {
+    TAG.is_match(tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_spec_grammar() {
+        for ok in ["a", "library/ubuntu", "org/team/app", "a-b__c.d/e--f", "0"] {
+            assert!(is_valid_name(ok), "{ok}");
+        }
+        for bad in ["", "A", "a/", "/a", "a//b", "..", "a/../b", "a/./b", "a___b", "a.-b", "-a", "a b", "a%2fb"] {
+            assert!(!is_valid_name(bad), "{bad}");
+        }
+        assert!(!is_valid_name(&"a".repeat(256)));
+    }
+
+    #[test]
+    fn tags_follow_the_spec_grammar() {
+        assert!(is_valid_tag("latest"));
+        assert!(is_valid_tag("_v1.0-RC"));
+        assert!(is_valid_tag(&"a".repeat(128)));
+        assert!(!is_valid_tag(&"a".repeat(129)));
+        assert!(!is_valid_tag(".hidden"));
+        assert!(!is_valid_tag("-x"));
+        assert!(!is_valid_tag("a/b"));
+        assert!(!is_valid_tag("sha256:abc"));
+    }
+}

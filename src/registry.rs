@@ -1,0 +1,330 @@
+//! The registry core: what a push or a pull means, independent of HTTP.
+//!
+//! It owns the rules that span the blob store and the metadata store: a blob becomes visible only
+//! after its bytes were hashed, fsync'd, renamed into place and the metadata committed; an upload
+//! session is served by one request at a time; a manifest is stored only when what it references
+//! is present.
+
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::manifest::{self, ManifestError};
+use crate::metadata::{
+    ManifestRecord, MetadataError, MetadataStore, NewManifest, PutManifestOutcome, Reference,
+};
+use crate::storage::{append_stream, BlobStore, StorageError};
+use bytes::Bytes;
+use futures_util::Stream;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("upload {0} is unknown")]
+    UploadUnknown(Uuid),
+    #[error("chunk starts at {start} but the upload holds {offset} bytes")]
+    ChunkOutOfOrder { start: u64, offset: u64 },
+    #[error("Content-Range covers {expected} bytes but {received} arrived")]
+    ChunkLength { expected: u64, received: u64 },
+    #[error("content digest is {actual}, not {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("request body broke off: {0}")]
+    Body(String),
+    #[error("blob {0} is unknown")]
+    BlobUnknown(Digest),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("manifest references {0}, which is not in this repository")]
+    ManifestReference(Digest),
+    #[error("the reference's digest is {expected} but the manifest's is {actual}")]
+    ManifestDigest { expected: Digest, actual: Digest },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+}
+
+pub type Result<T> = std::result::Result<T, RegistryError>;
+
+/// The sha256 state of an upload at a given offset, so chunks are hashed as they arrive and never
+/// reread. Lost on restart and rebuilt from the file then.
+struct SessionState {
+    hashed: Option<(u64, Hasher)>,
+}
+
+type SessionLock = Arc<tokio::sync::Mutex<SessionState>>;
+
+pub struct Registry {
+    pub meta: Arc<dyn MetadataStore>,
+    pub blobs: BlobStore,
+    /// Accept manifests whose blobs or child manifests are absent (partial mirrors of multi-arch
+    /// images); by default they are refused with MANIFEST_BLOB_UNKNOWN.
+    pub sparse_manifests: bool,
+    sessions: Mutex<HashMap<Uuid, SessionLock>>,
+}
+
+/// Where a chunk claims to start (`Content-Range`), and how long it says it is.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkRange {
+    pub start: u64,
+    pub end_inclusive: u64,
+}
+
+/// A request body: any stream of byte chunks.
+pub trait Body: Stream<Item = std::result::Result<Bytes, Self::Error>> + Unpin {
+    type Error: std::fmt::Display;
+}
+impl<S, E: std::fmt::Display> Body for S
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+{
+    type Error = E;
+}
+
+impl Registry {
+    /// Opens the registry and reconciles uploads: a data file without a session row, or a session
+    /// without a data file, is the remains of a crash and is removed.
+    pub async fn open(meta: Arc<dyn MetadataStore>, blobs: BlobStore) -> Result<Self> {
+        let sessions = meta.list_uploads().await?;
+        let known: std::collections::HashSet<Uuid> = sessions.iter().map(|s| s.id).collect();
+        let mut on_disk = std::collections::HashSet::new();
+        for (id, path) in blobs.list_uploads()? {
+            if known.contains(&id) {
+                on_disk.insert(id);
+            } else {
+                tracing::info!(path = %path.display(), "removing upload data without a session");
+                std::fs::remove_file(&path)
+                    .map_err(|source| StorageError::Io { path: path.display().to_string(), source })?;
+            }
+        }
+        for s in &sessions {
+            if !on_disk.contains(&s.id) {
+                tracing::info!(upload = %s.id, "removing upload session without data");
+                meta.delete_upload(s.id).await?;
+            }
+        }
+        Ok(Registry { meta, blobs, sparse_manifests: false, sessions: Mutex::new(HashMap::new()) })
+    }
+
+    fn session_lock(&self, id: Uuid) -> SessionLock {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .entry(id)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(SessionState { hashed: None })))
+            .clone()
+    }
+
+    fn forget_session(&self, id: Uuid) {
+        self.sessions.lock().expect("sessions lock").remove(&id);
+    }
+
+    pub async fn start_upload(&self, repo: &str) -> Result<Uuid> {
+        let id = Uuid::new_v4();
+        // Row first: a data file without a row is swept at start, so a crash between the two
+        // leaves nothing behind.
+        self.meta.create_upload(repo, id).await?;
+        if let Err(e) = self.blobs.create_upload(&id) {
+            self.meta.delete_upload(id).await?;
+            return Err(e.into());
+        }
+        Ok(id)
+    }
+
+    async fn check_session(&self, repo: &str, id: Uuid) -> Result<()> {
+        match self.meta.get_upload(id).await? {
+            Some(s) if s.repository == repo => Ok(()),
+            _ => Err(RegistryError::UploadUnknown(id)),
+        }
+    }
+
+    /// Bytes received so far by an upload.
+    pub async fn upload_offset(&self, repo: &str, id: Uuid) -> Result<u64> {
+        self.check_session(repo, id).await?;
+        let lock = self.session_lock(id);
+        let _guard = lock.lock().await;
+        self.blobs.upload_len(&id)?.ok_or(RegistryError::UploadUnknown(id))
+    }
+
+    /// The sha256 state matching the file's current length, rebuilt from disk when unknown.
+    async fn current_hash(&self, id: Uuid, state: &mut SessionState) -> Result<(u64, Hasher)> {
+        let len = self.blobs.upload_len(&id)?.ok_or(RegistryError::UploadUnknown(id))?;
+        if let Some((off, h)) = state.hashed.take() {
+            if off == len {
+                return Ok((off, h));
+            }
+        }
+        let store = self.blobs.clone();
+        let (off, h) = tokio::task::spawn_blocking(move || store.hash_upload(&id, Algorithm::Sha256))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))??;
+        Ok((off, h))
+    }
+
+    async fn append_locked<B: Body>(
+        &self,
+        id: Uuid,
+        state: &mut SessionState,
+        range: Option<ChunkRange>,
+        body: B,
+    ) -> Result<u64> {
+        let (offset, hasher) = self.current_hash(id, state).await?;
+        if let Some(r) = range {
+            if r.start != offset || r.end_inclusive < r.start {
+                state.hashed = Some((offset, hasher));
+                return Err(RegistryError::ChunkOutOfOrder { start: r.start, offset });
+            }
+        }
+        let out = append_stream(&self.blobs, id, offset, hasher, body).await?;
+        state.hashed = Some((out.len, out.hasher));
+        if let Err(e) = out.result {
+            return Err(RegistryError::Body(e.to_string()));
+        }
+        if let Some(r) = range {
+            let expected = r.end_inclusive - r.start + 1;
+            if out.received != expected {
+                return Err(RegistryError::ChunkLength { expected, received: out.received });
+            }
+        }
+        Ok(out.len)
+    }
+
+    /// Appends a chunk (PATCH). Returns the new offset.
+    pub async fn append<B: Body>(&self, repo: &str, id: Uuid, range: Option<ChunkRange>, body: B) -> Result<u64> {
+        self.check_session(repo, id).await?;
+        let lock = self.session_lock(id);
+        let mut state = lock.lock().await;
+        let len = self.append_locked(id, &mut state, range, body).await?;
+        self.meta.touch_upload(id).await?;
+        Ok(len)
+    }
+
+    /// Completes an upload (PUT): appends the final chunk if any, verifies the digest, publishes
+    /// the blob and commits it. On a digest mismatch the upload is discarded.
+    pub async fn finish_upload<B: Body>(
+        &self,
+        repo: &str,
+        id: Uuid,
+        digest: &Digest,
+        range: Option<ChunkRange>,
+        body: Option<B>,
+    ) -> Result<u64> {
+        self.check_session(repo, id).await?;
+        let lock = self.session_lock(id);
+        let mut state = lock.lock().await;
+        if let Some(body) = body {
+            self.append_locked(id, &mut state, range, body).await?;
+        }
+        let actual = match digest.algorithm() {
+            Algorithm::Sha256 => self.current_hash(id, &mut state).await?.1.finish(),
+            other => {
+                let store = self.blobs.clone();
+                tokio::task::spawn_blocking(move || store.hash_upload(&id, other))
+                    .await
+                    .map_err(|e| StorageError::Task(e.to_string()))??
+                    .1
+                    .finish()
+            }
+        };
+        if &actual != digest {
+            self.discard(id).await?;
+            return Err(RegistryError::DigestMismatch { expected: digest.clone(), actual });
+        }
+        let store = self.blobs.clone();
+        let d = digest.clone();
+        let size = tokio::task::spawn_blocking(move || store.publish(&id, &d))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))??;
+        self.meta.commit_blob(repo, digest, size, Some(id)).await?;
+        drop(state);
+        self.forget_session(id);
+        Ok(size)
+    }
+
+    async fn discard(&self, id: Uuid) -> Result<()> {
+        self.blobs.remove_upload(&id)?;
+        self.meta.delete_upload(id).await?;
+        self.forget_session(id);
+        Ok(())
+    }
+
+    /// Cancels an upload (DELETE on the session).
+    pub async fn cancel_upload(&self, repo: &str, id: Uuid) -> Result<()> {
+        self.check_session(repo, id).await?;
+        let lock = self.session_lock(id);
+        let _guard = lock.lock().await;
+        self.discard(id).await
+    }
+
+    /// A whole blob in one request (POST `?digest=` with a body).
+    pub async fn put_blob<B: Body>(&self, repo: &str, digest: &Digest, body: B) -> Result<u64> {
+        let id = self.start_upload(repo).await?;
+        match self.finish_upload(repo, id, digest, None, Some(body)).await {
+            Ok(size) => Ok(size),
+            Err(e) => {
+                // A failed one-shot upload leaves no session behind for anyone to resume.
+                if let Err(cleanup) = self.discard(id).await {
+                    tracing::warn!(upload = %id, error = %cleanup, "could not discard failed upload");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens a blob of `repo` for reading: the file and its length.
+    pub async fn open_blob(&self, repo: &str, digest: &Digest) -> Result<(std::fs::File, u64)> {
+        if self.meta.blob_size(repo, digest).await?.is_none() {
+            return Err(RegistryError::BlobUnknown(digest.clone()));
+        }
+        match self.blobs.open_blob(digest)? {
+            Some(found) => Ok(found),
+            None => {
+                tracing::error!(%digest, "blob is in the metadata but its file is missing");
+                Err(RegistryError::BlobUnknown(digest.clone()))
+            }
+        }
+    }
+
+    /// Stores a manifest under `reference` (a tag or its digest) plus extra `tags`.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+        mut tags: Vec<String>,
+    ) -> Result<ManifestRecord> {
+        let algorithm = match reference {
+            Reference::Digest(d) => d.algorithm(),
+            Reference::Tag(_) => Algorithm::Sha256,
+        };
+        let digest = Digest::of_bytes(algorithm, &body);
+        match reference {
+            Reference::Digest(d) if d != &digest => {
+                return Err(RegistryError::ManifestDigest { expected: d.clone(), actual: digest })
+            }
+            Reference::Tag(t) => tags.insert(0, t.clone()),
+            Reference::Digest(_) => {}
+        }
+        tags.dedup();
+        let parsed = manifest::parse(content_type, &body)?;
+        let record = ManifestRecord {
+            digest,
+            media_type: parsed.media_type,
+            artifact_type: parsed.artifact_type,
+            subject: parsed.subject,
+            annotations: parsed.annotations,
+            content: body,
+        };
+        let new = NewManifest {
+            record: record.clone(),
+            blobs: parsed.blobs,
+            manifests: parsed.manifests,
+            tags,
+            require_references: !self.sparse_manifests,
+        };
+        match self.meta.put_manifest(repo, new).await? {
+            PutManifestOutcome::Stored => Ok(record),
+            PutManifestOutcome::MissingReference(d) => Err(RegistryError::ManifestReference(d)),
+        }
+    }
+}

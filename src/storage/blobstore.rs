@@ -1,0 +1,179 @@
+use super::{io_err, StorageError};
+use crate::digest::{Algorithm, Digest, Hasher};
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use uuid::Uuid;
+
+/// Content-addressed blob files plus the upload area they are published from.
+///
+/// Contract: a file under `blobs/` is only ever created by [`BlobStore::publish`], which renames a
+/// fully written, fsync'd upload whose digest the caller has verified; so every blob file holds
+/// exactly the bytes its name says.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    blobs: PathBuf,
+    uploads: PathBuf,
+}
+
+/// Read buffer for rehashing files; large enough that syscalls do not dominate.
+const HASH_BUF: usize = 1 << 20;
+
+impl BlobStore {
+    pub fn open(data_dir: &Path) -> Result<Self, StorageError> {
+        let blobs = data_dir.join("blobs");
+        let uploads = data_dir.join("uploads");
+        for d in [&blobs, &uploads] {
+            fs::create_dir_all(d).map_err(io_err(d))?;
+        }
+        Ok(BlobStore { blobs, uploads })
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.blobs.join(digest.algorithm().as_str()).join(&hex[..2]).join(hex)
+    }
+
+    pub fn upload_path(&self, id: &Uuid) -> PathBuf {
+        self.uploads.join(id.as_hyphenated().to_string())
+    }
+
+    /// Creates the empty data file of a new upload.
+    pub fn create_upload(&self, id: &Uuid) -> Result<(), StorageError> {
+        let path = self.upload_path(id);
+        OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_err(&path))?;
+        Ok(())
+    }
+
+    /// The number of bytes an upload holds, or `None` when it has no data file.
+    pub fn upload_len(&self, id: &Uuid) -> Result<Option<u64>, StorageError> {
+        let path = self.upload_path(id);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    pub fn remove_upload(&self, id: &Uuid) -> Result<(), StorageError> {
+        let path = self.upload_path(id);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ids of every upload data file present (for reconciling with the metadata at start).
+    pub fn list_uploads(&self) -> Result<Vec<(Uuid, PathBuf)>, StorageError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.uploads).map_err(io_err(&self.uploads))? {
+            let entry = entry.map_err(io_err(&self.uploads))?;
+            let path = entry.path();
+            let id = entry.file_name().to_str().and_then(|n| Uuid::parse_str(n).ok());
+            match id {
+                Some(id) => out.push((id, path)),
+                // Not ours (or a stray temp file): listed with a nil id so the caller removes it.
+                None => out.push((Uuid::nil(), path)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Hashes the first `len` bytes of an upload's data file: used to rebuild the hash state after
+    /// a restart and for algorithms other than the streamed sha256.
+    pub fn hash_upload(&self, id: &Uuid, algorithm: Algorithm) -> Result<(u64, Hasher), StorageError> {
+        let path = self.upload_path(id);
+        let mut f = File::open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                StorageError::UploadMissing(id.to_string())
+            } else {
+                io_err(&path)(e)
+            }
+        })?;
+        let mut hasher = algorithm.hasher();
+        let mut buf = vec![0u8; HASH_BUF];
+        let mut total = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(io_err(&path))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            total += n as u64;
+        }
+        Ok((total, hasher))
+    }
+
+    /// Moves a verified upload into the content-addressed store. The caller must have checked that
+    /// the upload's bytes hash to `digest`. If the blob already exists the upload is dropped (a blob
+    /// is stored once). Durable on return: data and both directory entries are fsync'd.
+    pub fn publish(&self, id: &Uuid, digest: &Digest) -> Result<u64, StorageError> {
+        let src = self.upload_path(id);
+        let dst = self.blob_path(digest);
+        let file = File::open(&src).map_err(io_err(&src))?;
+        file.sync_all().map_err(io_err(&src))?;
+        let size = file.metadata().map_err(io_err(&src))?.len();
+        drop(file);
+        if dst.exists() {
+            fs::remove_file(&src).map_err(io_err(&src))?;
+            return Ok(size);
+        }
+        let parent = dst.parent().expect("blob path has a parent");
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+        fs::rename(&src, &dst).map_err(io_err(&dst))?;
+        sync_dir(parent)?;
+        sync_dir(&self.uploads)?;
+        Ok(size)
+    }
+
+    /// Opens a blob for reading, or `None` if the file is absent.
+    pub fn open_blob(&self, digest: &Digest) -> Result<Option<(File, u64)>, StorageError> {
+        let path = self.blob_path(digest);
+        match File::open(&path) {
+            Ok(f) => {
+                let len = f.metadata().map_err(io_err(&path))?.len();
+                Ok(Some((f, len)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn publish_moves_an_upload_into_place_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let id = Uuid::new_v4();
+        store.create_upload(&id).unwrap();
+        OpenOptions::new().append(true).open(store.upload_path(&id)).unwrap().write_all(b"hello").unwrap();
+        let (len, h) = store.hash_upload(&id, Algorithm::Sha256).unwrap();
+        assert_eq!(len, 5);
+        let d = h.finish();
+        assert_eq!(d, Digest::of_bytes(Algorithm::Sha256, b"hello"));
+        assert_eq!(store.publish(&id, &d).unwrap(), 5);
+        assert_eq!(fs::read(store.blob_path(&d)).unwrap(), b"hello");
+        assert_eq!(store.upload_len(&id).unwrap(), None);
+
+        // A second upload of the same bytes leaves the first file and removes the upload.
+        let id2 = Uuid::new_v4();
+        store.create_upload(&id2).unwrap();
+        OpenOptions::new().append(true).open(store.upload_path(&id2)).unwrap().write_all(b"hello").unwrap();
+        store.publish(&id2, &d).unwrap();
+        assert_eq!(store.upload_len(&id2).unwrap(), None);
+        assert!(store.has_blob(&d));
+    }
+}

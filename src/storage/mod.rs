@@ -1,0 +1,32 @@
+//! Bytes on disk: content-addressed blob files and in-progress uploads.
+//!
+//! Layout under the data directory:
+//! - `blobs/<alg>/<xx>/<hex>`: a verified blob, immutable, written once by rename.
+//! - `uploads/<uuid>`: an upload in progress; its length is the upload's offset.
+//!
+//! This module knows nothing of repositories or HTTP; it never decides what is visible (the
+//! metadata store does), it only guarantees that a blob file exists only with verified content.
+
+mod blobstore;
+mod upload;
+
+pub use blobstore::BlobStore;
+pub use upload::{append_stream, AppendOutcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage I/O failed on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("upload {0} has no data file")]
+    UploadMissing(String),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io { path: path.display().to_string(), source }
+}
