@@ -27,11 +27,15 @@ pub const API_VERSION_HEADER: (&str, &str) = ("Docker-Distribution-API-Version",
 /// Installs the API on an actix `App`.
 pub fn configure(registry: Arc<Registry>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
-        cfg.app_data(web::Data::from(registry)).service(
-            web::scope("/v2")
-                .wrap(middleware::DefaultHeaders::new().add(API_VERSION_HEADER))
-                .default_service(web::to(dispatch)),
-        );
+        cfg.app_data(web::Data::from(registry))
+            .service(
+                web::scope("/v2")
+                    .wrap(middleware::DefaultHeaders::new().add(API_VERSION_HEADER))
+                    .default_service(web::to(dispatch)),
+            )
+            .default_service(web::to(|req: HttpRequest| async move {
+                Err::<HttpResponse, _>(ApiError::new(Code::RouteUnknown, format!("no endpoint at {}", req.path())))
+            }));
     }
 }
 
@@ -39,14 +43,17 @@ async fn dispatch(req: HttpRequest, body: web::Payload, reg: web::Data<Registry>
     let path = req.path().to_string();
     let rest = path.strip_prefix("/v2/").or_else(|| path.strip_prefix("/v2")).unwrap_or("");
     let route = route::parse(rest).ok_or_else(|| ApiError::new(Code::RouteUnknown, format!("no endpoint at {path}")))?;
+    // The name is checked before anything else, whatever the method.
+    if let Some(name) = route.name() {
+        valid_name(name)?;
+    }
     let m = req.method().clone();
     let reg = reg.get_ref();
     match route {
         Route::Base if is_read(&m) => Ok(HttpResponse::Ok().json(serde_json::json!({}))),
         Route::Catalog if is_read(&m) => listing::catalog(&req, reg).await,
-        Route::Tags { name } if is_read(&m) => listing::tags(&req, reg, valid_name(name)?).await,
+        Route::Tags { name } if is_read(&m) => listing::tags(&req, reg, name).await,
         Route::Manifest { name, reference } => {
-            let name = valid_name(name)?;
             match m {
                 Method::GET | Method::HEAD => manifests::get(&req, reg, name, reference).await,
                 Method::PUT => manifests::put(&req, body, reg, name, reference).await,
@@ -55,16 +62,14 @@ async fn dispatch(req: HttpRequest, body: web::Payload, reg: web::Data<Registry>
             }
         }
         Route::Blob { name, digest } => {
-            let name = valid_name(name)?;
             match m {
                 Method::GET | Method::HEAD => blobs::get(&req, reg, name, digest).await,
                 Method::DELETE => blobs::delete(reg, name, digest).await,
                 _ => Err(not_allowed(&m)),
             }
         }
-        Route::UploadStart { name } if m == Method::POST => uploads::post(&req, body, reg, valid_name(name)?).await,
+        Route::UploadStart { name } if m == Method::POST => uploads::post(&req, body, reg, name).await,
         Route::Upload { name, id } => {
-            let name = valid_name(name)?;
             let id = uploads::session_id(id)?;
             match m {
                 Method::GET => uploads::status(reg, name, id).await,
@@ -75,7 +80,7 @@ async fn dispatch(req: HttpRequest, body: web::Payload, reg: web::Data<Registry>
             }
         }
         Route::Referrers { name, digest } if is_read(&m) => {
-            referrers::list(&req, reg, valid_name(name)?, digest).await
+            referrers::list(&req, reg, name, digest).await
         }
         _ => Err(not_allowed(&m)),
     }

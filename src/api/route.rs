@@ -13,6 +13,21 @@ pub enum Route<'a> {
     Referrers { name: &'a str, digest: &'a str },
 }
 
+impl<'a> Route<'a> {
+    /// The repository the route names, if any.
+    pub fn name(&self) -> Option<&'a str> {
+        match *self {
+            Route::Base | Route::Catalog => None,
+            Route::Manifest { name, .. }
+            | Route::Blob { name, .. }
+            | Route::UploadStart { name }
+            | Route::Upload { name, .. }
+            | Route::Tags { name }
+            | Route::Referrers { name, .. } => Some(name),
+        }
+    }
+}
+
 /// Parses the part of the path after `/v2/`. `None` when it names no resource.
 pub fn parse(rest: &str) -> Option<Route<'_>> {
     if rest.is_empty() {

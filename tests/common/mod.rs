@@ -1,0 +1,202 @@
+//! Shared test harness: real `af` node processes on loopback, each with its own data directory.
+#![allow(dead_code)]
+
+use reqwest::blocking::{Client, Response};
+use sha2::{Digest as _, Sha256};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().unwrap()
+}
+
+/// A running node. Killed when dropped; its data directory lives as long as `dir`.
+pub struct Node {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    extra: Vec<String>,
+    pub log: PathBuf,
+}
+
+impl Node {
+    pub fn start() -> Node {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        let log = dir.path().join("node.log");
+        let mut node = Node {
+            child: None,
+            addr: free_addr(),
+            data_dir,
+            _dir: Some(dir),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log,
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_af"))
+            .args(["registry", "serve", "--api", &self.addr.to_string(), "--data-dir"])
+            .arg(&self.data_dir)
+            .args(&self.extra)
+            .env("AF_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start af");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = Client::new();
+        while Instant::now() < deadline {
+            if let Ok(r) = client.get(self.url("/v2/")).send() {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("node exited with {status}: {}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("node did not become ready: {}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// SIGKILL: no chance to flush or clean up, as in a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn client() -> Client {
+    Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// Pushes a blob in one POST; returns its digest.
+pub fn push_blob(node: &Node, repo: &str, data: &[u8]) -> String {
+    let d = sha256(data);
+    let r = client()
+        .post(node.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
+        .header("Content-Type", "application/octet-stream")
+        .body(data.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "push blob: {}", r.text().unwrap_or_default());
+    d
+}
+
+/// An OCI image manifest over a config and layers (pushed first), as bytes.
+pub fn image_manifest(node: &Node, repo: &str, config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
+    let c = push_blob(node, repo, config);
+    let ls: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|l| {
+            let d = push_blob(node, repo, l);
+            serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": l.len()})
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": config.len()},
+        "layers": ls,
+    }))
+    .unwrap()
+}
+
+pub fn put_manifest(node: &Node, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Response {
+    client()
+        .put(node.url(&format!("/v2/{repo}/manifests/{reference}")))
+        .header("Content-Type", media_type)
+        .body(body.to_vec())
+        .send()
+        .unwrap()
+}
+
+/// Asserts an OCI error response: status, then the error body's first code.
+pub fn assert_oci_error(resp: Response, status: u16, code: &str) {
+    let got = resp.status().as_u16();
+    let body = resp.text().unwrap();
+    assert_eq!(got, status, "status for body {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body:?}"));
+    assert_eq!(v["errors"][0]["code"], code, "body {body}");
+    assert!(v["errors"][0]["message"].is_string(), "body {body}");
+}
+
+/// Runs a command and returns its stdout, failing the test with its output if it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is it installed? scripts/install-test-deps.sh installs it)"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed with {}:\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn tool(name: &str) -> PathBuf {
+    let gobin = std::env::var("GOBIN").map(PathBuf::from).unwrap_or_else(|_| {
+        Path::new(&std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join("go/bin")
+    });
+    let candidate = gobin.join(name);
+    if candidate.exists() {
+        candidate
+    } else {
+        PathBuf::from(name)
+    }
+}
