@@ -1,0 +1,244 @@
+//! Real registry clients against a real node: skopeo, podman, regctl, crane, oras (Python) and
+//! containerd's ctr. Images are built without a daemon by umoci. Every tool is installed by
+//! scripts/install-test-deps.sh; a missing tool fails the test rather than skipping it.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Builds an OCI layout `<dir>/oci` holding image `t`: a 5 MiB incompressible file and a script.
+fn build_image(dir: &Path) -> PathBuf {
+    let layout = dir.join("oci");
+    let big: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(dir.join("big.bin"), big).unwrap();
+    std::fs::write(dir.join("hello.sh"), "#!/bin/sh\necho hello\n").unwrap();
+    let image = format!("{}:t", layout.display());
+    run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    run(Command::new("umoci").args(["insert", "--image", &image]).arg(dir.join("big.bin")).arg("/big.bin"));
+    run(Command::new("umoci").args(["insert", "--image", &image]).arg(dir.join("hello.sh")).arg("/hello.sh"));
+    run(Command::new("umoci").args(["config", "--image", &image, "--config.cmd", "/hello.sh"]));
+    layout
+}
+
+fn skopeo() -> Command {
+    let mut c = Command::new("skopeo");
+    c.args(["--insecure-policy"]);
+    c
+}
+
+/// The manifest digest the layout's index gives for `tag`.
+fn layout_manifest_digest(layout: &Path, tag: &str) -> String {
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .map(|m| m["digest"].as_str().unwrap().to_string())
+        .expect("tag in index.json")
+}
+
+/// Every blob reachable from `tag` in `pulled` is byte-identical to the original layout's.
+fn assert_same_blobs(original: &Path, pulled: &Path, tag: &str) {
+    let digest = layout_manifest_digest(pulled, tag);
+    assert_eq!(digest, layout_manifest_digest(original, tag), "manifest digest changed in the round trip");
+    let blob = |root: &Path, d: &str| std::fs::read(root.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap();
+    let manifest_bytes = blob(pulled, &digest);
+    assert_eq!(manifest_bytes, blob(original, &digest));
+    let m: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    let mut digests = vec![m["config"]["digest"].as_str().unwrap().to_string()];
+    digests.extend(m["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()));
+    for d in digests {
+        let got = blob(pulled, &d);
+        assert_eq!(sha256(&got), d);
+        assert_eq!(got, blob(original, &d));
+    }
+}
+
+#[test]
+fn skopeo_round_trips_an_oci_layout_and_a_docker_archive() {
+    let node = Node::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = build_image(tmp.path());
+    let host = node.host();
+    run(skopeo().args(["copy", "--dest-tls-verify=false"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{host}/skopeo/oci:t")));
+    let back = tmp.path().join("back");
+    run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{host}/skopeo/oci:t")).arg(format!("oci:{}:t", back.display())));
+    assert_same_blobs(&layout, &back, "t");
+    let raw = run(skopeo().args(["inspect", "--raw", "--tls-verify=false"]).arg(format!("docker://{host}/skopeo/oci:t")));
+    assert_eq!(sha256(raw.as_bytes()), layout_manifest_digest(&layout, "t"));
+
+    // docker-archive: pushed (skopeo converts it to a Docker schema 2 image) and pulled back.
+    let archive = tmp.path().join("a.tar");
+    run(skopeo().args(["copy"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker-archive:{}:skopeo/archive:t", archive.display())));
+    run(skopeo().args(["copy", "--dest-tls-verify=false"]).arg(format!("docker-archive:{}", archive.display())).arg(format!("docker://{host}/skopeo/archive:t")));
+    let pulled = tmp.path().join("b.tar");
+    run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{host}/skopeo/archive:t")).arg(format!("docker-archive:{}:skopeo/archive:t", pulled.display())));
+    assert!(std::fs::read(&archive).unwrap() == std::fs::read(&pulled).unwrap(), "docker-archive differs after the round trip");
+    let tags = run(skopeo().args(["list-tags", "--tls-verify=false"]).arg(format!("docker://{host}/skopeo/archive")));
+    assert!(tags.contains("\"t\""), "{tags}");
+}
+
+#[test]
+fn podman_pulls_pushes_and_pushes_a_manifest_list() {
+    let node = Node::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = build_image(tmp.path());
+    let host = node.host();
+    run(skopeo().args(["copy", "--dest-tls-verify=false"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{host}/podman/src:t")));
+    let podman = || {
+        let mut c = Command::new("podman");
+        c.args(["--storage-driver", "vfs", "--root"])
+            .arg(tmp.path().join("root"))
+            .arg("--runroot")
+            .arg(tmp.path().join("runroot"));
+        c
+    };
+    run(podman().args(["pull", "--tls-verify=false", &format!("{host}/podman/src:t")]));
+    run(podman().args(["push", "--tls-verify=false", &format!("{host}/podman/src:t"), &format!("{host}/podman/pushed:t")]));
+    let digest = run(skopeo().args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"]).arg(format!("docker://{host}/podman/pushed:t")));
+    assert!(digest.trim().starts_with("sha256:"), "{digest}");
+
+    let list = format!("{host}/podman/list:multi");
+    run(podman().args(["manifest", "create", &list]));
+    run(podman().args(["manifest", "add", "--tls-verify=false", &list, &format!("docker://{host}/podman/src:t")]));
+    run(podman().args(["manifest", "push", "--all", "--tls-verify=false", &list, &format!("docker://{list}")]));
+    let r = client()
+        .get(node.url("/v2/podman/list/manifests/multi"))
+        .header("Accept", format!("{OCI_INDEX}, application/vnd.docker.distribution.manifest.list.v2+json"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ct = r.headers()["Content-Type"].to_str().unwrap().to_string();
+    assert!(ct == OCI_INDEX || ct == "application/vnd.docker.distribution.manifest.list.v2+json", "{ct}");
+    let index: serde_json::Value = r.json().unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn regctl_and_crane_copy_and_referrers() {
+    let node = Node::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = build_image(tmp.path());
+    let host = node.host();
+    run(skopeo().args(["copy", "--dest-tls-verify=false"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{host}/tools/src:t")));
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let regctl = || {
+        let mut c = Command::new(tool("regctl"));
+        c.env("HOME", &home);
+        c
+    };
+    run(regctl().args(["registry", "set", "--tls", "disabled", &host]));
+    run(regctl().args(["image", "copy", &format!("{host}/tools/src:t"), &format!("{host}/tools/regctl:t")]));
+    let want = layout_manifest_digest(&layout, "t");
+    assert_eq!(run(regctl().args(["image", "digest", &format!("{host}/tools/regctl:t")])).trim(), want);
+
+    // An artifact with a subject, then the referrers API through regctl.
+    std::fs::write(tmp.path().join("sbom.json"), "{\"sbom\":true}\n").unwrap();
+    run(regctl()
+        .args(["artifact", "put", "--subject", &format!("{host}/tools/regctl:t")])
+        .args(["--artifact-type", "application/vnd.example.sbom.v1+json", "--file-media-type", "application/json", "--file"])
+        .arg(tmp.path().join("sbom.json"))
+        .arg(format!("{host}/tools/regctl")));
+    let listed = run(regctl().args(["artifact", "list", &format!("{host}/tools/regctl:t"), "--format", "{{json .}}"]));
+    let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let descriptors = v["descriptors"].as_array().unwrap();
+    assert_eq!(descriptors.len(), 1, "{listed}");
+    assert_eq!(descriptors[0]["artifactType"], "application/vnd.example.sbom.v1+json");
+    let filtered = run(regctl().args(["artifact", "list", &format!("{host}/tools/regctl:t"), "--filter-artifact-type", "application/other", "--format", "{{json .}}"]));
+    let v: serde_json::Value = serde_json::from_str(&filtered).unwrap();
+    assert!(v["descriptors"].as_array().is_none_or(|d| d.is_empty()), "{filtered}");
+
+    let crane = || {
+        let mut c = Command::new(tool("crane"));
+        c.env("HOME", &home);
+        c
+    };
+    run(crane().args(["copy", "--insecure", &format!("{host}/tools/src:t"), &format!("{host}/tools/crane:t")]));
+    assert_eq!(run(crane().args(["digest", "--insecure", &format!("{host}/tools/crane:t")])).trim(), want);
+    let tags = run(crane().args(["ls", "--insecure", &format!("{host}/tools/crane")]));
+    assert_eq!(tags.trim(), "t");
+}
+
+#[test]
+fn oras_python_pushes_and_pulls_an_artifact() {
+    let node = Node::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let script = r#"
+import filecmp, os, sys
+import oras.client
+host, work = sys.argv[1], sys.argv[2]
+os.chdir(work)
+with open("artifact.bin", "wb") as f:
+    f.write(os.urandom(300000))
+c = oras.client.OrasClient(hostname=host, insecure=True)
+r = c.push(target=f"{host}/oras/artifact:v1", files=["artifact.bin"])
+assert r.status_code == 201, r.status_code
+os.makedirs("pulled")
+files = c.pull(target=f"{host}/oras/artifact:v1", outdir="pulled")
+assert len(files) == 1 and filecmp.cmp("artifact.bin", files[0], shallow=False), files
+print("ok")
+"#;
+    let out = run(Command::new("python3").arg("-c").arg(script).arg(node.host()).arg(tmp.path()).env("HOME", tmp.path()));
+    assert_eq!(out.trim(), "ok");
+}
+
+#[test]
+fn containerd_ctr_pulls_and_pushes() {
+    let node = Node::start();
+    let target = Node::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = build_image(tmp.path());
+    let host = node.host();
+    run(skopeo().args(["copy", "--dest-tls-verify=false"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{host}/ctr/src:t")));
+    let root = tmp.path().join("containerd");
+    let sock = root.join("containerd.sock");
+    std::fs::create_dir_all(&root).unwrap();
+    let config = root.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{1}\"\n",
+            root.display(),
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(root.join("containerd.log")).unwrap();
+    let mut containerd = Command::new("containerd").arg("--config").arg(&config).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("start containerd");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(&mut containerd);
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let ctr = || {
+        let mut c = Command::new("ctr");
+        c.arg("--address").arg(&sock).args(["--namespace", "aftest"]);
+        c
+    };
+    let src = format!("{host}/ctr/src:t");
+    run(ctr().args(["image", "pull", "--plain-http", &src]));
+    let dst = format!("{}/ctr/pushed:t", target.host());
+    run(ctr().args(["image", "tag", &src, &dst]));
+    run(ctr().args(["image", "push", "--plain-http", &dst]));
+    let want = layout_manifest_digest(&layout, "t");
+    let r = client().head(target.url("/v2/ctr/pushed/manifests/t")).header("Accept", OCI_MANIFEST).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["Docker-Content-Digest"].to_str().unwrap(), want);
+    // Every layer crossed to the second node byte for byte.
+    let back = tmp.path().join("back");
+    run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{dst}")).arg(format!("oci:{}:t", back.display())));
+    assert_same_blobs(&layout, &back, "t");
+}
