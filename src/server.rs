@@ -32,7 +32,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     registry.sparse_manifests = config.sparse_manifests;
     let registry = Arc::new(registry);
     let reg = registry.clone();
-    let server = actix_web::HttpServer::new(move || actix_web::App::new().configure(api::configure(reg.clone())))
+    let server = actix_web::HttpServer::new(move || actix_web::App::new().wrap(api::version_header()).configure(api::configure(reg.clone())))
         .bind(config.api)
         .map_err(|source| ServeError::Bind { addr: config.api.to_string(), source })?;
     for addr in server.addrs() {

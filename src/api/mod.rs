@@ -24,14 +24,13 @@ use std::sync::Arc;
 
 pub const API_VERSION_HEADER: (&str, &str) = ("Docker-Distribution-API-Version", "registry/2.0");
 
-/// Installs the API on an actix `App`.
+/// Installs the API on an actix `App`. The app must also be wrapped in [`version_header`], so that
+/// every response, errors and unknown paths included, names the API version.
 pub fn configure(registry: Arc<Registry>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         cfg.app_data(web::Data::from(registry))
             .service(
-                web::scope("/v2")
-                    .wrap(middleware::DefaultHeaders::new().add(API_VERSION_HEADER))
-                    .default_service(web::to(dispatch)),
+                web::scope("/v2").default_service(web::to(dispatch)),
             )
             .default_service(web::to(|req: HttpRequest| async move {
                 Err::<HttpResponse, _>(ApiError::new(Code::RouteUnknown, format!("no endpoint at {}", req.path())))
@@ -84,6 +83,10 @@ async fn dispatch(req: HttpRequest, body: web::Payload, reg: web::Data<Registry>
         }
         _ => Err(not_allowed(&m)),
     }
+}
+
+pub fn version_header() -> middleware::DefaultHeaders {
+    middleware::DefaultHeaders::new().add(API_VERSION_HEADER)
 }
 
 fn is_read(m: &Method) -> bool {

@@ -1,0 +1,276 @@
+//! `cargo bench --bench registry`: af against the reference registry (distribution v3, built from
+//! the Go module proxy) in the same run, on the same disk, with the same client.
+//!
+//! Measures: push of one large layer (default 1 GiB, `AF_BENCH_SIZE_MIB`) against what
+//! `dd conv=fsync` writes to the same disk; pull of it; manifest GETs by tag with 64 connections
+//! (wrk, one thread, since client and servers share the machine); peak RSS of each server while
+//! the layer is pushed. Prints every figure and the ratios.
+
+use sha2::{Digest as _, Sha256};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DISTRIBUTION: &str = "github.com/distribution/distribution/v3/cmd/registry@v3.1.2";
+
+struct Server {
+    name: &'static str,
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_ready(base: &str) {
+    let c = reqwest::blocking::Client::new();
+    for _ in 0..200 {
+        if c.get(format!("{base}/v2/")).send().is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{base} did not start");
+}
+
+fn gobin() -> PathBuf {
+    std::env::var("GOBIN").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join("go/bin"))
+}
+
+fn start_af(dir: &Path) -> Server {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_af"))
+        .args(["registry", "serve", "--api", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.join("af"))
+        .env("AF_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&base);
+    Server { name: "af", child, base }
+}
+
+fn start_distribution(dir: &Path) -> Server {
+    let bin = gobin().join("registry");
+    if !bin.exists() {
+        eprintln!("building the reference registry: go install {DISTRIBUTION}");
+        let ok = Command::new("go").args(["install", DISTRIBUTION]).status().unwrap().success();
+        assert!(ok, "go install {DISTRIBUTION} failed");
+    }
+    let port = free_port();
+    let config = dir.join("distribution.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("distribution").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(bin).arg("serve").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&base);
+    Server { name: "distribution", child, base }
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn make_layer(path: &Path, size: u64) -> String {
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut h = Sha256::new();
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for chunk in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n]).unwrap();
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+/// dd's fsync'd write speed to the same disk, MB/s.
+fn dd_mbps(src: &Path, dir: &Path, size: u64) -> f64 {
+    let out = dir.join("dd.out");
+    let t = Instant::now();
+    let ok = Command::new("dd")
+        .arg(format!("if={}", src.display()))
+        .arg(format!("of={}", out.display()))
+        .args(["bs=1M", "conv=fsync", "status=none"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let secs = t.elapsed().as_secs_f64();
+    std::fs::remove_file(out).ok();
+    size as f64 / 1e6 / secs
+}
+
+/// Docker's way: POST, one streamed PATCH, empty PUT with the digest. MB/s.
+fn push(server: &Server, layer: &Path, digest: &str, size: u64) -> f64 {
+    let c = reqwest::blocking::Client::builder().timeout(Duration::from_secs(3600)).build().unwrap();
+    let t = Instant::now();
+    let r = c.post(format!("{}/v2/bench/layer/blobs/uploads/", server.base)).send().unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["Location"].to_str().unwrap().to_string();
+    let loc = if loc.starts_with("http") { loc } else { format!("{}{loc}", server.base) };
+    let body = reqwest::blocking::Body::new(std::fs::File::open(layer).unwrap());
+    let r = c.patch(&loc).header("Content-Type", "application/octet-stream").body(body).send().unwrap();
+    assert_eq!(r.status(), 202, "{} PATCH", server.name);
+    let loc = r.headers()["Location"].to_str().unwrap().to_string();
+    let loc = if loc.starts_with("http") { loc } else { format!("{}{loc}", server.base) };
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = c.put(format!("{loc}{sep}digest={digest}")).header("Content-Length", "0").send().unwrap();
+    assert_eq!(r.status(), 201, "{} PUT", server.name);
+    size as f64 / 1e6 / t.elapsed().as_secs_f64()
+}
+
+fn pull(server: &Server, digest: &str, size: u64) -> f64 {
+    let c = reqwest::blocking::Client::builder().timeout(Duration::from_secs(3600)).build().unwrap();
+    let t = Instant::now();
+    let mut r = c.get(format!("{}/v2/bench/layer/blobs/{digest}", server.base)).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    assert_eq!(got, size);
+    size as f64 / 1e6 / t.elapsed().as_secs_f64()
+}
+
+fn push_small_image(server: &Server) {
+    let c = reqwest::blocking::Client::new();
+    let blob = |data: &[u8]| {
+        let d = format!("sha256:{}", hex::encode(Sha256::digest(data)));
+        let r = c.post(format!("{}/v2/bench/app/blobs/uploads/?digest={d}", server.base)).body(data.to_vec()).send().unwrap();
+        assert_eq!(r.status(), 201);
+        d
+    };
+    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let layer = vec![42u8; 4096];
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob(config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": blob(&layer), "size": layer.len()}],
+    });
+    let r = c
+        .put(format!("{}/v2/bench/app/manifests/latest", server.base))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(serde_json::to_vec(&manifest).unwrap())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+/// (requests/s, p99 ms) for manifest GETs by tag with 64 connections.
+fn manifest_load(server: &Server) -> (f64, f64) {
+    let url = format!("{}/v2/bench/app/manifests/latest", server.base);
+    let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
+    let warm = Command::new("wrk").args(["-t1", "-c64", "-d2s", "-H", accept, &url]).output().expect("wrk (apt-get install wrk)");
+    assert!(warm.status.success());
+    let out = Command::new("wrk").args(["-t1", "-c64", "-d10s", "--latency", "-H", accept, &url]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rps = text
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("wrk output: {text}"));
+    assert!(!text.contains("Non-2xx"), "{} answered errors under load: {text}", server.name);
+    let p99 = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("99%"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(parse_wrk_duration)
+        .unwrap_or(f64::NAN);
+    (rps, p99)
+}
+
+fn parse_wrk_duration(s: &str) -> f64 {
+    let (num, mult) = if let Some(v) = s.strip_suffix("us") {
+        (v, 0.001)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1000.0)
+    } else {
+        (s, 1.0)
+    };
+    num.parse::<f64>().unwrap_or(f64::NAN) * mult
+}
+
+fn main() {
+    // `cargo bench` passes --bench; anything else (cargo test --benches) runs nothing heavy.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let size_mib: u64 = std::env::var("AF_BENCH_SIZE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let size = size_mib * 1024 * 1024;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-work");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let layer = dir.join("layer.bin");
+    eprintln!("writing a {size_mib} MiB layer");
+    let digest = make_layer(&layer, size);
+
+    let dd = dd_mbps(&layer, &dir, size);
+    let af = start_af(&dir);
+    let dist = start_distribution(&dir);
+    let mut rows = Vec::new();
+    for server in [&af, &dist] {
+        let push_mbps = push(server, &layer, &digest, size);
+        let rss = peak_rss_mib(server.child.id());
+        // Drop the page cache's copy of what was just written so the pull reads like a cold one
+        // would for both servers (best effort: needs root).
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+        let pull_mbps = pull(server, &digest, size);
+        push_small_image(server);
+        let (rps, p99) = manifest_load(server);
+        rows.push((server.name, push_mbps, pull_mbps, rss, rps, p99));
+    }
+    let (a, d) = (rows[0], rows[1]);
+    println!("\nlayer {size_mib} MiB; dd conv=fsync on the same disk: {dd:.0} MB/s");
+    println!("{:<14}{:>12}{:>12}{:>16}{:>16}{:>12}", "server", "push MB/s", "pull MB/s", "peak RSS MiB", "manifest req/s", "p99 ms");
+    for (name, push, pull, rss, rps, p99) in &rows {
+        println!("{name:<14}{push:>12.0}{pull:>12.0}{rss:>16.1}{rps:>16.0}{p99:>12.2}");
+    }
+    println!("af push / dd:            {:.2} (target >= 0.90)", a.1 / dd);
+    println!("distribution push / dd:  {:.2}", d.1 / dd);
+    println!("af pull / distribution:  {:.2} (target >= 1.00)", a.2 / d.2);
+    println!("af manifest req/s ratio: {:.2} (target >= 5.00; af p99 {:.2} ms, target < 10)", a.4 / d.4, a.5);
+    println!("af peak RSS during push: {:.1} MiB (target < 64)", a.3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
