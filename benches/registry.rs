@@ -134,19 +134,25 @@ fn dd_mbps(src: &Path, dir: &Path, size: u64) -> f64 {
     size as f64 / 1e6 / secs
 }
 
+fn absolute(server: &Server, location: &str) -> String {
+    if location.starts_with("http") {
+        location.to_string()
+    } else {
+        format!("{}{location}", server.base)
+    }
+}
+
 /// Docker's way: POST, one streamed PATCH, empty PUT with the digest. MB/s.
 fn push(server: &Server, layer: &Path, digest: &str, size: u64) -> f64 {
     let c = reqwest::blocking::Client::builder().timeout(Duration::from_secs(3600)).build().unwrap();
     let t = Instant::now();
     let r = c.post(format!("{}/v2/bench/layer/blobs/uploads/", server.base)).send().unwrap();
     assert_eq!(r.status(), 202);
-    let loc = r.headers()["Location"].to_str().unwrap().to_string();
-    let loc = if loc.starts_with("http") { loc } else { format!("{}{loc}", server.base) };
+    let loc = absolute(server, r.headers()["Location"].to_str().unwrap());
     let body = reqwest::blocking::Body::new(std::fs::File::open(layer).unwrap());
     let r = c.patch(&loc).header("Content-Type", "application/octet-stream").body(body).send().unwrap();
     assert_eq!(r.status(), 202, "{} PATCH", server.name);
-    let loc = r.headers()["Location"].to_str().unwrap().to_string();
-    let loc = if loc.starts_with("http") { loc } else { format!("{}{loc}", server.base) };
+    let loc = absolute(server, r.headers()["Location"].to_str().unwrap());
     let sep = if loc.contains('?') { '&' } else { '?' };
     let r = c.put(format!("{loc}{sep}digest={digest}")).header("Content-Length", "0").send().unwrap();
     assert_eq!(r.status(), 201, "{} PUT", server.name);
@@ -175,7 +181,12 @@ fn push_small_image(server: &Server) {
     let c = reqwest::blocking::Client::new();
     let blob = |data: &[u8]| {
         let d = format!("sha256:{}", hex::encode(Sha256::digest(data)));
-        let r = c.post(format!("{}/v2/bench/app/blobs/uploads/?digest={d}", server.base)).body(data.to_vec()).send().unwrap();
+        // POST then PUT: the reference registry does not take monolithic POSTs.
+        let r = c.post(format!("{}/v2/bench/app/blobs/uploads/", server.base)).send().unwrap();
+        assert_eq!(r.status(), 202);
+        let loc = absolute(server, r.headers()["Location"].to_str().unwrap());
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let r = c.put(format!("{loc}{sep}digest={d}")).body(data.to_vec()).send().unwrap();
         assert_eq!(r.status(), 201);
         d
     };

@@ -97,9 +97,21 @@ impl Registry {
             }
         }
         for s in &sessions {
-            if !on_disk.contains(&s.id) {
-                tracing::info!(upload = %s.id, "removing upload session without data");
-                meta.delete_upload(s.id).await?;
+            if on_disk.contains(&s.id) {
+                continue;
+            }
+            // No data file: either it was published (renamed into blobs/) and the commit did not
+            // happen, which we complete now, or the session is beyond repair.
+            let published = s.finishing.as_ref().and_then(|d| blobs.open_blob(d).ok().flatten().map(|(_, len)| (d, len)));
+            match published {
+                Some((digest, size)) => {
+                    tracing::info!(upload = %s.id, %digest, "completing an upload published before a crash");
+                    meta.commit_blob(&s.repository, digest, size, Some(s.id)).await?;
+                }
+                None => {
+                    tracing::info!(upload = %s.id, "removing upload session without data");
+                    meta.delete_upload(s.id).await?;
+                }
             }
         }
         Ok(Registry { meta, blobs, sparse_manifests: false, sessions: Mutex::new(HashMap::new()) })
@@ -229,6 +241,7 @@ impl Registry {
             self.discard(id).await?;
             return Err(RegistryError::DigestMismatch { expected: digest.clone(), actual });
         }
+        self.meta.mark_upload_finishing(id, digest).await?;
         let store = self.blobs.clone();
         let d = digest.clone();
         let size = tokio::task::spawn_blocking(move || store.publish(&id, &d))

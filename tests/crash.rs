@@ -130,9 +130,9 @@ fn kill_9_during_concurrent_uploads() {
         let loc = u.location.clone().unwrap();
         let st = c.get(node.url(&loc)).send().unwrap();
         if st.status() == 404 {
-            // Cleanly unknown: allowed only once the client had asked to complete it (the crash
-            // fell between publishing and committing); the client uploads again from scratch.
-            assert!(visible || u.finishing, "session {loc} vanished before its final PUT");
+            // Cleanly unknown only because it completed: the final PUT was under way and the node
+            // finished the commit at restart (or before the crash).
+            assert!(visible && u.finishing, "session {loc} vanished but its blob is not visible");
             continue;
         }
         assert_eq!(st.status(), 204);

@@ -59,10 +59,13 @@ CREATE TABLE tags (
         REFERENCES manifests(repository_id, digest) ON DELETE CASCADE
 ) WITHOUT ROWID;
 
--- Upload sessions; the data itself is uploads/<id>.
+-- Upload sessions; the data itself is uploads/<id>. `finishing_digest` is set, verified, just
+-- before the data file is renamed into blobs/, so a crash between that rename and the commit
+-- can be completed at the next start instead of leaving an unreferenced blob file.
 CREATE TABLE upload_sessions (
-    id          TEXT PRIMARY KEY,
-    repository  TEXT NOT NULL,
+    id               TEXT PRIMARY KEY,
+    repository       TEXT NOT NULL,
+    finishing_digest TEXT,
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
 );

@@ -77,6 +77,8 @@ pub struct Referrer {
 pub struct UploadSession {
     pub id: Uuid,
     pub repository: String,
+    /// The verified digest the upload was being published under, if it got that far.
+    pub finishing: Option<Digest>,
 }
 
 /// A page of a sorted listing: items after `last` (exclusive), at most `limit` of them.
@@ -106,6 +108,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn create_upload(&self, repo: &str, id: Uuid) -> MetaResult<()>;
     async fn get_upload(&self, id: Uuid) -> MetaResult<Option<UploadSession>>;
     async fn touch_upload(&self, id: Uuid) -> MetaResult<()>;
+    /// Records that the upload's content was verified as `digest` and is about to be published.
+    async fn mark_upload_finishing(&self, id: Uuid, digest: &Digest) -> MetaResult<()>;
     async fn delete_upload(&self, id: Uuid) -> MetaResult<bool>;
     async fn list_uploads(&self) -> MetaResult<Vec<UploadSession>>;
 

@@ -107,6 +107,22 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Deletes the row of `table` whose `column` is `key` in repository `repo`; true if one was.
+    async fn delete_in_repo(&self, table: &'static str, column: &'static str, repo: &str, key: String) -> MetaResult<bool> {
+        let repo = repo.to_string();
+        self.write(move |tx| {
+            let sql = format!(
+                "DELETE FROM {table} WHERE {column} = ?2
+                 AND repository_id = (SELECT id FROM repositories WHERE name = ?1)"
+            );
+            let n = tx.execute(&sql, params![repo, key]).map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+}
+
 fn ensure_repo(tx: &Transaction<'_>, name: &str) -> MetaResult<i64> {
     tx.execute(
         "INSERT INTO repositories (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
@@ -214,18 +230,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn unlink_blob(&self, repo: &str, digest: &Digest) -> MetaResult<bool> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.write(move |tx| {
-            let n = tx
-                .execute(
-                    "DELETE FROM repository_blobs WHERE digest = ?2
-                     AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
-                    params![repo, digest],
-                )
-                .map_err(backend)?;
-            Ok(n > 0)
-        })
-        .await
+        self.delete_in_repo("repository_blobs", "digest", repo, digest.to_string()).await
     }
 
     async fn create_upload(&self, repo: &str, id: Uuid) -> MetaResult<()> {
@@ -244,10 +249,17 @@ impl MetadataStore for SqliteStore {
 
     async fn get_upload(&self, id: Uuid) -> MetaResult<Option<UploadSession>> {
         self.with(move |c| {
-            c.prepare_cached("SELECT repository FROM upload_sessions WHERE id = ?1")
-                .and_then(|mut s| s.query_row([id.to_string()], |r| r.get::<_, String>(0)).optional())
-                .map(|o| o.map(|repository| UploadSession { id, repository }))
-                .map_err(backend)
+            let row = c
+                .prepare_cached("SELECT repository, finishing_digest FROM upload_sessions WHERE id = ?1")
+                .and_then(|mut s| {
+                    s.query_row([id.to_string()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))
+                        .optional()
+                })
+                .map_err(backend)?;
+            row.map(|(repository, finishing)| {
+                Ok(UploadSession { id, repository, finishing: finishing.map(parse_digest).transpose()? })
+            })
+            .transpose()
         })
         .await
     }
@@ -255,6 +267,16 @@ impl MetadataStore for SqliteStore {
     async fn touch_upload(&self, id: Uuid) -> MetaResult<()> {
         self.write(move |tx| {
             tx.execute("UPDATE upload_sessions SET updated_at = ?2 WHERE id = ?1", params![id.to_string(), now()])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_upload_finishing(&self, id: Uuid, digest: &Digest) -> MetaResult<()> {
+        let digest = digest.to_string();
+        self.write(move |tx| {
+            tx.execute("UPDATE upload_sessions SET finishing_digest = ?2 WHERE id = ?1", params![id.to_string(), digest])
                 .map_err(backend)?;
             Ok(())
         })
@@ -271,15 +293,17 @@ impl MetadataStore for SqliteStore {
 
     async fn list_uploads(&self) -> MetaResult<Vec<UploadSession>> {
         self.with(|c| {
-            let mut s = c.prepare("SELECT id, repository FROM upload_sessions").map_err(backend)?;
+            let mut s = c.prepare("SELECT id, repository, finishing_digest FROM upload_sessions").map_err(backend)?;
             let rows = s
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))
+                })
                 .map_err(backend)?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, repository) = row.map_err(backend)?;
+                let (id, repository, finishing) = row.map_err(backend)?;
                 let id = Uuid::parse_str(&id).map_err(|e| MetadataError::Corrupt(e.to_string()))?;
-                out.push(UploadSession { id, repository });
+                out.push(UploadSession { id, repository, finishing: finishing.map(parse_digest).transpose()? });
             }
             Ok(out)
         })
@@ -394,33 +418,11 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn delete_manifest(&self, repo: &str, digest: &Digest) -> MetaResult<bool> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.write(move |tx| {
-            let n = tx
-                .execute(
-                    "DELETE FROM manifests WHERE digest = ?2
-                     AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
-                    params![repo, digest],
-                )
-                .map_err(backend)?;
-            Ok(n > 0)
-        })
-        .await
+        self.delete_in_repo("manifests", "digest", repo, digest.to_string()).await
     }
 
     async fn delete_tag(&self, repo: &str, tag: &str) -> MetaResult<bool> {
-        let (repo, tag) = (repo.to_string(), tag.to_string());
-        self.write(move |tx| {
-            let n = tx
-                .execute(
-                    "DELETE FROM tags WHERE name = ?2
-                     AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
-                    params![repo, tag],
-                )
-                .map_err(backend)?;
-            Ok(n > 0)
-        })
-        .await
+        self.delete_in_repo("tags", "name", repo, tag.to_string()).await
     }
 
     async fn list_tags(&self, repo: &str, page: &Page) -> MetaResult<Option<Vec<String>>> {
