@@ -7,6 +7,9 @@
 use super::*;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::path::{Path, PathBuf};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,6 +17,8 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0
 const POOL_SIZE: usize = 4;
 
 pub struct SqliteStore {
+    /// Tells this store's thread-local reader connections apart from another store's.
+    id: u64,
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
     permits: tokio::sync::Semaphore,
@@ -64,7 +69,9 @@ impl SqliteStore {
         for _ in 1..POOL_SIZE {
             idle.push(open_connection(path).map_err(backend)?);
         }
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(Arc::new(SqliteStore {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             path: path.to_path_buf(),
             idle: Mutex::new(idle),
             permits: tokio::sync::Semaphore::new(POOL_SIZE),
@@ -90,6 +97,26 @@ impl SqliteStore {
         .map_err(|e| MetadataError::Backend(e.to_string()))?;
         self.idle.lock().expect("pool lock").push(conn);
         result
+    }
+
+    /// Runs a read on this thread's own connection, inline. In WAL mode readers never wait for
+    /// the writer and a read of a few indexed rows takes microseconds, so this is cheaper than the
+    /// hand-off to a blocking thread that writes need (it roughly doubles manifest GETs/s).
+    async fn read<T, F>(&self, f: F) -> MetaResult<T>
+    where
+        F: FnOnce(&mut Connection) -> MetaResult<T>,
+    {
+        thread_local! {
+            static READERS: RefCell<HashMap<u64, Connection>> = RefCell::new(HashMap::new());
+        }
+        READERS.with(|cell| {
+            let mut readers = cell.borrow_mut();
+            let conn = match readers.entry(self.id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => v.insert(open_connection(&self.path).map_err(backend)?),
+            };
+            f(conn)
+        })
     }
 
     async fn write<T, F>(&self, f: F) -> MetaResult<T>
@@ -165,7 +192,7 @@ fn page_sql(base: &str, key: &str, page: &Page) -> String {
 impl MetadataStore for SqliteStore {
     async fn blob_size(&self, repo: &str, digest: &Digest) -> MetaResult<Option<u64>> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.with(move |c| {
+        self.read(move |c| {
             c.prepare_cached(
                 "SELECT b.size FROM blobs b
                  JOIN repository_blobs rb ON rb.digest = b.digest
@@ -248,7 +275,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn get_upload(&self, id: Uuid) -> MetaResult<Option<UploadSession>> {
-        self.with(move |c| {
+        self.read(move |c| {
             let row = c
                 .prepare_cached("SELECT repository, finishing_digest FROM upload_sessions WHERE id = ?1")
                 .and_then(|mut s| {
@@ -292,7 +319,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn list_uploads(&self) -> MetaResult<Vec<UploadSession>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut s = c.prepare("SELECT id, repository, finishing_digest FROM upload_sessions").map_err(backend)?;
             let rows = s
                 .query_map([], |r| {
@@ -383,7 +410,7 @@ impl MetadataStore for SqliteStore {
     async fn get_manifest(&self, repo: &str, reference: &Reference) -> MetaResult<Option<ManifestRecord>> {
         let repo = repo.to_string();
         let reference = reference.clone();
-        self.with(move |c| {
+        self.read(move |c| {
             const COLS: &str = "m.digest, m.media_type, m.artifact_type, m.subject, m.annotations, m.content";
             let row = match &reference {
                 Reference::Digest(d) => c
@@ -427,7 +454,7 @@ impl MetadataStore for SqliteStore {
 
     async fn list_tags(&self, repo: &str, page: &Page) -> MetaResult<Option<Vec<String>>> {
         let (repo, page) = (repo.to_string(), page.clone());
-        self.with(move |c| {
+        self.read(move |c| {
             let Some(id) = repo_id(c, &repo)? else { return Ok(None) };
             let sql = page_sql("SELECT name FROM tags WHERE repository_id = ?1", "name", &page);
             let mut s = c.prepare_cached(&sql).map_err(backend)?;
@@ -440,7 +467,7 @@ impl MetadataStore for SqliteStore {
 
     async fn list_repositories(&self, page: &Page) -> MetaResult<Vec<String>> {
         let page = page.clone();
-        self.with(move |c| {
+        self.read(move |c| {
             // A repository is listed once it holds a manifest or a blob.
             let base = "SELECT name FROM repositories r WHERE ?1 = ?1 AND (
                 EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)
@@ -456,7 +483,7 @@ impl MetadataStore for SqliteStore {
 
     async fn referrers(&self, repo: &str, subject: &Digest) -> MetaResult<Vec<Referrer>> {
         let (repo, subject) = (repo.to_string(), subject.to_string());
-        self.with(move |c| {
+        self.read(move |c| {
             let mut s = c
                 .prepare_cached(
                     "SELECT m.digest, m.media_type, length(m.content), m.artifact_type, m.annotations
