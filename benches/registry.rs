@@ -268,20 +268,25 @@ fn main() {
         // would for both servers (best effort: needs root).
         let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
         let pull_mbps = pull(server, &digest, size);
+        // Again, now from the page cache: what the server itself costs.
+        let warm_mbps = pull(server, &digest, size);
         push_small_image(server);
         let (rps, p99) = manifest_load(server);
-        rows.push((server.name, push_mbps, pull_mbps, rss, rps, p99));
+        rows.push((server.name, push_mbps, pull_mbps, warm_mbps, rss, rps, p99));
     }
     let (a, d) = (rows[0], rows[1]);
     println!("\nlayer {size_mib} MiB; dd conv=fsync on the same disk: {dd:.0} MB/s");
-    println!("{:<14}{:>12}{:>12}{:>16}{:>16}{:>12}", "server", "push MB/s", "pull MB/s", "peak RSS MiB", "manifest req/s", "p99 ms");
-    for (name, push, pull, rss, rps, p99) in &rows {
-        println!("{name:<14}{push:>12.0}{pull:>12.0}{rss:>16.1}{rps:>16.0}{p99:>12.2}");
+    println!(
+        "{:<14}{:>11}{:>16}{:>16}{:>14}{:>16}{:>9}",
+        "server", "push MB/s", "cold pull MB/s", "warm pull MB/s", "peak RSS MiB", "manifest req/s", "p99 ms"
+    );
+    for (name, push, pull, warm, rss, rps, p99) in &rows {
+        println!("{name:<14}{push:>11.0}{pull:>16.0}{warm:>16.0}{rss:>14.1}{rps:>16.0}{p99:>9.2}");
     }
-    println!("af push / dd:            {:.2} (target >= 0.90)", a.1 / dd);
-    println!("distribution push / dd:  {:.2}", d.1 / dd);
-    println!("af pull / distribution:  {:.2} (target >= 1.00)", a.2 / d.2);
-    println!("af manifest req/s ratio: {:.2} (target >= 5.00; af p99 {:.2} ms, target < 10)", a.4 / d.4, a.5);
-    println!("af peak RSS during push: {:.1} MiB (target < 64)", a.3);
+    println!("af push / dd:                 {:.2} (target >= 0.90)", a.1 / dd);
+    println!("distribution push / dd:       {:.2} (distribution does not fsync blobs)", d.1 / dd);
+    println!("af pull / distribution:       cold {:.2}, warm {:.2} (target >= 1.00)", a.2 / d.2, a.3 / d.3);
+    println!("af / distribution manifests:  {:.2} (target >= 5.00; af p99 {:.2} ms, target < 10)", a.5 / d.5, a.6);
+    println!("af peak RSS during push:      {:.1} MiB (target < 64)", a.4);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,12 +6,7 @@ use super::{header, parse_digest};
 use crate::registry::Registry;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
-use std::io::SeekFrom;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
-
-/// Read size when streaming a blob: big enough that a 1 GiB pull is a few thousand reads.
-const READ_CHUNK: usize = 256 * 1024;
+use crate::storage::read_range;
 
 pub async fn get(req: &HttpRequest, reg: &Registry, name: &str, digest: &str) -> ApiResult<HttpResponse> {
     let digest = parse_digest(digest)?;
@@ -34,15 +29,11 @@ pub async fn get(req: &HttpRequest, reg: &Registry, name: &str, digest: &str) ->
     if status == StatusCode::PARTIAL_CONTENT {
         resp.insert_header(("Content-Range", format!("bytes {}-{}/{}", start, start + count - 1, len)));
     }
-    let mut file = tokio::fs::File::from_std(file);
-    if start > 0 {
-        file.seek(SeekFrom::Start(start))
-            .await
-            .map_err(|e| ApiError::new(Code::Internal, format!("seeking in blob {digest}: {e}")))?;
+    if req.method() == actix_web::http::Method::HEAD {
+        // Headers only; actix keeps the Content-Length of the body it does not send.
+        return Ok(resp.no_chunking(count).streaming(futures_util::stream::empty::<std::io::Result<bytes::Bytes>>()));
     }
-    // HEAD shares this path: actix sends the headers, including Content-Length, and no body.
-    let stream = ReaderStream::with_capacity(file.take(count), READ_CHUNK);
-    Ok(resp.no_chunking(count).streaming(stream))
+    Ok(resp.no_chunking(count).streaming(read_range(file, start, count)))
 }
 
 pub async fn delete(reg: &Registry, name: &str, digest: &str) -> ApiResult<HttpResponse> {

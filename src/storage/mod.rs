@@ -8,9 +8,11 @@
 //! metadata store does), it only guarantees that a blob file exists only with verified content.
 
 mod blobstore;
+mod download;
 mod upload;
 
 pub use blobstore::BlobStore;
+pub use download::read_range;
 pub use upload::{append_stream, AppendOutcome};
 
 #[derive(Debug, thiserror::Error)]
