@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests drive (idempotently), builds
-# once, runs the Rust unit and integration tests (real node processes, real clients), then the OCI
+# once, checks the Dockerfile's steps without a Docker engine, runs the Rust unit and integration tests (real node processes, real clients), then the OCI
 # conformance suite. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="${GOBIN:-$HOME/go/bin}:$HOME/.cargo/bin:$PATH"
 
 scripts/install-test-deps.sh
+scripts/check-dockerfile.sh
 cargo build --locked --all-targets
 cargo test --locked -- --test-threads "${AF_TEST_THREADS:-4}"
 scripts/conformance.sh target/debug/af

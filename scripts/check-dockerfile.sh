@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# No Docker engine runs here, so the Dockerfile's steps are checked by other means:
+#  1. the build stage's COPY lines are the whole build context: a copy of exactly those paths
+#     builds the binary with the stage's cargo command (debug profile, sharing the target dir,
+#     so it costs seconds; the profile is the only difference);
+#  2. the runtime stage's ENV, EXPOSE, ENTRYPOINT and CMD start a node whose API answers the
+#     HEALTHCHECK command on the exposed port (on loopback).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+ctx=$(mktemp -d)
+pid=
+cleanup() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi; rm -rf "$ctx"; }
+trap cleanup EXIT
+
+# Reads the Dockerfile into shell variables: copies, build command, env, port, command, health.
+eval "$(python3 - <<'PY'
+import json, shlex
+stages, cur = [], None
+for line in open("Dockerfile"):
+    line = line.strip()
+    if not line or line.startswith("#"):
+        continue
+    word, _, rest = line.partition(" ")
+    if word == "FROM":
+        cur = []
+        stages.append(cur)
+    cur.append((word, rest))
+build, runtime = stages[0], stages[-1]
+copies = [p for w, r in build if w == "COPY" for p in r.split()[:-1]]
+run = [r for w, r in build if w == "RUN" and r.startswith("cargo build")]
+env = [kv for w, r in runtime if w == "ENV" for kv in r.split()]
+expose = [r for w, r in runtime if w == "EXPOSE"]
+entry = [" ".join(json.loads(r)) for w, r in runtime if w == "ENTRYPOINT"]
+cmd = [" ".join(json.loads(r)) for w, r in runtime if w == "CMD"]
+health = [r.split(" CMD ", 1)[1].replace(" || exit 1", "") for w, r in runtime if w == "HEALTHCHECK"]
+out = {
+    "copies": " ".join(copies), "build_cmd": run[0].replace(" --release", "") if run else "",
+    "envs": " ".join(env), "expose": expose[0] if expose else "", "entry": entry[0] if entry else "",
+    "cmd": cmd[0] if cmd else "", "health": health[0] if health else "",
+}
+for k, v in out.items():
+    print(f"{k}={shlex.quote(v)}")
+PY
+)"
+
+[ -n "$build_cmd" ] || { echo "check-dockerfile: no 'RUN cargo build' in the build stage"; exit 1; }
+for path in $copies; do mkdir -p "$ctx/$(dirname "$path")"; cp -r "$path" "$ctx/$path"; done
+echo "check-dockerfile: building a context of only [$copies] with: $build_cmd"
+(cd "$ctx" && CARGO_TARGET_DIR="$root/target" $build_cmd)
+
+case " $envs " in *" AF_API=0.0.0.0:$expose "*) ;; *) echo "check-dockerfile: ENV AF_API does not listen on the EXPOSEd port $expose"; exit 1;; esac
+[ "$entry" = "af" ] || { echo "check-dockerfile: ENTRYPOINT is '$entry', not af"; exit 1; }
+[ -n "$health" ] || { echo "check-dockerfile: no HEALTHCHECK"; exit 1; }
+
+# The image's environment, with the data directory moved to a temp dir and the listener on
+# loopback, on the exposed port.
+env $envs AF_DATA_DIR="$ctx/data" AF_API="127.0.0.1:$expose" AF_LOG=warn "$root/target/debug/$entry" $cmd &
+pid=$!
+for _ in $(seq 100); do
+  if bash -c "$health" >/dev/null 2>&1; then
+    echo "check-dockerfile: '$entry $cmd' serves the API on port $expose and passes the HEALTHCHECK"
+    exit 0
+  fi
+  sleep 0.1
+done
+echo "check-dockerfile: the node did not pass the HEALTHCHECK"; exit 1
