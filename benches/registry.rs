@@ -230,6 +230,11 @@ fn manifest_load(server: &Server) -> (f64, f64) {
     (rps, p99)
 }
 
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
 fn parse_wrk_duration(s: &str) -> f64 {
     let (num, mult) = if let Some(v) = s.strip_suffix("us") {
         (v, 0.001)
@@ -257,12 +262,22 @@ fn main() {
     eprintln!("writing a {size_mib} MiB layer");
     let digest = make_layer(&layer, size);
 
-    let dd = dd_mbps(&layer, &dir, size);
     let af = start_af(&dir);
     let dist = start_distribution(&dir);
+    // The disk's speed drifts from minute to minute on a shared machine: interleave dd and both
+    // pushes, round after round, and compare medians.
+    let rounds: usize = std::env::var("AF_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let (mut dds, mut af_push, mut dist_push) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        eprintln!("push round {}/{rounds}", round + 1);
+        dds.push(dd_mbps(&layer, &dir, size));
+        af_push.push(push(&af, &layer, &digest, size));
+        dist_push.push(push(&dist, &layer, &digest, size));
+    }
+    let dd = median(&mut dds);
+    let pushes = [median(&mut af_push), median(&mut dist_push)];
     let mut rows = Vec::new();
-    for server in [&af, &dist] {
-        let push_mbps = push(server, &layer, &digest, size);
+    for (server, push_mbps) in [&af, &dist].into_iter().zip(pushes) {
         let rss = peak_rss_mib(server.child.id());
         // Drop the page cache's copy of what was just written so the pull reads like a cold one
         // would for both servers (best effort: needs root).
@@ -275,7 +290,7 @@ fn main() {
         rows.push((server.name, push_mbps, pull_mbps, warm_mbps, rss, rps, p99));
     }
     let (a, d) = (rows[0], rows[1]);
-    println!("\nlayer {size_mib} MiB; dd conv=fsync on the same disk: {dd:.0} MB/s");
+    println!("\nlayer {size_mib} MiB; medians of {rounds} interleaved rounds; dd conv=fsync on the same disk: {dd:.0} MB/s");
     println!(
         "{:<14}{:>11}{:>16}{:>16}{:>14}{:>16}{:>9}",
         "server", "push MB/s", "cold pull MB/s", "warm pull MB/s", "peak RSS MiB", "manifest req/s", "p99 ms"
