@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh machine: installs what the tests drive (idempotently), builds
-# once, checks the Dockerfile's steps without a Docker engine, runs the Rust unit and integration tests (real node processes, real clients), then the OCI
-# conformance suite. Exits non-zero on any failure.
+# The whole test suite, from a fresh machine: installs what the tests drive (idempotently), checks
+# the Dockerfile's steps without a Docker engine, builds once, runs the Rust unit and integration
+# tests (real node processes, real clients), then the OCI conformance suite. Exits non-zero on
+# any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="${GOBIN:-$HOME/go/bin}:$HOME/.cargo/bin:$PATH"
