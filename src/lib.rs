@@ -10,3 +10,4 @@ pub mod names;
 pub mod registry;
 pub mod server;
 pub mod storage;
+pub mod unixfs;

@@ -1,0 +1,173 @@
+//! UnixFS files as Kubo builds them: fixed-size chunks, raw leaves, CIDv1, the balanced layout.
+//!
+//! [`Importer`] consumes a byte stream once and reports every block it makes, so the DAG of a blob
+//! is computed while the blob arrives, never by reading it a second time. Root CIDs equal Kubo's
+//! for the same bytes and profile (checked against Kubo's own golden CIDs and, in the test suite,
+//! against Kubo and the JavaScript importer).
+
+mod importer;
+mod pb;
+
+pub use importer::{BlockSink, Importer, NewBlock};
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Multicodec of raw blocks (leaves).
+pub const RAW: u64 = 0x55;
+/// Multicodec of dag-pb blocks (interior nodes, directories).
+pub const DAG_PB: u64 = 0x70;
+/// Multihash code of sha2-256.
+pub const SHA2_256: u64 = 0x12;
+
+/// How a file is cut and laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Profile {
+    /// IPIP-499 `unixfs-v1-2025`: 1 MiB chunks, 1024 links per node.
+    #[default]
+    UnixfsV1_2025,
+    /// What `ipfs add --cid-version=1` makes: 256 KiB chunks, 174 links per node.
+    KuboV1,
+}
+
+impl Profile {
+    pub fn chunk_size(self) -> usize {
+        match self {
+            Profile::UnixfsV1_2025 => 1024 * 1024,
+            Profile::KuboV1 => 256 * 1024,
+        }
+    }
+
+    pub fn max_links(self) -> usize {
+        match self {
+            Profile::UnixfsV1_2025 => 1024,
+            Profile::KuboV1 => 174,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::UnixfsV1_2025 => "unixfs-v1-2025",
+            Profile::KuboV1 => "kubo-v1",
+        }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown CID profile {0:?} (known: unixfs-v1-2025, kubo-v1)")]
+pub struct UnknownProfile(String);
+
+impl FromStr for Profile {
+    type Err = UnknownProfile;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "unixfs-v1-2025" => Ok(Profile::UnixfsV1_2025),
+            "kubo-v1" => Ok(Profile::KuboV1),
+            other => Err(UnknownProfile(other.to_string())),
+        }
+    }
+}
+
+/// The CIDv1 of a block with `codec` whose sha2-256 is `digest`.
+pub fn cid_v1(codec: u64, digest: &[u8; 32]) -> cid::Cid {
+    let mh = cid::multihash::Multihash::<64>::wrap(SHA2_256, digest).expect("32 bytes fit a 64-byte multihash");
+    cid::Cid::new_v1(codec, mh)
+}
+
+/// The root CID of `data` under `profile`, computed in one pass.
+pub fn cid_of_reader(mut data: impl std::io::Read, profile: Profile) -> std::io::Result<cid::Cid> {
+    let mut importer = Importer::new(profile);
+    let mut buf = vec![0u8; profile.chunk_size()];
+    loop {
+        let n = data.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        importer.update(&buf[..n], &mut ());
+    }
+    Ok(importer.finish(&mut ()).cid)
+}
+
+#[cfg(test)]
+mod kubo_vectors {
+    //! Kubo's own golden CIDs (../shared/vectors/unixfs-kubo.tsv, from Kubo's
+    //! test/cli/cid_profiles_test.go). Rows of `unixfs-v0-2015` (CIDv0 with dag-pb leaves) are
+    //! not a profile this node builds and are left out.
+    use super::*;
+    use chacha20::cipher::{KeyIvInit, StreamCipher};
+    use sha2::{Digest as _, Sha256};
+    use std::collections::BTreeMap;
+
+    fn vectors() -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/unixfs-kubo.tsv");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (the shared vectors sit beside the repository)", path.display()))
+    }
+
+    #[test]
+    fn chacha_input_matches_the_files_check_line() {
+        let mut c = chacha20::ChaCha20::new(&Sha256::digest(b"chunk-v1-seed"), &[0u8; 12].into());
+        let mut first = [0u8; 16];
+        c.apply_keystream(&mut first);
+        assert_eq!(hex::encode(first), "d0e858d590ad0786d216007abe1a38d1");
+    }
+
+    #[test]
+    fn root_cids_equal_kubos() {
+        // (profile, input) -> [(size, cid)], so each input stream is generated once.
+        let mut groups: BTreeMap<(String, String), Vec<(u64, String)>> = BTreeMap::new();
+        for line in vectors().lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let f: Vec<&str> = line.split('\t').collect();
+            let (profile, input, size, cid) = (f[0], f[1], f[2].parse::<u64>().unwrap(), f[3]);
+            if profile == "unixfs-v0-2015" {
+                continue;
+            }
+            groups.entry((profile.to_string(), input.to_string())).or_default().push((size, cid.to_string()));
+        }
+        let mut checked = 0;
+        for ((profile, input), mut rows) in groups {
+            let profile: Profile = profile.parse().unwrap();
+            rows.sort();
+            let mut imp = Importer::new(profile);
+            let mut fed = 0u64;
+            let mut stream: Box<dyn FnMut(&mut [u8])> = match input.split_once(':').unwrap() {
+                ("literal", text) => {
+                    let bytes = text.as_bytes().to_vec();
+                    let mut pos = 0;
+                    Box::new(move |buf: &mut [u8]| {
+                        buf.copy_from_slice(&bytes[pos..pos + buf.len()]);
+                        pos += buf.len();
+                    })
+                }
+                ("chacha", seed) => {
+                    let mut c = chacha20::ChaCha20::new(&Sha256::digest(seed.as_bytes()), &[0u8; 12].into());
+                    Box::new(move |buf: &mut [u8]| {
+                        buf.fill(0);
+                        c.apply_keystream(buf);
+                    })
+                }
+                (other, _) => panic!("unknown input kind {other}"),
+            };
+            let mut buf = vec![0u8; 1 << 20];
+            for (size, want) in rows {
+                while fed < size {
+                    let n = (size - fed).min(buf.len() as u64) as usize;
+                    stream(&mut buf[..n]);
+                    imp.update(&buf[..n], &mut ());
+                    fed += n as u64;
+                }
+                let root = imp.clone().finish(&mut ());
+                assert_eq!(root.cid.to_string(), want, "{profile} {input} {size} bytes");
+                assert_eq!(root.filesize, size);
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 7, "every CIDv1 row was checked");
+    }
+}
