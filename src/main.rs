@@ -21,6 +21,14 @@ enum Command {
         #[command(subcommand)]
         command: RegistryCommand,
     },
+    /// Print the root CID a file gets as a UnixFS DAG (like `ipfs add --only-hash -Q`).
+    Cid {
+        /// The file, or `-` for standard input.
+        file: PathBuf,
+        /// unixfs-v1-2025 (1 MiB chunks, 1024 links) or kubo-v1 (256 KiB, 174: `ipfs add --cid-version=1`).
+        #[arg(long, env = "AF_CID_PROFILE", default_value = "unixfs-v1-2025")]
+        profile: af_registry::unixfs::Profile,
+    },
 }
 
 #[derive(Subcommand)]
@@ -46,8 +54,16 @@ struct ServeArgs {
     config: Option<PathBuf>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        // One line: the error and its causes.
+        eprintln!("af: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AF_LOG").unwrap_or_else(|_| "info".into()),
@@ -64,6 +80,17 @@ fn main() -> anyhow::Result<()> {
             actix_web::rt::System::new()
                 .block_on(af_registry::server::serve(config))
                 .context("registry node stopped")
+        }
+        Command::Cid { file, profile } => {
+            let root = if file.as_os_str() == "-" {
+                af_registry::unixfs::import_reader(std::io::stdin(), profile)
+            } else {
+                let f = std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
+                af_registry::unixfs::import_reader(f, profile)
+            }
+            .with_context(|| format!("cannot read {}", file.display()))?;
+            println!("{}", root.cid);
+            Ok(())
         }
     }
 }

@@ -72,9 +72,16 @@ pub struct Importer {
 
 impl Importer {
     pub fn new(profile: Profile) -> Self {
+        Self::with_layout(profile.chunk_size(), profile.max_links())
+    }
+
+    /// Any chunk size and fan-out, as Kubo's `--chunker=size-N` and `Import.UnixFSFileMaxLinks`
+    /// allow (used to test deep trees with little data).
+    pub fn with_layout(chunk_size: usize, max_links: usize) -> Self {
+        assert!(chunk_size > 0 && max_links > 1, "chunks must hold bytes and nodes at least two links");
         Importer {
-            chunk_size: profile.chunk_size(),
-            max_links: profile.max_links(),
+            chunk_size,
+            max_links,
             hasher: Sha256::new(),
             chunk_len: 0,
             consumed: 0,

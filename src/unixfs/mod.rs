@@ -8,7 +8,7 @@
 mod importer;
 mod pb;
 
-pub use importer::{BlockSink, Importer, NewBlock};
+pub use importer::{BlockSink, Importer, NewBlock, Root};
 
 use std::fmt;
 use std::str::FromStr;
@@ -81,18 +81,54 @@ pub fn cid_v1(codec: u64, digest: &[u8; 32]) -> cid::Cid {
     cid::Cid::new_v1(codec, mh)
 }
 
-/// The root CID of `data` under `profile`, computed in one pass.
-pub fn cid_of_reader(mut data: impl std::io::Read, profile: Profile) -> std::io::Result<cid::Cid> {
-    let mut importer = Importer::new(profile);
-    let mut buf = vec![0u8; profile.chunk_size()];
-    loop {
-        let n = data.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        importer.update(&buf[..n], &mut ());
+/// The root of what `data` yields under `profile`, in one pass: one thread reads ahead while this
+/// one hashes, so the time is the hashing's, not reading plus hashing.
+pub fn import_reader<R: std::io::Read + Send>(mut data: R, profile: Profile) -> std::io::Result<Root> {
+    const BUF: usize = 1 << 20;
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(4);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..6 {
+        empty_tx.send(vec![0u8; BUF]).expect("receiver alive");
     }
-    Ok(importer.finish(&mut ()).cid)
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            while let Ok(mut buf) = empty_rx.recv() {
+                buf.resize(BUF, 0);
+                let mut filled = 0;
+                // Fill whole buffers: pipes and stdin return short reads.
+                let result = loop {
+                    match data.read(&mut buf[filled..]) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            filled += n;
+                            if filled == BUF {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                buf.truncate(filled);
+                let done = filled < BUF || result.is_err();
+                let item = result.map(|_| buf);
+                if full_tx.send(item).is_err() || done {
+                    return;
+                }
+            }
+        });
+        let mut importer = Importer::new(profile);
+        while let Ok(item) = full_rx.recv() {
+            let buf = item?;
+            if buf.is_empty() {
+                break;
+            }
+            importer.update(&buf, &mut ());
+            let _ = empty_tx.send(buf);
+        }
+        drop(empty_tx);
+        Ok(importer.finish(&mut ()))
+    })
 }
 
 #[cfg(test)]
