@@ -3,10 +3,12 @@
 # Debian's registry clients, the OCI conformance suite and Go clients built from the Go module
 # proxy, and oras from PyPI. Safe to run again; skips what is already there.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 REGCLIENT_VERSION=v0.11.7
 CRANE_VERSION=v0.22.1
+KUBO_VERSION=v0.42.0
 export GOBIN="${GOBIN:-$HOME/go/bin}"
 export PATH="$GOBIN:$PATH"
 
@@ -30,10 +32,17 @@ go_tool() { # name module@version
   fi
 }
 go_tool conformance "github.com/opencontainers/distribution-spec/conformance@${CONFORMANCE_VERSION}"
-# The suite's binary is named after its package directory; keep a stable name.
-[ -x "$GOBIN/conformance.test" ] || true
 go_tool regctl "github.com/regclient/regclient/cmd/regctl@${REGCLIENT_VERSION}"
 go_tool crane "github.com/google/go-containerregistry/cmd/crane@${CRANE_VERSION}"
+# Kubo, the reference IPFS implementation, as an independent source of UnixFS CIDs. (v0.43.1
+# replaces go-libp2p with a fork the module proxy does not serve, so it cannot be built here.)
+go_tool ipfs "github.com/ipfs/kubo/cmd/ipfs@${KUBO_VERSION}"
+
+# The JavaScript UnixFS importer (Helia's), pinned by tests/interop/package-lock.json.
+if [ ! -f tests/interop/node_modules/ipfs-unixfs-importer/package.json ]; then
+  echo "installing npm packages in tests/interop"
+  (cd tests/interop && npm ci --silent)
+fi
 
 python3 -c 'import oras' 2>/dev/null || { echo "installing oras (PyPI)"; pip install -q 'oras>=0.2,<0.3'; }
 echo "test dependencies ready"

@@ -14,6 +14,7 @@ pub struct ServeConfig {
     pub api: SocketAddr,
     pub data_dir: PathBuf,
     pub sparse_manifests: bool,
+    pub cid_profile: crate::unixfs::Profile,
 }
 
 /// The optional TOML file: every key is optional and named like its flag.
@@ -23,6 +24,7 @@ pub struct FileConfig {
     pub api: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub sparse_manifests: Option<bool>,
+    pub cid_profile: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,8 @@ pub enum ConfigError {
     Read { path: String, source: std::io::Error },
     #[error("config file {path} is invalid: {source}")]
     Parse { path: String, source: toml::de::Error },
+    #[error(transparent)]
+    Profile(#[from] crate::unixfs::UnknownProfile),
 }
 
 impl FileConfig {
@@ -43,12 +47,23 @@ impl FileConfig {
 
 impl ServeConfig {
     /// Merges flag/env values (already combined by clap) over the file over the defaults.
-    pub fn merge(api: Option<SocketAddr>, data_dir: Option<PathBuf>, sparse_manifests: Option<bool>, file: FileConfig) -> Self {
-        ServeConfig {
+    pub fn merge(
+        api: Option<SocketAddr>,
+        data_dir: Option<PathBuf>,
+        sparse_manifests: Option<bool>,
+        cid_profile: Option<crate::unixfs::Profile>,
+        file: FileConfig,
+    ) -> Result<Self, ConfigError> {
+        let cid_profile = match cid_profile {
+            Some(p) => p,
+            None => file.cid_profile.as_deref().map(str::parse).transpose()?.unwrap_or_default(),
+        };
+        Ok(ServeConfig {
+            cid_profile,
             api: api.or(file.api).unwrap_or_else(|| DEFAULT_API.parse().expect("default address")),
             data_dir: data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             sparse_manifests: sparse_manifests.or(file.sparse_manifests).unwrap_or(false),
-        }
+        })
     }
 }
 
@@ -58,11 +73,16 @@ mod tests {
 
     #[test]
     fn flags_beat_file_beats_defaults() {
-        let file: FileConfig = toml::from_str("api = \"127.0.0.1:6000\"\ndata-dir = \"/srv/af\"").unwrap();
-        let c = ServeConfig::merge(None, Some("/flag".into()), None, file);
+        let file: FileConfig =
+            toml::from_str("api = \"127.0.0.1:6000\"\ndata-dir = \"/srv/af\"\ncid-profile = \"kubo-v1\"").unwrap();
+        let c = ServeConfig::merge(None, Some("/flag".into()), None, None, file).unwrap();
+        assert_eq!(c.cid_profile, crate::unixfs::Profile::KuboV1);
         assert_eq!(c.api, "127.0.0.1:6000".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("/flag"));
-        let d = ServeConfig::merge(None, None, None, FileConfig::default());
+        let d = ServeConfig::merge(None, None, None, None, FileConfig::default()).unwrap();
+        assert_eq!(d.cid_profile, crate::unixfs::Profile::UnixfsV1_2025);
+        let bad: FileConfig = toml::from_str("cid-profile = \"nope\"").unwrap();
+        assert!(ServeConfig::merge(None, None, None, None, bad).is_err());
         assert_eq!(d.api, DEFAULT_API.parse().unwrap());
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
     }

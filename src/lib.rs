@@ -11,3 +11,4 @@ pub mod registry;
 pub mod server;
 pub mod storage;
 pub mod unixfs;
+pub mod blockstore;

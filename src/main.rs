@@ -26,7 +26,7 @@ enum Command {
         /// The file, or `-` for standard input.
         file: PathBuf,
         /// unixfs-v1-2025 (1 MiB chunks, 1024 links) or kubo-v1 (256 KiB, 174: `ipfs add --cid-version=1`).
-        #[arg(long, env = "AF_CID_PROFILE", default_value = "unixfs-v1-2025")]
+        #[arg(long, default_value = "unixfs-v1-2025")]
         profile: af_registry::unixfs::Profile,
     },
 }
@@ -49,6 +49,10 @@ struct ServeArgs {
     /// mirrors of multi-arch images) [default: false: refused with MANIFEST_BLOB_UNKNOWN].
     #[arg(long, env = "AF_SPARSE_MANIFESTS", num_args = 0..=1, default_missing_value = "true")]
     sparse_manifests: Option<bool>,
+    /// How blobs become UnixFS DAGs: unixfs-v1-2025 (1 MiB chunks, 1024 links) or kubo-v1
+    /// (256 KiB, 174; `ipfs add --cid-version=1`) [default: unixfs-v1-2025].
+    #[arg(long, env = "AF_CID_PROFILE")]
+    cid_profile: Option<af_registry::unixfs::Profile>,
     /// Optional TOML file with the same settings (kebab-case keys); flags and AF_* win over it.
     #[arg(long, env = "AF_CONFIG")]
     config: Option<PathBuf>,
@@ -76,7 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(path) => FileConfig::load(path)?,
                 None => FileConfig::default(),
             };
-            let config = ServeConfig::merge(args.api, args.data_dir, args.sparse_manifests, file);
+            let config = ServeConfig::merge(args.api, args.data_dir, args.sparse_manifests, args.cid_profile, file)?;
             actix_web::rt::System::new()
                 .block_on(af_registry::server::serve(config))
                 .context("registry node stopped")

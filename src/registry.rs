@@ -5,12 +5,14 @@
 //! session is served by one request at a time; a manifest is stored only when what it references
 //! is present.
 
+use crate::blockstore::{BlockIndex, BlockIndexError, Location};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::manifest::{self, ManifestError};
 use crate::metadata::{
-    ManifestRecord, MetadataError, MetadataStore, NewManifest, PutManifestOutcome, Reference,
+    BlobInfo, ManifestRecord, MetadataError, MetadataStore, NewManifest, PutManifestOutcome, Reference,
 };
-use crate::storage::{append_stream, BlobStore, StorageError};
+use crate::storage::{append_stream, BlobStore, SideHasher, StorageError};
+use crate::unixfs::{CollectingImporter, Profile};
 use bytes::Bytes;
 use futures_util::Stream;
 use std::collections::HashMap;
@@ -41,14 +43,31 @@ pub enum RegistryError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    BlockIndex(#[from] BlockIndexError),
+    #[error("block {cid} does not match its hash: {detail}")]
+    BlockCorrupt { cid: String, detail: String },
 }
 
 pub type Result<T> = std::result::Result<T, RegistryError>;
 
-/// The sha256 state of an upload at a given offset, so chunks are hashed as they arrive and never
-/// reread. Lost on restart and rebuilt from the file then.
+/// What has been computed over an upload's first `offset` bytes: its sha256 and its UnixFS DAG,
+/// so chunks are hashed as they arrive and never reread. Lost on restart and rebuilt from the
+/// file then.
+struct Hashes {
+    offset: u64,
+    digest: Hasher,
+    dag: CollectingImporter,
+}
+
 struct SessionState {
-    hashed: Option<(u64, Hasher)>,
+    hashed: Option<Hashes>,
+}
+
+impl SideHasher for CollectingImporter {
+    fn update(&mut self, data: &[u8]) {
+        CollectingImporter::update(self, data)
+    }
 }
 
 type SessionLock = Arc<tokio::sync::Mutex<SessionState>>;
@@ -56,6 +75,9 @@ type SessionLock = Arc<tokio::sync::Mutex<SessionState>>;
 pub struct Registry {
     pub meta: Arc<dyn MetadataStore>,
     pub blobs: BlobStore,
+    pub blocks: BlockIndex,
+    /// How new blobs are cut into UnixFS DAGs.
+    pub profile: Profile,
     /// Accept manifests whose blobs or child manifests are absent (partial mirrors of multi-arch
     /// images); by default they are refused with MANIFEST_BLOB_UNKNOWN.
     pub sparse_manifests: bool,
@@ -83,7 +105,7 @@ where
 impl Registry {
     /// Opens the registry and reconciles uploads: a data file without a session row, or a session
     /// without a data file, is the remains of a crash and is removed.
-    pub async fn open(meta: Arc<dyn MetadataStore>, blobs: BlobStore) -> Result<Self> {
+    pub async fn open(meta: Arc<dyn MetadataStore>, blobs: BlobStore, blocks: BlockIndex, profile: Profile) -> Result<Self> {
         let sessions = meta.list_uploads().await?;
         let known: std::collections::HashSet<Uuid> = sessions.iter().map(|s| s.id).collect();
         let mut on_disk = std::collections::HashSet::new();
@@ -102,11 +124,22 @@ impl Registry {
             }
             // No data file: either it was published (renamed into blobs/) and the commit did not
             // happen, which we complete now, or the session is beyond repair.
-            let published = s.finishing.as_ref().and_then(|d| blobs.open_blob(d).ok().flatten().map(|(_, len)| (d, len)));
+            let published = s.finishing.as_ref().filter(|d| blobs.has_blob(d));
             match published {
-                Some((digest, size)) => {
+                Some(digest) => {
                     tracing::info!(upload = %s.id, %digest, "completing an upload published before a crash");
-                    meta.commit_blob(&s.repository, digest, size, Some(s.id)).await?;
+                    let store = blobs.clone();
+                    let d = digest.clone();
+                    let (size, dag) = tokio::task::spawn_blocking(move || {
+                        let mut dag = CollectingImporter::new(profile);
+                        store.scan_blob(&d, |data| dag.update(data)).map(|size| (size, dag))
+                    })
+                    .await
+                    .map_err(|e| StorageError::Task(e.to_string()))??;
+                    let (root, dag_blocks) = dag.finish();
+                    blocks.record_blob_dag(digest, dag_blocks).await?;
+                    let info = BlobInfo { size, root_cid: root.cid.to_string() };
+                    meta.commit_blob(&s.repository, digest, &info, Some(s.id)).await?;
                 }
                 None => {
                     tracing::info!(upload = %s.id, "removing upload session without data");
@@ -114,7 +147,7 @@ impl Registry {
                 }
             }
         }
-        Ok(Registry { meta, blobs, sparse_manifests: false, sessions: Mutex::new(HashMap::new()) })
+        Ok(Registry { meta, blobs, blocks, profile, sparse_manifests: false, sessions: Mutex::new(HashMap::new()) })
     }
 
     fn session_lock(&self, id: Uuid) -> SessionLock {
@@ -157,19 +190,29 @@ impl Registry {
         self.blobs.upload_len(&id)?.ok_or(RegistryError::UploadUnknown(id))
     }
 
-    /// The sha256 state matching the file's current length, rebuilt from disk when unknown.
-    async fn current_hash(&self, id: Uuid, state: &mut SessionState) -> Result<(u64, Hasher)> {
+    /// The hashes matching the file's current length, rebuilt from disk when unknown.
+    async fn current_hash(&self, id: Uuid, state: &mut SessionState) -> Result<Hashes> {
         let len = self.blobs.upload_len(&id)?.ok_or(RegistryError::UploadUnknown(id))?;
-        if let Some((off, h)) = state.hashed.take() {
-            if off == len {
-                return Ok((off, h));
+        if let Some(h) = state.hashed.take() {
+            if h.offset == len && h.dag.consumed() == len {
+                return Ok(h);
             }
         }
         let store = self.blobs.clone();
-        let (off, h) = tokio::task::spawn_blocking(move || store.hash_upload(&id, Algorithm::Sha256))
-            .await
-            .map_err(|e| StorageError::Task(e.to_string()))??;
-        Ok((off, h))
+        let profile = self.profile;
+        let h = tokio::task::spawn_blocking(move || {
+            let mut digest = Algorithm::Sha256.hasher();
+            let mut dag = CollectingImporter::new(profile);
+            store
+                .scan_upload(&id, |data| {
+                    digest.update(data);
+                    dag.update(data);
+                })
+                .map(|offset| Hashes { offset, digest, dag })
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))??;
+        Ok(h)
     }
 
     async fn append_locked<B: Body>(
@@ -179,15 +222,18 @@ impl Registry {
         range: Option<ChunkRange>,
         body: B,
     ) -> Result<u64> {
-        let (offset, hasher) = self.current_hash(id, state).await?;
+        let h = self.current_hash(id, state).await?;
+        let offset = h.offset;
         if let Some(r) = range {
             if r.start != offset || r.end_inclusive < r.start {
-                state.hashed = Some((offset, hasher));
+                state.hashed = Some(h);
                 return Err(RegistryError::ChunkOutOfOrder { start: r.start, offset });
             }
         }
-        let out = append_stream(&self.blobs, id, offset, hasher, body).await?;
-        state.hashed = Some((out.len, out.hasher));
+        let out = append_stream(&self.blobs, id, offset, h.digest, h.dag, body).await?;
+        // The DAG saw every chunk received, the file only those written: keep both only if they
+        // agree, otherwise they are rebuilt from the file next time.
+        state.hashed = (out.side.consumed() == out.len).then_some(Hashes { offset: out.len, digest: out.hasher, dag: out.side });
         if let Err(e) = out.result {
             return Err(RegistryError::Body(e.to_string()));
         }
@@ -226,8 +272,9 @@ impl Registry {
         if let Some(body) = body {
             self.append_locked(id, &mut state, range, body).await?;
         }
+        let hashes = self.current_hash(id, &mut state).await?;
         let actual = match digest.algorithm() {
-            Algorithm::Sha256 => self.current_hash(id, &mut state).await?.1.finish(),
+            Algorithm::Sha256 => hashes.digest.clone().finish(),
             other => {
                 let store = self.blobs.clone();
                 tokio::task::spawn_blocking(move || store.hash_upload(&id, other))
@@ -241,13 +288,17 @@ impl Registry {
             self.discard(id).await?;
             return Err(RegistryError::DigestMismatch { expected: digest.clone(), actual });
         }
+        let (root, dag_blocks) = hashes.dag.finish();
         self.meta.mark_upload_finishing(id, digest).await?;
         let store = self.blobs.clone();
         let d = digest.clone();
         let size = tokio::task::spawn_blocking(move || store.publish(&id, &d))
             .await
             .map_err(|e| StorageError::Task(e.to_string()))??;
-        self.meta.commit_blob(repo, digest, size, Some(id)).await?;
+        // Blocks are indexed before the blob becomes visible, so every visible blob has its DAG.
+        self.blocks.record_blob_dag(digest, dag_blocks).await?;
+        let info = BlobInfo { size, root_cid: root.cid.to_string() };
+        self.meta.commit_blob(repo, digest, &info, Some(id)).await?;
         drop(state);
         self.forget_session(id);
         Ok(size)
@@ -283,18 +334,53 @@ impl Registry {
         }
     }
 
-    /// Opens a blob of `repo` for reading: the file and its length.
-    pub async fn open_blob(&self, repo: &str, digest: &Digest) -> Result<(std::fs::File, u64)> {
-        if self.meta.blob_size(repo, digest).await?.is_none() {
+    /// Opens a blob of `repo` for reading: the file, its length and what the metadata says of it.
+    pub async fn open_blob(&self, repo: &str, digest: &Digest) -> Result<(std::fs::File, u64, BlobInfo)> {
+        let Some(info) = self.meta.blob_info(repo, digest).await? else {
             return Err(RegistryError::BlobUnknown(digest.clone()));
-        }
+        };
         match self.blobs.open_blob(digest)? {
-            Some(found) => Ok(found),
+            Some((file, len)) => Ok((file, len, info)),
             None => {
                 tracing::error!(%digest, "blob is in the metadata but its file is missing");
                 Err(RegistryError::BlobUnknown(digest.clone()))
             }
         }
+    }
+
+    /// The bytes of block `cid` if this node holds it, verified against the CID's hash: a block
+    /// whose bytes no longer match is an error, never data.
+    pub async fn get_block(&self, cid: &cid::Cid) -> Result<Option<Bytes>> {
+        let Some(location) = self.blocks.locate(cid).await? else { return Ok(None) };
+        let bytes = match location {
+            Location::Inline(data) => Bytes::from(data),
+            Location::Blob { blob, offset, len } => {
+                let store = self.blobs.clone();
+                tokio::task::spawn_blocking(move || -> Result<Option<Bytes>> {
+                    use std::os::unix::fs::FileExt;
+                    let Some((file, _)) = store.open_blob(&blob)? else { return Ok(None) };
+                    let mut buf = vec![0u8; len as usize];
+                    file.read_exact_at(&mut buf, offset).map_err(|source| StorageError::Io {
+                        path: store.blob_path(&blob).display().to_string(),
+                        source,
+                    })?;
+                    Ok(Some(Bytes::from(buf)))
+                })
+                .await
+                .map_err(|e| StorageError::Task(e.to_string()))??
+                .ok_or_else(|| RegistryError::BlockCorrupt { cid: cid.to_string(), detail: "its blob file is missing".into() })?
+            }
+        };
+        let mh = cid.hash();
+        if mh.code() != crate::unixfs::SHA2_256 {
+            return Err(RegistryError::BlockCorrupt { cid: cid.to_string(), detail: "not a sha2-256 CID".into() });
+        }
+        let actual = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
+        if actual.as_slice() != mh.digest() {
+            tracing::error!(%cid, "block bytes do not match the CID");
+            return Err(RegistryError::BlockCorrupt { cid: cid.to_string(), detail: "sha2-256 mismatch".into() });
+        }
+        Ok(Some(bytes))
     }
 
     /// Stores a manifest under `reference` (a tag or its digest) plus extra `tags`.

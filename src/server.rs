@@ -17,6 +17,8 @@ pub enum ServeError {
     Metadata(#[from] crate::metadata::MetadataError),
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    BlockIndex(#[from] crate::blockstore::BlockIndexError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
     #[error("server failed: {0}")]
@@ -28,7 +30,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         .map_err(|source| ServeError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let blobs = BlobStore::open(&config.data_dir)?;
     let meta = SqliteStore::open(&config.data_dir.join("metadata.sqlite"))?;
-    let mut registry = Registry::open(meta, blobs).await?;
+    let blocks = crate::blockstore::BlockIndex::open(&config.data_dir.join("blocks.sqlite"))?;
+    let mut registry = Registry::open(meta, blobs, blocks, config.cid_profile).await?;
     registry.sparse_manifests = config.sparse_manifests;
     let registry = Arc::new(registry);
     let reg = registry.clone();

@@ -400,3 +400,41 @@ fn sha512_blobs_and_pagination() {
     let v: serde_json::Value = r.json().unwrap();
     assert_eq!(v["repositories"], serde_json::json!(["p/a"]));
 }
+
+fn af_cid(data: &[u8], profile: &str) -> String {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), data).unwrap();
+    run(std::process::Command::new(env!("CARGO_BIN_EXE_af")).args(["cid", "--profile", profile]).arg(f.path())).trim().to_string()
+}
+
+#[test]
+fn blobs_carry_the_root_cid_of_their_dag() {
+    let mut node = Node::start();
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 5u32).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+    let d = sha256(&data);
+    // Chunks that do not line up with UnixFS chunks, and a restart in the middle: the DAG is
+    // rebuilt from the upload file and carried on.
+    let loc = start_session(&node, "dag/a");
+    let cut = [0usize, 700_000, 1_500_001, data.len()];
+    for w in cut.windows(2).take(2) {
+        let r = client().patch(node.url(&loc)).header("Content-Range", format!("{}-{}", w[0], w[1] - 1)).body(data[w[0]..w[1]].to_vec()).send().unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    node.restart();
+    let r = client().put(node.url(&format!("{loc}?digest={d}"))).body(data[cut[2]..].to_vec()).send().unwrap();
+    assert_eq!(r.status(), 201);
+    let head = client().head(node.url(&format!("/v2/dag/a/blobs/{d}"))).send().unwrap();
+    assert_eq!(header(&head, "Ipfs-Cid"), af_cid(&data, "unixfs-v1-2025"));
+    // A mount shares the blob and its CID.
+    client().post(node.url(&format!("/v2/dag/b/blobs/uploads/?mount={d}&from=dag/a"))).send().unwrap();
+    let head = client().head(node.url(&format!("/v2/dag/b/blobs/{d}"))).send().unwrap();
+    assert_eq!(header(&head, "Ipfs-Cid"), af_cid(&data, "unixfs-v1-2025"));
+
+    let kubo_profile = Node::start_with(&["--cid-profile", "kubo-v1"]);
+    let d = push_blob(&kubo_profile, "dag/k", &data);
+    let head = client().get(kubo_profile.url(&format!("/v2/dag/k/blobs/{d}"))).send().unwrap();
+    assert_eq!(header(&head, "Ipfs-Cid"), af_cid(&data, "kubo-v1"));
+    let small = push_blob(&kubo_profile, "dag/k", b"hello world");
+    let head = client().head(kubo_profile.url(&format!("/v2/dag/k/blobs/{small}"))).send().unwrap();
+    assert_eq!(header(&head, "Ipfs-Cid"), "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e");
+}

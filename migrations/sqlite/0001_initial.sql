@@ -8,10 +8,12 @@ CREATE TABLE repositories (
     created_at  INTEGER NOT NULL
 );
 
--- A blob the node has verified and stored; its file is blobs/<alg>/<xx>/<hex>.
+-- A blob the node has verified and stored; its file is blobs/<alg>/<xx>/<hex>. root_cid is the
+-- root of its UnixFS DAG.
 CREATE TABLE blobs (
     digest      TEXT PRIMARY KEY,
     size        INTEGER NOT NULL CHECK (size >= 0),
+    root_cid    TEXT NOT NULL,
     created_at  INTEGER NOT NULL
 );
 

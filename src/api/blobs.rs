@@ -8,9 +8,12 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
 use crate::storage::read_range;
 
+/// The root CID of the blob's UnixFS DAG: what to ask the IPFS network or gateway for.
+pub const ROOT_CID_HEADER: &str = "Ipfs-Cid";
+
 pub async fn get(req: &HttpRequest, reg: &Registry, name: &str, digest: &str) -> ApiResult<HttpResponse> {
     let digest = parse_digest(digest)?;
-    let (file, len) = reg.open_blob(name, &digest).await?;
+    let (file, len, info) = reg.open_blob(name, &digest).await?;
     let range = parse_range(header(req, "range"), len).map_err(|e| {
         let code = match e {
             RangeError::Malformed(_) | RangeError::Unsatisfiable(..) => Code::RangeInvalid,
@@ -25,6 +28,7 @@ pub async fn get(req: &HttpRequest, reg: &Registry, name: &str, digest: &str) ->
     resp.insert_header(("Docker-Content-Digest", digest.to_string()))
         .insert_header(("ETag", format!("\"{digest}\"")))
         .insert_header(("Accept-Ranges", "bytes"))
+        .insert_header((ROOT_CID_HEADER, info.root_cid))
         .content_type("application/octet-stream");
     if status == StatusCode::PARTIAL_CONTENT {
         resp.insert_header(("Content-Range", format!("bytes {}-{}/{}", start, start + count - 1, len)));

@@ -141,7 +141,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::BlobUnknown(_) => Code::BlobUnknown,
             RegistryError::Manifest(_) => Code::ManifestInvalid,
             RegistryError::ManifestReference(_) => Code::ManifestBlobUnknown,
-            RegistryError::Storage(_) => Code::Internal,
+            RegistryError::Storage(_) | RegistryError::BlockIndex(_) | RegistryError::BlockCorrupt { .. } => Code::Internal,
             RegistryError::Metadata(_) => Code::Internal,
         };
         ApiError::new(code, e.to_string())

@@ -81,6 +81,14 @@ pub struct UploadSession {
     pub finishing: Option<Digest>,
 }
 
+/// A blob as a repository sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub size: u64,
+    /// The root CID of the blob's UnixFS DAG.
+    pub root_cid: String,
+}
+
 /// A page of a sorted listing: items after `last` (exclusive), at most `limit` of them.
 #[derive(Debug, Clone, Default)]
 pub struct Page {
@@ -90,15 +98,16 @@ pub struct Page {
 
 /// Contract shared by every backend:
 /// - Names and digests passed in are already validated.
-/// - A blob is visible in a repository (via [`MetadataStore::blob_size`]) only after
+/// - A blob is visible in a repository (via [`MetadataStore::blob_info`]) only after
 ///   [`MetadataStore::commit_blob`] or a mount linked it, and only while its file exists.
 /// - A tag always points at a manifest that exists in the same repository.
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
-    /// Size of a blob if it is linked to `repo`.
-    async fn blob_size(&self, repo: &str, digest: &Digest) -> MetaResult<Option<u64>>;
-    /// Records a verified, published blob, links it to `repo` and ends `upload` if given.
-    async fn commit_blob(&self, repo: &str, digest: &Digest, size: u64, upload: Option<Uuid>) -> MetaResult<()>;
+    /// A blob, if it is linked to `repo`.
+    async fn blob_info(&self, repo: &str, digest: &Digest) -> MetaResult<Option<BlobInfo>>;
+    /// Records a verified, published blob with the root CID of its DAG, links it to `repo` and
+    /// ends `upload` if given.
+    async fn commit_blob(&self, repo: &str, digest: &Digest, blob: &BlobInfo, upload: Option<Uuid>) -> MetaResult<()>;
     /// Links a blob already linked to `from` (or, with `from` = None, to any repository) into
     /// `repo`. Returns its size, or None when the source does not hold it.
     async fn mount_blob(&self, repo: &str, from: Option<&str>, digest: &Digest) -> MetaResult<Option<u64>>;

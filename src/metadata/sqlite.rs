@@ -190,29 +190,33 @@ fn page_sql(base: &str, key: &str, page: &Page) -> String {
 
 #[async_trait]
 impl MetadataStore for SqliteStore {
-    async fn blob_size(&self, repo: &str, digest: &Digest) -> MetaResult<Option<u64>> {
+    async fn blob_info(&self, repo: &str, digest: &Digest) -> MetaResult<Option<BlobInfo>> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         self.read(move |c| {
             c.prepare_cached(
-                "SELECT b.size FROM blobs b
+                "SELECT b.size, b.root_cid FROM blobs b
                  JOIN repository_blobs rb ON rb.digest = b.digest
                  JOIN repositories r ON r.id = rb.repository_id
                  WHERE r.name = ?1 AND b.digest = ?2",
             )
-            .and_then(|mut s| s.query_row(params![repo, digest], |r| r.get::<_, i64>(0)).optional())
-            .map(|o| o.map(|n| n as u64))
+            .and_then(|mut s| {
+                s.query_row(params![repo, digest], |r| {
+                    Ok(BlobInfo { size: r.get::<_, i64>(0)? as u64, root_cid: r.get(1)? })
+                })
+                .optional()
+            })
             .map_err(backend)
         })
         .await
     }
 
-    async fn commit_blob(&self, repo: &str, digest: &Digest, size: u64, upload: Option<Uuid>) -> MetaResult<()> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
+    async fn commit_blob(&self, repo: &str, digest: &Digest, blob: &BlobInfo, upload: Option<Uuid>) -> MetaResult<()> {
+        let (repo, digest, blob) = (repo.to_string(), digest.to_string(), blob.clone());
         self.write(move |tx| {
             let id = ensure_repo(tx, &repo)?;
             tx.execute(
-                "INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                params![digest, size as i64, now()],
+                "INSERT INTO blobs (digest, size, root_cid, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                params![digest, blob.size as i64, blob.root_cid, now()],
             )
             .map_err(backend)?;
             link_blob(tx, id, &digest)?;

@@ -79,29 +79,41 @@ impl BlobStore {
         Ok(out)
     }
 
-    /// Hashes the first `len` bytes of an upload's data file: used to rebuild the hash state after
-    /// a restart and for algorithms other than the streamed sha256.
+    /// Hashes an upload's data file with `algorithm` (for digests other than the streamed sha256).
     pub fn hash_upload(&self, id: &Uuid, algorithm: Algorithm) -> Result<(u64, Hasher), StorageError> {
-        let path = self.upload_path(id);
-        let mut f = File::open(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                StorageError::UploadMissing(id.to_string())
-            } else {
-                io_err(&path)(e)
-            }
-        })?;
         let mut hasher = algorithm.hasher();
+        let total = self.scan_upload(id, |data| hasher.update(data))?;
+        Ok((total, hasher))
+    }
+
+    /// Feeds an upload's whole data file to `f` (to rebuild hash state after a restart).
+    pub fn scan_upload(&self, id: &Uuid, f: impl FnMut(&[u8])) -> Result<u64, StorageError> {
+        self.scan(&self.upload_path(id), f).map_err(|e| match e {
+            StorageError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                StorageError::UploadMissing(id.to_string())
+            }
+            other => other,
+        })
+    }
+
+    /// Feeds a blob file to `f`.
+    pub fn scan_blob(&self, digest: &Digest, f: impl FnMut(&[u8])) -> Result<u64, StorageError> {
+        self.scan(&self.blob_path(digest), f)
+    }
+
+    fn scan(&self, path: &Path, mut f: impl FnMut(&[u8])) -> Result<u64, StorageError> {
+        let mut file = File::open(path).map_err(io_err(path))?;
         let mut buf = vec![0u8; HASH_BUF];
         let mut total = 0u64;
         loop {
-            let n = f.read(&mut buf).map_err(io_err(&path))?;
+            let n = file.read(&mut buf).map_err(io_err(path))?;
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[..n]);
+            f(&buf[..n]);
             total += n as u64;
         }
-        Ok((total, hasher))
+        Ok(total)
     }
 
     /// Moves a verified upload into the content-addressed store. The caller must have checked that

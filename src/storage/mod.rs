@@ -13,7 +13,7 @@ mod upload;
 
 pub use blobstore::BlobStore;
 pub use download::read_range;
-pub use upload::{append_stream, AppendOutcome};
+pub use upload::{append_stream, AppendOutcome, SideHasher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {

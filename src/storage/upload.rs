@@ -1,8 +1,9 @@
 //! Streaming an HTTP body onto the end of an upload's data file.
 //!
-//! The request's chunks cross a bounded channel to one blocking thread that writes and hashes
-//! them, so the network side and the disk/hash side run on different cores and no more than
-//! `CHANNEL_DEPTH` chunks are ever held in memory, whatever the layer size.
+//! The request's chunks cross bounded channels to two blocking threads: one writes them and
+//! computes the digest, the other feeds a [`SideHasher`] (the UnixFS importer), so the network
+//! side, the disk side and the second hash run on different cores, and no more than
+//! `CHANNEL_DEPTH` chunks per channel are ever held in memory, whatever the layer size.
 
 use super::{io_err, BlobStore, StorageError};
 use crate::digest::Hasher;
@@ -77,30 +78,46 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
+/// A second computation over the bytes of an upload, run on its own thread.
+pub trait SideHasher: Send + 'static {
+    fn update(&mut self, data: &[u8]);
+}
+
 /// What an append achieved. `result` is the body stream's own error, if it broke off: the bytes
 /// received before it are on disk and hashed all the same, so the upload stays consistent and the
 /// client may resume from `len`.
-pub struct AppendOutcome<E> {
+pub struct AppendOutcome<E, T> {
     pub len: u64,
     pub hasher: Hasher,
+    pub side: T,
     pub received: u64,
     pub result: Result<(), E>,
 }
 
 /// Appends `body` to upload `id`, whose data file must currently be `offset` bytes long and whose
-/// content so far `hasher` has consumed. The data is fsync'd before this returns.
-pub async fn append_stream<S, E>(
+/// content so far `hasher` and `side` have consumed. The data is fsync'd before this returns.
+/// `side` sees every chunk the body delivered, even one whose write failed: the caller compares
+/// what it consumed with the returned length before trusting it.
+pub async fn append_stream<S, E, T: SideHasher>(
     store: &BlobStore,
     id: Uuid,
     offset: u64,
     mut hasher: Hasher,
+    mut side: T,
     mut body: S,
-) -> Result<AppendOutcome<E>, StorageError>
+) -> Result<AppendOutcome<E, T>, StorageError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
 {
     let path = store.upload_path(&id);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let (side_tx, mut side_rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let side_task = tokio::task::spawn_blocking(move || {
+        while let Some(chunk) = side_rx.blocking_recv() {
+            side.update(&chunk);
+        }
+        side
+    });
     let writer = tokio::task::spawn_blocking(move || -> Result<(u64, Hasher, u64), StorageError> {
         let file = OpenOptions::new().append(true).open(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -133,8 +150,11 @@ where
         match item {
             Ok(chunk) if chunk.is_empty() => {}
             Ok(chunk) => {
-                if tx.send(chunk).await.is_err() {
+                if tx.send(chunk.clone()).await.is_err() {
                     break; // the writer failed; its error is reported below
+                }
+                if side_tx.send(chunk).await.is_err() {
+                    break;
                 }
             }
             Err(e) => {
@@ -144,8 +164,10 @@ where
         }
     }
     drop(tx);
+    drop(side_tx);
+    let side = side_task.await.map_err(|e| StorageError::Task(e.to_string()))?;
     let (len, hasher, received) = writer
         .await
         .map_err(|e| StorageError::Task(e.to_string()))??;
-    Ok(AppendOutcome { len, hasher, received, result })
+    Ok(AppendOutcome { len, hasher, side, received, result })
 }

@@ -31,15 +31,6 @@ impl BlockSink for () {
     fn block(&mut self, _: NewBlock<'_>) {}
 }
 
-impl BlockSink for Vec<(Cid, Option<Vec<u8>>, u64, u64)> {
-    fn block(&mut self, block: NewBlock<'_>) {
-        match block {
-            NewBlock::Leaf { cid, offset, len } => self.push((cid, None, offset, len)),
-            NewBlock::Node { cid, bytes } => self.push((cid, Some(bytes.to_vec()), 0, 0)),
-        }
-    }
-}
-
 /// The root of an imported file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Root {
@@ -203,14 +194,62 @@ mod tests {
     #[test]
     fn blocks_come_children_first_and_cover_the_input() {
         let data = vec![9u8; 3 * 262_144 + 5];
-        let mut blocks = Vec::new();
-        let mut imp = Importer::new(Profile::KuboV1);
-        imp.update(&data, &mut blocks);
-        let root = imp.finish(&mut blocks);
-        let leaves: Vec<_> = blocks.iter().filter(|b| b.1.is_none()).collect();
+        let mut imp = CollectingImporter::new(Profile::KuboV1);
+        imp.update(&data);
+        let (root, blocks) = imp.finish();
+        let leaves: Vec<(u64, u64)> = blocks
+            .iter()
+            .filter_map(|b| match b {
+                DagBlock::Leaf { offset, len, .. } => Some((*offset, *len)),
+                DagBlock::Node { .. } => None,
+            })
+            .collect();
         assert_eq!(leaves.len(), 4);
-        assert_eq!(leaves.iter().map(|b| b.3).sum::<u64>(), data.len() as u64);
-        assert_eq!(leaves[3].2, 3 * 262_144);
-        assert_eq!(blocks.last().unwrap().0, root.cid);
+        assert_eq!(leaves.iter().map(|l| l.1).sum::<u64>(), data.len() as u64);
+        assert_eq!(leaves[3].0, 3 * 262_144);
+        assert!(matches!(blocks.last().unwrap(), DagBlock::Node { cid, .. } if *cid == root.cid));
+    }
+}
+
+/// A block of a file's DAG, kept until the file is published: leaves by position, nodes by value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DagBlock {
+    Leaf { cid: Cid, offset: u64, len: u64 },
+    Node { cid: Cid, bytes: Vec<u8> },
+}
+
+impl BlockSink for Vec<DagBlock> {
+    fn block(&mut self, block: NewBlock<'_>) {
+        self.push(match block {
+            NewBlock::Leaf { cid, offset, len } => DagBlock::Leaf { cid, offset, len },
+            NewBlock::Node { cid, bytes } => DagBlock::Node { cid, bytes: bytes.to_vec() },
+        });
+    }
+}
+
+/// An importer that keeps the blocks it makes (a few dozen bytes per leaf), for an upload whose
+/// DAG is recorded when it is published.
+#[derive(Clone)]
+pub struct CollectingImporter {
+    importer: Importer,
+    blocks: Vec<DagBlock>,
+}
+
+impl CollectingImporter {
+    pub fn new(profile: Profile) -> Self {
+        CollectingImporter { importer: Importer::new(profile), blocks: Vec::new() }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.importer.update(data, &mut self.blocks);
+    }
+
+    pub fn consumed(&self) -> u64 {
+        self.importer.consumed()
+    }
+
+    pub fn finish(mut self) -> (Root, Vec<DagBlock>) {
+        let root = self.importer.finish(&mut self.blocks);
+        (root, self.blocks)
     }
 }

@@ -8,7 +8,7 @@
 mod importer;
 mod pb;
 
-pub use importer::{BlockSink, Importer, NewBlock, Root};
+pub use importer::{BlockSink, CollectingImporter, DagBlock, Importer, NewBlock, Root};
 
 use std::fmt;
 use std::str::FromStr;

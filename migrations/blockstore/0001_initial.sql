@@ -1,0 +1,14 @@
+-- The node-local block index: where each IPFS block's bytes are. Never shared between nodes.
+-- A raw leaf is a byte range of a blob file (its bytes are never stored twice); interior and
+-- other blocks are stored inline.
+CREATE TABLE blocks (
+    multihash BLOB PRIMARY KEY,
+    codec     INTEGER NOT NULL,
+    blob      TEXT,
+    offset    INTEGER,
+    length    INTEGER NOT NULL CHECK (length >= 0),
+    data      BLOB,
+    CHECK ((blob IS NULL AND offset IS NULL AND data IS NOT NULL)
+        OR (blob IS NOT NULL AND offset IS NOT NULL AND data IS NULL))
+) WITHOUT ROWID;
+CREATE INDEX blocks_by_blob ON blocks(blob) WHERE blob IS NOT NULL;

@@ -1,0 +1,135 @@
+//! The node-local block index: for each IPFS block (by multihash), where its bytes are.
+//!
+//! Raw leaves of a blob's UnixFS DAG are byte ranges of the blob file, so leaf data is never
+//! stored twice; dag-pb nodes are stored inline. It is its own SQLite file (`blocks.sqlite`),
+//! never part of the shared metadata store: which blocks a node holds is that node's business.
+//! This module only records and locates; reading and verifying the bytes is the registry's
+//! (which knows the blob files).
+
+use crate::digest::Digest;
+use crate::unixfs::DagBlock;
+use cid::Cid;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/blockstore/0001_initial.sql"))];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockIndexError {
+    #[error("block index failed: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("block index holds an invalid value: {0}")]
+    Corrupt(String),
+    #[error("block index task failed: {0}")]
+    Task(String),
+}
+
+/// Where a block's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// `len` bytes at `offset` of the blob file of `blob`.
+    Blob { blob: Digest, offset: u64, len: u64 },
+    Inline(Vec<u8>),
+}
+
+pub struct BlockIndex {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl BlockIndex {
+    pub fn open(path: &Path) -> Result<Self, BlockIndexError> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+        let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        for (version, sql) in MIGRATIONS {
+            if *version > current {
+                tx.execute_batch(sql)?;
+                tx.execute_batch(&format!("PRAGMA user_version = {version}"))?;
+            }
+        }
+        tx.commit()?;
+        Ok(BlockIndex { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, BlockIndexError> + Send + 'static,
+    ) -> Result<T, BlockIndexError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || f(&mut conn.lock().expect("block index lock")))
+            .await
+            .map_err(|e| BlockIndexError::Task(e.to_string()))?
+    }
+
+    /// Records every block of the DAG of `blob` (leaves as ranges of its file), in one
+    /// transaction. Blocks already known keep their first location.
+    pub async fn record_blob_dag(&self, blob: &Digest, blocks: Vec<DagBlock>) -> Result<(), BlockIndexError> {
+        let blob = blob.to_string();
+        self.run(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut leaf = tx.prepare_cached(
+                    "INSERT INTO blocks (multihash, codec, blob, offset, length) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT DO NOTHING",
+                )?;
+                let mut node = tx.prepare_cached(
+                    "INSERT INTO blocks (multihash, codec, length, data) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                )?;
+                for b in &blocks {
+                    match b {
+                        DagBlock::Leaf { cid, offset, len } => {
+                            leaf.execute(params![cid.hash().to_bytes(), cid.codec() as i64, blob, *offset as i64, *len as i64])?;
+                        }
+                        DagBlock::Node { cid, bytes } => {
+                            node.execute(params![cid.hash().to_bytes(), cid.codec() as i64, bytes.len() as i64, bytes])?;
+                        }
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Where the block of `cid` is, if this node has it.
+    pub async fn locate(&self, cid: &Cid) -> Result<Option<Location>, BlockIndexError> {
+        let mh = cid.hash().to_bytes();
+        self.run(move |conn| {
+            let row = conn
+                .prepare_cached("SELECT blob, offset, length, data FROM blocks WHERE multihash = ?1")?
+                .query_row([mh], |r| {
+                    Ok((
+                        r.get::<_, Option<String>>(0)?,
+                        r.get::<_, Option<i64>>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<Vec<u8>>>(3)?,
+                    ))
+                })
+                .optional()?;
+            row.map(|(blob, offset, len, data)| match (blob, offset, data) {
+                (Some(blob), Some(offset), None) => Ok(Location::Blob {
+                    blob: blob.parse().map_err(|e| BlockIndexError::Corrupt(format!("{e}")))?,
+                    offset: offset as u64,
+                    len: len as u64,
+                }),
+                (None, None, Some(data)) => Ok(Location::Inline(data)),
+                _ => Err(BlockIndexError::Corrupt("a block with neither or both locations".into())),
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    /// How many blocks of `blob` are indexed (leaves held as ranges of its file).
+    pub async fn leaves_of(&self, blob: &Digest) -> Result<u64, BlockIndexError> {
+        let blob = blob.to_string();
+        self.run(move |conn| {
+            Ok(conn.query_row("SELECT count(*) FROM blocks WHERE blob = ?1", [blob], |r| r.get::<_, i64>(0))? as u64)
+        })
+        .await
+    }
+}
