@@ -34,9 +34,14 @@ go_tool() { # name module@version
 go_tool conformance "github.com/opencontainers/distribution-spec/conformance@${CONFORMANCE_VERSION}"
 go_tool regctl "github.com/regclient/regclient/cmd/regctl@${REGCLIENT_VERSION}"
 go_tool crane "github.com/google/go-containerregistry/cmd/crane@${CRANE_VERSION}"
-# Kubo, the reference IPFS implementation, as an independent source of UnixFS CIDs. (v0.43.1
-# replaces go-libp2p with a fork the module proxy does not serve, so it cannot be built here.)
-go_tool ipfs "github.com/ipfs/kubo/cmd/ipfs@${KUBO_VERSION}"
+# Kubo, the reference IPFS implementation, as an independent source of UnixFS CIDs. Its go.mod has
+# exclude directives, which `go install pkg@version` refuses, so it is built inside its own module
+# as downloaded from the proxy. (v0.43.1 replaces go-libp2p with a fork the proxy does not serve.)
+if [ ! -x "$GOBIN/ipfs" ]; then
+  echo "building github.com/ipfs/kubo@${KUBO_VERSION}"
+  kubo_dir=$(go mod download -json "github.com/ipfs/kubo@${KUBO_VERSION}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  (cd "$kubo_dir" && go build -o "$GOBIN/ipfs" ./cmd/ipfs)
+fi
 
 # The JavaScript UnixFS importer (Helia's), pinned by tests/interop/package-lock.json.
 if [ ! -f tests/interop/node_modules/ipfs-unixfs-importer/package.json ]; then
