@@ -2,12 +2,13 @@
 //! the Go module proxy) in the same run, on the same disk, with the same client.
 //!
 //! Measures: push of one large layer (default 1 GiB, `AF_BENCH_SIZE_MIB`) against what
-//! `dd conv=fsync` writes to the same disk; pull of it; manifest GETs by tag with 64 connections
-//! (wrk, one thread, since client and servers share the machine); peak RSS of each server while
+//! `dd conv=fsync` writes to the same disk; pull of it (both with curl, after a `sync`, so that
+//! neither the client nor the other server's unwritten data is measured); manifest GETs by tag
+//! with 64 connections (wrk, one thread, since client and servers share the machine); peak RSS of each server while
 //! the layer is pushed. Prints every figure and the ratios.
 
 use sha2::{Digest as _, Sha256};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -119,6 +120,7 @@ fn make_layer(path: &Path, size: u64) -> String {
 
 /// dd's fsync'd write speed to the same disk, MB/s.
 fn dd_mbps(src: &Path, dir: &Path, size: u64) -> f64 {
+    settle();
     let out = dir.join("dd.out");
     let t = Instant::now();
     let ok = Command::new("dd")
@@ -142,38 +144,40 @@ fn absolute(server: &Server, location: &str) -> String {
     }
 }
 
+/// Flushes everything dirty first, so that what one server left in the page cache (distribution
+/// does not fsync) is not written back during the next measurement.
+fn settle() {
+    let _ = Command::new("sync").status();
+}
+
+/// curl, an efficient client, so the servers and not the client are measured.
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl").args(["-sS", "--fail"]).args(args).output().expect("curl");
+    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Docker's way: POST, one streamed PATCH, empty PUT with the digest. MB/s.
 fn push(server: &Server, layer: &Path, digest: &str, size: u64) -> f64 {
-    let c = reqwest::blocking::Client::builder().timeout(Duration::from_secs(3600)).build().unwrap();
+    settle();
     let t = Instant::now();
-    let r = c.post(format!("{}/v2/bench/layer/blobs/uploads/", server.base)).send().unwrap();
-    assert_eq!(r.status(), 202);
-    let loc = absolute(server, r.headers()["Location"].to_str().unwrap());
-    let body = reqwest::blocking::Body::new(std::fs::File::open(layer).unwrap());
-    let r = c.patch(&loc).header("Content-Type", "application/octet-stream").body(body).send().unwrap();
-    assert_eq!(r.status(), 202, "{} PATCH", server.name);
-    let loc = absolute(server, r.headers()["Location"].to_str().unwrap());
+    let headers = curl(&["-D", "-", "-o", "/dev/null", "-X", "POST", &format!("{}/v2/bench/layer/blobs/uploads/", server.base)]);
+    let location = |h: &str| {
+        let loc = h.lines().find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: "))).expect("Location").trim();
+        absolute(server, loc)
+    };
+    let loc = location(&headers);
+    let headers = curl(&["-D", "-", "-o", "/dev/null", "-X", "PATCH", "-H", "Content-Type: application/octet-stream", "-T", &layer.display().to_string(), &loc]);
+    let loc = location(&headers);
     let sep = if loc.contains('?') { '&' } else { '?' };
-    let r = c.put(format!("{loc}{sep}digest={digest}")).header("Content-Length", "0").send().unwrap();
-    assert_eq!(r.status(), 201, "{} PUT", server.name);
+    curl(&["-o", "/dev/null", "-X", "PUT", "-H", "Content-Length: 0", &format!("{loc}{sep}digest={digest}")]);
     size as f64 / 1e6 / t.elapsed().as_secs_f64()
 }
 
 fn pull(server: &Server, digest: &str, size: u64) -> f64 {
-    let c = reqwest::blocking::Client::builder().timeout(Duration::from_secs(3600)).build().unwrap();
     let t = Instant::now();
-    let mut r = c.get(format!("{}/v2/bench/layer/blobs/{digest}", server.base)).send().unwrap();
-    assert_eq!(r.status(), 200);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut got = 0u64;
-    loop {
-        let n = r.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        got += n as u64;
-    }
-    assert_eq!(got, size);
+    let got = curl(&["-o", "/dev/null", "-w", "%{size_download}", &format!("{}/v2/bench/layer/blobs/{digest}", server.base)]);
+    assert_eq!(got.trim().parse::<u64>().unwrap(), size);
     size as f64 / 1e6 / t.elapsed().as_secs_f64()
 }
 
