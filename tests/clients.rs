@@ -28,6 +28,11 @@ fn skopeo() -> Command {
     c
 }
 
+/// skopeo copies image `t` of an OCI layout to `target` (`host/repo:tag`).
+fn push_layout(layout: &Path, target: &str) {
+    run(skopeo().args(["copy", "--dest-tls-verify=false"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{target}")));
+}
+
 /// The manifest digest the layout's index gives for `tag`.
 fn layout_manifest_digest(layout: &Path, tag: &str) -> String {
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
@@ -63,7 +68,7 @@ fn skopeo_round_trips_an_oci_layout_and_a_docker_archive() {
     let tmp = tempfile::tempdir().unwrap();
     let layout = build_image(tmp.path());
     let host = node.host();
-    run(skopeo().args(["copy", "--dest-tls-verify=false"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{host}/skopeo/oci:t")));
+    push_layout(&layout, &format!("{host}/skopeo/oci:t"));
     let back = tmp.path().join("back");
     run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{host}/skopeo/oci:t")).arg(format!("oci:{}:t", back.display())));
     assert_same_blobs(&layout, &back, "t");
@@ -87,7 +92,7 @@ fn podman_pulls_pushes_and_pushes_a_manifest_list() {
     let tmp = tempfile::tempdir().unwrap();
     let layout = build_image(tmp.path());
     let host = node.host();
-    run(skopeo().args(["copy", "--dest-tls-verify=false"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{host}/podman/src:t")));
+    push_layout(&layout, &format!("{host}/podman/src:t"));
     let podman = || {
         let mut c = Command::new("podman");
         c.args(["--storage-driver", "vfs", "--root"])
@@ -123,7 +128,7 @@ fn regctl_and_crane_copy_and_referrers() {
     let tmp = tempfile::tempdir().unwrap();
     let layout = build_image(tmp.path());
     let host = node.host();
-    run(skopeo().args(["copy", "--dest-tls-verify=false"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{host}/tools/src:t")));
+    push_layout(&layout, &format!("{host}/tools/src:t"));
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let regctl = || {
@@ -193,7 +198,7 @@ fn containerd_ctr_pulls_and_pushes() {
     let tmp = tempfile::tempdir().unwrap();
     let layout = build_image(tmp.path());
     let host = node.host();
-    run(skopeo().args(["copy", "--dest-tls-verify=false"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{host}/ctr/src:t")));
+    push_layout(&layout, &format!("{host}/ctr/src:t"));
     let root = tmp.path().join("containerd");
     let sock = root.join("containerd.sock");
     std::fs::create_dir_all(&root).unwrap();

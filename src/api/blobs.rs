@@ -1,7 +1,7 @@
 //! `GET|HEAD|DELETE /v2/<name>/blobs/<digest>`.
 
 use super::errors::{ApiError, ApiResult, Code};
-use super::range::{parse_range, RangeError, RangeRequest};
+use super::range::{parse_range, RangeRequest};
 use super::{header, parse_digest};
 use crate::registry::Registry;
 use actix_web::http::StatusCode;
@@ -15,10 +15,7 @@ pub async fn get(req: &HttpRequest, reg: &Registry, name: &str, digest: &str) ->
     let digest = parse_digest(digest)?;
     let (file, len, info) = reg.open_blob(name, &digest).await?;
     let range = parse_range(header(req, "range"), len).map_err(|e| {
-        let code = match e {
-            RangeError::Malformed(_) | RangeError::Unsatisfiable(..) => Code::RangeInvalid,
-        };
-        ApiError::new(code, e.to_string()).with_header("Content-Range", format!("bytes */{len}"))
+        ApiError::new(Code::RangeInvalid, e.to_string()).with_header("Content-Range", format!("bytes */{len}"))
     })?;
     let (status, start, count) = match range {
         RangeRequest::Full => (StatusCode::OK, 0, len),
