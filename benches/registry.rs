@@ -212,6 +212,7 @@ fn push_small_image(server: &Server) {
 
 /// (requests/s, p99 ms) for manifest GETs by tag with 64 connections.
 fn manifest_load(server: &Server) -> (f64, f64) {
+    settle();
     let url = format!("{}/v2/bench/app/manifests/latest", server.base);
     let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
     let warm = Command::new("wrk").args(["-t1", "-c64", "-d2s", "-H", accept, &url]).output().expect("wrk (apt-get install wrk)");
@@ -285,6 +286,7 @@ fn main() {
         let rss = peak_rss_mib(server.child.id());
         // Drop the page cache's copy of what was just written so the pull reads like a cold one
         // would for both servers (best effort: needs root).
+        settle();
         let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
         let pull_mbps = pull(server, &digest, size);
         // Again, now from the page cache: what the server itself costs.

@@ -32,6 +32,7 @@ fn map_window(file: &File, offset: u64, len: u64) -> std::io::Result<Bytes> {
     let skip = (offset - aligned) as usize;
     // SAFETY: blob files are immutable once published (see the module comment).
     let map = unsafe { memmap2::MmapOptions::new().offset(aligned).len(skip + len as usize).map(file)? };
+    let _ = map.advise(memmap2::Advice::WillNeed);
     let mut touched = 0u8;
     for i in (skip..map.len()).step_by(PAGE as usize) {
         touched = touched.wrapping_add(map[i]);
@@ -39,6 +40,34 @@ fn map_window(file: &File, offset: u64, len: u64) -> std::io::Result<Bytes> {
     std::hint::black_box(touched);
     Ok(Bytes::from_owner(Window(map)).slice(skip..))
 }
+
+/// Reads of a cold blob go through page faults; without these hints the kernel would read it in
+/// small synchronous steps instead of large sequential requests.
+#[cfg(target_os = "linux")]
+fn advise_sequential(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: advisory syscall on an open descriptor; its result does not matter.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), offset as i64, len as i64, libc::POSIX_FADV_SEQUENTIAL);
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn prefetch(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    if len > 0 {
+        // SAFETY: as above; WILLNEED starts an asynchronous read of the range.
+        unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), offset as i64, len as i64, libc::POSIX_FADV_WILLNEED);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_sequential(_file: &File, _offset: u64, _len: u64) {}
+
+#[cfg(not(target_os = "linux"))]
+fn prefetch(_file: &File, _offset: u64, _len: u64) {}
 
 /// The `len` bytes of `file` starting at `start`, as a stream of chunks.
 pub fn read_range(file: File, start: u64, len: u64) -> impl Stream<Item = std::io::Result<Bytes>> {
@@ -60,8 +89,11 @@ pub fn read_range(file: File, start: u64, len: u64) -> impl Stream<Item = std::i
         }
         let mut offset = start;
         let end = start + len;
+        advise_sequential(&file, start, len);
         while offset < end {
             let n = WINDOW.min(end - offset);
+            // Ask for the next window now, so the disk reads it while this one is sent.
+            prefetch(&file, offset + n, WINDOW.min(end - (offset + n).min(end)));
             let item = map_window(&file, offset, n);
             let failed = item.is_err();
             if tx.blocking_send(item).is_err() || failed {
