@@ -12,3 +12,4 @@ pub mod server;
 pub mod storage;
 pub mod unixfs;
 pub mod blockstore;
+pub mod scrub;

@@ -106,6 +106,19 @@ impl Registry {
     /// Opens the registry and reconciles uploads: a data file without a session row, or a session
     /// without a data file, is the remains of a crash and is removed.
     pub async fn open(meta: Arc<dyn MetadataStore>, blobs: BlobStore, blocks: BlockIndex, profile: Profile) -> Result<Self> {
+        let registry = Self::attach(meta, blobs, blocks, profile);
+        registry.reconcile_uploads().await?;
+        Ok(registry)
+    }
+
+    /// A registry over stores another process may be serving: no start-up reconciliation (it
+    /// would race that process's uploads). For offline tools such as `verify`.
+    pub fn attach(meta: Arc<dyn MetadataStore>, blobs: BlobStore, blocks: BlockIndex, profile: Profile) -> Self {
+        Registry { meta, blobs, blocks, profile, sparse_manifests: false, sessions: Mutex::new(HashMap::new()) }
+    }
+
+    async fn reconcile_uploads(&self) -> Result<()> {
+        let (meta, blobs, blocks, profile) = (&self.meta, &self.blobs, &self.blocks, self.profile);
         let sessions = meta.list_uploads().await?;
         let known: std::collections::HashSet<Uuid> = sessions.iter().map(|s| s.id).collect();
         let mut on_disk = std::collections::HashSet::new();
@@ -147,7 +160,7 @@ impl Registry {
                 }
             }
         }
-        Ok(Registry { meta, blobs, blocks, profile, sparse_manifests: false, sessions: Mutex::new(HashMap::new()) })
+        Ok(())
     }
 
     fn session_lock(&self, id: Uuid) -> SessionLock {

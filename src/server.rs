@@ -25,13 +25,27 @@ pub enum ServeError {
     Server(std::io::Error),
 }
 
+/// Opens the stores of a data directory (creating them if absent); with `serving`, also
+/// reconciles its uploads, which only the process that serves it may do.
+pub async fn open_registry(
+    data_dir: &std::path::Path,
+    profile: crate::unixfs::Profile,
+    serving: bool,
+) -> Result<Registry, ServeError> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|source| ServeError::DataDir { path: data_dir.display().to_string(), source })?;
+    let blobs = BlobStore::open(data_dir)?;
+    let meta = SqliteStore::open(&data_dir.join("metadata.sqlite"))?;
+    let blocks = crate::blockstore::BlockIndex::open(&data_dir.join("blocks.sqlite"))?;
+    if serving {
+        Ok(Registry::open(meta, blobs, blocks, profile).await?)
+    } else {
+        Ok(Registry::attach(meta, blobs, blocks, profile))
+    }
+}
+
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|source| ServeError::DataDir { path: config.data_dir.display().to_string(), source })?;
-    let blobs = BlobStore::open(&config.data_dir)?;
-    let meta = SqliteStore::open(&config.data_dir.join("metadata.sqlite"))?;
-    let blocks = crate::blockstore::BlockIndex::open(&config.data_dir.join("blocks.sqlite"))?;
-    let mut registry = Registry::open(meta, blobs, blocks, config.cid_profile).await?;
+    let mut registry = open_registry(&config.data_dir, config.cid_profile, true).await?;
     registry.sparse_manifests = config.sparse_manifests;
     let registry = Arc::new(registry);
     let reg = registry.clone();

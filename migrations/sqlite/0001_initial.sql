@@ -9,11 +9,13 @@ CREATE TABLE repositories (
 );
 
 -- A blob the node has verified and stored; its file is blobs/<alg>/<xx>/<hex>. root_cid is the
--- root of its UnixFS DAG.
+-- root of its UnixFS DAG. `missing` is set when a scrub found its file corrupt or gone: it is
+-- then served nowhere until it is pushed again.
 CREATE TABLE blobs (
     digest      TEXT PRIMARY KEY,
     size        INTEGER NOT NULL CHECK (size >= 0),
     root_cid    TEXT NOT NULL,
+    missing     INTEGER NOT NULL DEFAULT 0 CHECK (missing IN (0, 1)),
     created_at  INTEGER NOT NULL
 );
 

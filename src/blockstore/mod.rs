@@ -124,6 +124,31 @@ impl BlockIndex {
         .await
     }
 
+    /// Forgets every block held as a range of `blob`'s file (when that file is quarantined).
+    pub async fn forget_blob(&self, blob: &Digest) -> Result<u64, BlockIndexError> {
+        let blob = blob.to_string();
+        self.run(move |conn| Ok(conn.execute("DELETE FROM blocks WHERE blob = ?1", [blob])? as u64)).await
+    }
+
+    /// Every block stored inline: (multihash bytes, data), for a scrub.
+    pub async fn inline_blocks(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BlockIndexError> {
+        self.run(|conn| {
+            let mut s = conn.prepare("SELECT multihash, CAST(data AS BLOB) FROM blocks WHERE data IS NOT NULL")?;
+            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Forgets one block.
+    pub async fn forget(&self, multihash: Vec<u8>) -> Result<(), BlockIndexError> {
+        self.run(move |conn| {
+            conn.execute("DELETE FROM blocks WHERE multihash = ?1", [multihash])?;
+            Ok(())
+        })
+        .await
+    }
+
     /// How many blocks of `blob` are indexed (leaves held as ranges of its file).
     pub async fn leaves_of(&self, blob: &Digest) -> Result<u64, BlockIndexError> {
         let blob = blob.to_string();

@@ -111,6 +111,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Links a blob already linked to `from` (or, with `from` = None, to any repository) into
     /// `repo`. Returns its size, or None when the source does not hold it.
     async fn mount_blob(&self, repo: &str, from: Option<&str>, digest: &Digest) -> MetaResult<Option<u64>>;
+    /// Every blob not marked missing, with its size.
+    async fn list_blobs(&self) -> MetaResult<Vec<(Digest, u64)>>;
+    /// Marks a blob missing (its file is corrupt or gone): no repository serves it until it is
+    /// committed again.
+    async fn mark_blob_missing(&self, digest: &Digest) -> MetaResult<()>;
     /// Removes the link between `repo` and a blob; true if there was one.
     async fn unlink_blob(&self, repo: &str, digest: &Digest) -> MetaResult<bool>;
 

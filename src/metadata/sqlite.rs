@@ -197,7 +197,7 @@ impl MetadataStore for SqliteStore {
                 "SELECT b.size, b.root_cid FROM blobs b
                  JOIN repository_blobs rb ON rb.digest = b.digest
                  JOIN repositories r ON r.id = rb.repository_id
-                 WHERE r.name = ?1 AND b.digest = ?2",
+                 WHERE r.name = ?1 AND b.digest = ?2 AND b.missing = 0",
             )
             .and_then(|mut s| {
                 s.query_row(params![repo, digest], |r| {
@@ -215,7 +215,10 @@ impl MetadataStore for SqliteStore {
         self.write(move |tx| {
             let id = ensure_repo(tx, &repo)?;
             tx.execute(
-                "INSERT INTO blobs (digest, size, root_cid, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                // Pushing a blob a scrub marked missing repairs it.
+                "INSERT INTO blobs (digest, size, root_cid, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (digest) DO UPDATE SET missing = 0, size = excluded.size, root_cid = excluded.root_cid
+                 WHERE blobs.missing = 1",
                 params![digest, blob.size as i64, blob.root_cid, now()],
             )
             .map_err(backend)?;
@@ -237,14 +240,14 @@ impl MetadataStore for SqliteStore {
                         "SELECT b.size FROM blobs b
                          JOIN repository_blobs rb ON rb.digest = b.digest
                          JOIN repositories r ON r.id = rb.repository_id
-                         WHERE r.name = ?1 AND b.digest = ?2",
+                         WHERE r.name = ?1 AND b.digest = ?2 AND b.missing = 0",
                         params![from, digest],
                         |r| r.get(0),
                     )
                     .optional(),
                 None => tx
                     .query_row(
-                        "SELECT b.size FROM blobs b WHERE b.digest = ?1
+                        "SELECT b.size FROM blobs b WHERE b.digest = ?1 AND b.missing = 0
                          AND EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)",
                         params![digest],
                         |r| r.get(0),
@@ -256,6 +259,29 @@ impl MetadataStore for SqliteStore {
             let id = ensure_repo(tx, &repo)?;
             link_blob(tx, id, &digest)?;
             Ok(Some(size as u64))
+        })
+        .await
+    }
+
+    async fn list_blobs(&self) -> MetaResult<Vec<(Digest, u64)>> {
+        self.read(|c| {
+            let mut s = c.prepare("SELECT digest, size FROM blobs WHERE missing = 0 ORDER BY digest").map_err(backend)?;
+            let rows = s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (d, size) = row.map_err(backend)?;
+                out.push((parse_digest(d)?, size as u64));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn mark_blob_missing(&self, digest: &Digest) -> MetaResult<()> {
+        let digest = digest.to_string();
+        self.write(move |tx| {
+            tx.execute("UPDATE blobs SET missing = 1 WHERE digest = ?1", [digest]).map_err(backend)?;
+            Ok(())
         })
         .await
     }

@@ -14,6 +14,7 @@ use uuid::Uuid;
 pub struct BlobStore {
     blobs: PathBuf,
     uploads: PathBuf,
+    quarantine: PathBuf,
 }
 
 /// Read buffer for rehashing files; large enough that syscalls do not dominate.
@@ -23,10 +24,11 @@ impl BlobStore {
     pub fn open(data_dir: &Path) -> Result<Self, StorageError> {
         let blobs = data_dir.join("blobs");
         let uploads = data_dir.join("uploads");
-        for d in [&blobs, &uploads] {
+        let quarantine = data_dir.join("quarantine");
+        for d in [&blobs, &uploads, &quarantine] {
             fs::create_dir_all(d).map_err(io_err(d))?;
         }
-        Ok(BlobStore { blobs, uploads })
+        Ok(BlobStore { blobs, uploads, quarantine })
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -149,6 +151,18 @@ impl BlobStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&path)(e)),
         }
+    }
+
+    /// Moves a blob file that failed verification out of the store, keeping it for inspection.
+    /// Returns where it went, or None if there was no file.
+    pub fn quarantine(&self, digest: &Digest) -> Result<Option<PathBuf>, StorageError> {
+        let src = self.blob_path(digest);
+        if !src.exists() {
+            return Ok(None);
+        }
+        let dst = self.quarantine.join(format!("{}-{}", digest.algorithm().as_str(), digest.hex()));
+        fs::rename(&src, &dst).map_err(io_err(&dst))?;
+        Ok(Some(dst))
     }
 
     pub fn has_blob(&self, digest: &Digest) -> bool {

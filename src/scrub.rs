@@ -1,0 +1,89 @@
+//! `af registry verify`: rehash every blob and every inline block; quarantine what no longer
+//! matches its digest and mark it missing, so it is never served again until it is pushed anew.
+//! Raw leaves are ranges of blob files, so checking a blob checks its leaves.
+
+use crate::digest::Digest;
+use crate::registry::{Registry, Result};
+use crate::storage::StorageError;
+use sha2::{Digest as _, Sha256};
+
+/// One thing found wrong, and what was done about it.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub object: String,
+    pub problem: String,
+    pub action: String,
+}
+
+#[derive(Debug, Default)]
+pub struct ScrubReport {
+    pub blobs: u64,
+    pub bytes: u64,
+    pub blocks: u64,
+    pub findings: Vec<Finding>,
+}
+
+impl Registry {
+    /// Verifies everything this node stores. `on_finding` hears of each problem as it is found.
+    pub async fn verify(&self, mut on_finding: impl FnMut(&Finding)) -> Result<ScrubReport> {
+        let mut report = ScrubReport::default();
+        for (digest, size) in self.meta.list_blobs().await? {
+            report.blobs += 1;
+            let problem = self.check_blob(&digest, size).await?;
+            report.bytes += size;
+            let Some(problem) = problem else { continue };
+            let moved = self.blobs.quarantine(&digest)?;
+            self.meta.mark_blob_missing(&digest).await?;
+            self.blocks.forget_blob(&digest).await?;
+            let action = match moved {
+                Some(path) => format!("quarantined to {} and marked missing", path.display()),
+                None => "marked missing".to_string(),
+            };
+            let f = Finding { object: format!("blob {digest}"), problem, action };
+            on_finding(&f);
+            report.findings.push(f);
+        }
+        for (multihash, data) in self.blocks.inline_blocks().await? {
+            report.blocks += 1;
+            let matches = cid::multihash::Multihash::<64>::from_bytes(&multihash)
+                .map(|mh| mh.code() == crate::unixfs::SHA2_256 && mh.digest() == Sha256::digest(&data).as_slice())
+                .unwrap_or(false);
+            if matches {
+                continue;
+            }
+            self.blocks.forget(multihash.clone()).await?;
+            let f = Finding {
+                object: format!("block with multihash {}", hex::encode(&multihash)),
+                problem: "its bytes do not match its hash".into(),
+                action: "removed from the block index".into(),
+            };
+            on_finding(&f);
+            report.findings.push(f);
+        }
+        Ok(report)
+    }
+
+    /// What is wrong with a blob's file, if anything.
+    async fn check_blob(&self, digest: &Digest, size: u64) -> Result<Option<String>> {
+        let store = self.blobs.clone();
+        let d = digest.clone();
+        let outcome = tokio::task::spawn_blocking(move || -> std::result::Result<Option<String>, StorageError> {
+            if !store.has_blob(&d) {
+                return Ok(Some("its file is gone".into()));
+            }
+            let mut hasher = d.algorithm().hasher();
+            let len = store.scan_blob(&d, |data| hasher.update(data))?;
+            let actual = hasher.finish();
+            Ok(if actual != d {
+                Some(format!("its file hashes to {actual}"))
+            } else if len != size {
+                Some(format!("its file is {len} bytes, not {size}"))
+            } else {
+                None
+            })
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))??;
+        Ok(outcome)
+    }
+}
