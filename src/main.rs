@@ -60,6 +60,9 @@ struct ServeArgs {
     /// (256 KiB, 174; `ipfs add --cid-version=1`) [default: unixfs-v1-2025].
     #[arg(long, env = "AF_CID_PROFILE")]
     cid_profile: Option<af_registry::unixfs::Profile>,
+    /// Discard upload sessions idle this long, e.g. 24h, 30m [default: 24h].
+    #[arg(long, env = "AF_UPLOAD_EXPIRY", value_parser = humantime::parse_duration)]
+    upload_expiry: Option<std::time::Duration>,
     /// Optional TOML file with the same settings (kebab-case keys); flags and AF_* win over it.
     #[arg(long, env = "AF_CONFIG")]
     config: Option<PathBuf>,
@@ -87,7 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(path) => FileConfig::load(path)?,
                 None => FileConfig::default(),
             };
-            let config = ServeConfig::merge(args.api, args.data_dir, args.sparse_manifests, args.cid_profile, file)?;
+            let config = ServeConfig::merge(args.api, args.data_dir, args.sparse_manifests, args.cid_profile, args.upload_expiry, file)?;
             actix_web::rt::System::new()
                 .block_on(af_registry::server::serve(config))
                 .context("registry node stopped")

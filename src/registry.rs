@@ -332,6 +332,20 @@ impl Registry {
         self.discard(id).await
     }
 
+    /// Discards uploads idle for `max_idle` or longer; one being written to right now is left
+    /// alone (its lock is held). Returns how many were discarded.
+    pub async fn expire_uploads(&self, max_idle: std::time::Duration) -> Result<usize> {
+        let mut expired = 0;
+        for id in self.meta.idle_uploads(max_idle.as_secs()).await? {
+            let lock = self.session_lock(id);
+            let Ok(_guard) = lock.try_lock() else { continue };
+            self.discard(id).await?;
+            tracing::info!(upload = %id, "expired an idle upload");
+            expired += 1;
+        }
+        Ok(expired)
+    }
+
     /// A whole blob in one request (POST `?digest=` with a body).
     pub async fn put_blob<B: Body>(&self, repo: &str, digest: &Digest, body: B) -> Result<u64> {
         let id = self.start_upload(repo).await?;

@@ -44,10 +44,25 @@ pub async fn open_registry(
     }
 }
 
+/// Sweeps idle uploads every so often: a quarter of the expiry, between 1 s and 10 min.
+fn spawn_upload_expiry(registry: Arc<Registry>, expiry: std::time::Duration) {
+    let every = (expiry / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(600));
+    actix_web::rt::spawn(async move {
+        let mut tick = actix_web::rt::time::interval(every);
+        loop {
+            tick.tick().await;
+            if let Err(e) = registry.expire_uploads(expiry).await {
+                tracing::warn!(error = %e, "could not expire idle uploads");
+            }
+        }
+    });
+}
+
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let mut registry = open_registry(&config.data_dir, config.cid_profile, true).await?;
     registry.sparse_manifests = config.sparse_manifests;
     let registry = Arc::new(registry);
+    spawn_upload_expiry(registry.clone(), config.upload_expiry);
     let reg = registry.clone();
     let server = actix_web::HttpServer::new(move || actix_web::App::new().wrap(api::version_header()).configure(api::configure(reg.clone())))
         .bind(config.api)

@@ -438,3 +438,24 @@ fn blobs_carry_the_root_cid_of_their_dag() {
     let head = client().head(kubo_profile.url(&format!("/v2/dag/k/blobs/{small}"))).send().unwrap();
     assert_eq!(header(&head, "Ipfs-Cid"), "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e");
 }
+
+#[test]
+fn idle_uploads_expire() {
+    let node = Node::start_with(&["--upload-expiry", "2s"]);
+    let idle = start_session(&node, "exp/a");
+    let busy = start_session(&node, "exp/a");
+    let mut offset = 0;
+    for _ in 0..8 {
+        let r = client().patch(node.url(&busy)).header("Content-Range", format!("{offset}-{}", offset + 9)).body(vec![1u8; 10]).send().unwrap();
+        assert_eq!(r.status(), 202);
+        offset += 10;
+        std::thread::sleep(std::time::Duration::from_millis(600));
+    }
+    assert_oci_error(client().get(node.url(&idle)).send().unwrap(), 404, "BLOB_UPLOAD_UNKNOWN");
+    let st = client().get(node.url(&busy)).send().unwrap();
+    assert_eq!(st.status(), 204);
+    assert_eq!(header(&st, "Range"), "0-79");
+    let files: Vec<_> = std::fs::read_dir(node.data_dir.join("uploads")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(node.log_text().contains("expired an idle upload"));
+}

@@ -126,6 +126,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn mark_upload_finishing(&self, id: Uuid, digest: &Digest) -> MetaResult<()>;
     async fn delete_upload(&self, id: Uuid) -> MetaResult<bool>;
     async fn list_uploads(&self) -> MetaResult<Vec<UploadSession>>;
+    /// Uploads not touched for `idle_secs` seconds or more.
+    async fn idle_uploads(&self, idle_secs: u64) -> MetaResult<Vec<Uuid>>;
 
     async fn put_manifest(&self, repo: &str, manifest: NewManifest) -> MetaResult<PutManifestOutcome>;
     async fn get_manifest(&self, repo: &str, reference: &Reference) -> MetaResult<Option<ManifestRecord>>;

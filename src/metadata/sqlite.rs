@@ -367,6 +367,20 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn idle_uploads(&self, idle_secs: u64) -> MetaResult<Vec<Uuid>> {
+        let cutoff = now() - idle_secs as i64;
+        self.read(move |c| {
+            let mut s = c.prepare_cached("SELECT id FROM upload_sessions WHERE updated_at <= ?1").map_err(backend)?;
+            let rows = s.query_map([cutoff], |r| r.get::<_, String>(0)).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(Uuid::parse_str(&row.map_err(backend)?).map_err(|e| MetadataError::Corrupt(e.to_string()))?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn put_manifest(&self, repo: &str, m: NewManifest) -> MetaResult<PutManifestOutcome> {
         let repo = repo.to_string();
         self.write(move |tx| {
