@@ -3,7 +3,7 @@
 
 use af_registry::blockstore::BlockIndex;
 use af_registry::digest::{Algorithm, Digest};
-use af_registry::metadata::{sqlite::SqliteStore, MetadataStore};
+use af_registry::metadata::sqlite::SqliteStore;
 use af_registry::registry::{Registry, RegistryError};
 use af_registry::storage::BlobStore;
 use af_registry::unixfs::{CollectingImporter, DagBlock, Profile};

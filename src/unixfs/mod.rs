@@ -154,6 +154,9 @@ mod kubo_vectors {
         assert_eq!(hex::encode(first), "d0e858d590ad0786d216007abe1a38d1");
     }
 
+    /// Fills a buffer with the next bytes of an input.
+    type Fill = Box<dyn FnMut(&mut [u8])>;
+
     #[test]
     fn root_cids_equal_kubos() {
         // (profile, input) -> [(size, cid)], so each input stream is generated once.
@@ -172,7 +175,7 @@ mod kubo_vectors {
             rows.sort();
             let mut imp = Importer::new(profile);
             let mut fed = 0u64;
-            let mut stream: Box<dyn FnMut(&mut [u8])> = match input.split_once(':').unwrap() {
+            let mut stream: Fill = match input.split_once(':').unwrap() {
                 ("literal", text) => {
                     let bytes = text.as_bytes().to_vec();
                     let mut pos = 0;
