@@ -1,9 +1,10 @@
 //! Streaming an HTTP body onto the end of an upload's data file.
 //!
-//! The request's chunks cross bounded channels to two blocking threads: one writes them and
-//! computes the digest, the other feeds a [`SideHasher`] (the UnixFS importer), so the network
-//! side, the disk side and the second hash run on different cores, and no more than
-//! `CHANNEL_DEPTH` chunks per channel are ever held in memory, whatever the layer size.
+//! The request's chunks cross bounded channels, in batches of about `BATCH` bytes (the chunks
+//! themselves, shared, not copies), to two blocking threads: one writes them and computes the
+//! digest, the other feeds a [`SideHasher`] (the UnixFS importer). The network side, the disk
+//! side and the second hash run on different cores, and no more than `CHANNEL_DEPTH` batches per
+//! channel are ever held in memory, whatever the layer size.
 
 use super::{io_err, BlobStore, StorageError};
 use crate::digest::Hasher;
