@@ -33,6 +33,23 @@ fn push_layout(layout: &Path, target: &str) {
     run(skopeo().args(["copy", "--dest-tls-verify=false"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{target}")));
 }
 
+/// A node holding the test image under `repo_tag`, built in `tmp` as the OCI layout `layout`.
+struct Setup {
+    node: Node,
+    tmp: tempfile::TempDir,
+    layout: PathBuf,
+    host: String,
+}
+
+fn setup(repo_tag: &str) -> Setup {
+    let node = Node::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = build_image(tmp.path());
+    let host = node.host();
+    push_layout(&layout, &format!("{host}/{repo_tag}"));
+    Setup { node, tmp, layout, host }
+}
+
 /// The manifest digest the layout's index gives for `tag`.
 fn layout_manifest_digest(layout: &Path, tag: &str) -> String {
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
@@ -64,11 +81,7 @@ fn assert_same_blobs(original: &Path, pulled: &Path, tag: &str) {
 
 #[test]
 fn skopeo_round_trips_an_oci_layout_and_a_docker_archive() {
-    let node = Node::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = build_image(tmp.path());
-    let host = node.host();
-    push_layout(&layout, &format!("{host}/skopeo/oci:t"));
+    let Setup { node: _node, tmp, layout, host } = setup("skopeo/oci:t");
     let back = tmp.path().join("back");
     run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{host}/skopeo/oci:t")).arg(format!("oci:{}:t", back.display())));
     assert_same_blobs(&layout, &back, "t");
@@ -88,11 +101,7 @@ fn skopeo_round_trips_an_oci_layout_and_a_docker_archive() {
 
 #[test]
 fn podman_pulls_pushes_and_pushes_a_manifest_list() {
-    let node = Node::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = build_image(tmp.path());
-    let host = node.host();
-    push_layout(&layout, &format!("{host}/podman/src:t"));
+    let Setup { node, tmp, layout: _, host } = setup("podman/src:t");
     let podman = || {
         let mut c = Command::new("podman");
         c.args(["--storage-driver", "vfs", "--root"])
@@ -124,11 +133,7 @@ fn podman_pulls_pushes_and_pushes_a_manifest_list() {
 
 #[test]
 fn regctl_and_crane_copy_and_referrers() {
-    let node = Node::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = build_image(tmp.path());
-    let host = node.host();
-    push_layout(&layout, &format!("{host}/tools/src:t"));
+    let Setup { node: _node, tmp, layout, host } = setup("tools/src:t");
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let regctl = || {
@@ -193,12 +198,8 @@ print("ok")
 
 #[test]
 fn containerd_ctr_pulls_and_pushes() {
-    let node = Node::start();
+    let Setup { node: _node, tmp, layout, host } = setup("ctr/src:t");
     let target = Node::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = build_image(tmp.path());
-    let host = node.host();
-    push_layout(&layout, &format!("{host}/ctr/src:t"));
     let root = tmp.path().join("containerd");
     let sock = root.join("containerd.sock");
     std::fs::create_dir_all(&root).unwrap();

@@ -148,13 +148,4 @@ impl BlockIndex {
         })
         .await
     }
-
-    /// How many blocks of `blob` are indexed (leaves held as ranges of its file).
-    pub async fn leaves_of(&self, blob: &Digest) -> Result<u64, BlockIndexError> {
-        let blob = blob.to_string();
-        self.run(move |conn| {
-            Ok(conn.query_row("SELECT count(*) FROM blocks WHERE blob = ?1", [blob], |r| r.get::<_, i64>(0))? as u64)
-        })
-        .await
-    }
 }
