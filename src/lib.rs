@@ -2,8 +2,10 @@
 //! See ARCHITECTURE.md for the map of these modules.
 
 pub mod api;
+pub mod car;
 pub mod config;
 pub mod digest;
+pub mod image;
 pub mod manifest;
 pub mod metadata;
 pub mod names;

@@ -42,6 +42,33 @@ enum RegistryCommand {
         #[arg(long, env = "AF_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Write an image as a CARv1 whose root is the image CID (an OCI layout as a UnixFS
+    /// directory; `ipfs dag import` + `ipfs get` unpack it for `skopeo copy oci:<dir>:<tag>`).
+    Export {
+        /// <repository>:<tag> or <repository>@<digest>.
+        image: String,
+        /// Output file [default: standard output].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// The node's data directory [default: ./data].
+        #[arg(long, env = "AF_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Import an image CAR (from `export`): every block and blob is verified before anything is
+    /// stored; blobs, manifests and tags are recreated. Safe while the node runs.
+    Import {
+        /// The CAR file, or `-` for standard input.
+        file: PathBuf,
+        /// Repository to import into [default: the one the CAR's index.json names].
+        #[arg(long)]
+        repo: Option<String>,
+        /// The node's data directory [default: ./data].
+        #[arg(long, env = "AF_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// The node's CID profile (as given to `serve`) [default: unixfs-v1-2025].
+        #[arg(long, env = "AF_CID_PROFILE")]
+        cid_profile: Option<af_registry::unixfs::Profile>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -77,6 +104,16 @@ fn main() {
     }
 }
 
+/// The registry of an existing data directory, alongside any node serving it.
+async fn attach(
+    data_dir: Option<PathBuf>,
+    profile: af_registry::unixfs::Profile,
+) -> anyhow::Result<af_registry::registry::Registry> {
+    let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(af_registry::config::DEFAULT_DATA_DIR));
+    anyhow::ensure!(data_dir.is_dir(), "no data directory at {}", data_dir.display());
+    Ok(af_registry::server::open_registry(&data_dir, profile, false).await?)
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -95,12 +132,68 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .block_on(af_registry::server::serve(config))
                 .context("registry node stopped")
         }
+        Command::Registry { command: RegistryCommand::Export { image, output, data_dir } } => {
+            let (repo, reference) = af_registry::names::parse_image_reference(&image)?;
+            actix_web::rt::System::new().block_on(async {
+                // Export makes no blobs, so the profile does not matter.
+                let registry = attach(data_dir, Default::default()).await?;
+                let summary = match &output {
+                    None => {
+                        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::io::stdout());
+                        let summary = af_registry::car::export(&registry, &repo, &reference, &mut out).await?;
+                        tokio::io::AsyncWriteExt::flush(&mut out).await.context("cannot write to standard output")?;
+                        summary
+                    }
+                    Some(path) => {
+                        // Written aside and renamed, so a failed export leaves no partial CAR.
+                        let partial = path.with_extension("partial");
+                        let file = tokio::fs::File::create(&partial)
+                            .await
+                            .with_context(|| format!("cannot create {}", partial.display()))?;
+                        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+                        let summary = af_registry::car::export(&registry, &repo, &reference, &mut out).await;
+                        let summary = match summary {
+                            Ok(s) => s,
+                            Err(e) => {
+                                let _ = std::fs::remove_file(&partial);
+                                return Err(e.into());
+                            }
+                        };
+                        out.into_inner().sync_all().await.with_context(|| format!("cannot write {}", partial.display()))?;
+                        std::fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))?;
+                        summary
+                    }
+                };
+                eprintln!("exported {image}: root {}, {} blocks, {} bytes", summary.root, summary.blocks, summary.bytes);
+                Ok(())
+            })
+        }
+        Command::Registry { command: RegistryCommand::Import { file, repo, data_dir, cid_profile } } => {
+            let input: Box<dyn std::io::Read + Send> = if file.as_os_str() == "-" {
+                Box::new(std::io::stdin())
+            } else {
+                Box::new(std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?)
+            };
+            let input = std::io::BufReader::with_capacity(1 << 20, input);
+            actix_web::rt::System::new().block_on(async {
+                let registry = attach(data_dir, cid_profile.unwrap_or_default()).await?;
+                let s = af_registry::car::import(&registry, input, repo)
+                    .await
+                    .with_context(|| format!("nothing imported from {}", file.display()))?;
+                println!(
+                    "imported into {}: {} manifests, {} blobs ({} new) from CAR root {}",
+                    s.repository, s.manifests, s.blobs, s.new_blobs, s.car_root
+                );
+                for (tag, image) in &s.tags {
+                    println!("{}:{tag} image CID {}", s.repository, image.as_deref().unwrap_or("(none)"));
+                }
+                Ok(())
+            })
+        }
         Command::Registry { command: RegistryCommand::Verify { data_dir } } => {
-            let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(af_registry::config::DEFAULT_DATA_DIR));
-            anyhow::ensure!(data_dir.is_dir(), "no data directory at {}", data_dir.display());
             actix_web::rt::System::new().block_on(async {
                 // The profile only matters for new uploads, which verify does not make.
-                let registry = af_registry::server::open_registry(&data_dir, Default::default(), false).await?;
+                let registry = attach(data_dir, Default::default()).await?;
                 let report = registry
                     .verify(|f| println!("corrupt: {}: {}; {}", f.object, f.problem, f.action))
                     .await

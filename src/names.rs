@@ -24,9 +24,46 @@ pub fn is_valid_tag(tag: &str) -> bool {
     TAG.is_match(tag)
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not <repository>:<tag> or <repository>@<digest>")]
+pub struct BadImageReference(String);
+
+/// Parses `<repository>:<tag>` or `<repository>@<digest>`, as the command line names images.
+pub fn parse_image_reference(s: &str) -> Result<(String, crate::metadata::Reference), BadImageReference> {
+    use crate::metadata::Reference;
+    let bad = || BadImageReference(s.to_string());
+    let (repo, reference) = match s.split_once('@') {
+        Some((repo, digest)) => (repo, Reference::Digest(digest.parse().map_err(|_| bad())?)),
+        None => {
+            let (repo, tag) = s.rsplit_once(':').ok_or_else(bad)?;
+            if !is_valid_tag(tag) {
+                return Err(bad());
+            }
+            (repo, Reference::Tag(tag.to_string()))
+        }
+    };
+    if !is_valid_name(repo) {
+        return Err(bad());
+    }
+    Ok((repo.to_string(), reference))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_references() {
+        let (repo, r) = parse_image_reference("a/b:v1").unwrap();
+        assert_eq!(repo, "a/b");
+        assert!(matches!(r, crate::metadata::Reference::Tag(t) if t == "v1"));
+        let d = format!("sha256:{}", "a".repeat(64));
+        let (_, r) = parse_image_reference(&format!("a@{d}")).unwrap();
+        assert!(matches!(r, crate::metadata::Reference::Digest(x) if x.to_string() == d));
+        for bad in ["a", "A:b", "a:", "a@sha256:12", ":x"] {
+            assert!(parse_image_reference(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn names_follow_the_spec_grammar() {

@@ -12,7 +12,8 @@ use crate::metadata::{
     BlobInfo, ManifestRecord, MetadataError, MetadataStore, NewManifest, PutManifestOutcome, Reference,
 };
 use crate::storage::{append_stream, BlobStore, SideHasher, StorageError};
-use crate::unixfs::{CollectingImporter, Profile};
+use crate::image::{self, LayoutBlobs, TopManifest};
+use crate::unixfs::{self, CollectingImporter, Profile, Root};
 use bytes::Bytes;
 use futures_util::Stream;
 use std::collections::HashMap;
@@ -410,6 +411,60 @@ impl Registry {
         Ok(Some(bytes))
     }
 
+    /// The root of a blob's DAG with its Tsize, read from the root block.
+    async fn blob_root(&self, info: &BlobInfo) -> Result<Option<Root>> {
+        let cid: cid::Cid = info
+            .root_cid
+            .parse()
+            .map_err(|e| MetadataError::Corrupt(format!("root CID {}: {e}", info.root_cid)))?;
+        let Some(bytes) = self.get_block(&cid).await? else { return Ok(None) };
+        let tsize = match cid.codec() {
+            unixfs::DAG_PB => {
+                let node = unixfs::decode_node(&bytes)
+                    .map_err(|e| RegistryError::BlockCorrupt { cid: cid.to_string(), detail: e.to_string() })?;
+                bytes.len() as u64 + node.links.iter().map(|l| l.tsize).sum::<u64>()
+            }
+            _ => bytes.len() as u64,
+        };
+        Ok(Some(Root { cid, filesize: info.size, tsize }))
+    }
+
+    /// Everything the image layout of a manifest holds under `blobs/`, or None when some of it
+    /// is absent from the repository (a sparse manifest has no image DAG).
+    async fn layout_blobs(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        content: &[u8],
+        parsed: &manifest::ParsedManifest,
+    ) -> Result<Option<LayoutBlobs>> {
+        let mut layout = LayoutBlobs::default();
+        layout.add_manifest(digest.clone(), content, self.profile);
+        let mut pending = vec![(parsed.blobs.clone(), parsed.manifests.clone())];
+        while let Some((blobs, manifests)) = pending.pop() {
+            for blob in blobs {
+                if layout.contains(&blob) {
+                    continue;
+                }
+                let Some(info) = self.meta.blob_info(repo, &blob).await? else { return Ok(None) };
+                let Some(root) = self.blob_root(&info).await? else { return Ok(None) };
+                layout.add_blob(blob, root);
+            }
+            for child in manifests {
+                if layout.contains(&child) {
+                    continue;
+                }
+                let Some(record) = self.meta.get_manifest(repo, &Reference::Digest(child.clone())).await? else {
+                    return Ok(None);
+                };
+                let Ok(parsed) = manifest::parse(Some(&record.media_type), &record.content) else { return Ok(None) };
+                layout.add_manifest(child, &record.content, self.profile);
+                pending.push((parsed.blobs, parsed.manifests));
+            }
+        }
+        Ok(Some(layout))
+    }
+
     /// Stores a manifest under `reference` (a tag or its digest) plus extra `tags`.
     pub async fn put_manifest(
         &self,
@@ -433,6 +488,24 @@ impl Registry {
         }
         tags.dedup();
         let parsed = manifest::parse(content_type, &body)?;
+        let mut tag_images = HashMap::new();
+        let mut image_cid = None;
+        if let Some(layout) = self.layout_blobs(repo, &digest, &body, &parsed).await? {
+            let top = TopManifest { repository: repo, media_type: &parsed.media_type, digest: &digest, size: body.len() as u64 };
+            let untagged = image::build(&top, &layout, None, self.profile);
+            image_cid = Some(untagged.root.to_string());
+            let mut blocks = untagged.blocks;
+            for tag in &tags {
+                let dag = image::build(&top, &layout, Some(tag), self.profile);
+                tag_images.insert(tag.clone(), dag.root.to_string());
+                blocks.extend(dag.blocks);
+            }
+            // Recorded before the metadata names them, so a reader never finds a CID whose
+            // blocks are missing; the GC's grace period covers the window in between.
+            blocks.sort_by(|a, b| a.0.cmp(&b.0));
+            blocks.dedup_by(|a, b| a.0 == b.0);
+            self.blocks.record_inline(blocks).await?;
+        }
         let record = ManifestRecord {
             digest,
             media_type: parsed.media_type,
@@ -440,16 +513,25 @@ impl Registry {
             subject: parsed.subject,
             annotations: parsed.annotations,
             content: body,
+            image_cid,
         };
         let new = NewManifest {
             record: record.clone(),
             blobs: parsed.blobs,
             manifests: parsed.manifests,
             tags,
+            tag_images,
             require_references: !self.sparse_manifests,
         };
-        match self.meta.put_manifest(repo, new).await? {
-            PutManifestOutcome::Stored => Ok(record),
+        match self.meta.put_manifest(repo, new.clone()).await? {
+            PutManifestOutcome::Stored => Ok(ManifestRecord {
+                // As a read by the same reference would say.
+                image_cid: match reference {
+                    Reference::Tag(t) => new.tag_images.get(t).cloned(),
+                    Reference::Digest(_) => record.image_cid.clone(),
+                },
+                ..record
+            }),
             PutManifestOutcome::MissingReference(d) => Err(RegistryError::ManifestReference(d)),
         }
     }

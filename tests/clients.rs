@@ -4,80 +4,8 @@
 
 mod common;
 use common::*;
-use std::path::{Path, PathBuf};
+use common::images::*;
 use std::process::Command;
-
-/// Builds an OCI layout `<dir>/oci` holding image `t`: a 5 MiB incompressible file and a script.
-fn build_image(dir: &Path) -> PathBuf {
-    let layout = dir.join("oci");
-    let big: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    std::fs::write(dir.join("big.bin"), big).unwrap();
-    std::fs::write(dir.join("hello.sh"), "#!/bin/sh\necho hello\n").unwrap();
-    let image = format!("{}:t", layout.display());
-    run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
-    run(Command::new("umoci").args(["new", "--image", &image]));
-    run(Command::new("umoci").args(["insert", "--image", &image]).arg(dir.join("big.bin")).arg("/big.bin"));
-    run(Command::new("umoci").args(["insert", "--image", &image]).arg(dir.join("hello.sh")).arg("/hello.sh"));
-    run(Command::new("umoci").args(["config", "--image", &image, "--config.cmd", "/hello.sh"]));
-    layout
-}
-
-fn skopeo() -> Command {
-    let mut c = Command::new("skopeo");
-    c.args(["--insecure-policy"]);
-    c
-}
-
-/// skopeo copies image `t` of an OCI layout to `target` (`host/repo:tag`).
-fn push_layout(layout: &Path, target: &str) {
-    run(skopeo().args(["copy", "--dest-tls-verify=false"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{target}")));
-}
-
-/// A node holding the test image under `repo_tag`, built in `tmp` as the OCI layout `layout`.
-struct Setup {
-    node: Node,
-    tmp: tempfile::TempDir,
-    layout: PathBuf,
-    host: String,
-}
-
-fn setup(repo_tag: &str) -> Setup {
-    let node = Node::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = build_image(tmp.path());
-    let host = node.host();
-    push_layout(&layout, &format!("{host}/{repo_tag}"));
-    Setup { node, tmp, layout, host }
-}
-
-/// The manifest digest the layout's index gives for `tag`.
-fn layout_manifest_digest(layout: &Path, tag: &str) -> String {
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .map(|m| m["digest"].as_str().unwrap().to_string())
-        .expect("tag in index.json")
-}
-
-/// Every blob reachable from `tag` in `pulled` is byte-identical to the original layout's.
-fn assert_same_blobs(original: &Path, pulled: &Path, tag: &str) {
-    let digest = layout_manifest_digest(pulled, tag);
-    assert_eq!(digest, layout_manifest_digest(original, tag), "manifest digest changed in the round trip");
-    let blob = |root: &Path, d: &str| std::fs::read(root.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap();
-    let manifest_bytes = blob(pulled, &digest);
-    assert_eq!(manifest_bytes, blob(original, &digest));
-    let m: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
-    let mut digests = vec![m["config"]["digest"].as_str().unwrap().to_string()];
-    digests.extend(m["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()));
-    for d in digests {
-        let got = blob(pulled, &d);
-        assert_eq!(sha256(&got), d);
-        assert_eq!(got, blob(original, &d));
-    }
-}
 
 #[test]
 fn skopeo_round_trips_an_oci_layout_and_a_docker_archive() {

@@ -6,7 +6,7 @@
 
 mod common;
 use af_registry::unixfs::{Importer, Profile};
-use common::run;
+use common::{run, Kubo};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,32 +39,13 @@ fn write_random(dir: &Path, rng: &mut Rng, size: u64) -> PathBuf {
     path
 }
 
-struct Kubo {
-    repo: tempfile::TempDir,
-}
-
-impl Kubo {
-    fn new() -> Kubo {
-        let repo = tempfile::tempdir().unwrap();
-        let k = Kubo { repo };
-        run(k.cmd().args(["init", "--empty-repo", "--profile", "test"]));
-        k
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(common::tool("ipfs"));
-        c.env("IPFS_PATH", self.repo.path());
-        c
-    }
-
-    fn cid(&self, file: &Path, chunk: usize, links: usize) -> String {
-        run(self.cmd().args(["config", "--json", "Import.UnixFSFileMaxLinks", &links.to_string()]));
-        let out = run(self
-            .cmd()
-            .args(["add", "--only-hash", "-Q", "--cid-version=1", "--raw-leaves", &format!("--chunker=size-{chunk}")])
-            .arg(file));
-        out.trim().to_string()
-    }
+fn kubo_cid(kubo: &Kubo, file: &Path, chunk: usize, links: usize) -> String {
+    run(kubo.cmd().args(["config", "--json", "Import.UnixFSFileMaxLinks", &links.to_string()]));
+    let out = run(kubo
+        .cmd()
+        .args(["add", "--only-hash", "-Q", "--cid-version=1", "--raw-leaves", &format!("--chunker=size-{chunk}")])
+        .arg(file));
+    out.trim().to_string()
 }
 
 fn js_cid(file: &Path, chunk: usize, links: usize) -> String {
@@ -109,7 +90,7 @@ fn root_cids_match_kubo_and_the_js_importer() {
         for size in sizes {
             let file = write_random(dir.path(), &mut rng, size);
             let ours = af_cli_cid(&file, profile);
-            assert_eq!(ours, kubo.cid(&file, c as usize, l as usize), "Kubo, {profile}, {size} bytes, seed {seed}");
+            assert_eq!(ours, kubo_cid(&kubo, &file, c as usize, l as usize), "Kubo, {profile}, {size} bytes, seed {seed}");
             assert_eq!(ours, js_cid(&file, c as usize, l as usize), "JS importer, {profile}, {size} bytes, seed {seed}");
             std::fs::remove_file(file).unwrap();
             checked += 1;
@@ -126,7 +107,7 @@ fn root_cids_match_kubo_and_the_js_importer() {
         for size in sizes {
             let file = write_random(dir.path(), &mut rng, size);
             let ours = af_lib_cid(&file, chunk, links);
-            assert_eq!(ours, kubo.cid(&file, chunk, links), "Kubo, {chunk}/{links}, {size} bytes, seed {seed}");
+            assert_eq!(ours, kubo_cid(&kubo, &file, chunk, links), "Kubo, {chunk}/{links}, {size} bytes, seed {seed}");
             assert_eq!(ours, js_cid(&file, chunk, links), "JS importer, {chunk}/{links}, {size} bytes, seed {seed}");
             std::fs::remove_file(file).unwrap();
             checked += 1;

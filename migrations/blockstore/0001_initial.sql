@@ -8,6 +8,9 @@ CREATE TABLE blocks (
     offset    INTEGER,
     length    INTEGER NOT NULL CHECK (length >= 0),
     data      BLOB,
+    -- Seconds since the epoch; a GC spares blocks younger than its grace period, since the
+    -- metadata that will reference them may not be committed yet.
+    created_at INTEGER NOT NULL DEFAULT (unixepoch()),
     CHECK ((blob IS NULL AND offset IS NULL AND data IS NOT NULL)
         OR (blob IS NOT NULL AND offset IS NOT NULL AND data IS NULL))
 ) WITHOUT ROWID;

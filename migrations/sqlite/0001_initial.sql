@@ -36,6 +36,7 @@ CREATE TABLE manifests (
     subject       TEXT,
     annotations   TEXT,
     content       BLOB NOT NULL,
+    image_cid     TEXT,  -- the untagged image DAG's root (crate::image); NULL when sparse
     created_at    INTEGER NOT NULL,
     PRIMARY KEY (repository_id, digest)
 );
@@ -57,6 +58,7 @@ CREATE TABLE tags (
     repository_id   INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
     name            TEXT NOT NULL,
     manifest_digest TEXT NOT NULL,
+    image_cid       TEXT,  -- the image DAG's root naming this tag
     updated_at      INTEGER NOT NULL,
     PRIMARY KEY (repository_id, name),
     FOREIGN KEY (repository_id, manifest_digest)

@@ -10,6 +10,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 
+/// The CID of the image DAG (an OCI layout as a UnixFS directory) for the reference asked for:
+/// by tag, the layout naming that tag; by digest, the untagged one.
+pub const IMAGE_CID_HEADER: &str = "Ipfs-Image-Cid";
+
 fn parse_reference(reference: &str) -> ApiResult<Reference> {
     if reference.contains(':') {
         parse_digest(reference).map(Reference::Digest)
@@ -47,11 +51,14 @@ pub async fn get(req: &HttpRequest, reg: &Registry, name: &str, reference: &str)
             format!("the manifest is {}, which the Accept header does not include", m.media_type),
         ));
     }
-    Ok(HttpResponse::Ok()
-        .content_type(m.media_type.as_str())
+    let mut resp = HttpResponse::Ok();
+    resp.content_type(m.media_type.as_str())
         .insert_header(("Docker-Content-Digest", m.digest.to_string()))
-        .insert_header(("ETag", format!("\"{}\"", m.digest)))
-        .body(m.content))
+        .insert_header(("ETag", format!("\"{}\"", m.digest)));
+    if let Some(cid) = &m.image_cid {
+        resp.insert_header((IMAGE_CID_HEADER, cid.as_str()));
+    }
+    Ok(resp.body(m.content))
 }
 
 pub async fn put(
@@ -83,6 +90,9 @@ pub async fn put(
     resp.insert_header(("Location", format!("/v2/{name}/manifests/{}", stored.digest)))
         .insert_header(("Docker-Content-Digest", stored.digest.to_string()))
         .insert_header(("Content-Length", "0"));
+    if let Some(cid) = &stored.image_cid {
+        resp.insert_header((IMAGE_CID_HEADER, cid.as_str()));
+    }
     if let Some(subject) = &stored.subject {
         resp.insert_header(("OCI-Subject", subject.to_string()));
     }

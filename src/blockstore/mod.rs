@@ -95,6 +95,25 @@ impl BlockIndex {
         .await
     }
 
+    /// Records blocks held inline (image layouts, manifests, imported blocks), in one
+    /// transaction. Blocks already known keep their first location.
+    pub async fn record_inline(&self, blocks: Vec<(Cid, Vec<u8>)>) -> Result<(), BlockIndexError> {
+        self.run(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut node = tx.prepare_cached(
+                    "INSERT INTO blocks (multihash, codec, length, data) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                )?;
+                for (cid, bytes) in &blocks {
+                    node.execute(params![cid.hash().to_bytes(), cid.codec() as i64, bytes.len() as i64, bytes])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Where the block of `cid` is, if this node has it.
     pub async fn locate(&self, cid: &Cid) -> Result<Option<Location>, BlockIndexError> {
         let mh = cid.hash().to_bytes();

@@ -34,6 +34,9 @@ pub struct ManifestRecord {
     /// The manifest's `annotations` object as JSON text, for referrers descriptors.
     pub annotations: Option<String>,
     pub content: Bytes,
+    /// The CID of the manifest's image DAG (`crate::image`): read by digest, the untagged one;
+    /// read by tag, the one naming that tag. None when its blobs were absent (sparse).
+    pub image_cid: Option<String>,
 }
 
 /// A manifest to store, with what it references and the tags to point at it.
@@ -45,6 +48,8 @@ pub struct NewManifest {
     /// Manifests that must exist in the repository (index children).
     pub manifests: Vec<Digest>,
     pub tags: Vec<String>,
+    /// The image CID of the manifest under each of `tags`.
+    pub tag_images: std::collections::HashMap<String, String>,
     /// Whether `blobs` and `manifests` must be present (false: a sparse manifest is accepted and
     /// its references are still recorded).
     pub require_references: bool,

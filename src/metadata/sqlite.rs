@@ -413,8 +413,9 @@ impl MetadataStore for SqliteStore {
             let digest = r.digest.to_string();
             tx.execute(
                 "INSERT INTO manifests
-                   (repository_id, digest, media_type, artifact_type, subject, annotations, content, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+                   (repository_id, digest, media_type, artifact_type, subject, annotations, content, image_cid, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT DO UPDATE SET image_cid = coalesce(manifests.image_cid, excluded.image_cid)",
                 params![
                     id,
                     digest,
@@ -423,6 +424,7 @@ impl MetadataStore for SqliteStore {
                     r.subject.as_ref().map(|s| s.to_string()),
                     r.annotations,
                     &r.content[..],
+                    r.image_cid,
                     now()
                 ],
             )
@@ -439,10 +441,11 @@ impl MetadataStore for SqliteStore {
             }
             for tag in &m.tags {
                 tx.execute(
-                    "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (repository_id, name)
-                     DO UPDATE SET manifest_digest = excluded.manifest_digest, updated_at = excluded.updated_at",
-                    params![id, tag, digest, now()],
+                        "INSERT INTO tags (repository_id, name, manifest_digest, image_cid, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (repository_id, name) DO UPDATE SET manifest_digest = excluded.manifest_digest,
+                       image_cid = excluded.image_cid, updated_at = excluded.updated_at",
+                    params![id, tag, digest, m.tag_images.get(tag), now()],
                 )
                 .map_err(backend)?;
             }
@@ -456,16 +459,17 @@ impl MetadataStore for SqliteStore {
         let reference = reference.clone();
         self.read(move |c| {
             const COLS: &str = "m.digest, m.media_type, m.artifact_type, m.subject, m.annotations, m.content";
+            // The image CID read by digest is the untagged one, by tag the one naming the tag.
             let row = match &reference {
                 Reference::Digest(d) => c
                     .prepare_cached(&format!(
-                        "SELECT {COLS} FROM manifests m JOIN repositories r ON r.id = m.repository_id
+                        "SELECT {COLS}, m.image_cid FROM manifests m JOIN repositories r ON r.id = m.repository_id
                          WHERE r.name = ?1 AND m.digest = ?2"
                     ))
                     .and_then(|mut s| s.query_row(params![repo, d.to_string()], read_manifest_row).optional()),
                 Reference::Tag(t) => c
                     .prepare_cached(&format!(
-                        "SELECT {COLS} FROM tags t
+                        "SELECT {COLS}, t.image_cid FROM tags t
                          JOIN repositories r ON r.id = t.repository_id
                          JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest
                          WHERE r.name = ?1 AND t.name = ?2"
@@ -473,7 +477,7 @@ impl MetadataStore for SqliteStore {
                     .and_then(|mut s| s.query_row(params![repo, t], read_manifest_row).optional()),
             }
             .map_err(backend)?;
-            row.map(|(digest, media_type, artifact_type, subject, annotations, content)| {
+            row.map(|(digest, media_type, artifact_type, subject, annotations, content, image_cid)| {
                 Ok(ManifestRecord {
                     digest: parse_digest(digest)?,
                     media_type,
@@ -481,6 +485,7 @@ impl MetadataStore for SqliteStore {
                     subject: subject.map(parse_digest).transpose()?,
                     annotations,
                     content: Bytes::from(content),
+                    image_cid,
                 })
             })
             .transpose()
@@ -557,8 +562,8 @@ impl MetadataStore for SqliteStore {
     }
 }
 
-type ManifestRow = (String, String, Option<String>, Option<String>, Option<String>, Vec<u8>);
+type ManifestRow = (String, String, Option<String>, Option<String>, Option<String>, Vec<u8>, Option<String>);
 
 fn read_manifest_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ManifestRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
 }

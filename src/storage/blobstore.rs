@@ -15,6 +15,7 @@ pub struct BlobStore {
     blobs: PathBuf,
     uploads: PathBuf,
     quarantine: PathBuf,
+    staging: PathBuf,
 }
 
 /// Read buffer for rehashing files; large enough that syscalls do not dominate.
@@ -28,12 +29,17 @@ impl BlobStore {
         for d in [&blobs, &uploads, &quarantine] {
             fs::create_dir_all(d).map_err(io_err(d))?;
         }
-        Ok(BlobStore { blobs, uploads, quarantine })
+        Ok(BlobStore { blobs, uploads, quarantine, staging: data_dir.join("staging") })
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
         self.blobs.join(digest.algorithm().as_str()).join(&hex[..2]).join(hex)
+    }
+
+    /// Scratch space for imports (a CAR's blocks while they are checked); never served.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.staging.clone()
     }
 
     pub fn upload_path(&self, id: &Uuid) -> PathBuf {

@@ -9,6 +9,14 @@ mod importer;
 mod pb;
 
 pub use importer::{BlockSink, CollectingImporter, DagBlock, Importer, NewBlock, Root};
+pub use pb::{decode_node, file_data, unixfs_type, DecodeError, DecodedLink, DecodedNode};
+
+/// UnixFS `Data.Type` of a directory.
+pub const UNIXFS_DIRECTORY: u64 = 1;
+/// UnixFS `Data.Type` of a file.
+pub const UNIXFS_FILE: u64 = 2;
+/// UnixFS `Data.Type` of a HAMT-sharded directory.
+pub const UNIXFS_HAMT_SHARD: u64 = 5;
 
 use std::fmt;
 use std::str::FromStr;
@@ -79,6 +87,46 @@ impl FromStr for Profile {
 pub fn cid_v1(codec: u64, digest: &[u8; 32]) -> cid::Cid {
     let mh = cid::multihash::Multihash::<64>::wrap(SHA2_256, digest).expect("32 bytes fit a 64-byte multihash");
     cid::Cid::new_v1(codec, mh)
+}
+
+/// A named entry of a directory: the root of a file or directory and its Tsize.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub cid: cid::Cid,
+    pub tsize: u64,
+}
+
+/// A plain (unsharded) UnixFS directory node as Kubo makes it: links sorted by name bytewise,
+/// `Data` = Type Directory. Returns its root and its encoded bytes.
+pub fn directory(mut entries: Vec<DirEntry>) -> (Root, Vec<u8>) {
+    entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    let cids: Vec<Vec<u8>> = entries.iter().map(|e| e.cid.to_bytes()).collect();
+    let links: Vec<pb::Link<'_>> = entries
+        .iter()
+        .zip(&cids)
+        .map(|(e, cid)| pb::Link { cid, name: &e.name, tsize: e.tsize })
+        .collect();
+    let bytes = pb::dag_pb_node(&links, &pb::UNIXFS_DIRECTORY_DATA);
+    let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
+    let tsize = bytes.len() as u64 + entries.iter().map(|e| e.tsize).sum::<u64>();
+    (Root { cid: cid_v1(DAG_PB, &digest), filesize: 0, tsize }, bytes)
+}
+
+/// The UnixFS file DAG of a small in-memory value (a manifest, `index.json`), every block with
+/// its bytes, children before parents.
+pub fn import_bytes(data: &[u8], profile: Profile) -> (Root, Vec<(cid::Cid, Vec<u8>)>) {
+    let mut importer = CollectingImporter::new(profile);
+    importer.update(data);
+    let (root, blocks) = importer.finish();
+    let blocks = blocks
+        .into_iter()
+        .map(|b| match b {
+            DagBlock::Leaf { cid, offset, len } => (cid, data[offset as usize..(offset + len) as usize].to_vec()),
+            DagBlock::Node { cid, bytes } => (cid, bytes),
+        })
+        .collect();
+    (root, blocks)
 }
 
 /// The root of what `data` yields under `profile`, in one pass: one thread reads ahead while this
@@ -208,5 +256,31 @@ mod kubo_vectors {
             }
         }
         assert_eq!(checked, 7, "every CIDv1 row was checked");
+    }
+}
+
+#[cfg(test)]
+mod directory_tests {
+    use super::*;
+
+    #[test]
+    fn empty_directory_is_the_well_known_one() {
+        let (root, bytes) = directory(Vec::new());
+        assert_eq!(bytes, [0x0a, 0x02, 0x08, 0x01]);
+        let v0 = cid::Cid::new_v0(*root.cid.hash()).unwrap();
+        assert_eq!(v0.to_string(), "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn");
+        assert_eq!(root.tsize, 4);
+    }
+
+    #[test]
+    fn directory_links_are_sorted_and_sized() {
+        let a = import_bytes(b"hello", Profile::default()).0;
+        let entry = |name: &str| DirEntry { name: name.into(), cid: a.cid, tsize: a.tsize };
+        let (root, bytes) = directory(vec![entry("b"), entry("a"), entry("B")]);
+        let node = decode_node(&bytes).unwrap();
+        let names: Vec<&str> = node.links.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["B", "a", "b"]);
+        assert_eq!(root.tsize, bytes.len() as u64 + 15);
+        assert_eq!(unixfs_type(&node.data).unwrap(), UNIXFS_DIRECTORY);
     }
 }

@@ -1,4 +1,4 @@
-//! The two protobuf messages of a UnixFS file node, encoded by hand.
+//! The two protobuf messages of UnixFS nodes (dag-pb `PBNode` and UnixFS `Data`), by hand.
 //!
 //! dag-pb's canonical form puts `Links` (field 2) before `Data` (field 1), which general protobuf
 //! encoders (prost writes fields in tag order) do not produce, and the bytes must match Kubo's
@@ -36,6 +36,9 @@ pub fn unixfs_file_data(filesize: u64, blocksizes: &[u64]) -> Vec<u8> {
     out
 }
 
+/// UnixFS `Data` of a plain directory: Type = Directory and nothing else, as Kubo writes it.
+pub const UNIXFS_DIRECTORY_DATA: [u8; 2] = [0x08, 0x01];
+
 /// One link of a dag-pb node.
 pub struct Link<'a> {
     pub cid: &'a [u8],
@@ -59,6 +62,129 @@ pub fn dag_pb_node(links: &[Link<'_>], data: &[u8]) -> Vec<u8> {
     out
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("malformed dag-pb node: {0}")]
+pub struct DecodeError(&'static str);
+
+/// A decoded dag-pb link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedLink {
+    pub cid: cid::Cid,
+    pub name: String,
+    pub tsize: u64,
+}
+
+/// A decoded dag-pb node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedNode {
+    pub links: Vec<DecodedLink>,
+    pub data: Vec<u8>,
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = self.0.split_first().ok_or(DecodeError("truncated varint"))?;
+            self.0 = rest;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(DecodeError("varint too long"))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let len = usize::try_from(self.varint()?).map_err(|_| DecodeError("length too large"))?;
+        if len > self.0.len() {
+            return Err(DecodeError("truncated field"));
+        }
+        let (head, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    /// The next (field number, wire type), or None at the end.
+    fn key(&mut self) -> Result<Option<(u64, u64)>, DecodeError> {
+        if self.0.is_empty() {
+            return Ok(None);
+        }
+        let k = self.varint()?;
+        Ok(Some((k >> 3, k & 7)))
+    }
+
+    fn skip(&mut self, wire: u64) -> Result<(), DecodeError> {
+        match wire {
+            0 => self.varint().map(drop),
+            2 => self.bytes().map(drop),
+            _ => Err(DecodeError("unsupported wire type")),
+        }
+    }
+}
+
+/// Decodes a dag-pb node (links and data); unknown fields are refused by dag-pb's rules only in
+/// so far as their wire type is unreadable.
+pub fn decode_node(bytes: &[u8]) -> Result<DecodedNode, DecodeError> {
+    let mut r = Reader(bytes);
+    let mut node = DecodedNode { links: Vec::new(), data: Vec::new() };
+    while let Some((field, wire)) = r.key()? {
+        match (field, wire) {
+            (1, 2) => node.data = r.bytes()?.to_vec(),
+            (2, 2) => {
+                let mut l = Reader(r.bytes()?);
+                let (mut cid, mut name, mut tsize) = (None, String::new(), 0);
+                while let Some((field, wire)) = l.key()? {
+                    match (field, wire) {
+                        (1, 2) => cid = Some(cid::Cid::try_from(l.bytes()?).map_err(|_| DecodeError("bad link CID"))?),
+                        (2, 2) => {
+                            name = String::from_utf8(l.bytes()?.to_vec()).map_err(|_| DecodeError("link name not UTF-8"))?
+                        }
+                        (3, 0) => tsize = l.varint()?,
+                        (_, w) => l.skip(w)?,
+                    }
+                }
+                node.links.push(DecodedLink { cid: cid.ok_or(DecodeError("link without a CID"))?, name, tsize });
+            }
+            (_, w) => r.skip(w)?,
+        }
+    }
+    Ok(node)
+}
+
+/// UnixFS `Data` type field (1: Directory, 2: File, 5: HAMTShard, ...) of a decoded node's data.
+pub fn unixfs_type(data: &[u8]) -> Result<u64, DecodeError> {
+    let mut r = Reader(data);
+    while let Some((field, wire)) = r.key()? {
+        if (field, wire) == (1, 0) {
+            return r.varint();
+        }
+        r.skip(wire)?;
+    }
+    Err(DecodeError("UnixFS data without a type"))
+}
+
+/// The bytes a UnixFS file node carries itself (its `Data.Data`; empty for interior nodes with
+/// raw leaves). Refuses anything but a File or Raw node.
+pub fn file_data(data: &[u8]) -> Result<&[u8], DecodeError> {
+    let mut r = Reader(data);
+    let (mut kind, mut content) = (None, &[][..]);
+    while let Some((field, wire)) = r.key()? {
+        match (field, wire) {
+            (1, 0) => kind = Some(r.varint()?),
+            (2, 2) => content = r.bytes()?,
+            (_, w) => r.skip(w)?,
+        }
+    }
+    match kind {
+        Some(0) | Some(2) => Ok(content),
+        Some(_) => Err(DecodeError("not a UnixFS file")),
+        None => Err(DecodeError("UnixFS data without a type")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +200,16 @@ mod tests {
     fn node_layout_puts_links_first() {
         let node = dag_pb_node(&[Link { cid: &[1, 2], name: "", tsize: 5 }], &[8, 2]);
         assert_eq!(node, [0x12, 0x08, 0x0a, 0x02, 1, 2, 0x12, 0x00, 0x18, 0x05, 0x0a, 0x02, 8, 2]);
+    }
+
+    #[test]
+    fn decodes_what_it_encodes() {
+        let target = crate::unixfs::cid_v1(crate::unixfs::RAW, &[7; 32]);
+        let cid = target.to_bytes();
+        let node = dag_pb_node(&[Link { cid: &cid, name: "a", tsize: 300 }], &UNIXFS_DIRECTORY_DATA);
+        let decoded = decode_node(&node).unwrap();
+        assert_eq!(decoded.links, [DecodedLink { cid: target, name: "a".into(), tsize: 300 }]);
+        assert_eq!(unixfs_type(&decoded.data).unwrap(), 1);
+        assert!(decode_node(&node[..node.len() - 1]).is_err());
     }
 }

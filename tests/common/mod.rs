@@ -1,6 +1,8 @@
 //! Shared test harness: real `af` node processes on loopback, each with its own data directory.
 #![allow(dead_code)]
 
+pub mod images;
+
 use reqwest::blocking::{Client, Response};
 use sha2::{Digest as _, Sha256};
 use std::net::{SocketAddr, TcpListener};
@@ -198,5 +200,26 @@ pub fn tool(name: &str) -> PathBuf {
         candidate
     } else {
         PathBuf::from(name)
+    }
+}
+
+/// A throwaway Kubo repository, used offline (no daemon): Kubo's own CLI as an independent
+/// IPFS implementation.
+pub struct Kubo {
+    repo: tempfile::TempDir,
+}
+
+impl Kubo {
+    pub fn new() -> Kubo {
+        let repo = tempfile::tempdir().unwrap();
+        let k = Kubo { repo };
+        run(k.cmd().args(["init", "--empty-repo", "--profile", "test"]));
+        k
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(tool("ipfs"));
+        c.env("IPFS_PATH", self.repo.path());
+        c
     }
 }

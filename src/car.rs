@@ -1,0 +1,507 @@
+//! CAR files (CARv1): an image out of the node and into another.
+//!
+//! An export is the image DAG (`crate::image`) and everything under it, every block once, in
+//! depth-first order, root = the image CID: any IPFS tool can unpack it into an OCI layout. An
+//! import verifies the whole file before it stores anything: every block against its CID, the
+//! DAG complete from the root, every blob against its digest. Only then are blobs pushed through
+//! the same path as an upload (so their DAGs are this node's, in its profile) and manifests and
+//! tags stored, children first.
+
+use crate::digest::Digest;
+use crate::image::{REF_NAME_ANNOTATION, REPOSITORY_ANNOTATION};
+use crate::manifest::{self, MAX_MANIFEST_BYTES};
+use crate::metadata::{MetadataError, Reference};
+use crate::registry::{Registry, RegistryError};
+use crate::unixfs::{self, DecodedLink};
+use bytes::Bytes;
+use cid::Cid;
+use iroh_car::{CarHeader, CarWriter};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::AsyncWrite;
+
+/// The largest CAR section accepted: blocks are at most a chunk (1 MiB) plus framing, and
+/// IPFS peers refuse blocks over 2 MiB anyway.
+const MAX_SECTION: usize = 4 << 20;
+/// Identity multihash code: the "hash" is the data itself.
+const IDENTITY: u64 = 0x00;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CarError {
+    #[error("{0} is not in this registry")]
+    UnknownImage(String),
+    #[error("{0} has no image DAG on this node: some of its blobs are absent")]
+    NoImage(String),
+    #[error("cannot write the CAR: {0}")]
+    Write(String),
+    #[error("not a CARv1 file: {0}")]
+    Header(String),
+    #[error("the CAR has {0} roots; an image CAR has exactly one")]
+    Roots(usize),
+    #[error("the CAR is malformed after {blocks} blocks: {detail}")]
+    Malformed { blocks: u64, detail: String },
+    #[error("block {cid}: {problem}")]
+    Block { cid: String, problem: String },
+    #[error("{path} (block {cid}) is missing from the CAR")]
+    Missing { path: String, cid: String },
+    #[error("{path}: {problem}")]
+    Layout { path: String, problem: String },
+    #[error("the CAR names no repository; pass --repo")]
+    NoRepository,
+    #[error("{0:?} is not a valid repository name")]
+    RepositoryName(String),
+    #[error("staging file {path}: {source}")]
+    Staging { path: String, source: std::io::Error },
+    #[error("reading the CAR: {0}")]
+    Read(std::io::Error),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error("import task failed: {0}")]
+    Task(String),
+}
+
+type Result<T> = std::result::Result<T, CarError>;
+
+fn block_err(cid: &Cid, problem: impl std::fmt::Display) -> CarError {
+    CarError::Block { cid: cid.to_string(), problem: problem.to_string() }
+}
+
+/// What an export wrote.
+#[derive(Debug)]
+pub struct ExportSummary {
+    pub root: Cid,
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+/// Writes the image `reference` of `repo` as a CARv1 to `out`.
+pub async fn export<W: AsyncWrite + Send + Unpin>(
+    reg: &Registry,
+    repo: &str,
+    reference: &Reference,
+    out: W,
+) -> Result<ExportSummary> {
+    let name = match reference {
+        Reference::Tag(t) => format!("{repo}:{t}"),
+        Reference::Digest(d) => format!("{repo}@{d}"),
+    };
+    let m = reg.meta.get_manifest(repo, reference).await?.ok_or_else(|| CarError::UnknownImage(name.clone()))?;
+    let root: Cid = m
+        .image_cid
+        .ok_or(CarError::NoImage(name))?
+        .parse()
+        .map_err(|e| MetadataError::Corrupt(format!("image CID: {e}")))?;
+    let mut writer = CarWriter::new(CarHeader::new_v1(vec![root]), out);
+    let mut summary = ExportSummary { root, blocks: 0, bytes: 0 };
+    let mut seen = HashSet::new();
+    let mut stack = vec![root];
+    while let Some(cid) = stack.pop() {
+        if !seen.insert(cid) {
+            continue;
+        }
+        let bytes = reg.get_block(&cid).await?.ok_or_else(|| block_err(&cid, "not on this node"))?;
+        if cid.codec() == unixfs::DAG_PB {
+            let node = unixfs::decode_node(&bytes).map_err(|e| block_err(&cid, e))?;
+            // Reversed onto the stack, so the first link is written first: depth-first order.
+            stack.extend(node.links.iter().rev().map(|l| l.cid).filter(|c| !seen.contains(c)));
+        }
+        summary.bytes += writer.write(cid, &bytes).await.map_err(|e| CarError::Write(e.to_string()))? as u64;
+        summary.blocks += 1;
+    }
+    writer.finish().await.map_err(|e| CarError::Write(e.to_string()))?;
+    Ok(summary)
+}
+
+/// Every block of a CAR, verified, in a staging file while the import decides what to keep.
+struct Staged {
+    file: File,
+    path: PathBuf,
+    index: HashMap<Cid, (u64, usize)>,
+    root: Cid,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn read_varint(input: &mut impl Read) -> std::io::Result<Option<u64>> {
+    let mut value = 0u64;
+    for (i, shift) in (0..64).step_by(7).enumerate() {
+        let mut b = [0u8];
+        if input.read(&mut b)? == 0 {
+            return if i == 0 { Ok(None) } else { Err(std::io::ErrorKind::UnexpectedEof.into()) };
+        }
+        value |= u64::from(b[0] & 0x7f) << shift;
+        if b[0] < 0x80 {
+            return Ok(Some(value));
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "varint too long"))
+}
+
+/// Reads as much as is there, up to `buf.len()`.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn verify_block(cid: &Cid, data: &[u8]) -> Result<()> {
+    let mh = cid.hash();
+    let ok = match mh.code() {
+        unixfs::SHA2_256 => <sha2::Sha256 as sha2::Digest>::digest(data).as_slice() == mh.digest(),
+        IDENTITY => mh.digest() == data,
+        code => return Err(block_err(cid, format!("unsupported multihash 0x{code:x}"))),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(block_err(cid, "its bytes do not match its hash"))
+    }
+}
+
+/// Phase 1: reads and verifies every block into a staging file.
+fn stage(mut input: impl Read, staging_dir: &Path) -> Result<Staged> {
+    let header_len = read_varint(&mut input)
+        .map_err(CarError::Read)?
+        .ok_or_else(|| CarError::Header("the file is empty".into()))? as usize;
+    if header_len > MAX_SECTION {
+        return Err(CarError::Header(format!("a header of {header_len} bytes")));
+    }
+    let mut header = vec![0u8; header_len];
+    if read_full(&mut input, &mut header).map_err(CarError::Read)? < header_len {
+        return Err(CarError::Header("truncated header".into()));
+    }
+    let header = CarHeader::decode(&header).map_err(|e| CarError::Header(e.to_string()))?;
+    let root = match header.roots() {
+        [root] => *root,
+        roots => return Err(CarError::Roots(roots.len())),
+    };
+    std::fs::create_dir_all(staging_dir)
+        .map_err(|source| CarError::Staging { path: staging_dir.display().to_string(), source })?;
+    let path = staging_dir.join(format!("import-{}", uuid::Uuid::new_v4()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|source| CarError::Staging { path: path.display().to_string(), source })?;
+    let mut staged = Staged { file, path, index: HashMap::new(), root };
+    let staging_err = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| CarError::Staging { path, source }
+    };
+    let mut writer = std::io::BufWriter::with_capacity(1 << 20, staged.file.try_clone().map_err(staging_err(&staged.path))?);
+    let (mut offset, mut blocks) = (0u64, 0u64);
+    let mut section = Vec::new();
+    loop {
+        let malformed = |detail: String| CarError::Malformed { blocks, detail };
+        let len = match read_varint(&mut input) {
+            Ok(None) => break,
+            Ok(Some(len)) => len as usize,
+            Err(e) => return Err(malformed(format!("section length: {e}"))),
+        };
+        if len > MAX_SECTION {
+            return Err(malformed(format!("a section of {len} bytes")));
+        }
+        section.resize(len, 0);
+        let got = read_full(&mut input, &mut section).map_err(CarError::Read)?;
+        let mut cursor = std::io::Cursor::new(&section[..got]);
+        let cid = Cid::read_bytes(&mut cursor);
+        if got < len {
+            return Err(match cid {
+                Ok(cid) => block_err(&cid, format!("truncated: {got} of {len} bytes")),
+                Err(_) => malformed(format!("truncated section: {got} of {len} bytes")),
+            });
+        }
+        let cid = cid.map_err(|e| malformed(format!("bad CID: {e}")))?;
+        let data = &section[cursor.position() as usize..];
+        verify_block(&cid, data)?;
+        if let std::collections::hash_map::Entry::Vacant(slot) = staged.index.entry(cid) {
+            writer.write_all(data).map_err(staging_err(&staged.path))?;
+            slot.insert((offset, data.len()));
+            offset += data.len() as u64;
+        }
+        blocks += 1;
+    }
+    writer.flush().map_err(staging_err(&staged.path))?;
+    Ok(staged)
+}
+
+impl Staged {
+    fn block(&self, cid: &Cid, path: &str) -> Result<Vec<u8>> {
+        if cid.hash().code() == IDENTITY {
+            return Ok(cid.hash().digest().to_vec());
+        }
+        let &(offset, len) = self
+            .index
+            .get(cid)
+            .ok_or_else(|| CarError::Missing { path: path.to_string(), cid: cid.to_string() })?;
+        let mut buf = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|source| CarError::Staging { path: self.path.display().to_string(), source })?;
+        Ok(buf)
+    }
+
+    fn directory(&self, cid: &Cid, path: &str) -> Result<Vec<DecodedLink>> {
+        let layout = |problem: &str| CarError::Layout { path: path.to_string(), problem: problem.to_string() };
+        if cid.codec() != unixfs::DAG_PB {
+            return Err(layout("not a directory"));
+        }
+        let node = unixfs::decode_node(&self.block(cid, path)?).map_err(|e| block_err(cid, e))?;
+        match unixfs::unixfs_type(&node.data).map_err(|e| block_err(cid, e))? {
+            unixfs::UNIXFS_DIRECTORY => Ok(node.links),
+            unixfs::UNIXFS_HAMT_SHARD => Err(layout("a sharded directory, which image layouts never need")),
+            _ => Err(layout("not a directory")),
+        }
+    }
+
+    /// Feeds the content of the UnixFS file at `cid` to `f`, in order.
+    fn file(&self, cid: &Cid, path: &str, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let bytes = self.block(cid, path)?;
+        match cid.codec() {
+            unixfs::RAW => f(&bytes),
+            unixfs::DAG_PB => {
+                let node = unixfs::decode_node(&bytes).map_err(|e| block_err(cid, e))?;
+                let data = unixfs::file_data(&node.data).map_err(|e| block_err(cid, e))?;
+                f(data)?;
+                for link in &node.links {
+                    self.file(&link.cid, path, f)?;
+                }
+                Ok(())
+            }
+            codec => Err(block_err(cid, format!("codec 0x{codec:x} in a UnixFS file"))),
+        }
+    }
+
+    fn small_file(&self, cid: &Cid, path: &str, limit: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.file(cid, path, &mut |data| {
+            if out.len() + data.len() > limit {
+                return Err(CarError::Layout { path: path.to_string(), problem: format!("larger than {limit} bytes") });
+            }
+            out.extend_from_slice(data);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+/// One manifest of the layout, with its bytes.
+struct LayoutManifest {
+    digest: Digest,
+    media_type: Option<String>,
+    content: Bytes,
+    tags: Vec<String>,
+}
+
+/// Phase 2: what the layout holds, every blob checked against its digest.
+struct Plan {
+    repository: String,
+    /// Blobs by digest: their root in the CAR.
+    blobs: BTreeMap<Digest, Cid>,
+    /// Children before the manifests that reference them.
+    manifests: Vec<LayoutManifest>,
+}
+
+#[derive(serde::Deserialize)]
+struct IndexJson {
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(serde::Deserialize)]
+struct Descriptor {
+    #[serde(rename = "mediaType")]
+    media_type: Option<String>,
+    digest: String,
+    #[serde(default)]
+    annotations: HashMap<String, String>,
+}
+
+fn plan(staged: &Staged, repo_override: Option<String>) -> Result<Plan> {
+    let root = staged.directory(&staged.root, "/")?;
+    let entry = |links: &[DecodedLink], name: &str, path: &str| -> Result<Cid> {
+        links.iter().find(|l| l.name == name).map(|l| l.cid).ok_or_else(|| CarError::Layout {
+            path: path.to_string(),
+            problem: "absent: the CAR's root is not an OCI image layout".into(),
+        })
+    };
+    let index_cid = entry(&root, "index.json", "index.json")?;
+    entry(&root, "oci-layout", "oci-layout")?;
+    let mut layout_blobs: HashMap<Digest, Cid> = HashMap::new();
+    for alg in staged.directory(&entry(&root, "blobs", "blobs")?, "blobs")? {
+        let dir = format!("blobs/{}", alg.name);
+        for blob in staged.directory(&alg.cid, &dir)? {
+            let path = format!("{dir}/{}", blob.name);
+            let digest: Digest = format!("{}:{}", alg.name, blob.name)
+                .parse()
+                .map_err(|e| CarError::Layout { path: path.clone(), problem: format!("not a digest: {e}") })?;
+            layout_blobs.insert(digest, blob.cid);
+        }
+    }
+    let index: IndexJson = serde_json::from_slice(&staged.small_file(&index_cid, "index.json", MAX_MANIFEST_BYTES)?)
+        .map_err(|e| CarError::Layout { path: "index.json".into(), problem: e.to_string() })?;
+    let repository = repo_override
+        .or_else(|| index.manifests.iter().find_map(|d| d.annotations.get(REPOSITORY_ANNOTATION).cloned()))
+        .ok_or(CarError::NoRepository)?;
+    if !crate::names::is_valid_name(&repository) {
+        return Err(CarError::RepositoryName(repository));
+    }
+    let layout_path = |d: &Digest| format!("blobs/{}/{}", d.algorithm().as_str(), d.hex());
+    let locate = |d: &Digest| -> Result<Cid> {
+        layout_blobs
+            .get(d)
+            .copied()
+            .ok_or_else(|| CarError::Layout { path: layout_path(d), problem: "absent from the layout".into() })
+    };
+    let mut plan = Plan { repository, blobs: BTreeMap::new(), manifests: Vec::new() };
+    let mut placed: HashSet<Digest> = HashSet::new();
+    // Depth-first, children placed before their parents.
+    let mut stack: Vec<(Digest, Option<String>, Vec<String>, bool)> = Vec::new();
+    for d in index.manifests.iter().rev() {
+        let digest: Digest = d
+            .digest
+            .parse()
+            .map_err(|e| CarError::Layout { path: "index.json".into(), problem: format!("digest {:?}: {e}", d.digest) })?;
+        let tags: Vec<String> = d.annotations.get(REF_NAME_ANNOTATION).cloned().into_iter().collect();
+        if let Some(bad) = tags.iter().find(|t| !crate::names::is_valid_tag(t)) {
+            return Err(CarError::Layout { path: "index.json".into(), problem: format!("{bad:?} is not a valid tag") });
+        }
+        stack.push((digest, d.media_type.clone(), tags, false));
+    }
+    let mut contents: HashMap<Digest, (Bytes, manifest::ParsedManifest)> = HashMap::new();
+    while let Some((digest, media_type, tags, expanded)) = stack.pop() {
+        if expanded {
+            let (content, _) = &contents[&digest];
+            plan.manifests.push(LayoutManifest { digest, media_type, content: content.clone(), tags });
+            continue;
+        }
+        if !contents.contains_key(&digest) {
+            let path = layout_path(&digest);
+            let content = Bytes::from(staged.small_file(&locate(&digest)?, &path, MAX_MANIFEST_BYTES)?);
+            let actual = Digest::of_bytes(digest.algorithm(), &content);
+            if actual != digest {
+                return Err(CarError::Layout { path, problem: format!("content digest is {actual}") });
+            }
+            let parsed = manifest::parse(media_type.as_deref(), &content)
+                .map_err(|e| CarError::Layout { path, problem: e.to_string() })?;
+            contents.insert(digest.clone(), (content, parsed));
+        }
+        if !placed.insert(digest.clone()) && tags.is_empty() {
+            continue;
+        }
+        let parsed = contents[&digest].1.clone();
+        stack.push((digest, Some(parsed.media_type.clone()), tags, true));
+        for child in parsed.manifests.iter().rev().filter(|c| !placed.contains(*c)) {
+            stack.push((child.clone(), None, Vec::new(), false));
+        }
+        for blob in parsed.blobs {
+            let cid = locate(&blob)?;
+            plan.blobs.insert(blob, cid);
+        }
+    }
+    for (digest, cid) in &plan.blobs {
+        let path = layout_path(digest);
+        let mut hasher = digest.algorithm().hasher();
+        staged.file(cid, &path, &mut |data| {
+            hasher.update(data);
+            Ok(())
+        })?;
+        let actual = hasher.finish();
+        if &actual != digest {
+            return Err(CarError::Layout { path, problem: format!("content digest is {actual}") });
+        }
+    }
+    Ok(plan)
+}
+
+/// What an import stored.
+#[derive(Debug)]
+pub struct ImportSummary {
+    pub repository: String,
+    pub car_root: Cid,
+    pub blobs: usize,
+    pub new_blobs: usize,
+    pub manifests: usize,
+    /// Each tag with the image CID this node gives it.
+    pub tags: Vec<(String, Option<String>)>,
+}
+
+/// Imports an image CAR read from `input`; nothing is stored unless all of it verifies.
+pub async fn import<R: Read + Send + 'static>(
+    reg: &Registry,
+    input: R,
+    repo_override: Option<String>,
+) -> Result<ImportSummary> {
+    let staging_dir = reg.blobs.staging_dir();
+    let (staged, plan) = tokio::task::spawn_blocking(move || {
+        let staged = stage(input, &staging_dir)?;
+        let plan = plan(&staged, repo_override)?;
+        Ok::<_, CarError>((Arc::new(staged), plan))
+    })
+    .await
+    .map_err(|e| CarError::Task(e.to_string()))??;
+    let repo = plan.repository.as_str();
+    let mut summary = ImportSummary {
+        repository: plan.repository.clone(),
+        car_root: staged.root,
+        blobs: plan.blobs.len(),
+        new_blobs: 0,
+        manifests: plan.manifests.len(),
+        tags: Vec::new(),
+    };
+    for (digest, cid) in &plan.blobs {
+        // Present already, here or in another repository: linked, not copied.
+        if reg.meta.blob_info(repo, digest).await?.is_some() || reg.meta.mount_blob(repo, None, digest).await?.is_some() {
+            continue;
+        }
+        reg.put_blob(repo, digest, file_stream(staged.clone(), *cid, digest)).await?;
+        summary.new_blobs += 1;
+    }
+    for m in &plan.manifests {
+        let stored = reg
+            .put_manifest(repo, &Reference::Digest(m.digest.clone()), m.media_type.as_deref(), m.content.clone(), m.tags.clone())
+            .await?;
+        for tag in &m.tags {
+            let image = reg.meta.get_manifest(repo, &Reference::Tag(tag.clone())).await?.and_then(|r| r.image_cid);
+            summary.tags.push((tag.clone(), image));
+        }
+        drop(stored);
+    }
+    Ok(summary)
+}
+
+/// The content of a staged UnixFS file as a request-body-like stream, read on a blocking thread.
+fn file_stream(
+    staged: Arc<Staged>,
+    cid: Cid,
+    digest: &Digest,
+) -> impl futures_util::Stream<Item = std::result::Result<Bytes, String>> + Unpin {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, String>>(4);
+    let path = format!("blobs/{}/{}", digest.algorithm().as_str(), digest.hex());
+    tokio::task::spawn_blocking(move || {
+        let sent = staged.file(&cid, &path, &mut |data| {
+            tx.blocking_send(Ok(Bytes::copy_from_slice(data))).map_err(|_| CarError::Task("upload ended".into()))
+        });
+        if let Err(e) = sent {
+            let _ = tx.blocking_send(Err(e.to_string()));
+        }
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+}
