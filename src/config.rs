@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub const DEFAULT_API: &str = "0.0.0.0:5000";
 pub const DEFAULT_DATA_DIR: &str = "./data";
@@ -16,11 +17,29 @@ pub struct ServeConfig {
     pub sparse_manifests: bool,
     pub cid_profile: crate::unixfs::Profile,
     /// Uploads idle this long are discarded.
-    pub upload_expiry: std::time::Duration,
+    pub upload_expiry: Duration,
+    /// How often the node runs a GC itself; zero: never (only `af registry gc`).
+    pub gc_interval: Duration,
+    /// Content younger than this is never collected.
+    pub gc_grace: Duration,
+}
+
+/// Values given by flags or `AF_*` variables (clap merges those two); None: not given.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub api: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub sparse_manifests: Option<bool>,
+    pub cid_profile: Option<crate::unixfs::Profile>,
+    pub upload_expiry: Option<Duration>,
+    pub gc_interval: Option<Duration>,
+    pub gc_grace: Option<Duration>,
 }
 
 /// Default idle time after which an upload session is discarded.
-pub const DEFAULT_UPLOAD_EXPIRY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+pub const DEFAULT_UPLOAD_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+/// Default time between two scheduled GCs.
+pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 /// The optional TOML file: every key is optional and named like its flag.
 #[derive(Debug, Default, Deserialize)]
@@ -31,6 +50,8 @@ pub struct FileConfig {
     pub sparse_manifests: Option<bool>,
     pub cid_profile: Option<String>,
     pub upload_expiry: Option<String>,
+    pub gc_interval: Option<String>,
+    pub gc_grace: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +62,8 @@ pub enum ConfigError {
     Parse { path: String, source: toml::de::Error },
     #[error(transparent)]
     Profile(#[from] crate::unixfs::UnknownProfile),
-    #[error("upload-expiry {0:?} is not a duration such as \"24h\" or \"30m\"")]
-    Duration(String),
+    #[error("{key} {value:?} is not a duration such as \"24h\" or \"30m\"")]
+    Duration { key: &'static str, value: String },
 }
 
 impl FileConfig {
@@ -55,31 +76,26 @@ impl FileConfig {
 
 impl ServeConfig {
     /// Merges flag/env values (already combined by clap) over the file over the defaults.
-    pub fn merge(
-        api: Option<SocketAddr>,
-        data_dir: Option<PathBuf>,
-        sparse_manifests: Option<bool>,
-        cid_profile: Option<crate::unixfs::Profile>,
-        upload_expiry: Option<std::time::Duration>,
-        file: FileConfig,
-    ) -> Result<Self, ConfigError> {
-        let upload_expiry = match upload_expiry {
-            Some(d) => d,
-            None => match &file.upload_expiry {
-                Some(text) => humantime::parse_duration(text).map_err(|_| ConfigError::Duration(text.clone()))?,
-                None => DEFAULT_UPLOAD_EXPIRY,
+    pub fn merge(flags: Overrides, file: FileConfig) -> Result<Self, ConfigError> {
+        let duration = |flag: Option<Duration>, text: &Option<String>, key: &'static str, default: Duration| match flag {
+            Some(d) => Ok(d),
+            None => match text {
+                Some(t) => humantime::parse_duration(t).map_err(|_| ConfigError::Duration { key, value: t.clone() }),
+                None => Ok(default),
             },
         };
-        let cid_profile = match cid_profile {
+        let cid_profile = match flags.cid_profile {
             Some(p) => p,
             None => file.cid_profile.as_deref().map(str::parse).transpose()?.unwrap_or_default(),
         };
         Ok(ServeConfig {
             cid_profile,
-            upload_expiry,
-            api: api.or(file.api).unwrap_or_else(|| DEFAULT_API.parse().expect("default address")),
-            data_dir: data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-            sparse_manifests: sparse_manifests.or(file.sparse_manifests).unwrap_or(false),
+            upload_expiry: duration(flags.upload_expiry, &file.upload_expiry, "upload-expiry", DEFAULT_UPLOAD_EXPIRY)?,
+            gc_interval: duration(flags.gc_interval, &file.gc_interval, "gc-interval", DEFAULT_GC_INTERVAL)?,
+            gc_grace: duration(flags.gc_grace, &file.gc_grace, "gc-grace", crate::gc::DEFAULT_GRACE)?,
+            api: flags.api.or(file.api).unwrap_or_else(|| DEFAULT_API.parse().expect("default address")),
+            data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            sparse_manifests: flags.sparse_manifests.or(file.sparse_manifests).unwrap_or(false),
         })
     }
 }
@@ -93,18 +109,24 @@ mod tests {
         let file: FileConfig =
             toml::from_str("api = \"127.0.0.1:6000\"\ndata-dir = \"/srv/af\"\ncid-profile = \"kubo-v1\"\nupload-expiry = \"90m\"")
                 .unwrap();
-        let c = ServeConfig::merge(None, Some("/flag".into()), None, None, None, file).unwrap();
+        let flags = Overrides { data_dir: Some("/flag".into()), gc_grace: Some(Duration::from_secs(5)), ..Default::default() };
+        let c = ServeConfig::merge(flags, file).unwrap();
+        assert_eq!(c.gc_grace, Duration::from_secs(5));
+        assert_eq!(c.gc_interval, DEFAULT_GC_INTERVAL);
         assert_eq!(c.cid_profile, crate::unixfs::Profile::KuboV1);
-        assert_eq!(c.upload_expiry, std::time::Duration::from_secs(90 * 60));
+        assert_eq!(c.upload_expiry, Duration::from_secs(90 * 60));
         assert_eq!(c.api, "127.0.0.1:6000".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("/flag"));
-        let d = ServeConfig::merge(None, None, None, None, None, FileConfig::default()).unwrap();
+        let d = ServeConfig::merge(Overrides::default(), FileConfig::default()).unwrap();
         assert_eq!(d.cid_profile, crate::unixfs::Profile::UnixfsV1_2025);
         assert_eq!(d.upload_expiry, DEFAULT_UPLOAD_EXPIRY);
+        assert_eq!(d.gc_grace, crate::gc::DEFAULT_GRACE);
+        let file: FileConfig = toml::from_str("gc-interval = \"0s\"").unwrap();
+        assert_eq!(ServeConfig::merge(Overrides::default(), file).unwrap().gc_interval, Duration::ZERO);
         let bad: FileConfig = toml::from_str("upload-expiry = \"soon\"").unwrap();
-        assert!(ServeConfig::merge(None, None, None, None, None, bad).is_err());
+        assert!(ServeConfig::merge(Overrides::default(), bad).is_err());
         let bad: FileConfig = toml::from_str("cid-profile = \"nope\"").unwrap();
-        assert!(ServeConfig::merge(None, None, None, None, None, bad).is_err());
+        assert!(ServeConfig::merge(Overrides::default(), bad).is_err());
         assert_eq!(d.api, DEFAULT_API.parse().unwrap());
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
     }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod car;
 pub mod config;
 pub mod digest;
+pub mod gc;
 pub mod image;
 pub mod manifest;
 pub mod metadata;

@@ -1,7 +1,7 @@
 //! The `af` binary: command-line parsing, logging set-up and error reporting. Everything else is
 //! in the library.
 
-use af_registry::config::{FileConfig, ServeConfig};
+use af_registry::config::{FileConfig, Overrides, ServeConfig};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -38,9 +38,8 @@ enum RegistryCommand {
     /// Rehash every blob and block of a data directory; quarantine and mark missing what no
     /// longer matches. Exits 1 if anything was corrupt. Safe while the node runs.
     Verify {
-        /// The node's data directory [default: ./data].
-        #[arg(long, env = "AF_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        data: DataDir,
     },
     /// Write an image as a CARv1 whose root is the image CID (an OCI layout as a UnixFS
     /// directory; `ipfs dag import` + `ipfs get` unpack it for `skopeo copy oci:<dir>:<tag>`).
@@ -50,9 +49,22 @@ enum RegistryCommand {
         /// Output file [default: standard output].
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// The node's data directory [default: ./data].
-        #[arg(long, env = "AF_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// Collect garbage: remove untagged, unpinned, unreferenced manifests and the blobs and
+    /// blocks nothing kept references, once older than the grace period. Safe while the node runs.
+    Gc {
+        /// Content younger than this is kept; at least the node's --gc-grace [default: 1h].
+        #[arg(long, env = "AF_GC_GRACE", value_parser = humantime::parse_duration)]
+        grace: Option<std::time::Duration>,
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// Pins: manifests a GC keeps even when no tag points at them.
+    Pin {
+        #[command(subcommand)]
+        command: PinCommand,
     },
     /// Import an image CAR (from `export`): every block and blob is verified before anything is
     /// stored; blobs, manifests and tags are recreated. Safe while the node runs.
@@ -62,12 +74,42 @@ enum RegistryCommand {
         /// Repository to import into [default: the one the CAR's index.json names].
         #[arg(long)]
         repo: Option<String>,
-        /// The node's data directory [default: ./data].
-        #[arg(long, env = "AF_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        data: DataDir,
         /// The node's CID profile (as given to `serve`) [default: unixfs-v1-2025].
         #[arg(long, env = "AF_CID_PROFILE")]
         cid_profile: Option<af_registry::unixfs::Profile>,
+    },
+}
+
+/// Where the node keeps its data, for commands that work on it beside (or without) the node.
+#[derive(clap::Args)]
+struct DataDir {
+    /// The node's data directory [default: ./data].
+    #[arg(long, env = "AF_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum PinCommand {
+    /// Keep a manifest (and so its blobs) through GCs even when untagged.
+    Add {
+        /// <repository>:<tag> (the manifest it points at now) or <repository>@<digest>.
+        image: String,
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// Remove a pin.
+    Rm {
+        /// <repository>:<tag> or <repository>@<digest>.
+        image: String,
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// List pins.
+    Ls {
+        #[command(flatten)]
+        data: DataDir,
     },
 }
 
@@ -90,6 +132,13 @@ struct ServeArgs {
     /// Discard upload sessions idle this long, e.g. 24h, 30m [default: 24h].
     #[arg(long, env = "AF_UPLOAD_EXPIRY", value_parser = humantime::parse_duration)]
     upload_expiry: Option<std::time::Duration>,
+    /// Run a GC this often, e.g. 24h; 0s: never (only `af registry gc`) [default: 24h].
+    #[arg(long, env = "AF_GC_INTERVAL", value_parser = humantime::parse_duration)]
+    gc_interval: Option<std::time::Duration>,
+    /// Content younger than this is never collected; also how long a client may take between
+    /// seeing a blob and pushing the manifest that references it [default: 1h].
+    #[arg(long, env = "AF_GC_GRACE", value_parser = humantime::parse_duration)]
+    gc_grace: Option<std::time::Duration>,
     /// Optional TOML file with the same settings (kebab-case keys); flags and AF_* win over it.
     #[arg(long, env = "AF_CONFIG")]
     config: Option<PathBuf>,
@@ -105,11 +154,8 @@ fn main() {
 }
 
 /// The registry of an existing data directory, alongside any node serving it.
-async fn attach(
-    data_dir: Option<PathBuf>,
-    profile: af_registry::unixfs::Profile,
-) -> anyhow::Result<af_registry::registry::Registry> {
-    let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(af_registry::config::DEFAULT_DATA_DIR));
+async fn attach(data: DataDir, profile: af_registry::unixfs::Profile) -> anyhow::Result<af_registry::registry::Registry> {
+    let data_dir = data.data_dir.unwrap_or_else(|| PathBuf::from(af_registry::config::DEFAULT_DATA_DIR));
     anyhow::ensure!(data_dir.is_dir(), "no data directory at {}", data_dir.display());
     Ok(af_registry::server::open_registry(&data_dir, profile, false).await?)
 }
@@ -127,16 +173,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(path) => FileConfig::load(path)?,
                 None => FileConfig::default(),
             };
-            let config = ServeConfig::merge(args.api, args.data_dir, args.sparse_manifests, args.cid_profile, args.upload_expiry, file)?;
+            let flags = Overrides {
+                api: args.api,
+                data_dir: args.data_dir,
+                sparse_manifests: args.sparse_manifests,
+                cid_profile: args.cid_profile,
+                upload_expiry: args.upload_expiry,
+                gc_interval: args.gc_interval,
+                gc_grace: args.gc_grace,
+            };
+            let config = ServeConfig::merge(flags, file)?;
             actix_web::rt::System::new()
                 .block_on(af_registry::server::serve(config))
                 .context("registry node stopped")
         }
-        Command::Registry { command: RegistryCommand::Export { image, output, data_dir } } => {
+        Command::Registry { command: RegistryCommand::Export { image, output, data } } => {
             let (repo, reference) = af_registry::names::parse_image_reference(&image)?;
             actix_web::rt::System::new().block_on(async {
                 // Export makes no blobs, so the profile does not matter.
-                let registry = attach(data_dir, Default::default()).await?;
+                let registry = attach(data, Default::default()).await?;
                 let summary = match &output {
                     None => {
                         let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::io::stdout());
@@ -168,7 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Command::Registry { command: RegistryCommand::Import { file, repo, data_dir, cid_profile } } => {
+        Command::Registry { command: RegistryCommand::Import { file, repo, data, cid_profile } } => {
             let input: Box<dyn std::io::Read + Send> = if file.as_os_str() == "-" {
                 Box::new(std::io::stdin())
             } else {
@@ -176,7 +231,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let input = std::io::BufReader::with_capacity(1 << 20, input);
             actix_web::rt::System::new().block_on(async {
-                let registry = attach(data_dir, cid_profile.unwrap_or_default()).await?;
+                let registry = attach(data, cid_profile.unwrap_or_default()).await?;
                 let s = af_registry::car::import(&registry, input, repo)
                     .await
                     .with_context(|| format!("nothing imported from {}", file.display()))?;
@@ -190,10 +245,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Command::Registry { command: RegistryCommand::Verify { data_dir } } => {
+        Command::Registry { command: RegistryCommand::Gc { grace, data } } => actix_web::rt::System::new().block_on(async {
+            let registry = attach(data, Default::default()).await?;
+            let report = registry.gc(grace.unwrap_or(af_registry::gc::DEFAULT_GRACE)).await.context("gc stopped")?;
+            println!("gc: {report}");
+            Ok(())
+        }),
+        Command::Registry { command: RegistryCommand::Pin { command } } => actix_web::rt::System::new().block_on(async {
+            match command {
+                PinCommand::Add { image, data } => {
+                    let (repo, reference) = af_registry::names::parse_image_reference(&image)?;
+                    let registry = attach(data, Default::default()).await?;
+                    let digest = registry.meta.pin(&repo, &reference).await?;
+                    let digest = digest.with_context(|| format!("{image} is not in this registry"))?;
+                    println!("pinned {repo}@{digest}");
+                }
+                PinCommand::Rm { image, data } => {
+                    let (repo, reference) = af_registry::names::parse_image_reference(&image)?;
+                    let registry = attach(data, Default::default()).await?;
+                    let digest = match reference {
+                        af_registry::metadata::Reference::Digest(d) => d,
+                        tag => registry.meta.get_manifest(&repo, &tag).await?.map(|m| m.digest).with_context(|| format!("{image} is not in this registry"))?,
+                    };
+                    anyhow::ensure!(registry.meta.unpin(&repo, &digest).await?, "{repo}@{digest} is not pinned");
+                    println!("unpinned {repo}@{digest}");
+                }
+                PinCommand::Ls { data } => {
+                    let registry = attach(data, Default::default()).await?;
+                    for (repo, digest) in registry.meta.list_pins().await? {
+                        println!("{repo}@{digest}");
+                    }
+                }
+            }
+            Ok(())
+        }),
+        Command::Registry { command: RegistryCommand::Verify { data } } => {
             actix_web::rt::System::new().block_on(async {
                 // The profile only matters for new uploads, which verify does not make.
-                let registry = attach(data_dir, Default::default()).await?;
+                let registry = attach(data, Default::default()).await?;
                 let report = registry
                     .verify(|f| println!("corrupt: {}: {}; {}", f.object, f.problem, f.action))
                     .await

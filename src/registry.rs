@@ -82,6 +82,9 @@ pub struct Registry {
     /// Accept manifests whose blobs or child manifests are absent (partial mirrors of multi-arch
     /// images); by default they are refused with MANIFEST_BLOB_UNKNOWN.
     pub sparse_manifests: bool,
+    /// How stale a blob link's `touched_at` may get before a read refreshes it: a quarter of
+    /// the GC grace period, so a blob a client has just seen is never collected under it.
+    pub touch_after: std::time::Duration,
     sessions: Mutex<HashMap<Uuid, SessionLock>>,
 }
 
@@ -115,7 +118,15 @@ impl Registry {
     /// A registry over stores another process may be serving: no start-up reconciliation (it
     /// would race that process's uploads). For offline tools such as `verify`.
     pub fn attach(meta: Arc<dyn MetadataStore>, blobs: BlobStore, blocks: BlockIndex, profile: Profile) -> Self {
-        Registry { meta, blobs, blocks, profile, sparse_manifests: false, sessions: Mutex::new(HashMap::new()) }
+        Registry {
+            meta,
+            blobs,
+            blocks,
+            profile,
+            sparse_manifests: false,
+            touch_after: crate::gc::DEFAULT_GRACE / 4,
+            sessions: Mutex::new(HashMap::new()),
+        }
     }
 
     async fn reconcile_uploads(&self) -> Result<()> {
@@ -144,15 +155,16 @@ impl Registry {
                     tracing::info!(upload = %s.id, %digest, "completing an upload published before a crash");
                     let store = blobs.clone();
                     let d = digest.clone();
-                    let (size, dag) = tokio::task::spawn_blocking(move || {
+                    let (size, dag, _gc_lock) = tokio::task::spawn_blocking(move || {
+                        let lock = store.gc_lock(false)?;
                         let mut dag = CollectingImporter::new(profile);
-                        store.scan_blob(&d, |data| dag.update(data)).map(|size| (size, dag))
+                        store.scan_blob(&d, |data| dag.update(data)).map(|size| (size, dag, lock))
                     })
                     .await
                     .map_err(|e| StorageError::Task(e.to_string()))??;
                     let (root, dag_blocks) = dag.finish();
                     blocks.record_blob_dag(digest, dag_blocks).await?;
-                    let info = BlobInfo { size, root_cid: root.cid.to_string() };
+                    let info = BlobInfo { size, root_cid: root.cid.to_string(), touched_at: 0 };
                     meta.commit_blob(&s.repository, digest, &info, Some(s.id)).await?;
                 }
                 None => {
@@ -306,12 +318,15 @@ impl Registry {
         self.meta.mark_upload_finishing(id, digest).await?;
         let store = self.blobs.clone();
         let d = digest.clone();
-        let size = tokio::task::spawn_blocking(move || store.publish(&id, &d))
-            .await
-            .map_err(|e| StorageError::Task(e.to_string()))??;
+        let (size, _gc_lock) = tokio::task::spawn_blocking(move || {
+            let lock = store.gc_lock(false)?;
+            store.publish(&id, &d).map(|size| (size, lock))
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))??;
         // Blocks are indexed before the blob becomes visible, so every visible blob has its DAG.
         self.blocks.record_blob_dag(digest, dag_blocks).await?;
-        let info = BlobInfo { size, root_cid: root.cid.to_string() };
+        let info = BlobInfo { size, root_cid: root.cid.to_string(), touched_at: 0 };
         self.meta.commit_blob(repo, digest, &info, Some(id)).await?;
         drop(state);
         self.forget_session(id);
@@ -367,6 +382,10 @@ impl Registry {
         let Some(info) = self.meta.blob_info(repo, digest).await? else {
             return Err(RegistryError::BlobUnknown(digest.clone()));
         };
+        // A client that saw the blob may reference it next: keep it out of a GC's reach.
+        if crate::gc::unix_now() - info.touched_at > self.touch_after.as_secs() as i64 {
+            self.meta.touch_blob(repo, digest).await?;
+        }
         match self.blobs.open_blob(digest)? {
             Some((file, len)) => Ok((file, len, info)),
             None => {
@@ -502,7 +521,7 @@ impl Registry {
             }
             // Recorded before the metadata names them, so a reader never finds a CID whose
             // blocks are missing; the GC's grace period covers the window in between.
-            blocks.sort_by(|a, b| a.0.cmp(&b.0));
+            blocks.sort_by_key(|b| b.0);
             blocks.dedup_by(|a, b| a.0 == b.0);
             self.blocks.record_inline(blocks).await?;
         }

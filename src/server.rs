@@ -58,11 +58,30 @@ fn spawn_upload_expiry(registry: Arc<Registry>, expiry: std::time::Duration) {
     });
 }
 
+/// Runs a GC every `interval` (never when it is zero).
+fn spawn_gc(registry: Arc<Registry>, interval: std::time::Duration, grace: std::time::Duration) {
+    if interval.is_zero() {
+        return;
+    }
+    actix_web::rt::spawn(async move {
+        let mut tick = actix_web::rt::time::interval_at(actix_web::rt::time::Instant::now() + interval, interval);
+        loop {
+            tick.tick().await;
+            match registry.gc(grace).await {
+                Ok(report) => tracing::info!(%report, "scheduled gc"),
+                Err(e) => tracing::warn!(error = %e, "scheduled gc failed"),
+            }
+        }
+    });
+}
+
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let mut registry = open_registry(&config.data_dir, config.cid_profile, true).await?;
     registry.sparse_manifests = config.sparse_manifests;
+    registry.touch_after = config.gc_grace / 4;
     let registry = Arc::new(registry);
     spawn_upload_expiry(registry.clone(), config.upload_expiry);
+    spawn_gc(registry.clone(), config.gc_interval, config.gc_grace);
     let reg = registry.clone();
     let server = actix_web::HttpServer::new(move || actix_web::App::new().wrap(api::version_header()).configure(api::configure(reg.clone())))
         .bind(config.api)

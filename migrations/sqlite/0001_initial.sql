@@ -19,11 +19,13 @@ CREATE TABLE blobs (
     created_at  INTEGER NOT NULL
 );
 
--- Which repositories may serve which blobs.
+-- Which repositories may serve which blobs. `touched_at`: when the blob was last pushed,
+-- mounted or read here (refreshed at most every few minutes); a GC spares links touched within
+-- its grace period, so a client that just saw the blob can still reference it.
 CREATE TABLE repository_blobs (
     repository_id INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
     digest        TEXT NOT NULL REFERENCES blobs(digest),
-    created_at    INTEGER NOT NULL,
+    touched_at    INTEGER NOT NULL,
     PRIMARY KEY (repository_id, digest)
 ) WITHOUT ROWID;
 CREATE INDEX repository_blobs_by_digest ON repository_blobs(digest);
@@ -61,6 +63,16 @@ CREATE TABLE tags (
     image_cid       TEXT,  -- the image DAG's root naming this tag
     updated_at      INTEGER NOT NULL,
     PRIMARY KEY (repository_id, name),
+    FOREIGN KEY (repository_id, manifest_digest)
+        REFERENCES manifests(repository_id, digest) ON DELETE CASCADE
+) WITHOUT ROWID;
+
+-- Manifests kept by a GC even when untagged (`af registry pin`).
+CREATE TABLE pins (
+    repository_id   INTEGER NOT NULL,
+    manifest_digest TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    PRIMARY KEY (repository_id, manifest_digest),
     FOREIGN KEY (repository_id, manifest_digest)
         REFERENCES manifests(repository_id, digest) ON DELETE CASCADE
 ) WITHOUT ROWID;

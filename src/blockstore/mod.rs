@@ -65,7 +65,8 @@ impl BlockIndex {
     }
 
     /// Records every block of the DAG of `blob` (leaves as ranges of its file), in one
-    /// transaction. Blocks already known keep their first location.
+    /// transaction. Blocks already known keep their first location but count as new
+    /// again for a GC's grace period (they are about to be referenced).
     pub async fn record_blob_dag(&self, blob: &Digest, blocks: Vec<DagBlock>) -> Result<(), BlockIndexError> {
         let blob = blob.to_string();
         self.run(move |conn| {
@@ -73,10 +74,11 @@ impl BlockIndex {
             {
                 let mut leaf = tx.prepare_cached(
                     "INSERT INTO blocks (multihash, codec, blob, offset, length) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT DO NOTHING",
+                     ON CONFLICT DO UPDATE SET created_at = unixepoch()",
                 )?;
                 let mut node = tx.prepare_cached(
-                    "INSERT INTO blocks (multihash, codec, length, data) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                    "INSERT INTO blocks (multihash, codec, length, data) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT DO UPDATE SET created_at = unixepoch()",
                 )?;
                 for b in &blocks {
                     match b {
@@ -96,13 +98,15 @@ impl BlockIndex {
     }
 
     /// Records blocks held inline (image layouts, manifests, imported blocks), in one
-    /// transaction. Blocks already known keep their first location.
+    /// transaction. Blocks already known keep their first location but count as new
+    /// again for a GC's grace period (they are about to be referenced).
     pub async fn record_inline(&self, blocks: Vec<(Cid, Vec<u8>)>) -> Result<(), BlockIndexError> {
         self.run(move |conn| {
             let tx = conn.transaction()?;
             {
                 let mut node = tx.prepare_cached(
-                    "INSERT INTO blocks (multihash, codec, length, data) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                    "INSERT INTO blocks (multihash, codec, length, data) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT DO UPDATE SET created_at = unixepoch()",
                 )?;
                 for (cid, bytes) in &blocks {
                     node.execute(params![cid.hash().to_bytes(), cid.codec() as i64, bytes.len() as i64, bytes])?;
@@ -155,6 +159,53 @@ impl BlockIndex {
             let mut s = conn.prepare("SELECT multihash, CAST(data AS BLOB) FROM blocks WHERE data IS NOT NULL")?;
             let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Deletes inline blocks older than `cutoff` that no DAG from `roots` reaches; returns how
+    /// many and their bytes. Leaves held as blob ranges go with their blob instead.
+    pub async fn sweep_unreachable(&self, roots: Vec<Cid>, cutoff: i64) -> Result<(u64, u64), BlockIndexError> {
+        self.run(move |conn| {
+            let mut nodes: std::collections::HashMap<Vec<u8>, Vec<u8>> = std::collections::HashMap::new();
+            {
+                let mut s = conn.prepare("SELECT multihash, CAST(data AS BLOB) FROM blocks WHERE data IS NOT NULL AND codec = ?1")?;
+                let rows = s.query_map([crate::unixfs::DAG_PB as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                for row in rows {
+                    let (mh, data) = row?;
+                    nodes.insert(mh, data);
+                }
+            }
+            let mut reachable = std::collections::HashSet::new();
+            let mut stack: Vec<Vec<u8>> = roots.iter().map(|c| c.hash().to_bytes()).collect();
+            while let Some(mh) = stack.pop() {
+                if !reachable.insert(mh.clone()) {
+                    continue;
+                }
+                if let Some(data) = nodes.get(&mh) {
+                    // An undecodable node is left for `verify` to report; its children are
+                    // then unreachable from here, and old enough ones go.
+                    if let Ok(node) = crate::unixfs::decode_node(data) {
+                        stack.extend(node.links.iter().map(|l| l.cid.hash().to_bytes()));
+                    }
+                }
+            }
+            // Immediate: no block can be re-recorded (made young) between the select and delete.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let (mut count, mut bytes) = (0u64, 0u64);
+            {
+                let mut old = tx.prepare("SELECT multihash, length FROM blocks WHERE data IS NOT NULL AND created_at < ?1")?;
+                let mut delete = tx.prepare("DELETE FROM blocks WHERE multihash = ?1 AND created_at < ?2")?;
+                let rows: Vec<(Vec<u8>, i64)> =
+                    old.query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+                for (mh, len) in rows.into_iter().filter(|(mh, _)| !reachable.contains(mh)) {
+                    delete.execute(params![mh, cutoff])?;
+                    count += 1;
+                    bytes += len as u64;
+                }
+            }
+            tx.commit()?;
+            Ok((count, bytes))
         })
         .await
     }

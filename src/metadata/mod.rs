@@ -92,6 +92,27 @@ pub struct BlobInfo {
     pub size: u64,
     /// The root CID of the blob's UnixFS DAG.
     pub root_cid: String,
+    /// When the blob was last pushed, mounted or read in this repository (seconds since the
+    /// epoch); read only, ignored by [`MetadataStore::commit_blob`].
+    pub touched_at: i64,
+}
+
+/// A blob row a GC removed.
+#[derive(Debug, Clone)]
+pub struct SweptBlob {
+    pub digest: Digest,
+    pub size: u64,
+    /// False when a scrub had already marked it missing (its file is in quarantine).
+    pub had_file: bool,
+}
+
+/// What [`MetadataStore::collect_garbage`] removed.
+#[derive(Debug, Clone, Default)]
+pub struct GarbageCollected {
+    pub manifests: u64,
+    /// Links between a repository and a blob no kept manifest of it references.
+    pub links: u64,
+    pub blobs: Vec<SweptBlob>,
 }
 
 /// A page of a sorted listing: items after `last` (exclusive), at most `limit` of them.
@@ -121,6 +142,20 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Marks a blob missing (its file is corrupt or gone): no repository serves it until it is
     /// committed again.
     async fn mark_blob_missing(&self, digest: &Digest) -> MetaResult<()>;
+    /// Records that `repo`'s link to a blob was just used (a GC spares it for a grace period).
+    async fn touch_blob(&self, repo: &str, digest: &Digest) -> MetaResult<()>;
+    /// Pins the manifest `reference` names; its digest, or None if there is no such manifest.
+    async fn pin(&self, repo: &str, reference: &Reference) -> MetaResult<Option<Digest>>;
+    async fn unpin(&self, repo: &str, digest: &Digest) -> MetaResult<bool>;
+    async fn list_pins(&self) -> MetaResult<Vec<(String, Digest)>>;
+    /// In one transaction: deletes manifests that are not kept (tagged, pinned, created at or
+    /// after `cutoff`, an index child or a referrer of a kept one), then blob links no kept
+    /// manifest references and not touched since `cutoff`, then blobs left with no link, older
+    /// than `cutoff` and not being published by an upload. Returns what went; the caller
+    /// removes the files.
+    async fn collect_garbage(&self, cutoff: i64) -> MetaResult<GarbageCollected>;
+    /// Every CID something in the metadata names: blob roots and image CIDs.
+    async fn live_roots(&self) -> MetaResult<Vec<String>>;
     /// Removes the link between `repo` and a blob; true if there was one.
     async fn unlink_blob(&self, repo: &str, digest: &Digest) -> MetaResult<bool>;
 

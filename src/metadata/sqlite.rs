@@ -171,8 +171,8 @@ fn parse_digest(s: String) -> MetaResult<Digest> {
 
 fn link_blob(tx: &Transaction<'_>, repo: i64, digest: &str) -> MetaResult<()> {
     tx.execute(
-        "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT DO NOTHING",
+        "INSERT INTO repository_blobs (repository_id, digest, touched_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT DO UPDATE SET touched_at = excluded.touched_at",
         params![repo, digest, now()],
     )
     .map_err(backend)?;
@@ -194,14 +194,14 @@ impl MetadataStore for SqliteStore {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         self.read(move |c| {
             c.prepare_cached(
-                "SELECT b.size, b.root_cid FROM blobs b
+                "SELECT b.size, b.root_cid, rb.touched_at FROM blobs b
                  JOIN repository_blobs rb ON rb.digest = b.digest
                  JOIN repositories r ON r.id = rb.repository_id
                  WHERE r.name = ?1 AND b.digest = ?2 AND b.missing = 0",
             )
             .and_then(|mut s| {
                 s.query_row(params![repo, digest], |r| {
-                    Ok(BlobInfo { size: r.get::<_, i64>(0)? as u64, root_cid: r.get(1)? })
+                    Ok(BlobInfo { size: r.get::<_, i64>(0)? as u64, root_cid: r.get(1)?, touched_at: r.get(2)? })
                 })
                 .optional()
             })
@@ -282,6 +282,146 @@ impl MetadataStore for SqliteStore {
         self.write(move |tx| {
             tx.execute("UPDATE blobs SET missing = 1 WHERE digest = ?1", [digest]).map_err(backend)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn touch_blob(&self, repo: &str, digest: &Digest) -> MetaResult<()> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE repository_blobs SET touched_at = ?3 WHERE digest = ?2
+                 AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
+                params![repo, digest, now()],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn pin(&self, repo: &str, reference: &Reference) -> MetaResult<Option<Digest>> {
+        let (repo, reference) = (repo.to_string(), reference.clone());
+        self.write(move |tx| {
+            let Some(id) = repo_id(tx, &repo)? else { return Ok(None) };
+            let digest: Option<String> = match &reference {
+                Reference::Digest(d) => tx
+                    .query_row(
+                        "SELECT digest FROM manifests WHERE repository_id = ?1 AND digest = ?2",
+                        params![id, d.to_string()],
+                        |r| r.get(0),
+                    )
+                    .optional(),
+                Reference::Tag(t) => tx
+                    .query_row(
+                        "SELECT manifest_digest FROM tags WHERE repository_id = ?1 AND name = ?2",
+                        params![id, t],
+                        |r| r.get(0),
+                    )
+                    .optional(),
+            }
+            .map_err(backend)?;
+            let Some(digest) = digest else { return Ok(None) };
+            tx.execute(
+                "INSERT INTO pins (repository_id, manifest_digest, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![id, digest, now()],
+            )
+            .map_err(backend)?;
+            parse_digest(digest).map(Some)
+        })
+        .await
+    }
+
+    async fn unpin(&self, repo: &str, digest: &Digest) -> MetaResult<bool> {
+        self.delete_in_repo("pins", "manifest_digest", repo, digest.to_string()).await
+    }
+
+    async fn list_pins(&self) -> MetaResult<Vec<(String, Digest)>> {
+        self.read(|c| {
+            let mut s = c
+                .prepare(
+                    "SELECT r.name, p.manifest_digest FROM pins p JOIN repositories r ON r.id = p.repository_id
+                     ORDER BY r.name, p.manifest_digest",
+                )
+                .map_err(backend)?;
+            let rows = s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (repo, digest) = row.map_err(backend)?;
+                out.push((repo, parse_digest(digest)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn collect_garbage(&self, cutoff: i64) -> MetaResult<GarbageCollected> {
+        self.write(move |tx| {
+            // Kept manifests: tagged, pinned or young ones, the children of kept indexes and
+            // the referrers of kept subjects, transitively.
+            tx.execute_batch(&format!(
+                "DROP TABLE IF EXISTS temp.gc_kept;
+                 CREATE TEMP TABLE gc_kept AS WITH RECURSIVE kept(repository_id, digest) AS (
+                     SELECT repository_id, manifest_digest FROM tags
+                     UNION SELECT repository_id, manifest_digest FROM pins
+                     UNION SELECT repository_id, digest FROM manifests WHERE created_at >= {cutoff}
+                     UNION SELECT r.repository_id, r.child_digest FROM manifest_references r
+                         JOIN kept k ON r.repository_id = k.repository_id AND r.manifest_digest = k.digest
+                         WHERE r.kind = 'manifest'
+                     UNION SELECT m.repository_id, m.digest FROM manifests m
+                         JOIN kept k ON m.repository_id = k.repository_id AND m.subject = k.digest
+                 ) SELECT * FROM kept;"
+            ))
+            .map_err(backend)?;
+            let manifests = tx
+                .execute(
+                    "DELETE FROM manifests WHERE (repository_id, digest) NOT IN (SELECT repository_id, digest FROM temp.gc_kept)",
+                    [],
+                )
+                .map_err(backend)? as u64;
+            tx.execute_batch("DROP TABLE temp.gc_kept").map_err(backend)?;
+            let links = tx
+                .execute(
+                    "DELETE FROM repository_blobs WHERE touched_at < ?1 AND NOT EXISTS (
+                         SELECT 1 FROM manifest_references r WHERE r.repository_id = repository_blobs.repository_id
+                         AND r.child_digest = repository_blobs.digest AND r.kind = 'blob')",
+                    [cutoff],
+                )
+                .map_err(backend)? as u64;
+            let mut blobs = Vec::new();
+            {
+                let mut s = tx
+                    .prepare(
+                        "DELETE FROM blobs WHERE created_at < ?1
+                         AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = blobs.digest)
+                         AND NOT EXISTS (SELECT 1 FROM upload_sessions u WHERE u.finishing_digest = blobs.digest)
+                         RETURNING digest, size, missing",
+                    )
+                    .map_err(backend)?;
+                let rows = s
+                    .query_map([cutoff], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, bool>(2)?)))
+                    .map_err(backend)?;
+                for row in rows {
+                    let (digest, size, missing) = row.map_err(backend)?;
+                    blobs.push(SweptBlob { digest: parse_digest(digest)?, size: size as u64, had_file: !missing });
+                }
+            }
+            Ok(GarbageCollected { manifests, links, blobs })
+        })
+        .await
+    }
+
+    async fn live_roots(&self) -> MetaResult<Vec<String>> {
+        self.read(|c| {
+            let mut s = c
+                .prepare(
+                    "SELECT root_cid FROM blobs
+                     UNION SELECT image_cid FROM manifests WHERE image_cid IS NOT NULL
+                     UNION SELECT image_cid FROM tags WHERE image_cid IS NOT NULL",
+                )
+                .map_err(backend)?;
+            let rows = s.query_map([], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(backend)
         })
         .await
     }

@@ -16,6 +16,21 @@ pub struct BlobStore {
     uploads: PathBuf,
     quarantine: PathBuf,
     staging: PathBuf,
+    gc_lock: PathBuf,
+}
+
+/// A hold on `gc.lock` (an flock, so it spans processes: `af registry gc` runs beside the node).
+/// Publishing a blob holds it shared from the rename to the metadata commit; a GC holds it
+/// exclusively from deciding what is garbage to unlinking it. So a GC never unlinks a file that
+/// an upload has just published for a blob it is about to commit.
+pub struct GcLock(File);
+
+impl Drop for GcLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // Closing the file would release it too; this says so explicitly.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
 }
 
 /// Read buffer for rehashing files; large enough that syscalls do not dominate.
@@ -29,12 +44,62 @@ impl BlobStore {
         for d in [&blobs, &uploads, &quarantine] {
             fs::create_dir_all(d).map_err(io_err(d))?;
         }
-        Ok(BlobStore { blobs, uploads, quarantine, staging: data_dir.join("staging") })
+        Ok(BlobStore { blobs, uploads, quarantine, staging: data_dir.join("staging"), gc_lock: data_dir.join("gc.lock") })
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
         self.blobs.join(digest.algorithm().as_str()).join(&hex[..2]).join(hex)
+    }
+
+    /// Blocks until `gc.lock` is held, shared (`exclusive` = false: publishing) or exclusive (a GC).
+    pub fn gc_lock(&self, exclusive: bool) -> Result<GcLock, StorageError> {
+        use std::os::fd::AsRawFd;
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&self.gc_lock).map_err(io_err(&self.gc_lock))?;
+        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+        loop {
+            // SAFETY: flock on a descriptor this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+                return Ok(GcLock(file));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(io_err(&self.gc_lock)(e));
+            }
+        }
+    }
+
+    /// Every blob file with its modification time (for a GC's sweep of files without a row).
+    pub fn list_blob_files(&self) -> Result<Vec<(Digest, PathBuf, std::time::SystemTime)>, StorageError> {
+        let mut out = Vec::new();
+        for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+            let root = self.blobs.join(alg.as_str());
+            let Ok(prefixes) = fs::read_dir(&root) else { continue };
+            for prefix in prefixes {
+                let prefix = prefix.map_err(io_err(&root))?.path();
+                for entry in fs::read_dir(&prefix).map_err(io_err(&prefix))? {
+                    let entry = entry.map_err(io_err(&prefix))?;
+                    let path = entry.path();
+                    let name = entry.file_name();
+                    let Ok(digest) = format!("{}:{}", alg.as_str(), name.to_string_lossy()).parse::<Digest>() else {
+                        continue;
+                    };
+                    let mtime = entry.metadata().and_then(|m| m.modified()).map_err(io_err(&path))?;
+                    out.push((digest, path, mtime));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Unlinks a blob file (a GC's sweep); false if it was already gone.
+    pub fn remove_blob(&self, digest: &Digest) -> Result<bool, StorageError> {
+        let path = self.blob_path(digest);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(&path)(e)),
+        }
     }
 
     /// Scratch space for imports (a CAR's blocks while they are checked); never served.

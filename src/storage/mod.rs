@@ -11,7 +11,7 @@ mod blobstore;
 mod download;
 mod upload;
 
-pub use blobstore::BlobStore;
+pub use blobstore::{BlobStore, GcLock};
 pub use download::read_range;
 pub use upload::{append_stream, AppendOutcome, SideHasher};
 

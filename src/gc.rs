@@ -1,0 +1,97 @@
+//! Garbage collection: mark what is kept, sweep the rest once it is older than a grace period.
+//!
+//! Kept: tagged and pinned manifests, the children of kept indexes, the referrers of kept
+//! manifests (signatures and SBOMs follow their image), the blobs kept manifests reference, blobs
+//! an upload is publishing, and the blocks of every kept blob's DAG and image DAG. Anything younger
+//! than the grace period is kept too: an index's children are pushed before the index, a blob
+//! before its manifest, and a client that has just seen a blob may be about to reference it (blob
+//! reads refresh a link's age for this reason).
+//!
+//! The metadata sweep is one transaction, so it is atomic against manifest pushes (a manifest
+//! is stored only if its blobs are still there). Unlinking files happens under the exclusive
+//! `gc.lock`, which publishing holds shared, so a blob re-uploaded during a GC keeps its file.
+
+use crate::digest::Digest;
+use crate::registry::{Registry, Result};
+use crate::storage::StorageError;
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long new content is safe from a GC by default.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
+
+pub fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// What a GC reclaimed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    pub manifests: u64,
+    /// Repository-to-blob links removed (a blob may stay, linked elsewhere).
+    pub links: u64,
+    pub blobs: u64,
+    /// Bytes of blob files unlinked.
+    pub bytes: u64,
+    /// Blob files no metadata named (left by a crash between rename and commit long ago).
+    pub orphan_files: u64,
+    pub blocks: u64,
+    pub block_bytes: u64,
+}
+
+impl std::fmt::Display for GcReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "removed {} manifests, {} blob links, {} blobs ({} bytes), {} orphan files, {} blocks ({} bytes)",
+            self.manifests, self.links, self.blobs, self.bytes, self.orphan_files, self.blocks, self.block_bytes
+        )
+    }
+}
+
+impl Registry {
+    /// Runs one GC; content younger than `grace` is kept whatever references it.
+    pub async fn gc(&self, grace: Duration) -> Result<GcReport> {
+        let cutoff = unix_now() - grace.as_secs() as i64;
+        let cutoff_time = UNIX_EPOCH + Duration::from_secs(cutoff.max(0) as u64);
+        let mut report = GcReport::default();
+        let store = self.blobs.clone();
+        let lock = tokio::task::spawn_blocking(move || store.gc_lock(true))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))??;
+        let swept = self.meta.collect_garbage(cutoff).await?;
+        report.manifests = swept.manifests;
+        report.links = swept.links;
+        for blob in &swept.blobs {
+            self.blocks.forget_blob(&blob.digest).await?;
+            if blob.had_file && self.blobs.remove_blob(&blob.digest)? {
+                report.bytes += blob.size;
+            }
+            report.blobs += 1;
+            tracing::info!(digest = %blob.digest, size = blob.size, "gc removed a blob");
+        }
+        let known: HashSet<Digest> = self.meta.list_blobs().await?.into_iter().map(|(d, _)| d).collect();
+        let publishing: HashSet<Digest> = self.meta.list_uploads().await?.into_iter().filter_map(|u| u.finishing).collect();
+        for (digest, path, mtime) in self.blobs.list_blob_files()? {
+            if known.contains(&digest) || publishing.contains(&digest) || mtime >= cutoff_time {
+                continue;
+            }
+            tracing::info!(path = %path.display(), "gc removed a blob file no metadata names");
+            self.blocks.forget_blob(&digest).await?;
+            self.blobs.remove_blob(&digest)?;
+            report.orphan_files += 1;
+        }
+        drop(lock);
+        let roots = self
+            .meta
+            .live_roots()
+            .await?
+            .iter()
+            .filter_map(|c| c.parse::<cid::Cid>().ok())
+            .collect();
+        let (blocks, block_bytes) = self.blocks.sweep_unreachable(roots, cutoff).await?;
+        report.blocks = blocks;
+        report.block_bytes = block_bytes;
+        Ok(report)
+    }
+}
