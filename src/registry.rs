@@ -436,15 +436,14 @@ impl Registry {
             .root_cid
             .parse()
             .map_err(|e| MetadataError::Corrupt(format!("root CID {}: {e}", info.root_cid)))?;
+        // A raw root is the whole blob: its Tsize is the blob's size, no need to read it.
+        if cid.codec() == unixfs::RAW {
+            return Ok(Some(Root { cid, filesize: info.size, tsize: info.size }));
+        }
         let Some(bytes) = self.get_block(&cid).await? else { return Ok(None) };
-        let tsize = match cid.codec() {
-            unixfs::DAG_PB => {
-                let node = unixfs::decode_node(&bytes)
-                    .map_err(|e| RegistryError::BlockCorrupt { cid: cid.to_string(), detail: e.to_string() })?;
-                bytes.len() as u64 + node.links.iter().map(|l| l.tsize).sum::<u64>()
-            }
-            _ => bytes.len() as u64,
-        };
+        let node = unixfs::decode_node(&bytes)
+            .map_err(|e| RegistryError::BlockCorrupt { cid: cid.to_string(), detail: e.to_string() })?;
+        let tsize = bytes.len() as u64 + node.links.iter().map(|l| l.tsize).sum::<u64>();
         Ok(Some(Root { cid, filesize: info.size, tsize }))
     }
 
