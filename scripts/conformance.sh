@@ -4,7 +4,9 @@
 #  1. every API and data toggle on, against a node started with --sparse-manifests (the suite's
 #     "sparse" data expects manifests whose layers or children were never pushed to be accepted);
 #  2. every toggle but "sparse", against a node with the default policy, which refuses such
-#     manifests with MANIFEST_BLOB_UNKNOWN.
+#     manifests with MANIFEST_BLOB_UNKNOWN, and with authentication on: the suite logs in with
+#     OCI_USERNAME/OCI_PASSWORD (the administrator the node creates from AF_ADMIN_PASSWORD) and
+#     goes through the Docker token flow. Run 1 uses --auth none.
 # Prints "conformance: N passed, N failed, N skipped" per run and in total; exits non-zero on any
 # failure or skip. CONFORMANCE_KEEP=DIR keeps the reports.
 set -euo pipefail
@@ -35,7 +37,8 @@ run_suite() { # label sparse(true|false) node-args...
   AF_LOG=warn "$BIN" registry serve --api "127.0.0.1:$PORT" --data-dir "$work/data" "$@" >"$work/node.log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do
-    curl -fsS "http://127.0.0.1:$PORT/v2/" >/dev/null 2>&1 && break
+    # Any answer will do: with authentication on, /v2/ answers 401.
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/v2/")" != 000 ] && break
     sleep 0.1
   done
   local rc=0
@@ -68,8 +71,9 @@ PY
   rm -rf "$work"
 }
 
-run_suite every-toggle true --sparse-manifests
-run_suite strict-references false
+run_suite every-toggle true --sparse-manifests --auth none
+export AF_ADMIN_USER=conformance AF_ADMIN_PASSWORD=conformance-password
+OCI_USERNAME=$AF_ADMIN_USER OCI_PASSWORD=$AF_ADMIN_PASSWORD run_suite strict-references-with-auth false
 
 echo "conformance: $total_pass passed, $total_fail failed, $total_skip skipped"
 [ "$total_fail" -eq 0 ] && [ "$total_skip" -eq 0 ]

@@ -22,6 +22,33 @@ pub struct ServeConfig {
     pub gc_interval: Duration,
     /// Content younger than this is never collected.
     pub gc_grace: Duration,
+    /// Authentication and access control (false: `--auth none`, an open registry).
+    pub auth: bool,
+    /// The public base URL clients reach the node at, for the token realm; None: each request's
+    /// own scheme and Host.
+    pub public_url: Option<String>,
+}
+
+/// `--auth`: `token` (the Docker token flow, the default) or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Token,
+    None,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown auth mode {0:?} (token or none)")]
+pub struct UnknownAuthMode(String);
+
+impl std::str::FromStr for AuthMode {
+    type Err = UnknownAuthMode;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "token" => Ok(AuthMode::Token),
+            "none" => Ok(AuthMode::None),
+            other => Err(UnknownAuthMode(other.to_string())),
+        }
+    }
 }
 
 /// Values given by flags or `AF_*` variables (clap merges those two); None: not given.
@@ -34,6 +61,8 @@ pub struct Overrides {
     pub upload_expiry: Option<Duration>,
     pub gc_interval: Option<Duration>,
     pub gc_grace: Option<Duration>,
+    pub auth: Option<AuthMode>,
+    pub public_url: Option<String>,
 }
 
 /// Default idle time after which an upload session is discarded.
@@ -52,6 +81,8 @@ pub struct FileConfig {
     pub upload_expiry: Option<String>,
     pub gc_interval: Option<String>,
     pub gc_grace: Option<String>,
+    pub auth: Option<String>,
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +93,8 @@ pub enum ConfigError {
     Parse { path: String, source: toml::de::Error },
     #[error(transparent)]
     Profile(#[from] crate::unixfs::UnknownProfile),
+    #[error(transparent)]
+    AuthMode(#[from] UnknownAuthMode),
     #[error("{key} {value:?} is not a duration such as \"24h\" or \"30m\"")]
     Duration { key: &'static str, value: String },
 }
@@ -96,6 +129,11 @@ impl ServeConfig {
             api: flags.api.or(file.api).unwrap_or_else(|| DEFAULT_API.parse().expect("default address")),
             data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             sparse_manifests: flags.sparse_manifests.or(file.sparse_manifests).unwrap_or(false),
+            auth: match flags.auth {
+                Some(mode) => mode,
+                None => file.auth.as_deref().map(str::parse).transpose()?.unwrap_or(AuthMode::Token),
+            } == AuthMode::Token,
+            public_url: flags.public_url.or(file.public_url),
         })
     }
 }
@@ -121,6 +159,11 @@ mod tests {
         assert_eq!(d.cid_profile, crate::unixfs::Profile::UnixfsV1_2025);
         assert_eq!(d.upload_expiry, DEFAULT_UPLOAD_EXPIRY);
         assert_eq!(d.gc_grace, crate::gc::DEFAULT_GRACE);
+        assert!(d.auth, "auth is on unless turned off");
+        let file: FileConfig = toml::from_str("auth = \"none\"").unwrap();
+        assert!(!ServeConfig::merge(Overrides::default(), file).unwrap().auth);
+        let bad: FileConfig = toml::from_str("auth = \"maybe\"").unwrap();
+        assert!(ServeConfig::merge(Overrides::default(), bad).is_err());
         let file: FileConfig = toml::from_str("gc-interval = \"0s\"").unwrap();
         assert_eq!(ServeConfig::merge(Overrides::default(), file).unwrap().gc_interval, Duration::ZERO);
         let bad: FileConfig = toml::from_str("upload-expiry = \"soon\"").unwrap();

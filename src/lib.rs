@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the map of these modules.
 
 pub mod api;
+pub mod auth;
 pub mod car;
 pub mod config;
 pub mod digest;

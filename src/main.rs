@@ -1,6 +1,9 @@
 //! The `af` binary: command-line parsing, logging set-up and error reporting. Everything else is
 //! in the library.
 
+mod accounts;
+
+use accounts::{OrgCommand, TokenCommand, UserCommand};
 use af_registry::config::{FileConfig, Overrides, ServeConfig};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -61,6 +64,29 @@ enum RegistryCommand {
         #[command(flatten)]
         data: DataDir,
     },
+    /// Accounts: users log in with a password or an access token.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Access tokens: shown once at creation, stored only as a hash.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Organisations: namespaces whose members have a role (read, write, admin).
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
+    },
+    /// Make a repository public (anyone may pull) or private (the default).
+    Visibility {
+        repository: String,
+        #[arg(value_parser = ["public", "private"])]
+        visibility: String,
+        #[command(flatten)]
+        data: DataDir,
+    },
     /// Pins: manifests a GC keeps even when no tag points at them.
     Pin {
         #[command(subcommand)]
@@ -84,10 +110,10 @@ enum RegistryCommand {
 
 /// Where the node keeps its data, for commands that work on it beside (or without) the node.
 #[derive(clap::Args)]
-struct DataDir {
+pub struct DataDir {
     /// The node's data directory [default: ./data].
     #[arg(long, env = "AF_DATA_DIR")]
-    data_dir: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -139,6 +165,14 @@ struct ServeArgs {
     /// seeing a blob and pushing the manifest that references it [default: 1h].
     #[arg(long, env = "AF_GC_GRACE", value_parser = humantime::parse_duration)]
     gc_grace: Option<std::time::Duration>,
+    /// token: every request needs credentials unless the repository is public (the Docker token
+    /// flow); none: an open registry for local development [default: token].
+    #[arg(long, env = "AF_AUTH")]
+    auth: Option<af_registry::config::AuthMode>,
+    /// The URL clients reach this node at, e.g. https://registry.example.com, for the token
+    /// realm in challenges [default: the scheme and Host of each request].
+    #[arg(long, env = "AF_PUBLIC_URL")]
+    public_url: Option<String>,
     /// Optional TOML file with the same settings (kebab-case keys); flags and AF_* win over it.
     #[arg(long, env = "AF_CONFIG")]
     config: Option<PathBuf>,
@@ -154,10 +188,14 @@ fn main() {
 }
 
 /// The registry of an existing data directory, alongside any node serving it.
-async fn attach(data: DataDir, profile: af_registry::unixfs::Profile) -> anyhow::Result<af_registry::registry::Registry> {
+pub async fn attach(data: DataDir, profile: af_registry::unixfs::Profile) -> anyhow::Result<af_registry::registry::Registry> {
     let data_dir = data.data_dir.unwrap_or_else(|| PathBuf::from(af_registry::config::DEFAULT_DATA_DIR));
     anyhow::ensure!(data_dir.is_dir(), "no data directory at {}", data_dir.display());
     Ok(af_registry::server::open_registry(&data_dir, profile, false).await?)
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    actix_web::rt::System::new().block_on(f)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -181,6 +219,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 upload_expiry: args.upload_expiry,
                 gc_interval: args.gc_interval,
                 gc_grace: args.gc_grace,
+                auth: args.auth,
+                public_url: args.public_url,
             };
             let config = ServeConfig::merge(flags, file)?;
             actix_web::rt::System::new()
@@ -277,6 +317,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
+            Ok(())
+        }),
+        Command::Registry { command: RegistryCommand::User { command } } => block_on(accounts::user(command)),
+        Command::Registry { command: RegistryCommand::Token { command } } => block_on(accounts::token(command)),
+        Command::Registry { command: RegistryCommand::Org { command } } => block_on(accounts::org(command)),
+        Command::Registry { command: RegistryCommand::Visibility { repository, visibility, data } } => block_on(async move {
+            anyhow::ensure!(af_registry::names::is_valid_name(&repository), "{repository:?} is not a valid repository name");
+            let registry = attach(data, Default::default()).await?;
+            registry.meta.set_public(&repository, visibility == "public").await?;
+            println!("{repository} is {visibility}");
             Ok(())
         }),
         Command::Registry { command: RegistryCommand::Verify { data } } => {

@@ -20,6 +20,11 @@ pub fn is_valid_name(name: &str) -> bool {
     name.len() <= MAX_NAME_LEN && NAME.is_match(name)
 }
 
+/// A user or organisation name: one path component of the repository grammar.
+pub fn is_namespace(name: &str) -> bool {
+    !name.contains('/') && is_valid_name(name)
+}
+
 pub fn is_valid_tag(tag: &str) -> bool {
     TAG.is_match(tag)
 }

@@ -1,6 +1,8 @@
 //! Starting a node: open the stores, then serve the API until told to stop.
 
 use crate::api;
+use crate::auth::{Auth, AuthConfig};
+use crate::metadata::MetadataStore;
 use crate::config::ServeConfig;
 use crate::metadata::sqlite::SqliteStore;
 use crate::registry::Registry;
@@ -19,6 +21,8 @@ pub enum ServeError {
     Registry(#[from] crate::registry::RegistryError),
     #[error(transparent)]
     BlockIndex(#[from] crate::blockstore::BlockIndexError),
+    #[error("cannot set up authentication: {0}")]
+    Admin(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
     #[error("server failed: {0}")]
@@ -75,6 +79,53 @@ fn spawn_gc(registry: Arc<Registry>, interval: std::time::Duration, grace: std::
     });
 }
 
+/// The first administrator: `AF_ADMIN_USER` (default `admin`) gets the password in
+/// `AF_ADMIN_PASSWORD` when that is set; otherwise, on a database without any user, it is created
+/// without a password and a bootstrap token (valid 24 h) is printed once on standard output.
+async fn bootstrap_admin(meta: &Arc<dyn MetadataStore>) -> Result<(), ServeError> {
+    let name = std::env::var("AF_ADMIN_USER").unwrap_or_else(|_| "admin".to_string());
+    if !crate::names::is_namespace(&name) {
+        return Err(ServeError::Admin(format!("AF_ADMIN_USER {name:?} is not a valid user name")));
+    }
+    let hash = |secret: String| async move {
+        tokio::task::spawn_blocking(move || crate::auth::secrets::hash(&secret))
+            .await
+            .map_err(|e| ServeError::Admin(e.to_string()))?
+            .map_err(|e| ServeError::Admin(e.to_string()))
+    };
+    if let Ok(password) = std::env::var("AF_ADMIN_PASSWORD") {
+        let phc = hash(password).await?;
+        if !meta.create_user(&name, Some(&phc), true).await? && !meta.set_password(&name, &phc).await? {
+            return Err(ServeError::Admin(format!("{name:?} is the name of an organisation")));
+        }
+        tracing::info!(user = %name, "administrator password set from AF_ADMIN_PASSWORD");
+        return Ok(());
+    }
+    if !meta.list_users().await?.is_empty() {
+        return Ok(());
+    }
+    meta.create_user(&name, None, true).await?;
+    let (id, token) = crate::auth::secrets::new_token().map_err(|e| ServeError::Admin(e.to_string()))?;
+    let now = crate::gc::unix_now();
+    meta.create_token(&crate::metadata::TokenRecord {
+        id,
+        user: name.clone(),
+        kind: crate::metadata::TokenKind::Access,
+        secret_hash: hash(token.clone()).await?,
+        scope: crate::metadata::Role::Admin,
+        description: Some("bootstrap".into()),
+        expires_at: Some(now + 24 * 3600),
+        revoked: false,
+        created_at: now,
+    })
+    .await?;
+    // Standard output, not the log: this is the only time the token is shown.
+    println!("af: first start: administrator {name:?} created; its bootstrap token (valid 24 h, shown once):");
+    println!("{token}");
+    println!("af: log in with it (docker login -u {name}), then `af registry user passwd {name}` or create tokens.");
+    Ok(())
+}
+
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let mut registry = open_registry(&config.data_dir, config.cid_profile, true).await?;
     registry.sparse_manifests = config.sparse_manifests;
@@ -82,8 +133,18 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let registry = Arc::new(registry);
     spawn_upload_expiry(registry.clone(), config.upload_expiry);
     spawn_gc(registry.clone(), config.gc_interval, config.gc_grace);
+    let auth = if config.auth {
+        bootstrap_admin(&registry.meta).await?;
+        let auth_config = AuthConfig { enabled: true, public_url: config.public_url.clone(), service: "af-registry".into() };
+        Some(Arc::new(Auth::new(registry.meta.clone(), auth_config).await.map_err(|e| ServeError::Admin(e.to_string()))?))
+    } else {
+        tracing::warn!("authentication is off (--auth none): anyone who reaches the API can push, pull and delete");
+        None
+    };
     let reg = registry.clone();
-    let server = actix_web::HttpServer::new(move || actix_web::App::new().wrap(api::version_header()).configure(api::configure(reg.clone())))
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new().wrap(api::version_header()).configure(api::configure(reg.clone(), auth.clone()))
+    })
         .bind(config.api)
         .map_err(|source| ServeError::Bind { addr: config.api.to_string(), source })?;
     for addr in server.addrs() {

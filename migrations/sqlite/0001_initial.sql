@@ -87,3 +87,47 @@ CREATE TABLE upload_sessions (
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
 );
+
+-- Accounts. A user owns the namespace (first path segment) of its own name. password_hash is
+-- an argon2 PHC string, NULL for a user that logs in only with tokens.
+CREATE TABLE users (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    password_hash TEXT,
+    is_admin      INTEGER NOT NULL DEFAULT 0 CHECK (is_admin IN (0, 1)),
+    created_at    INTEGER NOT NULL
+);
+
+-- Organisations own the namespace of their name; members have a role in it.
+CREATE TABLE organisations (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+
+CREATE TABLE organisation_members (
+    organisation_id INTEGER NOT NULL REFERENCES organisations(id) ON DELETE CASCADE,
+    user_id         INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    role            TEXT NOT NULL CHECK (role IN ('read', 'write', 'admin')),
+    PRIMARY KEY (organisation_id, user_id)
+) WITHOUT ROWID;
+
+-- Access and refresh tokens: the secret is shown once and kept only as an argon2 hash.
+CREATE TABLE tokens (
+    id          TEXT PRIMARY KEY,
+    user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    kind        TEXT NOT NULL CHECK (kind IN ('access', 'refresh')),
+    secret_hash TEXT NOT NULL,
+    scope       TEXT NOT NULL CHECK (scope IN ('read', 'write', 'admin')),
+    description TEXT,
+    expires_at  INTEGER,
+    revoked     INTEGER NOT NULL DEFAULT 0 CHECK (revoked IN (0, 1)),
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX tokens_by_user ON tokens(user_id);
+
+-- Node-wide secrets shared by every node on this database (the token signing key).
+CREATE TABLE settings (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);

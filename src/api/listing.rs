@@ -1,6 +1,7 @@
 //! `GET /v2/<name>/tags/list` and `GET /v2/_catalog`, paginated with `n` and `last` (exclusive,
 //! lexical) and an RFC 5988 `Link` header to the next page.
 
+use super::access::Access;
 use super::errors::{ApiError, ApiResult, Code};
 use super::query_value;
 use crate::metadata::Page;
@@ -63,9 +64,25 @@ pub async fn tags(req: &HttpRequest, reg: &Registry, name: &str) -> ApiResult<Ht
     Ok(respond(json!({"name": name, "tags": tags}), link))
 }
 
-pub async fn catalog(req: &HttpRequest, reg: &Registry) -> ApiResult<HttpResponse> {
+pub async fn catalog(req: &HttpRequest, reg: &Registry, access: &Access) -> ApiResult<HttpResponse> {
     let p = pagination(req)?;
-    let repos = reg.meta.list_repositories(&p.page).await?;
+    let repos = match access {
+        Access::Open => reg.meta.list_repositories(&p.page).await?,
+        Access::Checked { .. } => {
+            // Only what the caller may pull; filtered before the page is cut, so pages stay full.
+            let all = reg.meta.list_repositories(&Page { last: p.page.last.clone(), limit: None }).await?;
+            let mut readable = Vec::new();
+            for repo in all {
+                if p.page.limit.is_some_and(|l| readable.len() >= l) {
+                    break;
+                }
+                if access.may_pull(&repo).await? {
+                    readable.push(repo);
+                }
+            }
+            readable
+        }
+    };
     let (repos, link) = paginate(repos, &p, "/v2/_catalog");
     Ok(respond(json!({"repositories": repos}), link))
 }

@@ -4,6 +4,7 @@
 //! for it; handlers translate HTTP to calls on the [`Registry`] core and back, and report every
 //! failure through the one error table in [`errors`]. This module never touches files or SQL.
 
+pub mod access;
 pub mod errors;
 mod blobs;
 mod listing;
@@ -11,6 +12,7 @@ mod manifests;
 pub mod range;
 mod referrers;
 pub mod route;
+mod token;
 mod uploads;
 
 use crate::digest::Digest;
@@ -26,9 +28,14 @@ pub const API_VERSION_HEADER: (&str, &str) = ("Docker-Distribution-API-Version",
 
 /// Installs the API on an actix `App`. The app must also be wrapped in [`version_header`], so that
 /// every response, errors and unknown paths included, names the API version.
-pub fn configure(registry: Arc<Registry>) -> impl FnOnce(&mut web::ServiceConfig) {
+pub fn configure(registry: Arc<Registry>, auth: Option<Arc<crate::auth::Auth>>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
-        cfg.app_data(web::Data::from(registry))
+        cfg.app_data(web::Data::from(registry));
+        if let Some(auth) = auth {
+            cfg.app_data(web::Data::from(auth));
+        }
+        cfg.route("/token", web::get().to(token::get))
+            .route("/token", web::post().to(token::post))
             .service(
                 web::scope("/v2").default_service(web::to(dispatch)),
             )
@@ -46,11 +53,13 @@ async fn dispatch(req: HttpRequest, body: web::Payload, reg: web::Data<Registry>
     if let Some(name) = route.name() {
         valid_name(name)?;
     }
+    let auth = req.app_data::<web::Data<crate::auth::Auth>>().map(|a| a.clone().into_inner());
+    let access = access::check(&req, auth.as_ref(), &route).await?;
     let m = req.method().clone();
     let reg = reg.get_ref();
     match route {
         Route::Base if is_read(&m) => Ok(HttpResponse::Ok().json(serde_json::json!({}))),
-        Route::Catalog if is_read(&m) => listing::catalog(&req, reg).await,
+        Route::Catalog if is_read(&m) => listing::catalog(&req, reg, &access).await,
         Route::Tags { name } if is_read(&m) => listing::tags(&req, reg, name).await,
         Route::Manifest { name, reference } => {
             match m {
@@ -67,7 +76,7 @@ async fn dispatch(req: HttpRequest, body: web::Payload, reg: web::Data<Registry>
                 _ => Err(not_allowed(&m)),
             }
         }
-        Route::UploadStart { name } if m == Method::POST => uploads::post(&req, body, reg, name).await,
+        Route::UploadStart { name } if m == Method::POST => uploads::post(&req, body, reg, name, &access).await,
         Route::Upload { name, id } => {
             let id = uploads::session_id(id)?;
             match m {

@@ -1,6 +1,7 @@
 //! Blob uploads: `POST /v2/<name>/blobs/uploads/` (new session, monolithic, or mount) and
 //! `GET|PATCH|PUT|DELETE /v2/<name>/blobs/uploads/<id>`.
 
+use super::access::Access;
 use super::errors::{ApiError, ApiResult, Code};
 use super::range::parse_content_range;
 use super::{header, parse_digest, query_value, valid_name};
@@ -59,12 +60,17 @@ fn chunk_range(req: &HttpRequest) -> ApiResult<Option<ChunkRange>> {
     }
 }
 
-pub async fn post(req: &HttpRequest, body: web::Payload, reg: &Registry, name: &str) -> ApiResult<HttpResponse> {
+pub async fn post(req: &HttpRequest, body: web::Payload, reg: &Registry, name: &str, access: &Access) -> ApiResult<HttpResponse> {
     if let Some(mount) = query_value(req, "mount") {
         let digest = parse_digest(&mount)?;
         let from = query_value(req, "from");
         let from = from.as_deref().map(valid_name).transpose()?;
-        if reg.meta.mount_blob(name, from, &digest).await?.is_some() {
+        // Only from where the caller may read; otherwise the answer would reveal the blob exists.
+        let allowed = match from {
+            Some(from) => access.may_pull(from).await?,
+            None => access.is_admin(),
+        };
+        if allowed && reg.meta.mount_blob(name, from, &digest).await?.is_some() {
             return Ok(blob_created(name, &digest));
         }
         // Not mountable: the client falls back to uploading, in the session we open below.

@@ -3,7 +3,11 @@
 //! [`MetadataStore`] is the seam; SQLite ([`sqlite::SqliteStore`]) is the embedded default. Every
 //! method is one transaction: callers never see a half-applied change.
 
+pub mod auth;
 pub mod sqlite;
+mod sqlite_auth;
+
+pub use auth::{AuthStore, Role, TokenKind, TokenRecord, User};
 
 use crate::digest::Digest;
 use async_trait::async_trait;
@@ -128,7 +132,7 @@ pub struct Page {
 ///   [`MetadataStore::commit_blob`] or a mount linked it, and only while its file exists.
 /// - A tag always points at a manifest that exists in the same repository.
 #[async_trait]
-pub trait MetadataStore: Send + Sync + 'static {
+pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     /// A blob, if it is linked to `repo`.
     async fn blob_info(&self, repo: &str, digest: &Digest) -> MetaResult<Option<BlobInfo>>;
     /// Records a verified, published blob with the root CID of its DAG, links it to `repo` and

@@ -24,7 +24,7 @@ pub struct SqliteStore {
     permits: tokio::sync::Semaphore,
 }
 
-fn backend(e: rusqlite::Error) -> MetadataError {
+pub(super) fn backend(e: rusqlite::Error) -> MetadataError {
     match e {
         rusqlite::Error::SqliteFailure(f, _)
             if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
@@ -35,7 +35,7 @@ fn backend(e: rusqlite::Error) -> MetadataError {
     }
 }
 
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
@@ -102,7 +102,7 @@ impl SqliteStore {
     /// Runs a read on this thread's own connection, inline. In WAL mode readers never wait for
     /// the writer and a read of a few indexed rows takes microseconds, so this is cheaper than the
     /// hand-off to a blocking thread that writes need (it roughly doubles manifest GETs/s).
-    async fn read<T, F>(&self, f: F) -> MetaResult<T>
+    pub(super) async fn read<T, F>(&self, f: F) -> MetaResult<T>
     where
         F: FnOnce(&mut Connection) -> MetaResult<T>,
     {
@@ -119,7 +119,7 @@ impl SqliteStore {
         })
     }
 
-    async fn write<T, F>(&self, f: F) -> MetaResult<T>
+    pub(super) async fn write<T, F>(&self, f: F) -> MetaResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> MetaResult<T> + Send + 'static,
@@ -150,7 +150,7 @@ impl SqliteStore {
     }
 }
 
-fn ensure_repo(tx: &Transaction<'_>, name: &str) -> MetaResult<i64> {
+pub(super) fn ensure_repo(tx: &Transaction<'_>, name: &str) -> MetaResult<i64> {
     tx.execute(
         "INSERT INTO repositories (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
         params![name, now()],

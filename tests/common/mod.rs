@@ -56,6 +56,8 @@ impl Node {
             .args(["registry", "serve", "--api", &self.addr.to_string(), "--data-dir"])
             .arg(&self.data_dir)
             .args(&self.extra)
+            // Tests of everything but access control run an open node; auth tests pass --auth.
+            .args(if self.extra.iter().any(|a| a == "--auth") { &[][..] } else { &["--auth", "none"][..] })
             .env("AF_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -70,7 +72,7 @@ impl Node {
         let client = Client::new();
         while Instant::now() < deadline {
             if let Ok(r) = client.get(self.url("/v2/")).send() {
-                if r.status().is_success() {
+                if r.status().is_success() || r.status() == 401 {
                     return;
                 }
             }
