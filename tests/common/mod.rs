@@ -26,6 +26,7 @@ pub struct Node {
     pub data_dir: PathBuf,
     _dir: Option<tempfile::TempDir>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     pub log: PathBuf,
 }
 
@@ -35,6 +36,10 @@ impl Node {
     }
 
     pub fn start_with(extra: &[&str]) -> Node {
+        Self::start_with_env(extra, &[])
+    }
+
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("data");
         let log = dir.path().join("node.log");
@@ -44,6 +49,7 @@ impl Node {
             data_dir,
             _dir: Some(dir),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             log,
         };
         node.spawn();
@@ -59,6 +65,7 @@ impl Node {
             // Tests of everything but access control run an open node; auth tests pass --auth.
             .args(if self.extra.iter().any(|a| a == "--auth") { &[][..] } else { &["--auth", "none"][..] })
             .env("AF_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
