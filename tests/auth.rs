@@ -227,15 +227,23 @@ fn the_docker_token_flow() {
     let World { node, manifest, .. } = world();
     let alice = Who::Basic("alice".into(), "alice-password".into());
     let challenge = |method: &str, path: &str| {
-        let rb = if method == "GET" { client().get(node.url(path)) } else { client().post(node.url(path)) };
+        let rb = match method {
+            "GET" => client().get(node.url(path)),
+            "DELETE" => client().delete(node.url(path)),
+            _ => client().post(node.url(path)),
+        };
         let r = rb.send().unwrap();
         assert_eq!(r.status(), 401);
         r.headers()["WWW-Authenticate"].to_str().unwrap().to_string()
     };
     let realm = format!("Bearer realm=\"http://{}/token\",service=\"af-registry\"", node.host());
     assert_eq!(challenge("GET", "/v2/"), realm);
-    assert_eq!(challenge("GET", "/v2/alice/private/manifests/t"), format!("{realm},scope=\"repository:alice/private:pull\""));
+    assert_eq!(challenge("GET", "/v2/alice/private/manifests/t"), format!("{realm},scope=\"repository:alice/private:pull,push\""));
     assert_eq!(challenge("POST", "/v2/alice/private/blobs/uploads/"), format!("{realm},scope=\"repository:alice/private:pull,push\""));
+    assert_eq!(
+        challenge("DELETE", "/v2/alice/private/manifests/t"),
+        format!("{realm},scope=\"repository:alice/private:pull,push,delete\"")
+    );
 
     // GET /token: granted = requested ∩ permitted.
     let r = get_token(&node, &alice, &["repository:alice/private:pull,push", "repository:bob/private:pull", "repository:acme/app:pull"], "");

@@ -176,3 +176,116 @@ fn containerd_ctr_pulls_and_pushes() {
     run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{dst}")).arg(format!("oci:{}:t", back.display())));
     assert_same_blobs(&layout, &back, "t");
 }
+
+/// With authentication on (the default): every client logs in the way CI pipelines do, with a
+/// user's password or an access token, through the Docker token flow.
+#[test]
+fn clients_log_in_to_an_authenticated_node() {
+    let node = Node::start_with_env(&["--auth", "token"], &[("AF_ADMIN_PASSWORD", "admin-password-1")]);
+    let host = node.host();
+    let tmp = tempfile::tempdir().unwrap();
+    let af = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_af"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    af(&["registry", "user", "add", "ci"], "ci-password\n");
+    let token = af(&["registry", "token", "create", "--user", "ci", "--scope", "write"], "");
+    let layout = build_image(tmp.path());
+    let creds = "ci:ci-password";
+
+    // skopeo: --creds for the push, then login (an auth file) for the pull.
+    let without = skopeo().args(["inspect", "--tls-verify=false"]).arg(format!("docker://{host}/ci/app:t")).output().unwrap();
+    assert!(!without.status.success());
+    run(skopeo().args(["copy", "--dest-tls-verify=false", "--dest-creds", creds]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{host}/ci/app:t")));
+    let authfile = tmp.path().join("auth.json");
+    run(skopeo().args(["login", "--tls-verify=false", "-u", "ci", "--password-stdin", "--authfile"]).arg(&authfile).arg(&host).stdin(std::fs::File::open({
+        let p = tmp.path().join("pw");
+        std::fs::write(&p, &token).unwrap();
+        p
+    }).unwrap()));
+    let back = tmp.path().join("back");
+    run(skopeo().args(["copy", "--src-tls-verify=false", "--authfile"]).arg(&authfile).arg(format!("docker://{host}/ci/app:t")).arg(format!("oci:{}:t", back.display())));
+    assert_same_blobs(&layout, &back, "t");
+
+    // podman login, pull, push.
+    let podman = || {
+        let mut c = Command::new("podman");
+        c.args(["--storage-driver", "vfs", "--root"]).arg(tmp.path().join("root")).arg("--runroot").arg(tmp.path().join("runroot"));
+        c.env("REGISTRY_AUTH_FILE", tmp.path().join("podman-auth.json"));
+        c
+    };
+    run(podman().args(["login", "--tls-verify=false", "-u", "ci", "-p", &token, &host]));
+    run(podman().args(["pull", "--tls-verify=false", &format!("{host}/ci/app:t")]));
+    run(podman().args(["push", "--tls-verify=false", &format!("{host}/ci/app:t"), &format!("{host}/ci/podman:t")]));
+
+    // crane and regctl log in, then copy and read.
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let with_home = |name: &str| {
+        let mut c = Command::new(tool(name));
+        c.env("HOME", &home).env("DOCKER_CONFIG", home.join(".docker"));
+        c
+    };
+    run(with_home("crane").args(["auth", "login", "--insecure", &host, "-u", "ci", "-p", "ci-password"]));
+    run(with_home("crane").args(["copy", "--insecure", &format!("{host}/ci/app:t"), &format!("{host}/ci/crane:t")]));
+    run(with_home("regctl").args(["registry", "set", "--tls", "disabled", &host]));
+    run(with_home("regctl").args(["registry", "login", &host, "-u", "ci", "-p", &token]));
+    let want = layout_manifest_digest(&layout, "t");
+    assert_eq!(run(with_home("regctl").args(["image", "digest", &format!("{host}/ci/crane:t")])).trim(), want);
+
+    // oras (Python) with a username and token.
+    let script = r#"
+import os, sys
+import oras.client
+host, work, token = sys.argv[1], sys.argv[2], sys.argv[3]
+os.chdir(work)
+with open("artifact.bin", "wb") as f:
+    f.write(os.urandom(100000))
+c = oras.client.OrasClient(hostname=host, insecure=True)
+c.login(username="ci", password=token, hostname=host, tls_verify=False)
+r = c.push(target=f"{host}/ci/artifact:v1", files=["artifact.bin"])
+assert r.status_code == 201, r.status_code
+os.makedirs("pulled")
+files = c.pull(target=f"{host}/ci/artifact:v1", outdir="pulled")
+assert open(files[0], "rb").read() == open("artifact.bin", "rb").read()
+print("ok")
+"#;
+    let out = run(Command::new("python3").arg("-c").arg(script).arg(&host).arg(tmp.path()).arg(&token).env("HOME", &home));
+    assert_eq!(out.trim(), "ok");
+
+    // containerd's ctr with --user.
+    let root = tmp.path().join("containerd");
+    let sock = root.join("containerd.sock");
+    std::fs::create_dir_all(&root).unwrap();
+    let config = root.join("config.toml");
+    std::fs::write(&config, format!("version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{1}\"\n", root.display(), sock.display())).unwrap();
+    let log = std::fs::File::create(root.join("containerd.log")).unwrap();
+    let mut containerd = Command::new("containerd").arg("--config").arg(&config).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let ctr = || {
+        let mut c = Command::new("ctr");
+        c.arg("--address").arg(&sock).args(["--namespace", "aftest"]);
+        c
+    };
+    let pulled = ctr().args(["image", "pull", "--plain-http", "--user", creds, &format!("{host}/ci/app:t")]).output().unwrap();
+    let anonymous = ctr().args(["image", "pull", "--plain-http", &format!("{host}/ci/podman:t")]).output().unwrap();
+    let _ = containerd.kill();
+    let _ = containerd.wait();
+    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+    assert!(!anonymous.status.success(), "a private image was pulled without credentials");
+}

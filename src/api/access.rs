@@ -90,11 +90,11 @@ pub async fn check(req: &HttpRequest, auth: Option<&Arc<Auth>>, route: &Route<'_
     let scope = match (route, needed) {
         (Route::Catalog, _) => Some(Scope::Catalog),
         (_, Some((name, action))) => {
-            // Writers are told to ask for pull too: pushing checks what exists.
-            let mut actions = BTreeSet::from([action]);
-            if action == Action::Push {
-                actions.insert(Action::Pull);
-            }
+            // Always pull and push (and delete to delete): a token is granted only what the
+            // caller is permitted of that, and clients that keep the first token they get for a
+            // repository (oras) can then push with the one a HEAD earned.
+            let mut actions = BTreeSet::from([Action::Pull, Action::Push]);
+            actions.insert(action);
             Some(Scope::Repository { name: name.to_string(), actions })
         }
         _ => None,
