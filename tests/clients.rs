@@ -5,7 +5,53 @@
 mod common;
 use common::*;
 use common::images::*;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// A containerd daemon of the test's own, stopped when dropped.
+struct Containerd {
+    child: std::process::Child,
+    sock: PathBuf,
+}
+
+impl Containerd {
+    fn start(dir: &Path) -> Containerd {
+        let root = dir.join("containerd");
+        let sock = root.join("containerd.sock");
+        std::fs::create_dir_all(&root).unwrap();
+        let config = root.join("config.toml");
+        let text = format!("version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{1}\"\n", root.display(), sock.display());
+        std::fs::write(&config, text).unwrap();
+        let log = std::fs::File::create(root.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        for _ in 0..100 {
+            if sock.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Containerd { child, sock }
+    }
+
+    fn ctr(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address").arg(&self.sock).args(["--namespace", "aftest"]);
+        c
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 #[test]
 fn skopeo_round_trips_an_oci_layout_and_a_docker_archive() {
@@ -128,40 +174,8 @@ print("ok")
 fn containerd_ctr_pulls_and_pushes() {
     let Setup { node: _node, tmp, layout, host } = setup("ctr/src:t");
     let target = Node::start();
-    let root = tmp.path().join("containerd");
-    let sock = root.join("containerd.sock");
-    std::fs::create_dir_all(&root).unwrap();
-    let config = root.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{1}\"\n",
-            root.display(),
-            sock.display()
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(root.join("containerd.log")).unwrap();
-    let mut containerd = Command::new("containerd").arg("--config").arg(&config).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("start containerd");
-    struct Kill<'a>(&'a mut std::process::Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(&mut containerd);
-    for _ in 0..100 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let ctr = || {
-        let mut c = Command::new("ctr");
-        c.arg("--address").arg(&sock).args(["--namespace", "aftest"]);
-        c
-    };
+    let containerd = Containerd::start(tmp.path());
+    let ctr = || containerd.ctr();
     let src = format!("{host}/ctr/src:t");
     run(ctr().args(["image", "pull", "--plain-http", &src]));
     let dst = format!("{}/ctr/pushed:t", target.host());
@@ -264,28 +278,11 @@ print("ok")
     assert_eq!(out.trim(), "ok");
 
     // containerd's ctr with --user.
-    let root = tmp.path().join("containerd");
-    let sock = root.join("containerd.sock");
-    std::fs::create_dir_all(&root).unwrap();
-    let config = root.join("config.toml");
-    std::fs::write(&config, format!("version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{1}\"\n", root.display(), sock.display())).unwrap();
-    let log = std::fs::File::create(root.join("containerd.log")).unwrap();
-    let mut containerd = Command::new("containerd").arg("--config").arg(&config).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
-    for _ in 0..100 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let ctr = || {
-        let mut c = Command::new("ctr");
-        c.arg("--address").arg(&sock).args(["--namespace", "aftest"]);
-        c
-    };
+    let containerd = Containerd::start(tmp.path());
+    let ctr = || containerd.ctr();
     let pulled = ctr().args(["image", "pull", "--plain-http", "--user", creds, &format!("{host}/ci/app:t")]).output().unwrap();
     let anonymous = ctr().args(["image", "pull", "--plain-http", &format!("{host}/ci/podman:t")]).output().unwrap();
-    let _ = containerd.kill();
-    let _ = containerd.wait();
+    drop(containerd);
     assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
     assert!(!anonymous.status.success(), "a private image was pulled without credentials");
 }
