@@ -36,7 +36,7 @@ cmd = [" ".join(json.loads(r)) for w, r in runtime if w == "CMD"]
 health = [r.split(" CMD ", 1)[1].replace(" || exit 1", "") for w, r in runtime if w == "HEALTHCHECK"]
 out = {
     "copies": " ".join(copies), "build_cmd": run[0].replace(" --release", "") if run else "",
-    "envs": " ".join(env), "expose": expose[0] if expose else "", "entry": entry[0] if entry else "",
+    "envs": " ".join(env), "expose": expose[0].split()[0] if expose else "", "entry": entry[0] if entry else "",
     "cmd": cmd[0] if cmd else "", "health": health[0] if health else "",
 }
 for k, v in out.items():
@@ -55,7 +55,7 @@ case " $envs " in *" AF_API=0.0.0.0:$expose "*) ;; *) echo "check-dockerfile: EN
 
 # The image's environment, with the data directory moved to a temp dir and the listener on
 # loopback, on the exposed port.
-env $envs AF_DATA_DIR="$ctx/data" AF_API="127.0.0.1:$expose" AF_LOG=warn "$root/target/debug/$entry" $cmd &
+env $envs AF_DATA_DIR="$ctx/data" AF_GATEWAY=127.0.0.1:0 AF_API="127.0.0.1:$expose" AF_LOG=warn "$root/target/debug/$entry" $cmd &
 pid=$!
 for _ in $(seq 100); do
   if bash -c "$health" >/dev/null 2>&1; then

@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_API: &str = "0.0.0.0:5000";
+pub const DEFAULT_GATEWAY: &str = "0.0.0.0:8080";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 
 /// What `af registry serve` runs with, after merging every source.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub api: SocketAddr,
+    /// The IPFS HTTP gateway.
+    pub gateway: SocketAddr,
     pub data_dir: PathBuf,
     pub sparse_manifests: bool,
     pub cid_profile: crate::unixfs::Profile,
@@ -55,6 +58,7 @@ impl std::str::FromStr for AuthMode {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub api: Option<SocketAddr>,
+    pub gateway: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub sparse_manifests: Option<bool>,
     pub cid_profile: Option<crate::unixfs::Profile>,
@@ -75,6 +79,7 @@ pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
     pub api: Option<SocketAddr>,
+    pub gateway: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub sparse_manifests: Option<bool>,
     pub cid_profile: Option<String>,
@@ -127,6 +132,7 @@ impl ServeConfig {
             gc_interval: duration(flags.gc_interval, &file.gc_interval, "gc-interval", DEFAULT_GC_INTERVAL)?,
             gc_grace: duration(flags.gc_grace, &file.gc_grace, "gc-grace", crate::gc::DEFAULT_GRACE)?,
             api: flags.api.or(file.api).unwrap_or_else(|| DEFAULT_API.parse().expect("default address")),
+            gateway: flags.gateway.or(file.gateway).unwrap_or_else(|| DEFAULT_GATEWAY.parse().expect("default address")),
             data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             sparse_manifests: flags.sparse_manifests.or(file.sparse_manifests).unwrap_or(false),
             auth: match flags.auth {

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod car;
 pub mod config;
 pub mod digest;
+pub mod gateway;
 pub mod gc;
 pub mod image;
 pub mod manifest;

@@ -144,6 +144,9 @@ struct ServeArgs {
     /// Address of the OCI Distribution API [default: 0.0.0.0:5000].
     #[arg(long, env = "AF_API")]
     api: Option<SocketAddr>,
+    /// Address of the IPFS HTTP gateway (/ipfs/<cid>) [default: 0.0.0.0:8080].
+    #[arg(long, env = "AF_GATEWAY")]
+    gateway: Option<SocketAddr>,
     /// Directory for blobs, uploads and the metadata database [default: ./data].
     #[arg(long, env = "AF_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -213,6 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let flags = Overrides {
                 api: args.api,
+                gateway: args.gateway,
                 data_dir: args.data_dir,
                 sparse_manifests: args.sparse_manifests,
                 cid_profile: args.cid_profile,

@@ -483,6 +483,19 @@ impl Registry {
         Ok(Some(layout))
     }
 
+    /// Whether block `cid` may leave the node: it is the root of a public blob or image, or a
+    /// block recorded for one (blocks only private repositories reference never leave).
+    pub async fn is_public_block(&self, cid: &cid::Cid) -> Result<bool> {
+        if self.meta.cid_is_public(&cid.to_string()).await? {
+            return Ok(true);
+        }
+        Ok(match self.blocks.owner(cid).await? {
+            Some(owner) if owner.contains(':') => self.meta.blob_is_public(&owner).await?,
+            Some(image) => self.meta.cid_is_public(&image).await?,
+            None => false,
+        })
+    }
+
     /// Stores a manifest under `reference` (a tag or its digest) plus extra `tags`.
     pub async fn put_manifest(
         &self,
@@ -522,7 +535,7 @@ impl Registry {
             // blocks are missing; the GC's grace period covers the window in between.
             blocks.sort_by_key(|b| b.0);
             blocks.dedup_by(|a, b| a.0 == b.0);
-            self.blocks.record_inline(blocks).await?;
+            self.blocks.record_inline(blocks, image_cid.clone()).await?;
         }
         let record = ManifestRecord {
             digest,

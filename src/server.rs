@@ -150,5 +150,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     for addr in server.addrs() {
         tracing::info!(%addr, data_dir = %config.data_dir.display(), "OCI Distribution API listening");
     }
-    server.run().await.map_err(ServeError::Server)
+    let reg = registry.clone();
+    let gateway = actix_web::HttpServer::new(move || actix_web::App::new().configure(crate::gateway::configure(reg.clone())))
+        .bind(config.gateway)
+        .map_err(|source| ServeError::Bind { addr: config.gateway.to_string(), source })?;
+    for addr in gateway.addrs() {
+        tracing::info!(%addr, "IPFS gateway listening");
+    }
+    futures_util::future::try_join(server.run(), gateway.run()).await.map_err(ServeError::Server)?;
+    Ok(())
 }

@@ -8,6 +8,9 @@ CREATE TABLE blocks (
     offset    INTEGER,
     length    INTEGER NOT NULL CHECK (length >= 0),
     data      BLOB,
+    -- For an inline block: what it was recorded for (a blob digest, or an image's untagged
+    -- root CID), so the gateway can tell whether it may leave the node.
+    owner     TEXT,
     -- Seconds since the epoch; a GC spares blocks younger than its grace period, since the
     -- metadata that will reference them may not be committed yet.
     created_at INTEGER NOT NULL DEFAULT (unixepoch()),

@@ -29,6 +29,7 @@ CREATE TABLE repository_blobs (
     PRIMARY KEY (repository_id, digest)
 ) WITHOUT ROWID;
 CREATE INDEX repository_blobs_by_digest ON repository_blobs(digest);
+CREATE INDEX blobs_by_root_cid ON blobs(root_cid);
 
 CREATE TABLE manifests (
     repository_id INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
@@ -43,6 +44,7 @@ CREATE TABLE manifests (
     PRIMARY KEY (repository_id, digest)
 );
 CREATE INDEX manifests_by_subject ON manifests(repository_id, subject) WHERE subject IS NOT NULL;
+CREATE INDEX manifests_by_image_cid ON manifests(image_cid) WHERE image_cid IS NOT NULL;
 
 -- What each manifest references: blobs (config, layers) and manifests (index children).
 CREATE TABLE manifest_references (
@@ -66,6 +68,7 @@ CREATE TABLE tags (
     FOREIGN KEY (repository_id, manifest_digest)
         REFERENCES manifests(repository_id, digest) ON DELETE CASCADE
 ) WITHOUT ROWID;
+CREATE INDEX tags_by_image_cid ON tags(image_cid) WHERE image_cid IS NOT NULL;
 
 -- Manifests kept by a GC even when untagged (`af registry pin`).
 CREATE TABLE pins (

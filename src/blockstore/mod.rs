@@ -77,7 +77,7 @@ impl BlockIndex {
                      ON CONFLICT DO UPDATE SET created_at = unixepoch()",
                 )?;
                 let mut node = tx.prepare_cached(
-                    "INSERT INTO blocks (multihash, codec, length, data) VALUES (?1, ?2, ?3, ?4)
+                    "INSERT INTO blocks (multihash, codec, length, data, owner) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT DO UPDATE SET created_at = unixepoch()",
                 )?;
                 for b in &blocks {
@@ -86,7 +86,7 @@ impl BlockIndex {
                             leaf.execute(params![cid.hash().to_bytes(), cid.codec() as i64, blob, *offset as i64, *len as i64])?;
                         }
                         DagBlock::Node { cid, bytes } => {
-                            node.execute(params![cid.hash().to_bytes(), cid.codec() as i64, bytes.len() as i64, bytes])?;
+                            node.execute(params![cid.hash().to_bytes(), cid.codec() as i64, bytes.len() as i64, bytes, blob])?;
                         }
                     }
                 }
@@ -100,16 +100,16 @@ impl BlockIndex {
     /// Records blocks held inline (image layouts, manifests, imported blocks), in one
     /// transaction. Blocks already known keep their first location but count as new
     /// again for a GC's grace period (they are about to be referenced).
-    pub async fn record_inline(&self, blocks: Vec<(Cid, Vec<u8>)>) -> Result<(), BlockIndexError> {
+    pub async fn record_inline(&self, blocks: Vec<(Cid, Vec<u8>)>, owner: Option<String>) -> Result<(), BlockIndexError> {
         self.run(move |conn| {
             let tx = conn.transaction()?;
             {
                 let mut node = tx.prepare_cached(
-                    "INSERT INTO blocks (multihash, codec, length, data) VALUES (?1, ?2, ?3, ?4)
+                    "INSERT INTO blocks (multihash, codec, length, data, owner) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT DO UPDATE SET created_at = unixepoch()",
                 )?;
                 for (cid, bytes) in &blocks {
-                    node.execute(params![cid.hash().to_bytes(), cid.codec() as i64, bytes.len() as i64, bytes])?;
+                    node.execute(params![cid.hash().to_bytes(), cid.codec() as i64, bytes.len() as i64, bytes, owner])?;
                 }
             }
             tx.commit()?;
@@ -143,6 +143,19 @@ impl BlockIndex {
                 _ => Err(BlockIndexError::Corrupt("a block with neither or both locations".into())),
             })
             .transpose()
+        })
+        .await
+    }
+
+    /// What an inline block was recorded for (a blob digest or an image root CID), if anything.
+    pub async fn owner(&self, cid: &Cid) -> Result<Option<String>, BlockIndexError> {
+        let mh = cid.hash().to_bytes();
+        self.run(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT coalesce(blob, owner) FROM blocks WHERE multihash = ?1")?
+                .query_row([mh], |r| r.get::<_, Option<String>>(0))
+                .optional()?
+                .flatten())
         })
         .await
     }

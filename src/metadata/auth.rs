@@ -97,6 +97,11 @@ pub trait AuthStore: Send + Sync {
     async fn is_public(&self, repo: &str) -> MetaResult<Option<bool>>;
     /// Makes a repository (created if needed) public or private.
     async fn set_public(&self, repo: &str, public: bool) -> MetaResult<()>;
+    /// Whether `cid` is the root of a blob linked to a public repository, or the image CID of a
+    /// manifest or tag of one: content the gateway may serve.
+    async fn cid_is_public(&self, cid: &str) -> MetaResult<bool>;
+    /// Whether a blob is linked to a public repository.
+    async fn blob_is_public(&self, digest: &str) -> MetaResult<bool>;
     /// The token signing key: `candidate` is stored if there is none yet; the stored one returns.
     async fn signing_key(&self, candidate: Vec<u8>) -> MetaResult<Vec<u8>>;
 }

@@ -240,6 +240,38 @@ impl AuthStore for SqliteStore {
         .await
     }
 
+    async fn cid_is_public(&self, cid: &str) -> MetaResult<bool> {
+        let cid = cid.to_string();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM blobs b JOIN repository_blobs rb ON rb.digest = b.digest
+                                JOIN repositories r ON r.id = rb.repository_id
+                                WHERE b.root_cid = ?1 AND b.missing = 0 AND r.visibility = 'public')
+                     OR EXISTS (SELECT 1 FROM manifests m JOIN repositories r ON r.id = m.repository_id
+                                WHERE m.image_cid = ?1 AND r.visibility = 'public')
+                     OR EXISTS (SELECT 1 FROM tags t JOIN repositories r ON r.id = t.repository_id
+                                WHERE t.image_cid = ?1 AND r.visibility = 'public')",
+            )
+            .and_then(|mut s| s.query_row([cid], |r| r.get(0)))
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn blob_is_public(&self, digest: &str) -> MetaResult<bool> {
+        let digest = digest.to_string();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
+                                JOIN blobs b ON b.digest = rb.digest
+                                WHERE rb.digest = ?1 AND b.missing = 0 AND r.visibility = 'public')",
+            )
+            .and_then(|mut s| s.query_row([digest], |r| r.get(0)))
+            .map_err(backend)
+        })
+        .await
+    }
+
     async fn signing_key(&self, candidate: Vec<u8>) -> MetaResult<Vec<u8>> {
         self.write(move |tx| {
             tx.execute("INSERT INTO settings (name, value) VALUES ('token-signing-key', ?1) ON CONFLICT DO NOTHING", [candidate])

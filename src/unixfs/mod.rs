@@ -9,7 +9,7 @@ mod importer;
 mod pb;
 
 pub use importer::{BlockSink, CollectingImporter, DagBlock, Importer, NewBlock, Root};
-pub use pb::{decode_node, file_data, unixfs_type, DecodeError, DecodedLink, DecodedNode};
+pub use pb::{decode_node, file_data, unixfs_data, unixfs_type, UnixfsData, DecodeError, DecodedLink, DecodedNode};
 
 /// UnixFS `Data.Type` of a directory.
 pub const UNIXFS_DIRECTORY: u64 = 1;

@@ -166,22 +166,46 @@ pub fn unixfs_type(data: &[u8]) -> Result<u64, DecodeError> {
     Err(DecodeError("UnixFS data without a type"))
 }
 
-/// The bytes a UnixFS file node carries itself (its `Data.Data`; empty for interior nodes with
-/// raw leaves). Refuses anything but a File or Raw node.
-pub fn file_data(data: &[u8]) -> Result<&[u8], DecodeError> {
+/// The fields of a UnixFS `Data` message this node reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixfsData<'a> {
+    pub kind: u64,
+    pub content: &'a [u8],
+    pub filesize: Option<u64>,
+    /// Content bytes under each child link, in order (files).
+    pub blocksizes: Vec<u64>,
+}
+
+pub fn unixfs_data(data: &[u8]) -> Result<UnixfsData<'_>, DecodeError> {
     let mut r = Reader(data);
-    let (mut kind, mut content) = (None, &[][..]);
+    let (mut kind, mut content, mut filesize, mut blocksizes) = (None, &[][..], None, Vec::new());
     while let Some((field, wire)) = r.key()? {
         match (field, wire) {
             (1, 0) => kind = Some(r.varint()?),
             (2, 2) => content = r.bytes()?,
+            (3, 0) => filesize = Some(r.varint()?),
+            (4, 0) => blocksizes.push(r.varint()?),
+            (4, 2) => {
+                // Packed repeated field, as some writers encode it.
+                let mut packed = Reader(r.bytes()?);
+                while !packed.0.is_empty() {
+                    blocksizes.push(packed.varint()?);
+                }
+            }
             (_, w) => r.skip(w)?,
         }
     }
-    match kind {
-        Some(0) | Some(2) => Ok(content),
-        Some(_) => Err(DecodeError("not a UnixFS file")),
-        None => Err(DecodeError("UnixFS data without a type")),
+    let kind = kind.ok_or(DecodeError("UnixFS data without a type"))?;
+    Ok(UnixfsData { kind, content, filesize, blocksizes })
+}
+
+/// The bytes a UnixFS file node carries itself (its `Data.Data`; empty for interior nodes with
+/// raw leaves). Refuses anything but a File or Raw node.
+pub fn file_data(data: &[u8]) -> Result<&[u8], DecodeError> {
+    let d = unixfs_data(data)?;
+    match d.kind {
+        0 | 2 => Ok(d.content),
+        _ => Err(DecodeError("not a UnixFS file")),
     }
 }
 

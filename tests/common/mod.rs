@@ -23,6 +23,7 @@ pub fn free_addr() -> SocketAddr {
 pub struct Node {
     child: Option<Child>,
     pub addr: SocketAddr,
+    pub gateway: SocketAddr,
     pub data_dir: PathBuf,
     _dir: Option<tempfile::TempDir>,
     extra: Vec<String>,
@@ -46,6 +47,7 @@ impl Node {
         let mut node = Node {
             child: None,
             addr: free_addr(),
+            gateway: free_addr(),
             data_dir,
             _dir: Some(dir),
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -59,7 +61,7 @@ impl Node {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_af"))
-            .args(["registry", "serve", "--api", &self.addr.to_string(), "--data-dir"])
+            .args(["registry", "serve", "--api", &self.addr.to_string(), "--gateway", &self.gateway.to_string(), "--data-dir"])
             .arg(&self.data_dir)
             .args(&self.extra)
             // Tests of everything but access control run an open node; auth tests pass --auth.
@@ -97,6 +99,10 @@ impl Node {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn gateway_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gateway, path)
     }
 
     pub fn host(&self) -> String {

@@ -1,0 +1,116 @@
+//! Content types for gateway responses (the file name's extension first, then the first bytes,
+//! as Go's `http.DetectContentType` does for Kubo) and the HTML listing of a directory.
+
+use crate::unixfs::DecodedLink;
+use cid::Cid;
+
+fn by_extension(name: &str) -> Option<&'static str> {
+    let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "json" => "application/json",
+        "txt" | "md" => "text/plain; charset=utf-8",
+        "xml" => "text/xml; charset=utf-8",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "ico" => "image/x-icon",
+        "wasm" => "application/wasm",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "gz" | "tgz" => "application/gzip",
+        "tar" => "application/x-tar",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        "mp3" => "audio/mpeg",
+        "woff2" => "font/woff2",
+        _ => return None,
+    })
+}
+
+fn by_content(data: &[u8]) -> &'static str {
+    let starts = |p: &[u8]| data.starts_with(p);
+    let trimmed: Vec<u8> = data.iter().skip_while(|b| b.is_ascii_whitespace()).take(16).map(|b| b.to_ascii_lowercase()).collect();
+    if trimmed.starts_with(b"<!doctype html") || trimmed.starts_with(b"<html") || trimmed.starts_with(b"<head") || trimmed.starts_with(b"<body") {
+        return "text/html; charset=utf-8";
+    }
+    if trimmed.starts_with(b"<?xml") {
+        return "text/xml; charset=utf-8";
+    }
+    if starts(b"\x89PNG\r\n\x1a\n") {
+        return "image/png";
+    }
+    if starts(b"\xff\xd8\xff") {
+        return "image/jpeg";
+    }
+    if starts(b"GIF87a") || starts(b"GIF89a") {
+        return "image/gif";
+    }
+    if starts(b"%PDF-") {
+        return "application/pdf";
+    }
+    if starts(b"PK\x03\x04") {
+        return "application/zip";
+    }
+    if starts(b"\x1f\x8b\x08") {
+        return "application/x-gzip";
+    }
+    if starts(b"\0asm") {
+        return "application/wasm";
+    }
+    // Text if nothing in it is a binary control byte (a cut multibyte sequence at the end is fine).
+    let binary = data.iter().any(|&b| matches!(b, 0x00..=0x08 | 0x0b | 0x0e..=0x1a | 0x1c..=0x1f));
+    if !binary && (std::str::from_utf8(data).is_ok() || std::str::from_utf8(&data[..data.len().saturating_sub(3)]).is_ok()) {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+pub fn content_type(name: &str, first_bytes: &[u8]) -> &'static str {
+    by_extension(name).unwrap_or_else(|| by_content(first_bytes))
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// An HTML page listing a directory's entries, with links relative to `path` (which ends in `/`).
+pub fn listing(path: &str, cid: &Cid, links: &[DecodedLink]) -> String {
+    let mut rows = String::new();
+    if path.trim_end_matches('/').matches('/').count() > 2 {
+        rows.push_str("<tr><td><a href=\"..\">..</a></td><td></td><td></td></tr>\n");
+    }
+    for l in links {
+        let href: String = form_urlencoded::byte_serialize(l.name.as_bytes()).collect::<String>().replace('+', "%20");
+        rows.push_str(&format!(
+            "<tr><td><a href=\"{href}\">{}</a></td><td><a href=\"/ipfs/{}\">{}</a></td><td>{}</td></tr>\n",
+            escape(&l.name),
+            l.cid,
+            l.cid,
+            l.tsize
+        ));
+    }
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{p}</title></head><body>\n<h1>Index of {p}</h1>\n<p>{cid}</p>\n<table>\n<tr><th>name</th><th>CID</th><th>size</th></tr>\n{rows}</table>\n</body></html>\n",
+        p = escape(path)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types() {
+        assert_eq!(content_type("a.css", b""), "text/css; charset=utf-8");
+        assert_eq!(content_type("", b"  <!DOCTYPE html><p>"), "text/html; charset=utf-8");
+        assert_eq!(content_type("", b"hello"), "text/plain; charset=utf-8");
+        assert_eq!(content_type("", b"\x89PNG\r\n\x1a\nxx"), "image/png");
+        assert_eq!(content_type("", &[0, 1, 2, 3]), "application/octet-stream");
+    }
+}
