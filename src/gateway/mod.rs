@@ -140,7 +140,7 @@ async fn handle(req: HttpRequest, reg: web::Data<Registry>) -> HttpResponse {
                     .insert_header(("Content-Disposition", disposition(&req, &format!("{target}.bin"), true)))
                     .insert_header(("Vary", "Accept"));
                 if head {
-                    builder.no_chunking(bytes.len() as u64).finish()
+                    builder.no_chunking(bytes.len() as u64).streaming(no_body())
                 } else {
                     builder.body(bytes)
                 }
@@ -163,6 +163,12 @@ async fn handle(req: HttpRequest, reg: web::Data<Registry>) -> HttpResponse {
         },
         Format::UnixFs => unixfs(&req, shared, target, &segments, builder, head).await,
     }
+}
+
+/// A HEAD response's body: none, while the Content-Length says what GET would send (actix keeps
+/// the length of a streamed body it does not send).
+fn no_body() -> futures_util::stream::Empty<Result<Bytes, std::io::Error>> {
+    futures_util::stream::empty()
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -264,7 +270,7 @@ async fn unixfs(
         builder.insert_header(("Content-Range", format!("bytes {start}-{}/{size}", end - 1)));
     }
     if head {
-        return builder.no_chunking(end - start).finish();
+        return builder.no_chunking(end - start).streaming(no_body());
     }
     let pieces = match dag::plan_range(reg, file, start, end).await {
         Ok(p) => p,
