@@ -243,6 +243,32 @@ fn stage(mut input: impl Read, staging_dir: &Path) -> Result<Staged> {
     Ok(staged)
 }
 
+/// Every block of a CAR held in memory (the RPC's `dag/import`), each verified: (roots, blocks).
+pub fn read_all(car: &[u8]) -> Result<(Vec<Cid>, Vec<(Cid, Vec<u8>)>)> {
+    let mut input = std::io::Cursor::new(car);
+    let header_len = read_varint(&mut input).map_err(CarError::Read)?.ok_or_else(|| CarError::Header("the file is empty".into()))? as usize;
+    let mut header = vec![0u8; header_len.min(MAX_SECTION)];
+    if read_full(&mut input, &mut header).map_err(CarError::Read)? < header_len {
+        return Err(CarError::Header("truncated header".into()));
+    }
+    let header = CarHeader::decode(&header).map_err(|e| CarError::Header(e.to_string()))?;
+    let mut blocks = Vec::new();
+    while let Some(len) = read_varint(&mut input).map_err(|e| CarError::Malformed { blocks: blocks.len() as u64, detail: e.to_string() })? {
+        let len = len as usize;
+        let start = input.position() as usize;
+        let Some(section) = car.get(start..start + len) else {
+            return Err(CarError::Malformed { blocks: blocks.len() as u64, detail: "truncated section".into() });
+        };
+        input.set_position((start + len) as u64);
+        let mut cursor = std::io::Cursor::new(section);
+        let cid = Cid::read_bytes(&mut cursor).map_err(|e| CarError::Malformed { blocks: blocks.len() as u64, detail: e.to_string() })?;
+        let data = section[cursor.position() as usize..].to_vec();
+        verify_block(&cid, &data)?;
+        blocks.push((cid, data));
+    }
+    Ok((header.roots().to_vec(), blocks))
+}
+
 impl Staged {
     fn block(&self, cid: &Cid, path: &str) -> Result<Vec<u8>> {
         if cid.hash().code() == IDENTITY {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 pub const DEFAULT_API: &str = "0.0.0.0:5000";
 pub const DEFAULT_GATEWAY: &str = "0.0.0.0:8080";
+pub const DEFAULT_RPC: &str = "127.0.0.1:5001";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 
 /// What `af registry serve` runs with, after merging every source.
@@ -16,6 +17,8 @@ pub struct ServeConfig {
     pub api: SocketAddr,
     /// The IPFS HTTP gateway.
     pub gateway: SocketAddr,
+    /// The Kubo-compatible RPC.
+    pub rpc: SocketAddr,
     pub data_dir: PathBuf,
     pub sparse_manifests: bool,
     pub cid_profile: crate::unixfs::Profile,
@@ -59,6 +62,7 @@ impl std::str::FromStr for AuthMode {
 pub struct Overrides {
     pub api: Option<SocketAddr>,
     pub gateway: Option<SocketAddr>,
+    pub rpc: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub sparse_manifests: Option<bool>,
     pub cid_profile: Option<crate::unixfs::Profile>,
@@ -80,6 +84,7 @@ pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 pub struct FileConfig {
     pub api: Option<SocketAddr>,
     pub gateway: Option<SocketAddr>,
+    pub rpc: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub sparse_manifests: Option<bool>,
     pub cid_profile: Option<String>,
@@ -133,6 +138,7 @@ impl ServeConfig {
             gc_grace: duration(flags.gc_grace, &file.gc_grace, "gc-grace", crate::gc::DEFAULT_GRACE)?,
             api: flags.api.or(file.api).unwrap_or_else(|| DEFAULT_API.parse().expect("default address")),
             gateway: flags.gateway.or(file.gateway).unwrap_or_else(|| DEFAULT_GATEWAY.parse().expect("default address")),
+            rpc: flags.rpc.or(file.rpc).unwrap_or_else(|| DEFAULT_RPC.parse().expect("default address")),
             data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             sparse_manifests: flags.sparse_manifests.or(file.sparse_manifests).unwrap_or(false),
             auth: match flags.auth {

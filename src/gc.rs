@@ -82,13 +82,9 @@ impl Registry {
             report.orphan_files += 1;
         }
         drop(lock);
-        let roots = self
-            .meta
-            .live_roots()
-            .await?
-            .iter()
-            .filter_map(|c| c.parse::<cid::Cid>().ok())
-            .collect();
+        let mut roots: Vec<String> = self.meta.live_roots().await?;
+        roots.extend(self.blocks.pins().await?);
+        let roots = roots.iter().filter_map(|c| c.parse::<cid::Cid>().ok()).collect();
         let (blocks, block_bytes) = self.blocks.sweep_unreachable(roots, cutoff).await?;
         report.blocks = blocks;
         report.block_bytes = block_bytes;

@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod metadata;
 pub mod names;
 pub mod registry;
+pub mod rpc;
 pub mod server;
 pub mod storage;
 pub mod unixfs;

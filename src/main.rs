@@ -147,6 +147,10 @@ struct ServeArgs {
     /// Address of the IPFS HTTP gateway (/ipfs/<cid>) [default: 0.0.0.0:8080].
     #[arg(long, env = "AF_GATEWAY")]
     gateway: Option<SocketAddr>,
+    /// Address of the Kubo-compatible RPC (/api/v0); beyond loopback, writes need an
+    /// administrator's credentials and reads see public content only [default: 127.0.0.1:5001].
+    #[arg(long, env = "AF_RPC")]
+    rpc: Option<SocketAddr>,
     /// Directory for blobs, uploads and the metadata database [default: ./data].
     #[arg(long, env = "AF_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -217,6 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let flags = Overrides {
                 api: args.api,
                 gateway: args.gateway,
+                rpc: args.rpc,
                 data_dir: args.data_dir,
                 sparse_manifests: args.sparse_manifests,
                 cid_profile: args.cid_profile,

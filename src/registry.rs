@@ -491,8 +491,16 @@ impl Registry {
         }
         Ok(match self.blocks.owner(cid).await? {
             Some(owner) if owner.contains(':') => self.meta.blob_is_public(&owner).await?,
+            // Added through the RPC under a pin: public while that pin lasts.
+            Some(owner) if owner.starts_with("pin ") => {
+                let pinned: Option<cid::Cid> = owner[4..].parse().ok();
+                match pinned {
+                    Some(p) => self.blocks.is_pinned(&p).await?,
+                    None => false,
+                }
+            }
             Some(image) => self.meta.cid_is_public(&image).await?,
-            None => false,
+            None => self.blocks.is_pinned(cid).await?,
         })
     }
 

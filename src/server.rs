@@ -141,6 +141,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         tracing::warn!("authentication is off (--auth none): anyone who reaches the API can push, pull and delete");
         None
     };
+    let rpc_state = Arc::new(crate::rpc::RpcState {
+        registry: registry.clone(),
+        auth: auth.clone(),
+        identity: crate::rpc::identity::load_or_create(&config.data_dir).map_err(|e| ServeError::Admin(e.to_string()))?,
+        data_dir: config.data_dir.clone(),
+        loopback: config.rpc.ip().is_loopback(),
+    });
     let reg = registry.clone();
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new().wrap(api::version_header()).configure(api::configure(reg.clone(), auth.clone()))
@@ -157,6 +164,12 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     for addr in gateway.addrs() {
         tracing::info!(%addr, "IPFS gateway listening");
     }
-    futures_util::future::try_join(server.run(), gateway.run()).await.map_err(ServeError::Server)?;
+    let rpc = actix_web::HttpServer::new(move || actix_web::App::new().configure(crate::rpc::configure(rpc_state.clone())))
+        .bind(config.rpc)
+        .map_err(|source| ServeError::Bind { addr: config.rpc.to_string(), source })?;
+    for addr in rpc.addrs() {
+        tracing::info!(%addr, "Kubo-compatible RPC listening");
+    }
+    futures_util::future::try_join3(server.run(), gateway.run(), rpc.run()).await.map_err(ServeError::Server)?;
     Ok(())
 }

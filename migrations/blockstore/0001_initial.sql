@@ -18,3 +18,10 @@ CREATE TABLE blocks (
         OR (blob IS NOT NULL AND offset IS NOT NULL AND data IS NULL))
 ) WITHOUT ROWID;
 CREATE INDEX blocks_by_blob ON blocks(blob) WHERE blob IS NOT NULL;
+
+-- Recursive pins made through the Kubo-compatible RPC (pin/add, dag/import, add): their DAGs are
+-- kept by a GC and served publicly, as a Kubo node serves what it pins.
+CREATE TABLE pins (
+    cid        TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL DEFAULT (unixepoch())
+) WITHOUT ROWID;

@@ -223,6 +223,46 @@ impl BlockIndex {
         .await
     }
 
+    /// Pins `cid` (recursively: a GC keeps its whole DAG).
+    pub async fn pin(&self, cid: &Cid) -> Result<(), BlockIndexError> {
+        let cid = cid.to_string();
+        self.run(move |conn| {
+            conn.execute("INSERT INTO pins (cid) VALUES (?1) ON CONFLICT DO NOTHING", [cid])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn unpin(&self, cid: &Cid) -> Result<bool, BlockIndexError> {
+        let cid = cid.to_string();
+        self.run(move |conn| Ok(conn.execute("DELETE FROM pins WHERE cid = ?1", [cid])? > 0)).await
+    }
+
+    pub async fn pins(&self) -> Result<Vec<String>, BlockIndexError> {
+        self.run(|conn| {
+            let mut s = conn.prepare("SELECT cid FROM pins ORDER BY cid")?;
+            let rows = s.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<String>, _>>()?)
+        })
+        .await
+    }
+
+    /// Whether `cid` is pinned here.
+    pub async fn is_pinned(&self, cid: &Cid) -> Result<bool, BlockIndexError> {
+        let cid = cid.to_string();
+        self.run(move |conn| Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM pins WHERE cid = ?1)", [cid], |r| r.get(0))?)).await
+    }
+
+    /// (number of blocks, bytes of inline blocks) for `repo/stat`.
+    pub async fn stat(&self) -> Result<(u64, u64), BlockIndexError> {
+        self.run(|conn| {
+            Ok(conn.query_row("SELECT count(*), coalesce(sum(length(data)), 0) FROM blocks", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })?)
+        })
+        .await
+    }
+
     /// Forgets one block.
     pub async fn forget(&self, multihash: Vec<u8>) -> Result<(), BlockIndexError> {
         self.run(move |conn| {

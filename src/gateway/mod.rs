@@ -5,7 +5,7 @@
 //! Only content of public repositories leaves the node: a root that no public blob or image
 //! accounts for is answered 404, exactly as if it were absent.
 
-mod car;
+pub mod car;
 pub mod dag;
 mod sniff;
 
@@ -296,6 +296,16 @@ async fn read_piece(reg: &Registry, piece: Piece) -> dag::Result<Bytes> {
             Ok(block.slice((skip as usize).min(end)..end))
         }
     }
+}
+
+/// The whole DAG under `root` as a CAR stream (the RPC's `dag/export`).
+pub fn car_stream(reg: Arc<Registry>, root: Cid) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    car::stream(reg, root, vec![root], car::Params { scope: car::DagScope::All, entity_bytes: None, dups: false })
+}
+
+/// File bytes, one leaf at a time (each verified as it is read).
+pub fn pieces_stream(reg: Arc<Registry>, pieces: Vec<Piece>) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    piece_stream(reg, pieces)
 }
 
 /// File bytes, one leaf at a time (each verified as it is read).

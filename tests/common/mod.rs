@@ -24,6 +24,7 @@ pub struct Node {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub gateway: SocketAddr,
+    pub rpc: SocketAddr,
     pub data_dir: PathBuf,
     _dir: Option<tempfile::TempDir>,
     extra: Vec<String>,
@@ -48,6 +49,7 @@ impl Node {
             child: None,
             addr: free_addr(),
             gateway: free_addr(),
+            rpc: free_addr(),
             data_dir,
             _dir: Some(dir),
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -61,7 +63,7 @@ impl Node {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_af"))
-            .args(["registry", "serve", "--api", &self.addr.to_string(), "--gateway", &self.gateway.to_string(), "--data-dir"])
+            .args(["registry", "serve", "--api", &self.addr.to_string(), "--gateway", &self.gateway.to_string(), "--rpc", &self.rpc.to_string(), "--data-dir"])
             .arg(&self.data_dir)
             .args(&self.extra)
             // Tests of everything but access control run an open node; auth tests pass --auth.
