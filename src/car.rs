@@ -68,6 +68,9 @@ pub enum CarError {
 
 type Result<T> = std::result::Result<T, CarError>;
 
+/// Blocks with their bytes.
+pub type Blocks = Vec<(Cid, Vec<u8>)>;
+
 fn block_err(cid: &Cid, problem: impl std::fmt::Display) -> CarError {
     CarError::Block { cid: cid.to_string(), problem: problem.to_string() }
 }
@@ -244,7 +247,7 @@ fn stage(mut input: impl Read, staging_dir: &Path) -> Result<Staged> {
 }
 
 /// Every block of a CAR held in memory (the RPC's `dag/import`), each verified: (roots, blocks).
-pub fn read_all(car: &[u8]) -> Result<(Vec<Cid>, Vec<(Cid, Vec<u8>)>)> {
+pub fn read_all(car: &[u8]) -> Result<(Vec<Cid>, Blocks)> {
     let mut input = std::io::Cursor::new(car);
     let header_len = read_varint(&mut input).map_err(CarError::Read)?.ok_or_else(|| CarError::Header("the file is empty".into()))? as usize;
     let mut header = vec![0u8; header_len.min(MAX_SECTION)];

@@ -49,7 +49,12 @@ impl Node {
             child: None,
             addr: free_addr(),
             gateway: free_addr(),
-            rpc: free_addr(),
+            rpc: extra
+                .iter()
+                .position(|a| *a == "--rpc")
+                .and_then(|i| extra.get(i + 1))
+                .map(|a| format!("127.0.0.1:{}", a.rsplit(':').next().unwrap()).parse().unwrap())
+                .unwrap_or_else(free_addr),
             data_dir,
             _dir: Some(dir),
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -63,9 +68,10 @@ impl Node {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_af"))
-            .args(["registry", "serve", "--api", &self.addr.to_string(), "--gateway", &self.gateway.to_string(), "--rpc", &self.rpc.to_string(), "--data-dir"])
+            .args(["registry", "serve", "--api", &self.addr.to_string(), "--gateway", &self.gateway.to_string(), "--data-dir"])
             .arg(&self.data_dir)
             .args(&self.extra)
+            .args(if self.extra.iter().any(|a| a == "--rpc") { vec![] } else { vec!["--rpc".to_string(), self.rpc.to_string()] })
             // Tests of everything but access control run an open node; auth tests pass --auth.
             .args(if self.extra.iter().any(|a| a == "--auth") { &[][..] } else { &["--auth", "none"][..] })
             .env("AF_LOG", "info")
