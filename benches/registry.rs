@@ -7,9 +7,10 @@
 //! with 64 connections (wrk, one thread, since client and servers share the machine); peak RSS of each server while
 //! the layer is pushed. Prints every figure and the ratios.
 
+mod common;
+
+use common::*;
 use sha2::{Digest as _, Sha256};
-use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,10 +28,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn wait_ready(base: &str) {
@@ -96,28 +93,6 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn make_layer(path: &Path, size: u64) -> String {
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
-    let mut h = Sha256::new();
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        for chunk in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-        }
-        let n = left.min(buf.len() as u64) as usize;
-        f.write_all(&buf[..n]).unwrap();
-        h.update(&buf[..n]);
-        left -= n as u64;
-    }
-    f.flush().unwrap();
-    format!("sha256:{}", hex::encode(h.finalize()))
-}
-
 /// dd's fsync'd write speed to the same disk, MB/s.
 fn dd_mbps(src: &Path, dir: &Path, size: u64) -> f64 {
     settle();
@@ -142,19 +117,6 @@ fn absolute(server: &Server, location: &str) -> String {
     } else {
         format!("{}{location}", server.base)
     }
-}
-
-/// Flushes everything dirty first, so that what one server left in the page cache (distribution
-/// does not fsync) is not written back during the next measurement.
-fn settle() {
-    let _ = Command::new("sync").status();
-}
-
-/// curl, an efficient client, so the servers and not the client are measured.
-fn curl(args: &[&str]) -> String {
-    let out = Command::new("curl").args(["-sS", "--fail"]).args(args).output().expect("curl");
-    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Docker's way: POST, one streamed PATCH, empty PUT with the digest. MB/s.
@@ -214,43 +176,7 @@ fn push_small_image(server: &Server) {
 fn manifest_load(server: &Server) -> (f64, f64) {
     settle();
     let url = format!("{}/v2/bench/app/manifests/latest", server.base);
-    let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
-    let warm = Command::new("wrk").args(["-t1", "-c64", "-d2s", "-H", accept, &url]).output().expect("wrk (apt-get install wrk)");
-    assert!(warm.status.success());
-    let out = Command::new("wrk").args(["-t1", "-c64", "-d10s", "--latency", "-H", accept, &url]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let rps = text
-        .lines()
-        .find(|l| l.starts_with("Requests/sec:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("wrk output: {text}"));
-    assert!(!text.contains("Non-2xx"), "{} answered errors under load: {text}", server.name);
-    let p99 = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("99%"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .map(parse_wrk_duration)
-        .unwrap_or(f64::NAN);
-    (rps, p99)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn parse_wrk_duration(s: &str) -> f64 {
-    let (num, mult) = if let Some(v) = s.strip_suffix("us") {
-        (v, 0.001)
-    } else if let Some(v) = s.strip_suffix("ms") {
-        (v, 1.0)
-    } else if let Some(v) = s.strip_suffix('s') {
-        (v, 1000.0)
-    } else {
-        (s, 1.0)
-    };
-    num.parse::<f64>().unwrap_or(f64::NAN) * mult
+    wrk_load(&url, &["Accept: application/vnd.oci.image.manifest.v1+json"], server.name)
 }
 
 fn main() {

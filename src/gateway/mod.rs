@@ -275,6 +275,15 @@ async fn unixfs(
     if head {
         return builder.no_chunking(end - start).streaming(no_body());
     }
+    // A whole blob's DAG: its bytes are the blob file, verified when it was pushed; served as the
+    // OCI API serves it rather than leaf by leaf. (Trustless clients verify what they get.)
+    if let Ok(Some(digest)) = reg.meta.blob_by_root(&file.to_string()).await {
+        if let Ok(Some((blob, len))) = reg.blobs.open_blob(&digest) {
+            if len == size {
+                return builder.no_chunking(end - start).streaming(crate::storage::read_range(blob, start, end - start));
+            }
+        }
+    }
     let pieces = match dag::plan_range(reg, file, start, end).await {
         Ok(p) => p,
         Err(e) => return dag_error(e),

@@ -158,6 +158,8 @@ pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     /// than `cutoff` and not being published by an upload. Returns what went; the caller
     /// removes the files.
     async fn collect_garbage(&self, cutoff: i64) -> MetaResult<GarbageCollected>;
+    /// The blob whose DAG has root `cid`, if one is stored (and not missing).
+    async fn blob_by_root(&self, cid: &str) -> MetaResult<Option<Digest>>;
     /// Every CID something in the metadata names: blob roots and image CIDs.
     async fn live_roots(&self) -> MetaResult<Vec<String>>;
     /// Removes the link between `repo` and a blob; true if there was one.

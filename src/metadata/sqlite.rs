@@ -411,6 +411,18 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn blob_by_root(&self, cid: &str) -> MetaResult<Option<Digest>> {
+        let cid = cid.to_string();
+        let found: Option<String> = self
+            .read(move |c| {
+                c.prepare_cached("SELECT digest FROM blobs WHERE root_cid = ?1 AND missing = 0 LIMIT 1")
+                    .and_then(|mut s| s.query_row([cid], |r| r.get(0)).optional())
+                    .map_err(backend)
+            })
+            .await?;
+        found.map(parse_digest).transpose()
+    }
+
     async fn live_roots(&self) -> MetaResult<Vec<String>> {
         self.read(|c| {
             let mut s = c

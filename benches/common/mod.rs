@@ -1,0 +1,90 @@
+//! What the benchmarks share: ports, test data, the clients (curl, wrk) and statistics.
+#![allow(dead_code)]
+
+use sha2::{Digest as _, Sha256};
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Writes `size` pseudo-random (incompressible) bytes to `path`; returns their sha256 digest.
+pub fn make_layer(path: &Path, size: u64) -> String {
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut h = Sha256::new();
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for chunk in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n]).unwrap();
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+/// Flushes everything dirty first, so that what one server left in the page cache (distribution
+/// does not fsync) is not written back during the next measurement.
+pub fn settle() {
+    let _ = Command::new("sync").status();
+}
+
+/// curl, an efficient client, so the servers and not the client are measured.
+pub fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl").args(["-sS", "--fail"]).args(args).output().expect("curl");
+    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub fn parse_wrk_duration(s: &str) -> f64 {
+    let (num, mult) = if let Some(v) = s.strip_suffix("us") {
+        (v, 0.001)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1000.0)
+    } else {
+        (s, 1.0)
+    };
+    num.parse::<f64>().unwrap_or(f64::NAN) * mult
+}
+
+/// (requests/s, p99 ms) of GETs of `url` with 64 connections: wrk, one thread (client and server
+/// share the machine), 2 s of warm-up, then 10 s measured. Fails on any non-2xx answer.
+pub fn wrk_load(url: &str, headers: &[&str], who: &str) -> (f64, f64) {
+    let header_args: Vec<&str> = headers.iter().flat_map(|h| ["-H", h]).collect();
+    let warm = Command::new("wrk").args(["-t1", "-c64", "-d2s"]).args(&header_args).arg(url).output().expect("wrk (apt-get install wrk)");
+    assert!(warm.status.success());
+    let out = Command::new("wrk").args(["-t1", "-c64", "-d10s", "--latency"]).args(&header_args).arg(url).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rps = text
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("wrk output: {text}"));
+    assert!(!text.contains("Non-2xx"), "{who} answered errors under load: {text}");
+    let p99 = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("99%"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(parse_wrk_duration)
+        .unwrap_or(f64::NAN);
+    (rps, p99)
+}
