@@ -171,3 +171,48 @@ fn helia_verified_fetch_gets_a_public_layer() {
     assert_eq!(got["bytes"], layer.len());
     assert_eq!(format!("sha256:{}", got["sha256"].as_str().unwrap()), digest);
 }
+
+/// A website-like directory made by Kubo, imported through the RPC's `dag import` (pinned, so
+/// public): `index.html` is served for the directory, other files by path with their types;
+/// identity CIDs carry their own bytes; `car-dups=y` repeats what `n` does not.
+#[test]
+fn a_kubo_directory_with_an_index_page() {
+    let node = Node::start();
+    let kubo = Kubo::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let site = tmp.path().join("site");
+    std::fs::create_dir_all(site.join("css")).unwrap();
+    std::fs::write(site.join("index.html"), "<!DOCTYPE html><h1>hello</h1>\n").unwrap();
+    std::fs::write(site.join("css/a.css"), "h1 { color: red }\n").unwrap();
+    std::fs::write(site.join("css/b.css"), "h1 { color: red }\n").unwrap();
+    std::fs::write(site.join("notes"), "plain words\n").unwrap();
+    let root = run(kubo.cmd().args(["add", "-r", "-Q", "--cid-version=1"]).arg(&site)).trim().to_string();
+    let car = tmp.path().join("site.car");
+    std::fs::write(&car, kubo.cmd().args(["dag", "export", &root]).output().unwrap().stdout).unwrap();
+    let imported = run(kubo.cmd().args(["--api", &format!("/ip4/127.0.0.1/tcp/{}", node.rpc.port()), "dag", "import"]).arg(&car));
+    assert!(imported.contains("success"), "{imported}");
+
+    let r = get(&node.gateway_url(&format!("/ipfs/{root}/")));
+    assert_eq!(header(&r, "Content-Type"), "text/html; charset=utf-8");
+    assert_eq!(r.text().unwrap(), "<!DOCTYPE html><h1>hello</h1>\n");
+    let r = get(&node.gateway_url(&format!("/ipfs/{root}/css/a.css")));
+    assert_eq!(header(&r, "Content-Type"), "text/css; charset=utf-8");
+    assert_eq!(header(&get(&node.gateway_url(&format!("/ipfs/{root}/notes"))), "Content-Type"), "text/plain; charset=utf-8");
+    let listing = get(&node.gateway_url(&format!("/ipfs/{root}/css/"))).text().unwrap();
+    assert!(listing.contains("href=\"a.css\"") && listing.contains("href=\"b.css\""), "{listing}");
+    // CIDv0 of the same directory.
+    let v0 = cid::Cid::try_from(root.as_str()).unwrap().hash().to_owned();
+    let v0 = cid::Cid::new_v0(v0).unwrap().to_string();
+    assert_eq!(get(&node.gateway_url(&format!("/ipfs/{v0}/notes"))).text().unwrap(), "plain words\n");
+
+    // "hello\n" as an identity CID.
+    assert_eq!(get(&node.gateway_url("/ipfs/bafkqabtimvwgy3yk")).text().unwrap(), "hello\n");
+
+    // a.css and b.css are one block: listed once without dups, twice with.
+    let blocks = |dups: &str| {
+        let path = tmp.path().join(format!("d-{dups}.car"));
+        std::fs::write(&path, get(&node.gateway_url(&format!("/ipfs/{root}/css?format=car&car-dups={dups}"))).bytes().unwrap()).unwrap();
+        js_car(&path)["cids"].as_array().unwrap().len()
+    };
+    assert_eq!(blocks("y"), blocks("n") + 1);
+}
