@@ -72,6 +72,13 @@ PY
 }
 
 run_suite every-toggle true --sparse-manifests --auth none
+# Metadata on PostgreSQL, when the tests have one (scripts/postgres.sh): the full run again.
+if [ -n "${AF_TEST_POSTGRES_URL:-}" ]; then
+  db="af_conformance_$$"
+  psql "$AF_TEST_POSTGRES_URL" -qc "CREATE DATABASE $db"
+  run_suite every-toggle-postgres true --sparse-manifests --auth none --database-url "${AF_TEST_POSTGRES_URL%/*}/$db"
+  psql "$AF_TEST_POSTGRES_URL" -qc "DROP DATABASE $db WITH (FORCE)"
+fi
 export AF_ADMIN_USER=conformance AF_ADMIN_PASSWORD=conformance-password
 OCI_USERNAME=$AF_ADMIN_USER OCI_PASSWORD=$AF_ADMIN_PASSWORD run_suite strict-references-with-auth false
 

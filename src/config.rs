@@ -20,6 +20,9 @@ pub struct ServeConfig {
     /// The Kubo-compatible RPC.
     pub rpc: SocketAddr,
     pub data_dir: PathBuf,
+    /// `postgres://...`: metadata on PostgreSQL, shared with other nodes; None: SQLite in the
+    /// data directory.
+    pub database_url: Option<String>,
     pub sparse_manifests: bool,
     pub cid_profile: crate::unixfs::Profile,
     /// Uploads idle this long are discarded.
@@ -64,6 +67,7 @@ pub struct Overrides {
     pub gateway: Option<SocketAddr>,
     pub rpc: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
     pub sparse_manifests: Option<bool>,
     pub cid_profile: Option<crate::unixfs::Profile>,
     pub upload_expiry: Option<Duration>,
@@ -86,6 +90,7 @@ pub struct FileConfig {
     pub gateway: Option<SocketAddr>,
     pub rpc: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
     pub sparse_manifests: Option<bool>,
     pub cid_profile: Option<String>,
     pub upload_expiry: Option<String>,
@@ -140,6 +145,7 @@ impl ServeConfig {
             gateway: flags.gateway.or(file.gateway).unwrap_or_else(|| DEFAULT_GATEWAY.parse().expect("default address")),
             rpc: flags.rpc.or(file.rpc).unwrap_or_else(|| DEFAULT_RPC.parse().expect("default address")),
             data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            database_url: flags.database_url.or(file.database_url),
             sparse_manifests: flags.sparse_manifests.or(file.sparse_manifests).unwrap_or(false),
             auth: match flags.auth {
                 Some(mode) => mode,

@@ -114,6 +114,9 @@ pub struct DataDir {
     /// The node's data directory [default: ./data].
     #[arg(long, env = "AF_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The node's PostgreSQL metadata database, if it uses one (as given to `serve`).
+    #[arg(long, env = "AF_DATABASE_URL")]
+    pub database_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -154,6 +157,10 @@ struct ServeArgs {
     /// Directory for blobs, uploads and the metadata database [default: ./data].
     #[arg(long, env = "AF_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// postgres://user:password@host/db: keep the metadata in PostgreSQL, shared by several
+    /// nodes [default: SQLite in the data directory].
+    #[arg(long, env = "AF_DATABASE_URL")]
+    database_url: Option<String>,
     /// Accept manifests whose layers or child manifests are not in the repository (sparse
     /// mirrors of multi-arch images) [default: false: refused with MANIFEST_BLOB_UNKNOWN].
     #[arg(long, env = "AF_SPARSE_MANIFESTS", num_args = 0..=1, default_missing_value = "true")]
@@ -198,7 +205,7 @@ fn main() {
 pub async fn attach(data: DataDir, profile: af_registry::unixfs::Profile) -> anyhow::Result<af_registry::registry::Registry> {
     let data_dir = data.data_dir.unwrap_or_else(|| PathBuf::from(af_registry::config::DEFAULT_DATA_DIR));
     anyhow::ensure!(data_dir.is_dir(), "no data directory at {}", data_dir.display());
-    Ok(af_registry::server::open_registry(&data_dir, profile, false).await?)
+    Ok(af_registry::server::open_registry(&data_dir, data.database_url.as_deref(), profile, false).await?)
 }
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
@@ -223,6 +230,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 gateway: args.gateway,
                 rpc: args.rpc,
                 data_dir: args.data_dir,
+                database_url: args.database_url,
                 sparse_manifests: args.sparse_manifests,
                 cid_profile: args.cid_profile,
                 upload_expiry: args.upload_expiry,

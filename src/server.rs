@@ -33,13 +33,17 @@ pub enum ServeError {
 /// reconciles its uploads, which only the process that serves it may do.
 pub async fn open_registry(
     data_dir: &std::path::Path,
+    database_url: Option<&str>,
     profile: crate::unixfs::Profile,
     serving: bool,
 ) -> Result<Registry, ServeError> {
     std::fs::create_dir_all(data_dir)
         .map_err(|source| ServeError::DataDir { path: data_dir.display().to_string(), source })?;
     let blobs = BlobStore::open(data_dir)?;
-    let meta = SqliteStore::open(&data_dir.join("metadata.sqlite"))?;
+    let meta: Arc<dyn MetadataStore> = match database_url {
+        Some(url) => crate::metadata::postgres::PgStore::connect(url).await?,
+        None => SqliteStore::open(&data_dir.join("metadata.sqlite"))?,
+    };
     let blocks = crate::blockstore::BlockIndex::open(&data_dir.join("blocks.sqlite"))?;
     if serving {
         Ok(Registry::open(meta, blobs, blocks, profile).await?)
@@ -127,7 +131,7 @@ async fn bootstrap_admin(meta: &Arc<dyn MetadataStore>) -> Result<(), ServeError
 }
 
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
-    let mut registry = open_registry(&config.data_dir, config.cid_profile, true).await?;
+    let mut registry = open_registry(&config.data_dir, config.database_url.as_deref(), config.cid_profile, true).await?;
     registry.sparse_manifests = config.sparse_manifests;
     registry.touch_after = config.gc_grace / 4;
     let registry = Arc::new(registry);

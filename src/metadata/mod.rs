@@ -4,6 +4,7 @@
 //! method is one transaction: callers never see a half-applied change.
 
 pub mod auth;
+pub mod postgres;
 pub mod sqlite;
 mod sqlite_auth;
 
@@ -21,6 +22,9 @@ pub enum MetadataError {
     Unavailable(String),
     #[error("metadata store failed: {0}")]
     Backend(String),
+    /// A concurrent transaction conflicted with this one; it is retried (PostgreSQL only).
+    #[error("metadata transaction conflict: {0}")]
+    Conflict(String),
     #[error("metadata store holds an invalid value: {0}")]
     Corrupt(String),
 }

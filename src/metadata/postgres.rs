@@ -1,0 +1,851 @@
+//! The metadata store on PostgreSQL (or a PostgreSQL-compatible distributed SQL engine), for
+//! several nodes sharing one database.
+//!
+//! Every method is one transaction at SERIALIZABLE isolation, retried when the database reports a
+//! serialization conflict: concurrent pushes from several nodes are then as if one after another,
+//! which is what SQLite's single writer gives the embedded store. A database that cannot be
+//! reached is `MetadataError::Unavailable` (503), never a panic; the pool reconnects by itself.
+
+use super::auth::{AuthStore, Role, TokenKind, TokenRecord, User};
+use super::{
+    BlobInfo, GarbageCollected, ManifestRecord, MetaResult, MetadataError, MetadataStore, NewManifest, Page,
+    PutManifestOutcome, Reference, Referrer, SweptBlob, UploadSession,
+};
+use crate::digest::Digest;
+use async_trait::async_trait;
+use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::sync::Arc;
+use tokio_postgres::{IsolationLevel, NoTls};
+use uuid::Uuid;
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_initial.sql"))];
+/// Serializes schema changes between nodes starting at once.
+const MIGRATION_LOCK: i64 = 0x6166_5f72_6567; // "af_reg"
+const ATTEMPTS: u32 = 20;
+
+pub struct PgStore {
+    pool: Pool,
+}
+
+fn pg(e: tokio_postgres::Error) -> MetadataError {
+    match e.code() {
+        Some(c) if *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+            || *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED =>
+        {
+            MetadataError::Conflict(e.to_string())
+        }
+        Some(_) => MetadataError::Backend(e.to_string()),
+        // No SQL state: the connection failed, not the statement.
+        None => MetadataError::Unavailable(e.to_string()),
+    }
+}
+
+fn now() -> i64 {
+    crate::gc::unix_now()
+}
+
+fn parse_digest(s: String) -> MetaResult<Digest> {
+    s.parse().map_err(|e| MetadataError::Corrupt(format!("{e}")))
+}
+
+/// Runs `$body` in a SERIALIZABLE transaction `$tx`, retrying on conflicts.
+macro_rules! transaction {
+    ($self:ident, |$tx:ident| $body:block) => {{
+        let mut attempt = 0;
+        loop {
+            let mut client = $self.client().await?;
+            let $tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::Serializable)
+                .start()
+                .await
+                .map_err(pg)?;
+            let result = async { $body }.await;
+            let outcome = match result {
+                Ok(v) => $tx.commit().await.map_err(pg).map(|()| v),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Err(MetadataError::Conflict(_)) if attempt < ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(2 * u64::from(attempt))).await;
+                }
+                Err(MetadataError::Conflict(e)) => break Err(MetadataError::Unavailable(format!("too many conflicts: {e}"))),
+                other => break other,
+            }
+        }
+    }};
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://...`) and applies pending migrations.
+    pub async fn connect(url: &str) -> MetaResult<Arc<Self>> {
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| MetadataError::Backend(format!("database URL: {e}")))?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(std::time::Duration::from_secs(10)))
+            .create_timeout(Some(std::time::Duration::from_secs(5)))
+            .build()
+            .map_err(|e| MetadataError::Backend(e.to_string()))?;
+        let store = PgStore { pool };
+        store.migrate().await?;
+        Ok(Arc::new(store))
+    }
+
+    async fn client(&self) -> MetaResult<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(|e| MetadataError::Unavailable(e.to_string()))
+    }
+
+    async fn migrate(&self) -> MetaResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS af_schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            .await
+            .map_err(pg)?;
+        let current: i64 = tx
+            .query_one("SELECT coalesce(max(version), 0) FROM af_schema_migrations", &[])
+            .await
+            .map_err(pg)?
+            .get(0);
+        for (version, sql) in MIGRATIONS {
+            if *version > current {
+                tx.batch_execute(sql).await.map_err(pg)?;
+                tx.execute("INSERT INTO af_schema_migrations (version, applied_at) VALUES ($1, $2)", &[version, &now()])
+                    .await
+                    .map_err(pg)?;
+            }
+        }
+        tx.commit().await.map_err(pg)
+    }
+}
+
+async fn ensure_repo(tx: &deadpool_postgres::Transaction<'_>, name: &str) -> MetaResult<i64> {
+    tx.execute("INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", &[&name, &now()])
+        .await
+        .map_err(pg)?;
+    Ok(tx.query_one("SELECT id FROM repositories WHERE name = $1", &[&name]).await.map_err(pg)?.get(0))
+}
+
+async fn link_blob(tx: &deadpool_postgres::Transaction<'_>, repo: i64, digest: &str) -> MetaResult<()> {
+    tx.execute(
+        "INSERT INTO repository_blobs (repository_id, digest, touched_at) VALUES ($1, $2, $3)
+         ON CONFLICT (repository_id, digest) DO UPDATE SET touched_at = excluded.touched_at",
+        &[&repo, &digest, &now()],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+fn page_sql(base: &str, key: &str, param: usize, page: &Page) -> String {
+    let mut sql = format!("{base} AND {key} > ${param} ORDER BY {key}");
+    if let Some(n) = page.limit {
+        sql.push_str(&format!(" LIMIT {n}"));
+    }
+    sql
+}
+
+async fn delete_in_repo(store: &PgStore, table: &'static str, column: &'static str, repo: &str, key: String) -> MetaResult<bool> {
+    transaction!(store, |tx| {
+        let sql = format!("DELETE FROM {table} WHERE {column} = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)");
+        Ok::<_, MetadataError>(tx.execute(&sql, &[&repo, &key]).await.map_err(pg)? > 0)
+    })
+}
+
+fn manifest_record(row: &tokio_postgres::Row) -> MetaResult<ManifestRecord> {
+    Ok(ManifestRecord {
+        digest: parse_digest(row.get(0))?,
+        media_type: row.get(1),
+        artifact_type: row.get(2),
+        subject: row.get::<_, Option<String>>(3).map(parse_digest).transpose()?,
+        annotations: row.get(4),
+        content: Bytes::from(row.get::<_, Vec<u8>>(5)),
+        image_cid: row.get(6),
+    })
+}
+
+#[async_trait]
+impl MetadataStore for PgStore {
+    async fn blob_info(&self, repo: &str, digest: &Digest) -> MetaResult<Option<BlobInfo>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT b.size, b.root_cid, rb.touched_at FROM blobs b
+                 JOIN repository_blobs rb ON rb.digest = b.digest
+                 JOIN repositories r ON r.id = rb.repository_id
+                 WHERE r.name = $1 AND b.digest = $2 AND NOT b.missing",
+                &[&repo, &digest.to_string()],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.map(|r| BlobInfo { size: r.get::<_, i64>(0) as u64, root_cid: r.get(1), touched_at: r.get(2) }))
+    }
+
+    async fn commit_blob(&self, repo: &str, digest: &Digest, blob: &BlobInfo, upload: Option<Uuid>) -> MetaResult<()> {
+        let digest = digest.to_string();
+        transaction!(self, |tx| {
+            let id = ensure_repo(&tx, repo).await?;
+            tx.execute(
+                "INSERT INTO blobs (digest, size, root_cid, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (digest) DO UPDATE SET missing = FALSE, size = excluded.size, root_cid = excluded.root_cid
+                 WHERE blobs.missing",
+                &[&digest, &(blob.size as i64), &blob.root_cid, &now()],
+            )
+            .await
+            .map_err(pg)?;
+            link_blob(&tx, id, &digest).await?;
+            if let Some(u) = upload {
+                tx.execute("DELETE FROM upload_sessions WHERE id = $1", &[&u.to_string()]).await.map_err(pg)?;
+            }
+            Ok::<_, MetadataError>(())
+        })
+    }
+
+    async fn mount_blob(&self, repo: &str, from: Option<&str>, digest: &Digest) -> MetaResult<Option<u64>> {
+        let digest = digest.to_string();
+        transaction!(self, |tx| {
+            let size: Option<i64> = match from {
+                Some(from) => tx
+                    .query_opt(
+                        "SELECT b.size FROM blobs b JOIN repository_blobs rb ON rb.digest = b.digest
+                         JOIN repositories r ON r.id = rb.repository_id
+                         WHERE r.name = $1 AND b.digest = $2 AND NOT b.missing",
+                        &[&from, &digest],
+                    )
+                    .await
+                    .map_err(pg)?
+                    .map(|r| r.get(0)),
+                None => tx
+                    .query_opt(
+                        "SELECT b.size FROM blobs b WHERE b.digest = $1 AND NOT b.missing
+                         AND EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)",
+                        &[&digest],
+                    )
+                    .await
+                    .map_err(pg)?
+                    .map(|r| r.get(0)),
+            };
+            let Some(size) = size else { return Ok(None) };
+            let id = ensure_repo(&tx, repo).await?;
+            link_blob(&tx, id, &digest).await?;
+            Ok::<_, MetadataError>(Some(size as u64))
+        })
+    }
+
+    async fn list_blobs(&self) -> MetaResult<Vec<(Digest, u64)>> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT digest, size FROM blobs WHERE NOT missing ORDER BY digest", &[]).await.map_err(pg)?;
+        rows.into_iter().map(|r| Ok((parse_digest(r.get(0))?, r.get::<_, i64>(1) as u64))).collect()
+    }
+
+    async fn mark_blob_missing(&self, digest: &Digest) -> MetaResult<()> {
+        let digest = digest.to_string();
+        transaction!(self, |tx| {
+            tx.execute("UPDATE blobs SET missing = TRUE WHERE digest = $1", &[&digest]).await.map_err(pg)?;
+            Ok::<_, MetadataError>(())
+        })
+    }
+
+    async fn touch_blob(&self, repo: &str, digest: &Digest) -> MetaResult<()> {
+        let digest = digest.to_string();
+        transaction!(self, |tx| {
+            tx.execute(
+                "UPDATE repository_blobs SET touched_at = $3 WHERE digest = $2
+                 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+                &[&repo, &digest, &now()],
+            )
+            .await
+            .map_err(pg)?;
+            Ok::<_, MetadataError>(())
+        })
+    }
+
+    async fn pin(&self, repo: &str, reference: &Reference) -> MetaResult<Option<Digest>> {
+        transaction!(self, |tx| {
+            let Some(row) = tx.query_opt("SELECT id FROM repositories WHERE name = $1", &[&repo]).await.map_err(pg)? else {
+                return Ok(None);
+            };
+            let id: i64 = row.get(0);
+            let digest: Option<String> = match reference {
+                Reference::Digest(d) => tx
+                    .query_opt("SELECT digest FROM manifests WHERE repository_id = $1 AND digest = $2", &[&id, &d.to_string()])
+                    .await
+                    .map_err(pg)?
+                    .map(|r| r.get(0)),
+                Reference::Tag(t) => tx
+                    .query_opt("SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2", &[&id, t])
+                    .await
+                    .map_err(pg)?
+                    .map(|r| r.get(0)),
+            };
+            let Some(digest) = digest else { return Ok(None) };
+            tx.execute(
+                "INSERT INTO pins (repository_id, manifest_digest, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&id, &digest, &now()],
+            )
+            .await
+            .map_err(pg)?;
+            Ok::<_, MetadataError>(Some(parse_digest(digest)?))
+        })
+    }
+
+    async fn unpin(&self, repo: &str, digest: &Digest) -> MetaResult<bool> {
+        delete_in_repo(self, "pins", "manifest_digest", repo, digest.to_string()).await
+    }
+
+    async fn list_pins(&self) -> MetaResult<Vec<(String, Digest)>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT r.name, p.manifest_digest FROM pins p JOIN repositories r ON r.id = p.repository_id
+                 ORDER BY r.name, p.manifest_digest",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        rows.into_iter().map(|r| Ok((r.get(0), parse_digest(r.get(1))?))).collect()
+    }
+
+    async fn collect_garbage(&self, cutoff: i64) -> MetaResult<GarbageCollected> {
+        transaction!(self, |tx| {
+            // One recursive term over the union of both edges (index → child, subject →
+            // referrer): PostgreSQL allows a single recursive reference.
+            let manifests = tx
+                .execute(
+                    "WITH RECURSIVE edges(repository_id, parent, child) AS (
+                         SELECT repository_id, manifest_digest, child_digest FROM manifest_references WHERE kind = 'manifest'
+                         UNION ALL SELECT repository_id, subject, digest FROM manifests WHERE subject IS NOT NULL
+                     ), kept(repository_id, digest) AS (
+                         SELECT repository_id, manifest_digest FROM tags
+                         UNION SELECT repository_id, manifest_digest FROM pins
+                         UNION SELECT repository_id, digest FROM manifests WHERE created_at >= $1
+                         UNION SELECT e.repository_id, e.child FROM edges e
+                             JOIN kept k ON e.repository_id = k.repository_id AND e.parent = k.digest
+                     )
+                     DELETE FROM manifests m WHERE NOT EXISTS (
+                         SELECT 1 FROM kept k WHERE k.repository_id = m.repository_id AND k.digest = m.digest)",
+                    &[&cutoff],
+                )
+                .await
+                .map_err(pg)?;
+            let links = tx
+                .execute(
+                    "DELETE FROM repository_blobs rb WHERE rb.touched_at < $1 AND NOT EXISTS (
+                         SELECT 1 FROM manifest_references r WHERE r.repository_id = rb.repository_id
+                         AND r.child_digest = rb.digest AND r.kind = 'blob')",
+                    &[&cutoff],
+                )
+                .await
+                .map_err(pg)?;
+            let rows = tx
+                .query(
+                    "DELETE FROM blobs b WHERE b.created_at < $1
+                     AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)
+                     AND NOT EXISTS (SELECT 1 FROM upload_sessions u WHERE u.finishing_digest = b.digest)
+                     RETURNING digest, size, missing",
+                    &[&cutoff],
+                )
+                .await
+                .map_err(pg)?;
+            let mut blobs = Vec::new();
+            for r in rows {
+                blobs.push(SweptBlob { digest: parse_digest(r.get(0))?, size: r.get::<_, i64>(1) as u64, had_file: !r.get::<_, bool>(2) });
+            }
+            Ok::<_, MetadataError>(GarbageCollected { manifests, links, blobs })
+        })
+    }
+
+    async fn blob_by_root(&self, cid: &str) -> MetaResult<Option<Digest>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT digest FROM blobs WHERE root_cid = $1 AND NOT missing LIMIT 1", &[&cid])
+            .await
+            .map_err(pg)?;
+        row.map(|r| parse_digest(r.get(0))).transpose()
+    }
+
+    async fn live_roots(&self) -> MetaResult<Vec<String>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT root_cid FROM blobs
+                 UNION SELECT image_cid FROM manifests WHERE image_cid IS NOT NULL
+                 UNION SELECT image_cid FROM tags WHERE image_cid IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn unlink_blob(&self, repo: &str, digest: &Digest) -> MetaResult<bool> {
+        delete_in_repo(self, "repository_blobs", "digest", repo, digest.to_string()).await
+    }
+
+    async fn create_upload(&self, repo: &str, id: Uuid) -> MetaResult<()> {
+        transaction!(self, |tx| {
+            let t = now();
+            tx.execute(
+                "INSERT INTO upload_sessions (id, repository, created_at, updated_at) VALUES ($1, $2, $3, $3)",
+                &[&id.to_string(), &repo, &t],
+            )
+            .await
+            .map_err(pg)?;
+            Ok::<_, MetadataError>(())
+        })
+    }
+
+    async fn get_upload(&self, id: Uuid) -> MetaResult<Option<UploadSession>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT repository, finishing_digest FROM upload_sessions WHERE id = $1", &[&id.to_string()])
+            .await
+            .map_err(pg)?;
+        row.map(|r| {
+            Ok(UploadSession { id, repository: r.get(0), finishing: r.get::<_, Option<String>>(1).map(parse_digest).transpose()? })
+        })
+        .transpose()
+    }
+
+    async fn touch_upload(&self, id: Uuid) -> MetaResult<()> {
+        transaction!(self, |tx| {
+            tx.execute("UPDATE upload_sessions SET updated_at = $2 WHERE id = $1", &[&id.to_string(), &now()]).await.map_err(pg)?;
+            Ok::<_, MetadataError>(())
+        })
+    }
+
+    async fn mark_upload_finishing(&self, id: Uuid, digest: &Digest) -> MetaResult<()> {
+        let digest = digest.to_string();
+        transaction!(self, |tx| {
+            tx.execute("UPDATE upload_sessions SET finishing_digest = $2 WHERE id = $1", &[&id.to_string(), &digest])
+                .await
+                .map_err(pg)?;
+            Ok::<_, MetadataError>(())
+        })
+    }
+
+    async fn delete_upload(&self, id: Uuid) -> MetaResult<bool> {
+        transaction!(self, |tx| {
+            Ok::<_, MetadataError>(tx.execute("DELETE FROM upload_sessions WHERE id = $1", &[&id.to_string()]).await.map_err(pg)? > 0)
+        })
+    }
+
+    async fn list_uploads(&self) -> MetaResult<Vec<UploadSession>> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT id, repository, finishing_digest FROM upload_sessions", &[]).await.map_err(pg)?;
+        rows.into_iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                Ok(UploadSession {
+                    id: Uuid::parse_str(&id).map_err(|e| MetadataError::Corrupt(e.to_string()))?,
+                    repository: r.get(1),
+                    finishing: r.get::<_, Option<String>>(2).map(parse_digest).transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    async fn idle_uploads(&self, idle_secs: u64) -> MetaResult<Vec<Uuid>> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT id FROM upload_sessions WHERE updated_at <= $1", &[&(now() - idle_secs as i64)])
+            .await
+            .map_err(pg)?;
+        rows.into_iter()
+            .map(|r| Uuid::parse_str(&r.get::<_, String>(0)).map_err(|e| MetadataError::Corrupt(e.to_string())))
+            .collect()
+    }
+
+    async fn put_manifest(&self, repo: &str, m: NewManifest) -> MetaResult<PutManifestOutcome> {
+        transaction!(self, |tx| {
+            let id = ensure_repo(&tx, repo).await?;
+            for b in m.blobs.iter().filter(|_| m.require_references) {
+                let linked = tx
+                    .query_opt("SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2", &[&id, &b.to_string()])
+                    .await
+                    .map_err(pg)?;
+                if linked.is_none() {
+                    return Ok(PutManifestOutcome::MissingReference(b.clone()));
+                }
+            }
+            for child in m.manifests.iter().filter(|_| m.require_references) {
+                let present = tx
+                    .query_opt("SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2", &[&id, &child.to_string()])
+                    .await
+                    .map_err(pg)?;
+                if present.is_none() {
+                    return Ok(PutManifestOutcome::MissingReference(child.clone()));
+                }
+            }
+            let r = &m.record;
+            let digest = r.digest.to_string();
+            let subject = r.subject.as_ref().map(|s| s.to_string());
+            tx.execute(
+                "INSERT INTO manifests
+                   (repository_id, digest, media_type, artifact_type, subject, annotations, content, image_cid, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (repository_id, digest) DO UPDATE SET image_cid = coalesce(manifests.image_cid, excluded.image_cid)",
+                &[&id, &digest, &r.media_type, &r.artifact_type, &subject, &r.annotations, &&r.content[..], &r.image_cid, &now()],
+            )
+            .await
+            .map_err(pg)?;
+            for (kind, list) in [("blob", &m.blobs), ("manifest", &m.manifests)] {
+                for child in list {
+                    tx.execute(
+                        "INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, kind)
+                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                        &[&id, &digest, &child.to_string(), &kind],
+                    )
+                    .await
+                    .map_err(pg)?;
+                }
+            }
+            for tag in &m.tags {
+                tx.execute(
+                    "INSERT INTO tags (repository_id, name, manifest_digest, image_cid, updated_at) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (repository_id, name) DO UPDATE SET manifest_digest = excluded.manifest_digest,
+                       image_cid = excluded.image_cid, updated_at = excluded.updated_at",
+                    &[&id, tag, &digest, &m.tag_images.get(tag), &now()],
+                )
+                .await
+                .map_err(pg)?;
+            }
+            Ok::<_, MetadataError>(PutManifestOutcome::Stored)
+        })
+    }
+
+    async fn get_manifest(&self, repo: &str, reference: &Reference) -> MetaResult<Option<ManifestRecord>> {
+        const COLS: &str = "m.digest, m.media_type, m.artifact_type, m.subject, m.annotations, m.content";
+        let client = self.client().await?;
+        let row = match reference {
+            Reference::Digest(d) => client
+                .query_opt(
+                    &format!(
+                        "SELECT {COLS}, m.image_cid FROM manifests m JOIN repositories r ON r.id = m.repository_id
+                         WHERE r.name = $1 AND m.digest = $2"
+                    ),
+                    &[&repo, &d.to_string()],
+                )
+                .await,
+            Reference::Tag(t) => client
+                .query_opt(
+                    &format!(
+                        "SELECT {COLS}, t.image_cid FROM tags t JOIN repositories r ON r.id = t.repository_id
+                         JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest
+                         WHERE r.name = $1 AND t.name = $2"
+                    ),
+                    &[&repo, t],
+                )
+                .await,
+        }
+        .map_err(pg)?;
+        row.as_ref().map(manifest_record).transpose()
+    }
+
+    async fn delete_manifest(&self, repo: &str, digest: &Digest) -> MetaResult<bool> {
+        delete_in_repo(self, "manifests", "digest", repo, digest.to_string()).await
+    }
+
+    async fn delete_tag(&self, repo: &str, tag: &str) -> MetaResult<bool> {
+        delete_in_repo(self, "tags", "name", repo, tag.to_string()).await
+    }
+
+    async fn list_tags(&self, repo: &str, page: &Page) -> MetaResult<Option<Vec<String>>> {
+        let client = self.client().await?;
+        let Some(row) = client.query_opt("SELECT id FROM repositories WHERE name = $1", &[&repo]).await.map_err(pg)? else {
+            return Ok(None);
+        };
+        let id: i64 = row.get(0);
+        let sql = page_sql("SELECT name FROM tags WHERE repository_id = $1", "name", 2, page);
+        let last = page.last.clone().unwrap_or_default();
+        let rows = client.query(&sql, &[&id, &last]).await.map_err(pg)?;
+        Ok(Some(rows.into_iter().map(|r| r.get(0)).collect()))
+    }
+
+    async fn list_repositories(&self, page: &Page) -> MetaResult<Vec<String>> {
+        let client = self.client().await?;
+        let base = "SELECT name FROM repositories r WHERE (
+            EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)
+            OR EXISTS (SELECT 1 FROM repository_blobs b WHERE b.repository_id = r.id))";
+        let sql = page_sql(base, "name COLLATE \"C\"", 1, page);
+        let last = page.last.clone().unwrap_or_default();
+        let rows = client.query(&sql, &[&last]).await.map_err(pg)?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn referrers(&self, repo: &str, subject: &Digest) -> MetaResult<Vec<Referrer>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT m.digest, m.media_type, length(m.content), m.artifact_type, m.annotations
+                 FROM manifests m JOIN repositories r ON r.id = m.repository_id
+                 WHERE r.name = $1 AND m.subject = $2 ORDER BY m.digest",
+                &[&repo, &subject.to_string()],
+            )
+            .await
+            .map_err(pg)?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Referrer {
+                    digest: parse_digest(r.get(0))?,
+                    media_type: r.get(1),
+                    size: r.get::<_, i32>(2) as u64,
+                    artifact_type: r.get(3),
+                    annotations: r.get(4),
+                })
+            })
+            .collect()
+    }
+}
+
+fn role(s: String) -> MetaResult<Role> {
+    s.parse().map_err(|e| MetadataError::Corrupt(format!("{e}")))
+}
+
+const TOKEN_COLS: &str =
+    "t.id, u.name, t.kind, t.secret_hash, t.scope, t.description, t.expires_at, t.revoked, t.created_at";
+
+fn token(r: &tokio_postgres::Row) -> MetaResult<TokenRecord> {
+    let kind = match r.get::<_, String>(2).as_str() {
+        "access" => TokenKind::Access,
+        "refresh" => TokenKind::Refresh,
+        other => return Err(MetadataError::Corrupt(format!("token kind {other:?}"))),
+    };
+    Ok(TokenRecord {
+        id: r.get(0),
+        user: r.get(1),
+        kind,
+        secret_hash: r.get(3),
+        scope: role(r.get(4))?,
+        description: r.get(5),
+        expires_at: r.get(6),
+        revoked: r.get(7),
+        created_at: r.get(8),
+    })
+}
+
+async fn name_taken(tx: &deadpool_postgres::Transaction<'_>, name: &str) -> MetaResult<bool> {
+    Ok(tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE name = $1) OR EXISTS (SELECT 1 FROM organisations WHERE name = $1)",
+            &[&name],
+        )
+        .await
+        .map_err(pg)?
+        .get(0))
+}
+
+fn user(r: &tokio_postgres::Row) -> User {
+    User { name: r.get(0), password_hash: r.get(1), is_admin: r.get(2) }
+}
+
+#[async_trait]
+impl AuthStore for PgStore {
+    async fn create_user(&self, name: &str, password_hash: Option<&str>, admin: bool) -> MetaResult<bool> {
+        transaction!(self, |tx| {
+            if name_taken(&tx, name).await? {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO users (name, password_hash, is_admin, created_at) VALUES ($1, $2, $3, $4)",
+                &[&name, &password_hash, &admin, &now()],
+            )
+            .await
+            .map_err(pg)?;
+            Ok::<_, MetadataError>(true)
+        })
+    }
+
+    async fn set_password(&self, name: &str, password_hash: &str) -> MetaResult<bool> {
+        transaction!(self, |tx| {
+            Ok::<_, MetadataError>(
+                tx.execute("UPDATE users SET password_hash = $2 WHERE name = $1", &[&name, &password_hash]).await.map_err(pg)? > 0,
+            )
+        })
+    }
+
+    async fn get_user(&self, name: &str) -> MetaResult<Option<User>> {
+        let client = self.client().await?;
+        let row = client.query_opt("SELECT name, password_hash, is_admin FROM users WHERE name = $1", &[&name]).await.map_err(pg)?;
+        Ok(row.as_ref().map(user))
+    }
+
+    async fn list_users(&self) -> MetaResult<Vec<User>> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT name, password_hash, is_admin FROM users ORDER BY name", &[]).await.map_err(pg)?;
+        Ok(rows.iter().map(user).collect())
+    }
+
+    async fn remove_user(&self, name: &str) -> MetaResult<bool> {
+        transaction!(self, |tx| {
+            Ok::<_, MetadataError>(tx.execute("DELETE FROM users WHERE name = $1", &[&name]).await.map_err(pg)? > 0)
+        })
+    }
+
+    async fn create_organisation(&self, name: &str) -> MetaResult<bool> {
+        transaction!(self, |tx| {
+            if name_taken(&tx, name).await? {
+                return Ok(false);
+            }
+            tx.execute("INSERT INTO organisations (name, created_at) VALUES ($1, $2)", &[&name, &now()]).await.map_err(pg)?;
+            Ok::<_, MetadataError>(true)
+        })
+    }
+
+    async fn set_member(&self, organisation: &str, user: &str, role: Option<Role>) -> MetaResult<bool> {
+        transaction!(self, |tx| {
+            let ids = tx
+                .query_opt("SELECT o.id, u.id FROM organisations o, users u WHERE o.name = $1 AND u.name = $2", &[&organisation, &user])
+                .await
+                .map_err(pg)?;
+            let Some(ids) = ids else { return Ok(false) };
+            let (org_id, user_id): (i64, i64) = (ids.get(0), ids.get(1));
+            match role {
+                Some(role) => tx
+                    .execute(
+                        "INSERT INTO organisation_members (organisation_id, user_id, role) VALUES ($1, $2, $3)
+                         ON CONFLICT (organisation_id, user_id) DO UPDATE SET role = excluded.role",
+                        &[&org_id, &user_id, &role.as_str()],
+                    )
+                    .await,
+                None => tx.execute("DELETE FROM organisation_members WHERE organisation_id = $1 AND user_id = $2", &[&org_id, &user_id]).await,
+            }
+            .map_err(pg)?;
+            Ok::<_, MetadataError>(true)
+        })
+    }
+
+    async fn namespace_role(&self, namespace: &str, user: &str) -> MetaResult<Option<Role>> {
+        if namespace == user {
+            return Ok(Some(Role::Admin));
+        }
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT m.role FROM organisation_members m JOIN organisations o ON o.id = m.organisation_id
+                 JOIN users u ON u.id = m.user_id WHERE o.name = $1 AND u.name = $2",
+                &[&namespace, &user],
+            )
+            .await
+            .map_err(pg)?;
+        row.map(|r| role(r.get(0))).transpose()
+    }
+
+    async fn create_token(&self, t: &TokenRecord) -> MetaResult<()> {
+        let kind = match t.kind {
+            TokenKind::Access => "access",
+            TokenKind::Refresh => "refresh",
+        };
+        transaction!(self, |tx| {
+            let n = tx
+                .execute(
+                    "INSERT INTO tokens (id, user_id, kind, secret_hash, scope, description, expires_at, revoked, created_at)
+                     SELECT $1, id, $3, $4, $5, $6, $7, FALSE, $8 FROM users WHERE name = $2",
+                    &[&t.id, &t.user, &kind, &t.secret_hash, &t.scope.as_str(), &t.description, &t.expires_at, &t.created_at],
+                )
+                .await
+                .map_err(pg)?;
+            if n == 0 {
+                return Err(MetadataError::Backend(format!("no user {:?}", t.user)));
+            }
+            Ok::<_, MetadataError>(())
+        })
+    }
+
+    async fn get_token(&self, id: &str) -> MetaResult<Option<TokenRecord>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(&format!("SELECT {TOKEN_COLS} FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1"), &[&id])
+            .await
+            .map_err(pg)?;
+        row.as_ref().map(token).transpose()
+    }
+
+    async fn list_tokens(&self, user: Option<&str>) -> MetaResult<Vec<TokenRecord>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {TOKEN_COLS} FROM tokens t JOIN users u ON u.id = t.user_id
+                     WHERE t.kind = 'access' AND ($1::TEXT IS NULL OR u.name = $1) ORDER BY u.name, t.created_at, t.id"
+                ),
+                &[&user],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter().map(token).collect()
+    }
+
+    async fn revoke_token(&self, id: &str) -> MetaResult<bool> {
+        transaction!(self, |tx| {
+            Ok::<_, MetadataError>(
+                tx.execute("UPDATE tokens SET revoked = TRUE WHERE id = $1 AND NOT revoked", &[&id]).await.map_err(pg)? > 0,
+            )
+        })
+    }
+
+    async fn is_public(&self, repo: &str) -> MetaResult<Option<bool>> {
+        let client = self.client().await?;
+        let row = client.query_opt("SELECT visibility FROM repositories WHERE name = $1", &[&repo]).await.map_err(pg)?;
+        Ok(row.map(|r| r.get::<_, String>(0) == "public"))
+    }
+
+    async fn set_public(&self, repo: &str, public: bool) -> MetaResult<()> {
+        transaction!(self, |tx| {
+            let id = ensure_repo(&tx, repo).await?;
+            tx.execute("UPDATE repositories SET visibility = $2 WHERE id = $1", &[&id, &if public { "public" } else { "private" }])
+                .await
+                .map_err(pg)?;
+            Ok::<_, MetadataError>(())
+        })
+    }
+
+    async fn cid_is_public(&self, cid: &str) -> MetaResult<bool> {
+        let client = self.client().await?;
+        Ok(client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM blobs b JOIN repository_blobs rb ON rb.digest = b.digest
+                                JOIN repositories r ON r.id = rb.repository_id
+                                WHERE b.root_cid = $1 AND NOT b.missing AND r.visibility = 'public')
+                     OR EXISTS (SELECT 1 FROM manifests m JOIN repositories r ON r.id = m.repository_id
+                                WHERE m.image_cid = $1 AND r.visibility = 'public')
+                     OR EXISTS (SELECT 1 FROM tags t JOIN repositories r ON r.id = t.repository_id
+                                WHERE t.image_cid = $1 AND r.visibility = 'public')",
+                &[&cid],
+            )
+            .await
+            .map_err(pg)?
+            .get(0))
+    }
+
+    async fn blob_is_public(&self, digest: &str) -> MetaResult<bool> {
+        let client = self.client().await?;
+        Ok(client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
+                                JOIN blobs b ON b.digest = rb.digest
+                                WHERE rb.digest = $1 AND NOT b.missing AND r.visibility = 'public')",
+                &[&digest],
+            )
+            .await
+            .map_err(pg)?
+            .get(0))
+    }
+
+    async fn signing_key(&self, candidate: Vec<u8>) -> MetaResult<Vec<u8>> {
+        transaction!(self, |tx| {
+            tx.execute(
+                "INSERT INTO settings (name, value) VALUES ('token-signing-key', $1) ON CONFLICT (name) DO NOTHING",
+                &[&candidate],
+            )
+            .await
+            .map_err(pg)?;
+            Ok::<_, MetadataError>(tx.query_one("SELECT value FROM settings WHERE name = 'token-signing-key'", &[]).await.map_err(pg)?.get(0))
+        })
+    }
+}
