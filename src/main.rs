@@ -37,7 +37,7 @@ enum Command {
 #[derive(Subcommand)]
 enum RegistryCommand {
     /// Run a registry node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Rehash every blob and block of a data directory; quarantine and mark missing what no
     /// longer matches. Exits 1 if anything was corrupt. Safe while the node runs.
     Verify {

@@ -1,0 +1,158 @@
+//! Nodes with their metadata on a real PostgreSQL server: real clients against one, and a
+//! database outage under load (503 with the error body while it lasts, never a 500 or a crash,
+//! and recovery on its own when the database returns).
+
+mod common;
+use common::images::*;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A throwaway database on the shared test server (`AF_TEST_POSTGRES_URL`).
+fn database() -> (String, impl Drop) {
+    struct Drop_(String, String);
+    impl Drop for Drop_ {
+        fn drop(&mut self) {
+            let _ = Command::new("psql").arg(&self.0).args(["-qc", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.1)]).output();
+        }
+    }
+    let admin = std::env::var("AF_TEST_POSTGRES_URL").expect("AF_TEST_POSTGRES_URL (scripts/postgres.sh)");
+    let name = format!("af_test_{}", uuid::Uuid::new_v4().simple());
+    run(Command::new("psql").arg(&admin).args(["-qc", &format!("CREATE DATABASE {name}")]));
+    (format!("{}/{name}", admin.rsplit_once('/').unwrap().0), Drop_(admin, name))
+}
+
+#[test]
+fn clients_against_a_node_on_postgres() {
+    let (url, _db) = database();
+    let node = Node::start_with(&["--database-url", &url]);
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = build_image(tmp.path());
+    let host = node.host();
+    push_layout(&layout, &format!("{host}/pg/app:t"));
+    let back = tmp.path().join("back");
+    run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{host}/pg/app:t")).arg(format!("oci:{}:t", back.display())));
+    assert_same_blobs(&layout, &back, "t");
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    run(Command::new(tool("crane")).env("HOME", &home).args(["copy", "--insecure", &format!("{host}/pg/app:t"), &format!("{host}/pg/copy:t")]));
+    let tags: serde_json::Value = client().get(node.url("/v2/pg/copy/tags/list")).send().unwrap().json().unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["t"]));
+    // The metadata is in PostgreSQL, not in the data directory.
+    assert!(!node.data_dir.join("metadata.sqlite").exists());
+}
+
+/// A PostgreSQL server of this test's own, to stop and start.
+struct OwnServer {
+    dir: PathBuf,
+    port: u16,
+    bin: PathBuf,
+}
+
+fn as_postgres(cmd: &Path) -> Command {
+    // PostgreSQL refuses to run as root.
+    if unsafe_is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(cmd);
+        c
+    } else {
+        Command::new(cmd)
+    }
+}
+
+fn unsafe_is_root() -> bool {
+    run(&mut Command::new("id").arg("-u")).trim() == "0"
+}
+
+impl OwnServer {
+    fn new() -> OwnServer {
+        let bin = std::fs::read_dir("/usr/lib/postgresql").expect("PostgreSQL (install-test-deps.sh)").flatten().map(|e| e.path().join("bin")).max().unwrap();
+        let dir = PathBuf::from(format!("/tmp/af-test-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        if unsafe_is_root() {
+            run(Command::new("chown").arg("postgres").arg(&dir));
+        }
+        run(as_postgres(&bin.join("initdb")).arg("-D").arg(&dir).args(["-U", "postgres", "--auth=trust"]));
+        let s = OwnServer { dir, port: free_addr().port(), bin };
+        s.start();
+        s
+    }
+
+    fn start(&self) {
+        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.display());
+        run(as_postgres(&self.bin.join("pg_ctl")).arg("-D").arg(&self.dir).arg("-l").arg(self.dir.join("log")).args(["-w", "-o", &opts, "start"]));
+    }
+
+    fn stop(&self) {
+        run(as_postgres(&self.bin.join("pg_ctl")).arg("-D").arg(&self.dir).args(["-m", "fast", "-w", "stop"]));
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bin.join("pg_ctl")).arg("-D").arg(&self.dir).args(["-m", "immediate", "stop"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_database_outage_is_503_and_the_node_recovers() {
+    let pg = OwnServer::new();
+    let node = Node::start_with(&["--database-url", &pg.url()]);
+    let m = image_manifest(&node, "up/app", b"{}", &[b"a layer"]);
+    assert_eq!(put_manifest(&node, "up/app", "t", OCI_MANIFEST, &m).status(), 201);
+
+    // Load throughout: every answer is a success or a 503 with the error body.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, url) = (stop.clone(), node.url("/v2/up/app/manifests/t"));
+        std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+            let (mut ok, mut unavailable) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = http.get(&url).header("Accept", OCI_MANIFEST).send().expect("the node answers");
+                match r.status().as_u16() {
+                    200 => ok += 1,
+                    503 => {
+                        let v: serde_json::Value = r.json().unwrap();
+                        assert_eq!(v["errors"][0]["code"], "UNAVAILABLE");
+                        unavailable += 1;
+                    }
+                    other => panic!("status {other} during the outage: {}", r.text().unwrap_or_default()),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, unavailable)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    pg.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    // Writes too: refused cleanly, nothing half-written.
+    let r = client().post(node.url("/v2/up/app/blobs/uploads/?digest=sha256:0000000000000000000000000000000000000000000000000000000000000000")).body("x").send().unwrap();
+    assert_eq!(r.status(), 503);
+    assert_oci_error(put_manifest(&node, "up/app", "t2", OCI_MANIFEST, &m), 503, "UNAVAILABLE");
+    pg.start();
+    let back = Instant::now();
+    loop {
+        let r = client().get(node.url("/v2/up/app/manifests/t")).header("Accept", OCI_MANIFEST).send().unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(30), "the node did not recover: {}", r.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, unavailable) = load.join().expect("no 500s and no failed connections under the outage");
+    assert!(ok > 0 && unavailable > 0, "ok {ok}, unavailable {unavailable}");
+    // The data from before is whole, and writes work again.
+    assert_eq!(put_manifest(&node, "up/app", "t2", OCI_MANIFEST, &m).status(), 201);
+    let mut node = node;
+    assert!(node.is_running());
+}
