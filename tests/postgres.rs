@@ -52,7 +52,7 @@ struct OwnServer {
 
 fn as_postgres(cmd: &Path) -> Command {
     // PostgreSQL refuses to run as root.
-    if unsafe_is_root() {
+    if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(cmd);
         c
@@ -61,8 +61,8 @@ fn as_postgres(cmd: &Path) -> Command {
     }
 }
 
-fn unsafe_is_root() -> bool {
-    run(&mut Command::new("id").arg("-u")).trim() == "0"
+fn is_root() -> bool {
+    run(Command::new("id").arg("-u")).trim() == "0"
 }
 
 impl OwnServer {
@@ -70,7 +70,7 @@ impl OwnServer {
         let bin = std::fs::read_dir("/usr/lib/postgresql").expect("PostgreSQL (install-test-deps.sh)").flatten().map(|e| e.path().join("bin")).max().unwrap();
         let dir = PathBuf::from(format!("/tmp/af-test-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        if unsafe_is_root() {
+        if is_root() {
             run(Command::new("chown").arg("postgres").arg(&dir));
         }
         run(as_postgres(&bin.join("initdb")).arg("-D").arg(&dir).args(["-U", "postgres", "--auth=trust"]));
