@@ -46,11 +46,18 @@ pub enum RegistryError {
     Metadata(#[from] MetadataError),
     #[error(transparent)]
     BlockIndex(#[from] BlockIndexError),
+    #[error("blob {digest} is held by the node at {url}")]
+    Elsewhere { digest: Digest, url: String },
+    #[error("blob {0} is known but no live node holds its bytes")]
+    NoHolder(Digest),
     #[error("block {cid} does not match its hash: {detail}")]
     BlockCorrupt { cid: String, detail: String },
 }
 
 pub type Result<T> = std::result::Result<T, RegistryError>;
+
+/// A node whose heartbeat is older than this is taken for down.
+pub const NODE_ALIVE_SECS: i64 = 30;
 
 /// What has been computed over an upload's first `offset` bytes: its sha256 and its UnixFS DAG,
 /// so chunks are hashed as they arrive and never reread. Lost on restart and rebuilt from the
@@ -85,6 +92,8 @@ pub struct Registry {
     /// How stale a blob link's `touched_at` may get before a read refreshes it: a quarter of
     /// the GC grace period, so a blob a client has just seen is never collected under it.
     pub touch_after: std::time::Duration,
+    /// This node's id among nodes sharing the metadata (its peer ID), once it serves.
+    pub node_id: Option<String>,
     sessions: Mutex<HashMap<Uuid, SessionLock>>,
 }
 
@@ -125,6 +134,7 @@ impl Registry {
             profile,
             sparse_manifests: false,
             touch_after: crate::gc::DEFAULT_GRACE / 4,
+            node_id: None,
             sessions: Mutex::new(HashMap::new()),
         }
     }
@@ -328,6 +338,9 @@ impl Registry {
         self.blocks.record_blob_dag(digest, dag_blocks).await?;
         let info = BlobInfo { size, root_cid: root.cid.to_string(), touched_at: 0 };
         self.meta.commit_blob(repo, digest, &info, Some(id)).await?;
+        if let Some(node) = &self.node_id {
+            self.meta.record_holder(digest, node).await?;
+        }
         drop(state);
         self.forget_session(id);
         Ok(size)
@@ -389,8 +402,18 @@ impl Registry {
         match self.blobs.open_blob(digest)? {
             Some((file, len)) => Ok((file, len, info)),
             None => {
-                tracing::error!(%digest, "blob is in the metadata but its file is missing");
-                Err(RegistryError::BlobUnknown(digest.clone()))
+                // Another node sharing the metadata may hold it.
+                let holders = match &self.node_id {
+                    Some(me) => self.meta.live_holders(digest, me, NODE_ALIVE_SECS).await?,
+                    None => Vec::new(),
+                };
+                match holders.into_iter().next() {
+                    Some(url) => Err(RegistryError::Elsewhere { digest: digest.clone(), url }),
+                    None => {
+                        tracing::warn!(%digest, "blob is in the metadata but no live node holds its file");
+                        Err(RegistryError::NoHolder(digest.clone()))
+                    }
+                }
             }
         }
     }

@@ -66,6 +66,20 @@ fn spawn_upload_expiry(registry: Arc<Registry>, expiry: std::time::Duration) {
     });
 }
 
+/// Registers the node in the metadata and keeps its heartbeat fresh, so other nodes sharing the
+/// database know where to send clients for the blobs it holds.
+fn spawn_heartbeat(registry: Arc<Registry>, node: String, api_url: String) {
+    actix_web::rt::spawn(async move {
+        let mut tick = actix_web::rt::time::interval(std::time::Duration::from_secs((crate::registry::NODE_ALIVE_SECS / 3) as u64));
+        loop {
+            tick.tick().await;
+            if let Err(e) = registry.meta.heartbeat(&node, &api_url).await {
+                tracing::warn!(error = %e, "could not renew this node's heartbeat");
+            }
+        }
+    });
+}
+
 /// Runs a GC every `interval` (never when it is zero).
 fn spawn_gc(registry: Arc<Registry>, interval: std::time::Duration, grace: std::time::Duration) {
     if interval.is_zero() {
@@ -134,7 +148,11 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let mut registry = open_registry(&config.data_dir, config.database_url.as_deref(), config.cid_profile, true).await?;
     registry.sparse_manifests = config.sparse_manifests;
     registry.touch_after = config.gc_grace / 4;
+    let identity = crate::rpc::identity::load_or_create(&config.data_dir).map_err(|e| ServeError::Admin(e.to_string()))?;
+    registry.node_id = Some(identity.peer_id.clone());
     let registry = Arc::new(registry);
+    let api_url = config.public_url.clone().unwrap_or_else(|| format!("http://{}", config.api));
+    spawn_heartbeat(registry.clone(), identity.peer_id.clone(), api_url);
     spawn_upload_expiry(registry.clone(), config.upload_expiry);
     spawn_gc(registry.clone(), config.gc_interval, config.gc_grace);
     let auth = if config.auth {
@@ -148,7 +166,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let rpc_state = Arc::new(crate::rpc::RpcState {
         registry: registry.clone(),
         auth: auth.clone(),
-        identity: crate::rpc::identity::load_or_create(&config.data_dir).map_err(|e| ServeError::Admin(e.to_string()))?,
+        identity,
         data_dir: config.data_dir.clone(),
         loopback: config.rpc.ip().is_loopback(),
     });

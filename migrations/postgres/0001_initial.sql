@@ -118,3 +118,15 @@ CREATE TABLE settings (
     name  TEXT PRIMARY KEY,
     value BYTEA NOT NULL
 );
+
+CREATE TABLE nodes (
+    id           TEXT PRIMARY KEY,
+    api_url      TEXT NOT NULL,
+    heartbeat_at BIGINT NOT NULL
+);
+
+CREATE TABLE blob_holders (
+    digest  TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    PRIMARY KEY (digest, node_id)
+);

@@ -134,3 +134,18 @@ CREATE TABLE settings (
     name  TEXT PRIMARY KEY,
     value BLOB NOT NULL
 );
+
+-- Nodes sharing this metadata (several only on PostgreSQL): where each answers, and when it was
+-- last alive; and which nodes hold which blob files, so a node without a blob can send a client
+-- to one that has it.
+CREATE TABLE nodes (
+    id           TEXT PRIMARY KEY,
+    api_url      TEXT NOT NULL,
+    heartbeat_at INTEGER NOT NULL
+);
+
+CREATE TABLE blob_holders (
+    digest  TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    PRIMARY KEY (digest, node_id)
+) WITHOUT ROWID;

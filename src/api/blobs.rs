@@ -13,7 +13,16 @@ pub const ROOT_CID_HEADER: &str = "Ipfs-Cid";
 
 pub async fn get(req: &HttpRequest, reg: &Registry, name: &str, digest: &str) -> ApiResult<HttpResponse> {
     let digest = parse_digest(digest)?;
-    let (file, len, info) = reg.open_blob(name, &digest).await?;
+    let (file, len, info) = match reg.open_blob(name, &digest).await {
+        Ok(found) => found,
+        // Another node holds the bytes: send the client there (same path, same credentials:
+        // every node accepts every node's tokens).
+        Err(crate::registry::RegistryError::Elsewhere { url, .. }) => {
+            let location = format!("{}{}", url.trim_end_matches('/'), req.uri());
+            return Ok(HttpResponse::TemporaryRedirect().insert_header(("Location", location)).finish());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let range = parse_range(header(req, "range"), len).map_err(|e| {
         ApiError::new(Code::RangeInvalid, e.to_string()).with_header("Content-Range", format!("bytes */{len}"))
     })?;

@@ -164,6 +164,12 @@ pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     async fn collect_garbage(&self, cutoff: i64) -> MetaResult<GarbageCollected>;
     /// The blob whose DAG has root `cid`, if one is stored (and not missing).
     async fn blob_by_root(&self, cid: &str) -> MetaResult<Option<Digest>>;
+    /// Registers this node (or renews its heartbeat): it answers at `api_url`.
+    async fn heartbeat(&self, node: &str, api_url: &str) -> MetaResult<()>;
+    /// Records that `node` holds the file of blob `digest`.
+    async fn record_holder(&self, digest: &Digest, node: &str) -> MetaResult<()>;
+    /// The API URLs of nodes other than `except` that hold `digest` and beat within `alive_secs`.
+    async fn live_holders(&self, digest: &Digest, except: &str, alive_secs: i64) -> MetaResult<Vec<String>>;
     /// Every CID something in the metadata names: blob roots and image CIDs.
     async fn live_roots(&self) -> MetaResult<Vec<String>>;
     /// Removes the link between `repo` and a blob; true if there was one.

@@ -29,12 +29,15 @@ pub struct PgStore {
 }
 
 fn pg(e: tokio_postgres::Error) -> MetadataError {
+    use tokio_postgres::error::SqlState;
     match e.code() {
-        Some(c) if *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
-            || *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED =>
-        {
+        _ if e.is_closed() => MetadataError::Unavailable(e.to_string()),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED => {
             MetadataError::Conflict(e.to_string())
         }
+        // Connection exceptions (08), a server shutting down or starting (57P), out of
+        // resources (53): the database is away, not the statement wrong.
+        Some(c) if ["08", "57P", "53"].iter().any(|p| c.code().starts_with(p)) => MetadataError::Unavailable(e.to_string()),
         Some(_) => MetadataError::Backend(e.to_string()),
         // No SQL state: the connection failed, not the statement.
         None => MetadataError::Unavailable(e.to_string()),
@@ -367,6 +370,42 @@ impl MetadataStore for PgStore {
             .await
             .map_err(pg)?;
         row.map(|r| parse_digest(r.get(0))).transpose()
+    }
+
+    async fn heartbeat(&self, node: &str, api_url: &str) -> MetaResult<()> {
+        transaction!(self, |tx| {
+            tx.execute(
+                "INSERT INTO nodes (id, api_url, heartbeat_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, heartbeat_at = excluded.heartbeat_at",
+                &[&node, &api_url, &now()],
+            )
+            .await
+            .map_err(pg)?;
+            Ok::<_, MetadataError>(())
+        })
+    }
+
+    async fn record_holder(&self, digest: &Digest, node: &str) -> MetaResult<()> {
+        let digest = digest.to_string();
+        transaction!(self, |tx| {
+            tx.execute("INSERT INTO blob_holders (digest, node_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&digest, &node])
+                .await
+                .map_err(pg)?;
+            Ok::<_, MetadataError>(())
+        })
+    }
+
+    async fn live_holders(&self, digest: &Digest, except: &str, alive_secs: i64) -> MetaResult<Vec<String>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT n.api_url FROM blob_holders h JOIN nodes n ON n.id = h.node_id
+                 WHERE h.digest = $1 AND n.id != $2 AND n.heartbeat_at >= $3 ORDER BY n.heartbeat_at DESC",
+                &[&digest.to_string(), &except, &(now() - alive_secs)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
     async fn live_roots(&self) -> MetaResult<Vec<String>> {

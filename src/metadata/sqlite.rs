@@ -423,6 +423,45 @@ impl MetadataStore for SqliteStore {
         found.map(parse_digest).transpose()
     }
 
+    async fn heartbeat(&self, node: &str, api_url: &str) -> MetaResult<()> {
+        let (node, url) = (node.to_string(), api_url.to_string());
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO nodes (id, api_url, heartbeat_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, heartbeat_at = excluded.heartbeat_at",
+                params![node, url, now()],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_holder(&self, digest: &Digest, node: &str) -> MetaResult<()> {
+        let (digest, node) = (digest.to_string(), node.to_string());
+        self.write(move |tx| {
+            tx.execute("INSERT INTO blob_holders (digest, node_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![digest, node])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn live_holders(&self, digest: &Digest, except: &str, alive_secs: i64) -> MetaResult<Vec<String>> {
+        let (digest, except) = (digest.to_string(), except.to_string());
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT n.api_url FROM blob_holders h JOIN nodes n ON n.id = h.node_id
+                     WHERE h.digest = ?1 AND n.id != ?2 AND n.heartbeat_at >= ?3 ORDER BY n.heartbeat_at DESC",
+                )
+                .map_err(backend)?;
+            let rows = s.query_map(params![digest, except, now() - alive_secs], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(backend)
+        })
+        .await
+    }
+
     async fn live_roots(&self) -> MetaResult<Vec<String>> {
         self.read(|c| {
             let mut s = c
