@@ -196,3 +196,96 @@ fn three_nodes_one_registry() {
     assert!(!gone.status.success(), "a pull of layers only a stopped node held cannot succeed");
     assert_eq!(client().get(b.url(&format!("/v2/multi/app/manifests/{digest}"))).header("Accept", OCI_MANIFEST).send().unwrap().status(), 200);
 }
+
+/// Two node processes on one database, many clients at once: the same blob, manifest and tag
+/// pushed through both, tags fought over, deletes racing pushes, two uploads to one session.
+/// Afterwards every invariant holds in the database itself.
+#[test]
+fn two_nodes_under_concurrent_clients_keep_every_invariant() {
+    let (url, _db) = database();
+    let nodes = [Node::start_with(&["--database-url", &url]), Node::start_with(&["--database-url", &url])];
+    let shared = b"the same layer, pushed through both nodes".to_vec();
+    let config = b"{}".to_vec();
+    let manifest_for = |extra: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&shared), "size": shared.len()}],
+            "annotations": {"n": extra},
+        }))
+        .unwrap()
+    };
+    let bases: Vec<String> = nodes.iter().map(|n| n.url("")).collect();
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let (bases, shared, config) = (&bases, &shared, &config);
+            let manifest_for = &manifest_for;
+            scope.spawn(move || {
+                let http = client();
+                for i in 0..15 {
+                    let base = &bases[(t + i) % 2];
+                    for blob in [shared, config] {
+                        let r = http.post(format!("{base}/v2/race/app/blobs/uploads/?digest={}", sha256(blob))).body(blob.clone()).send().unwrap();
+                        assert_eq!(r.status(), 201);
+                    }
+                    // Everyone pushes the same manifest under the same tag, then its own.
+                    for body in [manifest_for("same"), manifest_for(&format!("{t}-{i}"))] {
+                        let r = http.put(format!("{base}/v2/race/app/manifests/latest")).header("Content-Type", OCI_MANIFEST).body(body).send().unwrap();
+                        assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
+                    }
+                    // Deletes race the pushes of others.
+                    if i % 4 == 3 {
+                        let d = sha256(&manifest_for(&format!("{t}-{}", i - 1)));
+                        let s = http.delete(format!("{base}/v2/race/app/manifests/{d}")).send().unwrap().status().as_u16();
+                        assert!(s == 202 || s == 404, "delete: {s}");
+                        let s = http.delete(format!("{base}/v2/race/app/manifests/latest")).send().unwrap().status().as_u16();
+                        assert!(s == 202 || s == 404, "tag delete: {s}");
+                    }
+                }
+            });
+        }
+        // Two uploads into one session, at once, through both nodes.
+        scope.spawn(|| {
+            let http = client();
+            for _ in 0..10 {
+                let r = http.post(format!("{}/v2/race/session/blobs/uploads/", bases[0])).send().unwrap();
+                let location = r.headers()["Location"].to_str().unwrap().to_string();
+                let chunk = vec![7u8; 100_000];
+                let statuses: Vec<u16> = std::thread::scope(|s| {
+                    let hs: Vec<_> = [0, 0, 1]
+                        .iter()
+                        .map(|&n| {
+                            let (url, chunk, http) = (format!("{}{location}", bases[n]), chunk.clone(), &http);
+                            s.spawn(move || {
+                                http.patch(&url).header("Content-Range", "0-99999").body(chunk).send().unwrap().status().as_u16()
+                            })
+                        })
+                        .collect();
+                    hs.into_iter().map(|h| h.join().unwrap()).collect()
+                });
+                // One chunk lands; the other on the same node is out of order; the other node does
+                // not hold the session's data.
+                assert_eq!(statuses.iter().filter(|s| **s == 202).count(), 1, "{statuses:?}");
+                assert!(statuses.iter().all(|s| [202, 404, 416].contains(s)), "{statuses:?}");
+                let done = http.put(format!("{}{location}?digest={}", bases[0], sha256(&chunk))).send().unwrap();
+                assert_eq!(done.status(), 201);
+            }
+        });
+    });
+    // The invariants, read from the database.
+    let admin = url.clone();
+    let q = |sql: &str| run(Command::new("psql").arg(&admin).args(["-tAc", sql])).trim().to_string();
+    assert_eq!(q("SELECT count(*) FROM tags t LEFT JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest WHERE m.digest IS NULL"), "0");
+    assert_eq!(q("SELECT count(*) FROM manifest_references r LEFT JOIN repository_blobs b ON b.repository_id = r.repository_id AND b.digest = r.child_digest WHERE r.kind = 'blob' AND b.digest IS NULL"), "0");
+    assert_eq!(q("SELECT count(*) FROM blobs"), "3");
+    assert_eq!(q("SELECT count(*) FROM (SELECT digest FROM blobs GROUP BY digest HAVING count(*) > 1) d"), "0");
+    assert_eq!(q("SELECT count(*) FROM repositories WHERE name = 'race/app'"), "1");
+    // Every blob the metadata knows is served (by the node that holds it, or through a redirect).
+    for n in &nodes {
+        for blob in [&shared, &config] {
+            let r = client().get(n.url(&format!("/v2/race/app/blobs/{}", sha256(blob)))).send().unwrap();
+            assert_eq!(r.status(), 200);
+            assert!(r.bytes().unwrap().as_ref() == blob.as_slice());
+        }
+    }
+}

@@ -151,6 +151,8 @@ impl From<RegistryError> for ApiError {
             RegistryError::Elsewhere { .. } => Code::Internal,
             RegistryError::Manifest(_) => Code::ManifestInvalid,
             RegistryError::ManifestReference(_) => Code::ManifestBlobUnknown,
+            // A session another node opened: its data is there, not here.
+            RegistryError::Storage(crate::storage::StorageError::UploadMissing(_)) => Code::BlobUploadUnknown,
             RegistryError::Storage(_) | RegistryError::BlockIndex(_) | RegistryError::BlockCorrupt { .. } => Code::Internal,
             RegistryError::Metadata(_) => Code::Internal,
         };

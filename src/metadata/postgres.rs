@@ -22,7 +22,15 @@ use uuid::Uuid;
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_initial.sql"))];
 /// Serializes schema changes between nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x6166_5f72_6567; // "af_reg"
-const ATTEMPTS: u32 = 20;
+const ATTEMPTS: u32 = 60;
+
+/// How long to wait before retry `attempt`: random, growing to at most ~0.25 s, so that
+/// transactions that conflicted do not meet again in lockstep.
+fn backoff(attempt: u32) -> std::time::Duration {
+    let ceiling = 1u64 << attempt.min(8);
+    let r = crate::auth::secrets::random_bytes::<2>().map(u16::from_le_bytes).unwrap_or(1) as u64;
+    std::time::Duration::from_millis(1 + r % ceiling)
+}
 
 pub struct PgStore {
     pool: Pool,
@@ -72,7 +80,7 @@ macro_rules! transaction {
             match outcome {
                 Err(MetadataError::Conflict(_)) if attempt < ATTEMPTS => {
                     attempt += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(2 * u64::from(attempt))).await;
+                    tokio::time::sleep(backoff(attempt)).await;
                 }
                 Err(MetadataError::Conflict(e)) => break Err(MetadataError::Unavailable(format!("too many conflicts: {e}"))),
                 other => break other,
