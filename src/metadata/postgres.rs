@@ -36,7 +36,28 @@ pub struct PgStore {
     pool: Pool,
 }
 
-fn pg(e: tokio_postgres::Error) -> MetadataError {
+/// Errors a statement can end with: the driver's, or ours already classified.
+trait IntoMeta {
+    fn into_meta(self) -> MetadataError;
+}
+
+impl IntoMeta for MetadataError {
+    fn into_meta(self) -> MetadataError {
+        self
+    }
+}
+
+impl IntoMeta for tokio_postgres::Error {
+    fn into_meta(self) -> MetadataError {
+        classify(self)
+    }
+}
+
+fn pg(e: impl IntoMeta) -> MetadataError {
+    e.into_meta()
+}
+
+fn classify(e: tokio_postgres::Error) -> MetadataError {
     use tokio_postgres::error::SqlState;
     match e.code() {
         _ if e.is_closed() => MetadataError::Unavailable(e.to_string()),
@@ -111,6 +132,18 @@ impl PgStore {
         self.pool.get().await.map_err(|e| MetadataError::Unavailable(e.to_string()))
     }
 
+    /// A read outside a transaction, with the statement prepared once per connection (a plain
+    /// `query` would prepare it on every call: two round trips instead of one).
+    async fn read(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> MetaResult<Vec<tokio_postgres::Row>> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(pg)?;
+        client.query(&statement, params).await.map_err(pg)
+    }
+
+    async fn read_opt(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> MetaResult<Option<tokio_postgres::Row>> {
+        Ok(self.read(sql, params).await?.into_iter().next())
+    }
+
     async fn migrate(&self) -> MetaResult<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
@@ -183,9 +216,8 @@ fn manifest_record(row: &tokio_postgres::Row) -> MetaResult<ManifestRecord> {
 #[async_trait]
 impl MetadataStore for PgStore {
     async fn blob_info(&self, repo: &str, digest: &Digest) -> MetaResult<Option<BlobInfo>> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
+        let row = self
+            .read_opt(
                 "SELECT b.size, b.root_cid, rb.touched_at FROM blobs b
                  JOIN repository_blobs rb ON rb.digest = b.digest
                  JOIN repositories r ON r.id = rb.repository_id
@@ -249,8 +281,7 @@ impl MetadataStore for PgStore {
     }
 
     async fn list_blobs(&self) -> MetaResult<Vec<(Digest, u64)>> {
-        let client = self.client().await?;
-        let rows = client.query("SELECT digest, size FROM blobs WHERE NOT missing ORDER BY digest", &[]).await.map_err(pg)?;
+        let rows = self.read("SELECT digest, size FROM blobs WHERE NOT missing ORDER BY digest", &[]).await.map_err(pg)?;
         rows.into_iter().map(|r| Ok((parse_digest(r.get(0))?, r.get::<_, i64>(1) as u64))).collect()
     }
 
@@ -310,9 +341,8 @@ impl MetadataStore for PgStore {
     }
 
     async fn list_pins(&self) -> MetaResult<Vec<(String, Digest)>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
+        let rows = self
+            .read(
                 "SELECT r.name, p.manifest_digest FROM pins p JOIN repositories r ON r.id = p.repository_id
                  ORDER BY r.name, p.manifest_digest",
                 &[],
@@ -372,9 +402,8 @@ impl MetadataStore for PgStore {
     }
 
     async fn blob_by_root(&self, cid: &str) -> MetaResult<Option<Digest>> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt("SELECT digest FROM blobs WHERE root_cid = $1 AND NOT missing LIMIT 1", &[&cid])
+        let row = self
+            .read_opt("SELECT digest FROM blobs WHERE root_cid = $1 AND NOT missing LIMIT 1", &[&cid])
             .await
             .map_err(pg)?;
         row.map(|r| parse_digest(r.get(0))).transpose()
@@ -404,9 +433,8 @@ impl MetadataStore for PgStore {
     }
 
     async fn live_holders(&self, digest: &Digest, except: &str, alive_secs: i64) -> MetaResult<Vec<String>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
+        let rows = self
+            .read(
                 "SELECT n.api_url FROM blob_holders h JOIN nodes n ON n.id = h.node_id
                  WHERE h.digest = $1 AND n.id != $2 AND n.heartbeat_at >= $3 ORDER BY n.heartbeat_at DESC",
                 &[&digest.to_string(), &except, &(now() - alive_secs)],
@@ -417,9 +445,8 @@ impl MetadataStore for PgStore {
     }
 
     async fn live_roots(&self) -> MetaResult<Vec<String>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
+        let rows = self
+            .read(
                 "SELECT root_cid FROM blobs
                  UNION SELECT image_cid FROM manifests WHERE image_cid IS NOT NULL
                  UNION SELECT image_cid FROM tags WHERE image_cid IS NOT NULL",
@@ -448,9 +475,8 @@ impl MetadataStore for PgStore {
     }
 
     async fn get_upload(&self, id: Uuid) -> MetaResult<Option<UploadSession>> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt("SELECT repository, finishing_digest FROM upload_sessions WHERE id = $1", &[&id.to_string()])
+        let row = self
+            .read_opt("SELECT repository, finishing_digest FROM upload_sessions WHERE id = $1", &[&id.to_string()])
             .await
             .map_err(pg)?;
         row.map(|r| {
@@ -483,8 +509,7 @@ impl MetadataStore for PgStore {
     }
 
     async fn list_uploads(&self) -> MetaResult<Vec<UploadSession>> {
-        let client = self.client().await?;
-        let rows = client.query("SELECT id, repository, finishing_digest FROM upload_sessions", &[]).await.map_err(pg)?;
+        let rows = self.read("SELECT id, repository, finishing_digest FROM upload_sessions", &[]).await.map_err(pg)?;
         rows.into_iter()
             .map(|r| {
                 let id: String = r.get(0);
@@ -498,9 +523,8 @@ impl MetadataStore for PgStore {
     }
 
     async fn idle_uploads(&self, idle_secs: u64) -> MetaResult<Vec<Uuid>> {
-        let client = self.client().await?;
-        let rows = client
-            .query("SELECT id FROM upload_sessions WHERE updated_at <= $1", &[&(now() - idle_secs as i64)])
+        let rows = self
+            .read("SELECT id FROM upload_sessions WHERE updated_at <= $1", &[&(now() - idle_secs as i64)])
             .await
             .map_err(pg)?;
         rows.into_iter()
@@ -626,9 +650,8 @@ impl MetadataStore for PgStore {
     }
 
     async fn referrers(&self, repo: &str, subject: &Digest) -> MetaResult<Vec<Referrer>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
+        let rows = self
+            .read(
                 "SELECT m.digest, m.media_type, length(m.content), m.artifact_type, m.annotations
                  FROM manifests m JOIN repositories r ON r.id = m.repository_id
                  WHERE r.name = $1 AND m.subject = $2 ORDER BY m.digest",
@@ -717,14 +740,12 @@ impl AuthStore for PgStore {
     }
 
     async fn get_user(&self, name: &str) -> MetaResult<Option<User>> {
-        let client = self.client().await?;
-        let row = client.query_opt("SELECT name, password_hash, is_admin FROM users WHERE name = $1", &[&name]).await.map_err(pg)?;
+        let row = self.read_opt("SELECT name, password_hash, is_admin FROM users WHERE name = $1", &[&name]).await.map_err(pg)?;
         Ok(row.as_ref().map(user))
     }
 
     async fn list_users(&self) -> MetaResult<Vec<User>> {
-        let client = self.client().await?;
-        let rows = client.query("SELECT name, password_hash, is_admin FROM users ORDER BY name", &[]).await.map_err(pg)?;
+        let rows = self.read("SELECT name, password_hash, is_admin FROM users ORDER BY name", &[]).await.map_err(pg)?;
         Ok(rows.iter().map(user).collect())
     }
 
@@ -771,9 +792,8 @@ impl AuthStore for PgStore {
         if namespace == user {
             return Ok(Some(Role::Admin));
         }
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
+        let row = self
+            .read_opt(
                 "SELECT m.role FROM organisation_members m JOIN organisations o ON o.id = m.organisation_id
                  JOIN users u ON u.id = m.user_id WHERE o.name = $1 AND u.name = $2",
                 &[&namespace, &user],
@@ -805,18 +825,16 @@ impl AuthStore for PgStore {
     }
 
     async fn get_token(&self, id: &str) -> MetaResult<Option<TokenRecord>> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(&format!("SELECT {TOKEN_COLS} FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1"), &[&id])
+        let row = self
+            .read_opt(&format!("SELECT {TOKEN_COLS} FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1"), &[&id])
             .await
             .map_err(pg)?;
         row.as_ref().map(token).transpose()
     }
 
     async fn list_tokens(&self, user: Option<&str>) -> MetaResult<Vec<TokenRecord>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
+        let rows = self
+            .read(
                 &format!(
                     "SELECT {TOKEN_COLS} FROM tokens t JOIN users u ON u.id = t.user_id
                      WHERE t.kind = 'access' AND ($1::TEXT IS NULL OR u.name = $1) ORDER BY u.name, t.created_at, t.id"
@@ -837,8 +855,7 @@ impl AuthStore for PgStore {
     }
 
     async fn is_public(&self, repo: &str) -> MetaResult<Option<bool>> {
-        let client = self.client().await?;
-        let row = client.query_opt("SELECT visibility FROM repositories WHERE name = $1", &[&repo]).await.map_err(pg)?;
+        let row = self.read_opt("SELECT visibility FROM repositories WHERE name = $1", &[&repo]).await.map_err(pg)?;
         Ok(row.map(|r| r.get::<_, String>(0) == "public"))
     }
 

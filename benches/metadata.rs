@@ -1,0 +1,91 @@
+//! `cargo bench --bench metadata`: the same node on SQLite and on PostgreSQL (`AF_TEST_POSTGRES_URL`,
+//! as scripts/postgres.sh starts it; a throwaway database), in the same run: manifest GETs by tag
+//! and tag-list GETs with 64 connections (wrk). Prints requests/s, p99 and PostgreSQL/SQLite.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+
+struct Node(std::process::Child, String);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(dir: &std::path::Path, database: Option<&str>) -> Node {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_af"));
+    cmd.args(["registry", "serve", "--auth", "none", "--gateway", "127.0.0.1:0", "--rpc", "127.0.0.1:0"])
+        .args(["--api", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .env("AF_LOG", "warn")
+        .stdout(Stdio::null());
+    if let Some(url) = database {
+        cmd.args(["--database-url", url]);
+    }
+    let node = Node(cmd.spawn().unwrap(), format!("http://127.0.0.1:{port}"));
+    for _ in 0..200 {
+        if Command::new("curl").args(["-sf", "-o", "/dev/null", &format!("{}/v2/", node.1)]).status().unwrap().success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    node
+}
+
+fn seed(base: &str) {
+    let c = reqwest::blocking::Client::new();
+    let config = b"{}".to_vec();
+    let d = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&config)));
+    assert_eq!(c.post(format!("{base}/v2/bench/app/blobs/uploads/?digest={d}")).body(config).send().unwrap().status(), 201);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": d, "size": 2}, "layers": []
+    });
+    for tag in (0..50).map(|i| format!("v{i}")).chain(["latest".to_string()]) {
+        let r = c
+            .put(format!("{base}/v2/bench/app/manifests/{tag}"))
+            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            .body(serde_json::to_vec(&manifest).unwrap())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let admin = std::env::var("AF_TEST_POSTGRES_URL").expect("AF_TEST_POSTGRES_URL (scripts/postgres.sh prints it)");
+    let db = format!("af_bench_{}", std::process::id());
+    run_psql(&admin, &format!("CREATE DATABASE {db}"));
+    let url = format!("{}/{db}", admin.rsplit_once('/').unwrap().0);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-metadata");
+    let _ = std::fs::remove_dir_all(&dir);
+    let sqlite = start(&dir.join("sqlite"), None);
+    let postgres = start(&dir.join("postgres"), Some(&url));
+    seed(&sqlite.1);
+    seed(&postgres.1);
+    let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
+    println!("64 connections, 10 s each (wrk, one thread), same machine as both servers and PostgreSQL");
+    for (what, path, headers) in [("manifest GET by tag", "/v2/bench/app/manifests/latest", vec![accept]), ("tag list", "/v2/bench/app/tags/list", vec![])] {
+        let (s_rps, s_p99) = wrk_load(&format!("{}{path}", sqlite.1), &headers, "af on SQLite");
+        let (p_rps, p_p99) = wrk_load(&format!("{}{path}", postgres.1), &headers, "af on PostgreSQL");
+        println!(
+            "{what}: SQLite {s_rps:.0}/s (p99 {s_p99:.2} ms), PostgreSQL {p_rps:.0}/s (p99 {p_p99:.2} ms): PostgreSQL/SQLite {:.2} (target >= 0.8)",
+            p_rps / s_rps
+        );
+    }
+    drop((sqlite, postgres));
+    run_psql(&admin, &format!("DROP DATABASE {db} WITH (FORCE)"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn run_psql(url: &str, sql: &str) {
+    assert!(Command::new("psql").arg(url).args(["-qc", sql]).status().unwrap().success(), "psql {sql}");
+}
