@@ -33,6 +33,10 @@ pub enum Location {
     Inline(Vec<u8>),
 }
 
+/// An inline block; recording a known one again makes it young for the GC.
+const INSERT_INLINE: &str = "INSERT INTO blocks (multihash, codec, length, data, owner) VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT DO UPDATE SET created_at = unixepoch()";
+
 pub struct BlockIndex {
     conn: Arc<Mutex<Connection>>,
 }
@@ -76,10 +80,7 @@ impl BlockIndex {
                     "INSERT INTO blocks (multihash, codec, blob, offset, length) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT DO UPDATE SET created_at = unixepoch()",
                 )?;
-                let mut node = tx.prepare_cached(
-                    "INSERT INTO blocks (multihash, codec, length, data, owner) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT DO UPDATE SET created_at = unixepoch()",
-                )?;
+                let mut node = tx.prepare_cached(INSERT_INLINE)?;
                 for b in &blocks {
                     match b {
                         DagBlock::Leaf { cid, offset, len } => {
@@ -104,10 +105,7 @@ impl BlockIndex {
         self.run(move |conn| {
             let tx = conn.transaction()?;
             {
-                let mut node = tx.prepare_cached(
-                    "INSERT INTO blocks (multihash, codec, length, data, owner) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT DO UPDATE SET created_at = unixepoch()",
-                )?;
+                let mut node = tx.prepare_cached(INSERT_INLINE)?;
                 for (cid, bytes) in &blocks {
                     node.execute(params![cid.hash().to_bytes(), cid.codec() as i64, bytes.len() as i64, bytes, owner])?;
                 }
