@@ -253,13 +253,29 @@ async fn unixfs(
         RangeRequest::Full => (StatusCode::OK, 0, size),
         RangeRequest::Partial(r) => (StatusCode::PARTIAL_CONTENT, r.start, r.end + 1),
     };
+    // A whole blob's DAG: its bytes are the blob file, verified when it was pushed; served as the
+    // OCI API serves it rather than leaf by leaf. (Trustless clients verify what they get.)
+    let blob_file = match reg.meta.blob_by_root(&file.to_string()).await {
+        Ok(Some(digest)) => reg.blobs.open_blob(&digest).ok().flatten().filter(|(_, len)| *len == size).map(|(f, _)| f),
+        _ => None,
+    };
     // The type from the name, else from the first bytes.
-    let head_bytes = match dag::plan_range(reg, file, 0, size.min(512)).await {
-        Ok(pieces) => match read_pieces(reg, pieces).await {
-            Ok(b) => b,
+    let head_bytes = match &blob_file {
+        Some(f) => {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; size.min(512) as usize];
+            match f.read_exact_at(&mut buf, 0) {
+                Ok(()) => Bytes::from(buf),
+                Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("reading {file}: {e}")),
+            }
+        }
+        None => match dag::plan_range(reg, file, 0, size.min(512)).await {
+            Ok(pieces) => match read_pieces(reg, pieces).await {
+                Ok(b) => b,
+                Err(e) => return dag_error(e),
+            },
             Err(e) => return dag_error(e),
         },
-        Err(e) => return dag_error(e),
     };
     let shown_name = query(req, "filename").unwrap_or(name);
     builder
@@ -275,14 +291,8 @@ async fn unixfs(
     if head {
         return builder.no_chunking(end - start).streaming(no_body());
     }
-    // A whole blob's DAG: its bytes are the blob file, verified when it was pushed; served as the
-    // OCI API serves it rather than leaf by leaf. (Trustless clients verify what they get.)
-    if let Ok(Some(digest)) = reg.meta.blob_by_root(&file.to_string()).await {
-        if let Ok(Some((blob, len))) = reg.blobs.open_blob(&digest) {
-            if len == size {
-                return builder.no_chunking(end - start).streaming(crate::storage::read_range(blob, start, end - start));
-            }
-        }
+    if let Some(blob) = blob_file {
+        return builder.no_chunking(end - start).streaming(crate::storage::read_range(blob, start, end - start));
     }
     let pieces = match dag::plan_range(reg, file, start, end).await {
         Ok(p) => p,
