@@ -45,10 +45,12 @@ if [ ! -x "$GOBIN/ipfs" ]; then
   (cd "$kubo_dir" && go build -o "$GOBIN/ipfs" ./cmd/ipfs)
 fi
 
-# The JavaScript UnixFS importer (Helia's), pinned by tests/interop/package-lock.json.
-if [ ! -f tests/interop/node_modules/ipfs-unixfs-importer/package.json ]; then
+# The JavaScript peers the tests drive (Helia's UnixFS importer and verified-fetch, @ipld/car,
+# Node 22 for verified-fetch), pinned by tests/interop/package-lock.json; reinstalled whenever the
+# lockfile changed since the last install.
+if ! cmp -s tests/interop/package-lock.json tests/interop/node_modules/.af-installed-lock.json; then
   echo "installing npm packages in tests/interop"
-  (cd tests/interop && npm ci --silent)
+  (cd tests/interop && npm ci --silent && cp package-lock.json node_modules/.af-installed-lock.json)
 fi
 
 python3 -c 'import oras' 2>/dev/null || { echo "installing oras (PyPI)"; pip install -q 'oras>=0.2,<0.3'; }
