@@ -3,7 +3,8 @@
 
 use crate::{attach, DataDir};
 use af_registry::auth::secrets;
-use af_registry::metadata::{Role, TokenKind, TokenRecord};
+use af_registry::auth::mint_token;
+use af_registry::metadata::{Role, TokenKind};
 use anyhow::Context;
 use clap::Subcommand;
 
@@ -108,7 +109,7 @@ fn read_password(user: &str) -> anyhow::Result<String> {
 }
 
 async fn hash(secret: String) -> anyhow::Result<String> {
-    Ok(tokio::task::spawn_blocking(move || secrets::hash(&secret)).await??)
+    Ok(secrets::hash_off_thread(secret).await?)
 }
 
 fn namespace(name: &str) -> anyhow::Result<()> {
@@ -161,22 +162,9 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::Create { user, scope, expires, description, data } => {
             let registry = attach(data, Default::default()).await?;
             anyhow::ensure!(registry.meta.get_user(&user).await?.is_some(), "no user {user:?}");
-            let (id, token) = secrets::new_token()?;
-            let now = af_registry::gc::unix_now();
-            registry
-                .meta
-                .create_token(&TokenRecord {
-                    id: id.clone(),
-                    user: user.clone(),
-                    kind: TokenKind::Access,
-                    secret_hash: hash(token.clone()).await?,
-                    scope,
-                    description,
-                    expires_at: expires.map(|d| now + d.as_secs() as i64),
-                    revoked: false,
-                    created_at: now,
-                })
-                .await?;
+            let expires_at = expires.map(|d| af_registry::gc::unix_now() + d.as_secs() as i64);
+            let meta = registry.meta.as_ref();
+            let (id, token) = mint_token(meta, &user, TokenKind::Access, scope, description, expires_at).await?;
             eprintln!("token {id} for {user} ({}); it is shown only now:", scope.as_str());
             println!("{token}");
         }

@@ -2,7 +2,7 @@
 
 use crate::api;
 use crate::auth::{Auth, AuthConfig};
-use crate::metadata::MetadataStore;
+use crate::metadata::{MetadataStore, Role, TokenKind};
 use crate::config::ServeConfig;
 use crate::metadata::sqlite::SqliteStore;
 use crate::registry::Registry;
@@ -105,14 +105,9 @@ async fn bootstrap_admin(meta: &Arc<dyn MetadataStore>) -> Result<(), ServeError
     if !crate::names::is_namespace(&name) {
         return Err(ServeError::Admin(format!("AF_ADMIN_USER {name:?} is not a valid user name")));
     }
-    let hash = |secret: String| async move {
-        tokio::task::spawn_blocking(move || crate::auth::secrets::hash(&secret))
-            .await
-            .map_err(|e| ServeError::Admin(e.to_string()))?
-            .map_err(|e| ServeError::Admin(e.to_string()))
-    };
+    let admin = |e: &dyn std::fmt::Display| ServeError::Admin(e.to_string());
     if let Ok(password) = std::env::var("AF_ADMIN_PASSWORD") {
-        let phc = hash(password).await?;
+        let phc = crate::auth::secrets::hash_off_thread(password).await.map_err(|e| admin(&e))?;
         if !meta.create_user(&name, Some(&phc), true).await? && !meta.set_password(&name, &phc).await? {
             return Err(ServeError::Admin(format!("{name:?} is the name of an organisation")));
         }
@@ -123,20 +118,11 @@ async fn bootstrap_admin(meta: &Arc<dyn MetadataStore>) -> Result<(), ServeError
         return Ok(());
     }
     meta.create_user(&name, None, true).await?;
-    let (id, token) = crate::auth::secrets::new_token().map_err(|e| ServeError::Admin(e.to_string()))?;
-    let now = crate::gc::unix_now();
-    meta.create_token(&crate::metadata::TokenRecord {
-        id,
-        user: name.clone(),
-        kind: crate::metadata::TokenKind::Access,
-        secret_hash: hash(token.clone()).await?,
-        scope: crate::metadata::Role::Admin,
-        description: Some("bootstrap".into()),
-        expires_at: Some(now + 24 * 3600),
-        revoked: false,
-        created_at: now,
-    })
-    .await?;
+    let expires_at = Some(crate::gc::unix_now() + 24 * 3600);
+    let description = Some("bootstrap".to_string());
+    let (_, token) = crate::auth::mint_token(meta.as_ref(), &name, TokenKind::Access, Role::Admin, description, expires_at)
+        .await
+        .map_err(|e| admin(&e))?;
     // Standard output, not the log: this is the only time the token is shown.
     println!("af: first start: administrator {name:?} created; its bootstrap token (valid 24 h, shown once):");
     println!("{token}");

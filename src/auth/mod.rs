@@ -165,7 +165,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 impl Auth {
     pub async fn new(meta: Arc<dyn MetadataStore>, config: AuthConfig) -> Result<Self> {
         let key = meta.signing_key(secrets::random_bytes::<32>()?.to_vec()).await?;
-        let dummy_hash = blocking(|| secrets::hash("no such user")).await??;
+        let dummy_hash = secrets::hash_off_thread("no such user".into()).await?;
         Ok(Auth {
             meta,
             config,
@@ -399,23 +399,8 @@ impl Auth {
 
     async fn refresh_token_for(&self, identity: &Identity) -> Result<String> {
         // A refresh token refreshes itself; other credentials get a new one.
-        let (id, token) = secrets::new_token()?;
-        let secret = token.clone();
-        let secret_hash = blocking(move || secrets::hash(&secret)).await??;
-        self.meta
-            .create_token(&TokenRecord {
-                id,
-                user: identity.user.clone(),
-                kind: TokenKind::Refresh,
-                secret_hash,
-                scope: identity.cap,
-                description: Some("refresh token".into()),
-                expires_at: None,
-                revoked: false,
-                created_at: now_secs() as i64,
-            })
-            .await?;
-        Ok(token)
+        let description = Some("refresh token".to_string());
+        Ok(mint_token(self.meta.as_ref(), &identity.user, TokenKind::Refresh, identity.cap, description, None).await?.1)
     }
 
     async fn verify_jwt(&self, jwt: &str) -> Result<(Identity, Vec<Scope>)> {
@@ -449,6 +434,33 @@ impl Auth {
         }
         v
     }
+}
+
+/// Creates and stores a token for `user` (only its argon2 hash is kept); returns (id, the token
+/// to show once).
+pub async fn mint_token(
+    meta: &dyn MetadataStore,
+    user: &str,
+    kind: TokenKind,
+    scope: Role,
+    description: Option<String>,
+    expires_at: Option<i64>,
+) -> Result<(String, String)> {
+    let (id, token) = secrets::new_token()?;
+    let secret_hash = secrets::hash_off_thread(token.clone()).await?;
+    let record = TokenRecord {
+        id: id.clone(),
+        user: user.to_string(),
+        kind,
+        secret_hash,
+        scope,
+        description,
+        expires_at,
+        revoked: false,
+        created_at: now_secs() as i64,
+    };
+    meta.create_token(&record).await?;
+    Ok((id, token))
 }
 
 fn live(t: &TokenRecord) -> bool {

@@ -33,6 +33,11 @@ pub fn hash(secret: &str) -> Result<String, SecretError> {
         .map_err(|e| SecretError::Hash(e.to_string()))
 }
 
+/// [`hash`] on a blocking thread, for async callers.
+pub async fn hash_off_thread(secret: String) -> Result<String, SecretError> {
+    tokio::task::spawn_blocking(move || hash(&secret)).await.map_err(|e| SecretError::Hash(e.to_string()))?
+}
+
 /// Whether `secret` matches the PHC string `phc` (argon2's comparison is constant-time).
 pub fn verify(secret: &str, phc: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|h| Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
