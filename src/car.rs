@@ -15,7 +15,7 @@ use crate::registry::{Registry, RegistryError};
 use crate::unixfs::{self, DecodedLink};
 use bytes::Bytes;
 use cid::Cid;
-use iroh_car::{CarHeader, CarWriter};
+use iroh_car::CarHeader;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -36,6 +36,8 @@ pub enum CarError {
     UnknownImage(String),
     #[error("{0} has no image DAG on this node: some of its blobs are absent")]
     NoImage(String),
+    #[error("cannot read the image DAG: {0}")]
+    Walk(String),
     #[error("cannot write the CAR: {0}")]
     Write(String),
     #[error("not a CARv1 file: {0}")]
@@ -83,13 +85,16 @@ pub struct ExportSummary {
     pub bytes: u64,
 }
 
-/// Writes the image `reference` of `repo` as a CARv1 to `out`.
+/// Writes the image `reference` of `repo` as a CARv1 to `out`: the same depth-first walk, one
+/// verified block at a time, that the gateway's `?format=car` streams.
 pub async fn export<W: AsyncWrite + Send + Unpin>(
-    reg: &Registry,
+    reg: Arc<Registry>,
     repo: &str,
     reference: &Reference,
-    out: W,
+    mut out: W,
 ) -> Result<ExportSummary> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
     let name = match reference {
         Reference::Tag(t) => format!("{repo}:{t}"),
         Reference::Digest(d) => format!("{repo}@{d}"),
@@ -100,24 +105,17 @@ pub async fn export<W: AsyncWrite + Send + Unpin>(
         .ok_or(CarError::NoImage(name))?
         .parse()
         .map_err(|e| MetadataError::Corrupt(format!("image CID: {e}")))?;
-    let mut writer = CarWriter::new(CarHeader::new_v1(vec![root]), out);
     let mut summary = ExportSummary { root, blocks: 0, bytes: 0 };
-    let mut seen = HashSet::new();
-    let mut stack = vec![root];
-    while let Some(cid) = stack.pop() {
-        if !seen.insert(cid) {
-            continue;
-        }
-        let bytes = reg.get_block(&cid).await?.ok_or_else(|| block_err(&cid, "not on this node"))?;
-        if cid.codec() == unixfs::DAG_PB {
-            let node = unixfs::decode_node(&bytes).map_err(|e| block_err(&cid, e))?;
-            // Reversed onto the stack, so the first link is written first: depth-first order.
-            stack.extend(node.links.iter().rev().map(|l| l.cid).filter(|c| !seen.contains(c)));
-        }
-        summary.bytes += writer.write(cid, &bytes).await.map_err(|e| CarError::Write(e.to_string()))? as u64;
-        summary.blocks += 1;
+    let mut sections = std::pin::pin!(crate::gateway::car_stream(reg, root));
+    let mut header = true;
+    while let Some(section) = sections.next().await {
+        // The stream's errors are the walk's: a block missing or corrupt, named by its CID.
+        let section = section.map_err(|e| CarError::Walk(e.to_string()))?;
+        out.write_all(&section).await.map_err(|e| CarError::Write(e.to_string()))?;
+        summary.bytes += section.len() as u64;
+        summary.blocks += u64::from(!std::mem::take(&mut header));
     }
-    writer.finish().await.map_err(|e| CarError::Write(e.to_string()))?;
+    out.flush().await.map_err(|e| CarError::Write(e.to_string()))?;
     Ok(summary)
 }
 

@@ -248,11 +248,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (repo, reference) = af_registry::names::parse_image_reference(&image)?;
             actix_web::rt::System::new().block_on(async {
                 // Export makes no blobs, so the profile does not matter.
-                let registry = attach(data, Default::default()).await?;
+                let registry = std::sync::Arc::new(attach(data, Default::default()).await?);
                 let summary = match &output {
                     None => {
                         let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::io::stdout());
-                        let summary = af_registry::car::export(&registry, &repo, &reference, &mut out).await?;
+                        let summary = af_registry::car::export(registry.clone(), &repo, &reference, &mut out).await?;
                         tokio::io::AsyncWriteExt::flush(&mut out).await.context("cannot write to standard output")?;
                         summary
                     }
@@ -263,7 +263,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             .await
                             .with_context(|| format!("cannot create {}", partial.display()))?;
                         let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
-                        let summary = af_registry::car::export(&registry, &repo, &reference, &mut out).await;
+                        let summary = af_registry::car::export(registry.clone(), &repo, &reference, &mut out).await;
                         let summary = match summary {
                             Ok(s) => s,
                             Err(e) => {
