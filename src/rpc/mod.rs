@@ -259,10 +259,14 @@ async fn ls(reg: &Registry, cid: Cid) -> HttpResponse {
     };
     let mut out = Vec::new();
     for l in links {
+        // A raw leaf is a file whose size its link already gives: no need to read (and rehash) it.
+        if l.cid.codec() == unixfs::RAW {
+            out.push(json!({"Name": l.name, "Hash": l.cid.to_string(), "Size": l.tsize, "Type": 2, "Target": ""}));
+            continue;
+        }
         let (kind, size) = match dag::node(reg, &l.cid).await {
             Ok(Node::Directory { .. }) => (1, 0),
             Ok(Node::File { size, .. }) => (2, size),
-            Ok(Node::Raw(b)) => (2, b.len() as u64),
             _ => (2, l.tsize),
         };
         out.push(json!({"Name": l.name, "Hash": l.cid.to_string(), "Size": size, "Type": kind, "Target": ""}));
@@ -270,24 +274,17 @@ async fn ls(reg: &Registry, cid: Cid) -> HttpResponse {
     HttpResponse::Ok().json(json!({"Objects": [{"Hash": cid.to_string(), "Links": out}]}))
 }
 
-/// Every block of the DAG under `root` is here (so a pin can keep it).
-async fn check_complete(reg: &Registry, root: Cid) -> Result<(), DagError> {
-    let mut stack = vec![root];
-    let mut seen = std::collections::HashSet::new();
-    while let Some(cid) = stack.pop() {
-        if !seen.insert(cid) {
-            continue;
-        }
-        let bytes = dag::block(reg, &cid).await?;
-        if cid.codec() == unixfs::DAG_PB {
-            let node = unixfs::decode_node(&bytes).map_err(|e| DagError::Malformed { cid, detail: e.to_string() })?;
-            stack.extend(node.links.iter().map(|l| l.cid));
-        }
+/// Every block of the DAG under `root` is here, intact (so a pin can keep it): the gateway's
+/// depth-first CAR walk, drained.
+async fn check_complete(reg: &Arc<Registry>, root: Cid) -> Result<(), String> {
+    let mut blocks = std::pin::pin!(crate::gateway::car_stream(reg.clone(), root));
+    while let Some(block) = blocks.next().await {
+        block.map_err(|e| e.to_string())?;
     }
     Ok(())
 }
 
-async fn pin_add(req: &HttpRequest, reg: &Registry) -> HttpResponse {
+async fn pin_add(req: &HttpRequest, reg: &Arc<Registry>) -> HttpResponse {
     let mut pinned = Vec::new();
     for a in args(req, "arg") {
         let (root, path) = match parse_path(&a) {
@@ -299,7 +296,7 @@ async fn pin_add(req: &HttpRequest, reg: &Registry) -> HttpResponse {
             Err(e) => return dag_failure(e),
         };
         if let Err(e) = check_complete(reg, cid).await {
-            return dag_failure(e);
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
         }
         if let Err(e) = reg.blocks.pin(&cid).await {
             return error(StatusCode::INTERNAL_SERVER_ERROR, e);
@@ -493,7 +490,7 @@ async fn add(req: &HttpRequest, body: web::Payload, reg: &Registry) -> HttpRespo
     chunked_json(out)
 }
 
-async fn dag_import(req: &HttpRequest, body: web::Payload, reg: &Registry) -> HttpResponse {
+async fn dag_import(req: &HttpRequest, body: web::Payload, reg: &Arc<Registry>) -> HttpResponse {
     let mut car = Vec::new();
     let read = each_part(
         req,
@@ -526,7 +523,7 @@ async fn dag_import(req: &HttpRequest, body: web::Payload, reg: &Registry) -> Ht
         let msg = if !pin_roots {
             String::new()
         } else if let Err(e) = check_complete(reg, root).await {
-            e.to_string()
+            e
         } else if let Err(e) = reg.blocks.pin(&root).await {
             e.to_string()
         } else {
