@@ -214,7 +214,8 @@ async fn unixfs(
         Ok(n) => n,
         Err(e) => return dag_error(e),
     };
-    let (file, name) = match node {
+    // (the file, its name, its size when the node already read says it)
+    let (file, name, known_size) = match node {
         Node::Directory { links } => {
             if !req.path().ends_with('/') {
                 let mut location = format!("{}/", req.path());
@@ -224,7 +225,7 @@ async fn unixfs(
                 return HttpResponse::MovedPermanently().insert_header(("Location", location)).finish();
             }
             match links.iter().find(|l| l.name == "index.html") {
-                Some(index) => (index.cid, "index.html".to_string()),
+                Some(index) => (index.cid, "index.html".to_string(), None),
                 None => {
                     let html = sniff::listing(req.path(), &target, &links);
                     builder.content_type("text/html; charset=utf-8").insert_header(("Etag", format!("\"DirIndex-{target}\"")));
@@ -232,10 +233,15 @@ async fn unixfs(
                 }
             }
         }
-        Node::Raw(_) | Node::File { .. } => (target, segments.last().cloned().unwrap_or_default()),
+        Node::Raw(b) => (target, segments.last().cloned().unwrap_or_default(), Some(b.len() as u64)),
+        Node::File { size, .. } => (target, segments.last().cloned().unwrap_or_default(), Some(size)),
         Node::Other => return text(StatusCode::NOT_IMPLEMENTED, format!("{target} is neither a UnixFS file nor a plain directory")),
     };
-    let size = match dag::file_size(reg, &file).await {
+    let size = match known_size {
+        Some(size) => Ok(Some(size)),
+        None => dag::file_size(reg, &file).await,
+    };
+    let size = match size {
         Ok(Some(size)) => size,
         Ok(None) => return text(StatusCode::NOT_IMPLEMENTED, format!("{file} is not a UnixFS file")),
         Err(e) => return dag_error(e),
