@@ -106,7 +106,14 @@ async fn handle(req: HttpRequest, reg: web::Data<Registry>) -> HttpResponse {
     let shared = reg.clone().into_inner();
     let reg = reg.get_ref();
     // Whatever is not public is absent: the same 404 either way.
-    let public = dag::well_known(&root).is_some() || reg.is_public_block(&root).await.unwrap_or(false);
+    let public = match dag::well_known(&root) {
+        Some(_) => true,
+        None => match reg.is_public_block(&root).await {
+            Ok(p) => p,
+            // The metadata cannot say: unavailable, not absent.
+            Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        },
+    };
     if !public {
         return text(StatusCode::NOT_FOUND, format!("{root} is not on this node"));
     }

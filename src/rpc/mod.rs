@@ -193,7 +193,10 @@ async fn require_admin(req: &HttpRequest, state: &RpcState) -> Result<(), HttpRe
 async fn readable_path(req: &HttpRequest, state: &RpcState) -> Result<Cid, HttpResponse> {
     let raw = arg(req, "arg").ok_or_else(|| bad_request("argument \"cid\" is required"))?;
     let (root, path) = parse_path(&raw)?;
-    let public = dag::well_known(&root).is_some() || state.registry.is_public_block(&root).await.unwrap_or(false);
+    let public = match dag::well_known(&root) {
+        Some(_) => true,
+        None => state.registry.is_public_block(&root).await.map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?,
+    };
     if !state.loopback && !public {
         return Err(dag_failure(DagError::Missing(root)));
     }
