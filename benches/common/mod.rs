@@ -68,10 +68,18 @@ pub fn parse_wrk_duration(s: &str) -> f64 {
 /// (requests/s, p99 ms) of GETs of `url` with 64 connections: wrk, one thread (client and server
 /// share the machine), 2 s of warm-up, then 10 s measured. Fails on any non-2xx answer.
 pub fn wrk_load(url: &str, headers: &[&str], who: &str) -> (f64, f64) {
-    let header_args: Vec<&str> = headers.iter().flat_map(|h| ["-H", h]).collect();
-    let warm = Command::new("wrk").args(["-t1", "-c64", "-d2s"]).args(&header_args).arg(url).output().expect("wrk (apt-get install wrk)");
+    wrk_script_load(url, headers, None, who)
+}
+
+/// [`wrk_load`] with a Lua script choosing each request.
+pub fn wrk_script_load(url: &str, headers: &[&str], script: Option<&std::path::Path>, who: &str) -> (f64, f64) {
+    let mut args: Vec<std::ffi::OsString> = headers.iter().flat_map(|h| ["-H".into(), h.into()]).collect();
+    if let Some(script) = script {
+        args.extend(["-s".into(), script.as_os_str().to_owned()]);
+    }
+    let warm = Command::new("wrk").args(["-t1", "-c64", "-d2s"]).args(&args).arg(url).output().expect("wrk (apt-get install wrk)");
     assert!(warm.status.success());
-    let out = Command::new("wrk").args(["-t1", "-c64", "-d10s", "--latency"]).args(&header_args).arg(url).output().unwrap();
+    let out = Command::new("wrk").args(["-t1", "-c64", "-d10s", "--latency"]).args(&args).arg(url).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let rps = text
         .lines()

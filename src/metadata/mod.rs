@@ -4,6 +4,7 @@
 //! method is one transaction: callers never see a half-applied change.
 
 pub mod auth;
+mod batch;
 pub mod postgres;
 pub mod sqlite;
 mod sqlite_auth;
@@ -15,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use uuid::Uuid;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MetadataError {
     /// The database cannot be reached right now; the request may be retried.
     #[error("metadata store unavailable: {0}")]
@@ -70,7 +71,7 @@ pub enum PutManifestOutcome {
     MissingReference(Digest),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Reference {
     Tag(String),
     Digest(Digest),

@@ -7,6 +7,7 @@
 //! reached is `MetadataError::Unavailable` (503), never a panic; the pool reconnects by itself.
 
 use super::auth::{AuthStore, Role, TokenKind, TokenRecord, User};
+use super::batch::{Batcher, Loader};
 use super::{
     BlobInfo, GarbageCollected, ManifestRecord, MetaResult, MetadataError, MetadataStore, NewManifest, Page,
     PutManifestOutcome, Reference, Referrer, SweptBlob, UploadSession,
@@ -14,6 +15,7 @@ use super::{
 use crate::digest::Digest;
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::sync::Arc;
 use tokio_postgres::{IsolationLevel, NoTls};
@@ -32,8 +34,20 @@ fn backoff(attempt: u32) -> std::time::Duration {
     std::time::Duration::from_millis(1 + r % ceiling)
 }
 
+/// Reads that may share a batch at once: few, so that under load each batch carries many reads.
+const BATCHES_IN_FLIGHT: usize = 1;
+/// Bytes of manifests kept in memory by digest.
+const CONTENT_CACHE_BYTES: u64 = 64 << 20;
+
 pub struct PgStore {
     pool: Pool,
+    /// Which manifest a repository's tag or digest names (mutable: batched, never cached).
+    heads: Arc<Batcher<(String, Reference), Option<ManifestRecord>>>,
+    /// A manifest's bytes by digest: immutable, so cached once read.
+    contents: quick_cache::sync::Cache<Digest, Bytes, ContentWeight>,
+    /// Reads of bytes missing from `contents`: immutable, so no write concerns them.
+    content_reads: Arc<Batcher<(String, Digest), Option<Bytes>>>,
+    tag_lists: Arc<Batcher<TagPage, Option<Vec<String>>>>,
 }
 
 /// Errors a statement can end with: the driver's, or ours already classified.
@@ -115,17 +129,23 @@ impl PgStore {
     pub async fn connect(url: &str) -> MetaResult<Arc<Self>> {
         let config: tokio_postgres::Config =
             url.parse().map_err(|e| MetadataError::Backend(format!("database URL: {e}")))?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(std::time::Duration::from_secs(10)))
-            .create_timeout(Some(std::time::Duration::from_secs(5)))
-            .build()
-            .map_err(|e| MetadataError::Backend(e.to_string()))?;
-        let store = PgStore { pool };
+        let pool = new_pool(config, 16)?;
+        let store = PgStore {
+            heads: Batcher::new(BATCHES_IN_FLIGHT, loader(&pool, load_heads)),
+            contents: quick_cache::sync::Cache::with_weighter(4096, CONTENT_CACHE_BYTES, ContentWeight),
+            content_reads: Batcher::new(BATCHES_IN_FLIGHT, loader(&pool, load_contents)),
+            tag_lists: Batcher::new(BATCHES_IN_FLIGHT, loader(&pool, load_tag_lists)),
+            pool,
+        };
         store.migrate().await?;
         Ok(Arc::new(store))
+    }
+
+    /// After a change to manifests or tags (committed or not known to have failed): this node's
+    /// later reads do not share a batch sent before it.
+    fn wrote(&self) {
+        self.heads.wrote();
+        self.tag_lists.wrote();
     }
 
     async fn client(&self) -> MetaResult<deadpool_postgres::Object> {
@@ -201,16 +221,128 @@ async fn delete_in_repo(store: &PgStore, table: &'static str, column: &'static s
     })
 }
 
-fn manifest_record(row: &tokio_postgres::Row) -> MetaResult<ManifestRecord> {
-    Ok(ManifestRecord {
-        digest: parse_digest(row.get(0))?,
-        media_type: row.get(1),
-        artifact_type: row.get(2),
-        subject: row.get::<_, Option<String>>(3).map(parse_digest).transpose()?,
-        annotations: row.get(4),
-        content: Bytes::from(row.get::<_, Vec<u8>>(5)),
-        image_cid: row.get(6),
+fn new_pool(config: tokio_postgres::Config, size: usize) -> MetaResult<Pool> {
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(std::time::Duration::from_secs(10)))
+        .create_timeout(Some(std::time::Duration::from_secs(5)))
+        .build()
+        .map_err(|e| MetadataError::Backend(e.to_string()))
+}
+
+/// Batched reads (`batch.rs`) on a connection of their own from the pool.
+fn loader<K, V, F, Fut>(pool: &Pool, load: F) -> Loader<K, V>
+where
+    K: Send + 'static,
+    V: Send + 'static,
+    F: Fn(deadpool_postgres::Object, Vec<K>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = MetaResult<Vec<V>>> + Send + 'static,
+{
+    let pool = pool.clone();
+    Box::new(move |keys| {
+        let pool = pool.clone();
+        async move {
+            let client = pool.get().await.map_err(|e| MetadataError::Unavailable(e.to_string()))?;
+            load(client, keys).await
+        }
+        .boxed()
     })
+}
+
+/// Places each row (its first column: the 1-based position of the key it answers) beside its key.
+fn by_position<V: Clone>(
+    keys: usize,
+    rows: Vec<tokio_postgres::Row>,
+    value: impl Fn(&tokio_postgres::Row) -> MetaResult<V>,
+) -> MetaResult<Vec<Option<V>>> {
+    let mut out = vec![None; keys];
+    for row in rows {
+        let slot = usize::try_from(row.get::<_, i64>(0) - 1).ok().and_then(|i| out.get_mut(i));
+        *slot.ok_or_else(|| MetadataError::Backend("a batched read answered a key it was not asked".into()))? = Some(value(&row)?);
+    }
+    Ok(out)
+}
+
+/// Which manifest each (repository, tag or digest) names, without its bytes. Tags and digests
+/// are two arms of one statement, each a join on primary keys.
+async fn load_heads(client: deadpool_postgres::Object, keys: Vec<(String, Reference)>) -> MetaResult<Vec<Option<ManifestRecord>>> {
+    const SQL: &str = "SELECT q.i, m.digest, m.media_type, m.artifact_type, m.subject, m.annotations, t.image_cid
+          FROM unnest($1::text[], $2::bigint[], $3::text[]) AS q(repo, i, tag)
+          JOIN repositories r ON r.name = q.repo
+          JOIN tags t ON t.repository_id = r.id AND t.name = q.tag
+          JOIN manifests m ON m.repository_id = r.id AND m.digest = t.manifest_digest
+        UNION ALL
+        SELECT q.i, m.digest, m.media_type, m.artifact_type, m.subject, m.annotations, m.image_cid
+          FROM unnest($4::text[], $5::bigint[], $6::text[]) AS q(repo, i, digest)
+          JOIN repositories r ON r.name = q.repo
+          JOIN manifests m ON m.repository_id = r.id AND m.digest = q.digest";
+    let (mut tags, mut digests) = ((vec![], vec![], vec![]), (vec![], vec![], vec![]));
+    for (i, (repo, reference)) in (1i64..).zip(&keys) {
+        let (arm, reference) = match reference {
+            Reference::Tag(t) => (&mut tags, t.clone()),
+            Reference::Digest(d) => (&mut digests, d.to_string()),
+        };
+        arm.0.push(repo.as_str());
+        arm.1.push(i);
+        arm.2.push(reference);
+    }
+    let statement = client.prepare_cached(SQL).await.map_err(pg)?;
+    let rows = client
+        .query(&statement, &[&tags.0, &tags.1, &tags.2, &digests.0, &digests.1, &digests.2])
+        .await
+        .map_err(pg)?;
+    by_position(keys.len(), rows, |row| {
+        Ok(ManifestRecord {
+            digest: parse_digest(row.get(1))?,
+            media_type: row.get(2),
+            artifact_type: row.get(3),
+            subject: row.get::<_, Option<String>>(4).map(parse_digest).transpose()?,
+            annotations: row.get(5),
+            content: Bytes::new(),
+            image_cid: row.get(6),
+        })
+    })
+}
+
+async fn load_contents(client: deadpool_postgres::Object, keys: Vec<(String, Digest)>) -> MetaResult<Vec<Option<Bytes>>> {
+    const SQL: &str = "SELECT q.i, m.content
+        FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(repo, digest, i)
+        JOIN repositories r ON r.name = q.repo
+        JOIN manifests m ON m.repository_id = r.id AND m.digest = q.digest";
+    let repos: Vec<&str> = keys.iter().map(|(repo, _)| repo.as_str()).collect();
+    let digests: Vec<String> = keys.iter().map(|(_, d)| d.to_string()).collect();
+    let statement = client.prepare_cached(SQL).await.map_err(pg)?;
+    let rows = client.query(&statement, &[&repos, &digests]).await.map_err(pg)?;
+    by_position(keys.len(), rows, |row| Ok(Bytes::from(row.get::<_, Vec<u8>>(1))))
+}
+
+/// A page of a repository's tags: (repository, at most n, after this name).
+type TagPage = (String, Option<usize>, String);
+
+/// Tag pages; None: no such repository.
+async fn load_tag_lists(client: deadpool_postgres::Object, keys: Vec<TagPage>) -> MetaResult<Vec<Option<Vec<String>>>> {
+    const SQL: &str = "SELECT q.i, coalesce((SELECT array_agg(name ORDER BY name) FROM
+            (SELECT name FROM tags WHERE repository_id = r.id AND name > q.last ORDER BY name LIMIT q.n) page), '{}')
+        FROM unnest($1::text[], $2::bigint[], $3::text[]) WITH ORDINALITY AS q(repo, n, last, i)
+        JOIN repositories r ON r.name = q.repo";
+    let repos: Vec<&str> = keys.iter().map(|(repo, ..)| repo.as_str()).collect();
+    let limits: Vec<Option<i64>> = keys.iter().map(|(_, n, _)| n.map(|n| i64::try_from(n).unwrap_or(i64::MAX))).collect();
+    let lasts: Vec<&str> = keys.iter().map(|(.., last)| last.as_str()).collect();
+    let statement = client.prepare_cached(SQL).await.map_err(pg)?;
+    let rows = client.query(&statement, &[&repos, &limits, &lasts]).await.map_err(pg)?;
+    by_position(keys.len(), rows, |row| Ok(row.get::<_, Vec<String>>(1)))
+}
+
+/// Weighs a cached manifest by its size, so the cache is bounded in bytes.
+#[derive(Clone)]
+struct ContentWeight;
+
+impl quick_cache::Weighter<Digest, Bytes> for ContentWeight {
+    fn weight(&self, _digest: &Digest, content: &Bytes) -> u64 {
+        content.len().max(1) as u64
+    }
 }
 
 #[async_trait]
@@ -231,7 +363,7 @@ impl MetadataStore for PgStore {
 
     async fn commit_blob(&self, repo: &str, digest: &Digest, blob: &BlobInfo, upload: Option<Uuid>) -> MetaResult<()> {
         let digest = digest.to_string();
-        transaction!(self, |tx| {
+        let outcome = transaction!(self, |tx| {
             let id = ensure_repo(&tx, repo).await?;
             tx.execute(
                 "INSERT INTO blobs (digest, size, root_cid, created_at) VALUES ($1, $2, $3, $4)
@@ -246,12 +378,15 @@ impl MetadataStore for PgStore {
                 tx.execute("DELETE FROM upload_sessions WHERE id = $1", &[&u.to_string()]).await.map_err(pg)?;
             }
             Ok::<_, MetadataError>(())
-        })
+        });
+        // It may have created the repository, which tag lists tell apart from an unknown one.
+        self.wrote();
+        outcome
     }
 
     async fn mount_blob(&self, repo: &str, from: Option<&str>, digest: &Digest) -> MetaResult<Option<u64>> {
         let digest = digest.to_string();
-        transaction!(self, |tx| {
+        let outcome = transaction!(self, |tx| {
             let size: Option<i64> = match from {
                 Some(from) => tx
                     .query_opt(
@@ -277,7 +412,10 @@ impl MetadataStore for PgStore {
             let id = ensure_repo(&tx, repo).await?;
             link_blob(&tx, id, &digest).await?;
             Ok::<_, MetadataError>(Some(size as u64))
-        })
+        });
+        // It may have created the repository, which tag lists tell apart from an unknown one.
+        self.wrote();
+        outcome
     }
 
     async fn list_blobs(&self) -> MetaResult<Vec<(Digest, u64)>> {
@@ -353,7 +491,7 @@ impl MetadataStore for PgStore {
     }
 
     async fn collect_garbage(&self, cutoff: i64) -> MetaResult<GarbageCollected> {
-        transaction!(self, |tx| {
+        let outcome = transaction!(self, |tx| {
             // One recursive term over the union of both edges (index → child, subject →
             // referrer): PostgreSQL allows a single recursive reference.
             let manifests = tx
@@ -398,7 +536,9 @@ impl MetadataStore for PgStore {
                 blobs.push(SweptBlob { digest: parse_digest(r.get(0))?, size: r.get::<_, i64>(1) as u64, had_file: !r.get::<_, bool>(2) });
             }
             Ok::<_, MetadataError>(GarbageCollected { manifests, links, blobs })
-        })
+        });
+        self.wrote();
+        outcome
     }
 
     async fn blob_by_root(&self, cid: &str) -> MetaResult<Option<Digest>> {
@@ -533,7 +673,7 @@ impl MetadataStore for PgStore {
     }
 
     async fn put_manifest(&self, repo: &str, m: NewManifest) -> MetaResult<PutManifestOutcome> {
-        transaction!(self, |tx| {
+        let outcome = transaction!(self, |tx| {
             let id = ensure_repo(&tx, repo).await?;
             for b in m.blobs.iter().filter(|_| m.require_references) {
                 let linked = tx
@@ -587,55 +727,45 @@ impl MetadataStore for PgStore {
                 .map_err(pg)?;
             }
             Ok::<_, MetadataError>(PutManifestOutcome::Stored)
-        })
+        });
+        self.wrote();
+        outcome
     }
 
     async fn get_manifest(&self, repo: &str, reference: &Reference) -> MetaResult<Option<ManifestRecord>> {
-        const COLS: &str = "m.digest, m.media_type, m.artifact_type, m.subject, m.annotations, m.content";
-        let client = self.client().await?;
-        let row = match reference {
-            Reference::Digest(d) => client
-                .query_opt(
-                    &format!(
-                        "SELECT {COLS}, m.image_cid FROM manifests m JOIN repositories r ON r.id = m.repository_id
-                         WHERE r.name = $1 AND m.digest = $2"
-                    ),
-                    &[&repo, &d.to_string()],
-                )
-                .await,
-            Reference::Tag(t) => client
-                .query_opt(
-                    &format!(
-                        "SELECT {COLS}, t.image_cid FROM tags t JOIN repositories r ON r.id = t.repository_id
-                         JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest
-                         WHERE r.name = $1 AND t.name = $2"
-                    ),
-                    &[&repo, t],
-                )
-                .await,
-        }
-        .map_err(pg)?;
-        row.as_ref().map(manifest_record).transpose()
+        let Some(mut record) = self.heads.get((repo.to_string(), reference.clone())).await? else {
+            return Ok(None);
+        };
+        record.content = match self.contents.get(&record.digest) {
+            Some(content) => content,
+            None => match self.content_reads.get((repo.to_string(), record.digest.clone())).await? {
+                // Checked once on its way into the cache, as it was when it was pushed.
+                Some(content) if Digest::of_bytes(record.digest.algorithm(), &content) == record.digest => {
+                    self.contents.insert(record.digest.clone(), content.clone());
+                    content
+                }
+                Some(_) => return Err(MetadataError::Corrupt(format!("the stored bytes of {} do not match it", record.digest))),
+                // Deleted between the two reads.
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(record))
     }
 
     async fn delete_manifest(&self, repo: &str, digest: &Digest) -> MetaResult<bool> {
-        delete_in_repo(self, "manifests", "digest", repo, digest.to_string()).await
+        let outcome = delete_in_repo(self, "manifests", "digest", repo, digest.to_string()).await;
+        self.wrote();
+        outcome
     }
 
     async fn delete_tag(&self, repo: &str, tag: &str) -> MetaResult<bool> {
-        delete_in_repo(self, "tags", "name", repo, tag.to_string()).await
+        let outcome = delete_in_repo(self, "tags", "name", repo, tag.to_string()).await;
+        self.wrote();
+        outcome
     }
 
     async fn list_tags(&self, repo: &str, page: &Page) -> MetaResult<Option<Vec<String>>> {
-        let client = self.client().await?;
-        let Some(row) = client.query_opt("SELECT id FROM repositories WHERE name = $1", &[&repo]).await.map_err(pg)? else {
-            return Ok(None);
-        };
-        let id: i64 = row.get(0);
-        let sql = page_sql("SELECT name FROM tags WHERE repository_id = $1", "name", 2, page);
-        let last = page.last.clone().unwrap_or_default();
-        let rows = client.query(&sql, &[&id, &last]).await.map_err(pg)?;
-        Ok(Some(rows.into_iter().map(|r| r.get(0)).collect()))
+        self.tag_lists.get((repo.to_string(), page.limit, page.last.clone().unwrap_or_default())).await
     }
 
     async fn list_repositories(&self, page: &Page) -> MetaResult<Vec<String>> {
