@@ -105,6 +105,7 @@ where
         }
         rx.await.unwrap_or_else(|_| Err(MetadataError::Unavailable("the read batch was abandoned".into())))
     }
+
     async fn drain(self: Arc<Self>) {
         loop {
             let (id, keys) = {
@@ -154,8 +155,10 @@ where
                 waiters
             };
             for (i, key) in keys.iter().enumerate() {
+                // Carried keys nobody read this time have no waiters.
+                let Some(readers) = waiters.remove(key).filter(|w| !w.is_empty()) else { continue };
                 let value = result.as_ref().map(|values| values[i].clone()).map_err(Clone::clone);
-                for w in waiters.remove(key).into_iter().flatten() {
+                for w in readers {
                     let _ = w.send(value.clone());
                 }
             }
