@@ -5,6 +5,9 @@
 //! serialization conflict: concurrent pushes from several nodes are then as if one after another,
 //! which is what SQLite's single writer gives the embedded store. A database that cannot be
 //! reached is `MetadataError::Unavailable` (503), never a panic; the pool reconnects by itself.
+//!
+//! Manifest and tag-list reads are batched (`batch.rs`): under load, one statement per round trip
+//! answers every concurrent read. Manifest bytes, immutable, are the only thing cached.
 
 use super::auth::{AuthStore, Role, TokenKind, TokenRecord, User};
 use super::batch::{Batcher, Loader};
@@ -15,8 +18,8 @@ use super::{
 use crate::digest::Digest;
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::FutureExt;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures_util::FutureExt;
 use std::sync::Arc;
 use tokio_postgres::{IsolationLevel, NoTls};
 use uuid::Uuid;
@@ -232,7 +235,7 @@ fn new_pool(config: tokio_postgres::Config, size: usize) -> MetaResult<Pool> {
         .map_err(|e| MetadataError::Backend(e.to_string()))
 }
 
-/// Batched reads (`batch.rs`) on a connection of their own from the pool.
+/// A batched read (`batch.rs`): one statement on a connection taken from the pool for it.
 fn loader<K, V, F, Fut>(pool: &Pool, load: F) -> Loader<K, V>
 where
     K: Send + 'static,
