@@ -1,7 +1,7 @@
 //! The metadata store on PostgreSQL (or a PostgreSQL-compatible distributed SQL engine), for
 //! several nodes sharing one database.
 //!
-//! Every method is one transaction at SERIALIZABLE isolation, retried when the database reports a
+//! Every write is one transaction at SERIALIZABLE isolation, retried when the database reports a
 //! serialization conflict: concurrent pushes from several nodes are then as if one after another,
 //! which is what SQLite's single writer gives the embedded store. A database that cannot be
 //! reached is `MetadataError::Unavailable` (503), never a panic; the pool reconnects by itself.
