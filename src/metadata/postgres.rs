@@ -144,11 +144,14 @@ impl PgStore {
         Ok(Arc::new(store))
     }
 
-    /// After a change to manifests or tags (committed or not known to have failed): this node's
-    /// later reads do not share a batch sent before it.
-    fn wrote(&self) {
+    /// Passes on the outcome of a write to repositories, manifests or tags (committed, or not
+    /// known to have failed), after which this node's reads no longer share a batch sent before
+    /// it. Called by the writes that change what `heads` and `tag_lists` read; blob touches and
+    /// uploads are not among them, so a pull's blob reads leave its manifest reads batched.
+    fn wrote_after<T>(&self, outcome: T) -> T {
         self.heads.wrote();
         self.tag_lists.wrote();
+        outcome
     }
 
     async fn client(&self) -> MetaResult<deadpool_postgres::Object> {
@@ -366,7 +369,7 @@ impl MetadataStore for PgStore {
 
     async fn commit_blob(&self, repo: &str, digest: &Digest, blob: &BlobInfo, upload: Option<Uuid>) -> MetaResult<()> {
         let digest = digest.to_string();
-        let outcome = transaction!(self, |tx| {
+        self.wrote_after(transaction!(self, |tx| {
             let id = ensure_repo(&tx, repo).await?;
             tx.execute(
                 "INSERT INTO blobs (digest, size, root_cid, created_at) VALUES ($1, $2, $3, $4)
@@ -381,15 +384,12 @@ impl MetadataStore for PgStore {
                 tx.execute("DELETE FROM upload_sessions WHERE id = $1", &[&u.to_string()]).await.map_err(pg)?;
             }
             Ok::<_, MetadataError>(())
-        });
-        // It may have created the repository, which tag lists tell apart from an unknown one.
-        self.wrote();
-        outcome
+        }))
     }
 
     async fn mount_blob(&self, repo: &str, from: Option<&str>, digest: &Digest) -> MetaResult<Option<u64>> {
         let digest = digest.to_string();
-        let outcome = transaction!(self, |tx| {
+        self.wrote_after(transaction!(self, |tx| {
             let size: Option<i64> = match from {
                 Some(from) => tx
                     .query_opt(
@@ -415,10 +415,7 @@ impl MetadataStore for PgStore {
             let id = ensure_repo(&tx, repo).await?;
             link_blob(&tx, id, &digest).await?;
             Ok::<_, MetadataError>(Some(size as u64))
-        });
-        // It may have created the repository, which tag lists tell apart from an unknown one.
-        self.wrote();
-        outcome
+        }))
     }
 
     async fn list_blobs(&self) -> MetaResult<Vec<(Digest, u64)>> {
@@ -494,7 +491,7 @@ impl MetadataStore for PgStore {
     }
 
     async fn collect_garbage(&self, cutoff: i64) -> MetaResult<GarbageCollected> {
-        let outcome = transaction!(self, |tx| {
+        self.wrote_after(transaction!(self, |tx| {
             // One recursive term over the union of both edges (index → child, subject →
             // referrer): PostgreSQL allows a single recursive reference.
             let manifests = tx
@@ -539,9 +536,7 @@ impl MetadataStore for PgStore {
                 blobs.push(SweptBlob { digest: parse_digest(r.get(0))?, size: r.get::<_, i64>(1) as u64, had_file: !r.get::<_, bool>(2) });
             }
             Ok::<_, MetadataError>(GarbageCollected { manifests, links, blobs })
-        });
-        self.wrote();
-        outcome
+        }))
     }
 
     async fn blob_by_root(&self, cid: &str) -> MetaResult<Option<Digest>> {
@@ -676,7 +671,7 @@ impl MetadataStore for PgStore {
     }
 
     async fn put_manifest(&self, repo: &str, m: NewManifest) -> MetaResult<PutManifestOutcome> {
-        let outcome = transaction!(self, |tx| {
+        self.wrote_after(transaction!(self, |tx| {
             let id = ensure_repo(&tx, repo).await?;
             for b in m.blobs.iter().filter(|_| m.require_references) {
                 let linked = tx
@@ -730,9 +725,7 @@ impl MetadataStore for PgStore {
                 .map_err(pg)?;
             }
             Ok::<_, MetadataError>(PutManifestOutcome::Stored)
-        });
-        self.wrote();
-        outcome
+        }))
     }
 
     async fn get_manifest(&self, repo: &str, reference: &Reference) -> MetaResult<Option<ManifestRecord>> {
@@ -756,15 +749,11 @@ impl MetadataStore for PgStore {
     }
 
     async fn delete_manifest(&self, repo: &str, digest: &Digest) -> MetaResult<bool> {
-        let outcome = delete_in_repo(self, "manifests", "digest", repo, digest.to_string()).await;
-        self.wrote();
-        outcome
+        self.wrote_after(delete_in_repo(self, "manifests", "digest", repo, digest.to_string()).await)
     }
 
     async fn delete_tag(&self, repo: &str, tag: &str) -> MetaResult<bool> {
-        let outcome = delete_in_repo(self, "tags", "name", repo, tag.to_string()).await;
-        self.wrote();
-        outcome
+        self.wrote_after(delete_in_repo(self, "tags", "name", repo, tag.to_string()).await)
     }
 
     async fn list_tags(&self, repo: &str, page: &Page) -> MetaResult<Option<Vec<String>>> {
