@@ -106,7 +106,8 @@ pub async fn export<W: AsyncWrite + Send + Unpin>(
         .parse()
         .map_err(|e| MetadataError::Corrupt(format!("image CID: {e}")))?;
     let mut summary = ExportSummary { root, blocks: 0, bytes: 0 };
-    let mut sections = std::pin::pin!(crate::gateway::car_stream(reg, root));
+    let reader = crate::dag::Reader::new(reg, crate::exposure::Audience::Operator);
+    let mut sections = std::pin::pin!(crate::dag::car::whole(reader, root));
     let mut header = true;
     while let Some(section) = sections.next().await {
         // The stream's errors are the walk's: a block missing or corrupt, named by its CID.

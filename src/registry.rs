@@ -419,9 +419,17 @@ impl Registry {
     }
 
     /// The bytes of block `cid` if this node holds it, verified against the CID's hash: a block
-    /// whose bytes no longer match is an error, never data.
+    /// whose bytes no longer match is an error, never data. For the node's own use: whatever
+    /// leaves the node is read through a `dag::Reader`, which asks the exposure policy.
     pub async fn get_block(&self, cid: &cid::Cid) -> Result<Option<Bytes>> {
-        let Some(location) = self.blocks.locate(cid).await? else { return Ok(None) };
+        match self.blocks.locate(cid).await? {
+            Some(location) => self.read_block(cid, location).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The bytes at `location`, verified against `cid`.
+    pub async fn read_block(&self, cid: &cid::Cid, location: Location) -> Result<Option<Bytes>> {
         let bytes = match location {
             Location::Inline(data) => Bytes::from(data),
             Location::Blob { blob, offset, len } => {
@@ -504,27 +512,6 @@ impl Registry {
             }
         }
         Ok(Some(layout))
-    }
-
-    /// Whether block `cid` may leave the node: it is the root of a public blob or image, or a
-    /// block recorded for one (blocks only private repositories reference never leave).
-    pub async fn is_public_block(&self, cid: &cid::Cid) -> Result<bool> {
-        if self.meta.cid_is_public(&cid.to_string()).await? {
-            return Ok(true);
-        }
-        Ok(match self.blocks.owner(cid).await? {
-            Some(owner) if owner.contains(':') => self.meta.blob_is_public(&owner).await?,
-            // Added through the RPC under a pin: public while that pin lasts.
-            Some(owner) if owner.starts_with("pin ") => {
-                let pinned: Option<cid::Cid> = owner[4..].parse().ok();
-                match pinned {
-                    Some(p) => self.blocks.is_pinned(&p).await?,
-                    None => false,
-                }
-            }
-            Some(image) => self.meta.cid_is_public(&image).await?,
-            None => self.blocks.is_pinned(cid).await?,
-        })
     }
 
     /// Stores a manifest under `reference` (a tag or its digest) plus extra `tags`.

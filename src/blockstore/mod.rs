@@ -33,6 +33,45 @@ pub enum Location {
     Inline(Vec<u8>),
 }
 
+/// What a block was recorded for: it decides who may read the block (see `exposure`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// A leaf or node of this blob's DAG.
+    Blob(Digest),
+    /// A block of the image DAG whose untagged root is this CID.
+    Image(String),
+    /// Added through the RPC (`add`, `block/put`, `dag/import`) for this root.
+    Pin(String),
+    /// Recorded for nothing in particular.
+    Nothing,
+}
+
+impl Owner {
+    /// The stored form: a digest (`alg:hex`), `pin <cid>`, or an image's CID.
+    pub fn parse(stored: Option<&str>) -> Owner {
+        match stored {
+            None => Owner::Nothing,
+            Some(s) => match s.strip_prefix("pin ") {
+                Some(cid) => Owner::Pin(cid.to_string()),
+                None if s.contains(':') => s.parse().map(Owner::Blob).unwrap_or(Owner::Nothing),
+                None => Owner::Image(s.to_string()),
+            },
+        }
+    }
+}
+
+fn location(blob: Option<String>, offset: Option<i64>, len: i64, data: Option<Vec<u8>>) -> Result<Location, BlockIndexError> {
+    match (blob, offset, data) {
+        (Some(blob), Some(offset), None) => Ok(Location::Blob {
+            blob: blob.parse().map_err(|e| BlockIndexError::Corrupt(format!("{e}")))?,
+            offset: offset as u64,
+            len: len as u64,
+        }),
+        (None, None, Some(data)) => Ok(Location::Inline(data)),
+        _ => Err(BlockIndexError::Corrupt("a block with neither or both locations".into())),
+    }
+}
+
 /// An inline block; recording a known one again makes it young for the GC.
 const INSERT_INLINE: &str = "INSERT INTO blocks (multihash, codec, length, data, owner) VALUES (?1, ?2, ?3, ?4, ?5)
      ON CONFLICT DO UPDATE SET created_at = unixepoch()";
@@ -131,29 +170,32 @@ impl BlockIndex {
                     ))
                 })
                 .optional()?;
-            row.map(|(blob, offset, len, data)| match (blob, offset, data) {
-                (Some(blob), Some(offset), None) => Ok(Location::Blob {
-                    blob: blob.parse().map_err(|e| BlockIndexError::Corrupt(format!("{e}")))?,
-                    offset: offset as u64,
-                    len: len as u64,
-                }),
-                (None, None, Some(data)) => Ok(Location::Inline(data)),
-                _ => Err(BlockIndexError::Corrupt("a block with neither or both locations".into())),
-            })
-            .transpose()
+            row.map(|(blob, offset, len, data)| location(blob, offset, len, data)).transpose()
         })
         .await
     }
 
-    /// What an inline block was recorded for (a blob digest or an image root CID), if anything.
-    pub async fn owner(&self, cid: &Cid) -> Result<Option<String>, BlockIndexError> {
+    /// Where the block of `cid` is and what it was recorded for, in one lookup.
+    pub async fn locate_owned(&self, cid: &Cid) -> Result<Option<(Location, Owner)>, BlockIndexError> {
         let mh = cid.hash().to_bytes();
         self.run(move |conn| {
-            Ok(conn
-                .prepare_cached("SELECT coalesce(blob, owner) FROM blocks WHERE multihash = ?1")?
-                .query_row([mh], |r| r.get::<_, Option<String>>(0))
-                .optional()?
-                .flatten())
+            let row = conn
+                .prepare_cached("SELECT blob, offset, length, data, owner FROM blocks WHERE multihash = ?1")?
+                .query_row([mh], |r| {
+                    Ok((
+                        r.get::<_, Option<String>>(0)?,
+                        r.get::<_, Option<i64>>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<Vec<u8>>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                    ))
+                })
+                .optional()?;
+            row.map(|(blob, offset, len, data, owner)| {
+                let owner = Owner::parse(blob.as_deref().or(owner.as_deref()));
+                Ok((location(blob, offset, len, data)?, owner))
+            })
+            .transpose()
         })
         .await
     }

@@ -2,23 +2,24 @@
 //! (UnixFS files and directories for browsers and curl) and as a trustless gateway (verifiable
 //! raw blocks and CARs for Helia, Kubo and other gateways).
 //!
-//! Only content of public repositories leaves the node: a root that no public blob or image
-//! accounts for is answered 404, exactly as if it were absent.
+//! Only public content leaves the node: every block a response contains or a path passes
+//! through is read through a `dag::Reader` for `Audience::Anyone`; a block that may not leave is
+//! answered exactly as an absent one (404, or a CAR or file that stops there).
 
 // Handlers answer early with a finished response; boxing it would buy nothing.
 #![allow(clippy::result_large_err)]
 
-pub mod car;
-pub mod dag;
 mod sniff;
 
 use crate::api::range::{parse_range, RangeRequest};
+use crate::dag::car::{self, DagScope, Params};
+use crate::dag::{self, DagError, Node, Reader};
+use crate::exposure::Audience;
 use crate::registry::Registry;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use cid::Cid;
-use dag::{DagError, Node, Piece};
 use std::sync::Arc;
 
 const IMMUTABLE: &str = "public, max-age=29030400, immutable";
@@ -78,7 +79,11 @@ fn format(req: &HttpRequest) -> Result<Format, HttpResponse> {
 fn dag_error(e: DagError) -> HttpResponse {
     match e {
         DagError::Missing(_) | DagError::NotFound(_) => text(StatusCode::NOT_FOUND, e.to_string()),
-        DagError::Malformed { .. } => text(StatusCode::BAD_GATEWAY, e.to_string()),
+        // The client wrote that block itself, inside its CID.
+        DagError::Malformed { cid, .. } if dag::is_identity(&cid) => text(StatusCode::BAD_REQUEST, e.to_string()),
+        DagError::Malformed { .. } | DagError::TooMuchWork(_) => text(StatusCode::BAD_GATEWAY, e.to_string()),
+        // The metadata cannot say whether a block may leave: unavailable, not absent.
+        DagError::Registry(crate::registry::RegistryError::Metadata(m)) => text(StatusCode::SERVICE_UNAVAILABLE, m.to_string()),
         DagError::Registry(r) => {
             tracing::error!(error = %r, "gateway read failed");
             text(StatusCode::INTERNAL_SERVER_ERROR, r.to_string())
@@ -103,26 +108,13 @@ async fn handle(req: HttpRequest, reg: web::Data<Registry>) -> HttpResponse {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let shared = reg.clone().into_inner();
-    let reg = reg.get_ref();
-    // Whatever is not public is absent: the same 404 either way.
-    let public = match dag::well_known(&root) {
-        Some(_) => true,
-        None => match reg.is_public_block(&root).await {
-            Ok(p) => p,
-            // The metadata cannot say: unavailable, not absent.
-            Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        },
-    };
-    if !public {
-        return text(StatusCode::NOT_FOUND, format!("{root} is not on this node"));
-    }
-    let chain = match dag::resolve(reg, root, &segments).await {
+    let reader = Reader::new(reg.into_inner(), Audience::Anyone);
+    let chain = match reader.resolve(root, &segments).await {
         Ok(c) => c,
         Err(e) => return dag_error(e),
     };
     let target = *chain.last().expect("resolve returns the root at least");
-    let ipfs_path = format!("/ipfs/{tail}");
+    let ipfs_path = std::iter::once(format!("/ipfs/{root}")).chain(segments.iter().map(|s| encode_segment(s))).collect::<Vec<_>>().join("/");
     let roots = chain.iter().map(Cid::to_string).collect::<Vec<_>>().join(",");
     let etag = match format {
         Format::Raw => format!("\"{target}.raw\""),
@@ -137,13 +129,17 @@ async fn handle(req: HttpRequest, reg: web::Data<Registry>) -> HttpResponse {
         .insert_header(("Cache-Control", IMMUTABLE))
         .insert_header(("X-Content-Type-Options", "nosniff"))
         .insert_header(("Access-Control-Allow-Origin", "*"));
+    if chain.iter().any(dag::is_identity) {
+        // Whoever wrote the URL wrote these bytes: they must not run as this origin's page.
+        builder.insert_header(("Content-Security-Policy", "sandbox"));
+    }
     let if_none_match = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
     if if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*" || t.trim() == format!("W/{etag}"))) {
         return builder.status(StatusCode::NOT_MODIFIED).finish();
     }
     let head = req.method() == actix_web::http::Method::HEAD;
     match format {
-        Format::Raw => match dag::block(reg, &target).await {
+        Format::Raw => match reader.block(&target).await {
             Ok(bytes) => {
                 builder
                     .content_type(RAW_TYPE)
@@ -157,7 +153,7 @@ async fn handle(req: HttpRequest, reg: web::Data<Registry>) -> HttpResponse {
             }
             Err(e) => dag_error(e),
         },
-        Format::Car => match car::Params::from_request(&req) {
+        Format::Car => match car_params(&req) {
             Ok(params) => {
                 builder
                     .content_type(format!("{CAR_TYPE}; version=1; order=dfs; dups={}", if params.dups { "y" } else { "n" }))
@@ -167,12 +163,58 @@ async fn handle(req: HttpRequest, reg: web::Data<Registry>) -> HttpResponse {
                 if head {
                     return builder.finish();
                 }
-                builder.streaming(car::stream(shared, root, chain, params))
+                builder.streaming(car::stream(reader, root, chain, params))
             }
             Err(resp) => resp,
         },
-        Format::UnixFs => unixfs(&req, shared, target, &segments, builder, head).await,
+        Format::UnixFs => unixfs(&req, reader, target, &segments, builder, head).await,
     }
+}
+
+/// The CAR parameters of a request (`dag-scope`, `entity-bytes`, `car-dups`, `Accept` parameters).
+fn car_params(req: &HttpRequest) -> Result<Params, HttpResponse> {
+    let bad = |m: String| text(StatusCode::BAD_REQUEST, m);
+    let q = |k: &str| query(req, k);
+    let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept_param = |name: &str| -> Option<String> {
+        accept
+            .split(',')
+            .find(|i| i.trim().starts_with(CAR_TYPE))
+            .and_then(|i| i.split(';').skip(1).find_map(|p| p.trim().strip_prefix(&format!("{name}=")).map(str::to_string)))
+    };
+    if let Some(v) = accept_param("version") {
+        if v != "1" {
+            return Err(text(StatusCode::NOT_ACCEPTABLE, format!("CAR version {v} is not supported; version=1 is")));
+        }
+    }
+    let order = q("car-order").or_else(|| accept_param("order"));
+    if let Some(o) = order.filter(|o| o != "dfs" && o != "unk") {
+        return Err(text(StatusCode::NOT_ACCEPTABLE, format!("CAR order {o:?} is not supported; dfs is")));
+    }
+    let dups = match q("car-dups").or_else(|| accept_param("dups")).as_deref() {
+        None | Some("n") => false,
+        Some("y") => true,
+        Some(other) => return Err(bad(format!("car-dups={other:?} is neither y nor n"))),
+    };
+    let scope = match q("dag-scope").as_deref() {
+        None | Some("all") => DagScope::All,
+        Some("entity") => DagScope::Entity,
+        Some("block") => DagScope::Block,
+        Some(other) => return Err(bad(format!("dag-scope={other:?} is not all, entity or block"))),
+    };
+    let entity_bytes = match q("entity-bytes") {
+        None => None,
+        Some(v) => {
+            let parse = || -> Option<(i64, Option<i64>)> {
+                let (a, b) = v.split_once(':')?;
+                let from = a.parse().ok()?;
+                let to = if b == "*" { None } else { Some(b.parse().ok()?) };
+                Some((from, to))
+            };
+            Some(parse().ok_or_else(|| bad(format!("entity-bytes={v:?} is not from:to")))?)
+        }
+    };
+    Ok(Params { scope, entity_bytes, dups })
 }
 
 /// A HEAD response's body: none, while the Content-Length says what GET would send (actix keeps
@@ -208,16 +250,30 @@ fn disposition(req: &HttpRequest, default_name: &str, attachment: bool) -> Strin
     format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 
+/// A path segment as it goes back into a header or a URL: percent-encoded outside the characters
+/// a path segment may hold as they are.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 async fn unixfs(
     req: &HttpRequest,
-    shared: Arc<Registry>,
+    reader: Arc<Reader>,
     target: Cid,
     segments: &[String],
     mut builder: actix_web::HttpResponseBuilder,
     head: bool,
 ) -> HttpResponse {
-    let reg = shared.as_ref();
-    let node = match dag::node(reg, &target).await {
+    let reg: &Registry = &reader.reg;
+    let node = match reader.node(&target).await {
         Ok(n) => n,
         Err(e) => return dag_error(e),
     };
@@ -246,7 +302,7 @@ async fn unixfs(
     };
     let size = match known_size {
         Some(size) => Ok(Some(size)),
-        None => dag::file_size(reg, &file).await,
+        None => reader.file_size(&file).await,
     };
     let size = match size {
         Ok(Some(size)) => size,
@@ -282,12 +338,9 @@ async fn unixfs(
                 Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("reading {file}: {e}")),
             }
         }
-        None => match dag::plan_range(reg, file, 0, size.min(512)).await {
-            Ok(pieces) => match read_pieces(reg, pieces).await {
-                Ok(b) => b,
-                Err(e) => return dag_error(e),
-            },
-            Err(e) => return dag_error(e),
+        None => match dag::file_head(reader.clone(), file, size.min(512)).await {
+            Ok(b) => b,
+            Err(e) => return text(StatusCode::BAD_GATEWAY, e.to_string()),
         },
     };
     let shown_name = query(req, "filename").unwrap_or(name);
@@ -307,50 +360,5 @@ async fn unixfs(
     if let Some(blob) = blob_file {
         return builder.no_chunking(end - start).streaming(crate::storage::read_range(blob, start, end - start));
     }
-    let pieces = match dag::plan_range(reg, file, start, end).await {
-        Ok(p) => p,
-        Err(e) => return dag_error(e),
-    };
-    builder.no_chunking(end - start).streaming(piece_stream(shared.clone(), pieces))
-}
-
-async fn read_pieces(reg: &Registry, pieces: Vec<Piece>) -> dag::Result<Bytes> {
-    let mut out = Vec::new();
-    for p in pieces {
-        out.extend_from_slice(&read_piece(reg, p).await?);
-    }
-    Ok(Bytes::from(out))
-}
-
-async fn read_piece(reg: &Registry, piece: Piece) -> dag::Result<Bytes> {
-    match piece {
-        Piece::Inline(b) => Ok(b),
-        Piece::Leaf { cid, skip, len } => {
-            let block = dag::block(reg, &cid).await?;
-            let end = (skip + len).min(block.len() as u64) as usize;
-            Ok(block.slice((skip as usize).min(end)..end))
-        }
-    }
-}
-
-/// The whole DAG under `root` as a CAR stream (the RPC's `dag/export`).
-pub fn car_stream(reg: Arc<Registry>, root: Cid) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
-    car::stream(reg, root, vec![root], car::Params { scope: car::DagScope::All, entity_bytes: None, dups: false })
-}
-
-/// File bytes, one leaf at a time (each verified as it is read).
-pub fn pieces_stream(reg: Arc<Registry>, pieces: Vec<Piece>) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
-    piece_stream(reg, pieces)
-}
-
-/// File bytes, one leaf at a time (each verified as it is read).
-fn piece_stream(
-    reg: Arc<Registry>,
-    pieces: Vec<Piece>,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
-    futures_util::stream::unfold((reg, pieces.into_iter()), |(reg, mut pieces)| async move {
-        let piece = pieces.next()?;
-        let item = read_piece(&reg, piece).await.map_err(std::io::Error::other);
-        Some((item, (reg, pieces)))
-    })
+    builder.no_chunking(end - start).streaming(dag::file_stream(reader, file, start, end))
 }

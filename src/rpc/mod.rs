@@ -12,7 +12,8 @@
 pub mod identity;
 
 use crate::auth::Auth;
-use crate::gateway::dag::{self, DagError, Node};
+use crate::dag::{DagError, Node, Reader};
+use crate::exposure::Audience;
 use crate::registry::Registry;
 use crate::unixfs::{self, DagBlock, Importer};
 use actix_multipart::Multipart;
@@ -119,42 +120,35 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
         "repo/stat" => repo_stat(&state).await,
         "swarm/peers" => HttpResponse::Ok().json(json!({"Peers": []})),
         "block/get" => match readable_path(&req, &state).await {
-            Ok(cid) => match dag::block(&reg, &cid).await {
+            Ok((reader, cid)) => match reader.block(&cid).await {
                 Ok(bytes) => stream_response(bytes),
                 Err(e) => dag_failure(e),
             },
             Err(resp) => resp,
         },
         "block/stat" => match readable_path(&req, &state).await {
-            Ok(cid) => match dag::block(&reg, &cid).await {
+            Ok((reader, cid)) => match reader.block(&cid).await {
                 Ok(bytes) => HttpResponse::Ok().json(json!({"Key": cid.to_string(), "Size": bytes.len()})),
                 Err(e) => dag_failure(e),
             },
             Err(resp) => resp,
         },
         "cat" => match readable_path(&req, &state).await {
-            Ok(cid) => cat(&reg, cid).await,
+            Ok((reader, cid)) => cat(reader, cid).await,
             Err(resp) => resp,
         },
         "ls" => match readable_path(&req, &state).await {
-            Ok(cid) => ls(&reg, cid).await,
+            Ok((reader, cid)) => ls(&reader, cid).await,
             Err(resp) => resp,
         },
         "dag/export" => match readable_path(&req, &state).await {
-            Ok(cid) => HttpResponse::Ok()
+            Ok((reader, cid)) => HttpResponse::Ok()
                 .insert_header(("X-Stream-Output", "1"))
                 .content_type("application/vnd.ipld.car")
-                .streaming(crate::gateway::car_stream(reg, cid)),
+                .streaming(crate::dag::car::whole(reader, cid)),
             Err(resp) => resp,
         },
-        "pin/ls" => match reg.blocks.pins().await {
-            Ok(pins) => {
-                let keys: serde_json::Map<String, serde_json::Value> =
-                    pins.into_iter().map(|c| (c, json!({"Type": "recursive", "Name": ""}))).collect();
-                HttpResponse::Ok().json(json!({"Keys": keys}))
-            }
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        },
+        "pin/ls" => pin_ls(&req, &state).await,
         "pin/add" => pin_add(&req, &reg).await,
         "pin/rm" => {
             let mut removed = Vec::new();
@@ -189,20 +183,45 @@ async fn require_admin(req: &HttpRequest, state: &RpcState) -> Result<(), HttpRe
     }
 }
 
-/// The `arg` path resolved to a CID this caller may read.
-async fn readable_path(req: &HttpRequest, state: &RpcState) -> Result<Cid, HttpResponse> {
+/// Who the caller is to the exposure policy: on loopback, or with an administrator's
+/// credentials, the operator; anyone else sees only public content (as on the gateway).
+async fn audience(req: &HttpRequest, state: &RpcState) -> Audience {
+    if state.loopback || (req.headers().contains_key("authorization") && require_admin(req, state).await.is_ok()) {
+        Audience::Operator
+    } else {
+        Audience::Anyone
+    }
+}
+
+/// A reader for this caller, and the `arg` path resolved through it to a CID it may read.
+async fn readable_path(req: &HttpRequest, state: &RpcState) -> Result<(Arc<Reader>, Cid), HttpResponse> {
     let raw = arg(req, "arg").ok_or_else(|| bad_request("argument \"cid\" is required"))?;
     let (root, path) = parse_path(&raw)?;
-    // On loopback the operator reads anything; beyond it, only what is public.
-    let public = match (state.loopback, dag::well_known(&root)) {
-        (true, _) | (_, Some(_)) => true,
-        (false, None) => state.registry.is_public_block(&root).await.map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?,
+    let reader = Reader::new(state.registry.clone(), audience(req, state).await);
+    let chain = reader.resolve(root, &path).await.map_err(dag_failure)?;
+    Ok((reader, *chain.last().expect("a chain has a target")))
+}
+
+/// The pins, as far as this caller may read their roots.
+async fn pin_ls(req: &HttpRequest, state: &RpcState) -> HttpResponse {
+    let pins = match state.registry.blocks.pins().await {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    if !public {
-        return Err(dag_failure(DagError::Missing(root)));
+    let reader = Reader::new(state.registry.clone(), audience(req, state).await);
+    let mut keys = serde_json::Map::new();
+    for pin in pins {
+        let Ok(cid) = pin.parse::<Cid>() else { continue };
+        if reader.audience() == Audience::Anyone {
+            match reader.block(&cid).await {
+                Ok(_) => {}
+                Err(DagError::Registry(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+                Err(_) => continue,
+            }
+        }
+        keys.insert(pin, json!({"Type": "recursive", "Name": ""}));
     }
-    let chain = dag::resolve(&state.registry, root, &path).await.map_err(dag_failure)?;
-    Ok(*chain.last().expect("a chain has a target"))
+    HttpResponse::Ok().json(json!({"Keys": keys}))
 }
 
 fn stream_response(bytes: Bytes) -> HttpResponse {
@@ -240,23 +259,20 @@ fn disk_capacity(path: &std::path::Path) -> u64 {
     st.f_blocks as u64 * st.f_frsize as u64
 }
 
-async fn cat(reg: &Arc<Registry>, cid: Cid) -> HttpResponse {
-    let size = match dag::file_size(reg, &cid).await {
+async fn cat(reader: Arc<Reader>, cid: Cid) -> HttpResponse {
+    let size = match reader.file_size(&cid).await {
         Ok(Some(s)) => s,
         Ok(None) => return error(StatusCode::INTERNAL_SERVER_ERROR, "this dag node is a directory"),
         Err(e) => return dag_failure(e),
     };
-    match dag::plan_range(reg, cid, 0, size).await {
-        Ok(pieces) => HttpResponse::Ok()
-            .insert_header(("X-Stream-Output", "1"))
-            .content_type("text/plain")
-            .streaming(crate::gateway::pieces_stream(reg.clone(), pieces)),
-        Err(e) => dag_failure(e),
-    }
+    HttpResponse::Ok()
+        .insert_header(("X-Stream-Output", "1"))
+        .content_type("text/plain")
+        .streaming(crate::dag::file_stream(reader, cid, 0, size))
 }
 
-async fn ls(reg: &Registry, cid: Cid) -> HttpResponse {
-    let links = match dag::node(reg, &cid).await {
+async fn ls(reader: &Reader, cid: Cid) -> HttpResponse {
+    let links = match reader.node(&cid).await {
         Ok(Node::Directory { links }) | Ok(Node::File { links, .. }) => links,
         Ok(_) => Vec::new(),
         Err(e) => return dag_failure(e),
@@ -268,7 +284,7 @@ async fn ls(reg: &Registry, cid: Cid) -> HttpResponse {
             out.push(json!({"Name": l.name, "Hash": l.cid.to_string(), "Size": l.tsize, "Type": 2, "Target": ""}));
             continue;
         }
-        let (kind, size) = match dag::node(reg, &l.cid).await {
+        let (kind, size) = match reader.node(&l.cid).await {
             Ok(Node::Directory { .. }) => (1, 0),
             Ok(Node::File { size, .. }) => (2, size),
             _ => (2, l.tsize),
@@ -281,7 +297,8 @@ async fn ls(reg: &Registry, cid: Cid) -> HttpResponse {
 /// Every block of the DAG under `root` is here, intact (so a pin can keep it): the gateway's
 /// depth-first CAR walk, drained.
 async fn check_complete(reg: &Arc<Registry>, root: Cid) -> Result<(), String> {
-    let mut blocks = std::pin::pin!(crate::gateway::car_stream(reg.clone(), root));
+    let reader = Reader::new(reg.clone(), Audience::Operator);
+    let mut blocks = std::pin::pin!(crate::dag::car::whole(reader, root));
     while let Some(block) = blocks.next().await {
         block.map_err(|e| e.to_string())?;
     }
@@ -295,7 +312,7 @@ async fn pin_add(req: &HttpRequest, reg: &Arc<Registry>) -> HttpResponse {
             Ok(p) => p,
             Err(resp) => return resp,
         };
-        let cid = match dag::resolve(reg, root, &path).await {
+        let cid = match Reader::new(reg.clone(), Audience::Operator).resolve(root, &path).await {
             Ok(chain) => *chain.last().expect("a chain has a target"),
             Err(e) => return dag_failure(e),
         };

@@ -30,6 +30,9 @@ pub struct Node {
     extra: Vec<String>,
     env: Vec<(String, String)>,
     pub log: PathBuf,
+    /// The administrator's password when the node was started with `AF_ADMIN_PASSWORD`: the
+    /// push helpers then authenticate as `admin`.
+    pub admin_password: Option<String>,
 }
 
 impl Node {
@@ -60,6 +63,7 @@ impl Node {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             log,
+            admin_password: env.iter().find(|(k, _)| *k == "AF_ADMIN_PASSWORD").map(|(_, v)| v.to_string()),
         };
         node.spawn();
         node
@@ -113,6 +117,14 @@ impl Node {
         format!("http://{}{}", self.gateway, path)
     }
 
+    /// `rb` with the administrator's credentials, if the node has them.
+    pub fn as_admin(&self, rb: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
+        match &self.admin_password {
+            Some(p) => rb.basic_auth("admin", Some(p)),
+            None => rb,
+        }
+    }
+
     pub fn host(&self) -> String {
         self.addr.to_string()
     }
@@ -152,8 +164,8 @@ pub fn sha256(data: &[u8]) -> String {
 /// Pushes a blob in one POST; returns its digest.
 pub fn push_blob(node: &Node, repo: &str, data: &[u8]) -> String {
     let d = sha256(data);
-    let r = client()
-        .post(node.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
+    let r = node
+        .as_admin(client().post(node.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}"))))
         .header("Content-Type", "application/octet-stream")
         .body(data.to_vec())
         .send()
@@ -182,8 +194,7 @@ pub fn image_manifest(node: &Node, repo: &str, config: &[u8], layers: &[&[u8]]) 
 }
 
 pub fn put_manifest(node: &Node, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Response {
-    client()
-        .put(node.url(&format!("/v2/{repo}/manifests/{reference}")))
+    node.as_admin(client().put(node.url(&format!("/v2/{repo}/manifests/{reference}"))))
         .header("Content-Type", media_type)
         .body(body.to_vec())
         .send()

@@ -1,12 +1,8 @@
-//! CAR responses of the trustless gateway: the blocks that prove the path from the root, then
+//! CAR streams (the trustless gateway's responses, the RPC's `dag/export`, `af registry export`): the blocks that prove the path from the root, then
 //! the target's blocks by `dag-scope` (`all`, `entity`, `block`) and `entity-bytes`, depth first,
 //! with or without duplicates. Streamed block by block; every block is verified as it is read.
 
-use super::dag::{self, Node};
-use super::text;
-use crate::registry::Registry;
-use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse};
+use super::{Node, Reader};
 use bytes::Bytes;
 use cid::Cid;
 use std::collections::HashSet;
@@ -27,58 +23,13 @@ pub struct Params {
     pub dups: bool,
 }
 
-impl Params {
-    pub fn from_request(req: &HttpRequest) -> Result<Params, HttpResponse> {
-        let bad = |m: String| text(StatusCode::BAD_REQUEST, m);
-        let q = |k: &str| super::query(req, k);
-        let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
-        let accept_param = |name: &str| -> Option<String> {
-            accept
-                .split(',')
-                .find(|i| i.trim().starts_with(super::CAR_TYPE))
-                .and_then(|i| i.split(';').skip(1).find_map(|p| p.trim().strip_prefix(&format!("{name}=")).map(str::to_string)))
-        };
-        if let Some(v) = accept_param("version") {
-            if v != "1" {
-                return Err(text(StatusCode::NOT_ACCEPTABLE, format!("CAR version {v} is not supported; version=1 is")));
-            }
-        }
-        let order = q("car-order").or_else(|| accept_param("order"));
-        if let Some(o) = order.filter(|o| o != "dfs" && o != "unk") {
-            return Err(text(StatusCode::NOT_ACCEPTABLE, format!("CAR order {o:?} is not supported; dfs is")));
-        }
-        let dups = match q("car-dups").or_else(|| accept_param("dups")).as_deref() {
-            None | Some("n") => false,
-            Some("y") => true,
-            Some(other) => return Err(bad(format!("car-dups={other:?} is neither y nor n"))),
-        };
-        let scope = match q("dag-scope").as_deref() {
-            None | Some("all") => DagScope::All,
-            Some("entity") => DagScope::Entity,
-            Some("block") => DagScope::Block,
-            Some(other) => return Err(bad(format!("dag-scope={other:?} is not all, entity or block"))),
-        };
-        let entity_bytes = match q("entity-bytes") {
-            None => None,
-            Some(v) => {
-                let parse = || -> Option<(i64, Option<i64>)> {
-                    let (a, b) = v.split_once(':')?;
-                    let from = a.parse().ok()?;
-                    let to = if b == "*" { None } else { Some(b.parse().ok()?) };
-                    Some((from, to))
-                };
-                Some(parse().ok_or_else(|| bad(format!("entity-bytes={v:?} is not from:to")))?)
-            }
-        };
-        Ok(Params { scope, entity_bytes, dups })
-    }
-}
-
 /// Resolves `entity-bytes` against a file of `size` bytes: the range `start..end`, or None when it
 /// selects nothing.
 fn byte_range(entity_bytes: Option<(i64, Option<i64>)>, size: u64) -> Option<(u64, u64)> {
-    let size_i = size as i64;
+    // i128: a file's size may exceed i64, and the sums below must not wrap.
+    let size_i = size as i128;
     let (from, to) = entity_bytes.unwrap_or((0, None));
+    let (from, to) = (from as i128, to.map(|t| t as i128));
     let from = if from < 0 { (size_i + from).max(0) } else { from };
     let to = match to {
         None => size_i - 1,
@@ -133,7 +84,7 @@ fn header(root: &Cid) -> Bytes {
 }
 
 struct State {
-    reg: Arc<Registry>,
+    reader: Arc<Reader>,
     stack: Vec<Work>,
     seen: HashSet<Cid>,
     dups: bool,
@@ -151,7 +102,7 @@ impl State {
             if !self.dups && !self.seen.insert(cid) {
                 continue;
             }
-            let bytes = match dag::block(&self.reg, &cid).await {
+            let bytes = match self.reader.block(&cid).await {
                 Ok(b) => b,
                 Err(e) => return Some(Err(std::io::Error::other(e.to_string()))),
             };
@@ -162,11 +113,11 @@ impl State {
         }
     }
 
-    fn expand(&mut self, cid: Cid, bytes: &Bytes, expand: Expand) -> dag::Result<()> {
+    fn expand(&mut self, cid: Cid, bytes: &Bytes, expand: Expand) -> super::Result<()> {
         if matches!(expand, Expand::Nothing) || cid.codec() != crate::unixfs::DAG_PB {
             return Ok(());
         }
-        let node = dag::decode(&cid, bytes.clone())?;
+        let node = super::decode(&cid, bytes.clone())?;
         let children: Vec<Work> = match (expand, node) {
             (Expand::All, Node::File { links, .. } | Node::Directory { links }) => {
                 links.into_iter().map(|l| Work::Visit { cid: l.cid, expand: Expand::All }).collect()
@@ -182,6 +133,7 @@ impl State {
                 let mut at = offset + content.len() as u64;
                 let mut out = Vec::new();
                 for (link, size) in links.iter().zip(blocksizes) {
+                    // decode() checked that the sizes add up without overflow.
                     if at + size > start && at < end {
                         out.push(Work::Visit { cid: link.cid, expand: Expand::Range { offset: at, start, end } });
                     }
@@ -198,7 +150,7 @@ impl State {
 
 /// The CAR of a request for `root`, resolved to `chain` (root first, target last).
 pub fn stream(
-    reg: Arc<Registry>,
+    reader: Arc<Reader>,
     root: Cid,
     chain: Vec<Cid>,
     params: Params,
@@ -215,7 +167,7 @@ pub fn stream(
         stack.push(Work::Visit { cid: *cid, expand: Expand::Nothing });
     }
     let state = State {
-        reg,
+        reader,
         stack,
         seen: HashSet::new(),
         dups: params.dups,
@@ -223,4 +175,9 @@ pub fn stream(
         header: Some(header(&root)),
     };
     futures_util::stream::unfold(state, |mut s| async move { s.step().await.map(|item| (item, s)) })
+}
+
+/// The whole DAG under `root` as a CAR stream (the RPC's `dag/export`, `af registry export`).
+pub fn whole(reader: Arc<Reader>, root: Cid) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    stream(reader, root, vec![root], Params { scope: DagScope::All, entity_bytes: None, dups: false })
 }

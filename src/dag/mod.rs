@@ -1,0 +1,263 @@
+//! Reading UnixFS DAGs out of the block store, for whoever asks (gateway, RPC, CAR export, and
+//! later the swarm): a [`Reader`] reads blocks verified against their CID and admitted by the
+//! request's [`Exposure`]; path resolution; files as lazy streams of their bytes; CAR walks
+//! (`car`).
+//!
+//! Every walk is bounded whatever the DAG's shape: files and CARs are read lazily (memory is the
+//! pending links of the current path, never the whole DAG), stop when their consumer is dropped,
+//! and read at most [`MAX_BLOCKS_PER_WALK`] blocks.
+
+pub mod car;
+
+use crate::exposure::{Admission, Audience, Exposure};
+use crate::registry::{Registry, RegistryError};
+use crate::unixfs::{self, DecodedLink};
+use bytes::Bytes;
+use cid::Cid;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The empty UnixFS directory, which monitoring fetches from every gateway.
+const EMPTY_DIRECTORY: [u8; 4] = [0x0a, 0x02, 0x08, 0x01];
+const IDENTITY: u64 = 0x00;
+/// The most blocks one request may read: a 256 GiB file of 256 KiB leaves. A DAG that repeats a
+/// subtree may describe far more than it holds; it is cut off here.
+pub const MAX_BLOCKS_PER_WALK: u64 = 1 << 20;
+/// The most path segments a request may name.
+pub const MAX_PATH_SEGMENTS: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DagError {
+    #[error("block {0} is not on this node")]
+    Missing(Cid),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("block {cid}: {detail}")]
+    Malformed { cid: Cid, detail: String },
+    #[error("this request read {0} blocks, the most one may; the DAG repeats itself or is too large to serve in one request")]
+    TooMuchWork(u64),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+pub type Result<T> = std::result::Result<T, DagError>;
+
+/// A block that needs no store: identity CIDs and the empty directory.
+pub fn well_known(cid: &Cid) -> Option<Bytes> {
+    let mh = cid.hash();
+    if mh.code() == IDENTITY {
+        return Some(Bytes::copy_from_slice(mh.digest()));
+    }
+    let empty: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(EMPTY_DIRECTORY).into();
+    (cid.codec() == unixfs::DAG_PB && mh.code() == unixfs::SHA2_256 && mh.digest() == empty)
+        .then(|| Bytes::from_static(&EMPTY_DIRECTORY))
+}
+
+/// Whether `cid` carries its own bytes (an identity multihash).
+pub fn is_identity(cid: &Cid) -> bool {
+    cid.hash().code() == IDENTITY
+}
+
+/// One request's view of the block store: every block it reads is verified and admitted by its
+/// exposure, and counted against the request's budget.
+pub struct Reader {
+    pub reg: Arc<Registry>,
+    exposure: Exposure,
+    read: AtomicU64,
+}
+
+impl Reader {
+    pub fn new(reg: Arc<Registry>, audience: Audience) -> Arc<Reader> {
+        Arc::new(Reader { exposure: Exposure::new(reg.clone(), audience), reg, read: AtomicU64::new(0) })
+    }
+
+    pub fn audience(&self) -> Audience {
+        self.exposure.audience()
+    }
+
+    /// The block's bytes, verified; `Missing` when it is absent or not for this audience (the
+    /// two are indistinguishable from outside).
+    pub async fn block(&self, cid: &Cid) -> Result<Bytes> {
+        let n = self.read.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > MAX_BLOCKS_PER_WALK {
+            return Err(DagError::TooMuchWork(MAX_BLOCKS_PER_WALK));
+        }
+        if let Some(b) = well_known(cid) {
+            return Ok(b);
+        }
+        let Some((location, owner)) = self.reg.blocks.locate_owned(cid).await.map_err(RegistryError::from)? else {
+            return Err(DagError::Missing(*cid));
+        };
+        let admission = self.exposure.admit(cid, &owner).await?;
+        if admission == Admission::Refused {
+            return Err(DagError::Missing(*cid));
+        }
+        let bytes = self.reg.read_block(cid, location).await?.ok_or(DagError::Missing(*cid))?;
+        if admission == Admission::Vouching && self.audience() == Audience::Anyone && cid.codec() == unixfs::DAG_PB {
+            if let Ok(node) = unixfs::decode_node(&bytes) {
+                self.exposure.vouch(node.links.into_iter().map(|l| l.cid));
+            }
+        }
+        Ok(bytes)
+    }
+
+    pub async fn node(&self, cid: &Cid) -> Result<Node> {
+        let bytes = self.block(cid).await?;
+        decode(cid, bytes)
+    }
+
+    /// Follows `path` (segments) from `root`; returns every CID on the way, the last one the
+    /// target. Every block passed through is read through [`Reader::block`].
+    pub async fn resolve(&self, root: Cid, path: &[String]) -> Result<Vec<Cid>> {
+        if path.len() > MAX_PATH_SEGMENTS {
+            return Err(DagError::NotFound(format!("the path has {} segments; at most {MAX_PATH_SEGMENTS} are followed", path.len())));
+        }
+        let mut chain = vec![root];
+        // The root itself must be readable even when the path is empty.
+        let mut current = self.node(&root).await?;
+        for (i, segment) in path.iter().enumerate() {
+            let Node::Directory { links } = current else {
+                return Err(DagError::NotFound(format!("{} is not a directory", path[..i].join("/"))));
+            };
+            let here = *chain.last().expect("the chain starts with the root");
+            let next = links
+                .iter()
+                .find(|l| &l.name == segment)
+                .ok_or_else(|| DagError::NotFound(format!("no link named {segment:?} under {here}")))?
+                .cid;
+            current = self.node(&next).await?;
+            chain.push(next);
+        }
+        Ok(chain)
+    }
+
+    /// The size of a UnixFS file, checked against what its root says of its parts.
+    pub async fn file_size(&self, cid: &Cid) -> Result<Option<u64>> {
+        Ok(match self.node(cid).await? {
+            Node::Raw(b) => Some(b.len() as u64),
+            Node::File { size, .. } => Some(size),
+            _ => None,
+        })
+    }
+}
+
+/// What a UnixFS block is.
+pub enum Node {
+    /// A raw block: a whole file.
+    Raw(Bytes),
+    /// A file node; `size` is its content's length, checked against its parts' sizes.
+    File { links: Vec<DecodedLink>, content: Bytes, blocksizes: Vec<u64>, size: u64 },
+    Directory { links: Vec<DecodedLink> },
+    /// dag-pb that is neither (HAMT shards, symlinks, ...), or another codec.
+    Other,
+}
+
+pub fn decode(cid: &Cid, bytes: Bytes) -> Result<Node> {
+    let malformed = |detail: String| DagError::Malformed { cid: *cid, detail };
+    match cid.codec() {
+        unixfs::RAW => Ok(Node::Raw(bytes)),
+        unixfs::DAG_PB => {
+            let node = unixfs::decode_node(&bytes).map_err(|e| malformed(e.to_string()))?;
+            let data = unixfs::unixfs_data(&node.data).map_err(|e| malformed(e.to_string()))?;
+            match data.kind {
+                unixfs::UNIXFS_DIRECTORY => Ok(Node::Directory { links: node.links }),
+                0 | unixfs::UNIXFS_FILE => {
+                    if data.blocksizes.len() != node.links.len() {
+                        return Err(malformed(format!("{} links but {} blocksizes", node.links.len(), data.blocksizes.len())));
+                    }
+                    let parts = data
+                        .blocksizes
+                        .iter()
+                        .try_fold(data.content.len() as u64, |a, b| a.checked_add(*b))
+                        .ok_or_else(|| malformed("its blocksizes add up past 2^64".into()))?;
+                    if let Some(claimed) = data.filesize.filter(|f| *f != parts) {
+                        return Err(malformed(format!("filesize {claimed} but its parts hold {parts} bytes")));
+                    }
+                    let content = Bytes::copy_from_slice(data.content);
+                    Ok(Node::File { links: node.links, content, blocksizes: data.blocksizes, size: parts })
+                }
+                _ => Ok(Node::Other),
+            }
+        }
+        _ => Ok(Node::Other),
+    }
+}
+
+/// A pending part of a file walk: a node whose content starts at `offset` of the file and that
+/// its parent says holds `size` bytes.
+struct Pending {
+    cid: Cid,
+    offset: u64,
+    size: Option<u64>,
+}
+
+/// Bytes `start..end` of the file at `cid`, read lazily depth first: only the links of the nodes
+/// on the current path are held, every block is verified and admitted as it is read, the walk
+/// ends when the stream is dropped, and a part whose size disagrees with what its parent said is
+/// an error (the stream ends there).
+pub fn file_stream(
+    reader: Arc<Reader>,
+    cid: Cid,
+    start: u64,
+    end: u64,
+) -> impl futures_util::Stream<Item = std::result::Result<Bytes, std::io::Error>> {
+    let stack = vec![Pending { cid, offset: 0, size: None }];
+    futures_util::stream::unfold((reader, stack), move |(reader, mut stack)| async move {
+        loop {
+            let p = stack.pop()?;
+            match next_piece(&reader, p, start, end, &mut stack).await {
+                Ok(Some(bytes)) => return Some((Ok(bytes), (reader, stack))),
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "file read stopped");
+                    return Some((Err(std::io::Error::other(e.to_string())), (reader, Vec::new())));
+                }
+            }
+        }
+    })
+}
+
+async fn next_piece(reader: &Reader, p: Pending, start: u64, end: u64, stack: &mut Vec<Pending>) -> Result<Option<Bytes>> {
+    let node = reader.node(&p.cid).await?;
+    let malformed = |detail: String| DagError::Malformed { cid: p.cid, detail };
+    match node {
+        Node::Raw(b) => {
+            let len = b.len() as u64;
+            if p.size.is_some_and(|s| s != len) {
+                return Err(malformed(format!("its parent says {} bytes, it holds {len}", p.size.unwrap_or(0))));
+            }
+            let (from, to) = (p.offset.max(start), (p.offset + len).min(end));
+            Ok((to > from).then(|| b.slice((from - p.offset) as usize..(to - p.offset) as usize)))
+        }
+        Node::File { links, content, blocksizes, size } => {
+            if p.size.is_some_and(|s| s != size) {
+                return Err(malformed(format!("its parent says {} bytes, it holds {size}", p.size.unwrap_or(0))));
+            }
+            let own = content.len() as u64;
+            let mut at = p.offset + own;
+            let mut children = Vec::new();
+            for (link, size) in links.iter().zip(blocksizes) {
+                let next = at.checked_add(size).ok_or_else(|| malformed("sizes past 2^64".into()))?;
+                if next > start && at < end {
+                    children.push(Pending { cid: link.cid, offset: at, size: Some(size) });
+                }
+                at = next;
+            }
+            stack.extend(children.into_iter().rev());
+            let (from, to) = (p.offset.max(start), (p.offset + own).min(end));
+            Ok((to > from).then(|| content.slice((from - p.offset) as usize..(to - p.offset) as usize)))
+        }
+        Node::Directory { .. } | Node::Other => Err(DagError::NotFound(format!("{} is not a file", p.cid))),
+    }
+}
+
+/// The first `n` bytes of a file (to sniff its type).
+pub async fn file_head(reader: Arc<Reader>, cid: Cid, n: u64) -> std::result::Result<Bytes, std::io::Error> {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    let mut s = std::pin::pin!(file_stream(reader, cid, 0, n));
+    while let Some(piece) = s.next().await {
+        out.extend_from_slice(&piece?);
+    }
+    Ok(Bytes::from(out))
+}
