@@ -104,7 +104,7 @@ fn read_password(user: &str) -> anyhow::Result<String> {
         std::io::stdin().read_line(&mut line).context("cannot read the password from standard input")?;
         line.trim_end_matches(['\r', '\n']).to_string()
     };
-    anyhow::ensure!(password.chars().count() >= 8, "the password is shorter than 8 characters");
+    secrets::check_password(&password)?;
     Ok(password)
 }
 
@@ -164,7 +164,7 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
             anyhow::ensure!(registry.meta.get_user(&user).await?.is_some(), "no user {user:?}");
             let expires_at = expires.map(|d| af_registry::gc::unix_now() + d.as_secs() as i64);
             let meta = registry.meta.as_ref();
-            let (id, token) = mint_token(meta, &user, TokenKind::Access, scope, description, expires_at).await?;
+            let (id, token) = mint_token(meta, &user, TokenKind::Access, scope, description, expires_at, None).await?;
             eprintln!("token {id} for {user} ({}); it is shown only now:", scope.as_str());
             println!("{token}");
         }
@@ -178,7 +178,11 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
                     (false, Some(e)) => format!("expires in {}", humantime::format_duration(std::time::Duration::from_secs((e - now) as u64))),
                     (false, None) => "no expiry".to_string(),
                 };
-                println!("{} {} {} {} {}", t.id, t.user, t.scope.as_str(), state, t.description.unwrap_or_default());
+                let kind = match t.kind {
+                    TokenKind::Access => "access",
+                    TokenKind::Refresh => "refresh",
+                };
+                println!("{} {} {kind} {} {} {}", t.id, t.user, t.scope.as_str(), state, t.description.unwrap_or_default());
             }
         }
         TokenCommand::Revoke { id, data } => {

@@ -499,7 +499,7 @@ pub async fn import<R: Read + Send + 'static>(
         if reg.meta.blob_info(repo, digest).await?.is_some() || reg.meta.mount_blob(repo, None, digest).await?.is_some() {
             continue;
         }
-        reg.put_blob(repo, digest, file_stream(staged.clone(), *cid, digest)).await?;
+        reg.put_blob(repo, digest, "import", file_stream(staged.clone(), *cid, digest)).await?;
         summary.new_blobs += 1;
     }
     for m in &plan.manifests {

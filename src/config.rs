@@ -36,6 +36,11 @@ pub struct ServeConfig {
     /// The public base URL clients reach the node at, for the token realm; None: each request's
     /// own scheme and Host.
     pub public_url: Option<String>,
+    /// Addresses of reverse proxies whose `X-Forwarded-*` / `Forwarded` headers are believed;
+    /// from anyone else they are ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Upload sessions one user (or, anonymous, one address) may hold open.
+    pub max_uploads: u64,
 }
 
 /// `--auth`: `token` (the Docker token flow, the default) or `none`.
@@ -75,6 +80,8 @@ pub struct Overrides {
     pub gc_grace: Option<Duration>,
     pub auth: Option<AuthMode>,
     pub public_url: Option<String>,
+    pub trusted_proxies: Option<Vec<std::net::IpAddr>>,
+    pub max_uploads: Option<u64>,
 }
 
 /// Default idle time after which an upload session is discarded.
@@ -98,6 +105,8 @@ pub struct FileConfig {
     pub gc_grace: Option<String>,
     pub auth: Option<String>,
     pub public_url: Option<String>,
+    pub trusted_proxy: Option<Vec<std::net::IpAddr>>,
+    pub max_uploads: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +161,8 @@ impl ServeConfig {
                 None => file.auth.as_deref().map(str::parse).transpose()?.unwrap_or(AuthMode::Token),
             } == AuthMode::Token,
             public_url: flags.public_url.or(file.public_url),
+            trusted_proxies: flags.trusted_proxies.or(file.trusted_proxy).unwrap_or_default(),
+            max_uploads: flags.max_uploads.or(file.max_uploads).unwrap_or(crate::registry::DEFAULT_MAX_UPLOADS),
         })
     }
 }
@@ -190,5 +201,10 @@ mod tests {
         assert!(ServeConfig::merge(Overrides::default(), bad).is_err());
         assert_eq!(d.api, DEFAULT_API.parse().unwrap());
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+        assert!(d.trusted_proxies.is_empty(), "no proxy is trusted unless named");
+        let file: FileConfig = toml::from_str("trusted-proxy = [\"10.0.0.1\"]\nmax-uploads = 3").unwrap();
+        let c = ServeConfig::merge(Overrides::default(), file).unwrap();
+        assert_eq!(c.trusted_proxies, vec!["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(c.max_uploads, 3);
     }
 }

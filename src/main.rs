@@ -187,12 +187,23 @@ struct ServeArgs {
     /// realm in challenges [default: the scheme and Host of each request].
     #[arg(long, env = "AF_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Address of a reverse proxy whose X-Forwarded-* and Forwarded headers are believed
+    /// (repeat, or comma-separate in AF_TRUSTED_PROXY) [default: none: those headers are ignored].
+    #[arg(long = "trusted-proxy", env = "AF_TRUSTED_PROXY", value_delimiter = ',')]
+    trusted_proxy: Option<Vec<std::net::IpAddr>>,
+    /// Upload sessions one user (or, anonymous, one address) may hold open [default: 64].
+    #[arg(long, env = "AF_MAX_UPLOADS")]
+    max_uploads: Option<u64>,
     /// Optional TOML file with the same settings (kebab-case keys); flags and AF_* win over it.
     #[arg(long, env = "AF_CONFIG")]
     config: Option<PathBuf>,
 }
 
 fn main() {
+    // Everything this process creates (the data directory, databases, blobs, exports) is the
+    // user's alone: it holds the token signing key and private layers.
+    // SAFETY: umask only sets the process's file mode mask.
+    unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         // One line: the error and its causes.
@@ -238,6 +249,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 gc_grace: args.gc_grace,
                 auth: args.auth,
                 public_url: args.public_url,
+                trusted_proxies: args.trusted_proxy,
+                max_uploads: args.max_uploads,
             };
             let config = ServeConfig::merge(flags, file)?;
             actix_web::rt::System::new()

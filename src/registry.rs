@@ -50,11 +50,16 @@ pub enum RegistryError {
     Elsewhere { digest: Digest, url: String },
     #[error("blob {0} is known but no live node holds its bytes")]
     NoHolder(Digest),
+    #[error("{owner} has {max} upload sessions open, the most one may; finish or cancel some")]
+    TooManyUploads { owner: String, max: u64 },
     #[error("block {cid} does not match its hash: {detail}")]
     BlockCorrupt { cid: String, detail: String },
 }
 
 pub type Result<T> = std::result::Result<T, RegistryError>;
+
+/// Upload sessions one owner may hold open, unless configured otherwise.
+pub const DEFAULT_MAX_UPLOADS: u64 = 64;
 
 /// A node whose heartbeat is older than this is taken for down.
 pub const NODE_ALIVE_SECS: i64 = 30;
@@ -94,6 +99,8 @@ pub struct Registry {
     pub touch_after: std::time::Duration,
     /// This node's id among nodes sharing the metadata (its peer ID), once it serves.
     pub node_id: Option<String>,
+    /// Upload sessions one owner (a user, or an address for anonymous pushes) may hold open.
+    pub max_uploads: u64,
     sessions: Mutex<HashMap<Uuid, SessionLock>>,
 }
 
@@ -135,6 +142,7 @@ impl Registry {
             sparse_manifests: false,
             touch_after: crate::gc::DEFAULT_GRACE / 4,
             node_id: None,
+            max_uploads: DEFAULT_MAX_UPLOADS,
             sessions: Mutex::new(HashMap::new()),
         }
     }
@@ -199,11 +207,15 @@ impl Registry {
         self.sessions.lock().expect("sessions lock").remove(&id);
     }
 
-    pub async fn start_upload(&self, repo: &str) -> Result<Uuid> {
+    /// Opens an upload session in `repo` for `owner` (who pays for it: a user name, or
+    /// `address:<ip>` for anonymous pushes).
+    pub async fn start_upload(&self, repo: &str, owner: &str) -> Result<Uuid> {
         let id = Uuid::new_v4();
         // Row first: a data file without a row is swept at start, so a crash between the two
         // leaves nothing behind.
-        self.meta.create_upload(repo, id).await?;
+        if !self.meta.create_upload(repo, id, owner, self.max_uploads).await? {
+            return Err(RegistryError::TooManyUploads { owner: owner.to_string(), max: self.max_uploads });
+        }
         if let Err(e) = self.blobs.create_upload(&id) {
             self.meta.delete_upload(id).await?;
             return Err(e.into());
@@ -274,8 +286,11 @@ impl Registry {
             return Err(RegistryError::Body(e.to_string()));
         }
         if let Some(r) = range {
-            let expected = r.end_inclusive - r.start + 1;
+            let expected = r.end_inclusive.checked_sub(r.start).and_then(|n| n.checked_add(1)).unwrap_or(u64::MAX);
             if out.received != expected {
+                // A refused chunk leaves the session as it was: cut the file back.
+                self.blobs.truncate_upload(&id, offset)?;
+                state.hashed = None;
                 return Err(RegistryError::ChunkLength { expected, received: out.received });
             }
         }
@@ -376,8 +391,8 @@ impl Registry {
     }
 
     /// A whole blob in one request (POST `?digest=` with a body).
-    pub async fn put_blob<B: Body>(&self, repo: &str, digest: &Digest, body: B) -> Result<u64> {
-        let id = self.start_upload(repo).await?;
+    pub async fn put_blob<B: Body>(&self, repo: &str, digest: &Digest, owner: &str, body: B) -> Result<u64> {
+        let id = self.start_upload(repo, owner).await?;
         match self.finish_upload(repo, id, digest, None, Some(body)).await {
             Ok(size) => Ok(size),
             Err(e) => {

@@ -39,6 +39,9 @@ pub async fn open_registry(
 ) -> Result<Registry, ServeError> {
     std::fs::create_dir_all(data_dir)
         .map_err(|source| ServeError::DataDir { path: data_dir.display().to_string(), source })?;
+    if serving {
+        private_modes(data_dir).map_err(|source| ServeError::DataDir { path: data_dir.display().to_string(), source })?;
+    }
     let blobs = BlobStore::open(data_dir)?;
     let meta: Arc<dyn MetadataStore> = match database_url {
         Some(url) => crate::metadata::postgres::PgStore::connect(url).await?,
@@ -50,6 +53,39 @@ pub async fn open_registry(
     } else {
         Ok(Registry::attach(meta, blobs, blocks, profile))
     }
+}
+
+/// Makes the data directory the node user's alone (0700 directories, 0600 files): it holds the
+/// token signing key and private layers. New files get those modes from the process umask
+/// (set in `main`); this repairs a directory made before, or copied in with other modes.
+pub fn private_modes(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut pending = vec![dir.to_path_buf()];
+    let mut repaired = 0u64;
+    while let Some(d) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&d)?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
+            repaired += 1;
+        }
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                let mode = entry.metadata()?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode & 0o700))?;
+                    repaired += 1;
+                }
+            }
+        }
+    }
+    if repaired > 0 {
+        tracing::warn!(repaired, dir = %dir.display(), "the data directory was readable by others; made private");
+    }
+    Ok(())
 }
 
 /// Sweeps idle uploads every so often: a quarter of the expiry, between 1 s and 10 min.
@@ -107,6 +143,7 @@ async fn bootstrap_admin(meta: &Arc<dyn MetadataStore>) -> Result<(), ServeError
     }
     let admin = |e: &dyn std::fmt::Display| ServeError::Admin(e.to_string());
     if let Ok(password) = std::env::var("AF_ADMIN_PASSWORD") {
+        crate::auth::secrets::check_password(&password).map_err(|e| admin(&format!("AF_ADMIN_PASSWORD: {e}")))?;
         let phc = crate::auth::secrets::hash_off_thread(password).await.map_err(|e| admin(&e))?;
         if !meta.create_user(&name, Some(&phc), true).await? && !meta.set_password(&name, &phc).await? {
             return Err(ServeError::Admin(format!("{name:?} is the name of an organisation")));
@@ -120,7 +157,7 @@ async fn bootstrap_admin(meta: &Arc<dyn MetadataStore>) -> Result<(), ServeError
     meta.create_user(&name, None, true).await?;
     let expires_at = Some(crate::gc::unix_now() + 24 * 3600);
     let description = Some("bootstrap".to_string());
-    let (_, token) = crate::auth::mint_token(meta.as_ref(), &name, TokenKind::Access, Role::Admin, description, expires_at)
+    let (_, token) = crate::auth::mint_token(meta.as_ref(), &name, TokenKind::Access, Role::Admin, description, expires_at, None)
         .await
         .map_err(|e| admin(&e))?;
     // Standard output, not the log: this is the only time the token is shown.
@@ -134,6 +171,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let mut registry = open_registry(&config.data_dir, config.database_url.as_deref(), config.cid_profile, true).await?;
     registry.sparse_manifests = config.sparse_manifests;
     registry.touch_after = config.gc_grace / 4;
+    registry.max_uploads = config.max_uploads;
     let identity = crate::rpc::identity::load_or_create(&config.data_dir).map_err(|e| ServeError::Admin(e.to_string()))?;
     registry.node_id = Some(identity.peer_id.clone());
     let registry = Arc::new(registry);
@@ -143,7 +181,12 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     spawn_gc(registry.clone(), config.gc_interval, config.gc_grace);
     let auth = if config.auth {
         bootstrap_admin(&registry.meta).await?;
-        let auth_config = AuthConfig { enabled: true, public_url: config.public_url.clone(), service: "af-registry".into() };
+        let auth_config = AuthConfig {
+            enabled: true,
+            public_url: config.public_url.clone(),
+            service: "af-registry".into(),
+            trusted_proxies: config.trusted_proxies.clone(),
+        };
         Some(Arc::new(Auth::new(registry.meta.clone(), auth_config).await.map_err(|e| ServeError::Admin(e.to_string()))?))
     } else {
         tracing::warn!("authentication is off (--auth none): anyone who reaches the API can push, pull and delete");
@@ -155,6 +198,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         identity,
         data_dir: config.data_dir.clone(),
         loopback: config.rpc.ip().is_loopback(),
+        bind: config.rpc,
     });
     let reg = registry.clone();
     let server = actix_web::HttpServer::new(move || {

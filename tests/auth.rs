@@ -312,13 +312,14 @@ fn the_docker_token_flow() {
     check(&node, &via_pat, "GET", "/v2/alice/private/manifests/t", 401, Some("UNAUTHORIZED"), "revoked token");
     check(&node, &minted, "GET", "/v2/alice/private/manifests/t", 401, Some("UNAUTHORIZED"), "JWT of a revoked token");
     let listed = af(&node, &["registry", "token", "list", "--user", "alice"], None);
-    assert!(listed.contains(&format!("{} alice admin revoked", token_id(&pat))), "{listed}");
+    assert!(listed.contains(&format!("{} alice access admin revoked", token_id(&pat))), "{listed}");
     // Removing a user ends its sessions too.
     let t: serde_json::Value = get_token(&node, &Who::Basic("bob".into(), "bob-password".into()), &["repository:bob/private:pull"], "").json().unwrap();
     af(&node, &["registry", "user", "remove", "bob"], None);
     check(&node, &Who::Bearer(t["token"].as_str().unwrap().to_string()), "GET", "/v2/bob/private/manifests/t", 401, Some("UNAUTHORIZED"), "removed user");
 
-    // Failed logins are limited per user: the sixth attempt in a minute is refused, even right.
+    // Failed logins are limited per user and address: the sixth attempt in a minute from the
+    // guessing address is refused, even right.
     for _ in 0..5 {
         check(&node, &Who::Basic("frank".into(), "guess".into()), "GET", "/v2/", 401, Some("UNAUTHORIZED"), "guess");
     }

@@ -171,7 +171,17 @@ async fn manifests_tags_and_referrers(m: Arc<dyn MetadataStore>) {
 both!(upload_sessions);
 async fn upload_sessions(m: Arc<dyn MetadataStore>) {
     let id = uuid::Uuid::new_v4();
-    m.create_upload("r", id).await.unwrap();
+    assert!(m.create_upload("r", id, "user:alice", 2).await.unwrap());
+    // Sessions are capped per owner, atomically: the cap refuses, another owner is not affected.
+    assert!(m.create_upload("r", uuid::Uuid::new_v4(), "user:alice", 2).await.unwrap());
+    let refused = uuid::Uuid::new_v4();
+    assert!(!m.create_upload("r", refused, "user:alice", 2).await.unwrap());
+    assert!(m.get_upload(refused).await.unwrap().is_none(), "a refused session leaves no row");
+    let other = uuid::Uuid::new_v4();
+    assert!(m.create_upload("r", other, "user:bob", 2).await.unwrap());
+    for s in m.list_uploads().await.unwrap().into_iter().filter(|s| s.id != id) {
+        m.delete_upload(s.id).await.unwrap();
+    }
     let s = m.get_upload(id).await.unwrap().unwrap();
     assert_eq!((s.repository.as_str(), s.finishing), ("r", None));
     m.mark_upload_finishing(id, &digest("x")).await.unwrap();
@@ -233,6 +243,7 @@ async fn accounts_tokens_and_visibility(m: Arc<dyn MetadataStore>) {
         expires_at: Some(42),
         revoked: false,
         created_at: 1,
+        parent: None,
     };
     m.create_token(&token).await.unwrap();
     let got = m.get_token(&token.id).await.unwrap().unwrap();
@@ -241,8 +252,16 @@ async fn accounts_tokens_and_visibility(m: Arc<dyn MetadataStore>) {
     assert!(m.revoke_token(&token.id).await.unwrap());
     assert!(!m.revoke_token(&token.id).await.unwrap());
     assert!(m.get_token(&token.id).await.unwrap().unwrap().revoked);
+    let refresh = TokenRecord { id: "fedcba9876543210".into(), kind: TokenKind::Refresh, parent: Some("token:0123456789abcdef".into()), ..token.clone() };
+    m.create_token(&refresh).await.unwrap();
+    assert_eq!(m.get_token(&refresh.id).await.unwrap().unwrap().parent.as_deref(), Some("token:0123456789abcdef"));
+    assert_eq!(m.list_tokens(Some("alice")).await.unwrap().len(), 2, "refresh tokens are listed too");
+    let uid = m.get_user("alice").await.unwrap().unwrap().uid;
+    assert_eq!(uid.len(), 16);
     assert!(m.remove_user("alice").await.unwrap());
     assert!(m.get_token(&token.id).await.unwrap().is_none(), "a user's tokens go with it");
+    assert!(m.create_user("alice", None, false).await.unwrap());
+    assert_ne!(m.get_user("alice").await.unwrap().unwrap().uid, uid, "a user made again is someone else");
     assert_eq!(m.is_public("r").await.unwrap(), None);
     m.set_public("r", true).await.unwrap();
     assert_eq!(m.is_public("r").await.unwrap(), Some(true));

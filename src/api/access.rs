@@ -36,6 +36,17 @@ impl Access {
         }
     }
 
+    /// Who pays for what the request opens (upload sessions): the user, else the address.
+    pub fn owner(&self, req: &HttpRequest) -> String {
+        match self {
+            Access::Checked { caller, .. } => match caller.identity().filter(|i| !i.user.is_empty()) {
+                Some(i) => format!("user:{}", i.user),
+                None => format!("address:{}", peer(req)),
+            },
+            Access::Open => format!("address:{}", peer(req)),
+        }
+    }
+
     /// Whether the caller may reach any repository (a mount that names no source).
     pub fn is_admin(&self) -> bool {
         match self {
@@ -45,15 +56,26 @@ impl Access {
     }
 }
 
-/// The scheme and host the client used, for the challenge's realm.
-pub fn base_url(req: &HttpRequest) -> String {
-    let info = req.connection_info();
-    format!("{}://{}", info.scheme(), info.host())
+/// The scheme and host the client used, for the challenge's realm. Forwarded headers say it only
+/// when a trusted proxy sent them: from anyone else they would let a client move the realm.
+pub fn base_url(req: &HttpRequest, trusted_proxies: &[std::net::IpAddr]) -> String {
+    let from_proxy = req.peer_addr().is_some_and(|a| trusted_proxies.contains(&a.ip()));
+    if from_proxy {
+        let info = req.connection_info();
+        return format!("{}://{}", info.scheme(), info.host());
+    }
+    // The Host header goes into a quoted header value: only what a host name or address holds.
+    let host = header(req, "host")
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
+        .map(str::to_string)
+        .unwrap_or_else(|| req.app_config().host().to_string());
+    let scheme = if req.app_config().secure() { "https" } else { "http" };
+    format!("{scheme}://{host}")
 }
 
 /// Maps an authentication failure to its response; `scope` goes into the challenge.
 pub fn auth_error(e: AuthError, auth: &Auth, req: &HttpRequest, scope: Option<&Scope>) -> ApiError {
-    let challenge = || auth.challenge(&base_url(req), scope);
+    let challenge = || auth.challenge(&base_url(req, &auth.config.trusted_proxies), scope);
     match e {
         AuthError::Unauthenticated | AuthError::BadCredentials | AuthError::TokenInvalid => {
             ApiError::new(Code::Unauthorized, e.to_string()).with_header("WWW-Authenticate", challenge())

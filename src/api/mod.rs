@@ -147,6 +147,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::DigestMismatch { .. } => Code::DigestInvalid,
             RegistryError::ManifestDigest { .. } => Code::DigestInvalid,
             RegistryError::Body(_) => Code::BlobUploadInvalid,
+            RegistryError::TooManyUploads { .. } => Code::TooManyRequests,
             RegistryError::BlobUnknown(_) | RegistryError::NoHolder(_) => Code::BlobUnknown,
             RegistryError::Elsewhere { .. } => Code::Internal,
             RegistryError::Manifest(_) => Code::ManifestInvalid,

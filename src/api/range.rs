@@ -70,7 +70,8 @@ pub fn parse_content_range(raw: &str) -> Option<(u64, u64)> {
     let (a, b) = s.split_once('-')?;
     let start: u64 = a.trim().parse().ok()?;
     let end: u64 = b.trim().parse().ok()?;
-    (end >= start).then_some((start, end))
+    // The chunk's length, end - start + 1, must be a number too.
+    (end >= start && end < u64::MAX).then_some((start, end))
 }
 
 #[cfg(test)]
@@ -109,5 +110,7 @@ mod tests {
         assert_eq!(parse_content_range("bytes 0-9/10"), Some((0, 9)));
         assert_eq!(parse_content_range("9-0"), None);
         assert_eq!(parse_content_range("x"), None);
+        assert_eq!(parse_content_range("0-18446744073709551615"), None, "a length past 2^64 is refused, not wrapped");
+        assert_eq!(parse_content_range("0-18446744073709551614"), Some((0, u64::MAX - 1)));
     }
 }

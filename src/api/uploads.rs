@@ -76,10 +76,10 @@ pub async fn post(req: &HttpRequest, body: web::Payload, reg: &Registry, name: &
         // Not mountable: the client falls back to uploading, in the session we open below.
     } else if let Some(d) = query_value(req, "digest") {
         let digest = parse_digest(&d)?;
-        reg.put_blob(name, &digest, body).await?;
+        reg.put_blob(name, &digest, &access.owner(req), body).await?;
         return Ok(blob_created(name, &digest));
     }
-    let id = reg.start_upload(name).await?;
+    let id = reg.start_upload(name, &access.owner(req)).await?;
     Ok(session_response(actix_web::http::StatusCode::ACCEPTED, name, id, 0))
 }
 

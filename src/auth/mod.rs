@@ -23,8 +23,13 @@ use std::time::{Duration, Instant};
 
 /// How long an issued JWT is valid.
 pub const TOKEN_TTL: Duration = Duration::from_secs(300);
-/// How long a successful check of a secret is remembered (revocation is still checked each time).
+/// How long a successful check of a password is remembered (whether the user, its uid and its
+/// password are still the same is checked each time).
 const VERIFIED_TTL: Duration = Duration::from_secs(300);
+/// Argon2 checks at once.
+const SLOW_CHECKS: usize = 2;
+/// Argon2 checks that may wait for one of those; more are refused with 429.
+const SLOW_QUEUE: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -56,17 +61,25 @@ pub struct AuthConfig {
     pub public_url: Option<String>,
     /// The `service` of challenges and tokens.
     pub service: String,
+    /// Proxies whose forwarded headers are believed (see `api::access::base_url`).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// An authenticated user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user: String,
+    /// The user's uid when the credential was checked: a user removed and created again under
+    /// the same name has another, and the credential is worthless.
+    pub uid: String,
     pub is_admin: bool,
     /// What the credential may reach at most: a token's scope, Admin for a password.
     pub cap: Role,
     /// The access or refresh token the credential came from.
     pub token_id: Option<String>,
+    /// For a credential that came from a password: the stamp of its hash then; a password
+    /// change ends it.
+    pub stamp: Option<String>,
 }
 
 /// Who a request is from.
@@ -111,6 +124,12 @@ struct Claims {
     tid: Option<String>,
     /// The credential's cap (`read`, `write`, `admin`).
     cap: String,
+    /// The user's uid.
+    #[serde(default)]
+    uid: String,
+    /// The password stamp, for a JWT issued against a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pst: Option<String>,
 }
 
 /// What `/token` answers.
@@ -132,6 +151,10 @@ pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,
     limiter: limiter::Limiter,
+    /// Argon2 checks run at most this many at once (each takes ~19 MiB), whatever the number of
+    /// logins in flight; `slow_waiting` more may queue, the rest are told to come back.
+    slow: tokio::sync::Semaphore,
+    slow_waiting: std::sync::atomic::AtomicUsize,
     /// sha256(user, secret) → who it proved to be and when.
     verified: Mutex<HashMap<[u8; 32], (Identity, Instant)>>,
     /// Checked against when a user is unknown, so that a wrong name costs what a wrong password does.
@@ -172,6 +195,8 @@ impl Auth {
             encoding: EncodingKey::from_secret(&key),
             decoding: DecodingKey::from_secret(&key),
             limiter: limiter::Limiter::default(),
+            slow: tokio::sync::Semaphore::new(SLOW_CHECKS),
+            slow_waiting: std::sync::atomic::AtomicUsize::new(0),
             verified: Mutex::new(HashMap::new()),
             dummy_hash,
         })
@@ -194,8 +219,12 @@ impl Auth {
 
     /// Checks a user's password or access token.
     pub async fn login(&self, user: &str, secret: &str, address: &str) -> Result<Identity> {
-        if let Some(wait) = self.limiter.blocked(Some(user), address) {
-            return Err(AuthError::RateLimited(wait));
+        if let Some(id) = secrets::token_id(secret) {
+            // Tokens are not rate limited: they cannot be guessed and cost a hash to check.
+            return self.token_login(user, id, secret).await;
+        }
+        if secret.len() > secrets::MAX_PASSWORD_BYTES {
+            return Err(AuthError::BadCredentials);
         }
         let key: [u8; 32] = {
             use sha2::Digest;
@@ -206,14 +235,18 @@ impl Auth {
             h.finalize().into()
         };
         let cached = self.verified.lock().expect("verified lock").get(&key).cloned();
-        if let Some((identity, at)) = cached {
-            if at.elapsed() < VERIFIED_TTL {
-                return self.recheck(&identity).await;
+        if let Some((identity, at)) = cached.filter(|(_, at)| at.elapsed() < VERIFIED_TTL) {
+            let _ = at;
+            // Still the same user with the same password? Otherwise check it afresh.
+            if let Ok(identity) = self.recheck(&identity).await {
+                return Ok(identity);
             }
         }
-        match self.check_secret(user, secret).await? {
+        // Counted before the expensive check, so concurrent guesses all count.
+        self.limiter.attempt(user, address).map_err(AuthError::RateLimited)?;
+        match self.check_password(user, secret).await? {
             Some(identity) => {
-                self.limiter.succeeded(user);
+                self.limiter.succeeded(user, address);
                 let mut verified = self.verified.lock().expect("verified lock");
                 if verified.len() > 10_000 {
                     verified.retain(|_, (_, at)| at.elapsed() < VERIFIED_TTL);
@@ -221,69 +254,112 @@ impl Auth {
                 verified.insert(key, (identity.clone(), Instant::now()));
                 Ok(identity)
             }
-            None => {
-                self.limiter.failed(Some(user), address);
-                Err(AuthError::BadCredentials)
-            }
+            None => Err(AuthError::BadCredentials),
         }
     }
 
-    async fn check_secret(&self, user: &str, secret: &str) -> Result<Option<Identity>> {
-        let secret_owned = secret.to_string();
-        if let Some(id) = secrets::token_id(secret) {
-            let token = self.meta.get_token(id).await?;
-            let usable = token.filter(|t| t.kind == TokenKind::Access && t.user == user && live(t));
-            let phc = usable.as_ref().map(|t| t.secret_hash.clone()).unwrap_or_else(|| self.dummy_hash.clone());
-            let ok = blocking(move || secrets::verify(&secret_owned, &phc)).await?;
-            let Some(t) = usable.filter(|_| ok) else { return Ok(None) };
-            let Some(u) = self.meta.get_user(user).await? else { return Ok(None) };
-            return Ok(Some(Identity { user: u.name, is_admin: u.is_admin, cap: t.scope, token_id: Some(t.id) }));
+    /// Runs an argon2 check on a blocking thread, at most [`SLOW_CHECKS`] at once.
+    async fn slow_verify(&self, secret: &str, phc: String) -> Result<bool> {
+        use std::sync::atomic::Ordering;
+        if self.slow_waiting.fetch_add(1, Ordering::SeqCst) >= SLOW_QUEUE {
+            self.slow_waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(AuthError::RateLimited(1));
         }
+        let permit = self.slow.acquire().await;
+        self.slow_waiting.fetch_sub(1, Ordering::SeqCst);
+        let _permit = permit.map_err(|e| AuthError::Task(e.to_string()))?;
+        let secret = secret.to_string();
+        blocking(move || secrets::verify(&secret, &phc)).await
+    }
+
+    /// Whether `secret` is the token whose stored hash is `stored`.
+    async fn token_matches(&self, secret: &str, stored: &str) -> Result<bool> {
+        match secrets::verify_token(secret, stored) {
+            Some(ok) => Ok(ok),
+            None => self.slow_verify(secret, stored.to_string()).await,
+        }
+    }
+
+    async fn token_login(&self, user: &str, id: &str, secret: &str) -> Result<Identity> {
+        let token = self.meta.get_token(id).await?;
+        let Some(t) = token.filter(|t| t.kind == TokenKind::Access && t.user == user && live(t)) else {
+            return Err(AuthError::BadCredentials);
+        };
+        if !self.token_matches(secret, &t.secret_hash).await? {
+            return Err(AuthError::BadCredentials);
+        }
+        let u = self.meta.get_user(user).await?.ok_or(AuthError::BadCredentials)?;
+        Ok(Identity { user: u.name, uid: u.uid, is_admin: u.is_admin, cap: t.scope, token_id: Some(t.id), stamp: None })
+    }
+
+    async fn check_password(&self, user: &str, secret: &str) -> Result<Option<Identity>> {
         let found = self.meta.get_user(user).await?;
         let phc = found.as_ref().and_then(|u| u.password_hash.clone());
-        let has_password = phc.is_some();
-        let phc = phc.unwrap_or_else(|| self.dummy_hash.clone());
-        let ok = blocking(move || secrets::verify(&secret_owned, &phc)).await?;
-        Ok(found
-            .filter(|_| ok && has_password)
-            .map(|u| Identity { user: u.name, is_admin: u.is_admin, cap: Role::Admin, token_id: None }))
+        // A wrong name costs what a wrong password does.
+        let ok = self.slow_verify(secret, phc.clone().unwrap_or_else(|| self.dummy_hash.clone())).await?;
+        Ok(match (found, phc) {
+            (Some(u), Some(phc)) if ok => Some(Identity {
+                user: u.name,
+                uid: u.uid,
+                is_admin: u.is_admin,
+                cap: Role::Admin,
+                token_id: None,
+                stamp: Some(secrets::stamp(&phc)),
+            }),
+            _ => None,
+        })
     }
 
-    /// The identity as the database sees it now: the user must exist, its token be live.
+    /// The identity as the database sees it now: the same user (by uid), the same password if it
+    /// came from one, its token (and whatever minted that token) live.
     async fn recheck(&self, identity: &Identity) -> Result<Identity> {
         let user = self.meta.get_user(&identity.user).await?.ok_or(AuthError::TokenInvalid)?;
+        if user.uid != identity.uid {
+            return Err(AuthError::TokenInvalid);
+        }
+        if let Some(stamp) = &identity.stamp {
+            if user.password_hash.as_deref().map(secrets::stamp).as_ref() != Some(stamp) {
+                return Err(AuthError::TokenInvalid);
+            }
+        }
         if let Some(id) = &identity.token_id {
             let token = self.meta.get_token(id).await?.ok_or(AuthError::TokenInvalid)?;
-            if !live(&token) || token.user != identity.user {
+            if !live(&token) || token.user != identity.user || !self.parent_live(&token, &user).await? {
                 return Err(AuthError::TokenInvalid);
             }
         }
         Ok(Identity { is_admin: user.is_admin, ..identity.clone() })
     }
 
-    /// A refresh token of the OAuth2 flow, checked.
-    pub async fn refresh_login(&self, refresh_token: &str, address: &str) -> Result<Identity> {
-        if let Some(wait) = self.limiter.blocked(None, address) {
-            return Err(AuthError::RateLimited(wait));
+    /// Whether what minted `token` still stands: an access token has no parent; a refresh token
+    /// lives while the access token or the password that minted it does.
+    async fn parent_live(&self, token: &TokenRecord, user: &crate::metadata::User) -> Result<bool> {
+        match (token.kind, token.parent.as_deref()) {
+            (TokenKind::Access, _) => Ok(true),
+            (TokenKind::Refresh, Some(parent)) => match parent.split_once(':') {
+                Some(("token", id)) => Ok(self.meta.get_token(id).await?.is_some_and(|p| live(&p) && p.user == token.user)),
+                Some(("password", stamp)) => Ok(user.password_hash.as_deref().map(secrets::stamp).as_deref() == Some(stamp)),
+                _ => Ok(false),
+            },
+            (TokenKind::Refresh, None) => Ok(false),
         }
+    }
+
+    /// A refresh token of the OAuth2 flow, checked.
+    pub async fn refresh_login(&self, refresh_token: &str, _address: &str) -> Result<Identity> {
         let token = match secrets::token_id(refresh_token) {
             Some(id) => self.meta.get_token(id).await?,
             None => None,
         };
-        let usable = token.filter(|t| t.kind == TokenKind::Refresh && live(t));
-        let phc = usable.as_ref().map(|t| t.secret_hash.clone()).unwrap_or_else(|| self.dummy_hash.clone());
-        let secret = refresh_token.to_string();
-        let ok = blocking(move || secrets::verify(&secret, &phc)).await?;
-        match usable.filter(|_| ok) {
-            Some(t) => {
-                let identity = Identity { user: t.user.clone(), is_admin: false, cap: t.scope, token_id: Some(t.id) };
-                self.recheck(&identity).await
-            }
-            None => {
-                self.limiter.failed(None, address);
-                Err(AuthError::BadCredentials)
-            }
+        let Some(t) = token.filter(|t| t.kind == TokenKind::Refresh && live(t)) else {
+            return Err(AuthError::BadCredentials);
+        };
+        if !self.token_matches(refresh_token, &t.secret_hash).await? {
+            return Err(AuthError::BadCredentials);
         }
+        let user = self.meta.get_user(&t.user).await?.ok_or(AuthError::BadCredentials)?;
+        let identity = Identity { user: t.user.clone(), uid: user.uid, is_admin: false, cap: t.scope, token_id: Some(t.id), stamp: None };
+        self.recheck(&identity).await.map_err(|_| AuthError::BadCredentials)
     }
 
     /// What `identity` (None: anonymous) may do in `repo`.
@@ -380,6 +456,8 @@ impl Auth {
                 .collect(),
             tid: identity.and_then(|i| i.token_id.clone()),
             cap: identity.map(|i| i.cap).unwrap_or(Role::Read).as_str().to_string(),
+            uid: identity.map(|i| i.uid.clone()).unwrap_or_default(),
+            pst: identity.and_then(|i| i.stamp.clone()),
         };
         let jwt = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Task(format!("signing: {e}")))?;
@@ -397,10 +475,23 @@ impl Auth {
         })
     }
 
+    /// A refresh token that lives no longer than the credential minting it: an access token
+    /// (its expiry, and its revocation) or a password (until it changes).
     async fn refresh_token_for(&self, identity: &Identity) -> Result<String> {
-        // A refresh token refreshes itself; other credentials get a new one.
-        let description = Some("refresh token".to_string());
-        Ok(mint_token(self.meta.as_ref(), &identity.user, TokenKind::Refresh, identity.cap, description, None).await?.1)
+        let (parent, expires_at, description) = match (&identity.token_id, &identity.stamp) {
+            (Some(id), _) => {
+                let t = self.meta.get_token(id).await?.ok_or(AuthError::TokenInvalid)?;
+                if t.kind != TokenKind::Access {
+                    // A refresh token refreshes itself; it does not mint another.
+                    return Err(AuthError::Denied);
+                }
+                (format!("token:{id}"), t.expires_at, format!("refresh token of token {id}"))
+            }
+            (None, Some(stamp)) => (format!("password:{stamp}"), None, "refresh token of a password login".to_string()),
+            (None, None) => return Err(AuthError::Denied),
+        };
+        let minted = mint_token(self.meta.as_ref(), &identity.user, TokenKind::Refresh, identity.cap, Some(description), expires_at, Some(parent)).await?;
+        Ok(minted.1)
     }
 
     async fn verify_jwt(&self, jwt: &str) -> Result<(Identity, Vec<Scope>)> {
@@ -418,10 +509,10 @@ impl Auth {
             .collect();
         if claims.sub.is_empty() {
             // An anonymous token: it grants public pulls only, which need no identity.
-            return Ok((Identity { user: String::new(), is_admin: false, cap: Role::Read, token_id: None }, access));
+            return Ok((Identity { user: String::new(), uid: String::new(), is_admin: false, cap: Role::Read, token_id: None, stamp: None }, access));
         }
         let cap = claims.cap.parse().map_err(|_| AuthError::TokenInvalid)?;
-        let identity = Identity { user: claims.sub, is_admin: false, cap, token_id: claims.tid };
+        let identity = Identity { user: claims.sub, uid: claims.uid, is_admin: false, cap, token_id: claims.tid, stamp: claims.pst };
         Ok((self.recheck(&identity).await?, access))
     }
 
@@ -436,8 +527,8 @@ impl Auth {
     }
 }
 
-/// Creates and stores a token for `user` (only its argon2 hash is kept); returns (id, the token
-/// to show once).
+/// Creates and stores a token for `user` (only its hash is kept); returns (id, the token to show
+/// once). `parent`: what minted a refresh token (see [`TokenRecord::parent`]).
 pub async fn mint_token(
     meta: &dyn MetadataStore,
     user: &str,
@@ -445,9 +536,10 @@ pub async fn mint_token(
     scope: Role,
     description: Option<String>,
     expires_at: Option<i64>,
+    parent: Option<String>,
 ) -> Result<(String, String)> {
     let (id, token) = secrets::new_token()?;
-    let secret_hash = secrets::hash_off_thread(token.clone()).await?;
+    let secret_hash = secrets::hash_token(&token);
     let record = TokenRecord {
         id: id.clone(),
         user: user.to_string(),
@@ -458,6 +550,7 @@ pub async fn mint_token(
         expires_at,
         revoked: false,
         created_at: now_secs() as i64,
+        parent,
     };
     meta.create_token(&record).await?;
     Ok((id, token))

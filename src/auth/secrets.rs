@@ -1,7 +1,9 @@
 //! Secrets at rest and on the wire: argon2 hashes of passwords and tokens, and the token format.
 //!
 //! A token is `af_<id>_<secret>`: the id (16 hex digits) finds the row, the secret (32 random
-//! bytes, base64url) is checked against the row's argon2 hash. Only the hash is stored.
+//! bytes, base64url) is checked against the row's hash. Only the hash is stored: sha256 for
+//! tokens (256 random bits need no slow hash, and checking one then costs nothing an anonymous
+//! caller could turn into a flood), argon2id for passwords (and for tokens minted before).
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -10,8 +12,18 @@ use base64::Engine;
 const PREFIX: &str = "af_";
 const ID_LEN: usize = 16;
 
+/// The shortest password accepted.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// The longest password accepted (hashing a megabyte would be work for nothing).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+const TOKEN_HASH_PREFIX: &str = "sha256$";
+
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
+    #[error("the password is shorter than {MIN_PASSWORD_CHARS} characters")]
+    TooShort,
+    #[error("the password is longer than {MAX_PASSWORD_BYTES} bytes")]
+    TooLong,
     #[error("the system's random source failed: {0}")]
     Random(String),
     #[error("hashing failed: {0}")]
@@ -41,6 +53,37 @@ pub async fn hash_off_thread(secret: String) -> Result<String, SecretError> {
 /// Whether `secret` matches the PHC string `phc` (argon2's comparison is constant-time).
 pub fn verify(secret: &str, phc: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|h| Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
+}
+
+/// Whether `password` may be set: every way of setting one (CLI, `AF_ADMIN_PASSWORD`) asks this.
+pub fn check_password(password: &str) -> Result<(), SecretError> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(SecretError::TooShort);
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(SecretError::TooLong);
+    }
+    Ok(())
+}
+
+/// The stored form of a token's secret: `sha256$<hex>`.
+pub fn hash_token(token: &str) -> String {
+    format!("{TOKEN_HASH_PREFIX}{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes())))
+}
+
+/// Whether `token` matches `stored` when that is a token hash (constant-time); None when it is
+/// an argon2 hash, which the caller must check on a blocking thread with [`verify`].
+pub fn verify_token(token: &str, stored: &str) -> Option<bool> {
+    let expected = stored.strip_prefix(TOKEN_HASH_PREFIX)?;
+    let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let diff = actual.bytes().zip(expected.bytes()).fold(0u8, |d, (a, b)| d | (a ^ b));
+    Some(diff == 0 && actual.len() == expected.len())
+}
+
+/// A short fingerprint of a password hash: it changes whenever the password is set (the salt is
+/// new each time), so credentials derived from a password can tell that it changed.
+pub fn stamp(phc: &str) -> String {
+    hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(phc.as_bytes())[..8])
 }
 
 /// A new token: (id, the full token to show once).
@@ -74,5 +117,17 @@ mod tests {
         assert!(verify(&token, &phc));
         assert!(!verify("af_0000000000000000_wrong-secret-wrong-secret-wrong-secret-xx", &phc));
         assert!(!verify(&token, "not a hash"));
+        let stored = hash_token(&token);
+        assert_eq!(verify_token(&token, &stored), Some(true));
+        assert_eq!(verify_token("af_0000000000000000_wrong-secret-wrong-secret-wrong-secret-xx", &stored), Some(false));
+        assert_eq!(verify_token(&token, &phc), None, "argon2 hashes are the caller's to check");
+    }
+
+    #[test]
+    fn password_policy() {
+        assert!(matches!(check_password(""), Err(SecretError::TooShort)));
+        assert!(matches!(check_password("abc"), Err(SecretError::TooShort)));
+        assert!(check_password("eight ch").is_ok());
+        assert!(matches!(check_password(&"x".repeat(2000)), Err(SecretError::TooLong)));
     }
 }

@@ -44,6 +44,9 @@ impl std::str::FromStr for Role {
 #[derive(Debug, Clone)]
 pub struct User {
     pub name: String,
+    /// Set when the user is created, never reused: a user removed and created again under the
+    /// same name is someone else to every credential of the first.
+    pub uid: String,
     /// Argon2 PHC string; None for a user that authenticates with tokens only.
     pub password_hash: Option<String>,
     pub is_admin: bool,
@@ -69,6 +72,9 @@ pub struct TokenRecord {
     pub expires_at: Option<i64>,
     pub revoked: bool,
     pub created_at: i64,
+    /// What minted a refresh token: `token:<id>` or `password:<stamp>` (see `auth`); it lives
+    /// no longer than that.
+    pub parent: Option<String>,
 }
 
 /// Contract: names passed in are validated namespaces; a user and an organisation never share a
@@ -91,6 +97,7 @@ pub trait AuthStore: Send + Sync {
     async fn namespace_role(&self, namespace: &str, user: &str) -> MetaResult<Option<Role>>;
     async fn create_token(&self, token: &TokenRecord) -> MetaResult<()>;
     async fn get_token(&self, id: &str) -> MetaResult<Option<TokenRecord>>;
+    /// Access and refresh tokens, of `user` or everyone's.
     async fn list_tokens(&self, user: Option<&str>) -> MetaResult<Vec<TokenRecord>>;
     async fn revoke_token(&self, id: &str) -> MetaResult<bool>;
     /// Whether a repository is public; None if it does not exist.

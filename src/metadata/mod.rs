@@ -176,7 +176,9 @@ pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     /// Removes the link between `repo` and a blob; true if there was one.
     async fn unlink_blob(&self, repo: &str, digest: &Digest) -> MetaResult<bool>;
 
-    async fn create_upload(&self, repo: &str, id: Uuid) -> MetaResult<()>;
+    /// Opens an upload session for `owner` (a user, or an address for anonymous pushes), unless
+    /// that owner already has `max_open` sessions open: false then, and nothing is written.
+    async fn create_upload(&self, repo: &str, id: Uuid, owner: &str, max_open: u64) -> MetaResult<bool>;
     async fn get_upload(&self, id: Uuid) -> MetaResult<Option<UploadSession>>;
     async fn touch_upload(&self, id: Uuid) -> MetaResult<()>;
     /// Records that the upload's content was verified as `digest` and is about to be published.

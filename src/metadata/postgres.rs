@@ -24,7 +24,10 @@ use std::sync::Arc;
 use tokio_postgres::{IsolationLevel, NoTls};
 use uuid::Uuid;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_initial.sql")),
+    (2, include_str!("../../migrations/postgres/0002_credential_identity.sql")),
+];
 /// Serializes schema changes between nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x6166_5f72_6567; // "af_reg"
 const ATTEMPTS: u32 = 60;
@@ -599,16 +602,21 @@ impl MetadataStore for PgStore {
         delete_in_repo(self, "repository_blobs", "digest", repo, digest.to_string()).await
     }
 
-    async fn create_upload(&self, repo: &str, id: Uuid) -> MetaResult<()> {
+    async fn create_upload(&self, repo: &str, id: Uuid, owner: &str, max_open: u64) -> MetaResult<bool> {
         transaction!(self, |tx| {
             let t = now();
+            let open: i64 =
+                tx.query_one("SELECT count(*) FROM upload_sessions WHERE owner = $1", &[&owner]).await.map_err(pg)?.get(0);
+            if open as u64 >= max_open {
+                return Ok(false);
+            }
             tx.execute(
-                "INSERT INTO upload_sessions (id, repository, created_at, updated_at) VALUES ($1, $2, $3, $3)",
-                &[&id.to_string(), &repo, &t],
+                "INSERT INTO upload_sessions (id, repository, created_at, updated_at, owner) VALUES ($1, $2, $3, $3, $4)",
+                &[&id.to_string(), &repo, &t, &owner],
             )
             .await
             .map_err(pg)?;
-            Ok::<_, MetadataError>(())
+            Ok::<_, MetadataError>(true)
         })
     }
 
@@ -800,7 +808,7 @@ fn role(s: String) -> MetaResult<Role> {
 }
 
 const TOKEN_COLS: &str =
-    "t.id, u.name, t.kind, t.secret_hash, t.scope, t.description, t.expires_at, t.revoked, t.created_at";
+    "t.id, u.name, t.kind, t.secret_hash, t.scope, t.description, t.expires_at, t.revoked, t.created_at, t.parent";
 
 fn token(r: &tokio_postgres::Row) -> MetaResult<TokenRecord> {
     let kind = match r.get::<_, String>(2).as_str() {
@@ -818,6 +826,7 @@ fn token(r: &tokio_postgres::Row) -> MetaResult<TokenRecord> {
         expires_at: r.get(6),
         revoked: r.get(7),
         created_at: r.get(8),
+        parent: r.get(9),
     })
 }
 
@@ -833,7 +842,7 @@ async fn name_taken(tx: &deadpool_postgres::Transaction<'_>, name: &str) -> Meta
 }
 
 fn user(r: &tokio_postgres::Row) -> User {
-    User { name: r.get(0), password_hash: r.get(1), is_admin: r.get(2) }
+    User { name: r.get(0), password_hash: r.get(1), is_admin: r.get(2), uid: r.get(3) }
 }
 
 #[async_trait]
@@ -844,7 +853,8 @@ impl AuthStore for PgStore {
                 return Ok(false);
             }
             tx.execute(
-                "INSERT INTO users (name, password_hash, is_admin, created_at) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO users (name, password_hash, is_admin, created_at, uid)
+                 VALUES ($1, $2, $3, $4, substr(md5(random()::text || clock_timestamp()::text), 1, 16))",
                 &[&name, &password_hash, &admin, &now()],
             )
             .await
@@ -862,12 +872,12 @@ impl AuthStore for PgStore {
     }
 
     async fn get_user(&self, name: &str) -> MetaResult<Option<User>> {
-        let row = self.read_opt("SELECT name, password_hash, is_admin FROM users WHERE name = $1", &[&name]).await.map_err(pg)?;
+        let row = self.read_opt("SELECT name, password_hash, is_admin, uid FROM users WHERE name = $1", &[&name]).await.map_err(pg)?;
         Ok(row.as_ref().map(user))
     }
 
     async fn list_users(&self) -> MetaResult<Vec<User>> {
-        let rows = self.read("SELECT name, password_hash, is_admin FROM users ORDER BY name", &[]).await.map_err(pg)?;
+        let rows = self.read("SELECT name, password_hash, is_admin, uid FROM users ORDER BY name", &[]).await.map_err(pg)?;
         Ok(rows.iter().map(user).collect())
     }
 
@@ -933,9 +943,9 @@ impl AuthStore for PgStore {
         transaction!(self, |tx| {
             let n = tx
                 .execute(
-                    "INSERT INTO tokens (id, user_id, kind, secret_hash, scope, description, expires_at, revoked, created_at)
-                     SELECT $1, id, $3, $4, $5, $6, $7, FALSE, $8 FROM users WHERE name = $2",
-                    &[&t.id, &t.user, &kind, &t.secret_hash, &t.scope.as_str(), &t.description, &t.expires_at, &t.created_at],
+                    "INSERT INTO tokens (id, user_id, kind, secret_hash, scope, description, expires_at, revoked, created_at, parent)
+                     SELECT $1, id, $3, $4, $5, $6, $7, FALSE, $8, $9 FROM users WHERE name = $2",
+                    &[&t.id, &t.user, &kind, &t.secret_hash, &t.scope.as_str(), &t.description, &t.expires_at, &t.created_at, &t.parent],
                 )
                 .await
                 .map_err(pg)?;
@@ -959,7 +969,7 @@ impl AuthStore for PgStore {
             .read(
                 &format!(
                     "SELECT {TOKEN_COLS} FROM tokens t JOIN users u ON u.id = t.user_id
-                     WHERE t.kind = 'access' AND ($1::TEXT IS NULL OR u.name = $1) ORDER BY u.name, t.created_at, t.id"
+                     WHERE ($1::TEXT IS NULL OR u.name = $1) ORDER BY u.name, t.created_at, t.id"
                 ),
                 &[&user],
             )

@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_initial.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_credential_identity.sql")),
+];
 const POOL_SIZE: usize = 4;
 
 pub struct SqliteStore {
@@ -481,16 +484,21 @@ impl MetadataStore for SqliteStore {
         self.delete_in_repo("repository_blobs", "digest", repo, digest.to_string()).await
     }
 
-    async fn create_upload(&self, repo: &str, id: Uuid) -> MetaResult<()> {
-        let repo = repo.to_string();
+    async fn create_upload(&self, repo: &str, id: Uuid, owner: &str, max_open: u64) -> MetaResult<bool> {
+        let (repo, owner) = (repo.to_string(), owner.to_string());
         self.write(move |tx| {
             let t = now();
+            let open: i64 =
+                tx.query_row("SELECT count(*) FROM upload_sessions WHERE owner = ?1", [&owner], |r| r.get(0)).map_err(backend)?;
+            if open as u64 >= max_open {
+                return Ok(false);
+            }
             tx.execute(
-                "INSERT INTO upload_sessions (id, repository, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
-                params![id.to_string(), repo, t],
+                "INSERT INTO upload_sessions (id, repository, created_at, updated_at, owner) VALUES (?1, ?2, ?3, ?3, ?4)",
+                params![id.to_string(), repo, t, owner],
             )
             .map_err(backend)?;
-            Ok(())
+            Ok(true)
         })
         .await
     }

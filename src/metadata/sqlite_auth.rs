@@ -11,22 +11,22 @@ fn role(s: String) -> MetaResult<Role> {
 }
 
 const TOKEN_COLS: &str =
-    "t.id, u.name, t.kind, t.secret_hash, t.scope, t.description, t.expires_at, t.revoked, t.created_at";
+    "t.id, u.name, t.kind, t.secret_hash, t.scope, t.description, t.expires_at, t.revoked, t.created_at, t.parent";
 
-type TokenRow = (String, String, String, String, String, Option<String>, Option<i64>, bool, i64);
+type TokenRow = (String, String, String, String, String, Option<String>, Option<i64>, bool, i64, Option<String>);
 
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?))
 }
 
 fn token(row: TokenRow) -> MetaResult<TokenRecord> {
-    let (id, user, kind, secret_hash, scope, description, expires_at, revoked, created_at) = row;
+    let (id, user, kind, secret_hash, scope, description, expires_at, revoked, created_at, parent) = row;
     let kind = match kind.as_str() {
         "access" => TokenKind::Access,
         "refresh" => TokenKind::Refresh,
         other => return Err(MetadataError::Corrupt(format!("token kind {other:?}"))),
     };
-    Ok(TokenRecord { id, user, kind, secret_hash, scope: role(scope)?, description, expires_at, revoked, created_at })
+    Ok(TokenRecord { id, user, kind, secret_hash, scope: role(scope)?, description, expires_at, revoked, created_at, parent })
 }
 
 fn name_taken(tx: &rusqlite::Transaction<'_>, name: &str) -> MetaResult<bool> {
@@ -47,7 +47,7 @@ impl AuthStore for SqliteStore {
                 return Ok(false);
             }
             tx.execute(
-                "INSERT INTO users (name, password_hash, is_admin, created_at) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO users (name, password_hash, is_admin, created_at, uid) VALUES (?1, ?2, ?3, ?4, lower(hex(randomblob(8))))",
                 params![name, hash, admin, now()],
             )
             .map_err(backend)?;
@@ -67,9 +67,9 @@ impl AuthStore for SqliteStore {
     async fn get_user(&self, name: &str) -> MetaResult<Option<User>> {
         let name = name.to_string();
         self.read(move |c| {
-            c.prepare_cached("SELECT name, password_hash, is_admin FROM users WHERE name = ?1")
+            c.prepare_cached("SELECT name, password_hash, is_admin, uid FROM users WHERE name = ?1")
                 .and_then(|mut s| {
-                    s.query_row([name], |r| Ok(User { name: r.get(0)?, password_hash: r.get(1)?, is_admin: r.get(2)? }))
+                    s.query_row([name], |r| Ok(User { name: r.get(0)?, password_hash: r.get(1)?, is_admin: r.get(2)?, uid: r.get(3)? }))
                         .optional()
                 })
                 .map_err(backend)
@@ -79,9 +79,9 @@ impl AuthStore for SqliteStore {
 
     async fn list_users(&self) -> MetaResult<Vec<User>> {
         self.read(|c| {
-            let mut s = c.prepare("SELECT name, password_hash, is_admin FROM users ORDER BY name").map_err(backend)?;
+            let mut s = c.prepare("SELECT name, password_hash, is_admin, uid FROM users ORDER BY name").map_err(backend)?;
             let rows = s
-                .query_map([], |r| Ok(User { name: r.get(0)?, password_hash: r.get(1)?, is_admin: r.get(2)? }))
+                .query_map([], |r| Ok(User { name: r.get(0)?, password_hash: r.get(1)?, is_admin: r.get(2)?, uid: r.get(3)? }))
                 .map_err(backend)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })
@@ -164,9 +164,9 @@ impl AuthStore for SqliteStore {
             };
             let n = tx
                 .execute(
-                    "INSERT INTO tokens (id, user_id, kind, secret_hash, scope, description, expires_at, revoked, created_at)
-                     SELECT ?1, id, ?3, ?4, ?5, ?6, ?7, 0, ?8 FROM users WHERE name = ?2",
-                    params![t.id, t.user, kind, t.secret_hash, t.scope.as_str(), t.description, t.expires_at, t.created_at],
+                    "INSERT INTO tokens (id, user_id, kind, secret_hash, scope, description, expires_at, revoked, created_at, parent)
+                     SELECT ?1, id, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9 FROM users WHERE name = ?2",
+                    params![t.id, t.user, kind, t.secret_hash, t.scope.as_str(), t.description, t.expires_at, t.created_at, t.parent],
                 )
                 .map_err(backend)?;
             if n == 0 {
@@ -196,7 +196,7 @@ impl AuthStore for SqliteStore {
                 let mut s = c
                     .prepare(&format!(
                         "SELECT {TOKEN_COLS} FROM tokens t JOIN users u ON u.id = t.user_id
-                         WHERE t.kind = 'access' AND (?1 IS NULL OR u.name = ?1) ORDER BY u.name, t.created_at, t.id"
+                         WHERE (?1 IS NULL OR u.name = ?1) ORDER BY u.name, t.created_at, t.id"
                     ))
                     .map_err(backend)?;
                 let rows = s.query_map([user], token_row).map_err(backend)?;

@@ -28,6 +28,8 @@ use std::sync::Arc;
 /// Kubo's default fan-out for `ipfs add`.
 const KUBO_MAX_LINKS: usize = 174;
 const KUBO_CHUNK: usize = 256 * 1024;
+/// The widest file node `add` makes: its links (~40 bytes each) stay far under a 2 MiB block.
+const MAX_FILE_LINKS: usize = 8192;
 /// The most an `add` that stores (not `--only-hash`) takes.
 const MAX_ADD: usize = 256 << 20;
 
@@ -38,6 +40,8 @@ pub struct RpcState {
     pub data_dir: std::path::PathBuf,
     /// Bound to loopback only: the caller is the operator.
     pub loopback: bool,
+    /// The address the RPC listens on (its own origin, for the cross-site checks).
+    pub bind: std::net::SocketAddr,
 }
 
 /// Kubo's error body.
@@ -87,7 +91,41 @@ pub fn configure(state: Arc<RpcState>) -> impl FnOnce(&mut web::ServiceConfig) {
 
 const READS: &[&str] = &["id", "version", "repo/stat", "block/get", "block/stat", "cat", "ls", "pin/ls", "dag/export", "swarm/peers"];
 
+/// Kubo's rule against websites in the operator's browser: a request that names an origin
+/// (`Origin`, else `Referer`) must come from the RPC's own; and on loopback the `Host` must be a
+/// loopback name, so a DNS name rebound to 127.0.0.1 reaches nothing.
+fn same_origin(req: &HttpRequest, state: &RpcState) -> Result<(), HttpResponse> {
+    let port = state.bind.port();
+    let mut own: Vec<String> = ["127.0.0.1", "localhost", "[::1]"].iter().map(|h| format!("{h}:{port}")).collect();
+    if !state.bind.ip().is_unspecified() {
+        own.push(state.bind.to_string());
+    }
+    let forbidden = |why: String| error(StatusCode::FORBIDDEN, format!("403 - Forbidden: {why}"));
+    let header = |name: &str| req.headers().get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let origin = header("origin").map(str::to_string).or_else(|| {
+        // A Referer's origin: scheme://host[:port], up to the path.
+        header("referer").map(|r| r.splitn(4, '/').take(3).collect::<Vec<_>>().join("/"))
+    });
+    if let Some(origin) = origin {
+        let host = origin.strip_prefix("http://").unwrap_or("");
+        let allowed = own.iter().any(|h| h == host) || (!state.loopback && host == req.connection_info().host());
+        if !allowed {
+            return Err(forbidden(format!("origin {origin:?} is not this RPC's")));
+        }
+    }
+    if state.loopback {
+        let host = header("host").unwrap_or("");
+        if !own.iter().any(|h| h == host) {
+            return Err(forbidden(format!("host {host:?} is not a loopback name of this RPC")));
+        }
+    }
+    Ok(())
+}
+
 async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcState>) -> HttpResponse {
+    if let Err(resp) = same_origin(&req, &state) {
+        return resp;
+    }
     let command = req.match_info().query("command").trim_end_matches('/').to_string();
     let read = READS.contains(&command.as_str());
     // Kubo takes POST only (a browser cannot be tricked into a cross-site POST with a body the
@@ -446,7 +484,14 @@ async fn add(req: &HttpRequest, body: web::Payload, reg: &Registry) -> HttpRespo
             _ => return bad_request(format!("chunker {c:?} is not supported (size-N, N up to 1048576)")),
         },
     };
-    let max_links = arg(req, "max-file-links").and_then(|v| v.parse().ok()).unwrap_or(KUBO_MAX_LINKS);
+    let max_links = match arg(req, "max-file-links") {
+        None => KUBO_MAX_LINKS,
+        Some(v) => match v.parse::<usize>() {
+            // One link per node would never finish a tree; past a few thousand a node outgrows a block.
+            Ok(n) if (2..=MAX_FILE_LINKS).contains(&n) => n,
+            _ => return bad_request(format!("max-file-links {v:?} is not between 2 and {MAX_FILE_LINKS}")),
+        },
+    };
     let pin = flag(req, "pin").unwrap_or(true);
     let new_file = || Adding { importer: Importer::with_layout(chunk, max_links), blocks: Vec::new(), data: Vec::new(), keep: !only_hash };
     let mut current = new_file();

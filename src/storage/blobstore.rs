@@ -128,6 +128,14 @@ impl BlobStore {
         }
     }
 
+    /// Cuts an upload's data file back to `len` bytes (a refused chunk), durably.
+    pub fn truncate_upload(&self, id: &Uuid, len: u64) -> Result<(), StorageError> {
+        let path = self.upload_path(id);
+        let file = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+        file.set_len(len).map_err(io_err(&path))?;
+        file.sync_all().map_err(io_err(&path))
+    }
+
     pub fn remove_upload(&self, id: &Uuid) -> Result<(), StorageError> {
         let path = self.upload_path(id);
         match fs::remove_file(&path) {
