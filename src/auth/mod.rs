@@ -151,10 +151,12 @@ pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,
     limiter: limiter::Limiter,
-    /// Argon2 checks run at most this many at once (each takes ~19 MiB), whatever the number of
-    /// logins in flight; `slow_waiting` more may queue, the rest are told to come back.
-    slow: tokio::sync::Semaphore,
-    slow_waiting: std::sync::atomic::AtomicUsize,
+    /// Argon2 checks run on [`SLOW_CHECKS`] threads of their own (each check takes ~19 MiB, and
+    /// the allocator keeps a freed block per thread, so a pool shared with other work would end
+    /// up holding one per thread it ever had); [`SLOW_QUEUE`] more may wait, the rest are told to
+    /// come back.
+    slow: std::sync::mpsc::SyncSender<SlowCheck>,
+    slow_waiting: Arc<std::sync::atomic::AtomicUsize>,
     /// sha256(user, secret) → who it proved to be and when.
     verified: Mutex<HashMap<[u8; 32], (Identity, Instant)>>,
     /// Checked against when a user is unknown, so that a wrong name costs what a wrong password does.
@@ -181,9 +183,37 @@ fn rfc3339(secs: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| AuthError::Task(e.to_string()))
+/// One argon2 check for the checkers' threads.
+struct SlowCheck {
+    secret: String,
+    phc: String,
+    reply: tokio::sync::oneshot::Sender<bool>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Starts the threads that run argon2 checks; the queue holds [`SLOW_QUEUE`] checks.
+fn slow_checkers() -> Result<std::sync::mpsc::SyncSender<SlowCheck>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<SlowCheck>(SLOW_QUEUE);
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..SLOW_CHECKS {
+        let rx = rx.clone();
+        std::thread::Builder::new()
+            .name(format!("argon2-{i}"))
+            .spawn(move || {
+                let mut verifier = secrets::Verifier::default();
+                loop {
+                    let next = rx.lock().expect("checks lock").recv();
+                    let Ok(check) = next else { return };
+                    check.waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    let ok = verifier.verify(&check.secret, &check.phc);
+                    let _ = check.reply.send(ok);
+                }
+            })
+            .map_err(|e| AuthError::Task(format!("starting the password checkers: {e}")))?;
+    }
+    Ok(tx)
+}
+
 
 impl Auth {
     pub async fn new(meta: Arc<dyn MetadataStore>, config: AuthConfig) -> Result<Self> {
@@ -195,8 +225,8 @@ impl Auth {
             encoding: EncodingKey::from_secret(&key),
             decoding: DecodingKey::from_secret(&key),
             limiter: limiter::Limiter::default(),
-            slow: tokio::sync::Semaphore::new(SLOW_CHECKS),
-            slow_waiting: std::sync::atomic::AtomicUsize::new(0),
+            slow: slow_checkers()?,
+            slow_waiting: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             verified: Mutex::new(HashMap::new()),
             dummy_hash,
         })
@@ -258,18 +288,23 @@ impl Auth {
         }
     }
 
-    /// Runs an argon2 check on a blocking thread, at most [`SLOW_CHECKS`] at once.
+    /// Runs an argon2 check on the checkers' threads, at most [`SLOW_CHECKS`] at once.
     async fn slow_verify(&self, secret: &str, phc: String) -> Result<bool> {
         use std::sync::atomic::Ordering;
         if self.slow_waiting.fetch_add(1, Ordering::SeqCst) >= SLOW_QUEUE {
             self.slow_waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(AuthError::RateLimited(1));
         }
-        let permit = self.slow.acquire().await;
-        self.slow_waiting.fetch_sub(1, Ordering::SeqCst);
-        let _permit = permit.map_err(|e| AuthError::Task(e.to_string()))?;
-        let secret = secret.to_string();
-        blocking(move || secrets::verify(&secret, &phc)).await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let check = SlowCheck { secret: secret.to_string(), phc, reply, waiting: self.slow_waiting.clone() };
+        if let Err(e) = self.slow.try_send(check) {
+            let check = match e {
+                std::sync::mpsc::TrySendError::Full(c) | std::sync::mpsc::TrySendError::Disconnected(c) => c,
+            };
+            check.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(AuthError::RateLimited(1));
+        }
+        answer.await.map_err(|e| AuthError::Task(e.to_string()))
     }
 
     /// Whether `secret` is the token whose stored hash is `stored`.

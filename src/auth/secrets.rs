@@ -50,9 +50,53 @@ pub async fn hash_off_thread(secret: String) -> Result<String, SecretError> {
     tokio::task::spawn_blocking(move || hash(&secret)).await.map_err(|e| SecretError::Hash(e.to_string()))?
 }
 
-/// Whether `secret` matches the PHC string `phc` (argon2's comparison is constant-time).
+/// Whether `secret` matches the PHC string `phc` (argon2's comparison is constant-time). Each
+/// call allocates the hash's memory anew, which the system allocator does not give back for
+/// large aligned blocks: for repeated checks use a [`Verifier`].
 pub fn verify(secret: &str, phc: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|h| Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
+}
+
+/// The most memory an argon2 hash we check may ask for (ours ask for 19 MiB).
+const MAX_ARGON2_KIB: u32 = 256 * 1024;
+
+/// Checks argon2 hashes with one reused block of memory, so a thread that checks passwords all
+/// day holds one hash's memory, not a new one per check.
+#[derive(Default)]
+pub struct Verifier {
+    blocks: Vec<argon2::Block>,
+}
+
+impl Verifier {
+    /// Whether `secret` matches the PHC string `phc`; false for anything malformed.
+    pub fn verify(&mut self, secret: &str, phc: &str) -> bool {
+        self.check(secret, phc).unwrap_or(false)
+    }
+
+    fn check(&mut self, secret: &str, phc: &str) -> Option<bool> {
+        let hash = PasswordHash::new(phc).ok()?;
+        let algorithm = argon2::Algorithm::try_from(hash.algorithm).ok()?;
+        let version = match hash.version {
+            Some(v) => argon2::Version::try_from(v).ok()?,
+            None => argon2::Version::default(),
+        };
+        let expected = hash.hash?;
+        let stated = argon2::Params::try_from(&hash).ok()?;
+        if stated.m_cost() > MAX_ARGON2_KIB {
+            return None;
+        }
+        let params = argon2::Params::new(stated.m_cost(), stated.t_cost(), stated.p_cost(), Some(expected.len())).ok()?;
+        let mut salt = [0u8; 64];
+        let salt = hash.salt?.decode_b64(&mut salt).ok()?;
+        let n = params.block_count();
+        if self.blocks.len() < n {
+            self.blocks.resize(n, argon2::Block::default());
+        }
+        let mut out = vec![0u8; expected.len()];
+        Argon2::new(algorithm, version, params).hash_password_into_with_memory(secret.as_bytes(), salt, &mut out, &mut self.blocks[..n]).ok()?;
+        let diff = out.iter().zip(expected.as_bytes()).fold(0u8, |d, (a, b)| d | (a ^ b));
+        Some(diff == 0)
+    }
 }
 
 /// Whether `password` may be set: every way of setting one (CLI, `AF_ADMIN_PASSWORD`) asks this.
@@ -121,6 +165,24 @@ mod tests {
         assert_eq!(verify_token(&token, &stored), Some(true));
         assert_eq!(verify_token("af_0000000000000000_wrong-secret-wrong-secret-wrong-secret-xx", &stored), Some(false));
         assert_eq!(verify_token(&token, &phc), None, "argon2 hashes are the caller's to check");
+    }
+
+    #[test]
+    fn the_verifier_agrees_with_argon2_and_reuses_its_memory() {
+        let phc = hash("correct horse").unwrap();
+        let mut v = Verifier::default();
+        assert!(v.verify("correct horse", &phc));
+        assert!(!v.verify("wrong horse", &phc));
+        assert!(!v.verify("correct horse", "not a hash"));
+        let rss = || {
+            let s = std::fs::read_to_string("/proc/self/status").unwrap();
+            s.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches("kB").trim().parse::<u64>().unwrap()
+        };
+        let before = rss();
+        for _ in 0..8 {
+            assert!(!v.verify("wrong", &phc));
+        }
+        assert!(rss() < before + 8 * 1024, "eight checks grew the memory from {before} to {} KiB", rss());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Shared test harness: real `af` node processes on loopback, each with its own data directory.
 #![allow(dead_code)]
 
+pub mod accounts;
 pub mod images;
 
 use reqwest::blocking::{Client, Response};
@@ -140,6 +141,17 @@ impl Node {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// The node's process id (to read its memory from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the node runs").id()
+    }
+
+    /// The node's peak resident memory so far, in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap()
     }
 
     pub fn is_running(&mut self) -> bool {
