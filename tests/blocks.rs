@@ -27,7 +27,7 @@ async fn every_block_of_a_pushed_blob_is_served_verified() {
     let reg = registry(dir.path(), Profile::KuboV1).await;
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 249) as u8).collect();
     let digest = Digest::of_bytes(Algorithm::Sha256, &data);
-    reg.put_blob("blocks/a", &digest, body(&data, 65_536)).await.unwrap();
+    reg.put_blob("blocks/a", &digest, "test", body(&data, 65_536)).await.unwrap();
 
     let mut expected = CollectingImporter::new(Profile::KuboV1);
     expected.update(&data);
