@@ -143,8 +143,11 @@ async fn manifests_tags_and_referrers(m: Arc<dyn MetadataStore>) {
     m.put_manifest("r", second.clone()).await.unwrap();
     let moved = m.get_manifest("r", &Reference::Tag("v1".into())).await.unwrap().unwrap();
     assert_eq!(moved.digest, second.record.digest);
-    let refs = m.referrers("r", &first.record.digest).await.unwrap();
+    let whole = ReferrerPage { after: None, budget: 1 << 20, max: 1000 };
+    let (refs, more) = m.referrers("r", &first.record.digest, None, &whole).await.unwrap();
+    assert!(!more);
     assert_eq!(refs.len(), 1);
+    assert!(m.referrers("r", &first.record.digest, Some("other/type"), &whole).await.unwrap().0.is_empty());
     assert_eq!(refs[0].digest, second.record.digest);
     assert_eq!(refs[0].size, second.record.content.len() as u64);
     // An index needs its children.

@@ -64,11 +64,25 @@ pub struct Reader {
     pub reg: Arc<Registry>,
     exposure: Exposure,
     read: AtomicU64,
+    /// Small blocks this request already read and admitted: a DAG that repeats a subtree reads
+    /// the same few blocks over and over.
+    recent: std::sync::Mutex<Recent>,
 }
+
+/// A bounded set of small blocks, dropped whole when full (cheap, and enough for repeats).
+#[derive(Default)]
+struct Recent {
+    blocks: std::collections::HashMap<Cid, Bytes>,
+    bytes: usize,
+}
+
+/// Blocks at most this large are remembered, up to [`RECENT_BYTES`] per request.
+const RECENT_BLOCK: usize = 64 << 10;
+const RECENT_BYTES: usize = 1 << 20;
 
 impl Reader {
     pub fn new(reg: Arc<Registry>, audience: Audience) -> Arc<Reader> {
-        Arc::new(Reader { exposure: Exposure::new(reg.clone(), audience), reg, read: AtomicU64::new(0) })
+        Arc::new(Reader { exposure: Exposure::new(reg.clone(), audience), reg, read: AtomicU64::new(0), recent: Default::default() })
     }
 
     pub fn audience(&self) -> Audience {
@@ -85,6 +99,9 @@ impl Reader {
         if let Some(b) = well_known(cid) {
             return Ok(b);
         }
+        if let Some(b) = self.recent.lock().expect("recent lock").blocks.get(cid) {
+            return Ok(b.clone());
+        }
         let Some((location, owner)) = self.reg.blocks.locate_owned(cid).await.map_err(RegistryError::from)? else {
             return Err(DagError::Missing(*cid));
         };
@@ -97,6 +114,14 @@ impl Reader {
             if let Ok(node) = unixfs::decode_node(&bytes) {
                 self.exposure.vouch(node.links.into_iter().map(|l| l.cid));
             }
+        }
+        if bytes.len() <= RECENT_BLOCK {
+            let mut recent = self.recent.lock().expect("recent lock");
+            if recent.bytes + bytes.len() > RECENT_BYTES {
+                *recent = Recent::default();
+            }
+            recent.bytes += bytes.len();
+            recent.blocks.insert(*cid, bytes.clone());
         }
         Ok(bytes)
     }

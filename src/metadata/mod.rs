@@ -77,6 +77,28 @@ pub enum Reference {
     Digest(Digest),
 }
 
+/// Where a page of referrers starts and how large it may be.
+#[derive(Debug, Clone)]
+pub struct ReferrerPage {
+    pub after: Option<Digest>,
+    pub budget: u64,
+    pub max: u32,
+}
+
+/// The SQL of a page of referrers (the same on SQLite and PostgreSQL, `?N` / `$N` aside): rows
+/// whose running size before them is under the budget.
+pub(crate) const REFERRERS_PAGE: &str = "SELECT digest, media_type, size, artifact_type, annotations FROM (
+    SELECT m.digest, m.media_type, length(m.content) AS size, m.artifact_type, m.annotations,
+           sum(coalesce(length(m.annotations), 0) + 256) OVER (ORDER BY m.digest ROWS UNBOUNDED PRECEDING)
+             - (coalesce(length(m.annotations), 0) + 256) AS start
+    FROM manifests m JOIN repositories r ON r.id = m.repository_id
+    WHERE r.name = $1 AND m.subject = $2 AND ($3::TEXT IS NULL OR m.artifact_type = $3) AND ($4::TEXT IS NULL OR m.digest > $4)
+  ) page WHERE start < $5 ORDER BY digest LIMIT $6";
+
+/// Whether referrers follow `$4` (same parameters as [`REFERRERS_PAGE`]'s first four).
+pub(crate) const REFERRERS_AFTER: &str = "SELECT EXISTS (SELECT 1 FROM manifests m JOIN repositories r ON r.id = m.repository_id
+    WHERE r.name = $1 AND m.subject = $2 AND ($3::TEXT IS NULL OR m.artifact_type = $3) AND m.digest > $4)";
+
 /// One entry of a referrers response.
 #[derive(Debug, Clone)]
 pub struct Referrer {
@@ -196,5 +218,9 @@ pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     /// Tags of `repo` in lexical order, or None when the repository is unknown.
     async fn list_tags(&self, repo: &str, page: &Page) -> MetaResult<Option<Vec<String>>>;
     async fn list_repositories(&self, page: &Page) -> MetaResult<Vec<String>>;
-    async fn referrers(&self, repo: &str, subject: &Digest) -> MetaResult<Vec<Referrer>>;
+    /// One page of the manifests of `repo` whose subject is `subject` (of `artifact_type`, if
+    /// given), in digest order after `page.after`: as many as start within `page.budget` bytes
+    /// (each counted as its annotations plus 256), at least one, at most `page.max`. True when
+    /// more follow.
+    async fn referrers(&self, repo: &str, subject: &Digest, artifact_type: Option<&str>, page: &ReferrerPage) -> MetaResult<(Vec<Referrer>, bool)>;
 }

@@ -13,7 +13,7 @@ use super::auth::{AuthStore, Role, TokenKind, TokenRecord, User};
 use super::batch::{Batcher, Loader};
 use super::{
     BlobInfo, GarbageCollected, ManifestRecord, MetaResult, MetadataError, MetadataStore, NewManifest, Page,
-    PutManifestOutcome, Reference, Referrer, SweptBlob, UploadSession,
+    PutManifestOutcome, Reference, Referrer, ReferrerPage, SweptBlob, UploadSession, REFERRERS_AFTER, REFERRERS_PAGE,
 };
 use crate::digest::Digest;
 use async_trait::async_trait;
@@ -779,17 +779,13 @@ impl MetadataStore for PgStore {
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
-    async fn referrers(&self, repo: &str, subject: &Digest) -> MetaResult<Vec<Referrer>> {
-        let rows = self
-            .read(
-                "SELECT m.digest, m.media_type, length(m.content), m.artifact_type, m.annotations
-                 FROM manifests m JOIN repositories r ON r.id = m.repository_id
-                 WHERE r.name = $1 AND m.subject = $2 ORDER BY m.digest",
-                &[&repo, &subject.to_string()],
-            )
-            .await
-            .map_err(pg)?;
-        rows.into_iter()
+    async fn referrers(&self, repo: &str, subject: &Digest, artifact_type: Option<&str>, page: &ReferrerPage) -> MetaResult<(Vec<Referrer>, bool)> {
+        let subject = subject.to_string();
+        let after = page.after.as_ref().map(|d| d.to_string());
+        let (budget, max) = (page.budget as i64, page.max.max(1) as i64);
+        let rows = self.read(REFERRERS_PAGE, &[&repo, &subject, &artifact_type, &after, &budget, &max]).await.map_err(pg)?;
+        let out = rows
+            .into_iter()
             .map(|r| {
                 Ok(Referrer {
                     digest: parse_digest(r.get(0))?,
@@ -799,7 +795,12 @@ impl MetadataStore for PgStore {
                     annotations: r.get(4),
                 })
             })
-            .collect()
+            .collect::<MetaResult<Vec<_>>>()?;
+        let more = match out.last() {
+            Some(last) => self.read(REFERRERS_AFTER, &[&repo, &subject, &artifact_type, &last.digest.to_string()]).await.map_err(pg)?[0].get(0),
+            None => false,
+        };
+        Ok((out, more))
     }
 }
 

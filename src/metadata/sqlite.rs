@@ -729,18 +729,13 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn referrers(&self, repo: &str, subject: &Digest) -> MetaResult<Vec<Referrer>> {
-        let (repo, subject) = (repo.to_string(), subject.to_string());
+    async fn referrers(&self, repo: &str, subject: &Digest, artifact_type: Option<&str>, page: &ReferrerPage) -> MetaResult<(Vec<Referrer>, bool)> {
+        let (repo, subject, at) = (repo.to_string(), subject.to_string(), artifact_type.map(str::to_string));
+        let (after, budget, max) = (page.after.as_ref().map(|d| d.to_string()), page.budget as i64, page.max.max(1) as i64);
         self.read(move |c| {
-            let mut s = c
-                .prepare_cached(
-                    "SELECT m.digest, m.media_type, length(m.content), m.artifact_type, m.annotations
-                     FROM manifests m JOIN repositories r ON r.id = m.repository_id
-                     WHERE r.name = ?1 AND m.subject = ?2 ORDER BY m.digest",
-                )
-                .map_err(backend)?;
+            let mut s = c.prepare_cached(&REFERRERS_PAGE.replace("::TEXT", "")).map_err(backend)?;
             let rows = s
-                .query_map(params![repo, subject], |r| {
+                .query_map(params![repo, subject, at, after, budget, max], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
@@ -755,7 +750,14 @@ impl MetadataStore for SqliteStore {
                 let (digest, media_type, size, artifact_type, annotations) = row.map_err(backend)?;
                 out.push(Referrer { digest: parse_digest(digest)?, media_type, size: size as u64, artifact_type, annotations });
             }
-            Ok(out)
+            let more = match out.last() {
+                Some(last) => c
+                    .prepare_cached(&REFERRERS_AFTER.replace("::TEXT", ""))
+                    .and_then(|mut s| s.query_row(params![repo, subject, at, last.digest.to_string()], |r| r.get(0)))
+                    .map_err(backend)?,
+                None => false,
+            };
+            Ok((out, more))
         })
         .await
     }

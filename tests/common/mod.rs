@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod accounts;
+pub mod dags;
 pub mod images;
 
 use reqwest::blocking::{Client, Response};

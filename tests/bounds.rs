@@ -1,0 +1,203 @@
+//! Every walk and every buffer bounded (issue 18): DAGs that repeat a subtree or lie about their
+//! sizes, hostile names and paths, unpaged referrers. Each DAG is built here, imported through the
+//! RPC's `dag/import`, and read anonymously through the gateway and the RPC while the node's peak
+//! memory and CPU time are watched.
+
+mod common;
+use common::dags::*;
+use common::*;
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+fn import(node: &Node, car: Vec<u8>) {
+    let form = reqwest::blocking::multipart::Form::new().part("file", reqwest::blocking::multipart::Part::bytes(car).file_name("x.car"));
+    let r = client().post(format!("http://{}/api/v0/dag/import", node.rpc)).multipart(form).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().unwrap();
+    assert!(text.contains("\"PinErrorMsg\":\"\""), "{text}");
+}
+
+/// The node's CPU time so far (user + system), in clock ticks.
+fn cpu_ticks(node: &Node) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", node.pid())).unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Starts reading `url`, reads `n` bytes, then hangs up; the time to the first byte.
+fn read_then_leave(url: &str, n: usize) -> Duration {
+    let start = Instant::now();
+    let mut r = client().get(url).send().unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    let mut buf = vec![0u8; n];
+    r.read_exact(&mut buf[..1]).unwrap();
+    let first = start.elapsed();
+    let _ = r.read_exact(&mut buf[1..]);
+    drop(r);
+    first
+}
+
+/// After the client left, the node goes quiet: under half a core over a second.
+fn settles(node: &Node) {
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(node);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(node) - before;
+    assert!(used < 50, "the node kept working after its client left: {used} ticks in a second");
+}
+
+#[test]
+fn files_that_repeat_a_subtree_stream_in_bounded_memory_and_stop_with_the_client() {
+    let node = Node::start();
+    let leaf = vec![b'x'];
+    let leaf_cid = cid_of(0x55, &leaf);
+    // K links to A, A with K links to one 1-byte leaf: K² bytes from a few hundred KB.
+    const K: usize = 4000;
+    let a = repeating_file(leaf_cid, 1, K);
+    let a_cid = cid_of(0x70, &a);
+    let root = repeating_file(a_cid, K as u64, K);
+    let root_cid = cid_of(0x70, &root);
+    import(&node, car(&root_cid, &[(root_cid, root), (a_cid, a), (leaf_cid, leaf.clone())]));
+    // 40 levels, each linking twice to the next: 2^40 bytes described.
+    let mut below = leaf_cid;
+    let mut size = 1u64;
+    let mut blocks = vec![(leaf_cid, leaf)];
+    for _ in 0..40 {
+        let node_bytes = repeating_file(below, size, 2);
+        below = cid_of(0x70, &node_bytes);
+        size *= 2;
+        blocks.push((below, node_bytes));
+    }
+    let deep = below;
+    blocks.reverse();
+    import(&node, car(&deep, &blocks));
+    let before = node.peak_rss_kib();
+
+    for url in [
+        node.gateway_url(&format!("/ipfs/{root_cid}")),
+        node.gateway_url(&format!("/ipfs/{deep}")),
+        node.gateway_url(&format!("/ipfs/{deep}?format=car&car-dups=y")),
+        format!("http://{}/api/v0/cat?arg={deep}", node.rpc),
+    ] {
+        let first = if url.contains("/api/v0/") {
+            let start = Instant::now();
+            let mut r = client().post(&url).send().unwrap();
+            let mut b = [0u8; 1000];
+            r.read_exact(&mut b).unwrap();
+            drop(r);
+            start.elapsed()
+        } else {
+            read_then_leave(&url, 100_000)
+        };
+        assert!(first < Duration::from_secs(2), "{url}: first byte after {first:?}");
+        settles(&node);
+    }
+    let r = client().head(node.gateway_url(&format!("/ipfs/{root_cid}"))).send().unwrap();
+    assert_eq!(r.headers()["Content-Length"], (K * K).to_string());
+    let grown = node.peak_rss_kib().saturating_sub(before);
+    assert!(grown < 64 * 1024, "peak memory grew by {grown} KiB");
+
+    // Read to the end, the walk stops at its budget with the response cut short, not hanging.
+    let start = Instant::now();
+    let all = client().get(node.gateway_url(&format!("/ipfs/{deep}"))).send().unwrap().bytes();
+    assert!(all.is_err(), "a body of 2^40 bytes cannot complete");
+    assert!(start.elapsed() < Duration::from_secs(90), "{:?}", start.elapsed());
+    assert!(node.log_text().contains("most one may"), "the budget stopped it");
+}
+
+#[test]
+fn sizes_that_lie_are_refused() {
+    let node = Node::start();
+    let leaf = b"ten bytes!".to_vec();
+    let leaf_cid = cid_of(0x55, &leaf);
+    // A root claiming 2^60 bytes over a 10-byte leaf.
+    let liar = dag_pb(&[("", leaf_cid)], &file_data(Some(1 << 60), &[10]));
+    let liar_cid = cid_of(0x70, &liar);
+    import(&node, car(&liar_cid, &[(liar_cid, liar), (leaf_cid, leaf.clone())]));
+    let r = client().get(node.gateway_url(&format!("/ipfs/{liar_cid}"))).send().unwrap();
+    assert_eq!(r.status(), 502);
+    let r = client().get(node.gateway_url(&format!("/ipfs/{liar_cid}"))).header("Range", "bytes=100-200").send().unwrap();
+    assert_eq!(r.status(), 502);
+    // Blocksizes that add up past 2^64.
+    let wrap = dag_pb(&[("", leaf_cid), ("", leaf_cid)], &file_data(None, &[u64::MAX - 4, 15]));
+    let wrap_cid = cid_of(0x70, &wrap);
+    import(&node, car(&wrap_cid, &[(wrap_cid, wrap), (leaf_cid, leaf.clone())]));
+    assert_eq!(client().get(node.gateway_url(&format!("/ipfs/{wrap_cid}"))).send().unwrap().status(), 502);
+    // A parent that says its child is larger than the child is: the stream stops there.
+    let short = dag_pb(&[("", leaf_cid), ("", leaf_cid)], &file_data(Some(25), &[10, 15]));
+    let short_cid = cid_of(0x70, &short);
+    import(&node, car(&short_cid, &[(short_cid, short), (leaf_cid, leaf)]));
+    let r = client().get(node.gateway_url(&format!("/ipfs/{short_cid}"))).send().unwrap();
+    assert!(r.bytes().is_err(), "the response breaks off instead of padding or wrapping");
+    assert!(client().get(node.gateway_url("/v2/")).send().is_ok(), "the node still answers");
+}
+
+#[test]
+fn hostile_names_and_long_paths_are_answered_cleanly() {
+    let node = Node::start();
+    let leaf = b"hello".to_vec();
+    let leaf_cid = cid_of(0x55, &leaf);
+    let dir = dag_pb(&[("a\rb", leaf_cid), ("n\0l", leaf_cid)], DIRECTORY_DATA);
+    let dir_cid = cid_of(0x70, &dir);
+    import(&node, car(&dir_cid, &[(dir_cid, dir), (leaf_cid, leaf)]));
+    for name in ["a%0Db", "n%00l"] {
+        let r = client().get(node.gateway_url(&format!("/ipfs/{dir_cid}/{name}"))).send().unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+        assert_eq!(r.headers()["X-Ipfs-Path"], format!("/ipfs/{dir_cid}/{name}"));
+        assert_eq!(r.text().unwrap(), "hello");
+    }
+    let long = vec!["a"; 3500].join("/");
+    let r = client().get(node.gateway_url(&format!("/ipfs/{dir_cid}/{long}"))).send().unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.headers().get("X-Ipfs-Roots").is_none());
+}
+
+#[test]
+fn referrers_come_in_pages_bounded_in_bytes() {
+    let node = Node::start();
+    let subject = image_manifest(&node, "team/app", b"{}", &[b"layer"]);
+    let r = put_manifest(&node, "team/app", "v1", OCI_MANIFEST, &subject);
+    assert_eq!(r.status(), 201);
+    let subject_digest = sha256(&subject);
+    let config = push_blob(&node, "team/app", b"{}");
+    let big = "x".repeat(1536 * 1024);
+    let mut pushed = std::collections::BTreeSet::new();
+    for i in 0..400 {
+        let annotations = if i % 100 == 7 { serde_json::json!({"big": big}) } else { serde_json::json!({"i": i.to_string()}) };
+        let m = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/x-test",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": 2},
+            "layers": [], "subject": {"mediaType": OCI_MANIFEST, "digest": subject_digest, "size": subject.len()},
+            "annotations": annotations,
+        }))
+        .unwrap();
+        let d = sha256(&m);
+        assert_eq!(put_manifest(&node, "team/app", &d, OCI_MANIFEST, &m).status(), 201);
+        pushed.insert(d);
+    }
+    let mut next = Some(format!("/v2/team/app/referrers/{subject_digest}"));
+    let mut seen = std::collections::BTreeSet::new();
+    let mut pages = 0;
+    while let Some(path) = next.take() {
+        let r = client().get(node.url(&path)).send().unwrap();
+        assert_eq!(r.status(), 200);
+        next = r.headers().get("Link").map(|l| {
+            let l = l.to_str().unwrap();
+            l[l.find('<').unwrap() + 1..l.find('>').unwrap()].to_string()
+        });
+        let body = r.bytes().unwrap();
+        assert!(body.len() < 3 << 20, "a page of {} bytes", body.len());
+        let index: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        for m in index["manifests"].as_array().unwrap() {
+            assert!(seen.insert(m["digest"].as_str().unwrap().to_string()), "listed twice");
+        }
+        pages += 1;
+        assert!(pages < 100);
+    }
+    assert_eq!(seen, pushed, "every referrer, once");
+    assert!(pages >= 4, "{pages} pages");
+    // The filter applies before paging.
+    let r = client().get(node.url(&format!("/v2/team/app/referrers/{subject_digest}?artifactType=application/x-none"))).send().unwrap();
+    assert!(r.headers().get("Link").is_none());
+    assert_eq!(r.json::<serde_json::Value>().unwrap()["manifests"].as_array().unwrap().len(), 0);
+}
