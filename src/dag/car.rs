@@ -117,14 +117,14 @@ impl State {
         if matches!(expand, Expand::Nothing) || cid.codec() != crate::unixfs::DAG_PB {
             return Ok(());
         }
+        if matches!(expand, Expand::All) {
+            // The whole DAG: its links are all that matter, whatever its UnixFS data says.
+            let node = crate::unixfs::decode_node(bytes).map_err(|e| super::DagError::Malformed { cid, detail: e.to_string() })?;
+            self.stack.extend(node.links.into_iter().rev().map(|l| Work::Visit { cid: l.cid, expand: Expand::All }));
+            return Ok(());
+        }
         let node = super::decode(&cid, bytes.clone())?;
         let children: Vec<Work> = match (expand, node) {
-            (Expand::All, Node::File { links, .. } | Node::Directory { links }) => {
-                links.into_iter().map(|l| Work::Visit { cid: l.cid, expand: Expand::All }).collect()
-            }
-            (Expand::All, Node::Other) => crate::unixfs::decode_node(bytes)
-                .map(|n| n.links.into_iter().map(|l| Work::Visit { cid: l.cid, expand: Expand::All }).collect())
-                .unwrap_or_default(),
             (Expand::Entity, Node::File { size, .. }) => match byte_range(self.entity_bytes, size) {
                 Some((start, end)) => return self.expand(cid, bytes, Expand::Range { offset: 0, start, end }),
                 None => Vec::new(),
