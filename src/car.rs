@@ -245,30 +245,83 @@ fn stage(mut input: impl Read, staging_dir: &Path) -> Result<Staged> {
     Ok(staged)
 }
 
-/// Every block of a CAR held in memory (the RPC's `dag/import`), each verified: (roots, blocks).
-pub fn read_all(car: &[u8]) -> Result<(Vec<Cid>, Blocks)> {
-    let mut input = std::io::Cursor::new(car);
-    let header_len = read_varint(&mut input).map_err(CarError::Read)?.ok_or_else(|| CarError::Header("the file is empty".into()))? as usize;
-    let mut header = vec![0u8; header_len.min(MAX_SECTION)];
-    if read_full(&mut input, &mut header).map_err(CarError::Read)? < header_len {
-        return Err(CarError::Header("truncated header".into()));
+/// The most bytes a block may have (Kubo's limit): a larger one is refused, not stored.
+pub const MAX_BLOCK: usize = 2 << 20;
+
+/// A CARv1 read as its bytes arrive (the RPC's `dag/import`): feed chunks, take the verified
+/// blocks that are complete. Holds at most one section and one chunk.
+#[derive(Default)]
+pub struct SectionReader {
+    pending: Vec<u8>,
+    roots: Option<Vec<Cid>>,
+    blocks: u64,
+}
+
+/// A varint at the start of `buf`: (value, its length), None if incomplete.
+fn varint_prefix(buf: &[u8]) -> std::result::Result<Option<(u64, usize)>, String> {
+    let mut value = 0u64;
+    for (i, b) in buf.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some((value, i + 1)));
+        }
     }
-    let header = CarHeader::decode(&header).map_err(|e| CarError::Header(e.to_string()))?;
-    let mut blocks = Vec::new();
-    while let Some(len) = read_varint(&mut input).map_err(|e| CarError::Malformed { blocks: blocks.len() as u64, detail: e.to_string() })? {
-        let len = len as usize;
-        let start = input.position() as usize;
-        let Some(section) = car.get(start..start + len) else {
-            return Err(CarError::Malformed { blocks: blocks.len() as u64, detail: "truncated section".into() });
-        };
-        input.set_position((start + len) as u64);
-        let mut cursor = std::io::Cursor::new(section);
-        let cid = Cid::read_bytes(&mut cursor).map_err(|e| CarError::Malformed { blocks: blocks.len() as u64, detail: e.to_string() })?;
-        let data = section[cursor.position() as usize..].to_vec();
-        verify_block(&cid, &data)?;
-        blocks.push((cid, data));
+    if buf.len() >= 10 { Err("a varint longer than 10 bytes".into()) } else { Ok(None) }
+}
+
+impl SectionReader {
+    /// The roots, once the header has arrived.
+    pub fn roots(&self) -> Option<&[Cid]> {
+        self.roots.as_deref()
     }
-    Ok((header.roots().to_vec(), blocks))
+
+    /// Adds `chunk`; returns the blocks it completed, each verified against its CID.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Blocks> {
+        self.pending.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        let mut at = 0;
+        loop {
+            let malformed = |blocks: u64, detail: String| CarError::Malformed { blocks, detail };
+            let Some((len, n)) = varint_prefix(&self.pending[at..]).map_err(|d| malformed(self.blocks, d))? else { break };
+            let len = len as usize;
+            let limit = if self.roots.is_none() { MAX_SECTION } else { MAX_BLOCK + 128 };
+            if len > limit {
+                return Err(malformed(self.blocks, format!("a section of {len} bytes; blocks are limited to {MAX_BLOCK}")));
+            }
+            if self.pending.len() - at - n < len {
+                break;
+            }
+            let section = &self.pending[at + n..at + n + len];
+            at += n + len;
+            if self.roots.is_none() {
+                let header = CarHeader::decode(section).map_err(|e| CarError::Header(e.to_string()))?;
+                self.roots = Some(header.roots().to_vec());
+                continue;
+            }
+            let mut cursor = std::io::Cursor::new(section);
+            let cid = Cid::read_bytes(&mut cursor).map_err(|e| malformed(self.blocks, format!("bad CID: {e}")))?;
+            let data = &section[cursor.position() as usize..];
+            if data.len() > MAX_BLOCK {
+                return Err(block_err(&cid, format!("{} bytes; blocks are limited to {MAX_BLOCK}", data.len())));
+            }
+            verify_block(&cid, data)?;
+            out.push((cid, data.to_vec()));
+            self.blocks += 1;
+        }
+        self.pending.drain(..at);
+        Ok(out)
+    }
+
+    /// The CAR ended: an error if it ended inside a section or before its header.
+    pub fn finish(&self) -> Result<()> {
+        if self.roots.is_none() {
+            return Err(CarError::Header("the CAR ended before its header".into()));
+        }
+        if !self.pending.is_empty() {
+            return Err(CarError::Malformed { blocks: self.blocks, detail: format!("truncated: {} bytes of a section", self.pending.len()) });
+        }
+        Ok(())
+    }
 }
 
 impl Staged {

@@ -199,6 +199,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         data_dir: config.data_dir.clone(),
         loopback: config.rpc.ip().is_loopback(),
         bind: config.rpc,
+        writes: tokio::sync::Semaphore::new(crate::rpc::CONCURRENT_WRITES),
     });
     let reg = registry.clone();
     let server = actix_web::HttpServer::new(move || {

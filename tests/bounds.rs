@@ -209,3 +209,49 @@ fn referrers_come_in_pages_bounded_in_bytes() {
     assert!(r.headers().get("Link").is_none());
     assert_eq!(r.json::<serde_json::Value>().unwrap()["manifests"].as_array().unwrap().len(), 0);
 }
+
+fn rpc_post(node: &Node, call: &str, parts: Vec<(String, Vec<u8>)>) -> reqwest::blocking::Response {
+    let mut form = reqwest::blocking::multipart::Form::new();
+    for (name, data) in parts {
+        form = form.part("file", reqwest::blocking::multipart::Part::bytes(data).file_name(name));
+    }
+    client().post(format!("http://{}/api/v0/{call}", node.rpc)).multipart(form).send().unwrap()
+}
+
+#[test]
+fn rpc_writes_hold_one_block_or_one_bounded_file_at_a_time() {
+    let node = Node::start();
+    let before = node.peak_rss_kib();
+    // 200 parts of 2 MiB: each stored when it ends.
+    let parts: Vec<(String, Vec<u8>)> = (0..200u32).map(|i| (format!("b{i}"), vec![i as u8; 2 << 20])).collect();
+    let r = rpc_post(&node, "block/put", parts);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap().lines().count(), 200);
+    // A CAR of 60 blocks of 2 MiB, streamed in.
+    let blocks: Vec<(cid::Cid, Vec<u8>)> = (0..60u32).map(|i| {
+        let data = vec![(i + 7) as u8; 2 << 20];
+        (cid_of(0x55, &data), data)
+    }).collect();
+    let r = rpc_post(&node, "dag/import?pin-roots=false", vec![("c.car".into(), car(&blocks[0].0, &blocks))]);
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+    let grown = node.peak_rss_kib().saturating_sub(before);
+    assert!(grown < 96 * 1024, "peak memory grew by {grown} KiB for 520 MiB written");
+    // A block over 2 MiB is refused, whichever way it comes.
+    let huge = vec![1u8; (2 << 20) + 1];
+    let huge_cid = cid_of(0x55, &huge);
+    let r = rpc_post(&node, "dag/import", vec![("h.car".into(), car(&huge_cid, &[(huge_cid, huge.clone())]))]);
+    assert_ne!(r.status(), 200);
+    assert!(r.text().unwrap().contains("limited to"));
+    assert_eq!(rpc_post(&node, "block/put", vec![("h".into(), huge)]).status(), 400);
+    assert_eq!(client().post(format!("http://{}/api/v0/block/stat?arg={huge_cid}", node.rpc)).send().unwrap().status(), 500, "not stored");
+    // One-byte chunks: the blocks count against the limit, and the request is refused early.
+    let before = node.peak_rss_kib();
+    let r = rpc_post(&node, "add?cid-version=1&chunker=size-1", vec![("f".into(), vec![5u8; 5 << 20])]);
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("256 bytes per block"));
+    let grown = node.peak_rss_kib().saturating_sub(before);
+    assert!(grown < 400 * 1024, "peak memory grew by {grown} KiB");
+    // only-hash keeps nothing: any size, any chunker.
+    let r = rpc_post(&node, "add?cid-version=1&chunker=size-64&only-hash=true", vec![("f".into(), vec![5u8; 8 << 20])]);
+    assert_eq!(r.status(), 200);
+}

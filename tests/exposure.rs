@@ -117,8 +117,10 @@ fn nothing_private_leaves_through_identity_cids_paths_or_pins() {
     let car = get(&format!("/ipfs/{public_image}?format=car"));
     assert_eq!(car.status(), 200);
     let car = car.bytes().unwrap();
-    let sections = af_registry::car::read_all(&car).expect("a complete CAR");
-    assert!(sections.1.len() >= 8, "{} blocks", sections.1.len());
+    let mut reader = af_registry::car::SectionReader::default();
+    let blocks = reader.push(&car).expect("a valid CAR");
+    reader.finish().expect("a complete CAR");
+    assert!(blocks.len() >= 8, "{} blocks", blocks.len());
     assert_eq!(get(&format!("/ipfs/{public_image}/oci-layout")).status(), 200);
     assert_eq!(get(&format!("/ipfs/{public_layer}")).bytes().unwrap().len(), 3 << 20);
     let via_identity = identity_directory("y", &public_layer);

@@ -30,8 +30,8 @@ const KUBO_MAX_LINKS: usize = 174;
 const KUBO_CHUNK: usize = 256 * 1024;
 /// The widest file node `add` makes: its links (~40 bytes each) stay far under a 2 MiB block.
 const MAX_FILE_LINKS: usize = 8192;
-/// The most an `add` that stores (not `--only-hash`) takes.
-const MAX_ADD: usize = 256 << 20;
+/// The most one file of an `add` that stores (not `--only-hash`) holds, counting its blocks.
+const MAX_ADD: usize = 128 << 20;
 
 pub struct RpcState {
     pub registry: Arc<Registry>,
@@ -42,6 +42,8 @@ pub struct RpcState {
     pub loopback: bool,
     /// The address the RPC listens on (its own origin, for the cross-site checks).
     pub bind: std::net::SocketAddr,
+    /// Writes that may run at once ([`CONCURRENT_WRITES`]).
+    pub writes: tokio::sync::Semaphore,
 }
 
 /// Kubo's error body.
@@ -203,9 +205,17 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
             }
             HttpResponse::Ok().json(json!({"Pins": removed}))
         }
-        "block/put" => block_put(&req, body, &reg).await,
-        "add" => add(&req, body, &reg).await,
-        "dag/import" => dag_import(&req, body, &reg).await,
+        "block/put" | "add" | "dag/import" => {
+            // Bounded in total, not only per request.
+            let Ok(_permit) = state.writes.acquire().await else {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down");
+            };
+            match command.as_str() {
+                "block/put" => block_put(&req, body, &reg).await,
+                "add" => add(&req, body, &reg).await,
+                _ => dag_import(&req, body, &reg).await,
+            }
+        }
         _ => error(StatusCode::NOT_FOUND, format!("unknown command {command:?}")),
     }
 }
@@ -372,29 +382,48 @@ enum Part {
     End(Option<String>),
 }
 
-/// Feeds the parts of a multipart body to `f`, streaming.
-async fn each_part(
-    req: &HttpRequest,
-    body: web::Payload,
-    mut f: impl FnMut(Part) -> Result<(), HttpResponse>,
-) -> Result<(), HttpResponse> {
-    let mut multipart = Multipart::new(req.headers(), body);
-    while let Some(field) = multipart.next().await {
-        let mut field = field.map_err(|e| bad_request(format!("malformed multipart body: {e}")))?;
-        let name = field.content_disposition().and_then(|d| d.get_filename()).map(|n| {
-            form_urlencoded::parse(format!("x={n}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
-        });
-        if field.content_type().is_some_and(|t| t.essence_str() == "application/x-directory") {
-            return Err(bad_request("directories are not supported by this node's add (add files one by one)"));
-        }
-        while let Some(chunk) = field.next().await {
-            let chunk = chunk.map_err(|e| bad_request(format!("reading the request: {e}")))?;
-            f(Part::Data(chunk))?;
-        }
-        f(Part::End(name))?;
-    }
-    Ok(())
+/// The parts of a multipart body, pulled one piece at a time: nothing is buffered here, and
+/// dropping it (the client left, or the handler refused) ends the request's work.
+struct Parts {
+    multipart: Multipart,
+    field: Option<(actix_multipart::Field, Option<String>)>,
 }
+
+impl Parts {
+    fn new(req: &HttpRequest, body: web::Payload) -> Parts {
+        Parts { multipart: Multipart::new(req.headers(), body), field: None }
+    }
+
+    async fn next(&mut self) -> Option<Result<Part, HttpResponse>> {
+        loop {
+            if let Some((field, name)) = &mut self.field {
+                return match field.next().await {
+                    Some(Ok(chunk)) => Some(Ok(Part::Data(chunk))),
+                    Some(Err(e)) => Some(Err(bad_request(format!("reading the request: {e}")))),
+                    None => {
+                        let name = name.take();
+                        self.field = None;
+                        Some(Ok(Part::End(name)))
+                    }
+                };
+            }
+            let field = match self.multipart.next().await? {
+                Ok(f) => f,
+                Err(e) => return Some(Err(bad_request(format!("malformed multipart body: {e}")))),
+            };
+            let name = field.content_disposition().and_then(|d| d.get_filename()).map(|n| {
+                form_urlencoded::parse(format!("x={n}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+            });
+            if field.content_type().is_some_and(|t| t.essence_str() == "application/x-directory") {
+                return Some(Err(bad_request("directories are not supported by this node's add (add files one by one)")));
+            }
+            self.field = Some((field, name));
+        }
+    }
+}
+
+/// Writes through the RPC at once: each holds up to [`MAX_ADD`] (`add`) or a few MiB.
+pub const CONCURRENT_WRITES: usize = 2;
 
 async fn block_put(req: &HttpRequest, body: web::Payload, reg: &Registry) -> HttpResponse {
     let codec = match arg(req, "cid-codec").or_else(|| arg(req, "format")).as_deref() {
@@ -405,49 +434,37 @@ async fn block_put(req: &HttpRequest, body: web::Payload, reg: &Registry) -> Htt
     if arg(req, "mhtype").is_some_and(|m| m != "sha2-256") {
         return bad_request("only sha2-256 multihashes are supported");
     }
-    let mut parts: Vec<Vec<u8>> = vec![Vec::new()];
-    let read = each_part(
-        req,
-        body,
-        |part| {
-            match part {
-                Part::Data(chunk) => {
-                    let cur = parts.last_mut().expect("one part at least");
-                    if cur.len() + chunk.len() > 2 << 20 {
-                        return Err(bad_request("blocks are limited to 2 MiB"));
-                    }
-                    cur.extend_from_slice(&chunk);
-                }
-                Part::End(_) => parts.push(Vec::new()),
-            }
-            Ok(())
-        },
-    )
-    .await;
-    if let Err(resp) = read {
-        return resp;
-    }
-    parts.pop();
-    let mut out = Vec::new();
-    let mut blocks = Vec::new();
-    for data in parts {
-        if codec == unixfs::DAG_PB && unixfs::decode_node(&data).is_err() {
-            return bad_request("the block is not valid dag-pb");
-        }
-        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&data).into();
-        let cid = unixfs::cid_v1(codec, &digest);
-        out.push(json!({"Key": cid.to_string(), "Size": data.len()}));
-        blocks.push((cid, data));
-    }
     let pin = flag(req, "pin").unwrap_or(false);
-    for (cid, data) in blocks {
-        if let Err(e) = reg.blocks.record_inline(vec![(cid, data)], Some(format!("pin {cid}"))).await {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
-        }
-        if pin {
-            if let Err(e) = reg.blocks.pin(&cid).await {
-                return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+    let mut parts = Parts::new(req, body);
+    let mut out = Vec::new();
+    let mut data = Vec::new();
+    // Each block is stored when its part ends: one block in memory at a time.
+    while let Some(part) = parts.next().await {
+        match part {
+            Ok(Part::Data(chunk)) => {
+                if data.len() + chunk.len() > crate::car::MAX_BLOCK {
+                    return bad_request("blocks are limited to 2 MiB");
+                }
+                data.extend_from_slice(&chunk);
             }
+            Ok(Part::End(_)) => {
+                let data = std::mem::take(&mut data);
+                if codec == unixfs::DAG_PB && unixfs::decode_node(&data).is_err() {
+                    return bad_request("the block is not valid dag-pb");
+                }
+                let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&data).into();
+                let cid = unixfs::cid_v1(codec, &digest);
+                out.push(json!({"Key": cid.to_string(), "Size": data.len()}));
+                if let Err(e) = reg.blocks.record_inline(vec![(cid, data)], Some(format!("pin {cid}"))).await {
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+                }
+                if pin {
+                    if let Err(e) = reg.blocks.pin(&cid).await {
+                        return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+                    }
+                }
+            }
+            Err(resp) => return resp,
         }
     }
     match out.len() {
@@ -462,13 +479,10 @@ fn chunked_json(values: Vec<serde_json::Value>) -> HttpResponse {
     HttpResponse::Ok().insert_header(("X-Chunked-Output", "1")).content_type("application/json").body(body)
 }
 
-/// A UnixFS file being added: the importer, and (unless only hashing) the blocks it made.
-struct Adding {
-    importer: Importer,
-    blocks: Vec<DagBlock>,
-    data: Vec<u8>,
-    keep: bool,
-}
+/// What one leaf or node costs while a file is added, beyond its data.
+const BLOCK_OVERHEAD: usize = 256;
+/// Blocks recorded in one transaction.
+const RECORD_BATCH: usize = 4096;
 
 async fn add(req: &HttpRequest, body: web::Payload, reg: &Registry) -> HttpResponse {
     let only_hash = flag(req, "only-hash").unwrap_or(false);
@@ -493,97 +507,108 @@ async fn add(req: &HttpRequest, body: web::Payload, reg: &Registry) -> HttpRespo
         },
     };
     let pin = flag(req, "pin").unwrap_or(true);
-    let new_file = || Adding { importer: Importer::with_layout(chunk, max_links), blocks: Vec::new(), data: Vec::new(), keep: !only_hash };
-    let mut current = new_file();
-    let mut results: Vec<(String, unixfs::Root, crate::car::Blocks)> = Vec::new();
-    let read = each_part(
-        req,
-        body,
-        |part| {
-            let name = match part {
-                Part::Data(chunk) => {
-                    current.importer.update(&chunk, &mut current.blocks);
-                    if current.keep {
-                        // Stored blocks are kept inline, so what is added here is held until it
-                        // is recorded; layers belong in the OCI API, which streams to disk.
-                        if current.data.len() + chunk.len() > MAX_ADD {
-                            return Err(bad_request("files added through the RPC are limited to 256 MiB (only-hash is not); push large content through the OCI API"));
-                        }
-                        current.data.extend_from_slice(&chunk);
-                    }
-                    return Ok(());
-                }
-                Part::End(name) => name,
-            };
-            let file = std::mem::replace(&mut current, new_file());
-            let mut blocks = file.blocks;
-            let root = file.importer.finish(&mut blocks);
-            let stored = if file.keep {
-                blocks
-                    .into_iter()
-                    .map(|b| match b {
-                        DagBlock::Leaf { cid, offset, len } => (cid, file.data[offset as usize..(offset + len) as usize].to_vec()),
-                        DagBlock::Node { cid, bytes } => (cid, bytes),
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            results.push((name.unwrap_or_default(), root, stored));
-            Ok(())
-        },
-    )
-    .await;
-    if let Err(resp) = read {
-        return resp;
-    }
+    let mut parts = Parts::new(req, body);
+    let mut importer = Importer::with_layout(chunk, max_links);
+    // Stored blocks are kept inline, so a file being added is held until its end, counting its
+    // blocks as well as its bytes; only-hash keeps nothing.
+    let (mut blocks, mut data): (Vec<DagBlock>, Vec<u8>) = (Vec::new(), Vec::new());
     let mut out = Vec::new();
-    for (name, root, blocks) in results {
-        if !only_hash {
-            let owner = Some(format!("pin {}", root.cid));
-            if let Err(e) = reg.blocks.record_inline(blocks, owner).await {
-                return error(StatusCode::INTERNAL_SERVER_ERROR, e);
-            }
-            if pin {
-                if let Err(e) = reg.blocks.pin(&root.cid).await {
-                    return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+    while let Some(part) = parts.next().await {
+        match part {
+            Ok(Part::Data(chunk)) => {
+                if only_hash {
+                    importer.update(&chunk, &mut ());
+                    continue;
+                }
+                importer.update(&chunk, &mut blocks);
+                data.extend_from_slice(&chunk);
+                if data.len() + blocks.len() * BLOCK_OVERHEAD > MAX_ADD {
+                    return bad_request("a file added through the RPC is limited to 128 MiB, counting 256 bytes per block (only-hash is not); push large content through the OCI API");
                 }
             }
+            Ok(Part::End(name)) => {
+                let finished = std::mem::replace(&mut importer, Importer::with_layout(chunk, max_links));
+                let root = if only_hash {
+                    finished.finish(&mut ())
+                } else {
+                    let root = finished.finish(&mut blocks);
+                    let (file_blocks, file_data) = (std::mem::take(&mut blocks), std::mem::take(&mut data));
+                    if let Err(resp) = record_file(reg, root.cid, file_blocks, &file_data, pin).await {
+                        return resp;
+                    }
+                    root
+                };
+                let name = name.filter(|n| !n.is_empty()).unwrap_or_else(|| root.cid.to_string());
+                out.push(json!({"Name": name, "Hash": root.cid.to_string(), "Size": root.tsize.to_string()}));
+            }
+            Err(resp) => return resp,
         }
-        let name = if name.is_empty() { root.cid.to_string() } else { name };
-        out.push(json!({"Name": name, "Hash": root.cid.to_string(), "Size": root.tsize.to_string()}));
     }
     chunked_json(out)
 }
 
-async fn dag_import(req: &HttpRequest, body: web::Payload, reg: &Arc<Registry>) -> HttpResponse {
-    let mut car = Vec::new();
-    let read = each_part(
-        req,
-        body,
-        |part| {
-            if let Part::Data(chunk) = part {
-                if car.len() + chunk.len() > 1 << 30 {
-                    return Err(bad_request("CARs imported through the RPC are limited to 1 GiB; use af registry import"));
-                }
-                car.extend_from_slice(&chunk);
-            }
-            Ok(())
-        },
-    )
-    .await;
-    if let Err(resp) = read {
-        return resp;
+/// Records an added file's blocks (in batches, so they are not all copied at once) and pins it.
+async fn record_file(reg: &Registry, root: Cid, blocks: Vec<DagBlock>, data: &[u8], pin: bool) -> Result<(), HttpResponse> {
+    let owner = Some(format!("pin {root}"));
+    for batch in blocks.chunks(RECORD_BATCH) {
+        let batch = batch
+            .iter()
+            .map(|b| match b {
+                DagBlock::Leaf { cid, offset, len } => (*cid, data[*offset as usize..(*offset + *len) as usize].to_vec()),
+                DagBlock::Node { cid, bytes } => (*cid, bytes.clone()),
+            })
+            .collect();
+        reg.blocks.record_inline(batch, owner.clone()).await.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     }
-    let (roots, blocks) = match crate::car::read_all(&car) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    };
-    let pin_roots = flag(req, "pin-roots").unwrap_or(true);
-    let owner = roots.first().map(|r| format!("pin {r}"));
-    if let Err(e) = reg.blocks.record_inline(blocks, owner).await {
+    if pin {
+        reg.blocks.pin(&root).await.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    }
+    Ok(())
+}
+
+/// Blocks of a `dag/import` recorded in one transaction, at most this many bytes.
+const IMPORT_BATCH_BYTES: usize = 8 << 20;
+
+async fn dag_import(req: &HttpRequest, body: web::Payload, reg: &Arc<Registry>) -> HttpResponse {
+    let mut parts = Parts::new(req, body);
+    let mut reader = crate::car::SectionReader::default();
+    let (mut batch, mut batch_bytes) = (Vec::new(), 0usize);
+    // Blocks are stored as they arrive and verified; a CAR that breaks off leaves blocks no pin
+    // names, which a GC sweeps after its grace period.
+    loop {
+        let part = parts.next().await;
+        let done = match part {
+            Some(Ok(Part::Data(chunk))) => {
+                let blocks = match reader.push(&chunk) {
+                    Ok(b) => b,
+                    Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                };
+                for (cid, data) in blocks {
+                    batch_bytes += data.len();
+                    batch.push((cid, data));
+                }
+                false
+            }
+            Some(Ok(Part::End(_))) => false,
+            Some(Err(resp)) => return resp,
+            None => true,
+        };
+        if (done && !batch.is_empty()) || batch_bytes >= IMPORT_BATCH_BYTES {
+            let owner = reader.roots().and_then(|r| r.first()).map(|r| format!("pin {r}"));
+            if let Err(e) = reg.blocks.record_inline(std::mem::take(&mut batch), owner).await {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+            }
+            batch_bytes = 0;
+        }
+        if done {
+            break;
+        }
+    }
+    if let Err(e) = reader.finish() {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e);
     }
+    let roots = reader.roots().unwrap_or_default().to_vec();
+    let pin_roots = flag(req, "pin-roots").unwrap_or(true);
     let mut out = Vec::new();
     for root in roots {
         let msg = if !pin_roots {
