@@ -177,6 +177,28 @@ fn verify_block(cid: &Cid, data: &[u8]) -> Result<()> {
     }
 }
 
+/// The most blocks one file of an imported layout may take (a 1 TiB layer of 1 MiB chunks).
+const MAX_FILE_BLOCKS: u64 = 1 << 20;
+
+/// Removes staging files of imports that ended without cleaning up (killed, crashed); a live
+/// import holds a lock on its file and is left alone.
+pub fn sweep_staging(staging_dir: &Path) {
+    use std::os::fd::AsRawFd;
+    let Ok(entries) = std::fs::read_dir(staging_dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with("import-") {
+            continue;
+        }
+        let Ok(file) = File::open(&path) else { continue };
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            tracing::info!(path = %path.display(), "removing the staging file of an import that did not finish");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// Phase 1: reads and verifies every block into a staging file.
 fn stage(mut input: impl Read, staging_dir: &Path) -> Result<Staged> {
     let header_len = read_varint(&mut input)
@@ -203,6 +225,10 @@ fn stage(mut input: impl Read, staging_dir: &Path) -> Result<Staged> {
         .create_new(true)
         .open(&path)
         .map_err(|source| CarError::Staging { path: path.display().to_string(), source })?;
+    // Held while this import lives: a sweep of the staging directory skips locked files.
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this function owns.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     let mut staged = Staged { file, path, index: HashMap::new(), root };
     let staging_err = |path: &Path| {
         let path = path.display().to_string();
@@ -353,22 +379,30 @@ impl Staged {
         }
     }
 
-    /// Feeds the content of the UnixFS file at `cid` to `f`, in order.
+    /// Feeds the content of the UnixFS file at `cid` to `f`, in order: depth first with a stack
+    /// of pending links (a chain of any depth), at most [`MAX_FILE_BLOCKS`] blocks (a DAG that
+    /// repeats a subtree describes far more than it holds).
     fn file(&self, cid: &Cid, path: &str, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        let bytes = self.block(cid, path)?;
-        match cid.codec() {
-            unixfs::RAW => f(&bytes),
-            unixfs::DAG_PB => {
-                let node = unixfs::decode_node(&bytes).map_err(|e| block_err(cid, e))?;
-                let data = unixfs::file_data(&node.data).map_err(|e| block_err(cid, e))?;
-                f(data)?;
-                for link in &node.links {
-                    self.file(&link.cid, path, f)?;
-                }
-                Ok(())
+        let mut stack = vec![*cid];
+        let mut visited = 0u64;
+        while let Some(cid) = stack.pop() {
+            visited += 1;
+            if visited > MAX_FILE_BLOCKS {
+                return Err(CarError::Layout { path: path.to_string(), problem: format!("more than {MAX_FILE_BLOCKS} blocks: the DAG repeats itself") });
             }
-            codec => Err(block_err(cid, format!("codec 0x{codec:x} in a UnixFS file"))),
+            let bytes = self.block(&cid, path)?;
+            match cid.codec() {
+                unixfs::RAW => f(&bytes)?,
+                unixfs::DAG_PB => {
+                    let node = unixfs::decode_node(&bytes).map_err(|e| block_err(&cid, e))?;
+                    let data = unixfs::file_data(&node.data).map_err(|e| block_err(&cid, e))?;
+                    f(data)?;
+                    stack.extend(node.links.iter().rev().map(|l| l.cid));
+                }
+                codec => return Err(block_err(&cid, format!("codec 0x{codec:x} in a UnixFS file"))),
+            }
         }
+        Ok(())
     }
 
     fn small_file(&self, cid: &Cid, path: &str, limit: usize) -> Result<Vec<u8>> {
@@ -532,6 +566,7 @@ pub async fn import<R: Read + Send + 'static>(
 ) -> Result<ImportSummary> {
     let staging_dir = reg.blobs.staging_dir();
     let (staged, plan) = tokio::task::spawn_blocking(move || {
+        sweep_staging(&staging_dir);
         let staged = stage(input, &staging_dir)?;
         let plan = plan(&staged, repo_override)?;
         Ok::<_, CarError>((Arc::new(staged), plan))

@@ -49,6 +49,7 @@ pub async fn open_registry(
     };
     let blocks = crate::blockstore::BlockIndex::open(&data_dir.join("blocks.sqlite"))?;
     if serving {
+        crate::car::sweep_staging(&blobs.staging_dir());
         Ok(Registry::open(meta, blobs, blocks, profile).await?)
     } else {
         Ok(Registry::attach(meta, blobs, blocks, profile))

@@ -255,3 +255,74 @@ fn rpc_writes_hold_one_block_or_one_bounded_file_at_a_time() {
     let r = rpc_post(&node, "add?cid-version=1&chunker=size-64&only-hash=true", vec![("f".into(), vec![5u8; 8 << 20])]);
     assert_eq!(r.status(), 200);
 }
+
+/// `af registry import` of `car`: (success, standard error).
+fn af_import(node: &Node, car: &[u8]) -> (bool, String) {
+    let file = node.data_dir.parent().unwrap().join("in.car");
+    std::fs::write(&file, car).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_af"))
+        .args(["registry", "import"])
+        .arg(&file)
+        .args(["--repo", "team/imported", "--data-dir"])
+        .arg(&node.data_dir)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+/// A layout directory whose `index.json` is the file at `index` (its blocks in `blocks`).
+fn layout_car(index: cid::Cid, mut blocks: Vec<(cid::Cid, Vec<u8>)>) -> Vec<u8> {
+    let oci = br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec();
+    let oci_cid = cid_of(0x55, &oci);
+    let empty = dag_pb(&[], DIRECTORY_DATA);
+    let empty_cid = cid_of(0x70, &empty);
+    let blobs = dag_pb(&[("sha256", empty_cid)], DIRECTORY_DATA);
+    let blobs_cid = cid_of(0x70, &blobs);
+    let root = dag_pb(&[("blobs", blobs_cid), ("index.json", index), ("oci-layout", oci_cid)], DIRECTORY_DATA);
+    let root_cid = cid_of(0x70, &root);
+    blocks.push((oci_cid, oci));
+    blocks.push((blobs_cid, blobs));
+    blocks.push((empty_cid, empty));
+    blocks.insert(0, (root_cid, root));
+    car(&root_cid, &blocks)
+}
+
+#[test]
+fn imports_walk_without_recursion_and_leave_no_staging_behind() {
+    let mut node = Node::start();
+    let staging = node.data_dir.join("staging");
+    // A 100,000-deep chain: each node one byte of index.json, the last a raw leaf.
+    let json = format!("{{\"manifests\":[]}}{}", " ".repeat(100_000 - 16));
+    let bytes = json.as_bytes();
+    let mut below = cid_of(0x55, &bytes[bytes.len() - 1..]);
+    let mut blocks = vec![(below, bytes[bytes.len() - 1..].to_vec())];
+    for i in (0..bytes.len() - 1).rev() {
+        let n = dag_pb(&[("", below)], &file_data_with(&bytes[i..i + 1], Some((bytes.len() - i) as u64), &[(bytes.len() - i - 1) as u64]));
+        below = cid_of(0x70, &n);
+        blocks.push((below, n));
+    }
+    blocks.reverse();
+    let (ok, err) = af_import(&node, &layout_car(below, blocks));
+    assert!(ok, "a deep index.json is read through (it names no image): {err}");
+    // index.json as 40 levels each linking twice to the next: refused, not walked for ever.
+    let leaf = b"{}".to_vec();
+    let mut below = cid_of(0x55, &leaf);
+    let mut blocks = vec![(below, leaf)];
+    for _ in 0..40 {
+        let n = dag_pb(&[("", below), ("", below)], &file_data(None, &[]));
+        below = cid_of(0x70, &n);
+        blocks.push((below, n));
+    }
+    blocks.reverse();
+    let start = Instant::now();
+    let (ok, err) = af_import(&node, &layout_car(below, blocks));
+    assert!(!ok && err.contains("repeats itself"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(60));
+    let left: Vec<_> = std::fs::read_dir(&staging).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(left.is_empty(), "staging files left: {left:?}");
+    // An import killed half-way leaves its staging file; the next start removes it.
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join("import-0000"), b"half a CAR").unwrap();
+    node.restart();
+    assert!(!staging.join("import-0000").exists());
+}

@@ -43,8 +43,16 @@ pub fn dag_pb(links: &[(&str, Cid)], unixfs: &[u8]) -> Vec<u8> {
 
 /// UnixFS `Data` of a file: its (claimed) size and its children's (claimed) sizes.
 pub fn file_data(filesize: Option<u64>, blocksizes: &[u64]) -> Vec<u8> {
+    file_data_with(&[], filesize, blocksizes)
+}
+
+/// UnixFS `Data` of a file node that carries `content` of its own before its children's.
+pub fn file_data_with(content: &[u8], filesize: Option<u64>, blocksizes: &[u64]) -> Vec<u8> {
     let mut out = Vec::new();
     field_varint(&mut out, 1, 2);
+    if !content.is_empty() {
+        field_bytes(&mut out, 2, content);
+    }
     if let Some(f) = filesize {
         field_varint(&mut out, 3, f);
     }
