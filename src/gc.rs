@@ -81,13 +81,15 @@ impl Registry {
             self.blobs.remove_blob(&digest)?;
             report.orphan_files += 1;
         }
-        drop(lock);
+        // Still under the exclusive lock: RPC writes hold it shared from storing their blocks to
+        // pinning them, so the pins read here include every import that stored a block.
         let mut roots: Vec<String> = self.meta.live_roots().await?;
         roots.extend(self.blocks.pins().await?);
         let roots = roots.iter().filter_map(|c| c.parse::<cid::Cid>().ok()).collect();
         let (blocks, block_bytes) = self.blocks.sweep_unreachable(roots, cutoff).await?;
         report.blocks = blocks;
         report.block_bytes = block_bytes;
+        drop(lock);
         Ok(report)
     }
 }

@@ -43,7 +43,25 @@ impl Registry {
             on_finding(&f);
             report.findings.push(f);
         }
-        for (multihash, data) in self.blocks.inline_blocks().await? {
+        let mut after = Vec::new();
+        loop {
+            let page = self.blocks.inline_blocks_after(after.clone()).await?;
+            let Some(last) = page.last() else { break };
+            after = last.0.clone();
+            self.verify_inline(page, &mut report, &mut on_finding).await?;
+        }
+        self.verify_pins(&mut report, &mut on_finding).await?;
+        Ok(report)
+    }
+
+    /// Checks a page of inline blocks against their hashes; removes those that do not match.
+    async fn verify_inline(
+        &self,
+        page: Vec<(Vec<u8>, Vec<u8>)>,
+        report: &mut ScrubReport,
+        on_finding: &mut impl FnMut(&Finding),
+    ) -> Result<()> {
+        for (multihash, data) in page {
             report.blocks += 1;
             let matches = cid::multihash::Multihash::<64>::from_bytes(&multihash)
                 .map(|mh| mh.code() == crate::unixfs::SHA2_256 && mh.digest() == Sha256::digest(&data).as_slice())
@@ -60,7 +78,40 @@ impl Registry {
             on_finding(&f);
             report.findings.push(f);
         }
-        Ok(report)
+        Ok(())
+    }
+
+    /// Walks every pin's DAG and reports each block missing from it (a pin promises the whole
+    /// DAG stays).
+    async fn verify_pins(&self, report: &mut ScrubReport, on_finding: &mut impl FnMut(&Finding)) -> Result<()> {
+        for pin in self.blocks.pins().await? {
+            let Ok(root) = pin.parse::<cid::Cid>() else { continue };
+            let mut seen = std::collections::HashSet::new();
+            let mut stack = vec![root];
+            while let Some(cid) = stack.pop() {
+                if !seen.insert(cid) || cid.hash().code() == 0 {
+                    continue;
+                }
+                match self.blocks.locate(&cid).await? {
+                    None => {
+                        let f = Finding {
+                            object: format!("pin {pin}"),
+                            problem: format!("block {cid} of its DAG is missing"),
+                            action: "none: add or import it again".into(),
+                        };
+                        on_finding(&f);
+                        report.findings.push(f);
+                    }
+                    Some(crate::blockstore::Location::Inline(data)) if cid.codec() == crate::unixfs::DAG_PB => {
+                        if let Ok(node) = crate::unixfs::decode_node(&data) {
+                            stack.extend(node.links.into_iter().map(|l| l.cid));
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     /// What is wrong with a blob's file, if anything.

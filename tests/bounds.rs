@@ -326,3 +326,89 @@ fn imports_walk_without_recursion_and_leave_no_staging_behind() {
     node.restart();
     assert!(!staging.join("import-0000").exists());
 }
+
+#[test]
+fn a_gc_racing_imports_keeps_every_pinned_block_and_verify_reports_missing_ones() {
+    let node = Node::start_with(&["--gc-interval", "0s"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gc = {
+        let (stop, data_dir) = (stop.clone(), node.data_dir.clone());
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_af"))
+                    .args(["registry", "gc", "--grace", "0s", "--data-dir"])
+                    .arg(&data_dir)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                runs += 1;
+            }
+            runs
+        })
+    };
+    // Imports of 40 blocks of 2 MiB: seconds pass between the first block stored and the pin,
+    // long enough for a GC with no grace to find old blocks no pin names yet.
+    let importers: Vec<_> = (0..2u32)
+        .map(|t| {
+            let rpc = node.rpc;
+            std::thread::spawn(move || {
+                let mut roots = Vec::new();
+                for i in 0..3u32 {
+                    let leaves: Vec<(cid::Cid, Vec<u8>)> = (0..40u32)
+                        .map(|k| {
+                            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(t << 16 | i << 8 | k);
+                            let data: Vec<u8> = (0..2u32 << 20)
+                                .map(|_| {
+                                    x ^= x << 13;
+                                    x ^= x >> 7;
+                                    x ^= x << 17;
+                                    x as u8
+                                })
+                                .collect();
+                            (cid_of(0x55, &data), data)
+                        })
+                        .collect();
+                    let links: Vec<(&str, cid::Cid)> = leaves.iter().map(|(c, _)| ("", *c)).collect();
+                    let root = dag_pb(&links, &file_data(Some(80 << 20), &vec![2 << 20; 40]));
+                    let cid = cid_of(0x70, &root);
+                    let mut blocks = vec![(cid, root)];
+                    blocks.extend(leaves);
+                    let form = reqwest::blocking::multipart::Form::new()
+                        .part("file", reqwest::blocking::multipart::Part::bytes(car(&cid, &blocks)).file_name("x.car"));
+                    let r = client().post(format!("http://{rpc}/api/v0/dag/import")).multipart(form).send().unwrap();
+                    let text = r.text().unwrap();
+                    assert!(text.contains("\"PinErrorMsg\":\"\""), "{text}");
+                    roots.push(cid);
+                }
+                roots
+            })
+        })
+        .collect();
+    let roots: Vec<cid::Cid> = importers.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let runs = gc.join().unwrap();
+    assert!(runs >= 2, "{runs} GCs ran alongside");
+    let verify = |node: &Node| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "verify", "--data-dir"]).arg(&node.data_dir).output().unwrap()
+    };
+    for cid in &roots {
+        let r = client().post(format!("http://{}/api/v0/dag/export?arg={cid}", node.rpc)).send().unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.bytes().map(|b| b.len() > 80 << 20).unwrap_or(false), "a block of pinned {cid} was collected");
+    }
+    assert!(verify(&node).status.success());
+    // A pinned block removed behind the node's back: verify says so.
+    let gone = roots[0].hash().to_bytes();
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('DELETE FROM blocks WHERE multihash = ?', (bytes.fromhex(sys.argv[2]),)); c.commit()"])
+        .arg(node.data_dir.join("blocks.sqlite"))
+        .arg(hex::encode(&gone))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = verify(&node);
+    assert!(!out.status.success());
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("block {} of its DAG is missing", roots[0])), "{text}");
+}

@@ -78,7 +78,12 @@ const INSERT_INLINE: &str = "INSERT INTO blocks (multihash, codec, length, data,
 
 pub struct BlockIndex {
     conn: Arc<Mutex<Connection>>,
+    /// For connections of their own (a GC's walk must not hold the one readers use).
+    path: std::path::PathBuf,
 }
+
+/// Blocks looked at or deleted per transaction by a sweep or a scrub.
+const BATCH: i64 = 2000;
 
 impl BlockIndex {
     pub fn open(path: &Path) -> Result<Self, BlockIndexError> {
@@ -94,7 +99,7 @@ impl BlockIndex {
             }
         }
         tx.commit()?;
-        Ok(BlockIndex { conn: Arc::new(Mutex::new(conn)) })
+        Ok(BlockIndex { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf() })
     }
 
     async fn run<T: Send + 'static>(
@@ -206,11 +211,14 @@ impl BlockIndex {
         self.run(move |conn| Ok(conn.execute("DELETE FROM blocks WHERE blob = ?1", [blob])? as u64)).await
     }
 
-    /// Every block stored inline: (multihash bytes, data), for a scrub.
-    pub async fn inline_blocks(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BlockIndexError> {
-        self.run(|conn| {
-            let mut s = conn.prepare("SELECT multihash, CAST(data AS BLOB) FROM blocks WHERE data IS NOT NULL")?;
-            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    /// Up to `BATCH` blocks stored inline after `after` (multihash order): (multihash, data),
+    /// for a scrub that pages through them.
+    pub async fn inline_blocks_after(&self, after: Vec<u8>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BlockIndexError> {
+        self.run(move |conn| {
+            let mut s = conn.prepare_cached(
+                "SELECT multihash, CAST(data AS BLOB) FROM blocks WHERE data IS NOT NULL AND multihash > ?1 ORDER BY multihash LIMIT ?2",
+            )?;
+            let rows = s.query_map(params![after, BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -218,49 +226,60 @@ impl BlockIndex {
 
     /// Deletes inline blocks older than `cutoff` that no DAG from `roots` reaches; returns how
     /// many and their bytes. Leaves held as blob ranges go with their blob instead.
+    ///
+    /// On a connection of its own, so lookups never wait for it: the mark walks from the roots
+    /// reading only the nodes it reaches (memory: the reachable multihashes), the sweep pages
+    /// through old blocks and deletes in short transactions, each re-checking a block's age so
+    /// one recorded again meanwhile stays.
     pub async fn sweep_unreachable(&self, roots: Vec<Cid>, cutoff: i64) -> Result<(u64, u64), BlockIndexError> {
-        self.run(move |conn| {
-            let mut nodes: std::collections::HashMap<Vec<u8>, Vec<u8>> = std::collections::HashMap::new();
-            {
-                let mut s = conn.prepare("SELECT multihash, CAST(data AS BLOB) FROM blocks WHERE data IS NOT NULL AND codec = ?1")?;
-                let rows = s.query_map([crate::unixfs::DAG_PB as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                for row in rows {
-                    let (mh, data) = row?;
-                    nodes.insert(mh, data);
-                }
-            }
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = Connection::open(&path)?;
+            conn.busy_timeout(std::time::Duration::from_secs(10))?;
             let mut reachable = std::collections::HashSet::new();
             let mut stack: Vec<Vec<u8>> = roots.iter().map(|c| c.hash().to_bytes()).collect();
-            while let Some(mh) = stack.pop() {
-                if !reachable.insert(mh.clone()) {
-                    continue;
-                }
-                if let Some(data) = nodes.get(&mh) {
-                    // An undecodable node is left for `verify` to report; its children are
-                    // then unreachable from here, and old enough ones go.
-                    if let Ok(node) = crate::unixfs::decode_node(data) {
-                        stack.extend(node.links.iter().map(|l| l.cid.hash().to_bytes()));
+            {
+                let mut node = conn.prepare("SELECT CAST(data AS BLOB) FROM blocks WHERE multihash = ?1 AND data IS NOT NULL AND codec = ?2")?;
+                while let Some(mh) = stack.pop() {
+                    if !reachable.insert(mh.clone()) {
+                        continue;
+                    }
+                    let data: Option<Vec<u8>> = node.query_row(params![mh, crate::unixfs::DAG_PB as i64], |r| r.get(0)).optional()?;
+                    // An undecodable node is left for `verify` to report; its children are then
+                    // unreachable from here, and old enough ones go.
+                    if let Some(n) = data.and_then(|d| crate::unixfs::decode_node(&d).ok()) {
+                        stack.extend(n.links.iter().map(|l| l.cid.hash().to_bytes()));
                     }
                 }
             }
-            // Immediate: no block can be re-recorded (made young) between the select and delete.
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let (mut count, mut bytes) = (0u64, 0u64);
-            {
-                let mut old = tx.prepare("SELECT multihash, length FROM blocks WHERE data IS NOT NULL AND created_at < ?1")?;
-                let mut delete = tx.prepare("DELETE FROM blocks WHERE multihash = ?1 AND created_at < ?2")?;
-                let rows: Vec<(Vec<u8>, i64)> =
-                    old.query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
-                for (mh, len) in rows.into_iter().filter(|(mh, _)| !reachable.contains(mh)) {
-                    delete.execute(params![mh, cutoff])?;
-                    count += 1;
-                    bytes += len as u64;
+            let mut after: Vec<u8> = Vec::new();
+            loop {
+                let page: Vec<(Vec<u8>, i64)> = conn
+                    .prepare_cached(
+                        "SELECT multihash, length FROM blocks WHERE data IS NOT NULL AND created_at < ?1 AND multihash > ?2
+                         ORDER BY multihash LIMIT ?3",
+                    )?
+                    .query_map(params![cutoff, after, BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                let Some(last) = page.last() else { break };
+                after = last.0.clone();
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                {
+                    let mut delete = tx.prepare_cached("DELETE FROM blocks WHERE multihash = ?1 AND created_at < ?2")?;
+                    for (mh, len) in page.into_iter().filter(|(mh, _)| !reachable.contains(mh)) {
+                        if delete.execute(params![mh, cutoff])? > 0 {
+                            count += 1;
+                            bytes += len as u64;
+                        }
+                    }
                 }
+                tx.commit()?;
             }
-            tx.commit()?;
             Ok((count, bytes))
         })
         .await
+        .map_err(|e| BlockIndexError::Task(e.to_string()))?
     }
 
     /// Pins `cid` (recursively: a GC keeps its whole DAG).

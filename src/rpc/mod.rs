@@ -189,7 +189,13 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
             Err(resp) => resp,
         },
         "pin/ls" => pin_ls(&req, &state).await,
-        "pin/add" => pin_add(&req, &reg).await,
+        "pin/add" => {
+            let _gc = match gc_shared(&reg).await {
+                Ok(lock) => lock,
+                Err(resp) => return resp,
+            };
+            pin_add(&req, &reg).await
+        }
         "pin/rm" => {
             let mut removed = Vec::new();
             for a in args(&req, "arg") {
@@ -210,6 +216,12 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
             let Ok(_permit) = state.writes.acquire().await else {
                 return error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down");
             };
+            // Held shared from the first block stored to the pin, as publishing a blob holds
+            // it: a GC (exclusive) sees either none of it or the pin.
+            let _gc = match gc_shared(&reg).await {
+                Ok(lock) => lock,
+                Err(resp) => return resp,
+            };
             match command.as_str() {
                 "block/put" => block_put(&req, body, &reg).await,
                 "add" => add(&req, body, &reg).await,
@@ -217,6 +229,16 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
             }
         }
         _ => error(StatusCode::NOT_FOUND, format!("unknown command {command:?}")),
+    }
+}
+
+/// The GC lock, shared (see `gc`).
+async fn gc_shared(reg: &Arc<Registry>) -> Result<crate::storage::GcLock, HttpResponse> {
+    let store = reg.blobs.clone();
+    match tokio::task::spawn_blocking(move || store.gc_lock(false)).await {
+        Ok(Ok(lock)) => Ok(lock),
+        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
     }
 }
 
