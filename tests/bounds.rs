@@ -412,3 +412,47 @@ fn a_gc_racing_imports_keeps_every_pinned_block_and_verify_reports_missing_ones(
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(text.contains(&format!("block {} of its DAG is missing", roots[0])), "{text}");
 }
+
+/// Peak resident memory of `af <args> --data-dir <node's>` in KiB, and whether it succeeded.
+fn af_peak_kib(node: &Node, args: &[&str]) -> (u64, bool) {
+    let script = "import resource,subprocess,sys; r=subprocess.run(sys.argv[1:]); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, env!("CARGO_BIN_EXE_af")])
+        .args(args)
+        .arg("--data-dir")
+        .arg(&node.data_dir)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or_default().to_string();
+    let mut it = last.split_whitespace();
+    (it.next().unwrap().parse().unwrap(), it.next() == Some("0"))
+}
+
+#[test]
+fn gc_and_verify_page_through_the_block_index() {
+    let node = Node::start_with(&["--gc-interval", "0s"]);
+    // 60,000 directory nodes of 2 KiB each, none reachable from a pin: 120 MB of blocks.
+    let leaf = b"x".to_vec();
+    let leaf_cid = cid_of(0x55, &leaf);
+    let name = "n".repeat(2000);
+    let mut blocks = vec![(leaf_cid, leaf)];
+    for i in 0..60_000u32 {
+        let node_bytes = dag_pb(&[(&format!("{name}{i}"), leaf_cid)], DIRECTORY_DATA);
+        blocks.push((cid_of(0x70, &node_bytes), node_bytes));
+    }
+    let r = rpc_post(&node, "dag/import?pin-roots=false", vec![("c.car".into(), car(&blocks[1].0, &blocks))]);
+    assert_eq!(r.status(), 200);
+    let (gc_peak, ok) = af_peak_kib(&node, &["registry", "gc"]);
+    assert!(ok);
+    assert!(gc_peak < 64 * 1024, "a GC peaked at {gc_peak} KiB over 120 MB of blocks");
+    let (verify_peak, ok) = af_peak_kib(&node, &["registry", "verify"]);
+    assert!(ok);
+    assert!(verify_peak < 64 * 1024, "verify peaked at {verify_peak} KiB over 120 MB of blocks");
+    // Young, so kept; a GC with no grace removes them, in pages.
+    let (_, ok) = af_peak_kib(&node, &["registry", "gc", "--grace", "0s"]);
+    assert!(ok);
+    let r = client().post(format!("http://{}/api/v0/block/stat?arg={}", node.rpc, blocks[1].0)).send().unwrap();
+    assert_eq!(r.status(), 500, "unreachable and old: swept");
+}
