@@ -124,9 +124,7 @@ mod tests {
         assert!((59..=60).contains(&first), "{first}");
         // Blocked again after the first block ends: twice as long.
         let l = Limiter::default();
-        let mut key = Key::default();
-        key.strikes = 1;
-        l.keys.lock().unwrap().insert("user:eve@10.0.0.5".into(), key);
+        l.keys.lock().unwrap().insert("user:eve@10.0.0.5".into(), Key { strikes: 1, ..Default::default() });
         for _ in 0..PER_USER_AND_ADDRESS {
             l.attempt("eve", "10.0.0.5").unwrap();
         }

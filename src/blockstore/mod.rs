@@ -162,22 +162,7 @@ impl BlockIndex {
 
     /// Where the block of `cid` is, if this node has it.
     pub async fn locate(&self, cid: &Cid) -> Result<Option<Location>, BlockIndexError> {
-        let mh = cid.hash().to_bytes();
-        self.run(move |conn| {
-            let row = conn
-                .prepare_cached("SELECT blob, offset, length, data FROM blocks WHERE multihash = ?1")?
-                .query_row([mh], |r| {
-                    Ok((
-                        r.get::<_, Option<String>>(0)?,
-                        r.get::<_, Option<i64>>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, Option<Vec<u8>>>(3)?,
-                    ))
-                })
-                .optional()?;
-            row.map(|(blob, offset, len, data)| location(blob, offset, len, data)).transpose()
-        })
-        .await
+        Ok(self.locate_owned(cid).await?.map(|(location, _)| location))
     }
 
     /// Where the block of `cid` is and what it was recorded for, in one lookup.
