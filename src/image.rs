@@ -68,7 +68,7 @@ impl LayoutBlobs {
     }
 
     /// The `blobs` directory, with one subdirectory per algorithm, and its blocks.
-    fn directory(&self) -> (Root, Vec<(Cid, Vec<u8>)>) {
+    fn directory(&self, profile: Profile) -> (Root, Vec<(Cid, Vec<u8>)>) {
         let mut by_alg: BTreeMap<&str, Vec<DirEntry>> = BTreeMap::new();
         for (digest, root) in &self.entries {
             by_alg.entry(digest.algorithm().as_str()).or_default().push(DirEntry {
@@ -80,8 +80,9 @@ impl LayoutBlobs {
         let mut blocks = self.blocks.clone();
         let mut algs = Vec::new();
         for (alg, entries) in by_alg {
-            let (root, bytes) = unixfs::directory(entries);
-            blocks.push((root.cid, bytes));
+            // Thousands of children (a large index) shard it, as Kubo would.
+            let (root, dir_blocks) = unixfs::directory_for(entries, profile);
+            blocks.extend(dir_blocks);
             algs.push(DirEntry { name: alg.to_string(), cid: root.cid, tsize: root.tsize });
         }
         let (root, bytes) = unixfs::directory(algs);
@@ -113,7 +114,7 @@ pub fn index_json(top: &TopManifest<'_>, tag: Option<&str>) -> Vec<u8> {
 
 /// The image DAG of `top` with `blobs` (which must hold `top` itself), named `tag` if given.
 pub fn build(top: &TopManifest<'_>, blobs: &LayoutBlobs, tag: Option<&str>, profile: Profile) -> ImageDag {
-    let (blobs_root, mut blocks) = blobs.directory();
+    let (blobs_root, mut blocks) = blobs.directory(profile);
     let (index_root, index_blocks) = unixfs::import_bytes(&index_json(top, tag), profile);
     let (layout_root, layout_blocks) = unixfs::import_bytes(OCI_LAYOUT, profile);
     blocks.extend(index_blocks);

@@ -115,3 +115,37 @@ fn root_cids_match_kubo_and_the_js_importer() {
     }
     eprintln!("{checked} files: af, Kubo and ipfs-unixfs-importer agree");
 }
+
+/// Directories around Kubo's sharding threshold, plain and HAMT, for both profiles: the same
+/// root CIDs as `ipfs add -r` (Kubo's default import settings for kubo-v1, and its
+/// `unixfs-v1-2025` profile, whose threshold is the block size rather than the links' size).
+#[test]
+fn directories_shard_as_kubo_shards_them() {
+    use af_registry::unixfs::{directory_for, DirEntry};
+    let kubo_default = Kubo::new();
+    let kubo_2025 = Kubo::new();
+    run(kubo_2025.cmd().args(["config", "profile", "apply", "unixfs-v1-2025"]));
+    // Names like an image layout's blobs/sha256: 64 hex digits.
+    let name = |i: usize| {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(i.to_string().as_bytes()))
+    };
+    for (count, extra) in [(10, None), (2427, None), (2426, Some("z".repeat(87))), (2426, Some("z".repeat(88))), (2621, None), (2622, None), (3000, None)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut entries = Vec::new();
+        let mut names: Vec<String> = (0..count).map(name).collect();
+        names.extend(extra.clone());
+        for (i, n) in names.iter().enumerate() {
+            let content = i.to_string();
+            std::fs::write(dir.path().join(n), &content).unwrap();
+            let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(content.as_bytes()).into();
+            entries.push(DirEntry { name: n.clone(), cid: af_registry::unixfs::cid_v1(af_registry::unixfs::RAW, &digest), tsize: content.len() as u64 });
+        }
+        let path = dir.path().to_str().unwrap();
+        let theirs = |k: &Kubo| run(k.cmd().args(["add", "-r", "-Q", "--only-hash", "--cid-version=1", "--raw-leaves", path])).trim().to_string();
+        let (ours, _) = directory_for(entries.clone(), Profile::KuboV1);
+        assert_eq!(ours.cid.to_string(), theirs(&kubo_default), "kubo-v1, {count} entries + {extra:?}");
+        let (ours, _) = directory_for(entries, Profile::UnixfsV1_2025);
+        assert_eq!(ours.cid.to_string(), theirs(&kubo_2025), "unixfs-v1-2025, {count} entries + {extra:?}");
+    }
+}

@@ -6,6 +6,7 @@
 //! against Kubo and the JavaScript importer).
 
 mod importer;
+pub mod hamt;
 mod pb;
 
 pub use importer::{BlockSink, CollectingImporter, DagBlock, Importer, NewBlock, Root};
@@ -111,6 +112,18 @@ pub fn directory(mut entries: Vec<DirEntry>) -> (Root, Vec<u8>) {
     let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
     let tsize = bytes.len() as u64 + entries.iter().map(|e| e.tsize).sum::<u64>();
     (Root { cid: cid_v1(DAG_PB, &digest), filesize: 0, tsize }, bytes)
+}
+
+/// A directory of `entries` as Kubo makes it with `profile`: one plain node, or HAMT shards when
+/// that node would be past Kubo's threshold (see `hamt`). Its root and blocks.
+pub fn directory_for(entries: Vec<DirEntry>, profile: Profile) -> (Root, Vec<(cid::Cid, Vec<u8>)>) {
+    let (root, bytes) = directory(entries.clone());
+    if hamt::needs_sharding(&entries, &bytes, profile) {
+        hamt::sharded(entries)
+    } else {
+        let cid = root.cid;
+        (root, vec![(cid, bytes)])
+    }
 }
 
 /// The UnixFS file DAG of a small in-memory value (a manifest, `index.json`), every block with

@@ -4,7 +4,7 @@
 //! encoders (prost writes fields in tag order) do not produce, and the bytes must match Kubo's
 //! exactly for the CIDs to match; these two fixed messages are a few lines each.
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
