@@ -374,7 +374,30 @@ impl Staged {
         let node = unixfs::decode_node(&self.block(cid, path)?).map_err(|e| block_err(cid, e))?;
         match unixfs::unixfs_type(&node.data).map_err(|e| block_err(cid, e))? {
             unixfs::UNIXFS_DIRECTORY => Ok(node.links),
-            unixfs::UNIXFS_HAMT_SHARD => Err(layout("a sharded directory, which image layouts never need")),
+            // A large index's blobs directory, sharded as Kubo shards it: its entries from every
+            // sub-shard (each read once; shards form a tree, so this ends).
+            unixfs::UNIXFS_HAMT_SHARD => {
+                let mut out = Vec::new();
+                let mut stack: Vec<DecodedLink> = node.links.into_iter().rev().collect();
+                let mut shards = 0u64;
+                while let Some(link) = stack.pop() {
+                    match link.name.get(2..).filter(|n| !n.is_empty()) {
+                        Some(name) => out.push(DecodedLink { name: name.to_string(), ..link }),
+                        None => {
+                            shards += 1;
+                            if shards > MAX_FILE_BLOCKS {
+                                return Err(layout("a sharded directory of more shards than any layout needs"));
+                            }
+                            let sub = unixfs::decode_node(&self.block(&link.cid, path)?).map_err(|e| block_err(&link.cid, e))?;
+                            if unixfs::unixfs_type(&sub.data).map_err(|e| block_err(&link.cid, e))? != unixfs::UNIXFS_HAMT_SHARD {
+                                return Err(block_err(&link.cid, "a sub-shard that is not a shard"));
+                            }
+                            stack.extend(sub.links.into_iter().rev());
+                        }
+                    }
+                }
+                Ok(out)
+            }
             _ => Err(layout("not a directory")),
         }
     }

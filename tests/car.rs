@@ -200,3 +200,66 @@ fn an_index_and_its_children_form_one_image() {
     assert_eq!(r.headers()["Ipfs-Image-Cid"].to_str().unwrap(), cid);
     assert_eq!(r.bytes().unwrap().to_vec(), index);
 }
+
+/// An index of 2,450 children: its layout's `blobs/sha256` has more entries than fit Kubo's
+/// threshold, so it is a HAMT exactly as Kubo (unixfs-v1-2025) would shard it: Kubo re-adding
+/// the unpacked layout gives the same image CID; the gateway resolves paths through the shards;
+/// `af registry import` reads it back into another node.
+#[test]
+fn a_large_index_shards_its_blobs_directory_as_kubo_does() {
+    let node = Node::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = push_blob(&node, "wide", b"{\"architecture\":\"amd64\",\"os\":\"linux\"}");
+    let layer = push_blob(&node, "wide", b"one shared layer");
+    let mut children = Vec::new();
+    for i in 0..2450 {
+        let m = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 38},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 16}],
+            "annotations": {"n": i.to_string()},
+        }))
+        .unwrap();
+        let digest = sha256(&m);
+        assert_eq!(put_manifest(&node, "wide", &digest, OCI_MANIFEST, &m).status(), 201);
+        children.push(serde_json::json!({"mediaType": OCI_MANIFEST, "digest": digest, "size": m.len()}));
+    }
+    let index = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children})).unwrap();
+    let index_digest = sha256(&index);
+    assert_eq!(put_manifest(&node, "wide", "v1", OCI_INDEX, &index).status(), 201);
+    let r = client().head(node.url("/v2/wide/manifests/v1")).header("Accept", OCI_INDEX).send().unwrap();
+    let cid = r.headers()["Ipfs-Image-Cid"].to_str().unwrap().to_string();
+
+    // Through the gateway's shards: a child by its path, and the listing.
+    let public = af(&["registry", "visibility", "wide", "public"], &node.data_dir);
+    assert!(public.status.success());
+    let child = children[1234]["digest"].as_str().unwrap().strip_prefix("sha256:").unwrap().to_string();
+    let r = client().get(node.gateway_url(&format!("/ipfs/{cid}/blobs/sha256/{child}"))).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(sha256(&r.bytes().unwrap())[7..], child);
+    let listing = client().get(node.gateway_url(&format!("/ipfs/{cid}/blobs/sha256/"))).send().unwrap().text().unwrap();
+    assert!(listing.contains(&child) && listing.contains(&index_digest[7..]));
+    // A trustless CAR of that path verifies in @ipld/car, shards included.
+    let path_car = tmp.path().join("path.car");
+    let bytes = client().get(node.gateway_url(&format!("/ipfs/{cid}/blobs/sha256/{child}?format=car"))).send().unwrap().bytes().unwrap();
+    std::fs::write(&path_car, &bytes).unwrap();
+    assert!(js_car(&path_car)["cids"].as_array().unwrap().len() >= 5, "root, blobs, the shards on the way, the target");
+
+    // Kubo imports the export, unpacks it, and re-adding the layout with the same profile gives
+    // the same image CID: the shards are Kubo's own.
+    let car = tmp.path().join("wide.car");
+    ok(af(&["registry", "export", "wide:v1", "-o", car.to_str().unwrap()], &node.data_dir));
+    let kubo = Kubo::new();
+    run(kubo.cmd().args(["config", "profile", "apply", "unixfs-v1-2025"]));
+    run(kubo.cmd().args(["dag", "import"]).arg(&car));
+    let unpacked = tmp.path().join("unpacked");
+    run(kubo.cmd().args(["get", "-o"]).arg(&unpacked).arg(&cid));
+    assert_eq!(walk(&unpacked.join("blobs/sha256")), 2453);
+    let readded = run(kubo.cmd().args(["add", "-r", "-Q", "--only-hash"]).arg(&unpacked));
+    assert_eq!(readded.trim(), cid);
+
+    let other = Node::start();
+    ok(af(&["registry", "import", car.to_str().unwrap()], &other.data_dir));
+    let r = client().get(other.url("/v2/wide/manifests/v1")).header("Accept", OCI_INDEX).send().unwrap();
+    assert_eq!(r.headers()["Ipfs-Image-Cid"].to_str().unwrap(), cid);
+}

@@ -125,6 +125,12 @@ impl State {
         }
         let node = super::decode(&cid, bytes.clone())?;
         let children: Vec<Work> = match (expand, node) {
+            // A sharded directory's entity is its shards, not what they name.
+            (Expand::Entity, Node::Shard { links }) => links
+                .into_iter()
+                .filter(|l| l.name.len() == 2)
+                .map(|l| Work::Visit { cid: l.cid, expand: Expand::Entity })
+                .collect(),
             (Expand::Entity, Node::File { size, .. }) => match byte_range(self.entity_bytes, size) {
                 Some((start, end)) => return self.expand(cid, bytes, Expand::Range { offset: 0, start, end }),
                 None => Vec::new(),

@@ -134,26 +134,71 @@ impl Reader {
     /// Follows `path` (segments) from `root`; returns every CID on the way, the last one the
     /// target. Every block passed through is read through [`Reader::block`].
     pub async fn resolve(&self, root: Cid, path: &[String]) -> Result<Vec<Cid>> {
+        Ok(self.resolve_with_proof(root, path).await?.0)
+    }
+
+    /// [`Reader::resolve`], and every block read on the way in order (the sub-shards of sharded
+    /// directories too): what a trustless client needs to verify the path.
+    pub async fn resolve_with_proof(&self, root: Cid, path: &[String]) -> Result<(Vec<Cid>, Vec<Cid>)> {
         if path.len() > MAX_PATH_SEGMENTS {
             return Err(DagError::NotFound(format!("the path has {} segments; at most {MAX_PATH_SEGMENTS} are followed", path.len())));
         }
         let mut chain = vec![root];
+        let mut proof = vec![root];
         // The root itself must be readable even when the path is empty.
         let mut current = self.node(&root).await?;
         for (i, segment) in path.iter().enumerate() {
-            let Node::Directory { links } = current else {
-                return Err(DagError::NotFound(format!("{} is not a directory", path[..i].join("/"))));
-            };
             let here = *chain.last().expect("the chain starts with the root");
-            let next = links
-                .iter()
-                .find(|l| &l.name == segment)
-                .ok_or_else(|| DagError::NotFound(format!("no link named {segment:?} under {here}")))?
-                .cid;
+            let missing = || DagError::NotFound(format!("no link named {segment:?} under {here}"));
+            let next = match current {
+                Node::Directory { links } => links.iter().find(|l| &l.name == segment).ok_or_else(missing)?.cid,
+                Node::Shard { links } => {
+                    let mut links = links;
+                    let mut depth = 0;
+                    loop {
+                        match unixfs::hamt::lookup(&links, segment, depth) {
+                            unixfs::hamt::Step::Found(cid) => break cid,
+                            unixfs::hamt::Step::Absent => return Err(missing()),
+                            unixfs::hamt::Step::Descend(shard) => {
+                                let Node::Shard { links: below } = self.node(&shard).await? else {
+                                    return Err(DagError::Malformed { cid: shard, detail: "a sub-shard that is not a shard".into() });
+                                };
+                                proof.push(shard);
+                                links = below;
+                                depth += 1;
+                            }
+                        }
+                    }
+                }
+                _ => return Err(DagError::NotFound(format!("{} is not a directory", path[..i].join("/")))),
+            };
             current = self.node(&next).await?;
             chain.push(next);
+            proof.push(next);
         }
-        Ok(chain)
+        Ok((chain, proof))
+    }
+
+    /// The entries of a directory, plain or sharded (every sub-shard read), in link order.
+    pub async fn entries(&self, node: Node) -> Result<Vec<DecodedLink>> {
+        let mut pending = match node {
+            Node::Directory { links } => return Ok(links),
+            Node::Shard { links } => vec![links],
+            _ => return Err(DagError::NotFound("not a directory".into())),
+        };
+        let mut out = Vec::new();
+        // Depth first, in index order: a stack of the links still to look at, reversed.
+        let mut stack: Vec<DecodedLink> = pending.pop().expect("one").into_iter().rev().collect();
+        while let Some(link) = stack.pop() {
+            match unixfs::hamt::entries(std::slice::from_ref(&link)).next().and_then(|(name, _)| name.map(str::to_string)) {
+                Some(name) => out.push(DecodedLink { name, ..link }),
+                None => match self.node(&link.cid).await? {
+                    Node::Shard { links } => stack.extend(links.into_iter().rev()),
+                    _ => return Err(DagError::Malformed { cid: link.cid, detail: "a sub-shard that is not a shard".into() }),
+                },
+            }
+        }
+        Ok(out)
     }
 
     /// The size of a UnixFS file, checked against what its root says of its parts.
@@ -173,6 +218,8 @@ pub enum Node {
     /// A file node; `size` is its content's length, checked against its parts' sizes.
     File { links: Vec<DecodedLink>, content: Bytes, blocksizes: Vec<u64>, size: u64 },
     Directory { links: Vec<DecodedLink> },
+    /// A node of a HAMT-sharded directory (see `unixfs::hamt`): its links as stored.
+    Shard { links: Vec<DecodedLink> },
     /// dag-pb that is neither (HAMT shards, symlinks, ...), or another codec.
     Other,
 }
@@ -186,6 +233,12 @@ pub fn decode(cid: &Cid, bytes: Bytes) -> Result<Node> {
             let data = unixfs::unixfs_data(&node.data).map_err(|e| malformed(e.to_string()))?;
             match data.kind {
                 unixfs::UNIXFS_DIRECTORY => Ok(Node::Directory { links: node.links }),
+                unixfs::UNIXFS_HAMT_SHARD => {
+                    if data.fanout != Some(unixfs::hamt::FANOUT as u64) || data.hash_type != Some(unixfs::hamt::MURMUR3_X64_64) {
+                        return Err(malformed("a HAMT shard with another fanout or hash than 256 and murmur3-x64-64".into()));
+                    }
+                    Ok(Node::Shard { links: node.links })
+                }
                 0 | unixfs::UNIXFS_FILE => {
                     if data.blocksizes.len() != node.links.len() {
                         return Err(malformed(format!("{} links but {} blocksizes", node.links.len(), data.blocksizes.len())));
@@ -272,7 +325,7 @@ async fn next_piece(reader: &Reader, p: Pending, start: u64, end: u64, stack: &m
             let (from, to) = (p.offset.max(start), (p.offset + own).min(end));
             Ok((to > from).then(|| content.slice((from - p.offset) as usize..(to - p.offset) as usize)))
         }
-        Node::Directory { .. } | Node::Other => Err(DagError::NotFound(format!("{} is not a file", p.cid))),
+        Node::Directory { .. } | Node::Shard { .. } | Node::Other => Err(DagError::NotFound(format!("{} is not a file", p.cid))),
     }
 }
 

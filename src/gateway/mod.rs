@@ -109,7 +109,7 @@ async fn handle(req: HttpRequest, reg: web::Data<Registry>) -> HttpResponse {
         Err(resp) => return resp,
     };
     let reader = Reader::new(reg.into_inner(), Audience::Anyone);
-    let chain = match reader.resolve(root, &segments).await {
+    let (chain, proof) = match reader.resolve_with_proof(root, &segments).await {
         Ok(c) => c,
         Err(e) => return dag_error(e),
     };
@@ -163,7 +163,8 @@ async fn handle(req: HttpRequest, reg: web::Data<Registry>) -> HttpResponse {
                 if head {
                     return builder.finish();
                 }
-                builder.streaming(car::stream(reader, root, chain, params))
+                // The path's blocks, sub-shards of sharded directories included, then the target's.
+                builder.streaming(car::stream(reader, root, proof, params))
             }
             Err(resp) => resp,
         },
@@ -279,7 +280,11 @@ async fn unixfs(
     };
     // (the file, its name, its size when the node already read says it)
     let (file, name, known_size) = match node {
-        Node::Directory { links } => {
+        dir @ (Node::Directory { .. } | Node::Shard { .. }) => {
+            let links = match reader.entries(dir).await {
+                Ok(l) => l,
+                Err(e) => return dag_error(e),
+            };
             if !req.path().ends_with('/') {
                 let mut location = format!("{}/", req.path());
                 if !req.query_string().is_empty() {

@@ -343,7 +343,11 @@ async fn cat(reader: Arc<Reader>, cid: Cid) -> HttpResponse {
 
 async fn ls(reader: &Reader, cid: Cid) -> HttpResponse {
     let links = match reader.node(&cid).await {
-        Ok(Node::Directory { links }) | Ok(Node::File { links, .. }) => links,
+        Ok(Node::File { links, .. }) => links,
+        Ok(dir @ (Node::Directory { .. } | Node::Shard { .. })) => match reader.entries(dir).await {
+            Ok(l) => l,
+            Err(e) => return dag_failure(e),
+        },
         Ok(_) => Vec::new(),
         Err(e) => return dag_failure(e),
     };
@@ -355,7 +359,7 @@ async fn ls(reader: &Reader, cid: Cid) -> HttpResponse {
             continue;
         }
         let (kind, size) = match reader.node(&l.cid).await {
-            Ok(Node::Directory { .. }) => (1, 0),
+            Ok(Node::Directory { .. } | Node::Shard { .. }) => (1, 0),
             Ok(Node::File { size, .. }) => (2, size),
             _ => (2, l.tsize),
         };

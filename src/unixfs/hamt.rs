@@ -194,6 +194,22 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_of_twenty_thousand_entries_fits_kubos_block_limit() {
+        let entries: Vec<DirEntry> = (0..20_000u32)
+            .map(|i| {
+                let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(i.to_be_bytes()).into();
+                DirEntry { name: hex::encode(digest), cid: cid_v1(super::super::RAW, &digest), tsize: 10 }
+            })
+            .collect();
+        for profile in [Profile::UnixfsV1_2025, Profile::KuboV1] {
+            let (root, blocks) = super::super::directory_for(entries.clone(), profile);
+            assert!(blocks.len() > 256, "sharded: {} blocks", blocks.len());
+            assert!(blocks.iter().all(|(_, b)| b.len() <= 1 << 20));
+            assert_eq!(blocks.last().map(|(c, _)| *c), Some(root.cid), "the root comes last");
+        }
+    }
+
+    #[test]
     fn bitfields_are_big_endian_without_leading_zeros() {
         assert_eq!(shard_data(&[0]), vec![0x08, 0x05, 0x12, 0x01, 0x01, 0x28, 0x22, 0x30, 0x80, 0x02]);
         let d = shard_data(&[255, 4]);

@@ -174,11 +174,15 @@ pub struct UnixfsData<'a> {
     pub filesize: Option<u64>,
     /// Content bytes under each child link, in order (files).
     pub blocksizes: Vec<u64>,
+    /// HAMT shards: the hash function and the fanout.
+    pub hash_type: Option<u64>,
+    pub fanout: Option<u64>,
 }
 
 pub fn unixfs_data(data: &[u8]) -> Result<UnixfsData<'_>, DecodeError> {
     let mut r = Reader(data);
     let (mut kind, mut content, mut filesize, mut blocksizes) = (None, &[][..], None, Vec::new());
+    let (mut hash_type, mut fanout) = (None, None);
     while let Some((field, wire)) = r.key()? {
         match (field, wire) {
             (1, 0) => kind = Some(r.varint()?),
@@ -192,11 +196,13 @@ pub fn unixfs_data(data: &[u8]) -> Result<UnixfsData<'_>, DecodeError> {
                     blocksizes.push(packed.varint()?);
                 }
             }
+            (5, 0) => hash_type = Some(r.varint()?),
+            (6, 0) => fanout = Some(r.varint()?),
             (_, w) => r.skip(w)?,
         }
     }
     let kind = kind.ok_or(DecodeError("UnixFS data without a type"))?;
-    Ok(UnixfsData { kind, content, filesize, blocksizes })
+    Ok(UnixfsData { kind, content, filesize, blocksizes, hash_type, fanout })
 }
 
 /// The bytes a UnixFS file node carries itself (its `Data.Data`; empty for interior nodes with
