@@ -568,7 +568,8 @@ impl Registry {
             // blocks are missing; the GC's grace period covers the window in between.
             blocks.sort_by_key(|b| b.0);
             blocks.dedup_by(|a, b| a.0 == b.0);
-            self.blocks.record_inline(blocks, image_cid.clone()).await?;
+            let owner = image_cid.clone().map(crate::blockstore::Owner::Image).unwrap_or(crate::blockstore::Owner::Nothing);
+            self.blocks.record_inline(blocks, owner).await?;
         }
         let record = ManifestRecord {
             digest,

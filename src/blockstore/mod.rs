@@ -13,7 +13,12 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/blockstore/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/blockstore/0001_initial.sql")),
+    (2, include_str!("../../migrations/blockstore/0002_typed_owner.sql")),
+];
+/// Connections that answer lookups side by side (WAL readers never wait for each other).
+const READERS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlockIndexError {
@@ -47,15 +52,24 @@ pub enum Owner {
 }
 
 impl Owner {
-    /// The stored form: a digest (`alg:hex`), `pin <cid>`, or an image's CID.
-    pub fn parse(stored: Option<&str>) -> Owner {
-        match stored {
-            None => Owner::Nothing,
-            Some(s) => match s.strip_prefix("pin ") {
-                Some(cid) => Owner::Pin(cid.to_string()),
-                None if s.contains(':') => s.parse().map(Owner::Blob).unwrap_or(Owner::Nothing),
-                None => Owner::Image(s.to_string()),
-            },
+    /// From its two columns, `owner_kind` and `owner`.
+    fn from_columns(kind: Option<&str>, value: Option<String>) -> Result<Owner, BlockIndexError> {
+        Ok(match (kind, value) {
+            (Some("blob"), Some(d)) => Owner::Blob(d.parse().map_err(|e| BlockIndexError::Corrupt(format!("owner {d:?}: {e}")))?),
+            (Some("image"), Some(cid)) => Owner::Image(cid),
+            (Some("pin"), Some(cid)) => Owner::Pin(cid),
+            (None, _) => Owner::Nothing,
+            (kind, value) => return Err(BlockIndexError::Corrupt(format!("owner {kind:?} {value:?}"))),
+        })
+    }
+
+    /// Its two columns, `owner_kind` and `owner`.
+    fn columns(&self) -> (Option<&'static str>, Option<String>) {
+        match self {
+            Owner::Blob(d) => (Some("blob"), Some(d.to_string())),
+            Owner::Image(cid) => (Some("image"), Some(cid.clone())),
+            Owner::Pin(cid) => (Some("pin"), Some(cid.clone())),
+            Owner::Nothing => (None, None),
         }
     }
 }
@@ -73,11 +87,15 @@ fn location(blob: Option<String>, offset: Option<i64>, len: i64, data: Option<Ve
 }
 
 /// An inline block; recording a known one again makes it young for the GC.
-const INSERT_INLINE: &str = "INSERT INTO blocks (multihash, codec, length, data, owner) VALUES (?1, ?2, ?3, ?4, ?5)
+const INSERT_INLINE: &str = "INSERT INTO blocks (multihash, codec, length, data, owner_kind, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
      ON CONFLICT DO UPDATE SET created_at = unixepoch()";
 
 pub struct BlockIndex {
+    /// Writes (and the few reads that must see them in the same transaction).
     conn: Arc<Mutex<Connection>>,
+    /// Lookups, several at once.
+    readers: Arc<Vec<Mutex<Connection>>>,
+    next_reader: std::sync::atomic::AtomicUsize,
     /// For connections of their own (a GC's walk must not hold the one readers use).
     path: std::path::PathBuf,
 }
@@ -99,7 +117,39 @@ impl BlockIndex {
             }
         }
         tx.commit()?;
-        Ok(BlockIndex { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf() })
+        let readers = (0..READERS)
+            .map(|_| {
+                let c = Connection::open(path)?;
+                c.busy_timeout(std::time::Duration::from_secs(10))?;
+                Ok(Mutex::new(c))
+            })
+            .collect::<Result<Vec<_>, BlockIndexError>>()?;
+        Ok(BlockIndex {
+            conn: Arc::new(Mutex::new(conn)),
+            readers: Arc::new(readers),
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// A lookup on one of the reader connections: a free one if there is, else the next in turn.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, BlockIndexError> + Send + 'static,
+    ) -> Result<T, BlockIndexError> {
+        let readers = self.readers.clone();
+        let start = self.next_reader.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || {
+            let n = readers.len();
+            let free = (0..n).find_map(|i| readers[(start + i) % n].try_lock().ok());
+            let conn = match free {
+                Some(c) => c,
+                None => readers[start % n].lock().expect("block index reader"),
+            };
+            f(&conn)
+        })
+        .await
+        .map_err(|e| BlockIndexError::Task(e.to_string()))?
     }
 
     async fn run<T: Send + 'static>(
@@ -121,7 +171,7 @@ impl BlockIndex {
             let tx = conn.transaction()?;
             {
                 let mut leaf = tx.prepare_cached(
-                    "INSERT INTO blocks (multihash, codec, blob, offset, length) VALUES (?1, ?2, ?3, ?4, ?5)
+                    "INSERT INTO blocks (multihash, codec, blob, offset, length, owner_kind, owner) VALUES (?1, ?2, ?3, ?4, ?5, 'blob', ?3)
                      ON CONFLICT DO UPDATE SET created_at = unixepoch()",
                 )?;
                 let mut node = tx.prepare_cached(INSERT_INLINE)?;
@@ -131,7 +181,7 @@ impl BlockIndex {
                             leaf.execute(params![cid.hash().to_bytes(), cid.codec() as i64, blob, *offset as i64, *len as i64])?;
                         }
                         DagBlock::Node { cid, bytes } => {
-                            node.execute(params![cid.hash().to_bytes(), cid.codec() as i64, bytes.len() as i64, bytes, blob])?;
+                            node.execute(params![cid.hash().to_bytes(), cid.codec() as i64, bytes.len() as i64, bytes, "blob", blob])?;
                         }
                     }
                 }
@@ -145,13 +195,14 @@ impl BlockIndex {
     /// Records blocks held inline (image layouts, manifests, imported blocks), in one
     /// transaction. Blocks already known keep their first location but count as new
     /// again for a GC's grace period (they are about to be referenced).
-    pub async fn record_inline(&self, blocks: Vec<(Cid, Vec<u8>)>, owner: Option<String>) -> Result<(), BlockIndexError> {
+    pub async fn record_inline(&self, blocks: Vec<(Cid, Vec<u8>)>, owner: Owner) -> Result<(), BlockIndexError> {
         self.run(move |conn| {
             let tx = conn.transaction()?;
             {
                 let mut node = tx.prepare_cached(INSERT_INLINE)?;
+                let (kind, value) = owner.columns();
                 for (cid, bytes) in &blocks {
-                    node.execute(params![cid.hash().to_bytes(), cid.codec() as i64, bytes.len() as i64, bytes, owner])?;
+                    node.execute(params![cid.hash().to_bytes(), cid.codec() as i64, bytes.len() as i64, bytes, kind, value])?;
                 }
             }
             tx.commit()?;
@@ -168,9 +219,9 @@ impl BlockIndex {
     /// Where the block of `cid` is and what it was recorded for, in one lookup.
     pub async fn locate_owned(&self, cid: &Cid) -> Result<Option<(Location, Owner)>, BlockIndexError> {
         let mh = cid.hash().to_bytes();
-        self.run(move |conn| {
+        self.read(move |conn| {
             let row = conn
-                .prepare_cached("SELECT blob, offset, length, data, owner FROM blocks WHERE multihash = ?1")?
+                .prepare_cached("SELECT blob, offset, length, data, owner_kind, owner FROM blocks WHERE multihash = ?1")?
                 .query_row([mh], |r| {
                     Ok((
                         r.get::<_, Option<String>>(0)?,
@@ -178,16 +229,36 @@ impl BlockIndex {
                         r.get::<_, i64>(2)?,
                         r.get::<_, Option<Vec<u8>>>(3)?,
                         r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<String>>(5)?,
                     ))
                 })
                 .optional()?;
-            row.map(|(blob, offset, len, data, owner)| {
-                let owner = Owner::parse(blob.as_deref().or(owner.as_deref()));
+            row.map(|(blob, offset, len, data, kind, owner)| {
+                let owner = Owner::from_columns(kind.as_deref(), owner)?;
                 Ok((location(blob, offset, len, data)?, owner))
             })
             .transpose()
         })
         .await
+    }
+
+    /// The size of block `cid` if this node has it, without reading or hashing its bytes (what
+    /// a peer's "do you have it?" needs).
+    pub async fn size(&self, cid: &Cid) -> Result<Option<u64>, BlockIndexError> {
+        let mh = cid.hash().to_bytes();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT length FROM blocks WHERE multihash = ?1")?
+                .query_row([mh], |r| r.get::<_, i64>(0))
+                .optional()?
+                .map(|n| n as u64))
+        })
+        .await
+    }
+
+    /// Whether this node has block `cid` (see [`BlockIndex::size`]).
+    pub async fn has(&self, cid: &Cid) -> Result<bool, BlockIndexError> {
+        Ok(self.size(cid).await?.is_some())
     }
 
     /// Forgets every block held as a range of `blob`'s file (when that file is quarantined).
@@ -283,7 +354,7 @@ impl BlockIndex {
     }
 
     pub async fn pins(&self) -> Result<Vec<String>, BlockIndexError> {
-        self.run(|conn| {
+        self.read(|conn| {
             let mut s = conn.prepare("SELECT cid FROM pins ORDER BY cid")?;
             let rows = s.query_map([], |r| r.get(0))?;
             Ok(rows.collect::<Result<Vec<String>, _>>()?)
@@ -294,7 +365,7 @@ impl BlockIndex {
     /// Whether `cid` is pinned here.
     pub async fn is_pinned(&self, cid: &Cid) -> Result<bool, BlockIndexError> {
         let cid = cid.to_string();
-        self.run(move |conn| Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM pins WHERE cid = ?1)", [cid], |r| r.get(0))?)).await
+        self.read(move |conn| Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM pins WHERE cid = ?1)", [cid], |r| r.get(0))?)).await
     }
 
     /// (number of blocks, bytes of inline blocks) for `repo/stat`.
@@ -314,5 +385,55 @@ impl BlockIndex {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cid(codec: u64, data: &[u8]) -> Cid {
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(data).into();
+        crate::unixfs::cid_v1(codec, &digest)
+    }
+
+    #[tokio::test]
+    async fn owners_written_as_strings_are_migrated_to_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blocks.sqlite");
+        let digest = "sha256:".to_string() + &"ab".repeat(32);
+        let (leaf, node, image, pinned, plain) =
+            (cid(0x55, b"leaf"), cid(0x70, b"node"), cid(0x70, b"image"), cid(0x55, b"pinned"), cid(0x55, b"plain"));
+        {
+            // A version-1 index, as an older node left it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0].1).unwrap();
+            conn.execute_batch("PRAGMA user_version = 1").unwrap();
+            let insert = "INSERT INTO blocks (multihash, codec, blob, offset, length, data, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+            conn.execute(insert, params![leaf.hash().to_bytes(), 0x55, digest, 0, 4, None::<Vec<u8>>, None::<String>]).unwrap();
+            conn.execute(insert, params![node.hash().to_bytes(), 0x70, None::<String>, None::<i64>, 4, b"node".to_vec(), digest]).unwrap();
+            conn.execute(insert, params![image.hash().to_bytes(), 0x70, None::<String>, None::<i64>, 5, b"image".to_vec(), "bafyimage"]).unwrap();
+            conn.execute(insert, params![pinned.hash().to_bytes(), 0x55, None::<String>, None::<i64>, 6, b"pinned".to_vec(), "pin bafyroot"]).unwrap();
+            conn.execute(insert, params![plain.hash().to_bytes(), 0x55, None::<String>, None::<i64>, 5, b"plain".to_vec(), None::<String>]).unwrap();
+        }
+        let index = BlockIndex::open(&path).unwrap();
+        let owner = |c: Cid| {
+            let index = &index;
+            async move { index.locate_owned(&c).await.unwrap().unwrap().1 }
+        };
+        let blob = Owner::Blob(digest.parse().unwrap());
+        assert_eq!(owner(leaf).await, blob);
+        assert_eq!(owner(node).await, blob);
+        assert_eq!(owner(image).await, Owner::Image("bafyimage".into()));
+        assert_eq!(owner(pinned).await, Owner::Pin("bafyroot".into()));
+        assert_eq!(owner(plain).await, Owner::Nothing);
+        // Sizes and presence without reading the bytes.
+        assert_eq!(index.size(&pinned).await.unwrap(), Some(6));
+        assert!(index.has(&leaf).await.unwrap());
+        assert!(!index.has(&cid(0x55, b"absent")).await.unwrap());
+        // New records carry their kind.
+        let fresh = cid(0x55, b"fresh");
+        index.record_inline(vec![(fresh, b"fresh".to_vec())], Owner::Pin("bafyother".into())).await.unwrap();
+        assert_eq!(owner(fresh).await, Owner::Pin("bafyother".into()));
     }
 }

@@ -12,6 +12,7 @@
 pub mod identity;
 
 use crate::auth::Auth;
+use crate::blockstore::Owner;
 use crate::dag::{DagError, Node, Reader};
 use crate::exposure::Audience;
 use crate::registry::Registry;
@@ -481,7 +482,7 @@ async fn block_put(req: &HttpRequest, body: web::Payload, reg: &Registry) -> Htt
                 let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&data).into();
                 let cid = unixfs::cid_v1(codec, &digest);
                 out.push(json!({"Key": cid.to_string(), "Size": data.len()}));
-                if let Err(e) = reg.blocks.record_inline(vec![(cid, data)], Some(format!("pin {cid}"))).await {
+                if let Err(e) = reg.blocks.record_inline(vec![(cid, data)], Owner::Pin(cid.to_string())).await {
                     return error(StatusCode::INTERNAL_SERVER_ERROR, e);
                 }
                 if pin {
@@ -575,7 +576,7 @@ async fn add(req: &HttpRequest, body: web::Payload, reg: &Registry) -> HttpRespo
 
 /// Records an added file's blocks (in batches, so they are not all copied at once) and pins it.
 async fn record_file(reg: &Registry, root: Cid, blocks: Vec<DagBlock>, data: &[u8], pin: bool) -> Result<(), HttpResponse> {
-    let owner = Some(format!("pin {root}"));
+    let owner = Owner::Pin(root.to_string());
     for batch in blocks.chunks(RECORD_BATCH) {
         let batch = batch
             .iter()
@@ -620,7 +621,7 @@ async fn dag_import(req: &HttpRequest, body: web::Payload, reg: &Arc<Registry>) 
             None => true,
         };
         if (done && !batch.is_empty()) || batch_bytes >= IMPORT_BATCH_BYTES {
-            let owner = reader.roots().and_then(|r| r.first()).map(|r| format!("pin {r}"));
+            let owner = reader.roots().and_then(|r| r.first()).map(|r| Owner::Pin(r.to_string())).unwrap_or(Owner::Nothing);
             if let Err(e) = reg.blocks.record_inline(std::mem::take(&mut batch), owner).await {
                 return error(StatusCode::INTERNAL_SERVER_ERROR, e);
             }
