@@ -90,6 +90,10 @@ impl Registry {
         report.blocks = blocks;
         report.block_bytes = block_bytes;
         drop(lock);
+        if report.manifests + report.blobs + report.orphan_files + report.blocks > 0 {
+            let blobs = swept.blobs.iter().map(|b| b.digest.clone()).collect();
+            self.emit(crate::events::Event::Swept { blobs, manifests: report.manifests, blocks: report.blocks });
+        }
         Ok(report)
     }
 }

@@ -7,6 +7,7 @@ pub mod car;
 pub mod config;
 pub mod dag;
 pub mod digest;
+pub mod events;
 pub mod exposure;
 pub mod gateway;
 pub mod gc;

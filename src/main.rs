@@ -355,7 +355,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Registry { command: RegistryCommand::Visibility { repository, visibility, data } } => block_on(async move {
             anyhow::ensure!(af_registry::names::is_valid_name(&repository), "{repository:?} is not a valid repository name");
             let registry = attach(data, Default::default()).await?;
-            registry.meta.set_public(&repository, visibility == "public").await?;
+            registry.set_visibility(&repository, visibility == "public").await?;
             println!("{repository} is {visibility}");
             Ok(())
         }),

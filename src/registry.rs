@@ -101,6 +101,8 @@ pub struct Registry {
     pub node_id: Option<String>,
     /// Upload sessions one owner (a user, or an address for anonymous pushes) may hold open.
     pub max_uploads: u64,
+    /// What changed, for the rest of the node (see `events`).
+    events: crate::events::Events,
     sessions: Mutex<HashMap<Uuid, SessionLock>>,
 }
 
@@ -143,6 +145,7 @@ impl Registry {
             touch_after: crate::gc::DEFAULT_GRACE / 4,
             node_id: None,
             max_uploads: DEFAULT_MAX_UPLOADS,
+            events: Default::default(),
             sessions: Mutex::new(HashMap::new()),
         }
     }
@@ -190,6 +193,25 @@ impl Registry {
                     meta.delete_upload(s.id).await?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Every state change from now on (see `events`).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::events::Event> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn emit(&self, event: crate::events::Event) {
+        self.events.send(event);
+    }
+
+    /// Makes `repo` (created if needed) public or private.
+    pub async fn set_visibility(&self, repo: &str, public: bool) -> Result<()> {
+        let before = self.meta.is_public(repo).await?.unwrap_or(false);
+        self.meta.set_public(repo, public).await?;
+        if before != public {
+            self.emit(crate::events::Event::VisibilityChanged { repository: repo.to_string(), public });
         }
         Ok(())
     }
@@ -352,7 +374,12 @@ impl Registry {
         // Blocks are indexed before the blob becomes visible, so every visible blob has its DAG.
         self.blocks.record_blob_dag(digest, dag_blocks).await?;
         let info = BlobInfo { size, root_cid: root.cid.to_string(), touched_at: 0 };
+        let known = self.meta.blob_info(repo, digest).await?.is_some();
         self.meta.commit_blob(repo, digest, &info, Some(id)).await?;
+        if !known {
+            let event = crate::events::Event::BlobPublished { repository: repo.to_string(), digest: digest.clone(), root: info.root_cid };
+            self.emit(event);
+        }
         if let Some(node) = &self.node_id {
             self.meta.record_holder(digest, node).await?;
         }
@@ -588,15 +615,34 @@ impl Registry {
             tag_images,
             require_references: !self.sparse_manifests,
         };
+        // What is new, for the event: the manifest itself, and tags that named something else.
+        let existed = self.meta.get_manifest(repo, &Reference::Digest(new.record.digest.clone())).await?.is_some();
+        let mut moved = Vec::new();
+        for tag in &new.tags {
+            let now = self.meta.get_manifest(repo, &Reference::Tag(tag.clone())).await?;
+            if now.is_none_or(|m| m.digest != new.record.digest) {
+                moved.push((tag.clone(), new.tag_images.get(tag).cloned()));
+            }
+        }
         match self.meta.put_manifest(repo, new.clone()).await? {
-            PutManifestOutcome::Stored => Ok(ManifestRecord {
-                // As a read by the same reference would say.
-                image_cid: match reference {
-                    Reference::Tag(t) => new.tag_images.get(t).cloned(),
-                    Reference::Digest(_) => record.image_cid.clone(),
-                },
-                ..record
-            }),
+            PutManifestOutcome::Stored => {
+                if !existed || !moved.is_empty() {
+                    self.emit(crate::events::Event::ImageStored {
+                        repository: repo.to_string(),
+                        digest: new.record.digest.clone(),
+                        image: new.record.image_cid.clone(),
+                        tags: moved,
+                    });
+                }
+                Ok(ManifestRecord {
+                    // As a read by the same reference would say.
+                    image_cid: match reference {
+                        Reference::Tag(t) => new.tag_images.get(t).cloned(),
+                        Reference::Digest(_) => record.image_cid.clone(),
+                    },
+                    ..record
+                })
+            }
             PutManifestOutcome::MissingReference(d) => Err(RegistryError::ManifestReference(d)),
         }
     }
