@@ -134,21 +134,6 @@ impl Drop for Staged {
     }
 }
 
-fn read_varint(input: &mut impl Read) -> std::io::Result<Option<u64>> {
-    let mut value = 0u64;
-    for (i, shift) in (0..64).step_by(7).enumerate() {
-        let mut b = [0u8];
-        if input.read(&mut b)? == 0 {
-            return if i == 0 { Ok(None) } else { Err(std::io::ErrorKind::UnexpectedEof.into()) };
-        }
-        value |= u64::from(b[0] & 0x7f) << shift;
-        if b[0] < 0x80 {
-            return Ok(Some(value));
-        }
-    }
-    Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "varint too long"))
-}
-
 /// Reads as much as is there, up to `buf.len()`.
 fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
@@ -164,17 +149,7 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 fn verify_block(cid: &Cid, data: &[u8]) -> Result<()> {
-    let mh = cid.hash();
-    let ok = match mh.code() {
-        unixfs::SHA2_256 => <sha2::Sha256 as sha2::Digest>::digest(data).as_slice() == mh.digest(),
-        IDENTITY => mh.digest() == data,
-        code => return Err(block_err(cid, format!("unsupported multihash 0x{code:x}"))),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(block_err(cid, "its bytes do not match its hash"))
-    }
+    crate::blockstore::verify(cid, data).map_err(|e| block_err(cid, e))
 }
 
 /// The most blocks one file of an imported layout may take (a 1 TiB layer of 1 MiB chunks).
@@ -201,7 +176,7 @@ pub fn sweep_staging(staging_dir: &Path) {
 
 /// Phase 1: reads and verifies every block into a staging file.
 fn stage(mut input: impl Read, staging_dir: &Path) -> Result<Staged> {
-    let header_len = read_varint(&mut input)
+    let header_len = crate::varint::read(&mut input)
         .map_err(CarError::Read)?
         .ok_or_else(|| CarError::Header("the file is empty".into()))? as usize;
     if header_len > MAX_SECTION {
@@ -239,7 +214,7 @@ fn stage(mut input: impl Read, staging_dir: &Path) -> Result<Staged> {
     let mut section = Vec::new();
     loop {
         let malformed = |detail: String| CarError::Malformed { blocks, detail };
-        let len = match read_varint(&mut input) {
+        let len = match crate::varint::read(&mut input) {
             Ok(None) => break,
             Ok(Some(len)) => len as usize,
             Err(e) => return Err(malformed(format!("section length: {e}"))),
@@ -283,18 +258,6 @@ pub struct SectionReader {
     blocks: u64,
 }
 
-/// A varint at the start of `buf`: (value, its length), None if incomplete.
-fn varint_prefix(buf: &[u8]) -> std::result::Result<Option<(u64, usize)>, String> {
-    let mut value = 0u64;
-    for (i, b) in buf.iter().enumerate().take(10) {
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Ok(Some((value, i + 1)));
-        }
-    }
-    if buf.len() >= 10 { Err("a varint longer than 10 bytes".into()) } else { Ok(None) }
-}
-
 impl SectionReader {
     /// The roots, once the header has arrived.
     pub fn roots(&self) -> Option<&[Cid]> {
@@ -308,7 +271,7 @@ impl SectionReader {
         let mut at = 0;
         loop {
             let malformed = |blocks: u64, detail: String| CarError::Malformed { blocks, detail };
-            let Some((len, n)) = varint_prefix(&self.pending[at..]).map_err(|d| malformed(self.blocks, d))? else { break };
+            let Some((len, n)) = crate::varint::decode(&self.pending[at..]).map_err(|e| malformed(self.blocks, e.to_string()))? else { break };
             let len = len as usize;
             let limit = if self.roots.is_none() { MAX_SECTION } else { MAX_BLOCK + 128 };
             if len > limit {

@@ -20,5 +20,6 @@ pub mod rpc;
 pub mod server;
 pub mod storage;
 pub mod unixfs;
+pub mod varint;
 pub mod blockstore;
 pub mod scrub;

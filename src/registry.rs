@@ -491,14 +491,9 @@ impl Registry {
                 .ok_or_else(|| RegistryError::BlockCorrupt { cid: cid.to_string(), detail: "its blob file is missing".into() })?
             }
         };
-        let mh = cid.hash();
-        if mh.code() != crate::unixfs::SHA2_256 {
-            return Err(RegistryError::BlockCorrupt { cid: cid.to_string(), detail: "not a sha2-256 CID".into() });
-        }
-        let actual = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
-        if actual.as_slice() != mh.digest() {
-            tracing::error!(%cid, "block bytes do not match the CID");
-            return Err(RegistryError::BlockCorrupt { cid: cid.to_string(), detail: "sha2-256 mismatch".into() });
+        if let Err(e) = crate::blockstore::verify(cid, &bytes) {
+            tracing::error!(%cid, error = %e, "block bytes do not match the CID");
+            return Err(RegistryError::BlockCorrupt { cid: cid.to_string(), detail: e.to_string() });
         }
         Ok(Some(bytes))
     }

@@ -38,6 +38,27 @@ pub enum Location {
     Inline(Vec<u8>),
 }
 
+/// Why bytes are not the block a CID names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    #[error("unsupported multihash 0x{0:x}")]
+    UnsupportedHash(u64),
+    #[error("its bytes do not match its hash")]
+    Differs,
+}
+
+/// Checks `data` against `cid`'s multihash: the one place a block is verified, whether it came
+/// from disk, a CAR or (soon) a peer.
+pub fn verify(cid: &Cid, data: &[u8]) -> Result<(), Mismatch> {
+    let mh = cid.hash();
+    let ok = match mh.code() {
+        crate::unixfs::SHA2_256 => <sha2::Sha256 as sha2::Digest>::digest(data).as_slice() == mh.digest(),
+        0x00 => mh.digest() == data,
+        code => return Err(Mismatch::UnsupportedHash(code)),
+    };
+    if ok { Ok(()) } else { Err(Mismatch::Differs) }
+}
+
 /// What a block was recorded for: it decides who may read the block (see `exposure`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Owner {

@@ -59,12 +59,7 @@ enum Expand {
 fn section(cid: &Cid, data: &[u8]) -> Bytes {
     let cid_bytes = cid.to_bytes();
     let mut out = Vec::with_capacity(cid_bytes.len() + data.len() + 10);
-    let mut len = (cid_bytes.len() + data.len()) as u64;
-    while len >= 0x80 {
-        out.push((len as u8) | 0x80);
-        len >>= 7;
-    }
-    out.push(len as u8);
+    crate::varint::encode(&mut out, (cid_bytes.len() + data.len()) as u64);
     out.extend_from_slice(&cid_bytes);
     out.extend_from_slice(data);
     Bytes::from(out)
@@ -73,12 +68,7 @@ fn section(cid: &Cid, data: &[u8]) -> Bytes {
 fn header(root: &Cid) -> Bytes {
     let h = iroh_car::CarHeader::new_v1(vec![*root]).encode().expect("a CAR header encodes");
     let mut out = Vec::new();
-    let mut len = h.len() as u64;
-    while len >= 0x80 {
-        out.push((len as u8) | 0x80);
-        len >>= 7;
-    }
-    out.push(len as u8);
+    crate::varint::encode(&mut out, h.len() as u64);
     out.extend_from_slice(&h);
     Bytes::from(out)
 }

@@ -4,13 +4,7 @@
 //! encoders (prost writes fields in tag order) do not produce, and the bytes must match Kubo's
 //! exactly for the CIDs to match; these two fixed messages are a few lines each.
 
-pub(crate) fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
+pub(crate) use crate::varint::encode as varint;
 
 fn key(out: &mut Vec<u8>, field: u64, wire: u64) {
     varint(out, field << 3 | wire);
@@ -85,16 +79,9 @@ struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u64, DecodeError> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&b, rest) = self.0.split_first().ok_or(DecodeError("truncated varint"))?;
-            self.0 = rest;
-            v |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                return Ok(v);
-            }
-        }
-        Err(DecodeError("varint too long"))
+        let (v, n) = crate::varint::decode(self.0).map_err(|_| DecodeError("varint too long"))?.ok_or(DecodeError("truncated varint"))?;
+        self.0 = &self.0[n..];
+        Ok(v)
     }
 
     fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
