@@ -162,7 +162,7 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::Create { user, scope, expires, description, data } => {
             let registry = attach(data, Default::default()).await?;
             anyhow::ensure!(registry.meta.get_user(&user).await?.is_some(), "no user {user:?}");
-            let expires_at = expires.map(|d| af_registry::gc::unix_now() + d.as_secs() as i64);
+            let expires_at = expires.map(|d| af_registry::clock::unix_now() + d.as_secs() as i64);
             let meta = registry.meta.as_ref();
             let (id, token) = mint_token(meta, &user, TokenKind::Access, scope, description, expires_at, None).await?;
             eprintln!("token {id} for {user} ({}); it is shown only now:", scope.as_str());
@@ -170,7 +170,7 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::List { user, data } => {
             let registry = attach(data, Default::default()).await?;
-            let now = af_registry::gc::unix_now();
+            let now = af_registry::clock::unix_now();
             for t in registry.meta.list_tokens(user.as_deref()).await? {
                 let state = match (t.revoked, t.expires_at) {
                     (true, _) => "revoked".to_string(),

@@ -149,7 +149,7 @@ impl ServeConfig {
             cid_profile,
             upload_expiry: duration(flags.upload_expiry, &file.upload_expiry, "upload-expiry", DEFAULT_UPLOAD_EXPIRY)?,
             gc_interval: duration(flags.gc_interval, &file.gc_interval, "gc-interval", DEFAULT_GC_INTERVAL)?,
-            gc_grace: duration(flags.gc_grace, &file.gc_grace, "gc-grace", crate::gc::DEFAULT_GRACE)?,
+            gc_grace: duration(flags.gc_grace, &file.gc_grace, "gc-grace", crate::registry::DEFAULT_GRACE)?,
             api: flags.api.or(file.api).unwrap_or_else(|| DEFAULT_API.parse().expect("default address")),
             gateway: flags.gateway.or(file.gateway).unwrap_or_else(|| DEFAULT_GATEWAY.parse().expect("default address")),
             rpc: flags.rpc.or(file.rpc).unwrap_or_else(|| DEFAULT_RPC.parse().expect("default address")),
@@ -187,7 +187,7 @@ mod tests {
         let d = ServeConfig::merge(Overrides::default(), FileConfig::default()).unwrap();
         assert_eq!(d.cid_profile, crate::unixfs::Profile::UnixfsV1_2025);
         assert_eq!(d.upload_expiry, DEFAULT_UPLOAD_EXPIRY);
-        assert_eq!(d.gc_grace, crate::gc::DEFAULT_GRACE);
+        assert_eq!(d.gc_grace, crate::registry::DEFAULT_GRACE);
         assert!(d.auth, "auth is on unless turned off");
         let file: FileConfig = toml::from_str("auth = \"none\"").unwrap();
         assert!(!ServeConfig::merge(Overrides::default(), file).unwrap().auth);

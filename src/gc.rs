@@ -15,14 +15,11 @@ use crate::digest::Digest;
 use crate::registry::{Registry, Result};
 use crate::storage::StorageError;
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
-/// How long new content is safe from a GC by default.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 
-pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
+
+use crate::clock::unix_now;
 
 /// What a GC reclaimed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod car;
+pub mod clock;
 pub mod config;
 pub mod dag;
 pub mod digest;
@@ -16,6 +17,7 @@ pub mod manifest;
 pub mod metadata;
 pub mod names;
 pub mod registry;
+pub mod range;
 pub mod rpc;
 pub mod server;
 pub mod storage;

@@ -317,7 +317,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Registry { command: RegistryCommand::Gc { grace, data } } => actix_web::rt::System::new().block_on(async {
             let registry = attach(data, Default::default()).await?;
-            let report = registry.gc(grace.unwrap_or(af_registry::gc::DEFAULT_GRACE)).await.context("gc stopped")?;
+            let report = registry.gc(grace.unwrap_or(af_registry::registry::DEFAULT_GRACE)).await.context("gc stopped")?;
             println!("gc: {report}");
             Ok(())
         }),

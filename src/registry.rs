@@ -58,6 +58,9 @@ pub enum RegistryError {
 
 pub type Result<T> = std::result::Result<T, RegistryError>;
 
+/// How long new content is safe from a GC by default.
+pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Upload sessions one owner may hold open, unless configured otherwise.
 pub const DEFAULT_MAX_UPLOADS: u64 = 64;
 
@@ -142,7 +145,7 @@ impl Registry {
             blocks,
             profile,
             sparse_manifests: false,
-            touch_after: crate::gc::DEFAULT_GRACE / 4,
+            touch_after: DEFAULT_GRACE / 4,
             node_id: None,
             max_uploads: DEFAULT_MAX_UPLOADS,
             events: Default::default(),
@@ -438,7 +441,7 @@ impl Registry {
             return Err(RegistryError::BlobUnknown(digest.clone()));
         };
         // A client that saw the blob may reference it next: keep it out of a GC's reach.
-        if crate::gc::unix_now() - info.touched_at > self.touch_after.as_secs() as i64 {
+        if crate::clock::unix_now() - info.touched_at > self.touch_after.as_secs() as i64 {
             self.meta.touch_blob(repo, digest).await?;
         }
         match self.blobs.open_blob(digest)? {

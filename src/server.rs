@@ -156,7 +156,7 @@ async fn bootstrap_admin(meta: &Arc<dyn MetadataStore>) -> Result<(), ServeError
         return Ok(());
     }
     meta.create_user(&name, None, true).await?;
-    let expires_at = Some(crate::gc::unix_now() + 24 * 3600);
+    let expires_at = Some(crate::clock::unix_now() + 24 * 3600);
     let description = Some("bootstrap".to_string());
     let (_, token) = crate::auth::mint_token(meta.as_ref(), &name, TokenKind::Access, Role::Admin, description, expires_at, None)
         .await

@@ -214,9 +214,9 @@ async fn garbage_collection(m: Arc<dyn MetadataStore>) {
     assert!(m.pin("r", &Reference::Digest(pin.record.digest.clone())).await.unwrap().is_some());
     assert_eq!(m.list_pins().await.unwrap(), vec![("r".to_string(), pin.record.digest.clone())]);
     // Everything is young: nothing goes.
-    let none = m.collect_garbage(af_registry::gc::unix_now() - 3600).await.unwrap();
+    let none = m.collect_garbage(af_registry::clock::unix_now() - 3600).await.unwrap();
     assert_eq!((none.manifests, none.links, none.blobs.len()), (0, 0, 0));
-    let swept = m.collect_garbage(af_registry::gc::unix_now() + 10).await.unwrap();
+    let swept = m.collect_garbage(af_registry::clock::unix_now() + 10).await.unwrap();
     assert_eq!((swept.manifests, swept.links), (1, 1));
     assert_eq!(swept.blobs.iter().map(|b| b.digest.clone()).collect::<Vec<_>>(), vec![gone.clone()]);
     assert!(m.blob_info("r", &kept).await.unwrap().is_some());

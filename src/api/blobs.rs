@@ -1,7 +1,7 @@
 //! `GET|HEAD|DELETE /v2/<name>/blobs/<digest>`.
 
 use super::errors::{ApiError, ApiResult, Code};
-use super::range::{parse_range, RangeRequest};
+use crate::range::{parse_range, RangeRequest};
 use super::{header, parse_digest};
 use crate::registry::Registry;
 use actix_web::http::StatusCode;

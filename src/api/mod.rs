@@ -9,7 +9,7 @@ pub mod errors;
 mod blobs;
 mod listing;
 mod manifests;
-pub mod range;
+
 mod referrers;
 pub mod route;
 mod token;

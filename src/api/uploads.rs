@@ -3,7 +3,7 @@
 
 use super::access::Access;
 use super::errors::{ApiError, ApiResult, Code};
-use super::range::parse_content_range;
+use crate::range::parse_content_range;
 use super::{header, parse_digest, query_value, valid_name};
 use crate::registry::{ChunkRange, Registry, RegistryError};
 use actix_web::{web, HttpRequest, HttpResponse};

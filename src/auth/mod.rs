@@ -164,7 +164,7 @@ pub struct Auth {
 }
 
 fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    crate::clock::unix_now().max(0) as u64
 }
 
 fn rfc3339(secs: u64) -> String {

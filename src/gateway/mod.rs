@@ -11,7 +11,7 @@
 
 mod sniff;
 
-use crate::api::range::{parse_range, RangeRequest};
+use crate::range::{parse_range, RangeRequest};
 use crate::dag::car::{self, DagScope, Params};
 use crate::dag::{self, DagError, Node, Reader};
 use crate::exposure::Audience;

@@ -36,7 +36,8 @@ const ATTEMPTS: u32 = 60;
 /// transactions that conflicted do not meet again in lockstep.
 fn backoff(attempt: u32) -> std::time::Duration {
     let ceiling = 1u64 << attempt.min(8);
-    let r = crate::auth::secrets::random_bytes::<2>().map(u16::from_le_bytes).unwrap_or(1) as u64;
+    let mut bytes = [0u8; 2];
+    let r = getrandom::fill(&mut bytes).map(|()| u16::from_le_bytes(bytes)).unwrap_or(1) as u64;
     std::time::Duration::from_millis(1 + r % ceiling)
 }
 
@@ -94,7 +95,7 @@ fn classify(e: tokio_postgres::Error) -> MetadataError {
 }
 
 fn now() -> i64 {
-    crate::gc::unix_now()
+    crate::clock::unix_now()
 }
 
 fn parse_digest(s: String) -> MetaResult<Digest> {
