@@ -61,6 +61,14 @@ pub type Result<T> = std::result::Result<T, RegistryError>;
 /// How long new content is safe from a GC by default.
 pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// A block that does not match its CID is the registry's `BlockCorrupt`.
+fn corrupt(e: BlockIndexError) -> RegistryError {
+    match e {
+        BlockIndexError::Mismatch { cid, detail } => RegistryError::BlockCorrupt { cid, detail },
+        other => other.into(),
+    }
+}
+
 /// Upload sessions one owner may hold open, unless configured otherwise.
 pub const DEFAULT_MAX_UPLOADS: u64 = 64;
 
@@ -463,42 +471,16 @@ impl Registry {
         }
     }
 
-    /// The bytes of block `cid` if this node holds it, verified against the CID's hash: a block
-    /// whose bytes no longer match is an error, never data. For the node's own use: whatever
-    /// leaves the node is read through a `dag::Reader`, which asks the exposure policy.
+    /// The bytes of block `cid` if this node holds it, verified (see `blockstore`). For the
+    /// node's own use: whatever leaves the node is read through a `dag::Reader`, which asks the
+    /// exposure policy.
     pub async fn get_block(&self, cid: &cid::Cid) -> Result<Option<Bytes>> {
-        match self.blocks.locate(cid).await? {
-            Some(location) => self.read_block(cid, location).await,
-            None => Ok(None),
-        }
+        self.blocks.get(cid).await.map_err(corrupt)
     }
 
     /// The bytes at `location`, verified against `cid`.
     pub async fn read_block(&self, cid: &cid::Cid, location: Location) -> Result<Option<Bytes>> {
-        let bytes = match location {
-            Location::Inline(data) => Bytes::from(data),
-            Location::Blob { blob, offset, len } => {
-                let store = self.blobs.clone();
-                tokio::task::spawn_blocking(move || -> Result<Option<Bytes>> {
-                    use std::os::unix::fs::FileExt;
-                    let Some((file, _)) = store.open_blob(&blob)? else { return Ok(None) };
-                    let mut buf = vec![0u8; len as usize];
-                    file.read_exact_at(&mut buf, offset).map_err(|source| StorageError::Io {
-                        path: store.blob_path(&blob).display().to_string(),
-                        source,
-                    })?;
-                    Ok(Some(Bytes::from(buf)))
-                })
-                .await
-                .map_err(|e| StorageError::Task(e.to_string()))??
-                .ok_or_else(|| RegistryError::BlockCorrupt { cid: cid.to_string(), detail: "its blob file is missing".into() })?
-            }
-        };
-        if let Err(e) = crate::blockstore::verify(cid, &bytes) {
-            tracing::error!(%cid, error = %e, "block bytes do not match the CID");
-            return Err(RegistryError::BlockCorrupt { cid: cid.to_string(), detail: e.to_string() });
-        }
-        Ok(Some(bytes))
+        self.blocks.read_at(cid, location).await.map_err(corrupt)
     }
 
     /// The root of a blob's DAG with its Tsize, read from the root block.

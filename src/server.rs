@@ -47,7 +47,7 @@ pub async fn open_registry(
         Some(url) => crate::metadata::postgres::PgStore::connect(url).await?,
         None => SqliteStore::open(&data_dir.join("metadata.sqlite"))?,
     };
-    let blocks = crate::blockstore::BlockIndex::open(&data_dir.join("blocks.sqlite"))?;
+    let blocks = crate::blockstore::BlockIndex::open(&data_dir.join("blocks.sqlite"), blobs.clone())?;
     if serving {
         crate::car::sweep_staging(&blobs.staging_dir());
         Ok(Registry::open(meta, blobs, blocks, profile).await?)

@@ -12,7 +12,7 @@ use bytes::Bytes;
 async fn registry(dir: &std::path::Path, profile: Profile) -> Registry {
     let blobs = BlobStore::open(dir).unwrap();
     let meta = SqliteStore::open(&dir.join("metadata.sqlite")).unwrap();
-    let blocks = BlockIndex::open(&dir.join("blocks.sqlite")).unwrap();
+    let blocks = BlockIndex::open(&dir.join("blocks.sqlite"), blobs.clone()).unwrap();
     Registry::open(meta, blobs, blocks, profile).await.unwrap()
 }
 

@@ -33,7 +33,7 @@ async fn events_are_sent_exactly_when_the_state_changed() {
     let dir = tempfile::tempdir().unwrap();
     let blobs = BlobStore::open(dir.path()).unwrap();
     let meta = SqliteStore::open(&dir.path().join("metadata.sqlite")).unwrap();
-    let blocks = BlockIndex::open(&dir.path().join("blocks.sqlite")).unwrap();
+    let blocks = BlockIndex::open(&dir.path().join("blocks.sqlite"), blobs.clone()).unwrap();
     let reg = Registry::open(meta, blobs, blocks, Profile::UnixfsV1_2025).await.unwrap();
     let mut rx = reg.subscribe();
 

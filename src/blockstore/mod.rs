@@ -1,4 +1,6 @@
-//! The node-local block index: for each IPFS block (by multihash), where its bytes are.
+//! The block service: the node-local block index (for each IPFS block, by multihash, where its
+//! bytes are and what it was recorded for) and the read side of blob files, so that `get` returns
+//! verified bytes and `has`/`size` answer without reading any.
 //!
 //! Raw leaves of a blob's UnixFS DAG are byte ranges of the blob file, so leaf data is never
 //! stored twice; dag-pb nodes are stored inline. It is its own SQLite file (`blocks.sqlite`),
@@ -28,6 +30,10 @@ pub enum BlockIndexError {
     Corrupt(String),
     #[error("block index task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("block {cid} is corrupt: {detail}")]
+    Mismatch { cid: String, detail: String },
 }
 
 /// Where a block's bytes are.
@@ -119,13 +125,15 @@ pub struct BlockIndex {
     next_reader: std::sync::atomic::AtomicUsize,
     /// For connections of their own (a GC's walk must not hold the one readers use).
     path: std::path::PathBuf,
+    /// Where leaves' bytes are.
+    blobs: crate::storage::BlobStore,
 }
 
 /// Blocks looked at or deleted per transaction by a sweep or a scrub.
 const BATCH: i64 = 2000;
 
 impl BlockIndex {
-    pub fn open(path: &Path) -> Result<Self, BlockIndexError> {
+    pub fn open(path: &Path, blobs: crate::storage::BlobStore) -> Result<Self, BlockIndexError> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
@@ -150,6 +158,7 @@ impl BlockIndex {
             readers: Arc::new(readers),
             next_reader: std::sync::atomic::AtomicUsize::new(0),
             path: path.to_path_buf(),
+            blobs,
         })
     }
 
@@ -230,6 +239,43 @@ impl BlockIndex {
             Ok(())
         })
         .await
+    }
+
+    /// The bytes of block `cid` if this node holds it, verified against the CID: a block whose
+    /// bytes no longer match is an error, never data.
+    pub async fn get(&self, cid: &Cid) -> Result<Option<bytes::Bytes>, BlockIndexError> {
+        match self.locate(cid).await? {
+            Some(location) => self.read_at(cid, location).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The bytes at `location` (from [`BlockIndex::locate_owned`]), verified against `cid`.
+    pub async fn read_at(&self, cid: &Cid, location: Location) -> Result<Option<bytes::Bytes>, BlockIndexError> {
+        let bytes = match location {
+            Location::Inline(data) => bytes::Bytes::from(data),
+            Location::Blob { blob, offset, len } => {
+                let store = self.blobs.clone();
+                let read = tokio::task::spawn_blocking(move || -> Result<Option<bytes::Bytes>, crate::storage::StorageError> {
+                    use std::os::unix::fs::FileExt;
+                    let Some((file, _)) = store.open_blob(&blob)? else { return Ok(None) };
+                    let mut buf = vec![0u8; len as usize];
+                    file.read_exact_at(&mut buf, offset).map_err(|source| crate::storage::StorageError::Io {
+                        path: store.blob_path(&blob).display().to_string(),
+                        source,
+                    })?;
+                    Ok(Some(bytes::Bytes::from(buf)))
+                })
+                .await
+                .map_err(|e| BlockIndexError::Task(e.to_string()))??;
+                read.ok_or_else(|| BlockIndexError::Mismatch { cid: cid.to_string(), detail: "its blob file is missing".into() })?
+            }
+        };
+        if let Err(e) = verify(cid, &bytes) {
+            tracing::error!(%cid, error = %e, "block bytes do not match the CID");
+            return Err(BlockIndexError::Mismatch { cid: cid.to_string(), detail: e.to_string() });
+        }
+        Ok(Some(bytes))
     }
 
     /// Where the block of `cid` is, if this node has it.
@@ -437,7 +483,7 @@ mod tests {
             conn.execute(insert, params![pinned.hash().to_bytes(), 0x55, None::<String>, None::<i64>, 6, b"pinned".to_vec(), "pin bafyroot"]).unwrap();
             conn.execute(insert, params![plain.hash().to_bytes(), 0x55, None::<String>, None::<i64>, 5, b"plain".to_vec(), None::<String>]).unwrap();
         }
-        let index = BlockIndex::open(&path).unwrap();
+        let index = BlockIndex::open(&path, crate::storage::BlobStore::open(dir.path()).unwrap()).unwrap();
         let owner = |c: Cid| {
             let index = &index;
             async move { index.locate_owned(&c).await.unwrap().unwrap().1 }
