@@ -65,22 +65,59 @@ impl std::str::FromStr for AuthMode {
     }
 }
 
-/// Values given by flags or `AF_*` variables (clap merges those two); None: not given.
-#[derive(Debug, Clone, Default)]
+/// Values given by flags or `AF_*` variables (clap merges those two); None: not given. Each
+/// setting's flag, variable and help are declared here, once; its TOML key in [`FileConfig`].
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Overrides {
+    /// Address of the OCI Distribution API [default: 0.0.0.0:5000].
+    #[arg(long, env = "AF_API")]
     pub api: Option<SocketAddr>,
+    /// Address of the IPFS HTTP gateway (/ipfs/<cid>) [default: 0.0.0.0:8080].
+    #[arg(long, env = "AF_GATEWAY")]
     pub gateway: Option<SocketAddr>,
+    /// Address of the Kubo-compatible RPC (/api/v0); beyond loopback, writes need an
+    /// administrator's credentials and reads see public content only [default: 127.0.0.1:5001].
+    #[arg(long, env = "AF_RPC")]
     pub rpc: Option<SocketAddr>,
+    /// Directory for blobs, uploads and the metadata database [default: ./data].
+    #[arg(long, env = "AF_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// postgres://user:password@host/db: keep the metadata in PostgreSQL, shared by several
+    /// nodes [default: SQLite in the data directory].
+    #[arg(long, env = "AF_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Accept manifests whose layers or child manifests are not in the repository (sparse
+    /// mirrors of multi-arch images) [default: false: refused with MANIFEST_BLOB_UNKNOWN].
+    #[arg(long, env = "AF_SPARSE_MANIFESTS", num_args = 0..=1, default_missing_value = "true")]
     pub sparse_manifests: Option<bool>,
+    /// How blobs become UnixFS DAGs: unixfs-v1-2025 (1 MiB chunks, 1024 links) or kubo-v1
+    /// (256 KiB, 174; `ipfs add --cid-version=1`) [default: unixfs-v1-2025].
+    #[arg(long, env = "AF_CID_PROFILE")]
     pub cid_profile: Option<crate::unixfs::Profile>,
-    pub upload_expiry: Option<Duration>,
-    pub gc_interval: Option<Duration>,
-    pub gc_grace: Option<Duration>,
-    pub auth: Option<AuthMode>,
+    /// Discard upload sessions idle this long, e.g. 24h, 30m [default: 24h].
+    #[arg(long, env = "AF_UPLOAD_EXPIRY", value_parser = humantime::parse_duration)]
+    pub upload_expiry: Option<std::time::Duration>,
+    /// Run a GC this often, e.g. 24h; 0s: never (only `af registry gc`) [default: 24h].
+    #[arg(long, env = "AF_GC_INTERVAL", value_parser = humantime::parse_duration)]
+    pub gc_interval: Option<std::time::Duration>,
+    /// Content younger than this is never collected; also how long a client may take between
+    /// seeing a blob and pushing the manifest that references it [default: 1h].
+    #[arg(long, env = "AF_GC_GRACE", value_parser = humantime::parse_duration)]
+    pub gc_grace: Option<std::time::Duration>,
+    /// token: every request needs credentials unless the repository is public (the Docker token
+    /// flow); none: an open registry for local development [default: token].
+    #[arg(long, env = "AF_AUTH")]
+    pub auth: Option<crate::config::AuthMode>,
+    /// The URL clients reach this node at, e.g. https://registry.example.com, for the token
+    /// realm in challenges [default: the scheme and Host of each request].
+    #[arg(long, env = "AF_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Address of a reverse proxy whose X-Forwarded-* and Forwarded headers are believed
+    /// (repeat, or comma-separate in AF_TRUSTED_PROXY) [default: none: those headers are ignored].
+    #[arg(long = "trusted-proxy", env = "AF_TRUSTED_PROXY", value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<std::net::IpAddr>>,
+    /// Upload sessions one user (or, anonymous, one address) may hold open [default: 64].
+    #[arg(long, env = "AF_MAX_UPLOADS")]
     pub max_uploads: Option<u64>,
 }
 

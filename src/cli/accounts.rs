@@ -1,7 +1,7 @@
 //! `af registry user|token|org`: account administration on a data directory (safe while the
 //! node runs: everything goes through the metadata store's transactions).
 
-use crate::{attach, DataDir};
+use super::{attach, DataDir};
 use af_registry::auth::secrets;
 use af_registry::auth::mint_token;
 use af_registry::metadata::{Role, TokenKind};
