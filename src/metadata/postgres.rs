@@ -41,6 +41,9 @@ fn backoff(attempt: u32) -> std::time::Duration {
     std::time::Duration::from_millis(1 + r % ceiling)
 }
 
+/// How long `connect` waits for a database that does not answer yet.
+const CONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Reads that may share a batch at once: few, so that under load each batch carries many reads.
 const BATCHES_IN_FLIGHT: usize = 1;
 /// Bytes of manifests kept in memory by digest.
@@ -144,8 +147,19 @@ impl PgStore {
             tag_lists: Batcher::new(BATCHES_IN_FLIGHT, loader(&pool, load_tag_lists)),
             pool,
         };
-        store.migrate().await?;
-        Ok(Arc::new(store))
+        // A database that is starting, or slow to accept connections under load, is waited
+        // for a while; one that refuses for longer is reported.
+        let deadline = std::time::Instant::now() + CONNECT_PATIENCE;
+        loop {
+            match store.migrate().await {
+                Ok(()) => return Ok(Arc::new(store)),
+                Err(MetadataError::Unavailable(e)) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "the database is not answering yet; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Passes on the outcome of a write to repositories, manifests or tags (committed, or not
