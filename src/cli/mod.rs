@@ -23,7 +23,7 @@ pub struct DataDir {
 pub async fn attach(data: DataDir, profile: af_registry::unixfs::Profile) -> anyhow::Result<af_registry::registry::Registry> {
     let data_dir = data.data_dir.unwrap_or_else(|| PathBuf::from(af_registry::config::DEFAULT_DATA_DIR));
     anyhow::ensure!(data_dir.is_dir(), "no data directory at {}", data_dir.display());
-    Ok(af_registry::server::open_registry(&data_dir, data.database_url.as_deref(), profile, false).await?)
+    Ok(af_registry::node::open_registry(&data_dir, data.database_url.as_deref(), profile, false).await?)
 }
 
 /// Runs `f` to completion on a fresh runtime.
@@ -38,7 +38,7 @@ pub fn serve(flags: af_registry::config::Overrides, config: Option<PathBuf>) -> 
         None => af_registry::config::FileConfig::default(),
     };
     let config = af_registry::config::ServeConfig::merge(flags, file)?;
-    actix_web::rt::System::new().block_on(af_registry::server::serve(config)).context("registry node stopped")
+    actix_web::rt::System::new().block_on(af_registry::node::serve(config)).context("registry node stopped")
 }
 
 /// `af cid`: the root CID of a file (or standard input) as a UnixFS DAG.

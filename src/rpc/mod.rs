@@ -9,7 +9,6 @@
 // Handlers answer early with a finished response; boxing it would buy nothing.
 #![allow(clippy::result_large_err)]
 
-pub mod identity;
 
 use crate::auth::Auth;
 use crate::blockstore::Owner;
@@ -37,7 +36,7 @@ const MAX_ADD: usize = 128 << 20;
 pub struct RpcState {
     pub registry: Arc<Registry>,
     pub auth: Option<Arc<Auth>>,
-    pub identity: identity::Identity,
+    pub identity: crate::node::identity::Identity,
     pub data_dir: std::path::PathBuf,
     /// Bound to loopback only: the caller is the operator.
     pub loopback: bool,

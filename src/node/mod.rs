@@ -1,5 +1,8 @@
 //! Starting a node: open the stores, then serve the API until told to stop.
 
+pub mod identity;
+mod tasks;
+
 use crate::api;
 use crate::auth::{Auth, AuthConfig};
 use crate::metadata::{MetadataStore, Role, TokenKind};
@@ -89,51 +92,6 @@ pub fn private_modes(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Sweeps idle uploads every so often: a quarter of the expiry, between 1 s and 10 min.
-fn spawn_upload_expiry(registry: Arc<Registry>, expiry: std::time::Duration) {
-    let every = (expiry / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(600));
-    actix_web::rt::spawn(async move {
-        let mut tick = actix_web::rt::time::interval(every);
-        loop {
-            tick.tick().await;
-            if let Err(e) = registry.expire_uploads(expiry).await {
-                tracing::warn!(error = %e, "could not expire idle uploads");
-            }
-        }
-    });
-}
-
-/// Registers the node in the metadata and keeps its heartbeat fresh, so other nodes sharing the
-/// database know where to send clients for the blobs it holds.
-fn spawn_heartbeat(registry: Arc<Registry>, node: String, api_url: String) {
-    actix_web::rt::spawn(async move {
-        let mut tick = actix_web::rt::time::interval(std::time::Duration::from_secs((crate::registry::NODE_ALIVE_SECS / 3) as u64));
-        loop {
-            tick.tick().await;
-            if let Err(e) = registry.meta.heartbeat(&node, &api_url).await {
-                tracing::warn!(error = %e, "could not renew this node's heartbeat");
-            }
-        }
-    });
-}
-
-/// Runs a GC every `interval` (never when it is zero).
-fn spawn_gc(registry: Arc<Registry>, interval: std::time::Duration, grace: std::time::Duration) {
-    if interval.is_zero() {
-        return;
-    }
-    actix_web::rt::spawn(async move {
-        let mut tick = actix_web::rt::time::interval_at(actix_web::rt::time::Instant::now() + interval, interval);
-        loop {
-            tick.tick().await;
-            match registry.gc(grace).await {
-                Ok(report) => tracing::info!(%report, "scheduled gc"),
-                Err(e) => tracing::warn!(error = %e, "scheduled gc failed"),
-            }
-        }
-    });
-}
-
 /// The first administrator: `AF_ADMIN_USER` (default `admin`) gets the password in
 /// `AF_ADMIN_PASSWORD` when that is set; otherwise, on a database without any user, it is created
 /// without a password and a bootstrap token (valid 24 h) is printed once on standard output.
@@ -173,13 +131,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     registry.sparse_manifests = config.sparse_manifests;
     registry.touch_after = config.gc_grace / 4;
     registry.max_uploads = config.max_uploads;
-    let identity = crate::rpc::identity::load_or_create(&config.data_dir).map_err(|e| ServeError::Admin(e.to_string()))?;
+    let identity = identity::load_or_create(&config.data_dir).map_err(|e| ServeError::Admin(e.to_string()))?;
     registry.node_id = Some(identity.peer_id.clone());
     let registry = Arc::new(registry);
     let api_url = config.public_url.clone().unwrap_or_else(|| format!("http://{}", config.api));
-    spawn_heartbeat(registry.clone(), identity.peer_id.clone(), api_url);
-    spawn_upload_expiry(registry.clone(), config.upload_expiry);
-    spawn_gc(registry.clone(), config.gc_interval, config.gc_grace);
+    tasks::spawn_heartbeat(registry.clone(), identity.peer_id.clone(), api_url);
+    tasks::spawn_upload_expiry(registry.clone(), config.upload_expiry);
+    tasks::spawn_gc(registry.clone(), config.gc_interval, config.gc_grace);
     let auth = if config.auth {
         bootstrap_admin(&registry.meta).await?;
         let auth_config = AuthConfig {
