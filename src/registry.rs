@@ -443,8 +443,9 @@ impl Registry {
         }
     }
 
-    /// Opens a blob of `repo` for reading: the file, its length and what the metadata says of it.
-    pub async fn open_blob(&self, repo: &str, digest: &Digest) -> Result<(std::fs::File, u64, BlobInfo)> {
+    /// Opens a blob of `repo` for reading: its bytes (a stream of any range), its length and what
+    /// the metadata says of it.
+    pub async fn open_blob(&self, repo: &str, digest: &Digest) -> Result<(crate::storage::BlobBytes, u64, BlobInfo)> {
         let Some(info) = self.meta.blob_info(repo, digest).await? else {
             return Err(RegistryError::BlobUnknown(digest.clone()));
         };
@@ -453,7 +454,7 @@ impl Registry {
             self.meta.touch_blob(repo, digest).await?;
         }
         match self.blobs.open_blob(digest)? {
-            Some((file, len)) => Ok((file, len, info)),
+            Some((file, len)) => Ok((crate::storage::BlobBytes::Local(file), len, info)),
             None => {
                 // Another node sharing the metadata may hold it.
                 let holders = match &self.node_id {

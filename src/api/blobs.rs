@@ -6,14 +6,13 @@ use super::{header, parse_digest};
 use crate::registry::Registry;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
-use crate::storage::read_range;
 
 /// The root CID of the blob's UnixFS DAG: what to ask the IPFS network or gateway for.
 pub const ROOT_CID_HEADER: &str = "Ipfs-Cid";
 
 pub async fn get(req: &HttpRequest, reg: &Registry, name: &str, digest: &str) -> ApiResult<HttpResponse> {
     let digest = parse_digest(digest)?;
-    let (file, len, info) = match reg.open_blob(name, &digest).await {
+    let (bytes, len, info) = match reg.open_blob(name, &digest).await {
         Ok(found) => found,
         // Another node holds the bytes: send the client there (same path, same credentials:
         // every node accepts every node's tokens).
@@ -43,7 +42,7 @@ pub async fn get(req: &HttpRequest, reg: &Registry, name: &str, digest: &str) ->
         // Headers only; actix keeps the Content-Length of the body it does not send.
         return Ok(resp.no_chunking(count).streaming(futures_util::stream::empty::<std::io::Result<bytes::Bytes>>()));
     }
-    Ok(resp.no_chunking(count).streaming(read_range(file, start, count)))
+    Ok(resp.no_chunking(count).streaming(bytes.range(start, count)))
 }
 
 pub async fn delete(reg: &Registry, name: &str, digest: &str) -> ApiResult<HttpResponse> {

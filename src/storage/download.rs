@@ -69,6 +69,21 @@ fn advise_sequential(_file: &File, _offset: u64, _len: u64) {}
 #[cfg(not(target_os = "linux"))]
 fn prefetch(_file: &File, _offset: u64, _len: u64) {}
 
+/// A blob's bytes as the pull path gets them: a stream of any range. Today the local file; a
+/// source that fetches from peers is another variant, invisible to the handler.
+pub enum BlobBytes {
+    Local(File),
+}
+
+impl BlobBytes {
+    /// `len` bytes from `start`, as a stream of chunks.
+    pub fn range(self, start: u64, len: u64) -> std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> {
+        match self {
+            BlobBytes::Local(file) => Box::pin(read_range(file, start, len)),
+        }
+    }
+}
+
 /// The `len` bytes of `file` starting at `start`, as a stream of chunks.
 pub fn read_range(file: File, start: u64, len: u64) -> impl Stream<Item = std::io::Result<Bytes>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(CHANNEL_DEPTH);

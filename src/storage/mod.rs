@@ -12,7 +12,7 @@ mod download;
 mod upload;
 
 pub use blobstore::{BlobStore, GcLock};
-pub use download::read_range;
+pub use download::{read_range, BlobBytes};
 pub use upload::{append_stream, AppendOutcome, SideHasher};
 
 #[derive(Debug, thiserror::Error)]
