@@ -62,9 +62,8 @@ impl Registry {
     ) -> Result<()> {
         for (multihash, data) in page {
             report.blocks += 1;
-            // The codec does not matter to the hash.
             let matches = cid::multihash::Multihash::<64>::from_bytes(&multihash)
-                .is_ok_and(|mh| crate::blockstore::verify(&cid::Cid::new_v1(crate::unixfs::RAW, mh), &data).is_ok());
+                .is_ok_and(|mh| crate::blockstore::verify_multihash(&mh, &data).is_ok());
             if matches {
                 continue;
             }

@@ -265,8 +265,7 @@ impl Auth {
             h.finalize().into()
         };
         let cached = self.verified.lock().expect("verified lock").get(&key).cloned();
-        if let Some((identity, at)) = cached.filter(|(_, at)| at.elapsed() < VERIFIED_TTL) {
-            let _ = at;
+        if let Some((identity, _)) = cached.filter(|(_, at)| at.elapsed() < VERIFIED_TTL) {
             // Still the same user with the same password? Otherwise check it afresh.
             if let Ok(identity) = self.recheck(&identity).await {
                 return Ok(identity);

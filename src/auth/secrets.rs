@@ -5,7 +5,7 @@
 //! tokens (256 random bits need no slow hash, and checking one then costs nothing an anonymous
 //! caller could turn into a flood), argon2id for passwords (and for tokens minted before).
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::Argon2;
 use base64::Engine;
 
@@ -50,18 +50,13 @@ pub async fn hash_off_thread(secret: String) -> Result<String, SecretError> {
     tokio::task::spawn_blocking(move || hash(&secret)).await.map_err(|e| SecretError::Hash(e.to_string()))?
 }
 
-/// Whether `secret` matches the PHC string `phc` (argon2's comparison is constant-time). Each
-/// call allocates the hash's memory anew, which the system allocator does not give back for
-/// large aligned blocks: for repeated checks use a [`Verifier`].
-pub fn verify(secret: &str, phc: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|h| Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
-}
-
 /// The most memory an argon2 hash we check may ask for (ours ask for 19 MiB).
 const MAX_ARGON2_KIB: u32 = 256 * 1024;
 
 /// Checks argon2 hashes with one reused block of memory, so a thread that checks passwords all
-/// day holds one hash's memory, not a new one per check.
+/// day holds one hash's memory, not a new one per check (argon2's own `verify_password`
+/// allocates it anew each time, and the system allocator does not give large aligned blocks
+/// back).
 #[derive(Default)]
 pub struct Verifier {
     blocks: Vec<argon2::Block>,
@@ -158,9 +153,10 @@ mod tests {
         assert_eq!(token_id("af_short_x"), None);
         let phc = hash(&token).unwrap();
         assert!(!phc.contains(&token));
-        assert!(verify(&token, &phc));
-        assert!(!verify("af_0000000000000000_wrong-secret-wrong-secret-wrong-secret-xx", &phc));
-        assert!(!verify(&token, "not a hash"));
+        let mut v = Verifier::default();
+        assert!(v.verify(&token, &phc));
+        assert!(!v.verify("af_0000000000000000_wrong-secret-wrong-secret-wrong-secret-xx", &phc));
+        assert!(!v.verify(&token, "not a hash"));
         let stored = hash_token(&token);
         assert_eq!(verify_token(&token, &stored), Some(true));
         assert_eq!(verify_token("af_0000000000000000_wrong-secret-wrong-secret-wrong-secret-xx", &stored), Some(false));

@@ -56,7 +56,11 @@ pub enum Mismatch {
 /// Checks `data` against `cid`'s multihash: the one place a block is verified, whether it came
 /// from disk, a CAR or (soon) a peer.
 pub fn verify(cid: &Cid, data: &[u8]) -> Result<(), Mismatch> {
-    let mh = cid.hash();
+    verify_multihash(cid.hash(), data)
+}
+
+/// [`verify`] by the multihash alone (the codec does not matter to the hash).
+pub fn verify_multihash(mh: &cid::multihash::Multihash<64>, data: &[u8]) -> Result<(), Mismatch> {
     let ok = match mh.code() {
         crate::unixfs::SHA2_256 => <sha2::Sha256 as sha2::Digest>::digest(data).as_slice() == mh.digest(),
         0x00 => mh.digest() == data,

@@ -67,6 +67,10 @@ pub struct Reader {
     /// Small blocks this request already read and admitted: a DAG that repeats a subtree reads
     /// the same few blocks over and over.
     recent: std::sync::Mutex<Recent>,
+    /// The last block read, whatever its size: a response reads its target once to resolve the
+    /// path and again to answer (raw, file, CAR); this keeps that second read off the disk and
+    /// the hash.
+    last: std::sync::Mutex<Option<(Cid, Bytes)>>,
 }
 
 /// A bounded set of small blocks, dropped whole when full (cheap, and enough for repeats).
@@ -82,7 +86,7 @@ const RECENT_BYTES: usize = 1 << 20;
 
 impl Reader {
     pub fn new(reg: Arc<Registry>, audience: Audience) -> Arc<Reader> {
-        Arc::new(Reader { exposure: Exposure::new(reg.clone(), audience), reg, read: AtomicU64::new(0), recent: Default::default() })
+        Arc::new(Reader { exposure: Exposure::new(reg.clone(), audience), reg, read: AtomicU64::new(0), recent: Default::default(), last: Default::default() })
     }
 
     pub fn audience(&self) -> Audience {
@@ -102,6 +106,9 @@ impl Reader {
         if let Some(b) = self.recent.lock().expect("recent lock").blocks.get(cid) {
             return Ok(b.clone());
         }
+        if let Some((_, b)) = self.last.lock().expect("last lock").as_ref().filter(|(c, _)| c == cid) {
+            return Ok(b.clone());
+        }
         let Some((location, owner)) = self.reg.blocks.locate_owned(cid).await.map_err(RegistryError::from)? else {
             return Err(DagError::Missing(*cid));
         };
@@ -115,6 +122,7 @@ impl Reader {
                 self.exposure.vouch(node.links.into_iter().map(|l| l.cid));
             }
         }
+        *self.last.lock().expect("last lock") = Some((*cid, bytes.clone()));
         if bytes.len() <= RECENT_BLOCK {
             let mut recent = self.recent.lock().expect("recent lock");
             if recent.bytes + bytes.len() > RECENT_BYTES {
