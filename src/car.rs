@@ -344,8 +344,8 @@ impl Staged {
                 let mut stack: Vec<DecodedLink> = node.links.into_iter().rev().collect();
                 let mut shards = 0u64;
                 while let Some(link) = stack.pop() {
-                    match link.name.get(2..).filter(|n| !n.is_empty()) {
-                        Some(name) => out.push(DecodedLink { name: name.to_string(), ..link }),
+                    match unixfs::hamt::entry_name(&link).map(str::to_string) {
+                        Some(name) => out.push(DecodedLink { name, ..link }),
                         None => {
                             shards += 1;
                             if shards > MAX_FILE_BLOCKS {

@@ -118,7 +118,7 @@ impl State {
             // A sharded directory's entity is its shards, not what they name.
             (Expand::Entity, Node::Shard { links }) => links
                 .into_iter()
-                .filter(|l| l.name.len() == 2)
+                .filter(|l| crate::unixfs::hamt::entry_name(l).is_none())
                 .map(|l| Work::Visit { cid: l.cid, expand: Expand::Entity })
                 .collect(),
             (Expand::Entity, Node::File { size, .. }) => match byte_range(self.entity_bytes, size) {

@@ -189,16 +189,16 @@ impl Reader {
 
     /// The entries of a directory, plain or sharded (every sub-shard read), in link order.
     pub async fn entries(&self, node: Node) -> Result<Vec<DecodedLink>> {
-        let mut pending = match node {
+        let links = match node {
             Node::Directory { links } => return Ok(links),
-            Node::Shard { links } => vec![links],
+            Node::Shard { links } => links,
             _ => return Err(DagError::NotFound("not a directory".into())),
         };
         let mut out = Vec::new();
         // Depth first, in index order: a stack of the links still to look at, reversed.
-        let mut stack: Vec<DecodedLink> = pending.pop().expect("one").into_iter().rev().collect();
+        let mut stack: Vec<DecodedLink> = links.into_iter().rev().collect();
         while let Some(link) = stack.pop() {
-            match unixfs::hamt::entries(std::slice::from_ref(&link)).next().and_then(|(name, _)| name.map(str::to_string)) {
+            match unixfs::hamt::entry_name(&link).map(str::to_string) {
                 Some(name) => out.push(DecodedLink { name, ..link }),
                 None => match self.node(&link.cid).await? {
                     Node::Shard { links } => stack.extend(links.into_iter().rev()),

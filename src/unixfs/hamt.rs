@@ -172,9 +172,10 @@ pub fn lookup(links: &[pb::DecodedLink], name: &str, depth: usize) -> Step {
     Step::Absent
 }
 
-/// A shard node's links: each an entry (`Some(name)`) or a sub-shard (`None`).
-pub fn entries(links: &[pb::DecodedLink]) -> impl Iterator<Item = (Option<&str>, &pb::DecodedLink)> {
-    links.iter().map(|l| (l.name.get(2..).filter(|n| !n.is_empty()), l))
+/// The entry name a shard node's link carries after its index, or None for a link to a
+/// sub-shard (its index alone).
+pub fn entry_name(link: &pb::DecodedLink) -> Option<&str> {
+    link.name.get(2..).filter(|n| !n.is_empty())
 }
 
 #[cfg(test)]
