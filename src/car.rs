@@ -99,14 +99,14 @@ pub async fn export<W: AsyncWrite + Send + Unpin>(
         Reference::Tag(t) => format!("{repo}:{t}"),
         Reference::Digest(d) => format!("{repo}@{d}"),
     };
-    let m = reg.meta.get_manifest(repo, reference).await?.ok_or_else(|| CarError::UnknownImage(name.clone()))?;
+    let m = reg.manifest(repo, reference).await?.ok_or_else(|| CarError::UnknownImage(name.clone()))?;
     let root: Cid = m
         .image_cid
         .ok_or(CarError::NoImage(name))?
         .parse()
         .map_err(|e| MetadataError::Corrupt(format!("image CID: {e}")))?;
     let mut summary = ExportSummary { root, blocks: 0, bytes: 0 };
-    let reader = crate::dag::Reader::new(reg, crate::exposure::Audience::Operator);
+    let reader = crate::dag::Reader::new(&crate::exposure::Policy::new(reg, []), crate::exposure::Audience::Operator);
     let mut sections = std::pin::pin!(crate::dag::car::whole(reader, root));
     let mut header = true;
     while let Some(section) = sections.next().await {
@@ -550,7 +550,7 @@ pub async fn import<R: Read + Send + 'static>(
     input: R,
     repo_override: Option<String>,
 ) -> Result<ImportSummary> {
-    let staging_dir = reg.blobs.staging_dir();
+    let staging_dir = reg.staging_dir();
     let (staged, plan) = tokio::task::spawn_blocking(move || {
         sweep_staging(&staging_dir);
         let staged = stage(input, &staging_dir)?;
@@ -570,7 +570,7 @@ pub async fn import<R: Read + Send + 'static>(
     };
     for (digest, cid) in &plan.blobs {
         // Present already, here or in another repository: linked, not copied.
-        if reg.meta.blob_info(repo, digest).await?.is_some() || reg.meta.mount_blob(repo, None, digest).await?.is_some() {
+        if reg.blob_info(repo, digest).await?.is_some() || reg.mount(repo, None, digest).await?.is_some() {
             continue;
         }
         reg.put_blob(repo, digest, "import", file_stream(staged.clone(), *cid, digest)).await?;
@@ -581,7 +581,7 @@ pub async fn import<R: Read + Send + 'static>(
             .put_manifest(repo, &Reference::Digest(m.digest.clone()), m.media_type.as_deref(), m.content.clone(), m.tags.clone())
             .await?;
         for tag in &m.tags {
-            let image = reg.meta.get_manifest(repo, &Reference::Tag(tag.clone())).await?.and_then(|r| r.image_cid);
+            let image = reg.manifest(repo, &Reference::Tag(tag.clone())).await?.and_then(|r| r.image_cid);
             summary.tags.push((tag.clone(), image));
         }
         drop(stored);

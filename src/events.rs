@@ -19,6 +19,13 @@ pub enum Event {
     ImageStored { repository: String, digest: Digest, image: Option<String>, tags: Vec<(String, Option<String>)> },
     /// A repository became public or private.
     VisibilityChanged { repository: String, public: bool },
+    /// A blob (by digest), a manifest (by digest) or a tag left `repository`; the content stays
+    /// while anything else keeps it, until a GC.
+    Removed { repository: String, reference: String },
+    /// A root was pinned through the RPC: it and what it links are kept and public.
+    Pinned { root: String },
+    /// An RPC pin was removed.
+    Unpinned { root: String },
     /// A GC removed content: the blobs whose files went, and how many manifests.
     Swept { blobs: Vec<Digest>, manifests: u64, blocks: u64 },
 }

@@ -23,25 +23,123 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 /// Who the bytes are going to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Audience {
     /// The operator: everything.
     Operator,
     /// Anyone else: only public content.
     Anyone,
+    /// A swarm peer, by its peer ID (base58): everything if it is one of the operator's
+    /// `--trusted-peer`s, else what anyone may read.
+    Peer(Arc<str>),
 }
 
 /// The most links one request remembers as vouched for; past it, blocks are judged by owner only
 /// (never more permissive, only slower).
 const MAX_VOUCHED: usize = 1 << 20;
 
-/// The exposure decisions of one request (a response, a walk): the verdict per owner and the
-/// blocks vouched for are remembered for that request only, so a change of visibility takes
-/// effect with the next request.
-pub struct Exposure {
+/// Owner verdicts the node keeps between requests; past it, the cache starts again empty.
+const MAX_VERDICTS: usize = 1 << 16;
+
+/// The node's exposure policy: who is trusted, and the public/private verdict per owner, kept
+/// across requests for as long as the registry's change generation stays what it was when the
+/// verdict was read (see `Registry::generation`): every change that could alter a verdict bumps
+/// it before the change returns, so no verdict outlives the change.
+pub struct Policy {
     reg: Arc<Registry>,
+    trusted: HashSet<String>,
+    verdicts: Mutex<Verdicts>,
+}
+
+#[derive(Default)]
+struct Verdicts {
+    generation: u64,
+    by_owner: HashMap<Owner, bool>,
+}
+
+impl Policy {
+    pub fn new(reg: Arc<Registry>, trusted_peers: impl IntoIterator<Item = String>) -> Arc<Self> {
+        Arc::new(Policy { reg, trusted: trusted_peers.into_iter().collect(), verdicts: Default::default() })
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.reg
+    }
+
+    /// Whether `audience` may have everything.
+    fn sees_all(&self, audience: &Audience) -> bool {
+        match audience {
+            Audience::Operator => true,
+            Audience::Anyone => false,
+            Audience::Peer(id) => self.trusted.contains(id.as_ref()),
+        }
+    }
+
+    /// May block `cid` go to `audience`, judged on its own (no DAG it was reached through
+    /// vouches for it)? For a single block asked for by itself, as a Bitswap want is.
+    pub async fn may_send(&self, cid: &Cid, audience: &Audience) -> Result<bool> {
+        if self.sees_all(audience) {
+            return Ok(true);
+        }
+        let Some((_, owner)) = self.reg.locate_block(cid).await? else { return Ok(false) };
+        Ok(self.judge(cid, &owner).await? != Admission::Refused)
+    }
+
+    /// Is what `owner` names public? From the cache while the generation holds.
+    async fn owner_is_public(&self, owner: &Owner) -> Result<bool> {
+        let generation = self.reg.generation();
+        {
+            let mut cache = self.verdicts.lock().expect("verdicts lock");
+            if cache.generation != generation {
+                cache.by_owner.clear();
+                cache.generation = generation;
+            }
+            if let Some(v) = cache.by_owner.get(owner) {
+                return Ok(*v);
+            }
+        }
+        let v = match owner {
+            Owner::Blob(d) => self.reg.blob_is_public(d).await?,
+            Owner::Image(root) => self.reg.root_is_public(root).await?,
+            Owner::Pin(root) => match root.parse::<Cid>() {
+                Ok(root) => self.reg.is_block_pinned(&root).await?,
+                Err(_) => false,
+            },
+            Owner::Nothing => false,
+        };
+        let mut cache = self.verdicts.lock().expect("verdicts lock");
+        // Kept only if nothing changed while it was read: otherwise it may already be stale.
+        if cache.generation == generation && self.reg.generation() == generation {
+            if cache.by_owner.len() >= MAX_VERDICTS {
+                cache.by_owner.clear();
+            }
+            cache.by_owner.insert(owner.clone(), v);
+        }
+        Ok(v)
+    }
+
+    /// The verdict for a block recorded for `owner`, for anyone who does not see all.
+    async fn judge(&self, cid: &Cid, owner: &Owner) -> Result<Admission> {
+        if let Owner::Nothing = owner {
+            // About this block, not a class of them: not cached.
+            return Ok(if self.reg.is_block_pinned(cid).await? { Admission::Alone } else { Admission::Refused });
+        }
+        Ok(match (self.owner_is_public(owner).await?, owner) {
+            (true, Owner::Blob(_) | Owner::Image(_)) => Admission::Vouching,
+            (true, _) => Admission::Alone,
+            // First recorded for something private, yet the root of public content of its own.
+            (false, _) if self.reg.root_is_public(&cid.to_string()).await? => Admission::Vouching,
+            (false, _) => Admission::Refused,
+        })
+    }
+}
+
+/// The exposure decisions of one request (a response, a walk): the policy's verdicts, plus the
+/// blocks that public DAGs read in this request vouch for.
+pub struct Exposure {
+    policy: Arc<Policy>,
     audience: Audience,
-    verdicts: Mutex<HashMap<Owner, bool>>,
+    sees_all: bool,
     vouched: Mutex<HashSet<Cid>>,
 }
 
@@ -56,52 +154,31 @@ pub enum Admission {
 }
 
 impl Exposure {
-    pub fn new(reg: Arc<Registry>, audience: Audience) -> Self {
-        Exposure { reg, audience, verdicts: Mutex::new(HashMap::new()), vouched: Mutex::new(HashSet::new()) }
+    pub fn new(policy: Arc<Policy>, audience: Audience) -> Self {
+        let sees_all = policy.sees_all(&audience);
+        Exposure { policy, audience, sees_all, vouched: Mutex::new(HashSet::new()) }
     }
 
-    pub fn audience(&self) -> Audience {
-        self.audience
+    pub fn audience(&self) -> &Audience {
+        &self.audience
+    }
+
+    /// Whether this request's audience may have everything (no vouching needed).
+    pub fn sees_all(&self) -> bool {
+        self.sees_all
     }
 
     /// May `cid`, recorded for `owner`, go to this request's audience?
     pub async fn admit(&self, cid: &Cid, owner: &Owner) -> Result<Admission> {
-        if self.audience == Audience::Operator {
+        if self.sees_all || self.vouched.lock().expect("vouched lock").contains(cid) {
             return Ok(Admission::Vouching);
         }
-        if self.vouched.lock().expect("vouched lock").contains(cid) {
-            return Ok(Admission::Vouching);
-        }
-        let cached = self.verdicts.lock().expect("verdicts lock").get(owner).copied();
-        let public = match cached {
-            Some(v) => v,
-            None => {
-                let v = match owner {
-                    Owner::Blob(d) => self.reg.meta.blob_is_public(&d.to_string()).await?,
-                    Owner::Image(root) => self.reg.meta.cid_is_public(root).await?,
-                    Owner::Pin(root) => match root.parse::<Cid>() {
-                        Ok(root) => self.reg.blocks.is_pinned(&root).await?,
-                        Err(_) => false,
-                    },
-                    // Not cached: the answer is about this block, not a class of them.
-                    Owner::Nothing => return Ok(if self.reg.blocks.is_pinned(cid).await? { Admission::Alone } else { Admission::Refused }),
-                };
-                self.verdicts.lock().expect("verdicts lock").insert(owner.clone(), v);
-                v
-            }
-        };
-        Ok(match (public, owner) {
-            (true, Owner::Blob(_) | Owner::Image(_)) => Admission::Vouching,
-            (true, _) => Admission::Alone,
-            // First recorded for something private, yet the root of public content of its own.
-            (false, _) if self.reg.meta.cid_is_public(&cid.to_string()).await? => Admission::Vouching,
-            (false, _) => Admission::Refused,
-        })
+        self.policy.judge(cid, owner).await
     }
 
     /// Remembers that `links` (of a block admitted as `Vouching`) are the same content.
     pub fn vouch(&self, links: impl IntoIterator<Item = Cid>) {
-        if self.audience == Audience::Operator {
+        if self.sees_all {
             return;
         }
         let mut vouched = self.vouched.lock().expect("vouched lock");

@@ -32,7 +32,7 @@ async fn every_block_of_a_pushed_blob_is_served_verified() {
     let mut expected = CollectingImporter::new(Profile::KuboV1);
     expected.update(&data);
     let (root, dag) = expected.finish();
-    let info = reg.meta.blob_info("blocks/a", &digest).await.unwrap().unwrap();
+    let info = reg.blob_info("blocks/a", &digest).await.unwrap().unwrap();
     assert_eq!(info.root_cid, root.cid.to_string());
     assert_eq!(dag.iter().filter(|b| matches!(b, DagBlock::Leaf { .. })).count(), 4);
     for block in &dag {
@@ -46,7 +46,7 @@ async fn every_block_of_a_pushed_blob_is_served_verified() {
     assert_eq!(reg.get_block(&absent).await.unwrap(), None);
 
     // Flip one byte of the second leaf on disk: that leaf is refused, the others still served.
-    let path = reg.blobs.blob_path(&digest);
+    let path = BlobStore::open(dir.path()).unwrap().blob_path(&digest);
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[300_000] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();

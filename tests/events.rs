@@ -94,7 +94,18 @@ async fn events_are_sent_exactly_when_the_state_changed() {
     // A GC that removes nothing says nothing; one that removes the untagged image says so.
     reg.gc(std::time::Duration::from_secs(3600)).await.unwrap();
     assert_eq!(drain(&mut rx), vec![]);
-    assert!(reg.meta.delete_manifest("team/app", &md).await.unwrap());
+    // Deletes: a tag, then the manifest, each once; deleting again says nothing.
+    assert!(reg.delete("team/app", &Reference::Tag("latest".into())).await.unwrap());
+    assert!(!reg.delete("team/app", &Reference::Tag("latest".into())).await.unwrap());
+    assert!(reg.delete("team/app", &Reference::Digest(md.clone())).await.unwrap());
+    assert!(!reg.delete("team/app", &Reference::Digest(md.clone())).await.unwrap());
+    assert_eq!(
+        drain(&mut rx),
+        vec![
+            Event::Removed { repository: "team/app".into(), reference: "latest".into() },
+            Event::Removed { repository: "team/app".into(), reference: md.to_string() },
+        ]
+    );
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let report = reg.gc(std::time::Duration::ZERO).await.unwrap();
     assert!(report.blobs >= 2, "{report}");
@@ -102,4 +113,40 @@ async fn events_are_sent_exactly_when_the_state_changed() {
         [Event::Swept { blobs, .. }] => assert!(blobs.contains(&ld) && blobs.contains(&cd)),
         other => panic!("{other:?}"),
     }
+}
+
+/// Mounts, unlinks and RPC pins: an event (and a new change generation) exactly when something
+/// changed; reads leave the generation alone.
+#[tokio::test]
+async fn links_and_pins_are_events_and_generations() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = BlobStore::open(dir.path()).unwrap();
+    let meta = SqliteStore::open(&dir.path().join("metadata.sqlite")).unwrap();
+    let blocks = BlockIndex::open(&dir.path().join("blocks.sqlite"), blobs.clone()).unwrap();
+    let reg = Registry::open(meta, blobs, blocks, Profile::UnixfsV1_2025).await.unwrap();
+    let layer = b"a layer".to_vec();
+    let ld = Digest::of_bytes(Algorithm::Sha256, &layer);
+    reg.put_blob("a/one", &ld, "t", body(&layer)).await.unwrap();
+    let mut rx = reg.subscribe();
+
+    let g = reg.generation();
+    assert!(reg.blob_info("a/one", &ld).await.unwrap().is_some());
+    assert_eq!(reg.generation(), g, "a read changes nothing");
+    assert_eq!(reg.mount("b/two", Some("a/one"), &ld).await.unwrap(), Some(layer.len() as u64));
+    assert!(reg.generation() > g, "a mount can make a blob public");
+    let g = reg.generation();
+    assert_eq!(reg.mount("b/two", Some("a/nothing"), &Digest::of_bytes(Algorithm::Sha256, b"x")).await.unwrap(), None);
+    assert_eq!(reg.generation(), g, "a mount of nothing changes nothing");
+    assert!(reg.unlink_blob("b/two", &ld).await.unwrap());
+    assert!(!reg.unlink_blob("b/two", &ld).await.unwrap());
+    assert!(reg.generation() > g);
+    assert_eq!(drain(&mut rx), vec![Event::Removed { repository: "b/two".into(), reference: ld.to_string() }]);
+
+    let root = af_registry::unixfs::cid_v1(af_registry::unixfs::RAW, &<sha2::Sha256 as sha2::Digest>::digest(b"pinned").into());
+    reg.store_blocks(vec![(root, b"pinned".to_vec())], af_registry::blockstore::Owner::Pin(root.to_string())).await.unwrap();
+    reg.pin_block(&root).await.unwrap();
+    reg.pin_block(&root).await.unwrap();
+    assert!(reg.unpin_block(&root).await.unwrap());
+    assert!(!reg.unpin_block(&root).await.unwrap());
+    assert_eq!(drain(&mut rx), vec![Event::Pinned { root: root.to_string() }, Event::Unpinned { root: root.to_string() }]);
 }

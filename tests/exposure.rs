@@ -126,3 +126,56 @@ fn nothing_private_leaves_through_identity_cids_paths_or_pins() {
     let via_identity = identity_directory("y", &public_layer);
     assert_eq!(get(&format!("/ipfs/{via_identity}/y")).bytes().unwrap().len(), 3 << 20);
 }
+
+/// A repository flipped public → private by the CLI (another process) while 16 clients read its
+/// blocks through the gateway: no request that starts after the flip returned gets a byte, and
+/// flipping it back serves it again at once. The node caches public/private answers across
+/// requests, so this is what shows the cache forgets in time.
+#[test]
+fn a_flip_to_private_under_load_takes_effect_before_it_returns() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let node = Node::start_with_env(&["--auth", "token"], &[("AF_ADMIN_PASSWORD", "admin-password-1")]);
+    let (image, layer) = push_image(&node, "team/flip", 3);
+    af(&node, &["registry", "visibility", "team/flip", "public"]);
+    let targets = [format!("/ipfs/{layer}?format=raw"), format!("/ipfs/{image}?format=raw"), format!("/ipfs/{image}/index.json")];
+    for t in &targets {
+        assert_eq!(client().get(node.gateway_url(t)).send().unwrap().status(), 200, "{t}");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    // (started, status) of every request.
+    let seen: Arc<Mutex<Vec<(Instant, u16)>>> = Arc::default();
+    let workers: Vec<_> = (0..16)
+        .map(|i| {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            let url = node.gateway_url(&targets[i % targets.len()]);
+            std::thread::spawn(move || {
+                let c = client();
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let status = c.get(&url).send().map(|r| r.status().as_u16()).unwrap_or(0);
+                    seen.lock().unwrap().push((started, status));
+                }
+            })
+        })
+        .collect();
+    let flip = |to: &str| {
+        std::thread::sleep(Duration::from_millis(700));
+        af(&node, &["registry", "visibility", "team/flip", to]);
+        Instant::now()
+    };
+    let private_at = flip("private");
+    let public_at = flip("public");
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    workers.into_iter().for_each(|w| w.join().unwrap());
+    let seen = seen.lock().unwrap();
+    let before: Vec<u16> = seen.iter().filter(|(t, _)| *t < private_at - Duration::from_millis(300)).map(|(_, s)| *s).collect();
+    let private: Vec<u16> = seen.iter().filter(|(t, _)| *t > private_at && *t < public_at - Duration::from_millis(300)).map(|(_, s)| *s).collect();
+    let after: Vec<u16> = seen.iter().filter(|(t, _)| *t > public_at).map(|(_, s)| *s).collect();
+    assert!(before.len() > 50 && private.len() > 50 && after.len() > 50, "{} {} {}", before.len(), private.len(), after.len());
+    assert!(before.iter().all(|s| *s == 200), "served while public: {before:?}");
+    assert!(private.iter().all(|s| *s == 404), "after the flip to private returned: {:?}", private.iter().filter(|s| **s != 404).count());
+    assert!(after.iter().all(|s| *s == 200), "after the flip back to public returned: {:?}", after.iter().filter(|s| **s != 200).count());
+}

@@ -47,7 +47,7 @@ pub async fn get(req: &HttpRequest, reg: &Registry, name: &str, digest: &str) ->
 
 pub async fn delete(reg: &Registry, name: &str, digest: &str) -> ApiResult<HttpResponse> {
     let digest = parse_digest(digest)?;
-    if reg.meta.unlink_blob(name, &digest).await? {
+    if reg.unlink_blob(name, &digest).await? {
         Ok(HttpResponse::Accepted().finish())
     } else {
         Err(ApiError::new(Code::BlobUnknown, format!("blob {digest} is not in {name}")))

@@ -56,8 +56,7 @@ fn respond(body: serde_json::Value, link: Option<String>) -> HttpResponse {
 pub async fn tags(req: &HttpRequest, reg: &Registry, name: &str) -> ApiResult<HttpResponse> {
     let p = pagination(req)?;
     let tags = reg
-        .meta
-        .list_tags(name, &p.page)
+        .tags(name, &p.page)
         .await?
         .ok_or_else(|| ApiError::new(Code::NameUnknown, format!("repository {name} is unknown")))?;
     let (tags, link) = paginate(tags, &p, &format!("/v2/{name}/tags/list"));
@@ -67,10 +66,10 @@ pub async fn tags(req: &HttpRequest, reg: &Registry, name: &str) -> ApiResult<Ht
 pub async fn catalog(req: &HttpRequest, reg: &Registry, access: &Access) -> ApiResult<HttpResponse> {
     let p = pagination(req)?;
     let repos = match access {
-        Access::Open => reg.meta.list_repositories(&p.page).await?,
+        Access::Open => reg.repositories(&p.page).await?,
         Access::Checked { .. } => {
             // Only what the caller may pull; filtered before the page is cut, so pages stay full.
-            let all = reg.meta.list_repositories(&Page { last: p.page.last.clone(), limit: None }).await?;
+            let all = reg.repositories(&Page { last: p.page.last.clone(), limit: None }).await?;
             let mut readable = Vec::new();
             for repo in all {
                 if p.page.limit.is_some_and(|l| readable.len() >= l) {

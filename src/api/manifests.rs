@@ -41,8 +41,7 @@ fn accepts(req: &HttpRequest, media_type: &str) -> bool {
 pub async fn get(req: &HttpRequest, reg: &Registry, name: &str, reference: &str) -> ApiResult<HttpResponse> {
     let reference = parse_reference(reference)?;
     let m = reg
-        .meta
-        .get_manifest(name, &reference)
+        .manifest(name, &reference)
         .await?
         .ok_or_else(|| ApiError::new(Code::ManifestUnknown, format!("manifest unknown in {name}")))?;
     if !accepts(req, &m.media_type) {
@@ -103,10 +102,7 @@ pub async fn put(
 }
 
 pub async fn delete(reg: &Registry, name: &str, reference: &str) -> ApiResult<HttpResponse> {
-    let found = match parse_reference(reference)? {
-        Reference::Digest(d) => reg.meta.delete_manifest(name, &d).await?,
-        Reference::Tag(t) => reg.meta.delete_tag(name, &t).await?,
-    };
+    let found = reg.delete(name, &parse_reference(reference)?).await?;
     if found {
         Ok(HttpResponse::Accepted().finish())
     } else {

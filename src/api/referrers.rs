@@ -27,7 +27,7 @@ pub async fn list(req: &HttpRequest, reg: &Registry, name: &str, digest: &str) -
             .clamp(1, PAGE_MAX),
     };
     let page = ReferrerPage { after, budget: PAGE_BYTES, max };
-    let (referrers, more) = reg.meta.referrers(name, &subject, filter.as_deref(), &page).await?;
+    let (referrers, more) = reg.referrers(name, &subject, filter.as_deref(), &page).await?;
     let next = match (more, referrers.last()) {
         (true, Some(last)) => {
             let mut q = form_urlencoded::Serializer::new(String::new());

@@ -70,7 +70,7 @@ pub async fn post(req: &HttpRequest, body: web::Payload, reg: &Registry, name: &
             Some(from) => access.may_pull(from).await?,
             None => access.is_admin(),
         };
-        if allowed && reg.meta.mount_blob(name, from, &digest).await?.is_some() {
+        if allowed && reg.mount(name, from, &digest).await?.is_some() {
             return Ok(blob_created(name, &digest));
         }
         // Not mountable: the client falls back to uploading, in the session we open below.

@@ -12,7 +12,7 @@ pub mod limiter;
 pub mod scope;
 pub mod secrets;
 
-use crate::metadata::{MetadataError, MetadataStore, Role, TokenKind, TokenRecord};
+use crate::metadata::{AuthStore, MetadataError, Role, TokenKind, TokenRecord};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use scope::{Action, Scope};
@@ -146,7 +146,7 @@ pub struct IssuedToken {
 }
 
 pub struct Auth {
-    meta: Arc<dyn MetadataStore>,
+    meta: Arc<dyn AuthStore>,
     pub config: AuthConfig,
     encoding: EncodingKey,
     decoding: DecodingKey,
@@ -216,7 +216,7 @@ fn slow_checkers() -> Result<std::sync::mpsc::SyncSender<SlowCheck>> {
 
 
 impl Auth {
-    pub async fn new(meta: Arc<dyn MetadataStore>, config: AuthConfig) -> Result<Self> {
+    pub async fn new(meta: Arc<dyn AuthStore>, config: AuthConfig) -> Result<Self> {
         let key = meta.signing_key(secrets::random_bytes::<32>()?.to_vec()).await?;
         let dummy_hash = secrets::hash_off_thread("no such user".into()).await?;
         Ok(Auth {
@@ -564,7 +564,7 @@ impl Auth {
 /// Creates and stores a token for `user` (only its hash is kept); returns (id, the token to show
 /// once). `parent`: what minted a refresh token (see [`TokenRecord::parent`]).
 pub async fn mint_token(
-    meta: &dyn MetadataStore,
+    meta: &dyn AuthStore,
     user: &str,
     kind: TokenKind,
     scope: Role,

@@ -126,18 +126,18 @@ pub async fn user(command: UserCommand) -> anyhow::Result<()> {
             namespace(&name)?;
             let phc = if no_password { None } else { Some(hash(read_password(&name)?).await?) };
             let registry = attach(data, Default::default()).await?;
-            anyhow::ensure!(registry.meta.create_user(&name, phc.as_deref(), admin).await?, "{name:?} is taken by a user or an organisation");
+            anyhow::ensure!(registry.accounts().create_user(&name, phc.as_deref(), admin).await?, "{name:?} is taken by a user or an organisation");
             println!("user {name} created{}", if admin { " (administrator)" } else { "" });
         }
         UserCommand::Passwd { name, data } => {
             let phc = hash(read_password(&name)?).await?;
             let registry = attach(data, Default::default()).await?;
-            anyhow::ensure!(registry.meta.set_password(&name, &phc).await?, "no user {name:?}");
+            anyhow::ensure!(registry.accounts().set_password(&name, &phc).await?, "no user {name:?}");
             println!("password of {name} set");
         }
         UserCommand::List { data } => {
             let registry = attach(data, Default::default()).await?;
-            for u in registry.meta.list_users().await? {
+            for u in registry.accounts().list_users().await? {
                 let mut notes = Vec::new();
                 if u.is_admin {
                     notes.push("admin");
@@ -150,7 +150,7 @@ pub async fn user(command: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Remove { name, data } => {
             let registry = attach(data, Default::default()).await?;
-            anyhow::ensure!(registry.meta.remove_user(&name).await?, "no user {name:?}");
+            anyhow::ensure!(registry.accounts().remove_user(&name).await?, "no user {name:?}");
             println!("user {name} removed, with its tokens");
         }
     }
@@ -161,17 +161,17 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create { user, scope, expires, description, data } => {
             let registry = attach(data, Default::default()).await?;
-            anyhow::ensure!(registry.meta.get_user(&user).await?.is_some(), "no user {user:?}");
+            anyhow::ensure!(registry.accounts().get_user(&user).await?.is_some(), "no user {user:?}");
             let expires_at = expires.map(|d| af_registry::clock::unix_now() + d.as_secs() as i64);
-            let meta = registry.meta.as_ref();
-            let (id, token) = mint_token(meta, &user, TokenKind::Access, scope, description, expires_at, None).await?;
+            let accounts = registry.accounts();
+            let (id, token) = mint_token(accounts.as_ref(), &user, TokenKind::Access, scope, description, expires_at, None).await?;
             eprintln!("token {id} for {user} ({}); it is shown only now:", scope.as_str());
             println!("{token}");
         }
         TokenCommand::List { user, data } => {
             let registry = attach(data, Default::default()).await?;
             let now = af_registry::clock::unix_now();
-            for t in registry.meta.list_tokens(user.as_deref()).await? {
+            for t in registry.accounts().list_tokens(user.as_deref()).await? {
                 let state = match (t.revoked, t.expires_at) {
                     (true, _) => "revoked".to_string(),
                     (false, Some(e)) if e <= now => "expired".to_string(),
@@ -187,7 +187,7 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::Revoke { id, data } => {
             let registry = attach(data, Default::default()).await?;
-            anyhow::ensure!(registry.meta.revoke_token(&id).await?, "no live token {id:?}");
+            anyhow::ensure!(registry.accounts().revoke_token(&id).await?, "no live token {id:?}");
             println!("token {id} revoked");
         }
     }
@@ -199,14 +199,14 @@ pub async fn org(command: OrgCommand) -> anyhow::Result<()> {
         OrgCommand::Add { name, data } => {
             namespace(&name)?;
             let registry = attach(data, Default::default()).await?;
-            anyhow::ensure!(registry.meta.create_organisation(&name).await?, "{name:?} is taken by a user or an organisation");
+            anyhow::ensure!(registry.accounts().create_organisation(&name).await?, "{name:?} is taken by a user or an organisation");
             println!("organisation {name} created");
         }
         OrgCommand::Member { organisation, user, role, data } => {
             let role: Option<Role> = if role == "none" { None } else { Some(role.parse()?) };
             let registry = attach(data, Default::default()).await?;
             anyhow::ensure!(
-                registry.meta.set_member(&organisation, &user, role).await?,
+                registry.accounts().set_member(&organisation, &user, role).await?,
                 "no organisation {organisation:?} or no user {user:?}"
             );
             match role {

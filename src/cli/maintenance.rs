@@ -42,7 +42,7 @@ pub fn pin(command: PinCommand) -> anyhow::Result<()> {
             PinCommand::Add { image, data } => {
                 let (repo, reference) = af_registry::names::parse_image_reference(&image)?;
                 let registry = attach(data, Default::default()).await?;
-                let digest = registry.meta.pin(&repo, &reference).await?;
+                let digest = registry.pin_image(&repo, &reference).await?;
                 let digest = digest.with_context(|| format!("{image} is not in this registry"))?;
                 println!("pinned {repo}@{digest}");
             }
@@ -51,14 +51,14 @@ pub fn pin(command: PinCommand) -> anyhow::Result<()> {
                 let registry = attach(data, Default::default()).await?;
                 let digest = match reference {
                     af_registry::metadata::Reference::Digest(d) => d,
-                    tag => registry.meta.get_manifest(&repo, &tag).await?.map(|m| m.digest).with_context(|| format!("{image} is not in this registry"))?,
+                    tag => registry.manifest(&repo, &tag).await?.map(|m| m.digest).with_context(|| format!("{image} is not in this registry"))?,
                 };
-                anyhow::ensure!(registry.meta.unpin(&repo, &digest).await?, "{repo}@{digest} is not pinned");
+                anyhow::ensure!(registry.unpin_image(&repo, &digest).await?, "{repo}@{digest} is not pinned");
                 println!("unpinned {repo}@{digest}");
             }
             PinCommand::Ls { data } => {
                 let registry = attach(data, Default::default()).await?;
-                for (repo, digest) in registry.meta.list_pins().await? {
+                for (repo, digest) in registry.image_pins().await? {
                     println!("{repo}@{digest}");
                 }
             }
@@ -71,7 +71,10 @@ pub fn visibility(repository: String, visibility: String, data: DataDir) -> anyh
     block_on(async move {
         anyhow::ensure!(af_registry::names::is_valid_name(&repository), "{repository:?} is not a valid repository name");
         let registry = attach(data, Default::default()).await?;
-        registry.set_visibility(&repository, visibility == "public").await?;
+        let lagging = registry.set_visibility(&repository, visibility == "public").await?;
+        for node in &lagging {
+            eprintln!("af: warning: node {node} has not confirmed the change yet; it may serve by its old view until it does");
+        }
         println!("{repository} is {visibility}");
         Ok(())
     })

@@ -34,10 +34,10 @@ pub fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> an
 /// `af registry serve`: the node, with settings from flags and AF_* over the file over defaults.
 pub fn serve(flags: af_registry::config::Overrides, config: Option<PathBuf>) -> anyhow::Result<()> {
     let file = match &config {
-        Some(path) => af_registry::config::FileConfig::load(path)?,
-        None => af_registry::config::FileConfig::default(),
+        Some(path) => af_registry::config::Overrides::load(path)?,
+        None => af_registry::config::Overrides::default(),
     };
-    let config = af_registry::config::ServeConfig::merge(flags, file)?;
+    let config = af_registry::config::ServeConfig::merge(flags, file);
     actix_web::rt::System::new().block_on(af_registry::node::serve(config)).context("registry node stopped")
 }
 

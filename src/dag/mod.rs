@@ -9,7 +9,7 @@
 
 pub mod car;
 
-use crate::exposure::{Admission, Audience, Exposure};
+use crate::exposure::{Admission, Audience, Exposure, Policy};
 use crate::registry::{Registry, RegistryError};
 use crate::unixfs::{self, DecodedLink};
 use bytes::Bytes;
@@ -85,11 +85,12 @@ const RECENT_BLOCK: usize = 64 << 10;
 const RECENT_BYTES: usize = 1 << 20;
 
 impl Reader {
-    pub fn new(reg: Arc<Registry>, audience: Audience) -> Arc<Reader> {
-        Arc::new(Reader { exposure: Exposure::new(reg.clone(), audience), reg, read: AtomicU64::new(0), recent: Default::default(), last: Default::default() })
+    pub fn new(policy: &Arc<Policy>, audience: Audience) -> Arc<Reader> {
+        let reg = policy.registry().clone();
+        Arc::new(Reader { exposure: Exposure::new(policy.clone(), audience), reg, read: AtomicU64::new(0), recent: Default::default(), last: Default::default() })
     }
 
-    pub fn audience(&self) -> Audience {
+    pub fn audience(&self) -> &Audience {
         self.exposure.audience()
     }
 
@@ -109,7 +110,7 @@ impl Reader {
         if let Some((_, b)) = self.last.lock().expect("last lock").as_ref().filter(|(c, _)| c == cid) {
             return Ok(b.clone());
         }
-        let Some((location, owner)) = self.reg.blocks.locate_owned(cid).await.map_err(RegistryError::from)? else {
+        let Some((location, owner)) = self.reg.locate_block(cid).await? else {
             return Err(DagError::Missing(*cid));
         };
         let admission = self.exposure.admit(cid, &owner).await?;
@@ -117,7 +118,7 @@ impl Reader {
             return Err(DagError::Missing(*cid));
         }
         let bytes = self.reg.read_block(cid, location).await?.ok_or(DagError::Missing(*cid))?;
-        if admission == Admission::Vouching && self.audience() == Audience::Anyone && cid.codec() == unixfs::DAG_PB {
+        if admission == Admission::Vouching && !self.exposure.sees_all() && cid.codec() == unixfs::DAG_PB {
             if let Ok(node) = unixfs::decode_node(&bytes) {
                 self.exposure.vouch(node.links.into_iter().map(|l| l.cid));
             }

@@ -15,6 +15,7 @@ use crate::range::{parse_range, RangeRequest};
 use crate::dag::car::{self, DagScope, Params};
 use crate::dag::{self, DagError, Node, Reader};
 use crate::exposure::Audience;
+use crate::exposure::Policy;
 use crate::registry::Registry;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -26,9 +27,9 @@ const IMMUTABLE: &str = "public, max-age=29030400, immutable";
 pub const RAW_TYPE: &str = "application/vnd.ipld.raw";
 pub const CAR_TYPE: &str = "application/vnd.ipld.car";
 
-pub fn configure(registry: Arc<Registry>) -> impl FnOnce(&mut web::ServiceConfig) {
+pub fn configure(policy: Arc<Policy>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
-        cfg.app_data(web::Data::from(registry))
+        cfg.app_data(web::Data::from(policy))
             .route("/ipfs/{tail:.*}", web::get().to(handle))
             .route("/ipfs/{tail:.*}", web::head().to(handle))
             .default_service(web::to(|| async { text(StatusCode::NOT_FOUND, "404 page not found") }));
@@ -91,7 +92,7 @@ fn dag_error(e: DagError) -> HttpResponse {
     }
 }
 
-async fn handle(req: HttpRequest, reg: web::Data<Registry>) -> HttpResponse {
+async fn handle(req: HttpRequest, policy: web::Data<Policy>) -> HttpResponse {
     let tail = req.match_info().query("tail").to_string();
     let (cid_text, rest) = tail.split_once('/').map(|(a, b)| (a, Some(b))).unwrap_or((tail.as_str(), None));
     let Ok(root) = Cid::try_from(cid_text) else {
@@ -108,7 +109,7 @@ async fn handle(req: HttpRequest, reg: web::Data<Registry>) -> HttpResponse {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let reader = Reader::new(reg.into_inner(), Audience::Anyone);
+    let reader = Reader::new(&policy.into_inner(), Audience::Anyone);
     let (chain, proof) = match reader.resolve_with_proof(root, &segments).await {
         Ok(c) => c,
         Err(e) => return dag_error(e),
@@ -329,10 +330,7 @@ async fn unixfs(
     };
     // A whole blob's DAG: its bytes are the blob file, verified when it was pushed; served as the
     // OCI API serves it rather than leaf by leaf. (Trustless clients verify what they get.)
-    let blob_file = match reg.meta.blob_by_root(&file.to_string()).await {
-        Ok(Some(digest)) => reg.blobs.open_blob(&digest).ok().flatten().filter(|(_, len)| *len == size).map(|(f, _)| f),
-        _ => None,
-    };
+    let blob_file = reg.blob_file_by_root(&file, size).await.ok().flatten();
     // The type from the name, else from the first bytes.
     let head_bytes = match &blob_file {
         Some(f) => {

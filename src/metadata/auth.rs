@@ -102,8 +102,6 @@ pub trait AuthStore: Send + Sync {
     async fn revoke_token(&self, id: &str) -> MetaResult<bool>;
     /// Whether a repository is public; None if it does not exist.
     async fn is_public(&self, repo: &str) -> MetaResult<Option<bool>>;
-    /// Makes a repository (created if needed) public or private.
-    async fn set_public(&self, repo: &str, public: bool) -> MetaResult<()>;
     /// Whether `cid` is the root of a blob linked to a public repository, or the image CID of a
     /// manifest or tag of one: content the gateway may serve.
     async fn cid_is_public(&self, cid: &str) -> MetaResult<bool>;

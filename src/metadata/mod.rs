@@ -194,6 +194,16 @@ pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     /// The API URLs of nodes other than `except` that hold `digest` and beat within `alive_secs`.
     async fn live_holders(&self, digest: &Digest, except: &str, alive_secs: i64) -> MetaResult<Vec<String>>;
     /// Every CID something in the metadata names: blob roots and image CIDs.
+    /// Makes a repository (created if needed) public or private.
+    async fn set_public(&self, repo: &str, public: bool) -> MetaResult<()>;
+    /// Bumps the shared change generation (see `registry::Registry::generation`); returns it.
+    async fn bump_generation(&self) -> MetaResult<i64>;
+    /// Records that `node` has seen `generation` (never lowers it).
+    async fn ack_generation(&self, node: &str, generation: i64) -> MetaResult<()>;
+    /// Live nodes other than `except` that have not yet seen `generation`.
+    async fn lagging_nodes(&self, generation: i64, except: &str, alive_secs: i64) -> MetaResult<Vec<String>>;
+    /// The shared change generation.
+    async fn generation(&self) -> MetaResult<i64>;
     async fn live_roots(&self) -> MetaResult<Vec<String>>;
     /// Removes the link between `repo` and a blob; true if there was one.
     async fn unlink_blob(&self, repo: &str, digest: &Digest) -> MetaResult<bool>;

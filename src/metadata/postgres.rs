@@ -27,6 +27,7 @@ use uuid::Uuid;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_initial.sql")),
     (2, include_str!("../../migrations/postgres/0002_credential_identity.sql")),
+    (3, include_str!("../../migrations/postgres/0003_change_generation.sql")),
 ];
 /// Serializes schema changes between nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x6166_5f72_6567; // "af_reg"
@@ -251,7 +252,8 @@ fn new_pool(config: tokio_postgres::Config, size: usize) -> MetaResult<Pool> {
         .max_size(size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .wait_timeout(Some(std::time::Duration::from_secs(10)))
-        .create_timeout(Some(std::time::Duration::from_secs(5)))
+        // A loaded server can take seconds to start a backend: better a slow request than a failed one.
+        .create_timeout(Some(std::time::Duration::from_secs(15)))
         .build()
         .map_err(|e| MetadataError::Backend(e.to_string()))
 }
@@ -598,6 +600,51 @@ impl MetadataStore for PgStore {
             .await
             .map_err(pg)?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn set_public(&self, repo: &str, public: bool) -> MetaResult<()> {
+        transaction!(self, |tx| {
+            let id = ensure_repo(&tx, repo).await?;
+            tx.execute("UPDATE repositories SET visibility = $2 WHERE id = $1", &[&id, &if public { "public" } else { "private" }])
+                .await
+                .map_err(pg)?;
+            Ok::<_, MetadataError>(())
+        })
+    }
+
+    async fn bump_generation(&self) -> MetaResult<i64> {
+        transaction!(self, |tx| {
+            let row = tx
+                .query_one("UPDATE change_generation SET generation = generation + 1 WHERE id = 1 RETURNING generation", &[])
+                .await
+                .map_err(pg)?;
+            Ok::<_, MetadataError>(row.get(0))
+        })
+    }
+
+    async fn ack_generation(&self, node: &str, generation: i64) -> MetaResult<()> {
+        transaction!(self, |tx| {
+            tx.execute("UPDATE nodes SET seen_generation = $2 WHERE id = $1 AND seen_generation < $2", &[&node, &generation])
+                .await
+                .map_err(pg)?;
+            Ok::<_, MetadataError>(())
+        })
+    }
+
+    async fn lagging_nodes(&self, generation: i64, except: &str, alive_secs: i64) -> MetaResult<Vec<String>> {
+        let rows = self
+            .read(
+                "SELECT id FROM nodes WHERE seen_generation < $1 AND id != $2 AND heartbeat_at >= $3 ORDER BY id",
+                &[&generation, &except, &(now() - alive_secs)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn generation(&self) -> MetaResult<i64> {
+        let rows = self.read("SELECT generation FROM change_generation WHERE id = 1", &[]).await.map_err(pg)?;
+        Ok(rows.first().map(|r| r.get(0)).unwrap_or(0))
     }
 
     async fn live_roots(&self) -> MetaResult<Vec<String>> {
@@ -1005,16 +1052,6 @@ impl AuthStore for PgStore {
     async fn is_public(&self, repo: &str) -> MetaResult<Option<bool>> {
         let row = self.read_opt("SELECT visibility FROM repositories WHERE name = $1", &[&repo]).await.map_err(pg)?;
         Ok(row.map(|r| r.get::<_, String>(0) == "public"))
-    }
-
-    async fn set_public(&self, repo: &str, public: bool) -> MetaResult<()> {
-        transaction!(self, |tx| {
-            let id = ensure_repo(&tx, repo).await?;
-            tx.execute("UPDATE repositories SET visibility = $2 WHERE id = $1", &[&id, &if public { "public" } else { "private" }])
-                .await
-                .map_err(pg)?;
-            Ok::<_, MetadataError>(())
-        })
     }
 
     async fn cid_is_public(&self, cid: &str) -> MetaResult<bool> {

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_initial.sql")),
     (2, include_str!("../../migrations/sqlite/0002_credential_identity.sql")),
+    (3, include_str!("../../migrations/sqlite/0003_change_generation.sql")),
 ];
 const POOL_SIZE: usize = 4;
 
@@ -460,6 +461,55 @@ impl MetadataStore for SqliteStore {
             rows.collect::<Result<Vec<String>, _>>().map_err(backend)
         })
         .await
+    }
+
+    async fn set_public(&self, repo: &str, public: bool) -> MetaResult<()> {
+        let repo = repo.to_string();
+        self.write(move |tx| {
+            let id = ensure_repo(tx, &repo)?;
+            tx.execute(
+                "UPDATE repositories SET visibility = ?2 WHERE id = ?1",
+                params![id, if public { "public" } else { "private" }],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn bump_generation(&self) -> MetaResult<i64> {
+        self.write(|tx| {
+            tx.query_row("UPDATE change_generation SET generation = generation + 1 WHERE id = 1 RETURNING generation", [], |r| r.get(0))
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn ack_generation(&self, node: &str, generation: i64) -> MetaResult<()> {
+        let node = node.to_string();
+        self.write(move |tx| {
+            tx.execute("UPDATE nodes SET seen_generation = ?2 WHERE id = ?1 AND seen_generation < ?2", params![node, generation])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn lagging_nodes(&self, generation: i64, except: &str, alive_secs: i64) -> MetaResult<Vec<String>> {
+        let except = except.to_string();
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached("SELECT id FROM nodes WHERE seen_generation < ?1 AND id != ?2 AND heartbeat_at >= ?3 ORDER BY id")
+                .map_err(backend)?;
+            let rows = s.query_map(params![generation, except, now() - alive_secs], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn generation(&self) -> MetaResult<i64> {
+        self.read(|c| c.query_row("SELECT generation FROM change_generation WHERE id = 1", [], |r| r.get(0)).map_err(backend))
+            .await
     }
 
     async fn live_roots(&self) -> MetaResult<Vec<String>> {

@@ -1,7 +1,7 @@
 //! [`AuthStore`] on SQLite.
 
 use super::auth::{AuthStore, Role, TokenKind, TokenRecord, User};
-use super::sqlite::{backend, ensure_repo, now, SqliteStore};
+use super::sqlite::{backend, now, SqliteStore};
 use super::{MetaResult, MetadataError};
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
@@ -224,20 +224,6 @@ impl AuthStore for SqliteStore {
             })
             .await?;
         Ok(v.map(|v| v == "public"))
-    }
-
-    async fn set_public(&self, repo: &str, public: bool) -> MetaResult<()> {
-        let repo = repo.to_string();
-        self.write(move |tx| {
-            let id = ensure_repo(tx, &repo)?;
-            tx.execute(
-                "UPDATE repositories SET visibility = ?2 WHERE id = ?1",
-                params![id, if public { "public" } else { "private" }],
-            )
-            .map_err(backend)?;
-            Ok(())
-        })
-        .await
     }
 
     async fn cid_is_public(&self, cid: &str) -> MetaResult<bool> {

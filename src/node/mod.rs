@@ -95,7 +95,7 @@ pub fn private_modes(dir: &std::path::Path) -> std::io::Result<()> {
 /// The first administrator: `AF_ADMIN_USER` (default `admin`) gets the password in
 /// `AF_ADMIN_PASSWORD` when that is set; otherwise, on a database without any user, it is created
 /// without a password and a bootstrap token (valid 24 h) is printed once on standard output.
-async fn bootstrap_admin(meta: &Arc<dyn MetadataStore>) -> Result<(), ServeError> {
+async fn bootstrap_admin(meta: &Arc<dyn crate::metadata::AuthStore>) -> Result<(), ServeError> {
     let name = std::env::var("AF_ADMIN_USER").unwrap_or_else(|_| "admin".to_string());
     if !crate::names::is_namespace(&name) {
         return Err(ServeError::Admin(format!("AF_ADMIN_USER {name:?} is not a valid user name")));
@@ -128,31 +128,36 @@ async fn bootstrap_admin(meta: &Arc<dyn MetadataStore>) -> Result<(), ServeError
 
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let mut registry = open_registry(&config.data_dir, config.database_url.as_deref(), config.cid_profile, true).await?;
-    registry.sparse_manifests = config.sparse_manifests;
-    registry.touch_after = config.gc_grace / 4;
-    registry.max_uploads = config.max_uploads;
     let identity = identity::load_or_create(&config.data_dir).map_err(|e| ServeError::Admin(e.to_string()))?;
-    registry.node_id = Some(identity.peer_id.clone());
+    registry.configure(crate::registry::Settings {
+        sparse_manifests: config.sparse_manifests,
+        touch_after: config.gc_grace / 4,
+        node_id: Some(identity.peer_id.clone()),
+        max_uploads: config.max_uploads,
+    });
     let registry = Arc::new(registry);
     let api_url = config.public_url.clone().unwrap_or_else(|| format!("http://{}", config.api));
-    tasks::spawn_heartbeat(registry.clone(), identity.peer_id.clone(), api_url);
+    tasks::spawn_heartbeat(registry.clone(), api_url);
+    tasks::spawn_change_watch(registry.clone());
     tasks::spawn_upload_expiry(registry.clone(), config.upload_expiry);
     tasks::spawn_gc(registry.clone(), config.gc_interval, config.gc_grace);
-    let auth = if config.auth {
-        bootstrap_admin(&registry.meta).await?;
+    let auth = if config.auth == crate::config::AuthMode::Token {
+        bootstrap_admin(&registry.accounts()).await?;
         let auth_config = AuthConfig {
             enabled: true,
             public_url: config.public_url.clone(),
             service: "af-registry".into(),
             trusted_proxies: config.trusted_proxies.clone(),
         };
-        Some(Arc::new(Auth::new(registry.meta.clone(), auth_config).await.map_err(|e| ServeError::Admin(e.to_string()))?))
+        Some(Arc::new(Auth::new(registry.accounts(), auth_config).await.map_err(|e| ServeError::Admin(e.to_string()))?))
     } else {
         tracing::warn!("authentication is off (--auth none): anyone who reaches the API can push, pull and delete");
         None
     };
+    let policy = crate::exposure::Policy::new(registry.clone(), config.trusted_peers.iter().map(|p| p.0.clone()));
     let rpc_state = Arc::new(crate::rpc::RpcState {
         registry: registry.clone(),
+        policy: policy.clone(),
         auth: auth.clone(),
         identity,
         data_dir: config.data_dir.clone(),
@@ -169,8 +174,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     for addr in server.addrs() {
         tracing::info!(%addr, data_dir = %config.data_dir.display(), "OCI Distribution API listening");
     }
-    let reg = registry.clone();
-    let gateway = actix_web::HttpServer::new(move || actix_web::App::new().configure(crate::gateway::configure(reg.clone())))
+    let gateway = actix_web::HttpServer::new(move || actix_web::App::new().configure(crate::gateway::configure(policy.clone())))
         .bind(config.gateway)
         .map_err(|source| ServeError::Bind { addr: config.gateway.to_string(), source })?;
     for addr in gateway.addrs() {

@@ -19,13 +19,27 @@ pub(super) fn spawn_upload_expiry(registry: Arc<Registry>, expiry: std::time::Du
 
 /// Registers the node in the metadata and keeps its heartbeat fresh, so other nodes sharing the
 /// database know where to send clients for the blobs it holds.
-pub(super) fn spawn_heartbeat(registry: Arc<Registry>, node: String, api_url: String) {
+pub(super) fn spawn_heartbeat(registry: Arc<Registry>, api_url: String) {
     actix_web::rt::spawn(async move {
         let mut tick = actix_web::rt::time::interval(std::time::Duration::from_secs((crate::registry::NODE_ALIVE_SECS / 3) as u64));
         loop {
             tick.tick().await;
-            if let Err(e) = registry.meta.heartbeat(&node, &api_url).await {
+            if let Err(e) = registry.heartbeat(&api_url).await {
                 tracing::warn!(error = %e, "could not renew this node's heartbeat");
+            }
+        }
+    });
+}
+
+/// Looks for changes other processes sharing the metadata made (see
+/// `Registry::watch_shared_changes`), so cached exposure answers do not outlive them.
+pub(super) fn spawn_change_watch(registry: Arc<Registry>) {
+    actix_web::rt::spawn(async move {
+        let mut tick = actix_web::rt::time::interval(crate::registry::SHARED_CHANGES_EVERY);
+        loop {
+            tick.tick().await;
+            if let Err(e) = registry.watch_shared_changes().await {
+                tracing::warn!(error = %e, "could not read the shared change generation");
             }
         }
     });

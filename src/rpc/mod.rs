@@ -35,6 +35,8 @@ const MAX_ADD: usize = 128 << 20;
 
 pub struct RpcState {
     pub registry: Arc<Registry>,
+    /// What may leave the node (the same policy as the gateway's).
+    pub policy: Arc<crate::exposure::Policy>,
     pub auth: Option<Arc<Auth>>,
     pub identity: crate::node::identity::Identity,
     pub data_dir: std::path::PathBuf,
@@ -194,7 +196,7 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
                 Ok(lock) => lock,
                 Err(resp) => return resp,
             };
-            pin_add(&req, &reg).await
+            pin_add(&req, &state.policy).await
         }
         "pin/rm" => {
             let mut removed = Vec::new();
@@ -203,7 +205,7 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
                     Ok((cid, _)) => cid,
                     Err(resp) => return resp,
                 };
-                match reg.blocks.unpin(&cid).await {
+                match reg.unpin_block(&cid).await {
                     Ok(true) => removed.push(cid.to_string()),
                     Ok(false) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{cid} is not pinned")),
                     Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -225,7 +227,7 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
             match command.as_str() {
                 "block/put" => block_put(&req, body, &reg).await,
                 "add" => add(&req, body, &reg).await,
-                _ => dag_import(&req, body, &reg).await,
+                _ => dag_import(&req, body, &state.policy).await,
             }
         }
         _ => error(StatusCode::NOT_FOUND, format!("unknown command {command:?}")),
@@ -234,12 +236,7 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
 
 /// The GC lock, shared (see `gc`).
 async fn gc_shared(reg: &Arc<Registry>) -> Result<crate::storage::GcLock, HttpResponse> {
-    let store = reg.blobs.clone();
-    match tokio::task::spawn_blocking(move || store.gc_lock(false)).await {
-        Ok(Ok(lock)) => Ok(lock),
-        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
-    }
+    reg.gc_shared_lock().await.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
 }
 
 async fn require_admin(req: &HttpRequest, state: &RpcState) -> Result<(), HttpResponse> {
@@ -267,22 +264,22 @@ async fn audience(req: &HttpRequest, state: &RpcState) -> Audience {
 async fn readable_path(req: &HttpRequest, state: &RpcState) -> Result<(Arc<Reader>, Cid), HttpResponse> {
     let raw = arg(req, "arg").ok_or_else(|| bad_request("argument \"cid\" is required"))?;
     let (root, path) = parse_path(&raw)?;
-    let reader = Reader::new(state.registry.clone(), audience(req, state).await);
+    let reader = Reader::new(&state.policy, audience(req, state).await);
     let chain = reader.resolve(root, &path).await.map_err(dag_failure)?;
     Ok((reader, *chain.last().expect("a chain has a target")))
 }
 
 /// The pins, as far as this caller may read their roots.
 async fn pin_ls(req: &HttpRequest, state: &RpcState) -> HttpResponse {
-    let pins = match state.registry.blocks.pins().await {
+    let pins = match state.registry.block_pins().await {
         Ok(p) => p,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    let reader = Reader::new(state.registry.clone(), audience(req, state).await);
+    let reader = Reader::new(&state.policy, audience(req, state).await);
     let mut keys = serde_json::Map::new();
     for pin in pins {
         let Ok(cid) = pin.parse::<Cid>() else { continue };
-        if reader.audience() == Audience::Anyone {
+        if *reader.audience() != Audience::Operator {
             match reader.block(&cid).await {
                 Ok(_) => {}
                 Err(DagError::Registry(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
@@ -299,15 +296,10 @@ fn stream_response(bytes: Bytes) -> HttpResponse {
 }
 
 async fn repo_stat(state: &RpcState) -> HttpResponse {
-    let blobs = match state.registry.meta.list_blobs().await {
-        Ok(b) => b,
+    let (size, blocks) = match state.registry.usage().await {
+        Ok(u) => u,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    let (blocks, inline_bytes) = match state.registry.blocks.stat().await {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    };
-    let size = blobs.iter().map(|(_, s)| s).sum::<u64>() + inline_bytes;
     HttpResponse::Ok().json(json!({
         "RepoSize": size,
         "StorageMax": disk_capacity(&state.data_dir),
@@ -370,8 +362,8 @@ async fn ls(reader: &Reader, cid: Cid) -> HttpResponse {
 
 /// Every block of the DAG under `root` is here, intact (so a pin can keep it): the gateway's
 /// depth-first CAR walk, drained.
-async fn check_complete(reg: &Arc<Registry>, root: Cid) -> Result<(), String> {
-    let reader = Reader::new(reg.clone(), Audience::Operator);
+async fn check_complete(policy: &Arc<crate::exposure::Policy>, root: Cid) -> Result<(), String> {
+    let reader = Reader::new(policy, Audience::Operator);
     let mut blocks = std::pin::pin!(crate::dag::car::whole(reader, root));
     while let Some(block) = blocks.next().await {
         block.map_err(|e| e.to_string())?;
@@ -379,21 +371,22 @@ async fn check_complete(reg: &Arc<Registry>, root: Cid) -> Result<(), String> {
     Ok(())
 }
 
-async fn pin_add(req: &HttpRequest, reg: &Arc<Registry>) -> HttpResponse {
+async fn pin_add(req: &HttpRequest, policy: &Arc<crate::exposure::Policy>) -> HttpResponse {
+    let reg = policy.registry();
     let mut pinned = Vec::new();
     for a in args(req, "arg") {
         let (root, path) = match parse_path(&a) {
             Ok(p) => p,
             Err(resp) => return resp,
         };
-        let cid = match Reader::new(reg.clone(), Audience::Operator).resolve(root, &path).await {
+        let cid = match Reader::new(policy, Audience::Operator).resolve(root, &path).await {
             Ok(chain) => *chain.last().expect("a chain has a target"),
             Err(e) => return dag_failure(e),
         };
-        if let Err(e) = check_complete(reg, cid).await {
+        if let Err(e) = check_complete(policy, cid).await {
             return error(StatusCode::INTERNAL_SERVER_ERROR, e);
         }
-        if let Err(e) = reg.blocks.pin(&cid).await {
+        if let Err(e) = reg.pin_block(&cid).await {
             return error(StatusCode::INTERNAL_SERVER_ERROR, e);
         }
         pinned.push(cid.to_string());
@@ -481,11 +474,11 @@ async fn block_put(req: &HttpRequest, body: web::Payload, reg: &Registry) -> Htt
                 let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&data).into();
                 let cid = unixfs::cid_v1(codec, &digest);
                 out.push(json!({"Key": cid.to_string(), "Size": data.len()}));
-                if let Err(e) = reg.blocks.record_inline(vec![(cid, data)], Owner::Pin(cid.to_string())).await {
+                if let Err(e) = reg.store_blocks(vec![(cid, data)], Owner::Pin(cid.to_string())).await {
                     return error(StatusCode::INTERNAL_SERVER_ERROR, e);
                 }
                 if pin {
-                    if let Err(e) = reg.blocks.pin(&cid).await {
+                    if let Err(e) = reg.pin_block(&cid).await {
                         return error(StatusCode::INTERNAL_SERVER_ERROR, e);
                     }
                 }
@@ -584,10 +577,10 @@ async fn record_file(reg: &Registry, root: Cid, blocks: Vec<DagBlock>, data: &[u
                 DagBlock::Node { cid, bytes } => (*cid, bytes.clone()),
             })
             .collect();
-        reg.blocks.record_inline(batch, owner.clone()).await.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        reg.store_blocks(batch, owner.clone()).await.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     }
     if pin {
-        reg.blocks.pin(&root).await.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        reg.pin_block(&root).await.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     }
     Ok(())
 }
@@ -595,7 +588,8 @@ async fn record_file(reg: &Registry, root: Cid, blocks: Vec<DagBlock>, data: &[u
 /// Blocks of a `dag/import` recorded in one transaction, at most this many bytes.
 const IMPORT_BATCH_BYTES: usize = 8 << 20;
 
-async fn dag_import(req: &HttpRequest, body: web::Payload, reg: &Arc<Registry>) -> HttpResponse {
+async fn dag_import(req: &HttpRequest, body: web::Payload, policy: &Arc<crate::exposure::Policy>) -> HttpResponse {
+    let reg = policy.registry();
     let mut parts = Parts::new(req, body);
     let mut reader = crate::car::SectionReader::default();
     let (mut batch, mut batch_bytes) = (Vec::new(), 0usize);
@@ -621,7 +615,7 @@ async fn dag_import(req: &HttpRequest, body: web::Payload, reg: &Arc<Registry>) 
         };
         if (done && !batch.is_empty()) || batch_bytes >= IMPORT_BATCH_BYTES {
             let owner = reader.roots().and_then(|r| r.first()).map(|r| Owner::Pin(r.to_string())).unwrap_or(Owner::Nothing);
-            if let Err(e) = reg.blocks.record_inline(std::mem::take(&mut batch), owner).await {
+            if let Err(e) = reg.store_blocks(std::mem::take(&mut batch), owner).await {
                 return error(StatusCode::INTERNAL_SERVER_ERROR, e);
             }
             batch_bytes = 0;
@@ -639,9 +633,9 @@ async fn dag_import(req: &HttpRequest, body: web::Payload, reg: &Arc<Registry>) 
     for root in roots {
         let msg = if !pin_roots {
             String::new()
-        } else if let Err(e) = check_complete(reg, root).await {
+        } else if let Err(e) = check_complete(policy, root).await {
             e
-        } else if let Err(e) = reg.blocks.pin(&root).await {
+        } else if let Err(e) = reg.pin_block(&root).await {
             e.to_string()
         } else {
             String::new()

@@ -12,7 +12,7 @@
 //! `gc.lock`, which publishing holds shared, so a blob re-uploaded during a GC keeps its file.
 
 use crate::digest::Digest;
-use crate::registry::{Registry, Result};
+use super::{Registry, Result};
 use crate::storage::StorageError;
 use std::collections::HashSet;
 use std::time::{Duration, UNIX_EPOCH};
@@ -87,7 +87,8 @@ impl Registry {
         report.blocks = blocks;
         report.block_bytes = block_bytes;
         drop(lock);
-        if report.manifests + report.blobs + report.orphan_files + report.blocks > 0 {
+        if report.manifests + report.links + report.blobs + report.orphan_files + report.blocks > 0 {
+            self.changed().await?;
             let blobs = swept.blobs.iter().map(|b| b.digest.clone()).collect();
             self.emit(crate::events::Event::Swept { blobs, manifests: report.manifests, blocks: report.blocks });
         }

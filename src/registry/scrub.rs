@@ -3,7 +3,7 @@
 //! Raw leaves are ranges of blob files, so checking a blob checks its leaves.
 
 use crate::digest::Digest;
-use crate::registry::{Registry, Result};
+use super::{Registry, Result};
 use crate::storage::StorageError;
 
 /// One thing found wrong, and what was done about it.
@@ -33,6 +33,7 @@ impl Registry {
             let Some(problem) = problem else { continue };
             let moved = self.blobs.quarantine(&digest)?;
             self.meta.mark_blob_missing(&digest).await?;
+            self.changed().await?;
             self.blocks.forget_blob(&digest).await?;
             let action = match moved {
                 Some(path) => format!("quarantined to {} and marked missing", path.display()),

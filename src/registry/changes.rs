@@ -1,0 +1,100 @@
+//! State changes outside uploads and manifest pushes: mounts, unlinks, deletes, pins, visibility
+//! and blocks added through the RPC. Each is made here, so each bumps the change generation (see
+//! [`Registry::generation`]) and sends its event before it returns.
+
+use super::{Registry, Result};
+use crate::blockstore::Owner;
+use crate::digest::Digest;
+use crate::events::Event;
+use crate::metadata::Reference;
+use cid::Cid;
+
+impl Registry {
+    /// Makes `repo` (created if needed) public or private. Returns once every live node sharing
+    /// the metadata has seen the change, so none serves by what it cached before; the nodes that
+    /// did not confirm within [`super::ACK_WAIT`] are returned (they are busy or stuck).
+    pub async fn set_visibility(&self, repo: &str, public: bool) -> Result<Vec<String>> {
+        let before = self.meta.is_public(repo).await?.unwrap_or(false);
+        self.meta.set_public(repo, public).await?;
+        let generation = self.changed().await?;
+        if before != public {
+            self.emit(Event::VisibilityChanged { repository: repo.to_string(), public });
+        }
+        self.await_nodes(generation).await
+    }
+
+    /// Links blob `digest` into `repo` from `from` (any repository when None: the caller has
+    /// checked what it may read). Returns its size, None when there is nothing to mount.
+    pub async fn mount(&self, repo: &str, from: Option<&str>, digest: &Digest) -> Result<Option<u64>> {
+        let mounted = self.meta.mount_blob(repo, from, digest).await?;
+        if mounted.is_some() {
+            self.changed().await?;
+        }
+        Ok(mounted)
+    }
+
+    /// Removes blob `digest` from `repo` (its bytes stay while anything else links them, until
+    /// a GC). False when it was not there.
+    pub async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        let removed = self.meta.unlink_blob(repo, digest).await?;
+        if removed {
+            self.changed().await?;
+            self.emit(Event::Removed { repository: repo.to_string(), reference: digest.to_string() });
+        }
+        Ok(removed)
+    }
+
+    /// Deletes a manifest (with its tags) or one tag. False when it was not there.
+    pub async fn delete(&self, repo: &str, reference: &Reference) -> Result<bool> {
+        let removed = match reference {
+            Reference::Digest(d) => self.meta.delete_manifest(repo, d).await?,
+            Reference::Tag(t) => self.meta.delete_tag(repo, t).await?,
+        };
+        if removed {
+            self.changed().await?;
+            let reference = match reference {
+                Reference::Digest(d) => d.to_string(),
+                Reference::Tag(t) => t.clone(),
+            };
+            self.emit(Event::Removed { repository: repo.to_string(), reference });
+        }
+        Ok(removed)
+    }
+
+    /// Keeps a manifest from GC (`af registry pin`). Returns its digest, None if unknown.
+    pub async fn pin_image(&self, repo: &str, reference: &Reference) -> Result<Option<Digest>> {
+        Ok(self.meta.pin(repo, reference).await?)
+    }
+
+    /// Lets GC take a manifest again. False when it was not pinned.
+    pub async fn unpin_image(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        Ok(self.meta.unpin(repo, digest).await?)
+    }
+
+    /// Records blocks added through the RPC (verified by the caller as they were parsed) for
+    /// `owner`, the pin they arrive under.
+    pub async fn store_blocks(&self, blocks: Vec<(Cid, Vec<u8>)>, owner: Owner) -> Result<()> {
+        Ok(self.blocks.record_inline(blocks, owner).await?)
+    }
+
+    /// Pins `root` (RPC `pin/add`): it and what it links are kept, and public while pinned.
+    pub async fn pin_block(&self, root: &Cid) -> Result<()> {
+        let new = !self.blocks.is_pinned(root).await?;
+        self.blocks.pin(root).await?;
+        self.changed().await?;
+        if new {
+            self.emit(Event::Pinned { root: root.to_string() });
+        }
+        Ok(())
+    }
+
+    /// Removes the pin on `root`. False when there was none.
+    pub async fn unpin_block(&self, root: &Cid) -> Result<bool> {
+        let removed = self.blocks.unpin(root).await?;
+        if removed {
+            self.changed().await?;
+            self.emit(Event::Unpinned { root: root.to_string() });
+        }
+        Ok(removed)
+    }
+}

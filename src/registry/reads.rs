@@ -1,0 +1,152 @@
+//! Reading what the registry holds: blobs as byte streams, blocks verified.
+
+use super::{corrupt, Registry, RegistryError, Result, NODE_ALIVE_SECS};
+use crate::blockstore::{Location, Owner};
+use crate::digest::Digest;
+use crate::metadata::{BlobInfo, ManifestRecord, Page, Reference, Referrer, ReferrerPage};
+use bytes::Bytes;
+use cid::Cid;
+
+impl Registry {
+    /// Opens a blob of `repo` for reading: its bytes (a stream of any range), its length and what
+    /// the metadata says of it.
+    pub async fn open_blob(&self, repo: &str, digest: &Digest) -> Result<(crate::storage::BlobBytes, u64, BlobInfo)> {
+        let Some(info) = self.meta.blob_info(repo, digest).await? else {
+            return Err(RegistryError::BlobUnknown(digest.clone()));
+        };
+        // A client that saw the blob may reference it next: keep it out of a GC's reach.
+        if crate::clock::unix_now() - info.touched_at > self.settings.touch_after.as_secs() as i64 {
+            self.meta.touch_blob(repo, digest).await?;
+        }
+        match self.blobs.open_blob(digest)? {
+            Some((file, len)) => Ok((crate::storage::BlobBytes::Local(file), len, info)),
+            None => {
+                // Another node sharing the metadata may hold it.
+                let holders = match &self.settings.node_id {
+                    Some(me) => self.meta.live_holders(digest, me, NODE_ALIVE_SECS).await?,
+                    None => Vec::new(),
+                };
+                match holders.into_iter().next() {
+                    Some(url) => Err(RegistryError::Elsewhere { digest: digest.clone(), url }),
+                    None => {
+                        tracing::warn!(%digest, "blob is in the metadata but no live node holds its file");
+                        Err(RegistryError::NoHolder(digest.clone()))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The bytes of block `cid` if this node holds it, verified (see `blockstore`). For the
+    /// node's own use: whatever leaves the node is read through a `dag::Reader`, which asks the
+    /// exposure policy.
+    pub async fn get_block(&self, cid: &cid::Cid) -> Result<Option<Bytes>> {
+        self.blocks.get(cid).await.map_err(corrupt)
+    }
+
+    /// The bytes at `location`, verified against `cid`.
+    pub async fn read_block(&self, cid: &cid::Cid, location: Location) -> Result<Option<Bytes>> {
+        self.blocks.read_at(cid, location).await.map_err(corrupt)
+    }
+
+
+    /// What the metadata says of blob `digest` in `repo`, None when it is not linked there.
+    pub async fn blob_info(&self, repo: &str, digest: &Digest) -> Result<Option<BlobInfo>> {
+        Ok(self.meta.blob_info(repo, digest).await?)
+    }
+
+    /// A manifest of `repo` by tag or digest.
+    pub async fn manifest(&self, repo: &str, reference: &Reference) -> Result<Option<ManifestRecord>> {
+        Ok(self.meta.get_manifest(repo, reference).await?)
+    }
+
+    /// A page of `repo`'s tags; None when the repository is unknown.
+    pub async fn tags(&self, repo: &str, page: &Page) -> Result<Option<Vec<String>>> {
+        Ok(self.meta.list_tags(repo, page).await?)
+    }
+
+    /// A page of repository names, in order.
+    pub async fn repositories(&self, page: &Page) -> Result<Vec<String>> {
+        Ok(self.meta.list_repositories(page).await?)
+    }
+
+    /// A page of the manifests in `repo` whose subject is `subject`; true when more follow.
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        page: &ReferrerPage,
+    ) -> Result<(Vec<Referrer>, bool)> {
+        Ok(self.meta.referrers(repo, subject, artifact_type, page).await?)
+    }
+
+    /// Pinned manifests (`af registry pin`), as (repository, digest).
+    pub async fn image_pins(&self) -> Result<Vec<(String, Digest)>> {
+        Ok(self.meta.list_pins().await?)
+    }
+
+    /// Roots pinned through the RPC.
+    pub async fn block_pins(&self) -> Result<Vec<String>> {
+        Ok(self.blocks.pins().await?)
+    }
+
+    /// Where block `cid` is and what it was recorded for, without reading it.
+    pub async fn locate_block(&self, cid: &Cid) -> Result<Option<(Location, Owner)>> {
+        Ok(self.blocks.locate_owned(cid).await?)
+    }
+
+    /// Whether this node holds block `cid`, without reading it.
+    pub async fn has_block(&self, cid: &Cid) -> Result<bool> {
+        Ok(self.blocks.has(cid).await?)
+    }
+
+    /// The size of block `cid` if this node holds it, without reading it.
+    pub async fn block_size(&self, cid: &Cid) -> Result<Option<u64>> {
+        Ok(self.blocks.size(cid).await?)
+    }
+
+    /// Blob bytes the node holds plus inline block bytes, and how many blocks it indexes.
+    pub async fn usage(&self) -> Result<(u64, u64)> {
+        let blobs = self.meta.list_blobs().await?;
+        let (blocks, inline_bytes) = self.blocks.stat().await?;
+        Ok((blobs.iter().map(|(_, s)| s).sum::<u64>() + inline_bytes, blocks))
+    }
+
+    /// The local file of the blob whose DAG root is `root`, if it is `size` bytes long: a whole
+    /// blob's bytes, verified when it was pushed, served without walking its leaves.
+    pub async fn blob_file_by_root(&self, root: &Cid, size: u64) -> Result<Option<std::fs::File>> {
+        let Some(digest) = self.meta.blob_by_root(&root.to_string()).await? else { return Ok(None) };
+        Ok(self.blobs.open_blob(&digest)?.filter(|(_, len)| *len == size).map(|(f, _)| f))
+    }
+
+    /// Whether blob `digest` is linked to a public repository.
+    pub async fn blob_is_public(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.meta.blob_is_public(&digest.to_string()).await?)
+    }
+
+    /// Whether `cid` is the root of a blob of a public repository or the image CID of one of
+    /// its manifests or tags.
+    pub async fn root_is_public(&self, cid: &str) -> Result<bool> {
+        Ok(self.meta.cid_is_public(cid).await?)
+    }
+
+    /// Whether `cid` is pinned through the RPC.
+    pub async fn is_block_pinned(&self, cid: &Cid) -> Result<bool> {
+        Ok(self.blocks.is_pinned(cid).await?)
+    }
+
+    /// Where a CAR import stages its blob files (on the blob store's file system).
+    pub fn staging_dir(&self) -> std::path::PathBuf {
+        self.blobs.staging_dir()
+    }
+
+    /// The GC lock, shared: held by writers of blocks from storing them to pinning them, so a
+    /// GC never sweeps blocks a pin is about to name.
+    pub async fn gc_shared_lock(&self) -> Result<crate::storage::GcLock> {
+        let store = self.blobs.clone();
+        Ok(tokio::task::spawn_blocking(move || store.gc_lock(false))
+            .await
+            .map_err(|e| crate::storage::StorageError::Task(e.to_string()))??)
+    }
+}

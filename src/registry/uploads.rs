@@ -1,0 +1,300 @@
+//! Upload sessions: chunks hashed as they arrive, a blob published only once its digest matched.
+
+use super::{Body, ChunkRange, Registry, RegistryError, Result};
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::metadata::BlobInfo;
+use crate::storage::{append_stream, SideHasher, StorageError};
+use crate::unixfs::CollectingImporter;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// What has been computed over an upload's first `offset` bytes: its sha256 and its UnixFS DAG,
+/// so chunks are hashed as they arrive and never reread. Lost on restart and rebuilt from the
+/// file then.
+struct Hashes {
+    offset: u64,
+    digest: Hasher,
+    dag: CollectingImporter,
+}
+
+struct SessionState {
+    hashed: Option<Hashes>,
+}
+
+impl SideHasher for CollectingImporter {
+    fn update(&mut self, data: &[u8]) {
+        CollectingImporter::update(self, data)
+    }
+}
+
+type SessionLock = Arc<tokio::sync::Mutex<SessionState>>;
+
+#[derive(Default)]
+pub(super) struct Sessions(std::sync::Mutex<std::collections::HashMap<Uuid, SessionLock>>);
+
+impl Registry {
+    pub(super) async fn reconcile_uploads(&self) -> Result<()> {
+        let (meta, blobs, blocks, profile) = (&self.meta, &self.blobs, &self.blocks, self.profile);
+        let sessions = meta.list_uploads().await?;
+        let known: std::collections::HashSet<Uuid> = sessions.iter().map(|s| s.id).collect();
+        let mut on_disk = std::collections::HashSet::new();
+        for (id, path) in blobs.list_uploads()? {
+            if known.contains(&id) {
+                on_disk.insert(id);
+            } else {
+                tracing::info!(path = %path.display(), "removing upload data without a session");
+                std::fs::remove_file(&path)
+                    .map_err(|source| StorageError::Io { path: path.display().to_string(), source })?;
+            }
+        }
+        for s in &sessions {
+            if on_disk.contains(&s.id) {
+                continue;
+            }
+            // No data file: either it was published (renamed into blobs/) and the commit did not
+            // happen, which we complete now, or the session is beyond repair.
+            let published = s.finishing.as_ref().filter(|d| blobs.has_blob(d));
+            match published {
+                Some(digest) => {
+                    tracing::info!(upload = %s.id, %digest, "completing an upload published before a crash");
+                    let store = blobs.clone();
+                    let d = digest.clone();
+                    let (size, dag, _gc_lock) = tokio::task::spawn_blocking(move || {
+                        let lock = store.gc_lock(false)?;
+                        let mut dag = CollectingImporter::new(profile);
+                        store.scan_blob(&d, |data| dag.update(data)).map(|size| (size, dag, lock))
+                    })
+                    .await
+                    .map_err(|e| StorageError::Task(e.to_string()))??;
+                    let (root, dag_blocks) = dag.finish();
+                    blocks.record_blob_dag(digest, dag_blocks).await?;
+                    let info = BlobInfo { size, root_cid: root.cid.to_string(), touched_at: 0 };
+                    meta.commit_blob(&s.repository, digest, &info, Some(s.id)).await?;
+                }
+                None => {
+                    tracing::info!(upload = %s.id, "removing upload session without data");
+                    meta.delete_upload(s.id).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+
+    fn session_lock(&self, id: Uuid) -> SessionLock {
+        self.sessions.0
+            .lock()
+            .expect("sessions lock")
+            .entry(id)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(SessionState { hashed: None })))
+            .clone()
+    }
+
+    fn forget_session(&self, id: Uuid) {
+        self.sessions.0.lock().expect("sessions lock").remove(&id);
+    }
+
+    /// Opens an upload session in `repo` for `owner` (who pays for it: a user name, or
+    /// `address:<ip>` for anonymous pushes).
+    pub async fn start_upload(&self, repo: &str, owner: &str) -> Result<Uuid> {
+        let id = Uuid::new_v4();
+        // Row first: a data file without a row is swept at start, so a crash between the two
+        // leaves nothing behind.
+        if !self.meta.create_upload(repo, id, owner, self.settings.max_uploads).await? {
+            return Err(RegistryError::TooManyUploads { owner: owner.to_string(), max: self.settings.max_uploads });
+        }
+        if let Err(e) = self.blobs.create_upload(&id) {
+            self.meta.delete_upload(id).await?;
+            return Err(e.into());
+        }
+        Ok(id)
+    }
+
+    async fn check_session(&self, repo: &str, id: Uuid) -> Result<()> {
+        match self.meta.get_upload(id).await? {
+            Some(s) if s.repository == repo => Ok(()),
+            _ => Err(RegistryError::UploadUnknown(id)),
+        }
+    }
+
+    /// Bytes received so far by an upload.
+    pub async fn upload_offset(&self, repo: &str, id: Uuid) -> Result<u64> {
+        self.check_session(repo, id).await?;
+        let lock = self.session_lock(id);
+        let _guard = lock.lock().await;
+        self.blobs.upload_len(&id)?.ok_or(RegistryError::UploadUnknown(id))
+    }
+
+    /// The hashes matching the file's current length, rebuilt from disk when unknown.
+    async fn current_hash(&self, id: Uuid, state: &mut SessionState) -> Result<Hashes> {
+        let len = self.blobs.upload_len(&id)?.ok_or(RegistryError::UploadUnknown(id))?;
+        if let Some(h) = state.hashed.take() {
+            if h.offset == len && h.dag.consumed() == len {
+                return Ok(h);
+            }
+        }
+        let store = self.blobs.clone();
+        let profile = self.profile;
+        let h = tokio::task::spawn_blocking(move || {
+            let mut digest = Algorithm::Sha256.hasher();
+            let mut dag = CollectingImporter::new(profile);
+            store
+                .scan_upload(&id, |data| {
+                    digest.update(data);
+                    dag.update(data);
+                })
+                .map(|offset| Hashes { offset, digest, dag })
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))??;
+        Ok(h)
+    }
+
+    async fn append_locked<B: Body>(
+        &self,
+        id: Uuid,
+        state: &mut SessionState,
+        range: Option<ChunkRange>,
+        body: B,
+    ) -> Result<u64> {
+        let h = self.current_hash(id, state).await?;
+        let offset = h.offset;
+        if let Some(r) = range {
+            if r.start != offset || r.end_inclusive < r.start {
+                state.hashed = Some(h);
+                return Err(RegistryError::ChunkOutOfOrder { start: r.start, offset });
+            }
+        }
+        let out = append_stream(&self.blobs, id, offset, h.digest, h.dag, body).await?;
+        // The DAG saw every chunk received, the file only those written: keep both only if they
+        // agree, otherwise they are rebuilt from the file next time.
+        state.hashed = (out.side.consumed() == out.len).then_some(Hashes { offset: out.len, digest: out.hasher, dag: out.side });
+        if let Err(e) = out.result {
+            return Err(RegistryError::Body(e.to_string()));
+        }
+        if let Some(r) = range {
+            let expected = r.end_inclusive.checked_sub(r.start).and_then(|n| n.checked_add(1)).unwrap_or(u64::MAX);
+            if out.received != expected {
+                // A refused chunk leaves the session as it was: cut the file back.
+                self.blobs.truncate_upload(&id, offset)?;
+                state.hashed = None;
+                return Err(RegistryError::ChunkLength { expected, received: out.received });
+            }
+        }
+        Ok(out.len)
+    }
+
+    /// Appends a chunk (PATCH). Returns the new offset.
+    pub async fn append<B: Body>(&self, repo: &str, id: Uuid, range: Option<ChunkRange>, body: B) -> Result<u64> {
+        self.check_session(repo, id).await?;
+        let lock = self.session_lock(id);
+        let mut state = lock.lock().await;
+        let len = self.append_locked(id, &mut state, range, body).await?;
+        self.meta.touch_upload(id).await?;
+        Ok(len)
+    }
+
+    /// Completes an upload (PUT): appends the final chunk if any, verifies the digest, publishes
+    /// the blob and commits it. On a digest mismatch the upload is discarded.
+    pub async fn finish_upload<B: Body>(
+        &self,
+        repo: &str,
+        id: Uuid,
+        digest: &Digest,
+        range: Option<ChunkRange>,
+        body: Option<B>,
+    ) -> Result<u64> {
+        self.check_session(repo, id).await?;
+        let lock = self.session_lock(id);
+        let mut state = lock.lock().await;
+        if let Some(body) = body {
+            self.append_locked(id, &mut state, range, body).await?;
+        }
+        let hashes = self.current_hash(id, &mut state).await?;
+        let actual = match digest.algorithm() {
+            Algorithm::Sha256 => hashes.digest.clone().finish(),
+            other => {
+                let store = self.blobs.clone();
+                tokio::task::spawn_blocking(move || store.hash_upload(&id, other))
+                    .await
+                    .map_err(|e| StorageError::Task(e.to_string()))??
+                    .1
+                    .finish()
+            }
+        };
+        if &actual != digest {
+            self.discard(id).await?;
+            return Err(RegistryError::DigestMismatch { expected: digest.clone(), actual });
+        }
+        let (root, dag_blocks) = hashes.dag.finish();
+        self.meta.mark_upload_finishing(id, digest).await?;
+        let store = self.blobs.clone();
+        let d = digest.clone();
+        let (size, _gc_lock) = tokio::task::spawn_blocking(move || {
+            let lock = store.gc_lock(false)?;
+            store.publish(&id, &d).map(|size| (size, lock))
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))??;
+        // Blocks are indexed before the blob becomes visible, so every visible blob has its DAG.
+        self.blocks.record_blob_dag(digest, dag_blocks).await?;
+        let info = BlobInfo { size, root_cid: root.cid.to_string(), touched_at: 0 };
+        let known = self.meta.blob_info(repo, digest).await?.is_some();
+        self.meta.commit_blob(repo, digest, &info, Some(id)).await?;
+        if !known {
+            self.changed().await?;
+            let event = crate::events::Event::BlobPublished { repository: repo.to_string(), digest: digest.clone(), root: info.root_cid };
+            self.emit(event);
+        }
+        if let Some(node) = &self.settings.node_id {
+            self.meta.record_holder(digest, node).await?;
+        }
+        drop(state);
+        self.forget_session(id);
+        Ok(size)
+    }
+
+    async fn discard(&self, id: Uuid) -> Result<()> {
+        self.blobs.remove_upload(&id)?;
+        self.meta.delete_upload(id).await?;
+        self.forget_session(id);
+        Ok(())
+    }
+
+    /// Cancels an upload (DELETE on the session).
+    pub async fn cancel_upload(&self, repo: &str, id: Uuid) -> Result<()> {
+        self.check_session(repo, id).await?;
+        let lock = self.session_lock(id);
+        let _guard = lock.lock().await;
+        self.discard(id).await
+    }
+
+    /// Discards uploads idle for `max_idle` or longer; one being written to right now is left
+    /// alone (its lock is held). Returns how many were discarded.
+    pub async fn expire_uploads(&self, max_idle: std::time::Duration) -> Result<usize> {
+        let mut expired = 0;
+        for id in self.meta.idle_uploads(max_idle.as_secs()).await? {
+            let lock = self.session_lock(id);
+            let Ok(_guard) = lock.try_lock() else { continue };
+            self.discard(id).await?;
+            tracing::info!(upload = %id, "expired an idle upload");
+            expired += 1;
+        }
+        Ok(expired)
+    }
+
+    /// A whole blob in one request (POST `?digest=` with a body).
+    pub async fn put_blob<B: Body>(&self, repo: &str, digest: &Digest, owner: &str, body: B) -> Result<u64> {
+        let id = self.start_upload(repo, owner).await?;
+        match self.finish_upload(repo, id, digest, None, Some(body)).await {
+            Ok(size) => Ok(size),
+            Err(e) => {
+                // A failed one-shot upload leaves no session behind for anyone to resume.
+                if let Err(cleanup) = self.discard(id).await {
+                    tracing::warn!(upload = %id, error = %cleanup, "could not discard failed upload");
+                }
+                Err(e)
+            }
+        }
+    }
+}
