@@ -117,6 +117,29 @@ fn location(blob: Option<String>, offset: Option<i64>, len: i64, data: Option<Ve
     }
 }
 
+/// Blocks at most this large are read and hashed on the calling thread.
+const INLINE_READ_MAX: u64 = 64 << 10;
+
+/// `len` bytes of `blob`'s file at `offset`, verified against `cid`.
+fn read_range(store: &crate::storage::BlobStore, cid: &Cid, blob: &Digest, offset: u64, len: u64) -> Result<Option<bytes::Bytes>, BlockIndexError> {
+    use std::os::unix::fs::FileExt;
+    let missing = || BlockIndexError::Mismatch { cid: cid.to_string(), detail: "its blob file is missing".into() };
+    let (file, _) = store.open_blob(blob)?.ok_or_else(missing)?;
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|source| crate::storage::StorageError::Io { path: store.blob_path(blob).display().to_string(), source })?;
+    checked(cid, bytes::Bytes::from(buf)).map(Some)
+}
+
+/// `bytes` if they match `cid`, else the mismatch (logged: it means corruption on disk).
+fn checked(cid: &Cid, bytes: bytes::Bytes) -> Result<bytes::Bytes, BlockIndexError> {
+    if let Err(e) = verify(cid, &bytes) {
+        tracing::error!(%cid, error = %e, "block bytes do not match the CID");
+        return Err(BlockIndexError::Mismatch { cid: cid.to_string(), detail: e.to_string() });
+    }
+    Ok(bytes)
+}
+
 /// An inline block; recording a known one again makes it young for the GC.
 const INSERT_INLINE: &str = "INSERT INTO blocks (multihash, codec, length, data, owner_kind, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
      ON CONFLICT DO UPDATE SET created_at = unixepoch()";
@@ -184,6 +207,22 @@ impl BlockIndex {
         })
         .await
         .map_err(|e| BlockIndexError::Task(e.to_string()))?
+    }
+
+    /// A point lookup (one row by primary key, microseconds from SQLite's page cache): run on
+    /// the calling thread when a reader connection is free, since handing it to a blocking
+    /// thread and back costs more than the query (two thread wake-ups, which dominated a raw
+    /// block GET); on a blocking thread otherwise.
+    async fn lookup<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, BlockIndexError> + Send + 'static,
+    ) -> Result<T, BlockIndexError> {
+        let start = self.next_reader.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.readers.len();
+        if let Some(conn) = (0..n).find_map(|i| self.readers[(start + i) % n].try_lock().ok()) {
+            return f(&conn);
+        }
+        self.read(f).await
     }
 
     async fn run<T: Send + 'static>(
@@ -256,30 +295,18 @@ impl BlockIndex {
 
     /// The bytes at `location` (from [`BlockIndex::locate_owned`]), verified against `cid`.
     pub async fn read_at(&self, cid: &Cid, location: Location) -> Result<Option<bytes::Bytes>, BlockIndexError> {
-        let bytes = match location {
-            Location::Inline(data) => bytes::Bytes::from(data),
+        match location {
+            Location::Inline(data) => checked(cid, bytes::Bytes::from(data)).map(Some),
+            // Small reads (from the page cache, almost always) cost less than the hand-off to a
+            // blocking thread; large ones and their hashing go there.
+            Location::Blob { blob, offset, len } if len <= INLINE_READ_MAX => read_range(&self.blobs, cid, &blob, offset, len),
             Location::Blob { blob, offset, len } => {
-                let store = self.blobs.clone();
-                let read = tokio::task::spawn_blocking(move || -> Result<Option<bytes::Bytes>, crate::storage::StorageError> {
-                    use std::os::unix::fs::FileExt;
-                    let Some((file, _)) = store.open_blob(&blob)? else { return Ok(None) };
-                    let mut buf = vec![0u8; len as usize];
-                    file.read_exact_at(&mut buf, offset).map_err(|source| crate::storage::StorageError::Io {
-                        path: store.blob_path(&blob).display().to_string(),
-                        source,
-                    })?;
-                    Ok(Some(bytes::Bytes::from(buf)))
-                })
-                .await
-                .map_err(|e| BlockIndexError::Task(e.to_string()))??;
-                read.ok_or_else(|| BlockIndexError::Mismatch { cid: cid.to_string(), detail: "its blob file is missing".into() })?
+                let (store, cid) = (self.blobs.clone(), *cid);
+                tokio::task::spawn_blocking(move || read_range(&store, &cid, &blob, offset, len))
+                    .await
+                    .map_err(|e| BlockIndexError::Task(e.to_string()))?
             }
-        };
-        if let Err(e) = verify(cid, &bytes) {
-            tracing::error!(%cid, error = %e, "block bytes do not match the CID");
-            return Err(BlockIndexError::Mismatch { cid: cid.to_string(), detail: e.to_string() });
         }
-        Ok(Some(bytes))
     }
 
     /// Where the block of `cid` is, if this node has it.
@@ -290,7 +317,7 @@ impl BlockIndex {
     /// Where the block of `cid` is and what it was recorded for, in one lookup.
     pub async fn locate_owned(&self, cid: &Cid) -> Result<Option<(Location, Owner)>, BlockIndexError> {
         let mh = cid.hash().to_bytes();
-        self.read(move |conn| {
+        self.lookup(move |conn| {
             let row = conn
                 .prepare_cached("SELECT blob, offset, length, data, owner_kind, owner FROM blocks WHERE multihash = ?1")?
                 .query_row([mh], |r| {
@@ -317,7 +344,7 @@ impl BlockIndex {
     /// a peer's "do you have it?" needs).
     pub async fn size(&self, cid: &Cid) -> Result<Option<u64>, BlockIndexError> {
         let mh = cid.hash().to_bytes();
-        self.read(move |conn| {
+        self.lookup(move |conn| {
             Ok(conn
                 .prepare_cached("SELECT length FROM blocks WHERE multihash = ?1")?
                 .query_row([mh], |r| r.get::<_, i64>(0))

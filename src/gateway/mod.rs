@@ -29,10 +29,16 @@ pub const CAR_TYPE: &str = "application/vnd.ipld.car";
 
 pub fn configure(policy: Arc<Policy>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
-        cfg.app_data(web::Data::from(policy))
-            .route("/ipfs/{tail:.*}", web::get().to(handle))
-            .route("/ipfs/{tail:.*}", web::head().to(handle))
-            .default_service(web::to(|| async { text(StatusCode::NOT_FOUND, "404 page not found") }));
+        // One service matched by prefix by hand: a `{tail:.*}` route is a regex run on every
+        // request, a tenth of a raw block GET's time.
+        cfg.app_data(web::Data::from(policy)).default_service(web::to(|req: HttpRequest, policy: web::Data<Policy>| async move {
+            let method = req.method();
+            if req.path().starts_with("/ipfs/") && (method == actix_web::http::Method::GET || method == actix_web::http::Method::HEAD) {
+                handle(req, policy).await
+            } else {
+                text(StatusCode::NOT_FOUND, "404 page not found")
+            }
+        }));
     }
 }
 
@@ -93,7 +99,7 @@ fn dag_error(e: DagError) -> HttpResponse {
 }
 
 async fn handle(req: HttpRequest, policy: web::Data<Policy>) -> HttpResponse {
-    let tail = req.match_info().query("tail").to_string();
+    let tail = req.path()["/ipfs/".len()..].to_string();
     let (cid_text, rest) = tail.split_once('/').map(|(a, b)| (a, Some(b))).unwrap_or((tail.as_str(), None));
     let Ok(root) = Cid::try_from(cid_text) else {
         return text(StatusCode::BAD_REQUEST, format!("invalid path \"/ipfs/{tail}\": {cid_text:?} is not a CID"));
