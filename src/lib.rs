@@ -11,6 +11,7 @@ pub mod digest;
 pub mod events;
 pub mod exposure;
 pub mod gateway;
+pub mod identity;
 pub mod image;
 pub mod manifest;
 pub mod metadata;

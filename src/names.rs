@@ -1,6 +1,13 @@
 //! Repository names and tags, validated by the grammar of the OCI distribution spec.
 //! A repository name never becomes a file path; it is only ever a key in the metadata store.
 
+/// What names a manifest in a repository: a tag or a digest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Reference {
+    Tag(String),
+    Digest(crate::digest::Digest),
+}
+
 use std::sync::LazyLock;
 
 static NAME: LazyLock<regex::Regex> = LazyLock::new(|| {
@@ -34,8 +41,7 @@ pub fn is_valid_tag(tag: &str) -> bool {
 pub struct BadImageReference(String);
 
 /// Parses `<repository>:<tag>` or `<repository>@<digest>`, as the command line names images.
-pub fn parse_image_reference(s: &str) -> Result<(String, crate::metadata::Reference), BadImageReference> {
-    use crate::metadata::Reference;
+pub fn parse_image_reference(s: &str) -> Result<(String, Reference), BadImageReference> {
     let bad = || BadImageReference(s.to_string());
     let (repo, reference) = match s.split_once('@') {
         Some((repo, digest)) => (repo, Reference::Digest(digest.parse().map_err(|_| bad())?)),
@@ -61,10 +67,10 @@ mod tests {
     fn image_references() {
         let (repo, r) = parse_image_reference("a/b:v1").unwrap();
         assert_eq!(repo, "a/b");
-        assert!(matches!(r, crate::metadata::Reference::Tag(t) if t == "v1"));
+        assert!(matches!(r, Reference::Tag(t) if t == "v1"));
         let d = format!("sha256:{}", "a".repeat(64));
         let (_, r) = parse_image_reference(&format!("a@{d}")).unwrap();
-        assert!(matches!(r, crate::metadata::Reference::Digest(x) if x.to_string() == d));
+        assert!(matches!(r, Reference::Digest(x) if x.to_string() == d));
         for bad in ["a", "A:b", "a:", "a@sha256:12", ":x"] {
             assert!(parse_image_reference(bad).is_err(), "{bad}");
         }

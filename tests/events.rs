@@ -28,13 +28,17 @@ fn drain(rx: &mut tokio::sync::broadcast::Receiver<Event>) -> Vec<Event> {
     }
 }
 
+async fn registry(dir: &std::path::Path) -> Registry {
+    let blobs = BlobStore::open(dir).unwrap();
+    let meta = SqliteStore::open(&dir.join("metadata.sqlite")).unwrap();
+    let blocks = BlockIndex::open(&dir.join("blocks.sqlite"), blobs.clone()).unwrap();
+    Registry::open(meta, blobs, blocks, Profile::UnixfsV1_2025).await.unwrap()
+}
+
 #[tokio::test]
 async fn events_are_sent_exactly_when_the_state_changed() {
     let dir = tempfile::tempdir().unwrap();
-    let blobs = BlobStore::open(dir.path()).unwrap();
-    let meta = SqliteStore::open(&dir.path().join("metadata.sqlite")).unwrap();
-    let blocks = BlockIndex::open(&dir.path().join("blocks.sqlite"), blobs.clone()).unwrap();
-    let reg = Registry::open(meta, blobs, blocks, Profile::UnixfsV1_2025).await.unwrap();
+    let reg = registry(dir.path()).await;
     let mut rx = reg.subscribe();
 
     // Blobs: published once; the same again, and a push whose digest is wrong, say nothing.
@@ -120,10 +124,7 @@ async fn events_are_sent_exactly_when_the_state_changed() {
 #[tokio::test]
 async fn links_and_pins_are_events_and_generations() {
     let dir = tempfile::tempdir().unwrap();
-    let blobs = BlobStore::open(dir.path()).unwrap();
-    let meta = SqliteStore::open(&dir.path().join("metadata.sqlite")).unwrap();
-    let blocks = BlockIndex::open(&dir.path().join("blocks.sqlite"), blobs.clone()).unwrap();
-    let reg = Registry::open(meta, blobs, blocks, Profile::UnixfsV1_2025).await.unwrap();
+    let reg = registry(dir.path()).await;
     let layer = b"a layer".to_vec();
     let ld = Digest::of_bytes(Algorithm::Sha256, &layer);
     reg.put_blob("a/one", &ld, "t", body(&layer)).await.unwrap();

@@ -71,11 +71,7 @@ pub enum PutManifestOutcome {
     MissingReference(Digest),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Reference {
-    Tag(String),
-    Digest(Digest),
-}
+pub use crate::names::Reference;
 
 /// Where a page of referrers starts and how large it may be.
 #[derive(Debug, Clone)]

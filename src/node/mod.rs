@@ -1,6 +1,5 @@
 //! Starting a node: open the stores, then serve the API until told to stop.
 
-pub mod identity;
 mod tasks;
 
 use crate::api;
@@ -128,7 +127,7 @@ async fn bootstrap_admin(meta: &Arc<dyn crate::metadata::AuthStore>) -> Result<(
 
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let mut registry = open_registry(&config.data_dir, config.database_url.as_deref(), config.cid_profile, true).await?;
-    let identity = identity::load_or_create(&config.data_dir).map_err(|e| ServeError::Admin(e.to_string()))?;
+    let identity = crate::identity::load_or_create(&config.data_dir).map_err(|e| ServeError::Admin(e.to_string()))?;
     registry.configure(crate::registry::Settings {
         sparse_manifests: config.sparse_manifests,
         touch_after: config.gc_grace / 4,

@@ -38,7 +38,7 @@ pub struct RpcState {
     /// What may leave the node (the same policy as the gateway's).
     pub policy: Arc<crate::exposure::Policy>,
     pub auth: Option<Arc<Auth>>,
-    pub identity: crate::node::identity::Identity,
+    pub identity: crate::identity::Identity,
     pub data_dir: std::path::PathBuf,
     /// Bound to loopback only: the caller is the operator.
     pub loopback: bool,
