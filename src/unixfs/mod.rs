@@ -194,7 +194,7 @@ pub fn import_reader<R: std::io::Read + Send>(mut data: R, profile: Profile) -> 
 
 #[cfg(test)]
 mod kubo_vectors {
-    //! Kubo's own golden CIDs (../shared/vectors/unixfs-kubo.tsv, from Kubo's
+    //! Kubo's own golden CIDs (tests/data/unixfs-kubo.tsv, from Kubo's
     //! test/cli/cid_profiles_test.go). Rows of `unixfs-v0-2015` (CIDv0 with dag-pb leaves) are
     //! not a profile this node builds and are left out.
     use super::*;
@@ -203,8 +203,8 @@ mod kubo_vectors {
     use std::collections::BTreeMap;
 
     fn vectors() -> String {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/unixfs-kubo.tsv");
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (the shared vectors sit beside the repository)", path.display()))
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/unixfs-kubo.tsv");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
     #[test]
