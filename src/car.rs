@@ -12,7 +12,9 @@ use crate::image::{REF_NAME_ANNOTATION, REPOSITORY_ANNOTATION};
 use crate::manifest::{self, MAX_MANIFEST_BYTES};
 use crate::metadata::{MetadataError, Reference};
 use crate::registry::{Registry, RegistryError};
-use crate::unixfs::{self, DecodedLink};
+use crate::dag::{self, BlockSource, DagError, Reader};
+use crate::exposure::Admission;
+use crate::unixfs::DecodedLink;
 use bytes::Bytes;
 use cid::Cid;
 use iroh_car::CarHeader;
@@ -27,8 +29,6 @@ use tokio::io::AsyncWrite;
 /// The largest CAR section accepted: blocks are at most a chunk (1 MiB) plus framing, and
 /// IPFS peers refuse blocks over 2 MiB anyway.
 const MAX_SECTION: usize = 4 << 20;
-/// Identity multihash code: the "hash" is the data itself.
-const IDENTITY: u64 = 0x00;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CarError {
@@ -151,9 +151,6 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 fn verify_block(cid: &Cid, data: &[u8]) -> Result<()> {
     crate::blockstore::verify(cid, data).map_err(|e| block_err(cid, e))
 }
-
-/// The most blocks one file of an imported layout may take (a 1 TiB layer of 1 MiB chunks).
-const MAX_FILE_BLOCKS: u64 = 1 << 20;
 
 /// Removes staging files of imports that ended without cleaning up (killed, crashed); a live
 /// import holds a lock on its file and is left alone.
@@ -313,93 +310,80 @@ impl SectionReader {
     }
 }
 
-impl Staged {
-    fn block(&self, cid: &Cid, path: &str) -> Result<Vec<u8>> {
-        if cid.hash().code() == IDENTITY {
-            return Ok(cid.hash().digest().to_vec());
-        }
-        let &(offset, len) = self
-            .index
-            .get(cid)
-            .ok_or_else(|| CarError::Missing { path: path.to_string(), cid: cid.to_string() })?;
-        let mut buf = vec![0u8; len];
-        self.file
-            .read_exact_at(&mut buf, offset)
-            .map_err(|source| CarError::Staging { path: self.path.display().to_string(), source })?;
-        Ok(buf)
+/// The staged blocks as a source for a [`Reader`]: verified when they were staged, and all of
+/// them the operator's. Read on the calling thread: an import is the CLI's, nothing else waits.
+struct StagedBlocks(Arc<Staged>);
+
+impl BlockSource for StagedBlocks {
+    fn fetch<'a>(&'a self, cid: &'a Cid) -> futures_util::future::BoxFuture<'a, dag::Result<Option<(Bytes, Admission)>>> {
+        Box::pin(async move {
+            let Some(&(offset, len)) = self.0.index.get(cid) else { return Ok(None) };
+            let mut buf = vec![0u8; len];
+            self.0.file.read_exact_at(&mut buf, offset).map_err(|source| {
+                RegistryError::Storage(crate::storage::StorageError::Io { path: self.0.path.display().to_string(), source })
+            })?;
+            Ok(Some((Bytes::from(buf), Admission::Vouching)))
+        })
     }
 
-    fn directory(&self, cid: &Cid, path: &str) -> Result<Vec<DecodedLink>> {
-        let layout = |problem: &str| CarError::Layout { path: path.to_string(), problem: problem.to_string() };
-        if cid.codec() != unixfs::DAG_PB {
-            return Err(layout("not a directory"));
-        }
-        let node = unixfs::decode_node(&self.block(cid, path)?).map_err(|e| block_err(cid, e))?;
-        match unixfs::unixfs_type(&node.data).map_err(|e| block_err(cid, e))? {
-            unixfs::UNIXFS_DIRECTORY => Ok(node.links),
-            // A large index's blobs directory, sharded as Kubo shards it: its entries from every
-            // sub-shard (each read once; shards form a tree, so this ends).
-            unixfs::UNIXFS_HAMT_SHARD => {
-                let mut out = Vec::new();
-                let mut stack: Vec<DecodedLink> = node.links.into_iter().rev().collect();
-                let mut shards = 0u64;
-                while let Some(link) = stack.pop() {
-                    match unixfs::hamt::entry_name(&link).map(str::to_string) {
-                        Some(name) => out.push(DecodedLink { name, ..link }),
-                        None => {
-                            shards += 1;
-                            if shards > MAX_FILE_BLOCKS {
-                                return Err(layout("a sharded directory of more shards than any layout needs"));
-                            }
-                            let sub = unixfs::decode_node(&self.block(&link.cid, path)?).map_err(|e| block_err(&link.cid, e))?;
-                            if unixfs::unixfs_type(&sub.data).map_err(|e| block_err(&link.cid, e))? != unixfs::UNIXFS_HAMT_SHARD {
-                                return Err(block_err(&link.cid, "a sub-shard that is not a shard"));
-                            }
-                            stack.extend(sub.links.into_iter().rev());
-                        }
-                    }
-                }
-                Ok(out)
-            }
-            _ => Err(layout("not a directory")),
-        }
+    fn sees_all(&self) -> bool {
+        true
     }
 
-    /// Feeds the content of the UnixFS file at `cid` to `f`, in order: depth first with a stack
-    /// of pending links (a chain of any depth), at most [`MAX_FILE_BLOCKS`] blocks (a DAG that
-    /// repeats a subtree describes far more than it holds).
-    fn file(&self, cid: &Cid, path: &str, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        let mut stack = vec![*cid];
-        let mut visited = 0u64;
-        while let Some(cid) = stack.pop() {
-            visited += 1;
-            if visited > MAX_FILE_BLOCKS {
-                return Err(CarError::Layout { path: path.to_string(), problem: format!("more than {MAX_FILE_BLOCKS} blocks: the DAG repeats itself") });
-            }
-            let bytes = self.block(&cid, path)?;
-            match cid.codec() {
-                unixfs::RAW => f(&bytes)?,
-                unixfs::DAG_PB => {
-                    let node = unixfs::decode_node(&bytes).map_err(|e| block_err(&cid, e))?;
-                    let data = unixfs::file_data(&node.data).map_err(|e| block_err(&cid, e))?;
-                    f(data)?;
-                    stack.extend(node.links.iter().rev().map(|l| l.cid));
-                }
-                codec => return Err(block_err(&cid, format!("codec 0x{codec:x} in a UnixFS file"))),
-            }
+    fn vouch(&self, _links: Vec<Cid>) {}
+}
+
+/// A walk's failure as an import error about `path`.
+fn walk_err(path: &str) -> impl Fn(DagError) -> CarError + '_ {
+    move |e| match e {
+        DagError::Missing(cid) => CarError::Missing { path: path.to_string(), cid: cid.to_string() },
+        DagError::Malformed { cid, detail } => block_err(&cid, detail),
+        DagError::Registry(e) => CarError::Registry(e),
+        e @ (DagError::NotFound(_) | DagError::TooMuchWork(_)) => CarError::Layout { path: path.to_string(), problem: e.to_string() },
+    }
+}
+
+/// A file read failed: the walk's error inside, or another.
+fn file_err(path: &str, e: std::io::Error) -> CarError {
+    match e.into_inner().map(|inner| inner.downcast::<DagError>()) {
+        Some(Ok(dag)) => walk_err(path)(*dag),
+        Some(Err(other)) => CarError::Layout { path: path.to_string(), problem: other.to_string() },
+        None => CarError::Layout { path: path.to_string(), problem: "unreadable".into() },
+    }
+}
+
+impl StagedBlocks {
+    fn reader(&self) -> Arc<Reader> {
+        Reader::over(StagedBlocks(self.0.clone()))
+    }
+
+    /// The entries of the directory at `cid`, plain or sharded.
+    async fn directory(&self, cid: &Cid, path: &str) -> Result<Vec<DecodedLink>> {
+        let reader = self.reader();
+        let node = reader.node(cid).await.map_err(walk_err(path))?;
+        reader.entries(node).await.map_err(walk_err(path))
+    }
+
+    /// Feeds the content of the UnixFS file at `cid` to `f`, in order.
+    async fn file(&self, cid: &Cid, path: &str, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        use futures_util::StreamExt;
+        let mut pieces = std::pin::pin!(dag::file_stream(self.reader(), *cid, 0, u64::MAX));
+        while let Some(piece) = pieces.next().await {
+            f(&piece.map_err(|e| file_err(path, e))?)?;
         }
         Ok(())
     }
 
-    fn small_file(&self, cid: &Cid, path: &str, limit: usize) -> Result<Vec<u8>> {
+    async fn small_file(&self, cid: &Cid, path: &str, limit: usize) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        self.file(cid, path, &mut |data| {
+        self.file(cid, path, |data| {
             if out.len() + data.len() > limit {
                 return Err(CarError::Layout { path: path.to_string(), problem: format!("larger than {limit} bytes") });
             }
             out.extend_from_slice(data);
             Ok(())
-        })?;
+        })
+        .await?;
         Ok(out)
     }
 }
@@ -435,8 +419,8 @@ struct Descriptor {
     annotations: HashMap<String, String>,
 }
 
-fn plan(staged: &Staged, repo_override: Option<String>) -> Result<Plan> {
-    let root = staged.directory(&staged.root, "/")?;
+async fn plan(staged: &StagedBlocks, repo_override: Option<String>) -> Result<Plan> {
+    let root = staged.directory(&staged.0.root, "/").await?;
     let entry = |links: &[DecodedLink], name: &str, path: &str| -> Result<Cid> {
         links.iter().find(|l| l.name == name).map(|l| l.cid).ok_or_else(|| CarError::Layout {
             path: path.to_string(),
@@ -446,9 +430,9 @@ fn plan(staged: &Staged, repo_override: Option<String>) -> Result<Plan> {
     let index_cid = entry(&root, "index.json", "index.json")?;
     entry(&root, "oci-layout", "oci-layout")?;
     let mut layout_blobs: HashMap<Digest, Cid> = HashMap::new();
-    for alg in staged.directory(&entry(&root, "blobs", "blobs")?, "blobs")? {
+    for alg in staged.directory(&entry(&root, "blobs", "blobs")?, "blobs").await? {
         let dir = format!("blobs/{}", alg.name);
-        for blob in staged.directory(&alg.cid, &dir)? {
+        for blob in staged.directory(&alg.cid, &dir).await? {
             let path = format!("{dir}/{}", blob.name);
             let digest: Digest = format!("{}:{}", alg.name, blob.name)
                 .parse()
@@ -456,7 +440,7 @@ fn plan(staged: &Staged, repo_override: Option<String>) -> Result<Plan> {
             layout_blobs.insert(digest, blob.cid);
         }
     }
-    let index: IndexJson = serde_json::from_slice(&staged.small_file(&index_cid, "index.json", MAX_MANIFEST_BYTES)?)
+    let index: IndexJson = serde_json::from_slice(&staged.small_file(&index_cid, "index.json", MAX_MANIFEST_BYTES).await?)
         .map_err(|e| CarError::Layout { path: "index.json".into(), problem: e.to_string() })?;
     let repository = repo_override
         .or_else(|| index.manifests.iter().find_map(|d| d.annotations.get(REPOSITORY_ANNOTATION).cloned()))
@@ -495,7 +479,7 @@ fn plan(staged: &Staged, repo_override: Option<String>) -> Result<Plan> {
         }
         if !contents.contains_key(&digest) {
             let path = layout_path(&digest);
-            let content = Bytes::from(staged.small_file(&locate(&digest)?, &path, MAX_MANIFEST_BYTES)?);
+            let content = Bytes::from(staged.small_file(&locate(&digest)?, &path, MAX_MANIFEST_BYTES).await?);
             let actual = Digest::of_bytes(digest.algorithm(), &content);
             if actual != digest {
                 return Err(CarError::Layout { path, problem: format!("content digest is {actual}") });
@@ -520,10 +504,12 @@ fn plan(staged: &Staged, repo_override: Option<String>) -> Result<Plan> {
     for (digest, cid) in &plan.blobs {
         let path = layout_path(digest);
         let mut hasher = digest.algorithm().hasher();
-        staged.file(cid, &path, &mut |data| {
-            hasher.update(data);
-            Ok(())
-        })?;
+        staged
+            .file(cid, &path, |data| {
+                hasher.update(data);
+                Ok(())
+            })
+            .await?;
         let actual = hasher.finish();
         if &actual != digest {
             return Err(CarError::Layout { path, problem: format!("content digest is {actual}") });
@@ -551,18 +537,18 @@ pub async fn import<R: Read + Send + 'static>(
     repo_override: Option<String>,
 ) -> Result<ImportSummary> {
     let staging_dir = reg.staging_dir();
-    let (staged, plan) = tokio::task::spawn_blocking(move || {
+    let staged = tokio::task::spawn_blocking(move || {
         sweep_staging(&staging_dir);
-        let staged = stage(input, &staging_dir)?;
-        let plan = plan(&staged, repo_override)?;
-        Ok::<_, CarError>((Arc::new(staged), plan))
+        stage(input, &staging_dir)
     })
     .await
     .map_err(|e| CarError::Task(e.to_string()))??;
+    let staged = StagedBlocks(Arc::new(staged));
+    let plan = plan(&staged, repo_override).await?;
     let repo = plan.repository.as_str();
     let mut summary = ImportSummary {
         repository: plan.repository.clone(),
-        car_root: staged.root,
+        car_root: staged.0.root,
         blobs: plan.blobs.len(),
         new_blobs: 0,
         manifests: plan.manifests.len(),
@@ -573,7 +559,7 @@ pub async fn import<R: Read + Send + 'static>(
         if reg.blob_info(repo, digest).await?.is_some() || reg.mount(repo, None, digest).await?.is_some() {
             continue;
         }
-        reg.put_blob(repo, digest, "import", file_stream(staged.clone(), *cid, digest)).await?;
+        reg.put_blob(repo, digest, "import", Box::pin(dag::file_stream(staged.reader(), *cid, 0, u64::MAX))).await?;
         summary.new_blobs += 1;
     }
     for m in &plan.manifests {
@@ -587,23 +573,4 @@ pub async fn import<R: Read + Send + 'static>(
         drop(stored);
     }
     Ok(summary)
-}
-
-/// The content of a staged UnixFS file as a request-body-like stream, read on a blocking thread.
-fn file_stream(
-    staged: Arc<Staged>,
-    cid: Cid,
-    digest: &Digest,
-) -> impl futures_util::Stream<Item = std::result::Result<Bytes, String>> + Unpin {
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, String>>(4);
-    let path = format!("blobs/{}/{}", digest.algorithm().as_str(), digest.hex());
-    tokio::task::spawn_blocking(move || {
-        let sent = staged.file(&cid, &path, &mut |data| {
-            tx.blocking_send(Ok(Bytes::copy_from_slice(data))).map_err(|_| CarError::Task("upload ended".into()))
-        });
-        if let Err(e) = sent {
-            let _ = tx.blocking_send(Err(e.to_string()));
-        }
-    });
-    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
 }

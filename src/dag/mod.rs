@@ -58,11 +58,53 @@ pub fn is_identity(cid: &Cid) -> bool {
     cid.hash().code() == IDENTITY
 }
 
-/// One request's view of the block store: every block it reads is verified and admitted by its
-/// exposure, and counted against the request's budget.
-pub struct Reader {
-    pub reg: Arc<Registry>,
+/// Where a [`Reader`]'s blocks come from: the node's block store through the exposure policy
+/// ([`Reader::new`]), or blocks verified on their way in, such as a CAR being imported
+/// ([`Reader::over`]). Every walk (paths, directories, files, CARs) is written once, in
+/// `Reader`, whatever the source.
+pub trait BlockSource: Send + Sync + 'static {
+    /// The block's bytes, verified against `cid`, with how they may go out; None when the source
+    /// lacks the block or may not let it out (the two are indistinguishable from outside).
+    fn fetch<'a>(&'a self, cid: &'a Cid) -> futures_util::future::BoxFuture<'a, Result<Option<(Bytes, Admission)>>>;
+
+    /// Whoever reads may have everything (no vouching needed).
+    fn sees_all(&self) -> bool;
+
+    /// Links of a block fetched as [`Admission::Vouching`]: the same content.
+    fn vouch(&self, links: Vec<Cid>);
+}
+
+/// The node's block store, each block admitted by one request's exposure.
+struct Store {
+    reg: Arc<Registry>,
     exposure: Exposure,
+}
+
+impl BlockSource for Store {
+    fn fetch<'a>(&'a self, cid: &'a Cid) -> futures_util::future::BoxFuture<'a, Result<Option<(Bytes, Admission)>>> {
+        Box::pin(async move {
+            let Some((location, owner)) = self.reg.locate_block(cid).await? else { return Ok(None) };
+            let admission = self.exposure.admit(cid, &owner).await?;
+            if admission == Admission::Refused {
+                return Ok(None);
+            }
+            Ok(self.reg.read_block(cid, location).await?.map(|bytes| (bytes, admission)))
+        })
+    }
+
+    fn sees_all(&self) -> bool {
+        self.exposure.sees_all()
+    }
+
+    fn vouch(&self, links: Vec<Cid>) {
+        self.exposure.vouch(links)
+    }
+}
+
+/// One request's view of a block source: every block it reads is verified and admitted by the
+/// source, and counted against the request's budget.
+pub struct Reader {
+    source: Box<dyn BlockSource>,
     read: AtomicU64,
     /// Small blocks this request already read and admitted: a DAG that repeats a subtree reads
     /// the same few blocks over and over.
@@ -85,13 +127,20 @@ const RECENT_BLOCK: usize = 64 << 10;
 const RECENT_BYTES: usize = 1 << 20;
 
 impl Reader {
+    /// A reader of the node's block store for `audience`.
     pub fn new(policy: &Arc<Policy>, audience: Audience) -> Arc<Reader> {
-        let reg = policy.registry().clone();
-        Arc::new(Reader { exposure: Exposure::new(policy.clone(), audience), reg, read: AtomicU64::new(0), recent: Default::default(), last: Default::default() })
+        let exposure = Exposure::new(policy.clone(), audience);
+        Self::over(Store { reg: policy.registry().clone(), exposure })
     }
 
-    pub fn audience(&self) -> &Audience {
-        self.exposure.audience()
+    /// A reader of another block source.
+    pub fn over(source: impl BlockSource) -> Arc<Reader> {
+        Arc::new(Reader { source: Box::new(source), read: AtomicU64::new(0), recent: Default::default(), last: Default::default() })
+    }
+
+    /// Whether this reader's audience may have everything.
+    pub fn sees_all(&self) -> bool {
+        self.source.sees_all()
     }
 
     /// The block's bytes, verified; `Missing` when it is absent or not for this audience (the
@@ -110,17 +159,12 @@ impl Reader {
         if let Some((_, b)) = self.last.lock().expect("last lock").as_ref().filter(|(c, _)| c == cid) {
             return Ok(b.clone());
         }
-        let Some((location, owner)) = self.reg.locate_block(cid).await? else {
+        let Some((bytes, admission)) = self.source.fetch(cid).await? else {
             return Err(DagError::Missing(*cid));
         };
-        let admission = self.exposure.admit(cid, &owner).await?;
-        if admission == Admission::Refused {
-            return Err(DagError::Missing(*cid));
-        }
-        let bytes = self.reg.read_block(cid, location).await?.ok_or(DagError::Missing(*cid))?;
-        if admission == Admission::Vouching && !self.exposure.sees_all() && cid.codec() == unixfs::DAG_PB {
+        if admission == Admission::Vouching && !self.source.sees_all() && cid.codec() == unixfs::DAG_PB {
             if let Ok(node) = unixfs::decode_node(&bytes) {
-                self.exposure.vouch(node.links.into_iter().map(|l| l.cid));
+                self.source.vouch(node.links.into_iter().map(|l| l.cid).collect());
             }
         }
         *self.last.lock().expect("last lock") = Some((*cid, bytes.clone()));
@@ -297,7 +341,7 @@ pub fn file_stream(
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "file read stopped");
-                    return Some((Err(std::io::Error::other(e.to_string())), (reader, Vec::new())));
+                    return Some((Err(std::io::Error::other(e)), (reader, Vec::new())));
                 }
             }
         }

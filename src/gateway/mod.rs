@@ -115,7 +115,8 @@ async fn handle(req: HttpRequest, policy: web::Data<Policy>) -> HttpResponse {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    let reader = Reader::new(&policy.into_inner(), Audience::Anyone);
+    let policy = policy.into_inner();
+    let reader = Reader::new(&policy, Audience::Anyone);
     let (chain, proof) = match reader.resolve_with_proof(root, &segments).await {
         Ok(c) => c,
         Err(e) => return dag_error(e),
@@ -175,7 +176,7 @@ async fn handle(req: HttpRequest, policy: web::Data<Policy>) -> HttpResponse {
             }
             Err(resp) => resp,
         },
-        Format::UnixFs => unixfs(&req, reader, target, &segments, builder, head).await,
+        Format::UnixFs => unixfs(&req, policy.registry(), reader, target, &segments, builder, head).await,
     }
 }
 
@@ -274,13 +275,13 @@ fn encode_segment(s: &str) -> String {
 
 async fn unixfs(
     req: &HttpRequest,
+    reg: &Registry,
     reader: Arc<Reader>,
     target: Cid,
     segments: &[String],
     mut builder: actix_web::HttpResponseBuilder,
     head: bool,
 ) -> HttpResponse {
-    let reg: &Registry = &reader.reg;
     let node = match reader.node(&target).await {
         Ok(n) => n,
         Err(e) => return dag_error(e),

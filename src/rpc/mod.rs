@@ -279,7 +279,7 @@ async fn pin_ls(req: &HttpRequest, state: &RpcState) -> HttpResponse {
     let mut keys = serde_json::Map::new();
     for pin in pins {
         let Ok(cid) = pin.parse::<Cid>() else { continue };
-        if *reader.audience() != Audience::Operator {
+        if !reader.sees_all() {
             match reader.block(&cid).await {
                 Ok(_) => {}
                 Err(DagError::Registry(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
