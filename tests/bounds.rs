@@ -304,20 +304,26 @@ fn imports_walk_without_recursion_and_leave_no_staging_behind() {
     blocks.reverse();
     let (ok, err) = af_import(&node, &layout_car(below, blocks));
     assert!(ok, "a deep index.json is read through (it names no image): {err}");
-    // index.json as 40 levels each linking twice to the next: refused, not walked for ever.
-    let leaf = b"{}".to_vec();
-    let mut below = cid_of(0x55, &leaf);
-    let mut blocks = vec![(below, leaf)];
-    for _ in 0..40 {
-        let n = dag_pb(&[("", below), ("", below)], &file_data(None, &[]));
-        below = cid_of(0x70, &n);
-        blocks.push((below, n));
+    // index.json as 40 levels each linking twice to the next (sizes stated, as a valid file's
+    // are: 2^41 bytes): refused, not walked for ever. Without the sizes: refused as malformed.
+    for sized in [true, false] {
+        let leaf = b"{}".to_vec();
+        let mut below = cid_of(0x55, &leaf);
+        let mut blocks = vec![(below, leaf)];
+        for level in 0..40u32 {
+            let part = 2u64 << level;
+            let data = if sized { file_data(Some(2 * part), &[part, part]) } else { file_data(None, &[]) };
+            let n = dag_pb(&[("", below), ("", below)], &data);
+            below = cid_of(0x70, &n);
+            blocks.push((below, n));
+        }
+        blocks.reverse();
+        let start = Instant::now();
+        let (ok, err) = af_import(&node, &layout_car(below, blocks));
+        let why = if sized { "repeats itself" } else { "2 links but 0 blocksizes" };
+        assert!(!ok && err.contains(why), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(60));
     }
-    blocks.reverse();
-    let start = Instant::now();
-    let (ok, err) = af_import(&node, &layout_car(below, blocks));
-    assert!(!ok && err.contains("repeats itself"), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(60));
     let left: Vec<_> = std::fs::read_dir(&staging).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(left.is_empty(), "staging files left: {left:?}");
     // An import killed half-way leaves its staging file; the next start removes it.
