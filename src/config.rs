@@ -109,6 +109,32 @@ settings! {
     /// Upload sessions one user (or, anonymous, one address) may hold open [default: 64].
     #[arg(long, env = "AF_MAX_UPLOADS")]
     max_uploads: u64 = crate::registry::DEFAULT_MAX_UPLOADS;
+    /// libp2p listen address of the swarm (repeat, or comma-separate in AF_SWARM)
+    /// [default: /ip4/0.0.0.0/tcp/4001 and /ip4/0.0.0.0/udp/4001/quic-v1].
+    #[arg(long, env = "AF_SWARM", value_delimiter = ',')]
+    swarm: Vec<MultiaddrText> = DEFAULT_SWARM.iter().map(|a| a.parse().expect("default address")).collect();
+    /// An address others reach this node's swarm at, e.g. /ip4/203.0.113.7/tcp/4001 (repeat, or
+    /// comma-separate) [default: none: only what peers observe].
+    #[arg(long, env = "AF_SWARM_ANNOUNCE", value_delimiter = ',')]
+    swarm_announce: Vec<MultiaddrText> = Vec::new();
+    /// A peer to join the DHT through, with /p2p/<peer ID> (repeat, or comma-separate); for the
+    /// public IPFS network, its bootstrap list (see the README) [default: none].
+    #[arg(long, env = "AF_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<MultiaddrText> = Vec::new();
+}
+
+/// Where the swarm listens unless told otherwise.
+pub const DEFAULT_SWARM: [&str; 2] = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"];
+
+/// A libp2p multiaddress, checked when it is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultiaddrText(pub libp2p::Multiaddr);
+
+impl std::str::FromStr for MultiaddrText {
+    type Err = libp2p::multiaddr::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(MultiaddrText)
+    }
 }
 
 /// Default idle time after which an upload session is discarded.
@@ -168,7 +194,7 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
-deserialize_from_str!(AuthMode, PeerIdText, crate::unixfs::Profile);
+deserialize_from_str!(AuthMode, PeerIdText, MultiaddrText, crate::unixfs::Profile);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

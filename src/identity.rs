@@ -8,6 +8,8 @@ use std::path::Path;
 
 pub struct Identity {
     pub peer_id: String,
+    /// The Ed25519 seed (the swarm's key).
+    pub seed: [u8; 32],
     /// The libp2p `PublicKey` protobuf, base64 (what Kubo's `id` prints).
     pub public_key: String,
 }
@@ -45,7 +47,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<Identity, IdentityError> {
     let mut mh = vec![0x00, proto.len() as u8];
     mh.extend_from_slice(&proto);
     let peer_id = cid::multibase::encode(cid::multibase::Base::Base58Btc, &mh)[1..].to_string();
-    Ok(Identity { peer_id, public_key: base64::engine::general_purpose::STANDARD.encode(&proto) })
+    Ok(Identity { peer_id, seed, public_key: base64::engine::general_purpose::STANDARD.encode(&proto) })
 }
 
 trait Mode0600 {

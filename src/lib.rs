@@ -21,6 +21,7 @@ pub mod registry;
 pub mod range;
 pub mod rpc;
 pub mod storage;
+pub mod swarm;
 pub mod unixfs;
 pub mod varint;
 pub mod blockstore;

@@ -138,6 +138,7 @@ fn weak_administrator_passwords_are_refused() {
     for password in ["", "abc"] {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_af"))
+            .env("AF_SWARM", "/ip4/127.0.0.1/tcp/0")
             .args(["registry", "serve", "--api", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--rpc", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .env("AF_ADMIN_PASSWORD", password)

@@ -27,6 +27,8 @@ pub enum ServeError {
     Admin(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
+    #[error(transparent)]
+    Swarm(#[from] crate::swarm::SwarmError),
     #[error("server failed: {0}")]
     Server(std::io::Error),
 }
@@ -154,11 +156,18 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         None
     };
     let policy = crate::exposure::Policy::new(registry.clone(), config.trusted_peers.iter().map(|p| p.0.clone()));
+    let swarm_config = crate::swarm::SwarmConfig {
+        listen: config.swarm.iter().map(|a| a.0.clone()).collect(),
+        announce: config.swarm_announce.iter().map(|a| a.0.clone()).collect(),
+        bootstrap: config.bootstrap.iter().map(|a| a.0.clone()).collect(),
+    };
+    let swarm = crate::swarm::start(identity.seed, policy.clone(), swarm_config)?;
     let rpc_state = Arc::new(crate::rpc::RpcState {
         registry: registry.clone(),
         policy: policy.clone(),
         auth: auth.clone(),
         identity,
+        swarm,
         data_dir: config.data_dir.clone(),
         loopback: config.rpc.ip().is_loopback(),
         bind: config.rpc,

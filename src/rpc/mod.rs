@@ -39,6 +39,8 @@ pub struct RpcState {
     pub policy: Arc<crate::exposure::Policy>,
     pub auth: Option<Arc<Auth>>,
     pub identity: crate::identity::Identity,
+    /// The swarm (peers, Bitswap).
+    pub swarm: crate::swarm::Handle,
     pub data_dir: std::path::PathBuf,
     /// Bound to loopback only: the caller is the operator.
     pub loopback: bool,
@@ -93,7 +95,7 @@ pub fn configure(state: Arc<RpcState>) -> impl FnOnce(&mut web::ServiceConfig) {
     }
 }
 
-const READS: &[&str] = &["id", "version", "repo/stat", "block/get", "block/stat", "cat", "ls", "pin/ls", "dag/export", "swarm/peers"];
+const READS: &[&str] = &["id", "version", "repo/stat", "block/get", "block/stat", "cat", "ls", "pin/ls", "dag/export", "swarm/peers", "bitswap/stat"];
 
 /// Kubo's rule against websites in the operator's browser: a request that names an origin
 /// (`Origin`, else `Referer`) must come from the RPC's own; and on loopback the `Host` must be a
@@ -144,13 +146,17 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
     }
     let reg = state.registry.clone();
     match command.as_str() {
-        "id" => HttpResponse::Ok().json(json!({
-            "ID": state.identity.peer_id,
-            "PublicKey": state.identity.public_key,
-            "Addresses": [],
-            "AgentVersion": format!("af-registry/{}", env!("CARGO_PKG_VERSION")),
-            "Protocols": [],
-        })),
+        "id" => {
+            let me = state.swarm.peer_id;
+            let addresses: Vec<String> = state.swarm.addresses().await.unwrap_or_default().iter().map(|a| format!("{a}/p2p/{me}")).collect();
+            HttpResponse::Ok().json(json!({
+                "ID": state.identity.peer_id,
+                "PublicKey": state.identity.public_key,
+                "Addresses": addresses,
+                "AgentVersion": format!("af-registry/{}", env!("CARGO_PKG_VERSION")),
+                "Protocols": crate::swarm::protocols(),
+            }))
+        }
         "version" => HttpResponse::Ok().json(json!({
             // Semver, as the Kubo CLI requires of the node it talks to.
             "Version": env!("CARGO_PKG_VERSION"),
@@ -160,7 +166,56 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
             "Golang": "",
         })),
         "repo/stat" => repo_stat(&state).await,
-        "swarm/peers" => HttpResponse::Ok().json(json!({"Peers": []})),
+        "swarm/peers" => match state.swarm.peers().await {
+            Ok(peers) => HttpResponse::Ok().json(json!({"Peers": peers
+                .iter()
+                .map(|(peer, addr)| json!({"Addr": addr.to_string(), "Peer": peer.to_string(), "Latency": "", "Muxer": "", "Direction": 0, "Streams": null}))
+                .collect::<Vec<_>>()})),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        },
+        "swarm/connect" => {
+            let mut out = Vec::new();
+            for a in args(&req, "arg") {
+                let addr: libp2p::Multiaddr = match a.parse() {
+                    Ok(addr) => addr,
+                    Err(e) => return bad_request(format!("{a:?} is not a multiaddress: {e}")),
+                };
+                match state.swarm.connect(addr).await {
+                    Ok(peer) => out.push(format!("connect {peer} success")),
+                    Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("connect {a} failure: {e}")),
+                }
+            }
+            HttpResponse::Ok().json(json!({"Strings": out}))
+        }
+        "swarm/disconnect" => {
+            let mut out = Vec::new();
+            for a in args(&req, "arg") {
+                let peer = a.parse::<libp2p::Multiaddr>().ok().and_then(|m| crate::swarm::peer_of(&m)).or_else(|| a.parse().ok());
+                let Some(peer) = peer else { return bad_request(format!("{a:?} names no peer")) };
+                match state.swarm.disconnect(peer).await {
+                    Ok(true) => out.push(format!("disconnect {peer} success")),
+                    Ok(false) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("disconnect {peer} failure: not connected")),
+                    Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                }
+            }
+            HttpResponse::Ok().json(json!({"Strings": out}))
+        }
+        "bitswap/stat" => {
+            let stats = &state.swarm.bitswap.stats;
+            let peers = state.swarm.peers().await.unwrap_or_default();
+            HttpResponse::Ok().json(json!({
+                "ProvideBufLen": 0,
+                "Wantlist": [],
+                "Peers": peers.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>(),
+                "BlocksReceived": 0,
+                "DataReceived": 0,
+                "DupBlksReceived": 0,
+                "DupDataReceived": 0,
+                "MessagesReceived": stats.messages_received.load(std::sync::atomic::Ordering::Relaxed),
+                "BlocksSent": stats.blocks_sent.load(std::sync::atomic::Ordering::Relaxed),
+                "DataSent": stats.data_sent.load(std::sync::atomic::Ordering::Relaxed),
+            }))
+        }
         "block/get" => match readable_path(&req, &state).await {
             Ok((reader, cid)) => match reader.block(&cid).await {
                 Ok(bytes) => stream_response(bytes),

@@ -81,6 +81,8 @@ impl Node {
             // Tests of everything but access control run an open node; auth tests pass --auth.
             .args(if self.extra.iter().any(|a| a == "--auth") { &[][..] } else { &["--auth", "none"][..] })
             .env("AF_LOG", "info")
+            // Any free port: many nodes run at once.
+            .env("AF_SWARM", "/ip4/127.0.0.1/tcp/0")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,0 +1,153 @@
+//! Bitswap 1.2.0 (and 1.1.0, 1.0.0), the server side: a peer's wants are answered from the block
+//! service, each block only if the exposure policy lets it go to that peer; a block it may not
+//! have is answered exactly as an absent one (DONT_HAVE when asked for, silence otherwise).
+//!
+//! As Kubo and boxo do: replies go on a new stream of the protocol the peer spoke; presences
+//! are sent at once in their own message, never behind blocks; blocks are packed into messages
+//! of at most [`BLOCKS_PER_MESSAGE`] bytes.
+
+use super::message::{self, Block, BlockPresence, Message, PresenceType, WantType};
+use crate::exposure::{Audience, Policy};
+use cid::Cid;
+use futures_util::StreamExt;
+use libp2p::{PeerId, StreamProtocol};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub const BITSWAP_120: StreamProtocol = StreamProtocol::new("/ipfs/bitswap/1.2.0");
+pub const BITSWAP_110: StreamProtocol = StreamProtocol::new("/ipfs/bitswap/1.1.0");
+pub const BITSWAP_100: StreamProtocol = StreamProtocol::new("/ipfs/bitswap/1.0.0");
+pub const PROTOCOLS: [StreamProtocol; 3] = [BITSWAP_120, BITSWAP_110, BITSWAP_100];
+
+/// The most wants of one message looked at; the rest are ignored.
+pub const MAX_WANTS: usize = 1024;
+/// The largest block sent (Kubo's limit).
+pub const MAX_BLOCK: usize = 2 << 20;
+/// Blocks packed into one reply message, in bytes (a block larger than this goes alone).
+pub const BLOCKS_PER_MESSAGE: usize = 2 << 20;
+/// Inbound streams served at once, all peers together; past it, new streams wait.
+const CONCURRENT_STREAMS: usize = 256;
+
+/// What the server has done, for `bitswap/stat`.
+#[derive(Default)]
+pub struct Stats {
+    pub blocks_sent: AtomicU64,
+    pub data_sent: AtomicU64,
+    pub messages_received: AtomicU64,
+}
+
+pub struct Server {
+    policy: Arc<Policy>,
+    control: libp2p_stream::Control,
+    pub stats: Stats,
+    streams: tokio::sync::Semaphore,
+}
+
+impl Server {
+    /// Registers the Bitswap protocols on `control` and serves them until the swarm ends.
+    pub fn spawn(policy: Arc<Policy>, mut control: libp2p_stream::Control) -> Arc<Server> {
+        let server = Arc::new(Server { policy, control: control.clone(), stats: Stats::default(), streams: tokio::sync::Semaphore::new(CONCURRENT_STREAMS) });
+        for protocol in PROTOCOLS {
+            let mut incoming = control.accept(protocol.clone()).expect("each Bitswap protocol is registered once");
+            let server = server.clone();
+            // libp2p-stream's inbound queue has no buffer: this loop only spawns.
+            tokio::spawn(async move {
+                while let Some((peer, stream)) = incoming.next().await {
+                    let (server, protocol) = (server.clone(), protocol.clone());
+                    tokio::spawn(async move { server.serve_stream(peer, stream, protocol).await });
+                }
+            });
+        }
+        server
+    }
+
+    async fn serve_stream(&self, peer: PeerId, mut stream: libp2p::Stream, protocol: StreamProtocol) {
+        let Ok(_permit) = self.streams.acquire().await else { return };
+        loop {
+            match message::read(&mut stream).await {
+                Ok(Some(m)) => {
+                    self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = self.answer(peer, &protocol, m).await {
+                        tracing::debug!(%peer, error = %e, "bitswap reply failed");
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "bitswap: dropping a stream that sent a bad message");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Answers one message's wants (cancels need nothing: every want is answered at once).
+    async fn answer(&self, peer: PeerId, protocol: &StreamProtocol, m: Message) -> Result<(), String> {
+        let Some(wantlist) = m.wantlist else { return Ok(()) };
+        let audience = Audience::Peer(peer.to_base58().into());
+        let mut presences = Vec::new();
+        let mut blocks = Vec::new();
+        for entry in wantlist.entries.iter().filter(|e| !e.cancel).take(MAX_WANTS) {
+            let Ok(cid) = Cid::try_from(entry.block.as_slice()) else { continue };
+            let want_block = entry.want_type == WantType::Block as i32 || *protocol != BITSWAP_120;
+            let presence = |kind: PresenceType| BlockPresence { cid: cid.to_bytes(), r#type: kind as i32 };
+            let dont_have = entry.send_dont_have && *protocol == BITSWAP_120;
+            if want_block {
+                match self.block(&cid, &audience).await.map_err(|e| e.to_string())? {
+                    Some(data) => blocks.push((cid, data)),
+                    None if dont_have => presences.push(presence(PresenceType::DontHave)),
+                    None => {}
+                }
+            } else if self.has(&cid, &audience).await.map_err(|e| e.to_string())? {
+                presences.push(presence(PresenceType::Have));
+            } else if dont_have {
+                presences.push(presence(PresenceType::DontHave));
+            }
+        }
+        if presences.is_empty() && blocks.is_empty() {
+            return Ok(());
+        }
+        let mut control = self.control.clone();
+        let mut out = control.open_stream(peer, protocol.clone()).await.map_err(|e| e.to_string())?;
+        if !presences.is_empty() {
+            message::write(&mut out, &Message { block_presences: presences, ..Default::default() }).await.map_err(|e| e.to_string())?;
+        }
+        let mut batch = Message::default();
+        let mut batch_bytes = 0;
+        for (cid, data) in blocks {
+            if batch_bytes > 0 && batch_bytes + data.len() > BLOCKS_PER_MESSAGE {
+                self.send_blocks(&mut out, std::mem::take(&mut batch)).await?;
+                batch_bytes = 0;
+            }
+            batch_bytes += data.len();
+            self.stats.blocks_sent.fetch_add(1, Ordering::Relaxed);
+            self.stats.data_sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+            if *protocol == BITSWAP_100 {
+                batch.blocks.push(data);
+            } else {
+                batch.payload.push(Block { prefix: message::prefix(&cid), data });
+            }
+        }
+        if batch_bytes > 0 {
+            self.send_blocks(&mut out, batch).await?;
+        }
+        futures_util::AsyncWriteExt::close(&mut out).await.map_err(|e| e.to_string())
+    }
+
+    async fn send_blocks(&self, out: &mut libp2p::Stream, batch: Message) -> Result<(), String> {
+        message::write(out, &batch).await.map_err(|e| e.to_string())
+    }
+
+    /// May `audience` know that this node holds `cid`?
+    async fn has(&self, cid: &Cid, audience: &Audience) -> crate::registry::Result<bool> {
+        self.policy.may_send(cid, audience).await
+    }
+
+    /// The block's bytes (verified) if `audience` may have them.
+    async fn block(&self, cid: &Cid, audience: &Audience) -> crate::registry::Result<Option<Vec<u8>>> {
+        if !self.policy.may_send(cid, audience).await? {
+            return Ok(None);
+        }
+        Ok(self.policy.registry().get_block(cid).await?.filter(|b| b.len() <= MAX_BLOCK).map(|b| b.to_vec()))
+    }
+}

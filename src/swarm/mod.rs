@@ -1,0 +1,264 @@
+//! The libp2p swarm on port 4001: TCP and QUIC, Noise, Yamux, Identify, Ping, Kademlia and
+//! Bitswap, under the node's own Ed25519 key (so the peer ID the RPC's `id` shows is the
+//! swarm's). One task owns the `Swarm`; the rest of the node talks to it through a [`Handle`].
+//!
+//! What exists: listening and dialling, Identify listing every protocol served, Ping, Kademlia
+//! in server mode (no providing yet), and the Bitswap server (`bitswap`), which answers wants
+//! through the exposure policy.
+
+pub mod bitswap;
+pub mod message;
+
+use crate::exposure::Policy;
+use futures_util::StreamExt;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, kad, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/kad/1.0.0");
+/// Kubo's Kademlia messages reach 4 MiB; rust-libp2p's default is 16 KiB.
+const KAD_MAX_PACKET: usize = 4 << 20;
+/// How long an idle connection stays open (Kubo keeps peers around; Bitswap needs them).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwarmError {
+    #[error("swarm key: {0}")]
+    Key(String),
+    #[error("swarm transport: {0}")]
+    Transport(String),
+    #[error("cannot listen on {addr}: {detail}")]
+    Listen { addr: String, detail: String },
+    #[error("the swarm has stopped")]
+    Stopped,
+    #[error("{0}")]
+    Dial(String),
+}
+
+/// How the swarm listens and whom it knows at start.
+#[derive(Debug, Clone, Default)]
+pub struct SwarmConfig {
+    pub listen: Vec<Multiaddr>,
+    /// Addresses others reach this node at (what Identify and provider records carry).
+    pub announce: Vec<Multiaddr>,
+    /// Peers to join the DHT through, each with `/p2p/<peer ID>`.
+    pub bootstrap: Vec<Multiaddr>,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    stream: libp2p_stream::Behaviour,
+}
+
+enum Command {
+    Connect(Multiaddr, oneshot::Sender<Result<PeerId, SwarmError>>),
+    Disconnect(PeerId, oneshot::Sender<bool>),
+    Peers(oneshot::Sender<Vec<(PeerId, Multiaddr)>>),
+    Addresses(oneshot::Sender<Vec<Multiaddr>>),
+}
+
+/// The rest of the node's way to the swarm.
+#[derive(Clone)]
+pub struct Handle {
+    commands: mpsc::Sender<Command>,
+    pub peer_id: PeerId,
+    pub bitswap: Arc<bitswap::Server>,
+}
+
+/// Every protocol the swarm serves, as Identify lists them.
+pub fn protocols() -> Vec<String> {
+    let mut out: Vec<String> = bitswap::PROTOCOLS.iter().map(|p| p.to_string()).collect();
+    out.extend(["/ipfs/id/1.0.0", "/ipfs/id/push/1.0.0", "/ipfs/kad/1.0.0", "/ipfs/ping/1.0.0"].map(String::from));
+    out
+}
+
+impl Handle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, SwarmError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| SwarmError::Stopped)?;
+        rx.await.map_err(|_| SwarmError::Stopped)
+    }
+
+    /// Dials `addr` (which names the peer with `/p2p/`, or not) and waits for the connection.
+    pub async fn connect(&self, addr: Multiaddr) -> Result<PeerId, SwarmError> {
+        self.ask(|tx| Command::Connect(addr, tx)).await?
+    }
+
+    pub async fn disconnect(&self, peer: PeerId) -> Result<bool, SwarmError> {
+        self.ask(|tx| Command::Disconnect(peer, tx)).await
+    }
+
+    /// Connected peers, each with the address of one connection.
+    pub async fn peers(&self) -> Result<Vec<(PeerId, Multiaddr)>, SwarmError> {
+        self.ask(Command::Peers).await
+    }
+
+    /// The addresses this node listens on and announces.
+    pub async fn addresses(&self) -> Result<Vec<Multiaddr>, SwarmError> {
+        self.ask(Command::Addresses).await
+    }
+}
+
+/// Starts the swarm with the node's Ed25519 seed, on a runtime of its own (two threads), so
+/// peers never wait behind HTTP work nor HTTP behind peers.
+pub fn start(seed: [u8; 32], policy: Arc<Policy>, config: SwarmConfig) -> Result<Handle, SwarmError> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("swarm".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("swarm-worker").enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(SwarmError::Transport(e.to_string())));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match build(seed, policy, &config) {
+                    Ok((swarm, handle, rx)) => {
+                        let _ = ready_tx.send(Ok(handle));
+                        run(swarm, rx, config).await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            });
+        })
+        .map_err(|e| SwarmError::Transport(e.to_string()))?;
+    ready_rx.recv().map_err(|_| SwarmError::Stopped)?
+}
+
+type Built = (libp2p::Swarm<Behaviour>, Handle, mpsc::Receiver<Command>);
+
+fn build(seed: [u8; 32], policy: Arc<Policy>, config: &SwarmConfig) -> Result<Built, SwarmError> {
+    let mut seed = seed;
+    let key = libp2p::identity::Keypair::ed25519_from_bytes(&mut seed).map_err(|e| SwarmError::Key(e.to_string()))?;
+    let transport = |e: &dyn std::fmt::Display| SwarmError::Transport(e.to_string());
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| transport(&e))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| transport(&e))?
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+            kad_config.set_max_packet_size(KAD_MAX_PACKET);
+            // Strangers' records are not stored for them: the store holds what this node provides.
+            kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+            let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+            kad.set_mode(Some(kad::Mode::Server));
+            let agent = format!("af-registry/{}", env!("CARGO_PKG_VERSION"));
+            Behaviour {
+                identify: identify::Behaviour::new(identify::Config::new("ipfs/0.1.0".into(), key.public()).with_agent_version(agent)),
+                ping: ping::Behaviour::default(),
+                kad,
+                stream: libp2p_stream::Behaviour::new(),
+            }
+        })
+        .map_err(|e| transport(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .build();
+    for addr in &config.listen {
+        swarm.listen_on(addr.clone()).map_err(|e| SwarmError::Listen { addr: addr.to_string(), detail: e.to_string() })?;
+    }
+    for addr in &config.announce {
+        swarm.add_external_address(addr.clone());
+    }
+    let bitswap = bitswap::Server::spawn(policy, swarm.behaviour().stream.new_control());
+    let (tx, rx) = mpsc::channel(64);
+    let handle = Handle { commands: tx, peer_id: *swarm.local_peer_id(), bitswap };
+    Ok((swarm, handle, rx))
+}
+
+/// The peer ID an address names with its last `/p2p/` component.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>, config: SwarmConfig) {
+    for addr in &config.bootstrap {
+        match peer_of(addr) {
+            Some(peer) => {
+                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            }
+            None => tracing::warn!(%addr, "a bootstrap address without /p2p/<peer ID> is ignored"),
+        }
+    }
+    if !config.bootstrap.is_empty() {
+        let _ = swarm.behaviour_mut().kad.bootstrap();
+    }
+    // Dials waiting for their connection, by peer (or by address when it names none).
+    let mut dialling: HashMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<PeerId, SwarmError>>> = HashMap::new();
+    let mut connected: HashMap<PeerId, Multiaddr> = HashMap::new();
+    loop {
+        tokio::select! {
+            command = commands.recv() => {
+                let Some(command) = command else { return };
+                match command {
+                    Command::Connect(addr, reply) => {
+                        let opts = libp2p::swarm::dial_opts::DialOpts::unknown_peer_id().address(addr.clone()).build();
+                        let opts = match peer_of(&addr) {
+                            Some(peer) => libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(vec![addr]).build(),
+                            None => opts,
+                        };
+                        let id = opts.connection_id();
+                        match swarm.dial(opts) {
+                            Ok(()) => { dialling.insert(id, reply); }
+                            Err(e) => { let _ = reply.send(Err(SwarmError::Dial(e.to_string()))); }
+                        }
+                    }
+                    Command::Disconnect(peer, reply) => {
+                        let _ = reply.send(swarm.disconnect_peer_id(peer).is_ok());
+                    }
+                    Command::Peers(reply) => {
+                        let _ = reply.send(connected.iter().map(|(p, a)| (*p, a.clone())).collect());
+                    }
+                    Command::Addresses(reply) => {
+                        let mut out: Vec<Multiaddr> = swarm.listeners().cloned().collect();
+                        out.extend(swarm.external_addresses().cloned());
+                        out.dedup();
+                        let _ = reply.send(out);
+                    }
+                }
+            }
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "swarm listening"),
+                SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                    connected.insert(peer_id, endpoint.get_remote_address().clone());
+                    if let Some(reply) = dialling.remove(&connection_id) {
+                        let _ = reply.send(Ok(peer_id));
+                    }
+                }
+                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                    connected.remove(&peer_id);
+                }
+                SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
+                    if let Some(reply) = dialling.remove(&connection_id) {
+                        let _ = reply.send(Err(SwarmError::Dial(error.to_string())));
+                    }
+                }
+                // What a peer says it listens on feeds the routing table, if it serves the DHT.
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
+                    if info.protocols.contains(&KAD_PROTOCOL) =>
+                {
+                    for addr in info.listen_addrs {
+                        swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
