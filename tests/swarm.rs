@@ -114,3 +114,130 @@ fn kubo_fetches_public_layers_over_bitswap_and_never_private_ones() {
     assert!(stat["BlocksSent"].as_u64().unwrap() >= 4, "{stat}");
     assert!(stat["DataSent"].as_u64().unwrap() >= public.len() as u64, "{stat}");
 }
+
+/// A libp2p peer of the test's own, speaking raw Bitswap to the node.
+struct RawPeer {
+    control: libp2p_stream::Control,
+    replies: libp2p_stream::IncomingStreams,
+    node: libp2p::PeerId,
+}
+
+impl RawPeer {
+    async fn connect(addr: &str) -> RawPeer {
+        use futures_util::StreamExt;
+        let addr: libp2p::Multiaddr = addr.parse().unwrap();
+        let node = af_registry::swarm::peer_of(&addr).unwrap();
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(libp2p::tcp::Config::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
+            .unwrap()
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        let mut control = swarm.behaviour().new_control();
+        let replies = control.accept(af_registry::swarm::bitswap::BITSWAP_120).unwrap();
+        // Connected at once, and again whenever the node drops us.
+        swarm.dial(addr.clone()).unwrap();
+        tokio::spawn(async move {
+            loop {
+                if let libp2p::swarm::SwarmEvent::ConnectionClosed { num_established: 0, .. } = swarm.select_next_some().await {
+                    let _ = swarm.dial(addr.clone());
+                }
+            }
+        });
+        RawPeer { control, replies, node }
+    }
+
+    /// Sends raw bytes on a new Bitswap stream.
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        use futures_util::AsyncWriteExt;
+        let mut tries = 0;
+        let mut s = loop {
+            match self.control.open_stream(self.node, af_registry::swarm::bitswap::BITSWAP_120).await {
+                Ok(s) => break s,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("no stream to the node: {e}"),
+            }
+        };
+        let _ = s.write_all(bytes).await;
+        let _ = s.close().await;
+    }
+
+    async fn send(&mut self, m: &af_registry::swarm::message::Message) {
+        let mut frame = Vec::new();
+        let body = prost::Message::encode_to_vec(m);
+        af_registry::varint::encode(&mut frame, body.len() as u64);
+        frame.extend_from_slice(&body);
+        self.send_raw(&frame).await;
+    }
+
+    /// Every message the node sends back within `wait`.
+    async fn replies(&mut self, wait: Duration) -> Vec<af_registry::swarm::message::Message> {
+        use futures_util::StreamExt;
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some((_, mut stream))) = tokio::time::timeout_at(deadline, self.replies.next()).await {
+            while let Ok(Ok(Some(m))) = tokio::time::timeout_at(deadline, af_registry::swarm::message::read(&mut stream)).await {
+                out.push(m);
+            }
+        }
+        out
+    }
+}
+
+fn want(cids: impl IntoIterator<Item = Vec<u8>>, kind: af_registry::swarm::message::WantType) -> af_registry::swarm::message::Message {
+    use af_registry::swarm::message::*;
+    let entries = cids.into_iter().map(|block| Entry { block, priority: 1, cancel: false, want_type: kind as i32, send_dont_have: true }).collect();
+    Message { wantlist: Some(Wantlist { entries, full: false }), ..Default::default() }
+}
+
+/// Hostile Bitswap input (garbage, an 8 MiB length, a truncated message, 10,000 wants, identity
+/// and oversized CIDs): no panic, the peer is dropped, at most 1024 wants are looked at, and the
+/// node goes on serving, this peer once it comes back and everyone else.
+#[test]
+fn hostile_bitswap_input_is_survived_and_bounded() {
+    use af_registry::swarm::message::{PresenceType, WantType};
+    let node = Node::start();
+    let data = layer(7, 100_000);
+    let digest = push_blob(&node, "team/open", &data);
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/open", "public"]).arg("--data-dir").arg(&node.data_dir).output().unwrap();
+    assert!(out.status.success());
+    let root: cid::Cid = cid_of_blob(&node, "team/open", &digest).parse().unwrap();
+    let id = rpc(&node, "id");
+    let addr = id["Addresses"].as_array().unwrap().iter().filter_map(|a| a.as_str()).find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")).unwrap().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut peer = RawPeer::connect(&addr).await;
+        peer.send_raw(&[0xff; 64]).await;
+        peer.send_raw(&[0x80, 0x80, 0x80, 0x04]).await; // 8 MiB announced, nothing sent
+        peer.send_raw(&[100, 1, 2, 3]).await; // 100 announced, 3 sent
+        peer.send_raw(&[12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).await; // not protobuf
+        // Dropped by now; the next stream dials again.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // 10,000 wants of blocks the node lacks, asking for DONT_HAVE: 1024 answered.
+        let absent = (0..10_000u32).map(|i| af_registry::unixfs::cid_v1(af_registry::unixfs::RAW, &<sha2::Sha256 as sha2::Digest>::digest(i.to_le_bytes()).into()).to_bytes());
+        peer.send(&want(absent, WantType::Have)).await;
+        let presences: usize = peer.replies(Duration::from_secs(5)).await.iter().map(|m| m.block_presences.len()).sum();
+        assert_eq!(presences, 1024);
+        // An identity CID, a CID of 1 MiB, and the public root: the root comes, whole and right.
+        let identity = cid::Cid::new_v1(0x55, cid::multihash::Multihash::<64>::wrap(0x00, b"inline").unwrap()).to_bytes();
+        let mut huge = vec![0x01, 0x55, 0x12];
+        huge.extend(std::iter::repeat_n(0xffu8, 1 << 20));
+        peer.send(&want([identity, huge, root.to_bytes()], WantType::Block)).await;
+        let replies = peer.replies(Duration::from_secs(5)).await;
+        let blocks: Vec<_> = replies.iter().flat_map(|m| m.payload.iter()).collect();
+        assert_eq!(blocks.len(), 1, "{replies:?}");
+        assert_eq!(blocks[0].prefix, af_registry::swarm::message::prefix(&root));
+        assert_eq!(sha256(&blocks[0].data), digest, "a raw root is the whole blob");
+        let dont_have = replies.iter().flat_map(|m| m.block_presences.iter()).filter(|p| p.r#type == PresenceType::DontHave as i32).count();
+        assert_eq!(dont_have, 1, "the identity CID is not a stored block; the huge one is no CID");
+    });
+    // The node is up and answers over HTTP too.
+    assert_eq!(client().get(node.url("/v2/")).send().unwrap().status(), 200);
+    assert!(node.log_text().contains("disconnecting a peer that sent a bad message"));
+}

@@ -39,14 +39,21 @@ pub struct Stats {
 pub struct Server {
     policy: Arc<Policy>,
     control: libp2p_stream::Control,
+    /// Peers that broke the protocol, for the swarm to disconnect.
+    misbehaving: tokio::sync::mpsc::UnboundedSender<PeerId>,
     pub stats: Stats,
     streams: tokio::sync::Semaphore,
 }
 
 impl Server {
     /// Registers the Bitswap protocols on `control` and serves them until the swarm ends.
-    pub fn spawn(policy: Arc<Policy>, mut control: libp2p_stream::Control) -> Arc<Server> {
-        let server = Arc::new(Server { policy, control: control.clone(), stats: Stats::default(), streams: tokio::sync::Semaphore::new(CONCURRENT_STREAMS) });
+    pub fn spawn(
+        policy: Arc<Policy>,
+        mut control: libp2p_stream::Control,
+        misbehaving: tokio::sync::mpsc::UnboundedSender<PeerId>,
+    ) -> Arc<Server> {
+        let streams = tokio::sync::Semaphore::new(CONCURRENT_STREAMS);
+        let server = Arc::new(Server { policy, control: control.clone(), misbehaving, stats: Stats::default(), streams });
         for protocol in PROTOCOLS {
             let mut incoming = control.accept(protocol.clone()).expect("each Bitswap protocol is registered once");
             let server = server.clone();
@@ -74,7 +81,9 @@ impl Server {
                 }
                 Ok(None) => return,
                 Err(e) => {
-                    tracing::debug!(%peer, error = %e, "bitswap: dropping a stream that sent a bad message");
+                    // A malformed, oversized or truncated message: the peer is dropped.
+                    tracing::info!(%peer, error = %e, "bitswap: disconnecting a peer that sent a bad message");
+                    let _ = self.misbehaving.send(peer);
                     return;
                 }
             }

@@ -135,7 +135,13 @@ pub fn start(seed: [u8; 32], policy: Arc<Policy>, config: SwarmConfig) -> Result
     ready_rx.recv().map_err(|_| SwarmError::Stopped)?
 }
 
-type Built = (libp2p::Swarm<Behaviour>, Handle, mpsc::Receiver<Command>);
+/// What the swarm task is told: commands from the node, peers to drop from the protocols.
+struct Inbox {
+    commands: mpsc::Receiver<Command>,
+    bad_peers: mpsc::UnboundedReceiver<PeerId>,
+}
+
+type Built = (libp2p::Swarm<Behaviour>, Handle, Inbox);
 
 fn build(seed: [u8; 32], policy: Arc<Policy>, config: &SwarmConfig) -> Result<Built, SwarmError> {
     let mut seed = seed;
@@ -173,10 +179,11 @@ fn build(seed: [u8; 32], policy: Arc<Policy>, config: &SwarmConfig) -> Result<Bu
     for addr in &config.announce {
         swarm.add_external_address(addr.clone());
     }
-    let bitswap = bitswap::Server::spawn(policy, swarm.behaviour().stream.new_control());
+    let (misbehaving, bad_peers) = mpsc::unbounded_channel();
+    let bitswap = bitswap::Server::spawn(policy, swarm.behaviour().stream.new_control(), misbehaving);
     let (tx, rx) = mpsc::channel(64);
     let handle = Handle { commands: tx, peer_id: *swarm.local_peer_id(), bitswap };
-    Ok((swarm, handle, rx))
+    Ok((swarm, handle, Inbox { commands: rx, bad_peers }))
 }
 
 /// The peer ID an address names with its last `/p2p/` component.
@@ -187,7 +194,7 @@ pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     })
 }
 
-async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>, config: SwarmConfig) {
+async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut inbox: Inbox, config: SwarmConfig) {
     for addr in &config.bootstrap {
         match peer_of(addr) {
             Some(peer) => {
@@ -204,7 +211,10 @@ async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut commands: mpsc::Receiver<C
     let mut connected: HashMap<PeerId, Multiaddr> = HashMap::new();
     loop {
         tokio::select! {
-            command = commands.recv() => {
+            Some(peer) = inbox.bad_peers.recv() => {
+                let _ = swarm.disconnect_peer_id(peer);
+            }
+            command = inbox.commands.recv() => {
                 let Some(command) = command else { return };
                 match command {
                     Command::Connect(addr, reply) => {
