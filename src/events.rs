@@ -26,6 +26,9 @@ pub enum Event {
     Pinned { root: String },
     /// An RPC pin was removed.
     Unpinned { root: String },
+    /// Another process sharing the metadata (the CLI, a node on the same PostgreSQL) changed
+    /// something: what it was is not known here, so whoever keeps a view of the state rebuilds it.
+    ChangedElsewhere,
     /// A GC removed content: the blobs whose files went, and how many manifests.
     Swept { blobs: Vec<Digest>, manifests: u64, blocks: u64 },
 }

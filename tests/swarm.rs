@@ -22,10 +22,25 @@ impl Drop for KuboDaemon {
 
 impl KuboDaemon {
     fn start() -> KuboDaemon {
+        Self::start_with(&[("Routing.Type", "\"none\"")], &[])
+    }
+
+    /// A daemon with these `config --json` settings and environment.
+    fn start_with(config: &[(&str, &str)], env: &[(&str, &str)]) -> KuboDaemon {
         let kubo = Kubo::new();
-        run(kubo.cmd().args(["config", "--json", "Routing.Type", "\"none\""]));
+        for (key, value) in config {
+            run(kubo.cmd().args(["config", "--json", key, value]));
+        }
         let log = tempfile::NamedTempFile::new().unwrap();
-        let child = kubo.cmd().args(["daemon"]).env("IPFS_TELEMETRY", "off").stdout(log.reopen().unwrap()).stderr(Stdio::null()).spawn().unwrap();
+        let child = kubo
+            .cmd()
+            .args(["daemon"])
+            .env("IPFS_TELEMETRY", "off")
+            .envs(env.iter().copied())
+            .stdout(log.reopen().unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let daemon = KuboDaemon { kubo, child };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !std::fs::read_to_string(log.path()).unwrap_or_default().contains("Daemon is ready") {
@@ -240,4 +255,54 @@ fn hostile_bitswap_input_is_survived_and_bounded() {
     // The node is up and answers over HTTP too.
     assert_eq!(client().get(node.url("/v2/")).send().unwrap().status(), 200);
     assert!(node.log_text().contains("disconnecting a peer that sent a bad message"));
+}
+
+/// Our node and a Kubo daemon in DHT server mode bootstrapped to it (`TEST_DHT_STUB` lifts Kubo's
+/// filter of loopback addresses): Kubo finds our node as the provider of a pushed public layer,
+/// and our node finds Kubo as the provider of what Kubo added. A private layer is never provided.
+#[test]
+fn the_dht_finds_providers_both_ways() {
+    let port = free_addr().port();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let node = Node::start_with(&["--swarm", &listen, "--swarm-announce", &listen]);
+    let me = rpc(&node, "id")["ID"].as_str().unwrap().to_string();
+    let public = layer(11, 200_000);
+    let private = layer(12, 200_000);
+    let public_digest = push_blob(&node, "team/open", &public);
+    let private_digest = push_blob(&node, "team/closed", &private);
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/open", "public"]).arg("--data-dir").arg(&node.data_dir).output().unwrap();
+    assert!(out.status.success());
+    let public_cid = cid_of_blob(&node, "team/open", &public_digest);
+    let private_cid = cid_of_blob(&node, "team/closed", &private_digest);
+
+    let bootstrap = format!("[\"{listen}/p2p/{me}\"]");
+    let kubo = KuboDaemon::start_with(
+        &[("Routing.Type", "\"dhtserver\""), ("Bootstrap", &bootstrap), ("Provide.DHT.SweepEnabled", "false")],
+        &[("TEST_DHT_STUB", "1")],
+    );
+    let connect = kubo.ipfs(&["swarm", "connect", &format!("{listen}/p2p/{me}")]);
+    assert!(connect.status.success(), "{}", String::from_utf8_lossy(&connect.stderr));
+
+    let found = kubo.ipfs(&["routing", "findprovs", "--num-providers=1", "--timeout=30s", &public_cid]);
+    assert_eq!(String::from_utf8_lossy(&found.stdout).trim(), me, "{}", String::from_utf8_lossy(&found.stderr));
+    let found = kubo.ipfs(&["routing", "findprovs", "--num-providers=1", "--timeout=5s", &private_cid]);
+    assert!(!String::from_utf8_lossy(&found.stdout).contains(&me), "a private layer was announced");
+
+    // Kubo's content, found from our side.
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut file, &layer(13, 50_000)).unwrap();
+    let added = kubo.ipfs(&["add", "-Q", "--cid-version=1", &file.path().display().to_string()]);
+    let kubo_cid = String::from_utf8_lossy(&added.stdout).trim().to_string();
+    let kubo_id: serde_json::Value = serde_json::from_slice(&kubo.ipfs(&["id"]).stdout).unwrap();
+    let kubo_id = kubo_id["ID"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client().post(format!("http://{}/api/v0/routing/findprovs?arg={kubo_cid}&num-providers=1", node.rpc)).send().unwrap();
+        let text = r.text().unwrap();
+        if text.contains(&kubo_id) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "our node never found Kubo providing {kubo_cid}: {text}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

@@ -91,6 +91,15 @@ pub(crate) const REFERRERS_PAGE: &str = "SELECT digest, media_type, size, artifa
     WHERE r.name = $1 AND m.subject = $2 AND ($3::TEXT IS NULL OR m.artifact_type = $3) AND ($4::TEXT IS NULL OR m.digest > $4)
   ) page WHERE start < $5 ORDER BY digest LIMIT $6";
 
+/// Blob roots and image CIDs of public repositories (SQLite spells `NOT b.missing` as
+/// `b.missing = 0`).
+pub(crate) const PUBLIC_ROOTS: &str = "SELECT b.root_cid FROM blobs b JOIN repository_blobs rb ON rb.digest = b.digest
+      JOIN repositories r ON r.id = rb.repository_id WHERE r.visibility = 'public' AND NOT b.missing
+    UNION SELECT m.image_cid FROM manifests m JOIN repositories r ON r.id = m.repository_id
+      WHERE r.visibility = 'public' AND m.image_cid IS NOT NULL
+    UNION SELECT t.image_cid FROM tags t JOIN repositories r ON r.id = t.repository_id
+      WHERE r.visibility = 'public' AND t.image_cid IS NOT NULL";
+
 /// Whether referrers follow `$4` (same parameters as [`REFERRERS_PAGE`]'s first four).
 pub(crate) const REFERRERS_AFTER: &str = "SELECT EXISTS (SELECT 1 FROM manifests m JOIN repositories r ON r.id = m.repository_id
     WHERE r.name = $1 AND m.subject = $2 AND ($3::TEXT IS NULL OR m.artifact_type = $3) AND m.digest > $4)";
@@ -200,6 +209,8 @@ pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     async fn lagging_nodes(&self, generation: i64, except: &str, alive_secs: i64) -> MetaResult<Vec<String>>;
     /// The shared change generation.
     async fn generation(&self) -> MetaResult<i64>;
+    /// Blob roots and image CIDs of public repositories: what the node offers to anyone.
+    async fn public_roots(&self) -> MetaResult<Vec<String>>;
     async fn live_roots(&self) -> MetaResult<Vec<String>>;
     /// Removes the link between `repo` and a blob; true if there was one.
     async fn unlink_blob(&self, repo: &str, digest: &Digest) -> MetaResult<bool>;

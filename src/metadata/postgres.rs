@@ -647,6 +647,11 @@ impl MetadataStore for PgStore {
         Ok(rows.first().map(|r| r.get(0)).unwrap_or(0))
     }
 
+    async fn public_roots(&self) -> MetaResult<Vec<String>> {
+        let rows = self.read(super::PUBLIC_ROOTS, &[]).await.map_err(pg)?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
     async fn live_roots(&self) -> MetaResult<Vec<String>> {
         let rows = self
             .read(

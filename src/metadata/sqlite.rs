@@ -512,6 +512,15 @@ impl MetadataStore for SqliteStore {
             .await
     }
 
+    async fn public_roots(&self) -> MetaResult<Vec<String>> {
+        self.read(|c| {
+            let mut s = c.prepare(PUBLIC_ROOTS.replace("NOT b.missing", "b.missing = 0").as_str()).map_err(backend)?;
+            let rows = s.query_map([], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(backend)
+        })
+        .await
+    }
+
     async fn live_roots(&self) -> MetaResult<Vec<String>> {
         self.read(|c| {
             let mut s = c

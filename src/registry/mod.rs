@@ -222,8 +222,14 @@ impl Registry {
     /// (see [`Self::set_visibility`]). The node calls this every [`SHARED_CHANGES_EVERY`].
     pub async fn watch_shared_changes(&self) -> Result<()> {
         let shared = self.meta.generation().await?;
-        if self.shared_generation.swap(shared, Ordering::SeqCst) != shared {
+        let before = self.shared_generation.swap(shared, Ordering::SeqCst);
+        if before != shared {
             self.generation.fetch_add(1, Ordering::SeqCst);
+            // The first look only learns the counter; later ones see others' changes (and this
+            // node's own, which is harmless: a rebuild of an unchanged view).
+            if before != i64::MIN {
+                self.emit(crate::events::Event::ChangedElsewhere);
+            }
             if let Some(node) = &self.settings.node_id {
                 self.meta.ack_generation(node, shared).await?;
             }

@@ -131,6 +131,11 @@ impl Registry {
         Ok(self.meta.cid_is_public(cid).await?)
     }
 
+    /// Blob roots and image CIDs of public repositories.
+    pub async fn public_roots(&self) -> Result<Vec<String>> {
+        Ok(self.meta.public_roots().await?)
+    }
+
     /// Whether `cid` is pinned through the RPC.
     pub async fn is_block_pinned(&self, cid: &Cid) -> Result<bool> {
         Ok(self.blocks.is_pinned(cid).await?)

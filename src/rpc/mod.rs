@@ -95,7 +95,7 @@ pub fn configure(state: Arc<RpcState>) -> impl FnOnce(&mut web::ServiceConfig) {
     }
 }
 
-const READS: &[&str] = &["id", "version", "repo/stat", "block/get", "block/stat", "cat", "ls", "pin/ls", "dag/export", "swarm/peers", "bitswap/stat"];
+const READS: &[&str] = &["id", "version", "repo/stat", "block/get", "block/stat", "cat", "ls", "pin/ls", "dag/export", "swarm/peers", "bitswap/stat", "routing/findprovs"];
 
 /// Kubo's rule against websites in the operator's browser: a request that names an origin
 /// (`Origin`, else `Referer`) must come from the RPC's own; and on loopback the `Host` must be a
@@ -199,6 +199,52 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
                 }
             }
             HttpResponse::Ok().json(json!({"Strings": out}))
+        }
+        "routing/findprovs" => {
+            let cid = match arg(&req, "arg").map(|a| parse_path(&a)) {
+                Some(Ok((cid, _))) => cid,
+                Some(Err(resp)) => return resp,
+                None => return bad_request("argument \"key\" is required"),
+            };
+            let n = match arg(&req, "num-providers").map(|v| v.parse::<usize>()) {
+                None => 20,
+                Some(Ok(n)) if (1..=1000).contains(&n) => n,
+                Some(_) => return bad_request("num-providers must be 1..1000"),
+            };
+            match state.swarm.find_providers(cid, n).await {
+                // Kubo's stream of routing events, one line each: type 4 is a provider.
+                Ok(found) => {
+                    let lines: String = found
+                        .iter()
+                        .map(|(peer, addrs)| {
+                            let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                            format!("{}\n", json!({"Extra": "", "ID": "", "Responses": [{"Addrs": addrs, "ID": peer.to_string()}], "Type": 4}))
+                        })
+                        .collect();
+                    HttpResponse::Ok().insert_header(("X-Chunked-Output", "1")).content_type("application/json").body(lines)
+                }
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            }
+        }
+        "routing/provide" => {
+            let mut lines = String::new();
+            for a in args(&req, "arg") {
+                let cid = match parse_path(&a) {
+                    Ok((cid, _)) => cid,
+                    Err(resp) => return resp,
+                };
+                // Only what anyone may fetch is announced: a provider record tells the world the node holds it.
+                match state.policy.may_send(&cid, &Audience::Anyone).await {
+                    Ok(true) => {}
+                    Ok(false) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{cid} is not public content this node holds")),
+                    Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+                }
+                if let Err(e) = state.swarm.provide(cid).await {
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+                }
+                lines.push_str(&format!("{}\n", json!({"Extra": "", "ID": "", "Responses": null, "Type": 0})));
+            }
+            HttpResponse::Ok().insert_header(("X-Chunked-Output", "1")).content_type("application/json").body(lines)
         }
         "bitswap/stat" => {
             let stats = &state.swarm.bitswap.stats;

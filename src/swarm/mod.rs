@@ -8,6 +8,7 @@
 
 pub mod bitswap;
 pub mod message;
+mod providing;
 
 use crate::exposure::Policy;
 use futures_util::StreamExt;
@@ -61,6 +62,21 @@ enum Command {
     Disconnect(PeerId, oneshot::Sender<bool>),
     Peers(oneshot::Sender<Vec<(PeerId, Multiaddr)>>),
     Addresses(oneshot::Sender<Vec<Multiaddr>>),
+    Provide(cid::Cid, oneshot::Sender<Result<(), SwarmError>>),
+    Unprovide(cid::Cid),
+    FindProviders(cid::Cid, usize, oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>>),
+}
+
+/// A provider search under way: who was found so far, and who waits for them.
+struct Search {
+    found: Vec<(PeerId, Vec<Multiaddr>)>,
+    want: usize,
+    reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>>,
+}
+
+/// The DHT key of a CID: its multihash's bytes, as Kubo keys provider records.
+fn key(cid: &cid::Cid) -> kad::RecordKey {
+    kad::RecordKey::new(&cid.hash().to_bytes())
 }
 
 /// The rest of the node's way to the swarm.
@@ -99,6 +115,22 @@ impl Handle {
         self.ask(Command::Peers).await
     }
 
+    /// Announces on the DHT that this node provides `cid` (republished until withdrawn).
+    pub async fn provide(&self, cid: cid::Cid) -> Result<(), SwarmError> {
+        self.ask(|tx| Command::Provide(cid, tx)).await?
+    }
+
+    /// Stops providing `cid` (the record lapses where it was stored).
+    pub async fn unprovide(&self, cid: cid::Cid) -> Result<(), SwarmError> {
+        self.commands.send(Command::Unprovide(cid)).await.map_err(|_| SwarmError::Stopped)
+    }
+
+    /// Up to `n` providers of `cid` found on the DHT (this node among them if it provides it),
+    /// each with the addresses known for it.
+    pub async fn find_providers(&self, cid: cid::Cid, n: usize) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, SwarmError> {
+        self.ask(|tx| Command::FindProviders(cid, n, tx)).await
+    }
+
     /// The addresses this node listens on and announces.
     pub async fn addresses(&self) -> Result<Vec<Multiaddr>, SwarmError> {
         self.ask(Command::Addresses).await
@@ -120,8 +152,10 @@ pub fn start(seed: [u8; 32], policy: Arc<Policy>, config: SwarmConfig) -> Result
                 }
             };
             runtime.block_on(async move {
+                let reg = policy.registry().clone();
                 match build(seed, policy, &config) {
                     Ok((swarm, handle, rx)) => {
+                        tokio::spawn(providing::run(reg, handle.clone()));
                         let _ = ready_tx.send(Ok(handle));
                         run(swarm, rx, config).await;
                     }
@@ -209,6 +243,7 @@ async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut inbox: Inbox, config: Swar
     // Dials waiting for their connection, by peer (or by address when it names none).
     let mut dialling: HashMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<PeerId, SwarmError>>> = HashMap::new();
     let mut connected: HashMap<PeerId, Multiaddr> = HashMap::new();
+    let mut searches: HashMap<kad::QueryId, Search> = HashMap::new();
     loop {
         tokio::select! {
             Some(peer) = inbox.bad_peers.recv() => {
@@ -235,6 +270,15 @@ async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut inbox: Inbox, config: Swar
                     Command::Peers(reply) => {
                         let _ = reply.send(connected.iter().map(|(p, a)| (*p, a.clone())).collect());
                     }
+                    Command::Provide(cid, reply) => {
+                        let result = swarm.behaviour_mut().kad.start_providing(key(&cid)).map(|_| ()).map_err(|e| SwarmError::Dial(e.to_string()));
+                        let _ = reply.send(result);
+                    }
+                    Command::Unprovide(cid) => swarm.behaviour_mut().kad.stop_providing(&key(&cid)),
+                    Command::FindProviders(cid, want, reply) => {
+                        let id = swarm.behaviour_mut().kad.get_providers(key(&cid));
+                        searches.insert(id, Search { found: Vec::new(), want: want.max(1), reply });
+                    }
                     Command::Addresses(reply) => {
                         let mut out: Vec<Multiaddr> = swarm.listeners().cloned().collect();
                         out.extend(swarm.external_addresses().cloned());
@@ -259,6 +303,29 @@ async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut inbox: Inbox, config: Swar
                         let _ = reply.send(Err(SwarmError::Dial(error.to_string())));
                     }
                 }
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result: kad::QueryResult::GetProviders(result), step, .. })) => {
+                    let Some(search) = searches.get_mut(&id) else { continue };
+                    if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+                        for peer in providers {
+                            if search.found.iter().all(|(p, _)| *p != peer) {
+                                let addrs = if peer == *swarm.local_peer_id() {
+                                    swarm.external_addresses().chain(swarm.listeners()).cloned().collect()
+                                } else {
+                                    known_addresses(&mut swarm, &peer)
+                                };
+                                search.found.push((peer, addrs));
+                            }
+                        }
+                    }
+                    if step.last || search.found.len() >= search.want {
+                        if let Some(mut query) = swarm.behaviour_mut().kad.query_mut(&id) {
+                            query.finish();
+                        }
+                        if let Some(search) = searches.remove(&id) {
+                            let _ = search.reply.send(search.found);
+                        }
+                    }
+                }
                 // What a peer says it listens on feeds the routing table, if it serves the DHT.
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
                     if info.protocols.contains(&KAD_PROTOCOL) =>
@@ -271,4 +338,16 @@ async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut inbox: Inbox, config: Swar
             }
         }
     }
+}
+
+/// The addresses the routing table knows for `peer`.
+fn known_addresses(swarm: &mut libp2p::Swarm<Behaviour>, peer: &PeerId) -> Vec<Multiaddr> {
+    for bucket in swarm.behaviour_mut().kad.kbuckets() {
+        for entry in bucket.iter() {
+            if entry.node.key.preimage() == peer {
+                return entry.node.value.iter().cloned().collect();
+            }
+        }
+    }
+    Vec::new()
 }
