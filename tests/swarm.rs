@@ -81,7 +81,7 @@ fn cid_of_blob(node: &Node, repo: &str, digest: &str) -> String {
 
 #[test]
 fn kubo_fetches_public_layers_over_bitswap_and_never_private_ones() {
-    let node = Node::start();
+    let node = Node::start_with_env(&[], &[("AF_LOG", "af_registry=debug,info")]);
     let public = layer(1, 3 << 20);
     let private = layer(2, 300_000);
     let public_digest = push_blob(&node, "team/open", &public);
@@ -120,6 +120,25 @@ fn kubo_fetches_public_layers_over_bitswap_and_never_private_ones() {
     assert!(!cat.status.success() && cat.stdout.is_empty(), "a private block left the node");
     assert!(started.elapsed() >= Duration::from_secs(7));
 
+    // Content only Kubo has: pinned here, fetched over Bitswap, every block verified.
+    let theirs = layer(3, 3 << 20);
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut file, &theirs).unwrap();
+    let added = kubo.ipfs(&["add", "-Q", "--cid-version=1", &file.path().display().to_string()]);
+    let kubo_cid = String::from_utf8_lossy(&added.stdout).trim().to_string();
+    let r = client().post(format!("http://{}/api/v0/pin/add?arg={kubo_cid}", node.rpc)).send().unwrap();
+    assert!(r.status().is_success(), "{}\n{}", r.text().unwrap(), node.log_text().lines().filter(|l| l.contains("swarm") || l.contains("bitswap") || l.contains("want")).collect::<Vec<_>>().join("\n"));
+    let pinned = rpc(&node, "pin/ls");
+    assert!(pinned["Keys"].get(&kubo_cid).is_some(), "{pinned}");
+    let cat = client().post(format!("http://{}/api/v0/cat?arg={kubo_cid}", node.rpc)).send().unwrap();
+    assert_eq!(sha256(&cat.bytes().unwrap()), sha256(&theirs));
+    // A CID nobody has: Kubo says DONT_HAVE, so the pin fails at once rather than at a timeout.
+    let started = Instant::now();
+    let nowhere = af_registry::unixfs::cid_v1(af_registry::unixfs::RAW, &[9u8; 32]);
+    let r = client().post(format!("http://{}/api/v0/pin/add?arg={nowhere}", node.rpc)).send().unwrap();
+    assert!(!r.status().is_success());
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+
     // Our side of it.
     let peers = rpc(&node, "swarm/peers");
     let kubo_id: serde_json::Value = serde_json::from_slice(&kubo.ipfs(&["id"]).stdout).unwrap();
@@ -127,6 +146,7 @@ fn kubo_fetches_public_layers_over_bitswap_and_never_private_ones() {
     assert!(peers["Peers"].as_array().unwrap().iter().any(|p| p["Peer"] == kubo_id), "{peers}");
     let stat = rpc(&node, "bitswap/stat");
     assert!(stat["BlocksSent"].as_u64().unwrap() >= 4, "{stat}");
+    assert!(stat["BlocksReceived"].as_u64().unwrap() >= 13, "{stat}");
     assert!(stat["DataSent"].as_u64().unwrap() >= public.len() as u64, "{stat}");
 }
 

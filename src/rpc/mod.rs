@@ -253,7 +253,7 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
                 "ProvideBufLen": 0,
                 "Wantlist": [],
                 "Peers": peers.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>(),
-                "BlocksReceived": 0,
+                "BlocksReceived": stats.blocks_received.load(std::sync::atomic::Ordering::Relaxed),
                 "DataReceived": 0,
                 "DupBlksReceived": 0,
                 "DupDataReceived": 0,
@@ -297,7 +297,7 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
                 Ok(lock) => lock,
                 Err(resp) => return resp,
             };
-            pin_add(&req, &state.policy).await
+            pin_add(&req, &state).await
         }
         "pin/rm" => {
             let mut removed = Vec::new();
@@ -365,7 +365,12 @@ async fn audience(req: &HttpRequest, state: &RpcState) -> Audience {
 async fn readable_path(req: &HttpRequest, state: &RpcState) -> Result<(Arc<Reader>, Cid), HttpResponse> {
     let raw = arg(req, "arg").ok_or_else(|| bad_request("argument \"cid\" is required"))?;
     let (root, path) = parse_path(&raw)?;
-    let reader = Reader::new(&state.policy, audience(req, state).await);
+    // The operator's reads fetch what the node lacks from peers, as Kubo's do; anyone else's
+    // never make the node fetch.
+    let reader = match audience(req, state).await {
+        Audience::Operator => fetching_reader(state, &root),
+        other => Reader::new(&state.policy, other),
+    };
     let chain = reader.resolve(root, &path).await.map_err(dag_failure)?;
     Ok((reader, *chain.last().expect("a chain has a target")))
 }
@@ -472,20 +477,29 @@ async fn check_complete(policy: &Arc<crate::exposure::Policy>, root: Cid) -> Res
     Ok(())
 }
 
-async fn pin_add(req: &HttpRequest, policy: &Arc<crate::exposure::Policy>) -> HttpResponse {
-    let reg = policy.registry();
+/// An operator's reader that fetches missing blocks from peers (kept, recorded under `root`).
+fn fetching_reader(state: &RpcState, root: &Cid) -> Arc<Reader> {
+    Reader::over(crate::swarm::fetch::Fetching::new(state.registry.clone(), state.swarm.clone(), root))
+}
+
+async fn pin_add(req: &HttpRequest, state: &RpcState) -> HttpResponse {
+    let reg = &state.registry;
     let mut pinned = Vec::new();
     for a in args(req, "arg") {
         let (root, path) = match parse_path(&a) {
             Ok(p) => p,
             Err(resp) => return resp,
         };
-        let cid = match Reader::new(policy, Audience::Operator).resolve(root, &path).await {
+        let cid = match fetching_reader(state, &root).resolve(root, &path).await {
             Ok(chain) => *chain.last().expect("a chain has a target"),
             Err(e) => return dag_failure(e),
         };
-        if let Err(e) = check_complete(policy, cid).await {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+        // Every block of the DAG, fetched from peers where this node lacks it.
+        let mut blocks = std::pin::pin!(crate::dag::car::whole(fetching_reader(state, &cid), cid));
+        while let Some(block) = blocks.next().await {
+            if let Err(e) = block {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+            }
         }
         if let Err(e) = reg.pin_block(&cid).await {
             return error(StatusCode::INTERNAL_SERVER_ERROR, e);

@@ -31,6 +31,7 @@ const CONCURRENT_STREAMS: usize = 256;
 /// What the server has done, for `bitswap/stat`.
 #[derive(Default)]
 pub struct Stats {
+    pub blocks_received: AtomicU64,
     pub blocks_sent: AtomicU64,
     pub data_sent: AtomicU64,
     pub messages_received: AtomicU64,
@@ -43,6 +44,8 @@ pub struct Server {
     misbehaving: tokio::sync::mpsc::UnboundedSender<PeerId>,
     pub stats: Stats,
     streams: tokio::sync::Semaphore,
+    /// What this node waits for from peers (the client side, `fetch`).
+    pub wants: super::fetch::Wants,
 }
 
 impl Server {
@@ -53,7 +56,7 @@ impl Server {
         misbehaving: tokio::sync::mpsc::UnboundedSender<PeerId>,
     ) -> Arc<Server> {
         let streams = tokio::sync::Semaphore::new(CONCURRENT_STREAMS);
-        let server = Arc::new(Server { policy, control: control.clone(), misbehaving, stats: Stats::default(), streams });
+        let server = Arc::new(Server { policy, control: control.clone(), misbehaving, stats: Stats::default(), streams, wants: Default::default() });
         for protocol in PROTOCOLS {
             let mut incoming = control.accept(protocol.clone()).expect("each Bitswap protocol is registered once");
             let server = server.clone();
@@ -90,8 +93,26 @@ impl Server {
         }
     }
 
-    /// Answers one message's wants (cancels need nothing: every want is answered at once).
+    /// Takes the blocks and presences a message brings, then answers its wants (cancels need
+    /// nothing: every want is answered at once).
     async fn answer(&self, peer: PeerId, protocol: &StreamProtocol, m: Message) -> Result<(), String> {
+        for block in m.payload {
+            if self.wants.arrived(&block.prefix, block.data) {
+                self.stats.blocks_received.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // Bitswap 1.0.0 blocks are CIDv0: dag-pb, sha2-256.
+        for data in m.blocks {
+            if self.wants.arrived(&[0x00, 0x70, 0x12, 0x20], data) {
+                self.stats.blocks_received.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tracing::debug!(%peer, presences = m.block_presences.len(), wants = m.wantlist.as_ref().map_or(0, |w| w.entries.len()), "bitswap message");
+        for presence in m.block_presences.iter().filter(|p| p.r#type == PresenceType::DontHave as i32) {
+            if let Ok(cid) = Cid::try_from(presence.cid.as_slice()) {
+                self.wants.refused(&cid);
+            }
+        }
         let Some(wantlist) = m.wantlist else { return Ok(()) };
         let audience = Audience::Peer(peer.to_base58().into());
         let mut presences = Vec::new();
@@ -141,6 +162,11 @@ impl Server {
             self.send_blocks(&mut out, batch).await?;
         }
         futures_util::AsyncWriteExt::close(&mut out).await.map_err(|e| e.to_string())
+    }
+
+    /// The control for streams of our own (wants).
+    pub fn control(&self) -> libp2p_stream::Control {
+        self.control.clone()
     }
 
     async fn send_blocks(&self, out: &mut libp2p::Stream, batch: Message) -> Result<(), String> {

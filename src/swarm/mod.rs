@@ -7,6 +7,7 @@
 //! through the exposure policy.
 
 pub mod bitswap;
+pub mod fetch;
 pub mod message;
 mod providing;
 
@@ -37,6 +38,8 @@ pub enum SwarmError {
     Stopped,
     #[error("{0}")]
     Dial(String),
+    #[error("no peer sent block {0}")]
+    NotFound(String),
 }
 
 /// How the swarm listens and whom it knows at start.
@@ -129,6 +132,55 @@ impl Handle {
     /// each with the addresses known for it.
     pub async fn find_providers(&self, cid: cid::Cid, n: usize) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, SwarmError> {
         self.ask(|tx| Command::FindProviders(cid, n, tx)).await
+    }
+
+    /// Block `cid` from peers: the connected ones, or (with none) providers found on the DHT,
+    /// dialled. Verified: only bytes that hash to `cid` come back.
+    pub async fn fetch(&self, cid: cid::Cid) -> Result<bytes::Bytes, SwarmError> {
+        let wants = &self.bitswap.wants;
+        let (mut rx, first) = match wants.register(cid) {
+            fetch::Want::Ready(bytes) => return Ok(bytes),
+            fetch::Want::Wait { rx, first } => (rx, first),
+        };
+        let mut peers = Vec::new();
+        if first {
+            peers = self.peers().await?.into_iter().map(|(p, _)| p).collect();
+            if peers.is_empty() {
+                for (peer, addrs) in self.find_providers(cid, 4).await? {
+                    if peer == self.peer_id {
+                        continue;
+                    }
+                    for addr in addrs {
+                        if self.connect(addr.with_p2p(peer).unwrap_or_else(|a| a)).await.is_ok() {
+                            peers.push(peer);
+                            break;
+                        }
+                    }
+                }
+            }
+            tracing::debug!(%cid, peers = peers.len(), "bitswap: wanting");
+            wants.asked(&cid, peers.len().max(1));
+        }
+        // A reply can be lost (a burst of inbound streams overruns libp2p-stream's accept), so
+        // the wants are sent again every REWANT until the block comes, as Kubo rebroadcasts.
+        let deadline = tokio::time::Instant::now() + fetch::FETCH_TIMEOUT;
+        let got = loop {
+            for peer in &peers {
+                let (control, peer) = (self.bitswap.control(), *peer);
+                tokio::spawn(async move {
+                    if let Err(e) = fetch::send_want(control, peer, cid).await {
+                        tracing::debug!(%peer, %cid, error = %e, "want not sent");
+                    }
+                });
+            }
+            match tokio::time::timeout(fetch::REWANT.min(deadline.saturating_duration_since(tokio::time::Instant::now())), &mut rx).await {
+                Ok(result) => break result.ok(),
+                Err(_) if tokio::time::Instant::now() >= deadline => break None,
+                Err(_) => {}
+            }
+        };
+        wants.forget(&cid);
+        got.ok_or_else(|| SwarmError::NotFound(cid.to_string()))
     }
 
     /// The addresses this node listens on and announces.

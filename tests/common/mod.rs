@@ -71,7 +71,26 @@ impl Node {
         node
     }
 
+    /// Starts the node; a port another process took between `free_addr` and the bind (ports
+    /// are picked free, then released) is picked again.
     fn spawn(&mut self) {
+        for _ in 0..5 {
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(log) if log.contains("Address already in use") => {
+                    self.addr = free_addr();
+                    self.gateway = free_addr();
+                    if !self.extra.iter().any(|a| a == "--rpc") {
+                        self.rpc = free_addr();
+                    }
+                }
+                Err(log) => panic!("node did not start: {log}"),
+            }
+        }
+        panic!("node did not start: no free ports: {}", self.log_text());
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_af"))
             .args(["registry", "serve", "--api", &self.addr.to_string(), "--gateway", &self.gateway.to_string(), "--data-dir"])
@@ -89,24 +108,24 @@ impl Node {
             .spawn()
             .expect("start af");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = Client::new();
         while Instant::now() < deadline {
             if let Ok(r) = client.get(self.url("/v2/")).send() {
                 if r.status().is_success() || r.status() == 401 {
-                    return;
+                    return Ok(());
                 }
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("node exited with {status}: {}", self.log_text());
+                return Err(format!("node exited with {status}: {}", self.log_text()));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("node did not become ready: {}", self.log_text());
+        Err(format!("node did not become ready: {}", self.log_text()))
     }
 
     pub fn log_text(&self) -> String {
