@@ -117,6 +117,10 @@ settings! {
     /// comma-separate) [default: none: only what peers observe].
     #[arg(long, env = "AF_SWARM_ANNOUNCE", value_delimiter = ',')]
     swarm_announce: Vec<MultiaddrText> = Vec::new();
+    /// Never fetch from peers: the operator's RPC reads and pins see only what the node holds
+    /// (the swarm still serves peers) [default: false].
+    #[arg(long, env = "AF_OFFLINE", num_args = 0..=1, default_missing_value = "true")]
+    offline: bool = false;
     /// A peer to join the DHT through, with /p2p/<peer ID> (repeat, or comma-separate); for the
     /// public IPFS network, its bootstrap list (see the README) [default: none].
     #[arg(long, env = "AF_BOOTSTRAP", value_delimiter = ',')]

@@ -24,16 +24,7 @@ struct Upload {
 }
 
 fn blob_data(seed: u64) -> Vec<u8> {
-    // xorshift: cheap, deterministic, incompressible enough.
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..BLOB)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    xorshift_bytes(seed, BLOB)
 }
 
 fn upload_until_failure(base: String, repo: String, client_no: usize, log: Arc<Mutex<Vec<Upload>>>, done: Arc<AtomicUsize>) {

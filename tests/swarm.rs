@@ -61,17 +61,21 @@ fn rpc(node: &Node, call: &str) -> serde_json::Value {
     r.json().unwrap()
 }
 
-/// Bytes that never repeat a chunk (xorshift), so every leaf is a block of its own.
 fn layer(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    xorshift_bytes(seed, len)
+}
+
+/// A public layer of `len` bytes (seed `seed`) in team/open and a private one in team/closed:
+/// the public bytes, their digest, and both root CIDs.
+fn public_and_private(node: &Node, seed: u64, len: usize) -> (Vec<u8>, String, String, String) {
+    let public = layer(seed, len);
+    let private = layer(seed + 1, 200_000);
+    let public_digest = push_blob(node, "team/open", &public);
+    let private_digest = push_blob(node, "team/closed", &private);
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/open", "public"]).arg("--data-dir").arg(&node.data_dir).output().unwrap();
+    assert!(out.status.success());
+    let (public_cid, private_cid) = (cid_of_blob(node, "team/open", &public_digest), cid_of_blob(node, "team/closed", &private_digest));
+    (public, public_digest, public_cid, private_cid)
 }
 
 fn cid_of_blob(node: &Node, repo: &str, digest: &str) -> String {
@@ -82,14 +86,7 @@ fn cid_of_blob(node: &Node, repo: &str, digest: &str) -> String {
 #[test]
 fn kubo_fetches_public_layers_over_bitswap_and_never_private_ones() {
     let node = Node::start_with_env(&[], &[("AF_LOG", "af_registry=debug,info")]);
-    let public = layer(1, 3 << 20);
-    let private = layer(2, 300_000);
-    let public_digest = push_blob(&node, "team/open", &public);
-    let private_digest = push_blob(&node, "team/closed", &private);
-    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/open", "public"]).arg("--data-dir").arg(&node.data_dir).output().unwrap();
-    assert!(out.status.success());
-    let public_cid = cid_of_blob(&node, "team/open", &public_digest);
-    let private_cid = cid_of_blob(&node, "team/closed", &private_digest);
+    let (public, public_digest, public_cid, private_cid) = public_and_private(&node, 1, 3 << 20);
 
     let id = rpc(&node, "id");
     let me = id["ID"].as_str().unwrap().to_string();
@@ -286,14 +283,7 @@ fn the_dht_finds_providers_both_ways() {
     let listen = format!("/ip4/127.0.0.1/tcp/{port}");
     let node = Node::start_with(&["--swarm", &listen, "--swarm-announce", &listen]);
     let me = rpc(&node, "id")["ID"].as_str().unwrap().to_string();
-    let public = layer(11, 200_000);
-    let private = layer(12, 200_000);
-    let public_digest = push_blob(&node, "team/open", &public);
-    let private_digest = push_blob(&node, "team/closed", &private);
-    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/open", "public"]).arg("--data-dir").arg(&node.data_dir).output().unwrap();
-    assert!(out.status.success());
-    let public_cid = cid_of_blob(&node, "team/open", &public_digest);
-    let private_cid = cid_of_blob(&node, "team/closed", &private_digest);
+    let (_, _, public_cid, private_cid) = public_and_private(&node, 11, 200_000);
 
     let bootstrap = format!("[\"{listen}/p2p/{me}\"]");
     let kubo = KuboDaemon::start_with(
@@ -339,22 +329,17 @@ fn node22(script: &str) -> Command {
 #[test]
 fn helia_and_our_node_fetch_from_each_other() {
     let node = Node::start();
-    let public = layer(21, 3 << 20);
-    let private = layer(22, 200_000);
-    let public_digest = push_blob(&node, "team/open", &public);
-    let private_digest = push_blob(&node, "team/closed", &private);
-    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/open", "public"]).arg("--data-dir").arg(&node.data_dir).output().unwrap();
-    assert!(out.status.success());
+    let (public, public_digest, public_cid, private_cid) = public_and_private(&node, 21, 3 << 20);
     let id = rpc(&node, "id");
     let addr = id["Addresses"].as_array().unwrap().iter().filter_map(|a| a.as_str()).find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")).unwrap().to_string();
 
     let fetch = |cid: &str, timeout_ms: &str| node22("bitswap-fetch.mjs").args([&addr, cid, timeout_ms]).output().expect("Node 22 from tests/interop");
-    let got = fetch(&cid_of_blob(&node, "team/open", &public_digest), "60000");
+    let got = fetch(&public_cid, "60000");
     assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
     let got: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
     assert_eq!(got["bytes"], public.len());
     assert_eq!(format!("sha256:{}", got["sha256"].as_str().unwrap()), public_digest);
-    let refused = fetch(&cid_of_blob(&node, "team/closed", &private_digest), "5000");
+    let refused = fetch(&private_cid, "5000");
     assert!(!refused.status.success() && refused.stdout.is_empty(), "a private layer reached Helia");
 
     // A file only Helia has.
@@ -368,6 +353,25 @@ fn helia_and_our_node_fetch_from_each_other() {
     assert!(r.status().is_success(), "{}", r.text().unwrap());
     let cat = client().post(format!("http://{}/api/v0/cat?arg={helia_cid}", node.rpc)).send().unwrap();
     assert_eq!(sha256(&cat.bytes().unwrap()), format!("sha256:{}", held["sha256"].as_str().unwrap()));
+    drop(helia.stdin.take());
+    let _ = helia.wait();
+}
+
+/// `--offline`: connected to a peer that holds the file, the node still does not fetch it.
+#[test]
+fn an_offline_node_never_fetches() {
+    let node = Node::start_with(&["--offline"]);
+    let mut helia = node22("bitswap-serve.mjs").args(["300000", "4"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(helia.stdout.take().unwrap()), &mut line).unwrap();
+    let held: serde_json::Value = serde_json::from_str(&line).expect("Helia's address and CID");
+    rpc(&node, &format!("swarm/connect?arg={}", held["addr"].as_str().unwrap()));
+    let started = Instant::now();
+    let r = client().post(format!("http://{}/api/v0/pin/add?arg={}", node.rpc, held["cid"].as_str().unwrap())).send().unwrap();
+    assert!(!r.status().is_success());
+    assert!(r.text().unwrap().contains("not found locally"));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(rpc(&node, "bitswap/stat")["BlocksReceived"], 0);
     drop(helia.stdin.take());
     let _ = helia.wait();
 }

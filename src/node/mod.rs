@@ -168,6 +168,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         auth: auth.clone(),
         identity,
         swarm,
+        offline: config.offline,
         data_dir: config.data_dir.clone(),
         loopback: config.rpc.ip().is_loopback(),
         bind: config.rpc,

@@ -41,6 +41,8 @@ pub struct RpcState {
     pub identity: crate::identity::Identity,
     /// The swarm (peers, Bitswap).
     pub swarm: crate::swarm::Handle,
+    /// Never fetch from peers (`--offline`).
+    pub offline: bool,
     pub data_dir: std::path::PathBuf,
     /// Bound to loopback only: the caller is the operator.
     pub loopback: bool,
@@ -479,6 +481,9 @@ async fn check_complete(policy: &Arc<crate::exposure::Policy>, root: Cid) -> Res
 
 /// An operator's reader that fetches missing blocks from peers (kept, recorded under `root`).
 fn fetching_reader(state: &RpcState, root: &Cid) -> Arc<Reader> {
+    if state.offline {
+        return Reader::new(&state.policy, Audience::Operator);
+    }
     Reader::over(crate::swarm::fetch::Fetching::new(state.registry.clone(), state.swarm.clone(), root))
 }
 

@@ -1,11 +1,7 @@
 // A Helia node that holds one file and serves it over Bitswap until its stdin closes:
 // node22 bitswap-serve.mjs SIZE SEED. Prints one JSON line {"addr": multiaddr, "cid": CID,
 // "sha256": hex} once it listens. The bytes are a xorshift stream of SEED, in 256 KiB raw leaves.
-import { createHelia } from 'helia'
-import { tcp } from '@libp2p/tcp'
-import { noise } from '@libp2p/noise'
-import { yamux } from '@libp2p/yamux'
-import { identify } from '@libp2p/identify'
+import { startHelia } from './helia-node.mjs'
 import { unixfs } from '@helia/unixfs'
 import { fixedSize } from 'ipfs-unixfs-importer/chunker'
 import { createHash } from 'node:crypto'
@@ -20,16 +16,7 @@ for (let i = 0; i < size; i++) {
   x ^= (x << 17n) & mask
   bytes[i] = Number(x & 0xffn)
 }
-const helia = await createHelia({
-  libp2p: {
-    addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
-    transports: [tcp()],
-    connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
-    services: { identify: identify() }
-  }
-})
-await helia.start()
+const helia = await startHelia()
 const cid = await unixfs(helia).addBytes(bytes, { cidVersion: 1, rawLeaves: true, chunker: fixedSize({ chunkSize: 262144 }) })
 const addr = helia.libp2p.getMultiaddrs()[0].toString()
 console.log(JSON.stringify({ addr, cid: cid.toString(), sha256: createHash('sha256').update(bytes).digest('hex') }))
