@@ -144,6 +144,9 @@ fn kubo_fetches_public_layers_over_bitswap_and_never_private_ones() {
     let stat = rpc(&node, "bitswap/stat");
     assert!(stat["BlocksSent"].as_u64().unwrap() >= 4, "{stat}");
     assert!(stat["BlocksReceived"].as_u64().unwrap() >= 13, "{stat}");
+    let ledger = rpc(&node, &format!("bitswap/ledger?arg={kubo_id}"));
+    assert!(ledger["Sent"].as_u64().unwrap() >= public.len() as u64, "{ledger}");
+    assert!(ledger["Recv"].as_u64().unwrap() >= theirs.len() as u64, "{ledger}");
     assert!(stat["DataSent"].as_u64().unwrap() >= public.len() as u64, "{stat}");
 }
 

@@ -97,7 +97,7 @@ pub fn configure(state: Arc<RpcState>) -> impl FnOnce(&mut web::ServiceConfig) {
     }
 }
 
-const READS: &[&str] = &["id", "version", "repo/stat", "block/get", "block/stat", "cat", "ls", "pin/ls", "dag/export", "swarm/peers", "bitswap/stat", "routing/findprovs"];
+const READS: &[&str] = &["id", "version", "repo/stat", "block/get", "block/stat", "cat", "ls", "pin/ls", "dag/export", "swarm/peers", "bitswap/stat", "bitswap/ledger", "routing/findprovs"];
 
 /// Kubo's rule against websites in the operator's browser: a request that names an origin
 /// (`Origin`, else `Referer`) must come from the RPC's own; and on loopback the `Host` must be a
@@ -247,6 +247,20 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
                 lines.push_str(&format!("{}\n", json!({"Extra": "", "ID": "", "Responses": null, "Type": 0})));
             }
             HttpResponse::Ok().insert_header(("X-Chunked-Output", "1")).content_type("application/json").body(lines)
+        }
+        "bitswap/ledger" => {
+            let Some(peer) = arg(&req, "arg").and_then(|a| a.parse::<libp2p::PeerId>().ok()) else {
+                return bad_request("argument \"peer\" is required: a peer ID");
+            };
+            let l = state.swarm.bitswap.ledger(&peer);
+            HttpResponse::Ok().json(json!({
+                "Peer": peer.to_string(),
+                // Kubo's debt ratio: what we sent over what we received.
+                "Value": l.sent as f64 / (l.received as f64 + 1.0),
+                "Sent": l.sent,
+                "Recv": l.received,
+                "Exchanged": l.exchanged,
+            }))
         }
         "bitswap/stat" => {
             let stats = &state.swarm.bitswap.stats;

@@ -28,6 +28,20 @@ pub const BLOCKS_PER_MESSAGE: usize = 2 << 20;
 /// Inbound streams served at once, all peers together; past it, new streams wait.
 const CONCURRENT_STREAMS: usize = 256;
 
+/// What went between this node and one peer, for `bitswap/ledger`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ledger {
+    /// Block bytes sent to the peer, and received from it.
+    pub sent: u64,
+    pub received: u64,
+    /// Blocks either way.
+    pub exchanged: u64,
+}
+
+/// Peers a ledger is kept for; past it, the oldest-looking half is dropped (a count of bytes is
+/// not worth memory a stranger can make us spend).
+const MAX_LEDGERS: usize = 4096;
+
 /// What the server has done, for `bitswap/stat`.
 #[derive(Default)]
 pub struct Stats {
@@ -46,6 +60,7 @@ pub struct Server {
     streams: tokio::sync::Semaphore,
     /// What this node waits for from peers (the client side, `fetch`).
     pub wants: super::fetch::Wants,
+    ledgers: std::sync::Mutex<std::collections::HashMap<PeerId, Ledger>>,
 }
 
 impl Server {
@@ -56,7 +71,7 @@ impl Server {
         misbehaving: tokio::sync::mpsc::UnboundedSender<PeerId>,
     ) -> Arc<Server> {
         let streams = tokio::sync::Semaphore::new(CONCURRENT_STREAMS);
-        let server = Arc::new(Server { policy, control: control.clone(), misbehaving, stats: Stats::default(), streams, wants: Default::default() });
+        let server = Arc::new(Server { policy, control: control.clone(), misbehaving, stats: Stats::default(), streams, wants: Default::default(), ledgers: Default::default() });
         for protocol in PROTOCOLS {
             let mut incoming = control.accept(protocol.clone()).expect("each Bitswap protocol is registered once");
             let server = server.clone();
@@ -96,15 +111,13 @@ impl Server {
     /// Takes the blocks and presences a message brings, then answers its wants (cancels need
     /// nothing: every want is answered at once).
     async fn answer(&self, peer: PeerId, protocol: &StreamProtocol, m: Message) -> Result<(), String> {
-        for block in m.payload {
-            if self.wants.arrived(&block.prefix, block.data) {
-                self.stats.blocks_received.fetch_add(1, Ordering::Relaxed);
-            }
-        }
         // Bitswap 1.0.0 blocks are CIDv0: dag-pb, sha2-256.
-        for data in m.blocks {
-            if self.wants.arrived(&[0x00, 0x70, 0x12, 0x20], data) {
+        let v0 = m.blocks.into_iter().map(|data| (vec![0x00, 0x70, 0x12, 0x20], data));
+        for (prefix, data) in m.payload.into_iter().map(|b| (b.prefix, b.data)).chain(v0) {
+            let len = data.len() as u64;
+            if self.wants.arrived(&prefix, data) {
                 self.stats.blocks_received.fetch_add(1, Ordering::Relaxed);
+                self.account(peer, |l| l.received += len);
             }
         }
         tracing::debug!(%peer, presences = m.block_presences.len(), wants = m.wantlist.as_ref().map_or(0, |w| w.entries.len()), "bitswap message");
@@ -152,6 +165,8 @@ impl Server {
             batch_bytes += data.len();
             self.stats.blocks_sent.fetch_add(1, Ordering::Relaxed);
             self.stats.data_sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+            let len = data.len() as u64;
+            self.account(peer, |l| l.sent += len);
             if *protocol == BITSWAP_100 {
                 batch.blocks.push(data);
             } else {
@@ -162,6 +177,24 @@ impl Server {
             self.send_blocks(&mut out, batch).await?;
         }
         futures_util::AsyncWriteExt::close(&mut out).await.map_err(|e| e.to_string())
+    }
+
+    fn account(&self, peer: PeerId, f: impl FnOnce(&mut Ledger)) {
+        let mut ledgers = self.ledgers.lock().expect("ledgers lock");
+        if ledgers.len() >= MAX_LEDGERS && !ledgers.contains_key(&peer) {
+            let drop: Vec<PeerId> = ledgers.keys().take(MAX_LEDGERS / 2).copied().collect();
+            drop.iter().for_each(|p| {
+                ledgers.remove(p);
+            });
+        }
+        let ledger = ledgers.entry(peer).or_default();
+        f(ledger);
+        ledger.exchanged += 1;
+    }
+
+    /// What went between this node and `peer`.
+    pub fn ledger(&self, peer: &PeerId) -> Ledger {
+        self.ledgers.lock().expect("ledgers lock").get(peer).copied().unwrap_or_default()
     }
 
     /// The control for streams of our own (wants).
