@@ -124,13 +124,22 @@ impl Policy {
             // About this block, not a class of them: not cached.
             return Ok(if self.reg.is_block_pinned(cid).await? { Admission::Alone } else { Admission::Refused });
         }
-        Ok(match (self.owner_is_public(owner).await?, owner) {
-            (true, Owner::Blob(_) | Owner::Image(_)) => Admission::Vouching,
-            (true, _) => Admission::Alone,
-            // First recorded for something private, yet the root of public content of its own.
-            (false, _) if self.reg.root_is_public(&cid.to_string()).await? => Admission::Vouching,
-            (false, _) => Admission::Refused,
-        })
+        let admitted = |owner: &Owner| match owner {
+            Owner::Blob(_) | Owner::Image(_) => Admission::Vouching,
+            _ => Admission::Alone,
+        };
+        if self.owner_is_public(owner).await? {
+            return Ok(admitted(owner));
+        }
+        // First recorded for something private, yet also part of something public (a leaf two
+        // blobs share, the oci-layout file of every image).
+        for other in self.reg.other_block_owners(cid).await? {
+            if self.owner_is_public(&other).await? {
+                return Ok(admitted(&other));
+            }
+        }
+        // Or the root of public content of its own.
+        Ok(if self.reg.root_is_public(&cid.to_string()).await? { Admission::Vouching } else { Admission::Refused })
     }
 }
 

@@ -378,3 +378,34 @@ fn an_offline_node_never_fetches() {
     drop(helia.stdin.take());
     let _ = helia.wait();
 }
+
+/// An image pushed to `repo:v1` (a config and one layer): its image CID.
+fn push_image(node: &Node, repo: &str, seed: u64) -> String {
+    let manifest = image_manifest(node, repo, format!("{{\"seed\":{seed}}}").as_bytes(), &[&layer(seed, 600_000)]);
+    let r = put_manifest(node, repo, "v1", OCI_MANIFEST, &manifest);
+    assert_eq!(r.status(), 201);
+    r.headers()["Ipfs-Image-Cid"].to_str().unwrap().to_string()
+}
+
+/// Kubo exports a whole public image over Bitswap although blocks of it (the `oci-layout` file
+/// every image holds) were first recorded for a private image pushed before; the private image
+/// does not come.
+#[test]
+fn kubo_exports_a_public_image_whatever_it_shares_with_a_private_one() {
+    let node = Node::start();
+    let secret = push_image(&node, "team/closed", 31);
+    let open = push_image(&node, "team/open", 32);
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/open", "public"]).arg("--data-dir").arg(&node.data_dir).output().unwrap();
+    assert!(out.status.success());
+    let id = rpc(&node, "id");
+    let addr = id["Addresses"].as_array().unwrap().iter().filter_map(|a| a.as_str()).find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")).unwrap().to_string();
+    let kubo = KuboDaemon::start();
+    assert!(kubo.ipfs(&["swarm", "connect", &addr]).status.success());
+    let export = kubo.ipfs(&["dag", "export", "--timeout=60s", &open]);
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    // Our own export of the same image, byte for byte.
+    let ours = client().post(format!("http://{}/api/v0/dag/export?arg={open}", node.rpc)).send().unwrap().bytes().unwrap();
+    assert_eq!(sha256(&export.stdout), sha256(&ours));
+    let export = kubo.ipfs(&["dag", "export", "--timeout=8s", &secret]);
+    assert!(!export.status.success(), "a private image left the node");
+}

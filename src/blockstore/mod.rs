@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/blockstore/0001_initial.sql")),
     (2, include_str!("../../migrations/blockstore/0002_typed_owner.sql")),
+    (3, include_str!("../../migrations/blockstore/0003_more_owners.sql")),
 ];
 /// Connections that answer lookups side by side (WAL readers never wait for each other).
 const READERS: usize = 4;
@@ -140,6 +141,14 @@ fn checked(cid: &Cid, bytes: bytes::Bytes) -> Result<bytes::Bytes, BlockIndexErr
     Ok(bytes)
 }
 
+/// Another owner of a block already recorded for someone else (run after the insert).
+const ADD_OWNER: &str = "INSERT OR IGNORE INTO block_owners (multihash, owner_kind, owner)
+     SELECT ?1, ?2, ?3 WHERE ?2 IS NOT NULL
+       AND EXISTS (SELECT 1 FROM blocks WHERE multihash = ?1 AND (owner_kind IS NOT ?2 OR owner IS NOT ?3))";
+
+/// Owners of blocks no longer indexed.
+const DROP_ORPHAN_OWNERS: &str = "DELETE FROM block_owners WHERE multihash NOT IN (SELECT multihash FROM blocks)";
+
 /// An inline block; recording a known one again makes it young for the GC.
 const INSERT_INLINE: &str = "INSERT INTO blocks (multihash, codec, length, data, owner_kind, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
      ON CONFLICT DO UPDATE SET created_at = unixepoch()";
@@ -248,15 +257,19 @@ impl BlockIndex {
                      ON CONFLICT DO UPDATE SET created_at = unixepoch()",
                 )?;
                 let mut node = tx.prepare_cached(INSERT_INLINE)?;
+                let mut owner = tx.prepare_cached(ADD_OWNER)?;
                 for b in &blocks {
-                    match b {
+                    let cid = match b {
                         DagBlock::Leaf { cid, offset, len } => {
                             leaf.execute(params![cid.hash().to_bytes(), cid.codec() as i64, blob, *offset as i64, *len as i64])?;
+                            cid
                         }
                         DagBlock::Node { cid, bytes } => {
                             node.execute(params![cid.hash().to_bytes(), cid.codec() as i64, bytes.len() as i64, bytes, "blob", blob])?;
+                            cid
                         }
-                    }
+                    };
+                    owner.execute(params![cid.hash().to_bytes(), "blob", blob])?;
                 }
             }
             tx.commit()?;
@@ -273,9 +286,11 @@ impl BlockIndex {
             let tx = conn.transaction()?;
             {
                 let mut node = tx.prepare_cached(INSERT_INLINE)?;
+                let mut also = tx.prepare_cached(ADD_OWNER)?;
                 let (kind, value) = owner.columns();
                 for (cid, bytes) in &blocks {
                     node.execute(params![cid.hash().to_bytes(), cid.codec() as i64, bytes.len() as i64, bytes, kind, value])?;
+                    also.execute(params![cid.hash().to_bytes(), kind, value])?;
                 }
             }
             tx.commit()?;
@@ -340,6 +355,21 @@ impl BlockIndex {
         .await
     }
 
+    /// What `cid` was recorded for besides the owner [`BlockIndex::locate_owned`] gives.
+    pub async fn other_owners(&self, cid: &Cid) -> Result<Vec<Owner>, BlockIndexError> {
+        let mh = cid.hash().to_bytes();
+        self.lookup(move |conn| {
+            let mut s = conn.prepare_cached("SELECT owner_kind, owner FROM block_owners WHERE multihash = ?1")?;
+            let rows = s.query_map([mh], |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<String>>(1)?)))?;
+            rows.map(|row| {
+                let (kind, value) = row?;
+                Owner::from_columns(kind.as_deref(), value)
+            })
+            .collect()
+        })
+        .await
+    }
+
     /// The size of block `cid` if this node has it, without reading or hashing its bytes (what
     /// a peer's "do you have it?" needs).
     pub async fn size(&self, cid: &Cid) -> Result<Option<u64>, BlockIndexError> {
@@ -362,7 +392,13 @@ impl BlockIndex {
     /// Forgets every block held as a range of `blob`'s file (when that file is quarantined).
     pub async fn forget_blob(&self, blob: &Digest) -> Result<u64, BlockIndexError> {
         let blob = blob.to_string();
-        self.run(move |conn| Ok(conn.execute("DELETE FROM blocks WHERE blob = ?1", [blob])? as u64)).await
+        self.run(move |conn| {
+            let forgotten = conn.execute("DELETE FROM blocks WHERE blob = ?1", [&blob])? as u64;
+            conn.execute("DELETE FROM block_owners WHERE owner_kind = 'blob' AND owner = ?1", [&blob])?;
+            conn.execute(DROP_ORPHAN_OWNERS, [])?;
+            Ok(forgotten)
+        })
+        .await
     }
 
     /// Up to `BATCH` blocks stored inline after `after` (multihash order): (multihash, data),
@@ -430,6 +466,7 @@ impl BlockIndex {
                 }
                 tx.commit()?;
             }
+            conn.execute(DROP_ORPHAN_OWNERS, [])?;
             Ok((count, bytes))
         })
         .await
@@ -479,7 +516,8 @@ impl BlockIndex {
     /// Forgets one block.
     pub async fn forget(&self, multihash: Vec<u8>) -> Result<(), BlockIndexError> {
         self.run(move |conn| {
-            conn.execute("DELETE FROM blocks WHERE multihash = ?1", [multihash])?;
+            conn.execute("DELETE FROM blocks WHERE multihash = ?1", [&multihash])?;
+            conn.execute("DELETE FROM block_owners WHERE multihash = ?1", [&multihash])?;
             Ok(())
         })
         .await

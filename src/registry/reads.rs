@@ -96,6 +96,11 @@ impl Registry {
         Ok(self.blocks.locate_owned(cid).await?)
     }
 
+    /// What block `cid` was recorded for besides the owner `locate_block` gives.
+    pub async fn other_block_owners(&self, cid: &Cid) -> Result<Vec<Owner>> {
+        Ok(self.blocks.other_owners(cid).await?)
+    }
+
     /// Whether this node holds block `cid`, without reading it.
     pub async fn has_block(&self, cid: &Cid) -> Result<bool> {
         Ok(self.blocks.has(cid).await?)
