@@ -27,8 +27,8 @@ pub struct Wants {
     recent: Mutex<std::collections::VecDeque<(Cid, Bytes)>>,
 }
 
-/// Blocks kept in [`Wants::recent`].
-const RECENT: usize = 128;
+/// Bytes of blocks kept in [`Wants::recent`] (a few blocks: the waiter comes a moment after).
+const RECENT_BYTES: usize = 8 << 20;
 
 /// What [`Wants::register`] found.
 pub enum Want {
@@ -86,10 +86,10 @@ impl Wants {
         };
         let data = Bytes::from(data);
         let mut recent = self.recent.lock().expect("recent lock");
-        if recent.len() >= RECENT {
+        recent.push_back((cid, data.clone()));
+        while recent.iter().map(|(_, b)| b.len()).sum::<usize>() > RECENT_BYTES && recent.len() > 1 {
             recent.pop_front();
         }
-        recent.push_back((cid, data.clone()));
         for w in p.waiters {
             let _ = w.send(data.clone());
         }
@@ -151,8 +151,8 @@ pub struct Fetching {
     pub prefetch: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
-/// Links wanted ahead of a walk.
-pub const PREFETCH: usize = 64;
+/// Links wanted ahead of a walk (with 1 MiB leaves, this many MiB in flight).
+pub const PREFETCH: usize = 32;
 
 impl Fetching {
     pub fn new(reg: std::sync::Arc<crate::registry::Registry>, swarm: super::Handle, root: &Cid) -> Self {

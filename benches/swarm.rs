@@ -1,0 +1,142 @@
+//! `cargo bench --bench swarm`: one public layer (256 MiB, `AF_BENCH_SIZE_MIB`) from node A to
+//! node B over Bitswap on loopback (B's `pin/add`, which fetches every block and keeps it), in
+//! the same run as Kubo → Kubo on the same bytes (`ipfs pin add`) and as the plain HTTP pull of
+//! the blob from A; with the peak RSS of both nodes. Needs Kubo (`~/go/bin/ipfs`) and curl.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn node(data: &Path, api: u16, rpc: u16, swarm: u16) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_af"))
+        .args(["registry", "serve", "--auth", "none", "--gateway", "127.0.0.1:0"])
+        .args(["--api", &format!("127.0.0.1:{api}"), "--rpc", &format!("127.0.0.1:{rpc}")])
+        .args(["--swarm", &format!("/ip4/127.0.0.1/tcp/{swarm}"), "--data-dir"])
+        .arg(data)
+        .env("AF_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if Command::new("curl").args(["-s", "-o", "/dev/null", &format!("http://127.0.0.1:{api}/v2/")]).status().unwrap().success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Proc(child)
+}
+
+fn rpc(port: u16, call: &str) -> serde_json::Value {
+    serde_json::from_str(&curl(&["-X", "POST", &format!("http://127.0.0.1:{port}/api/v0/{call}")])).unwrap()
+}
+
+fn ipfs_bin() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let p = Path::new(&home).join("go/bin/ipfs");
+    if p.exists() { p } else { PathBuf::from("ipfs") }
+}
+
+fn ipfs(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new(ipfs_bin()).args(args).env("IPFS_PATH", repo).env("IPFS_TELEMETRY", "off").output().unwrap();
+    assert!(out.status.success(), "ipfs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn kubo(repo: &Path) -> Proc {
+    ipfs(repo, &["init", "--empty-repo", "--profile", "test"]);
+    ipfs(repo, &["config", "--json", "Routing.Type", "\"none\""]);
+    let log = repo.join("daemon.log");
+    let child = Command::new(ipfs_bin())
+        .arg("daemon")
+        .env("IPFS_PATH", repo)
+        .env("IPFS_TELEMETRY", "off")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("Daemon is ready") {
+        assert!(Instant::now() < deadline, "Kubo did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Proc(child)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let size_mib: u64 = std::env::var("AF_BENCH_SIZE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let size = size_mib << 20;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-swarm");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let layer = dir.join("layer.bin");
+    let digest = make_layer(&layer, size);
+    let mb = size as f64 / 1e6;
+
+    // af: A holds the layer, B fetches it.
+    let (a_api, a_rpc, a_swarm, b_api, b_rpc, b_swarm) = (free_port(), free_port(), free_port(), free_port(), free_port(), free_port());
+    let a = node(&dir.join("a"), a_api, a_rpc, a_swarm);
+    let b = node(&dir.join("b"), b_api, b_rpc, b_swarm);
+    curl(&["-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/octet-stream", "-T", &layer.display().to_string(), &format!("http://127.0.0.1:{a_api}/v2/bench/layer/blobs/uploads?digest={digest}")]);
+    let ok = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "bench/layer", "public", "--data-dir"]).arg(dir.join("a")).stdout(Stdio::null()).status().unwrap().success();
+    assert!(ok);
+    let head = curl(&["-I", &format!("http://127.0.0.1:{a_api}/v2/bench/layer/blobs/{digest}")]);
+    let cid = head.lines().find_map(|l| l.strip_prefix("ipfs-cid: ").or_else(|| l.strip_prefix("Ipfs-Cid: "))).expect("Ipfs-Cid").trim().to_string();
+    let a_id = rpc(a_rpc, "id")["ID"].as_str().unwrap().to_string();
+    rpc(b_rpc, &format!("swarm/connect?arg=/ip4/127.0.0.1/tcp/{a_swarm}/p2p/{a_id}"));
+    settle();
+    let t = Instant::now();
+    let pinned = rpc(b_rpc, &format!("pin/add?arg={cid}"));
+    let af_secs = t.elapsed().as_secs_f64();
+    assert_eq!(pinned["Pins"][0], cid.as_str());
+    let t = Instant::now();
+    let got = curl(&["-o", "/dev/null", "-w", "%{size_download}", &format!("http://127.0.0.1:{a_api}/v2/bench/layer/blobs/{digest}")]);
+    let http_secs = t.elapsed().as_secs_f64();
+    assert_eq!(got.trim().parse::<u64>().unwrap(), size);
+    let (a_rss, b_rss) = (peak_rss_mib(a.0.id()), peak_rss_mib(b.0.id()));
+    drop((a, b));
+
+    // Kubo → Kubo, same bytes, 256 KiB raw leaves (Kubo's default chunker).
+    let (k1, k2) = (dir.join("k1"), dir.join("k2"));
+    std::fs::create_dir_all(&k1).unwrap();
+    std::fs::create_dir_all(&k2).unwrap();
+    let d1 = kubo(&k1);
+    let d2 = kubo(&k2);
+    let kcid = ipfs(&k1, &["add", "-Q", "--cid-version=1", &layer.display().to_string()]);
+    let k1_addr = ipfs(&k1, &["id", "-f", "<addrs>"]).lines().find(|l| l.contains("/tcp/")).unwrap().to_string();
+    ipfs(&k2, &["swarm", "connect", &k1_addr]);
+    settle();
+    let t = Instant::now();
+    ipfs(&k2, &["pin", "add", &kcid]);
+    let kubo_secs = t.elapsed().as_secs_f64();
+    drop((d1, d2));
+
+    let (af_rate, http_rate, kubo_rate) = (mb / af_secs, mb / http_secs, mb / kubo_secs);
+    println!("{size_mib} MiB layer over loopback, one round");
+    println!("af A -> B over Bitswap (pin/add, every block verified and kept): {af_rate:.0} MB/s");
+    println!("Kubo -> Kubo over Bitswap (ipfs pin add): {kubo_rate:.0} MB/s; af/Kubo {:.2} (target >= 10)", af_rate / kubo_rate);
+    println!("af HTTP blob GET from A: {http_rate:.0} MB/s; Bitswap/HTTP {:.2} (target >= 0.5)", af_rate / http_rate);
+    println!("peak RSS: A {a_rss:.1} MiB, B {b_rss:.1} MiB (target < 128)");
+    let _ = std::fs::remove_dir_all(&dir);
+}
