@@ -77,12 +77,20 @@ impl Policy {
 
     /// May block `cid` go to `audience`, judged on its own (no DAG it was reached through
     /// vouches for it)? For a single block asked for by itself, as a Bitswap want is.
+    /// False for a block this node does not hold, whoever asks.
     pub async fn may_send(&self, cid: &Cid, audience: &Audience) -> Result<bool> {
-        if self.sees_all(audience) {
-            return Ok(true);
-        }
         let Some((_, owner)) = self.reg.locate_block(cid).await? else { return Ok(false) };
-        Ok(self.judge(cid, &owner).await? != Admission::Refused)
+        Ok(self.sees_all(audience) || self.judge(cid, &owner).await? != Admission::Refused)
+    }
+
+    /// The verified bytes of block `cid` if this node holds it and `audience` may have it, with
+    /// one lookup (what a Bitswap want-block needs).
+    pub async fn block_for(&self, cid: &Cid, audience: &Audience) -> Result<Option<bytes::Bytes>> {
+        let Some((location, owner)) = self.reg.locate_block(cid).await? else { return Ok(None) };
+        if !self.sees_all(audience) && self.judge(cid, &owner).await? == Admission::Refused {
+            return Ok(None);
+        }
+        self.reg.read_block(cid, location).await
     }
 
     /// Is what `owner` names public? From the cache while the generation holds.

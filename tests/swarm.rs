@@ -287,6 +287,9 @@ fn the_dht_finds_providers_both_ways() {
     let node = Node::start_with(&["--swarm", &listen, "--swarm-announce", &listen]);
     let me = rpc(&node, "id")["ID"].as_str().unwrap().to_string();
     let (_, _, public_cid, private_cid) = public_and_private(&node, 11, 200_000);
+    // Pinning a registry CID through the RPC keeps it from the GC but does not make it public:
+    // not announced either.
+    rpc(&node, &format!("pin/add?arg={private_cid}"));
 
     let bootstrap = format!("[\"{listen}/p2p/{me}\"]");
     let kubo = KuboDaemon::start_with(
@@ -408,4 +411,22 @@ fn kubo_exports_a_public_image_whatever_it_shares_with_a_private_one() {
     assert_eq!(sha256(&export.stdout), sha256(&ours));
     let export = kubo.ipfs(&["dag", "export", "--timeout=8s", &secret]);
     assert!(!export.status.success(), "a private image left the node");
+}
+
+/// A `--trusted-peer` (one of the operator's own nodes) gets private content over Bitswap.
+#[test]
+fn a_trusted_peer_gets_private_layers() {
+    let kubo = KuboDaemon::start();
+    let kubo_id: serde_json::Value = serde_json::from_slice(&kubo.ipfs(&["id"]).stdout).unwrap();
+    let kubo_id = kubo_id["ID"].as_str().unwrap().to_string();
+    let node = Node::start_with(&["--trusted-peer", &kubo_id]);
+    let private = layer(41, 2 << 20);
+    let digest = push_blob(&node, "team/closed", &private);
+    let cid = cid_of_blob(&node, "team/closed", &digest);
+    let id = rpc(&node, "id");
+    let addr = id["Addresses"].as_array().unwrap().iter().filter_map(|a| a.as_str()).find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")).unwrap().to_string();
+    assert!(kubo.ipfs(&["swarm", "connect", &addr]).status.success());
+    let cat = kubo.ipfs(&["cat", "--timeout=60s", &cid]);
+    assert!(cat.status.success(), "{}", String::from_utf8_lossy(&cat.stderr));
+    assert_eq!(sha256(&cat.stdout), digest);
 }

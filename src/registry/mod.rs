@@ -105,6 +105,9 @@ pub struct Registry {
     generation: AtomicU64,
     /// The shared generation last seen in the metadata, for changes made by other processes.
     shared_generation: AtomicI64,
+    /// Bumps of the shared generation this process made since the watcher last looked: a rise
+    /// no larger than this is this process's own, already announced by its events.
+    own_bumps: AtomicI64,
     sessions: uploads::Sessions,
 }
 
@@ -168,6 +171,7 @@ impl Registry {
             events: Default::default(),
             generation: AtomicU64::new(0),
             shared_generation: AtomicI64::new(i64::MIN),
+            own_bumps: AtomicI64::new(0),
             sessions: Default::default(),
         }
     }
@@ -214,7 +218,9 @@ impl Registry {
     /// Returns the shared generation the change made.
     async fn changed(&self) -> Result<i64> {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        Ok(self.meta.bump_generation().await?)
+        let shared = self.meta.bump_generation().await?;
+        self.own_bumps.fetch_add(1, Ordering::SeqCst);
+        Ok(shared)
     }
 
     /// Looks at the shared change counter once: a change made by another process (the CLI, a
@@ -223,11 +229,12 @@ impl Registry {
     pub async fn watch_shared_changes(&self) -> Result<()> {
         let shared = self.meta.generation().await?;
         let before = self.shared_generation.swap(shared, Ordering::SeqCst);
+        let own = self.own_bumps.swap(0, Ordering::SeqCst);
         if before != shared {
             self.generation.fetch_add(1, Ordering::SeqCst);
-            // The first look only learns the counter; later ones see others' changes (and this
-            // node's own, which is harmless: a rebuild of an unchanged view).
-            if before != i64::MIN {
+            // The first look only learns the counter. A rise beyond this process's own bumps is
+            // someone else's change (one racing this look is seen at the next).
+            if before != i64::MIN && shared - before > own {
                 self.emit(crate::events::Event::ChangedElsewhere);
             }
             if let Some(node) = &self.settings.node_id {

@@ -213,9 +213,6 @@ impl Server {
 
     /// The block's bytes (verified) if `audience` may have them.
     async fn block(&self, cid: &Cid, audience: &Audience) -> crate::registry::Result<Option<Vec<u8>>> {
-        if !self.policy.may_send(cid, audience).await? {
-            return Ok(None);
-        }
-        Ok(self.policy.registry().get_block(cid).await?.filter(|b| b.len() <= MAX_BLOCK).map(|b| b.to_vec()))
+        Ok(self.policy.block_for(cid, audience).await?.filter(|b| b.len() <= MAX_BLOCK).map(|b| b.to_vec()))
     }
 }

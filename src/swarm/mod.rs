@@ -204,10 +204,10 @@ pub fn start(seed: [u8; 32], policy: Arc<Policy>, config: SwarmConfig) -> Result
                 }
             };
             runtime.block_on(async move {
-                let reg = policy.registry().clone();
+                let for_providing = policy.clone();
                 match build(seed, policy, &config) {
                     Ok((swarm, handle, rx)) => {
-                        tokio::spawn(providing::run(reg, handle.clone()));
+                        tokio::spawn(providing::run(for_providing, handle.clone()));
                         let _ = ready_tx.send(Ok(handle));
                         run(swarm, rx, config).await;
                     }

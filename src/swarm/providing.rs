@@ -8,49 +8,52 @@
 
 use super::Handle;
 use crate::events::Event;
-use crate::registry::Registry;
+use crate::exposure::{Audience, Policy};
 use cid::Cid;
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
 /// Runs until the registry's event channel closes.
-pub async fn run(reg: Arc<Registry>, swarm: Handle) {
+pub async fn run(policy: Arc<Policy>, swarm: Handle) {
+    let reg = policy.registry();
     let mut events = reg.subscribe();
     let mut provided: HashSet<Cid> = HashSet::new();
-    rescan(&reg, &swarm, &mut provided).await;
+    rescan(&policy, &swarm, &mut provided).await;
     loop {
         match events.recv().await {
-            Ok(Event::BlobPublished { root, .. }) => add(&reg, &swarm, &mut provided, [root]).await,
+            Ok(Event::BlobPublished { root, .. }) => add(&policy, &swarm, &mut provided, [root]).await,
             Ok(Event::ImageStored { image, tags, .. }) => {
                 let roots = image.into_iter().chain(tags.into_iter().filter_map(|(_, cid)| cid));
-                add(&reg, &swarm, &mut provided, roots).await
+                add(&policy, &swarm, &mut provided, roots).await
             }
-            Ok(Event::Pinned { root }) => add(&reg, &swarm, &mut provided, [root]).await,
+            Ok(Event::Pinned { root }) => add(&policy, &swarm, &mut provided, [root]).await,
             Ok(Event::VisibilityChanged { .. } | Event::Removed { .. } | Event::Unpinned { .. } | Event::Swept { .. } | Event::ChangedElsewhere) | Err(RecvError::Lagged(_)) => {
-                rescan(&reg, &swarm, &mut provided).await
+                rescan(&policy, &swarm, &mut provided).await
             }
             Err(RecvError::Closed) => return,
         }
     }
 }
 
-/// Whether `cid` is public content this node holds the root block of.
-async fn servable(reg: &Registry, cid: &Cid) -> bool {
-    let public = reg.root_is_public(&cid.to_string()).await.unwrap_or(false) || reg.is_block_pinned(cid).await.unwrap_or(false);
-    public && reg.has_block(cid).await.unwrap_or(false)
+/// Whether anyone may fetch `cid` from this node (held here, and public): the exposure policy
+/// decides, so nothing is announced that a peer would then be refused (a registry CID pinned
+/// through the RPC is not made public by its pin).
+async fn servable(policy: &Policy, cid: &Cid) -> bool {
+    policy.may_send(cid, &Audience::Anyone).await.unwrap_or(false)
 }
 
-async fn add(reg: &Registry, swarm: &Handle, provided: &mut HashSet<Cid>, roots: impl IntoIterator<Item = String>) {
+async fn add(policy: &Policy, swarm: &Handle, provided: &mut HashSet<Cid>, roots: impl IntoIterator<Item = String>) {
     for root in roots {
         let Ok(cid) = root.parse::<Cid>() else { continue };
-        if !provided.contains(&cid) && servable(reg, &cid).await && swarm.provide(cid).await.is_ok() {
+        if !provided.contains(&cid) && servable(policy, &cid).await && swarm.provide(cid).await.is_ok() {
             provided.insert(cid);
         }
     }
 }
 
-async fn rescan(reg: &Registry, swarm: &Handle, provided: &mut HashSet<Cid>) {
+async fn rescan(policy: &Policy, swarm: &Handle, provided: &mut HashSet<Cid>) {
+    let reg = policy.registry();
     let mut now = HashSet::new();
     let roots = match reg.public_roots().await {
         Ok(r) => r,
@@ -62,7 +65,7 @@ async fn rescan(reg: &Registry, swarm: &Handle, provided: &mut HashSet<Cid>) {
     let pins = reg.block_pins().await.unwrap_or_default();
     for root in roots.into_iter().chain(pins) {
         let Ok(cid) = root.parse::<Cid>() else { continue };
-        if reg.has_block(&cid).await.unwrap_or(false) {
+        if servable(policy, &cid).await {
             now.insert(cid);
         }
     }
