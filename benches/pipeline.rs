@@ -45,7 +45,7 @@ async fn push<T: SideHasher>(store: &BlobStore, source: &Bytes, total: u64, side
     store.create_upload(&id).unwrap();
     std::process::Command::new("sync").status().unwrap();
     let t = Instant::now();
-    let out = append_stream(store, id, 0, Algorithm::Sha256.hasher(), side, body(source, total)).await.unwrap();
+    let out = append_stream(store, id, 0, Algorithm::Sha256.hasher(), side, body(source, total), None).await.unwrap();
     let elapsed = t.elapsed().as_secs_f64();
     assert_eq!(out.len, total);
     out.result.unwrap();

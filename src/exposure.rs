@@ -71,7 +71,7 @@ impl Policy {
         match audience {
             Audience::Operator => true,
             Audience::Anyone => false,
-            Audience::Peer(id) => self.trusted.contains(id.as_ref()),
+            Audience::Peer(id) => self.trusted.contains(id.as_ref()) || self.reg.is_fellow(id),
         }
     }
 

@@ -157,43 +157,49 @@ fn a_database_outage_is_503_and_the_node_recovers() {
     assert!(node.is_running());
 }
 
-/// Three nodes on one database: an image pushed to A is pulled through B and C (each sends the
-/// client to A for the layers it lacks, 307); once A is gone, pulls of what only A held fail
-/// clearly, and never with wrong bytes.
+/// Three nodes on one database: an image pushed to A (a private repository) is pulled through B
+/// and C, which fetch the layers they lack from A over the swarm (nodes sharing the database
+/// trust each other) and keep them; a node started `--offline` sends the client to a holder
+/// (307) instead. Once A is gone, a pull of what only A held fails clearly (503), never with
+/// wrong bytes.
 #[test]
 fn three_nodes_one_registry() {
     let (url, _db) = database();
     let nodes: Vec<Node> = (0..3).map(|_| Node::start_with(&["--database-url", &url])).collect();
+    let offline = Node::start_with(&["--database-url", &url, "--offline"]);
     let tmp = tempfile::tempdir().unwrap();
     let layout = build_image(tmp.path());
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     push_layout(&layout, &format!("{}/multi/app:t", a.host()));
-    // The first heartbeats are sent at start; give them a moment to land.
-    std::thread::sleep(std::time::Duration::from_millis(500));
     for (i, n) in [b, c].iter().enumerate() {
         let back = tmp.path().join(format!("back{i}"));
-        run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{}/multi/app:t", n.host())).arg(format!("oci:{}:t", back.display())));
+        let out = skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{}/multi/app:t", n.host())).arg(format!("oci:{}:t", back.display())).output().unwrap();
+        assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), n.log_text());
         assert_same_blobs(&layout, &back, "t");
+        assert!(n.log_text().contains("pulled a blob from peers"), "{}", n.log_text());
     }
     let digest = layout_manifest_digest(&layout, "t");
     let m: serde_json::Value = client().get(b.url(&format!("/v2/multi/app/manifests/{digest}"))).header("Accept", OCI_MANIFEST).send().unwrap().json().unwrap();
     let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
     let no_redirects = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    // B keeps what it fetched: served from its own file now, and B is a holder.
     let r = no_redirects.get(b.url(&format!("/v2/multi/app/blobs/{layer}"))).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(sha256(&r.bytes().unwrap()), layer);
+    let r = no_redirects.get(offline.url(&format!("/v2/multi/app/blobs/{layer}"))).send().unwrap();
     assert_eq!(r.status(), 307);
-    assert_eq!(r.headers()["Location"].to_str().unwrap(), a.url(&format!("/v2/multi/app/blobs/{layer}")));
+    let location = r.headers()["Location"].to_str().unwrap().to_string();
+    assert!([a, b, c].iter().any(|n| location == n.url(&format!("/v2/multi/app/blobs/{layer}"))), "{location}");
 
-    // A goes away: B still knows the image but cannot produce the layer's bytes.
+    // A layer only A holds; then A goes away.
+    let only_a = xorshift_bytes(77, 300_000);
+    let only_a_digest = push_blob(a, "multi/app", &only_a);
     let mut nodes = nodes;
     nodes[0].kill9();
-    let (b, tmp_path) = (&nodes[1], tmp.path().to_path_buf());
-    let gone = skopeo()
-        .args(["copy", "--src-tls-verify=false"])
-        .arg(format!("docker://{}/multi/app:t", b.host()))
-        .arg(format!("oci:{}:t", tmp_path.join("after").display()))
-        .output()
-        .unwrap();
-    assert!(!gone.status.success(), "a pull of layers only a stopped node held cannot succeed");
+    let b = &nodes[1];
+    let r = no_redirects.get(b.url(&format!("/v2/multi/app/blobs/{only_a_digest}"))).send().unwrap();
+    assert_eq!(r.status(), 503, "{}", r.text().unwrap_or_default());
+    assert!(r.text().unwrap().contains("UNAVAILABLE"));
     assert_eq!(client().get(b.url(&format!("/v2/multi/app/manifests/{digest}"))).header("Accept", OCI_MANIFEST).send().unwrap().status(), 200);
 }
 

@@ -12,10 +12,13 @@ pub const ROOT_CID_HEADER: &str = "Ipfs-Cid";
 
 pub async fn get(req: &HttpRequest, reg: &Registry, name: &str, digest: &str) -> ApiResult<HttpResponse> {
     let digest = parse_digest(digest)?;
-    let (bytes, len, info) = match reg.open_blob(name, &digest).await {
+    let head = req.method() == actix_web::http::Method::HEAD;
+    // A HEAD reads nothing: a blob this node lacks is not fetched for it.
+    let opened = if head { reg.stat_blob(name, &digest).await.map(|(len, info)| (None, len, info)) } else { reg.open_blob(name, &digest).await.map(|(b, len, info)| (Some(b), len, info)) };
+    let (bytes, len, info) = match opened {
         Ok(found) => found,
-        // Another node holds the bytes: send the client there (same path, same credentials:
-        // every node accepts every node's tokens).
+        // Another node holds the bytes and this one does not fetch (offline): send the client
+        // there (same path, same credentials: every node accepts every node's tokens).
         Err(crate::registry::RegistryError::Elsewhere { url, .. }) => {
             let location = format!("{}{}", url.trim_end_matches('/'), req.uri());
             return Ok(HttpResponse::TemporaryRedirect().insert_header(("Location", location)).finish());
@@ -38,11 +41,22 @@ pub async fn get(req: &HttpRequest, reg: &Registry, name: &str, digest: &str) ->
     if status == StatusCode::PARTIAL_CONTENT {
         resp.insert_header(("Content-Range", format!("bytes {}-{}/{}", start, start + count - 1, len)));
     }
-    if req.method() == actix_web::http::Method::HEAD {
+    match bytes {
+        // Bytes from peers: the status waits for the first of them, so a fetch that cannot
+        // start is a clear error rather than a response cut short.
+        Some(bytes @ crate::storage::BlobBytes::Arriving(_)) => {
+            use futures_util::StreamExt;
+            let mut body = bytes.range(start, count);
+            let first = body.next().await;
+            if let Some(Err(e)) = &first {
+                return Err(ApiError::new(Code::Unavailable, format!("blob {digest} is not on this node and no peer provided it: {e}")));
+            }
+            Ok(resp.no_chunking(count).streaming(futures_util::stream::iter(first).chain(body)))
+        }
+        Some(bytes) => Ok(resp.no_chunking(count).streaming(bytes.range(start, count))),
         // Headers only; actix keeps the Content-Length of the body it does not send.
-        return Ok(resp.no_chunking(count).streaming(futures_util::stream::empty::<std::io::Result<bytes::Bytes>>()));
+        None => Ok(resp.no_chunking(count).streaming(futures_util::stream::empty::<std::io::Result<bytes::Bytes>>())),
     }
-    Ok(resp.no_chunking(count).streaming(bytes.range(start, count)))
 }
 
 pub async fn delete(reg: &Registry, name: &str, digest: &str) -> ApiResult<HttpResponse> {

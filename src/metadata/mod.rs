@@ -163,6 +163,21 @@ pub struct Page {
 /// - A blob is visible in a repository (via [`MetadataStore::blob_info`]) only after
 ///   [`MetadataStore::commit_blob`] or a mount linked it, and only while its file exists.
 /// - A tag always points at a manifest that exists in the same repository.
+/// A node sharing the metadata, as its heartbeat left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// Its peer ID.
+    pub id: String,
+    pub api_url: String,
+    pub swarm_addrs: Vec<String>,
+}
+
+impl NodeRecord {
+    fn from_columns(id: String, api_url: String, swarm: String) -> Self {
+        NodeRecord { id, api_url, swarm_addrs: swarm.split_whitespace().map(String::from).collect() }
+    }
+}
+
 #[async_trait]
 pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     /// A blob, if it is linked to `repo`.
@@ -192,12 +207,16 @@ pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     async fn collect_garbage(&self, cutoff: i64) -> MetaResult<GarbageCollected>;
     /// The blob whose DAG has root `cid`, if one is stored (and not missing).
     async fn blob_by_root(&self, cid: &str) -> MetaResult<Option<Digest>>;
-    /// Registers this node (or renews its heartbeat): it answers at `api_url`.
-    async fn heartbeat(&self, node: &str, api_url: &str) -> MetaResult<()>;
+    /// Registers this node (or renews its heartbeat): it answers at `api_url`, and its swarm at
+    /// `swarm_addrs`. Returns whether the node was not registered before.
+    async fn heartbeat(&self, node: &str, api_url: &str, swarm_addrs: &[String]) -> MetaResult<bool>;
     /// Records that `node` holds the file of blob `digest`.
     async fn record_holder(&self, digest: &Digest, node: &str) -> MetaResult<()>;
-    /// The API URLs of nodes other than `except` that hold `digest` and beat within `alive_secs`.
-    async fn live_holders(&self, digest: &Digest, except: &str, alive_secs: i64) -> MetaResult<Vec<String>>;
+    /// The nodes other than `except` that hold `digest` and beat within `alive_secs`, the
+    /// freshest first.
+    async fn live_holders(&self, digest: &Digest, except: &str, alive_secs: i64) -> MetaResult<Vec<NodeRecord>>;
+    /// Every node other than `except` that beat within `alive_secs`.
+    async fn live_nodes(&self, except: &str, alive_secs: i64) -> MetaResult<Vec<NodeRecord>>;
     /// Every CID something in the metadata names: blob roots and image CIDs.
     /// Makes a repository (created if needed) public or private.
     async fn set_public(&self, repo: &str, public: bool) -> MetaResult<()>;

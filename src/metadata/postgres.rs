@@ -12,6 +12,7 @@
 use super::auth::{AuthStore, Role, TokenKind, TokenRecord, User};
 use super::batch::{Batcher, Loader};
 use super::{
+    NodeRecord,
     BlobInfo, GarbageCollected, ManifestRecord, MetaResult, MetadataError, MetadataStore, NewManifest, Page,
     PutManifestOutcome, Reference, Referrer, ReferrerPage, SweptBlob, UploadSession, REFERRERS_AFTER, REFERRERS_PAGE,
 };
@@ -28,6 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_initial.sql")),
     (2, include_str!("../../migrations/postgres/0002_credential_identity.sql")),
     (3, include_str!("../../migrations/postgres/0003_change_generation.sql")),
+    (4, include_str!("../../migrations/postgres/0004_node_swarm.sql")),
 ];
 /// Serializes schema changes between nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x6166_5f72_6567; // "af_reg"
@@ -567,19 +569,21 @@ impl MetadataStore for PgStore {
         row.map(|r| parse_digest(r.get(0))).transpose()
     }
 
-    async fn heartbeat(&self, node: &str, api_url: &str) -> MetaResult<()> {
+    async fn heartbeat(&self, node: &str, api_url: &str, swarm_addrs: &[String]) -> MetaResult<bool> {
+        let swarm = swarm_addrs.join(" ");
         transaction!(self, |tx| {
+            let known = tx.query_opt("SELECT 1 FROM nodes WHERE id = $1", &[&node]).await.map_err(pg)?.is_some();
             tx.execute(
-                "INSERT INTO nodes (id, api_url, heartbeat_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, heartbeat_at = excluded.heartbeat_at",
-                &[&node, &api_url, &now()],
+                "INSERT INTO nodes (id, api_url, heartbeat_at, swarm_addrs) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, heartbeat_at = excluded.heartbeat_at,
+                 swarm_addrs = excluded.swarm_addrs",
+                &[&node, &api_url, &now(), &swarm],
             )
             .await
             .map_err(pg)?;
-            Ok::<_, MetadataError>(())
+            Ok::<_, MetadataError>(!known)
         })
     }
-
     async fn record_holder(&self, digest: &Digest, node: &str) -> MetaResult<()> {
         let digest = digest.to_string();
         transaction!(self, |tx| {
@@ -590,16 +594,24 @@ impl MetadataStore for PgStore {
         })
     }
 
-    async fn live_holders(&self, digest: &Digest, except: &str, alive_secs: i64) -> MetaResult<Vec<String>> {
+    async fn live_holders(&self, digest: &Digest, except: &str, alive_secs: i64) -> MetaResult<Vec<NodeRecord>> {
         let rows = self
             .read(
-                "SELECT n.api_url FROM blob_holders h JOIN nodes n ON n.id = h.node_id
+                "SELECT n.id, n.api_url, n.swarm_addrs FROM blob_holders h JOIN nodes n ON n.id = h.node_id
                  WHERE h.digest = $1 AND n.id != $2 AND n.heartbeat_at >= $3 ORDER BY n.heartbeat_at DESC",
                 &[&digest.to_string(), &except, &(now() - alive_secs)],
             )
             .await
             .map_err(pg)?;
-        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        Ok(rows.into_iter().map(|r| NodeRecord::from_columns(r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    async fn live_nodes(&self, except: &str, alive_secs: i64) -> MetaResult<Vec<NodeRecord>> {
+        let rows = self
+            .read("SELECT id, api_url, swarm_addrs FROM nodes WHERE id != $1 AND heartbeat_at >= $2 ORDER BY id", &[&except, &(now() - alive_secs)])
+            .await
+            .map_err(pg)?;
+        Ok(rows.into_iter().map(|r| NodeRecord::from_columns(r.get(0), r.get(1), r.get(2))).collect())
     }
 
     async fn set_public(&self, repo: &str, public: bool) -> MetaResult<()> {

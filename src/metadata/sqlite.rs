@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_initial.sql")),
     (2, include_str!("../../migrations/sqlite/0002_credential_identity.sql")),
     (3, include_str!("../../migrations/sqlite/0003_change_generation.sql")),
+    (4, include_str!("../../migrations/sqlite/0004_node_swarm.sql")),
 ];
 const POOL_SIZE: usize = 4;
 
@@ -424,16 +425,18 @@ impl MetadataStore for SqliteStore {
         found.map(parse_digest).transpose()
     }
 
-    async fn heartbeat(&self, node: &str, api_url: &str) -> MetaResult<()> {
-        let (node, url) = (node.to_string(), api_url.to_string());
+    async fn heartbeat(&self, node: &str, api_url: &str, swarm_addrs: &[String]) -> MetaResult<bool> {
+        let (node, url, swarm) = (node.to_string(), api_url.to_string(), swarm_addrs.join(" "));
         self.write(move |tx| {
+            let known: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM nodes WHERE id = ?1)", params![node], |r| r.get(0)).map_err(backend)?;
             tx.execute(
-                "INSERT INTO nodes (id, api_url, heartbeat_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, heartbeat_at = excluded.heartbeat_at",
-                params![node, url, now()],
+                "INSERT INTO nodes (id, api_url, heartbeat_at, swarm_addrs) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, heartbeat_at = excluded.heartbeat_at,
+                 swarm_addrs = excluded.swarm_addrs",
+                params![node, url, now(), swarm],
             )
             .map_err(backend)?;
-            Ok(())
+            Ok(!known)
         })
         .await
     }
@@ -448,17 +451,29 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn live_holders(&self, digest: &Digest, except: &str, alive_secs: i64) -> MetaResult<Vec<String>> {
+    async fn live_holders(&self, digest: &Digest, except: &str, alive_secs: i64) -> MetaResult<Vec<NodeRecord>> {
         let (digest, except) = (digest.to_string(), except.to_string());
         self.read(move |c| {
             let mut s = c
                 .prepare_cached(
-                    "SELECT n.api_url FROM blob_holders h JOIN nodes n ON n.id = h.node_id
+                    "SELECT n.id, n.api_url, n.swarm_addrs FROM blob_holders h JOIN nodes n ON n.id = h.node_id
                      WHERE h.digest = ?1 AND n.id != ?2 AND n.heartbeat_at >= ?3 ORDER BY n.heartbeat_at DESC",
                 )
                 .map_err(backend)?;
-            let rows = s.query_map(params![digest, except, now() - alive_secs], |r| r.get(0)).map_err(backend)?;
-            rows.collect::<Result<Vec<String>, _>>().map_err(backend)
+            let rows = s.query_map(params![digest, except, now() - alive_secs], |r| Ok(NodeRecord::from_columns(r.get(0)?, r.get(1)?, r.get(2)?))).map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn live_nodes(&self, except: &str, alive_secs: i64) -> MetaResult<Vec<NodeRecord>> {
+        let except = except.to_string();
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached("SELECT id, api_url, swarm_addrs FROM nodes WHERE id != ?1 AND heartbeat_at >= ?2 ORDER BY id")
+                .map_err(backend)?;
+            let rows = s.query_map(params![except, now() - alive_secs], |r| Ok(NodeRecord::from_columns(r.get(0)?, r.get(1)?, r.get(2)?))).map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })
         .await
     }

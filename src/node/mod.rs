@@ -138,7 +138,6 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     });
     let registry = Arc::new(registry);
     let api_url = config.public_url.clone().unwrap_or_else(|| format!("http://{}", config.api));
-    tasks::spawn_heartbeat(registry.clone(), api_url);
     tasks::spawn_change_watch(registry.clone());
     tasks::spawn_upload_expiry(registry.clone(), config.upload_expiry);
     tasks::spawn_gc(registry.clone(), config.gc_interval, config.gc_grace);
@@ -162,6 +161,10 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         bootstrap: config.bootstrap.iter().map(|a| a.0.clone()).collect(),
     };
     let swarm = crate::swarm::start(identity.seed, policy.clone(), swarm_config)?;
+    if !config.offline {
+        registry.set_remote(crate::swarm::pull::Pulls::new(&registry, swarm.clone()));
+    }
+    tasks::spawn_heartbeat(registry.clone(), api_url, swarm.clone());
     let rpc_state = Arc::new(crate::rpc::RpcState {
         registry: registry.clone(),
         policy: policy.clone(),

@@ -18,13 +18,21 @@ pub(super) fn spawn_upload_expiry(registry: Arc<Registry>, expiry: std::time::Du
 }
 
 /// Registers the node in the metadata and keeps its heartbeat fresh, so other nodes sharing the
-/// database know where to send clients for the blobs it holds.
-pub(super) fn spawn_heartbeat(registry: Arc<Registry>, api_url: String) {
+/// database know where to fetch the blobs it holds (its swarm addresses) or send clients for them.
+pub(super) fn spawn_heartbeat(registry: Arc<Registry>, api_url: String, swarm: crate::swarm::Handle) {
     actix_web::rt::spawn(async move {
+        // The first beat carries the swarm's addresses: wait (briefly) for its listeners.
+        for _ in 0..40 {
+            if swarm.addresses().await.is_ok_and(|a| !a.is_empty()) {
+                break;
+            }
+            actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         let mut tick = actix_web::rt::time::interval(std::time::Duration::from_secs((crate::registry::NODE_ALIVE_SECS / 3) as u64));
         loop {
             tick.tick().await;
-            if let Err(e) = registry.heartbeat(&api_url).await {
+            let addrs: Vec<String> = swarm.addresses().await.unwrap_or_default().iter().map(|a| a.to_string()).collect();
+            if let Err(e) = registry.heartbeat(&api_url, &addrs).await {
                 tracing::warn!(error = %e, "could not renew this node's heartbeat");
             }
         }

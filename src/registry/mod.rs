@@ -109,6 +109,18 @@ pub struct Registry {
     /// no larger than this is this process's own, already announced by its events.
     own_bumps: AtomicI64,
     sessions: uploads::Sessions,
+    /// The peer IDs of the other live nodes sharing the metadata: one registry, so they are
+    /// trusted with its private content (see `exposure`).
+    fellows: std::sync::RwLock<std::collections::HashSet<String>>,
+    /// Fetches blobs this node lacks from elsewhere (the swarm), once the node has one.
+    remote: std::sync::OnceLock<Arc<dyn Remote>>,
+}
+
+/// A way to fetch a blob this node knows (by its root CID) but does not hold: the swarm's
+/// pull-through. Concurrent calls for one blob share one fetch. The blob is kept once its
+/// digest matched, through the same path as an upload.
+pub trait Remote: Send + Sync + 'static {
+    fn pull(&self, repo: &str, digest: &Digest, info: &crate::metadata::BlobInfo, holders: Vec<crate::metadata::NodeRecord>) -> Arc<crate::storage::Arriving>;
 }
 
 /// How a serving node tunes the registry; the defaults suit tools and tests.
@@ -173,6 +185,8 @@ impl Registry {
             shared_generation: AtomicI64::new(i64::MIN),
             own_bumps: AtomicI64::new(0),
             sessions: Default::default(),
+            fellows: Default::default(),
+            remote: Default::default(),
         }
     }
 
@@ -239,9 +253,26 @@ impl Registry {
             }
             if let Some(node) = &self.settings.node_id {
                 self.meta.ack_generation(node, shared).await?;
+                self.refresh_fellows(node).await?;
             }
         }
         Ok(())
+    }
+
+    async fn refresh_fellows(&self, me: &str) -> Result<()> {
+        let live = self.meta.live_nodes(me, NODE_ALIVE_SECS).await?;
+        *self.fellows.write().expect("fellows lock") = live.into_iter().map(|n| n.id).collect();
+        Ok(())
+    }
+
+    /// Is `peer` another live node sharing this registry's metadata?
+    pub fn is_fellow(&self, peer: &str) -> bool {
+        self.fellows.read().expect("fellows lock").contains(peer)
+    }
+
+    /// Lets blobs this node lacks be fetched through `remote` (set once, by the node).
+    pub fn set_remote(&self, remote: Arc<dyn Remote>) {
+        let _ = self.remote.set(remote);
     }
 
     /// Waits until every live node sharing the metadata (this one aside: its caches forgot
@@ -258,10 +289,15 @@ impl Registry {
         }
     }
 
-    /// Keeps the node alive in the shared metadata, for nodes that look for a blob's holder.
-    pub async fn heartbeat(&self, api_url: &str) -> Result<()> {
+    /// Keeps the node alive in the shared metadata, for nodes that look for a blob's holder or
+    /// ask whether a peer is one of them. A node that just joined bumps the change generation,
+    /// so the others learn of it at once (see [`Self::watch_shared_changes`]).
+    pub async fn heartbeat(&self, api_url: &str, swarm_addrs: &[String]) -> Result<()> {
         if let Some(node) = &self.settings.node_id {
-            self.meta.heartbeat(node, api_url).await?;
+            if self.meta.heartbeat(node, api_url, swarm_addrs).await? {
+                self.changed().await?;
+            }
+            self.refresh_fellows(node).await?;
         }
         Ok(())
     }

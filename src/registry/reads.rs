@@ -9,8 +9,35 @@ use cid::Cid;
 
 impl Registry {
     /// Opens a blob of `repo` for reading: its bytes (a stream of any range), its length and what
-    /// the metadata says of it.
+    /// the metadata says of it. A blob this node lacks is fetched through the [`super::Remote`]
+    /// when there is one (its bytes stream as they arrive); otherwise the client is sent to a
+    /// node that holds it.
     pub async fn open_blob(&self, repo: &str, digest: &Digest) -> Result<(crate::storage::BlobBytes, u64, BlobInfo)> {
+        let info = self.linked_blob(repo, digest).await?;
+        if let Some((file, len)) = self.blobs.open_blob(digest)? {
+            return Ok((crate::storage::BlobBytes::Local(file), len, info));
+        }
+        let holders = self.holders(digest).await?;
+        match self.remote.get() {
+            Some(remote) => Ok((crate::storage::BlobBytes::Arriving(remote.pull(repo, digest, &info, holders)), info.size, info)),
+            None => Err(Self::elsewhere(digest, holders)),
+        }
+    }
+
+    /// What [`Self::open_blob`] would answer, without reading or fetching a byte: the blob's
+    /// length and what the metadata says of it.
+    pub async fn stat_blob(&self, repo: &str, digest: &Digest) -> Result<(u64, BlobInfo)> {
+        let info = self.linked_blob(repo, digest).await?;
+        if let Some(len) = self.blobs.blob_len(digest)? {
+            return Ok((len, info));
+        }
+        if self.remote.get().is_some() {
+            return Ok((info.size, info));
+        }
+        Err(Self::elsewhere(digest, self.holders(digest).await?))
+    }
+
+    async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<BlobInfo> {
         let Some(info) = self.meta.blob_info(repo, digest).await? else {
             return Err(RegistryError::BlobUnknown(digest.clone()));
         };
@@ -18,21 +45,23 @@ impl Registry {
         if crate::clock::unix_now() - info.touched_at > self.settings.touch_after.as_secs() as i64 {
             self.meta.touch_blob(repo, digest).await?;
         }
-        match self.blobs.open_blob(digest)? {
-            Some((file, len)) => Ok((crate::storage::BlobBytes::Local(file), len, info)),
+        Ok(info)
+    }
+
+    /// The other live nodes sharing the metadata that hold blob `digest`.
+    async fn holders(&self, digest: &Digest) -> Result<Vec<crate::metadata::NodeRecord>> {
+        Ok(match &self.settings.node_id {
+            Some(me) => self.meta.live_holders(digest, me, NODE_ALIVE_SECS).await?,
+            None => Vec::new(),
+        })
+    }
+
+    fn elsewhere(digest: &Digest, holders: Vec<crate::metadata::NodeRecord>) -> RegistryError {
+        match holders.into_iter().next() {
+            Some(node) => RegistryError::Elsewhere { digest: digest.clone(), url: node.api_url },
             None => {
-                // Another node sharing the metadata may hold it.
-                let holders = match &self.settings.node_id {
-                    Some(me) => self.meta.live_holders(digest, me, NODE_ALIVE_SECS).await?,
-                    None => Vec::new(),
-                };
-                match holders.into_iter().next() {
-                    Some(url) => Err(RegistryError::Elsewhere { digest: digest.clone(), url }),
-                    None => {
-                        tracing::warn!(%digest, "blob is in the metadata but no live node holds its file");
-                        Err(RegistryError::NoHolder(digest.clone()))
-                    }
-                }
+                tracing::warn!(%digest, "blob is in the metadata but no live node holds its file");
+                RegistryError::NoHolder(digest.clone())
             }
         }
     }

@@ -156,6 +156,7 @@ impl Registry {
         state: &mut SessionState,
         range: Option<ChunkRange>,
         body: B,
+        progress: Option<crate::storage::Written>,
     ) -> Result<u64> {
         let h = self.current_hash(id, state).await?;
         let offset = h.offset;
@@ -165,7 +166,7 @@ impl Registry {
                 return Err(RegistryError::ChunkOutOfOrder { start: r.start, offset });
             }
         }
-        let out = append_stream(&self.blobs, id, offset, h.digest, h.dag, body).await?;
+        let out = append_stream(&self.blobs, id, offset, h.digest, h.dag, body, progress).await?;
         // The DAG saw every chunk received, the file only those written: keep both only if they
         // agree, otherwise they are rebuilt from the file next time.
         state.hashed = (out.side.consumed() == out.len).then_some(Hashes { offset: out.len, digest: out.hasher, dag: out.side });
@@ -189,7 +190,7 @@ impl Registry {
         self.check_session(repo, id).await?;
         let lock = self.session_lock(id);
         let mut state = lock.lock().await;
-        let len = self.append_locked(id, &mut state, range, body).await?;
+        let len = self.append_locked(id, &mut state, range, body, None).await?;
         self.meta.touch_upload(id).await?;
         Ok(len)
     }
@@ -204,11 +205,23 @@ impl Registry {
         range: Option<ChunkRange>,
         body: Option<B>,
     ) -> Result<u64> {
+        self.finish_upload_reporting(repo, id, digest, range, body, None).await
+    }
+
+    async fn finish_upload_reporting<B: Body>(
+        &self,
+        repo: &str,
+        id: Uuid,
+        digest: &Digest,
+        range: Option<ChunkRange>,
+        body: Option<B>,
+        progress: Option<crate::storage::Written>,
+    ) -> Result<u64> {
         self.check_session(repo, id).await?;
         let lock = self.session_lock(id);
         let mut state = lock.lock().await;
         if let Some(body) = body {
-            self.append_locked(id, &mut state, range, body).await?;
+            self.append_locked(id, &mut state, range, body, progress).await?;
         }
         let hashes = self.current_hash(id, &mut state).await?;
         let actual = match digest.algorithm() {
@@ -286,7 +299,36 @@ impl Registry {
     /// A whole blob in one request (POST `?digest=` with a body).
     pub async fn put_blob<B: Body>(&self, repo: &str, digest: &Digest, owner: &str, body: B) -> Result<u64> {
         let id = self.start_upload(repo, owner).await?;
-        match self.finish_upload(repo, id, digest, None, Some(body)).await {
+        self.put_blob_reporting(repo, id, digest, body, None).await
+    }
+
+    /// A blob fetched from elsewhere (`body`: its bytes in order, each already verified against
+    /// its block's CID), kept through the upload path: hashed as it is written, published only
+    /// if its digest matches. `progress` follows it for readers (see `storage::Arriving`): the
+    /// upload file and its length as it grows, then the published file, or the failure.
+    pub async fn receive_blob<B: Body>(&self, repo: &str, digest: &Digest, owner: &str, body: B, progress: tokio::sync::watch::Sender<crate::storage::Progress>) -> Result<u64> {
+        let progress = Arc::new(progress);
+        let result = async {
+            let id = self.start_upload(repo, owner).await?;
+            let file = self.blobs.upload_path(&id);
+            progress.send_modify(|p| p.file = Some(file));
+            let report = progress.clone();
+            let written: crate::storage::Written = Arc::new(move |n| report.send_modify(|p| p.written = n));
+            self.put_blob_reporting(repo, id, digest, body, Some(written)).await
+        }
+        .await;
+        let blob = self.blobs.blob_path(digest);
+        progress.send_modify(|p| match &result {
+            Ok(size) => {
+                (p.file, p.written, p.end) = (Some(blob), *size, Some(Ok(())));
+            }
+            Err(e) => p.end = Some(Err(e.to_string().into())),
+        });
+        result
+    }
+
+    async fn put_blob_reporting<B: Body>(&self, repo: &str, id: Uuid, digest: &Digest, body: B, progress: Option<crate::storage::Written>) -> Result<u64> {
+        match self.finish_upload_reporting(repo, id, digest, None, Some(body), progress).await {
             Ok(size) => Ok(size),
             Err(e) => {
                 // A failed one-shot upload leaves no session behind for anyone to resume.

@@ -244,6 +244,16 @@ impl BlobStore {
         Ok(Some(dst))
     }
 
+    /// The length of a blob's file, or `None` if it is absent.
+    pub fn blob_len(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
+        let path = self.blob_path(digest);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
     pub fn has_blob(&self, digest: &Digest) -> bool {
         self.blob_path(digest).is_file()
     }

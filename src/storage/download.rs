@@ -69,10 +69,11 @@ fn advise_sequential(_file: &File, _offset: u64, _len: u64) {}
 #[cfg(not(target_os = "linux"))]
 fn prefetch(_file: &File, _offset: u64, _len: u64) {}
 
-/// A blob's bytes as the pull path gets them: a stream of any range. Today the local file; a
-/// source that fetches from peers is another variant, invisible to the handler.
+/// A blob's bytes as the pull path gets them: a stream of any range, from the local file or
+/// following a fetch from elsewhere; the handler does not know which.
 pub enum BlobBytes {
     Local(File),
+    Arriving(std::sync::Arc<super::Arriving>),
 }
 
 impl BlobBytes {
@@ -80,6 +81,7 @@ impl BlobBytes {
     pub fn range(self, start: u64, len: u64) -> std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> {
         match self {
             BlobBytes::Local(file) => Box::pin(read_range(file, start, len)),
+            BlobBytes::Arriving(arriving) => Box::pin(arriving.range(start, len)),
         }
     }
 }

@@ -7,13 +7,15 @@
 //! This module knows nothing of repositories or HTTP; it never decides what is visible (the
 //! metadata store does), it only guarantees that a blob file exists only with verified content.
 
+mod arriving;
 mod blobstore;
 mod download;
 mod upload;
 
 pub use blobstore::{BlobStore, GcLock};
+pub use arriving::{Arriving, Progress};
 pub use download::{read_range, BlobBytes};
-pub use upload::{append_stream, AppendOutcome, SideHasher};
+pub use upload::{append_stream, AppendOutcome, SideHasher, Written};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {

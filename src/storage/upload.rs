@@ -78,6 +78,9 @@ pub trait SideHasher: Send + 'static {
     fn update(&mut self, data: &[u8]);
 }
 
+/// Told the upload file's length after each write (for readers following an arriving blob).
+pub type Written = Arc<dyn Fn(u64) + Send + Sync>;
+
 /// What an append achieved. `result` is the body stream's own error, if it broke off: the bytes
 /// received before it are on disk and hashed all the same, so the upload stays consistent and the
 /// client may resume from `len`.
@@ -100,6 +103,7 @@ pub async fn append_stream<S, E, T: SideHasher>(
     mut hasher: Hasher,
     mut side: T,
     mut body: S,
+    progress: Option<Written>,
 ) -> Result<AppendOutcome<E, T>, StorageError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -135,6 +139,9 @@ where
         let mut received = 0u64;
         while let Some(batch) = rx.blocking_recv() {
             out.write(&batch).map_err(io_err(&path))?;
+            if let Some(report) = &progress {
+                report(out.written);
+            }
             for chunk in batch.iter() {
                 hasher.update(chunk);
                 received += chunk.len() as u64;

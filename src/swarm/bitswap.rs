@@ -6,6 +6,7 @@
 //! are sent at once in their own message, never behind blocks; blocks are packed into messages
 //! of at most [`BLOCKS_PER_MESSAGE`] bytes.
 
+use super::fetch::Arrival;
 use super::message::{self, Block, BlockPresence, Message, PresenceType, WantType};
 use crate::exposure::{Audience, Policy};
 use cid::Cid;
@@ -28,6 +29,10 @@ pub const BLOCKS_PER_MESSAGE: usize = 2 << 20;
 /// Inbound streams served at once, all peers together; past it, new streams wait.
 const CONCURRENT_STREAMS: usize = 256;
 
+/// Replies that may be reading and sending blocks at once (each holds at most a message, 2 MiB,
+/// and a block): bounds the memory all peers together can make the node spend on replies.
+const SENDING: usize = 16;
+
 /// What went between this node and one peer, for `bitswap/ledger`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Ledger {
@@ -49,6 +54,8 @@ pub struct Stats {
     pub blocks_sent: AtomicU64,
     pub data_sent: AtomicU64,
     pub messages_received: AtomicU64,
+    /// Blocks that came after they were no longer wanted (a second peer's copy).
+    pub duplicates: AtomicU64,
 }
 
 pub struct Server {
@@ -58,6 +65,8 @@ pub struct Server {
     misbehaving: tokio::sync::mpsc::UnboundedSender<PeerId>,
     pub stats: Stats,
     streams: tokio::sync::Semaphore,
+    /// Replies reading blocks at once: each holds up to a message of blocks in memory.
+    sending: tokio::sync::Semaphore,
     /// What this node waits for from peers (the client side, `fetch`).
     pub wants: super::fetch::Wants,
     ledgers: std::sync::Mutex<std::collections::HashMap<PeerId, Ledger>>,
@@ -71,7 +80,7 @@ impl Server {
         misbehaving: tokio::sync::mpsc::UnboundedSender<PeerId>,
     ) -> Arc<Server> {
         let streams = tokio::sync::Semaphore::new(CONCURRENT_STREAMS);
-        let server = Arc::new(Server { policy, control: control.clone(), misbehaving, stats: Stats::default(), streams, wants: Default::default(), ledgers: Default::default() });
+        let server = Arc::new(Server { policy, control: control.clone(), misbehaving, stats: Stats::default(), streams, sending: tokio::sync::Semaphore::new(SENDING), wants: Default::default(), ledgers: Default::default() });
         for protocol in PROTOCOLS {
             let mut incoming = control.accept(protocol.clone()).expect("each Bitswap protocol is registered once");
             let server = server.clone();
@@ -109,21 +118,33 @@ impl Server {
     }
 
     /// Takes the blocks and presences a message brings, then answers its wants (cancels need
-    /// nothing: every want is answered at once).
+    /// nothing: every want is answered at once). Presences go first, in one message; then the
+    /// blocks are read one by one and sent in messages of at most [`BLOCKS_PER_MESSAGE`], so a
+    /// reply never holds more than that in memory, whatever the peer asked for.
     async fn answer(&self, peer: PeerId, protocol: &StreamProtocol, m: Message) -> Result<(), String> {
         // Bitswap 1.0.0 blocks are CIDv0: dag-pb, sha2-256.
         let v0 = m.blocks.into_iter().map(|data| (vec![0x00, 0x70, 0x12, 0x20], data));
         for (prefix, data) in m.payload.into_iter().map(|b| (b.prefix, b.data)).chain(v0) {
             let len = data.len() as u64;
-            if self.wants.arrived(&prefix, data) {
-                self.stats.blocks_received.fetch_add(1, Ordering::Relaxed);
-                self.account(peer, |l| l.received += len);
+            match self.wants.arrived(peer, &prefix, data) {
+                Arrival::Wanted => {
+                    self.stats.blocks_received.fetch_add(1, Ordering::Relaxed);
+                    self.account(peer, |l| l.received += len);
+                }
+                Arrival::Late => {
+                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                Arrival::Wrong => {
+                    tracing::warn!(%peer, "bitswap: disconnecting a peer that sent a block nobody asked for (corrupted?)");
+                    self.wants.ban(peer);
+                    let _ = self.misbehaving.send(peer);
+                    return Err("a wrong block".into());
+                }
             }
         }
-        tracing::debug!(%peer, presences = m.block_presences.len(), wants = m.wantlist.as_ref().map_or(0, |w| w.entries.len()), "bitswap message");
-        for presence in m.block_presences.iter().filter(|p| p.r#type == PresenceType::DontHave as i32) {
+        for presence in &m.block_presences {
             if let Ok(cid) = Cid::try_from(presence.cid.as_slice()) {
-                self.wants.refused(&cid);
+                self.wants.presence(peer, cid, presence.r#type == PresenceType::Have as i32);
             }
         }
         let Some(wantlist) = m.wantlist else { return Ok(()) };
@@ -135,16 +156,12 @@ impl Server {
             let want_block = entry.want_type == WantType::Block as i32 || *protocol != BITSWAP_120;
             let presence = |kind: PresenceType| BlockPresence { cid: cid.to_bytes(), r#type: kind as i32 };
             let dont_have = entry.send_dont_have && *protocol == BITSWAP_120;
-            if want_block {
-                match self.block(&cid, &audience).await.map_err(|e| e.to_string())? {
-                    Some(data) => blocks.push((cid, data)),
-                    None if dont_have => presences.push(presence(PresenceType::DontHave)),
-                    None => {}
-                }
-            } else if self.has(&cid, &audience).await.map_err(|e| e.to_string())? {
-                presences.push(presence(PresenceType::Have));
-            } else if dont_have {
-                presences.push(presence(PresenceType::DontHave));
+            let may = self.policy.may_send(&cid, &audience).await.map_err(|e| e.to_string())?;
+            match (may, want_block) {
+                (true, true) => blocks.push(cid),
+                (true, false) => presences.push(presence(PresenceType::Have)),
+                (false, _) if dont_have => presences.push(presence(PresenceType::DontHave)),
+                (false, _) => {}
             }
         }
         if presences.is_empty() && blocks.is_empty() {
@@ -153,13 +170,21 @@ impl Server {
         let mut control = self.control.clone();
         let mut out = control.open_stream(peer, protocol.clone()).await.map_err(|e| e.to_string())?;
         if !presences.is_empty() {
-            message::write(&mut out, &Message { block_presences: presences, ..Default::default() }).await.map_err(|e| e.to_string())?;
+            message::write(&mut out, &Message { block_presences: std::mem::take(&mut presences), ..Default::default() }).await.map_err(|e| e.to_string())?;
         }
         let mut batch = Message::default();
         let mut batch_bytes = 0;
-        for (cid, data) in blocks {
+        let _sending = if blocks.is_empty() { None } else { Some(self.sending.acquire().await.map_err(|e| e.to_string())?) };
+        for cid in blocks {
+            // Looked at again: it may have gone, or turned private, since the first pass.
+            let Some(data) = self.block(&cid, &audience).await.map_err(|e| e.to_string())? else {
+                if *protocol == BITSWAP_120 {
+                    batch.block_presences.push(BlockPresence { cid: cid.to_bytes(), r#type: PresenceType::DontHave as i32 });
+                }
+                continue;
+            };
             if batch_bytes > 0 && batch_bytes + data.len() > BLOCKS_PER_MESSAGE {
-                self.send_blocks(&mut out, std::mem::take(&mut batch)).await?;
+                write_within(&mut out, &std::mem::take(&mut batch)).await?;
                 batch_bytes = 0;
             }
             batch_bytes += data.len();
@@ -173,8 +198,8 @@ impl Server {
                 batch.payload.push(Block { prefix: message::prefix(&cid), data });
             }
         }
-        if batch_bytes > 0 {
-            self.send_blocks(&mut out, batch).await?;
+        if batch_bytes > 0 || !batch.block_presences.is_empty() {
+            write_within(&mut out, &batch).await?;
         }
         futures_util::AsyncWriteExt::close(&mut out).await.map_err(|e| e.to_string())
     }
@@ -202,17 +227,19 @@ impl Server {
         self.control.clone()
     }
 
-    async fn send_blocks(&self, out: &mut libp2p::Stream, batch: Message) -> Result<(), String> {
-        message::write(out, &batch).await.map_err(|e| e.to_string())
-    }
-
-    /// May `audience` know that this node holds `cid`?
-    async fn has(&self, cid: &Cid, audience: &Audience) -> crate::registry::Result<bool> {
-        self.policy.may_send(cid, audience).await
-    }
-
     /// The block's bytes (verified) if `audience` may have them.
     async fn block(&self, cid: &Cid, audience: &Audience) -> crate::registry::Result<Option<Vec<u8>>> {
         Ok(self.policy.block_for(cid, audience).await?.filter(|b| b.len() <= MAX_BLOCK).map(|b| b.to_vec()))
+    }
+}
+
+/// How long a peer has to take one message of blocks: a peer that reads slowly does not keep a
+/// [`SENDING`] permit from the others for long.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+async fn write_within(out: &mut libp2p::Stream, m: &Message) -> Result<(), String> {
+    match tokio::time::timeout(WRITE_TIMEOUT, message::write(out, m)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("the peer did not take a message of blocks in time".into()),
     }
 }

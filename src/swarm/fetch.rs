@@ -1,120 +1,151 @@
-//! Bitswap, the client side: wanting blocks from peers. A want goes to the connected peers (or,
-//! with none, to providers found on the DHT) as want-block with send-dont-have; the first block
-//! that arrives is hashed, and only a block whose hash is the wanted CID's is handed on (a CID is
-//! computed from the bytes that came, so a corrupted block is one nobody wanted). All peers
-//! answering DONT_HAVE, or silence for [`FETCH_TIMEOUT`], ends the want.
+//! Bitswap, the client side's bookkeeping: which sessions want which blocks, and the judgement of
+//! every block a peer sends. A block's CID is computed from the bytes that came (Bitswap 1.1+
+//! sends only a CID prefix), so a corrupted block is a block nobody wanted: a peer that sends
+//! one is misbehaving, and is disconnected and kept out of sessions for [`BAN`].
 
-use super::bitswap::BITSWAP_120;
 use super::message::{self, Entry, Message, Wantlist, WantType};
 use bytes::Bytes;
 use cid::Cid;
 use libp2p::PeerId;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
-use tokio::sync::oneshot;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
-/// How long a want waits for a block.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long before a want is sent again.
-pub const REWANT: Duration = Duration::from_secs(2);
+/// How long a peer that sent a wrong block is left out of sessions.
+pub const BAN: Duration = Duration::from_secs(600);
+/// CIDs remembered as wanted lately, to tell a late or duplicate block from a wrong one.
+const WANTED_LATELY: usize = 1 << 16;
+
+/// What a peer said about a block a session wants.
+#[derive(Debug)]
+pub enum News {
+    /// The block, verified: its bytes hash to `cid`.
+    Block { cid: Cid, data: Bytes, from: PeerId },
+    DontHave { cid: Cid, from: PeerId },
+    Have { cid: Cid, from: PeerId },
+}
+
+/// What a block that arrived was.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// A session waited for it.
+    Wanted,
+    /// Wanted a moment ago (a duplicate from a second peer, or after a timeout moved on).
+    Late,
+    /// Nobody asked for anything that hashes so: corrupted, or unsolicited.
+    Wrong,
+}
+
+type SessionId = u64;
 
 #[derive(Default)]
 pub struct Wants {
-    pending: Mutex<HashMap<Cid, Pending>>,
-    /// Blocks that arrived lately, for a waiter that comes just after (a walk asking for a
-    /// block its prefetch already received and is still storing).
-    recent: Mutex<std::collections::VecDeque<(Cid, Bytes)>>,
+    interest: Mutex<HashMap<Cid, Vec<(SessionId, mpsc::UnboundedSender<News>)>>>,
+    lately: Mutex<(HashSet<Cid>, VecDeque<Cid>)>,
+    banned: Mutex<HashMap<PeerId, Instant>>,
+    next: AtomicU64,
 }
 
-/// Bytes of blocks kept in [`Wants::recent`] (a few blocks: the waiter comes a moment after).
-const RECENT_BYTES: usize = 8 << 20;
-
-/// What [`Wants::register`] found.
-pub enum Want {
-    /// It arrived a moment ago.
-    Ready(Bytes),
-    /// Wait for it; `first`: nobody else asked for it yet, so send the wants.
-    Wait { rx: oneshot::Receiver<Bytes>, first: bool },
-}
-
-#[derive(Default)]
-struct Pending {
-    waiters: Vec<oneshot::Sender<Bytes>>,
-    asked: usize,
-    refused: usize,
+/// A session's mailbox: what peers said about the blocks it wants. Dropping it withdraws them.
+pub struct Inbox {
+    id: SessionId,
+    tx: mpsc::UnboundedSender<News>,
+    pub rx: mpsc::UnboundedReceiver<News>,
 }
 
 impl Wants {
-    /// Waits for `cid` to arrive; the first waiter of a CID also sends the wants.
-    pub fn register(&self, cid: Cid) -> Want {
-        let mut pending = self.pending.lock().expect("wants lock");
-        if let Some((_, bytes)) = self.recent.lock().expect("recent lock").iter().find(|(c, _)| *c == cid) {
-            return Want::Ready(bytes.clone());
-        }
-        let (tx, rx) = oneshot::channel();
-        let first = !pending.contains_key(&cid);
-        pending.entry(cid).or_default().waiters.push(tx);
-        Want::Wait { rx, first }
+    pub fn open(&self) -> Inbox {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Inbox { id: self.next.fetch_add(1, Ordering::Relaxed), tx, rx }
     }
 
-    pub fn asked(&self, cid: &Cid, peers: usize) {
-        if let Some(p) = self.pending.lock().expect("wants lock").get_mut(cid) {
-            p.asked += peers;
+    /// `inbox` waits for `cid`.
+    pub fn want(&self, inbox: &Inbox, cid: Cid) {
+        let mut interest = self.interest.lock().expect("wants lock");
+        let waiting = interest.entry(cid).or_default();
+        if waiting.iter().all(|(id, _)| *id != inbox.id) {
+            waiting.push((inbox.id, inbox.tx.clone()));
         }
-    }
-
-    /// Forgets a want nobody waits for any more.
-    pub fn forget(&self, cid: &Cid) {
-        let mut pending = self.pending.lock().expect("wants lock");
-        if pending.get(cid).is_some_and(|p| p.waiters.iter().all(|w| w.is_closed())) {
-            pending.remove(cid);
-        }
-    }
-
-    /// A block arrived: handed to whoever wanted it if its bytes hash to a wanted CID. Returns
-    /// whether anyone did.
-    pub fn arrived(&self, prefix: &[u8], data: Vec<u8>) -> bool {
-        let Some(cid) = cid_of(prefix, &data) else {
-            tracing::debug!(?prefix, "bitswap: a block under a prefix this node does not hash");
-            return false;
-        };
-        let mut pending = self.pending.lock().expect("wants lock");
-        let Some(p) = pending.remove(&cid) else {
-            tracing::debug!(%cid, "bitswap: a block nobody wanted");
-            return false;
-        };
-        let data = Bytes::from(data);
-        let mut recent = self.recent.lock().expect("recent lock");
-        recent.push_back((cid, data.clone()));
-        while recent.iter().map(|(_, b)| b.len()).sum::<usize>() > RECENT_BYTES && recent.len() > 1 {
-            recent.pop_front();
-        }
-        for w in p.waiters {
-            let _ = w.send(data.clone());
-        }
-        true
-    }
-
-    /// A peer said it lacks `cid`: when every peer asked has, the want ends.
-    pub fn refused(&self, cid: &Cid) {
-        let mut pending = self.pending.lock().expect("wants lock");
-        if let Some(p) = pending.get_mut(cid) {
-            p.refused += 1;
-            if p.refused >= p.asked {
-                pending.remove(cid);
+        drop(interest);
+        let mut lately = self.lately.lock().expect("lately lock");
+        if lately.0.insert(cid) {
+            lately.1.push_back(cid);
+            if lately.1.len() > WANTED_LATELY {
+                if let Some(old) = lately.1.pop_front() {
+                    lately.0.remove(&old);
+                }
             }
         }
+    }
+
+    /// `inbox` no longer waits for `cid`.
+    pub fn unwant(&self, inbox: &Inbox, cid: &Cid) {
+        let mut interest = self.interest.lock().expect("wants lock");
+        if let Some(waiting) = interest.get_mut(cid) {
+            waiting.retain(|(id, _)| *id != inbox.id);
+            if waiting.is_empty() {
+                interest.remove(cid);
+            }
+        }
+    }
+
+    /// Withdraws everything `inbox` waits for.
+    pub fn close(&self, inbox: &Inbox, cids: impl IntoIterator<Item = Cid>) {
+        for cid in cids {
+            self.unwant(inbox, &cid);
+        }
+    }
+
+    /// A block arrived from `from`: handed to every session waiting for the CID its bytes hash
+    /// to (each is then no longer waiting for it).
+    pub fn arrived(&self, from: PeerId, prefix: &[u8], data: Vec<u8>) -> Arrival {
+        let Some(cid) = cid_of(prefix, &data) else { return Arrival::Wrong };
+        let waiting = self.interest.lock().expect("wants lock").remove(&cid);
+        match waiting {
+            Some(waiting) => {
+                let data = Bytes::from(data);
+                for (_, tx) in waiting {
+                    let _ = tx.send(News::Block { cid, data: data.clone(), from });
+                }
+                Arrival::Wanted
+            }
+            None if self.lately.lock().expect("lately lock").0.contains(&cid) => Arrival::Late,
+            None => Arrival::Wrong,
+        }
+    }
+
+    /// `from` says whether it has `cid`.
+    pub fn presence(&self, from: PeerId, cid: Cid, have: bool) {
+        if let Some(waiting) = self.interest.lock().expect("wants lock").get(&cid) {
+            for (_, tx) in waiting {
+                let news = if have { News::Have { cid, from } } else { News::DontHave { cid, from } };
+                let _ = tx.send(news);
+            }
+        }
+    }
+
+    /// Leaves `peer` out of sessions for [`BAN`].
+    pub fn ban(&self, peer: PeerId) {
+        let mut banned = self.banned.lock().expect("banned lock");
+        let now = Instant::now();
+        banned.retain(|_, until| *until > now);
+        banned.insert(peer, now + BAN);
+    }
+
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        self.banned.lock().expect("banned lock").get(peer).is_some_and(|until| *until > Instant::now())
     }
 }
 
 /// The CID of `data` under `prefix` (version, codec, multihash code and length), if its hash is
 /// one this node computes.
-fn cid_of(prefix: &[u8], data: &[u8]) -> Option<Cid> {
+pub fn cid_of(prefix: &[u8], data: &[u8]) -> Option<Cid> {
     let mut fields = [0u64; 4];
     let mut at = 0;
     for f in &mut fields {
-        let (v, n) = crate::varint::decode(&prefix[at..]).ok()??;
+        let (v, n) = crate::varint::decode(prefix.get(at..)?).ok()??;
         *f = v;
         at += n;
     }
@@ -131,11 +162,14 @@ fn cid_of(prefix: &[u8], data: &[u8]) -> Option<Cid> {
     }
 }
 
-/// Sends one want-block for `cid` to `peer` on a new stream.
-pub async fn send_want(mut control: libp2p_stream::Control, peer: PeerId, cid: Cid) -> Result<(), String> {
-    let entry = Entry { block: cid.to_bytes(), priority: 1, cancel: false, want_type: WantType::Block as i32, send_dont_have: true };
-    let m = Message { wantlist: Some(Wantlist { entries: vec![entry], full: false }), ..Default::default() };
-    let mut stream = control.open_stream(peer, BITSWAP_120).await.map_err(|e| e.to_string())?;
+/// Sends `peer` one message wanting `cids` (`kind`, with send-dont-have) on a new stream.
+pub async fn send_wants(mut control: libp2p_stream::Control, peer: PeerId, cids: &[Cid], kind: WantType) -> Result<(), String> {
+    let entries = cids
+        .iter()
+        .map(|cid| Entry { block: cid.to_bytes(), priority: 1, cancel: false, want_type: kind as i32, send_dont_have: true })
+        .collect();
+    let m = Message { wantlist: Some(Wantlist { entries, full: false }), ..Default::default() };
+    let mut stream = control.open_stream(peer, super::bitswap::BITSWAP_120).await.map_err(|e| e.to_string())?;
     message::write(&mut stream, &m).await.map_err(|e| e.to_string())?;
     futures_util::AsyncWriteExt::close(&mut stream).await.map_err(|e| e.to_string())
 }
@@ -146,7 +180,7 @@ pub async fn send_want(mut control: libp2p_stream::Control, peer: PeerId, cid: C
 /// [`PREFETCH`] in flight), so a walk finds them arriving rather than asking one at a time.
 pub struct Fetching {
     pub reg: std::sync::Arc<crate::registry::Registry>,
-    pub swarm: super::Handle,
+    pub session: super::session::Session,
     pub owner: crate::blockstore::Owner,
     pub prefetch: std::sync::Arc<tokio::sync::Semaphore>,
 }
@@ -157,15 +191,15 @@ pub const PREFETCH: usize = 32;
 impl Fetching {
     pub fn new(reg: std::sync::Arc<crate::registry::Registry>, swarm: super::Handle, root: &Cid) -> Self {
         let owner = crate::blockstore::Owner::Pin(root.to_string());
-        Fetching { reg, swarm, owner, prefetch: std::sync::Arc::new(tokio::sync::Semaphore::new(PREFETCH)) }
+        Fetching { reg, session: super::session::Session::new(swarm, Vec::new()), owner, prefetch: std::sync::Arc::new(tokio::sync::Semaphore::new(PREFETCH)) }
     }
 
     /// The block, local or fetched and kept.
-    async fn get(reg: &crate::registry::Registry, swarm: &super::Handle, owner: &crate::blockstore::Owner, cid: &Cid) -> crate::dag::Result<Option<Bytes>> {
+    async fn get(reg: &crate::registry::Registry, session: &super::session::Session, owner: &crate::blockstore::Owner, cid: &Cid) -> crate::dag::Result<Option<Bytes>> {
         if let Some(bytes) = reg.get_block(cid).await? {
             return Ok(Some(bytes));
         }
-        let Ok(bytes) = swarm.fetch(*cid).await else { return Ok(None) };
+        let Ok(bytes) = session.get(*cid).await else { return Ok(None) };
         reg.store_blocks(vec![(*cid, bytes.to_vec())], owner.clone()).await?;
         Ok(Some(bytes))
     }
@@ -174,7 +208,7 @@ impl Fetching {
 impl crate::dag::BlockSource for Fetching {
     fn fetch<'a>(&'a self, cid: &'a Cid) -> futures_util::future::BoxFuture<'a, crate::dag::Result<Option<(Bytes, crate::exposure::Admission)>>> {
         Box::pin(async move {
-            let Some(bytes) = Self::get(&self.reg, &self.swarm, &self.owner, cid).await? else { return Ok(None) };
+            let Some(bytes) = Self::get(&self.reg, &self.session, &self.owner, cid).await? else { return Ok(None) };
             if cid.codec() == crate::unixfs::DAG_PB {
                 if let Ok(node) = crate::unixfs::decode_node(&bytes) {
                     for link in node.links {
@@ -182,9 +216,9 @@ impl crate::dag::BlockSource for Fetching {
                             continue;
                         }
                         let Ok(permit) = self.prefetch.clone().try_acquire_owned() else { break };
-                        let (reg, swarm, owner) = (self.reg.clone(), self.swarm.clone(), self.owner.clone());
+                        let (reg, session, owner) = (self.reg.clone(), self.session.clone(), self.owner.clone());
                         tokio::spawn(async move {
-                            let _ = Self::get(&reg, &swarm, &owner, &link.cid).await;
+                            let _ = Self::get(&reg, &session, &owner, &link.cid).await;
                             drop(permit);
                         });
                     }

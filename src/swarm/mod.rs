@@ -10,6 +10,8 @@ pub mod bitswap;
 pub mod fetch;
 pub mod message;
 mod providing;
+pub mod pull;
+pub mod session;
 
 use crate::exposure::Policy;
 use futures_util::StreamExt;
@@ -26,7 +28,7 @@ const KAD_MAX_PACKET: usize = 4 << 20;
 /// How long an idle connection stays open (Kubo keeps peers around; Bitswap needs them).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SwarmError {
     #[error("swarm key: {0}")]
     Key(String),
@@ -134,53 +136,24 @@ impl Handle {
         self.ask(|tx| Command::FindProviders(cid, n, tx)).await
     }
 
-    /// Block `cid` from peers: the connected ones, or (with none) providers found on the DHT,
-    /// dialled. Verified: only bytes that hash to `cid` come back.
+    /// Block `cid` from peers: the connected ones, or (when none has it) providers found on the
+    /// DHT, dialled. Verified: only bytes that hash to `cid` come back.
     pub async fn fetch(&self, cid: cid::Cid) -> Result<bytes::Bytes, SwarmError> {
-        let wants = &self.bitswap.wants;
-        let (mut rx, first) = match wants.register(cid) {
-            fetch::Want::Ready(bytes) => return Ok(bytes),
-            fetch::Want::Wait { rx, first } => (rx, first),
-        };
-        let mut peers = Vec::new();
-        if first {
-            peers = self.peers().await?.into_iter().map(|(p, _)| p).collect();
-            if peers.is_empty() {
-                for (peer, addrs) in self.find_providers(cid, 4).await? {
-                    if peer == self.peer_id {
-                        continue;
-                    }
-                    for addr in addrs {
-                        if self.connect(addr.with_p2p(peer).unwrap_or_else(|a| a)).await.is_ok() {
-                            peers.push(peer);
-                            break;
-                        }
-                    }
-                }
-            }
-            tracing::debug!(%cid, peers = peers.len(), "bitswap: wanting");
-            wants.asked(&cid, peers.len().max(1));
+        session::Session::new(self.clone(), Vec::new()).get(cid).await
+    }
+
+    /// Connects to `peer` (at once if it is connected already) at the first of `addrs` that
+    /// answers.
+    pub async fn dial_any(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> bool {
+        if self.peers().await.is_ok_and(|p| p.iter().any(|(p, _)| *p == peer)) {
+            return true;
         }
-        // A reply can be lost (a burst of inbound streams overruns libp2p-stream's accept), so
-        // the wants are sent again every REWANT until the block comes, as Kubo rebroadcasts.
-        let deadline = tokio::time::Instant::now() + fetch::FETCH_TIMEOUT;
-        let got = loop {
-            for peer in &peers {
-                let (control, peer) = (self.bitswap.control(), *peer);
-                tokio::spawn(async move {
-                    if let Err(e) = fetch::send_want(control, peer, cid).await {
-                        tracing::debug!(%peer, %cid, error = %e, "want not sent");
-                    }
-                });
+        for addr in addrs {
+            if self.connect(addr.with_p2p(peer).unwrap_or_else(|a| a)).await.is_ok() {
+                return true;
             }
-            match tokio::time::timeout(fetch::REWANT.min(deadline.saturating_duration_since(tokio::time::Instant::now())), &mut rx).await {
-                Ok(result) => break result.ok(),
-                Err(_) if tokio::time::Instant::now() >= deadline => break None,
-                Err(_) => {}
-            }
-        };
-        wants.forget(&cid);
-        got.ok_or_else(|| SwarmError::NotFound(cid.to_string()))
+        }
+        false
     }
 
     /// The addresses this node listens on and announces.
@@ -307,7 +280,7 @@ async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut inbox: Inbox, config: Swar
                     Command::Connect(addr, reply) => {
                         let opts = libp2p::swarm::dial_opts::DialOpts::unknown_peer_id().address(addr.clone()).build();
                         let opts = match peer_of(&addr) {
-                            Some(peer) => libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(vec![addr]).build(),
+                            Some(peer) => libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(vec![addr]).condition(libp2p::swarm::dial_opts::PeerCondition::Always).build(),
                             None => opts,
                         };
                         let id = opts.connection_id();

@@ -113,7 +113,7 @@ impl Node {
             .args(if self.extra.iter().any(|a| a == "--rpc") { vec![] } else { vec!["--rpc".to_string(), self.rpc.to_string()] })
             // Tests of everything but access control run an open node; auth tests pass --auth.
             .args(if self.extra.iter().any(|a| a == "--auth") { &[][..] } else { &["--auth", "none"][..] })
-            .env("AF_LOG", "info")
+            .env("AF_LOG", std::env::var("AF_TEST_NODE_LOG").unwrap_or_else(|_| "info".into()))
             // Any free port: many nodes run at once.
             .env("AF_SWARM", "/ip4/127.0.0.1/tcp/0")
             .envs(self.env.iter().map(|(k, v)| (k, v)))

@@ -1,0 +1,93 @@
+//! A blob being fetched from elsewhere, readable while it arrives: the fetch appends verified
+//! bytes to an upload file (see `Registry::receive_blob`) and reports how far it got; each reader
+//! follows that file at its own pace, so concurrent pulls of one blob share one fetch and no
+//! reader holds more than a window in memory. The digest is checked at the end: a reader past
+//! the last byte gets the verdict, and a mismatch is an error (the HTTP response is cut short,
+//! so the client never takes a wrong blob for a whole one).
+
+use bytes::Bytes;
+use futures_util::Stream;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// The most a reader reads at once.
+const WINDOW: u64 = 1 << 20;
+
+/// Where a fetch stands.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// The file the bytes go to (the published blob's once it is complete).
+    pub file: Option<PathBuf>,
+    /// Bytes in that file so far.
+    pub written: u64,
+    /// `Some(Ok)` once the blob is complete and matched its digest; `Some(Err)` when the fetch
+    /// failed, with why.
+    pub end: Option<Result<(), Arc<str>>>,
+}
+
+pub struct Arriving {
+    progress: watch::Receiver<Progress>,
+}
+
+impl Arriving {
+    /// A blob arriving, and the sender its fetch reports through.
+    pub fn new() -> (Arc<Arriving>, watch::Sender<Progress>) {
+        let (tx, rx) = watch::channel(Progress::default());
+        (Arc::new(Arriving { progress: rx }), tx)
+    }
+
+    /// Whether the fetch ended (either way).
+    pub fn ended(&self) -> bool {
+        self.progress.borrow().end.is_some()
+    }
+
+    /// `len` bytes from `start`, each chunk as soon as the fetch has written it.
+    pub fn range(&self, start: u64, len: u64) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        let state = (self.progress.clone(), None::<(PathBuf, File)>, start, start.saturating_add(len));
+        futures_util::stream::unfold(state, |(mut progress, mut open, at, end)| async move {
+            if at >= end {
+                return None;
+            }
+            let want = (at + WINDOW).min(end);
+            let seen = progress.wait_for(|p| p.written >= want || p.end.is_some()).await.map(|p| p.clone());
+            let p = match seen {
+                Ok(p) => p,
+                Err(_) => return Some((Err(std::io::Error::other("the fetch stopped")), (progress, None, end, end))),
+            };
+            if let Some(Err(why)) = &p.end {
+                return Some((Err(std::io::Error::other(why.to_string())), (progress, None, end, end)));
+            }
+            let upto = want.min(p.written);
+            if upto <= at {
+                // Ended, and short of the range.
+                return Some((Err(std::io::ErrorKind::UnexpectedEof.into()), (progress, None, end, end)));
+            }
+            let Some(path) = p.file.clone() else {
+                return Some((Err(std::io::Error::other("the fetch names no file")), (progress, None, end, end)));
+            };
+            let read = tokio::task::spawn_blocking(move || -> std::io::Result<((PathBuf, File), Bytes)> {
+                let (path, file) = match open.take() {
+                    Some((p, f)) if p == path => (p, f),
+                    // The upload file was published (renamed) in between: the same bytes.
+                    _ => {
+                        let f = File::open(&path)?;
+                        (path, f)
+                    }
+                };
+                let mut buf = vec![0u8; (upto - at) as usize];
+                file.read_exact_at(&mut buf, at)?;
+                Ok(((path, file), Bytes::from(buf)))
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+            match read {
+                Ok((file, bytes)) => Some((Ok(bytes), (progress, Some(file), upto, end))),
+                Err(e) => Some((Err(e), (progress, None, end, end))),
+            }
+        })
+    }
+}

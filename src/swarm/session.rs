@@ -1,0 +1,265 @@
+//! A Bitswap session: one task that fetches blocks from a set of peers on behalf of one walk (a
+//! pull, a pin). Its callers ask for blocks ([`Session::get`]) as fast as they like; the task
+//! sends each want as want-block to one peer, the one with the fewest wants outstanding (so
+//! several providers serve one blob at once), and every peer's new wants go in one message.
+//! DONT_HAVE moves a want to the next peer, silence for [`REWANT`] too; a want nobody can
+//! answer ends with [`SwarmError::NotFound`]. When every peer it knows refused, it looks for
+//! providers on the DHT.
+//!
+//! Verification happens before a block reaches here (`fetch::Wants::arrived` hashes it), and a
+//! peer that sent a wrong block is banned there and skipped here.
+
+use super::fetch::{Inbox, News};
+use super::message::WantType;
+use super::{Handle, SwarmError};
+use bytes::Bytes;
+use cid::Cid;
+use libp2p::{Multiaddr, PeerId};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// How long a want waits for its peer before it goes to another.
+pub const REWANT: Duration = Duration::from_secs(2);
+/// How long a want waits in all.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Providers asked of the DHT when no known peer has a block.
+const PROVIDERS: usize = 8;
+
+type Reply = oneshot::Sender<Result<Bytes, SwarmError>>;
+
+/// The way to a session's task; cheap to clone. The task ends when the last one is dropped.
+#[derive(Clone)]
+pub struct Session {
+    asks: mpsc::UnboundedSender<(Cid, Reply)>,
+}
+
+impl Session {
+    /// A session over the connected peers and `hints` (peers said to hold the content, with
+    /// addresses to dial them at).
+    pub fn new(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>) -> Session {
+        let (asks, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(swarm, hints, rx));
+        Session { asks }
+    }
+
+    /// Block `cid`, verified.
+    pub async fn get(&self, cid: Cid) -> Result<Bytes, SwarmError> {
+        let (tx, rx) = oneshot::channel();
+        self.asks.send((cid, tx)).map_err(|_| SwarmError::Stopped)?;
+        rx.await.map_err(|_| SwarmError::Stopped)?
+    }
+}
+
+struct Want {
+    waiters: Vec<Reply>,
+    /// The peer asked last, and when.
+    asked: Option<(PeerId, Instant)>,
+    refused: HashSet<PeerId>,
+    since: Instant,
+    /// A DHT search for providers was made for it; `searching` while it runs.
+    searched: bool,
+    searching: bool,
+}
+
+struct Task {
+    swarm: Handle,
+    inbox: Inbox,
+    peers: Vec<PeerId>,
+    /// Wants outstanding per peer.
+    load: HashMap<PeerId, usize>,
+    wants: HashMap<Cid, Want>,
+    found: mpsc::UnboundedSender<(Cid, Vec<PeerId>)>,
+}
+
+async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc::UnboundedReceiver<(Cid, Reply)>) {
+    let inbox = swarm.bitswap.wants.open();
+    let (found, mut found_rx) = mpsc::unbounded_channel();
+    let mut task = Task { swarm, inbox, peers: Vec::new(), load: HashMap::new(), wants: HashMap::new(), found };
+    task.gather(hints).await;
+    let mut tick = tokio::time::interval(REWANT / 4);
+    let mut open = true;
+    while open || !task.wants.is_empty() {
+        tokio::select! {
+            ask = asks.recv(), if open => match ask {
+                Some((cid, reply)) => {
+                    task.ask(cid, reply);
+                    while let Ok((cid, reply)) = asks.try_recv() {
+                        task.ask(cid, reply);
+                    }
+                }
+                None => open = false,
+            },
+            Some(news) = task.inbox.rx.recv() => {
+                task.hear(news);
+                while let Ok(news) = task.inbox.rx.try_recv() {
+                    task.hear(news);
+                }
+            }
+            Some((cid, peers)) = found_rx.recv() => task.add_providers(cid, peers).await,
+            _ = tick.tick() => task.expire(),
+        }
+        task.dispatch();
+    }
+    let cids: Vec<Cid> = task.wants.keys().copied().collect();
+    task.swarm.bitswap.wants.close(&task.inbox, cids);
+}
+
+impl Task {
+    /// Dials the hinted peers and takes every connected one.
+    async fn gather(&mut self, hints: Vec<(PeerId, Vec<Multiaddr>)>) {
+        for (peer, addrs) in hints {
+            if peer == self.swarm.peer_id || self.peers.contains(&peer) {
+                continue;
+            }
+            if self.swarm.dial_any(peer, addrs).await {
+                self.peers.push(peer);
+            }
+        }
+        if let Ok(connected) = self.swarm.peers().await {
+            for (peer, _) in connected {
+                if !self.peers.contains(&peer) {
+                    self.peers.push(peer);
+                }
+            }
+        }
+    }
+
+    fn ask(&mut self, cid: Cid, reply: Reply) {
+        if let Some(w) = self.wants.get_mut(&cid) {
+            w.waiters.push(reply);
+            return;
+        }
+        self.swarm.bitswap.wants.want(&self.inbox, cid);
+        let now = Instant::now();
+        self.wants.insert(cid, Want { waiters: vec![reply], asked: None, refused: HashSet::new(), since: now, searched: false, searching: false });
+    }
+
+    fn settle(&mut self, cid: &Cid, result: Result<Bytes, SwarmError>) {
+        if let Some(w) = self.wants.remove(cid) {
+            self.release(&w);
+            self.swarm.bitswap.wants.unwant(&self.inbox, cid);
+            for waiter in w.waiters {
+                let _ = waiter.send(result.clone());
+            }
+        }
+    }
+
+    fn release(&mut self, w: &Want) {
+        if let Some((peer, _)) = w.asked {
+            if let Some(n) = self.load.get_mut(&peer) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    fn hear(&mut self, news: News) {
+        match news {
+            News::Block { cid, data, .. } => self.settle(&cid, Ok(data)),
+            News::DontHave { cid, from } => {
+                let Some(w) = self.wants.get_mut(&cid) else { return };
+                w.refused.insert(from);
+                if w.asked.is_some_and(|(p, _)| p == from) {
+                    w.asked = None;
+                    if let Some(n) = self.load.get_mut(&from) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+            }
+            News::Have { .. } => {}
+        }
+    }
+
+    /// Wants whose peer stayed silent go to another; wants too old end.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let mut dead = Vec::new();
+        let mut silent = Vec::new();
+        for (cid, w) in &self.wants {
+            if now.duration_since(w.since) >= FETCH_TIMEOUT {
+                dead.push(*cid);
+            } else if let Some((peer, at)) = w.asked {
+                if now.duration_since(at) >= REWANT {
+                    silent.push((*cid, peer));
+                }
+            }
+        }
+        for cid in dead {
+            self.settle(&cid, Err(SwarmError::NotFound(cid.to_string())));
+        }
+        for (cid, peer) in silent {
+            if let Some(n) = self.load.get_mut(&peer) {
+                *n = n.saturating_sub(1);
+            }
+            if let Some(w) = self.wants.get_mut(&cid) {
+                w.asked = None;
+                // Asked again later if no other peer can be (a reply lost to a reset stream).
+                if self.peers.len() > 1 {
+                    w.refused.insert(peer);
+                }
+            }
+        }
+    }
+
+    /// Sends every unasked want to the least loaded peer that has not refused it, one message
+    /// per peer; a want every peer refused looks for providers, then fails.
+    fn dispatch(&mut self) {
+        let wants = &self.swarm.bitswap.wants;
+        self.peers.retain(|p| !wants.is_banned(p));
+        let mut outbox: HashMap<PeerId, Vec<Cid>> = HashMap::new();
+        let mut unanswerable = Vec::new();
+        for (cid, w) in self.wants.iter_mut().filter(|(_, w)| w.asked.is_none() && !w.searching) {
+            let choice = self.peers.iter().filter(|p| !w.refused.contains(p)).min_by_key(|p| self.load.get(p).copied().unwrap_or(0)).copied();
+            match choice {
+                Some(peer) => {
+                    w.asked = Some((peer, Instant::now()));
+                    *self.load.entry(peer).or_default() += 1;
+                    outbox.entry(peer).or_default().push(*cid);
+                }
+                None if !w.searched => {
+                    // Asked again once the search adds peers (or fails, and so does the want).
+                    (w.searched, w.searching) = (true, true);
+                    let (swarm, found, cid) = (self.swarm.clone(), self.found.clone(), *cid);
+                    tokio::spawn(async move {
+                        let providers = swarm.find_providers(cid, PROVIDERS).await.unwrap_or_default();
+                        let mut reached = Vec::new();
+                        for (peer, addrs) in providers {
+                            if peer != swarm.peer_id && swarm.dial_any(peer, addrs).await {
+                                reached.push(peer);
+                            }
+                        }
+                        let _ = found.send((cid, reached));
+                    });
+                }
+                None => unanswerable.push(*cid),
+            }
+        }
+        for cid in unanswerable {
+            self.settle(&cid, Err(SwarmError::NotFound(cid.to_string())));
+        }
+        for (peer, cids) in outbox {
+            let control = self.swarm.bitswap.control();
+            tokio::spawn(async move {
+                if let Err(e) = super::fetch::send_wants(control, peer, &cids, WantType::Block).await {
+                    tracing::debug!(%peer, wants = cids.len(), error = %e, "wants not sent");
+                }
+            });
+        }
+    }
+
+    /// Providers the DHT named for `cid` join the session; the want is asked again.
+    async fn add_providers(&mut self, cid: Cid, peers: Vec<PeerId>) {
+        for peer in peers {
+            if !self.peers.contains(&peer) {
+                self.peers.push(peer);
+            }
+        }
+        if let Some(w) = self.wants.get_mut(&cid) {
+            w.searching = false;
+            if self.peers.iter().all(|p| w.refused.contains(p)) {
+                self.settle(&cid, Err(SwarmError::NotFound(cid.to_string())));
+            }
+        }
+    }
+}
