@@ -352,9 +352,16 @@ fn file_err(path: &str, e: std::io::Error) -> CarError {
     }
 }
 
-impl StagedBlocks {
+/// An OCI image layout read as a UnixFS DAG, from any block source: the staged blocks of a
+/// CAR, or peers (an import by CID).
+struct Layout {
+    reader: Arc<Reader>,
+    root: Cid,
+}
+
+impl Layout {
     fn reader(&self) -> Arc<Reader> {
-        Reader::over(StagedBlocks(self.0.clone()))
+        self.reader.clone()
     }
 
     /// The entries of the directory at `cid`, plain or sharded.
@@ -399,8 +406,8 @@ struct LayoutManifest {
 /// Phase 2: what the layout holds, every blob checked against its digest.
 struct Plan {
     repository: String,
-    /// Blobs by digest: their root in the CAR.
-    blobs: BTreeMap<Digest, Cid>,
+    /// Blobs by digest: their root in the layout, and their size.
+    blobs: BTreeMap<Digest, (Cid, u64)>,
     /// Children before the manifests that reference them.
     manifests: Vec<LayoutManifest>,
 }
@@ -419,8 +426,12 @@ struct Descriptor {
     annotations: HashMap<String, String>,
 }
 
-async fn plan(staged: &StagedBlocks, repo_override: Option<String>) -> Result<Plan> {
-    let root = staged.directory(&staged.0.root, "/").await?;
+/// Reads the layout at `staged`'s root: its manifests (each checked against its digest) and the
+/// blobs they name, with their roots. `verify_blobs`: every blob is read and checked against its
+/// digest now (a CAR, all here); otherwise only its size is read, and its bytes are checked when
+/// they are first fetched (an import by CID: the layers stay with the peers until pulled).
+async fn plan(staged: &Layout, repo_override: Option<String>, verify_blobs: bool) -> Result<Plan> {
+    let root = staged.directory(&staged.root, "/").await?;
     let entry = |links: &[DecodedLink], name: &str, path: &str| -> Result<Cid> {
         links.iter().find(|l| l.name == name).map(|l| l.cid).ok_or_else(|| CarError::Layout {
             path: path.to_string(),
@@ -498,11 +509,16 @@ async fn plan(staged: &StagedBlocks, repo_override: Option<String>) -> Result<Pl
         }
         for blob in parsed.blobs {
             let cid = locate(&blob)?;
-            plan.blobs.insert(blob, cid);
+            plan.blobs.insert(blob, (cid, 0));
         }
     }
-    for (digest, cid) in &plan.blobs {
+    for (digest, (cid, size)) in plan.blobs.iter_mut() {
         let path = layout_path(digest);
+        if !verify_blobs {
+            let reader = staged.reader();
+            *size = reader.file_size(cid).await.map_err(walk_err(&path))?.ok_or_else(|| CarError::Layout { path, problem: "not a file".into() })?;
+            continue;
+        }
         let mut hasher = digest.algorithm().hasher();
         staged
             .file(cid, &path, |data| {
@@ -543,18 +559,19 @@ pub async fn import<R: Read + Send + 'static>(
     })
     .await
     .map_err(|e| CarError::Task(e.to_string()))??;
-    let staged = StagedBlocks(Arc::new(staged));
-    let plan = plan(&staged, repo_override).await?;
+    let car_root = staged.root;
+    let staged = Layout { reader: Reader::over(StagedBlocks(Arc::new(staged))), root: car_root };
+    let plan = plan(&staged, repo_override, true).await?;
     let repo = plan.repository.as_str();
     let mut summary = ImportSummary {
         repository: plan.repository.clone(),
-        car_root: staged.0.root,
+        car_root,
         blobs: plan.blobs.len(),
         new_blobs: 0,
         manifests: plan.manifests.len(),
         tags: Vec::new(),
     };
-    for (digest, cid) in &plan.blobs {
+    for (digest, (cid, _)) in &plan.blobs {
         // Present already, here or in another repository: linked, not copied.
         if reg.blob_info(repo, digest).await?.is_some() || reg.mount(repo, None, digest).await?.is_some() {
             continue;
@@ -562,6 +579,38 @@ pub async fn import<R: Read + Send + 'static>(
         reg.put_blob(repo, digest, "import", Box::pin(dag::file_stream(staged.reader(), *cid, 0, u64::MAX))).await?;
         summary.new_blobs += 1;
     }
+    store_manifests(reg, &plan, &mut summary).await?;
+    Ok(summary)
+}
+
+/// Imports the image layout at `root` as `reader` finds it (from peers): its manifests, tags
+/// and the blobs they name. The blobs are recorded by their root and size, not fetched: a pull
+/// fetches each from peers when first read and checks its digest then (`Registry::open_blob`).
+pub async fn import_dag(reg: &Registry, reader: Arc<Reader>, root: Cid, repo_override: Option<String>) -> Result<ImportSummary> {
+    let layout = Layout { reader, root };
+    let plan = plan(&layout, repo_override, false).await?;
+    let repo = plan.repository.as_str();
+    let mut summary = ImportSummary {
+        repository: plan.repository.clone(),
+        car_root: root,
+        blobs: plan.blobs.len(),
+        new_blobs: 0,
+        manifests: plan.manifests.len(),
+        tags: Vec::new(),
+    };
+    for (digest, (cid, size)) in &plan.blobs {
+        if reg.blob_info(repo, digest).await?.is_some() || reg.mount(repo, None, digest).await?.is_some() {
+            continue;
+        }
+        reg.adopt_blob(repo, digest, *size, cid).await?;
+        summary.new_blobs += 1;
+    }
+    store_manifests(reg, &plan, &mut summary).await?;
+    Ok(summary)
+}
+
+async fn store_manifests(reg: &Registry, plan: &Plan, summary: &mut ImportSummary) -> Result<()> {
+    let repo = plan.repository.as_str();
     for m in &plan.manifests {
         let stored = reg
             .put_manifest(repo, &Reference::Digest(m.digest.clone()), m.media_type.as_deref(), m.content.clone(), m.tags.clone())
@@ -572,5 +621,5 @@ pub async fn import<R: Read + Send + 'static>(
         }
         drop(stored);
     }
-    Ok(summary)
+    Ok(())
 }

@@ -430,3 +430,99 @@ fn a_trusted_peer_gets_private_layers() {
     assert!(cat.status.success(), "{}", String::from_utf8_lossy(&cat.stderr));
     assert_eq!(sha256(&cat.stdout), digest);
 }
+
+/// The image CID `repo:tag` has on `node`.
+fn image_cid(node: &Node, repo: &str, tag: &str) -> String {
+    let r = client().head(node.url(&format!("/v2/{repo}/manifests/{tag}"))).header("Accept", OCI_MANIFEST).send().unwrap();
+    r.headers()["Ipfs-Image-Cid"].to_str().unwrap().to_string()
+}
+
+fn loopback_addr(node: &Node) -> String {
+    let id = rpc(node, "id");
+    id["Addresses"].as_array().unwrap().iter().filter_map(|a| a.as_str()).find(|a| a.contains("/tcp/") && a.starts_with("/ip4/127.")).unwrap().to_string()
+}
+
+fn import(node: &Node, cid: &str, repo: &str) -> reqwest::blocking::Response {
+    client().post(format!("http://{}/api/v0/registry/import?arg={cid}&repo={repo}", node.rpc)).send().unwrap()
+}
+
+/// Several of our nodes, each on its own loopback address: A holds an image in a public and in
+/// a private repository. B (its own SQLite database) imports the public one by its image CID and
+/// serves it to skopeo, fetching the layers from A over Bitswap as they are pulled; B never
+/// obtains the private one, a node A trusts (`--trusted-peer`) does. A peer that answers B's
+/// wants with corrupted blocks is caught and dropped, and B is served by A all the same.
+#[test]
+fn our_nodes_pull_images_from_each_other_over_the_swarm() {
+    use common::images::*;
+    let trusted = Node::start_with(&["--swarm", "/ip4/127.0.0.4/tcp/0"]);
+    let trusted_id = rpc(&trusted, "id")["ID"].as_str().unwrap().to_string();
+    let a = Node::start_with(&["--swarm", "/ip4/127.0.0.2/tcp/0", "--trusted-peer", &trusted_id]);
+    let b = Node::start_with(&["--swarm", "/ip4/127.0.0.3/tcp/0"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = build_image(tmp.path());
+    push_layout(&layout, &format!("{}/team/open:t", a.host()));
+    push_layout(&layout, &format!("{}/team/closed:t", a.host()));
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/open", "public"]).arg("--data-dir").arg(&a.data_dir).output().unwrap();
+    assert!(out.status.success());
+    let (open, closed) = (image_cid(&a, "team/open", "t"), image_cid(&a, "team/closed", "t"));
+    let a_addr = loopback_addr(&a);
+    assert!(a_addr.starts_with("/ip4/127.0.0.2/"), "{a_addr}");
+
+    // A peer sending corrupted blocks: B wants from it, it answers with bytes that do not hash
+    // to what was wanted; B drops it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let b_id = rpc(&b, "id")["ID"].as_str().unwrap().to_string();
+    let evil = rt.block_on(RawPeer::connect(&loopback_addr(&b)));
+    let wanted = open.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rpc(&b, "swarm/peers")["Peers"].as_array().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the peer did not connect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pin = {
+        let url = format!("http://{}/api/v0/pin/add?arg={wanted}", b.rpc);
+        std::thread::spawn(move || client().post(url).send().unwrap().status())
+    };
+    rt.block_on(async {
+        let mut evil = evil;
+        let Some((_, mut stream)) = tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut evil.replies)).await.unwrap() else { panic!("no want came") };
+        let m = af_registry::swarm::message::read(&mut stream).await.unwrap().unwrap();
+        let entry = &m.wantlist.unwrap().entries[0];
+        let cid = cid::Cid::try_from(entry.block.as_slice()).unwrap();
+        let block = af_registry::swarm::message::Block { prefix: af_registry::swarm::message::prefix(&cid), data: b"not the block you wanted".to_vec() };
+        evil.send(&af_registry::swarm::message::Message { payload: vec![block], ..Default::default() }).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    });
+    assert!(!pin.join().unwrap().is_success(), "nothing but the corrupted block was on offer");
+    assert!(b.log_text().contains("sent a block nobody asked for"), "{}", b.log_text());
+    let peers = rpc(&b, "swarm/peers");
+    assert!(peers["Peers"].as_array().unwrap().is_empty(), "the corrupting peer is still connected: {peers}");
+    assert_eq!(rpc(&b, "bitswap/stat")["BlocksReceived"], 0);
+    let _ = b_id;
+
+    // B imports the public image by CID and serves it, fetching its layers from A.
+    rpc(&b, &format!("swarm/connect?arg={a_addr}"));
+    let r = import(&b, &open, "mirror/open");
+    assert!(r.status().is_success(), "{}", r.text().unwrap());
+    let back = tmp.path().join("back");
+    let out = skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{}/mirror/open:t", b.host())).arg(format!("oci:{}:t", back.display())).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), b.log_text());
+    assert_same_blobs(&layout, &back, "t");
+    assert!(b.log_text().contains("pulled a blob from peers"));
+
+    // The private image: B (untrusted) gets none of it, not even its manifests.
+    let r = import(&b, &closed, "mirror/closed");
+    assert!(!r.status().is_success());
+    assert!(client().get(b.url("/v2/mirror/closed/manifests/t")).send().unwrap().status() == 404);
+    let r = client().post(format!("http://{}/api/v0/block/get?arg={closed}", b.rpc)).send().unwrap();
+    assert!(!r.status().is_success(), "a private block reached an untrusted node");
+
+    // The trusted node gets it whole.
+    rpc(&trusted, &format!("swarm/connect?arg={a_addr}"));
+    let r = import(&trusted, &closed, "mirror/closed");
+    assert!(r.status().is_success(), "{}", r.text().unwrap());
+    let back = tmp.path().join("trusted");
+    let out = skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{}/mirror/closed:t", trusted.host())).arg(format!("oci:{}:t", back.display())).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), trusted.log_text());
+    assert_same_blobs(&layout, &back, "t");
+}

@@ -158,11 +158,6 @@ pub struct Page {
     pub limit: Option<usize>,
 }
 
-/// Contract shared by every backend:
-/// - Names and digests passed in are already validated.
-/// - A blob is visible in a repository (via [`MetadataStore::blob_info`]) only after
-///   [`MetadataStore::commit_blob`] or a mount linked it, and only while its file exists.
-/// - A tag always points at a manifest that exists in the same repository.
 /// A node sharing the metadata, as its heartbeat left it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRecord {
@@ -178,6 +173,11 @@ impl NodeRecord {
     }
 }
 
+/// Contract shared by every backend:
+/// - Names and digests passed in are already validated.
+/// - A blob is visible in a repository (via [`MetadataStore::blob_info`]) only after
+///   [`MetadataStore::commit_blob`] or a mount linked it, and only while its file exists.
+/// - A tag always points at a manifest that exists in the same repository.
 #[async_trait]
 pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     /// A blob, if it is linked to `repo`.

@@ -302,6 +302,17 @@ impl Registry {
         self.put_blob_reporting(repo, id, digest, body, None).await
     }
 
+    /// Records blob `digest` in `repo` by its root CID and size, without its bytes: an image
+    /// imported by CID names blobs that peers hold. Its first read fetches it (see
+    /// [`Self::open_blob`]), and only bytes that match the digest are kept or served whole.
+    pub async fn adopt_blob(&self, repo: &str, digest: &Digest, size: u64, root: &cid::Cid) -> Result<()> {
+        let info = BlobInfo { size, root_cid: root.to_string(), touched_at: 0 };
+        self.meta.commit_blob(repo, digest, &info, None).await?;
+        self.changed().await?;
+        self.emit(crate::events::Event::BlobPublished { repository: repo.to_string(), digest: digest.clone(), root: info.root_cid });
+        Ok(())
+    }
+
     /// A blob fetched from elsewhere (`body`: its bytes in order, each already verified against
     /// its block's CID), kept through the upload path: hashed as it is written, published only
     /// if its digest matches. `progress` follows it for readers (see `storage::Arriving`): the

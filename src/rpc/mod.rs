@@ -308,6 +308,7 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
             Err(resp) => resp,
         },
         "pin/ls" => pin_ls(&req, &state).await,
+        "registry/import" => registry_import(&req, &state).await,
         "pin/add" => {
             let _gc = match gc_shared(&reg).await {
                 Ok(lock) => lock,
@@ -499,6 +500,34 @@ fn fetching_reader(state: &RpcState, root: &Cid) -> Arc<Reader> {
         return Reader::new(&state.policy, Audience::Operator);
     }
     Reader::over(crate::swarm::fetch::Fetching::new(state.registry.clone(), state.swarm.clone(), root))
+}
+
+/// Imports the OCI image layout at CID `arg` (an image CID another node gives its tags) into
+/// repository `repo` (default: the one its index.json names): its manifests and tags now, read
+/// from peers; its layers recorded by their roots and fetched from peers when first pulled.
+async fn registry_import(req: &HttpRequest, state: &RpcState) -> HttpResponse {
+    let Some(raw) = arg(req, "arg") else { return bad_request("argument \"cid\" is required") };
+    let root = match parse_path(&raw) {
+        Ok((root, path)) if path.is_empty() => root,
+        Ok(_) => return bad_request("an image CID, without a path"),
+        Err(resp) => return resp,
+    };
+    let reader = if state.offline {
+        Reader::new(&state.policy, Audience::Operator)
+    } else {
+        Reader::over(crate::swarm::fetch::Fetching::passing(state.registry.clone(), state.swarm.clone()))
+    };
+    match crate::car::import_dag(&state.registry, reader, root, arg(req, "repo")).await {
+        Ok(s) => HttpResponse::Ok().json(json!({
+            "Repository": s.repository,
+            "Manifests": s.manifests,
+            "Blobs": s.blobs,
+            "NewBlobs": s.new_blobs,
+            "Tags": s.tags.iter().map(|(tag, image)| json!({"Tag": tag, "Image": image})).collect::<Vec<_>>(),
+        })),
+        Err(e @ (crate::car::CarError::Registry(_) | crate::car::CarError::Metadata(_) | crate::car::CarError::Task(_))) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => bad_request(format!("nothing imported from {root}: {e}")),
+    }
 }
 
 async fn pin_add(req: &HttpRequest, state: &RpcState) -> HttpResponse {

@@ -39,10 +39,12 @@ pub enum Arrival {
 }
 
 type SessionId = u64;
+/// The sessions waiting for a block, each with its mailbox.
+type Waiting = Vec<(SessionId, mpsc::UnboundedSender<News>)>;
 
 #[derive(Default)]
 pub struct Wants {
-    interest: Mutex<HashMap<Cid, Vec<(SessionId, mpsc::UnboundedSender<News>)>>>,
+    interest: Mutex<HashMap<Cid, Waiting>>,
     lately: Mutex<(HashSet<Cid>, VecDeque<Cid>)>,
     banned: Mutex<HashMap<PeerId, Instant>>,
     next: AtomicU64,
@@ -181,7 +183,9 @@ pub async fn send_wants(mut control: libp2p_stream::Control, peer: PeerId, cids:
 pub struct Fetching {
     pub reg: std::sync::Arc<crate::registry::Registry>,
     pub session: super::session::Session,
-    pub owner: crate::blockstore::Owner,
+    /// What fetched blocks are kept for; `None`: passed on, not kept (and nothing is wanted
+    /// ahead of the walk).
+    pub owner: Option<crate::blockstore::Owner>,
     pub prefetch: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
@@ -190,17 +194,25 @@ pub const PREFETCH: usize = 32;
 
 impl Fetching {
     pub fn new(reg: std::sync::Arc<crate::registry::Registry>, swarm: super::Handle, root: &Cid) -> Self {
-        let owner = crate::blockstore::Owner::Pin(root.to_string());
+        let owner = Some(crate::blockstore::Owner::Pin(root.to_string()));
         Fetching { reg, session: super::session::Session::new(swarm, Vec::new()), owner, prefetch: std::sync::Arc::new(tokio::sync::Semaphore::new(PREFETCH)) }
     }
 
-    /// The block, local or fetched and kept.
-    async fn get(reg: &crate::registry::Registry, session: &super::session::Session, owner: &crate::blockstore::Owner, cid: &Cid) -> crate::dag::Result<Option<Bytes>> {
+    /// Walks that read from peers without keeping what they read (an import by CID reads the
+    /// layout's manifests, which the registry stores its own way).
+    pub fn passing(reg: std::sync::Arc<crate::registry::Registry>, swarm: super::Handle) -> Self {
+        Fetching { reg, session: super::session::Session::new(swarm, Vec::new()), owner: None, prefetch: std::sync::Arc::new(tokio::sync::Semaphore::new(0)) }
+    }
+
+    /// The block, local or fetched (and kept, for an owner).
+    async fn get(reg: &crate::registry::Registry, session: &super::session::Session, owner: &Option<crate::blockstore::Owner>, cid: &Cid) -> crate::dag::Result<Option<Bytes>> {
         if let Some(bytes) = reg.get_block(cid).await? {
             return Ok(Some(bytes));
         }
         let Ok(bytes) = session.get(*cid).await else { return Ok(None) };
-        reg.store_blocks(vec![(*cid, bytes.to_vec())], owner.clone()).await?;
+        if let Some(owner) = owner {
+            reg.store_blocks(vec![(*cid, bytes.to_vec())], owner.clone()).await?;
+        }
         Ok(Some(bytes))
     }
 }

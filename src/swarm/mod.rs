@@ -198,6 +198,8 @@ pub fn start(seed: [u8; 32], policy: Arc<Policy>, config: SwarmConfig) -> Result
 struct Inbox {
     commands: mpsc::Receiver<Command>,
     bad_peers: mpsc::UnboundedReceiver<PeerId>,
+    /// Whom Bitswap banned (see `fetch::Wants::ban`): their connections are closed as they open.
+    bitswap: Arc<bitswap::Server>,
 }
 
 type Built = (libp2p::Swarm<Behaviour>, Handle, Inbox);
@@ -241,8 +243,8 @@ fn build(seed: [u8; 32], policy: Arc<Policy>, config: &SwarmConfig) -> Result<Bu
     let (misbehaving, bad_peers) = mpsc::unbounded_channel();
     let bitswap = bitswap::Server::spawn(policy, swarm.behaviour().stream.new_control(), misbehaving);
     let (tx, rx) = mpsc::channel(64);
-    let handle = Handle { commands: tx, peer_id: *swarm.local_peer_id(), bitswap };
-    Ok((swarm, handle, Inbox { commands: rx, bad_peers }))
+    let handle = Handle { commands: tx, peer_id: *swarm.local_peer_id(), bitswap: bitswap.clone() };
+    Ok((swarm, handle, Inbox { commands: rx, bad_peers, bitswap }))
 }
 
 /// The peer ID an address names with its last `/p2p/` component.
@@ -315,6 +317,14 @@ async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut inbox: Inbox, config: Swar
             event = swarm.select_next_some() => match event {
                 SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "swarm listening"),
                 SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                    if inbox.bitswap.wants.is_banned(&peer_id) {
+                        tracing::debug!(%peer_id, "closing a connection from a banned peer");
+                        let _ = swarm.disconnect_peer_id(peer_id);
+                        if let Some(reply) = dialling.remove(&connection_id) {
+                            let _ = reply.send(Err(SwarmError::Dial(format!("{peer_id} sent wrong blocks and is banned for a while"))));
+                        }
+                        continue;
+                    }
                     connected.insert(peer_id, endpoint.get_remote_address().clone());
                     if let Some(reply) = dialling.remove(&connection_id) {
                         let _ = reply.send(Ok(peer_id));
