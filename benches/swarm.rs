@@ -1,7 +1,9 @@
 //! `cargo bench --bench swarm`: one public layer (256 MiB, `AF_BENCH_SIZE_MIB`) from node A to
-//! node B over Bitswap on loopback (B's `pin/add`, which fetches every block and keeps it), in
-//! the same run as Kubo → Kubo on the same bytes (`ipfs pin add`) and as the plain HTTP pull of
-//! the blob from A; with the peak RSS of both nodes. Needs Kubo (`~/go/bin/ipfs`) and curl.
+//! node B over Bitswap on loopback (B's `pin/add`, which fetches every block and keeps it); a
+//! pull-through (node C imported the image by CID; a blob GET on C fetches from A as it answers:
+//! time to first byte and throughput); the same pull-through from 4 providers at once (with
+//! what each sent); in the same run as Kubo → Kubo on the same bytes (`ipfs pin add`) and as the
+//! plain HTTP pull of the blob from A; with peak RSS. Needs Kubo (`~/go/bin/ipfs`) and curl.
 
 mod common;
 
@@ -81,6 +83,45 @@ fn kubo(repo: &Path) -> Proc {
     Proc(child)
 }
 
+/// Pushes `layer` and an image naming it to `repo:v1` on the node at `api`; returns the image CID.
+fn push_image(api: u16, repo: &str, layer: &Path, digest: &str, size: u64) -> String {
+    let base = format!("http://127.0.0.1:{api}/v2/{repo}");
+    curl(&["-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/octet-stream", "-T", &layer.display().to_string(), &format!("{base}/blobs/uploads?digest={digest}")]);
+    let config = b"{}";
+    let config_digest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(config)));
+    curl(&["-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/octet-stream", "--data-binary", "{}", &format!("{base}/blobs/uploads?digest={config_digest}")]);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": size}],
+    })
+    .to_string();
+    let headers = curl(&["-s", "-D", "-", "-o", "/dev/null", "-X", "PUT", "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json", "--data-binary", &manifest, &format!("{base}/manifests/v1")]);
+    headers.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("ipfs-image-cid: ").map(|c| c.trim().to_string())).expect("Ipfs-Image-Cid")
+}
+
+fn make_public(data: &Path, repo: &str) {
+    let ok = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", repo, "public", "--data-dir"]).arg(data).stdout(Stdio::null()).status().unwrap().success();
+    assert!(ok);
+}
+
+/// A node at fresh ports: (process, api, rpc, swarm).
+fn fresh_node(dir: &Path) -> (Proc, u16, u16, u16) {
+    let (api, rpc, swarm) = (free_port(), free_port(), free_port());
+    (node(dir, api, rpc, swarm), api, rpc, swarm)
+}
+
+/// A pull-through on the node at `api`: (seconds to the first byte, MB/s).
+fn pull_through(api: u16, repo: &str, digest: &str, size: u64) -> (f64, f64) {
+    let t = Instant::now();
+    let out = curl(&["-o", "/dev/null", "-w", "%{time_starttransfer} %{size_download}", &format!("http://127.0.0.1:{api}/v2/{repo}/blobs/{digest}")]);
+    let secs = t.elapsed().as_secs_f64();
+    let mut parts = out.split_whitespace();
+    let ttfb: f64 = parts.next().unwrap().parse().unwrap();
+    assert_eq!(parts.next().unwrap().parse::<u64>().unwrap(), size, "the pull-through was cut short");
+    (ttfb, size as f64 / 1e6 / secs)
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
@@ -115,7 +156,41 @@ fn main() {
     let http_secs = t.elapsed().as_secs_f64();
     assert_eq!(got.trim().parse::<u64>().unwrap(), size);
     let (a_rss, b_rss) = (peak_rss_mib(a.0.id()), peak_rss_mib(b.0.id()));
-    drop((a, b));
+    drop(b);
+
+    // Pull-through: C knows the image by its CID, A holds the layer.
+    let image = push_image(a_api, "bench/image", &layer, &digest, size);
+    make_public(&dir.join("a"), "bench/image");
+    let (c, c_api, c_rpc, _) = fresh_node(&dir.join("c"));
+    rpc(c_rpc, &format!("swarm/connect?arg=/ip4/127.0.0.1/tcp/{a_swarm}/p2p/{a_id}"));
+    rpc(c_rpc, &format!("registry/import?arg={image}&repo=mirror/image"));
+    settle();
+    let (ttfb, through_rate) = pull_through(c_api, "mirror/image", &digest, size);
+    let c_rss = peak_rss_mib(c.0.id());
+    let a_rss = a_rss.max(peak_rss_mib(a.0.id()));
+    drop((a, c));
+
+    // Four providers, one puller.
+    let mut providers = Vec::new();
+    for i in 0..4 {
+        let (p, api, prpc, swarm) = fresh_node(&dir.join(format!("p{i}")));
+        let image = push_image(api, "bench/image", &layer, &digest, size);
+        make_public(&dir.join(format!("p{i}")), "bench/image");
+        let id = rpc(prpc, "id")["ID"].as_str().unwrap().to_string();
+        providers.push((p, image, swarm, id));
+    }
+    let (d, d_api, d_rpc, _) = fresh_node(&dir.join("d"));
+    for (_, _, swarm, id) in &providers {
+        rpc(d_rpc, &format!("swarm/connect?arg=/ip4/127.0.0.1/tcp/{swarm}/p2p/{id}"));
+    }
+    rpc(d_rpc, &format!("registry/import?arg={}&repo=mirror/image", providers[0].1));
+    settle();
+    let (_, four_rate) = pull_through(d_api, "mirror/image", &digest, size);
+    let shares: Vec<String> = providers
+        .iter()
+        .map(|(_, _, _, id)| format!("{:.0}", rpc(d_rpc, &format!("bitswap/ledger?arg={id}"))["Recv"].as_f64().unwrap_or(0.0) / 1e6))
+        .collect();
+    drop((d, providers));
 
     // Kubo → Kubo, same bytes, 256 KiB raw leaves (Kubo's default chunker).
     let (k1, k2) = (dir.join("k1"), dir.join("k2"));
@@ -137,6 +212,8 @@ fn main() {
     println!("af A -> B over Bitswap (pin/add, every block verified and kept): {af_rate:.0} MB/s");
     println!("Kubo -> Kubo over Bitswap (ipfs pin add): {kubo_rate:.0} MB/s; af/Kubo {:.2} (target >= 10)", af_rate / kubo_rate);
     println!("af HTTP blob GET from A: {http_rate:.0} MB/s; Bitswap/HTTP {:.2} (target >= 0.5)", af_rate / http_rate);
-    println!("peak RSS: A {a_rss:.1} MiB, B {b_rss:.1} MiB (target < 128)");
+    println!("af pull-through on C (blob GET, fetched from A as it is served): {through_rate:.0} MB/s, first byte after {:.1} ms (target < 100); pull-through/HTTP {:.2}", ttfb * 1e3, through_rate / http_rate);
+    println!("af pull-through from 4 providers at once: {four_rate:.0} MB/s; MB from each: {}", shares.join(", "));
+    println!("peak RSS: A {a_rss:.1} MiB, B {b_rss:.1} MiB, C {c_rss:.1} MiB (target < 128)");
     let _ = std::fs::remove_dir_all(&dir);
 }
