@@ -221,16 +221,26 @@ impl crate::dag::BlockSource for Fetching {
     fn fetch<'a>(&'a self, cid: &'a Cid) -> futures_util::future::BoxFuture<'a, crate::dag::Result<Option<(Bytes, crate::exposure::Admission)>>> {
         Box::pin(async move {
             let Some(bytes) = Self::get(&self.reg, &self.session, &self.owner, cid).await? else { return Ok(None) };
-            if cid.codec() == crate::unixfs::DAG_PB {
+            if cid.codec() == crate::unixfs::DAG_PB && self.owner.is_some() {
                 if let Ok(node) = crate::unixfs::decode_node(&bytes) {
+                    // The missing links, asked for together (one message per peer), kept as
+                    // they come.
+                    let mut asked = Vec::new();
                     for link in node.links {
                         if crate::dag::well_known(&link.cid).is_some() || self.reg.has_block(&link.cid).await.unwrap_or(true) {
                             continue;
                         }
                         let Ok(permit) = self.prefetch.clone().try_acquire_owned() else { break };
-                        let (reg, session, owner) = (self.reg.clone(), self.session.clone(), self.owner.clone());
+                        asked.push((link.cid, self.session.ask(link.cid), permit));
+                    }
+                    for (cid, answer, permit) in asked {
+                        let (reg, owner) = (self.reg.clone(), self.owner.clone());
                         tokio::spawn(async move {
-                            let _ = Self::get(&reg, &session, &owner, &link.cid).await;
+                            if let (Ok(Ok(bytes)), Some(owner)) = (answer.await, owner) {
+                                if let Err(e) = reg.store_blocks(vec![(cid, bytes.to_vec())], owner).await {
+                                    tracing::warn!(%cid, error = %e, "a fetched block was not kept");
+                                }
+                            }
                             drop(permit);
                         });
                     }

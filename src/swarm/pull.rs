@@ -18,7 +18,7 @@ use cid::Cid;
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 /// Bytes of leaves wanted ahead of the one the reader waits for.
 pub const WINDOW: u64 = 24 << 20;
@@ -87,16 +87,8 @@ fn hint(node: NodeRecord) -> Option<(PeerId, Vec<Multiaddr>)> {
 struct Part {
     cid: Cid,
     size: Option<u64>,
-    fetch: Option<JoinHandle<Result<Bytes, SwarmError>>>,
-}
-
-impl Drop for Part {
-    fn drop(&mut self) {
-        // A pull given up (its reader gone, or failed) stops wanting what it asked ahead for.
-        if let Some(fetch) = &self.fetch {
-            fetch.abort();
-        }
-    }
+    /// Its answer, once asked for (dropped: the want is withdrawn).
+    fetch: Option<oneshot::Receiver<Result<Bytes, SwarmError>>>,
 }
 
 impl Part {
@@ -111,22 +103,27 @@ pub fn file_bytes(session: Session, root: Cid, limit: u64) -> impl futures_util:
     let parts = VecDeque::from([Part { cid: root, size: None, fetch: None }]);
     futures_util::stream::unfold((session, parts, 0u64), move |(session, mut parts, mut sent)| async move {
         loop {
-            // Start the fetches the window allows, in file order.
+            // Ask for what the window allows, in file order, once it is half empty: wants go in
+            // batches, so peers answer with few streams (a burst of reply streams loses some).
             let mut ahead: u64 = parts.iter().filter(|p| p.fetch.is_some()).map(Part::cost).sum();
-            for part in parts.iter_mut().filter(|p| p.fetch.is_none()) {
-                if ahead > 0 && ahead + part.cost() > WINDOW {
-                    break;
+            if ahead <= WINDOW / 2 {
+                for part in parts.iter_mut().filter(|p| p.fetch.is_none()) {
+                    if ahead > 0 && ahead + part.cost() > WINDOW {
+                        break;
+                    }
+                    ahead += part.cost();
+                    part.fetch = Some(session.ask(part.cid));
                 }
-                ahead += part.cost();
-                let (session, cid) = (session.clone(), part.cid);
-                part.fetch = Some(tokio::spawn(async move { session.get(cid).await }));
+            }
+            if let Some(front) = parts.front_mut().filter(|p| p.fetch.is_none()) {
+                front.fetch = Some(session.ask(front.cid));
             }
             let mut part = parts.pop_front()?;
             let fail = |e: String| Some((Err(std::io::Error::other(e)), (session.clone(), VecDeque::new(), u64::MAX)));
-            let bytes = match part.fetch.take().expect("the window starts the first part").await {
+            let bytes = match part.fetch.take().expect("the front part was asked for").await {
                 Ok(Ok(bytes)) => bytes,
                 Ok(Err(e)) => return fail(e.to_string()),
-                Err(e) => return fail(e.to_string()),
+                Err(_) => return fail(SwarmError::Stopped.to_string()),
             };
             let node = match dag::decode(&part.cid, bytes) {
                 Ok(node) => node,

@@ -46,9 +46,15 @@ impl Session {
 
     /// Block `cid`, verified.
     pub async fn get(&self, cid: Cid) -> Result<Bytes, SwarmError> {
+        self.ask(cid).await.map_err(|_| SwarmError::Stopped)?
+    }
+
+    /// Asks for block `cid` at once; the answer comes on the receiver. Asks made together are
+    /// sent together (one message per peer). Dropping the receiver withdraws the want.
+    pub fn ask(&self, cid: Cid) -> oneshot::Receiver<Result<Bytes, SwarmError>> {
         let (tx, rx) = oneshot::channel();
-        self.asks.send((cid, tx)).map_err(|_| SwarmError::Stopped)?;
-        rx.await.map_err(|_| SwarmError::Stopped)?
+        let _ = self.asks.send((cid, tx));
+        rx
     }
 }
 
@@ -171,13 +177,14 @@ impl Task {
         }
     }
 
-    /// Wants whose peer stayed silent go to another; wants too old end.
+    /// Wants whose peer stayed silent go to another; wants too old, or nobody waits for any
+    /// more, end.
     fn expire(&mut self) {
         let now = Instant::now();
         let mut dead = Vec::new();
         let mut silent = Vec::new();
         for (cid, w) in &self.wants {
-            if now.duration_since(w.since) >= FETCH_TIMEOUT {
+            if now.duration_since(w.since) >= FETCH_TIMEOUT || w.waiters.iter().all(|r| r.is_closed()) {
                 dead.push(*cid);
             } else if let Some((peer, at)) = w.asked {
                 if now.duration_since(at) >= REWANT {
