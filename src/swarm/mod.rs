@@ -25,6 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/kad/1.0.0");
 /// Kubo's Kademlia messages reach 4 MiB; rust-libp2p's default is 16 KiB.
 const KAD_MAX_PACKET: usize = 4 << 20;
+/// Roots this node may provide on the DHT at once (every public blob root and image CID).
+const MAX_PROVIDED: usize = 1 << 18;
 /// How long an idle connection stays open (Kubo keeps peers around; Bitswap needs them).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -221,7 +223,10 @@ fn build(seed: [u8; 32], policy: Arc<Policy>, config: &SwarmConfig) -> Result<Bu
             kad_config.set_max_packet_size(KAD_MAX_PACKET);
             // Strangers' records are not stored for them: the store holds what this node provides.
             kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
-            let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+            // The store holds only this node's own provider records (strangers' are filtered
+            // above), so its caps are what this node may provide: far past libp2p's 1024.
+            let store_config = kad::store::MemoryStoreConfig { max_records: MAX_PROVIDED, max_provided_keys: MAX_PROVIDED, ..Default::default() };
+            let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::with_config(peer_id, store_config), kad_config);
             kad.set_mode(Some(kad::Mode::Server));
             let agent = format!("af-registry/{}", env!("CARGO_PKG_VERSION"));
             Behaviour {
