@@ -57,8 +57,10 @@ impl KuboDaemon {
 
 fn rpc(node: &Node, call: &str) -> serde_json::Value {
     let r = client().post(format!("http://{}/api/v0/{call}", node.rpc)).send().unwrap();
-    assert!(r.status().is_success(), "{call}: {}", r.status());
-    r.json().unwrap()
+    let status = r.status();
+    let body = r.text().unwrap();
+    assert!(status.is_success(), "{call}: {status}: {body}");
+    serde_json::from_str(&body).unwrap()
 }
 
 fn layer(seed: u64, len: usize) -> Vec<u8> {
@@ -442,6 +444,19 @@ fn loopback_addr(node: &Node) -> String {
     id["Addresses"].as_array().unwrap().iter().filter_map(|a| a.as_str()).find(|a| a.contains("/tcp/") && a.starts_with("/ip4/127.")).unwrap().to_string()
 }
 
+/// `swarm/connect`, tried again a few times: on two loaded cores a dial can time out.
+fn connect(node: &Node, addr: &str) {
+    for attempt in 0..5 {
+        let r = client().post(format!("http://{}/api/v0/swarm/connect?arg={addr}", node.rpc)).send().unwrap();
+        if r.status().is_success() {
+            return;
+        }
+        eprintln!("swarm/connect {addr}, attempt {attempt}: {}", r.text().unwrap());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("could not connect to {addr}");
+}
+
 fn import(node: &Node, cid: &str, repo: &str) -> reqwest::blocking::Response {
     client().post(format!("http://{}/api/v0/registry/import?arg={cid}&repo={repo}", node.rpc)).send().unwrap()
 }
@@ -501,7 +516,7 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
     let _ = b_id;
 
     // B imports the public image by CID and serves it, fetching its layers from A.
-    rpc(&b, &format!("swarm/connect?arg={a_addr}"));
+    connect(&b, &a_addr);
     let r = import(&b, &open, "mirror/open");
     assert!(r.status().is_success(), "{}", r.text().unwrap());
     let back = tmp.path().join("back");
@@ -518,7 +533,7 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
     assert!(!r.status().is_success(), "a private block reached an untrusted node");
 
     // The trusted node gets it whole.
-    rpc(&trusted, &format!("swarm/connect?arg={a_addr}"));
+    connect(&trusted, &a_addr);
     let r = import(&trusted, &closed, "mirror/closed");
     assert!(r.status().is_success(), "{}", r.text().unwrap());
     let back = tmp.path().join("trusted");
