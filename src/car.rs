@@ -562,33 +562,21 @@ pub async fn import<R: Read + Send + 'static>(
     let car_root = staged.root;
     let staged = Layout { reader: Reader::over(StagedBlocks(Arc::new(staged))), root: car_root };
     let plan = plan(&staged, repo_override, true).await?;
-    let repo = plan.repository.as_str();
-    let mut summary = ImportSummary {
-        repository: plan.repository.clone(),
-        car_root,
-        blobs: plan.blobs.len(),
-        new_blobs: 0,
-        manifests: plan.manifests.len(),
-        tags: Vec::new(),
-    };
-    for (digest, (cid, _)) in &plan.blobs {
-        // Present already, here or in another repository: linked, not copied.
-        if reg.blob_info(repo, digest).await?.is_some() || reg.mount(repo, None, digest).await?.is_some() {
-            continue;
-        }
-        reg.put_blob(repo, digest, "import", Box::pin(dag::file_stream(staged.reader(), *cid, 0, u64::MAX))).await?;
-        summary.new_blobs += 1;
-    }
-    store_manifests(reg, &plan, &mut summary).await?;
-    Ok(summary)
+    store(reg, plan, car_root, Some(staged.reader())).await
 }
 
 /// Imports the image layout at `root` as `reader` finds it (from peers): its manifests, tags
 /// and the blobs they name. The blobs are recorded by their root and size, not fetched: a pull
 /// fetches each from peers when first read and checks its digest then (`Registry::open_blob`).
 pub async fn import_dag(reg: &Registry, reader: Arc<Reader>, root: Cid, repo_override: Option<String>) -> Result<ImportSummary> {
-    let layout = Layout { reader, root };
-    let plan = plan(&layout, repo_override, false).await?;
+    let plan = plan(&Layout { reader, root }, repo_override, false).await?;
+    store(reg, plan, root, None).await
+}
+
+/// Stores what `plan` found: each blob not here yet copied from `blobs` (through the upload
+/// path, so its DAG is this node's) or, without a reader, recorded by its root; then the
+/// manifests and tags, children first.
+async fn store(reg: &Registry, plan: Plan, root: Cid, blobs: Option<Arc<Reader>>) -> Result<ImportSummary> {
     let repo = plan.repository.as_str();
     let mut summary = ImportSummary {
         repository: plan.repository.clone(),
@@ -599,10 +587,14 @@ pub async fn import_dag(reg: &Registry, reader: Arc<Reader>, root: Cid, repo_ove
         tags: Vec::new(),
     };
     for (digest, (cid, size)) in &plan.blobs {
+        // Present already, here or in another repository: linked, not copied.
         if reg.blob_info(repo, digest).await?.is_some() || reg.mount(repo, None, digest).await?.is_some() {
             continue;
         }
-        reg.adopt_blob(repo, digest, *size, cid).await?;
+        match &blobs {
+            Some(reader) => reg.put_blob(repo, digest, "import", Box::pin(dag::file_stream(reader.clone(), *cid, 0, u64::MAX))).await.map(drop)?,
+            None => reg.adopt_blob(repo, digest, *size, cid).await?,
+        }
         summary.new_blobs += 1;
     }
     store_manifests(reg, &plan, &mut summary).await?;

@@ -461,6 +461,14 @@ fn import(node: &Node, cid: &str, repo: &str) -> reqwest::blocking::Response {
     client().post(format!("http://{}/api/v0/registry/import?arg={cid}&repo={repo}", node.rpc)).send().unwrap()
 }
 
+/// skopeo pulls `repo:t` from `node` into `into`: the same blobs as `layout`.
+fn pull_same_image(node: &Node, repo: &str, layout: &std::path::Path, into: &std::path::Path) {
+    use common::images::*;
+    let out = skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{}/{repo}:t", node.host())).arg(format!("oci:{}:t", into.display())).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), node.log_text());
+    assert_same_blobs(layout, into, "t");
+}
+
 /// Several of our nodes, each on its own loopback address: A holds an image in a public and in
 /// a private repository. B (its own SQLite database) imports the public one by its image CID and
 /// serves it to skopeo, fetching the layers from A over Bitswap as they are pulled; B never
@@ -486,7 +494,6 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
     // A peer sending corrupted blocks: B wants from it, it answers with bytes that do not hash
     // to what was wanted; B drops it.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let b_id = rpc(&b, "id")["ID"].as_str().unwrap().to_string();
     let evil = rt.block_on(RawPeer::connect(&loopback_addr(&b)));
     let wanted = open.clone();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -513,16 +520,12 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
     let peers = rpc(&b, "swarm/peers");
     assert!(peers["Peers"].as_array().unwrap().is_empty(), "the corrupting peer is still connected: {peers}");
     assert_eq!(rpc(&b, "bitswap/stat")["BlocksReceived"], 0);
-    let _ = b_id;
 
     // B imports the public image by CID and serves it, fetching its layers from A.
     connect(&b, &a_addr);
     let r = import(&b, &open, "mirror/open");
     assert!(r.status().is_success(), "{}", r.text().unwrap());
-    let back = tmp.path().join("back");
-    let out = skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{}/mirror/open:t", b.host())).arg(format!("oci:{}:t", back.display())).output().unwrap();
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), b.log_text());
-    assert_same_blobs(&layout, &back, "t");
+    pull_same_image(&b, "mirror/open", &layout, &tmp.path().join("back"));
     assert!(b.log_text().contains("pulled a blob from peers"));
 
     // The private image: B (untrusted) gets none of it, not even its manifests.
@@ -536,8 +539,5 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
     connect(&trusted, &a_addr);
     let r = import(&trusted, &closed, "mirror/closed");
     assert!(r.status().is_success(), "{}", r.text().unwrap());
-    let back = tmp.path().join("trusted");
-    let out = skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{}/mirror/closed:t", trusted.host())).arg(format!("oci:{}:t", back.display())).output().unwrap();
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), trusted.log_text());
-    assert_same_blobs(&layout, &back, "t");
+    pull_same_image(&trusted, "mirror/closed", &layout, &tmp.path().join("trusted"));
 }

@@ -176,7 +176,8 @@ impl Server {
         let mut batch_bytes = 0;
         let _sending = if blocks.is_empty() { None } else { Some(self.sending.acquire().await.map_err(|e| e.to_string())?) };
         for cid in blocks {
-            // Looked at again: it may have gone, or turned private, since the first pass.
+            // Looked up again rather than keeping the first pass's location: an inline block's
+            // location holds its bytes, and a message may want 1024 of them.
             let Some(data) = self.block(&cid, &audience).await.map_err(|e| e.to_string())? else {
                 if *protocol == BITSWAP_120 {
                     batch.block_presences.push(BlockPresence { cid: cid.to_bytes(), r#type: PresenceType::DontHave as i32 });

@@ -138,12 +138,6 @@ impl Handle {
         self.ask(|tx| Command::FindProviders(cid, n, tx)).await
     }
 
-    /// Block `cid` from peers: the connected ones, or (when none has it) providers found on the
-    /// DHT, dialled. Verified: only bytes that hash to `cid` come back.
-    pub async fn fetch(&self, cid: cid::Cid) -> Result<bytes::Bytes, SwarmError> {
-        session::Session::new(self.clone(), Vec::new()).get(cid).await
-    }
-
     /// Connects to `peer` (at once if it is connected already) at the first of `addrs` that
     /// answers.
     pub async fn dial_any(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> bool {
