@@ -19,6 +19,8 @@ struct Hashes {
 
 struct SessionState {
     hashed: Option<Hashes>,
+    /// Told the file's length after each write, for readers of a blob arriving from peers.
+    progress: Option<crate::storage::Written>,
 }
 
 impl SideHasher for CollectingImporter {
@@ -86,7 +88,7 @@ impl Registry {
             .lock()
             .expect("sessions lock")
             .entry(id)
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(SessionState { hashed: None })))
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(SessionState { hashed: None, progress: None })))
             .clone()
     }
 
@@ -156,7 +158,6 @@ impl Registry {
         state: &mut SessionState,
         range: Option<ChunkRange>,
         body: B,
-        progress: Option<crate::storage::Written>,
     ) -> Result<u64> {
         let h = self.current_hash(id, state).await?;
         let offset = h.offset;
@@ -166,7 +167,7 @@ impl Registry {
                 return Err(RegistryError::ChunkOutOfOrder { start: r.start, offset });
             }
         }
-        let out = append_stream(&self.blobs, id, offset, h.digest, h.dag, body, progress).await?;
+        let out = append_stream(&self.blobs, id, offset, h.digest, h.dag, body, state.progress.clone()).await?;
         // The DAG saw every chunk received, the file only those written: keep both only if they
         // agree, otherwise they are rebuilt from the file next time.
         state.hashed = (out.side.consumed() == out.len).then_some(Hashes { offset: out.len, digest: out.hasher, dag: out.side });
@@ -190,7 +191,7 @@ impl Registry {
         self.check_session(repo, id).await?;
         let lock = self.session_lock(id);
         let mut state = lock.lock().await;
-        let len = self.append_locked(id, &mut state, range, body, None).await?;
+        let len = self.append_locked(id, &mut state, range, body).await?;
         self.meta.touch_upload(id).await?;
         Ok(len)
     }
@@ -205,23 +206,11 @@ impl Registry {
         range: Option<ChunkRange>,
         body: Option<B>,
     ) -> Result<u64> {
-        self.finish_upload_reporting(repo, id, digest, range, body, None).await
-    }
-
-    async fn finish_upload_reporting<B: Body>(
-        &self,
-        repo: &str,
-        id: Uuid,
-        digest: &Digest,
-        range: Option<ChunkRange>,
-        body: Option<B>,
-        progress: Option<crate::storage::Written>,
-    ) -> Result<u64> {
         self.check_session(repo, id).await?;
         let lock = self.session_lock(id);
         let mut state = lock.lock().await;
         if let Some(body) = body {
-            self.append_locked(id, &mut state, range, body, progress).await?;
+            self.append_locked(id, &mut state, range, body).await?;
         }
         let hashes = self.current_hash(id, &mut state).await?;
         let actual = match digest.algorithm() {
@@ -299,7 +288,7 @@ impl Registry {
     /// A whole blob in one request (POST `?digest=` with a body).
     pub async fn put_blob<B: Body>(&self, repo: &str, digest: &Digest, owner: &str, body: B) -> Result<u64> {
         let id = self.start_upload(repo, owner).await?;
-        self.put_blob_reporting(repo, id, digest, body, None).await
+        self.finish_one_shot(repo, id, digest, body).await
     }
 
     /// Records blob `digest` in `repo` by its root CID and size, without its bytes: an image
@@ -324,8 +313,8 @@ impl Registry {
             let file = self.blobs.upload_path(&id);
             progress.send_modify(|p| p.file = Some(file));
             let report = progress.clone();
-            let written: crate::storage::Written = Arc::new(move |n| report.send_modify(|p| p.written = n));
-            self.put_blob_reporting(repo, id, digest, body, Some(written)).await
+            self.session_lock(id).lock().await.progress = Some(Arc::new(move |n| report.send_modify(|p| p.written = n)));
+            self.finish_one_shot(repo, id, digest, body).await
         }
         .await;
         let blob = self.blobs.blob_path(digest);
@@ -338,8 +327,9 @@ impl Registry {
         result
     }
 
-    async fn put_blob_reporting<B: Body>(&self, repo: &str, id: Uuid, digest: &Digest, body: B, progress: Option<crate::storage::Written>) -> Result<u64> {
-        match self.finish_upload_reporting(repo, id, digest, None, Some(body), progress).await {
+    /// Finishes a whole blob sent in one go into upload `id`; a failure leaves no session behind.
+    async fn finish_one_shot<B: Body>(&self, repo: &str, id: Uuid, digest: &Digest, body: B) -> Result<u64> {
+        match self.finish_upload(repo, id, digest, None, Some(body)).await {
             Ok(size) => Ok(size),
             Err(e) => {
                 // A failed one-shot upload leaves no session behind for anyone to resume.

@@ -120,12 +120,7 @@ impl BlobStore {
 
     /// The number of bytes an upload holds, or `None` when it has no data file.
     pub fn upload_len(&self, id: &Uuid) -> Result<Option<u64>, StorageError> {
-        let path = self.upload_path(id);
-        match fs::metadata(&path) {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+        file_len(&self.upload_path(id))
     }
 
     /// Cuts an upload's data file back to `len` bytes (a refused chunk), durably.
@@ -246,16 +241,20 @@ impl BlobStore {
 
     /// The length of a blob's file, or `None` if it is absent.
     pub fn blob_len(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
-        let path = self.blob_path(digest);
-        match fs::metadata(&path) {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+        file_len(&self.blob_path(digest))
     }
 
     pub fn has_blob(&self, digest: &Digest) -> bool {
         self.blob_path(digest).is_file()
+    }
+}
+
+/// The length of the file at `path`, or `None` if there is none.
+fn file_len(path: &Path) -> Result<Option<u64>, StorageError> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(Some(m.len())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
     }
 }
 
