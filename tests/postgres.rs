@@ -191,6 +191,26 @@ fn three_nodes_one_registry() {
     let location = r.headers()["Location"].to_str().unwrap().to_string();
     assert!([a, b, c].iter().any(|n| location == n.url(&format!("/v2/multi/app/blobs/{layer}"))), "{location}");
 
+    // A blob whose recorded root names other bytes (a DAG that is not the digest's): the pull
+    // from peers is cut short at the end and nothing is kept.
+    let (x, y) = (xorshift_bytes(81, 3 << 20), xorshift_bytes(82, 3 << 20));
+    let (x_digest, y_digest) = (push_blob(a, "multi/app", &x), push_blob(a, "multi/app", &y));
+    let y_root = client().head(a.url(&format!("/v2/multi/app/blobs/{y_digest}"))).send().unwrap().headers()["Ipfs-Cid"].to_str().unwrap().to_string();
+    run(Command::new("psql").arg(&url).args(["-qc", &format!("UPDATE blobs SET root_cid = '{y_root}' WHERE digest = '{x_digest}'")]));
+    // Twice: the first fetch kept nothing, so the second fetches (and fails) again.
+    for _ in 0..2 {
+        let r = client().get(c.url(&format!("/v2/multi/app/blobs/{x_digest}"))).send().unwrap();
+        // A 503 if the verdict came before the first bytes went out; otherwise a 200 cut short
+        // (its last bytes wait for the digest).
+        if r.status() != 200 {
+            assert_eq!(r.status(), 503);
+            continue;
+        }
+        let got = r.bytes();
+        assert!(got.is_err(), "a blob whose bytes are not its digest's was served whole: {}\n{}", got.map(|b| sha256(&b)).unwrap_or_default(), c.log_text());
+    }
+    assert!(c.log_text().contains("content digest is"), "{}", c.log_text());
+
     // A layer only A holds; then A goes away.
     let only_a = xorshift_bytes(77, 300_000);
     let only_a_digest = push_blob(a, "multi/app", &only_a);

@@ -1,8 +1,8 @@
 //! A blob being fetched from elsewhere, readable while it arrives: the fetch appends verified
 //! bytes to an upload file (see `Registry::receive_blob`) and reports how far it got; each reader
 //! follows that file at its own pace, so concurrent pulls of one blob share one fetch and no
-//! reader holds more than a window in memory. The digest is checked at the end: a reader past
-//! the last byte gets the verdict, and a mismatch is an error (the HTTP response is cut short,
+//! reader holds more than a window in memory. The digest is checked at the end, and a reader's
+//! last window waits for that verdict: a mismatch is an error (the HTTP response is cut short,
 //! so the client never takes a wrong blob for a whole one).
 
 use bytes::Bytes;
@@ -52,7 +52,9 @@ impl Arriving {
                 return None;
             }
             let want = (at + WINDOW).min(end);
-            let seen = progress.wait_for(|p| p.written >= want || p.end.is_some()).await.map(|p| p.clone());
+            // The range's last bytes wait for the verdict: a response must not end whole before
+            // the digest matched.
+            let seen = progress.wait_for(|p| (p.written >= want && want < end) || p.end.is_some()).await.map(|p| p.clone());
             let p = match seen {
                 Ok(p) => p,
                 Err(_) => return Some((Err(std::io::Error::other("the fetch stopped")), (progress, None, end, end))),
@@ -89,5 +91,41 @@ impl Arriving {
                 Err(e) => Some((Err(e), (progress, None, end, end))),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    /// Every byte written, no verdict yet: the reader holds the last window back; a failed
+    /// verdict makes it an error, so the response never ends whole.
+    #[tokio::test]
+    async fn the_last_window_waits_for_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upload");
+        let data = vec![7u8; (WINDOW * 2 + 10) as usize];
+        std::fs::write(&path, &data).unwrap();
+        for verdict in [Err::<(), Arc<str>>("content digest is wrong".into()), Ok(())] {
+            let (arriving, progress) = Arriving::new();
+            progress.send_modify(|p| (p.file, p.written) = (Some(path.clone()), data.len() as u64));
+            let mut body = Box::pin(arriving.range(0, data.len() as u64));
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                got.extend_from_slice(&body.next().await.unwrap().unwrap());
+            }
+            assert_eq!(got.len() as u64, WINDOW * 2);
+            let last = tokio::time::timeout(std::time::Duration::from_millis(200), body.next()).await;
+            assert!(last.is_err(), "the last window went out before the verdict");
+            let ok = verdict.is_ok();
+            progress.send_modify(|p| p.end = Some(verdict));
+            let last = body.next().await.unwrap();
+            assert_eq!(last.is_ok(), ok);
+            if ok {
+                assert_eq!(last.unwrap().len(), 10);
+                assert!(body.next().await.is_none());
+            }
+        }
     }
 }
