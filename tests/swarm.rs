@@ -525,6 +525,20 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
     connect(&b, &a_addr);
     let r = import(&b, &open, "mirror/open");
     assert!(r.status().is_success(), "{}", r.text().unwrap());
+    // Two clients pulling the largest layer at once: one fetch, both served whole.
+    let m: serde_json::Value = client().get(b.url("/v2/mirror/open/manifests/t")).header("Accept", OCI_MANIFEST).send().unwrap().json().unwrap();
+    let largest = m["layers"].as_array().unwrap().iter().max_by_key(|l| l["size"].as_u64()).unwrap()["digest"].as_str().unwrap().to_string();
+    let pulls: Vec<_> = (0..2)
+        .map(|_| {
+            let url = b.url(&format!("/v2/mirror/open/blobs/{largest}"));
+            std::thread::spawn(move || sha256(&client().get(url).send().unwrap().bytes().unwrap()))
+        })
+        .collect();
+    for pull in pulls {
+        assert_eq!(pull.join().unwrap(), largest);
+    }
+    let fetches = b.log_text().lines().filter(|l| l.contains("pulling a blob from peers") && l.contains(&largest)).count();
+    assert_eq!(fetches, 1, "{}", b.log_text());
     pull_same_image(&b, "mirror/open", &layout, &tmp.path().join("back"));
     assert!(b.log_text().contains("pulled a blob from peers"));
 
