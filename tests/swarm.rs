@@ -188,10 +188,15 @@ impl RawPeer {
 
     /// Sends raw bytes on a new Bitswap stream.
     async fn send_raw(&mut self, bytes: &[u8]) {
+        self.send_raw_on(af_registry::swarm::bitswap::BITSWAP_120, bytes).await
+    }
+
+    /// Sends raw bytes on a new stream of `protocol`.
+    async fn send_raw_on(&mut self, protocol: libp2p::StreamProtocol, bytes: &[u8]) {
         use futures_util::AsyncWriteExt;
         let mut tries = 0;
         let mut s = loop {
-            match self.control.open_stream(self.node, af_registry::swarm::bitswap::BITSWAP_120).await {
+            match self.control.open_stream(self.node, protocol.clone()).await {
                 Ok(s) => break s,
                 Err(e) if tries < 50 => {
                     tries += 1;
@@ -234,7 +239,7 @@ fn want(cids: impl IntoIterator<Item = Vec<u8>>, kind: af_registry::swarm::messa
 }
 
 /// Hostile Bitswap input (garbage, an 8 MiB length, a truncated message, 10,000 wants, identity
-/// and oversized CIDs): no panic, the peer is dropped, at most 1024 wants are looked at, and the
+/// and oversized CIDs) and hostile Kademlia streams (garbage, an 8 MiB length, truncation): no panic, the peer is dropped, at most 1024 wants are looked at, and the
 /// node goes on serving, this peer once it comes back and everyone else.
 #[test]
 fn hostile_bitswap_input_is_survived_and_bounded() {
@@ -254,6 +259,11 @@ fn hostile_bitswap_input_is_survived_and_bounded() {
         peer.send_raw(&[0x80, 0x80, 0x80, 0x04]).await; // 8 MiB announced, nothing sent
         peer.send_raw(&[100, 1, 2, 3]).await; // 100 announced, 3 sent
         peer.send_raw(&[12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).await; // not protobuf
+        // Kademlia gets the same: garbage, a length past its 4 MiB limit, a truncated message.
+        let kad = af_registry::swarm::KAD_PROTOCOL;
+        peer.send_raw_on(kad.clone(), &[0xff; 64]).await;
+        peer.send_raw_on(kad.clone(), &[0x80, 0x80, 0x80, 0x04]).await;
+        peer.send_raw_on(kad, &[100, 8, 1, 2]).await;
         // Dropped by now; the next stream dials again.
         tokio::time::sleep(Duration::from_millis(500)).await;
         // 10,000 wants of blocks the node lacks, asking for DONT_HAVE: 1024 answered.
