@@ -117,14 +117,18 @@ settings! {
     /// comma-separate) [default: none: only what peers observe].
     #[arg(long, env = "AF_SWARM_ANNOUNCE", value_delimiter = ',')]
     swarm_announce: Vec<MultiaddrText> = Vec::new();
-    /// Never fetch from peers: the operator's RPC reads and pins see only what the node holds
-    /// (the swarm still serves peers) [default: false].
+    /// Never fetch from peers: the operator's RPC reads and pins and blob pulls see only what
+    /// the node holds (the swarm still serves peers) [default: false].
     #[arg(long, env = "AF_OFFLINE", num_args = 0..=1, default_missing_value = "true")]
     offline: bool = false;
     /// A peer to join the DHT through, with /p2p/<peer ID> (repeat, or comma-separate); for the
     /// public IPFS network, its bootstrap list (see the README) [default: none].
     #[arg(long, env = "AF_BOOTSTRAP", value_delimiter = ',')]
     bootstrap: Vec<MultiaddrText> = Vec::new();
+    /// Swarm connections open at once, all peers together (past it, new ones are refused);
+    /// a peer may hold at most 4, and at most 64 may be handshaking at once [default: 512].
+    #[arg(long, env = "AF_MAX_PEERS")]
+    max_peers: u32 = crate::swarm::DEFAULT_MAX_CONNECTIONS;
 }
 
 /// Where the swarm listens unless told otherwise.

@@ -565,3 +565,23 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
     assert!(r.status().is_success(), "{}", r.text().unwrap());
     pull_same_image(&trusted, "mirror/closed", &layout, &tmp.path().join("trusted"));
 }
+
+/// `--max-peers`: a node holds at most that many swarm connections; one more peer is refused,
+/// the ones it holds stay.
+#[test]
+fn a_node_holds_at_most_max_peers_connections() {
+    let x = Node::start_with(&["--max-peers", "2"]);
+    let x_addr = loopback_addr(&x);
+    let others: Vec<Node> = (0..3).map(|_| Node::start()).collect();
+    let ids: Vec<String> = others.iter().map(|n| rpc(n, "id")["ID"].as_str().unwrap().to_string()).collect();
+    for n in &others[..2] {
+        connect(n, &x_addr);
+    }
+    let _ = client().post(format!("http://{}/api/v0/swarm/connect?arg={x_addr}", others[2].rpc)).send().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let peers = rpc(&x, "swarm/peers");
+    let held: Vec<&str> = peers["Peers"].as_array().unwrap().iter().filter_map(|p| p["Peer"].as_str()).collect();
+    assert_eq!(held.len(), 2, "{peers}");
+    assert!(held.contains(&ids[0].as_str()) && held.contains(&ids[1].as_str()), "{peers}");
+    assert!(!held.contains(&ids[2].as_str()));
+}

@@ -159,6 +159,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         listen: config.swarm.iter().map(|a| a.0.clone()).collect(),
         announce: config.swarm_announce.iter().map(|a| a.0.clone()).collect(),
         bootstrap: config.bootstrap.iter().map(|a| a.0.clone()).collect(),
+        max_connections: config.max_peers,
     };
     let swarm = crate::swarm::start(identity.seed, policy.clone(), swarm_config)?;
     if !config.offline {

@@ -47,17 +47,27 @@ pub enum SwarmError {
 }
 
 /// How the swarm listens and whom it knows at start.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SwarmConfig {
     pub listen: Vec<Multiaddr>,
     /// Addresses others reach this node at (what Identify and provider records carry).
     pub announce: Vec<Multiaddr>,
     /// Peers to join the DHT through, each with `/p2p/<peer ID>`.
     pub bootstrap: Vec<Multiaddr>,
+    /// Connections established at once, all peers together.
+    pub max_connections: u32,
 }
+
+/// Connections the swarm holds at once unless configured otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 512;
+/// Connections one peer may hold (a peer dialling both ways, over TCP and QUIC).
+const MAX_PER_PEER: u32 = 4;
+/// Incoming connections in their handshake at once (Noise costs a key exchange each).
+const MAX_PENDING_INCOMING: u32 = 64;
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: libp2p::connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -223,7 +233,12 @@ fn build(seed: [u8; 32], policy: Arc<Policy>, config: &SwarmConfig) -> Result<Bu
             let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::with_config(peer_id, store_config), kad_config);
             kad.set_mode(Some(kad::Mode::Server));
             let agent = format!("af-registry/{}", env!("CARGO_PKG_VERSION"));
+            let limits = libp2p::connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(config.max_connections))
+                .with_max_established_per_peer(Some(MAX_PER_PEER))
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING));
             Behaviour {
+                limits: libp2p::connection_limits::Behaviour::new(limits),
                 identify: identify::Behaviour::new(identify::Config::new("ipfs/0.1.0".into(), key.public()).with_agent_version(agent)),
                 ping: ping::Behaviour::default(),
                 kad,
@@ -266,8 +281,8 @@ async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut inbox: Inbox, config: Swar
     if !config.bootstrap.is_empty() {
         let _ = swarm.behaviour_mut().kad.bootstrap();
     }
-    // Dials waiting for their connection, by peer (or by address when it names none).
-    let mut dialling: HashMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<PeerId, SwarmError>>> = HashMap::new();
+    // Our dials under way: the peer each names (if it does) and who waits for it.
+    let mut dialling: HashMap<libp2p::swarm::ConnectionId, (Option<PeerId>, Vec<Reply<PeerId>>)> = HashMap::new();
     let mut connected: HashMap<PeerId, Multiaddr> = HashMap::new();
     let mut searches: HashMap<kad::QueryId, Search> = HashMap::new();
     loop {
@@ -279,14 +294,24 @@ async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut inbox: Inbox, config: Swar
                 let Some(command) = command else { return };
                 match command {
                     Command::Connect(addr, reply) => {
-                        let opts = libp2p::swarm::dial_opts::DialOpts::unknown_peer_id().address(addr.clone()).build();
-                        let opts = match peer_of(&addr) {
+                        let peer = peer_of(&addr);
+                        // A peer connected already, or being dialled: no second connection (a
+                        // peer may hold only MAX_PER_PEER).
+                        if let Some(p) = peer.filter(|p| connected.contains_key(p)) {
+                            let _ = reply.send(Ok(p));
+                            continue;
+                        }
+                        if let Some((_, waiting)) = dialling.values_mut().find(|(p, _)| p.is_some() && *p == peer) {
+                            waiting.push(reply);
+                            continue;
+                        }
+                        let opts = match peer {
                             Some(peer) => libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(vec![addr]).condition(libp2p::swarm::dial_opts::PeerCondition::Always).build(),
-                            None => opts,
+                            None => libp2p::swarm::dial_opts::DialOpts::unknown_peer_id().address(addr).build(),
                         };
                         let id = opts.connection_id();
                         match swarm.dial(opts) {
-                            Ok(()) => { dialling.insert(id, reply); }
+                            Ok(()) => { dialling.insert(id, (peer, vec![reply])); }
                             Err(e) => { let _ = reply.send(Err(SwarmError::Dial(e.to_string()))); }
                         }
                     }
@@ -319,23 +344,17 @@ async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut inbox: Inbox, config: Swar
                     if inbox.bitswap.wants.is_banned(&peer_id) {
                         tracing::debug!(%peer_id, "closing a connection from a banned peer");
                         let _ = swarm.disconnect_peer_id(peer_id);
-                        if let Some(reply) = dialling.remove(&connection_id) {
-                            let _ = reply.send(Err(SwarmError::Dial(format!("{peer_id} sent wrong blocks and is banned for a while"))));
-                        }
+                        answer(&mut dialling, connection_id, Err(SwarmError::Dial(format!("{peer_id} sent wrong blocks and is banned for a while"))));
                         continue;
                     }
                     connected.insert(peer_id, endpoint.get_remote_address().clone());
-                    if let Some(reply) = dialling.remove(&connection_id) {
-                        let _ = reply.send(Ok(peer_id));
-                    }
+                    answer(&mut dialling, connection_id, Ok(peer_id));
                 }
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                     connected.remove(&peer_id);
                 }
                 SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
-                    if let Some(reply) = dialling.remove(&connection_id) {
-                        let _ = reply.send(Err(SwarmError::Dial(error.to_string())));
-                    }
+                    answer(&mut dialling, connection_id, Err(SwarmError::Dial(error.to_string())));
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result: kad::QueryResult::GetProviders(result), step, .. })) => {
                     let Some(search) = searches.get_mut(&id) else { continue };
@@ -371,6 +390,15 @@ async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut inbox: Inbox, config: Swar
                 _ => {}
             }
         }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, SwarmError>>;
+
+/// Tells everyone waiting for dial `id` how it went.
+fn answer(dialling: &mut HashMap<libp2p::swarm::ConnectionId, (Option<PeerId>, Vec<Reply<PeerId>>)>, id: libp2p::swarm::ConnectionId, result: Result<PeerId, SwarmError>) {
+    for reply in dialling.remove(&id).map(|(_, w)| w).unwrap_or_default() {
+        let _ = reply.send(result.clone());
     }
 }
 
