@@ -87,7 +87,9 @@ fn cid_of_blob(node: &Node, repo: &str, digest: &str) -> String {
 
 #[test]
 fn kubo_fetches_public_layers_over_bitswap_and_never_private_ones() {
-    let node = Node::start_with_env(&[], &[("AF_LOG", "af_registry=debug,info")]);
+    // Announced: a DHT server (a node without an announced or confirmed address is a client).
+    let listen = format!("/ip4/127.0.0.1/tcp/{}", free_addr().port());
+    let node = Node::start_with(&["--swarm", &listen, "--swarm-announce", &listen]);
     let (public, public_digest, public_cid, private_cid) = public_and_private(&node, 1, 3 << 20);
 
     let id = rpc(&node, "id");
@@ -244,7 +246,9 @@ fn want(cids: impl IntoIterator<Item = Vec<u8>>, kind: af_registry::swarm::messa
 #[test]
 fn hostile_bitswap_input_is_survived_and_bounded() {
     use af_registry::swarm::message::{PresenceType, WantType};
-    let node = Node::start();
+    // Announced, so a DHT server whose Kademlia streams the hostile peer can open.
+    let listen = format!("/ip4/127.0.0.1/tcp/{}", free_addr().port());
+    let node = Node::start_with(&["--swarm", &listen, "--swarm-announce", &listen]);
     let data = layer(7, 100_000);
     let digest = push_blob(&node, "team/open", &data);
     let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/open", "public"]).arg("--data-dir").arg(&node.data_dir).output().unwrap();
@@ -572,6 +576,9 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
 fn a_node_holds_at_most_max_peers_connections() {
     let x = Node::start_with(&["--max-peers", "2"]);
     let x_addr = loopback_addr(&x);
+    // Nothing announced and nothing confirmed on loopback: a DHT client, AutoNAT asking.
+    let protocols = rpc(&x, "id")["Protocols"].to_string();
+    assert!(!protocols.contains("/ipfs/kad/1.0.0") && protocols.contains("/libp2p/autonat/1.0.0"), "{protocols}");
     let others: Vec<Node> = (0..3).map(|_| Node::start()).collect();
     let ids: Vec<String> = others.iter().map(|n| rpc(n, "id")["ID"].as_str().unwrap().to_string()).collect();
     for n in &others[..2] {

@@ -156,7 +156,7 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
                 "PublicKey": state.identity.public_key,
                 "Addresses": addresses,
                 "AgentVersion": format!("af-registry/{}", env!("CARGO_PKG_VERSION")),
-                "Protocols": crate::swarm::protocols(),
+                "Protocols": state.swarm.protocols(),
             }))
         }
         "version" => HttpResponse::Ok().json(json!({

@@ -70,6 +70,7 @@ struct Behaviour {
     limits: libp2p::connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
+    autonat: libp2p::autonat::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     stream: libp2p_stream::Behaviour,
 }
@@ -102,13 +103,20 @@ pub struct Handle {
     commands: mpsc::Sender<Command>,
     pub peer_id: PeerId,
     pub bitswap: Arc<bitswap::Server>,
+    /// Whether Kademlia serves the DHT (server mode) right now.
+    dht_server: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Every protocol the swarm serves, as Identify lists them.
-pub fn protocols() -> Vec<String> {
-    let mut out: Vec<String> = bitswap::PROTOCOLS.iter().map(|p| p.to_string()).collect();
-    out.extend(["/ipfs/id/1.0.0", "/ipfs/id/push/1.0.0", "/ipfs/kad/1.0.0", "/ipfs/ping/1.0.0"].map(String::from));
-    out
+impl Handle {
+    /// Every protocol the swarm serves now, as Identify lists them.
+    pub fn protocols(&self) -> Vec<String> {
+        let mut out: Vec<String> = bitswap::PROTOCOLS.iter().map(|p| p.to_string()).collect();
+        out.extend(["/ipfs/id/1.0.0", "/ipfs/id/push/1.0.0", "/ipfs/ping/1.0.0", "/libp2p/autonat/1.0.0"].map(String::from));
+        if self.dht_server.load(std::sync::atomic::Ordering::Relaxed) {
+            out.push(KAD_PROTOCOL.to_string());
+        }
+        out
+    }
 }
 
 impl Handle {
@@ -206,6 +214,8 @@ struct Inbox {
     bad_peers: mpsc::UnboundedReceiver<PeerId>,
     /// Whom Bitswap banned (see `fetch::Wants::ban`): their connections are closed as they open.
     bitswap: Arc<bitswap::Server>,
+    /// Kademlia's mode, for [`Handle::protocols`].
+    dht_server: Arc<std::sync::atomic::AtomicBool>,
 }
 
 type Built = (libp2p::Swarm<Behaviour>, Handle, Inbox);
@@ -231,7 +241,10 @@ fn build(seed: [u8; 32], policy: Arc<Policy>, config: &SwarmConfig) -> Result<Bu
             // above), so its caps are what this node may provide: far past libp2p's 1024.
             let store_config = kad::store::MemoryStoreConfig { max_records: MAX_PROVIDED, max_provided_keys: MAX_PROVIDED, ..Default::default() };
             let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::with_config(peer_id, store_config), kad_config);
-            kad.set_mode(Some(kad::Mode::Server));
+            // A DHT server only where others can reach it: forced by --swarm-announce, otherwise
+            // once an external address is confirmed (AutoNAT's dial-backs). A node behind a NAT
+            // stays a client, as Kubo's does, and does not poison others' routing tables.
+            kad.set_mode(if config.announce.is_empty() { None } else { Some(kad::Mode::Server) });
             let agent = format!("af-registry/{}", env!("CARGO_PKG_VERSION"));
             let limits = libp2p::connection_limits::ConnectionLimits::default()
                 .with_max_established(Some(config.max_connections))
@@ -241,6 +254,7 @@ fn build(seed: [u8; 32], policy: Arc<Policy>, config: &SwarmConfig) -> Result<Bu
                 limits: libp2p::connection_limits::Behaviour::new(limits),
                 identify: identify::Behaviour::new(identify::Config::new("ipfs/0.1.0".into(), key.public()).with_agent_version(agent)),
                 ping: ping::Behaviour::default(),
+                autonat: libp2p::autonat::Behaviour::new(peer_id, libp2p::autonat::Config::default()),
                 kad,
                 stream: libp2p_stream::Behaviour::new(),
             }
@@ -257,8 +271,9 @@ fn build(seed: [u8; 32], policy: Arc<Policy>, config: &SwarmConfig) -> Result<Bu
     let (misbehaving, bad_peers) = mpsc::unbounded_channel();
     let bitswap = bitswap::Server::spawn(policy, swarm.behaviour().stream.new_control(), misbehaving);
     let (tx, rx) = mpsc::channel(64);
-    let handle = Handle { commands: tx, peer_id: *swarm.local_peer_id(), bitswap: bitswap.clone() };
-    Ok((swarm, handle, Inbox { commands: rx, bad_peers, bitswap }))
+    let dht_server = Arc::new(std::sync::atomic::AtomicBool::new(!config.announce.is_empty()));
+    let handle = Handle { commands: tx, peer_id: *swarm.local_peer_id(), bitswap: bitswap.clone(), dht_server: dht_server.clone() };
+    Ok((swarm, handle, Inbox { commands: rx, bad_peers, bitswap, dht_server }))
 }
 
 /// The peer ID an address names with its last `/p2p/` component.
@@ -378,6 +393,13 @@ async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut inbox: Inbox, config: Swar
                             let _ = search.reply.send(search.found);
                         }
                     }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::ModeChanged { new_mode })) => {
+                    tracing::info!(mode = %new_mode, "DHT mode");
+                    inbox.dht_server.store(new_mode == kad::Mode::Server, std::sync::atomic::Ordering::Relaxed);
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Autonat(libp2p::autonat::Event::StatusChanged { new, .. })) => {
+                    tracing::info!(status = ?new, "reachability");
                 }
                 // What a peer says it listens on feeds the routing table, if it serves the DHT.
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
