@@ -193,6 +193,18 @@ impl Exposure {
         self.policy.judge(cid, owner).await
     }
 
+    /// May `cid`, which this node lacks, be fetched from elsewhere for this request's audience?
+    /// Only what the registry knows as this audience's: everything for those who see all; else
+    /// a block a public DAG read in this request links to, or the root of a public blob or
+    /// image (say, a blob a node on the same database holds, or one of an image imported by
+    /// CID). Never an arbitrary CID: the node is no open proxy to the network.
+    pub async fn admit_absent(&self, cid: &Cid) -> Result<Admission> {
+        if self.sees_all || self.vouched.lock().expect("vouched lock").contains(cid) {
+            return Ok(Admission::Vouching);
+        }
+        Ok(if self.policy.reg.root_is_public(&cid.to_string()).await? { Admission::Vouching } else { Admission::Refused })
+    }
+
     /// Remembers that `links` (of a block admitted as `Vouching`) are the same content.
     pub fn vouch(&self, links: impl IntoIterator<Item = Cid>) {
         if self.sees_all {

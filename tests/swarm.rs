@@ -553,6 +553,20 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
     }
     let fetches = b.log_text().lines().filter(|l| l.contains("pulling a blob from peers") && l.contains(&largest)).count();
     assert_eq!(fetches, 1, "{}", b.log_text());
+    // B's gateway fetches public content B knows but lacks (the config blob, not pulled yet)
+    // from peers, once B made its copy public; never anything else, nor a CID B does not know.
+    let config = m["config"]["digest"].as_str().unwrap().to_string();
+    let config_root = cid_of_blob(&b, "mirror/open", &config);
+    assert_eq!(client().get(b.gateway_url(&format!("/ipfs/{config_root}"))).send().unwrap().status(), 404, "private on B until made public");
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "mirror/open", "public"]).arg("--data-dir").arg(&b.data_dir).output().unwrap();
+    assert!(out.status.success());
+    let r = client().get(b.gateway_url(&format!("/ipfs/{config_root}"))).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(sha256(&r.bytes().unwrap()), config);
+    for cid in [closed.as_str(), &af_registry::unixfs::cid_v1(af_registry::unixfs::RAW, &[5u8; 32]).to_string()] {
+        let r = client().get(b.gateway_url(&format!("/ipfs/{cid}"))).timeout(Duration::from_secs(20)).send().unwrap();
+        assert_ne!(r.status(), 200, "{cid}");
+    }
     pull_same_image(&b, "mirror/open", &layout, &tmp.path().join("back"));
     assert!(b.log_text().contains("pulled a blob from peers"));
 

@@ -74,16 +74,31 @@ pub trait BlockSource: Send + Sync + 'static {
     fn vouch(&self, links: Vec<Cid>);
 }
 
-/// The node's block store, each block admitted by one request's exposure.
+/// Where a reader of the store gets a block the node lacks (peers, through the swarm): bytes
+/// verified against `cid` on their way in, or None.
+pub trait Elsewhere: Send + Sync + 'static {
+    fn get<'a>(&'a self, cid: &'a Cid) -> futures_util::future::BoxFuture<'a, Option<Bytes>>;
+}
+
+/// The node's block store, each block admitted by one request's exposure; a block it lacks
+/// comes from `elsewhere`, if there is one and the exposure admits it (`Exposure::admit_absent`).
 struct Store {
     reg: Arc<Registry>,
     exposure: Exposure,
+    elsewhere: Option<Box<dyn Elsewhere>>,
 }
 
 impl BlockSource for Store {
     fn fetch<'a>(&'a self, cid: &'a Cid) -> futures_util::future::BoxFuture<'a, Result<Option<(Bytes, Admission)>>> {
         Box::pin(async move {
-            let Some((location, owner)) = self.reg.locate_block(cid).await? else { return Ok(None) };
+            let Some((location, owner)) = self.reg.locate_block(cid).await? else {
+                let Some(elsewhere) = &self.elsewhere else { return Ok(None) };
+                let admission = self.exposure.admit_absent(cid).await?;
+                if admission == Admission::Refused {
+                    return Ok(None);
+                }
+                return Ok(elsewhere.get(cid).await.map(|bytes| (bytes, admission)));
+            };
             let admission = self.exposure.admit(cid, &owner).await?;
             if admission == Admission::Refused {
                 return Ok(None);
@@ -130,7 +145,15 @@ impl Reader {
     /// A reader of the node's block store for `audience`.
     pub fn new(policy: &Arc<Policy>, audience: Audience) -> Arc<Reader> {
         let exposure = Exposure::new(policy.clone(), audience);
-        Self::over(Store { reg: policy.registry().clone(), exposure })
+        Self::over(Store { reg: policy.registry().clone(), exposure, elsewhere: None })
+    }
+
+    /// A reader of the node's block store for `audience` that gets what the node lacks from
+    /// `elsewhere`, as far as the exposure lets it (content the registry knows as this
+    /// audience's). Nothing it gets is kept.
+    pub fn fetching(policy: &Arc<Policy>, audience: Audience, elsewhere: impl Elsewhere) -> Arc<Reader> {
+        let exposure = Exposure::new(policy.clone(), audience);
+        Self::over(Store { reg: policy.registry().clone(), exposure, elsewhere: Some(Box::new(elsewhere)) })
     }
 
     /// A reader of another block source.

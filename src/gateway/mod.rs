@@ -27,14 +27,17 @@ const IMMUTABLE: &str = "public, max-age=29030400, immutable";
 pub const RAW_TYPE: &str = "application/vnd.ipld.raw";
 pub const CAR_TYPE: &str = "application/vnd.ipld.car";
 
-pub fn configure(policy: Arc<Policy>) -> impl FnOnce(&mut web::ServiceConfig) {
+/// Installs the gateway. With `swarm`, public content the registry knows but the node lacks
+/// is fetched from peers for the request (see `Exposure::admit_absent`); without (`--offline`),
+/// only what the node holds is served.
+pub fn configure(policy: Arc<Policy>, swarm: Option<crate::swarm::Handle>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         // One service matched by prefix by hand: a `{tail:.*}` route is a regex run on every
         // request, a tenth of a raw block GET's time.
-        cfg.app_data(web::Data::from(policy)).default_service(web::to(|req: HttpRequest, policy: web::Data<Policy>| async move {
+        cfg.app_data(web::Data::from(policy)).app_data(web::Data::new(swarm)).default_service(web::to(|req: HttpRequest, policy: web::Data<Policy>, swarm: web::Data<Option<crate::swarm::Handle>>| async move {
             let method = req.method();
             if req.path().starts_with("/ipfs/") && (method == actix_web::http::Method::GET || method == actix_web::http::Method::HEAD) {
-                handle(req, policy).await
+                handle(req, policy, swarm.get_ref().clone()).await
             } else {
                 text(StatusCode::NOT_FOUND, "404 page not found")
             }
@@ -98,7 +101,7 @@ fn dag_error(e: DagError) -> HttpResponse {
     }
 }
 
-async fn handle(req: HttpRequest, policy: web::Data<Policy>) -> HttpResponse {
+async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate::swarm::Handle>) -> HttpResponse {
     let tail = req.path()["/ipfs/".len()..].to_string();
     let (cid_text, rest) = tail.split_once('/').map(|(a, b)| (a, Some(b))).unwrap_or((tail.as_str(), None));
     let Ok(root) = Cid::try_from(cid_text) else {
@@ -116,7 +119,10 @@ async fn handle(req: HttpRequest, policy: web::Data<Policy>) -> HttpResponse {
         Err(resp) => return resp,
     };
     let policy = policy.into_inner();
-    let reader = Reader::new(&policy, Audience::Anyone);
+    let reader = match swarm {
+        Some(swarm) => Reader::fetching(&policy, Audience::Anyone, crate::swarm::fetch::OnDemand::new(swarm)),
+        None => Reader::new(&policy, Audience::Anyone),
+    };
     let (chain, proof) = match reader.resolve_with_proof(root, &segments).await {
         Ok(c) => c,
         Err(e) => return dag_error(e),

@@ -166,6 +166,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         registry.set_remote(crate::swarm::pull::Pulls::new(&registry, swarm.clone()));
     }
     tasks::spawn_heartbeat(registry.clone(), api_url, swarm.clone());
+    let gateway_swarm = (!config.offline).then(|| swarm.clone());
     let rpc_state = Arc::new(crate::rpc::RpcState {
         registry: registry.clone(),
         policy: policy.clone(),
@@ -187,7 +188,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     for addr in server.addrs() {
         tracing::info!(%addr, data_dir = %config.data_dir.display(), "OCI Distribution API listening");
     }
-    let gateway = actix_web::HttpServer::new(move || actix_web::App::new().configure(crate::gateway::configure(policy.clone())))
+    let gateway = actix_web::HttpServer::new(move || actix_web::App::new().configure(crate::gateway::configure(policy.clone(), gateway_swarm.clone())))
         .bind(config.gateway)
         .map_err(|source| ServeError::Bind { addr: config.gateway.to_string(), source })?;
     for addr in gateway.addrs() {

@@ -256,3 +256,26 @@ impl crate::dag::BlockSource for Fetching {
 
     fn vouch(&self, _links: Vec<Cid>) {}
 }
+
+/// Blocks from peers for a reader of the store (`dag::Reader::fetching`): the session is opened
+/// only when the first missing block is asked for, so requests the node answers itself cost the
+/// swarm nothing.
+pub struct OnDemand {
+    swarm: super::Handle,
+    session: tokio::sync::OnceCell<super::session::Session>,
+}
+
+impl OnDemand {
+    pub fn new(swarm: super::Handle) -> Self {
+        OnDemand { swarm, session: tokio::sync::OnceCell::new() }
+    }
+}
+
+impl crate::dag::Elsewhere for OnDemand {
+    fn get<'a>(&'a self, cid: &'a Cid) -> futures_util::future::BoxFuture<'a, Option<Bytes>> {
+        Box::pin(async move {
+            let session = self.session.get_or_init(|| async { super::session::Session::new(self.swarm.clone(), Vec::new()) }).await;
+            session.get(*cid).await.ok()
+        })
+    }
+}
