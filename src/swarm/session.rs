@@ -24,6 +24,8 @@ use tokio::time::Instant;
 pub const REWANT: Duration = Duration::from_secs(2);
 /// How long a want waits in all.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Other peers asked want-have for a block, besides the one asked for it.
+const PROBES: usize = 2;
 /// Providers asked of the DHT when no known peer has a block.
 const PROVIDERS: usize = 8;
 
@@ -63,6 +65,8 @@ struct Want {
     /// The peer asked last, and when.
     asked: Option<(PeerId, Instant)>,
     refused: HashSet<PeerId>,
+    /// Peers that said HAVE: asked first when the want moves on.
+    has: HashSet<PeerId>,
     since: Instant,
     /// A DHT search for providers was made for it; `searching` while it runs.
     searched: bool,
@@ -139,7 +143,7 @@ impl Task {
         }
         self.swarm.bitswap.wants.want(&self.inbox, cid);
         let now = Instant::now();
-        self.wants.insert(cid, Want { waiters: vec![reply], asked: None, refused: HashSet::new(), since: now, searched: false, searching: false });
+        self.wants.insert(cid, Want { waiters: vec![reply], asked: None, refused: HashSet::new(), has: HashSet::new(), since: now, searched: false, searching: false });
     }
 
     fn settle(&mut self, cid: &Cid, result: Result<Bytes, SwarmError>) {
@@ -173,7 +177,11 @@ impl Task {
                     }
                 }
             }
-            News::Have { .. } => {}
+            News::Have { cid, from } => {
+                if let Some(w) = self.wants.get_mut(&cid) {
+                    w.has.insert(from);
+                }
+            }
         }
     }
 
@@ -209,17 +217,26 @@ impl Task {
         }
     }
 
-    /// Sends every unasked want to the least loaded peer that has not refused it, one message
-    /// per peer; a want every peer refused looks for providers, then fails.
+    /// Sends every unasked want as want-block to one peer that has not refused it (one that
+    /// said HAVE first, then the least loaded) and, the first time, as want-have to up to
+    /// [`PROBES`] others, so the want knows where to go next; one message per peer and kind. A
+    /// want every peer refused looks for providers, then fails.
     fn dispatch(&mut self) {
         let wants = &self.swarm.bitswap.wants;
         self.peers.retain(|p| !wants.is_banned(p));
         let mut outbox: HashMap<PeerId, Vec<Cid>> = HashMap::new();
+        let mut probes: HashMap<PeerId, Vec<Cid>> = HashMap::new();
         let mut unanswerable = Vec::new();
         for (cid, w) in self.wants.iter_mut().filter(|(_, w)| w.asked.is_none() && !w.searching) {
-            let choice = self.peers.iter().filter(|p| !w.refused.contains(p)).min_by_key(|p| self.load.get(p).copied().unwrap_or(0)).copied();
+            let open = || self.peers.iter().filter(|p| !w.refused.contains(p));
+            let choice = open().min_by_key(|p| (!w.has.contains(p), self.load.get(p).copied().unwrap_or(0))).copied();
             match choice {
                 Some(peer) => {
+                    if w.refused.is_empty() && w.has.is_empty() {
+                        for other in open().filter(|p| **p != peer).take(PROBES) {
+                            probes.entry(*other).or_default().push(*cid);
+                        }
+                    }
                     w.asked = Some((peer, Instant::now()));
                     *self.load.entry(peer).or_default() += 1;
                     outbox.entry(peer).or_default().push(*cid);
@@ -245,10 +262,11 @@ impl Task {
         for cid in unanswerable {
             self.settle(&cid, Err(SwarmError::NotFound(cid.to_string())));
         }
-        for (peer, cids) in outbox {
+        let messages = outbox.into_iter().map(|(p, c)| (p, c, WantType::Block)).chain(probes.into_iter().map(|(p, c)| (p, c, WantType::Have)));
+        for (peer, cids, kind) in messages {
             let control = self.swarm.bitswap.control();
             tokio::spawn(async move {
-                if let Err(e) = super::fetch::send_wants(control, peer, &cids, WantType::Block).await {
+                if let Err(e) = super::fetch::send_wants(control, peer, &cids, kind).await {
                     tracing::debug!(%peer, wants = cids.len(), error = %e, "wants not sent");
                 }
             });
