@@ -157,7 +157,8 @@ fn kubo_fetches_public_layers_over_bitswap_and_never_private_ones() {
 /// A libp2p peer of the test's own, speaking raw Bitswap to the node.
 struct RawPeer {
     control: libp2p_stream::Control,
-    replies: libp2p_stream::IncomingStreams,
+    /// Every message the node sent, on whichever stream (it keeps one open while it talks).
+    messages: tokio::sync::mpsc::UnboundedReceiver<af_registry::swarm::message::Message>,
     node: libp2p::PeerId,
 }
 
@@ -175,7 +176,18 @@ impl RawPeer {
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
             .build();
         let mut control = swarm.behaviour().new_control();
-        let replies = control.accept(af_registry::swarm::bitswap::BITSWAP_120).unwrap();
+        let mut incoming = control.accept(af_registry::swarm::bitswap::BITSWAP_120).unwrap();
+        let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some((_, mut stream)) = incoming.next().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while let Ok(Some(m)) = af_registry::swarm::message::read(&mut stream).await {
+                        let _ = tx.send(m);
+                    }
+                });
+            }
+        });
         // Connected at once, and again whenever the node drops us.
         swarm.dial(addr.clone()).unwrap();
         tokio::spawn(async move {
@@ -185,7 +197,7 @@ impl RawPeer {
                 }
             }
         });
-        RawPeer { control, replies, node }
+        RawPeer { control, messages, node }
     }
 
     /// Sends raw bytes on a new Bitswap stream.
@@ -222,13 +234,10 @@ impl RawPeer {
 
     /// Every message the node sends back within `wait`.
     async fn replies(&mut self, wait: Duration) -> Vec<af_registry::swarm::message::Message> {
-        use futures_util::StreamExt;
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Some((_, mut stream))) = tokio::time::timeout_at(deadline, self.replies.next()).await {
-            while let Ok(Ok(Some(m))) = tokio::time::timeout_at(deadline, af_registry::swarm::message::read(&mut stream)).await {
-                out.push(m);
-            }
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.messages.recv()).await {
+            out.push(m);
         }
         out
     }
@@ -521,8 +530,7 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
     };
     rt.block_on(async {
         let mut evil = evil;
-        let Some((_, mut stream)) = tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut evil.replies)).await.unwrap() else { panic!("no want came") };
-        let m = af_registry::swarm::message::read(&mut stream).await.unwrap().unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(10), evil.messages.recv()).await.unwrap().expect("a want");
         let entry = &m.wantlist.unwrap().entries[0];
         let cid = cid::Cid::try_from(entry.block.as_slice()).unwrap();
         let block = af_registry::swarm::message::Block { prefix: af_registry::swarm::message::prefix(&cid), data: b"not the block you wanted".to_vec() };

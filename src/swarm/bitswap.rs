@@ -26,8 +26,11 @@ pub const MAX_WANTS: usize = 1024;
 pub const MAX_BLOCK: usize = 2 << 20;
 /// Blocks packed into one reply message, in bytes (a block larger than this goes alone).
 pub const BLOCKS_PER_MESSAGE: usize = 2 << 20;
-/// Inbound streams served at once, all peers together; past it, new streams wait.
-const CONCURRENT_STREAMS: usize = 256;
+/// Inbound streams served at once, all peers together; past it, new streams wait. Peers keep
+/// one stream open per direction while they have traffic (as this node does, `outbox`).
+const CONCURRENT_STREAMS: usize = 1024;
+/// An inbound stream with no message for this long is closed (its permit goes to others).
+const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Replies that may be reading and sending blocks at once (each holds at most a message, 2 MiB,
 /// and a block): bounds the memory all peers together can make the node spend on replies.
@@ -60,7 +63,8 @@ pub struct Stats {
 
 pub struct Server {
     policy: Arc<Policy>,
-    control: libp2p_stream::Control,
+    /// One outbound stream per peer and protocol for everything this node sends.
+    pub outboxes: super::outbox::Outboxes,
     /// Peers that broke the protocol, for the swarm to disconnect.
     misbehaving: tokio::sync::mpsc::UnboundedSender<PeerId>,
     pub stats: Stats,
@@ -80,7 +84,7 @@ impl Server {
         misbehaving: tokio::sync::mpsc::UnboundedSender<PeerId>,
     ) -> Arc<Server> {
         let streams = tokio::sync::Semaphore::new(CONCURRENT_STREAMS);
-        let server = Arc::new(Server { policy, control: control.clone(), misbehaving, stats: Stats::default(), streams, sending: tokio::sync::Semaphore::new(SENDING), wants: Default::default(), ledgers: Default::default() });
+        let server = Arc::new(Server { policy, outboxes: super::outbox::Outboxes::new(control.clone()), misbehaving, stats: Stats::default(), streams, sending: tokio::sync::Semaphore::new(SENDING), wants: Default::default(), ledgers: Default::default() });
         for protocol in PROTOCOLS {
             let mut incoming = control.accept(protocol.clone()).expect("each Bitswap protocol is registered once");
             let server = server.clone();
@@ -98,7 +102,8 @@ impl Server {
     async fn serve_stream(&self, peer: PeerId, mut stream: libp2p::Stream, protocol: StreamProtocol) {
         let Ok(_permit) = self.streams.acquire().await else { return };
         loop {
-            match message::read(&mut stream).await {
+            let Ok(next) = tokio::time::timeout(STREAM_IDLE, message::read(&mut stream)).await else { return };
+            match next {
                 Ok(Some(m)) => {
                     self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = self.answer(peer, &protocol, m).await {
@@ -164,13 +169,8 @@ impl Server {
                 (false, _) => {}
             }
         }
-        if presences.is_empty() && blocks.is_empty() {
-            return Ok(());
-        }
-        let mut control = self.control.clone();
-        let mut out = control.open_stream(peer, protocol.clone()).await.map_err(|e| e.to_string())?;
         if !presences.is_empty() {
-            message::write(&mut out, &Message { block_presences: std::mem::take(&mut presences), ..Default::default() }).await.map_err(|e| e.to_string())?;
+            self.outboxes.send(peer, protocol, Message { block_presences: std::mem::take(&mut presences), ..Default::default() }).await?;
         }
         let mut batch = Message::default();
         let mut batch_bytes = 0;
@@ -185,7 +185,7 @@ impl Server {
                 continue;
             };
             if batch_bytes > 0 && batch_bytes + data.len() > BLOCKS_PER_MESSAGE {
-                write_within(&mut out, &std::mem::take(&mut batch)).await?;
+                self.outboxes.send(peer, protocol, std::mem::take(&mut batch)).await?;
                 batch_bytes = 0;
             }
             batch_bytes += data.len();
@@ -200,9 +200,9 @@ impl Server {
             }
         }
         if batch_bytes > 0 || !batch.block_presences.is_empty() {
-            write_within(&mut out, &batch).await?;
+            self.outboxes.send(peer, protocol, batch).await?;
         }
-        futures_util::AsyncWriteExt::close(&mut out).await.map_err(|e| e.to_string())
+        Ok(())
     }
 
     fn account(&self, peer: PeerId, f: impl FnOnce(&mut Ledger)) {
@@ -223,24 +223,8 @@ impl Server {
         self.ledgers.lock().expect("ledgers lock").get(peer).copied().unwrap_or_default()
     }
 
-    /// The control for streams of our own (wants).
-    pub fn control(&self) -> libp2p_stream::Control {
-        self.control.clone()
-    }
-
     /// The block's bytes (verified) if `audience` may have them.
     async fn block(&self, cid: &Cid, audience: &Audience) -> crate::registry::Result<Option<Vec<u8>>> {
         Ok(self.policy.block_for(cid, audience).await?.filter(|b| b.len() <= MAX_BLOCK).map(|b| b.to_vec()))
-    }
-}
-
-/// How long a peer has to take one message of blocks: a peer that reads slowly does not keep a
-/// [`SENDING`] permit from the others for long.
-const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
-
-async fn write_within(out: &mut libp2p::Stream, m: &Message) -> Result<(), String> {
-    match tokio::time::timeout(WRITE_TIMEOUT, message::write(out, m)).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err("the peer did not take a message of blocks in time".into()),
     }
 }

@@ -3,7 +3,7 @@
 //! sends only a CID prefix), so a corrupted block is a block nobody wanted: a peer that sends
 //! one is misbehaving, and is disconnected and kept out of sessions for [`BAN`].
 
-use super::message::{self, Entry, Message, Wantlist, WantType};
+use super::message::{Entry, Message, Wantlist, WantType};
 use bytes::Bytes;
 use cid::Cid;
 use libp2p::PeerId;
@@ -164,16 +164,13 @@ pub fn cid_of(prefix: &[u8], data: &[u8]) -> Option<Cid> {
     }
 }
 
-/// Sends `peer` one message wanting `cids` (`kind`, with send-dont-have) on a new stream.
-pub async fn send_wants(mut control: libp2p_stream::Control, peer: PeerId, cids: &[Cid], kind: WantType) -> Result<(), String> {
+/// A message wanting `cids` (`kind`, with send-dont-have).
+pub fn wants_message(cids: &[Cid], kind: WantType) -> Message {
     let entries = cids
         .iter()
         .map(|cid| Entry { block: cid.to_bytes(), priority: 1, cancel: false, want_type: kind as i32, send_dont_have: true })
         .collect();
-    let m = Message { wantlist: Some(Wantlist { entries, full: false }), ..Default::default() };
-    let mut stream = control.open_stream(peer, super::bitswap::BITSWAP_120).await.map_err(|e| e.to_string())?;
-    message::write(&mut stream, &m).await.map_err(|e| e.to_string())?;
-    futures_util::AsyncWriteExt::close(&mut stream).await.map_err(|e| e.to_string())
+    Message { wantlist: Some(Wantlist { entries, full: false }), ..Default::default() }
 }
 
 /// A block source for the operator's walks that fetches what the node lacks from peers and keeps

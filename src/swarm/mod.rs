@@ -9,6 +9,7 @@
 pub mod bitswap;
 pub mod fetch;
 pub mod message;
+mod outbox;
 mod providing;
 pub mod pull;
 pub mod session;

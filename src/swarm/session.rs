@@ -269,9 +269,9 @@ impl Task {
         }
         let messages = outbox.into_iter().map(|(p, c)| (p, c, WantType::Block)).chain(probes.into_iter().map(|(p, c)| (p, c, WantType::Have)));
         for (peer, cids, kind) in messages {
-            let control = self.swarm.bitswap.control();
+            let bitswap = self.swarm.bitswap.clone();
             tokio::spawn(async move {
-                if let Err(e) = super::fetch::send_wants(control, peer, &cids, kind).await {
+                if let Err(e) = bitswap.outboxes.send(peer, &super::bitswap::BITSWAP_120, super::fetch::wants_message(&cids, kind)).await {
                     tracing::debug!(%peer, wants = cids.len(), error = %e, "wants not sent");
                 }
             });
