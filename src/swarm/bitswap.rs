@@ -2,7 +2,8 @@
 //! service, each block only if the exposure policy lets it go to that peer; a block it may not
 //! have is answered exactly as an absent one (DONT_HAVE when asked for, silence otherwise).
 //!
-//! As Kubo and boxo do: replies go on a new stream of the protocol the peer spoke; presences
+//! As Kubo and boxo do: replies go on this node's own stream of the protocol the peer spoke
+//! (`outbox`: one per peer, not the peer's stream); presences
 //! are sent at once in their own message, never behind blocks; blocks are packed into messages
 //! of at most [`BLOCKS_PER_MESSAGE`] bytes.
 
