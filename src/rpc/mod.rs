@@ -525,6 +525,11 @@ async fn registry_import(req: &HttpRequest, state: &RpcState) -> HttpResponse {
             "NewBlobs": s.new_blobs,
             "Tags": s.tags.iter().map(|(tag, image)| json!({"Tag": tag, "Image": image})).collect::<Vec<_>>(),
         })),
+        // What the image holds is the caller's problem (a manifest the registry refuses); the
+        // node's own failures are ours.
+        Err(e @ crate::car::CarError::Registry(crate::registry::RegistryError::Manifest(_) | crate::registry::RegistryError::ManifestReference(_) | crate::registry::RegistryError::ManifestDigest { .. })) => {
+            bad_request(format!("nothing more imported from {root}: {e}"))
+        }
         Err(e @ (crate::car::CarError::Registry(_) | crate::car::CarError::Metadata(_) | crate::car::CarError::Task(_))) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => bad_request(format!("nothing imported from {root}: {e}")),
     }
