@@ -73,7 +73,7 @@ impl Registry {
 
     /// Records blocks added through the RPC (verified by the caller as they were parsed) for
     /// `owner`, the pin they arrive under.
-    pub async fn store_blocks(&self, blocks: Vec<(Cid, Vec<u8>)>, owner: Owner) -> Result<()> {
+    pub async fn store_blocks<B: AsRef<[u8]> + Send + 'static>(&self, blocks: Vec<(Cid, B)>, owner: Owner) -> Result<()> {
         Ok(self.blocks.record_inline(blocks, owner).await?)
     }
 

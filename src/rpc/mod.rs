@@ -15,6 +15,7 @@ use crate::blockstore::Owner;
 use crate::dag::{DagError, Node, Reader};
 use crate::exposure::Audience;
 use crate::registry::Registry;
+use crate::swarm::keeper::Keeper;
 use crate::unixfs::{self, DagBlock, Importer};
 use actix_multipart::Multipart;
 use actix_web::http::{Method, StatusCode};
@@ -385,7 +386,7 @@ async fn readable_path(req: &HttpRequest, state: &RpcState) -> Result<(Arc<Reade
     // The operator's reads fetch what the node lacks from peers, as Kubo's do; anyone else's
     // never make the node fetch.
     let reader = match audience(req, state).await {
-        Audience::Operator => fetching_reader(state, &root),
+        Audience::Operator => fetching_reader(req, &state, &root).0,
         other => Reader::new(&state.policy, other),
     };
     let chain = reader.resolve(root, &path).await.map_err(dag_failure)?;
@@ -494,12 +495,15 @@ async fn check_complete(policy: &Arc<crate::exposure::Policy>, root: Cid) -> Res
     Ok(())
 }
 
-/// An operator's reader that fetches missing blocks from peers (kept, recorded under `root`).
-fn fetching_reader(state: &RpcState, root: &Cid) -> Arc<Reader> {
-    if state.offline {
-        return Reader::new(&state.policy, Audience::Operator);
+/// An operator's reader that fetches missing blocks from peers (kept, recorded under `root`),
+/// with the keeper to flush before the fetched blocks may be counted on.
+/// `offline=true` (Kubo's global option) keeps one request to what the node holds.
+fn fetching_reader(req: &HttpRequest, state: &RpcState, root: &Cid) -> (Arc<Reader>, Option<Keeper>) {
+    if state.offline || flag(req, "offline") == Some(true) {
+        return (Reader::new(&state.policy, Audience::Operator), None);
     }
-    Reader::over(crate::swarm::fetch::Fetching::new(state.registry.clone(), state.swarm.clone(), root))
+    let keeper = Keeper::new(state.registry.clone(), crate::blockstore::Owner::Pin(root.to_string()));
+    (Reader::over(crate::swarm::fetch::Fetching::new(state.registry.clone(), state.swarm.clone(), keeper.clone())), Some(keeper))
 }
 
 /// Imports the OCI image layout at CID `arg` (an image CID another node gives its tags) into
@@ -543,16 +547,21 @@ async fn pin_add(req: &HttpRequest, state: &RpcState) -> HttpResponse {
             Ok(p) => p,
             Err(resp) => return resp,
         };
-        let cid = match fetching_reader(state, &root).resolve(root, &path).await {
+        let cid = match fetching_reader(req, state, &root).0.resolve(root, &path).await {
             Ok(chain) => *chain.last().expect("a chain has a target"),
             Err(e) => return dag_failure(e),
         };
-        // Every block of the DAG, fetched from peers where this node lacks it.
-        let mut blocks = std::pin::pin!(crate::dag::car::whole(fetching_reader(state, &cid), cid));
+        // Every block of the DAG, fetched from peers where this node lacks it, and committed
+        // before the pin says the DAG is here.
+        let (reader, keeper) = fetching_reader(req, state, &cid);
+        let mut blocks = std::pin::pin!(crate::dag::car::whole(reader, cid));
         while let Some(block) = blocks.next().await {
             if let Err(e) = block {
                 return error(StatusCode::INTERNAL_SERVER_ERROR, e);
             }
+        }
+        if let Some(Err(e)) = futures_util::future::OptionFuture::from(keeper.as_ref().map(Keeper::flush)).await {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
         }
         if let Err(e) = reg.pin_block(&cid).await {
             return error(StatusCode::INTERNAL_SERVER_ERROR, e);

@@ -3,13 +3,14 @@
 //! sends only a CID prefix), so a corrupted block is a block nobody wanted: a peer that sends
 //! one is misbehaving, and is disconnected and kept out of sessions for [`BAN`].
 
+use super::keeper::Keeper;
 use super::message::{Entry, Message, Wantlist, WantType};
 use bytes::Bytes;
 use cid::Cid;
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -174,41 +175,141 @@ pub fn wants_message(cids: &[Cid], kind: WantType) -> Message {
 }
 
 /// A block source for the operator's walks that fetches what the node lacks from peers and keeps
-/// it (recorded for `owner`, the pin it arrives under): `pin/add` and `block/get` of content only
-/// peers have. When a dag-pb block comes, its missing links are wanted at once (at most
-/// [`PREFETCH`] in flight), so a walk finds them arriving rather than asking one at a time.
+/// it (through a [`Keeper`], for the pin it arrives under): `pin/add` and `block/get` of content
+/// only peers have. The links of every dag-pb block the walk meets are wanted ahead of it, in
+/// the walk's order (depth first), at most [`PREFETCH`] at a time, so the walk finds its blocks
+/// arriving rather than asking one at a time.
 pub struct Fetching {
-    pub reg: std::sync::Arc<crate::registry::Registry>,
-    pub session: super::session::Session,
-    /// What fetched blocks are kept for; `None`: passed on, not kept (and nothing is wanted
-    /// ahead of the walk).
-    pub owner: Option<crate::blockstore::Owner>,
-    pub prefetch: std::sync::Arc<tokio::sync::Semaphore>,
+    reg: Arc<crate::registry::Registry>,
+    session: super::session::Session,
+    /// `None`: blocks are passed on, not kept, and nothing is wanted ahead of the walk.
+    ahead: Option<Arc<Ahead>>,
 }
 
 /// Links wanted ahead of a walk (with 1 MiB leaves, this many MiB in flight).
-pub const PREFETCH: usize = 32;
+pub const PREFETCH: usize = 16;
+
+/// The links a walk will want next, and the fetches under way for them. A block fetched ahead
+/// holds its place in the window until the walk takes it, so no more than [`PREFETCH`] blocks
+/// wait in memory however far the peers run ahead.
+struct Ahead {
+    reg: Arc<crate::registry::Registry>,
+    session: super::session::Session,
+    keeper: Keeper,
+    plan: Mutex<Plan>,
+    permits: Arc<tokio::sync::Semaphore>,
+    arrived: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Plan {
+    /// In the walk's order.
+    queue: VecDeque<Cid>,
+    seen: HashSet<Cid>,
+    in_flight: HashSet<Cid>,
+    ready: HashMap<Cid, (Bytes, tokio::sync::OwnedSemaphorePermit)>,
+}
+
+impl Ahead {
+    /// `links` go first in line, in their order (the walk visits them before what was queued).
+    fn queue(self: &Arc<Self>, links: impl DoubleEndedIterator<Item = Cid>) {
+        {
+            let mut plan = self.plan.lock().expect("prefetch lock");
+            for cid in links.rev() {
+                if crate::dag::well_known(&cid).is_none() && plan.seen.insert(cid) {
+                    plan.queue.push_front(cid);
+                }
+            }
+        }
+        self.top_up();
+    }
+
+    /// Starts fetches for what is next in line once half the window is free: wants go in
+    /// batches, one message per peer.
+    fn top_up(self: &Arc<Self>) {
+        if self.permits.available_permits() < PREFETCH / 2 {
+            return;
+        }
+        while let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            let cid = {
+                let mut plan = self.plan.lock().expect("prefetch lock");
+                let Some(cid) = plan.queue.pop_front() else { break };
+                plan.in_flight.insert(cid);
+                cid
+            };
+            let ahead = self.clone();
+            tokio::spawn(async move {
+                let mut fetched = None;
+                if ahead.keeper.waiting(&cid).is_none() && !ahead.reg.has_block(&cid).await.unwrap_or(true) {
+                    if let Ok(Ok(bytes)) = ahead.session.ask(cid).await {
+                        ahead.keeper.keep(cid, bytes.clone()).await;
+                        fetched = Some(bytes);
+                    }
+                }
+                {
+                    let mut plan = ahead.plan.lock().expect("prefetch lock");
+                    plan.in_flight.remove(&cid);
+                    if let Some(bytes) = fetched {
+                        plan.ready.insert(cid, (bytes, permit));
+                    }
+                }
+                ahead.arrived.notify_waiters();
+                ahead.top_up();
+            });
+        }
+    }
+
+    /// Block `cid` if it was fetched ahead (waiting for the fetch if it is under way); its place
+    /// in the window is freed.
+    async fn take(self: &Arc<Self>, cid: &Cid) -> Option<Bytes> {
+        loop {
+            let arrived = self.arrived.notified();
+            let (taken, pending) = {
+                let mut plan = self.plan.lock().expect("prefetch lock");
+                (plan.ready.remove(cid), plan.in_flight.contains(cid))
+            };
+            if let Some((bytes, permit)) = taken {
+                drop(permit);
+                self.top_up();
+                return Some(bytes);
+            }
+            if !pending {
+                return None;
+            }
+            arrived.await;
+        }
+    }
+}
 
 impl Fetching {
-    pub fn new(reg: std::sync::Arc<crate::registry::Registry>, swarm: super::Handle, root: &Cid) -> Self {
-        let owner = Some(crate::blockstore::Owner::Pin(root.to_string()));
-        Fetching { reg, session: super::session::Session::new(swarm, Vec::new()), owner, prefetch: std::sync::Arc::new(tokio::sync::Semaphore::new(PREFETCH)) }
+    pub fn new(reg: Arc<crate::registry::Registry>, swarm: super::Handle, keeper: Keeper) -> Self {
+        let session = super::session::Session::new(swarm, Vec::new());
+        let permits = Arc::new(tokio::sync::Semaphore::new(PREFETCH));
+        let ahead = Arc::new(Ahead { reg: reg.clone(), session: session.clone(), keeper, plan: Mutex::default(), permits, arrived: tokio::sync::Notify::new() });
+        Fetching { reg, session, ahead: Some(ahead) }
     }
 
     /// Walks that read from peers without keeping what they read (an import by CID reads the
     /// layout's manifests, which the registry stores its own way).
-    pub fn passing(reg: std::sync::Arc<crate::registry::Registry>, swarm: super::Handle) -> Self {
-        Fetching { reg, session: super::session::Session::new(swarm, Vec::new()), owner: None, prefetch: std::sync::Arc::new(tokio::sync::Semaphore::new(0)) }
+    pub fn passing(reg: Arc<crate::registry::Registry>, swarm: super::Handle) -> Self {
+        Fetching { reg, session: super::session::Session::new(swarm, Vec::new()), ahead: None }
     }
 
-    /// The block, local or fetched (and kept, for an owner).
-    async fn get(reg: &crate::registry::Registry, session: &super::session::Session, owner: &Option<crate::blockstore::Owner>, cid: &Cid) -> crate::dag::Result<Option<Bytes>> {
-        if let Some(bytes) = reg.get_block(cid).await? {
+    /// The block, local or fetched (and kept, with a keeper).
+    async fn get(&self, cid: &Cid) -> crate::dag::Result<Option<Bytes>> {
+        if let Some(bytes) = futures_util::future::OptionFuture::from(self.ahead.as_ref().map(|a| a.take(cid))).await.flatten() {
             return Ok(Some(bytes));
         }
-        let Ok(bytes) = session.get(*cid).await else { return Ok(None) };
-        if let Some(owner) = owner {
-            reg.store_blocks(vec![(*cid, bytes.to_vec())], owner.clone()).await?;
+        let keeper = self.ahead.as_ref().map(|a| &a.keeper);
+        if let Some(bytes) = keeper.and_then(|k| k.waiting(cid)) {
+            return Ok(Some(bytes));
+        }
+        if let Some(bytes) = self.reg.get_block(cid).await? {
+            return Ok(Some(bytes));
+        }
+        let Ok(bytes) = self.session.get(*cid).await else { return Ok(None) };
+        if let Some(keeper) = keeper {
+            keeper.keep(*cid, bytes.clone()).await;
         }
         Ok(Some(bytes))
     }
@@ -217,30 +318,10 @@ impl Fetching {
 impl crate::dag::BlockSource for Fetching {
     fn fetch<'a>(&'a self, cid: &'a Cid) -> futures_util::future::BoxFuture<'a, crate::dag::Result<Option<(Bytes, crate::exposure::Admission)>>> {
         Box::pin(async move {
-            let Some(bytes) = Self::get(&self.reg, &self.session, &self.owner, cid).await? else { return Ok(None) };
-            if cid.codec() == crate::unixfs::DAG_PB && self.owner.is_some() {
+            let Some(bytes) = self.get(cid).await? else { return Ok(None) };
+            if let (true, Some(ahead)) = (cid.codec() == crate::unixfs::DAG_PB, &self.ahead) {
                 if let Ok(node) = crate::unixfs::decode_node(&bytes) {
-                    // The missing links, asked for together (one message per peer), kept as
-                    // they come.
-                    let mut asked = Vec::new();
-                    for link in node.links {
-                        if crate::dag::well_known(&link.cid).is_some() || self.reg.has_block(&link.cid).await.unwrap_or(true) {
-                            continue;
-                        }
-                        let Ok(permit) = self.prefetch.clone().try_acquire_owned() else { break };
-                        asked.push((link.cid, self.session.ask(link.cid), permit));
-                    }
-                    for (cid, answer, permit) in asked {
-                        let (reg, owner) = (self.reg.clone(), self.owner.clone());
-                        tokio::spawn(async move {
-                            if let (Ok(Ok(bytes)), Some(owner)) = (answer.await, owner) {
-                                if let Err(e) = reg.store_blocks(vec![(cid, bytes.to_vec())], owner).await {
-                                    tracing::warn!(%cid, error = %e, "a fetched block was not kept");
-                                }
-                            }
-                            drop(permit);
-                        });
-                    }
+                    ahead.queue(node.links.into_iter().map(|l| l.cid));
                 }
             }
             Ok(Some((bytes, crate::exposure::Admission::Vouching)))

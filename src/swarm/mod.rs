@@ -8,6 +8,7 @@
 
 pub mod bitswap;
 pub mod fetch;
+pub mod keeper;
 pub mod message;
 mod outbox;
 mod providing;
