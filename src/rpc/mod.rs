@@ -386,7 +386,7 @@ async fn readable_path(req: &HttpRequest, state: &RpcState) -> Result<(Arc<Reade
     // The operator's reads fetch what the node lacks from peers, as Kubo's do; anyone else's
     // never make the node fetch.
     let reader = match audience(req, state).await {
-        Audience::Operator => fetching_reader(req, &state, &root).0,
+        Audience::Operator => fetching_reader(req, state, &root).0,
         other => Reader::new(&state.policy, other),
     };
     let chain = reader.resolve(root, &path).await.map_err(dag_failure)?;
