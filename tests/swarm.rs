@@ -503,7 +503,8 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
     use common::images::*;
     let trusted = Node::start_with(&["--swarm", "/ip4/127.0.0.4/tcp/0"]);
     let trusted_id = rpc(&trusted, "id")["ID"].as_str().unwrap().to_string();
-    let a = Node::start_with(&["--swarm", "/ip4/127.0.0.2/tcp/0", "--trusted-peer", &trusted_id]);
+    // A chunks as Kubo does (256 KiB), B as IPIP-499 (1 MiB).
+    let a = Node::start_with(&["--swarm", "/ip4/127.0.0.2/tcp/0", "--trusted-peer", &trusted_id, "--cid-profile", "kubo-v1"]);
     let b = Node::start_with(&["--swarm", "/ip4/127.0.0.3/tcp/0"]);
     let tmp = tempfile::tempdir().unwrap();
     let layout = build_image(tmp.path());
@@ -562,6 +563,12 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
     }
     let fetches = b.log_text().lines().filter(|l| l.contains("pulling a blob from peers") && l.contains(&largest)).count();
     assert_eq!(fetches, 1, "{}", b.log_text());
+    // B keeps the DAG it was given rather than chunking the layer its own way: the layer keeps
+    // its CID, and B holds every block of it (its export, offline, is A's to the byte).
+    let root = cid_of_blob(&a, "team/open", &largest);
+    assert_eq!(cid_of_blob(&b, "mirror/open", &largest), root);
+    let export = |node: &Node| client().post(format!("http://{}/api/v0/dag/export?arg={root}&offline=true", node.rpc)).send().unwrap().bytes().unwrap();
+    assert_eq!(export(&b), export(&a));
     // B's gateway fetches public content B knows but lacks (the config blob, not pulled yet)
     // from peers, once B made its copy public; never anything else, nor a CID B does not know.
     let config = m["config"]["digest"].as_str().unwrap().to_string();

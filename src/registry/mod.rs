@@ -11,6 +11,7 @@ mod manifests;
 mod reads;
 mod scrub;
 mod uploads;
+pub use uploads::ReceivedDag;
 
 pub use gc::GcReport;
 pub use scrub::{Finding, ScrubReport};

@@ -4,7 +4,7 @@ use super::{Body, ChunkRange, Registry, RegistryError, Result};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::metadata::BlobInfo;
 use crate::storage::{append_stream, SideHasher, StorageError};
-use crate::unixfs::CollectingImporter;
+use crate::unixfs::{CollectingImporter, DagBlock};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -14,19 +14,54 @@ use uuid::Uuid;
 struct Hashes {
     offset: u64,
     digest: Hasher,
-    dag: CollectingImporter,
+    dag: UploadDag,
+}
+
+/// How an upload's UnixFS DAG is known: computed from its bytes, or, for a blob fetched from
+/// peers, the DAG it came as (each block verified against its CID as it arrived). Keeping the
+/// received DAG keeps the root CID the blob is known by (a peer's node may chunk differently)
+/// and spares hashing every byte once more.
+enum UploadDag {
+    Computed(CollectingImporter),
+    Received { root: cid::Cid, consumed: u64, blocks: ReceivedDag },
+}
+
+/// The blocks of a blob's DAG in the order they came, recorded by whoever fetches it: leaves as
+/// ranges of the file, other blocks with their bytes.
+pub type ReceivedDag = Arc<std::sync::Mutex<Vec<DagBlock>>>;
+
+impl UploadDag {
+    fn consumed(&self) -> u64 {
+        match self {
+            UploadDag::Computed(dag) => dag.consumed(),
+            UploadDag::Received { consumed, .. } => *consumed,
+        }
+    }
+
+    fn finish(self) -> (cid::Cid, Vec<DagBlock>) {
+        match self {
+            UploadDag::Computed(dag) => {
+                let (root, blocks) = dag.finish();
+                (root.cid, blocks)
+            }
+            UploadDag::Received { root, blocks, .. } => (root, std::mem::take(&mut *blocks.lock().expect("received DAG lock"))),
+        }
+    }
+}
+
+impl SideHasher for UploadDag {
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            UploadDag::Computed(dag) => dag.update(data),
+            UploadDag::Received { consumed, .. } => *consumed += data.len() as u64,
+        }
+    }
 }
 
 struct SessionState {
     hashed: Option<Hashes>,
     /// Told the file's length after each write, for readers of a blob arriving from peers.
     progress: Option<crate::storage::Written>,
-}
-
-impl SideHasher for CollectingImporter {
-    fn update(&mut self, data: &[u8]) {
-        CollectingImporter::update(self, data)
-    }
 }
 
 type SessionLock = Arc<tokio::sync::Mutex<SessionState>>;
@@ -145,7 +180,7 @@ impl Registry {
                     digest.update(data);
                     dag.update(data);
                 })
-                .map(|offset| Hashes { offset, digest, dag })
+                .map(|offset| Hashes { offset, digest, dag: UploadDag::Computed(dag) })
         })
         .await
         .map_err(|e| StorageError::Task(e.to_string()))??;
@@ -229,6 +264,7 @@ impl Registry {
             return Err(RegistryError::DigestMismatch { expected: digest.clone(), actual });
         }
         let (root, dag_blocks) = hashes.dag.finish();
+        let root = root.to_string();
         self.meta.mark_upload_finishing(id, digest).await?;
         let store = self.blobs.clone();
         let d = digest.clone();
@@ -240,7 +276,7 @@ impl Registry {
         .map_err(|e| StorageError::Task(e.to_string()))??;
         // Blocks are indexed before the blob becomes visible, so every visible blob has its DAG.
         self.blocks.record_blob_dag(digest, dag_blocks).await?;
-        let info = BlobInfo { size, root_cid: root.cid.to_string(), touched_at: 0 };
+        let info = BlobInfo { size, root_cid: root, touched_at: 0 };
         let known = self.meta.blob_info(repo, digest).await?.is_some();
         self.meta.commit_blob(repo, digest, &info, Some(id)).await?;
         if !known {
@@ -303,17 +339,32 @@ impl Registry {
     }
 
     /// A blob fetched from elsewhere (`body`: its bytes in order, each already verified against
-    /// its block's CID), kept through the upload path: hashed as it is written, published only
-    /// if its digest matches. `progress` follows it for readers (see `storage::Arriving`): the
-    /// upload file and its length as it grows, then the published file, or the failure.
-    pub async fn receive_blob<B: Body>(&self, repo: &str, digest: &Digest, owner: &str, body: B, progress: tokio::sync::watch::Sender<crate::storage::Progress>) -> Result<u64> {
+    /// its block's CID, as the DAG at `root` whose blocks `dag` records by the time the body
+    /// ends), kept through the upload path: hashed as it is written, published only if its
+    /// digest matches, with the DAG it came as. `progress` follows it for readers (see
+    /// `storage::Arriving`): the upload file and its length as it grows, then the published
+    /// file, or the failure.
+    pub async fn receive_blob<B: Body>(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        owner: &str,
+        (root, dag): (cid::Cid, ReceivedDag),
+        body: B,
+        progress: tokio::sync::watch::Sender<crate::storage::Progress>,
+    ) -> Result<u64> {
         let progress = Arc::new(progress);
         let result = async {
             let id = self.start_upload(repo, owner).await?;
             let file = self.blobs.upload_path(&id);
             progress.send_modify(|p| p.file = Some(file));
             let report = progress.clone();
-            self.session_lock(id).lock().await.progress = Some(Arc::new(move |n| report.send_modify(|p| p.written = n)));
+            let lock = self.session_lock(id);
+            let mut state = lock.lock().await;
+            state.progress = Some(Arc::new(move |n| report.send_modify(|p| p.written = n)));
+            let dag = UploadDag::Received { root, consumed: 0, blocks: dag };
+            state.hashed = Some(Hashes { offset: 0, digest: Algorithm::Sha256.hasher(), dag });
+            drop(state);
             self.finish_one_shot(repo, id, digest, body).await
         }
         .await;

@@ -11,7 +11,8 @@ use super::{Handle, SwarmError};
 use crate::dag::{self, Node};
 use crate::digest::Digest;
 use crate::metadata::{BlobInfo, NodeRecord};
-use crate::registry::Registry;
+use crate::registry::{ReceivedDag, Registry};
+use crate::unixfs::DagBlock;
 use crate::storage::Arriving;
 use bytes::Bytes;
 use cid::Cid;
@@ -66,8 +67,9 @@ impl crate::registry::Remote for Pulls {
             };
             tracing::info!(%digest, %root, "pulling a blob from peers");
             let started = std::time::Instant::now();
-            let body = Box::pin(file_bytes(Session::new(swarm, hints), root, info.size));
-            match reg.receive_blob(&repo, &digest, "swarm", body, progress).await {
+            let dag = ReceivedDag::default();
+            let body = Box::pin(file_bytes(Session::new(swarm, hints), root, info.size, dag.clone()));
+            match reg.receive_blob(&repo, &digest, "swarm", (root, dag), body, progress).await {
                 Ok(size) => tracing::info!(%digest, size, elapsed = ?started.elapsed(), "pulled a blob from peers"),
                 Err(e) => tracing::warn!(%digest, error = %e, "pull from peers failed"),
             }
@@ -98,10 +100,13 @@ impl Part {
 }
 
 /// The bytes of the UnixFS file at `root`, in order, through `session`: up to [`WINDOW`] bytes
-/// of parts fetched ahead. At most `limit` bytes: a DAG that holds more is an error.
-pub fn file_bytes(session: Session, root: Cid, limit: u64) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+/// of parts fetched ahead. At most `limit` bytes: a DAG that holds more is an error. Each block
+/// is recorded in `dag` before its bytes are passed on.
+pub fn file_bytes(session: Session, root: Cid, limit: u64, dag: ReceivedDag) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
     let parts = VecDeque::from([Part { cid: root, size: None, fetch: None }]);
-    futures_util::stream::unfold((session, parts, 0u64), move |(session, mut parts, mut sent)| async move {
+    futures_util::stream::unfold((session, parts, 0u64), move |(session, mut parts, mut sent)| {
+        let dag = dag.clone();
+        async move {
         loop {
             // Ask for what the window allows, in file order, once it is half empty: wants go in
             // batches, so peers answer with few streams (a burst of reply streams loses some).
@@ -125,16 +130,18 @@ pub fn file_bytes(session: Session, root: Cid, limit: u64) -> impl futures_util:
                 Ok(Err(e)) => return fail(e.to_string()),
                 Err(_) => return fail(SwarmError::Stopped.to_string()),
             };
-            let node = match dag::decode(&part.cid, bytes) {
+            let node = match dag::decode(&part.cid, bytes.clone()) {
                 Ok(node) => node,
                 Err(e) => return fail(e.to_string()),
             };
             let (content, size) = match node {
                 Node::Raw(b) => {
                     let len = b.len() as u64;
+                    dag.lock().expect("received DAG lock").push(DagBlock::Leaf { cid: part.cid, offset: sent, len });
                     (b, len)
                 }
                 Node::File { links, content, blocksizes, size } => {
+                    dag.lock().expect("received DAG lock").push(DagBlock::Node { cid: part.cid, bytes: bytes.to_vec() });
                     for (link, size) in links.iter().zip(blocksizes).rev() {
                         parts.push_front(Part { cid: link.cid, size: Some(size), fetch: None });
                     }
@@ -153,6 +160,7 @@ pub fn file_bytes(session: Session, root: Cid, limit: u64) -> impl futures_util:
                 return fail(format!("the DAG at {root} holds more than the blob's {limit} bytes"));
             }
             return Some((Ok(content), (session, parts, sent)));
+        }
         }
     })
 }
