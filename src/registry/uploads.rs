@@ -49,10 +49,16 @@ impl UploadDag {
     }
 }
 
+impl SideHasher for CollectingImporter {
+    fn update(&mut self, data: &[u8]) {
+        CollectingImporter::update(self, data)
+    }
+}
+
 impl SideHasher for UploadDag {
     fn update(&mut self, data: &[u8]) {
         match self {
-            UploadDag::Computed(dag) => dag.update(data),
+            UploadDag::Computed(dag) => SideHasher::update(dag, data),
             UploadDag::Received { consumed, .. } => *consumed += data.len() as u64,
         }
     }
