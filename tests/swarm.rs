@@ -250,6 +250,38 @@ fn want(cids: impl IntoIterator<Item = Vec<u8>>, kind: af_registry::swarm::messa
     Message { wantlist: Some(Wantlist { entries, full: false }), ..Default::default() }
 }
 
+/// A want that is settled (here: refused by the only peer, so it fails) is cancelled at every
+/// peer it was sent to, so none keeps it in its ledger.
+#[test]
+fn settled_wants_are_cancelled() {
+    use af_registry::swarm::message::*;
+    let node = Node::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut peer = rt.block_on(RawPeer::connect(&loopback_addr(&node)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rpc(&node, "swarm/peers")["Peers"].as_array().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the peer did not connect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let absent = af_registry::unixfs::cid_v1(af_registry::unixfs::RAW, &[3u8; 32]);
+    let pin = {
+        let url = format!("http://{}/api/v0/pin/add?arg={absent}", node.rpc);
+        std::thread::spawn(move || client().post(url).send().unwrap().status())
+    };
+    rt.block_on(async {
+        let m = tokio::time::timeout(Duration::from_secs(10), peer.messages.recv()).await.unwrap().expect("a want");
+        let entry = &m.wantlist.unwrap().entries[0];
+        assert_eq!(entry.block, absent.to_bytes());
+        assert!(!entry.cancel && entry.send_dont_have);
+        let presence = BlockPresence { cid: absent.to_bytes(), r#type: PresenceType::DontHave as i32 };
+        peer.send(&Message { block_presences: vec![presence], ..Default::default() }).await;
+        let later = peer.replies(Duration::from_secs(5)).await;
+        let cancelled = later.iter().filter_map(|m| m.wantlist.as_ref()).flat_map(|w| &w.entries).any(|e| e.cancel && e.block == absent.to_bytes());
+        assert!(cancelled, "no cancel came: {later:?}");
+    });
+    assert!(!pin.join().unwrap().is_success());
+}
+
 /// Hostile Bitswap input (garbage, an 8 MiB length, a truncated message, 10,000 wants, identity
 /// and oversized CIDs) and hostile Kademlia streams (garbage, an 8 MiB length, truncation): no panic, the peer is dropped, at most 1024 wants are looked at, and the
 /// node goes on serving, this peer once it comes back and everyone else.

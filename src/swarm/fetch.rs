@@ -165,6 +165,12 @@ pub fn cid_of(prefix: &[u8], data: &[u8]) -> Option<Cid> {
     }
 }
 
+/// A message cancelling earlier wants of `cids`.
+pub fn cancels_message(cids: &[Cid]) -> Message {
+    let entries = cids.iter().map(|cid| Entry { block: cid.to_bytes(), priority: 0, cancel: true, want_type: WantType::Block as i32, send_dont_have: false }).collect();
+    Message { wantlist: Some(Wantlist { entries, full: false }), ..Default::default() }
+}
+
 /// A message wanting `cids` (`kind`, with send-dont-have).
 pub fn wants_message(cids: &[Cid], kind: WantType) -> Message {
     let entries = cids

@@ -69,6 +69,8 @@ struct Want {
     has: HashSet<PeerId>,
     /// Other peers were asked want-have for it.
     probed: bool,
+    /// Every peer sent this want (either kind): told to cancel it once it is settled.
+    told: HashSet<PeerId>,
     since: Instant,
     /// A DHT search for providers was made for it; `searching` while it runs.
     searched: bool,
@@ -83,12 +85,14 @@ struct Task {
     load: HashMap<PeerId, usize>,
     wants: HashMap<Cid, Want>,
     found: mpsc::UnboundedSender<(Cid, Vec<PeerId>)>,
+    /// Cancels owed, sent with the next dispatch.
+    cancels: HashMap<PeerId, Vec<Cid>>,
 }
 
 async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc::UnboundedReceiver<(Cid, Reply)>) {
     let inbox = swarm.bitswap.wants.open();
     let (found, mut found_rx) = mpsc::unbounded_channel();
-    let mut task = Task { swarm, inbox, peers: Vec::new(), load: HashMap::new(), wants: HashMap::new(), found };
+    let mut task = Task { swarm, inbox, peers: Vec::new(), load: HashMap::new(), wants: HashMap::new(), found, cancels: HashMap::new() };
     task.gather(hints).await;
     let mut tick = tokio::time::interval(REWANT / 4);
     let mut open = true;
@@ -116,6 +120,7 @@ async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc
     }
     let cids: Vec<Cid> = task.wants.keys().copied().collect();
     task.swarm.bitswap.wants.close(&task.inbox, cids);
+    task.send_cancels();
 }
 
 impl Task {
@@ -145,12 +150,17 @@ impl Task {
         }
         self.swarm.bitswap.wants.want(&self.inbox, cid);
         let now = Instant::now();
-        self.wants.insert(cid, Want { waiters: vec![reply], asked: None, refused: HashSet::new(), has: HashSet::new(), probed: false, since: now, searched: false, searching: false });
+        self.wants.insert(cid, Want { waiters: vec![reply], asked: None, refused: HashSet::new(), has: HashSet::new(), probed: false, told: HashSet::new(), since: now, searched: false, searching: false });
     }
 
-    fn settle(&mut self, cid: &Cid, result: Result<Bytes, SwarmError>) {
+    /// Ends want `cid` with `result` (a block from `from`, or a failure); every other peer it
+    /// was sent to is told to cancel it, so none keeps it in its ledger and sends the block late.
+    fn settle(&mut self, cid: &Cid, result: Result<Bytes, SwarmError>, from: Option<PeerId>) {
         if let Some(w) = self.wants.remove(cid) {
             self.release(&w);
+            for peer in w.told.iter().filter(|p| Some(**p) != from) {
+                self.cancels.entry(*peer).or_default().push(*cid);
+            }
             self.swarm.bitswap.wants.unwant(&self.inbox, cid);
             for waiter in w.waiters {
                 let _ = waiter.send(result.clone());
@@ -168,7 +178,7 @@ impl Task {
 
     fn hear(&mut self, news: News) {
         match news {
-            News::Block { cid, data, .. } => self.settle(&cid, Ok(data)),
+            News::Block { cid, data, from } => self.settle(&cid, Ok(data), Some(from)),
             News::DontHave { cid, from } => {
                 let Some(w) = self.wants.get_mut(&cid) else { return };
                 w.refused.insert(from);
@@ -203,7 +213,7 @@ impl Task {
             }
         }
         for cid in dead {
-            self.settle(&cid, Err(SwarmError::NotFound(cid.to_string())));
+            self.settle(&cid, Err(SwarmError::NotFound(cid.to_string())), None);
         }
         for (cid, peer) in silent {
             if let Some(n) = self.load.get_mut(&peer) {
@@ -240,9 +250,11 @@ impl Task {
                         w.probed = true;
                         for other in open().filter(|p| **p != peer).take(PROBES) {
                             probes.entry(*other).or_default().push(*cid);
+                            w.told.insert(*other);
                         }
                     }
                     w.asked = Some((peer, Instant::now()));
+                    w.told.insert(peer);
                     *self.load.entry(peer).or_default() += 1;
                     outbox.entry(peer).or_default().push(*cid);
                 }
@@ -265,17 +277,28 @@ impl Task {
             }
         }
         for cid in unanswerable {
-            self.settle(&cid, Err(SwarmError::NotFound(cid.to_string())));
+            self.settle(&cid, Err(SwarmError::NotFound(cid.to_string())), None);
         }
-        let messages = outbox.into_iter().map(|(p, c)| (p, c, WantType::Block)).chain(probes.into_iter().map(|(p, c)| (p, c, WantType::Have)));
-        for (peer, cids, kind) in messages {
-            let bitswap = self.swarm.bitswap.clone();
-            tokio::spawn(async move {
-                if let Err(e) = bitswap.outboxes.send(peer, &super::bitswap::BITSWAP_120, super::fetch::wants_message(&cids, kind)).await {
-                    tracing::debug!(%peer, wants = cids.len(), error = %e, "wants not sent");
-                }
-            });
+        let messages = outbox.into_iter().map(|(p, c)| (p, super::fetch::wants_message(&c, WantType::Block))).chain(probes.into_iter().map(|(p, c)| (p, super::fetch::wants_message(&c, WantType::Have))));
+        for (peer, message) in messages {
+            self.send(peer, message);
         }
+        self.send_cancels();
+    }
+
+    fn send_cancels(&mut self) {
+        for (peer, cids) in std::mem::take(&mut self.cancels) {
+            self.send(peer, super::fetch::cancels_message(&cids));
+        }
+    }
+
+    fn send(&self, peer: PeerId, message: super::message::Message) {
+        let bitswap = self.swarm.bitswap.clone();
+        tokio::spawn(async move {
+            if let Err(e) = bitswap.outboxes.send(peer, &super::bitswap::BITSWAP_120, message).await {
+                tracing::debug!(%peer, error = %e, "wants not sent");
+            }
+        });
     }
 
     /// Providers the DHT named for `cid` join the session; the want is asked again.
@@ -288,7 +311,7 @@ impl Task {
         if let Some(w) = self.wants.get_mut(&cid) {
             w.searching = false;
             if self.peers.iter().all(|p| w.refused.contains(p)) {
-                self.settle(&cid, Err(SwarmError::NotFound(cid.to_string())));
+                self.settle(&cid, Err(SwarmError::NotFound(cid.to_string())), None);
             }
         }
     }
