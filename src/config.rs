@@ -129,6 +129,11 @@ settings! {
     /// a peer may hold at most 4, and at most 64 may be handshaking at once [default: 512].
     #[arg(long, env = "AF_MAX_PEERS")]
     max_peers: u32 = crate::swarm::DEFAULT_MAX_CONNECTIONS;
+    /// On SIGTERM or SIGINT, how long requests in flight (uploads, downloads) may take to finish
+    /// before they are cut off; an upload cut off resumes after a restart [default: 30s].
+    #[arg(long, env = "AF_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    shutdown_timeout: Duration = Duration::from_secs(30);
 }
 
 /// Where the swarm listens unless told otherwise.

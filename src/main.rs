@@ -13,6 +13,9 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(name = "af", version, about = "af: a decentralized container registry node")]
 struct Cli {
+    /// Log lines as text, or as JSON objects one per line [default: text].
+    #[arg(long, global = true, env = "AF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -130,11 +133,27 @@ fn main() {
     }
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The filter when `AF_LOG` is unset or empty. The web framework's own start-up and shutdown
+/// lines (one per worker and listener) are below it; the node logs one line per listener itself.
+const DEFAULT_LOG: &str = "info,actix_server=warn,actix_web=warn";
+
 fn run(cli: Cli) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AF_LOG").unwrap_or_else(|_| "info".into()))
+    use std::io::IsTerminal;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("AF_LOG").ok().filter(|v| !v.trim().is_empty()).and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok()).unwrap_or_else(|| DEFAULT_LOG.into()))
         .with_writer(std::io::stderr)
-        .init();
+        // Colour codes only for a person at a terminal, never into a file or a collector.
+        .with_ansi(std::io::stderr().is_terminal());
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     match cli.command {
         Command::Registry { command } => match command {
             RegistryCommand::Serve(args) => cli::serve(args.settings, args.config),

@@ -154,3 +154,105 @@ fn kill_9_during_concurrent_uploads() {
     assert!(leftovers.is_empty(), "upload files left behind: {leftovers:?}");
     eprintln!("{created} acknowledged uploads intact, {} interrupted, {resumed} resumed", interrupted.len());
 }
+
+/// A request body of `data` that arrives at about 40 MiB/s.
+struct Slow {
+    data: Arc<Vec<u8>>,
+    at: usize,
+}
+
+impl std::io::Read for Slow {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.data.len() - self.at).min(64 << 10);
+        if self.at % (1 << 20) + n > 1 << 20 || self.at % (1 << 20) == 0 {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// SIGTERM during a 200 MiB upload: the node stops accepting connections, gives the upload its
+/// `--shutdown-timeout`, cuts it off and exits 0; after a restart the upload resumes from what
+/// was received, and the blob comes out whole.
+#[test]
+fn sigterm_mid_upload_exits_in_time_and_the_upload_resumes() {
+    let mut node = Node::start_with(&["--shutdown-timeout", "2s"]);
+    let data = Arc::new(xorshift_bytes(17, 200 << 20));
+    let digest = sha256(&data);
+    let r = client().post(node.url("/v2/team/big/blobs/uploads/")).send().unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["Location"].to_str().unwrap().to_string();
+    let location = if location.starts_with('/') { node.url(&location) } else { location };
+    let patch = {
+        let (url, body) = (location.clone(), Slow { data: data.clone(), at: 0 });
+        std::thread::spawn(move || {
+            let body = reqwest::blocking::Body::new(body);
+            client().patch(url).header("Content-Type", "application/octet-stream").body(body).send().map(|r| r.status())
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let stopping = Instant::now();
+    node.terminate();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(client().get(node.url("/v2/")).send().is_err(), "a stopping node still took a new connection");
+    let status = node.wait_exit(Duration::from_secs(10)).expect("the node did not exit");
+    let took = stopping.elapsed();
+    assert!(status.success(), "{status}: {}", node.log_text());
+    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(5), "exited after {took:?}, the timeout is 2 s");
+    let cut = patch.join().unwrap();
+    assert!(!cut.as_ref().is_ok_and(|s| s.is_success()), "the upload should have been cut off: {cut:?}");
+    let log = node.log_text();
+    assert!(log.contains("SIGTERM") && log.contains("stopped"), "{log}");
+
+    node.start_again();
+    let r = client().get(&location).send().unwrap();
+    assert_eq!(r.status(), 204, "the session survived the stop");
+    let range = r.headers()["Range"].to_str().unwrap().to_string();
+    let received: usize = range.trim_start_matches("0-").parse::<usize>().unwrap() + 1;
+    assert!(received > 0 && received < data.len(), "{range}");
+    let r = client()
+        .patch(&location)
+        .header("Content-Type", "application/octet-stream")
+        .header("Content-Range", format!("{received}-{}", data.len() - 1))
+        .body(data[received..].to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().unwrap());
+    let location = r.headers()["Location"].to_str().unwrap().to_string();
+    let location = if location.starts_with('/') { node.url(&location) } else { location };
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let r = client().put(format!("{location}{sep}digest={digest}")).send().unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    let got = client().get(node.url(&format!("/v2/team/big/blobs/{digest}"))).send().unwrap().bytes().unwrap();
+    assert_eq!(sha256(&got), digest);
+}
+
+/// `--log-format json`: every line one JSON object, each request logged once with its status and
+/// duration, never its query string or credentials; no colour codes in a file; one start-up line
+/// per listener naming the version and the peer ID, none of the web framework's own.
+#[test]
+fn logs_are_json_lines_with_one_line_per_request_and_no_secrets() {
+    // AF_LOG unset: the node's default filter.
+    let mut node = Node::start_with_env(&[], &[("AF_LOG_FORMAT", "json"), ("AF_LOG", "")]);
+    let r = client().get(node.url("/v2/team/app/manifests/latest?token=hunter2")).basic_auth("someone", Some("s3cret-password")).send().unwrap();
+    assert_eq!(r.status(), 404);
+    node.terminate();
+    assert!(node.wait_exit(Duration::from_secs(10)).expect("exit").success());
+    let log = node.log_text();
+    assert!(!log.contains('\x1b'), "colour codes in a log file");
+    assert!(!log.contains("hunter2") && !log.contains("s3cret") && !log.contains("c29tZW9uZT"), "{log}");
+    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let requests: Vec<_> = lines.iter().filter(|l| l["fields"]["message"] == "request" && l["fields"]["path"] == "/v2/team/app/manifests/latest").collect();
+    assert_eq!(requests.len(), 1, "{log}");
+    assert_eq!(requests[0]["fields"]["status"], 404);
+    assert!(requests[0]["fields"]["ms"].as_f64().is_some());
+    let listening: Vec<_> = lines.iter().filter(|l| l["fields"]["message"].as_str().is_some_and(|m| m.ends_with("listening")) && l["target"] == "af_registry::node").collect();
+    assert_eq!(listening.len(), 3, "{log}");
+    for l in listening {
+        assert_eq!(l["fields"]["version"], env!("CARGO_PKG_VERSION"));
+        assert!(l["fields"]["peer_id"].as_str().is_some_and(|p| p.starts_with("12D3KooW")), "{l}");
+    }
+    assert!(!lines.iter().any(|l| l["target"].as_str().is_some_and(|t| t.starts_with("actix"))), "{log}");
+}

@@ -1,5 +1,6 @@
 //! Starting a node: open the stores, then serve the API until told to stop.
 
+mod access;
 mod tasks;
 
 use crate::api;
@@ -167,6 +168,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     }
     tasks::spawn_heartbeat(registry.clone(), api_url, swarm.clone());
     let gateway_swarm = (!config.offline).then(|| swarm.clone());
+    let peer_id = identity.peer_id.clone();
+    let version = env!("CARGO_PKG_VERSION");
+    let grace = config.shutdown_timeout.as_secs();
     let rpc_state = Arc::new(crate::rpc::RpcState {
         registry: registry.clone(),
         policy: policy.clone(),
@@ -181,25 +185,61 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     });
     let reg = registry.clone();
     let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new().wrap(api::version_header()).configure(api::configure(reg.clone(), auth.clone()))
+        actix_web::App::new()
+            .wrap(api::version_header())
+            .wrap(actix_web::middleware::from_fn(access::log))
+            .configure(api::configure(reg.clone(), auth.clone()))
     })
+        .disable_signals()
+        .shutdown_timeout(grace)
         .bind(config.api)
         .map_err(|source| ServeError::Bind { addr: config.api.to_string(), source })?;
     for addr in server.addrs() {
-        tracing::info!(%addr, data_dir = %config.data_dir.display(), "OCI Distribution API listening");
+        tracing::info!(%addr, version, %peer_id, data_dir = %config.data_dir.display(), "OCI Distribution API listening");
     }
-    let gateway = actix_web::HttpServer::new(move || actix_web::App::new().configure(crate::gateway::configure(policy.clone(), gateway_swarm.clone())))
+    let gateway = actix_web::HttpServer::new(move || {
+        actix_web::App::new().wrap(actix_web::middleware::from_fn(access::log)).configure(crate::gateway::configure(policy.clone(), gateway_swarm.clone()))
+    })
+        .disable_signals()
+        .shutdown_timeout(grace)
         .bind(config.gateway)
         .map_err(|source| ServeError::Bind { addr: config.gateway.to_string(), source })?;
     for addr in gateway.addrs() {
-        tracing::info!(%addr, "IPFS gateway listening");
+        tracing::info!(%addr, version, %peer_id, "IPFS gateway listening");
     }
-    let rpc = actix_web::HttpServer::new(move || actix_web::App::new().configure(crate::rpc::configure(rpc_state.clone())))
+    let rpc = actix_web::HttpServer::new(move || {
+        actix_web::App::new().wrap(actix_web::middleware::from_fn(access::log)).configure(crate::rpc::configure(rpc_state.clone()))
+    })
+        .disable_signals()
+        .shutdown_timeout(grace)
         .bind(config.rpc)
         .map_err(|source| ServeError::Bind { addr: config.rpc.to_string(), source })?;
     for addr in rpc.addrs() {
-        tracing::info!(%addr, "Kubo-compatible RPC listening");
+        tracing::info!(%addr, version, %peer_id, "Kubo-compatible RPC listening");
     }
-    futures_util::future::try_join3(server.run(), gateway.run(), rpc.run()).await.map_err(ServeError::Server)?;
+    let servers = [server.run(), gateway.run(), rpc.run()];
+    let handles: Vec<_> = servers.iter().map(|s| s.handle()).collect();
+    tokio::spawn(async move {
+        let signal = stop_signal().await;
+        tracing::info!(signal, "stopping: no new connections; requests in flight have {grace} s to finish");
+        futures_util::future::join_all(handles.iter().map(|h| h.stop(true))).await;
+    });
+    futures_util::future::try_join_all(servers).await.map_err(ServeError::Server)?;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGTERM (what a container runtime sends) or SIGINT (Ctrl-C): the name of the one that came.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
 }

@@ -113,7 +113,8 @@ impl Node {
             .args(if self.extra.iter().any(|a| a == "--rpc") { vec![] } else { vec!["--rpc".to_string(), self.rpc.to_string()] })
             // Tests of everything but access control run an open node; auth tests pass --auth.
             .args(if self.extra.iter().any(|a| a == "--auth") { &[][..] } else { &["--auth", "none"][..] })
-            .env("AF_LOG", std::env::var("AF_TEST_NODE_LOG").unwrap_or_else(|_| "info".into()))
+            // The node's own default filter unless the run asks for another.
+            .env("AF_LOG", std::env::var("AF_TEST_NODE_LOG").unwrap_or_default())
             // Any free port: many nodes run at once.
             .env("AF_SWARM", "/ip4/127.0.0.1/tcp/0")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -175,6 +176,31 @@ impl Node {
     }
 
     pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Sends SIGTERM, as a container runtime stopping the node would.
+    pub fn terminate(&mut self) {
+        // SAFETY: a signal to our own child process.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+    }
+
+    /// Waits up to `limit` for the node to exit: its status, None if it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut()?.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Starts the node again on its data directory (after it exited or was killed).
+    pub fn start_again(&mut self) {
         self.kill9();
         self.spawn();
     }
