@@ -7,13 +7,14 @@ use af_registry::config::Overrides;
 use clap::{Parser, Subcommand};
 use cli::accounts::{OrgCommand, TokenCommand, UserCommand};
 use cli::maintenance::PinCommand;
+use cli::client::Target;
 use cli::DataDir;
 use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(name = "af", version, about = "af: a decentralized container registry node")]
 struct Cli {
-    /// Log lines as text, or as JSON objects one per line [default: text].
+    /// Log lines as text, or as JSON objects one per line.
     #[arg(long, global = true, env = "AF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -109,6 +110,69 @@ enum RegistryCommand {
         #[arg(long, env = "AF_CID_PROFILE")]
         cid_profile: Option<af_registry::unixfs::Profile>,
     },
+    /// Log in to a registry; the login is kept where Docker keeps it (shared with docker,
+    /// podman and skopeo).
+    Login {
+        /// host[:port] [default: --registry, AF_REGISTRY or the client config's].
+        #[arg(value_name = "REGISTRY")]
+        host: Option<String>,
+        #[arg(long, short)]
+        username: Option<String>,
+        /// Read the password or access token from standard input (one line).
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Forget the login kept for a registry.
+    Logout {
+        /// host[:port] [default: --registry, AF_REGISTRY or the client config's].
+        #[arg(value_name = "REGISTRY")]
+        host: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Repositories you may read, with tags, sizes, creation dates and image CIDs.
+    List {
+        /// Only this namespace's repositories.
+        namespace: Option<String>,
+        /// One JSON array, for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// An image: digest, platforms, layers with their CIDs, size, build date, image CID,
+    /// referrers.
+    Info {
+        /// `myapp:latest`, `host:port/ns/app:tag` or `...@sha256:<hex>`.
+        reference: String,
+        /// Print the manifest's bytes as stored, nothing else.
+        #[arg(long)]
+        raw: bool,
+        #[arg(long)]
+        json: bool,
+        /// The IPFS gateway to link the image CID on, e.g. http://127.0.0.1:8080 [default: an
+        /// ipfs:// link].
+        #[arg(long, env = "AF_GATEWAY_URL")]
+        gateway_url: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Point a tag at what another reference names (same registry; blobs mounted across
+    /// repositories).
+    Tag {
+        source: String,
+        destination: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a tag, or a manifest by digest (with its tags).
+    Delete {
+        reference: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(clap::Args)]
@@ -166,6 +230,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             RegistryCommand::Org { command } => cli::block_on(cli::accounts::org(command)),
             RegistryCommand::Visibility { repository, visibility, data } => cli::maintenance::visibility(repository, visibility, data),
             RegistryCommand::Verify { data } => cli::maintenance::verify(data),
+            RegistryCommand::Login { host, username, password_stdin, target } => cli::block_on(cli::client::login(target, host, username, password_stdin)),
+            RegistryCommand::Logout { host, target } => cli::client::logout(target, host),
+            RegistryCommand::List { namespace, json, target } => cli::block_on(cli::client::list(target, namespace, json)),
+            RegistryCommand::Info { reference, raw, json, gateway_url, target } => cli::block_on(cli::client::info(target, reference, raw, json, gateway_url)),
+            RegistryCommand::Tag { source, destination, target } => cli::block_on(cli::client::tag(target, source, destination)),
+            RegistryCommand::Delete { reference, target } => cli::block_on(cli::client::delete(target, reference)),
         },
         Command::Cid { file, profile } => cli::cid(file, profile),
     }

@@ -286,3 +286,103 @@ print("ok")
     assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
     assert!(!anonymous.status.success(), "a private image was pulled without credentials");
 }
+
+/// The `af registry` client commands against a node with authentication on: login (kept where
+/// Docker keeps it: skopeo reads it back), list and info (checked against what the registry
+/// says), tag, delete, logout, and the one-line errors for a bad reference, a wrong password,
+/// an unknown tag and a missing login.
+#[test]
+fn af_client_commands_work_against_an_authenticated_node() {
+    let node = Node::start_with_env(&["--auth", "token"], &[("AF_ADMIN_PASSWORD", "admin-password-1")]);
+    let host = node.host();
+    let tmp = tempfile::tempdir().unwrap();
+    let docker_config = tmp.path().join("docker");
+    let af = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_af"))
+            .args(args)
+            .env("DOCKER_CONFIG", &docker_config)
+            .env("HOME", tmp.path())
+            .env("XDG_CONFIG_HOME", tmp.path().join("xdg"))
+            .env("AF_DATA_DIR", &node.data_dir)
+            .env_remove("AF_REGISTRY")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let text = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).to_string();
+    let fails_with = |out: std::process::Output, needle: &str| {
+        assert!(!out.status.success(), "should have failed: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("af: ") && err.contains(needle), "{err:?} does not say {needle:?}");
+    };
+    assert!(af(&["registry", "user", "add", "ci"], "ci-password\n").status.success());
+    let layout = build_image(tmp.path());
+    run(skopeo().args(["copy", "--dest-tls-verify=false", "--dest-creds", "ci:ci-password"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{host}/ci/app:t")));
+    run(skopeo().args(["copy", "--dest-tls-verify=false", "--dest-creds", "admin:admin-password-1"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{host}/admin/secret:t")));
+
+    fails_with(af(&["registry", "login", &host, "-u", "ci", "--password-stdin"], "wrong\n"), "refused");
+    let out = af(&["registry", "login", &host, "-u", "ci", "--password-stdin"], "ci-password\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = Command::new("skopeo").args(["login", "--get-login", "--authfile"]).arg(docker_config.join("config.json")).arg(&host).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "ci", "{}", String::from_utf8_lossy(&got.stderr));
+
+    // What the registry itself says of the image.
+    let manifest = client().get(node.url("/v2/ci/app/manifests/t")).basic_auth("ci", Some("ci-password")).header("Accept", OCI_MANIFEST).send().unwrap();
+    let image_cid = manifest.headers()["Ipfs-Image-Cid"].to_str().unwrap().to_string();
+    let digest = manifest.headers()["Docker-Content-Digest"].to_str().unwrap().to_string();
+    let manifest_bytes = manifest.bytes().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    let size = doc["config"]["size"].as_u64().unwrap() + doc["layers"].as_array().unwrap().iter().map(|l| l["size"].as_u64().unwrap()).sum::<u64>();
+
+    let out = af(&["registry", "list", "--json", "--registry", &host], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_str(&text(&out)).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "ci reads only its own repository: {rows:?}");
+    assert_eq!((rows[0]["repository"].as_str(), rows[0]["tag"].as_str()), (Some("ci/app"), Some("t")));
+    assert_eq!(rows[0]["imageCid"], image_cid.as_str());
+    assert_eq!(rows[0]["digest"], digest.as_str());
+    assert_eq!(rows[0]["size"].as_u64(), Some(size));
+    assert!(rows[0]["created"].as_str().is_some(), "{rows:?}");
+    let table = text(&af(&["registry", "list", "ci", "--registry", &host], ""));
+    assert!(table.lines().next().unwrap().starts_with("REPOSITORY") && table.contains(&image_cid), "{table}");
+
+    let out = af(&["registry", "info", &format!("{host}/ci/app:t"), "--json", "--gateway-url", "http://127.0.0.1:8080"], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info: serde_json::Value = serde_json::from_str(&text(&out)).unwrap();
+    assert_eq!(info["digest"], digest.as_str());
+    assert_eq!(info["imageCid"], image_cid.as_str());
+    assert_eq!(info["gatewayUrl"], format!("http://127.0.0.1:8080/ipfs/{image_cid}/"));
+    assert_eq!(info["size"].as_u64(), Some(size));
+    let layers = info["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), doc["layers"].as_array().unwrap().len());
+    for layer in layers {
+        let head = client().head(node.url(&format!("/v2/ci/app/blobs/{}", layer["digest"].as_str().unwrap()))).basic_auth("ci", Some("ci-password")).send().unwrap();
+        assert_eq!(layer["cid"], head.headers()["Ipfs-Cid"].to_str().unwrap());
+    }
+    let raw = af(&["registry", "info", &format!("{host}/ci/app:t"), "--raw"], "");
+    assert_eq!(raw.stdout, manifest_bytes.to_vec(), "--raw gives the manifest byte for byte");
+
+    // Short references resolve against --registry (or AF_REGISTRY).
+    assert!(af(&["registry", "tag", "ci/app:t", "ci/app:v2", "--registry", &host], "").status.success());
+    assert!(af(&["registry", "tag", "ci/app:t", "ci/copy:t", "--registry", &host], "").status.success());
+    let copied = client().get(node.url("/v2/ci/copy/manifests/t")).basic_auth("ci", Some("ci-password")).header("Accept", OCI_MANIFEST).send().unwrap();
+    assert_eq!(copied.headers()["Docker-Content-Digest"].to_str().unwrap(), digest);
+    run(skopeo().args(["inspect", "--tls-verify=false", "--creds", "ci:ci-password"]).arg(format!("docker://{host}/ci/copy:t")));
+    assert!(af(&["registry", "delete", "ci/app:v2", "--registry", &host], "").status.success());
+    let tags: serde_json::Value = client().get(node.url("/v2/ci/app/tags/list")).basic_auth("ci", Some("ci-password")).send().unwrap().json().unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["t"]));
+
+    fails_with(af(&["registry", "info", "Bad/Name:t", "--registry", &host], ""), "is not an image reference");
+    fails_with(af(&["registry", "info", "ci/app:nope", "--registry", &host], ""), "see af registry list");
+    fails_with(af(&["registry", "info", "ci/app:t"], ""), "--registry");
+    assert!(af(&["registry", "logout", &host], "").status.success());
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(docker_config.join("config.json")).unwrap()).unwrap();
+    assert!(config["auths"].get(&host).is_none(), "{config}");
+    fails_with(af(&["registry", "info", "ci/app:t", "--registry", &host], ""), "run af registry login");
+}

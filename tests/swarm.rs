@@ -250,6 +250,57 @@ fn want(cids: impl IntoIterator<Item = Vec<u8>>, kind: af_registry::swarm::messa
     Message { wantlist: Some(Wantlist { entries, full: false }), ..Default::default() }
 }
 
+/// An import by CID of what is not an importable image is the caller's error (400, saying why),
+/// and nothing of it is kept: a plain file, and an OCI layout (built by Kubo) whose manifest the
+/// registry refuses.
+#[test]
+fn importing_what_is_not_an_image_is_a_bad_request() {
+    let node = Node::start();
+    let kubo = KuboDaemon::start();
+    let connect = kubo.ipfs(&["swarm", "connect", &loopback_addr(&node)]);
+    assert!(connect.status.success(), "{}", String::from_utf8_lossy(&connect.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let add = |path: &std::path::Path| {
+        let out = kubo.ipfs(&["add", "-r", "-Q", "--cid-version=1", "--raw-leaves", &path.display().to_string()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let plain = dir.path().join("plain.bin");
+    std::fs::write(&plain, vec![7u8; 300_000]).unwrap();
+    let r = import(&node, &add(&plain), "x/plain");
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("nothing imported"));
+
+    // A layout whose manifest names a layer with a malformed digest.
+    let layout = dir.path().join("layout");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let blob = |bytes: &[u8]| {
+        let hex = sha256(bytes).trim_start_matches("sha256:").to_string();
+        std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    let (config, config_size) = blob(b"{}");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": "sha256:nothex", "size": 1}],
+    });
+    let (manifest, manifest_size) = blob(manifest.to_string().as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest, "size": manifest_size, "annotations": {"org.opencontainers.image.ref.name": "t"}}],
+    });
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    let r = import(&node, &add(&layout), "x/bad");
+    let status = r.status();
+    let text = r.text().unwrap();
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("nothing more imported") || text.contains("nothing imported"), "{text}");
+    let tags = client().get(node.url("/v2/x/bad/tags/list")).send().unwrap();
+    assert_eq!(tags.status(), 404, "nothing of the refused image is served");
+}
+
 /// A want that is settled (here: refused by the only peer, so it fails) is cancelled at every
 /// peer it was sent to, so none keeps it in its ledger.
 #[test]

@@ -2,6 +2,7 @@
 //! once `main` has parsed it.
 
 pub mod accounts;
+pub mod client;
 pub mod images;
 pub mod maintenance;
 

@@ -1,0 +1,376 @@
+//! `af registry login|logout|list|info|tag|delete`: the client commands, against any registry
+//! over the OCI API (none needs a data directory).
+
+use af_registry::client::credentials::{self, Login};
+use af_registry::client::reference::ImageRef;
+use af_registry::client::{ClientError, Registry, MANIFEST_TYPES};
+use anyhow::Context;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::io::{BufRead, Write};
+
+/// Where the client commands talk to.
+#[derive(clap::Args, Clone)]
+pub struct Target {
+    /// The registry short references (`myapp:latest`) are on, `host[:port]` [default: the
+    /// `registry` of ~/.config/af/client.toml].
+    #[arg(long, env = "AF_REGISTRY")]
+    pub registry: Option<String>,
+    /// Allow plain HTTP to a registry that is not on this machine.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl Target {
+    /// The default registry: the flag or AF_REGISTRY, else the client config file's `registry`.
+    fn default_registry(&self) -> anyhow::Result<Option<String>> {
+        if let Some(r) = &self.registry {
+            return Ok(Some(r.clone()));
+        }
+        let Some(path) = client_config_path() else { return Ok(None) };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct ClientConfig {
+            registry: Option<String>,
+        }
+        let config: ClientConfig = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        Ok(config.registry)
+    }
+
+    fn parse(&self, text: &str) -> anyhow::Result<ImageRef> {
+        Ok(ImageRef::parse(text, self.default_registry()?.as_deref())?)
+    }
+
+    fn registry(&self, host: &str) -> anyhow::Result<Registry> {
+        Ok(Registry::with_kept_login(host, self.insecure)?)
+    }
+
+    fn host(&self, given: Option<String>) -> anyhow::Result<String> {
+        given.or(self.default_registry()?).context("no registry given: name one, pass --registry HOST[:PORT] or set AF_REGISTRY")
+    }
+}
+
+fn client_config_path() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()).map(std::path::PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".config")))?;
+    Some(base.join("af").join("client.toml"))
+}
+
+/// `af registry login [REGISTRY]`: checks the login against the registry (its token service,
+/// or Basic), then keeps it where Docker does.
+pub async fn login(target: Target, registry: Option<String>, username: Option<String>, password_stdin: bool) -> anyhow::Result<()> {
+    let host = target.host(registry)?;
+    let username = match username {
+        Some(u) => u,
+        None if password_stdin => anyhow::bail!("--password-stdin needs --username"),
+        None => {
+            eprint!("Username: ");
+            std::io::stderr().flush().ok();
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).context("cannot read the user name")?;
+            line.trim().to_string()
+        }
+    };
+    anyhow::ensure!(!username.is_empty(), "a user name is required");
+    let secret = if password_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        rpassword::prompt_password("Password (or access token): ").context("cannot read the password")?
+    };
+    anyhow::ensure!(!secret.is_empty(), "a password or access token is required");
+    let login = Login { username, secret };
+    let registry = Registry::new(&host, Some(login.clone()), target.insecure)?;
+    // `/v2/` with the login: the token flow (a token for no scope) or Basic.
+    let url = registry.url("/v2/");
+    let checked = match registry.send("", |http| http.get(&url)).await {
+        Ok(response) => registry.check(response).await.map(drop),
+        Err(e) => Err(e),
+    };
+    match checked {
+        Ok(()) => {}
+        Err(ClientError::Registry { status: 401 | 403, message, .. }) => anyhow::bail!("login to {host} refused: {message}"),
+        Err(e) => return Err(e.into()),
+    }
+    credentials::store(&host, &login)?;
+    println!("Logged in to {host} as {}.", login.username);
+    Ok(())
+}
+
+/// `af registry logout [REGISTRY]`.
+pub fn logout(target: Target, registry: Option<String>) -> anyhow::Result<()> {
+    let host = target.host(registry)?;
+    if credentials::erase(&host)? {
+        println!("Logged out of {host}.");
+    } else {
+        println!("Not logged in to {host}.");
+    }
+    Ok(())
+}
+
+/// What `list` and `info` say of one manifest.
+struct Summary {
+    digest: String,
+    media_type: String,
+    /// Config and layers (of every platform, for an index).
+    size: u64,
+    created: Option<String>,
+    image_cid: Option<String>,
+    platforms: Vec<Value>,
+    layers: Vec<Value>,
+    manifest: bytes::Bytes,
+}
+
+fn is_index(media_type: &str, doc: &Value) -> bool {
+    media_type.contains("index") || media_type.contains("manifest.list") || doc.get("manifests").is_some()
+}
+
+async fn summarize(registry: &Registry, repository: &str, reference: &str, with_layer_cids: bool) -> anyhow::Result<Summary> {
+    let (body, media_type, headers) = registry.manifest(repository, reference, Method::GET).await?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let digest = header("docker-content-digest").unwrap_or_else(|| format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body))));
+    let doc: Value = serde_json::from_slice(&body).with_context(|| format!("{repository}@{digest}: the manifest is not JSON"))?;
+    let mut summary = Summary { digest, media_type: media_type.clone(), size: 0, created: None, image_cid: header("ipfs-image-cid"), platforms: Vec::new(), layers: Vec::new(), manifest: body };
+    let images: Vec<(Option<Value>, Value)> = if is_index(&media_type, &doc) {
+        let mut children = Vec::new();
+        for child in doc["manifests"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let Some(child_digest) = child["digest"].as_str() else { continue };
+            let (bytes, _, _) = registry.manifest(repository, child_digest, Method::GET).await?;
+            let child_doc: Value = serde_json::from_slice(&bytes).with_context(|| format!("{repository}@{child_digest}: not JSON"))?;
+            summary.platforms.push(json!({"digest": child_digest, "platform": child.get("platform").cloned().unwrap_or(Value::Null)}));
+            children.push((Some(child.clone()), child_doc));
+        }
+        children
+    } else {
+        vec![(None, doc)]
+    };
+    for (_, image) in &images {
+        summary.size += image["config"]["size"].as_u64().unwrap_or(0);
+        for layer in image["layers"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            summary.size += layer["size"].as_u64().unwrap_or(0);
+            let mut entry = json!({"digest": layer["digest"], "size": layer["size"], "mediaType": layer["mediaType"]});
+            if with_layer_cids {
+                if let Some(d) = layer["digest"].as_str() {
+                    entry["cid"] = blob_cid(registry, repository, d).await?.map_or(Value::Null, Value::String);
+                }
+            }
+            summary.layers.push(entry);
+        }
+        if summary.created.is_none() {
+            if let Some(config) = image["config"]["digest"].as_str() {
+                summary.created = config_created(registry, repository, config).await?;
+            }
+        }
+    }
+    Ok(summary)
+}
+
+/// A blob's `Ipfs-Cid` (our registry's HEAD says it; others say nothing).
+async fn blob_cid(registry: &Registry, repository: &str, digest: &str) -> anyhow::Result<Option<String>> {
+    let url = registry.url(&format!("/v2/{repository}/blobs/{digest}"));
+    let response = registry.check(registry.send(&format!("repository:{repository}:pull"), |http| http.head(&url)).await?).await?;
+    Ok(response.headers().get("ipfs-cid").and_then(|v| v.to_str().ok()).map(str::to_string))
+}
+
+/// The `created` date of an image config.
+async fn config_created(registry: &Registry, repository: &str, digest: &str) -> anyhow::Result<Option<String>> {
+    let url = registry.url(&format!("/v2/{repository}/blobs/{digest}"));
+    let response = registry.check(registry.send(&format!("repository:{repository}:pull"), |http| http.get(&url)).await?).await?;
+    // Configs are small; a huge one is not read for a date.
+    if response.content_length().is_some_and(|n| n > 4 << 20) {
+        return Ok(None);
+    }
+    let config: Value = response.json().await.unwrap_or(Value::Null);
+    Ok(config.get("created").and_then(Value::as_str).map(str::to_string))
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", units[unit]) }
+}
+
+/// `af registry list [NAMESPACE]`: every repository the caller may read, each tag with its size,
+/// creation date and image CID, printed as it is read (the catalog and tag lists page by page).
+pub async fn list(target: Target, namespace: Option<String>, as_json: bool) -> anyhow::Result<()> {
+    let host = target.host(None)?;
+    let registry = target.registry(&host)?;
+    let mut out = std::io::stdout().lock();
+    let mut first = true;
+    if as_json {
+        write!(out, "[")?;
+    } else {
+        writeln!(out, "{:<40} {:<20} {:>10} {:<20} IMAGE CID", "REPOSITORY", "TAG", "SIZE", "CREATED")?;
+    }
+    let mut page = Some("/v2/_catalog?n=100".to_string());
+    while let Some(path) = page.take() {
+        let (catalog, next) = registry.json_page(&path, "registry:catalog:*").await?;
+        page = next;
+        for repository in catalog["repositories"].as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(Value::as_str) {
+            if namespace.as_deref().is_some_and(|ns| !repository.starts_with(&format!("{ns}/"))) {
+                continue;
+            }
+            let scope = format!("repository:{repository}:pull");
+            let mut tags_page = Some(format!("/v2/{repository}/tags/list?n=100"));
+            while let Some(path) = tags_page.take() {
+                let (tags, next) = match registry.json_page(&path, &scope).await {
+                    Ok(t) => t,
+                    // Listed in the catalog but not readable (or gone since): skipped.
+                    Err(ClientError::Registry { status: 401 | 403 | 404, .. }) => break,
+                    Err(e) => return Err(e.into()),
+                };
+                tags_page = next;
+                for tag in tags["tags"].as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(Value::as_str) {
+                    let s = summarize(&registry, repository, tag, false).await.with_context(|| format!("{host}/{repository}:{tag}"))?;
+                    if as_json {
+                        let row = json!({"repository": repository, "tag": tag, "digest": s.digest, "mediaType": s.media_type, "size": s.size, "created": s.created, "imageCid": s.image_cid});
+                        write!(out, "{}{row}", if first { "" } else { "," })?;
+                    } else {
+                        let created = s.created.as_deref().map(|c| c.get(..19).unwrap_or(c).replace('T', " ")).unwrap_or_else(|| "-".into());
+                        writeln!(out, "{repository:<40} {tag:<20} {:>10} {created:<20} {}", human(s.size), s.image_cid.as_deref().unwrap_or("-"))?;
+                    }
+                    first = false;
+                }
+            }
+        }
+    }
+    if as_json {
+        writeln!(out, "]")?;
+    }
+    Ok(())
+}
+
+/// `af registry info REF`.
+pub async fn info(target: Target, reference: String, raw: bool, as_json: bool, gateway_url: Option<String>) -> anyhow::Result<()> {
+    let image = target.parse(&reference)?;
+    let registry = target.registry(&image.registry)?;
+    let s = summarize(&registry, &image.repository, &image.reference, !raw).await.with_context(|| image.to_string())?;
+    if raw {
+        std::io::stdout().lock().write_all(&s.manifest)?;
+        return Ok(());
+    }
+    let referrers = referrers(&registry, &image.repository, &s.digest).await?;
+    let gateway = gateway_url.map(|g| g.trim_end_matches('/').to_string());
+    let gateway_link = s.image_cid.as_ref().map(|cid| match &gateway {
+        Some(g) => format!("{g}/ipfs/{cid}/"),
+        None => format!("ipfs://{cid}"),
+    });
+    if as_json {
+        let doc = json!({
+            "reference": image.to_string(), "digest": s.digest, "mediaType": s.media_type, "size": s.size,
+            "created": s.created, "imageCid": s.image_cid, "gatewayUrl": gateway_link, "platforms": s.platforms,
+            "layers": s.layers, "referrers": referrers,
+            "manifest": serde_json::from_slice::<Value>(&s.manifest).unwrap_or(Value::Null),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "Reference:   {image}")?;
+    writeln!(out, "Digest:      {}", s.digest)?;
+    writeln!(out, "Media type:  {}", s.media_type)?;
+    writeln!(out, "Size:        {} ({} bytes, config and layers)", human(s.size), s.size)?;
+    writeln!(out, "Created:     {}", s.created.as_deref().unwrap_or("-"))?;
+    writeln!(out, "Image CID:   {}", s.image_cid.as_deref().unwrap_or("-"))?;
+    if let Some(link) = &gateway_link {
+        writeln!(out, "Gateway:     {link}")?;
+    }
+    if !s.platforms.is_empty() {
+        writeln!(out, "Platforms:")?;
+        for p in &s.platforms {
+            let platform = &p["platform"];
+            let name = [platform["os"].as_str(), platform["architecture"].as_str(), platform["variant"].as_str()].iter().flatten().copied().collect::<Vec<_>>().join("/");
+            writeln!(out, "  {:<16} {}", if name.is_empty() { "-" } else { &name }, p["digest"].as_str().unwrap_or_default())?;
+        }
+    }
+    writeln!(out, "Layers:")?;
+    for l in &s.layers {
+        writeln!(out, "  {}  {:>10}  {}  {}", l["digest"].as_str().unwrap_or_default(), human(l["size"].as_u64().unwrap_or(0)), l["mediaType"].as_str().unwrap_or_default(), l["cid"].as_str().unwrap_or("-"))?;
+    }
+    if !referrers.is_empty() {
+        writeln!(out, "Referrers:")?;
+        for r in &referrers {
+            writeln!(out, "  {}  {}", r["digest"].as_str().unwrap_or_default(), r["artifactType"].as_str().or(r["mediaType"].as_str()).unwrap_or_default())?;
+        }
+    }
+    Ok(())
+}
+
+/// What refers to `digest` (signatures, SBOMs): the referrers API, when the registry has it.
+async fn referrers(registry: &Registry, repository: &str, digest: &str) -> anyhow::Result<Vec<Value>> {
+    let path = format!("/v2/{repository}/referrers/{digest}");
+    match registry.json_page(&path, &format!("repository:{repository}:pull")).await {
+        Ok((index, _)) => Ok(index["manifests"].as_array().cloned().unwrap_or_default()),
+        Err(ClientError::Registry { status: 404 | 405, .. }) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `af registry tag SRC DST`: DST (a tag, in the same registry) points at what SRC names; across
+/// repositories its blobs are mounted first, so nothing is downloaded.
+pub async fn tag(target: Target, source: String, destination: String) -> anyhow::Result<()> {
+    let (src, dst) = (target.parse(&source)?, target.parse(&destination)?);
+    anyhow::ensure!(src.registry == dst.registry, "{src} and {dst} are on different registries: use push and pull to copy between them");
+    anyhow::ensure!(!dst.is_digest(), "{dst}: the destination must be a tag");
+    let registry = target.registry(&src.registry)?;
+    let (body, media_type, _) = registry.manifest(&src.repository, &src.reference, Method::GET).await?;
+    if src.repository != dst.repository {
+        let doc: Value = serde_json::from_slice(&body).with_context(|| format!("{src}: the manifest is not JSON"))?;
+        copy_referenced(&registry, &src.repository, &dst.repository, &doc).await?;
+    }
+    put_manifest(&registry, &dst.repository, &dst.reference, &media_type, body).await?;
+    println!("Tagged {dst}.");
+    Ok(())
+}
+
+/// Everything `doc` references, made present in `to`: blobs mounted from `from`, child
+/// manifests copied by digest.
+async fn copy_referenced(registry: &Registry, from: &str, to: &str, doc: &Value) -> anyhow::Result<()> {
+    if let Some(children) = doc["manifests"].as_array() {
+        for child in children {
+            let Some(digest) = child["digest"].as_str() else { continue };
+            let (bytes, media_type, _) = registry.manifest(from, digest, Method::GET).await?;
+            let child_doc: Value = serde_json::from_slice(&bytes).with_context(|| format!("{from}@{digest}: not JSON"))?;
+            Box::pin(copy_referenced(registry, from, to, &child_doc)).await?;
+            put_manifest(registry, to, digest, &media_type, bytes).await?;
+        }
+    }
+    let blobs = doc["config"]["digest"].as_str().into_iter().chain(doc["layers"].as_array().into_iter().flatten().filter_map(|l| l["digest"].as_str()));
+    for digest in blobs {
+        let url = registry.url(&format!("/v2/{to}/blobs/uploads/?mount={digest}&from={from}"));
+        let scope = format!("repository:{to}:pull,push repository:{from}:pull");
+        let response = registry.check(registry.send(&scope, |http| http.post(&url)).await?).await?;
+        anyhow::ensure!(response.status() == reqwest::StatusCode::CREATED, "{}: could not mount {digest} from {from} into {to} (the registry offered an upload instead)", registry.host);
+    }
+    Ok(())
+}
+
+async fn put_manifest(registry: &Registry, repository: &str, reference: &str, media_type: &str, body: bytes::Bytes) -> anyhow::Result<()> {
+    let url = registry.url(&format!("/v2/{repository}/manifests/{reference}"));
+    let scope = format!("repository:{repository}:pull,push");
+    let media_type = if media_type.is_empty() { MANIFEST_TYPES.split(',').next().unwrap_or_default().trim() } else { media_type };
+    registry.check(registry.send(&scope, |http| http.put(&url).header("content-type", media_type).body(body.clone())).await?).await?;
+    Ok(())
+}
+
+/// `af registry delete REF`: a tag (the image stays under its digest and other tags) or a
+/// manifest by digest (and every tag on it).
+pub async fn delete(target: Target, reference: String) -> anyhow::Result<()> {
+    let image = target.parse(&reference)?;
+    let registry = target.registry(&image.registry)?;
+    let url = registry.url(&format!("/v2/{}/manifests/{}", image.repository, image.reference));
+    let scope = format!("repository:{}:delete", image.repository);
+    registry.check(registry.send(&scope, |http| http.delete(&url)).await?).await?;
+    println!("Deleted {image}.");
+    Ok(())
+}
