@@ -167,6 +167,33 @@ enum RegistryCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Push an image to a registry (from an OCI image layout).
+    Push {
+        /// Where it goes: `myapp:latest`, `host:port/ns/app:tag`.
+        reference: String,
+        /// The image: `oci:DIR[:TAG]`.
+        #[arg(long)]
+        from: Option<String>,
+        /// No line per blob.
+        #[arg(long, short)]
+        quiet: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Pull an image from a registry (into an OCI image layout), every blob verified.
+    Pull {
+        reference: String,
+        /// Where it goes: `oci:DIR[:TAG]` (TAG defaults to the reference's).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this image of a multi-platform index: `os/arch[/variant]`, e.g. linux/arm64.
+        #[arg(long)]
+        platform: Option<String>,
+        #[arg(long, short)]
+        quiet: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Delete a tag, or a manifest by digest (with its tags).
     Delete {
         reference: String,
@@ -235,6 +262,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             RegistryCommand::List { namespace, json, target } => cli::block_on(cli::client::list(target, namespace, json)),
             RegistryCommand::Info { reference, raw, json, gateway_url, target } => cli::block_on(cli::client::info(target, reference, raw, json, gateway_url)),
             RegistryCommand::Tag { source, destination, target } => cli::block_on(cli::client::tag(target, source, destination)),
+            RegistryCommand::Push { reference, from, quiet, target } => cli::block_on(cli::client::push(target, reference, from, quiet)),
+            RegistryCommand::Pull { reference, to, platform, quiet, target } => cli::block_on(cli::client::pull(target, reference, to, platform, quiet)),
             RegistryCommand::Delete { reference, target } => cli::block_on(cli::client::delete(target, reference)),
         },
         Command::Cid { file, profile } => cli::cid(file, profile),

@@ -378,6 +378,24 @@ fn af_client_commands_work_against_an_authenticated_node() {
     let tags: serde_json::Value = client().get(node.url("/v2/ci/app/tags/list")).basic_auth("ci", Some("ci-password")).send().unwrap().json().unwrap();
     assert_eq!(tags["tags"], serde_json::json!(["t"]));
 
+    // push --from and pull --to an OCI layout: skopeo reads back what af pushed, and what af
+    // pulled is the pushed image byte for byte.
+    let out = af(&["registry", "push", "ci/pushed:t", "--from", &format!("oci:{}:t", layout.display()), "--registry", &host], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text(&out).starts_with(&format!("Pushed {host}/ci/pushed:t: sha256:")), "{}", text(&out));
+    let back = tmp.path().join("back");
+    run(skopeo().args(["copy", "--src-tls-verify=false", "--src-creds", "ci:ci-password"]).arg(format!("docker://{host}/ci/pushed:t")).arg(format!("oci:{}:t", back.display())));
+    assert_same_blobs(&layout, &back, "t");
+    let again = af(&["registry", "push", "ci/pushed:t", "--from", &format!("oci:{}:t", layout.display()), "--registry", &host], "");
+    assert!(again.status.success() && !String::from_utf8_lossy(&again.stderr).contains(" done"), "every blob is already there: {}", String::from_utf8_lossy(&again.stderr));
+    let pulled = tmp.path().join("pulled");
+    let out = af(&["registry", "pull", &format!("{host}/ci/app:t"), "--to", &format!("oci:{}", pulled.display())], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_same_blobs(&layout, &pulled, "t");
+    run(skopeo().arg("inspect").arg(format!("oci:{}:t", pulled.display())));
+    fails_with(af(&["registry", "push", "ci/x:t", "--from", "oci:/nonexistent", "--registry", &host], ""), "/nonexistent");
+    fails_with(af(&["registry", "pull", "ci/app:t", "--to", "docker-archive:/tmp/x.tar", "--registry", &host], ""), "only oci:DIR");
+
     fails_with(af(&["registry", "info", "Bad/Name:t", "--registry", &host], ""), "is not an image reference");
     fails_with(af(&["registry", "info", "ci/app:nope", "--registry", &host], ""), "see af registry list");
     fails_with(af(&["registry", "info", "ci/app:t"], ""), "--registry");

@@ -374,3 +374,64 @@ pub async fn delete(target: Target, reference: String) -> anyhow::Result<()> {
     println!("Deleted {image}.");
     Ok(())
 }
+
+/// `oci:DIR[:TAG]`: a directory holding an OCI image layout, and a tag in it.
+fn oci_location(text: &str, flag: &str) -> anyhow::Result<(std::path::PathBuf, Option<String>)> {
+    let Some(rest) = text.strip_prefix("oci:") else {
+        anyhow::bail!("{flag} {text:?}: only oci:DIR[:TAG] (an OCI image layout) is supported so far");
+    };
+    // The tag follows the last ':' unless that is part of the path (a '/' after it).
+    match rest.rsplit_once(':') {
+        Some((dir, tag)) if !tag.contains('/') && !tag.is_empty() => Ok((dir.into(), Some(tag.to_string()))),
+        _ => Ok((rest.into(), None)),
+    }
+}
+
+/// One line per blob as it finishes (to standard error, so standard output stays for results).
+fn blob_line(quiet: bool) -> impl Fn(&str, u64, bool) + Sync {
+    move |digest: &str, size: u64, already: bool| {
+        if !quiet {
+            let short = digest.get(..19).unwrap_or(digest);
+            eprintln!("{short}  {:>10}  {}", human(size), if already { "already there" } else { "done" });
+        }
+    }
+}
+
+fn summary_line(verb: &str, image: &ImageRef, moved: &af_registry::client::transfer::Moved, started: std::time::Instant) -> String {
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    format!(
+        "{verb} {image}: {} ({} blobs, {} already there, {} moved at {}/s)",
+        moved.digest,
+        moved.blobs,
+        moved.skipped,
+        human(moved.bytes),
+        human((moved.bytes as f64 / secs) as u64)
+    )
+}
+
+/// `af registry push REF --from oci:DIR[:TAG]`.
+pub async fn push(target: Target, reference: String, from: Option<String>, quiet: bool) -> anyhow::Result<()> {
+    let image = target.parse(&reference)?;
+    let from = from.context("pushing from the local engine is not supported yet: give --from oci:DIR[:TAG]")?;
+    let (dir, tag) = oci_location(&from, "--from")?;
+    let registry = target.registry(&image.registry)?;
+    let started = std::time::Instant::now();
+    let report = blob_line(quiet);
+    let moved = af_registry::client::transfer::push(&registry, &dir, tag.as_deref(), &image, &report).await?;
+    println!("{}", summary_line("Pushed", &image, &moved, started));
+    Ok(())
+}
+
+/// `af registry pull REF --to oci:DIR[:TAG] [--platform os/arch[/variant]]`.
+pub async fn pull(target: Target, reference: String, to: Option<String>, platform: Option<String>, quiet: bool) -> anyhow::Result<()> {
+    let image = target.parse(&reference)?;
+    let to = to.context("pulling into the local engine is not supported yet: give --to oci:DIR[:TAG]")?;
+    let (dir, tag) = oci_location(&to, "--to")?;
+    let tag = tag.or_else(|| (!image.is_digest()).then(|| image.reference.clone()));
+    let registry = target.registry(&image.registry)?;
+    let started = std::time::Instant::now();
+    let report = blob_line(quiet);
+    let moved = af_registry::client::transfer::pull(&registry, &image, &dir, tag.as_deref(), platform.as_deref(), &report).await?;
+    println!("{}", summary_line("Pulled", &image, &moved, started));
+    Ok(())
+}

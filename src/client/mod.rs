@@ -4,6 +4,7 @@
 
 pub mod credentials;
 pub mod reference;
+pub mod transfer;
 
 use credentials::Login;
 use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};

@@ -1,0 +1,343 @@
+//! Copying images between a registry and an OCI image layout on disk (`push --from oci:DIR`,
+//! `pull --to oci:DIR`): blobs stream (never whole in memory), several at once; a blob the
+//! registry has is not sent again; every blob pulled is hashed as it is written and kept only
+//! if it matches its digest.
+
+use super::reference::ImageRef;
+use super::{ClientError, Registry};
+use futures_util::{StreamExt, TryStreamExt};
+use serde_json::{json, Value};
+use sha2::Digest as _;
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Blobs moved at once.
+pub const CONCURRENT: usize = 4;
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{path}: {detail}")]
+    Layout { path: String, detail: String },
+    #[error("{digest}: the registry sent bytes whose digest is {actual}")]
+    Mismatch { digest: String, actual: String },
+    #[error("{0}")]
+    Selection(String),
+}
+
+type Result<T> = std::result::Result<T, TransferError>;
+
+fn layout_err(path: &Path, detail: impl std::fmt::Display) -> TransferError {
+    TransferError::Layout { path: path.display().to_string(), detail: detail.to_string() }
+}
+
+/// What moved: the top manifest's digest, and bytes sent or received (blobs skipped aside).
+#[derive(Debug, Default)]
+pub struct Moved {
+    pub digest: String,
+    pub bytes: u64,
+    pub blobs: usize,
+    pub skipped: usize,
+}
+
+/// Told of each blob as it finishes: (digest, size, whether it was already there).
+pub type Report<'a> = &'a (dyn Fn(&str, u64, bool) + Sync);
+
+fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf> {
+    let (alg, hex) = digest.split_once(':').ok_or_else(|| layout_err(dir, format!("{digest:?} is not a digest")))?;
+    if alg != "sha256" || hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(layout_err(dir, format!("{digest:?} is not a sha256 digest")));
+    }
+    Ok(dir.join("blobs").join(alg).join(hex))
+}
+
+fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let bytes = std::fs::read(path).map_err(|e| layout_err(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| layout_err(path, format!("not JSON: {e}")))
+}
+
+/// The manifest descriptor `tag` names in the layout's index.json (the only one, if no tag).
+fn select(dir: &Path, tag: Option<&str>) -> Result<Value> {
+    let index = read_json(&dir.join("index.json"))?;
+    let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+    let found: Vec<&Value> = match tag {
+        Some(t) => manifests.iter().filter(|m| m["annotations"][REF_NAME] == t).collect(),
+        None => manifests.iter().collect(),
+    };
+    match (found.as_slice(), tag) {
+        ([one], _) => Ok((*one).clone()),
+        ([], Some(t)) => Err(TransferError::Selection(format!("{}: no image tagged {t:?}", dir.display()))),
+        ([], None) => Err(TransferError::Selection(format!("{}: the layout holds no image", dir.display()))),
+        (_, _) => Err(TransferError::Selection(format!("{}: several images: name one with oci:{}:TAG", dir.display(), dir.display()))),
+    }
+}
+
+/// Pushes the image `tag` of the layout at `dir` to `dst` (its tag, or digest).
+pub async fn push(registry: &Registry, dir: &Path, tag: Option<&str>, dst: &ImageRef, report: Report<'_>) -> Result<Moved> {
+    let top = select(dir, tag)?;
+    let mut moved = Moved::default();
+    let digest = push_manifest(registry, dir, &top, &dst.repository, Some(&dst.reference), report, &mut moved).await?;
+    moved.digest = digest;
+    Ok(moved)
+}
+
+/// Pushes the manifest `desc` names (its children and blobs first); returns its digest.
+async fn push_manifest(registry: &Registry, dir: &Path, desc: &Value, repo: &str, reference: Option<&str>, report: Report<'_>, moved: &mut Moved) -> Result<String> {
+    let digest = desc["digest"].as_str().ok_or_else(|| layout_err(dir, "a descriptor without a digest"))?.to_string();
+    let path = blob_path(dir, &digest)?;
+    let bytes = std::fs::read(&path).map_err(|e| layout_err(&path, e))?;
+    if sha256_digest(&bytes) != digest {
+        return Err(layout_err(&path, format!("its bytes do not match {digest}")));
+    }
+    let doc: Value = serde_json::from_slice(&bytes).map_err(|e| layout_err(&path, format!("not JSON: {e}")))?;
+    if let Some(children) = doc["manifests"].as_array() {
+        for child in children {
+            Box::pin(push_manifest(registry, dir, child, repo, None, report, moved)).await?;
+        }
+    }
+    let blobs: Vec<(String, u64)> = doc["config"]
+        .as_object()
+        .into_iter()
+        .chain(doc["layers"].as_array().into_iter().flatten().filter_map(Value::as_object))
+        .filter_map(|d| Some((d.get("digest")?.as_str()?.to_string(), d.get("size")?.as_u64()?)))
+        .collect();
+    let results: Vec<(u64, bool)> = futures_util::stream::iter(blobs.into_iter().map(|(digest, size)| async move {
+        let sent = push_blob(registry, dir, repo, &digest, size).await?;
+        report(&digest, size, !sent);
+        Ok::<_, TransferError>((size, sent))
+    }))
+    .buffer_unordered(CONCURRENT)
+    .try_collect()
+    .await?;
+    for (size, sent) in results {
+        moved.blobs += 1;
+        if sent {
+            moved.bytes += size;
+        } else {
+            moved.skipped += 1;
+        }
+    }
+    let media_type = doc["mediaType"].as_str().or(desc["mediaType"].as_str()).unwrap_or("application/vnd.oci.image.manifest.v1+json").to_string();
+    let url = registry.url(&format!("/v2/{repo}/manifests/{}", reference.unwrap_or(&digest)));
+    let scope = format!("repository:{repo}:pull,push");
+    let body = bytes::Bytes::from(bytes);
+    registry.check(registry.send(&scope, |http| http.put(&url).header("content-type", &media_type).body(body.clone())).await?).await?;
+    Ok(digest)
+}
+
+/// Sends blob `digest` unless the repository has it: true if it was sent.
+async fn push_blob(registry: &Registry, dir: &Path, repo: &str, digest: &str, size: u64) -> Result<bool> {
+    let scope = format!("repository:{repo}:pull,push");
+    let head_url = registry.url(&format!("/v2/{repo}/blobs/{digest}"));
+    let head = registry.send(&scope, |http| http.head(&head_url)).await?;
+    if head.status().is_success() {
+        return Ok(false);
+    }
+    let path = blob_path(dir, digest)?;
+    let on_disk = std::fs::metadata(&path).map_err(|e| layout_err(&path, e))?.len();
+    if on_disk != size {
+        return Err(layout_err(&path, format!("{on_disk} bytes, the manifest says {size}")));
+    }
+    let start_url = registry.url(&format!("/v2/{repo}/blobs/uploads/"));
+    let started = registry.check(registry.send(&scope, |http| http.post(&start_url)).await?).await?;
+    let location = started.headers().get("location").and_then(|v| v.to_str().ok()).ok_or_else(|| registry.protocol("an upload without a Location".into()))?;
+    let location = if location.starts_with('/') { registry.url(location) } else { location.to_string() };
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let put_url = format!("{location}{sep}digest={digest}");
+    // The body is made anew for each attempt (a challenge answered means a second one).
+    let response = registry
+        .send(&scope, |http| {
+            http.put(&put_url)
+                .header("content-type", "application/octet-stream")
+                .header("content-length", size)
+                .body(reqwest::Body::wrap_stream(file_chunks(path.clone())))
+        })
+        .await?;
+    registry.check(response).await?;
+    Ok(true)
+}
+
+/// The file at `path`, 1 MiB at a time, opened when first read.
+fn file_chunks(path: PathBuf) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    futures_util::stream::try_unfold((path, None::<tokio::fs::File>), |(path, file)| async move {
+        let mut file = match file {
+            Some(f) => f,
+            None => tokio::fs::File::open(&path).await?,
+        };
+        let mut buf = vec![0u8; 1 << 20];
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.truncate(n);
+        Ok(Some((bytes::Bytes::from(buf), (path, Some(file)))))
+    })
+}
+
+/// `os/arch[/variant]` as `--platform` gives it.
+pub fn platform_matches(platform: &Value, wanted: &str) -> bool {
+    let mut parts = wanted.split('/');
+    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
+    platform["os"].as_str() == os && platform["architecture"].as_str() == arch && variant.is_none_or(|v| platform["variant"].as_str() == Some(v))
+}
+
+/// Pulls `src` into the layout at `dir` (created if need be), tagged `tag` there if given:
+/// with `platform`, only that image of an index.
+pub async fn pull(registry: &Registry, src: &ImageRef, dir: &Path, tag: Option<&str>, platform: Option<&str>, report: Report<'_>) -> Result<Moved> {
+    std::fs::create_dir_all(dir.join("blobs").join("sha256")).map_err(|e| layout_err(dir, e))?;
+    let mut moved = Moved::default();
+    let (bytes, media_type, _) = registry.manifest(&src.repository, &src.reference, reqwest::Method::GET).await?;
+    let digest = sha256_digest(&bytes);
+    if src.is_digest() && digest != src.reference {
+        return Err(TransferError::Mismatch { digest: src.reference.clone(), actual: digest });
+    }
+    let doc: Value = serde_json::from_slice(&bytes).map_err(|e| registry.protocol(format!("{src}: the manifest is not JSON: {e}")))?;
+    let mut top = json!({"mediaType": doc["mediaType"].as_str().unwrap_or(&media_type), "digest": digest, "size": bytes.len()});
+    match (doc["manifests"].as_array(), platform) {
+        (Some(children), Some(wanted)) => {
+            let child = children
+                .iter()
+                .find(|c| platform_matches(&c["platform"], wanted))
+                .ok_or_else(|| TransferError::Selection(format!("{src} has no image for {wanted}")))?;
+            top = json!({"mediaType": child["mediaType"], "digest": child["digest"], "size": child["size"]});
+            pull_manifest(registry, &src.repository, dir, &top, report, &mut moved).await?;
+        }
+        _ => {
+            pull_children_and_blobs(registry, &src.repository, dir, &doc, report, &mut moved).await?;
+            write_blob_bytes(dir, &digest, &bytes)?;
+        }
+    }
+    if let Some(tag) = tag {
+        top["annotations"] = json!({ REF_NAME: tag });
+    }
+    moved.digest = top["digest"].as_str().unwrap_or_default().to_string();
+    add_to_index(dir, top, tag)?;
+    Ok(moved)
+}
+
+/// Pulls the manifest `desc` names and everything under it.
+async fn pull_manifest(registry: &Registry, repo: &str, dir: &Path, desc: &Value, report: Report<'_>, moved: &mut Moved) -> Result<()> {
+    let digest = desc["digest"].as_str().ok_or_else(|| registry.protocol("a descriptor without a digest".into()))?;
+    let (bytes, _, _) = registry.manifest(repo, digest, reqwest::Method::GET).await?;
+    let actual = sha256_digest(&bytes);
+    if actual != digest {
+        return Err(TransferError::Mismatch { digest: digest.to_string(), actual });
+    }
+    let doc: Value = serde_json::from_slice(&bytes).map_err(|e| registry.protocol(format!("{repo}@{digest}: not JSON: {e}")))?;
+    pull_children_and_blobs(registry, repo, dir, &doc, report, moved).await?;
+    write_blob_bytes(dir, digest, &bytes)
+}
+
+async fn pull_children_and_blobs(registry: &Registry, repo: &str, dir: &Path, doc: &Value, report: Report<'_>, moved: &mut Moved) -> Result<()> {
+    if let Some(children) = doc["manifests"].as_array() {
+        for child in children {
+            Box::pin(pull_manifest(registry, repo, dir, child, report, moved)).await?;
+        }
+    }
+    let blobs: Vec<(String, u64)> = doc["config"]
+        .as_object()
+        .into_iter()
+        .chain(doc["layers"].as_array().into_iter().flatten().filter_map(Value::as_object))
+        .filter_map(|d| Some((d.get("digest")?.as_str()?.to_string(), d.get("size")?.as_u64()?)))
+        .collect();
+    let results: Vec<(u64, bool)> = futures_util::stream::iter(blobs.into_iter().map(|(digest, size)| async move {
+        let fetched = pull_blob(registry, repo, dir, &digest, size).await?;
+        report(&digest, size, !fetched);
+        Ok::<_, TransferError>((size, fetched))
+    }))
+    .buffer_unordered(CONCURRENT)
+    .try_collect()
+    .await?;
+    for (size, fetched) in results {
+        moved.blobs += 1;
+        if fetched {
+            moved.bytes += size;
+        } else {
+            moved.skipped += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Fetches blob `digest` into the layout unless a file there already matches it: true if
+/// fetched. Written to a temporary file while hashed; renamed into place only if it matches.
+async fn pull_blob(registry: &Registry, repo: &str, dir: &Path, digest: &str, size: u64) -> Result<bool> {
+    let path = blob_path(dir, digest)?;
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == size) && hash_file(&path).await? == digest {
+        return Ok(false);
+    }
+    let url = registry.url(&format!("/v2/{repo}/blobs/{digest}"));
+    let response = registry.check(registry.send(&format!("repository:{repo}:pull"), |http| http.get(&url)).await?).await?;
+    let tmp = path.with_extension(format!("part-{}", std::process::id()));
+    let result = async {
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| layout_err(&tmp, e))?;
+        let mut hasher = sha2::Sha256::new();
+        let mut received = 0u64;
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| registry.protocol(format!("{digest}: {e}")))?;
+            received += chunk.len() as u64;
+            if received > size {
+                return Err(registry.protocol(format!("{digest}: more than the {size} bytes its descriptor says")).into());
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(|e| layout_err(&tmp, e))?;
+        }
+        file.sync_all().await.map_err(|e| layout_err(&tmp, e))?;
+        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if actual != digest {
+            return Err(TransferError::Mismatch { digest: digest.to_string(), actual });
+        }
+        std::fs::rename(&tmp, &path).map_err(|e| layout_err(&path, e))
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| true)
+}
+
+async fn hash_file(path: &Path) -> Result<String> {
+    let mut file = tokio::fs::File::open(path).await.map_err(|e| layout_err(path, e))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).await.map_err(|e| layout_err(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
+fn write_blob_bytes(dir: &Path, digest: &str, bytes: &[u8]) -> Result<()> {
+    let path = blob_path(dir, digest)?;
+    std::fs::write(&path, bytes).map_err(|e| layout_err(&path, e))
+}
+
+/// Adds `desc` to the layout's index.json (an entry with the same tag is replaced) and writes
+/// `oci-layout` if missing.
+fn add_to_index(dir: &Path, desc: Value, tag: Option<&str>) -> Result<()> {
+    let layout_file = dir.join("oci-layout");
+    if !layout_file.exists() {
+        std::fs::write(&layout_file, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(|e| layout_err(&layout_file, e))?;
+    }
+    let index_path = dir.join("index.json");
+    let mut index = if index_path.exists() { read_json(&index_path)? } else { json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}) };
+    let manifests = index["manifests"].as_array_mut().ok_or_else(|| layout_err(&index_path, "manifests is not a list"))?;
+    manifests.retain(|m| match tag {
+        Some(t) => m["annotations"][REF_NAME] != t,
+        None => m["digest"] != desc["digest"],
+    });
+    manifests.push(desc);
+    let text = serde_json::to_vec(&index).map_err(|e| layout_err(&index_path, e))?;
+    let tmp = dir.join(format!(".index.json.{}", std::process::id()));
+    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &index_path)).map_err(|e| layout_err(&index_path, e))
+}
