@@ -14,7 +14,7 @@ export PATH="$GOBIN:$PATH"
 
 need_apt=()
 for pair in skopeo:skopeo podman:podman buildah:buildah umoci:umoci containerd:containerd \
-            ctr:containerd docker-registry:docker-registry wrk:wrk jq:jq; do
+            ctr:containerd docker-registry:docker-registry wrk:wrk jq:jq tini:tini; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -51,6 +51,13 @@ fi
 if ! cmp -s tests/interop/package-lock.json tests/interop/node_modules/.af-installed-lock.json; then
   echo "installing npm packages in tests/interop"
   (cd tests/interop && npm ci --silent && cp package-lock.json node_modules/.af-installed-lock.json)
+fi
+
+# Akash's SDL parser, apart: it installs only without its packages' scripts (a keyring module
+# it pulls in does not build here).
+if ! cmp -s tests/akash/package-lock.json tests/akash/node_modules/.af-installed-lock.json; then
+  echo "installing npm packages in tests/akash"
+  (cd tests/akash && npm ci --ignore-scripts --silent && cp package-lock.json node_modules/.af-installed-lock.json)
 fi
 
 python3 -c 'import oras' 2>/dev/null || { echo "installing oras (PyPI)"; pip install -q 'oras>=0.2,<0.3'; }
