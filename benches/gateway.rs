@@ -53,7 +53,7 @@ fn main() {
     let data = dir.join("af");
     let child = Command::new(env!("CARGO_BIN_EXE_af"))
         .env("AF_SWARM", "/ip4/127.0.0.1/tcp/0")
-        .args(["registry", "serve", "--auth", "none", "--rpc", "127.0.0.1:0"])
+        .args(["registry", "serve", "--metrics", "127.0.0.1:0", "--auth", "none", "--rpc", "127.0.0.1:0"])
         .args(["--api", &format!("127.0.0.1:{api_port}"), "--gateway", &format!("127.0.0.1:{gw_port}"), "--data-dir"])
         .arg(&data)
         .env("AF_LOG", "warn")

@@ -22,7 +22,7 @@ fn start(dir: &std::path::Path, database: Option<&str>) -> Node {
     let port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_af"));
     cmd.env("AF_SWARM", "/ip4/127.0.0.1/tcp/0");
-    cmd.args(["registry", "serve", "--auth", "none", "--gateway", "127.0.0.1:0", "--rpc", "127.0.0.1:0"])
+    cmd.args(["registry", "serve", "--metrics", "127.0.0.1:0", "--auth", "none", "--gateway", "127.0.0.1:0", "--rpc", "127.0.0.1:0"])
         .args(["--api", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir)
         .env("AF_LOG", "warn")

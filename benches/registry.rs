@@ -49,7 +49,7 @@ fn start_af(dir: &Path) -> Server {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_af"))
         .env("AF_SWARM", "/ip4/127.0.0.1/tcp/0")
-        .args(["registry", "serve", "--auth", "none", "--gateway", "127.0.0.1:0", "--rpc", "127.0.0.1:0", "--api", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args(["registry", "serve", "--metrics", "127.0.0.1:0", "--auth", "none", "--gateway", "127.0.0.1:0", "--rpc", "127.0.0.1:0", "--api", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir.join("af"))
         .env("AF_LOG", "warn")
         .stdout(Stdio::null())

@@ -30,7 +30,7 @@ fn peak_rss_mib(pid: u32) -> f64 {
 
 fn node(data: &Path, api: u16, rpc: u16, swarm: u16) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_af"))
-        .args(["registry", "serve", "--auth", "none", "--gateway", "127.0.0.1:0"])
+        .args(["registry", "serve", "--metrics", "127.0.0.1:0", "--auth", "none", "--gateway", "127.0.0.1:0"])
         .args(["--api", &format!("127.0.0.1:{api}"), "--rpc", &format!("127.0.0.1:{rpc}")])
         .args(["--swarm", &format!("/ip4/127.0.0.1/tcp/{swarm}"), "--data-dir"])
         .arg(data)

@@ -65,7 +65,7 @@ case " $envs " in *" AF_API=0.0.0.0:$expose "*) ;; *) echo "check-dockerfile: EN
 
 # The image's environment, with the data directory moved to a temp dir and the listener on
 # loopback, on the exposed port.
-env $envs AF_DATA_DIR="$ctx/data" AF_GATEWAY=127.0.0.1:0 AF_RPC=127.0.0.1:0 AF_API="127.0.0.1:$expose" AF_LOG=info AF_SWARM=/ip4/127.0.0.1/tcp/0 \
+env $envs AF_DATA_DIR="$ctx/data" AF_GATEWAY=127.0.0.1:0 AF_RPC=127.0.0.1:0 AF_METRICS=127.0.0.1:0 AF_API="127.0.0.1:$expose" AF_LOG=info AF_SWARM=/ip4/127.0.0.1/tcp/0 \
   $init "$root/target/debug/$entry" $cmd >"$ctx/node.log" 2>&1 &
 pid=$!
 healthy=

@@ -34,7 +34,7 @@ total_pass=0; total_fail=0; total_skip=0
 run_suite() { # label sparse(true|false) node-args...
   local label=$1 sparse=$2; shift 2
   local work; work=$(mktemp -d)
-  AF_LOG=warn "$BIN" registry serve --api "127.0.0.1:$PORT" --gateway 127.0.0.1:0 --rpc 127.0.0.1:0 --data-dir "$work/data" "$@" >"$work/node.log" 2>&1 &
+  AF_LOG=warn "$BIN" registry serve --api "127.0.0.1:$PORT" --gateway 127.0.0.1:0 --rpc 127.0.0.1:0 --metrics 127.0.0.1:0 --data-dir "$work/data" "$@" >"$work/node.log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do
     # Any answer will do: with authentication on, /v2/ answers 401.

@@ -9,6 +9,7 @@ use std::time::Duration;
 pub const DEFAULT_API: &str = "0.0.0.0:5000";
 pub const DEFAULT_GATEWAY: &str = "0.0.0.0:8080";
 pub const DEFAULT_RPC: &str = "127.0.0.1:5001";
+pub const DEFAULT_METRICS: &str = "127.0.0.1:5002";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 
 /// Declares every setting once: its doc (the flag's help), its clap attributes (flag and `AF_*`
@@ -60,6 +61,10 @@ settings! {
     /// administrator's credentials and reads see public content only [default: 127.0.0.1:5001].
     #[arg(long, env = "AF_RPC")]
     rpc: SocketAddr = DEFAULT_RPC.parse().expect("default address");
+    /// Address of the Prometheus metrics listener (/metrics); it says how much the registry
+    /// holds and serves, so keep it off the internet [default: 127.0.0.1:5002].
+    #[arg(long, env = "AF_METRICS")]
+    metrics: SocketAddr = DEFAULT_METRICS.parse().expect("default address");
     /// Directory for blobs, uploads and the metadata database [default: ./data].
     #[arg(long, env = "AF_DATA_DIR")]
     data_dir: PathBuf = PathBuf::from(DEFAULT_DATA_DIR);

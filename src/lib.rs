@@ -16,6 +16,7 @@ pub mod identity;
 pub mod image;
 pub mod manifest;
 pub mod metadata;
+pub mod metrics;
 pub mod names;
 pub mod node;
 pub mod registry;

@@ -313,7 +313,7 @@ fn first_start_prints_a_bootstrap_token_once() {
     let start = || {
         Command::new(env!("CARGO_BIN_EXE_af"))
             .env("AF_SWARM", "/ip4/127.0.0.1/tcp/0")
-            .args(["registry", "serve", "--gateway", "127.0.0.1:0", "--rpc", "127.0.0.1:0", "--api", &addr.to_string(), "--data-dir"])
+            .args(["registry", "serve", "--metrics", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--rpc", "127.0.0.1:0", "--api", &addr.to_string(), "--data-dir"])
             .arg(dir.path())
             .env_remove("AF_ADMIN_PASSWORD")
             .stdout(Stdio::piped())

@@ -1,9 +1,12 @@
-//! The container and its Akash deployment, checked without an engine: the SDL through Akash's
+//! Operating the node: its metrics scraped by a real Prometheus; the container and its Akash
+//! deployment, checked without an engine: the SDL through Akash's
 //! own parser (`@akashnetwork/akashjs`, installed in tests/akash by scripts/install-test-deps.sh),
 //! and against the Dockerfile: every port the node listens on is exposed, the data directory is
 //! on persistent storage, the environment is the one the README names. (The Dockerfile's build
 //! and run steps are exercised by scripts/check-dockerfile.sh.)
 
+mod common;
+use common::*;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -87,4 +90,81 @@ fn the_akash_sdl_parses_and_matches_the_container() {
     assert!(get("ENTRYPOINT")[0].starts_with(r#"["/usr/bin/tini", "--", "af""#), "{:?}", get("ENTRYPOINT"));
     assert!(get("RUN").iter().any(|r| r.contains(" tini")), "tini is installed");
     assert!(!get("HEALTHCHECK").is_empty());
+}
+
+/// Prometheus' instant query `q`: the first sample's value, if any.
+fn prometheus_value(port: u16, q: &str) -> Option<f64> {
+    let url = format!("http://127.0.0.1:{port}/api/v1/query");
+    let r: serde_json::Value = reqwest::blocking::Client::new().get(url).query(&[("query", q)]).send().ok()?.json().ok()?;
+    r["data"]["result"].as_array()?.first()?["value"][1].as_str()?.parse().ok()
+}
+
+/// `/metrics` on the metrics listener: clean for `promtool check metrics`, scraped by a real
+/// Prometheus server, with counters that move with the requests made and totals that say what
+/// the registry holds.
+#[test]
+fn metrics_are_scraped_by_prometheus_and_move_with_requests() {
+    let metrics_port = free_addr().port();
+    let node = Node::start_with(&["--metrics", &format!("127.0.0.1:{metrics_port}")]);
+    let data = xorshift_bytes(5, 300_000);
+    let digest = push_blob(&node, "team/app", &data);
+    let blob = node.url(&format!("/v2/team/app/blobs/{digest}"));
+    assert_eq!(client().get(&blob).send().unwrap().bytes().unwrap().len(), data.len());
+    assert_eq!(client().get(node.url("/v2/team/app/manifests/nope")).send().unwrap().status(), 404);
+
+    let text = client().get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().unwrap().text().unwrap();
+    let mut lint = Command::new("promtool").args(["check", "metrics"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("promtool (scripts/install-test-deps.sh)");
+    std::io::Write::write_all(&mut lint.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let lint = lint.wait_with_output().unwrap();
+    assert!(lint.status.success(), "promtool: {}{}", String::from_utf8_lossy(&lint.stdout), String::from_utf8_lossy(&lint.stderr));
+    let sample = |line_start: &str| text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(sample(r#"af_http_requests_total{listener="api",method="GET",route="/v2/<name>/blobs/<digest>",status="200"}"#), Some(1.0), "{text}");
+    assert_eq!(sample(r#"af_http_requests_total{listener="api",method="GET",route="/v2/<name>/manifests/<reference>",status="404"}"#), Some(1.0), "{text}");
+    assert_eq!(sample(r#"af_stored{what="blobs"}"#), Some(1.0));
+    assert_eq!(sample(r#"af_stored{what="blob_bytes"}"#), Some(data.len() as f64));
+    assert!(sample(r#"af_http_sent_bytes_total{listener="api"}"#).unwrap() >= data.len() as f64);
+    assert!(sample(r#"af_http_received_bytes_total{listener="api"}"#).unwrap() >= data.len() as f64);
+    assert!(text.contains("af_http_request_duration_seconds_bucket{listener=\"api\""), "{text}");
+    assert!(!text.contains("team/app"), "routes are templates, never paths");
+
+    // A real Prometheus server scrapes it every second.
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("prometheus.yml");
+    std::fs::write(&config, format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: af\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n")).unwrap();
+    let prom_port = free_addr().port();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _prometheus = Kill(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", tmp.path().join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus (scripts/install-test-deps.sh)"),
+    );
+    let query = r#"af_http_requests_total{route="/v2/<name>/blobs/<digest>",method="GET",status="200"}"#;
+    let wait_for = |q: &str, at_least: f64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(v) = prometheus_value(prom_port, q).filter(|v| *v >= at_least) {
+                return v;
+            }
+            assert!(std::time::Instant::now() < deadline, "Prometheus never saw {q} >= {at_least}");
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    };
+    let before = wait_for(query, 1.0);
+    assert_eq!(wait_for(r#"af_stored{what="blobs"}"#, 1.0), 1.0);
+    for _ in 0..3 {
+        client().get(&blob).send().unwrap().bytes().unwrap();
+    }
+    assert!(wait_for(query, before + 3.0) >= before + 3.0);
+    assert_eq!(wait_for(r#"up{job="af"}"#, 1.0), 1.0);
 }

@@ -139,7 +139,7 @@ fn weak_administrator_passwords_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_af"))
             .env("AF_SWARM", "/ip4/127.0.0.1/tcp/0")
-            .args(["registry", "serve", "--api", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--rpc", "127.0.0.1:0", "--data-dir"])
+            .args(["registry", "serve", "--metrics", "127.0.0.1:0", "--api", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--rpc", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .env("AF_ADMIN_PASSWORD", password)
             .output()

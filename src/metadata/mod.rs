@@ -30,6 +30,32 @@ pub enum MetadataError {
     Corrupt(String),
 }
 
+impl MetadataError {
+    /// Its kind, as a metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MetadataError::Unavailable(_) => "unavailable",
+            MetadataError::Backend(_) => "backend",
+            MetadataError::Conflict(_) => "conflict",
+            MetadataError::Corrupt(_) => "corrupt",
+        }
+    }
+}
+
+/// What the registry holds, counted (for metrics).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Totals {
+    pub repositories: i64,
+    pub manifests: i64,
+    pub blobs: i64,
+    pub blob_bytes: i64,
+    pub upload_sessions: i64,
+}
+
+/// One statement for [`Totals`], valid on both backends.
+pub const TOTALS_SQL: &str = "SELECT (SELECT COUNT(*) FROM repositories), (SELECT COUNT(*) FROM manifests), (SELECT COUNT(*) FROM blobs), \
+(SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM blobs), (SELECT COUNT(*) FROM upload_sessions)";
+
 pub type MetaResult<T> = Result<T, MetadataError>;
 
 /// A manifest as stored: its verbatim bytes plus what the API needs without reparsing them.
@@ -243,6 +269,8 @@ pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     async fn mark_upload_finishing(&self, id: Uuid, digest: &Digest) -> MetaResult<()>;
     async fn delete_upload(&self, id: Uuid) -> MetaResult<bool>;
     async fn list_uploads(&self) -> MetaResult<Vec<UploadSession>>;
+    /// Repositories, manifests, blobs, their bytes and upload sessions, counted.
+    async fn totals(&self) -> MetaResult<Totals>;
     /// Uploads not touched for `idle_secs` seconds or more.
     async fn idle_uploads(&self, idle_secs: u64) -> MetaResult<Vec<Uuid>>;
 

@@ -14,7 +14,7 @@ use super::batch::{Batcher, Loader};
 use super::{
     NodeRecord,
     BlobInfo, GarbageCollected, ManifestRecord, MetaResult, MetadataError, MetadataStore, NewManifest, Page,
-    PutManifestOutcome, Reference, Referrer, ReferrerPage, SweptBlob, UploadSession, REFERRERS_AFTER, REFERRERS_PAGE,
+    PutManifestOutcome, Reference, Referrer, ReferrerPage, SweptBlob, Totals, UploadSession, REFERRERS_AFTER, REFERRERS_PAGE,
 };
 use crate::digest::Digest;
 use async_trait::async_trait;
@@ -81,7 +81,9 @@ impl IntoMeta for tokio_postgres::Error {
 }
 
 fn pg(e: impl IntoMeta) -> MetadataError {
-    e.into_meta()
+    let error = e.into_meta();
+    crate::metrics::metadata_error("postgres", &error);
+    error
 }
 
 fn classify(e: tokio_postgres::Error) -> MetadataError {
@@ -176,7 +178,10 @@ impl PgStore {
     }
 
     async fn client(&self) -> MetaResult<deadpool_postgres::Object> {
-        self.pool.get().await.map_err(|e| MetadataError::Unavailable(e.to_string()))
+        let started = std::time::Instant::now();
+        let client = self.pool.get().await.map_err(|e| pg(MetadataError::Unavailable(e.to_string())));
+        crate::metrics::METRICS.pool_wait.with_label_values(&["postgres"]).observe(started.elapsed().as_secs_f64());
+        client
     }
 
     /// A read outside a transaction, with the statement prepared once per connection (a plain
@@ -731,6 +736,11 @@ impl MetadataStore for PgStore {
         transaction!(self, |tx| {
             Ok::<_, MetadataError>(tx.execute("DELETE FROM upload_sessions WHERE id = $1", &[&id.to_string()]).await.map_err(pg)? > 0)
         })
+    }
+
+    async fn totals(&self) -> MetaResult<Totals> {
+        let row = self.read(super::TOTALS_SQL, &[]).await?.into_iter().next().ok_or_else(|| MetadataError::Corrupt("no totals".into()))?;
+        Ok(Totals { repositories: row.get(0), manifests: row.get(1), blobs: row.get(2), blob_bytes: row.get(3), upload_sessions: row.get(4) })
     }
 
     async fn list_uploads(&self) -> MetaResult<Vec<UploadSession>> {

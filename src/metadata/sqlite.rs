@@ -29,6 +29,12 @@ pub struct SqliteStore {
 }
 
 pub(super) fn backend(e: rusqlite::Error) -> MetadataError {
+    let error = classify(e);
+    crate::metrics::metadata_error("sqlite", &error);
+    error
+}
+
+fn classify(e: rusqlite::Error) -> MetadataError {
     match e {
         rusqlite::Error::SqliteFailure(f, _)
             if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
@@ -85,7 +91,9 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> MetaResult<T> + Send + 'static,
     {
+        let started = std::time::Instant::now();
         let _permit = self.permits.acquire().await.map_err(|e| MetadataError::Unavailable(e.to_string()))?;
+        crate::metrics::METRICS.pool_wait.with_label_values(&["sqlite"]).observe(started.elapsed().as_secs_f64());
         let conn = self.idle.lock().expect("pool lock").pop();
         let mut conn = match conn {
             Some(c) => c,
@@ -614,6 +622,13 @@ impl MetadataStore for SqliteStore {
         self.write(move |tx| {
             let n = tx.execute("DELETE FROM upload_sessions WHERE id = ?1", [id.to_string()]).map_err(backend)?;
             Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn totals(&self) -> MetaResult<Totals> {
+        self.read(|c| {
+            c.query_row(super::TOTALS_SQL, [], |r| Ok(Totals { repositories: r.get(0)?, manifests: r.get(1)?, blobs: r.get(2)?, blob_bytes: r.get(3)?, upload_sessions: r.get(4)? })).map_err(backend)
         })
         .await
     }

@@ -1,20 +1,72 @@
-//! One log line per request, on every listener: method, path (never the query string, which may
-//! carry arguments, nor any header, which may carry credentials), status and the time until the
-//! response began (a download's body streams on after it).
+//! One log line and the request metrics for every request, on every listener: method, path
+//! (never the query string, which may carry arguments, nor any header, which may carry
+//! credentials), status and the time until the response began (a download's body streams on
+//! after it); body bytes in and out are counted as they pass.
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use crate::metrics::METRICS;
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use prometheus::IntCounter;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-pub async fn log(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+pub async fn api(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    observe("api", req, next).await
+}
+
+pub async fn gateway(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    observe("gateway", req, next).await
+}
+
+pub async fn rpc(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    observe("rpc", req, next).await
+}
+
+async fn observe(listener: &'static str, req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = std::time::Instant::now();
-    let listener = req.app_config().local_addr();
     let (method, path) = (req.method().clone(), req.path().to_string());
+    let route = crate::metrics::route(listener, &path);
+    let received = METRICS.received.with_label_values(&[listener]);
+    let (http, payload) = req.into_parts();
+    let counted: Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, actix_web::error::PayloadError>>>> = Box::pin(payload.inspect_ok(move |chunk| received.inc_by(chunk.len() as u64)));
+    let req = ServiceRequest::from_parts(http, Payload::from(counted));
     let res = next.call(req).await;
     let ms = (started.elapsed().as_secs_f64() * 1e5).round() / 100.0;
-    match &res {
-        Ok(r) => tracing::info!(%listener, %method, path, status = r.status().as_u16(), ms, "request"),
-        Err(e) => tracing::info!(%listener, %method, path, status = e.as_response_error().status_code().as_u16(), ms, "request"),
+    let status = match &res {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.as_response_error().status_code().as_u16(),
+    };
+    tracing::info!(listener, %method, path, status, ms, "request");
+    METRICS.requests.with_label_values(&[listener, &route, method.as_str(), &status.to_string()]).inc();
+    METRICS.duration.with_label_values(&[listener, &route]).observe(started.elapsed().as_secs_f64());
+    let sent = METRICS.sent.with_label_values(&[listener]);
+    res.map(|r| r.map_body(|_, body| BoxBody::new(Counted { body: body.boxed(), sent })))
+}
+
+/// A response body that counts its bytes as they go out.
+struct Counted {
+    body: BoxBody,
+    sent: IntCounter,
+}
+
+impl MessageBody for Counted {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
     }
-    res
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.sent.inc_by(chunk.len() as u64);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            other => other,
+        }
+    }
 }

@@ -187,7 +187,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .wrap(api::version_header())
-            .wrap(actix_web::middleware::from_fn(access::log))
+            
+            .wrap(actix_web::middleware::from_fn(access::api))
             .configure(api::configure(reg.clone(), auth.clone()))
     })
         .disable_signals()
@@ -198,7 +199,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         tracing::info!(%addr, version, %peer_id, data_dir = %config.data_dir.display(), "OCI Distribution API listening");
     }
     let gateway = actix_web::HttpServer::new(move || {
-        actix_web::App::new().wrap(actix_web::middleware::from_fn(access::log)).configure(crate::gateway::configure(policy.clone(), gateway_swarm.clone()))
+        actix_web::App::new().wrap(actix_web::middleware::from_fn(access::gateway)).configure(crate::gateway::configure(policy.clone(), gateway_swarm.clone()))
     })
         .disable_signals()
         .shutdown_timeout(grace)
@@ -208,7 +209,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         tracing::info!(%addr, version, %peer_id, "IPFS gateway listening");
     }
     let rpc = actix_web::HttpServer::new(move || {
-        actix_web::App::new().wrap(actix_web::middleware::from_fn(access::log)).configure(crate::rpc::configure(rpc_state.clone()))
+        actix_web::App::new().wrap(actix_web::middleware::from_fn(access::rpc)).configure(crate::rpc::configure(rpc_state.clone()))
     })
         .disable_signals()
         .shutdown_timeout(grace)
@@ -217,7 +218,26 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     for addr in rpc.addrs() {
         tracing::info!(%addr, version, %peer_id, "Kubo-compatible RPC listening");
     }
-    let servers = [server.run(), gateway.run(), rpc.run()];
+    let totals = registry.clone();
+    let metrics = actix_web::HttpServer::new(move || {
+        let registry = totals.clone();
+        actix_web::App::new().route(
+            "/metrics",
+            actix_web::web::get().to(move || {
+                let registry = registry.clone();
+                async move { metrics_page(&registry).await }
+            }),
+        )
+    })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(grace)
+        .bind(config.metrics)
+        .map_err(|source| ServeError::Bind { addr: config.metrics.to_string(), source })?;
+    for addr in metrics.addrs() {
+        tracing::info!(%addr, version, %peer_id, "Prometheus metrics listening");
+    }
+    let servers = [server.run(), gateway.run(), rpc.run(), metrics.run()];
     let handles: Vec<_> = servers.iter().map(|s| s.handle()).collect();
     tokio::spawn(async move {
         let signal = stop_signal().await;
@@ -227,6 +247,21 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     futures_util::future::try_join_all(servers).await.map_err(ServeError::Server)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The Prometheus text exposition, with what the registry holds counted now.
+async fn metrics_page(registry: &Registry) -> actix_web::HttpResponse {
+    let stored = &crate::metrics::METRICS.stored;
+    match registry.totals().await {
+        Ok(t) => {
+            for (what, n) in [("repositories", t.repositories), ("manifests", t.manifests), ("blobs", t.blobs), ("blob_bytes", t.blob_bytes), ("upload_sessions", t.upload_sessions)] {
+                stored.with_label_values(&[what]).set(n);
+            }
+        }
+        // The counters still answer; the totals keep their last values (the error is counted).
+        Err(e) => tracing::warn!(error = %e, "metrics: the registry's totals could not be read"),
+    }
+    actix_web::HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(crate::metrics::render())
 }
 
 /// SIGTERM (what a container runtime sends) or SIGINT (Ctrl-C): the name of the one that came.

@@ -49,6 +49,16 @@ impl std::fmt::Display for GcReport {
 impl Registry {
     /// Runs one GC; content younger than `grace` is kept whatever references it.
     pub async fn gc(&self, grace: Duration) -> Result<GcReport> {
+        let outcome = self.collect(grace).await;
+        let metrics = &crate::metrics::METRICS;
+        metrics.gc_runs.with_label_values(&[if outcome.is_ok() { "ok" } else { "error" }]).inc();
+        if let Ok(report) = &outcome {
+            metrics.gc_reclaimed.inc_by(report.bytes);
+        }
+        outcome
+    }
+
+    async fn collect(&self, grace: Duration) -> Result<GcReport> {
         let cutoff = unix_now() - grace.as_secs() as i64;
         let cutoff_time = UNIX_EPOCH + Duration::from_secs(cutoff.max(0) as u64);
         let mut report = GcReport::default();

@@ -11,6 +11,13 @@ mod manifests;
 mod reads;
 mod scrub;
 mod uploads;
+
+impl Registry {
+    /// What the registry holds, counted (every node's, on a shared database).
+    pub async fn totals(&self) -> Result<crate::metadata::Totals> {
+        Ok(self.meta.totals().await?)
+    }
+}
 pub use uploads::ReceivedDag;
 
 pub use gc::GcReport;

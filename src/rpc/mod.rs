@@ -98,6 +98,16 @@ pub fn configure(state: Arc<RpcState>) -> impl FnOnce(&mut web::ServiceConfig) {
     }
 }
 
+/// Every command `dispatch` answers (what metrics may name; anything else is `<unknown>`).
+const COMMANDS: &[&str] = &[
+    "add", "bitswap/ledger", "bitswap/stat", "block/get", "block/put", "block/stat", "cat", "dag/export", "dag/import", "id", "ls", "pin/add", "pin/ls",
+    "pin/rm", "registry/import", "repo/stat", "routing/findprovs", "routing/provide", "swarm/connect", "swarm/disconnect", "swarm/peers", "version",
+];
+
+pub fn is_command(command: &str) -> bool {
+    COMMANDS.contains(&command.trim_end_matches('/'))
+}
+
 const READS: &[&str] = &["id", "version", "repo/stat", "block/get", "block/stat", "cat", "ls", "pin/ls", "dag/export", "swarm/peers", "bitswap/stat", "bitswap/ledger"];
 
 /// Kubo's rule against websites in the operator's browser: a request that names an origin

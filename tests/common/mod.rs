@@ -117,6 +117,7 @@ impl Node {
             .env("AF_LOG", std::env::var("AF_TEST_NODE_LOG").unwrap_or_default())
             // Any free port: many nodes run at once.
             .env("AF_SWARM", "/ip4/127.0.0.1/tcp/0")
+            .env("AF_METRICS", "127.0.0.1:0")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,0 +1,135 @@
+//! The node's metrics, in Prometheus' text format on the `--metrics` listener: what every
+//! listener serves (requests by route, method and status, latency, bytes in and out), what the
+//! registry holds (read from the metadata at each scrape), GC runs, and the metadata store's
+//! errors and waits for a connection. Counters live in one registry for the process; routes are
+//! templates (`/v2/<name>/blobs/<digest>`), never raw paths, so the label space stays small
+//! whatever clients ask for.
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use std::sync::LazyLock;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub received: IntCounterVec,
+    pub sent: IntCounterVec,
+    pub stored: IntGaugeVec,
+    pub gc_runs: IntCounterVec,
+    pub gc_reclaimed: IntCounter,
+    pub metadata_errors: IntCounterVec,
+    pub pool_wait: HistogramVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric");
+    registry.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("a valid metric");
+    registry.register(Box::new(h.clone())).expect("registered once");
+    h
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let registry = Registry::new();
+    let stored = IntGaugeVec::new(Opts::new("af_stored", "What the registry holds (every node on a shared database): repositories, manifests, blobs, blob_bytes, upload_sessions"), &["what"]).expect("a valid metric");
+    registry.register(Box::new(stored.clone())).expect("registered once");
+    Metrics {
+        requests: counter(&registry, "af_http_requests_total", "HTTP requests answered, by listener, route, method and status", &["listener", "route", "method", "status"]),
+        duration: histogram(&registry, "af_http_request_duration_seconds", "Time until the response began, by listener and route", &["listener", "route"], prometheus::exponential_buckets(0.0005, 4.0, 9).expect("buckets")),
+        received: counter(&registry, "af_http_received_bytes_total", "Request body bytes received, by listener", &["listener"]),
+        sent: counter(&registry, "af_http_sent_bytes_total", "Response body bytes sent, by listener", &["listener"]),
+        gc_runs: counter(&registry, "af_gc_runs_total", "Garbage collections run by this node, by outcome", &["outcome"]),
+        gc_reclaimed: {
+            let c = IntCounter::with_opts(Opts::new("af_gc_reclaimed_bytes_total", "Bytes of blob files garbage collection removed")).expect("a valid metric");
+            registry.register(Box::new(c.clone())).expect("registered once");
+            c
+        },
+        metadata_errors: counter(&registry, "af_metadata_errors_total", "Metadata store operations that failed, by backend and kind", &["backend", "kind"]),
+        pool_wait: histogram(&registry, "af_metadata_pool_wait_seconds", "Time waiting for a metadata store connection, by backend", &["backend"], prometheus::exponential_buckets(0.0001, 4.0, 9).expect("buckets")),
+        stored,
+        registry,
+    }
+});
+
+/// The text exposition of every metric.
+pub fn render() -> Vec<u8> {
+    let mut out = Vec::new();
+    prometheus::TextEncoder::new().encode(&METRICS.registry.gather(), &mut out).expect("encoding to memory");
+    out
+}
+
+/// Counts a failed metadata operation (`kind`: unavailable, backend, conflict, ...).
+pub fn metadata_error(backend: &str, error: &crate::metadata::MetadataError) {
+    METRICS.metadata_errors.with_label_values(&[backend, error.kind()]).inc();
+}
+
+/// The route template of a request `path` on `listener` (`api`, `gateway`, `rpc`).
+pub fn route(listener: &str, path: &str) -> String {
+    match listener {
+        "api" => api_route(path),
+        "gateway" => match path.split('/').nth(1) {
+            Some("ipfs") => "/ipfs/<cid>".into(),
+            Some("ipns") => "/ipns/<name>".into(),
+            _ => "other".into(),
+        },
+        "rpc" => match path.strip_prefix("/api/v0/") {
+            // Commands are a closed set: an unknown one is not a label value of its own.
+            Some(cmd) if crate::rpc::is_command(cmd) => format!("/api/v0/{cmd}"),
+            Some(_) => "/api/v0/<unknown>".into(),
+            None => "other".into(),
+        },
+        _ => "other".into(),
+    }
+}
+
+fn api_route(path: &str) -> String {
+    match path {
+        "/v2" | "/v2/" => return "/v2/".into(),
+        "/v2/_catalog" => return "/v2/_catalog".into(),
+        "/token" => return "/token".into(),
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/v2/") else { return "other".into() };
+    for (marker, template) in [
+        ("/blobs/uploads/", "/v2/<name>/blobs/uploads/<id>"),
+        ("/blobs/", "/v2/<name>/blobs/<digest>"),
+        ("/manifests/", "/v2/<name>/manifests/<reference>"),
+        ("/referrers/", "/v2/<name>/referrers/<digest>"),
+    ] {
+        if let Some(i) = rest.find(marker) {
+            if marker == "/blobs/uploads/" && rest[i + marker.len()..].is_empty() {
+                return "/v2/<name>/blobs/uploads/".into();
+            }
+            return template.into();
+        }
+    }
+    if rest.ends_with("/blobs/uploads") {
+        return "/v2/<name>/blobs/uploads/".into();
+    }
+    if rest.ends_with("/tags/list") {
+        return "/v2/<name>/tags/list".into();
+    }
+    "other".into()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn routes_are_templates() {
+        use super::route;
+        assert_eq!(route("api", "/v2/"), "/v2/");
+        assert_eq!(route("api", "/v2/a/b/blobs/sha256:00"), "/v2/<name>/blobs/<digest>");
+        assert_eq!(route("api", "/v2/a/blobs/uploads/"), "/v2/<name>/blobs/uploads/");
+        assert_eq!(route("api", "/v2/a/blobs/uploads/1234"), "/v2/<name>/blobs/uploads/<id>");
+        assert_eq!(route("api", "/v2/a/manifests/latest"), "/v2/<name>/manifests/<reference>");
+        assert_eq!(route("api", "/v2/a/tags/list"), "/v2/<name>/tags/list");
+        assert_eq!(route("api", "/etc/passwd"), "other");
+        assert_eq!(route("gateway", "/ipfs/bafy/x"), "/ipfs/<cid>");
+        assert_eq!(route("rpc", "/api/v0/id"), "/api/v0/id");
+        assert_eq!(route("rpc", "/api/v0/made-up-thing"), "/api/v0/<unknown>");
+    }
+}
