@@ -61,6 +61,10 @@ settings! {
     /// administrator's credentials and reads see public content only [default: 127.0.0.1:5001].
     #[arg(long, env = "AF_RPC")]
     rpc: SocketAddr = DEFAULT_RPC.parse().expect("default address");
+    /// The gateway's public URL, e.g. https://ipfs.example.com, for the image links of the web
+    /// page at / [default: the gateway's port on the host the page was asked from].
+    #[arg(long, env = "AF_GATEWAY_URL")]
+    gateway_url: String;
     /// Address of the Prometheus metrics listener (/metrics); it says how much the registry
     /// holds and serves, so keep it off the internet [default: 127.0.0.1:5002].
     #[arg(long, env = "AF_METRICS")]

@@ -168,3 +168,53 @@ fn metrics_are_scraped_by_prometheus_and_move_with_requests() {
     assert!(wait_for(query, before + 3.0) >= before + 3.0);
     assert_eq!(wait_for(r#"up{job="af"}"#, 1.0), 1.0);
 }
+
+/// Headless Chromium loads `url`: the DOM it rendered.
+fn chromium_dom(url: &str) -> String {
+    let out = Command::new("chromium").args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url]).output().expect("chromium (scripts/install-test-deps.sh)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The web page of public images at `/`, as a browser renders it: a public image with its tag,
+/// `docker pull` line and image CID linked to a gateway that serves its layout; a private one
+/// never; the search box filters, and what is typed in it comes back escaped. A screenshot is
+/// kept in target/test-artifacts/.
+#[test]
+fn the_web_page_lists_public_images_only() {
+    use common::images::*;
+    let node = Node::start_with_env(&["--auth", "token"], &[("AF_ADMIN_PASSWORD", "admin-password-1")]);
+    let host = node.host();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = build_image(tmp.path());
+    for repo in ["admin/open", "admin/secret"] {
+        run(skopeo().args(["copy", "--dest-tls-verify=false", "--dest-creds", "admin:admin-password-1"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{host}/{repo}:t")));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "admin/open", "public", "--data-dir"]).arg(&node.data_dir).output().unwrap();
+    assert!(out.status.success());
+    let m = client().get(node.url("/v2/admin/open/manifests/t")).header("Accept", OCI_MANIFEST).send().unwrap();
+    let image_cid = m.headers()["Ipfs-Image-Cid"].to_str().unwrap().to_string();
+
+    let dom = chromium_dom(&node.url("/"));
+    assert!(dom.contains("admin/open") && dom.contains(&format!("docker pull {host}/admin/open:t")), "{dom}");
+    assert!(!dom.contains("admin/secret"), "a private repository was listed");
+    let href = format!("http://127.0.0.1:{}/ipfs/{image_cid}/", node.gateway.port());
+    assert!(dom.contains(&format!("href=\"{href}\"")), "{dom}");
+    let listing = client().get(&href).send().unwrap();
+    assert_eq!(listing.status(), 200);
+    assert!(listing.text().unwrap().contains("index.json"), "the gateway link serves the image layout");
+    assert!(dom.contains("<input type=\"search\""));
+    assert!(dom.contains("class=\"created\">20"), "the image config's created date is shown: {dom}");
+
+    let none = chromium_dom(&node.url("/?q=nothing-like-it"));
+    assert!(none.contains("No public images match") && !none.contains("admin/open"), "{none}");
+    let raw = client().get(node.url("/?q=%3Cscript%3Ealert(1)%3C/script%3E")).send().unwrap().text().unwrap();
+    assert!(!raw.contains("<script>") && raw.contains("&lt;script&gt;"), "{raw}");
+
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("web-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = Command::new("chromium").args(["--headless", "--no-sandbox", "--disable-gpu", "--window-size=390,844"]).arg(format!("--screenshot={}", shot.display())).arg(node.url("/")).output().unwrap();
+    assert!(out.status.success() && shot.metadata().is_ok_and(|m| m.len() > 1000), "no screenshot: {}", String::from_utf8_lossy(&out.stderr));
+}

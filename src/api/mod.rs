@@ -10,6 +10,7 @@ mod blobs;
 mod listing;
 mod manifests;
 
+pub mod home;
 mod referrers;
 pub mod route;
 mod token;
@@ -34,7 +35,8 @@ pub fn configure(registry: Arc<Registry>, auth: Option<Arc<crate::auth::Auth>>) 
         if let Some(auth) = auth {
             cfg.app_data(web::Data::from(auth));
         }
-        cfg.route("/token", web::get().to(token::get))
+        cfg.route("/", web::get().to(home::page))
+            .route("/token", web::get().to(token::get))
             .route("/token", web::post().to(token::post))
             .service(
                 web::scope("/v2").default_service(web::to(dispatch)),

@@ -101,34 +101,46 @@ async fn push_manifest(registry: &Registry, dir: &Path, desc: &Value, repo: &str
             Box::pin(push_manifest(registry, dir, child, repo, None, report, moved)).await?;
         }
     }
-    let blobs: Vec<(String, u64)> = doc["config"]
-        .as_object()
-        .into_iter()
-        .chain(doc["layers"].as_array().into_iter().flatten().filter_map(Value::as_object))
-        .filter_map(|d| Some((d.get("digest")?.as_str()?.to_string(), d.get("size")?.as_u64()?)))
-        .collect();
-    let results: Vec<(u64, bool)> = futures_util::stream::iter(blobs.into_iter().map(|(digest, size)| async move {
-        let sent = push_blob(registry, dir, repo, &digest, size).await?;
-        report(&digest, size, !sent);
-        Ok::<_, TransferError>((size, sent))
-    }))
-    .buffer_unordered(CONCURRENT)
-    .try_collect()
-    .await?;
-    for (size, sent) in results {
-        moved.blobs += 1;
-        if sent {
-            moved.bytes += size;
-        } else {
-            moved.skipped += 1;
-        }
-    }
+    each_blob(&doc, report, moved, |digest, size| async move { push_blob(registry, dir, repo, &digest, size).await }).await?;
     let media_type = doc["mediaType"].as_str().or(desc["mediaType"].as_str()).unwrap_or("application/vnd.oci.image.manifest.v1+json").to_string();
     let url = registry.url(&format!("/v2/{repo}/manifests/{}", reference.unwrap_or(&digest)));
     let scope = format!("repository:{repo}:pull,push");
     let body = bytes::Bytes::from(bytes);
     registry.check(registry.send(&scope, |http| http.put(&url).header("content-type", &media_type).body(body.clone())).await?).await?;
     Ok(digest)
+}
+
+/// Runs `transfer` (true: bytes moved; false: already there) for the config and each layer of
+/// the image manifest `doc`, [`CONCURRENT`] at once, reporting and counting each.
+async fn each_blob<F, Fut>(doc: &Value, report: Report<'_>, moved: &mut Moved, transfer: F) -> Result<()>
+where
+    F: Fn(String, u64) -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let blobs: Vec<(String, u64)> = doc["config"]
+        .as_object()
+        .into_iter()
+        .chain(doc["layers"].as_array().into_iter().flatten().filter_map(Value::as_object))
+        .filter_map(|d| Some((d.get("digest")?.as_str()?.to_string(), d.get("size")?.as_u64()?)))
+        .collect();
+    let transfer = &transfer;
+    let results: Vec<(u64, bool)> = futures_util::stream::iter(blobs.into_iter().map(|(digest, size)| async move {
+        let moved_bytes = transfer(digest.clone(), size).await?;
+        report(&digest, size, !moved_bytes);
+        Ok::<_, TransferError>((size, moved_bytes))
+    }))
+    .buffer_unordered(CONCURRENT)
+    .try_collect()
+    .await?;
+    for (size, moved_bytes) in results {
+        moved.blobs += 1;
+        if moved_bytes {
+            moved.bytes += size;
+        } else {
+            moved.skipped += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Sends blob `digest` unless the repository has it: true if it was sent.
@@ -240,28 +252,7 @@ async fn pull_children_and_blobs(registry: &Registry, repo: &str, dir: &Path, do
             Box::pin(pull_manifest(registry, repo, dir, child, report, moved)).await?;
         }
     }
-    let blobs: Vec<(String, u64)> = doc["config"]
-        .as_object()
-        .into_iter()
-        .chain(doc["layers"].as_array().into_iter().flatten().filter_map(Value::as_object))
-        .filter_map(|d| Some((d.get("digest")?.as_str()?.to_string(), d.get("size")?.as_u64()?)))
-        .collect();
-    let results: Vec<(u64, bool)> = futures_util::stream::iter(blobs.into_iter().map(|(digest, size)| async move {
-        let fetched = pull_blob(registry, repo, dir, &digest, size).await?;
-        report(&digest, size, !fetched);
-        Ok::<_, TransferError>((size, fetched))
-    }))
-    .buffer_unordered(CONCURRENT)
-    .try_collect()
-    .await?;
-    for (size, fetched) in results {
-        moved.blobs += 1;
-        if fetched {
-            moved.bytes += size;
-        } else {
-            moved.skipped += 1;
-        }
-    }
+    each_blob(doc, report, moved, |digest, size| async move { pull_blob(registry, repo, dir, &digest, size).await }).await?;
     Ok(())
 }
 

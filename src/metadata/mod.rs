@@ -282,6 +282,8 @@ pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     /// Tags of `repo` in lexical order, or None when the repository is unknown.
     async fn list_tags(&self, repo: &str, page: &Page) -> MetaResult<Option<Vec<String>>>;
     async fn list_repositories(&self, page: &Page) -> MetaResult<Vec<String>>;
+    /// One page of the public repositories that hold a manifest, in name order.
+    async fn list_public_repositories(&self, page: &Page) -> MetaResult<Vec<String>>;
     /// One page of the manifests of `repo` whose subject is `subject` (of `artifact_type`, if
     /// given), in digest order after `page.after`: as many as start within `page.budget` bytes
     /// (each counted as its annotations plus 256), at least one, at most `page.max`. True when

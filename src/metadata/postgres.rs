@@ -857,6 +857,16 @@ impl MetadataStore for PgStore {
         self.tag_lists.get((repo.to_string(), page.limit, page.last.clone().unwrap_or_default())).await
     }
 
+    async fn list_public_repositories(&self, page: &Page) -> MetaResult<Vec<String>> {
+        let client = self.client().await?;
+        let base = "SELECT name FROM repositories r WHERE r.visibility = 'public'
+            AND EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)";
+        let sql = page_sql(base, "name COLLATE \"C\"", 1, page);
+        let last = page.last.clone().unwrap_or_default();
+        let rows = client.query(&sql, &[&last]).await.map_err(pg)?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
     async fn list_repositories(&self, page: &Page) -> MetaResult<Vec<String>> {
         let client = self.client().await?;
         let base = "SELECT name FROM repositories r WHERE (

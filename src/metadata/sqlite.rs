@@ -145,6 +145,19 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    /// One page of the repository names `base` selects (`?1` is a placeholder, `?2` the last name).
+    async fn repository_names(&self, base: &'static str, page: &Page) -> MetaResult<Vec<String>> {
+        let page = page.clone();
+        self.read(move |c| {
+            let sql = page_sql(base, "name", &page);
+            let mut s = c.prepare_cached(&sql).map_err(backend)?;
+            let last = page.last.clone().unwrap_or_default();
+            let rows = s.query_map(params![0, last], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(backend)
+        })
+        .await
+    }
+
     /// Deletes the row of `table` whose `column` is `key` in repository `repo`; true if one was.
     async fn delete_in_repo(&self, table: &'static str, column: &'static str, repo: &str, key: String) -> MetaResult<bool> {
         let repo = repo.to_string();
@@ -799,19 +812,23 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn list_public_repositories(&self, page: &Page) -> MetaResult<Vec<String>> {
+        self.repository_names(
+            "SELECT name FROM repositories r WHERE ?1 = ?1 AND r.visibility = 'public'
+                AND EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)",
+            page,
+        )
+        .await
+    }
+
     async fn list_repositories(&self, page: &Page) -> MetaResult<Vec<String>> {
-        let page = page.clone();
-        self.read(move |c| {
-            // A repository is listed once it holds a manifest or a blob.
-            let base = "SELECT name FROM repositories r WHERE ?1 = ?1 AND (
+        // A repository is listed once it holds a manifest or a blob.
+        self.repository_names(
+            "SELECT name FROM repositories r WHERE ?1 = ?1 AND (
                 EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)
-                OR EXISTS (SELECT 1 FROM repository_blobs b WHERE b.repository_id = r.id))";
-            let sql = page_sql(base, "name", &page);
-            let mut s = c.prepare_cached(&sql).map_err(backend)?;
-            let last = page.last.clone().unwrap_or_default();
-            let rows = s.query_map(params![0, last], |r| r.get(0)).map_err(backend)?;
-            rows.collect::<Result<Vec<String>, _>>().map_err(backend)
-        })
+                OR EXISTS (SELECT 1 FROM repository_blobs b WHERE b.repository_id = r.id))",
+            page,
+        )
         .await
     }
 

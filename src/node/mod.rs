@@ -184,8 +184,10 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         writes: tokio::sync::Semaphore::new(crate::rpc::CONCURRENT_WRITES),
     });
     let reg = registry.clone();
+    let links = actix_web::web::Data::new(api::home::Links { gateway_url: config.gateway_url.clone(), gateway_port: config.gateway.port() });
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
+            .app_data(links.clone())
             .wrap(api::version_header())
             
             .wrap(actix_web::middleware::from_fn(access::api))

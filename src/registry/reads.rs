@@ -95,6 +95,11 @@ impl Registry {
     }
 
     /// A page of repository names, in order.
+    /// One page of the public repositories holding a manifest (what anyone may see listed).
+    pub async fn public_repositories(&self, page: &Page) -> Result<Vec<String>> {
+        Ok(self.meta.list_public_repositories(page).await?)
+    }
+
     pub async fn repositories(&self, page: &Page) -> Result<Vec<String>> {
         Ok(self.meta.list_repositories(page).await?)
     }
