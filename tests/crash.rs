@@ -231,7 +231,8 @@ fn sigterm_mid_upload_exits_in_time_and_the_upload_resumes() {
 
 /// `--log-format json`: every line one JSON object, each request logged once with its status and
 /// duration, never its query string or credentials; no colour codes in a file; one start-up line
-/// per listener naming the version and the peer ID, none of the web framework's own.
+/// per listener (API, gateway, RPC, metrics) naming the version and the peer ID, none of the web
+/// framework's own.
 #[test]
 fn logs_are_json_lines_with_one_line_per_request_and_no_secrets() {
     // AF_LOG unset: the node's default filter.
@@ -249,7 +250,7 @@ fn logs_are_json_lines_with_one_line_per_request_and_no_secrets() {
     assert_eq!(requests[0]["fields"]["status"], 404);
     assert!(requests[0]["fields"]["ms"].as_f64().is_some());
     let listening: Vec<_> = lines.iter().filter(|l| l["fields"]["message"].as_str().is_some_and(|m| m.ends_with("listening")) && l["target"] == "af_registry::node").collect();
-    assert_eq!(listening.len(), 3, "{log}");
+    assert_eq!(listening.len(), 4, "one line per listener: API, gateway, RPC, metrics: {log}");
     for l in listening {
         assert_eq!(l["fields"]["version"], env!("CARGO_PKG_VERSION"));
         assert!(l["fields"]["peer_id"].as_str().is_some_and(|p| p.starts_with("12D3KooW")), "{l}");
