@@ -13,9 +13,14 @@ pub fn free_port() -> u16 {
 
 /// Writes `size` pseudo-random (incompressible) bytes to `path`; returns their sha256 digest.
 pub fn make_layer(path: &Path, size: u64) -> String {
+    make_layer_seeded(path, size, 0)
+}
+
+/// [`make_layer`] with bytes of their own for each `seed`.
+pub fn make_layer_seeded(path: &Path, size: u64, seed: u64) -> String {
     let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
     let mut h = Sha256::new();
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
     while left > 0 {
