@@ -387,12 +387,73 @@ fn oci_location(text: &str, flag: &str) -> anyhow::Result<(std::path::PathBuf, O
     }
 }
 
-/// One line per blob as it finishes (to standard error, so standard output stays for results).
-fn blob_line(quiet: bool) -> impl Fn(&str, u64, bool) + Sync {
-    move |digest: &str, size: u64, already: bool| {
-        if !quiet {
-            let short = digest.get(..19).unwrap_or(digest);
-            eprintln!("{short}  {:>10}  {}", human(size), if already { "already there" } else { "done" });
+/// How a transfer shows itself on standard error: a bar per blob in flight and one for the
+/// total, with rates, on a terminal; a line per blob as it finishes otherwise; nothing when quiet.
+enum Shown {
+    Quiet,
+    Lines,
+    Bars { multi: indicatif::MultiProgress, total: indicatif::ProgressBar, blobs: std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>> },
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..19).unwrap_or(digest)
+}
+
+impl Shown {
+    fn for_stderr(quiet: bool) -> std::sync::Arc<dyn af_registry::client::transfer::Progress> {
+        use std::io::IsTerminal;
+        let shown = match (quiet, std::io::stderr().is_terminal()) {
+            (true, _) => Shown::Quiet,
+            (false, false) => Shown::Lines,
+            (false, true) => {
+                let multi = indicatif::MultiProgress::new();
+                let style = indicatif::ProgressStyle::with_template("{prefix:19} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {elapsed}").expect("a valid template").progress_chars("=> ");
+                let total = multi.add(indicatif::ProgressBar::new(0).with_style(style).with_prefix("total"));
+                Shown::Bars { multi, total, blobs: Default::default() }
+            }
+        };
+        std::sync::Arc::new(shown)
+    }
+
+}
+
+impl Drop for Shown {
+    fn drop(&mut self) {
+        if let Shown::Bars { total, .. } = self {
+            total.finish_and_clear();
+        }
+    }
+}
+
+impl af_registry::client::transfer::Progress for Shown {
+    fn begin(&self, digest: &str, size: u64) {
+        if let Shown::Bars { multi, total, blobs } = self {
+            let bar = multi.insert_before(total, indicatif::ProgressBar::new(size).with_style(total.style()).with_prefix(short(digest).to_string()));
+            total.inc_length(size);
+            blobs.lock().expect("bars lock").insert(digest.to_string(), bar);
+        }
+    }
+
+    fn advance(&self, digest: &str, bytes: u64) {
+        if let Shown::Bars { total, blobs, .. } = self {
+            if let Some(bar) = blobs.lock().expect("bars lock").get(digest) {
+                bar.inc(bytes);
+            }
+            total.inc(bytes);
+        }
+    }
+
+    fn end(&self, digest: &str, size: u64, already: bool) {
+        let line = format!("{}  {:>10}  {}", short(digest), human(size), if already { "already there" } else { "done" });
+        match self {
+            Shown::Quiet => {}
+            Shown::Lines => eprintln!("{line}"),
+            Shown::Bars { multi, blobs, .. } => {
+                if let Some(bar) = blobs.lock().expect("bars lock").remove(digest) {
+                    bar.finish_and_clear();
+                }
+                let _ = multi.println(line);
+            }
         }
     }
 }
@@ -416,8 +477,10 @@ pub async fn push(target: Target, reference: String, from: Option<String>, quiet
     let (dir, tag) = oci_location(&from, "--from")?;
     let registry = target.registry(&image.registry)?;
     let started = std::time::Instant::now();
-    let report = blob_line(quiet);
-    let moved = af_registry::client::transfer::push(&registry, &dir, tag.as_deref(), &image, &report).await?;
+    let shown = Shown::for_stderr(quiet);
+    let moved = af_registry::client::transfer::push(&registry, &dir, tag.as_deref(), &image, &shown).await;
+    drop(shown);
+    let moved = moved?;
     println!("{}", summary_line("Pushed", &image, &moved, started));
     Ok(())
 }
@@ -430,8 +493,10 @@ pub async fn pull(target: Target, reference: String, to: Option<String>, platfor
     let tag = tag.or_else(|| (!image.is_digest()).then(|| image.reference.clone()));
     let registry = target.registry(&image.registry)?;
     let started = std::time::Instant::now();
-    let report = blob_line(quiet);
-    let moved = af_registry::client::transfer::pull(&registry, &image, &dir, tag.as_deref(), platform.as_deref(), &report).await?;
+    let shown = Shown::for_stderr(quiet);
+    let moved = af_registry::client::transfer::pull(&registry, &image, &dir, tag.as_deref(), platform.as_deref(), &shown).await;
+    drop(shown);
+    let moved = moved?;
     println!("{}", summary_line("Pulled", &image, &moved, started));
     Ok(())
 }

@@ -42,8 +42,17 @@ pub struct Moved {
     pub skipped: usize,
 }
 
-/// Told of each blob as it finishes: (digest, size, whether it was already there).
-pub type Report<'a> = &'a (dyn Fn(&str, u64, bool) + Sync);
+/// Told how each blob's transfer goes (for progress bars or lines).
+pub trait Progress: Send + Sync {
+    /// `size` bytes of `digest` are about to move.
+    fn begin(&self, _digest: &str, _size: u64) {}
+    /// `bytes` more of `digest` moved.
+    fn advance(&self, _digest: &str, _bytes: u64) {}
+    /// `digest` is done: moved, or `already` there.
+    fn end(&self, digest: &str, size: u64, already: bool);
+}
+
+pub type Report<'a> = &'a std::sync::Arc<dyn Progress>;
 
 fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf> {
     let (alg, hex) = digest.split_once(':').ok_or_else(|| layout_err(dir, format!("{digest:?} is not a digest")))?;
@@ -101,7 +110,7 @@ async fn push_manifest(registry: &Registry, dir: &Path, desc: &Value, repo: &str
             Box::pin(push_manifest(registry, dir, child, repo, None, report, moved)).await?;
         }
     }
-    each_blob(&doc, report, moved, |digest, size| async move { push_blob(registry, dir, repo, &digest, size).await }).await?;
+    each_blob(&doc, report, moved, |digest, size| async move { push_blob(registry, dir, repo, &digest, size, report).await }).await?;
     let media_type = doc["mediaType"].as_str().or(desc["mediaType"].as_str()).unwrap_or("application/vnd.oci.image.manifest.v1+json").to_string();
     let url = registry.url(&format!("/v2/{repo}/manifests/{}", reference.unwrap_or(&digest)));
     let scope = format!("repository:{repo}:pull,push");
@@ -126,7 +135,7 @@ where
     let transfer = &transfer;
     let results: Vec<(u64, bool)> = futures_util::stream::iter(blobs.into_iter().map(|(digest, size)| async move {
         let moved_bytes = transfer(digest.clone(), size).await?;
-        report(&digest, size, !moved_bytes);
+        report.end(&digest, size, !moved_bytes);
         Ok::<_, TransferError>((size, moved_bytes))
     }))
     .buffer_unordered(CONCURRENT)
@@ -144,7 +153,7 @@ where
 }
 
 /// Sends blob `digest` unless the repository has it: true if it was sent.
-async fn push_blob(registry: &Registry, dir: &Path, repo: &str, digest: &str, size: u64) -> Result<bool> {
+async fn push_blob(registry: &Registry, dir: &Path, repo: &str, digest: &str, size: u64, report: Report<'_>) -> Result<bool> {
     let scope = format!("repository:{repo}:pull,push");
     let head_url = registry.url(&format!("/v2/{repo}/blobs/{digest}"));
     let head = registry.send(&scope, |http| http.head(&head_url)).await?;
@@ -162,13 +171,17 @@ async fn push_blob(registry: &Registry, dir: &Path, repo: &str, digest: &str, si
     let location = if location.starts_with('/') { registry.url(location) } else { location.to_string() };
     let sep = if location.contains('?') { '&' } else { '?' };
     let put_url = format!("{location}{sep}digest={digest}");
+    report.begin(digest, size);
     // The body is made anew for each attempt (a challenge answered means a second one).
     let response = registry
         .send(&scope, |http| {
             http.put(&put_url)
                 .header("content-type", "application/octet-stream")
                 .header("content-length", size)
-                .body(reqwest::Body::wrap_stream(file_chunks(path.clone())))
+                .body(reqwest::Body::wrap_stream({
+                    let (report, digest) = (report.clone(), digest.to_string());
+                    file_chunks(path.clone()).inspect_ok(move |chunk| report.advance(&digest, chunk.len() as u64))
+                }))
         })
         .await?;
     registry.check(response).await?;
@@ -252,13 +265,13 @@ async fn pull_children_and_blobs(registry: &Registry, repo: &str, dir: &Path, do
             Box::pin(pull_manifest(registry, repo, dir, child, report, moved)).await?;
         }
     }
-    each_blob(doc, report, moved, |digest, size| async move { pull_blob(registry, repo, dir, &digest, size).await }).await?;
+    each_blob(doc, report, moved, |digest, size| async move { pull_blob(registry, repo, dir, &digest, size, report).await }).await?;
     Ok(())
 }
 
 /// Fetches blob `digest` into the layout unless a file there already matches it: true if
 /// fetched. Written to a temporary file while hashed; renamed into place only if it matches.
-async fn pull_blob(registry: &Registry, repo: &str, dir: &Path, digest: &str, size: u64) -> Result<bool> {
+async fn pull_blob(registry: &Registry, repo: &str, dir: &Path, digest: &str, size: u64, report: Report<'_>) -> Result<bool> {
     let path = blob_path(dir, digest)?;
     if std::fs::metadata(&path).is_ok_and(|m| m.len() == size) && hash_file(&path).await? == digest {
         return Ok(false);
@@ -266,6 +279,7 @@ async fn pull_blob(registry: &Registry, repo: &str, dir: &Path, digest: &str, si
     let url = registry.url(&format!("/v2/{repo}/blobs/{digest}"));
     let response = registry.check(registry.send(&format!("repository:{repo}:pull"), |http| http.get(&url)).await?).await?;
     let tmp = path.with_extension(format!("part-{}", std::process::id()));
+    report.begin(digest, size);
     let result = async {
         let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| layout_err(&tmp, e))?;
         let mut hasher = sha2::Sha256::new();
@@ -278,6 +292,7 @@ async fn pull_blob(registry: &Registry, repo: &str, dir: &Path, digest: &str, si
                 return Err(registry.protocol(format!("{digest}: more than the {size} bytes its descriptor says")).into());
             }
             hasher.update(&chunk);
+            report.advance(digest, chunk.len() as u64);
             file.write_all(&chunk).await.map_err(|e| layout_err(&tmp, e))?;
         }
         file.sync_all().await.map_err(|e| layout_err(&tmp, e))?;
