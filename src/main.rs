@@ -171,7 +171,7 @@ enum RegistryCommand {
     Push {
         /// Where it goes: `myapp:latest`, `host:port/ns/app:tag`.
         reference: String,
-        /// The image: `oci:DIR[:TAG]`.
+        /// The image: `oci:DIR[:TAG]` or `docker-archive:FILE[:REPO:TAG]`.
         #[arg(long)]
         from: Option<String>,
         /// No line per blob.
@@ -183,7 +183,7 @@ enum RegistryCommand {
     /// Pull an image from a registry (into an OCI image layout), every blob verified.
     Pull {
         reference: String,
-        /// Where it goes: `oci:DIR[:TAG]` (TAG defaults to the reference's).
+        /// Where it goes: `oci:DIR[:TAG]` (TAG defaults to the reference's) or `docker-archive:FILE[:REPO:TAG]`.
         #[arg(long)]
         to: Option<String>,
         /// Only this image of a multi-platform index: `os/arch[/variant]`, e.g. linux/arm64.

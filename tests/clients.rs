@@ -393,8 +393,36 @@ fn af_client_commands_work_against_an_authenticated_node() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_same_blobs(&layout, &pulled, "t");
     run(skopeo().arg("inspect").arg(format!("oci:{}:t", pulled.display())));
+    // docker-archive: pulled (layers decompressed, checked against the config's diff IDs),
+    // read by skopeo, pushed back, pulled again: the same config and layer tars, byte for byte.
+    let archive = tmp.path().join("app.tar");
+    let out = af(&["registry", "pull", &format!("{host}/ci/app:t"), "--to", &format!("docker-archive:{}", archive.display())], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let inspected: serde_json::Value = serde_json::from_str(&run(skopeo().arg("inspect").arg(format!("docker-archive:{}", archive.display())))).unwrap();
+    let config_digest = doc["config"]["digest"].as_str().unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(config_digest.trim_start_matches("sha256:"))).unwrap()).unwrap();
+    assert_eq!(inspected["Layers"], config["rootfs"]["diff_ids"], "the archive's layers are the image's diff IDs");
+    let out = af(&["registry", "push", "ci/from-archive:t", "--from", &format!("docker-archive:{}", archive.display()), "--registry", &host], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run(skopeo().args(["inspect", "--tls-verify=false", "--creds", "ci:ci-password"]).arg(format!("docker://{host}/ci/from-archive:t")));
+    let again = tmp.path().join("again.tar");
+    let out = af(&["registry", "pull", &format!("{host}/ci/from-archive:t"), "--to", &format!("docker-archive:{}", again.display())], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let unpack = |file: &Path, into: &str| {
+        let dir = tmp.path().join(into);
+        std::fs::create_dir_all(&dir).unwrap();
+        run(Command::new("tar").arg("-xf").arg(file).arg("-C").arg(&dir));
+        dir
+    };
+    let (first, second) = (unpack(&archive, "unpacked1"), unpack(&again, "unpacked2"));
+    let mut names: Vec<String> = std::fs::read_dir(&first).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n != "manifest.json").collect();
+    names.sort();
+    assert_eq!(names.len(), 1 + doc["layers"].as_array().unwrap().len(), "{names:?}");
+    for name in &names {
+        assert_eq!(std::fs::read(first.join(name)).unwrap(), std::fs::read(second.join(name)).unwrap(), "{name} changed in the round trip");
+    }
     fails_with(af(&["registry", "push", "ci/x:t", "--from", "oci:/nonexistent", "--registry", &host], ""), "/nonexistent");
-    fails_with(af(&["registry", "pull", "ci/app:t", "--to", "docker-archive:/tmp/x.tar", "--registry", &host], ""), "only oci:DIR");
+    fails_with(af(&["registry", "pull", "ci/app:t", "--to", "docker-daemon:app:t", "--registry", &host], ""), "give oci:DIR");
 
     fails_with(af(&["registry", "info", "Bad/Name:t", "--registry", &host], ""), "is not an image reference");
     fails_with(af(&["registry", "info", "ci/app:nope", "--registry", &host], ""), "see af registry list");

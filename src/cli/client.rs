@@ -375,16 +375,29 @@ pub async fn delete(target: Target, reference: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `oci:DIR[:TAG]`: a directory holding an OCI image layout, and a tag in it.
-fn oci_location(text: &str, flag: &str) -> anyhow::Result<(std::path::PathBuf, Option<String>)> {
-    let Some(rest) = text.strip_prefix("oci:") else {
-        anyhow::bail!("{flag} {text:?}: only oci:DIR[:TAG] (an OCI image layout) is supported so far");
-    };
-    // The tag follows the last ':' unless that is part of the path (a '/' after it).
-    match rest.rsplit_once(':') {
-        Some((dir, tag)) if !tag.contains('/') && !tag.is_empty() => Ok((dir.into(), Some(tag.to_string()))),
-        _ => Ok((rest.into(), None)),
+/// Where an image is on disk: `oci:DIR[:TAG]` (an OCI image layout, and a tag in it) or
+/// `docker-archive:FILE[:REPO:TAG]` (`docker save`'s format, and an image name in it).
+enum Local {
+    Oci(std::path::PathBuf, Option<String>),
+    Archive(std::path::PathBuf, Option<String>),
+}
+
+fn local(text: &str, flag: &str) -> anyhow::Result<Local> {
+    if let Some(rest) = text.strip_prefix("oci:") {
+        // The tag follows the last ':' unless that is part of the path (a '/' after it).
+        return Ok(match rest.rsplit_once(':') {
+            Some((dir, tag)) if !tag.contains('/') && !tag.is_empty() => Local::Oci(dir.into(), Some(tag.to_string())),
+            _ => Local::Oci(rest.into(), None),
+        });
     }
+    if let Some(rest) = text.strip_prefix("docker-archive:") {
+        // As skopeo reads it: the path ends at the first ':'.
+        return Ok(match rest.split_once(':') {
+            Some((file, name)) if !name.is_empty() => Local::Archive(file.into(), Some(name.to_string())),
+            _ => Local::Archive(rest.trim_end_matches(':').into(), None),
+        });
+    }
+    anyhow::bail!("{flag} {text:?}: give oci:DIR[:TAG] or docker-archive:FILE[:REPO:TAG] (the local engine is not supported yet)")
 }
 
 /// How a transfer shows itself on standard error: a bar per blob in flight and one for the
@@ -473,12 +486,15 @@ fn summary_line(verb: &str, image: &ImageRef, moved: &af_registry::client::trans
 /// `af registry push REF --from oci:DIR[:TAG]`.
 pub async fn push(target: Target, reference: String, from: Option<String>, quiet: bool) -> anyhow::Result<()> {
     let image = target.parse(&reference)?;
-    let from = from.context("pushing from the local engine is not supported yet: give --from oci:DIR[:TAG]")?;
-    let (dir, tag) = oci_location(&from, "--from")?;
+    let from = from.context("pushing from the local engine is not supported yet: give --from oci:DIR[:TAG] or docker-archive:FILE")?;
+    let from = local(&from, "--from")?;
     let registry = target.registry(&image.registry)?;
     let started = std::time::Instant::now();
     let shown = Shown::for_stderr(quiet);
-    let moved = af_registry::client::transfer::push(&registry, &dir, tag.as_deref(), &image, &shown).await;
+    let moved = match &from {
+        Local::Oci(dir, tag) => af_registry::client::transfer::push(&registry, dir, tag.as_deref(), &image, &shown).await,
+        Local::Archive(file, name) => af_registry::client::archive::push(&registry, file, name.as_deref(), &image, &shown).await,
+    };
     drop(shown);
     let moved = moved?;
     println!("{}", summary_line("Pushed", &image, &moved, started));
@@ -488,13 +504,21 @@ pub async fn push(target: Target, reference: String, from: Option<String>, quiet
 /// `af registry pull REF --to oci:DIR[:TAG] [--platform os/arch[/variant]]`.
 pub async fn pull(target: Target, reference: String, to: Option<String>, platform: Option<String>, quiet: bool) -> anyhow::Result<()> {
     let image = target.parse(&reference)?;
-    let to = to.context("pulling into the local engine is not supported yet: give --to oci:DIR[:TAG]")?;
-    let (dir, tag) = oci_location(&to, "--to")?;
-    let tag = tag.or_else(|| (!image.is_digest()).then(|| image.reference.clone()));
+    let to = to.context("pulling into the local engine is not supported yet: give --to oci:DIR[:TAG] or docker-archive:FILE")?;
+    let to = local(&to, "--to")?;
     let registry = target.registry(&image.registry)?;
     let started = std::time::Instant::now();
     let shown = Shown::for_stderr(quiet);
-    let moved = af_registry::client::transfer::pull(&registry, &image, &dir, tag.as_deref(), platform.as_deref(), &shown).await;
+    let moved = match &to {
+        Local::Oci(dir, tag) => {
+            let tag = tag.clone().or_else(|| (!image.is_digest()).then(|| image.reference.clone()));
+            af_registry::client::transfer::pull(&registry, &image, dir, tag.as_deref(), platform.as_deref(), &shown).await
+        }
+        Local::Archive(file, name) => {
+            let name = name.clone().unwrap_or_else(|| if image.is_digest() { format!("{}/{}:latest", image.registry, image.repository) } else { image.to_string() });
+            af_registry::client::archive::pull(&registry, &image, file, &name, platform.as_deref(), &shown).await
+        }
+    };
     drop(shown);
     let moved = moved?;
     println!("{}", summary_line("Pulled", &image, &moved, started));

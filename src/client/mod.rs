@@ -2,6 +2,7 @@
 //! commands: references as users type them, logins shared with Docker, and requests that answer
 //! a registry's challenge as Docker does (the token flow, Basic otherwise).
 
+pub mod archive;
 pub mod credentials;
 pub mod reference;
 pub mod transfer;

@@ -154,16 +154,39 @@ where
 
 /// Sends blob `digest` unless the repository has it: true if it was sent.
 async fn push_blob(registry: &Registry, dir: &Path, repo: &str, digest: &str, size: u64, report: Report<'_>) -> Result<bool> {
+    let path = blob_path(dir, digest)?;
+    let on_disk = std::fs::metadata(&path).map_err(|e| layout_err(&path, e))?.len();
+    if on_disk != size {
+        return Err(layout_err(&path, format!("{on_disk} bytes, the manifest says {size}")));
+    }
+    upload_range(registry, repo, digest, path, (0, size), report).await
+}
+
+/// Sends blob `digest`, the `size` bytes at `offset` of the file at `path`, unless the repository
+/// has it: true if it was sent.
+pub async fn upload_range(registry: &Registry, repo: &str, digest: &str, path: PathBuf, (offset, size): (u64, u64), report: Report<'_>) -> Result<bool> {
+    let progress = (report.clone(), digest.to_string());
+    upload(registry, repo, digest, size, report, move || {
+        let (report, digest) = progress.clone();
+        reqwest::Body::wrap_stream(file_chunks(path.clone(), offset, size).inspect_ok(move |chunk| report.advance(&digest, chunk.len() as u64)))
+    })
+    .await
+}
+
+/// Sends blob `digest`, `bytes`, unless the repository has it: true if it was sent.
+pub async fn upload_bytes(registry: &Registry, repo: &str, digest: &str, bytes: bytes::Bytes, report: Report<'_>) -> Result<bool> {
+    let size = bytes.len() as u64;
+    upload(registry, repo, digest, size, report, move || reqwest::Body::from(bytes.clone())).await
+}
+
+/// The upload of one blob (HEAD first; then one POST and one PUT with `body()`, made anew for
+/// each attempt, since a challenge answered means a second one).
+async fn upload(registry: &Registry, repo: &str, digest: &str, size: u64, report: Report<'_>, body: impl Fn() -> reqwest::Body) -> Result<bool> {
     let scope = format!("repository:{repo}:pull,push");
     let head_url = registry.url(&format!("/v2/{repo}/blobs/{digest}"));
     let head = registry.send(&scope, |http| http.head(&head_url)).await?;
     if head.status().is_success() {
         return Ok(false);
-    }
-    let path = blob_path(dir, digest)?;
-    let on_disk = std::fs::metadata(&path).map_err(|e| layout_err(&path, e))?.len();
-    if on_disk != size {
-        return Err(layout_err(&path, format!("{on_disk} bytes, the manifest says {size}")));
     }
     let start_url = registry.url(&format!("/v2/{repo}/blobs/uploads/"));
     let started = registry.check(registry.send(&scope, |http| http.post(&start_url)).await?).await?;
@@ -172,36 +195,34 @@ async fn push_blob(registry: &Registry, dir: &Path, repo: &str, digest: &str, si
     let sep = if location.contains('?') { '&' } else { '?' };
     let put_url = format!("{location}{sep}digest={digest}");
     report.begin(digest, size);
-    // The body is made anew for each attempt (a challenge answered means a second one).
     let response = registry
-        .send(&scope, |http| {
-            http.put(&put_url)
-                .header("content-type", "application/octet-stream")
-                .header("content-length", size)
-                .body(reqwest::Body::wrap_stream({
-                    let (report, digest) = (report.clone(), digest.to_string());
-                    file_chunks(path.clone()).inspect_ok(move |chunk| report.advance(&digest, chunk.len() as u64))
-                }))
-        })
+        .send(&scope, |http| http.put(&put_url).header("content-type", "application/octet-stream").header("content-length", size).body(body()))
         .await?;
     registry.check(response).await?;
     Ok(true)
 }
 
-/// The file at `path`, 1 MiB at a time, opened when first read.
-fn file_chunks(path: PathBuf) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
-    futures_util::stream::try_unfold((path, None::<tokio::fs::File>), |(path, file)| async move {
-        let mut file = match file {
-            Some(f) => f,
-            None => tokio::fs::File::open(&path).await?,
-        };
-        let mut buf = vec![0u8; 1 << 20];
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
+/// `size` bytes at `offset` of the file at `path`, 1 MiB at a time, opened when first read.
+fn file_chunks(path: PathBuf, offset: u64, size: u64) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    futures_util::stream::try_unfold((path, None::<tokio::fs::File>, size), move |(path, file, left)| async move {
+        if left == 0 {
             return Ok(None);
         }
+        let mut file = match file {
+            Some(f) => f,
+            None => {
+                let mut f = tokio::fs::File::open(&path).await?;
+                tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::Start(offset)).await?;
+                f
+            }
+        };
+        let mut buf = vec![0u8; (1u64 << 20).min(left) as usize];
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("{} ended early", path.display())));
+        }
         buf.truncate(n);
-        Ok(Some((bytes::Bytes::from(buf), (path, Some(file)))))
+        Ok(Some((bytes::Bytes::from(buf), (path, Some(file), left - n as u64))))
     })
 }
 
@@ -276,6 +297,13 @@ async fn pull_blob(registry: &Registry, repo: &str, dir: &Path, digest: &str, si
     if std::fs::metadata(&path).is_ok_and(|m| m.len() == size) && hash_file(&path).await? == digest {
         return Ok(false);
     }
+    download(registry, repo, digest, size, &path, report).await?;
+    Ok(true)
+}
+
+/// Fetches blob `digest` (at most `size` bytes) to `path`: written to a temporary file while
+/// hashed, renamed into place only if it matches.
+pub async fn download(registry: &Registry, repo: &str, digest: &str, size: u64, path: &Path, report: Report<'_>) -> Result<()> {
     let url = registry.url(&format!("/v2/{repo}/blobs/{digest}"));
     let response = registry.check(registry.send(&format!("repository:{repo}:pull"), |http| http.get(&url)).await?).await?;
     let tmp = path.with_extension(format!("part-{}", std::process::id()));
@@ -300,13 +328,13 @@ async fn pull_blob(registry: &Registry, repo: &str, dir: &Path, digest: &str, si
         if actual != digest {
             return Err(TransferError::Mismatch { digest: digest.to_string(), actual });
         }
-        std::fs::rename(&tmp, &path).map_err(|e| layout_err(&path, e))
+        std::fs::rename(&tmp, path).map_err(|e| layout_err(path, e))
     }
     .await;
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map(|()| true)
+    result
 }
 
 async fn hash_file(path: &Path) -> Result<String> {
