@@ -167,7 +167,7 @@ enum RegistryCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// Push an image to a registry (from an OCI image layout).
+    /// Push an image to a registry (from an OCI image layout or a docker archive).
     Push {
         /// Where it goes: `myapp:latest`, `host:port/ns/app:tag`.
         reference: String,
@@ -180,7 +180,8 @@ enum RegistryCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// Pull an image from a registry (into an OCI image layout), every blob verified.
+    /// Pull an image from a registry (into an OCI image layout or a docker archive), every blob
+    /// verified.
     Pull {
         reference: String,
         /// Where it goes: `oci:DIR[:TAG]` (TAG defaults to the reference's) or `docker-archive:FILE[:REPO:TAG]`.
