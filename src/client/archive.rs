@@ -90,9 +90,11 @@ pub async fn push(registry: &Registry, path: &Path, tag: Option<&str>, dst: &Ima
     }
     let scope = format!("repository:{}:pull,push", dst.repository);
     let config_sent = super::transfer::upload_bytes(registry, &dst.repository, &config_digest, bytes::Bytes::from(config.clone()), report).await?;
+    report.end(&config_digest, config.len() as u64, !config_sent);
     tally(&mut moved, config.len() as u64, config_sent);
     for (digest, at) in &layers {
         let sent = super::transfer::upload_range(registry, &dst.repository, digest, path.clone(), *at, report).await?;
+        report.end(digest, at.1, !sent);
         tally(&mut moved, at.1, sent);
     }
     let image = json!({
@@ -143,15 +145,18 @@ pub async fn pull(registry: &Registry, src: &ImageRef, path: &Path, repo_tag: &s
         let config_digest = config_desc["digest"].as_str().ok_or_else(|| registry.protocol("a manifest without a config".into()))?;
         let config_file = work.join("config");
         super::transfer::download(registry, &src.repository, config_digest, config_desc["size"].as_u64().unwrap_or(0), &config_file, report).await?;
+        report.end(config_digest, config_desc["size"].as_u64().unwrap_or(0), false);
         let config: Value = serde_json::from_slice(&std::fs::read(&config_file).map_err(|e| err(&config_file, e))?).map_err(|e| err(&config_file, format!("the image config is not JSON: {e}")))?;
         let diff_ids: Vec<String> = config["rootfs"]["diff_ids"].as_array().map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect()).unwrap_or_default();
         let mut moved = Moved { digest: digest.clone(), ..Default::default() };
+        tally(&mut moved, config_desc["size"].as_u64().unwrap_or(0), true);
         let mut layer_files = Vec::new();
         for (i, layer) in doc["layers"].as_array().map(Vec::as_slice).unwrap_or_default().iter().enumerate() {
             let layer_digest = layer["digest"].as_str().ok_or_else(|| registry.protocol("a layer without a digest".into()))?;
             let size = layer["size"].as_u64().unwrap_or(0);
             let blob = work.join(format!("layer{i}"));
             super::transfer::download(registry, &src.repository, layer_digest, size, &blob, report).await?;
+            report.end(layer_digest, size, false);
             tally(&mut moved, size, true);
             let gzip = layer["mediaType"].as_str().is_some_and(|m| m.contains("gzip"));
             let tar = work.join(format!("layer{i}.tar"));
