@@ -432,3 +432,61 @@ fn af_client_commands_work_against_an_authenticated_node() {
     assert!(config["auths"].get(&host).is_none(), "{config}");
     fails_with(af(&["registry", "info", "ci/app:t", "--registry", &host], ""), "run af registry login");
 }
+
+/// A Docker config that names a credential helper (`credsStore`): `af registry login` stores
+/// through it (nothing secret in config.json), later commands get the login from it, logout
+/// erases it.
+#[test]
+fn af_logins_go_through_a_credential_helper_when_docker_config_names_one() {
+    let node = Node::start_with_env(&["--auth", "token"], &[("AF_ADMIN_PASSWORD", "admin-password-1")]);
+    let host = node.host();
+    let tmp = tempfile::tempdir().unwrap();
+    let (bin, store, docker_config) = (tmp.path().join("bin"), tmp.path().join("store"), tmp.path().join("docker"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::create_dir_all(&docker_config).unwrap();
+    // A helper of the test's own, speaking the credential-helper protocol, keeping one file per
+    // server.
+    let helper = bin.join("docker-credential-testhelper");
+    std::fs::write(
+        &helper,
+        format!(
+            r#"#!/bin/sh
+set -e
+store={store}
+case "$1" in
+  store) input=$(cat); server=$(printf '%s' "$input" | jq -r .ServerURL); printf '%s' "$input" > "$store/$(printf '%s' "$server" | tr ':/' '__')" ;;
+  get) server=$(cat); f="$store/$(printf '%s' "$server" | tr ':/' '__')"; if [ -f "$f" ]; then jq -c '{{Username, Secret}}' "$f"; else echo "credentials not found in native keychain"; exit 1; fi ;;
+  erase) server=$(cat); f="$store/$(printf '%s' "$server" | tr ':/' '__')"; if [ -f "$f" ]; then rm "$f"; else echo "credentials not found in native keychain"; exit 1; fi ;;
+esac
+"#,
+            store = store.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(docker_config.join("config.json"), r#"{"credsStore": "testhelper"}"#).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let af = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_af"))
+            .args(args)
+            .env("DOCKER_CONFIG", &docker_config)
+            .env("PATH", &path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = af(&["registry", "login", &host, "-u", "admin", "--password-stdin"], "admin-password-1\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = std::fs::read_to_string(docker_config.join("config.json")).unwrap();
+    assert!(!config.contains("admin-password-1") && !config.contains("\"auth\""), "the secret went to the helper, not the file: {config}");
+    assert_eq!(std::fs::read_dir(&store).unwrap().count(), 1, "the helper stored one login");
+    let listed = af(&["registry", "list", "--json", "--registry", &host], "");
+    assert!(listed.status.success(), "the login came back from the helper: {}", String::from_utf8_lossy(&listed.stderr));
+    assert!(af(&["registry", "logout", &host], "").status.success());
+    assert_eq!(std::fs::read_dir(&store).unwrap().count(), 0, "logout erased it from the helper");
+}
