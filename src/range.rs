@@ -74,6 +74,17 @@ pub fn parse_content_range(raw: &str) -> Option<(u64, u64)> {
     (end >= start && end < u64::MAX).then_some((start, end))
 }
 
+/// `bytes` for people: `300 B`, `1.5 MiB`.
+pub fn human_size(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut value, mut unit) = (bytes as f64, 0);
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", units[unit]) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -287,6 +287,13 @@ print("ok")
     assert!(!anonymous.status.success(), "a private image was pulled without credentials");
 }
 
+/// Runs `cmd` with `stdin` as its input: its output, whatever its status.
+fn output_with_stdin(mut cmd: Command, stdin: &str) -> std::process::Output {
+    let mut child = cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// The `af registry` client commands against a node with authentication on: login (kept where
 /// Docker keeps it: skopeo reads it back), list and info (checked against what the registry
 /// says), tag, delete, logout, and the one-line errors for a bad reference, a wrong password,
@@ -298,20 +305,14 @@ fn af_client_commands_work_against_an_authenticated_node() {
     let tmp = tempfile::tempdir().unwrap();
     let docker_config = tmp.path().join("docker");
     let af = |args: &[&str], stdin: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_af"))
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_af"));
+        cmd.args(args)
             .env("DOCKER_CONFIG", &docker_config)
             .env("HOME", tmp.path())
             .env("XDG_CONFIG_HOME", tmp.path().join("xdg"))
             .env("AF_DATA_DIR", &node.data_dir)
-            .env_remove("AF_REGISTRY")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
+            .env_remove("AF_REGISTRY");
+        output_with_stdin(cmd, stdin)
     };
     let text = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).to_string();
     let fails_with = |out: std::process::Output, needle: &str| {
@@ -468,17 +469,9 @@ esac
     std::fs::write(docker_config.join("config.json"), r#"{"credsStore": "testhelper"}"#).unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let af = |args: &[&str], stdin: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_af"))
-            .args(args)
-            .env("DOCKER_CONFIG", &docker_config)
-            .env("PATH", &path)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_af"));
+        cmd.args(args).env("DOCKER_CONFIG", &docker_config).env("PATH", &path);
+        output_with_stdin(cmd, stdin)
     };
     let out = af(&["registry", "login", &host, "-u", "admin", "--password-stdin"], "admin-password-1\n");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -48,15 +48,7 @@ fn esc(text: &str) -> String {
     out
 }
 
-fn human(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let (mut v, mut u) = (bytes as f64, 0);
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", units[u]) }
-}
+use crate::range::human_size as human;
 
 struct Row {
     tag: String,
@@ -72,12 +64,16 @@ async fn row(reg: &Registry, repo: &str, tag: &str) -> Option<Row> {
     let doc: Value = serde_json::from_slice(&m.content).ok()?;
     let platforms = doc["manifests"].as_array().map_or(0, Vec::len);
     let size = doc["config"]["size"].as_u64().map(|c| c + doc["layers"].as_array().into_iter().flatten().filter_map(|l| l["size"].as_u64()).sum::<u64>());
-    // A config is one raw block whose multihash is its digest (if under a chunk; else no date).
-    let created = match doc["config"]["digest"].as_str().and_then(|d| d.strip_prefix("sha256:")).and_then(|h| hex::decode(h).ok()) {
-        Some(hash) if hash.len() == 32 && doc["config"]["size"].as_u64().is_some_and(|s| s <= 1 << 20) => {
-            let cid = crate::unixfs::cid_v1(crate::unixfs::RAW, &hash.try_into().ok()?);
-            let bytes = reg.get_block(&cid).await.ok()??;
-            serde_json::from_slice::<Value>(&bytes).ok()?["created"].as_str().map(|c| c.get(..19).unwrap_or(c).replace('T', " "))
+    // The config as this (public) repository holds it: a blob linked elsewhere only (a sparse
+    // manifest's) is not read. A config within one chunk is one block, its root.
+    let config = match doc["config"]["digest"].as_str().and_then(|d| d.parse::<crate::digest::Digest>().ok()) {
+        Some(digest) => reg.blob_info(repo, &digest).await.ok().flatten(),
+        None => None,
+    };
+    let created = match config {
+        Some(info) if info.size <= 1 << 20 => {
+            let bytes = reg.get_block(&info.root_cid.parse().ok()?).await.ok()??;
+            serde_json::from_slice::<Value>(&bytes).ok().and_then(|c| c["created"].as_str().map(|c| c.get(..19).unwrap_or(c).replace('T', " ")))
         }
         _ => None,
     };

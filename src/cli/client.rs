@@ -189,16 +189,7 @@ async fn config_created(registry: &Registry, repository: &str, digest: &str) -> 
     Ok(config.get("created").and_then(Value::as_str).map(str::to_string))
 }
 
-fn human(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < units.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", units[unit]) }
-}
+use af_registry::range::human_size as human;
 
 /// `af registry list [NAMESPACE]`: every repository the caller may read, each tag with its size,
 /// creation date and image CID, printed as it is read (the catalog and tag lists page by page).
