@@ -219,8 +219,9 @@ pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     /// Marks a blob missing (its file is corrupt or gone): no repository serves it until it is
     /// committed again.
     async fn mark_blob_missing(&self, digest: &Digest) -> MetaResult<()>;
-    /// Records that `repo`'s link to a blob was just used (a GC spares it for a grace period).
-    async fn touch_blob(&self, repo: &str, digest: &Digest) -> MetaResult<()>;
+    /// Records that `repo`'s link to a blob was just used (a GC spares it for a grace period);
+    /// false when the link is gone (a GC took it after it was read).
+    async fn touch_blob(&self, repo: &str, digest: &Digest) -> MetaResult<bool>;
     /// Pins the manifest `reference` names; its digest, or None if there is no such manifest.
     async fn pin(&self, repo: &str, reference: &Reference) -> MetaResult<Option<Digest>>;
     async fn unpin(&self, repo: &str, digest: &Digest) -> MetaResult<bool>;

@@ -458,17 +458,18 @@ impl MetadataStore for PgStore {
         })
     }
 
-    async fn touch_blob(&self, repo: &str, digest: &Digest) -> MetaResult<()> {
+    async fn touch_blob(&self, repo: &str, digest: &Digest) -> MetaResult<bool> {
         let digest = digest.to_string();
         transaction!(self, |tx| {
-            tx.execute(
-                "UPDATE repository_blobs SET touched_at = $3 WHERE digest = $2
-                 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
-                &[&repo, &digest, &now()],
-            )
-            .await
-            .map_err(pg)?;
-            Ok::<_, MetadataError>(())
+            let touched = tx
+                .execute(
+                    "UPDATE repository_blobs SET touched_at = $3 WHERE digest = $2
+                     AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+                    &[&repo, &digest, &now()],
+                )
+                .await
+                .map_err(pg)?;
+            Ok::<_, MetadataError>(touched > 0)
         })
     }
 

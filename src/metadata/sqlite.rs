@@ -309,16 +309,17 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn touch_blob(&self, repo: &str, digest: &Digest) -> MetaResult<()> {
+    async fn touch_blob(&self, repo: &str, digest: &Digest) -> MetaResult<bool> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         self.write(move |tx| {
-            tx.execute(
-                "UPDATE repository_blobs SET touched_at = ?3 WHERE digest = ?2
-                 AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
-                params![repo, digest, now()],
-            )
-            .map_err(backend)?;
-            Ok(())
+            let touched = tx
+                .execute(
+                    "UPDATE repository_blobs SET touched_at = ?3 WHERE digest = ?2
+                     AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
+                    params![repo, digest, now()],
+                )
+                .map_err(backend)?;
+            Ok(touched > 0)
         })
         .await
     }

@@ -41,9 +41,13 @@ impl Registry {
         let Some(info) = self.meta.blob_info(repo, digest).await? else {
             return Err(RegistryError::BlobUnknown(digest.clone()));
         };
-        // A client that saw the blob may reference it next: keep it out of a GC's reach.
-        if crate::clock::unix_now() - info.touched_at > self.settings.touch_after.as_secs() as i64 {
-            self.meta.touch_blob(repo, digest).await?;
+        // A client that saw the blob may reference it next: keep it out of a GC's reach. The
+        // read and the touch are two statements: a GC committed between them took the link, and
+        // answering from the read would promise a blob that is gone.
+        if crate::clock::unix_now() - info.touched_at > self.settings.touch_after.as_secs() as i64
+            && !self.meta.touch_blob(repo, digest).await?
+        {
+            return Err(RegistryError::BlobUnknown(digest.clone()));
         }
         Ok(info)
     }
