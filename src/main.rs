@@ -167,24 +167,30 @@ enum RegistryCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// Push an image to a registry (from an OCI image layout or a docker archive).
+    /// Push an image to a registry: from the local engine (DOCKER_HOST: Docker, or podman
+    /// system service), an OCI image layout or a docker archive.
     Push {
-        /// Where it goes: `myapp:latest`, `host:port/ns/app:tag`.
+        /// Where it goes: `myapp:latest`, `host:port/ns/app:tag`; from the engine, also the
+        /// image's name there (as typed, else in full).
         reference: String,
-        /// The image: `oci:DIR[:TAG]` or `docker-archive:FILE[:REPO:TAG]`.
+        /// The image: `oci:DIR[:TAG]` or `docker-archive:FILE[:REPO:TAG]` [default: the local engine].
         #[arg(long)]
         from: Option<String>,
+        /// Every tag of the repository (REFERENCE names the repository, without a tag).
+        #[arg(long)]
+        all_tags: bool,
         /// No line per blob.
         #[arg(long, short)]
         quiet: bool,
         #[command(flatten)]
         target: Target,
     },
-    /// Pull an image from a registry (into an OCI image layout or a docker archive), every blob
-    /// verified.
+    /// Pull an image from a registry (into the local engine, an OCI image layout or a docker
+    /// archive), every blob verified.
     Pull {
         reference: String,
-        /// Where it goes: `oci:DIR[:TAG]` (TAG defaults to the reference's) or `docker-archive:FILE[:REPO:TAG]`.
+        /// Where it goes: `oci:DIR[:TAG]` (TAG defaults to the reference's) or
+        /// `docker-archive:FILE[:REPO:TAG]` [default: the local engine, DOCKER_HOST].
         #[arg(long)]
         to: Option<String>,
         /// Only this image of a multi-platform index: `os/arch[/variant]`, e.g. linux/arm64.
@@ -263,7 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             RegistryCommand::List { namespace, json, target } => cli::block_on(cli::client::list(target, namespace, json)),
             RegistryCommand::Info { reference, raw, json, gateway_url, target } => cli::block_on(cli::client::info(target, reference, raw, json, gateway_url)),
             RegistryCommand::Tag { source, destination, target } => cli::block_on(cli::client::tag(target, source, destination)),
-            RegistryCommand::Push { reference, from, quiet, target } => cli::block_on(cli::client::push(target, reference, from, quiet)),
+            RegistryCommand::Push { reference, from, all_tags, quiet, target } => cli::block_on(cli::client::push(target, reference, from, all_tags, quiet)),
             RegistryCommand::Pull { reference, to, platform, quiet, target } => cli::block_on(cli::client::pull(target, reference, to, platform, quiet)),
             RegistryCommand::Delete { reference, target } => cli::block_on(cli::client::delete(target, reference)),
         },

@@ -483,3 +483,191 @@ esac
     assert!(af(&["registry", "logout", &host], "").status.success());
     assert_eq!(std::fs::read_dir(&store).unwrap().count(), 0, "logout erased it from the helper");
 }
+
+/// podman's Docker-compatible API service on a socket of the test's own, with its own storage;
+/// stopped when dropped.
+struct PodmanService {
+    child: std::process::Child,
+    root: PathBuf,
+    sock: PathBuf,
+}
+
+impl PodmanService {
+    fn start(dir: &Path) -> PodmanService {
+        let root = dir.join("podman");
+        let sock = root.join("podman.sock");
+        std::fs::create_dir_all(&root).unwrap();
+        let log = std::fs::File::create(root.join("service.log")).unwrap();
+        let mut command = Command::new("podman");
+        command.args(["--storage-driver", "vfs", "--root"]).arg(root.join("root")).arg("--runroot").arg(root.join("run"));
+        let child = command
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", sock.display()))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start podman system service (is podman installed?)");
+        for _ in 0..100 {
+            if sock.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(sock.exists(), "podman system service made no socket");
+        PodmanService { child, root, sock }
+    }
+
+    /// A podman, buildah (`tool`) on the service's storage.
+    fn tool(&self, tool: &str) -> Command {
+        let mut c = Command::new(tool);
+        c.args(["--storage-driver", "vfs", "--root"]).arg(self.root.join("root")).arg("--runroot").arg(self.root.join("run"));
+        c
+    }
+
+    fn docker_host(&self) -> String {
+        format!("unix://{}", self.sock.display())
+    }
+
+    /// `podman image inspect`: the image's Id and its layers' diff IDs.
+    fn image(&self, name: &str) -> (String, Vec<String>) {
+        let v: serde_json::Value = serde_json::from_str(&run(self.tool("podman").args(["image", "inspect", name]))).unwrap();
+        let layers = v[0]["RootFS"]["Layers"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect();
+        (format!("sha256:{}", v[0]["Id"].as_str().unwrap().trim_start_matches("sha256:")), layers)
+    }
+}
+
+impl Drop for PodmanService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `af registry push` from, and `pull` into, the local engine through the Docker Engine API,
+/// with podman's compatible service as the engine: the image the registry gets is the engine's
+/// (config digest = image ID, layers = diff IDs), a second push sends nothing, a layer the
+/// registry holds in another repository the engine's image came from is mounted, `--all-tags`
+/// pushes every tag, a pulled image loads with the same ID and layers, and a 96 MiB layer
+/// streams through a client far smaller than it.
+#[test]
+fn af_pushes_from_and_pulls_into_the_engine_through_its_api() {
+    let node = Node::start_with_env(&["--auth", "token"], &[("AF_ADMIN_PASSWORD", "admin-password-1")]);
+    let host = node.host();
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = PodmanService::start(tmp.path());
+    let docker_config = tmp.path().join("docker");
+    let af = |args: &[&str], docker_host: &str| {
+        let mut cmd = Command::new("/usr/bin/time");
+        cmd.args(["-f", "maxrss_kib=%M", env!("CARGO_BIN_EXE_af")])
+            .args(args)
+            .args(["--registry", &host])
+            .env("DOCKER_CONFIG", &docker_config)
+            .env("DOCKER_HOST", docker_host)
+            .env("AF_DATA_DIR", &node.data_dir);
+        output_with_stdin(cmd, "")
+    };
+    let texts = |out: &std::process::Output| (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
+    let ok = |out: std::process::Output| {
+        let (o, e) = texts(&out);
+        assert!(out.status.success(), "stdout: {o}\nstderr: {e}");
+        (o, e)
+    };
+    assert!(output_with_stdin(
+        {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_af"));
+            c.args(["registry", "user", "add", "ci"]).env("AF_DATA_DIR", &node.data_dir);
+            c
+        },
+        "ci-password\n"
+    )
+    .status
+    .success());
+    let login = {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_af"));
+        c.args(["registry", "login", &host, "-u", "ci", "--password-stdin"]).env("DOCKER_CONFIG", &docker_config);
+        output_with_stdin(c, "ci-password\n")
+    };
+    assert!(login.status.success(), "{}", String::from_utf8_lossy(&login.stderr));
+
+    // Two images in the engine's storage: v1 with one small layer, v2 adding a 96 MiB one.
+    let big = tmp.path().join("big.bin");
+    let mut bytes = vec![0u8; 96 << 20];
+    let mut x = 0x9e3779b97f4a7c15u64;
+    for chunk in bytes.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(&big, &bytes).unwrap();
+    drop(bytes);
+    std::fs::write(tmp.path().join("small.txt"), "hello from the engine\n").unwrap();
+    let working = run(engine.tool("buildah").args(["from", "scratch"])).trim().to_string();
+    run(engine.tool("buildah").args(["copy", &working]).arg(tmp.path().join("small.txt")).arg("/small.txt"));
+    run(engine.tool("buildah").args(["config", "--cmd", "/small.txt", &working]));
+    run(engine.tool("buildah").args(["commit", "-q", &working, "ci/app:v1"]));
+    let working = run(engine.tool("buildah").args(["from", "ci/app:v1"])).trim().to_string();
+    run(engine.tool("buildah").args(["copy", &working]).arg(&big).arg("/big.bin"));
+    run(engine.tool("buildah").args(["commit", "-q", &working, "ci/app:v2"]));
+    let (v1_id, v1_layers) = engine.image("ci/app:v1");
+    let (v2_id, v2_layers) = engine.image("ci/app:v2");
+    assert_eq!((v1_layers.len(), v2_layers.len()), (1, 2));
+
+    let registry_manifest = |reference: &str| -> serde_json::Value {
+        serde_json::from_str(&run(skopeo().args(["inspect", "--raw", "--tls-verify=false", "--creds", "ci:ci-password"]).arg(format!("docker://{host}/{reference}")))).unwrap()
+    };
+    let is_engines = |manifest: &serde_json::Value, id: &str, layers: &[String]| {
+        assert_eq!(manifest["config"]["digest"], id, "the config is the engine's, byte for byte");
+        let digests: Vec<&str> = manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap()).collect();
+        assert_eq!(digests, layers, "the layers are the engine's, byte for byte");
+    };
+
+    let docker_host = engine.docker_host();
+    let (out, err) = ok(af(&["registry", "push", "ci/app:v2"], &docker_host));
+    assert!(out.starts_with(&format!("Pushed {host}/ci/app:v2: sha256:")), "{out}");
+    is_engines(&registry_manifest("ci/app:v2"), &v2_id, &v2_layers);
+    let rss: u64 = err.lines().find_map(|l| l.strip_prefix("maxrss_kib=")).unwrap().parse().unwrap();
+    eprintln!("af registry push of a 96 MiB layer from the engine: peak RSS {rss} KiB");
+    assert!(rss < 48 << 10, "pushing a 96 MiB layer took {rss} KiB: it was held in memory");
+
+    let (_, err) = ok(af(&["registry", "push", "ci/app:v2"], &docker_host));
+    assert!(!err.contains(" done") && err.matches("already there").count() == 3, "a second push sends nothing: {err}");
+
+    let (out, err) = ok(af(&["registry", "push", "--all-tags", "ci/app"], &docker_host));
+    assert_eq!(out.lines().filter(|l| l.starts_with("Pushed ")).count(), 2, "{out}");
+    assert!(out.contains(&format!("Pushed {host}/ci/app:v1")) && out.contains(&format!("Pushed {host}/ci/app:v2")), "{out}");
+    assert!(err.matches(" done").count() == 1 && err.matches("already there").count() == 4, "only v1's config was new (its layer is v2's first): {err}");
+    is_engines(&registry_manifest("ci/app:v1"), &v1_id, &v1_layers);
+
+    // The engine pulls v2 from the registry (so it knows the image came from ci/app there) and
+    // tags it for another repository: pushing that mounts every blob instead of sending it.
+    run(engine.tool("podman").args(["pull", "--tls-verify=false", "--creds", "ci:ci-password", &format!("{host}/ci/app:v2")]));
+    run(engine.tool("podman").args(["tag", &format!("{host}/ci/app:v2"), &format!("{host}/ci/mounted:v2")]));
+    let (out, err) = ok(af(&["registry", "push", &format!("{host}/ci/mounted:v2")], &docker_host));
+    assert!(!err.contains(" done") && err.matches("already there").count() == 3, "mounted, not sent: {err}");
+    assert!(out.contains("0 B moved"), "{out}");
+    is_engines(&registry_manifest("ci/mounted:v2"), &v2_id, &v2_layers);
+
+    // Pulled into the engine: the same image ID and layers, under the registry's name.
+    run(engine.tool("podman").args(["rmi", "-f", &format!("{host}/ci/app:v2"), &format!("{host}/ci/mounted:v2"), "ci/app:v2"]));
+    let (out, err) = ok(af(&["registry", "pull", "ci/app:v2"], &docker_host));
+    assert!(out.contains(&format!("Loaded image: {host}/ci/app:v2")) || out.contains(&format!("Loaded image(s): {host}/ci/app:v2")), "{out}");
+    assert_eq!(engine.image(&format!("{host}/ci/app:v2")), (v2_id.clone(), v2_layers.clone()));
+    let rss: u64 = err.lines().find_map(|l| l.strip_prefix("maxrss_kib=")).unwrap().parse().unwrap();
+    eprintln!("af registry pull of a 96 MiB layer into the engine: peak RSS {rss} KiB");
+    assert!(rss < 48 << 10, "pulling a 96 MiB layer into the engine took {rss} KiB");
+
+    // One-line errors that say what to do.
+    let fails_with = |out: std::process::Output, needle: &str| {
+        let (o, e) = texts(&out);
+        assert!(!out.status.success(), "should have failed: {o}");
+        let e: Vec<&str> = e.lines().filter(|l| !l.starts_with("maxrss_kib=") && !l.starts_with("Command exited")).collect();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("af: ") && e[0].contains(needle), "{:?} does not say {needle:?}", e[0]);
+    };
+    fails_with(af(&["registry", "push", "ci/none:v1"], &docker_host), "no image \"ci/none:v1\" in the local engine");
+    let gone = format!("unix://{}", tmp.path().join("no.sock").display());
+    fails_with(af(&["registry", "push", "ci/app:v1"], &gone), "cannot reach the engine");
+    fails_with(af(&["registry", "pull", "ci/app:v1"], &gone), "cannot reach the engine");
+    fails_with(af(&["registry", "push", "--all-tags", "ci/app:v1"], &docker_host), "without a tag");
+}

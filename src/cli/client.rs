@@ -2,6 +2,7 @@
 //! over the OCI API (none needs a data directory).
 
 use af_registry::client::credentials::{self, Login};
+use af_registry::client::engine::{Engine, EngineError};
 use af_registry::client::reference::ImageRef;
 use af_registry::client::{ClientError, Registry, MANIFEST_TYPES};
 use anyhow::Context;
@@ -388,7 +389,7 @@ fn local(text: &str, flag: &str) -> anyhow::Result<Local> {
             _ => Local::Archive(rest.trim_end_matches(':').into(), None),
         });
     }
-    anyhow::bail!("{flag} {text:?}: give oci:DIR[:TAG] or docker-archive:FILE[:REPO:TAG] (the local engine is not supported yet)")
+    anyhow::bail!("{flag} {text:?}: give oci:DIR[:TAG] or docker-archive:FILE[:REPO:TAG] (or leave {flag} out for the local engine)")
 }
 
 /// How a transfer shows itself on standard error: a bar per blob in flight and one for the
@@ -474,44 +475,103 @@ fn summary_line(verb: &str, image: &ImageRef, moved: &af_registry::client::trans
     )
 }
 
-/// `af registry push REF --from oci:DIR[:TAG]`.
-pub async fn push(target: Target, reference: String, from: Option<String>, quiet: bool) -> anyhow::Result<()> {
+/// Whether the reference as typed names a tag or digest (not just a repository).
+fn names_tag(text: &str) -> bool {
+    text.contains('@') || text.rsplit('/').next().is_some_and(|last| last.contains(':'))
+}
+
+/// The engine's name of the image `typed` names: as typed if the engine knows it, else in full
+/// (`host:port/repo:tag`, as a `docker tag` for this registry reads).
+async fn engine_name(engine: &Engine, typed: &str, image: &ImageRef) -> anyhow::Result<String> {
+    for name in [typed.to_string(), image.to_string()] {
+        if engine.inspect(&name).await?.is_some() {
+            return Ok(name);
+        }
+    }
+    Err(EngineError::NoImage(typed.to_string()).into())
+}
+
+/// The engine's `name:tag`s of repository `typed` (as typed, under the engines' default
+/// prefixes, or in full on the registry), each with its tag.
+fn engine_tags(all: &[String], typed: &str, image: &ImageRef) -> Vec<(String, String)> {
+    let forms = [typed.to_string(), format!("localhost/{typed}"), format!("docker.io/library/{typed}"), format!("docker.io/{typed}"), format!("{}/{}", image.registry, image.repository)];
+    all.iter()
+        .filter_map(|full| {
+            let (repo, tag) = full.rsplit_once(':').filter(|(_, t)| !t.contains('/'))?;
+            forms.iter().any(|f| f == repo).then(|| (full.clone(), tag.to_string()))
+        })
+        .collect()
+}
+
+/// `af registry push REF [--from oci:DIR[:TAG] | docker-archive:FILE[:REPO:TAG]] [--all-tags]`.
+pub async fn push(target: Target, reference: String, from: Option<String>, all_tags: bool, quiet: bool) -> anyhow::Result<()> {
     let image = target.parse(&reference)?;
-    let from = from.context("pushing from the local engine is not supported yet: give --from oci:DIR[:TAG] or docker-archive:FILE")?;
-    let from = local(&from, "--from")?;
+    anyhow::ensure!(!all_tags || !names_tag(&reference), "--all-tags pushes every tag of a repository: give {} without a tag", image.repository);
+    let from = from.map(|f| local(&f, "--from")).transpose()?;
     let registry = target.registry(&image.registry)?;
-    let started = std::time::Instant::now();
-    let shown = Shown::for_stderr(quiet);
-    let moved = match &from {
-        Local::Oci(dir, tag) => af_registry::client::transfer::push(&registry, dir, tag.as_deref(), &image, &shown).await,
-        Local::Archive(file, name) => af_registry::client::archive::push(&registry, file, name.as_deref(), &image, &shown).await,
+    let to = |tag: &str| ImageRef { reference: tag.to_string(), ..image.clone() };
+    // (where from, where to) per image pushed.
+    let engine = if from.is_none() { Some(Engine::from_env()?) } else { None };
+    let jobs: Vec<(Option<String>, ImageRef)> = match (&from, &engine, all_tags) {
+        (None, Some(engine), false) => vec![(Some(engine_name(engine, &reference, &image).await?), image.clone())],
+        (None, Some(engine), true) => engine_tags(&engine.repo_tags().await?, &reference, &image).into_iter().map(|(name, tag)| (Some(name), to(&tag))).collect(),
+        (Some(Local::Oci(_, tag)), _, false) => vec![(tag.clone(), image.clone())],
+        (Some(Local::Oci(dir, _)), _, true) => af_registry::client::transfer::layout_tags(dir)?.into_iter().map(|t| (Some(t.clone()), to(&t))).collect(),
+        (Some(Local::Archive(_, name)), _, false) => vec![(name.clone(), image.clone())],
+        (Some(Local::Archive(file, _)), _, true) => {
+            let named = af_registry::client::archive::archive_tags(file)?;
+            named.into_iter().filter_map(|n| n.rsplit_once(':').filter(|(_, t)| !t.contains('/')).map(|(_, t)| t.to_string()).map(|t| (Some(n), to(&t)))).collect()
+        }
+        (None, None, _) => unreachable!("an engine is made when there is no --from"),
     };
-    drop(shown);
-    let moved = moved?;
-    println!("{}", summary_line("Pushed", &image, &moved, started));
+    anyhow::ensure!(!jobs.is_empty(), "--all-tags: no tags of {reference} found there");
+    for (source, dst) in jobs {
+        let started = std::time::Instant::now();
+        let shown = Shown::for_stderr(quiet);
+        let moved = match (&from, &engine) {
+            (None, Some(engine)) => af_registry::client::export::push(&registry, engine, source.as_deref().unwrap_or(&reference), &dst, &shown).await,
+            (Some(Local::Oci(dir, _)), _) => af_registry::client::transfer::push(&registry, dir, source.as_deref(), &dst, &shown).await,
+            (Some(Local::Archive(file, _)), _) => af_registry::client::archive::push(&registry, file, source.as_deref(), &dst, &shown).await,
+            (None, None) => unreachable!("an engine is made when there is no --from"),
+        };
+        drop(shown);
+        let moved = moved?;
+        println!("{}", summary_line("Pushed", &dst, &moved, started));
+    }
     Ok(())
 }
 
-/// `af registry pull REF --to oci:DIR[:TAG] [--platform os/arch[/variant]]`.
+/// `af registry pull REF [--to oci:DIR[:TAG] | docker-archive:FILE[:REPO:TAG]] [--platform os/arch[/variant]]`.
 pub async fn pull(target: Target, reference: String, to: Option<String>, platform: Option<String>, quiet: bool) -> anyhow::Result<()> {
     let image = target.parse(&reference)?;
-    let to = to.context("pulling into the local engine is not supported yet: give --to oci:DIR[:TAG] or docker-archive:FILE")?;
-    let to = local(&to, "--to")?;
+    let to = to.map(|t| local(&t, "--to")).transpose()?;
     let registry = target.registry(&image.registry)?;
     let started = std::time::Instant::now();
     let shown = Shown::for_stderr(quiet);
+    let archive_name = || if image.is_digest() { format!("{}/{}:latest", image.registry, image.repository) } else { image.to_string() };
+    let mut said = None;
     let moved = match &to {
-        Local::Oci(dir, tag) => {
+        Some(Local::Oci(dir, tag)) => {
             let tag = tag.clone().or_else(|| (!image.is_digest()).then(|| image.reference.clone()));
             af_registry::client::transfer::pull(&registry, &image, dir, tag.as_deref(), platform.as_deref(), &shown).await
         }
-        Local::Archive(file, name) => {
-            let name = name.clone().unwrap_or_else(|| if image.is_digest() { format!("{}/{}:latest", image.registry, image.repository) } else { image.to_string() });
+        Some(Local::Archive(file, name)) => {
+            let name = name.clone().unwrap_or_else(archive_name);
             af_registry::client::archive::pull(&registry, &image, file, &name, platform.as_deref(), &shown).await
+        }
+        None => {
+            let engine = Engine::from_env()?;
+            af_registry::client::archive::pull_into_engine(&registry, &engine, &image, &archive_name(), platform.as_deref(), &shown).await.map(|(moved, engine_said)| {
+                said = Some(engine_said);
+                moved
+            })
         }
     };
     drop(shown);
     let moved = moved?;
     println!("{}", summary_line("Pulled", &image, &moved, started));
+    if let Some(said) = said.filter(|s| !s.is_empty()) {
+        println!("{said}");
+    }
     Ok(())
 }

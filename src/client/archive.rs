@@ -6,6 +6,7 @@
 
 use super::reference::ImageRef;
 use super::transfer::{Moved, Report, TransferError};
+use super::engine::Engine;
 use super::Registry;
 use serde_json::{json, Value};
 use sha2::Digest as _;
@@ -49,6 +50,22 @@ fn hash_range(path: &Path, (offset, size): (u64, u64)) -> Result<String> {
     Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
 }
 
+/// Every `repo:tag` the archive at `path` names (its manifest.json's RepoTags).
+pub fn archive_tags(path: &Path) -> Result<Vec<String>> {
+    let list = read_manifest_list(path)?.1;
+    Ok(list.iter().flat_map(|m| m["RepoTags"].as_array().into_iter().flatten()).filter_map(Value::as_str).map(str::to_string).collect())
+}
+
+/// Where each entry is (see [`index`]) and the images manifest.json lists.
+type ManifestList = (HashMap<String, (u64, u64)>, Vec<Value>);
+
+fn read_manifest_list(path: &Path) -> Result<ManifestList> {
+    let entries = index(path)?;
+    let at = *entries.get("manifest.json").ok_or_else(|| err(path, "no manifest.json: not a docker archive"))?;
+    let list: Vec<Value> = serde_json::from_slice(&read_entry(path, at)?).map_err(|e| err(path, format!("manifest.json: {e}")))?;
+    Ok((entries, list))
+}
+
 /// Pushes the image `tag` (`repo:tag` as in its RepoTags; the only one if none) of the archive
 /// at `path` to `dst`.
 pub async fn push(registry: &Registry, path: &Path, tag: Option<&str>, dst: &ImageRef, report: Report<'_>) -> Result<Moved> {
@@ -56,9 +73,7 @@ pub async fn push(registry: &Registry, path: &Path, tag: Option<&str>, dst: &Ima
     let (entries, manifest) = tokio::task::spawn_blocking({
         let path = path.clone();
         move || -> Result<_> {
-            let entries = index(&path)?;
-            let at = *entries.get("manifest.json").ok_or_else(|| err(&path, "no manifest.json: not a docker archive"))?;
-            let list: Vec<Value> = serde_json::from_slice(&read_entry(&path, at)?).map_err(|e| err(&path, format!("manifest.json: {e}")))?;
+            let (entries, list) = read_manifest_list(&path)?;
             let chosen: Vec<Value> = match &tag {
                 Some(t) => list.into_iter().filter(|m| m["RepoTags"].as_array().is_some_and(|tags| tags.iter().any(|x| x.as_str().is_some_and(|x| x == t || x.ends_with(&format!("/{t}")))))).collect(),
                 None => list,
@@ -88,7 +103,6 @@ pub async fn push(registry: &Registry, path: &Path, tag: Option<&str>, dst: &Ima
         .map_err(|e| err(&path, e))??;
         layers.push((digest, at));
     }
-    let scope = format!("repository:{}:pull,push", dst.repository);
     let config_sent = super::transfer::upload_bytes(registry, &dst.repository, &config_digest, bytes::Bytes::from(config.clone()), report).await?;
     report.end(&config_digest, config.len() as u64, !config_sent);
     tally(&mut moved, config.len() as u64, config_sent);
@@ -97,19 +111,27 @@ pub async fn push(registry: &Registry, path: &Path, tag: Option<&str>, dst: &Ima
         report.end(digest, at.1, !sent);
         tally(&mut moved, at.1, sent);
     }
-    let image = json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": layers.iter().map(|(d, at)| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": at.1})).collect::<Vec<_>>(),
-    });
-    let body = bytes::Bytes::from(serde_json::to_vec(&image).map_err(|e| err(&path, e))?);
-    moved.digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body)));
-    let url = registry.url(&format!("/v2/{}/manifests/{}", dst.repository, dst.reference));
-    registry.check(registry.send(&scope, |http| http.put(&url).header("content-type", "application/vnd.oci.image.manifest.v1+json").body(body.clone())).await?).await?;
+    moved.digest = put_image(registry, dst, (&config_digest, config.len() as u64), &layers.iter().map(|(d, at)| (d.clone(), at.1)).collect::<Vec<_>>()).await?;
     Ok(moved)
 }
 
-fn tally(moved: &mut Moved, size: u64, sent: bool) {
+/// PUTs, as `dst`, the OCI image manifest of the config and uncompressed layers given as
+/// (digest, size); returns the manifest's digest.
+pub async fn put_image(registry: &Registry, dst: &ImageRef, (config_digest, config_size): (&str, u64), layers: &[(String, u64)]) -> Result<String> {
+    let image = json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "layers": layers.iter().map(|(d, size)| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": size})).collect::<Vec<_>>(),
+    });
+    let body = bytes::Bytes::from(serde_json::to_vec(&image).expect("a JSON value serializes"));
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body)));
+    let scope = format!("repository:{}:pull,push", dst.repository);
+    let url = registry.url(&format!("/v2/{}/manifests/{}", dst.repository, dst.reference));
+    registry.check(registry.send(&scope, |http| http.put(&url).header("content-type", "application/vnd.oci.image.manifest.v1+json").body(body.clone())).await?).await?;
+    Ok(digest)
+}
+
+pub(super) fn tally(moved: &mut Moved, size: u64, sent: bool) {
     moved.blobs += 1;
     if sent {
         moved.bytes += size;
@@ -118,9 +140,69 @@ fn tally(moved: &mut Moved, size: u64, sent: bool) {
     }
 }
 
+/// An image pulled into a working directory: its config and uncompressed layers, verified.
+struct Fetched {
+    moved: Moved,
+    config_digest: String,
+    config_file: PathBuf,
+    /// (diff ID, file) per layer, in order.
+    layers: Vec<(String, PathBuf)>,
+}
+
 /// Pulls `src` (one image: `platform` picks it from an index) into a new docker archive at
 /// `path`, named `repo_tag` in it.
 pub async fn pull(registry: &Registry, src: &ImageRef, path: &Path, repo_tag: &str, platform: Option<&str>, report: Report<'_>) -> Result<Moved> {
+    let work = tempdir_beside(path)?;
+    let result = async {
+        let fetched = fetch(registry, src, &work, platform, report).await?;
+        let (path, repo_tag) = (path.to_path_buf(), repo_tag.to_string());
+        let Fetched { moved, config_digest, config_file, layers } = fetched;
+        tokio::task::spawn_blocking(move || write_archive(&path, &repo_tag, &config_digest, &config_file, &layers))
+            .await
+            .map_err(|e| err(Path::new("archive"), e))??;
+        Ok(moved)
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+/// Pulls `src` into the local engine (its load API), named `repo_tag` there: the archive is
+/// made as the engine reads it, from layers kept in a working directory under the system's
+/// temporary directory. Returns what moved and what the engine said.
+pub async fn pull_into_engine(registry: &Registry, engine: &Engine, src: &ImageRef, repo_tag: &str, platform: Option<&str>, report: Report<'_>) -> Result<(Moved, String)> {
+    engine.ping().await?;
+    let work = std::env::temp_dir().join(format!("af-pull-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&work).map_err(|e| err(&work, e))?;
+    let result = async {
+        let Fetched { moved, config_digest, config_file, layers } = fetch(registry, src, &work, platform, report).await?;
+        let (reader, writer) = tokio::io::duplex(1 << 20);
+        let writer = tokio_util::io::SyncIoBridge::new(writer);
+        let repo_tag = repo_tag.to_string();
+        let tar = tokio::task::spawn_blocking(move || {
+            let mut out = write_tar(writer, &repo_tag, &config_digest, &config_file, &layers)?;
+            out.shutdown()
+        });
+        let said = engine.load(tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20)).await;
+        let written = tar.await.map_err(|e| err(Path::new("archive"), e))?;
+        let said = said?;
+        written.map_err(|e| err(&work, format!("writing the archive for the engine: {e}")))?;
+        Ok((moved, said))
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn rand_suffix() -> String {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).expect("the system's random source");
+    hex::encode(bytes)
+}
+
+/// Pulls `src`'s config and layers into `work`, each verified against its digest as it
+/// arrives and each layer's uncompressed bytes against the config's diff ID.
+async fn fetch(registry: &Registry, src: &ImageRef, work: &Path, platform: Option<&str>, report: Report<'_>) -> Result<Fetched> {
     let (bytes, _, _) = registry.manifest(&src.repository, &src.reference, reqwest::Method::GET).await?;
     let mut doc: Value = serde_json::from_slice(&bytes).map_err(|e| registry.protocol(format!("{src}: not JSON: {e}")))?;
     let mut digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
@@ -139,48 +221,38 @@ pub async fn pull(registry: &Registry, src: &ImageRef, path: &Path, repo_tag: &s
         doc = serde_json::from_slice(&child_bytes).map_err(|e| registry.protocol(format!("{src}@{child_digest}: not JSON: {e}")))?;
         digest = child_digest;
     }
-    let work = tempdir_beside(path)?;
-    let result = async {
-        let config_desc = &doc["config"];
-        let config_digest = config_desc["digest"].as_str().ok_or_else(|| registry.protocol("a manifest without a config".into()))?;
-        let config_file = work.join("config");
-        super::transfer::download(registry, &src.repository, config_digest, config_desc["size"].as_u64().unwrap_or(0), &config_file, report).await?;
-        report.end(config_digest, config_desc["size"].as_u64().unwrap_or(0), false);
-        let config: Value = serde_json::from_slice(&std::fs::read(&config_file).map_err(|e| err(&config_file, e))?).map_err(|e| err(&config_file, format!("the image config is not JSON: {e}")))?;
-        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"].as_array().map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect()).unwrap_or_default();
-        let mut moved = Moved { digest: digest.clone(), ..Default::default() };
-        tally(&mut moved, config_desc["size"].as_u64().unwrap_or(0), true);
-        let mut layer_files = Vec::new();
-        for (i, layer) in doc["layers"].as_array().map(Vec::as_slice).unwrap_or_default().iter().enumerate() {
-            let layer_digest = layer["digest"].as_str().ok_or_else(|| registry.protocol("a layer without a digest".into()))?;
-            let size = layer["size"].as_u64().unwrap_or(0);
-            let blob = work.join(format!("layer{i}"));
-            super::transfer::download(registry, &src.repository, layer_digest, size, &blob, report).await?;
-            report.end(layer_digest, size, false);
-            tally(&mut moved, size, true);
-            let gzip = layer["mediaType"].as_str().is_some_and(|m| m.contains("gzip"));
-            let tar = work.join(format!("layer{i}.tar"));
-            let diff_id = tokio::task::spawn_blocking({
-                let (blob, tar) = (blob.clone(), tar.clone());
-                move || uncompressed(&blob, &tar, gzip)
-            })
-            .await
-            .map_err(|e| err(&blob, e))??;
-            let _ = std::fs::remove_file(&blob);
-            if let Some(expected) = diff_ids.get(i).filter(|d| **d != diff_id) {
-                return Err(TransferError::Mismatch { digest: expected.clone(), actual: diff_id });
-            }
-            layer_files.push((diff_id, tar));
+    let config_desc = &doc["config"];
+    let config_digest = config_desc["digest"].as_str().ok_or_else(|| registry.protocol("a manifest without a config".into()))?;
+    let config_file = work.join("config");
+    super::transfer::download(registry, &src.repository, config_digest, config_desc["size"].as_u64().unwrap_or(0), &config_file, report).await?;
+    report.end(config_digest, config_desc["size"].as_u64().unwrap_or(0), false);
+    let config: Value = serde_json::from_slice(&std::fs::read(&config_file).map_err(|e| err(&config_file, e))?).map_err(|e| err(&config_file, format!("the image config is not JSON: {e}")))?;
+    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"].as_array().map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect()).unwrap_or_default();
+    let mut moved = Moved { digest: digest.clone(), ..Default::default() };
+    tally(&mut moved, config_desc["size"].as_u64().unwrap_or(0), true);
+    let mut layers = Vec::new();
+    for (i, layer) in doc["layers"].as_array().map(Vec::as_slice).unwrap_or_default().iter().enumerate() {
+        let layer_digest = layer["digest"].as_str().ok_or_else(|| registry.protocol("a layer without a digest".into()))?;
+        let size = layer["size"].as_u64().unwrap_or(0);
+        let blob = work.join(format!("layer{i}"));
+        super::transfer::download(registry, &src.repository, layer_digest, size, &blob, report).await?;
+        report.end(layer_digest, size, false);
+        tally(&mut moved, size, true);
+        let gzip = layer["mediaType"].as_str().is_some_and(|m| m.contains("gzip"));
+        let tar = work.join(format!("layer{i}.tar"));
+        let diff_id = tokio::task::spawn_blocking({
+            let (blob, tar) = (blob.clone(), tar.clone());
+            move || uncompressed(&blob, &tar, gzip)
+        })
+        .await
+        .map_err(|e| err(&blob, e))??;
+        let _ = std::fs::remove_file(&blob);
+        if let Some(expected) = diff_ids.get(i).filter(|d| **d != diff_id) {
+            return Err(TransferError::Mismatch { digest: expected.clone(), actual: diff_id });
         }
-        let (path, repo_tag, config_digest) = (path.to_path_buf(), repo_tag.to_string(), config_digest.to_string());
-        tokio::task::spawn_blocking(move || write_archive(&path, &repo_tag, &config_digest, &config_file, &layer_files))
-            .await
-            .map_err(|e| err(Path::new("archive"), e))??;
-        Ok(moved)
+        layers.push((diff_id, tar));
     }
-    .await;
-    let _ = std::fs::remove_dir_all(&work);
-    result
+    Ok(Fetched { moved, config_digest: config_digest.to_string(), config_file, layers })
 }
 
 /// A working directory next to `path` (same disk, removed by the caller).
@@ -212,28 +284,34 @@ fn uncompressed(blob: &Path, tar: &Path, gzip: bool) -> Result<String> {
 fn write_archive(path: &Path, repo_tag: &str, config_digest: &str, config_file: &Path, layers: &[(String, PathBuf)]) -> Result<()> {
     let tmp = path.with_extension("af-part");
     let write = || -> std::io::Result<()> {
-        let mut archive = tar::Builder::new(std::io::BufWriter::new(std::fs::File::create(&tmp)?));
-        let config_name = format!("{}.json", config_digest.trim_start_matches("sha256:"));
-        archive.append_path_with_name(config_file, &config_name)?;
-        let mut names = Vec::new();
-        for (diff_id, file) in layers {
-            let name = format!("{}.tar", diff_id.trim_start_matches("sha256:"));
-            if !names.contains(&name) {
-                archive.append_path_with_name(file, &name)?;
-            }
-            names.push(name);
-        }
-        let manifest = serde_json::to_vec(&json!([{"Config": config_name, "RepoTags": [repo_tag], "Layers": names}]))?;
-        let mut header = tar::Header::new_gnu();
-        header.set_size(manifest.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        archive.append_data(&mut header, "manifest.json", manifest.as_slice())?;
-        archive.into_inner()?.flush()?;
+        let file = std::fs::File::create(&tmp)?;
+        write_tar(std::io::BufWriter::new(file), repo_tag, config_digest, config_file, layers)?.flush()?;
         std::fs::rename(&tmp, path)
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         err(path, e)
     })
+}
+
+/// Writes the docker archive of one image, `repo_tag`, to `out`; returns `out`.
+fn write_tar<W: Write>(out: W, repo_tag: &str, config_digest: &str, config_file: &Path, layers: &[(String, PathBuf)]) -> std::io::Result<W> {
+    let mut archive = tar::Builder::new(out);
+    let config_name = format!("{}.json", config_digest.trim_start_matches("sha256:"));
+    archive.append_path_with_name(config_file, &config_name)?;
+    let mut names = Vec::new();
+    for (diff_id, file) in layers {
+        let name = format!("{}.tar", diff_id.trim_start_matches("sha256:"));
+        if !names.contains(&name) {
+            archive.append_path_with_name(file, &name)?;
+        }
+        names.push(name);
+    }
+    let manifest = serde_json::to_vec(&json!([{"Config": config_name, "RepoTags": [repo_tag], "Layers": names}]))?;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(manifest.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    archive.append_data(&mut header, "manifest.json", manifest.as_slice())?;
+    archive.into_inner()
 }

@@ -4,6 +4,8 @@
 
 pub mod archive;
 pub mod credentials;
+pub mod engine;
+pub mod export;
 pub mod reference;
 pub mod transfer;
 

@@ -25,6 +25,8 @@ pub enum TransferError {
     Mismatch { digest: String, actual: String },
     #[error("{0}")]
     Selection(String),
+    #[error(transparent)]
+    Engine(#[from] super::engine::EngineError),
 }
 
 type Result<T> = std::result::Result<T, TransferError>;
@@ -85,6 +87,14 @@ fn select(dir: &Path, tag: Option<&str>) -> Result<Value> {
         ([], None) => Err(TransferError::Selection(format!("{}: the layout holds no image", dir.display()))),
         (_, _) => Err(TransferError::Selection(format!("{}: several images: name one with oci:{}:TAG", dir.display(), dir.display()))),
     }
+}
+
+/// The tags of the layout at `dir` (its index's `ref.name` annotations), in index order.
+pub fn layout_tags(dir: &Path) -> Result<Vec<String>> {
+    let index = read_json(&dir.join("index.json"))?;
+    let mut tags: Vec<String> = index["manifests"].as_array().into_iter().flatten().filter_map(|m| m["annotations"][REF_NAME].as_str()).map(str::to_string).collect();
+    tags.dedup();
+    Ok(tags)
 }
 
 /// Pushes the image `tag` of the layout at `dir` to `dst` (its tag, or digest).
@@ -190,16 +200,78 @@ async fn upload(registry: &Registry, repo: &str, digest: &str, size: u64, report
     }
     let start_url = registry.url(&format!("/v2/{repo}/blobs/uploads/"));
     let started = registry.check(registry.send(&scope, |http| http.post(&start_url)).await?).await?;
-    let location = started.headers().get("location").and_then(|v| v.to_str().ok()).ok_or_else(|| registry.protocol("an upload without a Location".into()))?;
-    let location = if location.starts_with('/') { registry.url(location) } else { location.to_string() };
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let put_url = format!("{location}{sep}digest={digest}");
+    let put_url = with_digest(&location(registry, &started)?, digest);
     report.begin(digest, size);
     let response = registry
         .send(&scope, |http| http.put(&put_url).header("content-type", "application/octet-stream").header("content-length", size).body(body()))
         .await?;
     registry.check(response).await?;
     Ok(true)
+}
+
+/// Where an upload continues, from a response's `Location`.
+fn location(registry: &Registry, response: &reqwest::Response) -> Result<String> {
+    let location = response.headers().get("location").and_then(|v| v.to_str().ok()).ok_or_else(|| registry.protocol("an upload without a Location".into()))?;
+    Ok(if location.starts_with('/') { registry.url(location) } else { location.to_string() })
+}
+
+fn with_digest(location: &str, digest: &str) -> String {
+    let sep = if location.contains('?') { '&' } else { '?' };
+    format!("{location}{sep}digest={digest}")
+}
+
+/// The size of blob `digest` if the repository has it (a HEAD, which our registry counts as
+/// a use that keeps the blob from a GC for a while).
+pub async fn blob_size(registry: &Registry, repo: &str, digest: &str) -> Result<Option<u64>> {
+    let scope = format!("repository:{repo}:pull,push");
+    let url = registry.url(&format!("/v2/{repo}/blobs/{digest}"));
+    let head = registry.send(&scope, |http| http.head(&url)).await?;
+    if !head.status().is_success() {
+        return Ok(None);
+    }
+    let size = head.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    Ok(Some(size.ok_or_else(|| registry.protocol(format!("HEAD {digest}: no Content-Length")))?))
+}
+
+/// Mounts blob `digest` into `repo` from `from` (same registry) without sending it: true if the
+/// registry did. A registry that cannot opens an upload instead, which is cancelled.
+pub async fn mount(registry: &Registry, repo: &str, digest: &str, from: &str) -> Result<bool> {
+    let scope = format!("repository:{repo}:pull,push repository:{from}:pull");
+    let url = registry.url(&format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from}"));
+    let response = registry.send(&scope, |http| http.post(&url)).await?;
+    match response.status().as_u16() {
+        201 => Ok(true),
+        202 => {
+            if let Ok(session) = location(registry, &response) {
+                let _ = registry.send(&scope, |http| http.delete(&session)).await;
+            }
+            Ok(false)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Sends a blob whose bytes come as `body` and whose digest `digest` gives once they have all
+/// gone (a streamed PATCH, then the PUT naming the digest): the blob's digest. `body` cannot be
+/// sent twice, so the upload is opened first (the POST answers any challenge).
+pub async fn upload_streamed(registry: &Registry, repo: &str, body: reqwest::Body, digest: impl std::future::Future<Output = Result<String>>) -> Result<String> {
+    let scope = format!("repository:{repo}:pull,push");
+    let start_url = registry.url(&format!("/v2/{repo}/blobs/uploads/"));
+    let started = registry.check(registry.send(&scope, |http| http.post(&start_url)).await?).await?;
+    let patch_url = location(registry, &started)?;
+    let body = std::sync::Mutex::new(Some(body));
+    let patched = registry
+        .send(&scope, |http| {
+            let body = body.lock().expect("body lock").take().unwrap_or_else(|| reqwest::Body::from(bytes::Bytes::new()));
+            http.patch(&patch_url).header("content-type", "application/octet-stream").body(body)
+        })
+        .await;
+    // The bytes' own error (a bad archive, a digest mismatch) says more than the cut request.
+    let digest = digest.await?;
+    let patched = registry.check(patched?).await?;
+    let put_url = with_digest(&location(registry, &patched)?, &digest);
+    registry.check(registry.send(&scope, |http| http.put(&put_url)).await?).await?;
+    Ok(digest)
 }
 
 /// `size` bytes at `offset` of the file at `path`, 1 MiB at a time, opened when first read.
