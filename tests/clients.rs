@@ -638,6 +638,9 @@ fn af_pushes_from_and_pulls_into_the_engine_through_its_api() {
     assert!(out.contains(&format!("Pushed {host}/ci/app:v1")) && out.contains(&format!("Pushed {host}/ci/app:v2")), "{out}");
     assert!(err.matches(" done").count() == 1 && err.matches("already there").count() == 4, "only v1's config was new (its layer is v2's first): {err}");
     is_engines(&registry_manifest("ci/app:v1"), &v1_id, &v1_layers);
+    // A full reference finds the engine's image built without the registry's name too.
+    let (_, err) = ok(af(&["registry", "push", &format!("{host}/ci/app:v1")], &docker_host));
+    assert!(!err.contains(" done"), "{err}");
 
     // The engine pulls v2 from the registry (so it knows the image came from ci/app there) and
     // tags it for another repository: pushing that mounts every blob instead of sending it.

@@ -481,9 +481,11 @@ fn names_tag(text: &str) -> bool {
 }
 
 /// The engine's name of the image `typed` names: as typed if the engine knows it, else in full
-/// (`host:port/repo:tag`, as a `docker tag` for this registry reads).
+/// (`host:port/repo:tag`, as a `docker tag` for this registry reads), else without the registry
+/// (`repo:tag`, as built).
 async fn engine_name(engine: &Engine, typed: &str, image: &ImageRef) -> anyhow::Result<String> {
-    for name in [typed.to_string(), image.to_string()] {
+    let sep = if image.is_digest() { '@' } else { ':' };
+    for name in [typed.to_string(), image.to_string(), format!("{}{sep}{}", image.repository, image.reference)] {
         if engine.inspect(&name).await?.is_some() {
             return Ok(name);
         }
