@@ -45,6 +45,23 @@ if [ ! -x "$GOBIN/ipfs" ]; then
   (cd "$kubo_dir" && go build -o "$GOBIN/ipfs" ./cmd/ipfs)
 fi
 
+# IPFS Cluster, which drives our nodes through the Kubo RPC in tests/cluster.rs. The Go module
+# proxy reachable here does not serve it: it is built from ../shared/vendor/ipfs-cluster (the
+# upstream source at v1.1.6) when that is there, else from the proxy by its module path. Built
+# once (about 6 minutes on 2 cores) into $GOBIN, rebuilt when the version there differs.
+CLUSTER_VERSION=1.1.6
+if ! "$GOBIN/ipfs-cluster-service" --version 2>/dev/null | grep -q "$CLUSTER_VERSION" || [ ! -x "$GOBIN/ipfs-cluster-ctl" ]; then
+  if [ -d ../shared/vendor/ipfs-cluster ]; then
+    echo "building IPFS Cluster ${CLUSTER_VERSION} from ../shared/vendor/ipfs-cluster"
+    cluster_src=$(mktemp -d)
+    cp -r ../shared/vendor/ipfs-cluster/. "$cluster_src"
+  else
+    echo "building github.com/ipfs-cluster/ipfs-cluster@v${CLUSTER_VERSION} from the Go module proxy"
+    cluster_src=$(go mod download -json "github.com/ipfs-cluster/ipfs-cluster@v${CLUSTER_VERSION}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  fi
+  (cd "$cluster_src" && go build -o "$GOBIN" ./cmd/ipfs-cluster-service ./cmd/ipfs-cluster-ctl)
+fi
+
 # The JavaScript peers the tests drive (Helia's UnixFS importer and verified-fetch, @ipld/car,
 # Node 22 for verified-fetch), pinned by tests/interop/package-lock.json; reinstalled whenever the
 # lockfile changed since the last install.
