@@ -138,6 +138,10 @@ settings! {
     /// a peer may hold at most 4, and at most 64 may be handshaking at once [default: 512].
     #[arg(long, env = "AF_MAX_PEERS")]
     max_peers: u32 = crate::swarm::DEFAULT_MAX_CONNECTIONS;
+    /// How much the node offers to store, e.g. 500GB, 2TiB: `repo/stat`'s StorageMax, by which
+    /// IPFS Cluster allocates pins [default: the size of the data directory's disk].
+    #[arg(long, env = "AF_STORAGE_MAX")]
+    storage_max: ByteSize;
     /// On SIGTERM or SIGINT, how long requests in flight (uploads, downloads) may take to finish
     /// before they are cut off; an upload cut off resumes after a restart [default: 30s].
     #[arg(long, env = "AF_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
@@ -216,7 +220,38 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
-deserialize_from_str!(AuthMode, PeerIdText, MultiaddrText, crate::unixfs::Profile);
+deserialize_from_str!(AuthMode, PeerIdText, MultiaddrText, crate::unixfs::Profile, ByteSize);
+
+/// A number of bytes as people write it: `1500000`, `500MB`, `10GB` (powers of 1000, as Kubo's
+/// `StorageMax`), `2GiB` (powers of 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a size (a number of bytes, or one with kB, MB, GB, TB, KiB, MiB, GiB, TiB)")]
+pub struct NotASize(String);
+
+impl std::str::FromStr for ByteSize {
+    type Err = NotASize;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            "tib" => 1 << 40,
+            _ => return Err(NotASize(s.to_string())),
+        };
+        number.parse::<u64>().ok().and_then(|n| n.checked_mul(scale)).map(ByteSize).ok_or_else(|| NotASize(s.to_string()))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -241,6 +276,17 @@ mod tests {
 
     fn file(text: &str) -> Overrides {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!("10GB".parse::<ByteSize>().unwrap(), ByteSize(10_000_000_000));
+        assert_eq!("2GiB".parse::<ByteSize>().unwrap(), ByteSize(2 << 30));
+        assert_eq!("1500".parse::<ByteSize>().unwrap(), ByteSize(1500));
+        assert_eq!(file("storage-max = \"5 MB\"").storage_max, Some(ByteSize(5_000_000)));
+        for bad in ["", "GB", "10XB", "-1", "99999999999999999999", "1.5GB"] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -424,7 +424,9 @@ impl BlockIndex {
     /// reading only the nodes it reaches (memory: the reachable multihashes), the sweep pages
     /// through old blocks and deletes in short transactions, each re-checking a block's age so
     /// one recorded again meanwhile stays.
-    pub async fn sweep_unreachable(&self, roots: Vec<Cid>, cutoff: i64) -> Result<(u64, u64), BlockIndexError> {
+    /// Removes inline blocks older than `cutoff` that no root reaches: their count and bytes,
+    /// and with `list`, their CIDs.
+    pub async fn sweep_unreachable(&self, roots: Vec<Cid>, cutoff: i64, list: bool) -> Result<(u64, u64, Vec<Cid>), BlockIndexError> {
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = Connection::open(&path)?;
@@ -445,32 +447,37 @@ impl BlockIndex {
                     }
                 }
             }
-            let (mut count, mut bytes) = (0u64, 0u64);
+            let (mut count, mut bytes, mut removed) = (0u64, 0u64, Vec::new());
             let mut after: Vec<u8> = Vec::new();
             loop {
-                let page: Vec<(Vec<u8>, i64)> = conn
+                let page: Vec<(Vec<u8>, i64, i64)> = conn
                     .prepare_cached(
-                        "SELECT multihash, length FROM blocks WHERE data IS NOT NULL AND created_at < ?1 AND multihash > ?2
+                        "SELECT multihash, length, codec FROM blocks WHERE data IS NOT NULL AND created_at < ?1 AND multihash > ?2
                          ORDER BY multihash LIMIT ?3",
                     )?
-                    .query_map(params![cutoff, after, BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .query_map(params![cutoff, after, BATCH], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect::<Result<_, _>>()?;
                 let Some(last) = page.last() else { break };
                 after = last.0.clone();
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 {
                     let mut delete = tx.prepare_cached("DELETE FROM blocks WHERE multihash = ?1 AND created_at < ?2")?;
-                    for (mh, len) in page.into_iter().filter(|(mh, _)| !reachable.contains(mh)) {
+                    for (mh, len, codec) in page.into_iter().filter(|(mh, _, _)| !reachable.contains(mh)) {
                         if delete.execute(params![mh, cutoff])? > 0 {
                             count += 1;
                             bytes += len as u64;
+                            if list {
+                                if let Ok(hash) = cid::multihash::Multihash::<64>::from_bytes(&mh) {
+                                    removed.push(Cid::new_v1(codec as u64, hash));
+                                }
+                            }
                         }
                     }
                 }
                 tx.commit()?;
             }
             conn.execute(DROP_ORPHAN_OWNERS, [])?;
-            Ok((count, bytes))
+            Ok((count, bytes, removed))
         })
         .await
         .map_err(|e| BlockIndexError::Task(e.to_string()))?

@@ -182,6 +182,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         loopback: config.rpc.ip().is_loopback(),
         bind: config.rpc,
         writes: tokio::sync::Semaphore::new(crate::rpc::CONCURRENT_WRITES),
+        storage_max: config.storage_max.map(|s| s.0),
+        gc_grace: config.gc_grace,
     });
     let reg = registry.clone();
     let links = actix_web::web::Data::new(api::home::Links { gateway_url: config.gateway_url.clone(), gateway_port: config.gateway.port() });

@@ -49,16 +49,26 @@ impl std::fmt::Display for GcReport {
 impl Registry {
     /// Runs one GC; content younger than `grace` is kept whatever references it.
     pub async fn gc(&self, grace: Duration) -> Result<GcReport> {
-        let outcome = self.collect(grace).await;
+        self.gc_run(grace, false).await.map(|(report, _)| report)
+    }
+
+    /// [`Self::gc`], with the CIDs of the blocks it removed from the block index (blobs' own
+    /// blocks go with their files and are counted, not listed).
+    pub async fn gc_listing(&self, grace: Duration) -> Result<(GcReport, Vec<cid::Cid>)> {
+        self.gc_run(grace, true).await
+    }
+
+    async fn gc_run(&self, grace: Duration, list: bool) -> Result<(GcReport, Vec<cid::Cid>)> {
+        let outcome = self.collect(grace, list).await;
         let metrics = &crate::metrics::METRICS;
         metrics.gc_runs.with_label_values(&[if outcome.is_ok() { "ok" } else { "error" }]).inc();
-        if let Ok(report) = &outcome {
+        if let Ok((report, _)) = &outcome {
             metrics.gc_reclaimed.inc_by(report.bytes);
         }
         outcome
     }
 
-    async fn collect(&self, grace: Duration) -> Result<GcReport> {
+    async fn collect(&self, grace: Duration, list: bool) -> Result<(GcReport, Vec<cid::Cid>)> {
         let cutoff = unix_now() - grace.as_secs() as i64;
         let cutoff_time = UNIX_EPOCH + Duration::from_secs(cutoff.max(0) as u64);
         let mut report = GcReport::default();
@@ -93,7 +103,7 @@ impl Registry {
         let mut roots: Vec<String> = self.meta.live_roots().await?;
         roots.extend(self.blocks.pins().await?);
         let roots = roots.iter().filter_map(|c| c.parse::<cid::Cid>().ok()).collect();
-        let (blocks, block_bytes) = self.blocks.sweep_unreachable(roots, cutoff).await?;
+        let (blocks, block_bytes, removed) = self.blocks.sweep_unreachable(roots, cutoff, list).await?;
         report.blocks = blocks;
         report.block_bytes = block_bytes;
         drop(lock);
@@ -102,6 +112,6 @@ impl Registry {
             let blobs = swept.blobs.iter().map(|b| b.digest.clone()).collect();
             self.emit(crate::events::Event::Swept { blobs, manifests: report.manifests, blocks: report.blocks });
         }
-        Ok(report)
+        Ok((report, removed))
     }
 }

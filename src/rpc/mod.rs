@@ -26,6 +26,8 @@ use futures_util::StreamExt;
 use serde_json::json;
 use std::sync::Arc;
 
+mod pins;
+
 /// Kubo's default fan-out for `ipfs add`.
 const KUBO_MAX_LINKS: usize = 174;
 const KUBO_CHUNK: usize = 256 * 1024;
@@ -51,6 +53,10 @@ pub struct RpcState {
     pub bind: std::net::SocketAddr,
     /// Writes that may run at once ([`CONCURRENT_WRITES`]).
     pub writes: tokio::sync::Semaphore,
+    /// What the node offers to store (`--storage-max`; None: its disk's size).
+    pub storage_max: Option<u64>,
+    /// What `repo/gc` spares (`--gc-grace`), as the scheduled GC does.
+    pub gc_grace: std::time::Duration,
 }
 
 /// Kubo's error body.
@@ -101,14 +107,15 @@ pub fn configure(state: Arc<RpcState>) -> impl FnOnce(&mut web::ServiceConfig) {
 /// Every command `dispatch` answers (what metrics may name; anything else is `<unknown>`).
 const COMMANDS: &[&str] = &[
     "add", "bitswap/ledger", "bitswap/stat", "block/get", "block/put", "block/stat", "cat", "dag/export", "dag/import", "id", "ls", "pin/add", "pin/ls",
-    "pin/rm", "registry/import", "repo/stat", "routing/findprovs", "routing/provide", "swarm/connect", "swarm/disconnect", "swarm/peers", "version",
+    "pin/rm", "pin/update", "registry/import", "repo/gc", "repo/stat", "resolve", "routing/findprovs", "routing/provide", "swarm/connect", "swarm/disconnect",
+    "swarm/peers", "version",
 ];
 
 pub fn is_command(command: &str) -> bool {
     COMMANDS.contains(&command.trim_end_matches('/'))
 }
 
-const READS: &[&str] = &["id", "version", "repo/stat", "block/get", "block/stat", "cat", "ls", "pin/ls", "dag/export", "swarm/peers", "bitswap/stat", "bitswap/ledger"];
+const READS: &[&str] = &["id", "version", "repo/stat", "block/get", "block/stat", "cat", "ls", "pin/ls", "dag/export", "swarm/peers", "bitswap/stat", "bitswap/ledger", "resolve"];
 
 /// Kubo's rule against websites in the operator's browser: a request that names an origin
 /// (`Origin`, else `Referer`) must come from the RPC's own; and on loopback the `Host` must be a
@@ -178,7 +185,12 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
             "System": format!("{}/{}", std::env::consts::ARCH, std::env::consts::OS),
             "Golang": "",
         })),
-        "repo/stat" => repo_stat(&state).await,
+        "repo/stat" => repo_stat(&req, &state).await,
+        "repo/gc" => repo_gc(&state).await,
+        "resolve" => match readable_path(&req, &state).await {
+            Ok((_, cid)) => HttpResponse::Ok().json(json!({"Path": format!("/ipfs/{cid}")})),
+            Err(resp) => resp,
+        },
         "swarm/peers" => match state.swarm.peers().await {
             Ok(peers) => HttpResponse::Ok().json(json!({"Peers": peers
                 .iter()
@@ -318,30 +330,17 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
                 .streaming(crate::dag::car::whole(reader, cid)),
             Err(resp) => resp,
         },
-        "pin/ls" => pin_ls(&req, &state).await,
+        "pin/ls" => pins::ls(&req, &state).await,
         "registry/import" => registry_import(&req, &state).await,
-        "pin/add" => {
-            let _gc = match gc_shared(&reg).await {
-                Ok(lock) => lock,
-                Err(resp) => return resp,
-            };
-            pin_add(&req, &state).await
-        }
-        "pin/rm" => {
-            let mut removed = Vec::new();
-            for a in args(&req, "arg") {
-                let cid = match parse_path(&a) {
-                    Ok((cid, _)) => cid,
-                    Err(resp) => return resp,
-                };
-                match reg.unpin_block(&cid).await {
-                    Ok(true) => removed.push(cid.to_string()),
-                    Ok(false) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{cid} is not pinned")),
-                    Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-                }
-            }
-            HttpResponse::Ok().json(json!({"Pins": removed}))
-        }
+        "pin/add" => match gc_shared(&reg).await {
+            Ok(lock) => pins::add(&req, &state, lock).await,
+            Err(resp) => resp,
+        },
+        "pin/update" => match gc_shared(&reg).await {
+            Ok(_lock) => pins::update(&req, &state).await,
+            Err(resp) => resp,
+        },
+        "pin/rm" => pins::rm(&req, &state).await,
         "block/put" | "add" | "dag/import" => {
             // Bounded in total, not only per request.
             let Ok(_permit) = state.writes.acquire().await else {
@@ -403,40 +402,34 @@ async fn readable_path(req: &HttpRequest, state: &RpcState) -> Result<(Arc<Reade
     Ok((reader, *chain.last().expect("a chain has a target")))
 }
 
-/// The pins, as far as this caller may read their roots.
-async fn pin_ls(req: &HttpRequest, state: &RpcState) -> HttpResponse {
-    let pins = match state.registry.block_pins().await {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    };
-    let reader = Reader::new(&state.policy, audience(req, state).await);
-    let mut keys = serde_json::Map::new();
-    for pin in pins {
-        let Ok(cid) = pin.parse::<Cid>() else { continue };
-        if !reader.sees_all() {
-            match reader.block(&cid).await {
-                Ok(_) => {}
-                Err(DagError::Registry(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-                Err(_) => continue,
-            }
+/// `repo/gc`: a GC now, as `af registry gc` runs it (content younger than the grace period
+/// stays, unlike Kubo's); one line per block removed, Kubo's `{"Key": {"/": cid}}`.
+async fn repo_gc(state: &RpcState) -> HttpResponse {
+    match state.registry.gc_listing(state.gc_grace).await {
+        Ok((report, removed)) => {
+            tracing::info!(%report, "repo/gc");
+            chunked_json(removed.iter().map(|cid| json!({"Key": {"/": cid.to_string()}})).collect())
         }
-        keys.insert(pin, json!({"Type": "recursive", "Name": ""}));
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
-    HttpResponse::Ok().json(json!({"Keys": keys}))
 }
 
 fn stream_response(bytes: Bytes) -> HttpResponse {
     HttpResponse::Ok().insert_header(("X-Stream-Output", "1")).content_type("text/plain").body(bytes)
 }
 
-async fn repo_stat(state: &RpcState) -> HttpResponse {
+async fn repo_stat(req: &HttpRequest, state: &RpcState) -> HttpResponse {
     let (size, blocks) = match state.registry.usage().await {
         Ok(u) => u,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
+    let max = state.storage_max.unwrap_or_else(|| disk_capacity(&state.data_dir));
+    if flag(req, "size-only").unwrap_or(false) {
+        return HttpResponse::Ok().json(json!({"RepoSize": size, "StorageMax": max}));
+    }
     HttpResponse::Ok().json(json!({
         "RepoSize": size,
-        "StorageMax": disk_capacity(&state.data_dir),
+        "StorageMax": max,
         "NumObjects": blocks,
         "RepoPath": state.data_dir.display().to_string(),
         "Version": "fs-repo@16",
@@ -547,38 +540,6 @@ async fn registry_import(req: &HttpRequest, state: &RpcState) -> HttpResponse {
         Err(e @ (crate::car::CarError::Registry(_) | crate::car::CarError::Metadata(_) | crate::car::CarError::Task(_))) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => bad_request(format!("nothing imported from {root}: {e}")),
     }
-}
-
-async fn pin_add(req: &HttpRequest, state: &RpcState) -> HttpResponse {
-    let reg = &state.registry;
-    let mut pinned = Vec::new();
-    for a in args(req, "arg") {
-        let (root, path) = match parse_path(&a) {
-            Ok(p) => p,
-            Err(resp) => return resp,
-        };
-        let cid = match fetching_reader(req, state, &root).0.resolve(root, &path).await {
-            Ok(chain) => *chain.last().expect("a chain has a target"),
-            Err(e) => return dag_failure(e),
-        };
-        // Every block of the DAG, fetched from peers where this node lacks it, and committed
-        // before the pin says the DAG is here.
-        let (reader, keeper) = fetching_reader(req, state, &cid);
-        let mut blocks = std::pin::pin!(crate::dag::car::whole(reader, cid));
-        while let Some(block) = blocks.next().await {
-            if let Err(e) = block {
-                return error(StatusCode::INTERNAL_SERVER_ERROR, e);
-            }
-        }
-        if let Some(Err(e)) = futures_util::future::OptionFuture::from(keeper.as_ref().map(Keeper::flush)).await {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
-        }
-        if let Err(e) = reg.pin_block(&cid).await {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
-        }
-        pinned.push(cid.to_string());
-    }
-    HttpResponse::Ok().json(json!({"Pins": pinned}))
 }
 
 /// What a multipart body delivers: a part's bytes, piece by piece, then its end (with its file

@@ -1,0 +1,233 @@
+//! The pin commands in the shapes Kubo gives them and IPFS Cluster's `ipfshttp` connector reads:
+//! `pin/add` (with `progress=true`, a stream of `{"Progress": n}` while the DAG is fetched),
+//! `pin/ls` (`stream=true`: NDJSON; one CID not pinned: an error ending in "not pinned"),
+//! `pin/rm` (not pinned: "not pinned or pinned indirectly") and `pin/update`.
+//!
+//! A pin says every block of the DAG is here: `pin/add` walks the whole DAG (fetching from peers
+//! what the node lacks, each block verified before it is kept), flushes what it fetched, and only
+//! then records the pin.
+
+use super::{args, arg, audience, bad_request, dag_failure, error, fetching_reader, flag, parse_path, RpcState};
+use crate::dag::{DagError, Reader};
+use crate::swarm::keeper::Keeper;
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use actix_web::HttpRequest;
+use bytes::Bytes;
+use cid::Cid;
+use futures_util::StreamExt;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Kubo's error for unpinning what is not pinned, which Cluster matches word for word.
+pub const NOT_PINNED: &str = "not pinned or pinned indirectly";
+/// How often `pin/add?progress=true` reports while blocks arrive (Kubo: twice a second).
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// The CIDs `arg` names, each path resolved (fetching from peers as the operator's reads do).
+async fn targets(req: &HttpRequest, state: &RpcState) -> Result<Vec<Cid>, HttpResponse> {
+    let mut out = Vec::new();
+    for a in args(req, "arg") {
+        let (root, path) = parse_path(&a)?;
+        let chain = fetching_reader(req, state, &root).0.resolve(root, &path).await.map_err(dag_failure)?;
+        out.push(*chain.last().expect("a chain has a target"));
+    }
+    if out.is_empty() {
+        return Err(bad_request("argument \"ipfs-path\" is required"));
+    }
+    Ok(out)
+}
+
+/// One pin's walk: every block of `cid`'s DAG read (fetched where missing), counted into
+/// `progress`.
+struct Walk {
+    blocks: std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, std::io::Error>>>>,
+    keeper: Option<Keeper>,
+}
+
+impl Walk {
+    fn new(req: &HttpRequest, state: &RpcState, cid: Cid) -> Walk {
+        let (reader, keeper) = fetching_reader(req, state, &cid);
+        Walk { blocks: Box::pin(crate::dag::car::whole(reader, cid)), keeper }
+    }
+
+    /// The next block read: Some(Ok) while there are more.
+    async fn step(&mut self) -> Option<Result<(), String>> {
+        Some(self.blocks.next().await?.map(drop).map_err(|e| e.to_string()))
+    }
+
+    /// The fetched blocks committed: the DAG is here for good.
+    async fn finish(self) -> Result<(), String> {
+        match &self.keeper {
+            Some(k) => k.flush().await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// `pin/add?arg=...[&progress=true]`.
+pub(super) async fn add(req: &HttpRequest, state: &actix_web::web::Data<RpcState>, gc: crate::storage::GcLock) -> HttpResponse {
+    let cids = match targets(req, state).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    if !flag(req, "progress").unwrap_or(false) {
+        let mut progress = 0u64;
+        for cid in &cids {
+            if let Err(e) = pin_one(req, state, *cid, &mut progress, |_| {}).await {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+            }
+        }
+        drop(gc);
+        return HttpResponse::Ok().json(json!({"Pins": cids.iter().map(Cid::to_string).collect::<Vec<_>>()}));
+    }
+    // Streamed: a line whenever blocks arrived in the last half second, the pins at the end. A
+    // failure after the first line cuts the response short (no final chunk), which a client
+    // reading to the end sees as an error rather than a finished pin.
+    let (lines, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let state = state.clone();
+    let req = req.clone();
+    actix_web::rt::spawn(async move {
+        let _gc = gc;
+        let mut progress = 0u64;
+        let mut last = Instant::now();
+        for cid in &cids {
+            let sent = |n: u64| {
+                if last.elapsed() >= PROGRESS_EVERY {
+                    last = Instant::now();
+                    let _ = lines.try_send(Ok(Bytes::from(format!("{}\n", json!({"Progress": n})))));
+                }
+            };
+            if let Err(e) = pin_one(&req, &state, *cid, &mut progress, sent).await {
+                tracing::warn!(%cid, error = %e, "pin/add failed");
+                let _ = lines.send(Ok(Bytes::from(format!("{}\n", json!({"Message": e, "Code": 0, "Type": "error"}))))).await;
+                let _ = lines.send(Err(std::io::Error::other(e))).await;
+                return;
+            }
+        }
+        let pins: Vec<String> = cids.iter().map(Cid::to_string).collect();
+        let _ = lines.send(Ok(Bytes::from(format!("{}\n", json!({"Pins": pins, "Progress": progress}))))).await;
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|line| (line, rx)) });
+    HttpResponse::Ok().insert_header(("X-Chunked-Output", "1")).content_type("application/json").streaming(body)
+}
+
+/// Pins `cid` once its whole DAG is here, telling `progress` the blocks walked so far.
+async fn pin_one(req: &HttpRequest, state: &RpcState, cid: Cid, progress: &mut u64, mut told: impl FnMut(u64)) -> Result<(), String> {
+    let mut walk = Walk::new(req, state, cid);
+    while let Some(step) = walk.step().await {
+        step?;
+        *progress += 1;
+        told(*progress);
+    }
+    walk.finish().await?;
+    state.registry.pin_block(&cid).await.map_err(|e| e.to_string())
+}
+
+/// `pin/ls[?arg=...][&type=all|recursive|direct|indirect][&stream=true]`. Pins are recursive;
+/// the blocks under them are indirect (listed only when asked for by CID).
+pub(super) async fn ls(req: &HttpRequest, state: &RpcState) -> HttpResponse {
+    let kind = arg(req, "type").unwrap_or_else(|| "all".into());
+    if !["all", "recursive", "direct", "indirect"].contains(&kind.as_str()) {
+        return bad_request(format!("invalid type '{kind}', must be one of {{direct, indirect, recursive, all}}"));
+    }
+    let pins = match state.registry.block_pins().await {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let reader = Reader::new(&state.policy, audience(req, state).await);
+    let visible = |cid: Cid| {
+        let reader = reader.clone();
+        async move {
+            if reader.sees_all() {
+                return Ok(true);
+            }
+            match reader.block(&cid).await {
+                Ok(_) => Ok(true),
+                Err(DagError::Registry(e)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e)),
+                Err(_) => Ok(false),
+            }
+        }
+    };
+    let recursive = kind == "all" || kind == "recursive";
+    let mut listed: Vec<(String, &str)> = Vec::new();
+    let asked = args(req, "arg");
+    if asked.is_empty() {
+        if recursive {
+            for pin in pins {
+                let Ok(cid) = pin.parse::<Cid>() else { continue };
+                match visible(cid).await {
+                    Ok(true) => listed.push((pin, "recursive")),
+                    Ok(false) => {}
+                    Err(resp) => return resp,
+                }
+            }
+        }
+    } else {
+        for a in asked {
+            let (cid, path) = match parse_path(&a) {
+                Ok(p) => p,
+                Err(resp) => return resp,
+            };
+            let pinned = path.is_empty() && recursive && pins.contains(&cid.to_string());
+            match (pinned, visible(cid).await) {
+                (true, Ok(true)) => listed.push((cid.to_string(), "recursive")),
+                (_, Err(resp)) => return resp,
+                _ => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("path '{a}' is not pinned")),
+            }
+        }
+    }
+    if flag(req, "stream").unwrap_or(false) {
+        let body: String = listed.iter().map(|(cid, t)| format!("{}\n", json!({"Cid": cid, "Type": t, "Name": ""}))).collect();
+        return HttpResponse::Ok().insert_header(("X-Chunked-Output", "1")).content_type("application/json").body(body);
+    }
+    let keys: serde_json::Map<String, serde_json::Value> = listed.into_iter().map(|(cid, t)| (cid, json!({"Type": t, "Name": ""}))).collect();
+    HttpResponse::Ok().json(json!({"Keys": keys}))
+}
+
+/// `pin/rm?arg=...`.
+pub(super) async fn rm(req: &HttpRequest, state: &RpcState) -> HttpResponse {
+    let mut removed = Vec::new();
+    for a in args(req, "arg") {
+        let cid = match parse_path(&a) {
+            Ok((cid, path)) if path.is_empty() => cid,
+            Ok(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, NOT_PINNED),
+            Err(resp) => return resp,
+        };
+        match state.registry.unpin_block(&cid).await {
+            Ok(true) => removed.push(cid.to_string()),
+            Ok(false) => return error(StatusCode::INTERNAL_SERVER_ERROR, NOT_PINNED),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        }
+    }
+    if removed.is_empty() {
+        return bad_request("argument \"ipfs-path\" is required");
+    }
+    HttpResponse::Ok().json(json!({"Pins": removed}))
+}
+
+/// `pin/update?arg=FROM&arg=TO[&unpin=false]`: TO pinned (only the blocks FROM's DAG lacks
+/// are fetched: the walk finds the rest here), then FROM unpinned unless `unpin=false`.
+pub(super) async fn update(req: &HttpRequest, state: &RpcState) -> HttpResponse {
+    let cids = match targets(req, state).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let [from, to] = cids.as_slice() else {
+        return bad_request("pin/update takes two paths: the pinned one and the new one");
+    };
+    match state.registry.block_pins().await {
+        Ok(pins) if pins.contains(&from.to_string()) => {}
+        Ok(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "'from' cid was not recursively pinned already"),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+    if let Err(e) = pin_one(req, state, *to, &mut 0, |_| {}).await {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+    }
+    if flag(req, "unpin").unwrap_or(true) && from != to {
+        if let Err(e) = state.registry.unpin_block(from).await {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
+    }
+    HttpResponse::Ok().json(json!({"Pins": [from.to_string(), to.to_string()]}))
+}
