@@ -573,6 +573,40 @@ pub async fn import_dag(reg: &Registry, reader: Arc<Reader>, root: Cid, repo_ove
     store(reg, plan, root, None).await
 }
 
+/// Imports the image layout at `root` for a pin of it (IPFS Cluster's, or `pin/add`'s): as
+/// [`import_dag`], except that a tag here on another manifest stays where it is (a conflict,
+/// logged and returned) rather than move under an operator who did not push. A repository it
+/// creates is public if `public_if_new`; one that exists keeps its visibility. Returns the
+/// import, whether the repository is public, and, for the record unpinning reads, each tag the
+/// pin gave (absent before) or left.
+pub async fn import_pinned(reg: &Registry, reader: Arc<Reader>, root: Cid, public_if_new: bool) -> Result<(ImportSummary, bool, Vec<crate::blockstore::PinTag>)> {
+    let mut plan = plan(&Layout { reader, root }, None, false).await?;
+    let repo = plan.repository.clone();
+    let public = reg.visibility_or_create(&repo, public_if_new).await?;
+    let mut record = Vec::new();
+    for m in plan.manifests.iter_mut() {
+        let mut kept = Vec::new();
+        for tag in std::mem::take(&mut m.tags) {
+            let here = reg.manifest(&repo, &Reference::Tag(tag.clone())).await?.map(|h| h.digest);
+            let pin_tag = |conflict| crate::blockstore::PinTag { repository: repo.clone(), tag: tag.clone(), digest: m.digest.to_string(), conflict };
+            match here {
+                Some(here) if here != m.digest => {
+                    tracing::warn!(pin = %root, repository = %repo, %tag, %here, pinned = %m.digest, "a pinned image would move a tag: it stays where it is");
+                    record.push(pin_tag(true));
+                }
+                Some(_) => kept.push(tag),
+                None => {
+                    record.push(pin_tag(false));
+                    kept.push(tag);
+                }
+            }
+        }
+        m.tags = kept;
+    }
+    let summary = store(reg, plan, root, None).await?;
+    Ok((summary, public, record))
+}
+
 /// Stores what `plan` found: each blob not here yet copied from `blobs` (through the upload
 /// path, so its DAG is this node's) or, without a reader, recorded by its root; then the
 /// manifests and tags, children first.

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/blockstore/0001_initial.sql")),
     (2, include_str!("../../migrations/blockstore/0002_typed_owner.sql")),
     (3, include_str!("../../migrations/blockstore/0003_more_owners.sql")),
+    (4, include_str!("../../migrations/blockstore/0004_pin_tags.sql")),
 ];
 /// Connections that answer lookups side by side (WAL readers never wait for each other).
 const READERS: usize = 4;
@@ -167,6 +168,15 @@ pub struct BlockIndex {
 
 /// Blocks looked at or deleted per transaction by a sweep or a scrub.
 const BATCH: i64 = 2000;
+
+/// A tag a pinned image DAG gave (or, `conflict`, would have moved to) manifest `digest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinTag {
+    pub repository: String,
+    pub tag: String,
+    pub digest: String,
+    pub conflict: bool,
+}
 
 impl BlockIndex {
     pub fn open(path: &Path, blobs: crate::storage::BlobStore) -> Result<Self, BlockIndexError> {
@@ -503,6 +513,45 @@ impl BlockIndex {
             let mut s = conn.prepare("SELECT cid FROM pins ORDER BY cid")?;
             let rows = s.query_map([], |r| r.get(0))?;
             Ok(rows.collect::<Result<Vec<String>, _>>()?)
+        })
+        .await
+    }
+
+    /// Records what pinning the image DAG `root` did to tags (replacing what was recorded).
+    pub async fn record_pin_tags(&self, root: &Cid, tags: Vec<PinTag>) -> Result<(), BlockIndexError> {
+        let root = root.to_string();
+        self.run(move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute("DELETE FROM pin_tags WHERE root = ?1", [&root])?;
+            for t in &tags {
+                tx.execute(
+                    "INSERT INTO pin_tags (root, repository, tag, digest, conflict) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![root, t.repository, t.tag, t.digest, t.conflict],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// What pins did to tags: of `root`, or of every pin.
+    pub async fn pin_tags(&self, root: Option<&Cid>) -> Result<Vec<(String, PinTag)>, BlockIndexError> {
+        let root = root.map(Cid::to_string);
+        self.read(move |conn| {
+            let mut s = conn.prepare("SELECT root, repository, tag, digest, conflict FROM pin_tags WHERE ?1 IS NULL OR root = ?1 ORDER BY root, repository, tag")?;
+            let rows = s.query_map([root], |r| Ok((r.get(0)?, PinTag { repository: r.get(1)?, tag: r.get(2)?, digest: r.get(3)?, conflict: r.get(4)? })))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Forgets what pin `root` did to tags.
+    pub async fn forget_pin_tags(&self, root: &Cid) -> Result<(), BlockIndexError> {
+        let root = root.to_string();
+        self.run(move |conn| {
+            conn.execute("DELETE FROM pin_tags WHERE root = ?1", [root])?;
+            Ok(())
         })
         .await
     }

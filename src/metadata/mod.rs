@@ -247,6 +247,9 @@ pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     /// Every CID something in the metadata names: blob roots and image CIDs.
     /// Makes a repository (created if needed) public or private.
     async fn set_public(&self, repo: &str, public: bool) -> MetaResult<()>;
+    /// Whether a repository is public; one that did not exist is created, public if
+    /// `public_if_new`, in the same transaction.
+    async fn visibility_or_create(&self, repo: &str, public_if_new: bool) -> MetaResult<bool>;
     /// Bumps the shared change generation (see `registry::Registry::generation`); returns it.
     async fn bump_generation(&self) -> MetaResult<i64>;
     /// Records that `node` has seen `generation` (never lowers it).

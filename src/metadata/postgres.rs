@@ -620,6 +620,20 @@ impl MetadataStore for PgStore {
         Ok(rows.into_iter().map(|r| NodeRecord::from_columns(r.get(0), r.get(1), r.get(2))).collect())
     }
 
+    async fn visibility_or_create(&self, repo: &str, public_if_new: bool) -> MetaResult<bool> {
+        transaction!(self, |tx| {
+            let existed: bool = tx.query_one("SELECT EXISTS (SELECT 1 FROM repositories WHERE name = $1)", &[&repo]).await.map_err(pg)?.get(0);
+            let id = ensure_repo(&tx, repo).await?;
+            if !existed {
+                tx.execute("UPDATE repositories SET visibility = $2 WHERE id = $1", &[&id, &if public_if_new { "public" } else { "private" }])
+                    .await
+                    .map_err(pg)?;
+            }
+            let v: String = tx.query_one("SELECT visibility FROM repositories WHERE id = $1", &[&id]).await.map_err(pg)?.get(0);
+            Ok::<_, MetadataError>(v == "public")
+        })
+    }
+
     async fn set_public(&self, repo: &str, public: bool) -> MetaResult<()> {
         transaction!(self, |tx| {
             let id = ensure_repo(&tx, repo).await?;

@@ -514,6 +514,21 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn visibility_or_create(&self, repo: &str, public_if_new: bool) -> MetaResult<bool> {
+        let repo = repo.to_string();
+        self.write(move |tx| {
+            let existed: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM repositories WHERE name = ?1)", [&repo], |r| r.get(0)).map_err(backend)?;
+            let id = ensure_repo(tx, &repo)?;
+            if !existed {
+                tx.execute("UPDATE repositories SET visibility = ?2 WHERE id = ?1", params![id, if public_if_new { "public" } else { "private" }])
+                    .map_err(backend)?;
+            }
+            let v: String = tx.query_row("SELECT visibility FROM repositories WHERE id = ?1", [id], |r| r.get(0)).map_err(backend)?;
+            Ok(v == "public")
+        })
+        .await
+    }
+
     async fn bump_generation(&self) -> MetaResult<i64> {
         self.write(|tx| {
             tx.query_row("UPDATE change_generation SET generation = generation + 1 WHERE id = 1 RETURNING generation", [], |r| r.get(0))

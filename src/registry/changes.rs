@@ -97,4 +97,41 @@ impl Registry {
         }
         Ok(removed)
     }
+
+    /// Whether `repo` is public; created (public if `public_if_new`) if it did not exist.
+    pub async fn visibility_or_create(&self, repo: &str, public_if_new: bool) -> Result<bool> {
+        let public = self.meta.visibility_or_create(repo, public_if_new).await?;
+        self.changed().await?;
+        Ok(public)
+    }
+
+    /// Records what pinning the image DAG `root` did to tags.
+    pub async fn record_pin_tags(&self, root: &Cid, tags: Vec<crate::blockstore::PinTag>) -> Result<()> {
+        Ok(self.blocks.record_pin_tags(root, tags).await?)
+    }
+
+    /// What pins of image DAGs did to tags: of `root`, or of every pin (pin root, tag).
+    pub async fn pin_tags(&self, root: Option<&Cid>) -> Result<Vec<(String, crate::blockstore::PinTag)>> {
+        Ok(self.blocks.pin_tags(root).await?)
+    }
+
+    /// Removes the tags the pin of `root` gave that still point where it put them (a tag moved
+    /// since is someone else's now), and forgets the record: what nothing else keeps is then
+    /// the GC's. The number of tags removed.
+    pub async fn release_pin_tags(&self, root: &Cid) -> Result<usize> {
+        let mut removed = 0;
+        for (_, t) in self.blocks.pin_tags(Some(root)).await? {
+            if t.conflict {
+                continue;
+            }
+            let reference = Reference::Tag(t.tag.clone());
+            let here = self.meta.get_manifest(&t.repository, &reference).await?;
+            if here.is_some_and(|m| m.digest.to_string() == t.digest) && self.delete(&t.repository, &reference).await? {
+                tracing::info!(pin = %root, repository = %t.repository, tag = %t.tag, "unpinned: removed the tag the pin gave");
+                removed += 1;
+            }
+        }
+        self.blocks.forget_pin_tags(root).await?;
+        Ok(removed)
+    }
 }

@@ -502,11 +502,25 @@ async fn check_complete(policy: &Arc<crate::exposure::Policy>, root: Cid) -> Res
 /// with the keeper to flush before the fetched blocks may be counted on.
 /// `offline=true` (Kubo's global option) keeps one request to what the node holds.
 fn fetching_reader(req: &HttpRequest, state: &RpcState, root: &Cid) -> (Arc<Reader>, Option<Keeper>) {
+    fetching_reader_for(req, state, Owner::Pin(root.to_string()))
+}
+
+/// [`fetching_reader`], keeping what it fetches for `owner`.
+fn fetching_reader_for(req: &HttpRequest, state: &RpcState, owner: Owner) -> (Arc<Reader>, Option<Keeper>) {
     if state.offline || flag(req, "offline") == Some(true) {
         return (Reader::new(&state.policy, Audience::Operator), None);
     }
-    let keeper = Keeper::new(state.registry.clone(), crate::blockstore::Owner::Pin(root.to_string()));
+    let keeper = Keeper::new(state.registry.clone(), owner);
     (Reader::over(crate::swarm::fetch::Fetching::new(state.registry.clone(), state.swarm.clone(), keeper.clone())), Some(keeper))
+}
+
+/// An operator's reader that fetches what the node lacks from peers without keeping it (unless
+/// offline).
+fn passing_reader(req: &HttpRequest, state: &RpcState) -> Arc<Reader> {
+    if state.offline || flag(req, "offline") == Some(true) {
+        return Reader::new(&state.policy, Audience::Operator);
+    }
+    Reader::over(crate::swarm::fetch::Fetching::passing(state.registry.clone(), state.swarm.clone()))
 }
 
 /// Imports the OCI image layout at CID `arg` (an image CID another node gives its tags) into
@@ -519,11 +533,7 @@ async fn registry_import(req: &HttpRequest, state: &RpcState) -> HttpResponse {
         Ok(_) => return bad_request("an image CID, without a path"),
         Err(resp) => return resp,
     };
-    let reader = if state.offline {
-        Reader::new(&state.policy, Audience::Operator)
-    } else {
-        Reader::over(crate::swarm::fetch::Fetching::passing(state.registry.clone(), state.swarm.clone()))
-    };
+    let reader = passing_reader(req, state);
     match crate::car::import_dag(&state.registry, reader, root, arg(req, "repo")).await {
         Ok(s) => HttpResponse::Ok().json(json!({
             "Repository": s.repository,

@@ -7,7 +7,8 @@
 //! what the node lacks, each block verified before it is kept), flushes what it fetched, and only
 //! then records the pin.
 
-use super::{args, arg, audience, bad_request, dag_failure, error, fetching_reader, flag, parse_path, RpcState};
+use super::{args, arg, audience, bad_request, dag_failure, error, fetching_reader, fetching_reader_for, flag, parse_path, RpcState};
+use crate::blockstore::Owner;
 use crate::dag::{DagError, Reader};
 use crate::swarm::keeper::Keeper;
 use actix_web::http::StatusCode;
@@ -46,8 +47,7 @@ struct Walk {
 }
 
 impl Walk {
-    fn new(req: &HttpRequest, state: &RpcState, cid: Cid) -> Walk {
-        let (reader, keeper) = fetching_reader(req, state, &cid);
+    fn new(reader: std::sync::Arc<Reader>, keeper: Option<Keeper>, cid: Cid) -> Walk {
         Walk { blocks: Box::pin(crate::dag::car::whole(reader, cid)), keeper }
     }
 
@@ -112,9 +112,45 @@ pub(super) async fn add(req: &HttpRequest, state: &actix_web::web::Data<RpcState
     HttpResponse::Ok().insert_header(("X-Chunked-Output", "1")).content_type("application/json").streaming(body)
 }
 
+/// Whether `cid` is an OCI image layout's root (its `index.json` and `oci-layout` found, from
+/// peers if need be); any failure says no, and the walk that follows reports it.
+async fn is_image_layout(reader: &Reader, cid: Cid) -> bool {
+    for entry in ["oci-layout", "index.json"] {
+        if reader.resolve(cid, &[entry.to_string()]).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Pins `cid` once its whole DAG is here, telling `progress` the blocks walked so far.
+///
+/// An image layout's DAG becomes an image the registry serves first (its manifests and tags,
+/// blobs recorded by their roots), in a repository public if new (what a pin holds is public,
+/// as on Kubo) or as it already is. The blocks fetched are kept as the pin's when the
+/// repository is public, else as the image's, which only the operator and trusted peers see: a
+/// private repository stays private on the node that pins an image into it.
 async fn pin_one(req: &HttpRequest, state: &RpcState, cid: Cid, progress: &mut u64, mut told: impl FnMut(u64)) -> Result<(), String> {
-    let mut walk = Walk::new(req, state, cid);
+    // What the image's layout says is read through, not kept: its blocks are kept by the walk,
+    // as the image's or as the pin's once its visibility is known.
+    let probe = super::passing_reader(req, state);
+    // A plain DAG's pin is public while it stands, as on Kubo.
+    let mut public = true;
+    if is_image_layout(&probe, cid).await {
+        use crate::car::CarError;
+        match crate::car::import_pinned(&state.registry, probe, cid, true).await {
+            Ok((summary, is_public, tags)) => {
+                tracing::info!(pin = %cid, repository = %summary.repository, public = is_public, manifests = summary.manifests, tags = tags.len(), "a pinned image is served");
+                state.registry.record_pin_tags(&cid, tags).await.map_err(|e| e.to_string())?;
+                public = is_public;
+            }
+            Err(e @ (CarError::Registry(_) | CarError::Metadata(_) | CarError::Task(_))) => return Err(e.to_string()),
+            Err(e) => tracing::warn!(pin = %cid, error = %e, "pinned as a DAG only: not an image this registry can serve"),
+        }
+    }
+    let owner = if public { Owner::Pin(cid.to_string()) } else { Owner::Image(cid.to_string()) };
+    let (reader, keeper) = fetching_reader_for(req, state, owner);
+    let mut walk = Walk::new(reader, keeper, cid);
     while let Some(step) = walk.step().await {
         step?;
         *progress += 1;
@@ -177,11 +213,27 @@ pub(super) async fn ls(req: &HttpRequest, state: &RpcState) -> HttpResponse {
             }
         }
     }
+    // A pin's name tells what it did to tags: the image it serves, and any tag it left alone.
+    let mut names: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    match state.registry.pin_tags(None).await {
+        Ok(all) => {
+            for (root, t) in all {
+                let said = if t.conflict {
+                    format!("tag conflict: {}:{} stays where it was, not on {}", t.repository, t.tag, t.digest)
+                } else {
+                    format!("{}:{}", t.repository, t.tag)
+                };
+                names.entry(root).or_default().push(said);
+            }
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+    let name = |cid: &str| names.get(cid).map(|n| n.join("; ")).unwrap_or_default();
     if flag(req, "stream").unwrap_or(false) {
-        let body: String = listed.iter().map(|(cid, t)| format!("{}\n", json!({"Cid": cid, "Type": t, "Name": ""}))).collect();
+        let body: String = listed.iter().map(|(cid, t)| format!("{}\n", json!({"Cid": cid, "Type": t, "Name": name(cid)}))).collect();
         return HttpResponse::Ok().insert_header(("X-Chunked-Output", "1")).content_type("application/json").body(body);
     }
-    let keys: serde_json::Map<String, serde_json::Value> = listed.into_iter().map(|(cid, t)| (cid, json!({"Type": t, "Name": ""}))).collect();
+    let keys: serde_json::Map<String, serde_json::Value> = listed.into_iter().map(|(cid, t)| { let n = name(&cid); (cid, json!({"Type": t, "Name": n})) }).collect();
     HttpResponse::Ok().json(json!({"Keys": keys}))
 }
 
@@ -194,7 +246,12 @@ pub(super) async fn rm(req: &HttpRequest, state: &RpcState) -> HttpResponse {
             Ok(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, NOT_PINNED),
             Err(resp) => return resp,
         };
-        match state.registry.unpin_block(&cid).await {
+        let unpinned = state.registry.unpin_block(&cid).await;
+        // A pin that failed half-way may have given tags: they go whether or not it was pinned.
+        if let Err(e) = state.registry.release_pin_tags(&cid).await {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
+        match unpinned {
             Ok(true) => removed.push(cid.to_string()),
             Ok(false) => return error(StatusCode::INTERNAL_SERVER_ERROR, NOT_PINNED),
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -226,6 +283,9 @@ pub(super) async fn update(req: &HttpRequest, state: &RpcState) -> HttpResponse 
     }
     if flag(req, "unpin").unwrap_or(true) && from != to {
         if let Err(e) = state.registry.unpin_block(from).await {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
+        if let Err(e) = state.registry.release_pin_tags(from).await {
             return error(StatusCode::INTERNAL_SERVER_ERROR, e);
         }
     }
