@@ -6,7 +6,7 @@ mod common;
 use common::images::*;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// One `ipfs-cluster-service` peer in front of one node's RPC, stopped when dropped.
@@ -107,6 +107,19 @@ impl Drop for ClusterPeer {
     }
 }
 
+/// `len` bytes no two chunks of which are alike.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// Waits for `what` (checked every 250 ms) for up to `secs` seconds.
 fn wait_for(secs: u64, what: &str, mut ok: impl FnMut() -> bool, context: impl Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -197,4 +210,86 @@ fn the_cluster_keeps_an_image_on_two_nodes_and_replaces_a_dead_one() {
     wait_for(30, "the cluster to count C's replica", || peers[1].status(&public).iter().any(|(p, s)| *p == pc && s == "pinned"), || logs(&peers[1..]));
     pulls_same_image(&c, "team/app", &layout, &tmp.path().join("from-c"));
     pulls_same_image(&b, "team/app", &layout, &tmp.path().join("from-b-again"));
+}
+
+/// What IPFS Cluster's `ipfshttp` connector asks of the RPC, answered in Kubo's shapes and read
+/// back by Kubo's own CLI: `pin add --progress`, `pin ls --stream` (and one CID that is not
+/// pinned: "not pinned"), `pin rm` of what is not pinned ("not pinned or pinned indirectly"),
+/// `pin update`, `repo stat --size-only` with `--storage-max`, `repo gc`, `resolve`; and the
+/// Cluster's own proxy API in front of the RPC: `ipfs add` through it puts the blocks on the
+/// node with `block/put` (several per request) and pins them in the cluster.
+#[test]
+fn the_rpc_answers_as_clusters_connector_and_proxy_expect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start_with(&["--storage-max", "5GB", "--gc-grace", "0s"]);
+    let kubo = Kubo::new();
+    let api = format!("/ip4/127.0.0.1/tcp/{}", node.rpc.port());
+    let ipfs = |args: &[&str]| kubo.cmd().args(["--api", &api]).args(args).output().unwrap();
+    let ok = |out: std::process::Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let file = tmp.path().join("f.bin");
+    std::fs::write(&file, noise(3_000_000, 1)).unwrap();
+    let cid = ok(ipfs(&["add", "-Q", "--cid-version=1", "--pin=false", file.to_str().unwrap()]));
+
+    // pin add with progress: Kubo's CLI reads the stream and says it pinned.
+    let said = ok(ipfs(&["pin", "add", "--progress", &cid]));
+    assert!(said.contains(&format!("pinned {cid} recursively")), "{said}");
+    let raw = client().post(format!("http://{}/api/v0/pin/add?arg={cid}&progress=true", node.rpc)).send().unwrap();
+    let lines: Vec<serde_json::Value> = raw.text().unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.last().unwrap()["Pins"], serde_json::json!([cid]), "{lines:?}");
+    assert!(lines.last().unwrap()["Progress"].as_u64().unwrap() >= 3, "every block walked is counted: {lines:?}");
+
+    let listed = ok(ipfs(&["pin", "ls", "--stream", "--type", "recursive", &cid]));
+    assert_eq!(listed, format!("{cid} recursive"));
+    let other = ok(ipfs(&["add", "-Q", "--cid-version=1", "--pin=false", "--only-hash", "/etc/hostname"]));
+    let not_pinned = ipfs(&["pin", "ls", "--type", "recursive", &other]);
+    assert!(!not_pinned.status.success() && String::from_utf8_lossy(&not_pinned.stderr).trim_end().ends_with("not pinned"), "{}", String::from_utf8_lossy(&not_pinned.stderr));
+    let r = client().post(format!("http://{}/api/v0/pin/ls?arg={other}&type=recursive&stream=true", node.rpc)).send().unwrap();
+    assert_eq!(r.status(), 500);
+    assert!(r.json::<serde_json::Value>().unwrap()["Message"].as_str().unwrap().ends_with("not pinned"));
+    let rm = ipfs(&["pin", "rm", &other]);
+    assert!(String::from_utf8_lossy(&rm.stderr).contains("not pinned or pinned indirectly"), "{}", String::from_utf8_lossy(&rm.stderr));
+
+    // pin update: the new DAG pinned, the old one unpinned.
+    let file2 = tmp.path().join("g.bin");
+    std::fs::write(&file2, b"the next version").unwrap();
+    let cid2 = ok(ipfs(&["add", "-Q", "--cid-version=1", "--pin=false", file2.to_str().unwrap()]));
+    let updated = ok(ipfs(&["pin", "update", &cid, &cid2]));
+    assert!(updated.contains(&cid2), "{updated}");
+    let pins = ok(ipfs(&["pin", "ls", "--type", "recursive"]));
+    assert!(pins.contains(&cid2) && !pins.contains(&cid), "{pins}");
+
+    // repo stat: StorageMax from --storage-max; repo gc removes what nothing pins any more.
+    let stat = ok(ipfs(&["repo", "stat", "--size-only", "--enc", "json"]));
+    let stat: serde_json::Value = serde_json::from_str(&stat).unwrap();
+    assert_eq!(stat["StorageMax"], 5_000_000_000u64);
+    assert!(stat["RepoSize"].as_u64().unwrap() > 3_000_000, "{stat}");
+    std::thread::sleep(Duration::from_millis(1100));
+    let gc = ok(ipfs(&["repo", "gc"]));
+    assert!(gc.lines().any(|l| l.contains(&cid)), "the unpinned file's root is among what repo gc removed: {gc}");
+    assert!(!ipfs(&["block", "stat", "--offline", &cid]).status.success());
+    assert!(ipfs(&["block", "stat", "--offline", &cid2]).status.success(), "the pinned DAG stays");
+    assert_eq!(ok(ipfs(&["resolve", &format!("/ipfs/{cid2}")])), format!("/ipfs/{cid2}"));
+
+    // Cluster's proxy in front of the RPC: `ipfs add` through it.
+    let mut peer = ClusterPeer::init(tmp.path(), "solo", "127.0.0.1", node.rpc);
+    let path = peer.dir.join("service.json");
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let proxy = config["api"]["ipfsproxy"]["listen_multiaddress"].as_str().unwrap().to_string();
+    peer.start(&[]);
+    wait_for(30, "the cluster peer", || peer.ctl().arg("id").output().unwrap().status.success(), || peer.log());
+    wait_for(30, "its free-space metric", || String::from_utf8_lossy(&peer.ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).contains("\"valid\": true"), || peer.log());
+    let file3 = tmp.path().join("h.bin");
+    std::fs::write(&file3, noise(2_500_000, 3)).unwrap();
+    let via_proxy = kubo.cmd().args(["--api", &proxy, "add", "-Q", "--cid-version=1", file3.to_str().unwrap()]).output().unwrap();
+    assert!(via_proxy.status.success(), "{}\n{}", String::from_utf8_lossy(&via_proxy.stderr), peer.log());
+    let cid3 = String::from_utf8_lossy(&via_proxy.stdout).trim().to_string();
+    assert_eq!(cid3, ok(kubo.cmd().args(["add", "-Q", "--cid-version=1", "--only-hash", file3.to_str().unwrap()]).output().unwrap()), "the CID Kubo gives the file");
+    wait_for(30, "the cluster's pin", || peer.status(&cid3).iter().any(|(_, s)| s == "pinned"), || peer.log());
+    let cat = ipfs(&["cat", &cid3]);
+    assert_eq!(cat.stdout, std::fs::read(&file3).unwrap(), "the node holds what was added through the proxy");
+    let cat = kubo.cmd().args(["--api", &proxy, "cat", &cid3]).output().unwrap();
+    assert_eq!(cat.stdout, std::fs::read(&file3).unwrap(), "reads pass through the proxy");
 }

@@ -139,13 +139,24 @@ fn same_origin(req: &HttpRequest, state: &RpcState) -> Result<(), HttpResponse> 
             return Err(forbidden(format!("origin {origin:?} is not this RPC's")));
         }
     }
+    // Any loopback name will do, on any port (a proxy on this machine, as IPFS Cluster's, names
+    // its own); a DNS name never does, whatever address it resolves to.
     if state.loopback {
         let host = header("host").unwrap_or("");
-        if !own.iter().any(|h| h == host) {
-            return Err(forbidden(format!("host {host:?} is not a loopback name of this RPC")));
+        if !is_loopback_host(host) {
+            return Err(forbidden(format!("host {host:?} is not a loopback name")));
         }
     }
     Ok(())
+}
+
+/// `127.x.y.z[:port]`, `localhost[:port]` or `[::1][:port]`.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(name, _)| name),
+    };
+    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcState>) -> HttpResponse {
