@@ -142,6 +142,18 @@ settings! {
     /// IPFS Cluster allocates pins [default: the size of the data directory's disk].
     #[arg(long, env = "AF_STORAGE_MAX")]
     storage_max: ByteSize;
+    /// IPFS Cluster's REST API, e.g. http://127.0.0.1:9094: each tagged image is pinned there
+    /// on --replicas nodes (private ones only on this node's trusted peers), and images pinned
+    /// here take their visibility from the cluster's pin [default: none].
+    #[arg(long, env = "AF_CLUSTER_API")]
+    cluster_api: String;
+    /// user:password for the cluster's REST API, if it asks for them [default: none].
+    #[arg(long, env = "AF_CLUSTER_CREDENTIALS")]
+    cluster_credentials: String;
+    /// Nodes each image is kept on through the cluster, unless `af registry replicas` set
+    /// another number for its repository [default: 2].
+    #[arg(long, env = "AF_REPLICAS")]
+    replicas: u32 = 2;
     /// On SIGTERM or SIGINT, how long requests in flight (uploads, downloads) may take to finish
     /// before they are cut off; an upload cut off resumes after a restart [default: 30s].
     #[arg(long, env = "AF_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]

@@ -19,6 +19,8 @@ pub enum Event {
     ImageStored { repository: String, digest: Digest, image: Option<String>, tags: Vec<(String, Option<String>)> },
     /// A repository became public or private.
     VisibilityChanged { repository: String, public: bool },
+    /// The number of nodes a repository's images are kept on changed (`af registry replicas`).
+    ReplicasChanged { repository: String },
     /// A blob (by digest), a manifest (by digest) or a tag left `repository`; the content stays
     /// while anything else keeps it, until a GC.
     Removed { repository: String, reference: String },

@@ -5,8 +5,9 @@
 //! may read a block when what it was recorded for is public:
 //! - a block of a blob's DAG: the blob is linked to a public repository;
 //! - a block of an image DAG: that image is a manifest or tag of a public repository;
-//! - a block added through the RPC (`add`, `block/put`, `dag/import`): its pin still exists
-//!   (as a Kubo node serves what it pins);
+//! - a block added through the RPC (`add`, `block/put`, `dag/import`) or fetched by one of its
+//!   reads: its pin still exists (as a Kubo node serves what it pins), unless that pin brought an
+//!   image into a private repository (a private image replicated here stays private);
 //! - a block that a public block of a DAG this node *built* (a blob's or an image's) links to,
 //!   within the same request: those DAGs are made from the public content itself, so everything
 //!   under them is that content, even where a block was first recorded for something private
@@ -110,7 +111,7 @@ impl Policy {
             Owner::Blob(d) => self.reg.blob_is_public(d).await?,
             Owner::Image(root) => self.reg.root_is_public(root).await?,
             Owner::Pin(root) => match root.parse::<Cid>() {
-                Ok(root) => self.reg.is_block_pinned(&root).await?,
+                Ok(root) => self.reg.pin_is_public(&root).await?,
                 Err(_) => false,
             },
             Owner::Nothing => false,
@@ -130,7 +131,7 @@ impl Policy {
     async fn judge(&self, cid: &Cid, owner: &Owner) -> Result<Admission> {
         if let Owner::Nothing = owner {
             // About this block, not a class of them: not cached.
-            return Ok(if self.reg.is_block_pinned(cid).await? { Admission::Alone } else { Admission::Refused });
+            return Ok(if self.reg.pin_is_public(cid).await? { Admission::Alone } else { Admission::Refused });
         }
         let admitted = |owner: &Owner| match owner {
             Owner::Blob(_) | Owner::Image(_) => Admission::Vouching,

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod car;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod dag;
 pub mod digest;

@@ -91,6 +91,14 @@ enum RegistryCommand {
         #[command(flatten)]
         data: DataDir,
     },
+    /// How many nodes IPFS Cluster keeps each of a repository's images on (0: the node's
+    /// --replicas); nodes with --cluster-api apply it.
+    Replicas {
+        repository: String,
+        replicas: u32,
+        #[command(flatten)]
+        data: DataDir,
+    },
     /// Pins: manifests a GC keeps even when no tag points at them.
     Pin {
         #[command(subcommand)]
@@ -156,6 +164,13 @@ enum RegistryCommand {
         /// ipfs:// link].
         #[arg(long, env = "AF_GATEWAY_URL")]
         gateway_url: Option<String>,
+        /// IPFS Cluster's REST API, to show where the image is pinned and how far its
+        /// replication got, e.g. http://127.0.0.1:9094.
+        #[arg(long, env = "AF_CLUSTER_API")]
+        cluster_api: Option<String>,
+        /// user:password for the cluster's REST API.
+        #[arg(long, env = "AF_CLUSTER_CREDENTIALS", hide_env_values = true)]
+        cluster_credentials: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -263,11 +278,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             RegistryCommand::Token { command } => cli::block_on(cli::accounts::token(command)),
             RegistryCommand::Org { command } => cli::block_on(cli::accounts::org(command)),
             RegistryCommand::Visibility { repository, visibility, data } => cli::maintenance::visibility(repository, visibility, data),
+            RegistryCommand::Replicas { repository, replicas, data } => cli::maintenance::replicas(repository, replicas, data),
             RegistryCommand::Verify { data } => cli::maintenance::verify(data),
             RegistryCommand::Login { host, username, password_stdin, target } => cli::block_on(cli::client::login(target, host, username, password_stdin)),
             RegistryCommand::Logout { host, target } => cli::client::logout(target, host),
             RegistryCommand::List { namespace, json, target } => cli::block_on(cli::client::list(target, namespace, json)),
-            RegistryCommand::Info { reference, raw, json, gateway_url, target } => cli::block_on(cli::client::info(target, reference, raw, json, gateway_url)),
+            RegistryCommand::Info { reference, raw, json, gateway_url, cluster_api, cluster_credentials, target } => {
+                let cluster = cluster_api.map(|url| af_registry::cluster::Cluster::new(&url, cluster_credentials.as_deref())).transpose()?;
+                cli::block_on(cli::client::info(target, reference, raw, json, gateway_url, cluster))
+            }
             RegistryCommand::Tag { source, destination, target } => cli::block_on(cli::client::tag(target, source, destination)),
             RegistryCommand::Push { reference, from, all_tags, quiet, target } => cli::block_on(cli::client::push(target, reference, from, all_tags, quiet)),
             RegistryCommand::Pull { reference, to, platform, quiet, target } => cli::block_on(cli::client::pull(target, reference, to, platform, quiet)),

@@ -14,8 +14,9 @@ struct ClusterPeer {
     child: Option<Child>,
     dir: PathBuf,
     id: String,
-    /// The REST API, as ipfs-cluster-ctl's `--host` takes it.
+    /// The REST API, as ipfs-cluster-ctl's `--host` takes it, and as a URL.
     api: String,
+    url: String,
     /// Its cluster swarm address, with its peer ID.
     addr: String,
 }
@@ -23,8 +24,8 @@ struct ClusterPeer {
 const SECRET: &str = "5ec0c1a5ec0c1a5ec0c1a5ec0c1a5ec0c1a5ec0c1a5ec0c1a5ec0c1a5ec0c1a5";
 
 impl ClusterPeer {
-    /// Configures a peer on `ip` for the node whose RPC is at `rpc`.
-    fn init(root: &Path, name: &str, ip: &str, rpc: std::net::SocketAddr) -> ClusterPeer {
+    /// Configures a peer on `ip` for the node whose RPC is (or will be) on 127.0.0.1:`rpc`.
+    fn init(root: &Path, name: &str, ip: &str, rpc: u16) -> ClusterPeer {
         let dir = root.join(name);
         run(Command::new("ipfs-cluster-service").arg("-c").arg(&dir).args(["init", "--consensus", "crdt"]));
         let identity: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("identity.json")).unwrap()).unwrap();
@@ -33,7 +34,7 @@ impl ClusterPeer {
         let (swarm, api, proxy, pinsvc) = (port("swarm"), port("api"), port("proxy"), port("pinsvc"));
         let path = dir.join("service.json");
         let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        let rpc = format!("/ip4/127.0.0.1/tcp/{}", rpc.port());
+        let rpc = format!("/ip4/127.0.0.1/tcp/{rpc}");
         c["cluster"]["peername"] = name.into();
         c["cluster"]["secret"] = SECRET.into();
         c["cluster"]["listen_multiaddress"] = serde_json::json!([format!("/ip4/{ip}/tcp/{swarm}")]);
@@ -55,7 +56,7 @@ impl ClusterPeer {
         c["ipfs_connector"]["ipfshttp"]["connect_swarms_delay"] = "1s".into();
         c["ipfs_connector"]["ipfshttp"]["pin_timeout"] = "30s".into();
         std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
-        ClusterPeer { child: None, dir, id: id.clone(), api: format!("/ip4/{ip}/tcp/{api}"), addr: format!("/ip4/{ip}/tcp/{swarm}/p2p/{id}") }
+        ClusterPeer { child: None, dir, id: id.clone(), api: format!("/ip4/{ip}/tcp/{api}"), url: format!("http://{ip}:{api}"), addr: format!("/ip4/{ip}/tcp/{swarm}/p2p/{id}") }
     }
 
     /// Starts it knowing the `others`' addresses.
@@ -149,67 +150,96 @@ fn pulls_same_image(node: &Node, repo: &str, layout: &Path, into: &Path) {
     assert_same_blobs(layout, into, "t");
 }
 
-/// An image pushed to A and pinned in the cluster on A and B (replication factor 2): B fetches it
-/// over the swarm and serves it to skopeo; A and its cluster peer die; the cluster re-pins it on
-/// C, which fetches it from B and serves it too. A private image of A pinned the same way never
-/// reaches B, which A does not trust: B's pin fails and B knows nothing of it.
+/// Three nodes with `--cluster-api`, each behind its cluster peer; A trusts B. A public image
+/// pushed to A is pinned by A's registry with two replicas (A first): the other replica fetches
+/// it over the swarm and serves it to skopeo, public there too. A private image goes to A and B
+/// only and stays private on B. `af registry info` shows the replication. A dies with its cluster
+/// peer: the cluster re-pins the public image on the third node, which fetches it from the
+/// surviving replica and serves it; the private image never reaches C.
 #[test]
-fn the_cluster_keeps_an_image_on_two_nodes_and_replaces_a_dead_one() {
+fn the_cluster_keeps_each_image_on_two_nodes_and_replaces_a_dead_one() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut a = Node::start_with(&["--swarm", "/ip4/127.0.0.2/tcp/0"]);
-    let b = Node::start_with(&["--swarm", "/ip4/127.0.0.3/tcp/0"]);
-    let c = Node::start_with(&["--swarm", "/ip4/127.0.0.4/tcp/0"]);
-    let layout = build_image(tmp.path());
-    push_layout(&layout, &format!("{}/team/app:t", a.host()));
-    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/app", "public"]).arg("--data-dir").arg(&a.data_dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    push_layout(&layout, &format!("{}/team/secret:t", a.host()));
-    let (public, private) = (image_cid(&a, "team/app"), image_cid(&a, "team/secret"));
-
-    let mut peers: Vec<ClusterPeer> =
-        [(&a, "pa", "127.0.0.2"), (&b, "pb", "127.0.0.3"), (&c, "pc", "127.0.0.4")].iter().map(|(n, name, ip)| ClusterPeer::init(tmp.path(), name, ip, n.rpc)).collect();
+    let ips = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+    let ports: Vec<u16> = (0..3).map(|_| free_addr().port()).collect();
+    let mut peers: Vec<ClusterPeer> = ["pa", "pb", "pc"].iter().enumerate().map(|(i, name)| ClusterPeer::init(tmp.path(), name, ips[i], ports[i])).collect();
+    let start = |i: usize, extra: &[&str]| {
+        let (swarm, rpc) = (format!("/ip4/{}/tcp/0", ips[i]), format!("127.0.0.1:{}", ports[i]));
+        let mut args = vec!["--swarm", &swarm, "--rpc", &rpc, "--cluster-api", &peers[i].url, "--gc-grace", "5s"];
+        args.extend_from_slice(extra);
+        Node::start_with(&args)
+    };
+    let b = start(1, &[]);
+    let b_id = rpc(&b, "id").json::<serde_json::Value>().unwrap()["ID"].as_str().unwrap().to_string();
+    let a = start(0, &["--trusted-peer", &b_id]);
+    let c = start(2, &[]);
+    let mut nodes = vec![a, b, c];
     let addrs: Vec<String> = peers.iter().map(|p| p.addr.clone()).collect();
     for (i, p) in peers.iter_mut().enumerate() {
         let others: Vec<String> = addrs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| a.clone()).collect();
         p.start(&others);
     }
-    let logs = |peers: &[ClusterPeer]| peers.iter().map(|p| format!("--- {}\n{}", p.id, p.log())).collect::<Vec<_>>().join("\n");
+    let logs = |peers: &[ClusterPeer], nodes: &[Node]| {
+        let cluster = peers.iter().map(|p| format!("--- {}\n{}", p.id, p.log())).collect::<Vec<_>>().join("\n");
+        let nodes = nodes.iter().map(|n| format!("--- node {}\n{}", n.host(), n.log_text())).collect::<Vec<_>>().join("\n");
+        format!("{cluster}\n{nodes}")
+    };
     wait_for(60, "three cluster peers, each with its node", || {
         let out = peers[1].ctl().args(["peers", "ls"]).output().unwrap();
         let ids: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out.stdout).into_iter().filter_map(Result::ok).collect();
         ids.len() == 3 && ids.iter().all(|i| i["error"] == "" && i["ipfs"]["error"] == "" && i["ipfs"]["id"].as_str().is_some_and(|s| !s.is_empty()))
-    }, || logs(&peers));
-
+    }, || logs(&peers, &nodes));
     // Allocation needs every peer's free-space metric (from our nodes' repo/stat), spread by pubsub.
     wait_for(60, "every peer's free-space metric", || {
         let out = peers[0].ctl().args(["health", "metrics", "freespace"]).output().unwrap();
-        let metrics: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out.stdout).into_iter().filter_map(Result::ok).collect();
-        let metrics: Vec<&serde_json::Value> = metrics.iter().flat_map(|m| m.as_array().cloned().unwrap_or_else(|| vec![m.clone()])).collect::<Vec<_>>().leak().iter().collect();
-        metrics.iter().filter(|m| m["valid"] == true).count() >= 3
-    }, || logs(&peers));
-    let (pa, pb, pc) = (peers[0].id.clone(), peers[1].id.clone(), peers[2].id.clone());
-    let pin = peers[0].ctl().args(["pin", "add", "--rmin", "2", "--rmax", "2", "--allocations", &format!("{pa},{pb}"), "--wait", "--wait-timeout", "2m", &public]).output().unwrap();
-    assert!(pin.status.success(), "{}\n{}\n{}", String::from_utf8_lossy(&pin.stdout), String::from_utf8_lossy(&pin.stderr), logs(&peers));
-    wait_for(60, "the image pinned on A and B", || pinned(&a, &public) && pinned(&b, &public), || logs(&peers));
-    assert!(!pinned(&c, &public), "C holds no replica yet");
-    pulls_same_image(&b, "team/app", &layout, &tmp.path().join("from-b"));
-    assert!(b.log_text().contains("a pinned image is served"), "{}", b.log_text());
+        String::from_utf8_lossy(&out.stdout).matches("\"valid\": true").count() >= 3
+    }, || logs(&peers, &nodes));
+    let pinned_on = |peer: &ClusterPeer, cid: &str| peer.status(cid).into_iter().filter(|(_, s)| s == "pinned").map(|(p, _)| p).collect::<Vec<String>>();
+    let index_of = |cluster_id: &str| peers.iter().position(|p| p.id == cluster_id).unwrap();
 
-    // The private image: A serves it to nobody it does not trust, so B's pin cannot complete.
-    let pin = peers[0].ctl().args(["pin", "add", "--rmin", "2", "--rmax", "2", "--allocations", &format!("{pa},{pb}"), &private]).output().unwrap();
-    assert!(pin.status.success(), "{}", String::from_utf8_lossy(&pin.stderr));
-    wait_for(60, "B's pin of the private image to fail", || peers[0].status(&private).iter().any(|(p, s)| *p == pb && s.contains("error")), || logs(&peers));
-    assert!(!pinned(&b, &private));
-    assert_eq!(client().get(b.url("/v2/team/secret/manifests/t")).send().unwrap().status(), 404);
-    assert!(!rpc(&b, &format!("block/get?arg={private}&offline=true")).status().is_success(), "a private block reached an untrusted node");
+    // The public image: its repository made public first, then pushed; A's registry pins it.
+    let layout = build_image(tmp.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/app", "public"]).arg("--data-dir").arg(&nodes[0].data_dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    push_layout(&layout, &format!("{}/team/app:t", nodes[0].host()));
+    let public = image_cid(&nodes[0], "team/app");
+    wait_for(90, "two replicas of the public image", || pinned_on(&peers[1], &public).len() == 2, || logs(&peers, &nodes));
+    let holders = pinned_on(&peers[1], &public);
+    assert!(holders.contains(&peers[0].id), "A's own peer holds a replica: {holders:?}");
+    let other = index_of(holders.iter().find(|h| **h != peers[0].id).unwrap());
+    let spare = 3 - other;
+    assert!(&nodes[other].log_text().contains("a pinned image is served"), "{}", &nodes[other].log_text());
+    pulls_same_image(&nodes[other], "team/app", &layout, &tmp.path().join("from-replica"));
+    let anonymous = client().get(&nodes[other].gateway_url(&format!("/ipfs/{public}/index.json"))).send().unwrap();
+    assert_eq!(anonymous.status(), 200, "the replica of a public image is public");
+    assert!(!pinned(&nodes[spare], &public));
 
-    // A dies with its cluster peer: the cluster re-pins the public image on C, from B.
+    let info = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "info", &format!("{}/team/app:t", nodes[0].host()), "--json", "--cluster-api", &peers[0].url]).output().unwrap();
+    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["replication"]["complete"], true, "{info}");
+    assert_eq!(info["replication"]["replicas"], 2, "{info}");
+    let text = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "info", &format!("{}/team/app:t", nodes[0].host()), "--cluster-api", &peers[0].url]).output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("Replication: 2 of 2 nodes"), "{}", String::from_utf8_lossy(&text.stdout));
+
+    // The private image: on A and B (trusted) only, and private on B.
+    push_layout(&layout, &format!("{}/team/secret:t", nodes[0].host()));
+    let private = image_cid(&nodes[0], "team/secret");
+    wait_for(90, "the private image on A and B", || pinned(&nodes[0], &private) && pinned(&nodes[1], &private), || logs(&peers, &nodes));
+    for path in ["", "/index.json", "/oci-layout"] {
+        assert_eq!(client().get(nodes[1].gateway_url(&format!("/ipfs/{private}{path}"))).send().unwrap().status(), 404, "private on B: {path}");
+    }
+    assert!(!pinned(&nodes[2], &private));
+
+    // A dies with its cluster peer: the public image is re-pinned on the spare node, from the
+    // surviving replica; the private one never reaches C.
     peers[0].stop();
-    a.kill9();
-    wait_for(120, "the image re-pinned on C", || pinned(&c, &public), || format!("{}\n--- node C\n{}", logs(&peers[1..]), c.log_text()));
-    wait_for(30, "the cluster to count C's replica", || peers[1].status(&public).iter().any(|(p, s)| *p == pc && s == "pinned"), || logs(&peers[1..]));
-    pulls_same_image(&c, "team/app", &layout, &tmp.path().join("from-c"));
-    pulls_same_image(&b, "team/app", &layout, &tmp.path().join("from-b-again"));
+    nodes[0].kill9();
+    wait_for(120, "the public image re-pinned on the spare node", || pinned(&nodes[spare], &public), || logs(&peers[1..], &nodes[1..]));
+    wait_for(30, "the cluster to count it", || pinned_on(&peers[1], &public).contains(&peers[spare].id), || logs(&peers[1..], &nodes[1..]));
+    pulls_same_image(&nodes[spare], "team/app", &layout, &tmp.path().join("from-spare"));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!pinned(&nodes[2], &private), "a private image reached an untrusted node");
+    assert!(!rpc(&nodes[2], &format!("block/get?arg={private}&offline=true")).status().is_success(), "a private block reached an untrusted node");
 }
 
 /// What IPFS Cluster's `ipfshttp` connector asks of the RPC, answered in Kubo's shapes and read
@@ -274,7 +304,7 @@ fn the_rpc_answers_as_clusters_connector_and_proxy_expect() {
     assert_eq!(ok(ipfs(&["resolve", &format!("/ipfs/{cid2}")])), format!("/ipfs/{cid2}"));
 
     // Cluster's proxy in front of the RPC: `ipfs add` through it.
-    let mut peer = ClusterPeer::init(tmp.path(), "solo", "127.0.0.1", node.rpc);
+    let mut peer = ClusterPeer::init(tmp.path(), "solo", "127.0.0.1", node.rpc.port());
     let path = peer.dir.join("service.json");
     let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let proxy = config["api"]["ipfsproxy"]["listen_multiaddress"].as_str().unwrap().to_string();
@@ -292,4 +322,71 @@ fn the_rpc_answers_as_clusters_connector_and_proxy_expect() {
     assert_eq!(cat.stdout, std::fs::read(&file3).unwrap(), "the node holds what was added through the proxy");
     let cat = kubo.cmd().args(["--api", &proxy, "cat", &cid3]).output().unwrap();
     assert_eq!(cat.stdout, std::fs::read(&file3).unwrap(), "reads pass through the proxy");
+}
+
+/// Without a cluster: a node A trusts pins A's private image by CID after reading part of it
+/// through its RPC (which keeps what it fetched). The image is served by its registry, in a
+/// private repository, and nothing of it reaches the gateway until that repository is made
+/// public. Unpinning removes the tag the pin gave; a tag the node had elsewhere stays.
+#[test]
+fn a_private_image_pinned_on_a_trusted_node_stays_private_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = Node::start_with(&["--swarm", "/ip4/127.0.0.3/tcp/0"]);
+    let b_id = rpc(&b, "id").json::<serde_json::Value>().unwrap()["ID"].as_str().unwrap().to_string();
+    let a = Node::start_with(&["--swarm", "/ip4/127.0.0.2/tcp/0", "--trusted-peer", &b_id]);
+    let layout = build_image(tmp.path());
+    push_layout(&layout, &format!("{}/team/secret:t", a.host()));
+    push_layout(&layout, &format!("{}/team/secret:v2", a.host()));
+    let private = image_cid(&a, "team/secret");
+    let id: serde_json::Value = rpc(&a, "id").json().unwrap();
+    let addr = id["Addresses"].as_array().unwrap().iter().filter_map(|v| v.as_str()).find(|s| s.starts_with("/ip4/127.0.0.2/tcp/")).unwrap().to_string();
+    assert!(rpc(&b, &format!("swarm/connect?arg={addr}")).status().is_success());
+    // B already has a tag v2 of its own in that repository, on another image.
+    let mut other = build_image(&tmp.path().join("other").tap_mkdir());
+    other.pop();
+    let other_layout = other.join("oci");
+    std::fs::write(other.join("hello.sh"), "#!/bin/sh\necho other\n").unwrap();
+    run(Command::new("umoci").args(["insert", "--image", &format!("{}:t", other_layout.display())]).arg(other.join("hello.sh")).arg("/hello.sh"));
+    push_layout(&other_layout, &format!("{}/team/secret:v2", b.host()));
+    let b_v2 = client().head(b.url("/v2/team/secret/manifests/v2")).header("Accept", OCI_MANIFEST).send().unwrap().headers()["Docker-Content-Digest"].to_str().unwrap().to_string();
+
+    let read = rpc(&b, &format!("cat?arg={private}/index.json"));
+    assert!(read.status().is_success(), "{}", read.text().unwrap());
+    let pin = rpc(&b, &format!("pin/add?arg={private}"));
+    assert!(pin.status().is_success(), "{}", pin.text().unwrap());
+    for path in ["", "/index.json", "/oci-layout"] {
+        assert_eq!(client().get(b.gateway_url(&format!("/ipfs/{private}{path}"))).send().unwrap().status(), 404, "{path}");
+    }
+    pulls_same_image(&b, "team/secret", &layout, &tmp.path().join("pulled"));
+    // A's v2 pinned on B, where v2 names another image: B's tag stays, the pin says so.
+    let r = client().head(a.url("/v2/team/secret/manifests/v2")).header("Accept", OCI_MANIFEST).send().unwrap();
+    let private_v2 = r.headers()["Ipfs-Image-Cid"].to_str().unwrap().to_string();
+    let pin = rpc(&b, &format!("pin/add?arg={private_v2}"));
+    assert!(pin.status().is_success(), "{}", pin.text().unwrap());
+    let v2 = client().head(b.url("/v2/team/secret/manifests/v2")).header("Accept", OCI_MANIFEST).send().unwrap().headers()["Docker-Content-Digest"].to_str().unwrap().to_string();
+    assert_eq!(v2, b_v2, "the pin did not move B's own tag");
+    let listed: serde_json::Value = rpc(&b, "pin/ls?type=recursive").json().unwrap();
+    assert_eq!(listed["Keys"][&private]["Name"], "team/secret:t", "{listed}");
+    let name = listed["Keys"][&private_v2]["Name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("tag conflict: team/secret:v2"), "{name}");
+    assert!(b.log_text().contains("a pinned image would move a tag"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/secret", "public"]).arg("--data-dir").arg(&b.data_dir).output().unwrap();
+    assert!(out.status.success());
+    wait_for(10, "the image public on B", || client().get(b.gateway_url(&format!("/ipfs/{private}/index.json"))).send().unwrap().status() == 200, || b.log_text());
+
+    assert!(rpc(&b, &format!("pin/rm?arg={private}")).status().is_success());
+    assert_eq!(client().head(b.url("/v2/team/secret/manifests/t")).send().unwrap().status(), 404, "the tag the pin gave went with it");
+    assert_eq!(client().head(b.url("/v2/team/secret/manifests/v2")).header("Accept", OCI_MANIFEST).send().unwrap().headers()["Docker-Content-Digest"].to_str().unwrap(), b_v2);
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
 }

@@ -243,7 +243,7 @@ pub async fn list(target: Target, namespace: Option<String>, as_json: bool) -> a
 }
 
 /// `af registry info REF`.
-pub async fn info(target: Target, reference: String, raw: bool, as_json: bool, gateway_url: Option<String>) -> anyhow::Result<()> {
+pub async fn info(target: Target, reference: String, raw: bool, as_json: bool, gateway_url: Option<String>, cluster: Option<af_registry::cluster::Cluster>) -> anyhow::Result<()> {
     let image = target.parse(&reference)?;
     let registry = target.registry(&image.registry)?;
     let s = summarize(&registry, &image.repository, &image.reference, !raw).await.with_context(|| image.to_string())?;
@@ -257,11 +257,25 @@ pub async fn info(target: Target, reference: String, raw: bool, as_json: bool, g
         Some(g) => format!("{g}/ipfs/{cid}/"),
         None => format!("ipfs://{cid}"),
     });
+    // Where the cluster keeps the image, and how far its replication got.
+    let replication = match (&cluster, &s.image_cid) {
+        (Some(cluster), Some(cid)) => {
+            let pin = cluster.pin_of(cid).await?;
+            let peers = if pin.is_some() { cluster.status(cid).await? } else { Vec::new() };
+            let wanted = pin.as_ref().map(|p| p.replication_factor_min.max(0) as usize);
+            let pinned = peers.iter().filter(|p| p.status == "pinned").count();
+            Some(json!({
+                "pinned": pin.is_some(), "replicas": wanted, "complete": wanted.is_some_and(|w| pinned >= w.max(1)),
+                "peers": peers.iter().map(|p| json!({"peer": p.peer, "name": p.name, "ipfs": p.ipfs, "status": p.status, "error": p.error})).collect::<Vec<_>>(),
+            }))
+        }
+        _ => None,
+    };
     if as_json {
         let doc = json!({
             "reference": image.to_string(), "digest": s.digest, "mediaType": s.media_type, "size": s.size,
             "created": s.created, "imageCid": s.image_cid, "gatewayUrl": gateway_link, "platforms": s.platforms,
-            "layers": s.layers, "referrers": referrers,
+            "layers": s.layers, "referrers": referrers, "replication": replication,
             "manifest": serde_json::from_slice::<Value>(&s.manifest).unwrap_or(Value::Null),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -293,6 +307,18 @@ pub async fn info(target: Target, reference: String, raw: bool, as_json: bool, g
         writeln!(out, "Referrers:")?;
         for r in &referrers {
             writeln!(out, "  {}  {}", r["digest"].as_str().unwrap_or_default(), r["artifactType"].as_str().or(r["mediaType"].as_str()).unwrap_or_default())?;
+        }
+    }
+    if let Some(r) = &replication {
+        if r["pinned"] == true {
+            let pinned = r["peers"].as_array().map(|p| p.iter().filter(|p| p["status"] == "pinned").count()).unwrap_or(0);
+            writeln!(out, "Replication: {pinned} of {} nodes{}", r["replicas"], if r["complete"] == true { "" } else { " (incomplete)" })?;
+            for p in r["peers"].as_array().into_iter().flatten() {
+                let error = p["error"].as_str().filter(|e| !e.is_empty()).map(|e| format!(": {e}")).unwrap_or_default();
+                writeln!(out, "  {:<12} {}  {}{error}", p["name"].as_str().unwrap_or_default(), p["ipfs"].as_str().unwrap_or_default(), p["status"].as_str().unwrap_or_default())?;
+            }
+        } else {
+            writeln!(out, "Replication: not pinned in the cluster")?;
         }
     }
     Ok(())

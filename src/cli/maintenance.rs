@@ -80,6 +80,19 @@ pub fn visibility(repository: String, visibility: String, data: DataDir) -> anyh
     })
 }
 
+pub fn replicas(repository: String, replicas: u32, data: DataDir) -> anyhow::Result<()> {
+    block_on(async move {
+        anyhow::ensure!(af_registry::names::is_valid_name(&repository), "{repository:?} is not a valid repository name");
+        let registry = attach(data, Default::default()).await?;
+        registry.set_replicas(&repository, (replicas > 0).then_some(replicas)).await?;
+        match replicas {
+            0 => println!("{repository}: images kept on the node's --replicas nodes"),
+            n => println!("{repository}: images kept on {n} nodes"),
+        }
+        Ok(())
+    })
+}
+
 /// Exits 1 when anything was found corrupt.
 pub fn verify(data: DataDir) -> anyhow::Result<()> {
     block_on(async {

@@ -247,6 +247,12 @@ pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     /// Every CID something in the metadata names: blob roots and image CIDs.
     /// Makes a repository (created if needed) public or private.
     async fn set_public(&self, repo: &str, public: bool) -> MetaResult<()>;
+    /// Sets how many nodes keep a repository's images (None: the node's default).
+    async fn set_replicas(&self, repo: &str, replicas: Option<u32>) -> MetaResult<()>;
+    /// What [`Self::set_replicas`] set for a repository.
+    async fn replicas(&self, repo: &str) -> MetaResult<Option<u32>>;
+    /// Whether a repository is public; None when there is no such repository.
+    async fn visibility(&self, repo: &str) -> MetaResult<Option<bool>>;
     /// Whether a repository is public; one that did not exist is created, public if
     /// `public_if_new`, in the same transaction.
     async fn visibility_or_create(&self, repo: &str, public_if_new: bool) -> MetaResult<bool>;

@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/postgres/0002_credential_identity.sql")),
     (3, include_str!("../../migrations/postgres/0003_change_generation.sql")),
     (4, include_str!("../../migrations/postgres/0004_node_swarm.sql")),
+    (5, include_str!("../../migrations/postgres/0005_replicas.sql")),
 ];
 /// Serializes schema changes between nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x6166_5f72_6567; // "af_reg"
@@ -618,6 +619,25 @@ impl MetadataStore for PgStore {
             .await
             .map_err(pg)?;
         Ok(rows.into_iter().map(|r| NodeRecord::from_columns(r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    async fn set_replicas(&self, repo: &str, replicas: Option<u32>) -> MetaResult<()> {
+        let replicas = replicas.map(|r| r as i32);
+        transaction!(self, |tx| {
+            let id = ensure_repo(&tx, repo).await?;
+            tx.execute("UPDATE repositories SET replicas = $2 WHERE id = $1", &[&id, &replicas]).await.map_err(pg)?;
+            Ok::<_, MetadataError>(())
+        })
+    }
+
+    async fn replicas(&self, repo: &str) -> MetaResult<Option<u32>> {
+        let row = self.client().await?.query_opt("SELECT replicas FROM repositories WHERE name = $1", &[&repo]).await.map_err(pg)?;
+        Ok(row.and_then(|r| r.get::<_, Option<i32>>(0)).map(|n| n.max(0) as u32))
+    }
+
+    async fn visibility(&self, repo: &str) -> MetaResult<Option<bool>> {
+        let row = self.client().await?.query_opt("SELECT visibility = 'public' FROM repositories WHERE name = $1", &[&repo]).await.map_err(pg)?;
+        Ok(row.map(|r| r.get::<_, bool>(0)))
     }
 
     async fn visibility_or_create(&self, repo: &str, public_if_new: bool) -> MetaResult<bool> {

@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/sqlite/0002_credential_identity.sql")),
     (3, include_str!("../../migrations/sqlite/0003_change_generation.sql")),
     (4, include_str!("../../migrations/sqlite/0004_node_swarm.sql")),
+    (5, include_str!("../../migrations/sqlite/0005_replicas.sql")),
 ];
 const POOL_SIZE: usize = 4;
 
@@ -510,6 +511,35 @@ impl MetadataStore for SqliteStore {
             )
             .map_err(backend)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn set_replicas(&self, repo: &str, replicas: Option<u32>) -> MetaResult<()> {
+        let repo = repo.to_string();
+        self.write(move |tx| {
+            let id = ensure_repo(tx, &repo)?;
+            tx.execute("UPDATE repositories SET replicas = ?2 WHERE id = ?1", params![id, replicas]).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn replicas(&self, repo: &str) -> MetaResult<Option<u32>> {
+        let repo = repo.to_string();
+        self.read(move |c| {
+            c.query_row("SELECT replicas FROM repositories WHERE name = ?1", [repo], |r| r.get::<_, Option<u32>>(0))
+                .optional()
+                .map(Option::flatten)
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn visibility(&self, repo: &str) -> MetaResult<Option<bool>> {
+        let repo = repo.to_string();
+        self.read(move |c| {
+            c.query_row("SELECT visibility = 'public' FROM repositories WHERE name = ?1", [repo], |r| r.get::<_, bool>(0)).optional().map_err(backend)
         })
         .await
     }

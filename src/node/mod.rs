@@ -1,6 +1,7 @@
 //! Starting a node: open the stores, then serve the API until told to stop.
 
 mod access;
+mod replication;
 mod tasks;
 
 use crate::api;
@@ -168,6 +169,17 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     }
     tasks::spawn_heartbeat(registry.clone(), api_url, swarm.clone());
     let gateway_swarm = (!config.offline).then(|| swarm.clone());
+    let cluster = match &config.cluster_api {
+        Some(url) => Some(Arc::new(crate::cluster::Cluster::new(url, config.cluster_credentials.as_deref()).map_err(|e| ServeError::Admin(e.to_string()))?)),
+        None => None,
+    };
+    if let Some(cluster) = &cluster {
+        let mut trusted: std::collections::HashSet<String> = config.trusted_peers.iter().map(|p| p.0.clone()).collect();
+        trusted.insert(identity.peer_id.clone());
+        let me = identity.peer_id.clone();
+        replication::spawn(replication::Replication { reg: registry.clone(), cluster: cluster.clone(), replicas: config.replicas, grace: config.gc_grace, trusted, me });
+        tracing::info!(cluster = %cluster.url(), replicas = config.replicas, "images are kept on several nodes through IPFS Cluster");
+    }
     let peer_id = identity.peer_id.clone();
     let version = env!("CARGO_PKG_VERSION");
     let grace = config.shutdown_timeout.as_secs();
@@ -184,6 +196,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         writes: tokio::sync::Semaphore::new(crate::rpc::CONCURRENT_WRITES),
         storage_max: config.storage_max.map(|s| s.0),
         gc_grace: config.gc_grace,
+        cluster: cluster.clone(),
     });
     let reg = registry.clone();
     let links = actix_web::web::Data::new(api::home::Links { gateway_url: config.gateway_url.clone(), gateway_port: config.gateway.port() });

@@ -105,6 +105,19 @@ impl Registry {
         Ok(public)
     }
 
+    /// Sets how many nodes IPFS Cluster keeps `repo`'s images on (None: the node's default).
+    pub async fn set_replicas(&self, repo: &str, replicas: Option<u32>) -> Result<()> {
+        self.meta.set_replicas(repo, replicas).await?;
+        self.changed().await?;
+        self.emit(Event::ReplicasChanged { repository: repo.to_string() });
+        Ok(())
+    }
+
+    /// What [`Self::set_replicas`] set.
+    pub async fn replicas(&self, repo: &str) -> Result<Option<u32>> {
+        Ok(self.meta.replicas(repo).await?)
+    }
+
     /// Records what pinning the image DAG `root` did to tags.
     pub async fn record_pin_tags(&self, root: &Cid, tags: Vec<crate::blockstore::PinTag>) -> Result<()> {
         Ok(self.blocks.record_pin_tags(root, tags).await?)

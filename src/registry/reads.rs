@@ -125,6 +125,28 @@ impl Registry {
     }
 
     /// Roots pinned through the RPC.
+    /// Whether `repo` is public; None when there is no such repository.
+    pub async fn visibility(&self, repo: &str) -> Result<Option<bool>> {
+        Ok(self.meta.visibility(repo).await?)
+    }
+
+    /// Whether the RPC pin of `root` makes what it holds public: it exists, and if it brought
+    /// an image into the registry, that image's repository is public.
+    pub async fn pin_is_public(&self, root: &Cid) -> Result<bool> {
+        if !self.blocks.is_pinned(root).await? {
+            return Ok(false);
+        }
+        let tags = self.blocks.pin_tags(Some(root)).await?;
+        let mut repositories: Vec<&str> = tags.iter().map(|(_, t)| t.repository.as_str()).collect();
+        repositories.dedup();
+        for repo in repositories {
+            if self.meta.visibility(repo).await? != Some(true) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     pub async fn block_pins(&self) -> Result<Vec<String>> {
         Ok(self.blocks.pins().await?)
     }

@@ -57,6 +57,8 @@ pub struct RpcState {
     pub storage_max: Option<u64>,
     /// What `repo/gc` spares (`--gc-grace`), as the scheduled GC does.
     pub gc_grace: std::time::Duration,
+    /// IPFS Cluster (`--cluster-api`): what its pins say of the images pinned here.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Kubo's error body.

@@ -7,7 +7,7 @@
 //! what the node lacks, each block verified before it is kept), flushes what it fetched, and only
 //! then records the pin.
 
-use super::{args, arg, audience, bad_request, dag_failure, error, fetching_reader, fetching_reader_for, flag, parse_path, RpcState};
+use super::{args, arg, audience, bad_request, dag_failure, error, fetching_reader_for, flag, parse_path, RpcState};
 use crate::blockstore::Owner;
 use crate::dag::{DagError, Reader};
 use crate::swarm::keeper::Keeper;
@@ -25,12 +25,18 @@ pub const NOT_PINNED: &str = "not pinned or pinned indirectly";
 /// How often `pin/add?progress=true` reports while blocks arrive (Kubo: twice a second).
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
-/// The CIDs `arg` names, each path resolved (fetching from peers as the operator's reads do).
+/// The CIDs `arg` names, each path resolved (fetching from peers what the node lacks without
+/// keeping it: what a block is kept as is the pin's to decide, see [`pin_one`]).
 async fn targets(req: &HttpRequest, state: &RpcState) -> Result<Vec<Cid>, HttpResponse> {
     let mut out = Vec::new();
+    let reader = super::passing_reader(req, state);
     for a in args(req, "arg") {
         let (root, path) = parse_path(&a)?;
-        let chain = fetching_reader(req, state, &root).0.resolve(root, &path).await.map_err(dag_failure)?;
+        if path.is_empty() {
+            out.push(root);
+            continue;
+        }
+        let chain = reader.resolve(root, &path).await.map_err(dag_failure)?;
         out.push(*chain.last().expect("a chain has a target"));
     }
     if out.is_empty() {
@@ -123,22 +129,35 @@ async fn is_image_layout(reader: &Reader, cid: Cid) -> bool {
     true
 }
 
+/// What the cluster's pin of `cid` says of its visibility (`af-visibility`); None without a
+/// cluster, a pin or that word.
+async fn visibility_in_cluster(state: &RpcState, cid: Cid) -> Result<Option<bool>, String> {
+    let Some(cluster) = &state.cluster else { return Ok(None) };
+    match cluster.pin_of(&cid.to_string()).await {
+        Ok(pin) => Ok(pin.and_then(|p| p.meta(crate::cluster::META_VISIBILITY).map(|v| v == "public"))),
+        Err(e) => Err(format!("cannot tell whether the image is public: {e}")),
+    }
+}
+
 /// Pins `cid` once its whole DAG is here, telling `progress` the blocks walked so far.
 ///
 /// An image layout's DAG becomes an image the registry serves first (its manifests and tags,
-/// blobs recorded by their roots), in a repository public if new (what a pin holds is public,
-/// as on Kubo) or as it already is. The blocks fetched are kept as the pin's when the
-/// repository is public, else as the image's, which only the operator and trusted peers see: a
-/// private repository stays private on the node that pins an image into it.
+/// blobs recorded by their roots), in its repository as it is, or, new, public only if the
+/// cluster's pin says so (`af-visibility=public`, which the registry that pushed it sets):
+/// nothing else tells a private image from a public one, and a private image replicated to a
+/// trusted node must stay private there. The blocks fetched are kept as the pin's when the
+/// repository is public (served to anyone, as on Kubo), else as the image's, which only the
+/// operator and trusted peers see.
 async fn pin_one(req: &HttpRequest, state: &RpcState, cid: Cid, progress: &mut u64, mut told: impl FnMut(u64)) -> Result<(), String> {
     // What the image's layout says is read through, not kept: its blocks are kept by the walk,
     // as the image's or as the pin's once its visibility is known.
     let probe = super::passing_reader(req, state);
-    // A plain DAG's pin is public while it stands, as on Kubo.
-    let mut public = true;
+    let said = visibility_in_cluster(state, cid).await?;
+    // A plain DAG's pin is public while it stands, as on Kubo, unless the cluster says otherwise.
+    let mut public = said.unwrap_or(true);
     if is_image_layout(&probe, cid).await {
         use crate::car::CarError;
-        match crate::car::import_pinned(&state.registry, probe, cid, true).await {
+        match crate::car::import_pinned(&state.registry, probe, cid, said.unwrap_or(false)).await {
             Ok((summary, is_public, tags)) => {
                 tracing::info!(pin = %cid, repository = %summary.repository, public = is_public, manifests = summary.manifests, tags = tags.len(), "a pinned image is served");
                 state.registry.record_pin_tags(&cid, tags).await.map_err(|e| e.to_string())?;

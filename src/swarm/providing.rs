@@ -31,6 +31,7 @@ pub async fn run(policy: Arc<Policy>, swarm: Handle) {
             Ok(Event::VisibilityChanged { .. } | Event::Removed { .. } | Event::Unpinned { .. } | Event::Swept { .. } | Event::ChangedElsewhere) | Err(RecvError::Lagged(_)) => {
                 rescan(&policy, &swarm, &mut provided).await
             }
+            Ok(Event::ReplicasChanged { .. }) => {}
             Err(RecvError::Closed) => return,
         }
     }
