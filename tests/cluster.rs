@@ -209,7 +209,7 @@ fn the_cluster_keeps_each_image_on_two_nodes_and_replaces_a_dead_one() {
     let spare = 3 - other;
     assert!(&nodes[other].log_text().contains("a pinned image is served"), "{}", &nodes[other].log_text());
     pulls_same_image(&nodes[other], "team/app", &layout, &tmp.path().join("from-replica"));
-    let anonymous = client().get(&nodes[other].gateway_url(&format!("/ipfs/{public}/index.json"))).send().unwrap();
+    let anonymous = client().get(nodes[other].gateway_url(&format!("/ipfs/{public}/index.json"))).send().unwrap();
     assert_eq!(anonymous.status(), 200, "the replica of a public image is public");
     assert!(!pinned(&nodes[spare], &public));
 
