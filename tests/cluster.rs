@@ -390,3 +390,94 @@ impl TapMkdir for PathBuf {
         self
     }
 }
+
+/// A mixed cluster: our node and a Kubo daemon, each behind its cluster peer. A public image
+/// pushed to our node is pinned with two replicas: Kubo fetches it from our node over Bitswap and
+/// holds every block (its offline `dag export` is ours, byte for byte).
+#[test]
+fn kubo_holds_a_replica_in_a_mixed_cluster() {
+    use common::kubo_daemon::KuboDaemon;
+    let tmp = tempfile::tempdir().unwrap();
+    let kubo = KuboDaemon::start();
+    let kubo_api = std::fs::read_to_string(kubo.kubo.path().join("api")).unwrap();
+    let kubo_port: u16 = kubo_api.trim().rsplit('/').next().unwrap().parse().unwrap();
+    let port = free_addr().port();
+    let mut peers = vec![ClusterPeer::init(tmp.path(), "pa", "127.0.0.2", port), ClusterPeer::init(tmp.path(), "pk", "127.0.0.5", kubo_port)];
+    let (swarm, rpc_addr) = ("/ip4/127.0.0.2/tcp/0".to_string(), format!("127.0.0.1:{port}"));
+    let a = Node::start_with(&["--swarm", &swarm, "--rpc", &rpc_addr, "--cluster-api", &peers[0].url]);
+    let addrs: Vec<String> = peers.iter().map(|p| p.addr.clone()).collect();
+    peers[0].start(&addrs[1..]);
+    peers[1].start(&addrs[..1]);
+    let logs = || format!("{}\n{}\n--- node\n{}", peers[0].log(), peers[1].log(), a.log_text());
+    wait_for(60, "both peers' free-space metrics", || String::from_utf8_lossy(&peers[0].ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).matches("\"valid\": true").count() >= 2, logs);
+    let layout = build_image(tmp.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/app", "public"]).arg("--data-dir").arg(&a.data_dir).output().unwrap();
+    assert!(out.status.success());
+    push_layout(&layout, &format!("{}/team/app:t", a.host()));
+    let cid = image_cid(&a, "team/app");
+    wait_for(120, "the image pinned on our node and on Kubo", || peers[0].status(&cid).iter().filter(|(_, s)| s == "pinned").count() == 2, logs);
+    let ours = client().post(format!("http://{}/api/v0/dag/export?arg={cid}&offline=true", a.rpc)).send().unwrap().bytes().unwrap();
+    let theirs = kubo.ipfs(&["dag", "export", "--offline", &cid]);
+    assert!(theirs.status.success(), "{}", String::from_utf8_lossy(&theirs.stderr));
+    assert!(theirs.stdout == ours.to_vec(), "Kubo holds the image's DAG as our node has it");
+}
+
+/// A node whose only peer answers its wants with corrupted blocks: its pin never completes, and
+/// the cluster never counts it; once the node can reach an honest holder, the cluster's retry
+/// completes it.
+#[test]
+fn corrupted_blocks_never_make_a_replica() {
+    use common::raw_peer::RawPeer;
+    let tmp = tempfile::tempdir().unwrap();
+    let holder = Node::start_with(&["--swarm", "/ip4/127.0.0.2/tcp/0"]);
+    let layout = build_image(tmp.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/app", "public"]).arg("--data-dir").arg(&holder.data_dir).output().unwrap();
+    assert!(out.status.success());
+    push_layout(&layout, &format!("{}/team/app:t", holder.host()));
+    let cid = image_cid(&holder, "team/app");
+
+    let port = free_addr().port();
+    let mut peer = ClusterPeer::init(tmp.path(), "pb", "127.0.0.3", port);
+    let rpc_addr = format!("127.0.0.1:{port}");
+    let b = Node::start_with(&["--swarm", "/ip4/127.0.0.3/tcp/0", "--rpc", &rpc_addr, "--cluster-api", &peer.url]);
+    peer.start(&[]);
+    let logs = || format!("{}\n--- node\n{}", peer.log(), b.log_text());
+    wait_for(60, "the peer's free-space metric", || String::from_utf8_lossy(&peer.ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).contains("\"valid\": true"), logs);
+
+    let b_addr = {
+        let id: serde_json::Value = rpc(&b, "id").json().unwrap();
+        id["Addresses"].as_array().unwrap().iter().filter_map(|v| v.as_str()).find(|s| s.starts_with("/ip4/127.0.0.3/tcp/")).unwrap().to_string()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut evil = rt.block_on(RawPeer::connect(&b_addr));
+    let pin = peer.ctl().args(["pin", "add", "--rmin", "1", "--rmax", "1", "--metadata", "af-visibility=public", &cid]).output().unwrap();
+    assert!(pin.status.success(), "{}", String::from_utf8_lossy(&pin.stderr));
+    // Every want B sends, answered with bytes that hash to nothing it asked for.
+    let answered = rt.block_on(async {
+        let mut answered = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(12);
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, evil.messages.recv()).await {
+            for entry in m.wantlist.map(|w| w.entries).unwrap_or_default().into_iter().filter(|e| !e.cancel) {
+                let cid = cid::Cid::try_from(entry.block.as_slice()).unwrap();
+                let block = af_registry::swarm::message::Block { prefix: af_registry::swarm::message::prefix(&cid), data: b"not the block you wanted".to_vec() };
+                evil.send(&af_registry::swarm::message::Message { payload: vec![block], ..Default::default() }).await;
+                answered += 1;
+            }
+        }
+        answered
+    });
+    assert!(answered > 0, "B asked the corrupting peer for nothing: {}", logs());
+    assert!(!pinned(&b, &cid));
+    assert!(!peer.status(&cid).iter().any(|(_, s)| s == "pinned"), "a corrupted replica counted");
+    assert!(b.log_text().contains("sent a block nobody asked for"), "{}", b.log_text());
+    assert_eq!(client().head(b.url("/v2/team/app/manifests/t")).send().unwrap().status(), 404, "nothing of the image was taken from corrupted blocks");
+
+    // An honest holder within reach: the cluster's retry completes the pin.
+    let holder_addr = {
+        let id: serde_json::Value = rpc(&holder, "id").json().unwrap();
+        id["Addresses"].as_array().unwrap().iter().filter_map(|v| v.as_str()).find(|s| s.starts_with("/ip4/127.0.0.2/tcp/")).unwrap().to_string()
+    };
+    assert!(rpc(&b, &format!("swarm/connect?arg={holder_addr}")).status().is_success());
+    wait_for(60, "the pin completed from the honest holder", || peer.status(&cid).iter().any(|(_, s)| s == "pinned"), logs);
+    pulls_same_image(&b, "team/app", &layout, &tmp.path().join("pulled"));
+}

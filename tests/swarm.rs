@@ -3,57 +3,11 @@
 //! bytes hash to the OCI digest); a private layer's CID never comes (Kubo times out).
 
 mod common;
+use common::kubo_daemon::KuboDaemon;
+use common::raw_peer::RawPeer;
 use common::*;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A Kubo daemon on loopback with no routing: it fetches only from peers it is connected to.
-struct KuboDaemon {
-    kubo: Kubo,
-    child: Child,
-}
-
-impl Drop for KuboDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl KuboDaemon {
-    fn start() -> KuboDaemon {
-        Self::start_with(&[("Routing.Type", "\"none\"")], &[])
-    }
-
-    /// A daemon with these `config --json` settings and environment.
-    fn start_with(config: &[(&str, &str)], env: &[(&str, &str)]) -> KuboDaemon {
-        let kubo = Kubo::new();
-        for (key, value) in config {
-            run(kubo.cmd().args(["config", "--json", key, value]));
-        }
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let child = kubo
-            .cmd()
-            .args(["daemon"])
-            .env("IPFS_TELEMETRY", "off")
-            .envs(env.iter().copied())
-            .stdout(log.reopen().unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let daemon = KuboDaemon { kubo, child };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !std::fs::read_to_string(log.path()).unwrap_or_default().contains("Daemon is ready") {
-            assert!(Instant::now() < deadline, "Kubo's daemon did not start: {}", std::fs::read_to_string(log.path()).unwrap_or_default());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        daemon
-    }
-
-    fn ipfs(&self, args: &[&str]) -> std::process::Output {
-        self.kubo.cmd().args(args).env("IPFS_TELEMETRY", "off").output().unwrap()
-    }
-}
 
 fn rpc(node: &Node, call: &str) -> serde_json::Value {
     let r = client().post(format!("http://{}/api/v0/{call}", node.rpc)).send().unwrap();
@@ -153,95 +107,6 @@ fn kubo_fetches_public_layers_over_bitswap_and_never_private_ones() {
     assert!(ledger["Sent"].as_u64().unwrap() >= public.len() as u64, "{ledger}");
     assert!(ledger["Recv"].as_u64().unwrap() >= theirs.len() as u64, "{ledger}");
     assert!(stat["DataSent"].as_u64().unwrap() >= public.len() as u64, "{stat}");
-}
-
-/// A libp2p peer of the test's own, speaking raw Bitswap to the node.
-struct RawPeer {
-    control: libp2p_stream::Control,
-    /// Every message the node sent, on whichever stream (it keeps one open while it talks).
-    messages: tokio::sync::mpsc::UnboundedReceiver<af_registry::swarm::message::Message>,
-    node: libp2p::PeerId,
-}
-
-impl RawPeer {
-    async fn connect(addr: &str) -> RawPeer {
-        use futures_util::StreamExt;
-        let addr: libp2p::Multiaddr = addr.parse().unwrap();
-        let node = af_registry::swarm::peer_of(&addr).unwrap();
-        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(libp2p::tcp::Config::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
-            .unwrap()
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build();
-        let mut control = swarm.behaviour().new_control();
-        let mut incoming = control.accept(af_registry::swarm::bitswap::BITSWAP_120).unwrap();
-        let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some((_, mut stream)) = incoming.next().await {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    while let Ok(Some(m)) = af_registry::swarm::message::read(&mut stream).await {
-                        let _ = tx.send(m);
-                    }
-                });
-            }
-        });
-        // Connected at once, and again whenever the node drops us.
-        swarm.dial(addr.clone()).unwrap();
-        tokio::spawn(async move {
-            loop {
-                if let libp2p::swarm::SwarmEvent::ConnectionClosed { num_established: 0, .. } = swarm.select_next_some().await {
-                    let _ = swarm.dial(addr.clone());
-                }
-            }
-        });
-        RawPeer { control, messages, node }
-    }
-
-    /// Sends raw bytes on a new Bitswap stream.
-    async fn send_raw(&mut self, bytes: &[u8]) {
-        self.send_raw_on(af_registry::swarm::bitswap::BITSWAP_120, bytes).await
-    }
-
-    /// Sends raw bytes on a new stream of `protocol`.
-    async fn send_raw_on(&mut self, protocol: libp2p::StreamProtocol, bytes: &[u8]) {
-        use futures_util::AsyncWriteExt;
-        let mut tries = 0;
-        let mut s = loop {
-            match self.control.open_stream(self.node, protocol.clone()).await {
-                Ok(s) => break s,
-                Err(e) if tries < 50 => {
-                    tries += 1;
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("no stream to the node: {e}"),
-            }
-        };
-        let _ = s.write_all(bytes).await;
-        let _ = s.close().await;
-    }
-
-    async fn send(&mut self, m: &af_registry::swarm::message::Message) {
-        let mut frame = Vec::new();
-        let body = prost::Message::encode_to_vec(m);
-        af_registry::varint::encode(&mut frame, body.len() as u64);
-        frame.extend_from_slice(&body);
-        self.send_raw(&frame).await;
-    }
-
-    /// Every message the node sends back within `wait`.
-    async fn replies(&mut self, wait: Duration) -> Vec<af_registry::swarm::message::Message> {
-        let mut out = Vec::new();
-        let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.messages.recv()).await {
-            out.push(m);
-        }
-        out
-    }
 }
 
 fn want(cids: impl IntoIterator<Item = Vec<u8>>, kind: af_registry::swarm::message::WantType) -> af_registry::swarm::message::Message {

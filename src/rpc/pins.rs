@@ -33,6 +33,8 @@ async fn targets(req: &HttpRequest, state: &RpcState) -> Result<Vec<Cid>, HttpRe
     for a in args(req, "arg") {
         let (root, path) = parse_path(&a)?;
         if path.is_empty() {
+            // Found here or at a peer, or a clear "not found" now rather than a cut stream later.
+            reader.block(&root).await.map_err(dag_failure)?;
             out.push(root);
             continue;
         }

@@ -4,6 +4,8 @@
 pub mod accounts;
 pub mod dags;
 pub mod images;
+pub mod kubo_daemon;
+pub mod raw_peer;
 
 use reqwest::blocking::{Client, Response};
 use sha2::{Digest as _, Sha256};
@@ -324,6 +326,11 @@ impl Kubo {
         let k = Kubo { repo };
         run(k.cmd().args(["init", "--empty-repo", "--profile", "test"]));
         k
+    }
+
+    /// Its repository (`IPFS_PATH`); a running daemon writes its API address to `api` there.
+    pub fn path(&self) -> &Path {
+        self.repo.path()
     }
 
     pub fn cmd(&self) -> Command {
