@@ -110,15 +110,7 @@ impl Drop for ClusterPeer {
 
 /// `len` bytes no two chunks of which are alike.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    xorshift_bytes(seed, len)
 }
 
 /// Waits for `what` (checked every 250 ms) for up to `secs` seconds.
@@ -402,7 +394,7 @@ fn kubo_holds_a_replica_in_a_mixed_cluster() {
     let kubo_api = std::fs::read_to_string(kubo.kubo.path().join("api")).unwrap();
     let kubo_port: u16 = kubo_api.trim().rsplit('/').next().unwrap().parse().unwrap();
     let port = free_addr().port();
-    let mut peers = vec![ClusterPeer::init(tmp.path(), "pa", "127.0.0.2", port), ClusterPeer::init(tmp.path(), "pk", "127.0.0.5", kubo_port)];
+    let mut peers = [ClusterPeer::init(tmp.path(), "pa", "127.0.0.2", port), ClusterPeer::init(tmp.path(), "pk", "127.0.0.5", kubo_port)];
     let (swarm, rpc_addr) = ("/ip4/127.0.0.2/tcp/0".to_string(), format!("127.0.0.1:{port}"));
     let a = Node::start_with(&["--swarm", &swarm, "--rpc", &rpc_addr, "--cluster-api", &peers[0].url]);
     let addrs: Vec<String> = peers.iter().map(|p| p.addr.clone()).collect();
@@ -480,4 +472,54 @@ fn corrupted_blocks_never_make_a_replica() {
     assert!(rpc(&b, &format!("swarm/connect?arg={holder_addr}")).status().is_success());
     wait_for(60, "the pin completed from the honest holder", || peer.status(&cid).iter().any(|(_, s)| s == "pinned"), logs);
     pulls_same_image(&b, "team/app", &layout, &tmp.path().join("pulled"));
+}
+
+/// A node killed in the middle of a pin the cluster gave it (a 256 MiB layer coming over the
+/// swarm): restarted, it completes the pin when the cluster retries, fetching only what it had
+/// not kept yet, and serves the image.
+#[test]
+fn a_node_restarted_mid_pin_completes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let holder = Node::start_with(&["--swarm", "/ip4/127.0.0.2/tcp/0"]);
+    let dir = tmp.path().join("big");
+    std::fs::create_dir_all(&dir).unwrap();
+    let layout = dir.join("oci");
+    let image = format!("{}:t", layout.display());
+    std::fs::write(dir.join("big.bin"), noise(256 << 20, 7)).unwrap();
+    run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    run(Command::new("umoci").args(["insert", "--image", &image]).arg(dir.join("big.bin")).arg("/big.bin"));
+    std::fs::remove_file(dir.join("big.bin")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/big", "public"]).arg("--data-dir").arg(&holder.data_dir).output().unwrap();
+    assert!(out.status.success());
+    push_layout(&layout, &format!("{}/team/big:t", holder.host()));
+    let cid = image_cid(&holder, "team/big");
+    let holder_addr = {
+        let id: serde_json::Value = rpc(&holder, "id").json().unwrap();
+        id["Addresses"].as_array().unwrap().iter().filter_map(|v| v.as_str()).find(|s| s.starts_with("/ip4/127.0.0.2/tcp/")).unwrap().to_string()
+    };
+
+    let port = free_addr().port();
+    let mut peer = ClusterPeer::init(tmp.path(), "pb", "127.0.0.3", port);
+    let rpc_addr = format!("127.0.0.1:{port}");
+    let mut b = Node::start_with(&["--swarm", "/ip4/127.0.0.3/tcp/0", "--rpc", &rpc_addr, "--cluster-api", &peer.url]);
+    peer.start(&[]);
+    wait_for(60, "the peer's free-space metric", || String::from_utf8_lossy(&peer.ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).contains("\"valid\": true"), || peer.log());
+    assert!(rpc(&b, &format!("swarm/connect?arg={holder_addr}")).status().is_success());
+    let pin = peer.ctl().args(["pin", "add", "--rmin", "1", "--rmax", "1", "--metadata", "af-visibility=public", &cid]).output().unwrap();
+    assert!(pin.status.success(), "{}", String::from_utf8_lossy(&pin.stderr));
+    let stored = |b: &Node| rpc(b, "repo/stat?size-only=true").json::<serde_json::Value>().ok().and_then(|v| v["RepoSize"].as_u64()).unwrap_or(0);
+    wait_for(60, "part of the layer kept on B", || stored(&b) > 40 << 20, || b.log_text());
+    assert!(!pinned(&b, &cid), "the pin finished before the kill: the layer is too small to catch it");
+    b.kill9();
+    let kept = {
+        b.restart();
+        stored(&b)
+    };
+    assert!(kept > 40 << 20, "what B kept before the kill survived it: {kept}");
+    assert!(rpc(&b, &format!("swarm/connect?arg={holder_addr}")).status().is_success());
+    wait_for(90, "the cluster's retry to complete the pin", || peer.status(&cid).iter().any(|(_, s)| s == "pinned"), || format!("{}\n{}", peer.log(), b.log_text()));
+    let received = rpc(&b, "bitswap/stat").json::<serde_json::Value>().unwrap()["BlocksReceived"].as_u64().unwrap();
+    assert!(received < 230, "after the restart B fetched {received} blocks of ~260: it started over");
+    pulls_same_image(&b, "team/big", &layout, &tmp.path().join("pulled"));
 }
