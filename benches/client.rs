@@ -30,46 +30,6 @@ fn run(cmd: &mut Command) {
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn sha256_file(path: &Path) -> (String, u64) {
-    use sha2::Digest as _;
-    let bytes = std::fs::read(path).unwrap();
-    (format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes))), bytes.len() as u64)
-}
-
-/// An OCI layout at `dir` holding one image, tagged `t`, of `layers` layers of `mib` MiB each.
-fn build_layout(dir: &Path, layers: usize, mib: u64) -> u64 {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let mut descriptors = Vec::new();
-    let mut total = 0;
-    for i in 0..layers {
-        let tmp = dir.join("layer.tmp");
-        let digest = make_layer_seeded(&tmp, mib << 20, i as u64 + 1);
-        std::fs::rename(&tmp, blobs.join(digest.trim_start_matches("sha256:"))).unwrap();
-        descriptors.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": mib << 20}));
-        total += mib << 20;
-    }
-    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
-    let config_path = dir.join("config.tmp");
-    std::fs::write(&config_path, config).unwrap();
-    let (config_digest, config_size) = sha256_file(&config_path);
-    std::fs::rename(&config_path, blobs.join(config_digest.trim_start_matches("sha256:"))).unwrap();
-    let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
-        "layers": descriptors,
-    })
-    .to_string();
-    let manifest_path = dir.join("manifest.tmp");
-    std::fs::write(&manifest_path, &manifest).unwrap();
-    let (manifest_digest, manifest_size) = sha256_file(&manifest_path);
-    std::fs::rename(&manifest_path, blobs.join(manifest_digest.trim_start_matches("sha256:"))).unwrap();
-    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest_size, "annotations": {"org.opencontainers.image.ref.name": "t"}}]});
-    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
-    total + config_size
-}
-
 /// A fresh node with its data in `data`: the process and its API's host:port.
 fn start_node(data: &Path) -> (Proc, String) {
     let port = free_port();

@@ -3,110 +3,13 @@
 //! SQLite, behind three `ipfs-cluster-service` peers (CRDT consensus, re-pinning on) on 127.0.0.x.
 
 mod common;
+use common::cluster_peer::ClusterPeer;
 use common::images::*;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// One `ipfs-cluster-service` peer in front of one node's RPC, stopped when dropped.
-struct ClusterPeer {
-    child: Option<Child>,
-    dir: PathBuf,
-    id: String,
-    /// The REST API, as ipfs-cluster-ctl's `--host` takes it, and as a URL.
-    api: String,
-    url: String,
-    /// Its cluster swarm address, with its peer ID.
-    addr: String,
-}
-
-const SECRET: &str = "5ec0c1a5ec0c1a5ec0c1a5ec0c1a5ec0c1a5ec0c1a5ec0c1a5ec0c1a5ec0c1a5";
-
-impl ClusterPeer {
-    /// Configures a peer on `ip` for the node whose RPC is (or will be) on 127.0.0.1:`rpc`.
-    fn init(root: &Path, name: &str, ip: &str, rpc: u16) -> ClusterPeer {
-        let dir = root.join(name);
-        run(Command::new("ipfs-cluster-service").arg("-c").arg(&dir).args(["init", "--consensus", "crdt"]));
-        let identity: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("identity.json")).unwrap()).unwrap();
-        let id = identity["id"].as_str().unwrap().to_string();
-        let port = |_: &str| free_addr().port();
-        let (swarm, api, proxy, pinsvc) = (port("swarm"), port("api"), port("proxy"), port("pinsvc"));
-        let path = dir.join("service.json");
-        let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        let rpc = format!("/ip4/127.0.0.1/tcp/{rpc}");
-        c["cluster"]["peername"] = name.into();
-        c["cluster"]["secret"] = SECRET.into();
-        c["cluster"]["listen_multiaddress"] = serde_json::json!([format!("/ip4/{ip}/tcp/{swarm}")]);
-        c["cluster"]["disable_repinning"] = false.into();
-        c["cluster"]["monitor_ping_interval"] = "1s".into();
-        c["cluster"]["peer_watch_interval"] = "1s".into();
-        c["cluster"]["state_sync_interval"] = "5s".into();
-        c["cluster"]["pin_recover_interval"] = "5s".into();
-        c["cluster"]["mdns_interval"] = "0s".into();
-        c["monitor"]["pubsubmon"]["check_interval"] = "1s".into();
-        for informer in ["disk", "pinqueue", "tags"] {
-            c["informer"][informer]["metric_ttl"] = "3s".into();
-        }
-        c["api"]["restapi"]["http_listen_multiaddress"] = format!("/ip4/{ip}/tcp/{api}").into();
-        c["api"]["ipfsproxy"]["listen_multiaddress"] = format!("/ip4/{ip}/tcp/{proxy}").into();
-        c["api"]["ipfsproxy"]["node_multiaddress"] = rpc.clone().into();
-        c["api"]["pinsvcapi"]["http_listen_multiaddress"] = format!("/ip4/{ip}/tcp/{pinsvc}").into();
-        c["ipfs_connector"]["ipfshttp"]["node_multiaddress"] = rpc.into();
-        c["ipfs_connector"]["ipfshttp"]["connect_swarms_delay"] = "1s".into();
-        c["ipfs_connector"]["ipfshttp"]["pin_timeout"] = "30s".into();
-        std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
-        ClusterPeer { child: None, dir, id: id.clone(), api: format!("/ip4/{ip}/tcp/{api}"), url: format!("http://{ip}:{api}"), addr: format!("/ip4/{ip}/tcp/{swarm}/p2p/{id}") }
-    }
-
-    /// Starts it knowing the `others`' addresses.
-    fn start(&mut self, others: &[String]) {
-        let path = self.dir.join("service.json");
-        let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        c["cluster"]["peer_addresses"] = serde_json::json!(others);
-        std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
-        let log = std::fs::File::create(self.dir.join("service.log")).unwrap();
-        let child = Command::new("ipfs-cluster-service")
-            .arg("-c")
-            .arg(&self.dir)
-            .arg("daemon")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start ipfs-cluster-service (scripts/install-test-deps.sh builds it)");
-        self.child = Some(child);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("service.log")).unwrap_or_default()
-    }
-
-    fn ctl(&self) -> Command {
-        let mut c = Command::new("ipfs-cluster-ctl");
-        c.args(["--host", &self.api, "--enc", "json"]);
-        c
-    }
-
-    /// The cluster's status of `cid`: each cluster peer's ID with its status (`pinned`, ...).
-    fn status(&self, cid: &str) -> Vec<(String, String)> {
-        let out = self.ctl().args(["status", cid]).output().unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v["peer_map"].as_object().map(|m| m.iter().map(|(p, s)| (p.clone(), s["status"].as_str().unwrap_or_default().to_string())).collect()).unwrap_or_default()
-    }
-}
-
-impl Drop for ClusterPeer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// `len` bytes no two chunks of which are alike.
 fn noise(len: usize, seed: u64) -> Vec<u8> {

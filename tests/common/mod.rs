@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod accounts;
+pub mod cluster_peer;
 pub mod dags;
 pub mod images;
 pub mod kubo_daemon;

@@ -1,0 +1,183 @@
+//! `cargo bench --bench cluster` (needs IPFS Cluster, Kubo, skopeo: scripts/install-test-deps.sh):
+//! replication through IPFS Cluster, in one run:
+//! - four of our nodes behind four cluster peers (127.0.0.2-5); an image of `AF_BENCH_MIB` MiB
+//!   (default 1024, four layers) pushed to A, kept on A alone (`--replicas 1`); then its
+//!   repository set to three replicas: the time until two more nodes hold it whole, against the
+//!   time one fresh node takes to copy the same image once over the swarm (`pin/add` from A,
+//!   measured first). Target: at most 1.5x.
+//! - the same image on three Kubo 0.42 daemons behind a cluster of their own: imported into the
+//!   first (`dag import`), then pinned with three replicas; the time until the other two hold it.
+//! - one of our holders killed with its cluster peer: the time until the fourth node holds it.
+
+mod common;
+#[path = "../tests/common/cluster_peer.rs"]
+mod cluster_peer;
+
+use cluster_peer::ClusterPeer;
+use common::*;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `ok` every 50 ms for up to `secs`: the seconds it took.
+fn wait(secs: u64, what: &str, mut ok: impl FnMut() -> bool) -> f64 {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed().as_secs_f64()
+}
+
+fn post(url: &str) -> String {
+    let out = Command::new("curl").args(["-s", "-X", "POST", url]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One of our nodes: its swarm on `ip`, its RPC on `rpc`, in front of the cluster API `cluster`.
+fn start_node(dir: &Path, ip: &str, rpc: u16, cluster: Option<&str>) -> (Proc, String) {
+    let api = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_af"));
+    cmd.args(["registry", "serve", "--auth", "none", "--metrics", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--replicas", "1"])
+        .args(["--api", &format!("127.0.0.1:{api}"), "--rpc", &format!("127.0.0.1:{rpc}"), "--swarm", &format!("/ip4/{ip}/tcp/0"), "--data-dir"])
+        .arg(dir)
+        .env("AF_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.with_extension("log")).unwrap());
+    if let Some(url) = cluster {
+        cmd.args(["--cluster-api", url]);
+    }
+    let node = Proc(cmd.spawn().unwrap());
+    wait(30, "a node", || Command::new("curl").args(["-sf", "-o", "/dev/null", &format!("http://127.0.0.1:{api}/v2/")]).status().unwrap().success());
+    (node, format!("127.0.0.1:{api}"))
+}
+
+/// A Kubo daemon with no routing (it fetches from the peers it is connected to): the process, its
+/// repository and its API port.
+fn start_kubo(repo: &Path) -> (Proc, u16) {
+    let ipfs = || {
+        let mut c = Command::new("ipfs");
+        c.env("IPFS_PATH", repo).env("IPFS_TELEMETRY", "off");
+        c
+    };
+    assert!(ipfs().args(["init", "--empty-repo", "--profile", "test"]).stdout(Stdio::null()).status().unwrap().success());
+    assert!(ipfs().args(["config", "--json", "Routing.Type", "\"none\""]).status().unwrap().success());
+    let log = repo.with_extension("log");
+    let daemon = Proc(ipfs().arg("daemon").stdout(std::fs::File::create(&log).unwrap()).stderr(Stdio::null()).spawn().unwrap());
+    wait(60, "Kubo's daemon", || std::fs::read_to_string(&log).unwrap_or_default().contains("Daemon is ready"));
+    let api = std::fs::read_to_string(repo.join("api")).unwrap();
+    (daemon, api.trim().rsplit('/').next().unwrap().parse().unwrap())
+}
+
+fn pinned(peer: &ClusterPeer, cid: &str) -> usize {
+    peer.status(cid).iter().filter(|(_, s)| s == "pinned").count()
+}
+
+/// Starts every peer knowing the others, and waits until each one's free-space metric is in.
+fn start_cluster(peers: &mut [ClusterPeer]) {
+    let addrs: Vec<String> = peers.iter().map(|p| p.addr.clone()).collect();
+    for (i, p) in peers.iter_mut().enumerate() {
+        let others: Vec<String> = addrs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| a.clone()).collect();
+        p.start(&others);
+    }
+    let n = peers.len();
+    wait(90, "every cluster peer's metric", || String::from_utf8_lossy(&peers[0].ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).matches("\"valid\": true").count() >= n);
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let mib: u64 = std::env::var("AF_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-cluster");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = build_layout(&dir.join("layout"), 4, mib / 4);
+    let mb = bytes as f64 / 1e6;
+
+    // Our four nodes and their cluster; the image on A alone.
+    let ips = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
+    let rpcs: Vec<u16> = ips.iter().map(|_| free_port()).collect();
+    let mut peers: Vec<ClusterPeer> = ips.iter().enumerate().map(|(i, ip)| ClusterPeer::init(&dir, &format!("p{i}"), ip, rpcs[i])).collect();
+    let mut nodes: Vec<Option<(Proc, String)>> = ips.iter().enumerate().map(|(i, ip)| Some(start_node(&dir.join(format!("node{i}")), ip, rpcs[i], Some(&peers[i].url)))).collect();
+    start_cluster(&mut peers);
+    let host = nodes[0].as_ref().unwrap().1.clone();
+    let a_data = dir.join("node0");
+    assert!(Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "bench/app", "public", "--data-dir"]).arg(&a_data).status().unwrap().success());
+    let pushed = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:t", dir.join("layout").display()))
+        .arg(format!("docker://{host}/bench/app:t"))
+        .output()
+        .unwrap();
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+    let head = Command::new("curl").args(["-sI", "-H", "Accept: application/vnd.oci.image.manifest.v1+json", &format!("http://{host}/v2/bench/app/manifests/t")]).output().unwrap();
+    let cid = String::from_utf8_lossy(&head.stdout).lines().find_map(|l| l.strip_prefix("ipfs-image-cid: ").or(l.strip_prefix("Ipfs-Image-Cid: ")).map(|c| c.trim().to_string())).expect("an image CID");
+    wait(60, "the image pinned on A", || pinned(&peers[0], &cid) == 1);
+
+    // The reference: one fresh node copies it once over the swarm.
+    let r_rpc = free_port();
+    let (_r, _) = start_node(&dir.join("reference"), "127.0.0.6", r_rpc, None);
+    let id: serde_json::Value = serde_json::from_str(&post(&format!("http://127.0.0.1:{}/api/v0/id", rpcs[0]))).unwrap();
+    let a_addr = id["Addresses"].as_array().unwrap().iter().filter_map(|v| v.as_str()).find(|s| s.starts_with("/ip4/127.0.0.2/tcp/")).unwrap().to_string();
+    post(&format!("http://127.0.0.1:{r_rpc}/api/v0/swarm/connect?arg={a_addr}"));
+    settle();
+    let t = Instant::now();
+    let out = post(&format!("http://127.0.0.1:{r_rpc}/api/v0/pin/add?arg={cid}"));
+    let copy = t.elapsed().as_secs_f64();
+    assert!(out.contains(&cid), "the reference copy failed: {out}");
+
+    // Three replicas: the cluster brings two more nodes a copy each.
+    settle();
+    let t = Instant::now();
+    assert!(Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "replicas", "bench/app", "3", "--data-dir"]).arg(&a_data).stdout(Stdio::null()).status().unwrap().success());
+    wait(600, "three replicas", || pinned(&peers[0], &cid) == 3);
+    let replicate = t.elapsed().as_secs_f64();
+
+    // A holder other than A dies: the fourth node takes its place.
+    let holders: Vec<String> = peers[0].status(&cid).into_iter().filter(|(_, s)| s == "pinned").map(|(p, _)| p).collect();
+    let victim = (1..4).find(|i| holders.contains(&peers[*i].id)).unwrap();
+    let t = Instant::now();
+    peers[victim].stop();
+    nodes[victim] = None;
+    wait(600, "a replacement replica", || pinned(&peers[0], &cid) == 3 && !peers[0].status(&cid).iter().any(|(p, s)| *p == peers[victim].id && s == "pinned"));
+    let rereplicate = t.elapsed().as_secs_f64();
+
+    // Kubo: the same image, imported into the first of three daemons, then pinned three times.
+    let car = dir.join("image.car");
+    assert!(Command::new("curl").args(["-s", "-X", "POST", "-o"]).arg(&car).arg(format!("http://127.0.0.1:{}/api/v0/dag/export?arg={cid}", rpcs[0])).status().unwrap().success());
+    drop(nodes);
+    drop(peers);
+    let kubos: Vec<(Proc, u16)> = (0..3).map(|i| start_kubo(&dir.join(format!("kubo{i}")))).collect();
+    let secret = "c0ffee".repeat(10) + "c0ff";
+    let kips = ["127.0.0.7", "127.0.0.8", "127.0.0.9"];
+    let mut kpeers: Vec<ClusterPeer> = kubos.iter().enumerate().map(|(i, (_, port))| ClusterPeer::init_in(&dir, &format!("k{i}"), kips[i], *port, &secret)).collect();
+    start_cluster(&mut kpeers);
+    let imported = Command::new("ipfs").env("IPFS_PATH", dir.join("kubo0")).env("IPFS_TELEMETRY", "off").args(["dag", "import"]).arg(&car).output().unwrap();
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    let first = kpeers[0].id.clone();
+    settle();
+    let t = Instant::now();
+    let pin = kpeers[0].ctl().args(["pin", "add", "--rmin", "3", "--rmax", "3", "--allocations", &first, &cid]).output().unwrap();
+    assert!(pin.status.success(), "{}", String::from_utf8_lossy(&pin.stderr));
+    wait(900, "three Kubo replicas", || pinned(&kpeers[0], &cid) == 3);
+    let kubo = t.elapsed().as_secs_f64();
+    drop(kpeers);
+    drop(kubos);
+
+    println!("image of {mb:.0} MB (four layers) on 127.0.0.x loopback");
+    println!("one copy over the swarm (pin/add on a fresh node): {copy:.2} s, {:.0} MB/s", mb / copy);
+    println!("two more replicas through IPFS Cluster (replicas 1 -> 3): {replicate:.2} s; /one copy {:.2} (target <= 1.5)", replicate / copy);
+    println!("three Kubo 0.42 daemons, two more replicas: {kubo:.2} s; ours/Kubo {:.2}", replicate / kubo);
+    println!("a holder killed: a replacement replica after {rereplicate:.2} s (failure detection included)");
+    let _ = std::fs::remove_dir_all(&dir);
+}
