@@ -10,6 +10,7 @@
 //! - one of our holders killed with its cluster peer: the time until the fourth node holds it.
 
 mod common;
+#[allow(dead_code)]
 #[path = "../tests/common/cluster_peer.rs"]
 mod cluster_peer;
 
