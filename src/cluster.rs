@@ -96,6 +96,9 @@ pub struct PeerStatus {
 #[derive(Debug, Clone, Default)]
 pub struct PinRequest {
     pub name: String,
+    /// The replication factor: at least `min_replicas` nodes (the pin fails with fewer peers
+    /// to give it to), `replicas` wanted.
+    pub min_replicas: u32,
     pub replicas: u32,
     /// Peers (cluster IDs) the pin should go to first.
     pub allocations: Vec<String>,
@@ -195,8 +198,9 @@ impl Cluster {
 
     /// Pins `cid` as `request` asks (an existing pin of it takes the new options).
     pub async fn pin(&self, cid: &str, request: &PinRequest) -> Result<()> {
-        let replicas = request.replicas.max(1).to_string();
-        let mut query = vec![("name".to_string(), request.name.clone()), ("replication-min".into(), replicas.clone()), ("replication-max".into(), replicas)];
+        let max = request.replicas.max(1);
+        let min = request.min_replicas.clamp(1, max);
+        let mut query = vec![("name".to_string(), request.name.clone()), ("replication-min".into(), min.to_string()), ("replication-max".into(), max.to_string())];
         if !request.allocations.is_empty() {
             query.push(("user-allocations".into(), request.allocations.join(",")));
         }

@@ -426,3 +426,59 @@ fn a_node_restarted_mid_pin_completes_it() {
     assert!(received < 230, "after the restart B fetched {received} blocks of ~260: it started over");
     pulls_same_image(&b, "team/big", &layout, &tmp.path().join("pulled"));
 }
+
+/// The registry's pins follow its tags: `af registry replicas` sets a repository's replication
+/// factor (the pin asks for what peers there are, at least, and wants the rest as they come); a
+/// tag moved to another image unpins the old one after the grace period, not before; a manifest
+/// deleted is unpinned at once.
+#[test]
+fn the_registry_pins_follow_its_tags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_addr().port();
+    let mut peer = ClusterPeer::init(tmp.path(), "pa", "127.0.0.2", port);
+    let rpc_addr = format!("127.0.0.1:{port}");
+    let a = Node::start_with(&["--swarm", "/ip4/127.0.0.2/tcp/0", "--rpc", &rpc_addr, "--cluster-api", &peer.url, "--gc-grace", "4s"]);
+    peer.start(&[]);
+    wait_for(60, "the peer's free-space metric", || String::from_utf8_lossy(&peer.ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).contains("\"valid\": true"), || peer.log());
+    let pin_of = |cid: &str| -> Option<serde_json::Value> {
+        let out = peer.ctl().args(["pin", "ls", cid]).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).ok().filter(|v| v["cid"] == cid)
+    };
+    let layout = build_image(tmp.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/app", "public"]).arg("--data-dir").arg(&a.data_dir).output().unwrap();
+    assert!(out.status.success());
+    push_layout(&layout, &format!("{}/team/app:t", a.host()));
+    let first = image_cid(&a, "team/app");
+    wait_for(30, "the image pinned", || pin_of(&first).is_some(), || a.log_text());
+    let pin = pin_of(&first).unwrap();
+    assert_eq!(pin["name"], "team/app:t", "{pin}");
+    assert_eq!((pin["replication_factor_min"].as_i64(), pin["replication_factor_max"].as_i64()), (Some(1), Some(2)), "two wanted, one peer there: {pin}");
+    assert_eq!(pin["metadata"]["af-repository"], "team/app");
+    assert_eq!(pin["metadata"]["af-visibility"], "public");
+    wait_for(30, "the node holds it", || pinned(&a, &first), || a.log_text());
+
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "replicas", "team/app", "3"]).arg("--data-dir").arg(&a.data_dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for(30, "the repository's replication factor", || pin_of(&first).is_some_and(|p| p["replication_factor_max"] == 3), || a.log_text());
+
+    // The tag moves: the old image stays pinned for the grace period, then goes.
+    let mut other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let other_layout = build_image(&other);
+    other.push("hello.sh");
+    std::fs::write(&other, "#!/bin/sh\necho moved\n").unwrap();
+    run(Command::new("umoci").args(["insert", "--image", &format!("{}:t", other_layout.display())]).arg(&other).arg("/hello.sh"));
+    push_layout(&other_layout, &format!("{}/team/app:t", a.host()));
+    let moved = Instant::now();
+    let second = image_cid(&a, "team/app");
+    assert_ne!(first, second);
+    wait_for(30, "the new image pinned", || pin_of(&second).is_some(), || a.log_text());
+    assert!(pin_of(&first).is_some(), "the old image is kept for the grace period");
+    wait_for(40, "the old image unpinned", || pin_of(&first).is_none(), || a.log_text());
+    assert!(moved.elapsed() >= Duration::from_secs(4), "unpinned before the grace period ended");
+
+    // The manifest deleted: unpinned at once.
+    let digest = client().head(a.url("/v2/team/app/manifests/t")).header("Accept", OCI_MANIFEST).send().unwrap().headers()["Docker-Content-Digest"].to_str().unwrap().to_string();
+    assert_eq!(client().delete(a.url(&format!("/v2/team/app/manifests/{digest}"))).send().unwrap().status(), 202);
+    wait_for(3, "the deleted image unpinned", || pin_of(&second).is_none(), || a.log_text());
+}

@@ -125,6 +125,7 @@ impl Replication {
             let visibility = if w.public { "public" } else { "private" };
             let mut request = PinRequest {
                 name: format!("{}:{}", w.repository, w.tag),
+                min_replicas: replicas,
                 replicas,
                 allocations: Vec::new(),
                 metadata: vec![
@@ -137,16 +138,20 @@ impl Replication {
             if peers.is_none() {
                 peers = Some(self.cluster.peers().await.map_err(|e| e.to_string())?);
             }
-            let peers = peers.iter().flatten();
+            let peers = peers.as_deref().unwrap_or_default();
             if w.public {
                 // This node first: it has every byte already, a replica for free.
-                request.allocations = peers.filter(|p| p.ipfs == self.me).map(|p| p.id.clone()).collect();
+                request.allocations = peers.iter().filter(|p| p.ipfs == self.me).map(|p| p.id.clone()).collect();
+                // As many as there are peers now; the rest wanted as peers join.
+                request.min_replicas = replicas.min(peers.len().max(1) as u32);
             } else {
-                request.allocations = peers.filter(|p| self.trusted.contains(&p.ipfs)).map(|p| p.id.clone()).collect();
+                request.allocations = peers.iter().filter(|p| self.trusted.contains(&p.ipfs)).map(|p| p.id.clone()).collect();
                 request.replicas = replicas.min(request.allocations.len().max(1) as u32);
+                request.min_replicas = request.replicas;
             }
             let same = existing.get(cid.as_str()).is_some_and(|p| {
-                p.replication_factor_min == request.replicas as i32
+                p.replication_factor_min == request.min_replicas as i32
+                    && p.replication_factor_max == request.replicas as i32
                     && p.meta(META_VISIBILITY) == Some(visibility)
                     && p.meta(META_REPOSITORY) == Some(&w.repository)
                     && p.name == request.name
