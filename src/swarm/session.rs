@@ -1,7 +1,8 @@
 //! A Bitswap session: one task that fetches blocks from a set of peers on behalf of one walk (a
 //! pull, a pin). Its callers ask for blocks ([`Session::get`]) as fast as they like; the task
 //! sends each want as want-block to one peer, the one with the fewest wants outstanding (so
-//! several providers serve one blob at once), and every peer's new wants go in one message.
+//! several providers serve one blob at once) among those that have not refused more than they
+//! gave, and every peer's new wants go in one message.
 //! DONT_HAVE moves a want to the next peer, silence for [`REWANT`] too; a want nobody can
 //! answer ends with [`SwarmError::NotFound`]. When every peer it knows refused, it looks for
 //! providers on the DHT.
@@ -87,12 +88,15 @@ struct Task {
     found: mpsc::UnboundedSender<(Cid, Vec<PeerId>)>,
     /// Cancels owed, sent with the next dispatch.
     cancels: HashMap<PeerId, Vec<Cid>>,
+    /// Per peer, blocks it sent this session and wants it refused: a peer that refuses more
+    /// than it gives is asked last (it does not hold this content, or not yet).
+    record: HashMap<PeerId, (u64, u64)>,
 }
 
 async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc::UnboundedReceiver<(Cid, Reply)>) {
     let inbox = swarm.bitswap.wants.open();
     let (found, mut found_rx) = mpsc::unbounded_channel();
-    let mut task = Task { swarm, inbox, peers: Vec::new(), load: HashMap::new(), wants: HashMap::new(), found, cancels: HashMap::new() };
+    let mut task = Task { swarm, inbox, peers: Vec::new(), load: HashMap::new(), wants: HashMap::new(), found, cancels: HashMap::new(), record: HashMap::new() };
     task.gather(hints).await;
     let mut tick = tokio::time::interval(REWANT / 4);
     let mut open = true;
@@ -178,8 +182,12 @@ impl Task {
 
     fn hear(&mut self, news: News) {
         match news {
-            News::Block { cid, data, from } => self.settle(&cid, Ok(data), Some(from)),
+            News::Block { cid, data, from } => {
+                self.record.entry(from).or_default().0 += 1;
+                self.settle(&cid, Ok(data), Some(from))
+            }
             News::DontHave { cid, from } => {
+                self.record.entry(from).or_default().1 += 1;
                 let Some(w) = self.wants.get_mut(&cid) else { return };
                 w.refused.insert(from);
                 if w.asked.is_some_and(|(p, _)| p == from) {
@@ -230,7 +238,8 @@ impl Task {
     }
 
     /// Sends every unasked want as want-block to one peer that has not refused it (one that
-    /// said HAVE first, then the least loaded); a want that had to move on (DONT_HAVE, silence)
+    /// said HAVE first, then one that has not refused more than it gave this session, then the
+    /// least loaded: among peers that do not all hold the content, wants go where it is); a want that had to move on (DONT_HAVE, silence)
     /// also goes as want-have to up to [`PROBES`] others, so its next move goes where the block
     /// is. (Probing every want from the start cost four providers two thirds of their speed:
     /// each probe's answer is one more inbound stream, and libp2p-stream drops them in bursts.)
@@ -243,7 +252,8 @@ impl Task {
         let mut unanswerable = Vec::new();
         for (cid, w) in self.wants.iter_mut().filter(|(_, w)| w.asked.is_none() && !w.searching) {
             let open = || self.peers.iter().filter(|p| !w.refused.contains(p));
-            let choice = open().min_by_key(|p| (!w.has.contains(p), self.load.get(p).copied().unwrap_or(0))).copied();
+            let poor = |p: &PeerId| self.record.get(p).is_some_and(|(gave, refused)| refused > gave);
+            let choice = open().min_by_key(|p| (!w.has.contains(p), poor(p), self.load.get(p).copied().unwrap_or(0))).copied();
             match choice {
                 Some(peer) => {
                     if !w.refused.is_empty() && !w.probed {
