@@ -17,17 +17,8 @@ mod cluster_peer;
 use cluster_peer::ClusterPeer;
 use common::*;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Polls `ok` every 200 ms for up to `secs`: the seconds it took.
 fn wait(secs: u64, what: &str, mut ok: impl FnMut() -> bool) -> f64 {

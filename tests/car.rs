@@ -24,11 +24,6 @@ fn js_car(car: &Path) -> serde_json::Value {
     serde_json::from_str(&run(Command::new("node").arg(script).arg(car))).unwrap()
 }
 
-fn image_cid(node: &Node, repo: &str, reference: &str) -> String {
-    let r = client().head(node.url(&format!("/v2/{repo}/manifests/{reference}"))).header("Accept", OCI_MANIFEST).send().unwrap();
-    assert_eq!(r.status(), 200);
-    r.headers()["Ipfs-Image-Cid"].to_str().unwrap().to_string()
-}
 
 #[test]
 fn an_image_travels_as_a_car_through_kubo_skopeo_and_a_second_node() {

@@ -29,10 +29,6 @@ fn rpc(node: &Node, call: &str) -> reqwest::blocking::Response {
     client().post(format!("http://{}/api/v0/{call}", node.rpc)).send().unwrap()
 }
 
-fn image_cid(node: &Node, repo: &str) -> String {
-    let r = client().head(node.url(&format!("/v2/{repo}/manifests/t"))).header("Accept", OCI_MANIFEST).send().unwrap();
-    r.headers()["Ipfs-Image-Cid"].to_str().unwrap().to_string()
-}
 
 fn pinned(node: &Node, cid: &str) -> bool {
     rpc(node, &format!("pin/ls?arg={cid}&type=recursive&stream=true")).status().is_success()
@@ -93,10 +89,9 @@ fn the_cluster_keeps_each_image_on_two_nodes_and_replaces_a_dead_one() {
 
     // The public image: its repository made public first, then pushed; A's registry pins it.
     let layout = build_image(tmp.path());
-    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/app", "public"]).arg("--data-dir").arg(&nodes[0].data_dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    make_public(&nodes[0], "team/app");
     push_layout(&layout, &format!("{}/team/app:t", nodes[0].host()));
-    let public = image_cid(&nodes[0], "team/app");
+    let public = image_cid(&nodes[0], "team/app", "t");
     wait_for(90, "two replicas of the public image", || pinned_on(&peers[1], &public).len() == 2, || logs(&peers, &nodes));
     let holders = pinned_on(&peers[1], &public);
     assert!(holders.contains(&peers[0].id), "A's own peer holds a replica: {holders:?}");
@@ -118,7 +113,7 @@ fn the_cluster_keeps_each_image_on_two_nodes_and_replaces_a_dead_one() {
 
     // The private image: on A and B (trusted) only, and private on B.
     push_layout(&layout, &format!("{}/team/secret:t", nodes[0].host()));
-    let private = image_cid(&nodes[0], "team/secret");
+    let private = image_cid(&nodes[0], "team/secret", "t");
     wait_for(90, "the private image on A and B", || pinned(&nodes[0], &private) && pinned(&nodes[1], &private), || logs(&peers, &nodes));
     for path in ["", "/index.json", "/oci-layout"] {
         assert_eq!(client().get(nodes[1].gateway_url(&format!("/ipfs/{private}{path}"))).send().unwrap().status(), 404, "private on B: {path}");
@@ -232,9 +227,8 @@ fn a_private_image_pinned_on_a_trusted_node_stays_private_there() {
     let layout = build_image(tmp.path());
     push_layout(&layout, &format!("{}/team/secret:t", a.host()));
     push_layout(&layout, &format!("{}/team/secret:v2", a.host()));
-    let private = image_cid(&a, "team/secret");
-    let id: serde_json::Value = rpc(&a, "id").json().unwrap();
-    let addr = id["Addresses"].as_array().unwrap().iter().filter_map(|v| v.as_str()).find(|s| s.starts_with("/ip4/127.0.0.2/tcp/")).unwrap().to_string();
+    let private = image_cid(&a, "team/secret", "t");
+    let addr = loopback_addr(&a);
     assert!(rpc(&b, &format!("swarm/connect?arg={addr}")).status().is_success());
     // B already has a tag v2 of its own in that repository, on another image.
     let mut other = build_image(&tmp.path().join("other").tap_mkdir());
@@ -266,8 +260,7 @@ fn a_private_image_pinned_on_a_trusted_node_stays_private_there() {
     assert!(name.starts_with("tag conflict: team/secret:v2"), "{name}");
     assert!(b.log_text().contains("a pinned image would move a tag"));
 
-    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/secret", "public"]).arg("--data-dir").arg(&b.data_dir).output().unwrap();
-    assert!(out.status.success());
+    make_public(&b, "team/secret");
     wait_for(10, "the image public on B", || client().get(b.gateway_url(&format!("/ipfs/{private}/index.json"))).send().unwrap().status() == 200, || b.log_text());
 
     assert!(rpc(&b, &format!("pin/rm?arg={private}")).status().is_success());
@@ -306,10 +299,9 @@ fn kubo_holds_a_replica_in_a_mixed_cluster() {
     let logs = || format!("{}\n{}\n--- node\n{}", peers[0].log(), peers[1].log(), a.log_text());
     wait_for(60, "both peers' free-space metrics", || String::from_utf8_lossy(&peers[0].ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).matches("\"valid\": true").count() >= 2, logs);
     let layout = build_image(tmp.path());
-    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/app", "public"]).arg("--data-dir").arg(&a.data_dir).output().unwrap();
-    assert!(out.status.success());
+    make_public(&a, "team/app");
     push_layout(&layout, &format!("{}/team/app:t", a.host()));
-    let cid = image_cid(&a, "team/app");
+    let cid = image_cid(&a, "team/app", "t");
     wait_for(120, "the image pinned on our node and on Kubo", || peers[0].status(&cid).iter().filter(|(_, s)| s == "pinned").count() == 2, logs);
     let ours = client().post(format!("http://{}/api/v0/dag/export?arg={cid}&offline=true", a.rpc)).send().unwrap().bytes().unwrap();
     let theirs = kubo.ipfs(&["dag", "export", "--offline", &cid]);
@@ -326,10 +318,9 @@ fn corrupted_blocks_never_make_a_replica() {
     let tmp = tempfile::tempdir().unwrap();
     let holder = Node::start_with(&["--swarm", "/ip4/127.0.0.2/tcp/0"]);
     let layout = build_image(tmp.path());
-    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/app", "public"]).arg("--data-dir").arg(&holder.data_dir).output().unwrap();
-    assert!(out.status.success());
+    make_public(&holder, "team/app");
     push_layout(&layout, &format!("{}/team/app:t", holder.host()));
-    let cid = image_cid(&holder, "team/app");
+    let cid = image_cid(&holder, "team/app", "t");
 
     let port = free_addr().port();
     let mut peer = ClusterPeer::init(tmp.path(), "pb", "127.0.0.3", port);
@@ -339,10 +330,7 @@ fn corrupted_blocks_never_make_a_replica() {
     let logs = || format!("{}\n--- node\n{}", peer.log(), b.log_text());
     wait_for(60, "the peer's free-space metric", || String::from_utf8_lossy(&peer.ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).contains("\"valid\": true"), logs);
 
-    let b_addr = {
-        let id: serde_json::Value = rpc(&b, "id").json().unwrap();
-        id["Addresses"].as_array().unwrap().iter().filter_map(|v| v.as_str()).find(|s| s.starts_with("/ip4/127.0.0.3/tcp/")).unwrap().to_string()
-    };
+    let b_addr = loopback_addr(&b);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut evil = rt.block_on(RawPeer::connect(&b_addr));
     let pin = peer.ctl().args(["pin", "add", "--rmin", "1", "--rmax", "1", "--metadata", "af-visibility=public", &cid]).output().unwrap();
@@ -368,10 +356,7 @@ fn corrupted_blocks_never_make_a_replica() {
     assert_eq!(client().head(b.url("/v2/team/app/manifests/t")).send().unwrap().status(), 404, "nothing of the image was taken from corrupted blocks");
 
     // An honest holder within reach: the cluster's retry completes the pin.
-    let holder_addr = {
-        let id: serde_json::Value = rpc(&holder, "id").json().unwrap();
-        id["Addresses"].as_array().unwrap().iter().filter_map(|v| v.as_str()).find(|s| s.starts_with("/ip4/127.0.0.2/tcp/")).unwrap().to_string()
-    };
+    let holder_addr = loopback_addr(&holder);
     assert!(rpc(&b, &format!("swarm/connect?arg={holder_addr}")).status().is_success());
     wait_for(60, "the pin completed from the honest holder", || peer.status(&cid).iter().any(|(_, s)| s == "pinned"), logs);
     pulls_same_image(&b, "team/app", &layout, &tmp.path().join("pulled"));
@@ -393,14 +378,10 @@ fn a_node_restarted_mid_pin_completes_it() {
     run(Command::new("umoci").args(["new", "--image", &image]));
     run(Command::new("umoci").args(["insert", "--image", &image]).arg(dir.join("big.bin")).arg("/big.bin"));
     std::fs::remove_file(dir.join("big.bin")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/big", "public"]).arg("--data-dir").arg(&holder.data_dir).output().unwrap();
-    assert!(out.status.success());
+    make_public(&holder, "team/big");
     push_layout(&layout, &format!("{}/team/big:t", holder.host()));
-    let cid = image_cid(&holder, "team/big");
-    let holder_addr = {
-        let id: serde_json::Value = rpc(&holder, "id").json().unwrap();
-        id["Addresses"].as_array().unwrap().iter().filter_map(|v| v.as_str()).find(|s| s.starts_with("/ip4/127.0.0.2/tcp/")).unwrap().to_string()
-    };
+    let cid = image_cid(&holder, "team/big", "t");
+    let holder_addr = loopback_addr(&holder);
 
     let port = free_addr().port();
     let mut peer = ClusterPeer::init(tmp.path(), "pb", "127.0.0.3", port);
@@ -445,10 +426,9 @@ fn the_registry_pins_follow_its_tags() {
         serde_json::from_slice::<serde_json::Value>(&out.stdout).ok().filter(|v| v["cid"] == cid)
     };
     let layout = build_image(tmp.path());
-    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/app", "public"]).arg("--data-dir").arg(&a.data_dir).output().unwrap();
-    assert!(out.status.success());
+    make_public(&a, "team/app");
     push_layout(&layout, &format!("{}/team/app:t", a.host()));
-    let first = image_cid(&a, "team/app");
+    let first = image_cid(&a, "team/app", "t");
     wait_for(30, "the image pinned", || pin_of(&first).is_some(), || a.log_text());
     let pin = pin_of(&first).unwrap();
     assert_eq!(pin["name"], "team/app:t", "{pin}");
@@ -470,7 +450,7 @@ fn the_registry_pins_follow_its_tags() {
     run(Command::new("umoci").args(["insert", "--image", &format!("{}:t", other_layout.display())]).arg(&other).arg("/hello.sh"));
     push_layout(&other_layout, &format!("{}/team/app:t", a.host()));
     let moved = Instant::now();
-    let second = image_cid(&a, "team/app");
+    let second = image_cid(&a, "team/app", "t");
     assert_ne!(first, second);
     wait_for(30, "the new image pinned", || pin_of(&second).is_some(), || a.log_text());
     assert!(pin_of(&first).is_some(), "the old image is kept for the grace period");

@@ -405,16 +405,7 @@ fn a_trusted_peer_gets_private_layers() {
     assert_eq!(sha256(&cat.stdout), digest);
 }
 
-/// The image CID `repo:tag` has on `node`.
-fn image_cid(node: &Node, repo: &str, tag: &str) -> String {
-    let r = client().head(node.url(&format!("/v2/{repo}/manifests/{tag}"))).header("Accept", OCI_MANIFEST).send().unwrap();
-    r.headers()["Ipfs-Image-Cid"].to_str().unwrap().to_string()
-}
 
-fn loopback_addr(node: &Node) -> String {
-    let id = rpc(node, "id");
-    id["Addresses"].as_array().unwrap().iter().filter_map(|a| a.as_str()).find(|a| a.contains("/tcp/") && a.starts_with("/ip4/127.")).unwrap().to_string()
-}
 
 /// `swarm/connect`, tried again a few times: on two loaded cores a dial can time out.
 fn connect(node: &Node, addr: &str) {

@@ -90,7 +90,7 @@ pub async fn push(registry: &Registry, path: &Path, tag: Option<&str>, dst: &Ima
     let entry = |name: &str| entries.get(name.trim_start_matches("./")).copied().ok_or_else(|| err(&path, format!("{name} is named in manifest.json but not in the archive")));
     let config_at = entry(manifest["Config"].as_str().unwrap_or_default())?;
     let config = read_entry(&path, config_at)?;
-    let config_digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&config)));
+    let config_digest = super::transfer::sha256_digest(&config);
     let mut moved = Moved::default();
     let mut layers = Vec::new();
     for name in manifest["Layers"].as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(Value::as_str) {
@@ -124,7 +124,7 @@ pub async fn put_image(registry: &Registry, dst: &ImageRef, (config_digest, conf
         "layers": layers.iter().map(|(d, size)| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": size})).collect::<Vec<_>>(),
     });
     let body = bytes::Bytes::from(serde_json::to_vec(&image).expect("a JSON value serializes"));
-    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body)));
+    let digest = super::transfer::sha256_digest(&body);
     let scope = format!("repository:{}:pull,push", dst.repository);
     let url = registry.url(&format!("/v2/{}/manifests/{}", dst.repository, dst.reference));
     registry.check(registry.send(&scope, |http| http.put(&url).header("content-type", "application/vnd.oci.image.manifest.v1+json").body(body.clone())).await?).await?;
@@ -172,7 +172,7 @@ pub async fn pull(registry: &Registry, src: &ImageRef, path: &Path, repo_tag: &s
 /// temporary directory. Returns what moved and what the engine said.
 pub async fn pull_into_engine(registry: &Registry, engine: &Engine, src: &ImageRef, repo_tag: &str, platform: Option<&str>, report: Report<'_>) -> Result<(Moved, String)> {
     engine.ping().await?;
-    let work = std::env::temp_dir().join(format!("af-pull-{}-{}", std::process::id(), rand_suffix()));
+    let work = std::env::temp_dir().join(format!("af-pull-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&work).map_err(|e| err(&work, e))?;
     let result = async {
         let Fetched { moved, config_digest, config_file, layers } = fetch(registry, src, &work, platform, report).await?;
@@ -194,18 +194,12 @@ pub async fn pull_into_engine(registry: &Registry, engine: &Engine, src: &ImageR
     result
 }
 
-fn rand_suffix() -> String {
-    let mut bytes = [0u8; 6];
-    getrandom::fill(&mut bytes).expect("the system's random source");
-    hex::encode(bytes)
-}
-
 /// Pulls `src`'s config and layers into `work`, each verified against its digest as it
 /// arrives and each layer's uncompressed bytes against the config's diff ID.
 async fn fetch(registry: &Registry, src: &ImageRef, work: &Path, platform: Option<&str>, report: Report<'_>) -> Result<Fetched> {
     let (bytes, _, _) = registry.manifest(&src.repository, &src.reference, reqwest::Method::GET).await?;
     let mut doc: Value = serde_json::from_slice(&bytes).map_err(|e| registry.protocol(format!("{src}: not JSON: {e}")))?;
-    let mut digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+    let mut digest = super::transfer::sha256_digest(&bytes);
     if src.is_digest() && digest != src.reference {
         return Err(TransferError::Mismatch { digest: src.reference.clone(), actual: digest });
     }
@@ -214,7 +208,7 @@ async fn fetch(registry: &Registry, src: &ImageRef, work: &Path, platform: Optio
         let child = children.iter().find(|c| super::transfer::platform_matches(&c["platform"], wanted)).ok_or_else(|| TransferError::Selection(format!("{src} has no image for {wanted} (--platform)")))?;
         let child_digest = child["digest"].as_str().unwrap_or_default().to_string();
         let (child_bytes, _, _) = registry.manifest(&src.repository, &child_digest, reqwest::Method::GET).await?;
-        let actual = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&child_bytes)));
+        let actual = super::transfer::sha256_digest(&child_bytes);
         if actual != child_digest {
             return Err(TransferError::Mismatch { digest: child_digest, actual });
         }

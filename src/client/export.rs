@@ -133,7 +133,7 @@ pub async fn push(registry: &Registry, engine: &Engine, name: &str, dst: &ImageR
     let config_name = image["Config"].as_str().unwrap_or_default().trim_start_matches("./");
     let (config_digest, config_size) = match (small.get(config_name), streamed.get(config_name)) {
         (Some(bytes), _) => {
-            let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
+            let digest = super::transfer::sha256_digest(bytes);
             let sent = transfer::upload_bytes(registry, repo, &digest, Bytes::from(bytes.clone()), report).await?;
             report.end(&digest, bytes.len() as u64, !sent);
             tally(&mut moved, bytes.len() as u64, sent);

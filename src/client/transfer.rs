@@ -64,7 +64,8 @@ fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf> {
     Ok(dir.join("blobs").join(alg).join(hex))
 }
 
-fn sha256_digest(bytes: &[u8]) -> String {
+/// `sha256:<hex>` of `bytes`.
+pub(super) fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }
 

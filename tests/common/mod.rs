@@ -340,3 +340,22 @@ impl Kubo {
         c
     }
 }
+
+/// The image CID `node` gives `repo:reference` (its `Ipfs-Image-Cid`).
+pub fn image_cid(node: &Node, repo: &str, reference: &str) -> String {
+    let r = client().head(node.url(&format!("/v2/{repo}/manifests/{reference}"))).header("Accept", OCI_MANIFEST).send().unwrap();
+    assert_eq!(r.status(), 200, "{repo}:{reference}");
+    r.headers()["Ipfs-Image-Cid"].to_str().unwrap().to_string()
+}
+
+/// The node's swarm address on loopback TCP, with its peer ID (from the RPC's `id`).
+pub fn loopback_addr(node: &Node) -> String {
+    let id: serde_json::Value = client().post(format!("http://{}/api/v0/id", node.rpc)).send().unwrap().json().unwrap();
+    id["Addresses"].as_array().unwrap().iter().filter_map(|a| a.as_str()).find(|a| a.contains("/tcp/") && a.starts_with("/ip4/127.")).unwrap().to_string()
+}
+
+/// `af registry visibility REPO public` on `node`'s data directory.
+pub fn make_public(node: &Node, repo: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", repo, "public"]).arg("--data-dir").arg(&node.data_dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
