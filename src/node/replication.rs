@@ -44,6 +44,7 @@ struct Wanted {
     tag: String,
     digest: String,
     public: bool,
+    replicas: u32,
 }
 
 pub fn spawn(replication: Replication) {
@@ -114,14 +115,10 @@ impl Replication {
             self.wanted_in(repo, &given, &mut wanted).await?;
         }
         let existing: HashMap<&str, &crate::cluster::Pin> = pins.iter().map(|p| (p.cid.cid.as_str(), p)).collect();
-        let mut peers: Option<Vec<crate::cluster::Peer>> = None;
+        let peers = if wanted.is_empty() { Vec::new() } else { self.cluster.peers().await.map_err(|e| e.to_string())? };
         for (cid, w) in &wanted {
             superseded.remove(cid);
-            let replicas = match self.reg.replicas(&w.repository).await {
-                Ok(Some(n)) if n > 0 => n,
-                Ok(_) => self.replicas,
-                Err(e) => return Err(e.to_string()),
-            };
+            let replicas = w.replicas;
             let visibility = if w.public { "public" } else { "private" };
             let mut request = PinRequest {
                 name: format!("{}:{}", w.repository, w.tag),
@@ -135,10 +132,6 @@ impl Replication {
                     (META_NODE.into(), self.me.clone()),
                 ],
             };
-            if peers.is_none() {
-                peers = Some(self.cluster.peers().await.map_err(|e| e.to_string())?);
-            }
-            let peers = peers.as_deref().unwrap_or_default();
             if w.public {
                 // This node first: it has every byte already, a replica for free.
                 request.allocations = peers.iter().filter(|p| p.ipfs == self.me).map(|p| p.id.clone()).collect();
@@ -216,6 +209,11 @@ impl Replication {
     /// Each tag of `repo` with the image CID this node gives it, but those `given` by others'
     /// pins.
     async fn wanted_in(&self, repo: &str, given: &HashSet<&(String, String)>, wanted: &mut HashMap<String, Wanted>) -> Result<(), String> {
+        let public = self.reg.visibility(repo).await.map_err(|e| e.to_string())? == Some(true);
+        let replicas = match self.reg.replicas(repo).await.map_err(|e| e.to_string())? {
+            Some(n) if n > 0 => n,
+            _ => self.replicas,
+        };
         let mut page = Page { last: None, limit: Some(1000) };
         loop {
             let tags = self.reg.tags(repo, &page).await.map_err(|e| e.to_string())?.unwrap_or_default();
@@ -225,8 +223,7 @@ impl Replication {
                 }
                 let Some(m) = self.reg.manifest(repo, &Reference::Tag(tag.clone())).await.map_err(|e| e.to_string())? else { continue };
                 let Some(cid) = m.image_cid else { continue };
-                let public = self.reg.root_is_public(&cid).await.map_err(|e| e.to_string())?;
-                wanted.insert(cid, Wanted { repository: repo.to_string(), tag: tag.clone(), digest: m.digest.to_string(), public });
+                wanted.insert(cid, Wanted { repository: repo.to_string(), tag: tag.clone(), digest: m.digest.to_string(), public, replicas });
             }
             if tags.len() < 1000 {
                 return Ok(());
