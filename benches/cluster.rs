@@ -6,7 +6,10 @@
 //!   time one fresh node takes to copy the same image once over the swarm (`pin/add` from A,
 //!   measured first). Target: at most 1.5x.
 //! - the same image on three Kubo 0.42 daemons behind a cluster of their own: imported into the
-//!   first (`dag import`), then pinned with three replicas; the time until the other two hold it.
+//!   first (`dag import`), then pinned with three replicas; the time until the other two hold it,
+//!   against one fresh Kubo daemon's `ipfs pin add` of it from the first.
+//! - the CPU every copy took (user + system time of the nodes involved, over wall time): how much
+//!   of the two cores one copy already keeps busy bounds what a second one at once can gain.
 //! - one of our holders killed with its cluster peer: the time until the fourth node holds it.
 
 mod common;
@@ -28,6 +31,21 @@ fn wait(secs: u64, what: &str, mut ok: impl FnMut() -> bool) -> f64 {
         std::thread::sleep(Duration::from_millis(200));
     }
     start.elapsed().as_secs_f64()
+}
+
+/// User + system CPU seconds `pids` have used so far (`/proc/<pid>/stat`).
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    let tick: f64 = String::from_utf8_lossy(&Command::new("getconf").arg("CLK_TCK").output().unwrap().stdout).trim().parse().unwrap_or(100.0);
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Fields after the command name (which may hold spaces): utime and stime are 12th and 13th.
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        })
+        .sum::<f64>()
+        / tick
 }
 
 fn post(url: &str) -> String {
@@ -126,19 +144,23 @@ fn main() {
 
     // The reference: one fresh node copies it once over the swarm.
     let r_rpc = free_port();
-    let (_r, _) = start_node(&dir.join("reference"), "127.0.0.6", r_rpc, None);
+    let (reference, _) = start_node(&dir.join("reference"), "127.0.0.6", r_rpc, None);
+    let node_pids = |nodes: &[Option<(Proc, String)>]| nodes.iter().flatten().map(|(p, _)| p.0.id()).collect::<Vec<u32>>();
+    let copy_pids = [node_pids(&nodes[..1]), vec![reference.0.id()]].concat();
     let id: serde_json::Value = serde_json::from_str(&post(&format!("http://127.0.0.1:{}/api/v0/id", rpcs[0]))).unwrap();
     let a_addr = id["Addresses"].as_array().unwrap().iter().filter_map(|v| v.as_str()).find(|s| s.starts_with("/ip4/127.0.0.2/tcp/")).unwrap().to_string();
     post(&format!("http://127.0.0.1:{r_rpc}/api/v0/swarm/connect?arg={a_addr}"));
     settle();
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_seconds(&copy_pids));
     let out = post(&format!("http://127.0.0.1:{r_rpc}/api/v0/pin/add?arg={cid}"));
     let copy = t.elapsed().as_secs_f64();
+    let copy_cores = (cpu_seconds(&copy_pids) - cpu) / copy;
     assert!(out.contains(&cid), "the reference copy failed: {out}");
 
     // Three replicas: the cluster brings two more nodes a copy each.
     settle();
-    let t = Instant::now();
+    let all_pids = node_pids(&nodes);
+    let (t, cpu) = (Instant::now(), cpu_seconds(&all_pids));
     assert!(Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "replicas", "bench/app", "3", "--data-dir"]).arg(&a_data).stdout(Stdio::null()).status().unwrap().success());
     let mut first_replica = None;
     let mut started = None;
@@ -154,6 +176,7 @@ fn main() {
         n == 3
     });
     let replicate = t.elapsed().as_secs_f64();
+    let replicate_cores = (cpu_seconds(&all_pids) - cpu) / replicate;
     let (started, first_replica) = (started.unwrap_or(replicate), first_replica.unwrap_or(replicate));
 
     // A holder other than A dies: the fourth node takes its place.
@@ -171,27 +194,49 @@ fn main() {
     drop(nodes);
     drop(peers);
     let kubos: Vec<(Proc, u16)> = (0..3).map(|i| start_kubo(&dir.join(format!("kubo{i}")))).collect();
+    let kubo_cli = |i: usize| {
+        let mut c = Command::new("ipfs");
+        c.env("IPFS_PATH", dir.join(format!("kubo{i}"))).env("IPFS_TELEMETRY", "off");
+        c
+    };
     let secret = "c0ffee".repeat(10) + "c0ff";
     let kips = ["127.0.0.7", "127.0.0.8", "127.0.0.9"];
     let mut kpeers: Vec<ClusterPeer> = kubos.iter().enumerate().map(|(i, (_, port))| ClusterPeer::init_in(&dir, &format!("k{i}"), kips[i], *port, &secret)).collect();
     start_cluster(&mut kpeers);
-    let imported = Command::new("ipfs").env("IPFS_PATH", dir.join("kubo0")).env("IPFS_TELEMETRY", "off").args(["dag", "import"]).arg(&car).output().unwrap();
+    let imported = kubo_cli(0).args(["dag", "import"]).arg(&car).output().unwrap();
     assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+
+    // Kubo's one copy: a fourth daemon, outside the cluster, pins it from the first.
+    let (kubo_copy, kubo_copy_cores) = {
+        let fresh = start_kubo(&dir.join("kubo3"));
+        let addrs = String::from_utf8_lossy(&kubo_cli(0).args(["id", "-f", "<addrs>"]).output().unwrap().stdout).into_owned();
+        let addr = addrs.lines().find(|a| a.contains("/tcp/") && !a.contains("/ws")).expect("a TCP address of Kubo").to_string();
+        assert!(kubo_cli(3).args(["swarm", "connect", &addr]).stdout(Stdio::null()).status().unwrap().success());
+        settle();
+        let pids = [kubos[0].0 .0.id(), fresh.0 .0.id()];
+        let (t, cpu) = (Instant::now(), cpu_seconds(&pids));
+        assert!(kubo_cli(3).args(["pin", "add", &cid]).stdout(Stdio::null()).status().unwrap().success());
+        let copy = t.elapsed().as_secs_f64();
+        (copy, (cpu_seconds(&pids) - cpu) / copy)
+    };
     let first = kpeers[0].id.clone();
     settle();
-    let t = Instant::now();
+    let kubo_pids: Vec<u32> = kubos.iter().map(|(p, _)| p.0.id()).collect();
+    let (t, cpu) = (Instant::now(), cpu_seconds(&kubo_pids));
     let pin = kpeers[0].ctl().args(["pin", "add", "--rmin", "3", "--rmax", "3", "--allocations", &first, &cid]).output().unwrap();
     assert!(pin.status.success(), "{}", String::from_utf8_lossy(&pin.stderr));
     wait(900, "three Kubo replicas", || pinned(&kpeers[0], &cid) == 3);
     let kubo = t.elapsed().as_secs_f64();
+    let kubo_cores = (cpu_seconds(&kubo_pids) - cpu) / kubo;
     drop(kpeers);
     drop(kubos);
 
     println!("image of {mb:.0} MB (four layers) on 127.0.0.x loopback");
-    println!("one copy over the swarm (pin/add on a fresh node): {copy:.2} s, {:.0} MB/s", mb / copy);
-    println!("two more replicas through IPFS Cluster (replicas 1 -> 3): {replicate:.2} s; /one copy {:.2} (target <= 1.5)", replicate / copy);
+    println!("one copy over the swarm (pin/add on a fresh node): {copy:.2} s, {:.0} MB/s, {copy_cores:.2} cores busy", mb / copy);
+    println!("two more replicas through IPFS Cluster (replicas 1 -> 3): {replicate:.2} s, {replicate_cores:.2} cores busy; /one copy {:.2} (target <= 1.5)", replicate / copy);
     println!("  both replicas pinning after {started:.2} s, the first one done after {first_replica:.2} s");
-    println!("three Kubo 0.42 daemons, two more replicas: {kubo:.2} s; ours/Kubo {:.2}", replicate / kubo);
+    println!("Kubo 0.42, one copy (ipfs pin add on a fresh daemon): {kubo_copy:.2} s, {:.0} MB/s, {kubo_copy_cores:.2} cores busy", mb / kubo_copy);
+    println!("three Kubo 0.42 daemons, two more replicas: {kubo:.2} s, {kubo_cores:.2} cores busy; /one Kubo copy {:.2}; ours/Kubo {:.2}", kubo / kubo_copy, replicate / kubo);
     println!("a holder killed: a replacement replica after {rereplicate:.2} s (failure detection included)");
     let _ = std::fs::remove_dir_all(&dir);
 }
