@@ -296,6 +296,8 @@ pub enum Node {
     Directory { links: Vec<DecodedLink> },
     /// A node of a HAMT-sharded directory (see `unixfs::hamt`): its links as stored.
     Shard { links: Vec<DecodedLink> },
+    /// A UnixFS symbolic link: its target, as written.
+    Symlink(Bytes),
     /// dag-pb that is neither (HAMT shards, symlinks, ...), or another codec.
     Other,
 }
@@ -330,6 +332,7 @@ pub fn decode(cid: &Cid, bytes: Bytes) -> Result<Node> {
                     let content = Bytes::copy_from_slice(data.content);
                     Ok(Node::File { links: node.links, content, blocksizes: data.blocksizes, size: parts })
                 }
+                unixfs::UNIXFS_SYMLINK => Ok(Node::Symlink(Bytes::copy_from_slice(data.content))),
                 _ => Ok(Node::Other),
             }
         }
@@ -401,7 +404,7 @@ async fn next_piece(reader: &Reader, p: Pending, start: u64, end: u64, stack: &m
             let (from, to) = (p.offset.max(start), (p.offset + own).min(end));
             Ok((to > from).then(|| content.slice((from - p.offset) as usize..(to - p.offset) as usize)))
         }
-        Node::Directory { .. } | Node::Shard { .. } | Node::Other => Err(DagError::NotFound(format!("{} is not a file", p.cid))),
+        Node::Directory { .. } | Node::Shard { .. } | Node::Symlink(_) | Node::Other => Err(DagError::NotFound(format!("{} is not a file", p.cid))),
     }
 }
 

@@ -24,6 +24,8 @@ use cid::Cid;
 use std::sync::Arc;
 
 const IMMUTABLE: &str = "public, max-age=29030400, immutable";
+/// A directory page: a week, then revalidated (its HTML may change with a new version).
+const LISTING_CACHE: &str = "public, max-age=604800, stale-while-revalidate=2678400";
 pub const RAW_TYPE: &str = "application/vnd.ipld.raw";
 pub const CAR_TYPE: &str = "application/vnd.ipld.car";
 
@@ -35,14 +37,46 @@ pub fn configure(policy: Arc<Policy>, swarm: Option<crate::swarm::Handle>) -> im
         // One service matched by prefix by hand: a `{tail:.*}` route is a regex run on every
         // request, a tenth of a raw block GET's time.
         cfg.app_data(web::Data::from(policy)).app_data(web::Data::new(swarm)).default_service(web::to(|req: HttpRequest, policy: web::Data<Policy>, swarm: web::Data<Option<crate::swarm::Handle>>| async move {
+            use actix_web::http::Method;
             let method = req.method();
-            if req.path().starts_with("/ipfs/") && (method == actix_web::http::Method::GET || method == actix_web::http::Method::HEAD) {
+            let content = req.path().starts_with("/ipfs/");
+            let mut resp = if content && (method == Method::GET || method == Method::HEAD) {
                 handle(req, policy, swarm.get_ref().clone()).await
+            } else if content && method == Method::OPTIONS {
+                HttpResponse::Ok().finish()
             } else {
                 text(StatusCode::NOT_FOUND, "404 page not found")
-            }
+            };
+            cors(resp.headers_mut());
+            resp
         }));
     }
+}
+
+/// Every answer may be read by scripts of any origin: the gateway serves public content only,
+/// takes no credentials and sets no cookies, so another origin learns nothing it could not
+/// fetch itself.
+fn cors(headers: &mut actix_web::http::header::HeaderMap) {
+    use actix_web::http::header::{HeaderName, HeaderValue};
+    for (name, value) in [
+        ("access-control-allow-origin", "*"),
+        ("access-control-allow-methods", "GET, HEAD, OPTIONS"),
+        ("access-control-allow-headers", "Content-Type, Range, User-Agent, X-Requested-With"),
+        ("access-control-expose-headers", "Content-Range, Content-Length, X-Ipfs-Path, X-Ipfs-Roots, X-Chunked-Output, X-Stream-Output"),
+    ] {
+        headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+    }
+}
+
+/// Whether the request's `If-None-Match` names `etag` (strong or weak) or `*`.
+fn etag_matches(req: &HttpRequest, etag: &str) -> bool {
+    let Some(v) = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) else { return false };
+    v.split(',').map(str::trim).any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag))
+}
+
+/// `Cache-Control: only-if-cached`: answer from what the node holds, never from peers.
+fn only_if_cached(req: &HttpRequest) -> bool {
+    req.headers().get_all(header::CACHE_CONTROL).filter_map(|v| v.to_str().ok()).any(|v| v.split(',').any(|d| d.trim() == "only-if-cached"))
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> HttpResponse {
@@ -119,16 +153,23 @@ async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate
         Err(resp) => return resp,
     };
     let policy = policy.into_inner();
+    let cached_only = only_if_cached(&req);
     let reader = match swarm {
-        Some(swarm) => Reader::fetching(&policy, Audience::Anyone, crate::swarm::fetch::OnDemand::new(swarm)),
-        None => Reader::new(&policy, Audience::Anyone),
+        Some(swarm) if !cached_only => Reader::fetching(&policy, Audience::Anyone, crate::swarm::fetch::OnDemand::new(swarm)),
+        _ => Reader::new(&policy, Audience::Anyone),
     };
     let (chain, proof) = match reader.resolve_with_proof(root, &segments).await {
         Ok(c) => c,
+        Err(DagError::Missing(_) | DagError::NotFound(_)) if cached_only => {
+            return text(StatusCode::PRECONDITION_FAILED, format!("/ipfs/{tail} is not on this node (only-if-cached)"))
+        }
         Err(e) => return dag_error(e),
     };
     let target = *chain.last().expect("resolve returns the root at least");
-    let ipfs_path = std::iter::once(format!("/ipfs/{root}")).chain(segments.iter().map(|s| encode_segment(s))).collect::<Vec<_>>().join("/");
+    let mut ipfs_path = std::iter::once(format!("/ipfs/{root}")).chain(segments.iter().map(|s| encode_segment(s))).collect::<Vec<_>>().join("/");
+    if req.path().ends_with('/') {
+        ipfs_path.push('/');
+    }
     let roots = chain.iter().map(Cid::to_string).collect::<Vec<_>>().join(",");
     let etag = match format {
         Format::Raw => format!("\"{target}.raw\""),
@@ -141,24 +182,32 @@ async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate
         .insert_header(("X-Ipfs-Roots", roots.as_str()))
         .insert_header(("Etag", etag.as_str()))
         .insert_header(("Cache-Control", IMMUTABLE))
-        .insert_header(("X-Content-Type-Options", "nosniff"))
-        .insert_header(("Access-Control-Allow-Origin", "*"));
+        .insert_header(("X-Content-Type-Options", "nosniff"));
     if chain.iter().any(dag::is_identity) {
         // Whoever wrote the URL wrote these bytes: they must not run as this origin's page.
         builder.insert_header(("Content-Security-Policy", "sandbox"));
     }
-    let if_none_match = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
-    if if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*" || t.trim() == format!("W/{etag}"))) {
+    if etag_matches(&req, &etag) {
         return builder.status(StatusCode::NOT_MODIFIED).finish();
     }
     let head = req.method() == actix_web::http::Method::HEAD;
     match format {
         Format::Raw => match reader.block(&target).await {
-            Ok(bytes) => {
+            Ok(mut bytes) => {
                 builder
                     .content_type(RAW_TYPE)
                     .insert_header(("Content-Disposition", disposition(&req, &format!("{target}.bin"), true)))
+                    .insert_header(("Accept-Ranges", "bytes"))
                     .insert_header(("Vary", "Accept"));
+                let size = bytes.len() as u64;
+                match parse_range(req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()), size) {
+                    Ok(RangeRequest::Full) => {}
+                    Ok(RangeRequest::Partial(r)) => {
+                        builder.status(StatusCode::PARTIAL_CONTENT).insert_header(("Content-Range", format!("bytes {}-{}/{size}", r.start, r.end)));
+                        bytes = bytes.slice(r.start as usize..r.end as usize + 1);
+                    }
+                    Err(e) => return unsatisfiable(size, e),
+                }
                 if head {
                     builder.no_chunking(bytes.len() as u64).streaming(no_body())
                 } else {
@@ -173,7 +222,8 @@ async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate
                     .content_type(format!("{CAR_TYPE}; version=1; order=dfs; dups={}", if params.dups { "y" } else { "n" }))
                     .insert_header(("Content-Disposition", disposition(&req, &format!("{target}.car"), true)))
                     .insert_header(("Vary", "Accept"))
-                    .insert_header(("X-Content-Type-Options", "nosniff"));
+                    // Streamed as it is read: no length to resume at, so no ranges.
+                    .insert_header(("Accept-Ranges", "none"));
                 if head {
                     return builder.finish();
                 }
@@ -236,6 +286,10 @@ fn car_params(req: &HttpRequest) -> Result<Params, HttpResponse> {
 /// the length of a streamed body it does not send).
 fn no_body() -> futures_util::stream::Empty<Result<Bytes, std::io::Error>> {
     futures_util::stream::empty()
+}
+
+fn unsatisfiable(size: u64, e: impl std::fmt::Display) -> HttpResponse {
+    HttpResponse::RangeNotSatisfiable().insert_header(("Content-Range", format!("bytes */{size}"))).content_type("text/plain; charset=utf-8").body(e.to_string())
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -309,14 +363,24 @@ async fn unixfs(
             match links.iter().find(|l| l.name == "index.html") {
                 Some(index) => (index.cid, "index.html".to_string(), None),
                 None => {
+                    // The page changes with this program, not only with the directory.
+                    let etag = format!("\"DirIndex-{}_CID-{target}\"", sniff::LISTING_VERSION);
+                    builder.insert_header(("Etag", etag.as_str())).insert_header(("Cache-Control", LISTING_CACHE));
+                    if etag_matches(req, &etag) {
+                        return builder.status(StatusCode::NOT_MODIFIED).finish();
+                    }
                     let html = sniff::listing(req.path(), &target, &links);
-                    builder.content_type("text/html; charset=utf-8").insert_header(("Etag", format!("\"DirIndex-{target}\"")));
+                    builder.content_type("text/html; charset=utf-8");
                     return if head { builder.finish() } else { builder.body(html) };
                 }
             }
         }
         Node::Raw(b) => (target, segments.last().cloned().unwrap_or_default(), Some(b.len() as u64)),
         Node::File { size, .. } => (target, segments.last().cloned().unwrap_or_default(), Some(size)),
+        Node::Symlink(to) => {
+            builder.content_type("inode/symlink");
+            return if head { builder.no_chunking(to.len() as u64).streaming(no_body()) } else { builder.body(to) };
+        }
         Node::Other => return text(StatusCode::NOT_IMPLEMENTED, format!("{target} is neither a UnixFS file nor a plain directory")),
     };
     let size = match known_size {
@@ -330,12 +394,7 @@ async fn unixfs(
     };
     let range = match parse_range(req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()), size) {
         Ok(r) => r,
-        Err(e) => {
-            return HttpResponse::RangeNotSatisfiable()
-                .insert_header(("Content-Range", format!("bytes */{size}")))
-                .content_type("text/plain; charset=utf-8")
-                .body(e.to_string())
-        }
+        Err(e) => return unsatisfiable(size, e),
     };
     let (status, start, end) = match range {
         RangeRequest::Full => (StatusCode::OK, 0, size),

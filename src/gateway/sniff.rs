@@ -79,6 +79,35 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// Part of a directory page's Etag: a new layout of the page is a new version.
+pub const LISTING_VERSION: &str = concat!("af-", env!("CARGO_PKG_VERSION"), "-1");
+
+/// `/ipfs/<cid>/a/b/` as links to each step: `/ipfs/` then `<cid>`, `a`, `b` (`path` as
+/// requested, percent-encoded).
+fn breadcrumbs(path: &str) -> String {
+    let mut out = String::new();
+    let mut href = String::new();
+    for (i, seg) in path.trim_end_matches('/').split('/').filter(|s| !s.is_empty()).enumerate() {
+        href.push('/');
+        href.push_str(seg);
+        if i == 0 {
+            out.push_str(&format!("/{}/", escape(seg)));
+            continue;
+        }
+        let shown = percent_encoding_decode(seg);
+        if i > 1 {
+            out.push('/');
+        }
+        out.push_str(&format!("<a href=\"{}\">{}</a>", escape(&href), escape(&shown)));
+    }
+    out
+}
+
+fn percent_encoding_decode(s: &str) -> String {
+    let bytes: Vec<u8> = form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes()).next().map(|(_, v)| v.into_owned().into_bytes()).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// An HTML page listing a directory's entries, with links relative to `path` (which ends in `/`).
 pub fn listing(path: &str, cid: &Cid, links: &[DecodedLink]) -> String {
     let mut rows = String::new();
@@ -96,8 +125,9 @@ pub fn listing(path: &str, cid: &Cid, links: &[DecodedLink]) -> String {
         ));
     }
     format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{p}</title></head><body>\n<h1>Index of {p}</h1>\n<p>{cid}</p>\n<table>\n<tr><th>name</th><th>CID</th><th>size</th></tr>\n{rows}</table>\n</body></html>\n",
-        p = escape(path)
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{p}</title></head><body>\n<h1>Index of {crumbs}</h1>\n<p>{cid}</p>\n<table>\n<tr><th>name</th><th>CID</th><th>size</th></tr>\n{rows}</table>\n</body></html>\n",
+        p = escape(path),
+        crumbs = breadcrumbs(path)
     )
 }
 

@@ -18,6 +18,8 @@ pub const UNIXFS_DIRECTORY: u64 = 1;
 pub const UNIXFS_FILE: u64 = 2;
 /// UnixFS `Data.Type` of a HAMT-sharded directory.
 pub const UNIXFS_HAMT_SHARD: u64 = 5;
+/// A symbolic link: its data is the target path.
+pub const UNIXFS_SYMLINK: u64 = 4;
 
 use std::fmt;
 use std::str::FromStr;
