@@ -339,7 +339,7 @@ fn walk_err(path: &str) -> impl Fn(DagError) -> CarError + '_ {
         DagError::Missing(cid) => CarError::Missing { path: path.to_string(), cid: cid.to_string() },
         DagError::Malformed { cid, detail } => block_err(&cid, detail),
         DagError::Registry(e) => CarError::Registry(e),
-        e @ (DagError::NotFound(_) | DagError::TooMuchWork(_)) => CarError::Layout { path: path.to_string(), problem: e.to_string() },
+        e @ (DagError::NotFound(_) | DagError::TooMuchWork(_) | DagError::Unsupported(_)) => CarError::Layout { path: path.to_string(), problem: e.to_string() },
     }
 }
 

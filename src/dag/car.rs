@@ -104,13 +104,16 @@ impl State {
     }
 
     fn expand(&mut self, cid: Cid, bytes: &Bytes, expand: Expand) -> super::Result<()> {
-        if matches!(expand, Expand::Nothing) || cid.codec() != crate::unixfs::DAG_PB {
+        if matches!(expand, Expand::Nothing) {
             return Ok(());
         }
         if matches!(expand, Expand::All) {
             // The whole DAG: its links are all that matter, whatever its UnixFS data says.
-            let node = crate::unixfs::decode_node(bytes).map_err(|e| super::DagError::Malformed { cid, detail: e.to_string() })?;
-            self.stack.extend(node.links.into_iter().rev().map(|l| Work::Visit { cid: l.cid, expand: Expand::All }));
+            let links = super::block_links(&cid, bytes)?;
+            self.stack.extend(links.into_iter().rev().map(|l| Work::Visit { cid: l, expand: Expand::All }));
+            return Ok(());
+        }
+        if cid.codec() != crate::unixfs::DAG_PB {
             return Ok(());
         }
         let node = super::decode(&cid, bytes.clone())?;

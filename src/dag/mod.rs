@@ -8,6 +8,7 @@
 //! and read at most [`MAX_BLOCKS_PER_WALK`] blocks.
 
 pub mod car;
+pub mod ipld;
 
 use crate::exposure::{Admission, Audience, Exposure, Policy};
 use crate::registry::{Registry, RegistryError};
@@ -34,6 +35,10 @@ pub enum DagError {
     NotFound(String),
     #[error("block {cid}: {detail}")]
     Malformed { cid: Cid, detail: String },
+    /// A path that ends inside a block, on a value that is not a link: serving part of a block
+    /// is not something a gateway does.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("this request read {0} blocks, the most one may; the DAG repeats itself or is too large to serve in one request")]
     TooMuchWork(u64),
     #[error(transparent)]
@@ -185,9 +190,9 @@ impl Reader {
         let Some((bytes, admission)) = self.source.fetch(cid).await? else {
             return Err(DagError::Missing(*cid));
         };
-        if admission == Admission::Vouching && !self.source.sees_all() && cid.codec() == unixfs::DAG_PB {
-            if let Ok(node) = unixfs::decode_node(&bytes) {
-                self.source.vouch(node.links.into_iter().map(|l| l.cid).collect());
+        if admission == Admission::Vouching && !self.source.sees_all() {
+            if let Ok(links) = block_links(cid, &bytes) {
+                self.source.vouch(links);
             }
         }
         *self.last.lock().expect("last lock") = Some((*cid, bytes.clone()));
@@ -223,7 +228,9 @@ impl Reader {
         let mut proof = vec![root];
         // The root itself must be readable even when the path is empty.
         let mut current = self.node(&root).await?;
-        for (i, segment) in path.iter().enumerate() {
+        let mut i = 0;
+        while i < path.len() {
+            let segment = &path[i];
             let here = *chain.last().expect("the chain starts with the root");
             let missing = || DagError::NotFound(format!("no link named {segment:?} under {here}"));
             let next = match current {
@@ -246,11 +253,23 @@ impl Reader {
                         }
                     }
                 }
+                // Several segments may lead through one DAG-CBOR or DAG-JSON block to a link.
+                Node::Ipld(value) => match ipld::step(&value, &path[i..]) {
+                    ipld::Step::Link { cid, used } => {
+                        i += used - 1;
+                        cid
+                    }
+                    ipld::Step::Absent => return Err(missing()),
+                    ipld::Step::Value => {
+                        return Err(DagError::Unsupported(format!("/{} is a value inside block {here}, not a link: only whole blocks are served", path[i..].join("/"))))
+                    }
+                },
                 _ => return Err(DagError::NotFound(format!("{} is not a directory", path[..i].join("/")))),
             };
             current = self.node(&next).await?;
             chain.push(next);
             proof.push(next);
+            i += 1;
         }
         Ok((chain, proof))
     }
@@ -298,9 +317,31 @@ pub enum Node {
     Shard { links: Vec<DecodedLink> },
     /// A UnixFS symbolic link: its target, as written.
     Symlink(Bytes),
+    /// A DAG-CBOR or DAG-JSON block.
+    Ipld(ipld_core::ipld::Ipld),
     /// dag-pb that is neither (HAMT shards, symlinks, ...), or another codec.
     Other,
 }
+
+/// Multicodec codes of the IPLD codecs blocks may have here, by Kubo's names.
+pub fn codec_named(name: &str) -> Option<u64> {
+    Some(match name {
+        "raw" => unixfs::RAW,
+        "dag-pb" => unixfs::DAG_PB,
+        "dag-cbor" => DAG_CBOR,
+        "dag-json" => DAG_JSON,
+        "json" => JSON,
+        "cbor" => CBOR,
+        "libp2p-key" => LIBP2P_KEY,
+        _ => return None,
+    })
+}
+
+pub const DAG_CBOR: u64 = 0x71;
+pub const DAG_JSON: u64 = 0x0129;
+pub const JSON: u64 = 0x0200;
+pub const CBOR: u64 = 0x51;
+pub const LIBP2P_KEY: u64 = 0x72;
 
 pub fn decode(cid: &Cid, bytes: Bytes) -> Result<Node> {
     let malformed = |detail: String| DagError::Malformed { cid: *cid, detail };
@@ -336,7 +377,17 @@ pub fn decode(cid: &Cid, bytes: Bytes) -> Result<Node> {
                 _ => Ok(Node::Other),
             }
         }
+        c if ipld::is_linking(c) => Ok(Node::Ipld(ipld::decode(cid, &bytes)?)),
         _ => Ok(Node::Other),
+    }
+}
+
+/// The CIDs a block links to, whatever its codec (none for raw, JSON and CBOR blocks).
+pub fn block_links(cid: &Cid, bytes: &[u8]) -> Result<Vec<Cid>> {
+    match cid.codec() {
+        unixfs::DAG_PB => Ok(unixfs::decode_node(bytes).map_err(|e| DagError::Malformed { cid: *cid, detail: e.to_string() })?.links.into_iter().map(|l| l.cid).collect()),
+        c if ipld::is_linking(c) => Ok(ipld::links(&ipld::decode(cid, bytes)?)),
+        _ => Ok(Vec::new()),
     }
 }
 
@@ -404,7 +455,7 @@ async fn next_piece(reader: &Reader, p: Pending, start: u64, end: u64, stack: &m
             let (from, to) = (p.offset.max(start), (p.offset + own).min(end));
             Ok((to > from).then(|| content.slice((from - p.offset) as usize..(to - p.offset) as usize)))
         }
-        Node::Directory { .. } | Node::Shard { .. } | Node::Symlink(_) | Node::Other => Err(DagError::NotFound(format!("{} is not a file", p.cid))),
+        Node::Directory { .. } | Node::Shard { .. } | Node::Symlink(_) | Node::Ipld(_) | Node::Other => Err(DagError::NotFound(format!("{} is not a file", p.cid))),
     }
 }
 

@@ -86,9 +86,69 @@ fn text(status: StatusCode, body: impl Into<String>) -> HttpResponse {
 /// What the client asked the response to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
+    /// Nothing in particular: UnixFS as files and directories, data blocks as they are.
     UnixFs,
     Raw,
     Car,
+    Data(Data),
+}
+
+/// The data formats a block of a JSON or CBOR codec is served as (never converted: IPIP-524).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Data {
+    DagJson,
+    DagCbor,
+    Json,
+    Cbor,
+}
+
+impl Data {
+    fn of_codec(codec: u64) -> Option<Data> {
+        Some(match codec {
+            dag::DAG_JSON => Data::DagJson,
+            dag::DAG_CBOR => Data::DagCbor,
+            dag::JSON => Data::Json,
+            dag::CBOR => Data::Cbor,
+            _ => return None,
+        })
+    }
+
+    fn named(name: &str) -> Option<Data> {
+        Some(match name {
+            "dag-json" => Data::DagJson,
+            "dag-cbor" => Data::DagCbor,
+            "json" => Data::Json,
+            "cbor" => Data::Cbor,
+            _ => return None,
+        })
+    }
+
+    fn media_type(self) -> &'static str {
+        match self {
+            Data::DagJson => "application/vnd.ipld.dag-json",
+            Data::DagCbor => "application/vnd.ipld.dag-cbor",
+            Data::Json => "application/json",
+            Data::Cbor => "application/cbor",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Data::DagJson => "dag-json",
+            Data::DagCbor => "dag-cbor",
+            Data::Json => "json",
+            Data::Cbor => "cbor",
+        }
+    }
+
+    fn is_json(self) -> bool {
+        matches!(self, Data::DagJson | Data::Json)
+    }
+
+    /// The file extension of a download: `json` or `cbor`.
+    fn extension(self) -> &'static str {
+        if self.is_json() { "json" } else { "cbor" }
+    }
 }
 
 fn query(req: &HttpRequest, key: &str) -> Option<String> {
@@ -101,7 +161,10 @@ fn format(req: &HttpRequest) -> Result<Format, HttpResponse> {
         return match f.as_str() {
             "raw" => Ok(Format::Raw),
             "car" => Ok(Format::Car),
-            other => Err(text(StatusCode::NOT_ACCEPTABLE, format!("format {other:?} is not supported here"))),
+            other => match Data::named(other) {
+                Some(d) => Ok(Format::Data(d)),
+                None => Err(text(StatusCode::NOT_ACCEPTABLE, format!("format {other:?} is not supported here"))),
+            },
         };
     }
     let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -110,8 +173,11 @@ fn format(req: &HttpRequest) -> Result<Format, HttpResponse> {
         match mt {
             RAW_TYPE => return Ok(Format::Raw),
             CAR_TYPE => return Ok(Format::Car),
-            "application/vnd.ipld.dag-json" | "application/vnd.ipld.dag-cbor" | "application/json" | "application/cbor"
-            | "application/x-tar" | "application/vnd.ipfs.ipns-record" => {
+            "application/vnd.ipld.dag-json" => return Ok(Format::Data(Data::DagJson)),
+            "application/vnd.ipld.dag-cbor" => return Ok(Format::Data(Data::DagCbor)),
+            "application/json" => return Ok(Format::Data(Data::Json)),
+            "application/cbor" => return Ok(Format::Data(Data::Cbor)),
+            "application/x-tar" | "application/vnd.ipfs.ipns-record" => {
                 return Err(text(StatusCode::NOT_ACCEPTABLE, format!("{mt} is not supported here")))
             }
             _ => {}
@@ -120,9 +186,46 @@ fn format(req: &HttpRequest) -> Result<Format, HttpResponse> {
     Ok(Format::UnixFs)
 }
 
+/// Whether a browser asked (`Accept: text/html`): data blocks are then shown as a page.
+fn wants_html(req: &HttpRequest) -> bool {
+    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    accept.split(',').any(|i| i.split(';').next().unwrap_or("").trim() == "text/html")
+}
+
+/// What the response is, once the target is known.
+enum Answer {
+    Raw,
+    Car,
+    /// A JSON or CBOR block, as it is, in this format.
+    Block(Data),
+    /// A page showing a JSON or CBOR block to a person.
+    BlockPage,
+    /// UnixFS; a file's type forced by `?format=json|cbor` or `Accept`.
+    UnixFs(Option<Data>),
+}
+
+/// Formats are served, never converted: a block of a JSON codec goes out as (DAG-)JSON only,
+/// of a CBOR codec as (DAG-)CBOR only, and UnixFS never as DAG-JSON or DAG-CBOR (406).
+fn answer(req: &HttpRequest, format: Format, target: &Cid) -> Result<Answer, HttpResponse> {
+    let block = Data::of_codec(target.codec());
+    Ok(match (format, block) {
+        (Format::Raw, _) => Answer::Raw,
+        (Format::Car, _) => Answer::Car,
+        (Format::Data(want), Some(is)) if want.is_json() == is.is_json() => Answer::Block(want),
+        (Format::Data(want @ (Data::Json | Data::Cbor)), None) => Answer::UnixFs(Some(want)),
+        (Format::Data(want), _) => {
+            return Err(text(StatusCode::NOT_ACCEPTABLE, format!("{target} (codec 0x{:x}) cannot be served as {}: formats are not converted", target.codec(), want.name())))
+        }
+        (Format::UnixFs, Some(_)) if wants_html(req) => Answer::BlockPage,
+        (Format::UnixFs, Some(is)) => Answer::Block(is),
+        (Format::UnixFs, None) => Answer::UnixFs(None),
+    })
+}
+
 fn dag_error(e: DagError) -> HttpResponse {
     match e {
         DagError::Missing(_) | DagError::NotFound(_) => text(StatusCode::NOT_FOUND, e.to_string()),
+        DagError::Unsupported(_) => text(StatusCode::NOT_IMPLEMENTED, e.to_string()),
         // The client wrote that block itself, inside its CID.
         DagError::Malformed { cid, .. } if dag::is_identity(&cid) => text(StatusCode::BAD_REQUEST, e.to_string()),
         DagError::Malformed { .. } | DagError::TooMuchWork(_) => text(StatusCode::BAD_GATEWAY, e.to_string()),
@@ -171,10 +274,16 @@ async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate
         ipfs_path.push('/');
     }
     let roots = chain.iter().map(Cid::to_string).collect::<Vec<_>>().join(",");
-    let etag = match format {
-        Format::Raw => format!("\"{target}.raw\""),
-        Format::Car => format!("\"{target}.car\""),
-        Format::UnixFs => format!("\"{target}\""),
+    let answer = match answer(&req, format, &target) {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    let etag = match answer {
+        Answer::Raw => format!("\"{target}.raw\""),
+        Answer::Car => format!("\"{target}.car\""),
+        Answer::Block(d) => format!("\"{target}.{}\"", d.name()),
+        Answer::BlockPage => format!("\"DagIndex-{}_CID-{target}\"", sniff::LISTING_VERSION),
+        Answer::UnixFs(_) => format!("\"{target}\""),
     };
     let mut builder = HttpResponse::Ok();
     builder
@@ -191,32 +300,37 @@ async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate
         return builder.status(StatusCode::NOT_MODIFIED).finish();
     }
     let head = req.method() == actix_web::http::Method::HEAD;
-    match format {
-        Format::Raw => match reader.block(&target).await {
-            Ok(mut bytes) => {
+    match answer {
+        Answer::Raw => match reader.block(&target).await {
+            Ok(bytes) => {
                 builder
                     .content_type(RAW_TYPE)
                     .insert_header(("Content-Disposition", disposition(&req, &format!("{target}.bin"), true)))
-                    .insert_header(("Accept-Ranges", "bytes"))
                     .insert_header(("Vary", "Accept"));
-                let size = bytes.len() as u64;
-                match parse_range(req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()), size) {
-                    Ok(RangeRequest::Full) => {}
-                    Ok(RangeRequest::Partial(r)) => {
-                        builder.status(StatusCode::PARTIAL_CONTENT).insert_header(("Content-Range", format!("bytes {}-{}/{size}", r.start, r.end)));
-                        bytes = bytes.slice(r.start as usize..r.end as usize + 1);
-                    }
-                    Err(e) => return unsatisfiable(size, e),
-                }
-                if head {
-                    builder.no_chunking(bytes.len() as u64).streaming(no_body())
-                } else {
-                    builder.body(bytes)
-                }
+                whole_block(&req, builder, bytes, head)
             }
             Err(e) => dag_error(e),
         },
-        Format::Car => match car_params(&req) {
+        Answer::Block(data) => match reader.block(&target).await {
+            Ok(bytes) => {
+                // JSON is shown in a browser; CBOR is binary, so a download.
+                builder
+                    .content_type(data.media_type())
+                    .insert_header(("Content-Disposition", disposition(&req, &format!("{target}.{}", data.extension()), !data.is_json())))
+                    .insert_header(("Vary", "Accept"));
+                whole_block(&req, builder, bytes, head)
+            }
+            Err(e) => dag_error(e),
+        },
+        Answer::BlockPage => match reader.block(&target).await {
+            Ok(bytes) => {
+                builder.content_type("text/html; charset=utf-8").insert_header(("Cache-Control", LISTING_CACHE)).insert_header(("Vary", "Accept"));
+                let page = sniff::block_page(&target, &bytes);
+                if head { builder.finish() } else { builder.body(page) }
+            }
+            Err(e) => dag_error(e),
+        },
+        Answer::Car => match car_params(&req) {
             Ok(params) => {
                 builder
                     .content_type(format!("{CAR_TYPE}; version=1; order=dfs; dups={}", if params.dups { "y" } else { "n" }))
@@ -232,7 +346,26 @@ async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate
             }
             Err(resp) => resp,
         },
-        Format::UnixFs => unixfs(&req, policy.registry(), reader, target, &segments, builder, head).await,
+        Answer::UnixFs(forced) => unixfs(&req, policy.registry(), reader, target, &segments, builder, head, forced.map(Data::media_type)).await,
+    }
+}
+
+/// One whole block as the body (or the part a `Range` asks for).
+fn whole_block(req: &HttpRequest, mut builder: actix_web::HttpResponseBuilder, mut bytes: Bytes, head: bool) -> HttpResponse {
+    builder.insert_header(("Accept-Ranges", "bytes"));
+    let size = bytes.len() as u64;
+    match parse_range(req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()), size) {
+        Ok(RangeRequest::Full) => {}
+        Ok(RangeRequest::Partial(r)) => {
+            builder.status(StatusCode::PARTIAL_CONTENT).insert_header(("Content-Range", format!("bytes {}-{}/{size}", r.start, r.end)));
+            bytes = bytes.slice(r.start as usize..r.end as usize + 1);
+        }
+        Err(e) => return unsatisfiable(size, e),
+    }
+    if head {
+        builder.no_chunking(bytes.len() as u64).streaming(no_body())
+    } else {
+        builder.body(bytes)
     }
 }
 
@@ -333,6 +466,7 @@ fn encode_segment(s: &str) -> String {
     out
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn unixfs(
     req: &HttpRequest,
     reg: &Registry,
@@ -341,6 +475,7 @@ async fn unixfs(
     segments: &[String],
     mut builder: actix_web::HttpResponseBuilder,
     head: bool,
+    forced_type: Option<&'static str>,
 ) -> HttpResponse {
     let node = match reader.node(&target).await {
         Ok(n) => n,
@@ -381,7 +516,7 @@ async fn unixfs(
             builder.content_type("inode/symlink");
             return if head { builder.no_chunking(to.len() as u64).streaming(no_body()) } else { builder.body(to) };
         }
-        Node::Other => return text(StatusCode::NOT_IMPLEMENTED, format!("{target} is neither a UnixFS file nor a plain directory")),
+        Node::Ipld(_) | Node::Other => return text(StatusCode::NOT_IMPLEMENTED, format!("{target} is neither a UnixFS file nor a plain directory")),
     };
     let size = match known_size {
         Some(size) => Ok(Some(size)),
@@ -421,7 +556,7 @@ async fn unixfs(
     let shown_name = query(req, "filename").unwrap_or(name);
     builder
         .status(status)
-        .content_type(sniff::content_type(&shown_name, &head_bytes))
+        .content_type(forced_type.unwrap_or_else(|| sniff::content_type(&shown_name, &head_bytes)))
         .insert_header(("Accept-Ranges", "bytes"));
     if query(req, "filename").is_some() || query(req, "download").is_some() {
         builder.insert_header(("Content-Disposition", disposition(req, &shown_name, false)));

@@ -38,6 +38,10 @@ fn by_content(data: &[u8]) -> &'static str {
     if trimmed.starts_with(b"<!doctype html") || trimmed.starts_with(b"<html") || trimmed.starts_with(b"<head") || trimmed.starts_with(b"<body") {
         return "text/html; charset=utf-8";
     }
+    // JSON stored as a file (whole within the bytes looked at): said so, as Kubo does.
+    if (trimmed.starts_with(b"{") || trimmed.starts_with(b"[")) && serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok() {
+        return "application/json";
+    }
     if trimmed.starts_with(b"<?xml") {
         return "text/xml; charset=utf-8";
     }
@@ -128,6 +132,37 @@ pub fn listing(path: &str, cid: &Cid, links: &[DecodedLink]) -> String {
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{p}</title></head><body>\n<h1>Index of {crumbs}</h1>\n<p>{cid}</p>\n<table>\n<tr><th>name</th><th>CID</th><th>size</th></tr>\n{rows}</table>\n</body></html>\n",
         p = escape(path),
         crumbs = breadcrumbs(path)
+    )
+}
+
+/// A page showing a DAG-CBOR, DAG-JSON, JSON or CBOR block to a person: its value as indented
+/// DAG-JSON, each link a link to the gateway's path of that CID.
+pub fn block_page(cid: &Cid, bytes: &[u8]) -> String {
+    use crate::dag;
+    let value = match cid.codec() {
+        c if dag::ipld::is_linking(c) => dag::ipld::decode(cid, bytes).ok(),
+        dag::CBOR => serde_ipld_dagcbor::from_slice::<ipld_core::ipld::Ipld>(bytes).ok(),
+        _ => None,
+    };
+    let (shown, links) = match &value {
+        Some(v) => (dag::ipld::to_pretty_json(v), dag::ipld::links(v)),
+        None => match serde_json::from_slice::<serde_json::Value>(bytes) {
+            Ok(v) => (serde_json::to_string_pretty(&v).unwrap_or_default(), Vec::new()),
+            Err(_) => (format!("{} bytes that do not decode as this codec", bytes.len()), Vec::new()),
+        },
+    };
+    let links: String = links.iter().map(|l| format!("<li><a href=\"/ipfs/{l}/\">{l}</a></li>\n")).collect();
+    let codec = match cid.codec() {
+        dag::DAG_CBOR => "dag-cbor",
+        dag::DAG_JSON => "dag-json",
+        dag::JSON => "json",
+        dag::CBOR => "cbor",
+        _ => "data",
+    };
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{cid}</title></head><body>\n<h1>{cid}</h1>\n<p>A {codec} block of {} bytes. <a href=\"/ipfs/{cid}?format=raw\">Download it</a>.</p>\n<pre>{}</pre>\n<h2>Links</h2>\n<ul>\n{links}</ul>\n</body></html>\n",
+        bytes.len(),
+        escape(&shown)
     )
 }
 

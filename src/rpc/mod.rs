@@ -617,13 +617,23 @@ pub const CONCURRENT_WRITES: usize = 2;
 
 async fn block_put(req: &HttpRequest, body: web::Payload, reg: &Registry) -> HttpResponse {
     let codec = match arg(req, "cid-codec").or_else(|| arg(req, "format")).as_deref() {
-        None | Some("raw") => unixfs::RAW,
-        Some("dag-pb") | Some("protobuf") | Some("v0") => unixfs::DAG_PB,
-        Some(other) => return bad_request(format!("cid-codec {other:?} is not supported (raw, dag-pb)")),
+        None => unixfs::RAW,
+        Some("protobuf") | Some("v0") => unixfs::DAG_PB,
+        Some(name) => match crate::dag::codec_named(name) {
+            Some(c) => c,
+            None => return bad_request(format!("cid-codec {name:?} is not supported (raw, dag-pb, dag-cbor, dag-json, json, cbor, libp2p-key)")),
+        },
     };
-    if arg(req, "mhtype").is_some_and(|m| m != "sha2-256") {
-        return bad_request("only sha2-256 multihashes are supported");
-    }
+    let mhtype = arg(req, "mhtype").unwrap_or_else(|| "sha2-256".into());
+    let Some((mh_code, default_len)) = crate::blockstore::multihash_named(&mhtype) else {
+        return bad_request(format!("mhtype {mhtype:?} is not supported"));
+    };
+    // -1, Kubo's default, is the hash's own length.
+    let mh_len = match arg(req, "mhlen").map(|v| v.parse::<i64>()) {
+        None | Some(Ok(-1)) => default_len,
+        Some(Ok(n)) if (0..=64).contains(&n) => n as usize,
+        _ => return bad_request("mhlen is not a length from 0 to 64, or -1"),
+    };
     let pin = flag(req, "pin").unwrap_or(false);
     let mut parts = Parts::new(req, body);
     let mut out = Vec::new();
@@ -642,8 +652,14 @@ async fn block_put(req: &HttpRequest, body: web::Payload, reg: &Registry) -> Htt
                 if codec == unixfs::DAG_PB && unixfs::decode_node(&data).is_err() {
                     return bad_request("the block is not valid dag-pb");
                 }
-                let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&data).into();
-                let cid = unixfs::cid_v1(codec, &digest);
+                let digest = match crate::blockstore::hash_with(mh_code, if mh_code == 0 { data.len() } else { mh_len }, &data) {
+                    Ok(d) => d,
+                    Err(e) => return bad_request(format!("mhtype {mhtype}, mhlen {mh_len}: {e}")),
+                };
+                let cid = match cid::multihash::Multihash::<64>::wrap(mh_code, &digest) {
+                    Ok(mh) => cid::Cid::new_v1(codec, mh),
+                    Err(e) => return bad_request(format!("the block's multihash: {e}")),
+                };
                 out.push(json!({"Key": cid.to_string(), "Size": data.len()}));
                 if let Err(e) = reg.store_blocks(vec![(cid, data)], Owner::Pin(cid.to_string())).await {
                     return error(StatusCode::INTERNAL_SERVER_ERROR, e);
