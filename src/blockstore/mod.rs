@@ -510,17 +510,22 @@ impl BlockIndex {
             let mut reachable = std::collections::HashSet::new();
             let mut stack: Vec<Vec<u8>> = roots.iter().map(|c| c.hash().to_bytes()).collect();
             {
-                let mut node = conn.prepare("SELECT CAST(data AS BLOB) FROM blocks WHERE multihash = ?1 AND data IS NOT NULL AND codec = ?2")?;
+                // Every codec that links: dag-pb, DAG-CBOR, DAG-JSON.
+                let mut node = conn.prepare("SELECT CAST(data AS BLOB), codec FROM blocks WHERE multihash = ?1 AND data IS NOT NULL AND codec IN (?2, ?3, ?4)")?;
                 while let Some(mh) = stack.pop() {
                     if !reachable.insert(mh.clone()) {
                         continue;
                     }
-                    let data: Option<Vec<u8>> = node.query_row(params![mh, crate::unixfs::DAG_PB as i64], |r| r.get(0)).optional()?;
+                    let found: Option<(Vec<u8>, i64)> = node
+                        .query_row(params![mh, crate::unixfs::DAG_PB as i64, crate::dag::DAG_CBOR as i64, crate::dag::DAG_JSON as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()?;
                     // An undecodable node is left for `verify` to report; its children are then
                     // unreachable from here, and old enough ones go.
-                    if let Some(n) = data.and_then(|d| crate::unixfs::decode_node(&d).ok()) {
-                        stack.extend(n.links.iter().map(|l| l.cid.hash().to_bytes()));
-                    }
+                    let links = found.and_then(|(data, codec)| {
+                        let cid = Cid::new_v1(codec as u64, cid::multihash::Multihash::from_bytes(&mh).ok()?);
+                        crate::dag::block_links(&cid, &data).ok()
+                    });
+                    stack.extend(links.unwrap_or_default().iter().map(|l| l.hash().to_bytes()));
                 }
             }
             let (mut count, mut bytes, mut removed) = (0u64, 0u64, Vec::new());

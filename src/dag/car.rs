@@ -21,6 +21,9 @@ pub struct Params {
     /// `entity-bytes=from:to`, inclusive, negative values counting from the end, `to` = `*`.
     pub entity_bytes: Option<(i64, Option<i64>)>,
     pub dups: bool,
+    /// Leave identity blocks out (the trustless gateway's CARs: they are virtual, inside their
+    /// CIDs). `dag/export` keeps them, as Kubo's does.
+    pub skip_identity: bool,
 }
 
 /// Resolves `entity-bytes` against a file of `size` bytes: the range `start..end`, or None when it
@@ -78,6 +81,7 @@ struct State {
     stack: Vec<Work>,
     seen: HashSet<Cid>,
     dups: bool,
+    skip_identity: bool,
     entity_bytes: Option<(i64, Option<i64>)>,
     header: Option<Bytes>,
 }
@@ -98,6 +102,9 @@ impl State {
             };
             if let Err(e) = self.expand(cid, &bytes, expand) {
                 return Some(Err(std::io::Error::other(e.to_string())));
+            }
+            if self.skip_identity && super::is_identity(&cid) {
+                continue;
             }
             return Some(Ok(section(&cid, &bytes)));
         }
@@ -170,6 +177,7 @@ pub fn stream(
         stack,
         seen: HashSet::new(),
         dups: params.dups,
+        skip_identity: params.skip_identity,
         entity_bytes: params.entity_bytes,
         header: Some(header(&root)),
     };
@@ -178,5 +186,5 @@ pub fn stream(
 
 /// The whole DAG under `root` as a CAR stream (the RPC's `dag/export`, `af registry export`).
 pub fn whole(reader: Arc<Reader>, root: Cid) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
-    stream(reader, root, vec![root], Params { scope: DagScope::All, entity_bytes: None, dups: false })
+    stream(reader, root, vec![root], Params { scope: DagScope::All, entity_bytes: None, dups: false, skip_identity: false })
 }

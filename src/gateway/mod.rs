@@ -10,6 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 mod sniff;
+mod tar;
 
 use crate::range::{parse_range, RangeRequest};
 use crate::dag::car::{self, DagScope, Params};
@@ -90,6 +91,7 @@ enum Format {
     UnixFs,
     Raw,
     Car,
+    Tar,
     Data(Data),
 }
 
@@ -161,6 +163,7 @@ fn format(req: &HttpRequest) -> Result<Format, HttpResponse> {
         return match f.as_str() {
             "raw" => Ok(Format::Raw),
             "car" => Ok(Format::Car),
+            "tar" => Ok(Format::Tar),
             other => match Data::named(other) {
                 Some(d) => Ok(Format::Data(d)),
                 None => Err(text(StatusCode::NOT_ACCEPTABLE, format!("format {other:?} is not supported here"))),
@@ -177,7 +180,8 @@ fn format(req: &HttpRequest) -> Result<Format, HttpResponse> {
             "application/vnd.ipld.dag-cbor" => return Ok(Format::Data(Data::DagCbor)),
             "application/json" => return Ok(Format::Data(Data::Json)),
             "application/cbor" => return Ok(Format::Data(Data::Cbor)),
-            "application/x-tar" | "application/vnd.ipfs.ipns-record" => {
+            "application/x-tar" => return Ok(Format::Tar),
+            "application/vnd.ipfs.ipns-record" => {
                 return Err(text(StatusCode::NOT_ACCEPTABLE, format!("{mt} is not supported here")))
             }
             _ => {}
@@ -196,6 +200,7 @@ fn wants_html(req: &HttpRequest) -> bool {
 enum Answer {
     Raw,
     Car,
+    Tar,
     /// A JSON or CBOR block, as it is, in this format.
     Block(Data),
     /// A page showing a JSON or CBOR block to a person.
@@ -211,6 +216,7 @@ fn answer(req: &HttpRequest, format: Format, target: &Cid) -> Result<Answer, Htt
     Ok(match (format, block) {
         (Format::Raw, _) => Answer::Raw,
         (Format::Car, _) => Answer::Car,
+        (Format::Tar, _) => Answer::Tar,
         (Format::Data(want), Some(is)) if want.is_json() == is.is_json() => Answer::Block(want),
         (Format::Data(want @ (Data::Json | Data::Cbor)), None) => Answer::UnixFs(Some(want)),
         (Format::Data(want), _) => {
@@ -281,6 +287,8 @@ async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate
     let etag = match answer {
         Answer::Raw => format!("\"{target}.raw\""),
         Answer::Car => format!("\"{target}.car\""),
+        // The same tree may be archived with other headers by another version: weak.
+        Answer::Tar => format!("W/\"{target}.x-tar\""),
         Answer::Block(d) => format!("\"{target}.{}\"", d.name()),
         Answer::BlockPage => format!("\"DagIndex-{}_CID-{target}\"", sniff::LISTING_VERSION),
         Answer::UnixFs(_) => format!("\"{target}\""),
@@ -346,8 +354,41 @@ async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate
             }
             Err(resp) => resp,
         },
+        Answer::Tar => {
+            builder
+                .content_type("application/x-tar")
+                .insert_header(("Content-Disposition", disposition(&req, &format!("{target}.tar"), true)))
+                .insert_header(("Accept-Ranges", "none"));
+            if head {
+                return builder.finish();
+            }
+            tar_response(builder, tar::stream(reader, target)).await
+        }
         Answer::UnixFs(forced) => unixfs(&req, policy.registry(), reader, target, &segments, builder, head, forced.map(Data::media_type)).await,
     }
+}
+
+/// Bytes of an archive held back before answering: a tree that cannot be archived (a bad name,
+/// a missing block) is usually found out early, and then the status says so.
+const TAR_FIRST: usize = 64 << 10;
+
+async fn tar_response(mut builder: actix_web::HttpResponseBuilder, mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, tar::TarError>>) -> HttpResponse {
+    let mut first = Vec::new();
+    let mut held = 0;
+    while held < TAR_FIRST {
+        match rx.recv().await {
+            Some(Ok(b)) => {
+                held += b.len();
+                first.push(b);
+            }
+            Some(Err(tar::TarError::Dag(e))) => return dag_error(e),
+            Some(Err(e @ tar::TarError::BadName(_))) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+            Some(Err(e)) => return text(StatusCode::BAD_GATEWAY, e.to_string()),
+            None => break,
+        }
+    }
+    let rest = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item.map_err(std::io::Error::other), rx)) });
+    builder.streaming(futures_util::StreamExt::chain(futures_util::stream::iter(first.into_iter().map(Ok::<_, std::io::Error>)), rest))
 }
 
 /// One whole block as the body (or the part a `Range` asks for).
@@ -412,7 +453,7 @@ fn car_params(req: &HttpRequest) -> Result<Params, HttpResponse> {
             Some(parse().ok_or_else(|| bad(format!("entity-bytes={v:?} is not from:to")))?)
         }
     };
-    Ok(Params { scope, entity_bytes, dups })
+    Ok(Params { scope, entity_bytes, dups, skip_identity: true })
 }
 
 /// A HEAD response's body: none, while the Content-Length says what GET would send (actix keeps

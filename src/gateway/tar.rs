@@ -1,0 +1,141 @@
+//! `?format=tar`: a UnixFS file or directory tree as a tar archive, streamed as it is read. The
+//! archive's top entry is named after the target's CID; entry names are checked, so no archive
+//! of ours can write outside the folder it is extracted into.
+
+use crate::dag::{self, DagError, Node, Reader};
+use bytes::Bytes;
+use cid::Cid;
+use futures_util::StreamExt;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Chunks of archive waiting for the client: a few, so a slow client holds little.
+const QUEUE: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TarError {
+    /// The DAG names an entry that would land outside the archive's top folder, or nothing.
+    #[error("entry {0:?} of the directory would be outside the archive's folder: refused")]
+    BadName(String),
+    #[error(transparent)]
+    Dag(#[from] DagError),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The archive of `target`: chunks in order, an error ending it early.
+pub fn stream(reader: Arc<Reader>, target: Cid) -> mpsc::Receiver<Result<Bytes, TarError>> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tokio::spawn(async move {
+        let mut writer = Writer { tx, headers: tar::Builder::new(Vec::new()) };
+        let result = writer.entry(&reader, target, target.to_string()).await;
+        let end = match result {
+            Ok(()) => Ok(Bytes::from_static(&[0u8; 1024])),
+            Err(e) => Err(e),
+        };
+        let _ = writer.tx.send(end).await;
+    });
+    rx
+}
+
+struct Writer {
+    tx: mpsc::Sender<Result<Bytes, TarError>>,
+    /// Makes each entry's header (long names included); its buffer is emptied after each one.
+    headers: tar::Builder<Vec<u8>>,
+}
+
+/// Entries still to write: a directory's children are pushed in reverse so they come in order.
+struct Pending {
+    cid: Cid,
+    path: String,
+}
+
+impl Writer {
+    async fn send(&self, bytes: Bytes) -> Result<(), TarError> {
+        // A client gone is no error of ours: the walk just stops.
+        self.tx.send(Ok(bytes)).await.map_err(|_| TarError::Io("the client went away".into()))
+    }
+
+    fn header(&mut self, path: &str, kind: tar::EntryType, size: u64, link: Option<&str>) -> Result<Bytes, TarError> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+        h.set_mtime(0);
+        let io = |e: std::io::Error| TarError::Io(e.to_string());
+        match link {
+            Some(target) => self.headers.append_link(&mut h, path, target).map_err(io)?,
+            None => self.headers.append_data(&mut h, path, std::io::empty()).map_err(io)?,
+        }
+        Ok(Bytes::from(std::mem::take(self.headers.get_mut())))
+    }
+
+    async fn entry(&mut self, reader: &Arc<Reader>, target: Cid, root: String) -> Result<(), TarError> {
+        let mut stack = vec![Pending { cid: target, path: root.clone() }];
+        while let Some(Pending { cid, path }) = stack.pop() {
+            match reader.node(&cid).await? {
+                dir @ (Node::Directory { .. } | Node::Shard { .. }) => {
+                    let links = reader.entries(dir).await?;
+                    let header = self.header(&format!("{path}/"), tar::EntryType::Directory, 0, None)?;
+                    self.send(header).await?;
+                    for link in links.into_iter().rev() {
+                        let inside = clean(&format!("{path}/{}", link.name)).filter(|p| p.starts_with(&format!("{root}/")) && !link.name.contains('\0'));
+                        let Some(inside) = inside else { return Err(TarError::BadName(link.name)) };
+                        stack.push(Pending { cid: link.cid, path: inside });
+                    }
+                }
+                Node::Symlink(target) => {
+                    let target = String::from_utf8_lossy(&target).into_owned();
+                    let header = self.header(&path, tar::EntryType::Symlink, 0, Some(&target))?;
+                    self.send(header).await?;
+                }
+                Node::Raw(_) | Node::File { .. } => {
+                    let size = reader.file_size(&cid).await?.unwrap_or(0);
+                    let header = self.header(&path, tar::EntryType::Regular, size, None)?;
+                    self.send(header).await?;
+                    let mut body = Box::pin(dag::file_stream(reader.clone(), cid, 0, size));
+                    let mut sent = 0u64;
+                    while let Some(chunk) = body.next().await {
+                        let chunk = chunk.map_err(|e| TarError::Io(e.to_string()))?;
+                        sent += chunk.len() as u64;
+                        self.send(chunk).await?;
+                    }
+                    if sent != size {
+                        return Err(TarError::Io(format!("{cid} gave {sent} bytes, not the {size} it says")));
+                    }
+                    let pad = (512 - size % 512) % 512;
+                    if pad > 0 {
+                        self.send(Bytes::from(vec![0u8; pad as usize])).await?;
+                    }
+                }
+                Node::Ipld(_) | Node::Other => return Err(TarError::Dag(DagError::NotFound(format!("{cid} is neither a UnixFS file nor a directory")))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `path` with `.` and `..` resolved and empty parts dropped; None if it climbs above its start.
+fn clean(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_stay_inside() {
+        assert_eq!(super::clean("cid/a/../b").as_deref(), Some("cid/b"));
+        assert_eq!(super::clean("cid/../../x").as_deref(), None);
+        assert_eq!(super::clean("cid/..").as_deref(), Some(""));
+    }
+}
