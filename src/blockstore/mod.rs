@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/blockstore/0002_typed_owner.sql")),
     (3, include_str!("../../migrations/blockstore/0003_more_owners.sql")),
     (4, include_str!("../../migrations/blockstore/0004_pin_tags.sql")),
+    (5, include_str!("../../migrations/blockstore/0005_direct_pins.sql")),
 ];
 /// Connections that answer lookups side by side (WAL readers never wait for each other).
 const READERS: usize = 4;
@@ -502,7 +503,8 @@ impl BlockIndex {
     /// one recorded again meanwhile stays.
     /// Removes inline blocks older than `cutoff` that no root reaches: their count and bytes,
     /// and with `list`, their CIDs.
-    pub async fn sweep_unreachable(&self, roots: Vec<Cid>, cutoff: i64, list: bool) -> Result<(u64, u64, Vec<Cid>), BlockIndexError> {
+    /// `keep`: blocks kept for themselves, not for what they link to (direct pins).
+    pub async fn sweep_unreachable(&self, roots: Vec<Cid>, keep: Vec<Cid>, cutoff: i64, list: bool) -> Result<(u64, u64, Vec<Cid>), BlockIndexError> {
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = Connection::open(&path)?;
@@ -528,6 +530,7 @@ impl BlockIndex {
                     stack.extend(links.unwrap_or_default().iter().map(|l| l.hash().to_bytes()));
                 }
             }
+            reachable.extend(keep.iter().map(|c| c.hash().to_bytes()));
             let (mut count, mut bytes, mut removed) = (0u64, 0u64, Vec::new());
             let mut after: Vec<u8> = Vec::new();
             loop {
@@ -564,11 +567,15 @@ impl BlockIndex {
         .map_err(|e| BlockIndexError::Task(e.to_string()))?
     }
 
-    /// Pins `cid` (recursively: a GC keeps its whole DAG).
-    pub async fn pin(&self, cid: &Cid) -> Result<(), BlockIndexError> {
+    /// Pins `cid`: recursively (a GC keeps its whole DAG) or directly (its root block only). A
+    /// recursive pin of a direct one makes it recursive; never the other way round.
+    pub async fn pin(&self, cid: &Cid, recursive: bool) -> Result<(), BlockIndexError> {
         let cid = cid.to_string();
         self.run(move |conn| {
-            conn.execute("INSERT INTO pins (cid) VALUES (?1) ON CONFLICT DO NOTHING", [cid])?;
+            conn.execute(
+                "INSERT INTO pins (cid, recursive) VALUES (?1, ?2) ON CONFLICT DO UPDATE SET recursive = MAX(recursive, excluded.recursive)",
+                params![cid, recursive as i64],
+            )?;
             Ok(())
         })
         .await
@@ -579,10 +586,20 @@ impl BlockIndex {
         self.run(move |conn| Ok(conn.execute("DELETE FROM pins WHERE cid = ?1", [cid])? > 0)).await
     }
 
+    /// The recursive pins.
     pub async fn pins(&self) -> Result<Vec<String>, BlockIndexError> {
-        self.read(|conn| {
-            let mut s = conn.prepare("SELECT cid FROM pins ORDER BY cid")?;
-            let rows = s.query_map([], |r| r.get(0))?;
+        self.pins_of_kind(true).await
+    }
+
+    /// The direct pins.
+    pub async fn direct_pins(&self) -> Result<Vec<String>, BlockIndexError> {
+        self.pins_of_kind(false).await
+    }
+
+    async fn pins_of_kind(&self, recursive: bool) -> Result<Vec<String>, BlockIndexError> {
+        self.read(move |conn| {
+            let mut s = conn.prepare("SELECT cid FROM pins WHERE recursive = ?1 ORDER BY cid")?;
+            let rows = s.query_map([recursive as i64], |r| r.get(0))?;
             Ok(rows.collect::<Result<Vec<String>, _>>()?)
         })
         .await

@@ -79,8 +79,14 @@ impl Registry {
 
     /// Pins `root` (RPC `pin/add`): it and what it links are kept, and public while pinned.
     pub async fn pin_block(&self, root: &Cid) -> Result<()> {
+        self.pin_block_as(root, true).await
+    }
+
+    /// Pins `root` recursively, or directly (`pin/add?recursive=false`: the root block alone is
+    /// kept; the blocks that came with it are public while it stands, but a GC may take them).
+    pub async fn pin_block_as(&self, root: &Cid, recursive: bool) -> Result<()> {
         let new = !self.blocks.is_pinned(root).await?;
-        self.blocks.pin(root).await?;
+        self.blocks.pin(root, recursive).await?;
         self.changed().await?;
         if new {
             self.emit(Event::Pinned { root: root.to_string() });

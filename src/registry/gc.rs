@@ -103,7 +103,8 @@ impl Registry {
         let mut roots: Vec<String> = self.meta.live_roots().await?;
         roots.extend(self.blocks.pins().await?);
         let roots = roots.iter().filter_map(|c| c.parse::<cid::Cid>().ok()).collect();
-        let (blocks, block_bytes, removed) = self.blocks.sweep_unreachable(roots, cutoff, list).await?;
+        let direct = self.blocks.direct_pins().await?.iter().filter_map(|c| c.parse::<cid::Cid>().ok()).collect();
+        let (blocks, block_bytes, removed) = self.blocks.sweep_unreachable(roots, direct, cutoff, list).await?;
         report.blocks = blocks;
         report.block_bytes = block_bytes;
         drop(lock);

@@ -147,8 +147,14 @@ impl Registry {
         Ok(true)
     }
 
+    /// The recursive pins.
     pub async fn block_pins(&self) -> Result<Vec<String>> {
         Ok(self.blocks.pins().await?)
+    }
+
+    /// The direct pins (their root blocks alone kept).
+    pub async fn direct_block_pins(&self) -> Result<Vec<String>> {
+        Ok(self.blocks.direct_pins().await?)
     }
 
     /// Where block `cid` is and what it was recorded for, without reading it.

@@ -79,6 +79,9 @@ pub(super) async fn add(req: &HttpRequest, state: &actix_web::web::Data<RpcState
         Ok(c) => c,
         Err(resp) => return resp,
     };
+    if flag(req, "recursive") == Some(false) {
+        return add_direct(req, state, &cids).await;
+    }
     if !flag(req, "progress").unwrap_or(false) {
         let mut progress = 0u64;
         for cid in &cids {
@@ -118,6 +121,25 @@ pub(super) async fn add(req: &HttpRequest, state: &actix_web::web::Data<RpcState
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|line| (line, rx)) });
     HttpResponse::Ok().insert_header(("X-Chunked-Output", "1")).content_type("application/json").streaming(body)
+}
+
+/// `pin/add?recursive=false`: each root block kept (fetched if need be) and pinned alone.
+async fn add_direct(req: &HttpRequest, state: &RpcState, cids: &[Cid]) -> HttpResponse {
+    for cid in cids {
+        let (reader, keeper) = fetching_reader_for(req, state, Owner::Pin(cid.to_string()));
+        if let Err(e) = reader.block(cid).await {
+            return dag_failure(e);
+        }
+        if let Some(k) = keeper {
+            if let Err(e) = k.flush().await {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+            }
+        }
+        if let Err(e) = state.registry.pin_block_as(cid, false).await {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
+    }
+    HttpResponse::Ok().json(json!({"Pins": cids.iter().map(Cid::to_string).collect::<Vec<_>>()}))
 }
 
 /// Whether `cid` is an OCI image layout's root (its `index.json` and `oci-layout` found, from
@@ -181,14 +203,18 @@ async fn pin_one(req: &HttpRequest, state: &RpcState, cid: Cid, progress: &mut u
     state.registry.pin_block(&cid).await.map_err(|e| e.to_string())
 }
 
-/// `pin/ls[?arg=...][&type=all|recursive|direct|indirect][&stream=true]`. Pins are recursive;
-/// the blocks under them are indirect (listed only when asked for by CID).
+/// `pin/ls[?arg=...][&type=all|recursive|direct|indirect][&stream=true]`. The blocks under
+/// recursive pins are indirect (listed only when asked for by CID).
 pub(super) async fn ls(req: &HttpRequest, state: &RpcState) -> HttpResponse {
     let kind = arg(req, "type").unwrap_or_else(|| "all".into());
     if !["all", "recursive", "direct", "indirect"].contains(&kind.as_str()) {
         return bad_request(format!("invalid type '{kind}', must be one of {{direct, indirect, recursive, all}}"));
     }
     let pins = match state.registry.block_pins().await {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let direct_pins = match state.registry.direct_block_pins().await {
         Ok(p) => p,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
@@ -207,17 +233,23 @@ pub(super) async fn ls(req: &HttpRequest, state: &RpcState) -> HttpResponse {
         }
     };
     let recursive = kind == "all" || kind == "recursive";
+    let direct = kind == "all" || kind == "direct";
+    let mut kinds: Vec<(String, &str)> = Vec::new();
+    if recursive {
+        kinds.extend(pins.into_iter().map(|p| (p, "recursive")));
+    }
+    if direct {
+        kinds.extend(direct_pins.into_iter().map(|p| (p, "direct")));
+    }
     let mut listed: Vec<(String, &str)> = Vec::new();
     let asked = args(req, "arg");
     if asked.is_empty() {
-        if recursive {
-            for pin in pins {
-                let Ok(cid) = pin.parse::<Cid>() else { continue };
-                match visible(cid).await {
-                    Ok(true) => listed.push((pin, "recursive")),
-                    Ok(false) => {}
-                    Err(resp) => return resp,
-                }
+        for (pin, kind) in kinds {
+            let Ok(cid) = pin.parse::<Cid>() else { continue };
+            match visible(cid).await {
+                Ok(true) => listed.push((pin, kind)),
+                Ok(false) => {}
+                Err(resp) => return resp,
             }
         }
     } else {
@@ -226,9 +258,9 @@ pub(super) async fn ls(req: &HttpRequest, state: &RpcState) -> HttpResponse {
                 Ok(p) => p,
                 Err(resp) => return resp,
             };
-            let pinned = path.is_empty() && recursive && pins.contains(&cid.to_string());
+            let pinned = kinds.iter().find(|(p, _)| path.is_empty() && *p == cid.to_string()).map(|(_, k)| *k);
             match (pinned, visible(cid).await) {
-                (true, Ok(true)) => listed.push((cid.to_string(), "recursive")),
+                (Some(kind), Ok(true)) => listed.push((cid.to_string(), kind)),
                 (_, Err(resp)) => return resp,
                 _ => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("path '{a}' is not pinned")),
             }
