@@ -377,7 +377,9 @@ pub fn decode(cid: &Cid, bytes: Bytes) -> Result<Node> {
                 _ => Ok(Node::Other),
             }
         }
-        c if ipld::is_linking(c) => Ok(Node::Ipld(ipld::decode(cid, &bytes)?)),
+        // Bytes that do not decode are still a block (`block/put` takes any): served raw, never
+        // walked through.
+        c if ipld::is_linking(c) => Ok(ipld::decode(cid, &bytes).map(Node::Ipld).unwrap_or(Node::Other)),
         _ => Ok(Node::Other),
     }
 }
