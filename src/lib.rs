@@ -15,6 +15,7 @@ pub mod exposure;
 pub mod gateway;
 pub mod identity;
 pub mod image;
+pub mod ipns;
 pub mod manifest;
 pub mod metadata;
 pub mod metrics;

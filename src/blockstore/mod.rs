@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/blockstore/0003_more_owners.sql")),
     (4, include_str!("../../migrations/blockstore/0004_pin_tags.sql")),
     (5, include_str!("../../migrations/blockstore/0005_direct_pins.sql")),
+    (6, include_str!("../../migrations/blockstore/0006_ipns_records.sql")),
 ];
 /// Connections that answer lookups side by side (WAL readers never wait for each other).
 const READERS: usize = 4;
@@ -640,6 +641,36 @@ impl BlockIndex {
         self.run(move |conn| {
             conn.execute("DELETE FROM pin_tags WHERE root = ?1", [root])?;
             Ok(())
+        })
+        .await
+    }
+
+    /// The IPNS record held for `name` (its canonical form), as received.
+    pub async fn ipns_record(&self, name: &str) -> Result<Option<Vec<u8>>, BlockIndexError> {
+        let name = name.to_string();
+        self.read(move |conn| Ok(conn.query_row("SELECT record FROM ipns_records WHERE name = ?1", [name], |r| r.get(0)).optional()?)).await
+    }
+
+    /// Keeps `record` for `name` if `replaces` says it replaces the record held (given it).
+    pub async fn put_ipns_record(
+        &self,
+        name: &str,
+        record: Vec<u8>,
+        replaces: impl FnOnce(Option<&[u8]>) -> bool + Send + 'static,
+    ) -> Result<bool, BlockIndexError> {
+        let name = name.to_string();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let held: Option<Vec<u8>> = tx.query_row("SELECT record FROM ipns_records WHERE name = ?1", [&name], |r| r.get(0)).optional()?;
+            if !replaces(held.as_deref()) {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO ipns_records (name, record) VALUES (?1, ?2) ON CONFLICT DO UPDATE SET record = excluded.record, stored_at = unixepoch()",
+                params![name, record],
+            )?;
+            tx.commit()?;
+            Ok(true)
         })
         .await
     }

@@ -9,6 +9,7 @@
 // Handlers answer early with a finished response; boxing it would buy nothing.
 #![allow(clippy::result_large_err)]
 
+mod names;
 mod sniff;
 mod tar;
 
@@ -40,7 +41,7 @@ pub fn configure(policy: Arc<Policy>, swarm: Option<crate::swarm::Handle>) -> im
         cfg.app_data(web::Data::from(policy)).app_data(web::Data::new(swarm)).default_service(web::to(|req: HttpRequest, policy: web::Data<Policy>, swarm: web::Data<Option<crate::swarm::Handle>>| async move {
             use actix_web::http::Method;
             let method = req.method();
-            let content = req.path().starts_with("/ipfs/");
+            let content = req.path().starts_with("/ipfs/") || req.path().starts_with("/ipns/");
             let mut resp = if content && (method == Method::GET || method == Method::HEAD) {
                 handle(req, policy, swarm.get_ref().clone()).await
             } else if content && method == Method::OPTIONS {
@@ -164,6 +165,7 @@ fn format(req: &HttpRequest) -> Result<Format, HttpResponse> {
             "raw" => Ok(Format::Raw),
             "car" => Ok(Format::Car),
             "tar" => Ok(Format::Tar),
+            "ipns-record" => Err(text(StatusCode::NOT_ACCEPTABLE, "an IPNS record is served for /ipns/<name> only")),
             other => match Data::named(other) {
                 Some(d) => Ok(Format::Data(d)),
                 None => Err(text(StatusCode::NOT_ACCEPTABLE, format!("format {other:?} is not supported here"))),
@@ -181,8 +183,8 @@ fn format(req: &HttpRequest) -> Result<Format, HttpResponse> {
             "application/json" => return Ok(Format::Data(Data::Json)),
             "application/cbor" => return Ok(Format::Data(Data::Cbor)),
             "application/x-tar" => return Ok(Format::Tar),
-            "application/vnd.ipfs.ipns-record" => {
-                return Err(text(StatusCode::NOT_ACCEPTABLE, format!("{mt} is not supported here")))
+            names::RECORD_TYPE => {
+                return Err(text(StatusCode::NOT_ACCEPTABLE, "an IPNS record is served for /ipns/<name> only"))
             }
             _ => {}
         }
@@ -244,19 +246,44 @@ fn dag_error(e: DagError) -> HttpResponse {
     }
 }
 
-async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate::swarm::Handle>) -> HttpResponse {
-    let tail = req.path()["/ipfs/".len()..].to_string();
-    let (cid_text, rest) = tail.split_once('/').map(|(a, b)| (a, Some(b))).unwrap_or((tail.as_str(), None));
+/// How a response names what it serves, and for how long it may be cached.
+struct Shown {
+    /// `X-Ipfs-Path`: the path as asked (`/ipns/...`), or the `/ipfs/` path re-encoded.
+    path: Option<String>,
+    cache: String,
+}
+
+/// `/ipfs/<cid>/<segments...>` (after `/ipfs/`): the root and the decoded segments.
+fn content_path(tail: &str) -> Result<(Cid, Vec<String>), HttpResponse> {
+    let (cid_text, rest) = tail.split_once('/').map(|(a, b)| (a, Some(b))).unwrap_or((tail, None));
     let Ok(root) = Cid::try_from(cid_text) else {
-        return text(StatusCode::BAD_REQUEST, format!("invalid path \"/ipfs/{tail}\": {cid_text:?} is not a CID"));
+        return Err(text(StatusCode::BAD_REQUEST, format!("invalid path \"/ipfs/{tail}\": {cid_text:?} is not a CID")));
     };
     let mut segments = Vec::new();
     for s in rest.unwrap_or("").split('/').filter(|s| !s.is_empty()) {
         match percent_decode(s) {
             Some(s) if s != "." && s != ".." => segments.push(s),
-            _ => return text(StatusCode::BAD_REQUEST, format!("invalid path segment {s:?}")),
+            _ => return Err(text(StatusCode::BAD_REQUEST, format!("invalid path segment {s:?}"))),
         }
     }
+    Ok((root, segments))
+}
+
+async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate::swarm::Handle>) -> HttpResponse {
+    let path = req.path().to_string();
+    if let Some(tail) = path.strip_prefix("/ipns/") {
+        return names::handle(req.clone(), policy, swarm, tail).await;
+    }
+    let (root, segments) = match content_path(&path["/ipfs/".len()..]) {
+        Ok(p) => p,
+        Err(resp) => return resp,
+    };
+    serve(req, policy, swarm, root, segments, Shown { path: None, cache: IMMUTABLE.to_string() }).await
+}
+
+/// Answers for the DAG at `root`/`segments`, whichever way the request named it.
+async fn serve(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate::swarm::Handle>, root: Cid, segments: Vec<String>, shown: Shown) -> HttpResponse {
+    let tail = format!("{root}/{}", segments.join("/"));
     let format = match format(&req) {
         Ok(f) => f,
         Err(resp) => return resp,
@@ -275,10 +302,13 @@ async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate
         Err(e) => return dag_error(e),
     };
     let target = *chain.last().expect("resolve returns the root at least");
-    let mut ipfs_path = std::iter::once(format!("/ipfs/{root}")).chain(segments.iter().map(|s| encode_segment(s))).collect::<Vec<_>>().join("/");
-    if req.path().ends_with('/') {
-        ipfs_path.push('/');
-    }
+    let ipfs_path = shown.path.unwrap_or_else(|| {
+        let mut p = std::iter::once(format!("/ipfs/{root}")).chain(segments.iter().map(|s| encode_segment(s))).collect::<Vec<_>>().join("/");
+        if req.path().ends_with('/') {
+            p.push('/');
+        }
+        p
+    });
     let roots = chain.iter().map(Cid::to_string).collect::<Vec<_>>().join(",");
     let answer = match answer(&req, format, &target) {
         Ok(a) => a,
@@ -298,7 +328,7 @@ async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate
         .insert_header(("X-Ipfs-Path", ipfs_path.as_str()))
         .insert_header(("X-Ipfs-Roots", roots.as_str()))
         .insert_header(("Etag", etag.as_str()))
-        .insert_header(("Cache-Control", IMMUTABLE))
+        .insert_header(("Cache-Control", shown.cache.as_str()))
         .insert_header(("X-Content-Type-Options", "nosniff"));
     if chain.iter().any(dag::is_identity) {
         // Whoever wrote the URL wrote these bytes: they must not run as this origin's page.

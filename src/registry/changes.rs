@@ -104,6 +104,26 @@ impl Registry {
         Ok(removed)
     }
 
+    /// Keeps IPNS `record` for `name` once it validates and supersedes the one held (a higher
+    /// sequence, or the same and a later validity); what it says.
+    pub async fn put_ipns_record(&self, name: &crate::ipns::Name, record: Vec<u8>) -> std::result::Result<crate::ipns::Record, IpnsPutError> {
+        let now = std::time::SystemTime::now();
+        let new = crate::ipns::validate(name, &record, now)?;
+        let (key, check, name) = (name.canonical(), new.clone(), *name);
+        let kept = self
+            .blocks
+            .put_ipns_record(&key, record, move |held| match held.and_then(|h| crate::ipns::validate(&name, h, now).ok()) {
+                Some(old) => check.supersedes(&old) || check == old,
+                None => true,
+            })
+            .await
+            .map_err(|e| IpnsPutError::Registry(e.into()))?;
+        if !kept {
+            return Err(IpnsPutError::Older);
+        }
+        Ok(new)
+    }
+
     /// Whether `repo` is public; created (public if `public_if_new`) if it did not exist.
     pub async fn visibility_or_create(&self, repo: &str, public_if_new: bool) -> Result<bool> {
         let public = self.meta.visibility_or_create(repo, public_if_new).await?;
@@ -153,4 +173,14 @@ impl Registry {
         self.blocks.forget_pin_tags(root).await?;
         Ok(removed)
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpnsPutError {
+    #[error(transparent)]
+    Invalid(#[from] crate::ipns::IpnsError),
+    #[error("can't replace a newer value with an older value")]
+    Older,
+    #[error(transparent)]
+    Registry(#[from] super::RegistryError),
 }

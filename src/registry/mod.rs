@@ -20,6 +20,7 @@ impl Registry {
 }
 pub use uploads::ReceivedDag;
 
+pub use changes::IpnsPutError;
 pub use gc::GcReport;
 pub use scrub::{Finding, ScrubReport};
 

@@ -152,6 +152,13 @@ impl Registry {
         Ok(self.blocks.pins().await?)
     }
 
+    /// The valid IPNS record held for `name`, with what it says; None when there is none (or it
+    /// expired).
+    pub async fn ipns_record(&self, name: &crate::ipns::Name) -> Result<Option<(Vec<u8>, crate::ipns::Record)>> {
+        let Some(bytes) = self.blocks.ipns_record(&name.canonical()).await? else { return Ok(None) };
+        Ok(crate::ipns::validate(name, &bytes, std::time::SystemTime::now()).ok().map(|r| (bytes, r)))
+    }
+
     /// The direct pins (their root blocks alone kept).
     pub async fn direct_block_pins(&self) -> Result<Vec<String>> {
         Ok(self.blocks.direct_pins().await?)

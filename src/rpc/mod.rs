@@ -26,6 +26,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use std::sync::Arc;
 
+mod names;
 mod pins;
 
 /// Kubo's default fan-out for `ipfs add`.
@@ -108,16 +109,19 @@ pub fn configure(state: Arc<RpcState>) -> impl FnOnce(&mut web::ServiceConfig) {
 
 /// Every command `dispatch` answers (what metrics may name; anything else is `<unknown>`).
 const COMMANDS: &[&str] = &[
-    "add", "bitswap/ledger", "bitswap/stat", "block/get", "block/put", "block/stat", "cat", "dag/export", "dag/import", "id", "ls", "pin/add", "pin/ls",
-    "pin/rm", "pin/update", "registry/import", "repo/gc", "repo/stat", "resolve", "routing/findprovs", "routing/provide", "swarm/connect", "swarm/disconnect",
-    "swarm/peers", "version",
+    "add", "bitswap/ledger", "bitswap/stat", "block/get", "block/put", "block/stat", "cat", "dag/export", "dag/import", "id", "ls", "name/publish",
+    "name/resolve", "pin/add", "pin/ls", "pin/rm", "pin/update", "registry/import", "repo/gc", "repo/stat", "resolve", "routing/findprovs",
+    "routing/provide", "routing/put", "swarm/connect", "swarm/disconnect", "swarm/peers", "version",
 ];
 
 pub fn is_command(command: &str) -> bool {
     COMMANDS.contains(&command.trim_end_matches('/'))
 }
 
-const READS: &[&str] = &["id", "version", "repo/stat", "block/get", "block/stat", "cat", "ls", "pin/ls", "dag/export", "swarm/peers", "bitswap/stat", "bitswap/ledger", "resolve"];
+const READS: &[&str] = &[
+    "id", "version", "repo/stat", "block/get", "block/stat", "cat", "ls", "pin/ls", "dag/export", "swarm/peers", "bitswap/stat", "bitswap/ledger", "resolve",
+    "name/resolve",
+];
 
 /// Kubo's rule against websites in the operator's browser: a request that names an origin
 /// (`Origin`, else `Referer`) must come from the RPC's own; and on loopback the `Host` must be a
@@ -354,6 +358,9 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
             Err(resp) => resp,
         },
         "pin/rm" => pins::rm(&req, &state).await,
+        "routing/put" => names::routing_put(&req, body, &state).await,
+        "name/publish" => names::publish(&req, &state).await,
+        "name/resolve" => names::resolve(&req, &state).await,
         "block/put" | "add" | "dag/import" => {
             // Bounded in total, not only per request.
             let Ok(_permit) = state.writes.acquire().await else {
