@@ -65,6 +65,15 @@ settings! {
     /// page at / [default: the gateway's port on the host the page was asked from].
     #[arg(long, env = "AF_GATEWAY_URL")]
     gateway_url: String;
+    /// The gateway's own domain, e.g. dweb.example.com, to serve as a subdomain gateway:
+    /// <cid>.ipfs.<domain> and <name>.ipns.<domain>, each content root its own origin
+    /// [default: none: a path gateway only].
+    #[arg(long, env = "AF_GATEWAY_DOMAIN")]
+    gateway_domain: String;
+    /// DNS server (ip:port) asked for DNSLink TXT records (`_dnslink.<domain>`) of /ipns/<domain>
+    /// and of Host names pointing at the gateway [default: the system's resolvers].
+    #[arg(long, env = "AF_DNS_RESOLVER")]
+    dns_resolver: SocketAddr;
     /// Address of the Prometheus metrics listener (/metrics); it says how much the registry
     /// holds and serves, so keep it off the internet [default: 127.0.0.1:5002].
     #[arg(long, env = "AF_METRICS")]

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod dag;
+pub mod dnslink;
 pub mod digest;
 pub mod events;
 pub mod exposure;

@@ -9,9 +9,12 @@
 // Handlers answer early with a finished response; boxing it would buy nothing.
 #![allow(clippy::result_large_err)]
 
+mod hosts;
 mod names;
 mod sniff;
 mod tar;
+
+pub use hosts::Naming;
 
 use crate::range::{parse_range, RangeRequest};
 use crate::dag::car::{self, DagScope, Params};
@@ -20,7 +23,7 @@ use crate::exposure::Audience;
 use crate::exposure::Policy;
 use crate::registry::Registry;
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use cid::Cid;
 use std::sync::Arc;
@@ -34,24 +37,26 @@ pub const CAR_TYPE: &str = "application/vnd.ipld.car";
 /// Installs the gateway. With `swarm`, public content the registry knows but the node lacks
 /// is fetched from peers for the request (see `Exposure::admit_absent`); without (`--offline`),
 /// only what the node holds is served.
-pub fn configure(policy: Arc<Policy>, swarm: Option<crate::swarm::Handle>) -> impl FnOnce(&mut web::ServiceConfig) {
+pub fn configure(policy: Arc<Policy>, swarm: Option<crate::swarm::Handle>, naming: Arc<Naming>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         // One service matched by prefix by hand: a `{tail:.*}` route is a regex run on every
         // request, a tenth of a raw block GET's time.
-        cfg.app_data(web::Data::from(policy)).app_data(web::Data::new(swarm)).default_service(web::to(|req: HttpRequest, policy: web::Data<Policy>, swarm: web::Data<Option<crate::swarm::Handle>>| async move {
-            use actix_web::http::Method;
-            let method = req.method();
-            let content = req.path().starts_with("/ipfs/") || req.path().starts_with("/ipns/");
-            let mut resp = if content && (method == Method::GET || method == Method::HEAD) {
-                handle(req, policy, swarm.get_ref().clone()).await
-            } else if content && method == Method::OPTIONS {
-                HttpResponse::Ok().finish()
-            } else {
-                text(StatusCode::NOT_FOUND, "404 page not found")
-            };
-            cors(resp.headers_mut());
-            resp
-        }));
+        cfg.app_data(web::Data::from(policy)).app_data(web::Data::new(swarm)).app_data(web::Data::from(naming)).default_service(web::to(
+            |req: HttpRequest, policy: web::Data<Policy>, swarm: web::Data<Option<crate::swarm::Handle>>, naming: web::Data<Naming>| async move {
+                use actix_web::http::Method;
+                let method = req.method().clone();
+                let mut resp = match hosts::route(&req, &naming).await {
+                    hosts::Route::Content(_) if method == Method::OPTIONS => HttpResponse::Ok().finish(),
+                    hosts::Route::Content(path) if method == Method::GET || method == Method::HEAD => handle(req, policy, swarm.get_ref().clone(), naming, path).await,
+                    hosts::Route::Content(_) => text(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed here: the gateway is read-only")),
+                    hosts::Route::Redirect(location) => HttpResponse::MovedPermanently().insert_header(("Location", location)).finish(),
+                    hosts::Route::NotFound(why) => text(StatusCode::NOT_FOUND, why),
+                    hosts::Route::BadRequest(why) => text(StatusCode::BAD_REQUEST, why),
+                };
+                cors(resp.headers_mut());
+                resp
+            },
+        ));
     }
 }
 
@@ -269,10 +274,10 @@ fn content_path(tail: &str) -> Result<(Cid, Vec<String>), HttpResponse> {
     Ok((root, segments))
 }
 
-async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate::swarm::Handle>) -> HttpResponse {
-    let path = req.path().to_string();
+/// Answers for content `path` (`/ipfs/...` or `/ipns/...`, whatever the URL said).
+async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate::swarm::Handle>, naming: web::Data<Naming>, path: String) -> HttpResponse {
     if let Some(tail) = path.strip_prefix("/ipns/") {
-        return names::handle(req.clone(), policy, swarm, tail).await;
+        return names::handle(req, policy, swarm, &naming, tail).await;
     }
     let (root, segments) = match content_path(&path["/ipfs/".len()..]) {
         Ok(p) => p,
@@ -394,7 +399,7 @@ async fn serve(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate:
             }
             tar_response(builder, tar::stream(reader, target)).await
         }
-        Answer::UnixFs(forced) => unixfs(&req, policy.registry(), reader, target, &segments, builder, head, forced.map(Data::media_type)).await,
+        Answer::UnixFs(forced) => unixfs(&req, policy.registry(), reader, (target, &segments, &ipfs_path), builder, head, forced.map(Data::media_type)).await,
     }
 }
 
@@ -542,8 +547,7 @@ async fn unixfs(
     req: &HttpRequest,
     reg: &Registry,
     reader: Arc<Reader>,
-    target: Cid,
-    segments: &[String],
+    (target, segments, content_path_shown): (Cid, &[String], &str),
     mut builder: actix_web::HttpResponseBuilder,
     head: bool,
     forced_type: Option<&'static str>,
@@ -575,7 +579,8 @@ async fn unixfs(
                     if etag_matches(req, &etag) {
                         return builder.status(StatusCode::NOT_MODIFIED).finish();
                     }
-                    let html = sniff::listing(req.path(), &target, &links);
+                    let origin = req.extensions().get::<sniff::Origin>().cloned().unwrap_or_default();
+                    let html = sniff::listing(req.path(), (&origin, content_path_shown), &target, &links);
                     builder.content_type("text/html; charset=utf-8");
                     return if head { builder.finish() } else { builder.body(html) };
                 }

@@ -2,7 +2,7 @@
 //! through the RPC, or published by the node), then answered as the `/ipfs/` path it points at,
 //! through the same exposure as any other request; `?format=ipns-record` answers the record.
 
-use super::{content_path, disposition, query, serve, text, Shown};
+use super::{content_path, disposition, query, serve, text, Naming, Shown};
 use crate::exposure::Policy;
 use crate::ipns::Name;
 use actix_web::http::{header, StatusCode};
@@ -24,10 +24,10 @@ fn unresolved(name: &Name) -> HttpResponse {
     text(StatusCode::BAD_GATEWAY, format!("could not resolve /ipns/{}: this node holds no valid IPNS record for it", name.canonical()))
 }
 
-pub(super) async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate::swarm::Handle>, tail: &str) -> HttpResponse {
+pub(super) async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate::swarm::Handle>, naming: &Naming, tail: &str) -> HttpResponse {
     let (name_text, rest) = tail.split_once('/').map(|(a, b)| (a, Some(b))).unwrap_or((tail, None));
     let Ok((name, canonical)) = Name::parse(name_text) else {
-        return text(StatusCode::BAD_REQUEST, format!("{name_text:?} is not an IPNS name this gateway resolves (a libp2p key)"));
+        return dnslink(req, policy, swarm, naming, name_text, rest).await;
     };
     if !canonical {
         // One spelling per name, so caches and origins agree: CIDv1, libp2p-key, base36.
@@ -58,17 +58,54 @@ pub(super) async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: O
             .insert_header(("Vary", "Accept"))
             .body(bytes);
     }
-    // The value, through further names if it names one; the shortest TTL on the way holds.
-    let (mut value, mut ttl) = (record.value, record.ttl);
+    let shown_path = req.path().to_string();
+    follow(req, policy, swarm, record.value, record.ttl, rest, shown_path).await
+}
+
+/// `/ipns/<domain>/...`: the path the domain's DNSLink names.
+async fn dnslink(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate::swarm::Handle>, naming: &Naming, domain: &str, rest: Option<&str>) -> HttpResponse {
+    if !crate::dnslink::is_domain(domain) {
+        return text(StatusCode::BAD_REQUEST, format!("{domain:?} is neither an IPNS key nor a DNS name"));
+    }
+    let Some(resolver) = &naming.dnslink else {
+        return text(StatusCode::NOT_FOUND, format!("{domain}: DNSLink is not resolved by this gateway (no DNS resolver)"));
+    };
+    match resolver.resolve(domain).await {
+        Ok(Some((value, ttl))) => {
+            // As the browser sees it: on a DNSLink host, its own path; else /ipns/<domain>/...
+            let shown = format!("/ipns/{domain}{}", if rest.is_some() || req.path().ends_with('/') { format!("/{}", rest.unwrap_or("")) } else { String::new() });
+            follow(req, policy, swarm, value, ttl, rest, shown).await
+        }
+        Ok(None) => text(StatusCode::NOT_FOUND, format!("{domain} has no DNSLink record (_dnslink.{domain} TXT dnslink=/ipfs/...)")),
+        Err(e) => text(StatusCode::BAD_GATEWAY, format!("resolving {domain}: {e}")),
+    }
+}
+
+/// Serves `value` (an `/ipfs/` path, or an `/ipns/` one followed through the records held)
+/// joined with `rest`; the shortest TTL on the way is the cache lifetime.
+async fn follow(
+    req: HttpRequest,
+    policy: web::Data<Policy>,
+    swarm: Option<crate::swarm::Handle>,
+    mut value: String,
+    mut ttl: std::time::Duration,
+    rest: Option<&str>,
+    shown_path: String,
+) -> HttpResponse {
+    let reg = policy.registry();
     for _ in 0..MAX_HOPS {
         let Some(next) = value.strip_prefix("/ipns/") else { break };
         let (next_name, next_rest) = next.split_once('/').map_or((next, ""), |(n, r)| (n, r));
-        let Ok((next_name, _)) = Name::parse(next_name) else { return unresolved(&name) };
+        let Ok((next_name, _)) = Name::parse(next_name) else {
+            return text(StatusCode::BAD_GATEWAY, format!("{value}: only IPNS keys are followed from a name"));
+        };
         let Ok(Some((_, next_record))) = reg.ipns_record(&next_name).await else { return unresolved(&next_name) };
         value = format!("{}/{next_rest}", next_record.value.trim_end_matches('/'));
         ttl = ttl.min(next_record.ttl);
     }
-    let Some(content) = value.strip_prefix("/ipfs/") else { return unresolved(&name) };
+    let Some(content) = value.strip_prefix("/ipfs/") else {
+        return text(StatusCode::BAD_GATEWAY, format!("{value}: more than {MAX_HOPS} names to follow"));
+    };
     let (root, mut segments) = match content_path(content) {
         Ok(p) => p,
         Err(resp) => return resp,
@@ -77,6 +114,6 @@ pub(super) async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: O
         Ok((_, more)) => segments.extend(more),
         Err(resp) => return resp,
     }
-    let shown = Shown { path: Some(req.path().to_string()), cache: format!("public, max-age={}", ttl.as_secs()) };
+    let shown = Shown { path: Some(shown_path), cache: format!("public, max-age={}", ttl.as_secs()) };
     serve(req, policy, swarm, root, segments, shown).await
 }

@@ -86,25 +86,53 @@ fn escape(s: &str) -> String {
 /// Part of a directory page's Etag: a new layout of the page is a new version.
 pub const LISTING_VERSION: &str = concat!("af-", env!("CARGO_PKG_VERSION"), "-1");
 
-/// `/ipfs/<cid>/a/b/` as links to each step: `/ipfs/` then `<cid>`, `a`, `b` (`path` as
-/// requested, percent-encoded).
-fn breadcrumbs(path: &str) -> String {
-    let mut out = String::new();
+/// Where a listing's links to whole paths point, by how the page was reached.
+#[derive(Clone, Debug, Default)]
+pub enum Origin {
+    /// The path gateway: `/ipfs/<cid>/...` on this host.
+    #[default]
+    Path,
+    /// A subdomain of this domain: the path gateway on the bare domain (`//<domain>/ipfs/...`),
+    /// which sends each path to its own subdomain.
+    Subdomain(String),
+    /// A DNSLink host: its own paths (`//<host>/...`).
+    DnsLink(String),
+}
+
+/// The content path (percent-encoded, e.g. `/ipfs/<cid>/a/b/`) as links to each step.
+fn breadcrumbs(origin: &Origin, path: &str) -> String {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let Some((ns, rest)) = segs.split_first() else { return String::new() };
+    let mut out = format!("/{}/", escape(ns));
     let mut href = String::new();
-    for (i, seg) in path.trim_end_matches('/').split('/').filter(|s| !s.is_empty()).enumerate() {
+    for (i, seg) in rest.iter().enumerate() {
         href.push('/');
         href.push_str(seg);
-        if i == 0 {
-            out.push_str(&format!("/{}/", escape(seg)));
-            continue;
-        }
-        let shown = percent_encoding_decode(seg);
-        if i > 1 {
+        let link = match origin {
+            Origin::Path => format!("/{ns}{href}"),
+            Origin::Subdomain(d) => format!("//{d}/{ns}{href}"),
+            // The DNSLink name is the host's root; the steps are its paths.
+            Origin::DnsLink(h) => format!("//{h}/{}", href.trim_start_matches('/').split_once('/').map_or("", |(_, p)| p)),
+        };
+        if i > 0 {
             out.push('/');
         }
-        out.push_str(&format!("<a href=\"{}\">{}</a>", escape(&href), escape(&shown)));
+        out.push_str(&format!("<a href=\"{}\">{}</a>", escape(&link), escape(&percent_encoding_decode(seg))));
     }
     out
+}
+
+/// A link to one entry's CID: the gateway's `/ipfs/<cid>?filename=<name>`, or on a DNSLink host
+/// (which has no path gateway of its own) the CID inspector.
+fn hash_link(origin: &Origin, cid: &Cid, name: &str) -> String {
+    // The name as a path segment, then as a query value: encoded twice, as Kubo links it.
+    let once: String = form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>().replace('+', "%20");
+    let twice = once.replace('%', "%25");
+    match origin {
+        Origin::Path => format!("<a class=\"ipfs-hash\" translate=\"no\" href=\"/ipfs/{cid}?filename={twice}\">"),
+        Origin::Subdomain(d) => format!("<a class=\"ipfs-hash\" translate=\"no\" href=\"//{d}/ipfs/{cid}?filename={twice}\">"),
+        Origin::DnsLink(_) => format!("<a class=\"ipfs-hash\" translate=\"no\" href=\"https://cid.ipfs.tech/#{cid}\" target=\"_blank\" rel=\"noreferrer noopener\">"),
+    }
 }
 
 fn percent_encoding_decode(s: &str) -> String {
@@ -113,17 +141,19 @@ fn percent_encoding_decode(s: &str) -> String {
 }
 
 /// An HTML page listing a directory's entries, with links relative to `path` (which ends in `/`).
-pub fn listing(path: &str, cid: &Cid, links: &[DecodedLink]) -> String {
+pub fn listing(path: &str, (origin, content_path): (&Origin, &str), cid: &Cid, links: &[DecodedLink]) -> String {
     let mut rows = String::new();
-    if path.trim_end_matches('/').matches('/').count() > 2 {
-        rows.push_str("<tr><td><a href=\"..\">..</a></td><td></td><td></td></tr>\n");
+    // Below the content's root (`/ipfs/<cid>/...`), a way up.
+    if content_path.trim_end_matches('/').matches('/').count() > 2 {
+        rows.push_str(&format!("<tr><td><a href=\"{}..\">..</a></td><td></td><td></td></tr>\n", escape(path)));
     }
     for l in links {
-        let href: String = form_urlencoded::byte_serialize(l.name.as_bytes()).collect::<String>().replace('+', "%20");
+        // Absolute, so they hold on a subdomain or DNSLink host as on the path gateway.
+        let href = format!("{}{}", path, form_urlencoded::byte_serialize(l.name.as_bytes()).collect::<String>().replace('+', "%20"));
         rows.push_str(&format!(
-            "<tr><td><a href=\"{href}\">{}</a></td><td><a href=\"/ipfs/{}\">{}</a></td><td>{}</td></tr>\n",
+            "<tr><td><a href=\"{href}\">{}</a></td><td>{}{}</a></td><td>{}</td></tr>\n",
             escape(&l.name),
-            l.cid,
+            hash_link(origin, &l.cid, &l.name),
             l.cid,
             l.tsize
         ));
@@ -131,7 +161,7 @@ pub fn listing(path: &str, cid: &Cid, links: &[DecodedLink]) -> String {
     format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{p}</title></head><body>\n<h1>Index of {crumbs}</h1>\n<p>{cid}</p>\n<table>\n<tr><th>name</th><th>CID</th><th>size</th></tr>\n{rows}</table>\n</body></html>\n",
         p = escape(path),
-        crumbs = breadcrumbs(path)
+        crumbs = breadcrumbs(origin, content_path)
     )
 }
 

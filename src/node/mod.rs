@@ -169,6 +169,14 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     }
     tasks::spawn_heartbeat(registry.clone(), api_url, swarm.clone());
     let gateway_swarm = (!config.offline).then(|| swarm.clone());
+    let dnslink = match crate::dnslink::DnsLink::new(config.dns_resolver) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!(error = %e, "DNSLink names are not resolved");
+            None
+        }
+    };
+    let naming = Arc::new(crate::gateway::Naming { dnslink, domain: config.gateway_domain.as_ref().map(|d| d.trim_end_matches('.').to_ascii_lowercase()) });
     let cluster = match &config.cluster_api {
         Some(url) => Some(Arc::new(crate::cluster::Cluster::new(url, config.cluster_credentials.as_deref()).map_err(|e| ServeError::Admin(e.to_string()))?)),
         None => None,
@@ -216,7 +224,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         tracing::info!(%addr, version, %peer_id, data_dir = %config.data_dir.display(), "OCI Distribution API listening");
     }
     let gateway = actix_web::HttpServer::new(move || {
-        actix_web::App::new().wrap(actix_web::middleware::from_fn(access::gateway)).configure(crate::gateway::configure(policy.clone(), gateway_swarm.clone()))
+        actix_web::App::new().wrap(actix_web::middleware::from_fn(access::gateway)).configure(crate::gateway::configure(policy.clone(), gateway_swarm.clone(), naming.clone()))
     })
         .disable_signals()
         .shutdown_timeout(grace)
