@@ -31,15 +31,6 @@ fn header(r: &reqwest::blocking::Response, name: &str) -> String {
     r.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
 }
 
-/// Imports `root`'s DAG from the local Kubo repository into `node` (Kubo's `dag export`, our
-/// `dag/import`, pinned).
-fn import_from_kubo(kubo: &Kubo, node: &Node, root: &str) {
-    let car = run_bytes(kubo.cmd().args(["dag", "export", root]));
-    let form = reqwest::blocking::multipart::Form::new().part("file", reqwest::blocking::multipart::Part::bytes(car).file_name("d.car"));
-    let out = client().post(rpc(node, "dag/import?pin-roots=true")).multipart(form).send().unwrap().text().unwrap();
-    assert!(out.contains("\"PinErrorMsg\":\"\""), "{out}");
-}
-
 /// `car` (CARv1) without the section of block `drop`.
 fn car_without(car: &[u8], drop: &str) -> Vec<u8> {
     fn varint(b: &[u8]) -> (usize, usize) {

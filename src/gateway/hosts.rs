@@ -100,7 +100,7 @@ pub async fn route(req: &HttpRequest, naming: &Naming) -> Route {
     if let Some(domain) = &naming.domain {
         if let Some(prefix) = host.strip_suffix(domain.as_str()).and_then(|p| p.strip_suffix('.')) {
             if let Some(label) = prefix.strip_suffix(".ipfs") {
-                let Ok(cid) = Cid::try_from(label) else { return Route::NotFound(format!("{label:?} is not a CID")) };
+                let Ok(cid) = Cid::try_from(label) else { return Route::BadRequest(format!("{label:?} is not a CID (a CIDv0 cannot be a DNS label: use its CIDv1)")) };
                 return match cid_label(&cid) {
                     Some(canonical) if canonical == label => {
                         req.extensions_mut().insert(Origin::Subdomain(domain.clone()));

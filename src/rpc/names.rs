@@ -15,7 +15,7 @@ const MAX_HOPS: usize = 32;
 /// `/ipns/<name>` or `<name>`.
 fn name_arg(raw: &str) -> Result<Name, HttpResponse> {
     let name = raw.strip_prefix("/ipns/").unwrap_or(raw).trim_end_matches('/');
-    Name::parse(name).map(|(n, _)| n).map_err(|e| bad_request(e))
+    Name::parse(name).map(|(n, _)| n).map_err(bad_request)
 }
 
 fn put_error(e: IpnsPutError) -> HttpResponse {

@@ -359,3 +359,14 @@ pub fn make_public(node: &Node, repo: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", repo, "public"]).arg("--data-dir").arg(&node.data_dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Imports `root`'s DAG from `kubo`'s repository into `node` (Kubo's `dag export`, the node's
+/// `dag/import`, pinned: public).
+pub fn import_from_kubo(kubo: &Kubo, node: &Node, root: &str) {
+    let out = kubo.cmd().args(["dag", "export", root]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let form = reqwest::blocking::multipart::Form::new().part("file", reqwest::blocking::multipart::Part::bytes(out.stdout).file_name("d.car"));
+    let url = format!("http://127.0.0.1:{}/api/v0/dag/import?pin-roots=true", node.rpc.port());
+    let answer = client().post(url).multipart(form).send().unwrap().text().unwrap();
+    assert!(answer.contains("\"PinErrorMsg\":\"\""), "{answer}");
+}
