@@ -397,7 +397,7 @@ async fn serve(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate:
             if head {
                 return builder.finish();
             }
-            tar_response(builder, tar::stream(reader, target)).await
+            tar_response(builder, tar::stream(policy.registry().clone(), reader, target)).await
         }
         Answer::UnixFs(forced) => unixfs(&req, policy.registry(), reader, (target, &segments, &ipfs_path), builder, head, forced.map(Data::media_type)).await,
     }

@@ -3,6 +3,7 @@
 //! of ours can write outside the folder it is extracted into.
 
 use crate::dag::{self, DagError, Node, Reader};
+use crate::registry::Registry;
 use bytes::Bytes;
 use cid::Cid;
 use futures_util::StreamExt;
@@ -24,10 +25,10 @@ pub enum TarError {
 }
 
 /// The archive of `target`: chunks in order, an error ending it early.
-pub fn stream(reader: Arc<Reader>, target: Cid) -> mpsc::Receiver<Result<Bytes, TarError>> {
+pub fn stream(reg: Arc<Registry>, reader: Arc<Reader>, target: Cid) -> mpsc::Receiver<Result<Bytes, TarError>> {
     let (tx, rx) = mpsc::channel(QUEUE);
     tokio::spawn(async move {
-        let mut writer = Writer { tx, headers: tar::Builder::new(Vec::new()) };
+        let mut writer = Writer { tx, headers: tar::Builder::new(Vec::new()), reg };
         let result = writer.entry(&reader, target, target.to_string()).await;
         let end = match result {
             Ok(()) => Ok(Bytes::from_static(&[0u8; 1024])),
@@ -42,6 +43,8 @@ struct Writer {
     tx: mpsc::Sender<Result<Bytes, TarError>>,
     /// Makes each entry's header (long names included); its buffer is emptied after each one.
     headers: tar::Builder<Vec<u8>>,
+    /// For files that are whole blobs: their verified blob files, read as the OCI API reads them.
+    reg: Arc<Registry>,
 }
 
 /// Entries still to write: a directory's children are pushed in reverse so they come in order.
@@ -93,7 +96,13 @@ impl Writer {
                     let size = reader.file_size(&cid).await?.unwrap_or(0);
                     let header = self.header(&path, tar::EntryType::Regular, size, None)?;
                     self.send(header).await?;
-                    let mut body = Box::pin(dag::file_stream(reader.clone(), cid, 0, size));
+                    // The file's root was admitted just above; a whole blob's bytes are its blob
+                    // file, verified when it was pushed (as the gateway serves a file).
+                    let mut body: std::pin::Pin<Box<dyn futures_util::Stream<Item = std::io::Result<Bytes>> + Send>> =
+                        match self.reg.blob_file_by_root(&cid, size).await.ok().flatten() {
+                            Some(file) => Box::pin(crate::storage::read_range(file, 0, size)),
+                            None => Box::pin(dag::file_stream(reader.clone(), cid, 0, size)),
+                        };
                     let mut sent = 0u64;
                     while let Some(chunk) = body.next().await {
                         let chunk = chunk.map_err(|e| TarError::Io(e.to_string()))?;
