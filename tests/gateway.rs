@@ -82,7 +82,7 @@ fn a_public_image_through_the_gateway() {
     assert_eq!(header(&r, "Location"), format!("/ipfs/{image}/"));
     let listing = get(&gw(&format!("/ipfs/{image}/"))).text().unwrap();
     for name in ["blobs", "index.json", "oci-layout"] {
-        assert!(listing.contains(&format!("href=\"{name}\"")), "{listing}");
+        assert!(listing.contains(&format!("href=\"/ipfs/{image}/{name}\"")), "{listing}");
     }
     let r = get(&gw(&format!("/ipfs/{image}/blobs/sha256/{}", &sha256(&layer)[7..])));
     assert_eq!(header(&r, "X-Ipfs-Roots").split(',').count(), 4);
@@ -199,7 +199,7 @@ fn a_kubo_directory_with_an_index_page() {
     assert_eq!(header(&r, "Content-Type"), "text/css; charset=utf-8");
     assert_eq!(header(&get(&node.gateway_url(&format!("/ipfs/{root}/notes"))), "Content-Type"), "text/plain; charset=utf-8");
     let listing = get(&node.gateway_url(&format!("/ipfs/{root}/css/"))).text().unwrap();
-    assert!(listing.contains("href=\"a.css\"") && listing.contains("href=\"b.css\""), "{listing}");
+    assert!(listing.contains(&format!("href=\"/ipfs/{root}/css/a.css\"")) && listing.contains(&format!("href=\"/ipfs/{root}/css/b.css\"")), "{listing}");
     // CIDv0 of the same directory.
     let v0 = cid::Cid::try_from(root.as_str()).unwrap().hash().to_owned();
     let v0 = cid::Cid::new_v0(v0).unwrap().to_string();
