@@ -16,11 +16,19 @@ pub enum DnsLinkError {
     NotADomain(String),
     #[error("the DNS resolver: {0}")]
     Resolver(String),
+    #[error("too many DNSLink lookups at once; try again")]
+    Busy,
 }
 
 pub struct DnsLink {
     resolver: TokioResolver,
+    /// Lookups under way: anyone can make the gateway look up any name (a Host header is
+    /// enough), so a flood of names no cache holds waits on nothing past this many.
+    lookups: tokio::sync::Semaphore,
 }
+
+/// DNSLink lookups in flight at once, past which more are refused (not queued).
+const MAX_LOOKUPS: usize = 64;
 
 /// The longest time a DNSLink answer is cached by a client of ours (`Cache-Control`).
 const MAX_TTL: Duration = Duration::from_secs(3600);
@@ -29,7 +37,7 @@ impl DnsLink {
     /// Through `server`, or the system's resolvers.
     pub fn new(server: Option<SocketAddr>) -> Result<DnsLink, DnsLinkError> {
         let err = |e: &dyn std::fmt::Display| DnsLinkError::Resolver(e.to_string());
-        let builder = match server {
+        let mut builder = match server {
             Some(addr) => {
                 let connection = |mut c: ConnectionConfig| {
                     c.port = addr.port();
@@ -40,7 +48,10 @@ impl DnsLink {
             }
             None => TokioResolver::builder_tokio().map_err(|e| err(&e))?,
         };
-        Ok(DnsLink { resolver: builder.build().map_err(|e| err(&e))? })
+        // A gateway request waits on the lookup: a dead server costs 2 x 2 s, not the default 2 x 5 s.
+        builder.options_mut().timeout = Duration::from_secs(2);
+        builder.options_mut().attempts = 2;
+        Ok(DnsLink { resolver: builder.build().map_err(|e| err(&e))?, lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS) })
     }
 
     /// The path `domain`'s DNSLink points at, and how long it may be cached; None when it has none.
@@ -48,6 +59,7 @@ impl DnsLink {
         if !is_domain(domain) {
             return Err(DnsLinkError::NotADomain(domain.to_string()));
         }
+        let _permit = self.lookups.try_acquire().map_err(|_| DnsLinkError::Busy)?;
         let query = format!("_dnslink.{}.", domain.trim_end_matches('.'));
         let lookup = match self.resolver.lookup(query.as_str(), RecordType::TXT).await {
             Ok(l) => l,

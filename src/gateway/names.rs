@@ -77,6 +77,7 @@ async fn dnslink(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crat
             follow(req, policy, swarm, value, ttl, rest, shown).await
         }
         Ok(None) => text(StatusCode::NOT_FOUND, format!("{domain} has no DNSLink record (_dnslink.{domain} TXT dnslink=/ipfs/...)")),
+        Err(e @ crate::dnslink::DnsLinkError::Busy) => text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => text(StatusCode::BAD_GATEWAY, format!("resolving {domain}: {e}")),
     }
 }
