@@ -28,7 +28,7 @@ pub enum TarError {
 pub fn stream(reg: Arc<Registry>, reader: Arc<Reader>, target: Cid) -> mpsc::Receiver<Result<Bytes, TarError>> {
     let (tx, rx) = mpsc::channel(QUEUE);
     tokio::spawn(async move {
-        let mut writer = Writer { tx, headers: tar::Builder::new(Vec::new()), reg };
+        let mut writer = Writer { tx, headers: tar::Builder::new(Vec::new()), reg, written: Written::default() };
         let result = writer.entry(&reader, target, target.to_string()).await;
         let end = match result {
             Ok(()) => Ok(Bytes::from_static(&[0u8; 1024])),
@@ -45,6 +45,28 @@ struct Writer {
     headers: tar::Builder<Vec<u8>>,
     /// For files that are whole blobs: their verified blob files, read as the OCI API reads them.
     reg: Arc<Registry>,
+    /// Paths written so far, and which of them are symlinks: no entry may repeat a path or land
+    /// beneath a symlink (an extractor would write through it, outside the folder).
+    written: Written,
+}
+
+#[derive(Default)]
+struct Written {
+    paths: std::collections::HashSet<String>,
+    symlinks: Vec<String>,
+}
+
+impl Written {
+    /// Records `path` (a symlink or not) if it is new and under no symlink written before.
+    fn admit(&mut self, path: &str, symlink: bool) -> bool {
+        if self.symlinks.iter().any(|s| path.starts_with(&format!("{s}/"))) || !self.paths.insert(path.to_string()) {
+            return false;
+        }
+        if symlink {
+            self.symlinks.push(path.to_string());
+        }
+        true
+    }
 }
 
 /// Entries still to write: a directory's children are pushed in reverse so they come in order.
@@ -76,7 +98,11 @@ impl Writer {
     async fn entry(&mut self, reader: &Arc<Reader>, target: Cid, root: String) -> Result<(), TarError> {
         let mut stack = vec![Pending { cid: target, path: root.clone() }];
         while let Some(Pending { cid, path }) = stack.pop() {
-            match reader.node(&cid).await? {
+            let node = reader.node(&cid).await?;
+            if !self.written.admit(&path, matches!(node, Node::Symlink(_))) {
+                return Err(TarError::BadName(path));
+            }
+            match node {
                 dir @ (Node::Directory { .. } | Node::Shard { .. }) => {
                     let links = reader.entries(dir).await?;
                     let header = self.header(&format!("{path}/"), tar::EntryType::Directory, 0, None)?;
@@ -146,5 +172,15 @@ mod tests {
         assert_eq!(super::clean("cid/a/../b").as_deref(), Some("cid/b"));
         assert_eq!(super::clean("cid/../../x").as_deref(), None);
         assert_eq!(super::clean("cid/..").as_deref(), Some(""));
+    }
+
+    #[test]
+    fn nothing_lands_twice_or_beneath_a_symlink() {
+        let mut w = super::Written::default();
+        assert!(w.admit("cid", false));
+        assert!(w.admit("cid/link", true));
+        assert!(!w.admit("cid/link", false), "the same path again");
+        assert!(!w.admit("cid/link/passwd", false), "through the symlink");
+        assert!(w.admit("cid/linked", false));
     }
 }
