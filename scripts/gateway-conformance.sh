@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$(realpath "${1:-target/debug/af}")
 export GOBIN=${GOBIN:-$HOME/go/bin}
-export PATH="$GOBIN:$PATH"
+export PATH="$GOBIN:$PATH:/usr/sbin:/sbin"
 MODULE=github.com/ipfs/gateway-conformance
 VERSION=v0.13.1
 SPECS=trustless-gateway,path-gateway,path-range-gateway,trustless-ipns-gateway,path-ipns-gateway,dnslink-gateway,subdomain-gateway

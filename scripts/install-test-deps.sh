@@ -10,7 +10,7 @@ REGCLIENT_VERSION=v0.11.7
 CRANE_VERSION=v0.22.1
 KUBO_VERSION=v0.42.0
 export GOBIN="${GOBIN:-$HOME/go/bin}"
-export PATH="$GOBIN:$PATH"
+export PATH="$GOBIN:$PATH:/usr/sbin:/sbin"
 
 need_apt=()
 for pair in skopeo:skopeo podman:podman buildah:buildah umoci:umoci containerd:containerd \

@@ -5,7 +5,8 @@
 # and the IPFS gateway conformance suite. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="${GOBIN:-$HOME/go/bin}:$HOME/.cargo/bin:$PATH"
+# /usr/sbin: dnsmasq (the DNS server of the DNSLink tests) lives there, off some users' PATH.
+export PATH="${GOBIN:-$HOME/go/bin}:$HOME/.cargo/bin:$PATH:/usr/sbin:/sbin"
 
 scripts/install-test-deps.sh
 # A PostgreSQL server for the metadata tests and the conformance run on PostgreSQL.
