@@ -190,7 +190,9 @@ impl Reader {
         let Some((bytes, admission)) = self.source.fetch(cid).await? else {
             return Err(DagError::Missing(*cid));
         };
-        if admission == Admission::Vouching && !self.source.sees_all() {
+        // Only dag-pb vouches: the DAGs this node builds (blobs, images) are dag-pb, and a
+        // DAG-CBOR block that came with a pinned image has no business opening anything.
+        if admission == Admission::Vouching && !self.source.sees_all() && cid.codec() == unixfs::DAG_PB {
             if let Ok(links) = block_links(cid, &bytes) {
                 self.source.vouch(links);
             }
