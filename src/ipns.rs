@@ -78,6 +78,20 @@ impl Name {
     }
 }
 
+/// Names followed from one to the next (`/ipns/` values) at most, as Kubo's default depth.
+pub const MAX_HOPS: usize = 32;
+
+/// Where following a value through names ended.
+#[derive(Debug)]
+pub enum Followed {
+    /// At a path that names no key: `/ipfs/...`, or `/ipns/<domain>/...`; with the shortest TTL.
+    Path(String, Duration),
+    /// At a key this node holds no valid record for.
+    NoRecord(Name),
+    /// Still at a name after [`MAX_HOPS`].
+    TooDeep(String),
+}
+
 /// What a valid record says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {

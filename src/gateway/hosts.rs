@@ -49,7 +49,8 @@ fn host_of(req: &HttpRequest) -> String {
     host.to_ascii_lowercase()
 }
 
-fn with_query(req: &HttpRequest, url: String) -> String {
+/// `url` with the request's query string, if it has one.
+pub(super) fn with_query(req: &HttpRequest, url: String) -> String {
     if req.query_string().is_empty() {
         url
     } else {

@@ -199,8 +199,13 @@ fn format(req: &HttpRequest) -> Result<Format, HttpResponse> {
 
 /// Whether a browser asked (`Accept: text/html`): data blocks are then shown as a page.
 fn wants_html(req: &HttpRequest) -> bool {
+    accepts(req, "text/html")
+}
+
+/// Whether the request's `Accept` names media type `mt`.
+fn accepts(req: &HttpRequest, mt: &str) -> bool {
     let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    accept.split(',').any(|i| i.split(';').next().unwrap_or("").trim() == "text/html")
+    accept.split(',').any(|i| i.split(';').next().unwrap_or("").trim() == mt)
 }
 
 /// What the response is, once the target is known.
@@ -564,10 +569,7 @@ async fn unixfs(
                 Err(e) => return dag_error(e),
             };
             if !req.path().ends_with('/') {
-                let mut location = format!("{}/", req.path());
-                if !req.query_string().is_empty() {
-                    location = format!("{location}?{}", req.query_string());
-                }
+                let location = hosts::with_query(req, format!("{}/", req.path()));
                 return HttpResponse::MovedPermanently().insert_header(("Location", location)).finish();
             }
             match links.iter().find(|l| l.name == "index.html") {
@@ -643,8 +645,17 @@ async fn unixfs(
     if head {
         return builder.no_chunking(end - start).streaming(no_body());
     }
-    if let Some(blob) = blob_file {
-        return builder.no_chunking(end - start).streaming(crate::storage::read_range(blob, start, end - start));
+    builder.no_chunking(end - start).streaming(file_bytes(blob_file, reader, file, start, end))
+}
+
+type ByteStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// Bytes `start..end` of the file at `cid`, whose root the caller's reader admitted: from
+/// `blob_file` when it is a whole blob's (verified when it was pushed, read as the OCI API reads
+/// it), else leaf by leaf, each verified.
+fn file_bytes(blob_file: Option<std::fs::File>, reader: Arc<Reader>, cid: Cid, start: u64, end: u64) -> ByteStream {
+    match blob_file {
+        Some(blob) => Box::pin(crate::storage::read_range(blob, start, end - start)),
+        None => Box::pin(dag::file_stream(reader, cid, start, end)),
     }
-    builder.no_chunking(end - start).streaming(dag::file_stream(reader, file, start, end))
 }

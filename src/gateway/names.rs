@@ -5,19 +5,16 @@
 use super::{content_path, disposition, query, serve, text, Naming, Shown};
 use crate::exposure::Policy;
 use crate::ipns::Name;
-use actix_web::http::{header, StatusCode};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 pub const RECORD_TYPE: &str = "application/vnd.ipfs.ipns-record";
-/// Names followed from one to the next (`/ipns/` values) at most.
-const MAX_HOPS: usize = 32;
 
 fn wants_record(req: &HttpRequest) -> bool {
     if let Some(f) = query(req, "format") {
         return f == "ipns-record";
     }
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    accept.split(',').any(|i| i.split(';').next().unwrap_or("").trim() == RECORD_TYPE)
+    super::accepts(req, RECORD_TYPE)
 }
 
 fn unresolved(name: &Name) -> HttpResponse {
@@ -35,10 +32,7 @@ pub(super) async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: O
         if let Some(rest) = rest {
             location = format!("{location}/{rest}");
         }
-        if !req.query_string().is_empty() {
-            location = format!("{location}?{}", req.query_string());
-        }
-        return HttpResponse::Found().insert_header(("Location", location)).finish();
+        return HttpResponse::Found().insert_header(("Location", super::hosts::with_query(&req, location))).finish();
     }
     let reg = policy.registry();
     let held = match reg.ipns_record(&name).await {
@@ -88,24 +82,21 @@ async fn follow(
     req: HttpRequest,
     policy: web::Data<Policy>,
     swarm: Option<crate::swarm::Handle>,
-    mut value: String,
-    mut ttl: std::time::Duration,
+    value: String,
+    ttl: std::time::Duration,
     rest: Option<&str>,
     shown_path: String,
 ) -> HttpResponse {
-    let reg = policy.registry();
-    for _ in 0..MAX_HOPS {
-        let Some(next) = value.strip_prefix("/ipns/") else { break };
-        let (next_name, next_rest) = next.split_once('/').map_or((next, ""), |(n, r)| (n, r));
-        let Ok((next_name, _)) = Name::parse(next_name) else {
-            return text(StatusCode::BAD_GATEWAY, format!("{value}: only IPNS keys are followed from a name"));
-        };
-        let Ok(Some((_, next_record))) = reg.ipns_record(&next_name).await else { return unresolved(&next_name) };
-        value = format!("{}/{next_rest}", next_record.value.trim_end_matches('/'));
-        ttl = ttl.min(next_record.ttl);
-    }
+    let (value, ttl) = match policy.registry().follow_ipns(value, ttl).await {
+        Ok(crate::ipns::Followed::Path(value, ttl)) => (value, ttl),
+        Ok(crate::ipns::Followed::NoRecord(name)) => return unresolved(&name),
+        Ok(crate::ipns::Followed::TooDeep(value)) => {
+            return text(StatusCode::BAD_GATEWAY, format!("{value}: more than {} names to follow", crate::ipns::MAX_HOPS))
+        }
+        Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
     let Some(content) = value.strip_prefix("/ipfs/") else {
-        return text(StatusCode::BAD_GATEWAY, format!("{value}: more than {MAX_HOPS} names to follow"));
+        return text(StatusCode::BAD_GATEWAY, format!("{value}: only IPNS keys are followed from a name"));
     };
     let (root, mut segments) = match content_path(content) {
         Ok(p) => p,

@@ -117,7 +117,7 @@ fn breadcrumbs(origin: &Origin, path: &str) -> String {
         if i > 0 {
             out.push('/');
         }
-        out.push_str(&format!("<a href=\"{}\">{}</a>", escape(&link), escape(&percent_encoding_decode(seg))));
+        out.push_str(&format!("<a href=\"{}\">{}</a>", escape(&link), escape(&super::percent_decode(seg).unwrap_or_else(|| seg.to_string()))));
     }
     out
 }
@@ -133,11 +133,6 @@ fn hash_link(origin: &Origin, cid: &Cid, name: &str) -> String {
         Origin::Subdomain(d) => format!("<a class=\"ipfs-hash\" translate=\"no\" href=\"//{d}/ipfs/{cid}?filename={twice}\">"),
         Origin::DnsLink(_) => format!("<a class=\"ipfs-hash\" translate=\"no\" href=\"https://cid.ipfs.tech/#{cid}\" target=\"_blank\" rel=\"noreferrer noopener\">"),
     }
-}
-
-fn percent_encoding_decode(s: &str) -> String {
-    let bytes: Vec<u8> = form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes()).next().map(|(_, v)| v.into_owned().into_bytes()).unwrap_or_default();
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// An HTML page listing a directory's entries, with links relative to `path` (which ends in `/`).

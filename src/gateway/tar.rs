@@ -2,7 +2,7 @@
 //! archive's top entry is named after the target's CID; entry names are checked, so no archive
 //! of ours can write outside the folder it is extracted into.
 
-use crate::dag::{self, DagError, Node, Reader};
+use crate::dag::{DagError, Node, Reader};
 use crate::registry::Registry;
 use bytes::Bytes;
 use cid::Cid;
@@ -118,33 +118,33 @@ impl Writer {
                     let header = self.header(&path, tar::EntryType::Symlink, 0, Some(&target))?;
                     self.send(header).await?;
                 }
-                Node::Raw(_) | Node::File { .. } => {
-                    let size = reader.file_size(&cid).await?.unwrap_or(0);
-                    let header = self.header(&path, tar::EntryType::Regular, size, None)?;
-                    self.send(header).await?;
-                    // The file's root was admitted just above; a whole blob's bytes are its blob
-                    // file, verified when it was pushed (as the gateway serves a file).
-                    let mut body: std::pin::Pin<Box<dyn futures_util::Stream<Item = std::io::Result<Bytes>> + Send>> =
-                        match self.reg.blob_file_by_root(&cid, size).await.ok().flatten() {
-                            Some(file) => Box::pin(crate::storage::read_range(file, 0, size)),
-                            None => Box::pin(dag::file_stream(reader.clone(), cid, 0, size)),
-                        };
-                    let mut sent = 0u64;
-                    while let Some(chunk) = body.next().await {
-                        let chunk = chunk.map_err(|e| TarError::Io(e.to_string()))?;
-                        sent += chunk.len() as u64;
-                        self.send(chunk).await?;
-                    }
-                    if sent != size {
-                        return Err(TarError::Io(format!("{cid} gave {sent} bytes, not the {size} it says")));
-                    }
-                    let pad = (512 - size % 512) % 512;
-                    if pad > 0 {
-                        self.send(Bytes::from(vec![0u8; pad as usize])).await?;
-                    }
-                }
+                Node::Raw(bytes) => self.file(reader, cid, &path, bytes.len() as u64).await?,
+                Node::File { size, .. } => self.file(reader, cid, &path, size).await?,
                 Node::Ipld(_) | Node::Other => return Err(TarError::Dag(DagError::NotFound(format!("{cid} is neither a UnixFS file nor a directory")))),
             }
+        }
+        Ok(())
+    }
+
+    /// A file's entry: its header, its bytes, its padding.
+    async fn file(&mut self, reader: &Arc<Reader>, cid: Cid, path: &str, size: u64) -> Result<(), TarError> {
+        let header = self.header(path, tar::EntryType::Regular, size, None)?;
+        self.send(header).await?;
+        // The file's root was admitted by the reader that decoded it.
+        let blob_file = self.reg.blob_file_by_root(&cid, size).await.ok().flatten();
+        let mut body = super::file_bytes(blob_file, reader.clone(), cid, 0, size);
+        let mut sent = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| TarError::Io(e.to_string()))?;
+            sent += chunk.len() as u64;
+            self.send(chunk).await?;
+        }
+        if sent != size {
+            return Err(TarError::Io(format!("{cid} gave {sent} bytes, not the {size} it says")));
+        }
+        let pad = (512 - size % 512) % 512;
+        if pad > 0 {
+            self.send(Bytes::from(vec![0u8; pad as usize])).await?;
         }
         Ok(())
     }

@@ -159,6 +159,22 @@ impl Registry {
         Ok(crate::ipns::validate(name, &bytes, std::time::SystemTime::now()).ok().map(|r| (bytes, r)))
     }
 
+    /// Follows `value` through the IPNS keys it names, by the records held here, at most
+    /// [`crate::ipns::MAX_HOPS`] of them; `ttl` becomes the shortest TTL met on the way.
+    pub async fn follow_ipns(&self, mut value: String, mut ttl: std::time::Duration) -> Result<crate::ipns::Followed> {
+        use crate::ipns::{Followed, Name};
+        for _ in 0..crate::ipns::MAX_HOPS {
+            let Some(next) = value.strip_prefix("/ipns/") else { return Ok(Followed::Path(value, ttl)) };
+            let (next_name, next_rest) = next.split_once('/').unwrap_or((next, ""));
+            // Not a key (a DNSLink name): following stops there.
+            let Ok((next_name, _)) = Name::parse(next_name) else { return Ok(Followed::Path(value, ttl)) };
+            let Some((_, record)) = self.ipns_record(&next_name).await? else { return Ok(Followed::NoRecord(next_name)) };
+            value = if next_rest.is_empty() { record.value } else { format!("{}/{next_rest}", record.value.trim_end_matches('/')) };
+            ttl = ttl.min(record.ttl);
+        }
+        Ok(Followed::TooDeep(value))
+    }
+
     /// The direct pins (their root blocks alone kept).
     pub async fn direct_block_pins(&self) -> Result<Vec<String>> {
         Ok(self.blocks.direct_pins().await?)

@@ -9,9 +9,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 use std::time::{Duration, SystemTime};
 
-/// How many `/ipns/` hops a resolution follows (Kubo's default depth).
-const MAX_HOPS: usize = 32;
-
 /// `/ipns/<name>` or `<name>`.
 fn name_arg(raw: &str) -> Result<Name, HttpResponse> {
     let name = raw.strip_prefix("/ipns/").unwrap_or(raw).trim_end_matches('/');
@@ -94,35 +91,27 @@ pub(super) async fn publish(req: &HttpRequest, state: &RpcState) -> HttpResponse
 pub(super) async fn resolve(req: &HttpRequest, state: &RpcState) -> HttpResponse {
     let Some(raw) = arg(req, "arg") else { return bad_request("argument \"name\" is required") };
     let recursive = flag(req, "recursive").unwrap_or(true);
-    let mut name = match name_arg(&raw) {
+    let name = match name_arg(&raw) {
         Ok(n) => n,
         Err(resp) => return resp,
     };
-    let mut rest = String::new();
-    for _ in 0..MAX_HOPS {
-        let value = match resolve_once(state, &name).await {
-            Ok(v) => v,
-            Err(resp) => return resp,
-        };
-        let path = format!("{value}{rest}");
-        let Some(next) = path.strip_prefix("/ipns/").filter(|_| recursive) else {
-            return HttpResponse::Ok().json(json!({"Path": path}));
-        };
-        let (next_name, next_rest) = next.split_once('/').map_or((next, String::new()), |(n, r)| (n, format!("/{r}")));
-        name = match Name::parse(next_name) {
-            Ok((n, _)) => n,
-            // Not a key (a DNSLink name): where resolution stops here.
-            Err(_) => return HttpResponse::Ok().json(json!({"Path": path})),
-        };
-        rest = next_rest;
+    let rest = raw.strip_prefix("/ipns/").unwrap_or(&raw).trim_end_matches('/').split_once('/').map_or(String::new(), |(_, r)| format!("/{r}"));
+    let (value, ttl) = match state.registry.ipns_record(&name).await {
+        Ok(Some((_, record))) => (format!("{}{rest}", record.value), record.ttl),
+        Ok(None) => return unresolved(&name),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    if !recursive {
+        return HttpResponse::Ok().json(json!({"Path": value}));
     }
-    error(StatusCode::INTERNAL_SERVER_ERROR, format!("{raw}: more than {MAX_HOPS} IPNS hops"))
+    match state.registry.follow_ipns(value, ttl).await {
+        Ok(ipns::Followed::Path(path, _)) => HttpResponse::Ok().json(json!({"Path": path})),
+        Ok(ipns::Followed::NoRecord(name)) => unresolved(&name),
+        Ok(ipns::Followed::TooDeep(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{raw}: more than {} IPNS hops", ipns::MAX_HOPS)),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
 }
 
-async fn resolve_once(state: &RpcState, name: &Name) -> Result<String, HttpResponse> {
-    match state.registry.ipns_record(name).await {
-        Ok(Some((_, record))) => Ok(record.value),
-        Ok(None) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("could not resolve name /ipns/{}: no valid record on this node", name.canonical()))),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
-    }
+fn unresolved(name: &Name) -> HttpResponse {
+    error(StatusCode::INTERNAL_SERVER_ERROR, format!("could not resolve name /ipns/{}: no valid record on this node", name.canonical()))
 }
