@@ -129,7 +129,12 @@ impl Dns {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let dns = Dns { child: cmd.spawn().expect("dnsmasq (scripts/install-test-deps.sh installs it)"), addr };
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        // Ready once it holds its port (on a busy machine that takes a while).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::UdpSocket::bind(addr).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "dnsmasq did not take {addr}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         dns
     }
 }
