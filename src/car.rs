@@ -121,7 +121,8 @@ pub async fn export<W: AsyncWrite + Send + Unpin>(
 }
 
 /// Every block of a CAR, verified, in a staging file while the import decides what to keep.
-struct Staged {
+/// A CAR's verified blocks in a staging file (removed when this is dropped).
+pub struct Staged {
     file: File,
     path: PathBuf,
     index: HashMap<Cid, (u64, usize)>,
@@ -172,7 +173,7 @@ pub fn sweep_staging(staging_dir: &Path) {
 }
 
 /// Phase 1: reads and verifies every block into a staging file.
-fn stage(mut input: impl Read, staging_dir: &Path) -> Result<Staged> {
+pub fn stage(mut input: impl Read, staging_dir: &Path) -> Result<Staged> {
     let header_len = crate::varint::read(&mut input)
         .map_err(CarError::Read)?
         .ok_or_else(|| CarError::Header("the file is empty".into()))? as usize;

@@ -127,6 +127,14 @@ settings! {
     /// Upload sessions one user (or, anonymous, one address) may hold open [default: 64].
     #[arg(long, env = "AF_MAX_UPLOADS")]
     max_uploads: u64 = crate::registry::DEFAULT_MAX_UPLOADS;
+    /// HTTP connections each listener (API, gateway, RPC) holds open at once; past it, new ones
+    /// wait in the kernel's backlog [default: 4096].
+    #[arg(long, env = "AF_MAX_CONNECTIONS")]
+    max_connections: usize = crate::node::connections::DEFAULT_MAX_CONNECTIONS;
+    /// HTTP connections one client address may hold open on each listener; past it, new ones
+    /// are closed at once (a --trusted-proxy's are not counted) [default: 64].
+    #[arg(long, env = "AF_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: usize = crate::node::connections::DEFAULT_PER_ADDRESS;
     /// libp2p listen address of the swarm (repeat, or comma-separate in AF_SWARM)
     /// [default: /ip4/0.0.0.0/tcp/4001 and /ip4/0.0.0.0/udp/4001/quic-v1].
     #[arg(long, env = "AF_SWARM", value_delimiter = ',')]
@@ -287,7 +295,12 @@ impl Overrides {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })
+        Self::parse(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })
+    }
+
+    /// The TOML text of a config file.
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
     }
 }
 

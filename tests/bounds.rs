@@ -243,7 +243,7 @@ fn rpc_writes_hold_one_block_or_one_bounded_file_at_a_time() {
     assert_ne!(r.status(), 200);
     assert!(r.text().unwrap().contains("limited to"));
     assert_eq!(rpc_post(&node, "block/put", vec![("h".into(), huge)]).status(), 400);
-    assert_eq!(client().post(format!("http://{}/api/v0/block/stat?arg={huge_cid}", node.rpc)).send().unwrap().status(), 500, "not stored");
+    assert_eq!(client().post(format!("http://{}/api/v0/block/stat?arg={huge_cid}", node.rpc)).send().unwrap().status(), 400, "not stored");
     // One-byte chunks: the blocks count against the limit, and the request is refused early.
     let before = node.peak_rss_kib();
     let r = rpc_post(&node, "add?cid-version=1&chunker=size-1", vec![("f".into(), vec![5u8; 5 << 20])]);
@@ -460,5 +460,5 @@ fn gc_and_verify_page_through_the_block_index() {
     let (_, ok) = af_peak_kib(&node, &["registry", "gc", "--grace", "0s"]);
     assert!(ok);
     let r = client().post(format!("http://{}/api/v0/block/stat?arg={}", node.rpc, blocks[1].0)).send().unwrap();
-    assert_eq!(r.status(), 500, "unreachable and old: swept");
+    assert_eq!(r.status(), 400, "unreachable and old: swept");
 }

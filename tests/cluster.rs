@@ -167,7 +167,7 @@ fn the_rpc_answers_as_clusters_connector_and_proxy_expect() {
     let not_pinned = ipfs(&["pin", "ls", "--type", "recursive", &other]);
     assert!(!not_pinned.status.success() && String::from_utf8_lossy(&not_pinned.stderr).trim_end().ends_with("not pinned"), "{}", String::from_utf8_lossy(&not_pinned.stderr));
     let r = client().post(format!("http://{}/api/v0/pin/ls?arg={other}&type=recursive&stream=true", node.rpc)).send().unwrap();
-    assert_eq!(r.status(), 500);
+    assert_eq!(r.status(), 400);
     assert!(r.json::<serde_json::Value>().unwrap()["Message"].as_str().unwrap().ends_with("not pinned"));
     let rm = ipfs(&["pin", "rm", &other]);
     assert!(String::from_utf8_lossy(&rm.stderr).contains("not pinned or pinned indirectly"), "{}", String::from_utf8_lossy(&rm.stderr));

@@ -235,16 +235,14 @@ impl Auth {
     /// Resolves the `Authorization` header of a request from `address`.
     pub async fn caller(&self, authorization: Option<&str>, address: &str) -> Result<Caller> {
         let Some(value) = authorization else { return Ok(Caller::Anonymous) };
-        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-        if scheme.eq_ignore_ascii_case("basic") {
-            let (user, secret) = parse_basic(rest.trim()).ok_or(AuthError::BadCredentials)?;
-            return Ok(Caller::Basic(self.login(&user, &secret, address).await?));
+        match parse_authorization(value)? {
+            Some(Credential::Basic { user, secret }) => Ok(Caller::Basic(self.login(&user, &secret, address).await?)),
+            Some(Credential::Bearer(jwt)) => {
+                let (identity, access) = self.verify_jwt(jwt).await?;
+                Ok(Caller::Bearer { identity, access })
+            }
+            None => Err(AuthError::Unauthenticated),
         }
-        if scheme.eq_ignore_ascii_case("bearer") {
-            let (identity, access) = self.verify_jwt(rest.trim()).await?;
-            return Ok(Caller::Bearer { identity, access });
-        }
-        Err(AuthError::Unauthenticated)
     }
 
     /// Checks a user's password or access token.
@@ -529,25 +527,12 @@ impl Auth {
     }
 
     async fn verify_jwt(&self, jwt: &str) -> Result<(Identity, Vec<Scope>)> {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_audience(&[&self.config.service]);
-        validation.set_issuer(&[&self.config.service]);
-        validation.leeway = 5;
-        let claims = jsonwebtoken::decode::<Claims>(jwt, &self.decoding, &validation)
-            .map_err(|_| AuthError::TokenInvalid)?
-            .claims;
-        let access = claims
-            .access
-            .iter()
-            .filter_map(|a| Scope::parse(&format!("{}:{}:{}", a.kind, a.name, a.actions.join(","))))
-            .collect();
-        if claims.sub.is_empty() {
+        let (identity, access) = decode_jwt(jwt, &self.decoding, &self.config.service)?;
+        match identity {
             // An anonymous token: it grants public pulls only, which need no identity.
-            return Ok((Identity { user: String::new(), uid: String::new(), is_admin: false, cap: Role::Read, token_id: None, stamp: None }, access));
+            None => Ok((Identity { user: String::new(), uid: String::new(), is_admin: false, cap: Role::Read, token_id: None, stamp: None }, access)),
+            Some(identity) => Ok((self.recheck(&identity).await?, access)),
         }
-        let cap = claims.cap.parse().map_err(|_| AuthError::TokenInvalid)?;
-        let identity = Identity { user: claims.sub, uid: claims.uid, is_admin: false, cap, token_id: claims.tid, stamp: claims.pst };
-        Ok((self.recheck(&identity).await?, access))
     }
 
     /// The `WWW-Authenticate` value for a request to `base_url` needing `scope`.
@@ -592,6 +577,48 @@ pub async fn mint_token(
 
 fn live(t: &TokenRecord) -> bool {
     !t.revoked && t.expires_at.is_none_or(|e| e > now_secs() as i64)
+}
+
+/// What an `Authorization` header carries, before anything is checked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Credential<'a> {
+    Basic { user: String, secret: String },
+    Bearer(&'a str),
+}
+
+/// Reads an `Authorization` header value; `None` for a scheme this node does not take.
+/// A Basic credential that does not decode is an error.
+pub fn parse_authorization(value: &str) -> Result<Option<Credential<'_>>> {
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        let (user, secret) = parse_basic(rest.trim()).ok_or(AuthError::BadCredentials)?;
+        return Ok(Some(Credential::Basic { user, secret }));
+    }
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(Some(Credential::Bearer(rest.trim())));
+    }
+    Ok(None)
+}
+
+/// Checks a JWT's signature, issuer, audience and times, and reads its claims: the identity it
+/// names (None for an anonymous token) as it was when issued (still to be rechecked) and the
+/// scopes it grants.
+pub fn decode_jwt(jwt: &str, key: &DecodingKey, service: &str) -> Result<(Option<Identity>, Vec<Scope>)> {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_audience(&[service]);
+    validation.set_issuer(&[service]);
+    validation.leeway = 5;
+    let claims = jsonwebtoken::decode::<Claims>(jwt, key, &validation).map_err(|_| AuthError::TokenInvalid)?.claims;
+    let access = claims
+        .access
+        .iter()
+        .filter_map(|a| Scope::parse(&format!("{}:{}:{}", a.kind, a.name, a.actions.join(","))))
+        .collect();
+    if claims.sub.is_empty() {
+        return Ok((None, access));
+    }
+    let cap = claims.cap.parse().map_err(|_| AuthError::TokenInvalid)?;
+    Ok((Some(Identity { user: claims.sub, uid: claims.uid, is_admin: false, cap, token_id: claims.tid, stamp: claims.pst }), access))
 }
 
 /// `user:secret` from a Basic credential.

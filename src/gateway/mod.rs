@@ -264,7 +264,7 @@ struct Shown {
 }
 
 /// `/ipfs/<cid>/<segments...>` (after `/ipfs/`): the root and the decoded segments.
-fn content_path(tail: &str) -> Result<(Cid, Vec<String>), HttpResponse> {
+pub fn content_path(tail: &str) -> Result<(Cid, Vec<String>), HttpResponse> {
     let (cid_text, rest) = tail.split_once('/').map(|(a, b)| (a, Some(b))).unwrap_or((tail, None));
     let Ok(root) = Cid::try_from(cid_text) else {
         return Err(text(StatusCode::BAD_REQUEST, format!("invalid path \"/ipfs/{tail}\": {cid_text:?} is not a CID")));

@@ -1,6 +1,7 @@
 //! Starting a node: open the stores, then serve the API until told to stop.
 
 mod access;
+pub mod connections;
 mod replication;
 mod tasks;
 
@@ -208,6 +209,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     });
     let reg = registry.clone();
     let links = actix_web::web::Data::new(api::home::Links { gateway_url: config.gateway_url.clone(), gateway_port: config.gateway.port() });
+    // Each listener counts its own connections: a client crowding the gateway leaves the API be.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_worker = config.max_connections.div_ceil(workers).max(1);
+    let limits = || {
+        let limits = connections::PerAddress::new(config.max_connections_per_ip, config.trusted_proxies.clone());
+        move |io: &dyn std::any::Any, data: &mut actix_web::dev::Extensions| limits.on_connect(io, data)
+    };
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .app_data(links.clone())
@@ -216,6 +224,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             .wrap(actix_web::middleware::from_fn(access::api))
             .configure(api::configure(reg.clone(), auth.clone()))
     })
+        .workers(workers)
+        .max_connections(per_worker)
+        .on_connect(limits())
         .disable_signals()
         .shutdown_timeout(grace)
         .bind(config.api)
@@ -226,6 +237,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let gateway = actix_web::HttpServer::new(move || {
         actix_web::App::new().wrap(actix_web::middleware::from_fn(access::gateway)).configure(crate::gateway::configure(policy.clone(), gateway_swarm.clone(), naming.clone()))
     })
+        .workers(workers)
+        .max_connections(per_worker)
+        .on_connect(limits())
         .disable_signals()
         .shutdown_timeout(grace)
         .bind(config.gateway)
@@ -236,6 +250,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let rpc = actix_web::HttpServer::new(move || {
         actix_web::App::new().wrap(actix_web::middleware::from_fn(access::rpc)).configure(crate::rpc::configure(rpc_state.clone()))
     })
+        .workers(workers)
+        .max_connections(per_worker)
+        .on_connect(limits())
         .disable_signals()
         .shutdown_timeout(grace)
         .bind(config.rpc)

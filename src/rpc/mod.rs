@@ -67,14 +67,22 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> HttpResponse {
     HttpResponse::build(status).json(json!({"Message": message.to_string(), "Code": 0, "Type": "error"}))
 }
 
-fn bad_request(message: impl std::fmt::Display) -> HttpResponse {
+/// An answer the request itself caused (a bad argument, content that is not there or not a
+/// file, a pin that does not exist). Kubo answers 500 for most of these; its clients (its CLI,
+/// kubo-rpc-client, IPFS Cluster) read the error body whatever the status, so 400 keeps 5xx for
+/// the node's own failures, as HTTP means it.
+pub(crate) fn bad_request(message: impl std::fmt::Display) -> HttpResponse {
     error(StatusCode::BAD_REQUEST, message)
 }
 
 fn dag_failure(e: DagError) -> HttpResponse {
     match e {
-        DagError::Missing(cid) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("block was not found locally (offline): {cid}")),
-        other => error(StatusCode::INTERNAL_SERVER_ERROR, other),
+        DagError::Missing(cid) => bad_request(format!("block was not found locally (offline): {cid}")),
+        e @ (DagError::NotFound(_) | DagError::Unsupported(_) | DagError::TooMuchWork(_)) => bad_request(e),
+        // Stored or fetched content that does not decode: the content's fault, as a gateway says.
+        e @ DagError::Malformed { .. } => error(StatusCode::BAD_GATEWAY, e),
+        DagError::Registry(e @ crate::registry::RegistryError::Metadata(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        e @ DagError::Registry(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
@@ -236,7 +244,7 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
                 let Some(peer) = peer else { return bad_request(format!("{a:?} names no peer")) };
                 match state.swarm.disconnect(peer).await {
                     Ok(true) => out.push(format!("disconnect {peer} success")),
-                    Ok(false) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("disconnect {peer} failure: not connected")),
+                    Ok(false) => return bad_request(format!("disconnect {peer} failure: not connected")),
                     Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
                 }
             }
@@ -278,7 +286,7 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
                 // Only what anyone may fetch is announced: a provider record tells the world the node holds it.
                 match state.policy.may_send(&cid, &Audience::Anyone).await {
                     Ok(true) => {}
-                    Ok(false) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{cid} is not public content this node holds")),
+                    Ok(false) => return bad_request(format!("{cid} is not public content this node holds")),
                     Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
                 }
                 if let Err(e) = state.swarm.provide(cid).await {
@@ -471,7 +479,7 @@ fn disk_capacity(path: &std::path::Path) -> u64 {
 async fn cat(reader: Arc<Reader>, cid: Cid) -> HttpResponse {
     let size = match reader.file_size(&cid).await {
         Ok(Some(s)) => s,
-        Ok(None) => return error(StatusCode::INTERNAL_SERVER_ERROR, "this dag node is a directory"),
+        Ok(None) => return bad_request("this dag node is a directory"),
         Err(e) => return dag_failure(e),
     };
     HttpResponse::Ok()
@@ -795,7 +803,7 @@ async fn dag_import(req: &HttpRequest, body: web::Payload, policy: &Arc<crate::e
             Some(Ok(Part::Data(chunk))) => {
                 let blocks = match reader.push(&chunk) {
                     Ok(b) => b,
-                    Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                    Err(e) => return bad_request(e),
                 };
                 for (cid, data) in blocks {
                     batch_bytes += data.len();

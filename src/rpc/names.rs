@@ -107,11 +107,11 @@ pub(super) async fn resolve(req: &HttpRequest, state: &RpcState) -> HttpResponse
     match state.registry.follow_ipns(value, ttl).await {
         Ok(ipns::Followed::Path(path, _)) => HttpResponse::Ok().json(json!({"Path": path})),
         Ok(ipns::Followed::NoRecord(name)) => unresolved(&name),
-        Ok(ipns::Followed::TooDeep(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{raw}: more than {} IPNS hops", ipns::MAX_HOPS)),
+        Ok(ipns::Followed::TooDeep(_)) => bad_request( format!("{raw}: more than {} IPNS hops", ipns::MAX_HOPS)),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
 fn unresolved(name: &Name) -> HttpResponse {
-    error(StatusCode::INTERNAL_SERVER_ERROR, format!("could not resolve name /ipns/{}: no valid record on this node", name.canonical()))
+    bad_request(format!("could not resolve name /ipns/{}: no valid record on this node", name.canonical()))
 }

@@ -262,7 +262,7 @@ pub(super) async fn ls(req: &HttpRequest, state: &RpcState) -> HttpResponse {
             match (pinned, visible(cid).await) {
                 (Some(kind), Ok(true)) => listed.push((cid.to_string(), kind)),
                 (_, Err(resp)) => return resp,
-                _ => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("path '{a}' is not pinned")),
+                _ => return bad_request(format!("path '{a}' is not pinned")),
             }
         }
     }
@@ -296,7 +296,7 @@ pub(super) async fn rm(req: &HttpRequest, state: &RpcState) -> HttpResponse {
     for a in args(req, "arg") {
         let cid = match parse_path(&a) {
             Ok((cid, path)) if path.is_empty() => cid,
-            Ok(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, NOT_PINNED),
+            Ok(_) => return bad_request(NOT_PINNED),
             Err(resp) => return resp,
         };
         let unpinned = state.registry.unpin_block(&cid).await;
@@ -306,7 +306,7 @@ pub(super) async fn rm(req: &HttpRequest, state: &RpcState) -> HttpResponse {
         }
         match unpinned {
             Ok(true) => removed.push(cid.to_string()),
-            Ok(false) => return error(StatusCode::INTERNAL_SERVER_ERROR, NOT_PINNED),
+            Ok(false) => return bad_request(NOT_PINNED),
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
         }
     }
@@ -328,7 +328,7 @@ pub(super) async fn update(req: &HttpRequest, state: &RpcState) -> HttpResponse 
     };
     match state.registry.block_pins().await {
         Ok(pins) if pins.contains(&from.to_string()) => {}
-        Ok(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "'from' cid was not recursively pinned already"),
+        Ok(_) => return bad_request("'from' cid was not recursively pinned already"),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
     if let Err(e) = pin_one(req, state, *to, &mut 0, |_| {}).await {

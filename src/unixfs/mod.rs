@@ -7,7 +7,7 @@
 
 mod importer;
 pub mod hamt;
-mod pb;
+pub mod pb;
 
 pub use importer::{BlockSink, CollectingImporter, DagBlock, Importer, NewBlock, Root};
 pub use pb::{decode_node, file_data, unixfs_data, unixfs_type, UnixfsData, DecodeError, DecodedLink, DecodedNode};
