@@ -84,8 +84,10 @@ impl OwnServer {
         run(as_postgres(&self.bin.join("pg_ctl")).arg("-D").arg(&self.dir).arg("-l").arg(self.dir.join("log")).args(["-w", "-o", &opts, "start"]));
     }
 
-    fn stop(&self) {
-        run(as_postgres(&self.bin.join("pg_ctl")).arg("-D").arg(&self.dir).args(["-m", "fast", "-w", "stop"]));
+    /// Stops the server as a crash would: every backend killed at once, no checkpoint
+    /// (`immediate`; recovery replays the WAL at the next start).
+    fn kill(&self) {
+        run(as_postgres(&self.bin.join("pg_ctl")).arg("-D").arg(&self.dir).args(["-m", "immediate", "-w", "stop"]));
     }
 
     fn url(&self) -> String {
@@ -130,9 +132,20 @@ fn a_database_outage_is_503_and_the_node_recovers() {
             (ok, unavailable)
         })
     };
+    // A chunked push under way when the database dies: its first chunk acknowledged.
+    let layer = xorshift_bytes(11, 2 << 20);
+    let r = client().post(node.url("/v2/up/app/blobs/uploads/")).send().unwrap();
+    assert_eq!(r.status(), 202);
+    let session = r.headers()["Location"].to_str().unwrap().to_string();
+    let r = client().patch(node.url(&session)).header("Content-Range", format!("0-{}", (1 << 20) - 1)).body(layer[..1 << 20].to_vec()).send().unwrap();
+    assert_eq!(r.status(), 202);
+    let session = r.headers()["Location"].to_str().unwrap().to_string();
     std::thread::sleep(Duration::from_millis(500));
-    pg.stop();
+    pg.kill();
     std::thread::sleep(Duration::from_secs(2));
+    // The push's next chunk is refused while the database is away (the client retries it).
+    let r = client().patch(node.url(&session)).header("Content-Range", format!("{}-{}", 1 << 20, (2 << 20) - 1)).body(layer[1 << 20..].to_vec()).send().unwrap();
+    assert_eq!(r.status(), 503, "{}", r.text().unwrap_or_default());
     // Writes too: refused cleanly, nothing half-written.
     let r = client().post(node.url("/v2/up/app/blobs/uploads/?digest=sha256:0000000000000000000000000000000000000000000000000000000000000000")).body("x").send().unwrap();
     assert_eq!(r.status(), 503);
@@ -151,8 +164,20 @@ fn a_database_outage_is_503_and_the_node_recovers() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, unavailable) = load.join().expect("no 500s and no failed connections under the outage");
     assert!(ok > 0 && unavailable > 0, "ok {ok}, unavailable {unavailable}");
-    // The data from before is whole, and writes work again.
+    // The data from before is whole, and writes work again: the interrupted push resumes where
+    // its acknowledged chunk ended and its blob is whole.
     assert_eq!(put_manifest(&node, "up/app", "t2", OCI_MANIFEST, &m).status(), 201);
+    let status = client().get(node.url(&session)).send().unwrap();
+    assert_eq!(status.status(), 204);
+    assert_eq!(status.headers()["Range"], format!("0-{}", (1 << 20) - 1).as_str(), "the refused chunk left nothing behind");
+    let r = client().patch(node.url(&session)).header("Content-Range", format!("{}-{}", 1 << 20, (2 << 20) - 1)).body(layer[1 << 20..].to_vec()).send().unwrap();
+    assert_eq!(r.status(), 202);
+    let session = r.headers()["Location"].to_str().unwrap().to_string();
+    let sep = if session.contains('?') { '&' } else { '?' };
+    let digest = sha256(&layer);
+    assert_eq!(client().put(node.url(&format!("{session}{sep}digest={digest}"))).send().unwrap().status(), 201);
+    let pulled = client().get(node.url(&format!("/v2/up/app/blobs/{digest}"))).send().unwrap().bytes().unwrap();
+    assert_eq!(sha256(&pulled), digest);
     let mut node = node;
     assert!(node.is_running());
 }

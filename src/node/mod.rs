@@ -34,6 +34,8 @@ pub enum ServeError {
     Swarm(#[from] crate::swarm::SwarmError),
     #[error("server failed: {0}")]
     Server(std::io::Error),
+    #[error(transparent)]
+    Damaged(#[from] crate::storage::health::Damaged),
 }
 
 /// Opens the stores of a data directory (creating them if absent); with `serving`, also
@@ -48,6 +50,8 @@ pub async fn open_registry(
         .map_err(|source| ServeError::DataDir { path: data_dir.display().to_string(), source })?;
     if serving {
         private_modes(data_dir).map_err(|source| ServeError::DataDir { path: data_dir.display().to_string(), source })?;
+        let clean = crate::storage::health::take_clean_stop(data_dir);
+        crate::storage::health::check(data_dir, !clean)?;
     }
     let blobs = BlobStore::open(data_dir)?;
     let meta: Arc<dyn MetadataStore> = match database_url {
@@ -287,6 +291,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         futures_util::future::join_all(handles.iter().map(|h| h.stop(true))).await;
     });
     futures_util::future::try_join_all(servers).await.map_err(ServeError::Server)?;
+    crate::storage::health::mark_clean_stop(&config.data_dir);
     tracing::info!("stopped");
     Ok(())
 }

@@ -10,6 +10,7 @@
 mod arriving;
 mod blobstore;
 mod download;
+pub mod health;
 mod upload;
 
 pub use blobstore::{BlobStore, GcLock};
