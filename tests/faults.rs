@@ -101,3 +101,98 @@ fn damaged_databases_refuse_to_start_naming_the_file_and_what_to_do() {
     let blob = client().get(node.url(&format!("/v2/a/b/blobs/{}", sha256(&layer)))).send().unwrap().bytes().unwrap();
     assert_eq!(sha256(&blob), sha256(&layer));
 }
+
+/// A size-limited tmpfs of this test's own, unmounted when dropped (needs root, as CI has).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(mib: u64) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"]).arg(dir.path()).output().unwrap();
+        assert!(out.status.success(), "mounting a {mib} MiB tmpfs (this test needs root): {}", String::from_utf8_lossy(&out.stderr));
+        SmallDisk { dir }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn free(&self) -> u64 {
+        let out = Command::new("df").args(["--output=avail", "-B1"]).arg(self.path()).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// Pushes `data` in 4 MiB chunks; the status of the first refused request, or of the final PUT.
+fn chunked_push(node: &Node, repo: &str, data: &[u8]) -> (u16, String) {
+    let c = client();
+    let r = c.post(node.url(&format!("/v2/{repo}/blobs/uploads/"))).send().unwrap();
+    if r.status() != 202 {
+        return (r.status().as_u16(), r.text().unwrap());
+    }
+    let mut loc = r.headers()["Location"].to_str().unwrap().to_string();
+    for (i, chunk) in data.chunks(4 << 20).enumerate() {
+        let start = i * (4 << 20);
+        let r = c.patch(node.url(&loc)).header("Content-Range", format!("{start}-{}", start + chunk.len() - 1)).body(chunk.to_vec()).send().unwrap();
+        if r.status() != 202 {
+            return (r.status().as_u16(), r.text().unwrap());
+        }
+        loc = r.headers()["Location"].to_str().unwrap().to_string();
+    }
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = c.put(node.url(&format!("{loc}{sep}digest={}", sha256(data)))).send().unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+#[test]
+fn a_full_disk_fails_uploads_clearly_keeps_reads_and_recovers() {
+    let disk = SmallDisk::new(96);
+    let mut node = Node::start_in(Some(disk.path().join("data")), &[], &[]);
+    let layer = xorshift_bytes(5, 4 << 20);
+    let m = image_manifest(&node, "kept/app", b"{}", &[&layer]);
+    assert_eq!(put_manifest(&node, "kept/app", "v1", OCI_MANIFEST, &m).status(), 201);
+
+    // Leave about 12 MiB free, then push 40 MiB.
+    let filler = disk.path().join("filler");
+    let keep = 12u64 << 20;
+    let fill = disk.free().saturating_sub(keep);
+    std::fs::write(&filler, vec![0u8; fill as usize]).unwrap();
+    let big = xorshift_bytes(6, 40 << 20);
+    let (status, body) = chunked_push(&node, "new/app", &big);
+    assert_eq!(status, 507, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["errors"][0]["message"].as_str().unwrap().contains("storage is full"), "{body}");
+    // Monolithic too.
+    let r = client().post(node.url(&format!("/v2/new/app/blobs/uploads/?digest={}", sha256(&big)))).body(big.clone()).send().unwrap();
+    assert_eq!(r.status(), 507);
+    // Nothing of it is visible; reads of what was there go on.
+    assert_eq!(client().head(node.url(&format!("/v2/new/app/blobs/{}", sha256(&big)))).send().unwrap().status(), 404);
+    let r = client().get(node.url("/v2/kept/app/manifests/v1")).header("Accept", OCI_MANIFEST).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let pulled = client().get(node.url(&format!("/v2/kept/app/blobs/{}", sha256(&layer)))).send().unwrap().bytes().unwrap();
+    assert_eq!(sha256(&pulled), sha256(&layer));
+    // What the refused writes had written went with them: the open chunked session holds its
+    // acknowledged chunks exactly (it may be resumed), the monolithic upload nothing.
+    let sessions: Vec<u64> = std::fs::read_dir(node.data_dir.join("uploads")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).collect();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert!(sessions[0] % (4 << 20) == 0 && sessions[0] > 0, "{sessions:?}");
+    assert!(disk.free() + sessions[0] + (1 << 20) >= keep, "{} bytes free of the {keep} left", disk.free());
+
+    // Space returns: the same push succeeds, with no restart.
+    std::fs::remove_file(&filler).unwrap();
+    let (status, body) = chunked_push(&node, "new/app", &big);
+    assert_eq!(status, 201, "{body}");
+    let m2 = image_manifest(&node, "new/app", b"{\"n\":2}", &[&big]);
+    assert_eq!(put_manifest(&node, "new/app", "v1", OCI_MANIFEST, &m2).status(), 201);
+    let pulled = client().get(node.url(&format!("/v2/new/app/blobs/{}", sha256(&big)))).send().unwrap().bytes().unwrap();
+    assert_eq!(sha256(&pulled), sha256(&big));
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "verify", "--data-dir"]).arg(&node.data_dir).output().unwrap();
+    assert!(out.status.success(), "verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    node.kill9();
+}

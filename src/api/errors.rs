@@ -30,6 +30,7 @@ pub enum Code {
     PaginationInvalid,
     TooManyRequests,
     Unavailable,
+    InsufficientStorage,
     Internal,
 }
 
@@ -59,6 +60,7 @@ impl Code {
             PaginationInvalid => ("PAGINATION_NUMBER_INVALID", StatusCode::BAD_REQUEST, "invalid number of results requested"),
             TooManyRequests => ("TOOMANYREQUESTS", StatusCode::TOO_MANY_REQUESTS, "too many requests"),
             Unavailable => ("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE, "service unavailable"),
+            InsufficientStorage => ("UNAVAILABLE", StatusCode::INSUFFICIENT_STORAGE, "the registry's storage is full; retry once space is freed"),
             Internal => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
         }
     }
@@ -109,6 +111,7 @@ impl From<crate::metadata::MetadataError> for ApiError {
     fn from(e: crate::metadata::MetadataError) -> Self {
         match e {
             crate::metadata::MetadataError::Unavailable(_) => ApiError::new(Code::Unavailable, e.to_string()),
+            crate::metadata::MetadataError::Full(_) => ApiError::new(Code::InsufficientStorage, e.to_string()),
             _ => ApiError::new(Code::Internal, e.to_string()),
         }
     }
@@ -116,7 +119,7 @@ impl From<crate::metadata::MetadataError> for ApiError {
 
 impl From<crate::storage::StorageError> for ApiError {
     fn from(e: crate::storage::StorageError) -> Self {
-        ApiError::new(Code::Internal, e.to_string())
+        ApiError::new(if e.is_full() { Code::InsufficientStorage } else { Code::Internal }, e.to_string())
     }
 }
 

@@ -156,6 +156,8 @@ impl From<RegistryError> for ApiError {
             RegistryError::ManifestReference(_) => Code::ManifestBlobUnknown,
             // A session another node opened: its data is there, not here.
             RegistryError::Storage(crate::storage::StorageError::UploadMissing(_)) => Code::BlobUploadUnknown,
+            RegistryError::Storage(s) if s.is_full() => Code::InsufficientStorage,
+            RegistryError::BlockIndex(b) if b.is_full() => Code::InsufficientStorage,
             RegistryError::Storage(_) | RegistryError::BlockIndex(_) | RegistryError::BlockCorrupt { .. } => Code::Internal,
             RegistryError::Metadata(_) => Code::Internal,
         };

@@ -40,6 +40,17 @@ pub enum BlockIndexError {
     Mismatch { cid: String, detail: String },
 }
 
+impl BlockIndexError {
+    /// The disk is full: the write may succeed once space returns.
+    pub fn is_full(&self) -> bool {
+        match self {
+            BlockIndexError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => f.code == rusqlite::ErrorCode::DiskFull,
+            BlockIndexError::Storage(s) => s.is_full(),
+            _ => false,
+        }
+    }
+}
+
 /// Where a block's bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {

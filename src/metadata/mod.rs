@@ -28,6 +28,9 @@ pub enum MetadataError {
     Conflict(String),
     #[error("metadata store holds an invalid value: {0}")]
     Corrupt(String),
+    /// The database's disk is full; writes may succeed once space returns.
+    #[error("metadata store is out of disk space: {0}")]
+    Full(String),
 }
 
 impl MetadataError {
@@ -38,6 +41,7 @@ impl MetadataError {
             MetadataError::Backend(_) => "backend",
             MetadataError::Conflict(_) => "conflict",
             MetadataError::Corrupt(_) => "corrupt",
+            MetadataError::Full(_) => "full",
         }
     }
 }

@@ -42,6 +42,7 @@ fn classify(e: rusqlite::Error) -> MetadataError {
         {
             MetadataError::Unavailable(e.to_string())
         }
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => MetadataError::Full(e.to_string()),
         other => MetadataError::Backend(other.to_string()),
     }
 }

@@ -208,7 +208,18 @@ impl Registry {
                 return Err(RegistryError::ChunkOutOfOrder { start: r.start, offset });
             }
         }
-        let out = append_stream(&self.blobs, id, offset, h.digest, h.dag, body, state.progress.clone()).await?;
+        let out = match append_stream(&self.blobs, id, offset, h.digest, h.dag, body, state.progress.clone()).await {
+            Ok(out) => out,
+            Err(e) => {
+                // A write that failed (a full disk) leaves the session as it was, and frees what
+                // it had written of the chunk.
+                if let Err(cut) = self.blobs.truncate_upload(&id, offset) {
+                    tracing::warn!(upload = %id, error = %cut, "could not cut a failed chunk back off its upload");
+                }
+                state.hashed = None;
+                return Err(e.into());
+            }
+        };
         // The DAG saw every chunk received, the file only those written: keep both only if they
         // agree, otherwise they are rebuilt from the file next time.
         state.hashed = (out.side.consumed() == out.len).then_some(Hashes { offset: out.len, digest: out.hasher, dag: out.side });

@@ -32,6 +32,18 @@ pub enum StorageError {
     Task(String),
 }
 
+impl StorageError {
+    /// The disk (or the user's quota) is full: the write may succeed once space returns.
+    pub fn is_full(&self) -> bool {
+        matches!(self, StorageError::Io { source, .. } if is_full(source))
+    }
+}
+
+/// ENOSPC or EDQUOT.
+pub fn is_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
     move |source| StorageError::Io { path: path.display().to_string(), source }
 }

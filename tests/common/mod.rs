@@ -64,8 +64,13 @@ impl Node {
     }
 
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Node {
+        Self::start_in(None, extra, env)
+    }
+
+    /// A node on `data_dir` (somewhere of the test's choosing, e.g. a small disk) if given.
+    pub fn start_in(data_dir: Option<PathBuf>, extra: &[&str], env: &[(&str, &str)]) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
-        let data_dir = dir.path().join("data");
+        let data_dir = data_dir.unwrap_or_else(|| dir.path().join("data"));
         let log = dir.path().join("node.log");
         let mut node = Node {
             child: None,
