@@ -2,6 +2,7 @@
 //! points of pushes, GCs, CAR imports and token issuance.
 
 mod common;
+use common::dags::*;
 use common::*;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -195,4 +196,169 @@ fn a_full_disk_fails_uploads_clearly_keeps_reads_and_recovers() {
     let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "verify", "--data-dir"]).arg(&node.data_dir).output().unwrap();
     assert!(out.status.success(), "verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     node.kill9();
+}
+
+const ADMIN_PASSWORD: &str = "admin-password-1";
+
+/// What the node acknowledged: it must all be there after any crash.
+#[derive(Default)]
+struct Acknowledged {
+    /// (repository, tag, manifest digest, layer digest, layer seed)
+    images: Vec<(String, String, String, String)>,
+    /// Roots of CARs whose import answered with the pin made.
+    imports: Vec<String>,
+    refresh_tokens: Vec<String>,
+    /// Tags whose deletion was acknowledged.
+    deleted: std::collections::HashSet<(String, String)>,
+}
+
+fn admin(node: &Node, rb: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
+    let _ = node;
+    rb.basic_auth("admin", Some(ADMIN_PASSWORD))
+}
+
+/// One worker's loop until the node dies: pushes, deletes, GCs, imports or token requests.
+fn work(kind: usize, round: usize, node_url: String, rpc: String, ack: std::sync::Arc<std::sync::Mutex<Acknowledged>>) {
+    let c = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let basic = |rb: reqwest::blocking::RequestBuilder| rb.basic_auth("admin", Some(ADMIN_PASSWORD));
+    for n in 0.. {
+        let alive = match kind {
+            0 | 1 => {
+                // Push an image: config, layer, manifest; acknowledged at the manifest's 201.
+                let repo = format!("crash/app{kind}");
+                let layer = xorshift_bytes(((round * 1000 + n) * 2 + kind) as u64, 300 * 1024 + n * 7);
+                let config = format!("{{\"round\":{round},\"n\":{n}}}").into_bytes();
+                let mut ok = true;
+                for blob in [&layer, &config] {
+                    let r = basic(c.post(format!("{node_url}/v2/{repo}/blobs/uploads/?digest={}", sha256(blob)))).body(blob.to_vec()).send();
+                    ok &= r.is_ok_and(|r| r.status() == 201);
+                }
+                if !ok {
+                    false
+                } else {
+                    let manifest = serde_json::to_vec(&serde_json::json!({
+                        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+                        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&layer), "size": layer.len()}],
+                    }))
+                    .unwrap();
+                    let tag = format!("r{round}-{n}");
+                    match basic(c.put(format!("{node_url}/v2/{repo}/manifests/{tag}"))).header("Content-Type", OCI_MANIFEST).body(manifest.clone()).send() {
+                        Ok(r) if r.status() == 201 => {
+                            ack.lock().unwrap().images.push((repo, tag, sha256(&manifest), sha256(&layer)));
+                            true
+                        }
+                        _ => false,
+                    }
+                }
+            }
+            2 => {
+                // Delete an acknowledged tag now and then, and collect garbage (grace 0 s).
+                let victim = ack.lock().unwrap().images.iter().rev().find(|(r, ..)| r == "crash/app1").cloned();
+                if let Some((repo, tag, ..)) = victim.filter(|_| n % 3 == 0) {
+                    if basic(c.delete(format!("{node_url}/v2/{repo}/manifests/{tag}"))).send().is_ok_and(|r| r.status() == 202) {
+                        ack.lock().unwrap().deleted.insert((repo, tag));
+                    }
+                }
+                c.post(format!("{rpc}/api/v0/repo/gc")).send().is_ok()
+            }
+            3 => {
+                // Import a CAR through the RPC; acknowledged when it answers with the pin made.
+                let data = xorshift_bytes((round * 1000 + n) as u64 + 77, 200 * 1024);
+                let leaf = cid_of(0x55, &data);
+                let root_node = dag_pb(&[("f", leaf)], DIRECTORY_DATA);
+                let root = cid_of(0x70, &root_node);
+                let car = car(&root, &[(root, root_node), (leaf, data)]);
+                let form = reqwest::blocking::multipart::Form::new().part("file", reqwest::blocking::multipart::Part::bytes(car).file_name("x.car"));
+                match c.post(format!("{rpc}/api/v0/dag/import?pin-roots=true")).multipart(form).send().and_then(|r| r.text()) {
+                    Ok(text) if text.contains("\"PinErrorMsg\":\"\"") => {
+                        ack.lock().unwrap().imports.push(root.to_string());
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            _ => {
+                // Issue refresh tokens (stored) and JWTs.
+                let form = [("grant_type", "password"), ("username", "admin"), ("password", ADMIN_PASSWORD), ("access_type", "offline"), ("service", "af-registry"), ("client_id", "crash")];
+                match c.post(format!("{node_url}/token")).form(&form).send() {
+                    Ok(r) if r.status() == 200 => {
+                        let t: serde_json::Value = r.json().unwrap_or_default();
+                        if let Some(refresh) = t["refresh_token"].as_str() {
+                            ack.lock().unwrap().refresh_tokens.push(refresh.to_string());
+                        }
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        };
+        if !alive {
+            // Refused or cut off: the node is gone (or going); stop at the next failure.
+            if c.get(format!("{node_url}/v2/")).send().is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn kill_9_at_random_points_of_pushes_gcs_imports_and_token_issuance_loses_nothing_acknowledged() {
+    let mut node = Node::start_with_env(&["--auth", "token", "--gc-grace", "0s"], &[("AF_ADMIN_PASSWORD", ADMIN_PASSWORD)]);
+    let ack = std::sync::Arc::new(std::sync::Mutex::new(Acknowledged::default()));
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..20 {
+        let workers: Vec<_> = (0..5)
+            .map(|kind| {
+                let (url, rpc, ack) = (node.url(""), format!("http://{}", node.rpc), ack.clone());
+                std::thread::spawn(move || work(kind, round, url, rpc, ack))
+            })
+            .collect();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(300 + rng % 1200));
+        node.kill9();
+        for w in workers {
+            w.join().unwrap();
+        }
+        // Nothing half-written: the stopped node's data directory verifies clean.
+        let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "verify", "--data-dir"]).arg(&node.data_dir).output().unwrap();
+        assert!(out.status.success(), "round {round}: verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let started = Instant::now();
+        node.start_again();
+        let restart = started.elapsed();
+        // Everything acknowledged is there.
+        let a = ack.lock().unwrap();
+        for (repo, tag, manifest, layer) in &a.images {
+            if a.deleted.contains(&(repo.clone(), tag.clone())) {
+                continue;
+            }
+            let r = admin(&node, client().get(node.url(&format!("/v2/{repo}/manifests/{tag}")))).header("Accept", OCI_MANIFEST).send().unwrap();
+            assert_eq!(r.status(), 200, "round {round}: {repo}:{tag} lost");
+            assert_eq!(sha256(&r.bytes().unwrap()), *manifest);
+            let blob = admin(&node, client().get(node.url(&format!("/v2/{repo}/blobs/{layer}")))).send().unwrap().bytes().unwrap();
+            assert_eq!(sha256(&blob), *layer, "round {round}: {repo}:{tag}'s layer");
+        }
+        for root in &a.imports {
+            let r = client().post(format!("http://{}/api/v0/dag/export?arg={root}", node.rpc)).send().unwrap();
+            assert_eq!(r.status(), 200, "round {round}: import {root} lost");
+            let mut reader = af_registry::car::SectionReader::default();
+            assert_eq!(reader.push(&r.bytes().unwrap()).unwrap().len(), 2, "round {round}: import {root} incomplete");
+        }
+        for refresh in a.refresh_tokens.iter().rev().take(5) {
+            let form = [("grant_type", "refresh_token"), ("refresh_token", refresh.as_str()), ("service", "af-registry"), ("client_id", "crash")];
+            let r = client().post(node.url("/token")).form(&form).send().unwrap();
+            assert_eq!(r.status(), 200, "round {round}: a refresh token issued before the crash");
+        }
+        eprintln!(
+            "round {round}: {} images, {} deleted, {} imports, {} refresh tokens acknowledged so far; restarted in {restart:?}",
+            a.images.len(),
+            a.deleted.len(),
+            a.imports.len(),
+            a.refresh_tokens.len()
+        );
+    }
+    let a = ack.lock().unwrap();
+    assert!(a.images.len() > 20 && a.imports.len() > 10 && a.refresh_tokens.len() > 20 && !a.deleted.is_empty(), "too little was acknowledged to show anything");
 }

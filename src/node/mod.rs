@@ -111,6 +111,17 @@ async fn bootstrap_admin(meta: &Arc<dyn crate::metadata::AuthStore>) -> Result<(
     let admin = |e: &dyn std::fmt::Display| ServeError::Admin(e.to_string());
     if let Ok(password) = std::env::var("AF_ADMIN_PASSWORD") {
         crate::auth::secrets::check_password(&password).map_err(|e| admin(&format!("AF_ADMIN_PASSWORD: {e}")))?;
+        // The same password as stored: kept as it is. Hashing it again (a new salt) would end
+        // every refresh token and remembered login it minted, at each restart.
+        if let Some(phc) = meta.get_user(&name).await?.and_then(|u| u.password_hash) {
+            let given = password.clone();
+            let same = tokio::task::spawn_blocking(move || crate::auth::secrets::Verifier::default().verify(&given, &phc))
+                .await
+                .map_err(|e| admin(&e))?;
+            if same {
+                return Ok(());
+            }
+        }
         let phc = crate::auth::secrets::hash_off_thread(password).await.map_err(|e| admin(&e))?;
         if !meta.create_user(&name, Some(&phc), true).await? && !meta.set_password(&name, &phc).await? {
             return Err(ServeError::Admin(format!("{name:?} is the name of an organisation")));
