@@ -79,3 +79,9 @@ fi
 
 python3 -c 'import oras' 2>/dev/null || { echo "installing oras (PyPI)"; pip install -q 'oras>=0.2,<0.3'; }
 echo "test dependencies ready"
+
+# cargo fuzz (its targets build with the nightly toolchain these machines carry); cargo deny is
+# built by scripts/test.sh in the background.
+export PATH="$HOME/.cargo/bin:$PATH"
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@0.13.2

@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh machine: installs what the tests drive (idempotently), checks
 # the Dockerfile's steps without a Docker engine, builds once, runs the Rust unit and integration
 # tests (real node processes, real clients, a PostgreSQL server), then the OCI conformance suite
-# and the IPFS gateway conformance suite. Exits non-zero on any failure.
+# and the IPFS gateway conformance suite, every fuzz target for 20 s, and the dependency checks.
+# Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # /usr/sbin: dnsmasq (the DNS server of the DNSLink tests) lives there, off some users' PATH.
@@ -14,6 +15,17 @@ AF_TEST_POSTGRES_URL=$(scripts/postgres.sh)
 export AF_TEST_POSTGRES_URL
 scripts/check-dockerfile.sh
 cargo build --locked --all-targets
+# The fuzz targets (nightly, sanitizers) and cargo deny build meanwhile at the lowest priority,
+# on what the tests leave of the cores; they run at the end, each fuzz target for 20 s.
+mkdir -p target
+(
+  nice -n 19 scripts/fuzz.sh --build-only
+  command -v cargo-deny >/dev/null || nice -n 19 cargo install --locked cargo-deny@0.20.2
+) >target/fuzz-build.log 2>&1 &
+fuzz_build=$!
 cargo test --locked -- --test-threads "${AF_TEST_THREADS:-4}"
 scripts/conformance.sh target/debug/af
 scripts/gateway-conformance.sh target/debug/af
+wait "$fuzz_build" || { tail -40 target/fuzz-build.log; echo "the fuzz targets or cargo deny did not build" >&2; exit 1; }
+scripts/fuzz.sh "${AF_FUZZ_SECONDS:-20}"
+scripts/deny.sh

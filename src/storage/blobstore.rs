@@ -1,5 +1,6 @@
 use super::{io_err, StorageError};
 use crate::digest::{Algorithm, Digest, Hasher};
+use std::sync::Arc;
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -17,19 +18,90 @@ pub struct BlobStore {
     quarantine: PathBuf,
     staging: PathBuf,
     gc_lock: PathBuf,
+    turn: Arc<Turnstile>,
 }
 
 /// A hold on `gc.lock` (an flock, so it spans processes: `af registry gc` runs beside the node).
 /// Publishing a blob holds it shared from the rename to the metadata commit; a GC holds it
 /// exclusively from deciding what is garbage to unlinking it. So a GC never unlinks a file that
 /// an upload has just published for a blob it is about to commit.
-pub struct GcLock(File);
+pub struct GcLock {
+    file: File,
+    _turn: TurnGuard,
+}
 
 impl Drop for GcLock {
     fn drop(&mut self) {
         use std::os::fd::AsRawFd;
         // Closing the file would release it too; this says so explicitly.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// Within the process, a GC waiting for the lock goes before publishers that come after it:
+/// flock lets new shared holders in while an exclusive one waits, so under a steady stream of
+/// pushes a GC would wait for ever (the soak showed it). The preference lasts [`PREFERENCE`] at a
+/// time: a publisher that already holds the lock shared and asks for it again (an import that
+/// publishes blobs) must not wait for a GC that waits for it.
+#[derive(Debug, Default)]
+struct Turnstile {
+    state: std::sync::Mutex<TurnState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct TurnState {
+    shared: usize,
+    exclusive: bool,
+    exclusive_waiting: usize,
+}
+
+/// How long a waiting GC holds new publishers back before letting them by for a moment.
+const PREFERENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+struct TurnGuard {
+    turn: Arc<Turnstile>,
+    exclusive: bool,
+}
+
+impl Turnstile {
+    fn enter(self: &Arc<Self>, exclusive: bool) -> TurnGuard {
+        let mut s = self.state.lock().expect("turnstile");
+        if exclusive {
+            loop {
+                s.exclusive_waiting += 1;
+                let (mut held, _) = self.changed.wait_timeout_while(s, PREFERENCE, |s| s.exclusive || s.shared > 0).expect("turnstile");
+                held.exclusive_waiting -= 1;
+                if !held.exclusive && held.shared == 0 {
+                    held.exclusive = true;
+                    break;
+                }
+                // Let publishers held back by the preference by (one of them may be what holds
+                // the lock now), then ask again.
+                self.changed.notify_all();
+                drop(held);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                s = self.state.lock().expect("turnstile");
+            }
+        } else {
+            while s.exclusive || s.exclusive_waiting > 0 {
+                s = self.changed.wait(s).expect("turnstile");
+            }
+            s.shared += 1;
+        }
+        TurnGuard { turn: self.clone(), exclusive }
+    }
+}
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        let mut s = self.turn.state.lock().expect("turnstile");
+        if self.exclusive {
+            s.exclusive = false;
+        } else {
+            s.shared -= 1;
+        }
+        self.turn.changed.notify_all();
     }
 }
 
@@ -44,7 +116,7 @@ impl BlobStore {
         for d in [&blobs, &uploads, &quarantine] {
             fs::create_dir_all(d).map_err(io_err(d))?;
         }
-        Ok(BlobStore { blobs, uploads, quarantine, staging: data_dir.join("staging"), gc_lock: data_dir.join("gc.lock") })
+        Ok(BlobStore { blobs, uploads, quarantine, staging: data_dir.join("staging"), gc_lock: data_dir.join("gc.lock"), turn: Arc::default() })
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -56,11 +128,12 @@ impl BlobStore {
     pub fn gc_lock(&self, exclusive: bool) -> Result<GcLock, StorageError> {
         use std::os::fd::AsRawFd;
         let file = OpenOptions::new().create(true).truncate(false).write(true).open(&self.gc_lock).map_err(io_err(&self.gc_lock))?;
+        let turn = self.turn.enter(exclusive);
         let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
         loop {
             // SAFETY: flock on a descriptor this function owns.
             if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-                return Ok(GcLock(file));
+                return Ok(GcLock { file, _turn: turn });
             }
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
@@ -289,5 +362,45 @@ mod tests {
         store.publish(&id2, &d).unwrap();
         assert_eq!(store.upload_len(&id2).unwrap(), None);
         assert!(store.has_blob(&d));
+    }
+
+    #[test]
+    fn a_gc_gets_the_lock_under_a_steady_stream_of_publishers_and_nesting_never_deadlocks() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        // Eight publishers, each always holding the lock shared or about to: without the
+        // turnstile, flock would never find a moment with no shared holder.
+        let publishers: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, stop) = (store.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _held = store.gc_lock(false).unwrap();
+                        std::thread::sleep(std::time::Duration::from_millis(3));
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let started = std::time::Instant::now();
+        for _ in 0..3 {
+            drop(store.gc_lock(true).unwrap());
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "three GCs waited {:?}", started.elapsed());
+        // A holder that asks again while a GC waits: both get through.
+        let outer = store.gc_lock(false).unwrap();
+        let gc = {
+            let store = store.clone();
+            std::thread::spawn(move || drop(store.gc_lock(true).unwrap()))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let inner = store.gc_lock(false).unwrap();
+        drop(inner);
+        drop(outer);
+        gc.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        publishers.into_iter().for_each(|p| p.join().unwrap());
     }
 }
