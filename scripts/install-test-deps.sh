@@ -14,7 +14,7 @@ export PATH="$GOBIN:$PATH:/usr/sbin:/sbin"
 
 need_apt=()
 for pair in skopeo:skopeo podman:podman buildah:buildah umoci:umoci containerd:containerd \
-            ctr:containerd docker-registry:docker-registry wrk:wrk jq:jq tini:tini prometheus:prometheus promtool:prometheus chromium:chromium dnsmasq:dnsmasq-base; do
+            ctr:containerd docker-registry:docker-registry wrk:wrk jq:jq tini:tini prometheus:prometheus promtool:prometheus chromium:chromium dnsmasq:dnsmasq-base faketime:faketime; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

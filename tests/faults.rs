@@ -362,3 +362,112 @@ fn kill_9_at_random_points_of_pushes_gcs_imports_and_token_issuance_loses_nothin
     let a = ack.lock().unwrap();
     assert!(a.images.len() > 20 && a.imports.len() > 10 && a.refresh_tokens.len() > 20 && !a.deleted.is_empty(), "too little was acknowledged to show anything");
 }
+
+/// The node's wall clock, moved by libfaketime (Debian's `faketime`) through a file it reads at
+/// every call; the monotonic clock (timers, timeouts) is left alone, as when NTP steps the clock.
+struct FakeClock {
+    file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+impl FakeClock {
+    fn new() -> FakeClock {
+        assert!(Path::new(LIBFAKETIME).exists(), "{LIBFAKETIME} is missing: install Debian's faketime (scripts/install-test-deps.sh does)");
+        let dir = tempfile::tempdir().unwrap();
+        let clock = FakeClock { file: dir.path().join("offset"), _dir: dir };
+        clock.set("+0");
+        clock
+    }
+    fn set(&self, offset: &str) {
+        std::fs::write(&self.file, offset).unwrap();
+    }
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("LD_PRELOAD", LIBFAKETIME.to_string()),
+            ("FAKETIME_TIMESTAMP_FILE", self.file.display().to_string()),
+            ("FAKETIME_NO_CACHE", "1".to_string()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
+        ]
+    }
+}
+
+#[test]
+fn the_clock_jumping_forward_and_back_expires_what_is_due_and_nothing_else() {
+    let clock = FakeClock::new();
+    let env = clock.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).chain([("AF_ADMIN_PASSWORD", ADMIN_PASSWORD)]).collect();
+    let node = Node::start_in(None, &["--auth", "token", "--gc-grace", "30m", "--upload-expiry", "8s"], &env);
+    let c = client();
+    let as_admin = |rb: reqwest::blocking::RequestBuilder| rb.basic_auth("admin", Some(ADMIN_PASSWORD));
+    let jwt = || -> String {
+        let r = as_admin(c.get(node.url("/token?service=af-registry&scope=repository:t/app:pull,push"))).send().unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<serde_json::Value>().unwrap()["token"].as_str().unwrap().to_string()
+    };
+    let pull = |token: &str| c.get(node.url("/v2/t/app/manifests/v1")).bearer_auth(token).header("Accept", OCI_MANIFEST).send().unwrap().status().as_u16();
+
+    // A tagged image, an unreferenced blob (garbage once older than the grace) and an open
+    // upload session.
+    let layer = xorshift_bytes(9, 1 << 20);
+    let config = b"{}".to_vec();
+    for blob in [&layer, &config] {
+        assert_eq!(as_admin(c.post(node.url(&format!("/v2/t/app/blobs/uploads/?digest={}", sha256(blob))))).body(blob.to_vec()).send().unwrap().status(), 201);
+    }
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&layer), "size": layer.len()}],
+    }))
+    .unwrap();
+    assert_eq!(as_admin(c.put(node.url("/v2/t/app/manifests/v1"))).header("Content-Type", OCI_MANIFEST).body(manifest).send().unwrap().status(), 201);
+    let garbage = b"pushed, never referenced".to_vec();
+    assert_eq!(as_admin(c.post(node.url(&format!("/v2/t/app/blobs/uploads/?digest={}", sha256(&garbage))))).body(garbage.clone()).send().unwrap().status(), 201);
+    let r = as_admin(c.post(node.url("/v2/t/app/blobs/uploads/"))).send().unwrap();
+    assert_eq!(r.status(), 202);
+    let session = r.headers()["Location"].to_str().unwrap().to_string();
+    let token = jwt();
+    assert_eq!(pull(&token), 200);
+    let gc = || {
+        let r = c.post(format!("http://{}/api/v0/repo/gc", node.rpc)).send().unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+    };
+    let has = |blob: &[u8]| as_admin(c.head(node.url(&format!("/v2/t/app/blobs/{}", sha256(blob))))).send().unwrap().status() == 200;
+
+    // Back two hours: everything was made "in the future". Nothing expires, nothing is collected,
+    // tokens still work, new ones are issued.
+    clock.set("-2h");
+    std::thread::sleep(Duration::from_secs(3));
+    gc();
+    assert!(has(&garbage), "content from the future is young, not garbage");
+    assert_eq!(pull(&token), 200, "a token issued before the clock went back");
+    assert_eq!(pull(&jwt()), 200);
+    let r = as_admin(c.patch(node.url(&session))).header("Content-Range", "0-3").body("abcd").send().unwrap();
+    assert_eq!(r.status(), 202, "the session lives on: its idle time is negative");
+    let session = r.headers()["Location"].to_str().unwrap().to_string();
+
+    // Forward to two hours ahead of the real time: the JWT has expired (401 with a challenge, no
+    // error), the session has been idle for hours and goes at the next sweep, the unreferenced
+    // blob is past the grace and goes at the next GC; the tagged image stays.
+    clock.set("+2h");
+    let r = c.get(node.url("/v2/t/app/manifests/v1")).bearer_auth(&token).send().unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("WWW-Authenticate"));
+    assert_eq!(pull(&jwt()), 200, "a token issued now works");
+    std::thread::sleep(Duration::from_secs(3));
+    let r = as_admin(c.patch(node.url(&session))).header("Content-Range", "4-7").body("efgh").send().unwrap();
+    assert_eq!(r.status(), 404, "an expired session: {}", r.text().unwrap_or_default());
+    gc();
+    assert!(!has(&garbage), "unreferenced and past the grace");
+    assert!(has(&layer) && has(&config), "a tagged image's blobs are never garbage");
+    assert_eq!(pull(&jwt()), 200);
+
+    // Back to the real time: all still consistent.
+    clock.set("+0");
+    gc();
+    assert!(has(&layer));
+    let blob = as_admin(c.get(node.url(&format!("/v2/t/app/blobs/{}", sha256(&layer))))).send().unwrap().bytes().unwrap();
+    assert_eq!(sha256(&blob), sha256(&layer));
+    assert!(!node.log_text().contains("panicked"), "{}", node.log_text());
+}
