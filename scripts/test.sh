@@ -29,3 +29,10 @@ scripts/gateway-conformance.sh target/debug/af
 wait "$fuzz_build" || { tail -40 target/fuzz-build.log; echo "the fuzz targets or cargo deny did not build" >&2; exit 1; }
 scripts/fuzz.sh "${AF_FUZZ_SECONDS:-20}"
 scripts/deny.sh
+# A fresh clone with nothing beside it (no ../shared): the unit tests, Kubo's golden CIDs among
+# them, take their data from the project's own files. Shares this build's dependencies.
+fresh=$(mktemp -d)
+git clone -q . "$fresh/af-registry"
+(cd "$fresh/af-registry" && CARGO_TARGET_DIR="$OLDPWD/target" cargo test --locked --lib -q) \
+  || { rm -rf "$fresh"; echo "the unit tests fail in a fresh clone without ../shared" >&2; exit 1; }
+rm -rf "$fresh"
