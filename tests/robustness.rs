@@ -58,23 +58,6 @@ fn exchange(to: SocketAddr, request: &[u8]) -> Option<u16> {
     status.get(..3)?.parse().ok()
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
-
 /// Bytes that make paths and values hostile; never letters, so that a mutated read call of the
 /// RPC never becomes a write.
 const HOSTILE: [&str; 16] = ["%2F", "%2f", "%2e%2e", "..", "/", "//", "%00", "\u{0}", "%ff", "\u{ff}", "?", "&", "=", "%", "\\", ";"];
@@ -82,7 +65,7 @@ const HOSTILE: [&str; 16] = ["%2F", "%2f", "%2e%2e", "..", "/", "//", "%00", "\u
 fn mutate(rng: &mut Rng, path: &str) -> Vec<u8> {
     let mut p = path.as_bytes().to_vec();
     for _ in 0..1 + rng.below(4) {
-        let at = rng.below(p.len() + 1);
+        let at = rng.below(p.len() as u64 + 1) as usize;
         match rng.below(4) {
             0 => {
                 let h = rng.pick(&HOSTILE).as_bytes().to_vec();

@@ -28,9 +28,11 @@ struct Ledger {
     kept: Vec<(String, String, String)>,
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A `/proc/<pid>/status` field in KiB: `VmRSS` (all resident memory), `RssAnon` (the heap and
+/// stacks: what a leak grows), `RssFile` (mapped files: blob windows, SQLite's shared memory).
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
+    status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -110,13 +112,14 @@ fn push(c: &reqwest::blocking::Client, base: &str, repo: &str, id: usize, n: u64
     Ok(())
 }
 
+/// One of the images pushed so far, picked by `rng`.
+fn any_kept(ledger: &Mutex<Ledger>, rng: u64) -> Option<(String, String, String)> {
+    let l = ledger.lock().unwrap();
+    (!l.kept.is_empty()).then(|| l.kept[(rng >> 8) as usize % l.kept.len()].clone())
+}
+
 fn pull(c: &reqwest::blocking::Client, base: &str, ledger: &Mutex<Ledger>, rng: u64) -> Result<(), String> {
-    let Some((image, manifest, layer)) = ({
-        let l = ledger.lock().unwrap();
-        (!l.kept.is_empty()).then(|| l.kept[(rng >> 8) as usize % l.kept.len()].clone())
-    }) else {
-        return Ok(());
-    };
+    let Some((image, manifest, layer)) = any_kept(ledger, rng) else { return Ok(()) };
     let (repo, tag) = image.rsplit_once(':').unwrap();
     let r = c.get(format!("{base}/v2/{repo}/manifests/{tag}")).header("Accept", OCI_MANIFEST).send().map_err(|e| e.to_string())?;
     let body = r.bytes().map_err(|e| e.to_string())?;
@@ -131,12 +134,7 @@ fn pull(c: &reqwest::blocking::Client, base: &str, ledger: &Mutex<Ledger>, rng: 
 }
 
 fn retag(c: &reqwest::blocking::Client, base: &str, ledger: &Mutex<Ledger>, rng: u64, id: usize, n: u64) -> Result<(), String> {
-    let Some((image, manifest_digest, layer)) = ({
-        let l = ledger.lock().unwrap();
-        (!l.kept.is_empty()).then(|| l.kept[(rng >> 8) as usize % l.kept.len()].clone())
-    }) else {
-        return Ok(());
-    };
+    let Some((image, manifest_digest, layer)) = any_kept(ledger, rng) else { return Ok(()) };
     let (repo, tag) = image.rsplit_once(':').unwrap();
     let body = c.get(format!("{base}/v2/{repo}/manifests/{tag}")).header("Accept", OCI_MANIFEST).send().map_err(|e| e.to_string())?.bytes().map_err(|e| e.to_string())?;
     let new_tag = format!("re{id}-{n}");
@@ -171,16 +169,16 @@ fn soak() {
         .collect();
     let mut samples = Vec::new();
     let mut errors = Vec::new();
-    println!("minute  ops/s   p99 push  p99 pull p99 retag p99 delete  p99 gc   errors  RSS MiB  fds  images");
+    println!("minute  ops/s   p99 push  p99 pull p99 retag p99 delete  p99 gc   errors  RSS MiB (anon, file)  fds  images");
     for minute in 1..=minutes {
         std::thread::sleep(Duration::from_secs(60));
         let mut s = std::mem::take(&mut *stats.lock().unwrap());
         let ops: usize = s.latencies.values().map(Vec::len).sum();
         let mut p = |op: &str| s.latencies.get_mut(op).map_or(0, |v| p99(v)) / 1000;
         let (push, pull, retag, delete, gc) = (p("push"), p("pull"), p("retag"), p("delete"), p("gc"));
-        let (rss, fds) = (rss_kib(pid) / 1024, open_fds(pid));
+        let (rss, anon, file, fds) = (status_kib(pid, "VmRSS") / 1024, status_kib(pid, "RssAnon") / 1024, status_kib(pid, "RssFile") / 1024, open_fds(pid));
         println!(
-            "{minute:>6} {:>6} {push:>7}ms {pull:>7}ms {retag:>7}ms {delete:>8}ms {gc:>6}ms {:>8} {rss:>8} {fds:>4} {:>7}",
+            "{minute:>6} {:>6} {push:>7}ms {pull:>7}ms {retag:>7}ms {delete:>8}ms {gc:>6}ms {:>8} {rss:>8} ({anon}, {file}) {fds:>4} {:>7}",
             ops / 60,
             s.errors.len(),
             ledger.lock().unwrap().kept.len()
@@ -195,10 +193,13 @@ fn soak() {
     assert!(errors.is_empty(), "{} unexpected errors, e.g. {:#?}", errors.len(), &errors[..errors.len().min(10)]);
     // Flat after warm-up: the last minute against the second (the first fills caches and pools).
     if samples.len() >= 3 {
-        let (rss_warm, fds_warm) = samples[1];
+        let (rss_warm, _) = samples[1];
         let (rss_end, fds_end) = *samples.last().unwrap();
+        // Descriptors follow what is in flight at the moment of the sample (200 clients' sockets,
+        // upload files): the bound is the first minutes' highest plus a margin.
+        let fds_warm = samples[0].1.max(samples[1].1);
         assert!(rss_end <= rss_warm + rss_warm / 4 + 16, "RSS grew from {rss_warm} MiB to {rss_end} MiB");
-        assert!(fds_end <= fds_warm + 64, "open descriptors grew from {fds_warm} to {fds_end}");
+        assert!(fds_end <= fds_warm + 128, "open descriptors grew from {fds_warm} to {fds_end}");
     }
     let kept = ledger.lock().unwrap().kept.clone();
     let c = client();

@@ -6,24 +6,10 @@
 
 mod common;
 use af_registry::unixfs::{Importer, Profile};
-use common::{run, Kubo};
+use common::{run, Kubo, Rng};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 fn write_random(dir: &Path, rng: &mut Rng, size: u64) -> PathBuf {
     let path = dir.join(format!("f-{size}-{}", rng.next()));
