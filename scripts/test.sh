@@ -18,11 +18,14 @@ cargo build --locked --all-targets
 # The fuzz targets (nightly, sanitizers) and cargo deny build meanwhile at the lowest priority,
 # on what the tests leave of the cores; they run at the end, each fuzz target for 20 s.
 mkdir -p target
-(
+setsid -w bash -c '
+  set -e
   nice -n 19 scripts/fuzz.sh --build-only
   command -v cargo-deny >/dev/null || nice -n 19 cargo install --locked cargo-deny@0.20.2
-) >target/fuzz-build.log 2>&1 &
+' >target/fuzz-build.log 2>&1 &
 fuzz_build=$!
+# A failure below ends the run: the background build (its own process group) goes with it.
+trap 'kill -- -"$fuzz_build" 2>/dev/null || true' EXIT
 cargo test --locked -- --test-threads "${AF_TEST_THREADS:-4}"
 scripts/conformance.sh target/debug/af
 scripts/gateway-conformance.sh target/debug/af

@@ -116,11 +116,18 @@ impl Drop for Dns {
 
 impl Dns {
     fn start(txt: &[(&str, String)]) -> Dns {
-        let addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        Self::start_on(addr, txt)
+        let mut tried = Vec::new();
+        for _ in 0..5 {
+            let addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+            match Self::start_on(addr, txt) {
+                Ok(dns) => return dns,
+                Err(e) => tried.push(e),
+            }
+        }
+        panic!("dnsmasq did not start: {tried:?}");
     }
 
-    fn start_on(addr: std::net::SocketAddr, txt: &[(&str, String)]) -> Dns {
+    fn start_on(addr: std::net::SocketAddr, txt: &[(&str, String)]) -> Result<Dns, String> {
         let mut cmd = Command::new("dnsmasq");
         // Authoritative for .test: an unknown name there is NXDOMAIN, not refused.
         cmd.args(["--keep-in-foreground", "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts", "--local=/test/"])
@@ -128,14 +135,18 @@ impl Dns {
             .args(txt.iter().map(|(name, value)| format!("--txt-record={name},{value}")))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let dns = Dns { child: cmd.spawn().expect("dnsmasq (scripts/install-test-deps.sh installs it)"), addr };
+        let mut dns = Dns { child: cmd.spawn().expect("dnsmasq (scripts/install-test-deps.sh installs it)"), addr };
         // Ready once it holds its port (on a busy machine that takes a while).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::net::UdpSocket::bind(addr).is_ok() {
             assert!(std::time::Instant::now() < deadline, "dnsmasq did not take {addr}");
+            // It exits when the port's TCP side is taken (the free port was picked for UDP).
+            if let Some(status) = dns.child.try_wait().unwrap() {
+                return Err(format!("dnsmasq exited with {status} on {addr}"));
+            }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        dns
+        Ok(dns)
     }
 }
 
@@ -188,7 +199,7 @@ fn dnslink_names_hosts_and_subdomains() {
     let image = private_image(&node);
     let addr = dns.addr;
     drop(dns);
-    let _dns = Dns::start_on(addr, &[("_dnslink.site.test", format!("dnslink=/ipfs/{dir}")), ("_dnslink.private.test", format!("dnslink=/ipfs/{image}"))]);
+    let _dns = Dns::start_on(addr, &[("_dnslink.site.test", format!("dnslink=/ipfs/{dir}")), ("_dnslink.private.test", format!("dnslink=/ipfs/{image}"))]).expect("dnsmasq again on the port it held");
     assert_eq!(get_host(&node, "site.test", "/hello.txt").status(), 200, "the DNS server is back");
     for (host, path) in [
         ("private.test".to_string(), "/".to_string()),
