@@ -132,7 +132,7 @@ settings! {
     #[arg(long, env = "AF_MAX_CONNECTIONS")]
     max_connections: usize = crate::node::connections::DEFAULT_MAX_CONNECTIONS;
     /// HTTP connections one client address may hold open on each listener; past it, new ones
-    /// are closed at once (a --trusted-proxy's are not counted) [default: 64].
+    /// are closed at once (a --trusted-proxy's are not counted) [default: 256].
     #[arg(long, env = "AF_MAX_CONNECTIONS_PER_IP")]
     max_connections_per_ip: usize = crate::node::connections::DEFAULT_PER_ADDRESS;
     /// libp2p listen address of the swarm (repeat, or comma-separate in AF_SWARM)
