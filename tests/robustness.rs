@@ -220,7 +220,9 @@ fn hostile_requests_on_every_listener_leave_the_node_answering_and_its_data_unch
         format!("/ipfs/{cid}?format=car"),
         format!("/ipfs/{cid}?format=tar"),
         format!("/ipfs/{cid}?format=raw"),
-        "/ipns/example.com".into(),
+        // A name with no record here (a DNSLink name would make the test depend on this
+        // machine's resolver: a lookup that fails upstream is a deliberate 502).
+        "/ipns/k51qzi5uqu5dlvj2baxnqndepeb86cbk3ng7n3i46uzyxzyqj2xjonzllnv0v8".into(),
         "/ipfs/bafkqaddjnzzxazldoqqhk4tjnrzxaidp".into(),
         "/ipfs/".into(),
     ];
@@ -235,7 +237,7 @@ fn hostile_requests_on_every_listener_leave_the_node_answering_and_its_data_unch
         format!("/api/v0/dag/get?arg={cid}"),
         "/api/v0/pin/ls".into(),
         "/api/v0/repo/stat".into(),
-        "/api/v0/name/resolve?arg=example.com".into(),
+        "/api/v0/name/resolve?arg=k51qzi5uqu5dlvj2baxnqndepeb86cbk3ng7n3i46uzyxzyqj2xjonzllnv0v8".into(),
     ];
 
     // A well-behaved client on another address pulls throughout.
@@ -275,7 +277,10 @@ fn hostile_requests_on_every_listener_leave_the_node_answering_and_its_data_unch
                         if status.is_some() {
                             answered.fetch_add(1, Ordering::Relaxed);
                         }
-                        if let Some(s) = status.filter(|s| *s >= 500 && *s != 503) {
+                        // Deliberate 5xx: 503 (unavailable), and the gateway's 502 for an IPNS
+                        // name it cannot resolve (as the gateway specs answer).
+                        let ipns = listener == "gateway" && req.windows(10).any(|w| w == b" /ipns/k51");
+                        if let Some(s) = status.filter(|s| *s >= 500 && *s != 503 && !(*s == 502 && ipns)) {
                             let shown = String::from_utf8_lossy(&req[..req.len().min(300)]).to_string();
                             bad.lock().unwrap().push(format!("{listener} {s}: {shown:?}"));
                         }
