@@ -97,9 +97,16 @@ fn kubos_cli_drives_the_rpc() {
 
 #[test]
 fn beyond_loopback_reads_are_public_only_and_writes_need_an_admin() {
-    let port = free_addr().port();
-    let rpc_bind = format!("0.0.0.0:{port}");
-    let node = Node::start_with_env(&["--auth", "token", "--rpc", &rpc_bind], &[("AF_ADMIN_PASSWORD", "admin-password-1")]);
+    // A port picked free may be taken by another test's node before this one binds it: pick again.
+    let (node, port) = (0..5)
+        .find_map(|_| {
+            let port = free_addr().port();
+            let rpc_bind = format!("0.0.0.0:{port}");
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Node::start_with_env(&["--auth", "token", "--rpc", &rpc_bind], &[("AF_ADMIN_PASSWORD", "admin-password-1")])))
+                .ok()
+                .map(|node| (node, port))
+        })
+        .expect("no free port for the RPC in five tries");
     let url = |call: &str| format!("http://127.0.0.1:{port}/api/v0/{call}");
     let admin = |rb: reqwest::blocking::RequestBuilder| rb.basic_auth("admin", Some("admin-password-1"));
     // A private layer, pushed by the administrator.
