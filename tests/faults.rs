@@ -212,15 +212,14 @@ struct Acknowledged {
     deleted: std::collections::HashSet<(String, String)>,
 }
 
-fn admin(node: &Node, rb: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
-    let _ = node;
+/// `rb` as the administrator of the nodes these tests start with `AF_ADMIN_PASSWORD`.
+fn admin(rb: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
     rb.basic_auth("admin", Some(ADMIN_PASSWORD))
 }
 
 /// One worker's loop until the node dies: pushes, deletes, GCs, imports or token requests.
 fn work(kind: usize, round: usize, node_url: String, rpc: String, ack: std::sync::Arc<std::sync::Mutex<Acknowledged>>) {
     let c = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let basic = |rb: reqwest::blocking::RequestBuilder| rb.basic_auth("admin", Some(ADMIN_PASSWORD));
     for n in 0.. {
         let alive = match kind {
             0 | 1 => {
@@ -230,7 +229,7 @@ fn work(kind: usize, round: usize, node_url: String, rpc: String, ack: std::sync
                 let config = format!("{{\"round\":{round},\"n\":{n}}}").into_bytes();
                 let mut ok = true;
                 for blob in [&layer, &config] {
-                    let r = basic(c.post(format!("{node_url}/v2/{repo}/blobs/uploads/?digest={}", sha256(blob)))).body(blob.to_vec()).send();
+                    let r = admin(c.post(format!("{node_url}/v2/{repo}/blobs/uploads/?digest={}", sha256(blob)))).body(blob.to_vec()).send();
                     ok &= r.is_ok_and(|r| r.status() == 201);
                 }
                 if !ok {
@@ -243,7 +242,7 @@ fn work(kind: usize, round: usize, node_url: String, rpc: String, ack: std::sync
                     }))
                     .unwrap();
                     let tag = format!("r{round}-{n}");
-                    match basic(c.put(format!("{node_url}/v2/{repo}/manifests/{tag}"))).header("Content-Type", OCI_MANIFEST).body(manifest.clone()).send() {
+                    match admin(c.put(format!("{node_url}/v2/{repo}/manifests/{tag}"))).header("Content-Type", OCI_MANIFEST).body(manifest.clone()).send() {
                         Ok(r) if r.status() == 201 => {
                             ack.lock().unwrap().images.push((repo, tag, sha256(&manifest), sha256(&layer)));
                             true
@@ -259,7 +258,7 @@ fn work(kind: usize, round: usize, node_url: String, rpc: String, ack: std::sync
                     // Marked before it is sent: a delete done whose answer the crash swallowed
                     // leaves the image rightly gone.
                     ack.lock().unwrap().deleted.insert((repo.clone(), tag.clone()));
-                    let _ = basic(c.delete(format!("{node_url}/v2/{repo}/manifests/{tag}"))).send();
+                    let _ = admin(c.delete(format!("{node_url}/v2/{repo}/manifests/{tag}"))).send();
                 }
                 c.post(format!("{rpc}/api/v0/repo/gc")).send().is_ok()
             }
@@ -335,10 +334,10 @@ fn kill_9_at_random_points_of_pushes_gcs_imports_and_token_issuance_loses_nothin
             if a.deleted.contains(&(repo.clone(), tag.clone())) {
                 continue;
             }
-            let r = admin(&node, client().get(node.url(&format!("/v2/{repo}/manifests/{tag}")))).header("Accept", OCI_MANIFEST).send().unwrap();
+            let r = admin(client().get(node.url(&format!("/v2/{repo}/manifests/{tag}")))).header("Accept", OCI_MANIFEST).send().unwrap();
             assert_eq!(r.status(), 200, "round {round}: {repo}:{tag} lost");
             assert_eq!(sha256(&r.bytes().unwrap()), *manifest);
-            let blob = admin(&node, client().get(node.url(&format!("/v2/{repo}/blobs/{layer}")))).send().unwrap().bytes().unwrap();
+            let blob = admin(client().get(node.url(&format!("/v2/{repo}/blobs/{layer}")))).send().unwrap().bytes().unwrap();
             assert_eq!(sha256(&blob), *layer, "round {round}: {repo}:{tag}'s layer");
         }
         for root in &a.imports {
@@ -401,9 +400,8 @@ fn the_clock_jumping_forward_and_back_expires_what_is_due_and_nothing_else() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).chain([("AF_ADMIN_PASSWORD", ADMIN_PASSWORD)]).collect();
     let node = Node::start_in(None, &["--auth", "token", "--gc-grace", "30m", "--upload-expiry", "8s"], &env);
     let c = client();
-    let as_admin = |rb: reqwest::blocking::RequestBuilder| rb.basic_auth("admin", Some(ADMIN_PASSWORD));
     let jwt = || -> String {
-        let r = as_admin(c.get(node.url("/token?service=af-registry&scope=repository:t/app:pull,push"))).send().unwrap();
+        let r = admin(c.get(node.url("/token?service=af-registry&scope=repository:t/app:pull,push"))).send().unwrap();
         assert_eq!(r.status(), 200);
         r.json::<serde_json::Value>().unwrap()["token"].as_str().unwrap().to_string()
     };
@@ -414,7 +412,7 @@ fn the_clock_jumping_forward_and_back_expires_what_is_due_and_nothing_else() {
     let layer = xorshift_bytes(9, 1 << 20);
     let config = b"{}".to_vec();
     for blob in [&layer, &config] {
-        assert_eq!(as_admin(c.post(node.url(&format!("/v2/t/app/blobs/uploads/?digest={}", sha256(blob))))).body(blob.to_vec()).send().unwrap().status(), 201);
+        assert_eq!(admin(c.post(node.url(&format!("/v2/t/app/blobs/uploads/?digest={}", sha256(blob))))).body(blob.to_vec()).send().unwrap().status(), 201);
     }
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
@@ -422,10 +420,10 @@ fn the_clock_jumping_forward_and_back_expires_what_is_due_and_nothing_else() {
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&layer), "size": layer.len()}],
     }))
     .unwrap();
-    assert_eq!(as_admin(c.put(node.url("/v2/t/app/manifests/v1"))).header("Content-Type", OCI_MANIFEST).body(manifest).send().unwrap().status(), 201);
+    assert_eq!(admin(c.put(node.url("/v2/t/app/manifests/v1"))).header("Content-Type", OCI_MANIFEST).body(manifest).send().unwrap().status(), 201);
     let garbage = b"pushed, never referenced".to_vec();
-    assert_eq!(as_admin(c.post(node.url(&format!("/v2/t/app/blobs/uploads/?digest={}", sha256(&garbage))))).body(garbage.clone()).send().unwrap().status(), 201);
-    let r = as_admin(c.post(node.url("/v2/t/app/blobs/uploads/"))).send().unwrap();
+    assert_eq!(admin(c.post(node.url(&format!("/v2/t/app/blobs/uploads/?digest={}", sha256(&garbage))))).body(garbage.clone()).send().unwrap().status(), 201);
+    let r = admin(c.post(node.url("/v2/t/app/blobs/uploads/"))).send().unwrap();
     assert_eq!(r.status(), 202);
     let session = r.headers()["Location"].to_str().unwrap().to_string();
     let token = jwt();
@@ -434,7 +432,7 @@ fn the_clock_jumping_forward_and_back_expires_what_is_due_and_nothing_else() {
         let r = c.post(format!("http://{}/api/v0/repo/gc", node.rpc)).send().unwrap();
         assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
     };
-    let has = |blob: &[u8]| as_admin(c.head(node.url(&format!("/v2/t/app/blobs/{}", sha256(blob))))).send().unwrap().status() == 200;
+    let has = |blob: &[u8]| admin(c.head(node.url(&format!("/v2/t/app/blobs/{}", sha256(blob))))).send().unwrap().status() == 200;
 
     // Back two hours: everything was made "in the future". Nothing expires, nothing is collected,
     // tokens still work, new ones are issued.
@@ -444,7 +442,7 @@ fn the_clock_jumping_forward_and_back_expires_what_is_due_and_nothing_else() {
     assert!(has(&garbage), "content from the future is young, not garbage");
     assert_eq!(pull(&token), 200, "a token issued before the clock went back");
     assert_eq!(pull(&jwt()), 200);
-    let r = as_admin(c.patch(node.url(&session))).header("Content-Range", "0-3").body("abcd").send().unwrap();
+    let r = admin(c.patch(node.url(&session))).header("Content-Range", "0-3").body("abcd").send().unwrap();
     assert_eq!(r.status(), 202, "the session lives on: its idle time is negative");
     let session = r.headers()["Location"].to_str().unwrap().to_string();
 
@@ -457,7 +455,7 @@ fn the_clock_jumping_forward_and_back_expires_what_is_due_and_nothing_else() {
     assert!(r.headers().contains_key("WWW-Authenticate"));
     assert_eq!(pull(&jwt()), 200, "a token issued now works");
     std::thread::sleep(Duration::from_secs(3));
-    let r = as_admin(c.patch(node.url(&session))).header("Content-Range", "4-7").body("efgh").send().unwrap();
+    let r = admin(c.patch(node.url(&session))).header("Content-Range", "4-7").body("efgh").send().unwrap();
     assert_eq!(r.status(), 404, "an expired session: {}", r.text().unwrap_or_default());
     gc();
     assert!(!has(&garbage), "unreferenced and past the grace");
@@ -468,7 +466,7 @@ fn the_clock_jumping_forward_and_back_expires_what_is_due_and_nothing_else() {
     clock.set("+0");
     gc();
     assert!(has(&layer));
-    let blob = as_admin(c.get(node.url(&format!("/v2/t/app/blobs/{}", sha256(&layer))))).send().unwrap().bytes().unwrap();
+    let blob = admin(c.get(node.url(&format!("/v2/t/app/blobs/{}", sha256(&layer))))).send().unwrap().bytes().unwrap();
     assert_eq!(sha256(&blob), sha256(&layer));
     assert!(!node.log_text().contains("panicked"), "{}", node.log_text());
 }
