@@ -264,3 +264,35 @@ fn logs_are_json_lines_with_one_line_per_request_and_no_secrets() {
     }
     assert!(!lines.iter().any(|l| l["target"].as_str().is_some_and(|t| t.starts_with("actix"))), "{log}");
 }
+
+/// A SIGTERM sent the moment the API port takes connections stops the node cleanly (exit 0, the
+/// stop recorded for the next start), never by the signal's default action: a container runtime
+/// may stop a node as soon as it is up.
+#[test]
+fn sigterm_as_soon_as_the_port_opens_is_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..5 {
+        let api = free_addr();
+        let log = dir.path().join(format!("node-{round}.log"));
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_af"))
+            .args(["registry", "serve", "--auth", "none", "--api", &api.to_string()])
+            .args(["--gateway", &free_addr().to_string(), "--rpc", &free_addr().to_string(), "--data-dir"])
+            .arg(dir.path().join("data"))
+            .env("AF_SWARM", "/ip4/127.0.0.1/tcp/0")
+            .env("AF_METRICS", "127.0.0.1:0")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(api).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "round {round}: the node did not listen");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        let status = child.wait().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(status.success(), "round {round}: {status}: {text}");
+        assert!(dir.path().join("data/clean-stop").exists(), "round {round}: the stop was not recorded: {text}");
+    }
+}

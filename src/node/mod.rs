@@ -231,6 +231,10 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         let limits = connections::PerAddress::new(config.max_connections_per_ip, config.trusted_proxies.clone());
         move |io: &dyn std::any::Any, data: &mut actix_web::dev::Extensions| limits.on_connect(io, data)
     };
+    // Listened for before the first listener is bound: a SIGTERM that comes as soon as the node
+    // answers must stop it cleanly too, not kill it (the default action until a handler is in
+    // place), or the next start takes it for a crash.
+    let stop = stop_signal();
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .app_data(links.clone())
@@ -297,7 +301,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let servers = [server.run(), gateway.run(), rpc.run(), metrics.run()];
     let handles: Vec<_> = servers.iter().map(|s| s.handle()).collect();
     tokio::spawn(async move {
-        let signal = stop_signal().await;
+        let signal = stop.await;
         tracing::info!(signal, "stopping: no new connections; requests in flight have {grace} s to finish");
         futures_util::future::join_all(handles.iter().map(|h| h.stop(true))).await;
     });
@@ -323,16 +327,20 @@ async fn metrics_page(registry: &Registry) -> actix_web::HttpResponse {
 }
 
 /// SIGTERM (what a container runtime sends) or SIGINT (Ctrl-C): the name of the one that came.
-async fn stop_signal() -> &'static str {
+/// The handlers are in place when this returns, before the future is first polled.
+fn stop_signal() -> impl std::future::Future<Output = &'static str> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        },
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
         }
     }
 }
