@@ -14,8 +14,15 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@0.13.2
 # Optimised, with debug assertions (overflow checks) on; codegen split so the build uses every
-# core (cargo fuzz builds each crate as one unit by default).
-build() { (cd fuzz && cargo +nightly fuzz build -O -a --codegen-units 16 "$@"); }
+# core (cargo fuzz builds each crate as one unit by default). AF_FUZZ_PROFILE=dev builds
+# unoptimised instead: about half the build time, for short runs (scripts/test.sh) where the
+# build costs more than the executions it would gain.
+if [ "${AF_FUZZ_PROFILE:-release}" = dev ]; then
+  profile=(--dev -a)
+else
+  profile=(-O -a --codegen-units 16)
+fi
+build() { (cd fuzz && cargo +nightly fuzz build "${profile[@]}" "$@"); }
 if [ "${1:-}" = "--build-only" ]; then
   build
   exit 0
@@ -32,7 +39,7 @@ mkdir -p target
 run() { # target
   local t=$1 scratch=target/fuzz-corpus/$1
   mkdir -p "$scratch" "fuzz/artifacts/$t"
-  (cd fuzz && cargo +nightly fuzz run -O -a --codegen-units 16 "$t" "../$scratch" "corpus/$t" -- \
+  (cd fuzz && cargo +nightly fuzz run "${profile[@]}" "$t" "../$scratch" "corpus/$t" -- \
       -max_total_time="$seconds" -rss_limit_mb=512 -malloc_limit_mb=512 -timeout=10 \
       -print_final_stats=1 -close_fd_mask=3) >"target/fuzz-$t.log" 2>&1
 }

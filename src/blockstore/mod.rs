@@ -8,6 +8,8 @@
 //! This module only records and locates; reading and verifying the bytes is the registry's
 //! (which knows the blob files).
 
+mod reached;
+
 use crate::digest::Digest;
 use crate::unixfs::DagBlock;
 use cid::Cid;
@@ -506,28 +508,39 @@ impl BlockIndex {
         .await
     }
 
-    /// Deletes inline blocks older than `cutoff` that no DAG from `roots` reaches; returns how
-    /// many and their bytes. Leaves held as blob ranges go with their blob instead.
+    /// Deletes inline blocks older than `cutoff` that no DAG from `roots` reaches: their count
+    /// and bytes, and with `list`, their CIDs. Leaves held as blob ranges go with their blob
+    /// instead. `keep`: blocks kept for themselves, not for what they link to (direct pins).
     ///
     /// On a connection of its own, so lookups never wait for it: the mark walks from the roots
-    /// reading only the nodes it reaches (memory: the reachable multihashes), the sweep pages
-    /// through old blocks and deletes in short transactions, each re-checking a block's age so
-    /// one recorded again meanwhile stays.
-    /// Removes inline blocks older than `cutoff` that no root reaches: their count and bytes,
-    /// and with `list`, their CIDs.
-    /// `keep`: blocks kept for themselves, not for what they link to (direct pins).
+    /// reading only the nodes it reaches (memory: 16 bytes per block reached, [`reached`]), the
+    /// sweep pages through old blocks and deletes in short transactions, each re-checking a
+    /// block's age so one recorded again meanwhile stays.
     pub async fn sweep_unreachable(&self, roots: Vec<Cid>, keep: Vec<Cid>, cutoff: i64, list: bool) -> Result<(u64, u64, Vec<Cid>), BlockIndexError> {
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = Connection::open(&path)?;
             conn.busy_timeout(std::time::Duration::from_secs(10))?;
-            let mut reachable = std::collections::HashSet::new();
-            let mut stack: Vec<Vec<u8>> = roots.iter().map(|c| c.hash().to_bytes()).collect();
+            let mut reached = reached::Reached::new();
+            // Only blocks of a linking codec are looked up; a raw block is marked without a read
+            // (most blocks are leaves, and a leaf links to nothing).
+            let mut stack: Vec<Vec<u8>> = Vec::new();
+            let reach = |cid: &Cid, stack: &mut Vec<Vec<u8>>, reached: &mut reached::Reached| {
+                let mh = cid.hash().to_bytes();
+                reached.mark(&mh);
+                if crate::dag::links_possible(cid.codec()) {
+                    stack.push(mh);
+                }
+            };
+            for root in &roots {
+                reach(root, &mut stack, &mut reached);
+            }
             {
-                // Every codec that links: dag-pb, DAG-CBOR, DAG-JSON.
+                // Every codec that links: dag-pb, DAG-CBOR, DAG-JSON, as stored. A block reached
+                // only through a raw link is kept but not followed: that DAG holds it as bytes.
                 let mut node = conn.prepare("SELECT CAST(data AS BLOB), codec FROM blocks WHERE multihash = ?1 AND data IS NOT NULL AND codec IN (?2, ?3, ?4)")?;
                 while let Some(mh) = stack.pop() {
-                    if !reachable.insert(mh.clone()) {
+                    if !reached.expand(&mh) {
                         continue;
                     }
                     let found: Option<(Vec<u8>, i64)> = node
@@ -539,10 +552,14 @@ impl BlockIndex {
                         let cid = Cid::new_v1(codec as u64, cid::multihash::Multihash::from_bytes(&mh).ok()?);
                         crate::dag::block_links(&cid, &data).ok()
                     });
-                    stack.extend(links.unwrap_or_default().iter().map(|l| l.hash().to_bytes()));
+                    for link in links.unwrap_or_default() {
+                        reach(&link, &mut stack, &mut reached);
+                    }
                 }
             }
-            reachable.extend(keep.iter().map(|c| c.hash().to_bytes()));
+            for cid in &keep {
+                reached.mark(&cid.hash().to_bytes());
+            }
             let (mut count, mut bytes, mut removed) = (0u64, 0u64, Vec::new());
             let mut after: Vec<u8> = Vec::new();
             loop {
@@ -558,7 +575,7 @@ impl BlockIndex {
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 {
                     let mut delete = tx.prepare_cached("DELETE FROM blocks WHERE multihash = ?1 AND created_at < ?2")?;
-                    for (mh, len, codec) in page.into_iter().filter(|(mh, _, _)| !reachable.contains(mh)) {
+                    for (mh, len, codec) in page.into_iter().filter(|(mh, _, _)| !reached.is_marked(mh)) {
                         if delete.execute(params![mh, cutoff])? > 0 {
                             count += 1;
                             bytes += len as u64;

@@ -387,6 +387,11 @@ pub fn decode(cid: &Cid, bytes: Bytes) -> Result<Node> {
 }
 
 /// The CIDs a block links to, whatever its codec (none for raw, JSON and CBOR blocks).
+/// Whether a block of `codec` can link to others: what a walk must read to follow them.
+pub fn links_possible(codec: u64) -> bool {
+    codec == unixfs::DAG_PB || ipld::is_linking(codec)
+}
+
 pub fn block_links(cid: &Cid, bytes: &[u8]) -> Result<Vec<Cid>> {
     match cid.codec() {
         unixfs::DAG_PB => Ok(unixfs::decode_node(bytes).map_err(|e| DagError::Malformed { cid: *cid, detail: e.to_string() })?.links.into_iter().map(|l| l.cid).collect()),

@@ -28,7 +28,7 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/kad/1.0.0");
 /// Kubo's Kademlia messages reach 4 MiB; rust-libp2p's default is 16 KiB.
 const KAD_MAX_PACKET: usize = 4 << 20;
 /// Roots this node may provide on the DHT at once (every public blob root and image CID).
-const MAX_PROVIDED: usize = 1 << 18;
+pub(super) const MAX_PROVIDED: usize = 1 << 18;
 /// How long an idle connection stays open (Kubo keeps peers around; Bitswap needs them).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -12,7 +12,13 @@ use crate::exposure::{Audience, Policy};
 use cid::Cid;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+
+/// Rescans come at most this often: a run of deletes or GCs on a large registry asks for one
+/// each, and each reads every public root. New content is provided at once regardless.
+const RESCAN_GAP: Duration = Duration::from_secs(30);
 
 /// Runs until the registry's event channel closes.
 pub async fn run(policy: Arc<Policy>, swarm: Handle) {
@@ -20,8 +26,23 @@ pub async fn run(policy: Arc<Policy>, swarm: Handle) {
     let mut events = reg.subscribe();
     let mut provided: HashSet<Cid> = HashSet::new();
     rescan(&policy, &swarm, &mut provided).await;
+    let mut last_rescan = Instant::now();
+    let mut rescan_due = false;
     loop {
-        match events.recv().await {
+        if rescan_due && last_rescan.elapsed() >= RESCAN_GAP {
+            rescan(&policy, &swarm, &mut provided).await;
+            last_rescan = Instant::now();
+            rescan_due = false;
+        }
+        let event = if rescan_due {
+            match tokio::time::timeout_at(last_rescan + RESCAN_GAP, events.recv()).await {
+                Ok(event) => event,
+                Err(_) => continue,
+            }
+        } else {
+            events.recv().await
+        };
+        match event {
             Ok(Event::BlobPublished { root, .. }) => add(&policy, &swarm, &mut provided, [root]).await,
             Ok(Event::ImageStored { image, tags, .. }) => {
                 let roots = image.into_iter().chain(tags.into_iter().filter_map(|(_, cid)| cid));
@@ -29,7 +50,7 @@ pub async fn run(policy: Arc<Policy>, swarm: Handle) {
             }
             Ok(Event::Pinned { root }) => add(&policy, &swarm, &mut provided, [root]).await,
             Ok(Event::VisibilityChanged { .. } | Event::Removed { .. } | Event::Unpinned { .. } | Event::Swept { .. } | Event::ChangedElsewhere) | Err(RecvError::Lagged(_)) => {
-                rescan(&policy, &swarm, &mut provided).await
+                rescan_due = true
             }
             Ok(Event::ReplicasChanged { .. }) => {}
             Err(RecvError::Closed) => return,
@@ -64,7 +85,12 @@ async fn rescan(policy: &Policy, swarm: &Handle, provided: &mut HashSet<Cid>) {
         }
     };
     let pins = reg.block_pins().await.unwrap_or_default();
-    for root in roots.into_iter().chain(pins) {
+    // No more than the DHT store takes (pins first: the operator asked for those): on a registry
+    // with millions of roots, checking the rest would only find roots that cannot be provided.
+    for root in pins.into_iter().chain(roots) {
+        if now.len() >= super::MAX_PROVIDED {
+            break;
+        }
         let Ok(cid) = root.parse::<Cid>() else { continue };
         if servable(policy, &cid).await {
             now.insert(cid);
