@@ -266,6 +266,7 @@ impl BlockIndex {
         // Large pages: inline blocks of up to 2 MiB are read and checkpointed in 64 KiB steps
         // instead of 4 KiB ones (a page size only takes effect on a new database).
         conn.execute_batch("PRAGMA page_size = 65536; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+        conn.execute_batch(crate::storage::SQLITE_MMAP)?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
         let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         for (version, sql) in MIGRATIONS {
@@ -279,6 +280,7 @@ impl BlockIndex {
             .map(|_| {
                 let c = Connection::open(path)?;
                 c.busy_timeout(std::time::Duration::from_secs(10))?;
+                c.execute_batch(crate::storage::SQLITE_MMAP)?;
                 Ok(Mutex::new(c))
             })
             .collect::<Result<Vec<_>, BlockIndexError>>()?;
@@ -521,6 +523,7 @@ impl BlockIndex {
         tokio::task::spawn_blocking(move || {
             let mut conn = Connection::open(&path)?;
             conn.busy_timeout(std::time::Duration::from_secs(10))?;
+            conn.execute_batch(crate::storage::SQLITE_MMAP)?;
             let mut reached = reached::Reached::new();
             // Only blocks of a linking codec are looked up; a raw block is marked without a read
             // (most blocks are leaves, and a leaf links to nothing).

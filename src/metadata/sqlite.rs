@@ -55,6 +55,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
     )?;
+    conn.execute_batch(crate::storage::SQLITE_MMAP)?;
     Ok(conn)
 }
 

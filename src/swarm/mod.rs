@@ -11,6 +11,7 @@ pub mod fetch;
 pub mod keeper;
 pub mod message;
 mod outbox;
+mod provided;
 mod providing;
 pub mod pull;
 pub mod session;
@@ -73,7 +74,7 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     autonat: libp2p::autonat::Behaviour,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
+    kad: kad::Behaviour<provided::OwnProviderRecords>,
     stream: libp2p_stream::Behaviour,
 }
 
@@ -240,9 +241,9 @@ fn build(seed: [u8; 32], policy: Arc<Policy>, config: &SwarmConfig) -> Result<Bu
             // Strangers' records are not stored for them: the store holds what this node provides.
             kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
             // The store holds only this node's own provider records (strangers' are filtered
-            // above), so its caps are what this node may provide: far past libp2p's 1024.
-            let store_config = kad::store::MemoryStoreConfig { max_records: MAX_PROVIDED, max_provided_keys: MAX_PROVIDED, ..Default::default() };
-            let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::with_config(peer_id, store_config), kad_config);
+            // above), so its cap is what this node may provide: far past libp2p's 1024.
+            let store = provided::OwnProviderRecords::new(peer_id, MAX_PROVIDED);
+            let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
             // A DHT server only where others can reach it: forced by --swarm-announce, otherwise
             // once an external address is confirmed (AutoNAT's dial-backs). A node behind a NAT
             // stays a client, as Kubo's does, and does not poison others' routing tables.

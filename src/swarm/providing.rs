@@ -16,8 +16,9 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-/// Rescans come at most this often: a run of deletes or GCs on a large registry asks for one
-/// each, and each reads every public root. New content is provided at once regardless.
+/// Rescans come at most this often, and never take more than a tenth of the time between
+/// them: a run of deletes or GCs asks for one each, and on a registry of a million images one
+/// takes a minute or two of a core. New content is provided at once regardless.
 const RESCAN_GAP: Duration = Duration::from_secs(30);
 
 /// Runs until the registry's event channel closes.
@@ -25,17 +26,15 @@ pub async fn run(policy: Arc<Policy>, swarm: Handle) {
     let reg = policy.registry();
     let mut events = reg.subscribe();
     let mut provided: HashSet<Cid> = HashSet::new();
-    rescan(&policy, &swarm, &mut provided).await;
-    let mut last_rescan = Instant::now();
+    let mut next_rescan = timed_rescan(&policy, &swarm, &mut provided).await;
     let mut rescan_due = false;
     loop {
-        if rescan_due && last_rescan.elapsed() >= RESCAN_GAP {
-            rescan(&policy, &swarm, &mut provided).await;
-            last_rescan = Instant::now();
+        if rescan_due && Instant::now() >= next_rescan {
+            next_rescan = timed_rescan(&policy, &swarm, &mut provided).await;
             rescan_due = false;
         }
         let event = if rescan_due {
-            match tokio::time::timeout_at(last_rescan + RESCAN_GAP, events.recv()).await {
+            match tokio::time::timeout_at(next_rescan, events.recv()).await {
                 Ok(event) => event,
                 Err(_) => continue,
             }
@@ -72,6 +71,15 @@ async fn add(policy: &Policy, swarm: &Handle, provided: &mut HashSet<Cid>, roots
             provided.insert(cid);
         }
     }
+}
+
+/// A rescan; returns when the next may start.
+async fn timed_rescan(policy: &Policy, swarm: &Handle, provided: &mut HashSet<Cid>) -> Instant {
+    let started = Instant::now();
+    rescan(policy, swarm, provided).await;
+    let took = started.elapsed();
+    tracing::debug!(seconds = took.as_secs_f64(), roots = provided.len(), "provided roots rescanned");
+    Instant::now() + RESCAN_GAP.max(took * 9)
 }
 
 async fn rescan(policy: &Policy, swarm: &Handle, provided: &mut HashSet<Cid>) {
