@@ -15,7 +15,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@0.13.2
 # Optimised, with debug assertions (overflow checks) on; codegen split so the build uses every
 # core (cargo fuzz builds each crate as one unit by default). AF_FUZZ_PROFILE=dev builds
-# unoptimised instead: about half the build time, for short runs (scripts/test.sh) where the
+# unoptimised instead, quicker to build, for short runs (scripts/test.sh) where the
 # build costs more than the executions it would gain.
 if [ "${AF_FUZZ_PROFILE:-release}" = dev ]; then
   profile=(--dev -a)

@@ -71,7 +71,7 @@ fn files_that_repeat_a_subtree_stream_in_bounded_memory_and_stop_with_the_client
     let deep = below;
     blocks.reverse();
     import(&node, car(&deep, &blocks));
-    let before = node.peak_rss_kib();
+    let watch = node.watch_memory();
 
     for url in [
         node.gateway_url(&format!("/ipfs/{root_cid}")),
@@ -94,7 +94,7 @@ fn files_that_repeat_a_subtree_stream_in_bounded_memory_and_stop_with_the_client
     }
     let r = client().head(node.gateway_url(&format!("/ipfs/{root_cid}"))).send().unwrap();
     assert_eq!(r.headers()["Content-Length"], (K * K).to_string());
-    let grown = node.peak_rss_kib().saturating_sub(before);
+    let grown = watch.growth_kib();
     assert!(grown < 64 * 1024, "peak memory grew by {grown} KiB");
 
     // Read to the end, the walk stops at its budget with the response cut short, not hanging.
@@ -221,7 +221,7 @@ fn rpc_post(node: &Node, call: &str, parts: Vec<(String, Vec<u8>)>) -> reqwest::
 #[test]
 fn rpc_writes_hold_one_block_or_one_bounded_file_at_a_time() {
     let node = Node::start();
-    let before = node.peak_rss_kib();
+    let watch = node.watch_memory();
     // 200 parts of 2 MiB: each stored when it ends.
     let parts: Vec<(String, Vec<u8>)> = (0..200u32).map(|i| (format!("b{i}"), vec![i as u8; 2 << 20])).collect();
     let r = rpc_post(&node, "block/put", parts);
@@ -234,7 +234,7 @@ fn rpc_writes_hold_one_block_or_one_bounded_file_at_a_time() {
     }).collect();
     let r = rpc_post(&node, "dag/import?pin-roots=false", vec![("c.car".into(), car(&blocks[0].0, &blocks))]);
     assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
-    let grown = node.peak_rss_kib().saturating_sub(before);
+    let grown = watch.growth_kib();
     assert!(grown < 96 * 1024, "peak memory grew by {grown} KiB for 520 MiB written");
     // A block over 2 MiB is refused, whichever way it comes.
     let huge = vec![1u8; (2 << 20) + 1];
@@ -245,11 +245,11 @@ fn rpc_writes_hold_one_block_or_one_bounded_file_at_a_time() {
     assert_eq!(rpc_post(&node, "block/put", vec![("h".into(), huge)]).status(), 400);
     assert_eq!(client().post(format!("http://{}/api/v0/block/stat?arg={huge_cid}", node.rpc)).send().unwrap().status(), 400, "not stored");
     // One-byte chunks: the blocks count against the limit, and the request is refused early.
-    let before = node.peak_rss_kib();
+    let watch = node.watch_memory();
     let r = rpc_post(&node, "add?cid-version=1&chunker=size-1", vec![("f".into(), vec![5u8; 5 << 20])]);
     assert_eq!(r.status(), 400);
     assert!(r.text().unwrap().contains("256 bytes per block"));
-    let grown = node.peak_rss_kib().saturating_sub(before);
+    let grown = watch.growth_kib();
     assert!(grown < 400 * 1024, "peak memory grew by {grown} KiB");
     // only-hash keeps nothing: any size, any chunker.
     let r = rpc_post(&node, "add?cid-version=1&chunker=size-64&only-hash=true", vec![("f".into(), vec![5u8; 8 << 20])]);
@@ -419,21 +419,19 @@ fn a_gc_racing_imports_keeps_every_pinned_block_and_verify_reports_missing_ones(
     assert!(text.contains(&format!("block {} of its DAG is missing", roots[0])), "{text}");
 }
 
-/// Peak resident memory of `af <args> --data-dir <node's>` in KiB, and whether it succeeded.
+/// Peak anonymous memory of `af <args> --data-dir <node's>` in KiB (see [`MemoryWatch`]), and whether it succeeded.
 fn af_peak_kib(node: &Node, args: &[&str]) -> (u64, bool) {
-    let script = "import resource,subprocess,sys; r=subprocess.run(sys.argv[1:]); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)";
-    let out = std::process::Command::new("python3")
-        .args(["-c", script, env!("CARGO_BIN_EXE_af")])
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_af"))
         .args(args)
         .arg("--data-dir")
         .arg(&node.data_dir)
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .output()
+        .spawn()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text.lines().last().unwrap_or_default().to_string();
-    let mut it = last.split_whitespace();
-    (it.next().unwrap().parse().unwrap(), it.next() == Some("0"))
+    let watch = MemoryWatch::start(child.id());
+    let status = child.wait().unwrap();
+    (watch.peak_kib(), status.success())
 }
 
 #[test]

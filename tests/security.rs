@@ -99,7 +99,7 @@ fn failed_logins_neither_exhaust_memory_nor_lock_others_out() {
     add_user(&node, "bob", "bob-password");
     let bob_token = token(&node, "bob", &[]);
     assert_eq!(basic_status(&node, "bob", "bob-password"), 200);
-    let before = node.peak_rss_kib();
+    let watch = node.watch_memory();
     // 200 bad logins at once: each counted before its argon2 check, at most two checks at once.
     let url = node.url("/v2/");
     let threads: Vec<_> = (0..200)
@@ -114,7 +114,7 @@ fn failed_logins_neither_exhaust_memory_nor_lock_others_out() {
     let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     assert!(statuses.iter().all(|s| *s == 401 || *s == 429), "{statuses:?}");
     assert!(statuses.iter().filter(|s| **s == 429).count() >= 150, "most were refused before any hashing");
-    let grown = node.peak_rss_kib().saturating_sub(before);
+    let grown = watch.growth_kib();
     assert!(grown < 150 * 1024, "peak memory grew by {grown} KiB under 200 bad logins");
 
     // Five bad passwords for bill from one address: bill from another address, and bill's token
