@@ -12,14 +12,14 @@ use crate::exposure::{Audience, Policy};
 use cid::Cid;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-/// Rescans come at most this often, and never take more than a tenth of the time between
-/// them: a run of deletes or GCs asks for one each, and on a registry of a million images one
-/// takes a minute or two of a core. New content is provided at once regardless.
-const RESCAN_GAP: Duration = Duration::from_secs(30);
+/// Rescans take at most a tenth of the time: the next may start nine times as long after one
+/// ended as it took. A run of deletes or GCs asks for one each; on a small registry a rescan
+/// takes milliseconds and comes at once, on one of a million images it takes a minute or two of
+/// a core. New content is provided at once regardless.
+const RESCAN_SHARE: u32 = 9;
 
 /// Runs until the registry's event channel closes.
 pub async fn run(policy: Arc<Policy>, swarm: Handle) {
@@ -79,7 +79,7 @@ async fn timed_rescan(policy: &Policy, swarm: &Handle, provided: &mut HashSet<Ci
     rescan(policy, swarm, provided).await;
     let took = started.elapsed();
     tracing::debug!(seconds = took.as_secs_f64(), roots = provided.len(), "provided roots rescanned");
-    Instant::now() + RESCAN_GAP.max(took * 9)
+    Instant::now() + took * RESCAN_SHARE
 }
 
 async fn rescan(policy: &Policy, swarm: &Handle, provided: &mut HashSet<Cid>) {
