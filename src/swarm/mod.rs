@@ -323,9 +323,16 @@ async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut inbox: Inbox, config: Swar
                             waiting.push(reply);
                             continue;
                         }
+                        // From a port of its own, not the listening one: a connection the other
+                        // side opened to this port earlier (or its TIME_WAIT) has the same
+                        // addresses and ports, and the dial would fail "Address already in use".
                         let opts = match peer {
-                            Some(peer) => libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(vec![addr]).condition(libp2p::swarm::dial_opts::PeerCondition::Always).build(),
-                            None => libp2p::swarm::dial_opts::DialOpts::unknown_peer_id().address(addr).build(),
+                            Some(peer) => libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                                .addresses(vec![addr])
+                                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                                .allocate_new_port()
+                                .build(),
+                            None => libp2p::swarm::dial_opts::DialOpts::unknown_peer_id().address(addr).allocate_new_port().build(),
                         };
                         let id = opts.connection_id();
                         match swarm.dial(opts) {
