@@ -238,6 +238,14 @@ fn main() {
     // user's alone: it holds the token signing key and private layers.
     // SAFETY: umask only sets the process's file mode mask.
     unsafe { libc::umask(0o077) };
+    // Two malloc arenas, not glibc's eight per core: with the many threads a busy node runs, the
+    // arenas' fragmentation grew its memory with every image pushed (about 6 KiB an image in
+    // the soak; under 1 KiB with two). Set before any thread starts.
+    // SAFETY: mallopt only tunes the allocator; no allocation is in flight yet.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         // One line: the error and its causes.
