@@ -82,15 +82,8 @@ impl Filled {
 }
 
 struct Node {
-    child: std::process::Child,
+    child: Proc,
     base: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Node {
@@ -107,7 +100,7 @@ impl Node {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let node = Node { child, base: format!("http://127.0.0.1:{port}") };
+        let node = Node { child: Proc(child), base: format!("http://127.0.0.1:{port}") };
         let client = reqwest::blocking::Client::new();
         loop {
             if client.get(format!("{}/v2/", node.base)).send().is_ok_and(|r| r.status().is_success()) {
@@ -120,9 +113,9 @@ impl Node {
 
     /// SIGTERM, as an operator stops it; waits for the clean stop.
     fn stop(mut self) {
-        let pid = self.child.id().to_string();
+        let pid = self.child.0.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let status = self.child.wait().unwrap();
+        let status = self.child.0.wait().unwrap();
         assert!(status.success(), "the node stopped with {status}");
     }
 }
@@ -538,7 +531,7 @@ fn measure(dir: &Path, shape: Shape, filled: &Filled) -> Figures {
     f.startup_crash = took.as_secs_f64();
     // Requests are measured on a node at rest: after a start it works through what it announces
     // on the DHT (a rescan, bounded by what the DHT store holds), which is timed here.
-    f.busy_after_start = idle(node.child.id());
+    f.busy_after_start = idle(node.child.0.id());
 
     // Manifest GETs by tag, picked at random across the whole registry.
     let mut x = 0x9E37_79B9_7F4A_7C15u64;

@@ -28,13 +28,6 @@ struct Ledger {
     kept: Vec<(String, String, String)>,
 }
 
-/// A `/proc/<pid>/status` field in KiB: `VmRSS` (all resident memory), `RssAnon` (the heap and
-/// stacks: what a leak grows), `RssFile` (mapped files: blob windows, SQLite's shared memory).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
-}
-
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
@@ -176,7 +169,7 @@ fn soak() {
         let ops: usize = s.latencies.values().map(Vec::len).sum();
         let mut p = |op: &str| s.latencies.get_mut(op).map_or(0, |v| p99(v)) / 1000;
         let (push, pull, retag, delete, gc) = (p("push"), p("pull"), p("retag"), p("delete"), p("gc"));
-        let (rss, anon, file, fds) = (status_kib(pid, "VmRSS") / 1024, status_kib(pid, "RssAnon") / 1024, status_kib(pid, "RssFile") / 1024, open_fds(pid));
+        let (rss, anon, file, fds) = (status_kib(pid, "VmRSS").unwrap_or(0) / 1024, status_kib(pid, "RssAnon").unwrap_or(0) / 1024, status_kib(pid, "RssFile").unwrap_or(0) / 1024, open_fds(pid));
         println!(
             "{minute:>6} {:>6} {push:>7}ms {pull:>7}ms {retag:>7}ms {delete:>8}ms {gc:>6}ms {:>8} {rss:>8} ({anon}, {file}) {fds:>4} {:>7}",
             ops / 60,

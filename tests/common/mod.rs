@@ -403,10 +403,17 @@ pub struct MemoryWatch {
     baseline: u64,
 }
 
+/// A `/proc/<pid>/status` field in KiB, if the process is still there: `VmRSS` (all resident
+/// memory), `RssAnon` (the heap and stacks: what a leak grows), `RssFile` (mapped files: blob
+/// windows, the SQLite stores' memory map).
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// `RssAnon` of process `pid` in KiB, if it is still there.
 pub fn anon_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("RssAnon:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status_kib(pid, "RssAnon")
 }
 
 impl MemoryWatch {
