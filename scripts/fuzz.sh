@@ -8,7 +8,8 @@
 # corpus in target/fuzz-corpus/<target> that grows from run to run on this machine. A crash, a
 # leak, an input slower than 10 s or one that needs over 512 MiB fails the run; its input lands
 # in fuzz/artifacts/<target>/, to be made a regression test (fuzz/README.md). Prints executions
-# and coverage per target, also kept in target/fuzz-report.txt.
+# and coverage per target, also kept in target/fuzz-report.txt. AF_FUZZ_OUT=DIR puts the logs and
+# the report in DIR instead, so that a long run and a short one can go on side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -35,25 +36,26 @@ if [ ${#targets[@]} -eq 0 ]; then
 fi
 if [ ${#targets[@]} -eq 1 ]; then build "${targets[0]}"; else build; fi
 jobs=${FUZZ_JOBS:-$(nproc)}
-mkdir -p target
+out=${AF_FUZZ_OUT:-target}
+mkdir -p "$out"
 run() { # target
   local t=$1 scratch=target/fuzz-corpus/$1
   mkdir -p "$scratch" "fuzz/artifacts/$t"
   (cd fuzz && cargo +nightly fuzz run "${profile[@]}" "$t" "../$scratch" "corpus/$t" -- \
       -max_total_time="$seconds" -rss_limit_mb=512 -malloc_limit_mb=512 -timeout=10 \
-      -print_final_stats=1 -close_fd_mask=3) >"target/fuzz-$t.log" 2>&1
+      -print_final_stats=1 -close_fd_mask=3) >"$out/fuzz-$t.log" 2>&1
 }
 declare -A pid
 for t in "${targets[@]}"; do
   while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
   run "$t" & pid[$t]=$!
 done
-report=target/fuzz-report.txt
+report=$out/fuzz-report.txt
 printf '%-14s %10s %12s %8s %10s\n' target seconds executions cov features | tee "$report"
 failed=()
 for t in "${targets[@]}"; do
   if wait "${pid[$t]}"; then status=ok; else status=FAILED; failed+=("$t"); fi
-  log=target/fuzz-$t.log
+  log=$out/fuzz-$t.log
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
@@ -61,8 +63,8 @@ for t in "${targets[@]}"; do
 done
 if [ ${#failed[@]} -gt 0 ]; then
   for t in "${failed[@]}"; do
-    echo "--- $t (target/fuzz-$t.log):"
-    grep -E 'ERROR|panicked|SUMMARY|Test unit written|==[0-9]+==' "target/fuzz-$t.log" | head -20
+    echo "--- $t ($out/fuzz-$t.log):"
+    grep -E 'ERROR|panicked|SUMMARY|Test unit written|==[0-9]+==' "$out/fuzz-$t.log" | head -20
   done
   echo "fuzzing found problems in: ${failed[*]}" >&2
   exit 1

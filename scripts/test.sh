@@ -10,6 +10,11 @@ cd "$(dirname "$0")/.."
 # /usr/sbin: dnsmasq (the DNS server of the DNSLink tests) lives there, off some users' PATH.
 export PATH="${GOBIN:-$HOME/go/bin}:$HOME/.cargo/bin:$PATH:/usr/sbin:/sbin"
 
+# A CI machine builds once: incremental state would only take disk (gigabytes of it).
+[ -n "${CI:-}" ] && export CARGO_INCREMENTAL=0
+# The disk is what ran out on a CI machine once; the log says how much there was.
+df -h . /tmp | sed 's/^/disk: /'
+trap 'df -h . /tmp | sed "s/^/disk at exit: /"' EXIT
 scripts/install-test-deps.sh
 # A PostgreSQL server for the metadata tests and the conformance run on PostgreSQL.
 AF_TEST_POSTGRES_URL=$(scripts/postgres.sh)
@@ -39,7 +44,7 @@ mkdir -p target
 CARGO_BUILD_JOBS=1 setsid -w nice -n 19 ionice -c3 bash -c tools_build >target/fuzz-build.log 2>&1 &
 background=$!
 # A failure below ends the run: the background build (its own process group) goes with it.
-trap 'kill -- -"$background" 2>/dev/null || true' EXIT
+trap 'kill -- -"$background" 2>/dev/null || true; df -h . /tmp | sed "s/^/disk at exit: /"' EXIT
 cargo test --locked --bins --test '*' -- --test-threads "${AF_TEST_THREADS:-4}"
 scripts/conformance.sh target/debug/af
 scripts/gateway-conformance.sh target/debug/af
