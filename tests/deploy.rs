@@ -126,6 +126,11 @@ fn metrics_are_scraped_by_prometheus_and_move_with_requests() {
     assert!(sample(r#"af_http_received_bytes_total{listener="api"}"#).unwrap() >= data.len() as f64);
     assert!(text.contains("af_http_request_duration_seconds_bucket{listener=\"api\""), "{text}");
     assert!(!text.contains("team/app"), "routes are templates, never paths");
+    // The heap, told apart: SQLite's share is part of what is in use, which is part of what
+    // malloc holds (a node of a few MiB at least, with SQLite's caches warm from the push).
+    let heap = |what: &str| sample(&format!("af_memory_bytes{{what=\"{what}\"}}")).unwrap_or_else(|| panic!("af_memory_bytes {what}: {text}"));
+    let (sqlite, in_use, held) = (heap("sqlite"), heap("malloc_in_use"), heap("malloc_held"));
+    assert!(sqlite > 0.0 && sqlite < in_use && in_use <= held && in_use > 1048576.0, "sqlite {sqlite}, in use {in_use}, held {held}");
 
     // A real Prometheus server scrapes it every second.
     let tmp = tempfile::tempdir().unwrap();

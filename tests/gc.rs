@@ -261,3 +261,52 @@ fn a_blob_a_client_just_saw_survives_a_gc() {
     assert_eq!(put_manifest(&node, "seen", "t2", OCI_MANIFEST, &manifest_of(&config3, &[&layer], None)).status(), 201);
     assert_eq!(status(&node, &format!("/v2/seen/blobs/{layer}")), 200);
 }
+
+/// Two layers that share a leaf (the same first MiB): the index holds the leaf once, as a range
+/// of the first layer's file, and notes the second layer as another owner. Collecting the first
+/// layer must not take the leaf from the second one's DAG: the second image still exports whole,
+/// its layer is served whole by CID and `verify` finds nothing missing.
+#[test]
+fn a_leaf_two_layers_share_outlives_the_first_layer() {
+    let node = Node::start_with(&["--gc-interval", "0s"]);
+    make_public(&node, "keep");
+    let shared = xorshift_bytes(11, 1 << 20);
+    let layer = |seed: u64| [shared.clone(), xorshift_bytes(seed, 300_000)].concat();
+    let (gone, kept) = (layer(12), layer(13));
+    push_blob(&node, "drop", &gone);
+    let config = push_blob(&node, "keep", b"{}");
+    let kept_digest = push_blob(&node, "keep", &kept);
+    assert_eq!(put_manifest(&node, "keep", "t", OCI_MANIFEST, &manifest_of(&config, &[&kept_digest], None)).status(), 201);
+    std::thread::sleep(Duration::from_millis(1100));
+    let report = gc(&node, "0s");
+    assert!(report.starts_with("gc: removed 0 manifests, 1 blob links, 1 blobs ("), "{report}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let car = tmp.path().join("keep.car");
+    let out = af(&["registry", "export", "keep:t", "-o", car.to_str().unwrap()], &node);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let root = client().head(node.url(&format!("/v2/keep/blobs/{kept_digest}"))).send().unwrap().headers()["Ipfs-Cid"].to_str().unwrap().to_string();
+    let r = client().get(node.gateway_url(&format!("/ipfs/{root}"))).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(sha256(&r.bytes().unwrap()), kept_digest);
+    let out = af(&["registry", "verify"], &node);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // With the second layer gone too, nothing of the leaf is left behind.
+    assert_eq!(put_manifest(&node, "keep", "t", OCI_MANIFEST, &manifest_of(&config, &[], None)).status(), 201);
+    std::thread::sleep(Duration::from_millis(1100));
+    gc(&node, "0s");
+    let index_db = rusqlite::Connection::open(node.data_dir.join("blocks.sqlite")).unwrap();
+    let leaf = cid_bytes_of_raw(&shared);
+    for table in ["blocks", "block_owners"] {
+        let n: i64 = index_db.query_row(&format!("SELECT count(*) FROM {table} WHERE multihash = ?1"), [&leaf], |r| r.get(0)).unwrap();
+        assert_eq!(n, 0, "{table}");
+    }
+}
+
+/// The multihash (sha2-256) of a raw leaf holding `data`.
+fn cid_bytes_of_raw(data: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    let mut mh = vec![0x12, 0x20];
+    mh.extend_from_slice(&sha2::Sha256::digest(data));
+    mh
+}

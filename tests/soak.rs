@@ -32,6 +32,17 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
+/// The node's heap as its metrics tell it (`af_memory_bytes`), in MiB: SQLite's, every live
+/// allocation's, what malloc holds.
+fn heap(metrics: &str) -> String {
+    let page = client().get(format!("http://{metrics}/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
+    let mib = |what: &str| {
+        let key = format!("af_memory_bytes{{what=\"{what}\"}} ");
+        page.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.parse::<f64>().ok()).map_or("?".into(), |b| format!("{:.0}", b / 1048576.0))
+    };
+    format!("({}, {}, {})", mib("sqlite"), mib("malloc_in_use"), mib("malloc_held"))
+}
+
 fn p99(v: &mut [u64]) -> u64 {
     if v.is_empty() {
         return 0;
@@ -149,7 +160,8 @@ fn push_and_delete(c: &reqwest::blocking::Client, base: &str, repo: &str, id: us
 #[ignore = "minutes long: run by scripts/soak.sh"]
 fn soak() {
     let minutes: u64 = std::env::var("AF_SOAK_MINUTES").ok().and_then(|m| m.parse().ok()).unwrap_or(10);
-    let node = Node::start_with(&["--max-connections-per-ip", "1024", "--max-uploads", "1024", "--gc-grace", "60s"]);
+    let metrics = free_addr().to_string();
+    let node = Node::start_with(&["--max-connections-per-ip", "1024", "--max-uploads", "1024", "--gc-grace", "60s", "--metrics", &metrics]);
     let pid = node.pid();
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(Mutex::new(Stats::default()));
@@ -162,7 +174,7 @@ fn soak() {
         .collect();
     let mut samples = Vec::new();
     let mut errors = Vec::new();
-    println!("minute  ops/s   p99 push  p99 pull p99 retag p99 delete  p99 gc   errors  RSS MiB (anon, file)  fds  images");
+    println!("minute  ops/s   p99 push  p99 pull p99 retag p99 delete  p99 gc   errors  RSS MiB (anon, file)  fds  images  heap MiB (sqlite, in use, held)");
     for minute in 1..=minutes {
         std::thread::sleep(Duration::from_secs(60));
         let mut s = std::mem::take(&mut *stats.lock().unwrap());
@@ -171,10 +183,11 @@ fn soak() {
         let (push, pull, retag, delete, gc) = (p("push"), p("pull"), p("retag"), p("delete"), p("gc"));
         let (rss, anon, file, fds) = (status_kib(pid, "VmRSS").unwrap_or(0) / 1024, status_kib(pid, "RssAnon").unwrap_or(0) / 1024, status_kib(pid, "RssFile").unwrap_or(0) / 1024, open_fds(pid));
         println!(
-            "{minute:>6} {:>6} {push:>7}ms {pull:>7}ms {retag:>7}ms {delete:>8}ms {gc:>6}ms {:>8} {rss:>8} ({anon}, {file}) {fds:>4} {:>7}",
+            "{minute:>6} {:>6} {push:>7}ms {pull:>7}ms {retag:>7}ms {delete:>8}ms {gc:>6}ms {:>8} {rss:>8} ({anon}, {file}) {fds:>4} {:>7}  {}",
             ops / 60,
             s.errors.len(),
-            ledger.lock().unwrap().kept.len()
+            ledger.lock().unwrap().kept.len(),
+            heap(&metrics)
         );
         samples.push((anon, fds));
         errors.append(&mut s.errors);

@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../migrations/blockstore/0004_pin_tags.sql")),
     (5, include_str!("../../migrations/blockstore/0005_direct_pins.sql")),
     (6, include_str!("../../migrations/blockstore/0006_ipns_records.sql")),
+    (7, include_str!("../../migrations/blockstore/0007_owners_by_owner.sql")),
 ];
 /// Connections that answer lookups side by side (WAL readers never wait for each other).
 const READERS: usize = 4;
@@ -228,8 +229,6 @@ const ADD_OWNER: &str = "INSERT OR IGNORE INTO block_owners (multihash, owner_ki
      SELECT ?1, ?2, ?3 WHERE ?2 IS NOT NULL
        AND EXISTS (SELECT 1 FROM blocks WHERE multihash = ?1 AND (owner_kind IS NOT ?2 OR owner IS NOT ?3))";
 
-/// Owners of blocks no longer indexed.
-const DROP_ORPHAN_OWNERS: &str = "DELETE FROM block_owners WHERE multihash NOT IN (SELECT multihash FROM blocks)";
 
 /// An inline block; recording a known one again makes it young for the GC.
 const INSERT_INLINE: &str = "INSERT INTO blocks (multihash, codec, length, data, owner_kind, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -487,11 +486,62 @@ impl BlockIndex {
 
     /// Forgets every block held as a range of `blob`'s file (when that file is quarantined).
     pub async fn forget_blob(&self, blob: &Digest) -> Result<u64, BlockIndexError> {
-        let blob = blob.to_string();
+        self.forget_blobs(vec![blob.clone()]).await
+    }
+
+    /// Forgets the blocks `blobs` hold, in one transaction (one sync for a GC's whole sweep),
+    /// before their files go: the number of blocks forgotten. A leaf another owner's DAG holds
+    /// too (two layers with a MiB in common) was recorded once, as a range of the first blob's
+    /// file; it is copied inline, verified, and handed to that owner, so the other DAG stays
+    /// whole. One that cannot be read back any more (a quarantined file) is forgotten.
+    pub async fn forget_blobs(&self, blobs: Vec<Digest>) -> Result<u64, BlockIndexError> {
+        let store = self.blobs.clone();
         self.run(move |conn| {
-            let forgotten = conn.execute("DELETE FROM blocks WHERE blob = ?1", [&blob])? as u64;
-            conn.execute("DELETE FROM block_owners WHERE owner_kind = 'blob' AND owner = ?1", [&blob])?;
-            conn.execute(DROP_ORPHAN_OWNERS, [])?;
+            let tx = conn.transaction()?;
+            let mut forgotten = 0;
+            for digest in &blobs {
+                let blob = digest.to_string();
+                let shared: Vec<(Vec<u8>, i64, i64, i64)> = {
+                    let mut s = tx.prepare_cached(
+                        "SELECT multihash, codec, offset, length FROM blocks WHERE blob = ?1 AND EXISTS (SELECT 1 FROM block_owners o
+                           WHERE o.multihash = blocks.multihash AND NOT (o.owner_kind = 'blob' AND o.owner = ?1))",
+                    )?;
+                    let rows = s.query_map([&blob], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                    rows.collect::<Result<_, _>>()?
+                };
+                for (mh, codec, offset, len) in shared {
+                    let Ok(hash) = cid::multihash::Multihash::from_bytes(&mh) else { continue };
+                    let cid = Cid::new_v1(codec as u64, hash);
+                    let bytes = match read_range(&store, &cid, digest, offset as u64, len as u64) {
+                        Ok(Some(b)) => b,
+                        Ok(None) | Err(_) => {
+                            tracing::warn!(%cid, blob = %digest, "a leaf another DAG shares could not be read back from its blob; forgotten");
+                            continue;
+                        }
+                    };
+                    let (kind, owner): (String, String) = tx.query_row(
+                        "SELECT owner_kind, owner FROM block_owners WHERE multihash = ?1 AND NOT (owner_kind = 'blob' AND owner = ?2) LIMIT 1",
+                        params![mh, blob],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
+                    tx.execute(
+                        "UPDATE blocks SET blob = NULL, offset = NULL, data = ?2, owner_kind = ?3, owner = ?4 WHERE multihash = ?1",
+                        params![mh, bytes.as_ref(), kind, owner],
+                    )?;
+                    tx.execute("DELETE FROM block_owners WHERE multihash = ?1 AND owner_kind = ?2 AND owner = ?3", params![mh, kind, owner])?;
+                }
+                let gone: Vec<Vec<u8>> = {
+                    let mut s = tx.prepare_cached("DELETE FROM blocks WHERE blob = ?1 RETURNING multihash")?;
+                    let rows = s.query_map([&blob], |r| r.get(0))?;
+                    rows.collect::<Result<_, _>>()?
+                };
+                for mh in &gone {
+                    tx.execute("DELETE FROM block_owners WHERE multihash = ?1", [mh])?;
+                }
+                tx.execute("DELETE FROM block_owners WHERE owner_kind = 'blob' AND owner = ?1", [&blob])?;
+                forgotten += gone.len() as u64;
+            }
+            tx.commit()?;
             Ok(forgotten)
         })
         .await
@@ -578,8 +628,10 @@ impl BlockIndex {
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 {
                     let mut delete = tx.prepare_cached("DELETE FROM blocks WHERE multihash = ?1 AND created_at < ?2")?;
+                    let mut owners = tx.prepare_cached("DELETE FROM block_owners WHERE multihash = ?1")?;
                     for (mh, len, codec) in page.into_iter().filter(|(mh, _, _)| !reached.is_marked(mh)) {
                         if delete.execute(params![mh, cutoff])? > 0 {
+                            owners.execute([&mh])?;
                             count += 1;
                             bytes += len as u64;
                             if list {
@@ -592,7 +644,6 @@ impl BlockIndex {
                 }
                 tx.commit()?;
             }
-            conn.execute(DROP_ORPHAN_OWNERS, [])?;
             Ok((count, bytes, removed))
         })
         .await
