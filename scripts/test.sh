@@ -10,20 +10,26 @@ cd "$(dirname "$0")/.."
 # /usr/sbin: dnsmasq (the DNS server of the DNSLink tests) lives there, off some users' PATH.
 export PATH="${GOBIN:-$HOME/go/bin}:$HOME/.cargo/bin:$PATH:/usr/sbin:/sbin"
 
+# Each step says when it starts (minutes since the start), so a slow CI run says where it went.
+step() { printf '== %dm%02ds: %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 # A CI machine builds once: incremental state would only take disk (gigabytes of it).
 [ -n "${CI:-}" ] && export CARGO_INCREMENTAL=0
 # The disk is what ran out on a CI machine once; the log says how much there was.
 df -h . /tmp | sed 's/^/disk: /'
 trap 'df -h . /tmp | sed "s/^/disk at exit: /"' EXIT
+step install the test dependencies
 scripts/install-test-deps.sh
 # A PostgreSQL server for the metadata tests and the conformance run on PostgreSQL.
 AF_TEST_POSTGRES_URL=$(scripts/postgres.sh)
 export AF_TEST_POSTGRES_URL
+step check the Dockerfile
 scripts/check-dockerfile.sh
 # Everything but the library's unit tests, which run below in a fresh clone (one build of them).
+step build
 cargo build --locked --lib --bins --test '*' --benches
 # A fresh clone with nothing beside it (no ../shared): the unit tests, Kubo's golden CIDs among
 # them, take their data from the project's own files. Shares this build's dependencies.
+step unit tests in a fresh clone
 fresh=$(mktemp -d)
 git clone -q . "$fresh/af-registry"
 (cd "$fresh/af-registry" && CARGO_TARGET_DIR="$OLDPWD/target" cargo test --locked --lib -q) \
@@ -45,11 +51,18 @@ CARGO_BUILD_JOBS=1 setsid -w nice -n 19 ionice -c3 bash -c tools_build >target/f
 background=$!
 # A failure below ends the run: the background build (its own process group) goes with it.
 trap 'kill -- -"$background" 2>/dev/null || true; df -h . /tmp | sed "s/^/disk at exit: /"' EXIT
+step integration tests
 cargo test --locked --bins --test '*' -- --test-threads "${AF_TEST_THREADS:-4}"
+step OCI conformance
 scripts/conformance.sh target/debug/af
+step gateway conformance
 scripts/gateway-conformance.sh target/debug/af
+step finish building the fuzz targets and cargo deny
 kill -- -"$background" 2>/dev/null || true
 wait "$background" 2>/dev/null || true
 tools_build || { echo "the fuzz targets or cargo deny did not build" >&2; exit 1; }
+step fuzz
 scripts/fuzz.sh "${AF_FUZZ_SECONDS:-20}"
+step cargo deny
 scripts/deny.sh
+step done
