@@ -103,6 +103,8 @@ fn gc_keeps_what_is_referenced_and_sweeps_the_rest() {
         assert_eq!(status(&node, &format!("/v2/a/blobs/{gone}")), 404);
         assert!(!blob_file_exists(&node, gone));
     }
+    // Moved aside under the lock, unlinked before the GC answered.
+    assert_eq!(std::fs::read_dir(node.data_dir.join("trash")).unwrap().count(), 0);
     assert_eq!(status(&node, &format!("/v2/a/blobs/{x}")), 404);
     assert_eq!(status(&node, &format!("/v2/b/blobs/{x}")), 200);
     for kept in [&t, &p, &c, &i, &r] {

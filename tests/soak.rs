@@ -223,4 +223,8 @@ fn soak() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "verify", "--data-dir"]).arg(&node.data_dir).output().unwrap();
     assert!(out.status.success(), "verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("af registry verify: clean");
+    // Where the GCs' time went (the node logs each one's phases).
+    for line in node.log_text().lines().filter(|l| l.contains("gc finished")) {
+        println!("{}", line.split_once("gc finished").map_or(line, |(_, rest)| rest).trim());
+    }
 }

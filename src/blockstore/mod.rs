@@ -497,7 +497,9 @@ impl BlockIndex {
     pub async fn forget_blobs(&self, blobs: Vec<Digest>) -> Result<u64, BlockIndexError> {
         let store = self.blobs.clone();
         self.run(move |conn| {
-            let tx = conn.transaction()?;
+            // Immediate: it reads before it writes, and a deferred one could not upgrade once
+            // another process (`af registry gc`, an import) had written meanwhile.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut forgotten = 0;
             for digest in &blobs {
                 let blob = digest.to_string();

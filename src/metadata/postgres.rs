@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/postgres/0003_change_generation.sql")),
     (4, include_str!("../../migrations/postgres/0004_node_swarm.sql")),
     (5, include_str!("../../migrations/postgres/0005_replicas.sql")),
+    (6, include_str!("../../migrations/postgres/0006_gc_indexes.sql")),
 ];
 /// Serializes schema changes between nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x6166_5f72_6567; // "af_reg"

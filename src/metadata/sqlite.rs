@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/sqlite/0003_change_generation.sql")),
     (4, include_str!("../../migrations/sqlite/0004_node_swarm.sql")),
     (5, include_str!("../../migrations/sqlite/0005_replicas.sql")),
+    (6, include_str!("../../migrations/sqlite/0006_gc_indexes.sql")),
 ];
 const POOL_SIZE: usize = 4;
 

@@ -8,8 +8,9 @@
 //! reads refresh a link's age for this reason).
 //!
 //! The metadata sweep is one transaction, so it is atomic against manifest pushes (a manifest
-//! is stored only if its blobs are still there). Unlinking files happens under the exclusive
-//! `gc.lock`, which publishing holds shared, so a blob re-uploaded during a GC keeps its file.
+//! is stored only if its blobs are still there). Files are moved out of `blobs/` under the
+//! exclusive `gc.lock`, which publishing holds shared, so a blob re-uploaded during a GC keeps its
+//! file; they are unlinked from `trash/` after the lock is released.
 
 use crate::digest::Digest;
 use super::{Registry, Result};
@@ -72,21 +73,26 @@ impl Registry {
         let cutoff_time = UNIX_EPOCH + Duration::from_secs(cutoff.max(0) as u64);
         let mut report = GcReport::default();
         let store = self.blobs.clone();
+        let asked = std::time::Instant::now();
         let lock = tokio::task::spawn_blocking(move || store.gc_lock(true))
             .await
             .map_err(|e| StorageError::Task(e.to_string()))??;
+        let locked = std::time::Instant::now();
         let swept = self.meta.collect_garbage(cutoff).await?;
+        let decided = std::time::Instant::now();
         report.manifests = swept.manifests;
         report.links = swept.links;
         // Their blocks first, while the files are there to copy a leaf another DAG shares from.
         self.blocks.forget_blobs(swept.blobs.iter().map(|b| b.digest.clone()).collect()).await?;
+        let forgotten = std::time::Instant::now();
         for blob in &swept.blobs {
-            if blob.had_file && self.blobs.remove_blob(&blob.digest)? {
+            if blob.had_file && self.blobs.trash_blob(&blob.digest)? {
                 report.bytes += blob.size;
             }
             report.blobs += 1;
             tracing::info!(digest = %blob.digest, size = blob.size, "gc removed a blob");
         }
+        let blobs_done = std::time::Instant::now();
         let known: HashSet<Digest> = self.meta.list_blobs().await?.into_iter().map(|(d, _)| d).collect();
         let publishing: HashSet<Digest> = self.meta.list_uploads().await?.into_iter().filter_map(|u| u.finishing).collect();
         let orphans: Vec<_> = self
@@ -98,9 +104,10 @@ impl Registry {
         self.blocks.forget_blobs(orphans.iter().map(|(d, _, _)| d.clone()).collect()).await?;
         for (digest, path, _) in orphans {
             tracing::info!(path = %path.display(), "gc removed a blob file no metadata names");
-            self.blobs.remove_blob(&digest)?;
+            self.blobs.trash_blob(&digest)?;
             report.orphan_files += 1;
         }
+        let files_done = std::time::Instant::now();
         // Still under the exclusive lock: RPC writes hold it shared from storing their blocks to
         // pinning them, so the pins read here include every import that stored a block.
         let mut roots: Vec<String> = self.meta.live_roots().await?;
@@ -111,6 +118,25 @@ impl Registry {
         report.blocks = blocks;
         report.block_bytes = block_bytes;
         drop(lock);
+        let unlinking = std::time::Instant::now();
+        let store = self.blobs.clone();
+        tokio::task::spawn_blocking(move || store.empty_trash()).await.map_err(|e| StorageError::Task(e.to_string()))??;
+        // Where a GC's time goes, pushes waiting for all but the first part of it.
+        let ms = |from: std::time::Instant, to: std::time::Instant| to.duration_since(from).as_millis() as u64;
+        let done = std::time::Instant::now();
+        tracing::info!(
+            waited_ms = ms(asked, locked),
+            held_ms = ms(locked, unlinking),
+            unlink_ms = ms(unlinking, done),
+            metadata_ms = ms(locked, decided),
+            forget_ms = ms(decided, forgotten),
+            trash_ms = ms(forgotten, blobs_done),
+            files_ms = ms(blobs_done, files_done),
+            blocks_ms = ms(files_done, unlinking),
+            blobs = report.blobs,
+            blocks = report.blocks,
+            "gc finished"
+        );
         if report.manifests + report.links + report.blobs + report.orphan_files + report.blocks > 0 {
             self.changed().await?;
             let blobs = swept.blobs.iter().map(|b| b.digest.clone()).collect();

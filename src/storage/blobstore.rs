@@ -16,6 +16,7 @@ pub struct BlobStore {
     blobs: PathBuf,
     uploads: PathBuf,
     quarantine: PathBuf,
+    trash: PathBuf,
     staging: PathBuf,
     gc_lock: PathBuf,
     turn: Arc<Turnstile>,
@@ -113,10 +114,42 @@ impl BlobStore {
         let blobs = data_dir.join("blobs");
         let uploads = data_dir.join("uploads");
         let quarantine = data_dir.join("quarantine");
-        for d in [&blobs, &uploads, &quarantine] {
+        let trash = data_dir.join("trash");
+        for d in [&blobs, &uploads, &quarantine, &trash] {
             fs::create_dir_all(d).map_err(io_err(d))?;
         }
-        Ok(BlobStore { blobs, uploads, quarantine, staging: data_dir.join("staging"), gc_lock: data_dir.join("gc.lock"), turn: Arc::default() })
+        let store = BlobStore { blobs, uploads, quarantine, trash, staging: data_dir.join("staging"), gc_lock: data_dir.join("gc.lock"), turn: Arc::default() };
+        // What a GC that stopped half-way had moved out of the way.
+        store.empty_trash()?;
+        Ok(store)
+    }
+
+    /// Moves the file of a blob a GC removes out of `blobs/` (false if it had none). A rename:
+    /// cheap, so a GC does it under its exclusive lock and unlinks after ([`Self::empty_trash`]).
+    /// An unlink can take milliseconds (a disk mounted with `discard` trims each one), and
+    /// pushes wait while a GC holds the lock.
+    pub fn trash_blob(&self, digest: &Digest) -> Result<bool, StorageError> {
+        let path = self.blob_path(digest);
+        let dst = self.trash.join(format!("{}-{}", digest.algorithm().as_str(), digest.hex()));
+        match fs::rename(&path, &dst) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Unlinks every file in `trash/`: garbage only, so any process may, at any time.
+    pub fn empty_trash(&self) -> Result<u64, StorageError> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.trash).map_err(io_err(&self.trash))? {
+            let path = entry.map_err(io_err(&self.trash))?.path();
+            match fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+        }
+        Ok(removed)
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
