@@ -503,29 +503,23 @@ impl BlockIndex {
             let mut forgotten = 0;
             for digest in &blobs {
                 let blob = digest.to_string();
-                let shared: Vec<(Vec<u8>, i64, i64, i64)> = {
+                // Each leaf of this blob that someone else holds too, with one such other owner.
+                let shared: Vec<(Vec<u8>, i64, i64, i64, String, String)> = {
                     let mut s = tx.prepare_cached(
-                        "SELECT multihash, codec, offset, length FROM blocks WHERE blob = ?1 AND EXISTS (SELECT 1 FROM block_owners o
-                           WHERE o.multihash = blocks.multihash AND NOT (o.owner_kind = 'blob' AND o.owner = ?1))",
+                        "SELECT b.multihash, b.codec, b.offset, b.length, o.owner_kind, o.owner FROM blocks b
+                         JOIN block_owners o ON o.multihash = b.multihash AND NOT (o.owner_kind = 'blob' AND o.owner = ?1)
+                         WHERE b.blob = ?1 GROUP BY b.multihash",
                     )?;
-                    let rows = s.query_map([&blob], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                    let rows = s.query_map([&blob], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?;
                     rows.collect::<Result<_, _>>()?
                 };
-                for (mh, codec, offset, len) in shared {
+                for (mh, codec, offset, len, kind, owner) in shared {
                     let Ok(hash) = cid::multihash::Multihash::from_bytes(&mh) else { continue };
                     let cid = Cid::new_v1(codec as u64, hash);
-                    let bytes = match read_range(&store, &cid, digest, offset as u64, len as u64) {
-                        Ok(Some(b)) => b,
-                        Ok(None) | Err(_) => {
-                            tracing::warn!(%cid, blob = %digest, "a leaf another DAG shares could not be read back from its blob; forgotten");
-                            continue;
-                        }
+                    let Ok(Some(bytes)) = read_range(&store, &cid, digest, offset as u64, len as u64) else {
+                        tracing::warn!(%cid, blob = %digest, "a leaf another DAG shares could not be read back from its blob; forgotten");
+                        continue;
                     };
-                    let (kind, owner): (String, String) = tx.query_row(
-                        "SELECT owner_kind, owner FROM block_owners WHERE multihash = ?1 AND NOT (owner_kind = 'blob' AND owner = ?2) LIMIT 1",
-                        params![mh, blob],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )?;
                     tx.execute(
                         "UPDATE blocks SET blob = NULL, offset = NULL, data = ?2, owner_kind = ?3, owner = ?4 WHERE multihash = ?1",
                         params![mh, bytes.as_ref(), kind, owner],
@@ -537,8 +531,9 @@ impl BlockIndex {
                     let rows = s.query_map([&blob], |r| r.get(0))?;
                     rows.collect::<Result<_, _>>()?
                 };
+                let mut owners = tx.prepare_cached("DELETE FROM block_owners WHERE multihash = ?1")?;
                 for mh in &gone {
-                    tx.execute("DELETE FROM block_owners WHERE multihash = ?1", [mh])?;
+                    owners.execute([mh])?;
                 }
                 tx.execute("DELETE FROM block_owners WHERE owner_kind = 'blob' AND owner = ?1", [&blob])?;
                 forgotten += gone.len() as u64;

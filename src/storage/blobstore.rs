@@ -198,16 +198,6 @@ impl BlobStore {
         Ok(out)
     }
 
-    /// Unlinks a blob file (a GC's sweep); false if it was already gone.
-    pub fn remove_blob(&self, digest: &Digest) -> Result<bool, StorageError> {
-        let path = self.blob_path(digest);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_err(&path)(e)),
-        }
-    }
-
     /// Scratch space for imports (a CAR's blocks while they are checked); never served.
     pub fn staging_dir(&self) -> PathBuf {
         self.staging.clone()
