@@ -117,7 +117,7 @@ fn metrics_are_scraped_by_prometheus_and_move_with_requests() {
     std::io::Write::write_all(&mut lint.stdin.take().unwrap(), text.as_bytes()).unwrap();
     let lint = lint.wait_with_output().unwrap();
     assert!(lint.status.success(), "promtool: {}{}", String::from_utf8_lossy(&lint.stdout), String::from_utf8_lossy(&lint.stderr));
-    let sample = |line_start: &str| text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<f64>().ok());
+    let sample = |series: &str| metric_sample(&text, series);
     assert_eq!(sample(r#"af_http_requests_total{listener="api",method="GET",route="/v2/<name>/blobs/<digest>",status="200"}"#), Some(1.0), "{text}");
     assert_eq!(sample(r#"af_http_requests_total{listener="api",method="GET",route="/v2/<name>/manifests/<reference>",status="404"}"#), Some(1.0), "{text}");
     assert_eq!(sample(r#"af_stored{what="blobs"}"#), Some(1.0));

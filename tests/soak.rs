@@ -37,8 +37,7 @@ fn open_fds(pid: u32) -> usize {
 fn heap(metrics: &str) -> String {
     let page = client().get(format!("http://{metrics}/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
     let mib = |what: &str| {
-        let key = format!("af_memory_bytes{{what=\"{what}\"}} ");
-        page.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.parse::<f64>().ok()).map_or("?".into(), |b| format!("{:.0}", b / 1048576.0))
+        metric_sample(&page, &format!("af_memory_bytes{{what=\"{what}\"}}")).map_or("?".into(), |b| format!("{:.0}", b / 1048576.0))
     };
     format!("({}, {}, {})", mib("sqlite"), mib("malloc_in_use"), mib("malloc_held"))
 }

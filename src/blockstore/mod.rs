@@ -205,6 +205,12 @@ fn location(blob: Option<String>, offset: Option<i64>, len: i64, data: Option<Ve
 const INLINE_READ_MAX: u64 = 64 << 10;
 
 /// `len` bytes of `blob`'s file at `offset`, verified against `cid`.
+/// Deletes every owner row of a block whose row is gone: a block's owners are only there to
+/// decide whether it may leave the node, and must not outlive it.
+fn drop_owners(conn: &rusqlite::Connection, multihash: &[u8]) -> rusqlite::Result<usize> {
+    conn.prepare_cached("DELETE FROM block_owners WHERE multihash = ?1")?.execute([multihash])
+}
+
 fn read_range(store: &crate::storage::BlobStore, cid: &Cid, blob: &Digest, offset: u64, len: u64) -> Result<Option<bytes::Bytes>, BlockIndexError> {
     use std::os::unix::fs::FileExt;
     let missing = || BlockIndexError::Mismatch { cid: cid.to_string(), detail: "its blob file is missing".into() };
@@ -531,9 +537,8 @@ impl BlockIndex {
                     let rows = s.query_map([&blob], |r| r.get(0))?;
                     rows.collect::<Result<_, _>>()?
                 };
-                let mut owners = tx.prepare_cached("DELETE FROM block_owners WHERE multihash = ?1")?;
                 for mh in &gone {
-                    owners.execute([mh])?;
+                    drop_owners(&tx, mh)?;
                 }
                 tx.execute("DELETE FROM block_owners WHERE owner_kind = 'blob' AND owner = ?1", [&blob])?;
                 forgotten += gone.len() as u64;
@@ -625,10 +630,9 @@ impl BlockIndex {
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 {
                     let mut delete = tx.prepare_cached("DELETE FROM blocks WHERE multihash = ?1 AND created_at < ?2")?;
-                    let mut owners = tx.prepare_cached("DELETE FROM block_owners WHERE multihash = ?1")?;
                     for (mh, len, codec) in page.into_iter().filter(|(mh, _, _)| !reached.is_marked(mh)) {
                         if delete.execute(params![mh, cutoff])? > 0 {
-                            owners.execute([&mh])?;
+                            drop_owners(&tx, &mh)?;
                             count += 1;
                             bytes += len as u64;
                             if list {
@@ -774,7 +778,7 @@ impl BlockIndex {
     pub async fn forget(&self, multihash: Vec<u8>) -> Result<(), BlockIndexError> {
         self.run(move |conn| {
             conn.execute("DELETE FROM blocks WHERE multihash = ?1", [&multihash])?;
-            conn.execute("DELETE FROM block_owners WHERE multihash = ?1", [&multihash])?;
+            drop_owners(conn, &multihash)?;
             Ok(())
         })
         .await

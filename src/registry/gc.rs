@@ -14,9 +14,9 @@
 
 use crate::digest::Digest;
 use super::{Registry, Result};
-use crate::storage::StorageError;
+use crate::storage::{BlobStore, StorageError};
 use std::collections::HashSet;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::clock::unix_now;
 
@@ -72,42 +72,41 @@ impl Registry {
         let cutoff = unix_now() - grace.as_secs() as i64;
         let cutoff_time = UNIX_EPOCH + Duration::from_secs(cutoff.max(0) as u64);
         let mut report = GcReport::default();
-        let store = self.blobs.clone();
-        let asked = std::time::Instant::now();
-        let lock = tokio::task::spawn_blocking(move || store.gc_lock(true))
-            .await
-            .map_err(|e| StorageError::Task(e.to_string()))??;
-        let locked = std::time::Instant::now();
+        let mut phases = Phases::start();
+        let lock = self.on_disk(|store| store.gc_lock(true)).await?;
+        phases.mark("waited");
         let swept = self.meta.collect_garbage(cutoff).await?;
-        let decided = std::time::Instant::now();
+        phases.mark("metadata");
         report.manifests = swept.manifests;
         report.links = swept.links;
         // Their blocks first, while the files are there to copy a leaf another DAG shares from.
         self.blocks.forget_blobs(swept.blobs.iter().map(|b| b.digest.clone()).collect()).await?;
-        let forgotten = std::time::Instant::now();
+        phases.mark("forget");
+        let with_files: Vec<Digest> = swept.blobs.iter().filter(|b| b.had_file).map(|b| b.digest.clone()).collect();
+        let trashed: HashSet<Digest> = self.on_disk(move |store| trash_all(store, with_files)).await?;
         for blob in &swept.blobs {
-            if blob.had_file && self.blobs.trash_blob(&blob.digest)? {
+            if trashed.contains(&blob.digest) {
                 report.bytes += blob.size;
             }
             report.blobs += 1;
             tracing::info!(digest = %blob.digest, size = blob.size, "gc removed a blob");
         }
-        let blobs_done = std::time::Instant::now();
+        phases.mark("trash");
         let known: HashSet<Digest> = self.meta.list_blobs().await?.into_iter().map(|(d, _)| d).collect();
         let publishing: HashSet<Digest> = self.meta.list_uploads().await?.into_iter().filter_map(|u| u.finishing).collect();
         let orphans: Vec<_> = self
-            .blobs
-            .list_blob_files()?
+            .on_disk(|store| store.list_blob_files())
+            .await?
             .into_iter()
             .filter(|(digest, _, mtime)| !known.contains(digest) && !publishing.contains(digest) && *mtime < cutoff_time)
             .collect();
-        self.blocks.forget_blobs(orphans.iter().map(|(d, _, _)| d.clone()).collect()).await?;
-        for (digest, path, _) in orphans {
+        let orphan_digests: Vec<Digest> = orphans.iter().map(|(d, _, _)| d.clone()).collect();
+        self.blocks.forget_blobs(orphan_digests.clone()).await?;
+        for (_, path, _) in &orphans {
             tracing::info!(path = %path.display(), "gc removed a blob file no metadata names");
-            self.blobs.trash_blob(&digest)?;
-            report.orphan_files += 1;
         }
-        let files_done = std::time::Instant::now();
+        report.orphan_files = self.on_disk(move |store| trash_all(store, orphan_digests)).await?.len() as u64;
+        phases.mark("files");
         // Still under the exclusive lock: RPC writes hold it shared from storing their blocks to
         // pinning them, so the pins read here include every import that stored a block.
         let mut roots: Vec<String> = self.meta.live_roots().await?;
@@ -117,32 +116,68 @@ impl Registry {
         let (blocks, block_bytes, removed) = self.blocks.sweep_unreachable(roots, direct, cutoff, list).await?;
         report.blocks = blocks;
         report.block_bytes = block_bytes;
+        phases.mark("blocks");
         drop(lock);
-        let unlinking = std::time::Instant::now();
-        let store = self.blobs.clone();
-        tokio::task::spawn_blocking(move || store.empty_trash()).await.map_err(|e| StorageError::Task(e.to_string()))??;
-        // Where a GC's time goes, pushes waiting for all but the first part of it.
-        let ms = |from: std::time::Instant, to: std::time::Instant| to.duration_since(from).as_millis() as u64;
-        let done = std::time::Instant::now();
-        tracing::info!(
-            waited_ms = ms(asked, locked),
-            held_ms = ms(locked, unlinking),
-            unlink_ms = ms(unlinking, done),
-            metadata_ms = ms(locked, decided),
-            forget_ms = ms(decided, forgotten),
-            trash_ms = ms(forgotten, blobs_done),
-            files_ms = ms(blobs_done, files_done),
-            blocks_ms = ms(files_done, unlinking),
-            blobs = report.blobs,
-            blocks = report.blocks,
-            "gc finished"
-        );
+        self.on_disk(|store| store.empty_trash()).await?;
+        phases.mark("unlink");
+        // Pushes wait through everything between "waited" and "unlink".
+        tracing::info!(phases_ms = ?phases.to_string(), blobs = report.blobs, blocks = report.blocks, "gc finished");
         if report.manifests + report.links + report.blobs + report.orphan_files + report.blocks > 0 {
             self.changed().await?;
             let blobs = swept.blobs.iter().map(|b| b.digest.clone()).collect();
             self.emit(crate::events::Event::Swept { blobs, manifests: report.manifests, blocks: report.blocks });
         }
         Ok((report, removed))
+    }
+
+    /// Runs the blob store's file-system calls (renames, directory walks, flock) on a blocking
+    /// thread: on a disk mounted with `discard` an unlink alone takes milliseconds, and a GC makes
+    /// thousands, which would stall every request sharing the runtime's thread.
+    async fn on_disk<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&BlobStore) -> std::result::Result<T, StorageError> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.blobs.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| StorageError::Task(e.to_string()))??)
+    }
+}
+
+/// Moves each blob's file to `trash/`; returns the blobs whose file was there.
+fn trash_all(store: &BlobStore, digests: Vec<Digest>) -> std::result::Result<HashSet<Digest>, StorageError> {
+    let mut moved = HashSet::new();
+    for digest in digests {
+        if store.trash_blob(&digest)? {
+            moved.insert(digest);
+        }
+    }
+    Ok(moved)
+}
+
+/// How long each phase of a GC took, in the order they ran, for its closing log line.
+struct Phases {
+    last: Instant,
+    marks: Vec<(&'static str, u128)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Self { last: Instant::now(), marks: Vec::new() }
+    }
+
+    /// Ends the phase called `name`.
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.marks.push((name, now.duration_since(self.last).as_millis()));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, ms)) in self.marks.iter().enumerate() {
+            write!(f, "{}{name}={ms}", if i == 0 { "" } else { " " })?;
+        }
+        Ok(())
     }
 }
 

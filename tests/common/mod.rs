@@ -403,6 +403,12 @@ pub struct MemoryWatch {
     baseline: u64,
 }
 
+/// The value of the sample `series` (a metric name with its labels, as the exposition text spells
+/// them) in Prometheus text `page`.
+pub fn metric_sample(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+}
+
 /// A `/proc/<pid>/status` field in KiB, if the process is still there: `VmRSS` (all resident
 /// memory), `RssAnon` (the heap and stacks: what a leak grows), `RssFile` (mapped files: blob
 /// windows, the SQLite stores' memory map).
