@@ -120,7 +120,7 @@ impl Registry {
         drop(lock);
         self.on_disk(|store| store.empty_trash()).await?;
         phases.mark("unlink");
-        // Pushes wait through everything between "waited" and "unlink".
+        // Pushes wait through every phase from "metadata" to "blocks": the lock is held for those.
         tracing::info!(phases_ms = ?phases.to_string(), blobs = report.blobs, blocks = report.blocks, "gc finished");
         if report.manifests + report.links + report.blobs + report.orphan_files + report.blocks > 0 {
             self.changed().await?;
@@ -130,10 +130,10 @@ impl Registry {
         Ok((report, removed))
     }
 
-    /// Runs the blob store's file-system calls (renames, directory walks, flock) on a blocking
+    /// Runs blob-store file-system calls (renames, directory walks, flock) on a blocking
     /// thread: on a disk mounted with `discard` an unlink alone takes milliseconds, and a GC makes
     /// thousands, which would stall every request sharing the runtime's thread.
-    async fn on_disk<T: Send + 'static>(
+    pub(super) async fn on_disk<T: Send + 'static>(
         &self,
         f: impl FnOnce(&BlobStore) -> std::result::Result<T, StorageError> + Send + 'static,
     ) -> Result<T> {

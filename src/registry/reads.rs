@@ -243,9 +243,6 @@ impl Registry {
     /// The GC lock, shared: held by writers of blocks from storing them to pinning them, so a
     /// GC never sweeps blocks a pin is about to name.
     pub async fn gc_shared_lock(&self) -> Result<crate::storage::GcLock> {
-        let store = self.blobs.clone();
-        Ok(tokio::task::spawn_blocking(move || store.gc_lock(false))
-            .await
-            .map_err(|e| crate::storage::StorageError::Task(e.to_string()))??)
+        self.on_disk(|store| store.gc_lock(false)).await
     }
 }
