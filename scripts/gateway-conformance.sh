@@ -55,6 +55,7 @@ pids+=($!)
 gw_port=$(free_port); rpc_port=$(free_port)
 AF_LOG=warn "$BIN" registry serve --auth none --offline --api 127.0.0.1:0 --metrics 127.0.0.1:0 --swarm /ip4/127.0.0.1/tcp/0 \
   --gateway "127.0.0.1:$gw_port" --rpc "127.0.0.1:$rpc_port" --gateway-domain example.com --dns-resolver "127.0.0.1:$dns_port" \
+  --trusted-proxy 127.0.0.1 `# the suite is the proxy in front: its X-Forwarded-Host/-Proto count` \
   --data-dir "$work/data" >"$work/node.log" 2>&1 &
 pids+=($!)
 rpc="http://127.0.0.1:$rpc_port/api/v0"

@@ -66,6 +66,8 @@ pub enum CarError {
     Metadata(#[from] MetadataError),
     #[error("import task failed: {0}")]
     Task(String),
+    #[error("{repository} was not made here by the pins of {origin}: a cluster pin may not write into it")]
+    NotReplica { repository: String, origin: String },
 }
 
 type Result<T> = std::result::Result<T, CarError>;
@@ -574,16 +576,35 @@ pub async fn import_dag(reg: &Registry, reader: Arc<Reader>, root: Cid, repo_ove
     store(reg, plan, root, None).await
 }
 
+/// Who a pinned image comes from, which decides the repository it may write into.
+pub enum PinOrigin<'a> {
+    /// The operator's own `pin/add` (no cluster pin names it): the repository its layout
+    /// names, as it is, or new and private.
+    Operator,
+    /// A registry node, by its signed cluster pin: only a repository that node's pins created
+    /// here (or create now, with the visibility the claim says).
+    Node(&'a crate::cluster::Claim),
+}
+
 /// Imports the image layout at `root` for a pin of it (IPFS Cluster's, or `pin/add`'s): as
 /// [`import_dag`], except that a tag here on another manifest stays where it is (a conflict,
-/// logged and returned) rather than move under an operator who did not push. A repository it
-/// creates is public if `public_if_new`; one that exists keeps its visibility. Returns the
+/// logged and returned) rather than move under an operator who did not push, and that a
+/// cluster pin writes only into a replica of its own origin ([`PinOrigin`]). Returns the
 /// import, whether the repository is public, and, for the record unpinning reads, each tag the
 /// pin gave (absent before) or left.
-pub async fn import_pinned(reg: &Registry, reader: Arc<Reader>, root: Cid, public_if_new: bool) -> Result<(ImportSummary, bool, Vec<crate::blockstore::PinTag>)> {
+pub async fn import_pinned(reg: &Registry, reader: Arc<Reader>, root: Cid, origin: PinOrigin<'_>) -> Result<(ImportSummary, bool, Vec<crate::blockstore::PinTag>)> {
     let mut plan = plan(&Layout { reader, root }, None, false).await?;
     let repo = plan.repository.clone();
-    let public = reg.visibility_or_create(&repo, public_if_new).await?;
+    let public = match origin {
+        PinOrigin::Operator => reg.visibility_or_create(&repo, false).await?,
+        PinOrigin::Node(claim) => {
+            let refused = || CarError::NotReplica { repository: repo.clone(), origin: claim.node.clone() };
+            if claim.repository != repo {
+                return Err(refused());
+            }
+            reg.replica_or_create(&repo, &claim.node, claim.public).await?.ok_or_else(refused)?
+        }
+    };
     let mut record = Vec::new();
     for m in plan.manifests.iter_mut() {
         let mut kept = Vec::new();

@@ -16,6 +16,60 @@ pub const META_VISIBILITY: &str = "af-visibility";
 /// The peer ID of the node whose registry made the pin: it (or a node sharing its metadata)
 /// keeps the pin up to date; the nodes holding replicas follow it.
 pub const META_NODE: &str = "af-node";
+/// The signature, by `af-node`'s swarm key, of what the pin says (see [`Claim`]).
+pub const META_SIGNATURE: &str = "af-signature";
+
+/// What a registry's pin says of an image, signed by the node that made it. Any cluster peer
+/// can write any pin's metadata, so only this signature tells a node that a registry node (and
+/// which one: its peer ID names its Ed25519 key) said it: which repository the image belongs
+/// to, and whether it is public. A node follows a claim only into a repository that claims of
+/// the same origin created here (`rpc::pins`, `node::replication`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub cid: String,
+    pub repository: String,
+    pub digest: String,
+    pub public: bool,
+    /// The origin node's peer ID (base58).
+    pub node: String,
+}
+
+impl Claim {
+    fn message(&self) -> Vec<u8> {
+        let visibility = if self.public { "public" } else { "private" };
+        format!("af-registry cluster pin v1\n{}\n{}\n{}\n{}\n{}", self.cid, self.repository, self.digest, visibility, self.node).into_bytes()
+    }
+
+    /// The signature to put in [`META_SIGNATURE`], by the node's swarm key.
+    pub fn sign(&self, key: &libp2p::identity::Keypair) -> String {
+        key.sign(&self.message()).map(hex::encode).unwrap_or_default()
+    }
+
+    /// The claim `pin` makes, if its metadata is whole and signed by the key of the node it
+    /// names; None otherwise (a pin anyone could have written).
+    pub fn verified(pin: &Pin) -> Option<Claim> {
+        let claim = Claim {
+            cid: pin.cid.cid.clone(),
+            repository: pin.meta(META_REPOSITORY)?.to_string(),
+            digest: pin.meta(META_DIGEST)?.to_string(),
+            public: match pin.meta(META_VISIBILITY)? {
+                "public" => true,
+                "private" => false,
+                _ => return None,
+            },
+            node: pin.meta(META_NODE)?.to_string(),
+        };
+        let signature = hex::decode(pin.meta(META_SIGNATURE)?).ok()?;
+        let peer: libp2p::PeerId = claim.node.parse().ok()?;
+        // An Ed25519 peer ID is its public key, inlined (identity multihash).
+        let hash = peer.as_ref();
+        if hash.code() != 0 {
+            return None;
+        }
+        let key = libp2p::identity::PublicKey::try_decode_protobuf(hash.digest()).ok()?;
+        key.verify(&claim.message(), &signature).then_some(claim)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

@@ -20,15 +20,46 @@ pub enum DnsLinkError {
     Busy,
 }
 
+/// A name's answer: its link and how long it may be cached, or none.
+type Answer = Option<(String, Duration)>;
+
+/// What is known of a name, until the instant kept beside it.
+#[derive(Clone)]
+enum Known {
+    Link(String),
+    NoLink,
+    /// The lookup failed (a silent or broken server): asked again only after [`FAILED_TTL`].
+    Failed(String),
+}
+
 pub struct DnsLink {
     resolver: TokioResolver,
     /// Lookups under way: anyone can make the gateway look up any name (a Host header is
     /// enough), so a flood of names no cache holds waits on nothing past this many.
     lookups: tokio::sync::Semaphore,
+    /// Answers, asked before any slot is taken: a flood of lookups of silent names once made
+    /// an already-known name answer 503.
+    answers: quick_cache::sync::Cache<String, (Known, std::time::Instant)>,
+    /// Names being looked up: a second request for one waits for that lookup (one slot a
+    /// name), and lookups in flight per client address.
+    in_flight: std::sync::Mutex<InFlight>,
+}
+
+#[derive(Default)]
+struct InFlight {
+    names: std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>,
+    clients: std::collections::HashMap<std::net::IpAddr, usize>,
 }
 
 /// DNSLink lookups in flight at once, past which more are refused (not queued).
 const MAX_LOOKUPS: usize = 64;
+/// Lookups in flight for one client address.
+const LOOKUPS_PER_CLIENT: usize = 8;
+/// Names whose answers are kept.
+const ANSWERS: usize = 16 << 10;
+/// How long a name without a DNSLink, or whose lookup failed, is answered from memory.
+const NEGATIVE_TTL: Duration = Duration::from_secs(60);
+const FAILED_TTL: Duration = Duration::from_secs(10);
 
 /// The longest time a DNSLink answer is cached by a client of ours (`Cache-Control`).
 const MAX_TTL: Duration = Duration::from_secs(3600);
@@ -51,14 +82,66 @@ impl DnsLink {
         // A gateway request waits on the lookup: a dead server costs 2 x 2 s, not the default 2 x 5 s.
         builder.options_mut().timeout = Duration::from_secs(2);
         builder.options_mut().attempts = 2;
-        Ok(DnsLink { resolver: builder.build().map_err(|e| err(&e))?, lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS) })
+        Ok(DnsLink {
+            resolver: builder.build().map_err(|e| err(&e))?,
+            lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
+            answers: quick_cache::sync::Cache::new(ANSWERS),
+            in_flight: Default::default(),
+        })
     }
 
-    /// The path `domain`'s DNSLink points at, and how long it may be cached; None when it has none.
-    pub async fn resolve(&self, domain: &str) -> Result<Option<(String, Duration)>, DnsLinkError> {
+    fn known(&self, name: &str) -> Option<Result<Answer, DnsLinkError>> {
+        let (known, until) = self.answers.get(name)?;
+        let now = std::time::Instant::now();
+        if now >= until {
+            return None;
+        }
+        Some(match known {
+            // The TTL left, not the one first given.
+            Known::Link(path) => Ok(Some((path, until - now))),
+            Known::NoLink => Ok(None),
+            Known::Failed(e) => Err(DnsLinkError::Resolver(e)),
+        })
+    }
+
+    /// The path `domain`'s DNSLink points at, and how long it may be cached; None when it has
+    /// none. Answered from memory while the answer's TTL lasts; otherwise one lookup a name
+    /// at a time (others asking wait for it), at most [`LOOKUPS_PER_CLIENT`] for `client` and
+    /// [`MAX_LOOKUPS`] in all.
+    pub async fn resolve(&self, domain: &str, client: Option<std::net::IpAddr>) -> Result<Answer, DnsLinkError> {
         if !is_domain(domain) {
             return Err(DnsLinkError::NotADomain(domain.to_string()));
         }
+        let name = domain.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(known) = self.known(&name) {
+            return known;
+        }
+        let turn = self.in_flight.lock().expect("dnslink lock").names.entry(name.clone()).or_default().clone();
+        let _turn = turn.lock().await;
+        // The lookup this one waited for may have answered.
+        if let Some(known) = self.known(&name) {
+            return known;
+        }
+        let _client = match client {
+            Some(ip) => Some(ClientSlot::take(self, ip)?),
+            None => None,
+        };
+        let result = self.look_up(&name).await;
+        let now = std::time::Instant::now();
+        match &result {
+            Ok(Some((path, ttl))) => self.answers.insert(name.clone(), (Known::Link(path.clone()), now + *ttl)),
+            Ok(None) => self.answers.insert(name.clone(), (Known::NoLink, now + NEGATIVE_TTL)),
+            Err(DnsLinkError::Resolver(e)) => self.answers.insert(name.clone(), (Known::Failed(e.clone()), now + FAILED_TTL)),
+            Err(_) => {}
+        }
+        let mut in_flight = self.in_flight.lock().expect("dnslink lock");
+        if in_flight.names.get(&name).is_some_and(|t| std::sync::Arc::ptr_eq(t, &turn) && std::sync::Arc::strong_count(t) <= 2) {
+            in_flight.names.remove(&name);
+        }
+        result
+    }
+
+    async fn look_up(&self, domain: &str) -> Result<Answer, DnsLinkError> {
         let _permit = self.lookups.try_acquire().map_err(|_| DnsLinkError::Busy)?;
         let query = format!("_dnslink.{}.", domain.trim_end_matches('.'));
         let lookup = match self.resolver.lookup(query.as_str(), RecordType::TXT).await {
@@ -82,6 +165,36 @@ impl DnsLink {
         // Several records: the first in lexical order, so every resolver of the name agrees.
         links.sort();
         Ok(links.into_iter().next().map(|(path, ttl)| (path, Duration::from_secs(ttl.into()).min(MAX_TTL))))
+    }
+}
+
+/// A client's hold on one of its lookup slots.
+struct ClientSlot<'a> {
+    dns: &'a DnsLink,
+    ip: std::net::IpAddr,
+}
+
+impl<'a> ClientSlot<'a> {
+    fn take(dns: &'a DnsLink, ip: std::net::IpAddr) -> Result<Self, DnsLinkError> {
+        let mut in_flight = dns.in_flight.lock().expect("dnslink lock");
+        let n = in_flight.clients.entry(ip).or_default();
+        if *n >= LOOKUPS_PER_CLIENT {
+            return Err(DnsLinkError::Busy);
+        }
+        *n += 1;
+        Ok(ClientSlot { dns, ip })
+    }
+}
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.dns.in_flight.lock().expect("dnslink lock");
+        if let Some(n) = in_flight.clients.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.clients.remove(&self.ip);
+            }
+        }
     }
 }
 

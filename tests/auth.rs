@@ -68,12 +68,19 @@ fn world() -> World {
     World { node, manifest, blob }
 }
 
+thread_local! {
+    /// The manifest a `PUT` of [`check`] sends: the world's, so only access decides the answer.
+    static MANIFEST: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn check(node: &Node, who: &Who, method: &str, path: &str, status: u16, code: Option<&str>, label: &str) {
     let url = node.url(path);
     let rb = match method {
         "GET" => client().get(url).header("Accept", OCI_MANIFEST),
         "POST" => client().post(url),
         "DELETE" => client().delete(url),
+        // A manifest, as a push's last request sends it.
+        "PUT" => client().put(url).header("Content-Type", OCI_MANIFEST).body(MANIFEST.with(|m| m.borrow().clone())),
         _ => unreachable!(),
     };
     let r = send(rb, who);
@@ -93,7 +100,8 @@ fn check(node: &Node, who: &Who, method: &str, path: &str, status: u16, code: Op
 
 #[test]
 fn the_access_matrix() {
-    let World { node, blob, .. } = world();
+    let World { node, blob, manifest } = world();
+    MANIFEST.with(|m| *m.borrow_mut() = manifest);
     let unknown = sha256(b"never pushed");
     let expired = token(&node, "dave", &["--expires", "1s"]);
     let revoked = token(&node, "erin", &[]);
@@ -128,6 +136,10 @@ fn the_access_matrix() {
     check(&node, &anonymous, "GET", &tags("alice/private"), 401, UNAUTH, "anonymous");
     check(&node, &anonymous, "POST", &push("alice/public"), 401, UNAUTH, "anonymous");
     check(&node, &anonymous, "DELETE", &delete("alice/public"), 401, UNAUTH, "anonymous");
+    // A manifest PUT is a push, whatever blobs it names are already there (it once needed
+    // only pull: anyone could tag into a public repository).
+    let tag = |repo: &str| format!("/v2/{repo}/manifests/hijacked");
+    check(&node, &anonymous, "PUT", &tag("alice/public"), 401, UNAUTH, "anonymous");
     check(&node, &anonymous, "GET", "/v2/_catalog", 401, UNAUTH, "anonymous");
     for (who, label) in [(&wrong, "wrong password"), (&expired, "expired token"), (&revoked, "revoked token")] {
         check(&node, who, "GET", "/v2/", 401, UNAUTH, label);
@@ -147,6 +159,8 @@ fn the_access_matrix() {
     check(&node, &alice, "GET", &pull("bob/public"), 200, None, "alice");
     check(&node, &alice, "POST", &push("bob/public"), 403, DENIED, "alice");
     check(&node, &alice, "DELETE", &delete("bob/public"), 403, DENIED, "alice");
+    check(&node, &alice, "PUT", &tag("bob/public"), 403, DENIED, "alice");
+    check(&node, &alice, "PUT", &tag("alice/public"), 201, None, "alice");
     check(&node, &alice, "GET", &pull("acme/app"), 200, None, "alice");
     check(&node, &alice, "POST", &push("acme/app"), 202, None, "alice");
     check(&node, &alice, "DELETE", &delete("acme/app"), 403, DENIED, "alice");
@@ -156,6 +170,7 @@ fn the_access_matrix() {
     check(&node, &read, "GET", &pull("alice/private"), 200, None, "read token");
     check(&node, &read, "POST", &push("alice/private"), 403, DENIED, "read token");
     check(&node, &read, "DELETE", &delete("alice/private"), 403, DENIED, "read token");
+    check(&node, &read, "PUT", &tag("alice/private"), 403, DENIED, "read token");
     check(&node, &write, "POST", &push("alice/private"), 202, None, "write token");
     check(&node, &write, "DELETE", &delete("alice/private"), 403, DENIED, "write token");
     check(&node, &write, "POST", &push("acme/app"), 202, None, "write token");

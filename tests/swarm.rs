@@ -539,25 +539,47 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
     pull_same_image(&trusted, "mirror/closed", &layout, &tmp.path().join("trusted"));
 }
 
-/// `--max-peers`: a node holds at most that many swarm connections; one more peer is refused,
-/// the ones it holds stay.
+/// `--max-peers` (here 4, one kept for trusted peers and the node's own dials): strangers take
+/// three connections and a fourth is refused; a trusted peer still gets in, and the node's own
+/// dials still succeed once every slot is taken, closing the least useful stranger's connection.
 #[test]
-fn a_node_holds_at_most_max_peers_connections() {
-    let x = Node::start_with(&["--max-peers", "2"]);
+fn a_node_holds_at_most_max_peers_connections_and_keeps_room_for_its_own() {
+    let trusted = Node::start();
+    let trusted_id = rpc(&trusted, "id")["ID"].as_str().unwrap().to_string();
+    let x = Node::start_with(&["--max-peers", "4", "--trusted-peer", &trusted_id]);
     let x_addr = loopback_addr(&x);
     // Nothing announced and nothing confirmed on loopback: a DHT client, AutoNAT asking.
     let protocols = rpc(&x, "id")["Protocols"].to_string();
     assert!(!protocols.contains("/ipfs/kad/1.0.0") && protocols.contains("/libp2p/autonat/1.0.0"), "{protocols}");
-    let others: Vec<Node> = (0..3).map(|_| Node::start()).collect();
-    let ids: Vec<String> = others.iter().map(|n| rpc(n, "id")["ID"].as_str().unwrap().to_string()).collect();
-    for n in &others[..2] {
-        connect(n, &x_addr);
-    }
-    let _ = client().post(format!("http://{}/api/v0/swarm/connect?arg={x_addr}", others[2].rpc)).send().unwrap();
+    let held = || -> Vec<String> {
+        let peers = rpc(&x, "swarm/peers");
+        peers["Peers"].as_array().unwrap().iter().filter_map(|p| p["Peer"].as_str().map(String::from)).collect()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _strangers: Vec<RawPeer> = rt.block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(RawPeer::connect(&x_addr).await);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        v
+    });
     std::thread::sleep(Duration::from_millis(500));
-    let peers = rpc(&x, "swarm/peers");
-    let held: Vec<&str> = peers["Peers"].as_array().unwrap().iter().filter_map(|p| p["Peer"].as_str()).collect();
-    assert_eq!(held.len(), 2, "{peers}");
-    assert!(held.contains(&ids[0].as_str()) && held.contains(&ids[1].as_str()), "{peers}");
-    assert!(!held.contains(&ids[2].as_str()));
+    assert_eq!(held().len(), 3, "strangers hold all but the reserve: {:?}", held());
+    connect(&trusted, &x_addr);
+    assert!(held().contains(&trusted_id), "the trusted peer got in: {:?}", held());
+    assert_eq!(held().len(), 4);
+    // Every slot taken: the node's own dials still get through, each closing a stranger.
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        let other = Node::start();
+        let other_id = rpc(&other, "id")["ID"].as_str().unwrap().to_string();
+        connect(&x, &loopback_addr(&other));
+        std::thread::sleep(Duration::from_millis(500));
+        let now = held();
+        assert!(now.contains(&other_id) && now.contains(&trusted_id), "{now:?}");
+        assert!(now.len() <= 4, "{now:?}");
+        others.push(other);
+    }
+    assert_eq!(held().len(), 4);
 }

@@ -99,6 +99,7 @@ fn needs<'a>(route: &Route<'a>, method: &Method) -> Option<(&'a str, Action)> {
     let name = route.name()?;
     let action = match (route, method) {
         (Route::Manifest { .. } | Route::Blob { .. }, &Method::DELETE) => Action::Delete,
+        (Route::Manifest { .. }, &Method::PUT) => Action::Push,
         (Route::Manifest { .. } | Route::Blob { .. } | Route::Tags { .. } | Route::Referrers { .. }, _) => Action::Pull,
         _ => Action::Push,
     };

@@ -10,6 +10,7 @@ use crate::registry::Registry;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 use std::fmt::Write;
+use std::sync::Arc;
 
 /// Repositories per page, tags shown per repository, repositories looked at per request.
 const REPOS: usize = 20;
@@ -23,7 +24,19 @@ pub struct Links {
     pub gateway_url: Option<String>,
     /// Otherwise: the gateway's port on the host the page was asked from.
     pub gateway_port: u16,
+    /// `--trusted-proxy`: the only peers whose forwarded host the page believes.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
+
+/// What the page shows of a manifest, by its digest: parsing a manifest and its config costs up
+/// to milliseconds a tag (4 MiB manifests), and anyone may ask for the page.
+struct Parsed {
+    size: Option<u64>,
+    created: Option<String>,
+    platforms: usize,
+}
+
+static PARSED: std::sync::LazyLock<quick_cache::sync::Cache<(String, String), Arc<Parsed>>> = std::sync::LazyLock::new(|| quick_cache::sync::Cache::new(4096));
 
 #[derive(serde::Deserialize)]
 pub struct Query {
@@ -61,7 +74,20 @@ struct Row {
 /// What the page says of `repo:tag`.
 async fn row(reg: &Registry, repo: &str, tag: &str) -> Option<Row> {
     let m = reg.manifest(repo, &Reference::Tag(tag.to_string())).await.ok()??;
-    let doc: Value = serde_json::from_slice(&m.content).ok()?;
+    let key = (repo.to_string(), m.digest.to_string());
+    let parsed = match PARSED.get(&key) {
+        Some(p) => p,
+        None => {
+            let p = Arc::new(parse(reg, repo, &m.content).await?);
+            PARSED.insert(key, p.clone());
+            p
+        }
+    };
+    Some(Row { tag: tag.to_string(), size: parsed.size, created: parsed.created.clone(), image_cid: m.image_cid, platforms: parsed.platforms })
+}
+
+async fn parse(reg: &Registry, repo: &str, content: &[u8]) -> Option<Parsed> {
+    let doc: Value = serde_json::from_slice(content).ok()?;
     let platforms = doc["manifests"].as_array().map_or(0, Vec::len);
     let size = doc["config"]["size"].as_u64().map(|c| c + doc["layers"].as_array().into_iter().flatten().filter_map(|l| l["size"].as_u64()).sum::<u64>());
     // The config as this (public) repository holds it: a blob linked elsewhere only (a sparse
@@ -77,17 +103,20 @@ async fn row(reg: &Registry, repo: &str, tag: &str) -> Option<Row> {
         }
         _ => None,
     };
-    Some(Row { tag: tag.to_string(), size, created, image_cid: m.image_cid, platforms })
+    Some(Parsed { size, created, platforms })
 }
 
 pub async fn page(req: HttpRequest, query: web::Query<Query>, reg: web::Data<Registry>) -> HttpResponse {
     let links = req.app_data::<web::Data<Links>>().map(|l| l.get_ref().clone());
-    let host = req.connection_info().host().to_string();
+    // The host the page names in `docker pull` and links: forwarded headers only from a
+    // trusted proxy (anyone's would make the page show their host).
+    let base = super::access::base_url(&req, links.as_ref().map_or(&[][..], |l| &l.trusted_proxies));
+    let (scheme, host) = base.split_once("://").map(|(s, h)| (s.to_string(), h.to_string())).unwrap_or_default();
     let gateway = match links {
         Some(Links { gateway_url: Some(url), .. }) => url.trim_end_matches('/').to_string(),
         Some(Links { gateway_port, .. }) => {
             let name = host.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map_or(host.as_str(), |(h, _)| h);
-            format!("{}://{name}:{gateway_port}", req.connection_info().scheme())
+            format!("{scheme}://{name}:{gateway_port}")
         }
         None => String::new(),
     };
@@ -175,5 +204,11 @@ code{{font-size:.85rem;word-break:break-all}} .cid{{word-break:break-all}}
         let _ = write!(html, r#"<p><a href="/?{}">More</a></p>"#, esc(&next));
     }
     html.push_str("</body></html>");
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").insert_header(("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'")).body(html)
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"))
+        // It changes with every push and names the host it was asked from.
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("Vary", "Host"))
+        .body(html)
 }

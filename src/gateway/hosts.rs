@@ -16,6 +16,8 @@ pub struct Naming {
     pub dnslink: Option<DnsLink>,
     /// `--gateway-domain`, lowercase.
     pub domain: Option<String>,
+    /// `--trusted-proxy`: the only peers whose `X-Forwarded-Host` and `X-Forwarded-Proto` count.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 pub enum Route {
@@ -33,11 +35,18 @@ fn too_long(cid: &Cid, domain: &str) -> String {
     format!("CID incompatible with DNS label length limit of 63: {cid} cannot be served as <cid>.ipfs.{domain}; use a shorter hash, or another gateway's /ipfs/ path")
 }
 
-/// The Host a request was sent to (or `X-Forwarded-Host`, from a proxy in front), lowercase,
-/// without its port. Believing anyone's forwarded host is safe here: it only picks which public
-/// content a response holds, as the Host header itself does.
-fn host_of(req: &HttpRequest) -> String {
-    let forwarded = req.headers().get("x-forwarded-host").and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next()).map(|v| v.trim().to_string());
+/// Whether `req` came from a `--trusted-proxy`, whose forwarded headers count.
+fn from_proxy(req: &HttpRequest, naming: &Naming) -> bool {
+    req.peer_addr().is_some_and(|a| naming.trusted_proxies.contains(&a.ip()))
+}
+
+/// The Host a request was sent to (or `X-Forwarded-Host`, from a trusted proxy in front),
+/// lowercase, without its port. Anyone else's forwarded host is ignored: a CDN that keys its
+/// cache by Host would otherwise keep the page an attacker picked for the bare domain.
+fn host_of(req: &HttpRequest, naming: &Naming) -> String {
+    let forwarded = from_proxy(req, naming)
+        .then(|| req.headers().get("x-forwarded-host").and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next()).map(|v| v.trim().to_string()))
+        .flatten();
     let host = forwarded
         .or_else(|| req.headers().get("host").and_then(|v| v.to_str().ok()).map(str::to_string))
         .or_else(|| req.uri().host().map(str::to_string))
@@ -83,9 +92,10 @@ fn ipns_label(name: &str) -> String {
 }
 
 pub async fn route(req: &HttpRequest, naming: &Naming) -> Route {
-    let host = host_of(req);
+    let host = host_of(req, naming);
     let path = req.path();
-    let scheme = match req.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok()) {
+    let forwarded_proto = from_proxy(req, naming).then(|| req.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok())).flatten();
+    let scheme = match forwarded_proto {
         Some(p @ ("http" | "https")) => p.to_string(),
         _ => req.connection_info().scheme().to_string(),
     };
@@ -142,6 +152,11 @@ pub async fn route(req: &HttpRequest, naming: &Naming) -> Route {
                         None => return Route::BadRequest(too_long(&cid, domain)),
                     }
                 } else {
+                    // Only a name or a domain becomes a label: anything else (`2130706433\`)
+                    // would send the browser wherever a URL parser reads it.
+                    if Name::parse(id).is_err() && !is_domain(id) {
+                        return Route::BadRequest(format!("invalid path \"{path}\": {id:?} is neither an IPNS name nor a domain"));
+                    }
                     ipns_label(id)
                 };
                 return Route::Redirect(with_query(req, format!("{scheme}://{label}.{ns}.{domain}{}", if rest.is_empty() { "/" } else { &rest })));
@@ -152,7 +167,7 @@ pub async fn route(req: &HttpRequest, naming: &Naming) -> Route {
     // of it (as on Kubo).
     if is_domain(&host) && naming.domain.as_deref() != Some(host.as_str()) {
         if let Some(dnslink) = &naming.dnslink {
-            if let Ok(Some(_)) = dnslink.resolve(&host).await {
+            if let Ok(Some(_)) = dnslink.resolve(&host, req.peer_addr().map(|a| a.ip())).await {
                 req.extensions_mut().insert(Origin::DnsLink(host.clone()));
                 return Route::Content(format!("/ipns/{host}{path}"));
             }

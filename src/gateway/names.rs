@@ -64,7 +64,7 @@ async fn dnslink(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crat
     let Some(resolver) = &naming.dnslink else {
         return text(StatusCode::NOT_FOUND, format!("{domain}: DNSLink is not resolved by this gateway (no DNS resolver)"));
     };
-    match resolver.resolve(domain).await {
+    match resolver.resolve(domain, req.peer_addr().map(|a| a.ip())).await {
         Ok(Some((value, ttl))) => {
             // As the browser sees it: on a DNSLink host, its own path; else /ipns/<domain>/...
             let shown = format!("/ipns/{domain}{}", if rest.is_some() || req.path().ends_with('/') { format!("/{}", rest.unwrap_or("")) } else { String::new() });

@@ -260,6 +260,13 @@ pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     /// Whether a repository is public; one that did not exist is created, public if
     /// `public_if_new`, in the same transaction.
     async fn visibility_or_create(&self, repo: &str, public_if_new: bool) -> MetaResult<bool>;
+    /// A repository that did not exist is created as a replica of `origin` (a registry node's
+    /// peer ID), public if `public_if_new`. Then: whether it is public, if it is `origin`'s
+    /// replica (made now or before); None if it is anything else (made here, or another
+    /// origin's), which a replica's pin must not write into.
+    async fn replica_or_create(&self, repo: &str, origin: &str, public_if_new: bool) -> MetaResult<Option<bool>>;
+    /// The node whose pins created `repo` here; None for a repository made here (or none).
+    async fn replica_origin(&self, repo: &str) -> MetaResult<Option<String>>;
     /// Bumps the shared change generation (see `registry::Registry::generation`); returns it.
     async fn bump_generation(&self) -> MetaResult<i64>;
     /// Records that `node` has seen `generation` (never lowers it).

@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../migrations/postgres/0004_node_swarm.sql")),
     (5, include_str!("../../migrations/postgres/0005_replicas.sql")),
     (6, include_str!("../../migrations/postgres/0006_gc_indexes.sql")),
+    (7, include_str!("../../migrations/postgres/0007_replica_origin.sql")),
 ];
 /// Serializes schema changes between nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x6166_5f72_6567; // "af_reg"
@@ -653,6 +654,24 @@ impl MetadataStore for PgStore {
             let v: String = tx.query_one("SELECT visibility FROM repositories WHERE id = $1", &[&id]).await.map_err(pg)?.get(0);
             Ok::<_, MetadataError>(v == "public")
         })
+    }
+
+    async fn replica_or_create(&self, repo: &str, origin: &str, public_if_new: bool) -> MetaResult<Option<bool>> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO repositories (name, created_at, visibility, replica_of) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
+                &[&repo, &now(), &if public_if_new { "public" } else { "private" }, &origin],
+            )
+            .await
+            .map_err(pg)?;
+        let row = client.query_opt("SELECT visibility = 'public' FROM repositories WHERE name = $1 AND replica_of = $2", &[&repo, &origin]).await.map_err(pg)?;
+        Ok(row.map(|r| r.get::<_, bool>(0)))
+    }
+
+    async fn replica_origin(&self, repo: &str) -> MetaResult<Option<String>> {
+        let row = self.client().await?.query_opt("SELECT replica_of FROM repositories WHERE name = $1", &[&repo]).await.map_err(pg)?;
+        Ok(row.and_then(|r| r.get::<_, Option<String>>(0)))
     }
 
     async fn set_public(&self, repo: &str, public: bool) -> MetaResult<()> {

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../migrations/sqlite/0004_node_swarm.sql")),
     (5, include_str!("../../migrations/sqlite/0005_replicas.sql")),
     (6, include_str!("../../migrations/sqlite/0006_gc_indexes.sql")),
+    (7, include_str!("../../migrations/sqlite/0007_replica_origin.sql")),
 ];
 const POOL_SIZE: usize = 4;
 
@@ -558,6 +559,29 @@ impl MetadataStore for SqliteStore {
             }
             let v: String = tx.query_row("SELECT visibility FROM repositories WHERE id = ?1", [id], |r| r.get(0)).map_err(backend)?;
             Ok(v == "public")
+        })
+        .await
+    }
+
+    async fn replica_or_create(&self, repo: &str, origin: &str, public_if_new: bool) -> MetaResult<Option<bool>> {
+        let (repo, origin) = (repo.to_string(), origin.to_string());
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO repositories (name, created_at, visibility, replica_of) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(name) DO NOTHING",
+                params![repo, now(), if public_if_new { "public" } else { "private" }, origin],
+            )
+            .map_err(backend)?;
+            tx.query_row("SELECT visibility = 'public' FROM repositories WHERE name = ?1 AND replica_of = ?2", params![repo, origin], |r| r.get::<_, bool>(0))
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn replica_origin(&self, repo: &str) -> MetaResult<Option<String>> {
+        let repo = repo.to_string();
+        self.read(move |c| {
+            c.query_row("SELECT replica_of FROM repositories WHERE name = ?1", [repo], |r| r.get::<_, Option<String>>(0)).optional().map(Option::flatten).map_err(backend)
         })
         .await
     }

@@ -40,10 +40,17 @@ async fn observe(listener: &'static str, req: ServiceRequest, next: Next<impl Me
         Err(e) => e.as_response_error().status_code().as_u16(),
     };
     tracing::info!(listener, %method, path, status, ms, "request");
-    METRICS.requests.with_label_values(&[listener, &route, method.as_str(), &status.to_string()]).inc();
+    METRICS.requests.with_label_values(&[listener, &route, method_label(&method), &status.to_string()]).inc();
     METRICS.duration.with_label_values(&[listener, &route]).observe(started.elapsed().as_secs_f64());
     let sent = METRICS.sent.with_label_values(&[listener]);
     res.map(|r| r.map_body(|_, body| BoxBody::new(Counted { body: body.boxed(), sent })))
+}
+
+/// A method as a metric label: one of HTTP's own, or `other`. Labels come only from a closed
+/// set: every made-up method was a new series, kept forever (30,000 requests made 30,014).
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"];
+    KNOWN.into_iter().find(|m| *m == method.as_str()).unwrap_or("other")
 }
 
 /// A response body that counts its bytes as they go out.

@@ -192,7 +192,11 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             None
         }
     };
-    let naming = Arc::new(crate::gateway::Naming { dnslink, domain: config.gateway_domain.as_ref().map(|d| d.trim_end_matches('.').to_ascii_lowercase()) });
+    let naming = Arc::new(crate::gateway::Naming {
+        dnslink,
+        domain: config.gateway_domain.as_ref().map(|d| d.trim_end_matches('.').to_ascii_lowercase()),
+        trusted_proxies: config.trusted_proxies.clone(),
+    });
     let cluster = match &config.cluster_api {
         Some(url) => Some(Arc::new(crate::cluster::Cluster::new(url, config.cluster_credentials.as_deref()).map_err(|e| ServeError::Admin(e.to_string()))?)),
         None => None,
@@ -201,7 +205,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         let mut trusted: std::collections::HashSet<String> = config.trusted_peers.iter().map(|p| p.0.clone()).collect();
         trusted.insert(identity.peer_id.clone());
         let me = identity.peer_id.clone();
-        replication::spawn(replication::Replication { reg: registry.clone(), cluster: cluster.clone(), replicas: config.replicas, grace: config.gc_grace, trusted, me });
+        let key = libp2p::identity::Keypair::ed25519_from_bytes(identity.seed).map_err(|e| ServeError::Admin(e.to_string()))?;
+        replication::spawn(replication::Replication { reg: registry.clone(), cluster: cluster.clone(), replicas: config.replicas, grace: config.gc_grace, trusted, me, key });
         tracing::info!(cluster = %cluster.url(), replicas = config.replicas, "images are kept on several nodes through IPFS Cluster");
     }
     let peer_id = identity.peer_id.clone();
@@ -223,7 +228,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         cluster: cluster.clone(),
     });
     let reg = registry.clone();
-    let links = actix_web::web::Data::new(api::home::Links { gateway_url: config.gateway_url.clone(), gateway_port: config.gateway.port() });
+    let links = actix_web::web::Data::new(api::home::Links { gateway_url: config.gateway_url.clone(), gateway_port: config.gateway.port(), trusted_proxies: config.trusted_proxies.clone() });
     // Each listener counts its own connections: a client crowding the gateway leaves the API be.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_worker = config.max_connections.div_ceil(workers).max(1);

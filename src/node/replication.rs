@@ -15,7 +15,7 @@
 //! and their repository follows the visibility the pin says, so an image made public where it
 //! was pushed becomes public on its replicas too.
 
-use crate::cluster::{Cluster, PinRequest, META_DIGEST, META_NODE, META_REPOSITORY, META_VISIBILITY};
+use crate::cluster::{Claim, Cluster, PinRequest, META_DIGEST, META_NODE, META_REPOSITORY, META_SIGNATURE, META_VISIBILITY};
 use crate::metadata::{Page, Reference};
 use crate::registry::Registry;
 use std::collections::{HashMap, HashSet};
@@ -36,6 +36,8 @@ pub struct Replication {
     pub trusted: HashSet<String>,
     /// This node's IPFS peer ID.
     pub me: String,
+    /// This node's swarm key, which signs what its pins say (`cluster::Claim`).
+    pub key: libp2p::identity::Keypair,
 }
 
 /// One image the registry wants kept.
@@ -120,6 +122,7 @@ impl Replication {
             superseded.remove(cid);
             let replicas = w.replicas;
             let visibility = if w.public { "public" } else { "private" };
+            let claim = Claim { cid: cid.clone(), repository: w.repository.clone(), digest: w.digest.clone(), public: w.public, node: self.me.clone() };
             let mut request = PinRequest {
                 name: format!("{}:{}", w.repository, w.tag),
                 min_replicas: replicas,
@@ -130,6 +133,7 @@ impl Replication {
                     (META_DIGEST.into(), w.digest.clone()),
                     (META_VISIBILITY.into(), visibility.into()),
                     (META_NODE.into(), self.me.clone()),
+                    (META_SIGNATURE.into(), claim.sign(&self.key)),
                 ],
             };
             if w.public {
@@ -148,7 +152,7 @@ impl Replication {
                     && p.meta(META_VISIBILITY) == Some(visibility)
                     && p.meta(META_REPOSITORY) == Some(&w.repository)
                     && p.name == request.name
-                    && self.is_ours(p)
+                    && Claim::verified(p).as_ref() == Some(&claim)
             });
             if !same {
                 self.cluster.pin(cid, &request).await.map_err(|e| e.to_string())?;
@@ -176,16 +180,20 @@ impl Replication {
     }
 
     /// The repositories of replicas held here (their tags given by another registry's pins)
-    /// take the visibility those pins say.
+    /// take the visibility those pins say, when the pin is signed by the node whose pins made
+    /// the repository here (`cluster::Claim`): no other cluster peer decides who may read it.
     async fn follow<'a>(&self, others: impl Iterator<Item = &'a crate::cluster::Pin>, pin_given: &HashMap<String, HashSet<(String, String)>>) -> Result<(), String> {
         for pin in others {
             let Some(given) = pin_given.get(&pin.cid.cid) else { continue };
-            let public = pin.meta(META_VISIBILITY) == Some("public");
-            let repositories: HashSet<&String> = given.iter().map(|(r, _)| r).collect();
+            let Some(claim) = Claim::verified(pin) else { continue };
+            let repositories: HashSet<&String> = given.iter().map(|(r, _)| r).filter(|r| **r == claim.repository).collect();
             for repo in repositories {
-                if self.reg.visibility(repo).await.map_err(|e| e.to_string())?.is_some_and(|v| v != public) {
-                    self.reg.set_visibility(repo, public).await.map_err(|e| e.to_string())?;
-                    tracing::info!(repository = %repo, public, "a replica follows its image's visibility");
+                if self.reg.replica_origin(repo).await.map_err(|e| e.to_string())?.as_deref() != Some(claim.node.as_str()) {
+                    continue;
+                }
+                if self.reg.visibility(repo).await.map_err(|e| e.to_string())?.is_some_and(|v| v != claim.public) {
+                    self.reg.set_visibility(repo, claim.public).await.map_err(|e| e.to_string())?;
+                    tracing::info!(repository = %repo, public = claim.public, origin = %claim.node, "a replica follows its image's visibility");
                 }
             }
         }

@@ -131,6 +131,19 @@ impl Registry {
         Ok(public)
     }
 
+    /// Whether `repo`, `origin`'s replica, is public; created as one (public if
+    /// `public_if_new`) if it did not exist; None if it is not `origin`'s replica.
+    pub async fn replica_or_create(&self, repo: &str, origin: &str, public_if_new: bool) -> Result<Option<bool>> {
+        let public = self.meta.replica_or_create(repo, origin, public_if_new).await?;
+        self.changed().await?;
+        Ok(public)
+    }
+
+    /// The node whose pins created `repo` here, if it is a replica.
+    pub async fn replica_origin(&self, repo: &str) -> Result<Option<String>> {
+        Ok(self.meta.replica_origin(repo).await?)
+    }
+
     /// Sets how many nodes IPFS Cluster keeps `repo`'s images on (None: the node's default).
     pub async fn set_replicas(&self, repo: &str, replicas: Option<u32>) -> Result<()> {
         self.meta.set_replicas(repo, replicas).await?;

@@ -131,6 +131,10 @@ const READS: &[&str] = &[
     "name/resolve",
 ];
 
+/// Reads that tell the node's own business (its size right after a push, its peers and their
+/// addresses, what went to each): the operator's alone, wherever the RPC is bound.
+const OPERATOR_READS: &[&str] = &["repo/stat", "swarm/peers", "bitswap/stat", "bitswap/ledger"];
+
 /// Kubo's rule against websites in the operator's browser: a request that names an origin
 /// (`Origin`, else `Referer`) must come from the RPC's own; and on loopback the `Host` must be a
 /// loopback name, so a DNS name rebound to 127.0.0.1 reaches nothing.
@@ -184,7 +188,7 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
     if req.method() != Method::POST && !(read && req.method() == Method::GET) {
         return error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on /api/v0/{command}", req.method()));
     }
-    if !read && !state.loopback {
+    if (!read || OPERATOR_READS.contains(&command.as_str())) && !state.loopback {
         if let Err(resp) = require_admin(&req, &state).await {
             return resp;
         }

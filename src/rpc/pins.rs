@@ -153,42 +153,53 @@ async fn is_image_layout(reader: &Reader, cid: Cid) -> bool {
     true
 }
 
-/// What the cluster's pin of `cid` says of its visibility (`af-visibility`); None without a
-/// cluster, a pin or that word.
-async fn visibility_in_cluster(state: &RpcState, cid: Cid) -> Result<Option<bool>, String> {
+/// The cluster's pin of `cid`; None without a cluster or such a pin (the operator's own
+/// `pin/add`).
+async fn pin_in_cluster(state: &RpcState, cid: Cid) -> Result<Option<crate::cluster::Pin>, String> {
     let Some(cluster) = &state.cluster else { return Ok(None) };
-    match cluster.pin_of(&cid.to_string()).await {
-        Ok(pin) => Ok(pin.and_then(|p| p.meta(crate::cluster::META_VISIBILITY).map(|v| v == "public"))),
-        Err(e) => Err(format!("cannot tell whether the image is public: {e}")),
-    }
+    cluster.pin_of(&cid.to_string()).await.map_err(|e| format!("cannot tell who asked for the pin: {e}"))
 }
 
 /// Pins `cid` once its whole DAG is here, telling `progress` the blocks walked so far.
 ///
-/// An image layout's DAG becomes an image the registry serves first (its manifests and tags,
-/// blobs recorded by their roots), in its repository as it is, or, new, public only if the
-/// cluster's pin says so (`af-visibility=public`, which the registry that pushed it sets):
-/// nothing else tells a private image from a public one, and a private image replicated to a
-/// trusted node must stay private there. The blocks fetched are kept as the pin's when the
-/// repository is public (served to anyone, as on Kubo), else as the image's, which only the
-/// operator and trusted peers see.
+/// A cluster pin may make the node hold bytes; it never changes who may read what exists here,
+/// nor writes into a repository it did not make (SECURITY.md). So an image layout's DAG
+/// becomes an image the registry serves (its manifests and tags, blobs recorded by their
+/// roots) only:
+/// - for the operator's own `pin/add` (no cluster pin names the CID): in the repository its
+///   layout names, as it is, or new and private;
+/// - for a cluster pin signed by a registry node (`cluster::Claim`): in a repository that
+///   node's pins made here, or make now with the visibility the claim says.
+///
+/// Anything else a cluster pins is held, not served: its blocks are kept as an image's, which
+/// only the operator and trusted peers see. A plain DAG's pin is public while it stands, as on
+/// Kubo, unless its pin says `af-visibility=private`.
 async fn pin_one(req: &HttpRequest, state: &RpcState, cid: Cid, progress: &mut u64, mut told: impl FnMut(u64)) -> Result<(), String> {
     // What the image's layout says is read through, not kept: its blocks are kept by the walk,
     // as the image's or as the pin's once its visibility is known.
     let probe = super::passing_reader(req, state);
-    let said = visibility_in_cluster(state, cid).await?;
-    // A plain DAG's pin is public while it stands, as on Kubo, unless the cluster says otherwise.
-    let mut public = said.unwrap_or(true);
+    let pin = pin_in_cluster(state, cid).await?;
+    let claim = pin.as_ref().and_then(crate::cluster::Claim::verified).filter(|c| c.cid == cid.to_string());
+    let mut public = pin.as_ref().and_then(|p| p.meta(crate::cluster::META_VISIBILITY)).is_none_or(|v| v == "public");
     if is_image_layout(&probe, cid).await {
-        use crate::car::CarError;
-        match crate::car::import_pinned(&state.registry, probe, cid, said.unwrap_or(false)).await {
-            Ok((summary, is_public, tags)) => {
-                tracing::info!(pin = %cid, repository = %summary.repository, public = is_public, manifests = summary.manifests, tags = tags.len(), "a pinned image is served");
-                state.registry.record_pin_tags(&cid, tags).await.map_err(|e| e.to_string())?;
-                public = is_public;
-            }
-            Err(e @ (CarError::Registry(_) | CarError::Metadata(_) | CarError::Task(_))) => return Err(e.to_string()),
-            Err(e) => tracing::warn!(pin = %cid, error = %e, "pinned as a DAG only: not an image this registry can serve"),
+        use crate::car::{CarError, PinOrigin};
+        let origin = match (&pin, &claim) {
+            (None, _) => Some(PinOrigin::Operator),
+            (Some(_), Some(claim)) => Some(PinOrigin::Node(claim)),
+            (Some(_), None) => None,
+        };
+        public = false;
+        match origin {
+            Some(origin) => match crate::car::import_pinned(&state.registry, probe, cid, origin).await {
+                Ok((summary, is_public, tags)) => {
+                    tracing::info!(pin = %cid, repository = %summary.repository, public = is_public, manifests = summary.manifests, tags = tags.len(), "a pinned image is served");
+                    state.registry.record_pin_tags(&cid, tags).await.map_err(|e| e.to_string())?;
+                    public = is_public;
+                }
+                Err(e @ (CarError::Registry(_) | CarError::Metadata(_) | CarError::Task(_))) => return Err(e.to_string()),
+                Err(e) => tracing::warn!(pin = %cid, error = %e, "pinned image held, not served"),
+            },
+            None => tracing::warn!(pin = %cid, "a cluster pin of an image that no registry node signed: held, not served"),
         }
     }
     let owner = if public { Owner::Pin(cid.to_string()) } else { Owner::Image(cid.to_string()) };

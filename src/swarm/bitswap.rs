@@ -13,8 +13,10 @@ use crate::exposure::{Audience, Policy};
 use cid::Cid;
 use futures_util::StreamExt;
 use libp2p::{PeerId, StreamProtocol};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use tokio::sync::Semaphore;
 
 pub const BITSWAP_120: StreamProtocol = StreamProtocol::new("/ipfs/bitswap/1.2.0");
 pub const BITSWAP_110: StreamProtocol = StreamProtocol::new("/ipfs/bitswap/1.1.0");
@@ -27,15 +29,30 @@ pub const MAX_WANTS: usize = 1024;
 pub const MAX_BLOCK: usize = 2 << 20;
 /// Blocks packed into one reply message, in bytes (a block larger than this goes alone).
 pub const BLOCKS_PER_MESSAGE: usize = 2 << 20;
-/// Inbound streams served at once, all peers together; past it, new streams wait. Peers keep
-/// one stream open per direction while they have traffic (as this node does, `outbox`).
-const CONCURRENT_STREAMS: usize = 1024;
-/// An inbound stream with no message for this long is closed (its permit goes to others).
+/// Inbound Bitswap streams one peer may hold open at once; a stream past it is reset at once.
+/// An honest peer keeps one open per direction while it has traffic (as this node does, `outbox`).
+pub const STREAMS_PER_PEER: usize = 8;
+/// Inbound streams of all peers together (the connection limit bounds peers first: this only
+/// caps what a flood of new peer IDs could add).
+pub const STREAMS_TOTAL: usize = 4096;
+/// An inbound stream with no message for this long is closed.
 const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Once a message's length has arrived, its body must arrive within this.
+const MESSAGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// Replies that may be reading and sending blocks at once (each holds at most a message, 2 MiB,
-/// and a block): bounds the memory all peers together can make the node spend on replies.
-const SENDING: usize = 16;
+/// Bytes of inbound messages being read at once, per peer and all peers together (KiB). A peer
+/// holds at most its share, whatever it announces; all peers together at most the total.
+const INBOUND_PER_PEER_KIB: u32 = 8 << 10;
+const INBOUND_TOTAL_KIB: u32 = 128 << 10;
+
+/// Wants one peer may have waiting for an answer; later ones are ignored until these are
+/// answered (as boxo caps a peer's wantlist). Duplicates are one want.
+pub const WANTS_PER_PEER: usize = 1024;
+
+/// Replies being built or sent at once, all peers together; each holds at most a message of
+/// blocks (2 MiB). A peer's replies go one at a time, so a peer that never reads holds one slot,
+/// not the pool.
+const REPLY_SLOTS: usize = 32;
 
 /// What went between this node and one peer, for `bitswap/ledger`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -63,18 +80,108 @@ pub struct Stats {
 }
 
 pub struct Server {
+    /// This server, for the answering tasks it starts.
+    me: Weak<Server>,
     policy: Arc<Policy>,
     /// One outbound stream per peer and protocol for everything this node sends.
     pub outboxes: super::outbox::Outboxes,
     /// Peers that broke the protocol, for the swarm to disconnect.
     misbehaving: tokio::sync::mpsc::UnboundedSender<PeerId>,
     pub stats: Stats,
-    streams: tokio::sync::Semaphore,
-    /// Replies reading blocks at once: each holds up to a message of blocks in memory.
-    sending: tokio::sync::Semaphore,
+    /// Inbound streams open, all peers together.
+    streams: AtomicUsize,
+    /// Message bytes being read, all peers together (KiB).
+    inbound: Arc<Semaphore>,
+    /// Replies being built or sent, all peers together.
+    replies: Arc<Semaphore>,
+    /// Each peer with open streams or wants waiting.
+    peers: Mutex<HashMap<PeerId, Arc<PeerState>>>,
     /// What this node waits for from peers (the client side, `fetch`).
     pub wants: super::fetch::Wants,
-    ledgers: std::sync::Mutex<std::collections::HashMap<PeerId, Ledger>>,
+    ledgers: Mutex<HashMap<PeerId, Ledger>>,
+}
+
+/// One peer's share of the server: its streams, its message bytes, its waiting wants.
+struct PeerState {
+    streams: AtomicUsize,
+    inbound: Arc<Semaphore>,
+    wants: Mutex<Waiting>,
+    /// Whether a task is answering this peer's wants.
+    answering: AtomicBool,
+}
+
+/// A peer's wants not answered yet, in arrival order, one per CID.
+#[derive(Default)]
+struct Waiting {
+    order: VecDeque<Cid>,
+    by_cid: HashMap<Cid, Want>,
+}
+
+#[derive(Clone)]
+struct Want {
+    block: bool,
+    dont_have: bool,
+    protocol: StreamProtocol,
+}
+
+impl Waiting {
+    /// Takes a message's wantlist: a cancel withdraws, a want joins (a duplicate merges into
+    /// the one waiting), a full list replaces what waited.
+    fn take(&mut self, list: &message::Wantlist, protocol: &StreamProtocol) {
+        if list.full {
+            self.order.clear();
+            self.by_cid.clear();
+        }
+        for entry in &list.entries {
+            let Ok(cid) = Cid::try_from(entry.block.as_slice()) else { continue };
+            if entry.cancel {
+                if self.by_cid.remove(&cid).is_some() {
+                    self.order.retain(|c| *c != cid);
+                }
+                continue;
+            }
+            let block = entry.want_type == WantType::Block as i32 || *protocol != BITSWAP_120;
+            let dont_have = entry.send_dont_have && *protocol == BITSWAP_120;
+            let full = self.by_cid.len() >= WANTS_PER_PEER;
+            match self.by_cid.get_mut(&cid) {
+                Some(w) => {
+                    w.block |= block;
+                    w.dont_have |= dont_have;
+                }
+                None if !full => {
+                    self.by_cid.insert(cid, Want { block, dont_have, protocol: protocol.clone() });
+                    self.order.push_back(cid);
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn next(&mut self, n: usize) -> Vec<(Cid, Want)> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let Some(cid) = self.order.pop_front() else { break };
+            if let Some(w) = self.by_cid.remove(&cid) {
+                out.push((cid, w));
+            }
+        }
+        out
+    }
+}
+
+/// A stream's hold on its peer's and the node's stream counts, given back when dropped.
+struct StreamSlot<'a> {
+    server: &'a Server,
+    peer: PeerId,
+    state: Arc<PeerState>,
+}
+
+impl Drop for StreamSlot<'_> {
+    fn drop(&mut self) {
+        self.state.streams.fetch_sub(1, Ordering::AcqRel);
+        self.server.streams.fetch_sub(1, Ordering::AcqRel);
+        self.server.forget_if_idle(&self.peer);
+    }
 }
 
 impl Server {
@@ -84,8 +191,19 @@ impl Server {
         mut control: libp2p_stream::Control,
         misbehaving: tokio::sync::mpsc::UnboundedSender<PeerId>,
     ) -> Arc<Server> {
-        let streams = tokio::sync::Semaphore::new(CONCURRENT_STREAMS);
-        let server = Arc::new(Server { policy, outboxes: super::outbox::Outboxes::new(control.clone()), misbehaving, stats: Stats::default(), streams, sending: tokio::sync::Semaphore::new(SENDING), wants: Default::default(), ledgers: Default::default() });
+        let server = Arc::new_cyclic(|me| Server {
+            me: me.clone(),
+            policy,
+            outboxes: super::outbox::Outboxes::new(control.clone()),
+            misbehaving,
+            stats: Stats::default(),
+            streams: AtomicUsize::new(0),
+            inbound: Arc::new(Semaphore::new(INBOUND_TOTAL_KIB as usize)),
+            replies: Arc::new(Semaphore::new(REPLY_SLOTS)),
+            peers: Default::default(),
+            wants: Default::default(),
+            ledgers: Default::default(),
+        });
         for protocol in PROTOCOLS {
             let mut incoming = control.accept(protocol.clone()).expect("each Bitswap protocol is registered once");
             let server = server.clone();
@@ -100,34 +218,88 @@ impl Server {
         server
     }
 
-    async fn serve_stream(&self, peer: PeerId, mut stream: libp2p::Stream, protocol: StreamProtocol) {
-        let Ok(_permit) = self.streams.acquire().await else { return };
-        loop {
-            let Ok(next) = tokio::time::timeout(STREAM_IDLE, message::read(&mut stream)).await else { return };
-            match next {
-                Ok(Some(m)) => {
-                    self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = self.answer(peer, &protocol, m).await {
-                        tracing::debug!(%peer, error = %e, "bitswap reply failed");
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    // A malformed, oversized or truncated message: the peer is dropped.
-                    tracing::info!(%peer, error = %e, "bitswap: disconnecting a peer that sent a bad message");
-                    let _ = self.misbehaving.send(peer);
-                    return;
-                }
+    fn me(&self) -> Option<Arc<Server>> {
+        self.me.upgrade()
+    }
+
+    fn peer(&self, peer: PeerId) -> Arc<PeerState> {
+        self.peers
+            .lock()
+            .expect("peers lock")
+            .entry(peer)
+            .or_insert_with(|| {
+                Arc::new(PeerState {
+                    streams: AtomicUsize::new(0),
+                    inbound: Arc::new(Semaphore::new(INBOUND_PER_PEER_KIB as usize)),
+                    wants: Default::default(),
+                    answering: AtomicBool::new(false),
+                })
+            })
+            .clone()
+    }
+
+    /// Drops a peer's state once it has no stream, no waiting want and no answer under way.
+    fn forget_if_idle(&self, peer: &PeerId) {
+        let mut peers = self.peers.lock().expect("peers lock");
+        if let Some(state) = peers.get(peer) {
+            let idle = state.streams.load(Ordering::Acquire) == 0
+                && !state.answering.load(Ordering::Acquire)
+                && state.wants.lock().expect("wants lock").by_cid.is_empty();
+            if idle {
+                peers.remove(peer);
             }
         }
     }
 
-    /// Takes the blocks and presences a message brings, then answers its wants (cancels need
-    /// nothing: every want is answered at once). Presences go first, in one message; then the
-    /// blocks are read one by one and sent in messages of at most [`BLOCKS_PER_MESSAGE`], so a
-    /// reply never holds more than that in memory, whatever the peer asked for.
-    async fn answer(&self, peer: PeerId, protocol: &StreamProtocol, m: Message) -> Result<(), String> {
+    /// Takes a stream slot of `peer`'s, if it has one left and the node too.
+    fn open_stream(&self, peer: PeerId) -> Option<StreamSlot<'_>> {
+        let state = self.peer(peer);
+        let slot = StreamSlot { server: self, peer, state: state.clone() };
+        let mine = state.streams.fetch_add(1, Ordering::AcqRel);
+        let all = self.streams.fetch_add(1, Ordering::AcqRel);
+        (mine < STREAMS_PER_PEER && all < STREAMS_TOTAL).then_some(slot)
+    }
+
+    async fn serve_stream(&self, peer: PeerId, mut stream: libp2p::Stream, protocol: StreamProtocol) {
+        let Some(slot) = self.open_stream(peer) else {
+            tracing::debug!(%peer, "bitswap: a stream past the peer's or the node's limit is reset");
+            return;
+        };
+        loop {
+            let len = match tokio::time::timeout(STREAM_IDLE, message::read_length(&mut stream)).await {
+                Err(_) | Ok(Ok(None)) => return,
+                Ok(Ok(Some(len))) => len,
+                Ok(Err(e)) => return self.bad_message(peer, &e.to_string()),
+            };
+            // The bytes it may take are counted before any is read: the peer's share first, so
+            // one peer waits on itself, then the node's.
+            let kib = (len as u32).div_ceil(1024).max(1);
+            let deadline = tokio::time::Instant::now() + MESSAGE_DEADLINE;
+            let Ok(Ok(_mine)) = tokio::time::timeout_at(deadline, slot.state.inbound.clone().acquire_many_owned(kib)).await else { return };
+            let Ok(Ok(_all)) = tokio::time::timeout_at(deadline, self.inbound.clone().acquire_many_owned(kib)).await else { return };
+            let m = match tokio::time::timeout_at(deadline, message::read_body(&mut stream, len)).await {
+                Err(_) => return,
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => return self.bad_message(peer, &e.to_string()),
+            };
+            self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = self.take(peer, &slot.state, &protocol, m) {
+                tracing::debug!(%peer, error = %e, "bitswap: message refused");
+                return;
+            }
+        }
+    }
+
+    /// A malformed, oversized or truncated message: the peer is dropped.
+    fn bad_message(&self, peer: PeerId, error: &str) {
+        tracing::info!(%peer, %error, "bitswap: disconnecting a peer that sent a bad message");
+        let _ = self.misbehaving.send(peer);
+    }
+
+    /// Takes the blocks and presences a message brings, and queues its wants for the peer's
+    /// answering task (started if none runs). The stream goes on reading meanwhile: a message
+    /// is never kept alive while its answer waits on the peer.
+    fn take(&self, peer: PeerId, state: &Arc<PeerState>, protocol: &StreamProtocol, m: Message) -> Result<(), String> {
         // Bitswap 1.0.0 blocks are CIDv0: dag-pb, sha2-256.
         let v0 = m.blocks.into_iter().map(|data| (vec![0x00, 0x70, 0x12, 0x20], data));
         for (prefix, data) in m.payload.into_iter().map(|b| (b.prefix, b.data)).chain(v0) {
@@ -153,55 +325,108 @@ impl Server {
                 self.wants.presence(peer, cid, presence.r#type == PresenceType::Have as i32);
             }
         }
-        let Some(wantlist) = m.wantlist else { return Ok(()) };
+        let Some(list) = m.wantlist else { return Ok(()) };
+        state.wants.lock().expect("wants lock").take(&list, protocol);
+        self.answer_soon(peer, state);
+        Ok(())
+    }
+
+    /// Starts the peer's answering task unless one runs.
+    fn answer_soon(&self, peer: PeerId, state: &Arc<PeerState>) {
+        if state.answering.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return;
+        }
+        let Some(server) = self.me() else { return };
+        let state = state.clone();
+        tokio::spawn(async move { server.answer_all(peer, state).await });
+    }
+
+    /// Answers `peer`'s waiting wants, a message's worth at a time, until none waits. One task a
+    /// peer: its answers go in order, and a peer that does not read waits on itself alone.
+    async fn answer_all(self: Arc<Self>, peer: PeerId, state: Arc<PeerState>) {
+        loop {
+            let batch = state.wants.lock().expect("wants lock").next(MAX_WANTS);
+            if batch.is_empty() {
+                state.answering.store(false, Ordering::Release);
+                // A want queued between the look and the store would have found the flag set.
+                let more = !state.wants.lock().expect("wants lock").by_cid.is_empty();
+                if more && state.answering.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    continue;
+                }
+                self.forget_if_idle(&peer);
+                return;
+            }
+            if let Err(e) = self.answer(peer, batch).await {
+                tracing::debug!(%peer, error = %e, "bitswap reply failed; the peer's waiting wants are dropped");
+                let mut wants = state.wants.lock().expect("wants lock");
+                wants.order.clear();
+                wants.by_cid.clear();
+            }
+        }
+    }
+
+    /// Answers wants: presences first, in one message; then the blocks are read one by one and
+    /// sent in messages of at most [`BLOCKS_PER_MESSAGE`]. Every want costs the same lookups
+    /// whether its block is absent, refused or allowed, up to reading an allowed block, so how
+    /// long an answer takes does not tell a held private block from an absent one.
+    async fn answer(&self, peer: PeerId, wants: Vec<(Cid, Want)>) -> Result<(), String> {
         let audience = Audience::Peer(peer.to_base58().into());
-        let mut presences = Vec::new();
+        let mut presences: Vec<(StreamProtocol, BlockPresence)> = Vec::new();
         let mut blocks = Vec::new();
-        for entry in wantlist.entries.iter().filter(|e| !e.cancel).take(MAX_WANTS) {
-            let Ok(cid) = Cid::try_from(entry.block.as_slice()) else { continue };
-            let want_block = entry.want_type == WantType::Block as i32 || *protocol != BITSWAP_120;
-            let presence = |kind: PresenceType| BlockPresence { cid: cid.to_bytes(), r#type: kind as i32 };
-            let dont_have = entry.send_dont_have && *protocol == BITSWAP_120;
+        for (cid, want) in wants {
+            let presence = |kind: PresenceType| (want.protocol.clone(), BlockPresence { cid: cid.to_bytes(), r#type: kind as i32 });
             let may = self.policy.may_send(&cid, &audience).await.map_err(|e| e.to_string())?;
-            match (may, want_block) {
-                (true, true) => blocks.push(cid),
+            match (may, want.block) {
+                (true, true) => blocks.push((cid, want)),
                 (true, false) => presences.push(presence(PresenceType::Have)),
-                (false, _) if dont_have => presences.push(presence(PresenceType::DontHave)),
+                (false, _) if want.dont_have => presences.push(presence(PresenceType::DontHave)),
                 (false, _) => {}
             }
         }
-        if !presences.is_empty() {
-            self.outboxes.send(peer, protocol, Message { block_presences: std::mem::take(&mut presences), ..Default::default() }).await?;
+        for protocol in PROTOCOLS {
+            let of: Vec<BlockPresence> = presences.iter().filter(|(p, _)| *p == protocol).map(|(_, b)| b.clone()).collect();
+            if !of.is_empty() {
+                self.outboxes.send(peer, &protocol, Message { block_presences: of, ..Default::default() }).await?;
+            }
         }
-        let mut batch = Message::default();
-        let mut batch_bytes = 0;
-        let _sending = if blocks.is_empty() { None } else { Some(self.sending.acquire().await.map_err(|e| e.to_string())?) };
-        for cid in blocks {
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let _slot = self.replies.acquire().await.map_err(|e| e.to_string())?;
+        let mut batch: Option<(StreamProtocol, Message, usize)> = None;
+        for (cid, want) in blocks {
+            if batch.as_ref().is_some_and(|(p, _, _)| *p != want.protocol) {
+                let (p, m, _) = batch.take().expect("checked");
+                self.outboxes.send(peer, &p, m).await?;
+            }
+            let (protocol, message, bytes) = batch.get_or_insert_with(|| (want.protocol.clone(), Message::default(), 0));
             // Looked up again rather than keeping the first pass's location: an inline block's
             // location holds its bytes, and a message may want 1024 of them.
             let Some(data) = self.block(&cid, &audience).await.map_err(|e| e.to_string())? else {
                 if *protocol == BITSWAP_120 {
-                    batch.block_presences.push(BlockPresence { cid: cid.to_bytes(), r#type: PresenceType::DontHave as i32 });
+                    message.block_presences.push(BlockPresence { cid: cid.to_bytes(), r#type: PresenceType::DontHave as i32 });
                 }
                 continue;
             };
-            if batch_bytes > 0 && batch_bytes + data.len() > BLOCKS_PER_MESSAGE {
-                self.outboxes.send(peer, protocol, std::mem::take(&mut batch)).await?;
-                batch_bytes = 0;
+            if *bytes > 0 && *bytes + data.len() > BLOCKS_PER_MESSAGE {
+                self.outboxes.send(peer, protocol, std::mem::take(message)).await?;
+                *bytes = 0;
             }
-            batch_bytes += data.len();
+            *bytes += data.len();
             self.stats.blocks_sent.fetch_add(1, Ordering::Relaxed);
             self.stats.data_sent.fetch_add(data.len() as u64, Ordering::Relaxed);
             let len = data.len() as u64;
             self.account(peer, |l| l.sent += len);
             if *protocol == BITSWAP_100 {
-                batch.blocks.push(data);
+                message.blocks.push(data);
             } else {
-                batch.payload.push(Block { prefix: message::prefix(&cid), data });
+                message.payload.push(Block { prefix: message::prefix(&cid), data });
             }
         }
-        if batch_bytes > 0 || !batch.block_presences.is_empty() {
-            self.outboxes.send(peer, protocol, batch).await?;
+        if let Some((protocol, m, bytes)) = batch {
+            if bytes > 0 || !m.block_presences.is_empty() {
+                self.outboxes.send(peer, &protocol, m).await?;
+            }
         }
         Ok(())
     }

@@ -85,10 +85,19 @@ pub enum FrameError {
     BadLength,
     #[error("not a Bitswap message: {0}")]
     Decode(#[from] prost::DecodeError),
+    #[error("not a Bitswap message: a field runs past the message's end")]
+    Truncated,
 }
 
-/// The next message, or None at a clean end of stream.
-pub async fn read<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<Message>, FrameError> {
+/// The most wantlist entries of one message decoded; the rest are skipped undecoded (an empty
+/// entry is 2 bytes on the wire and ~50 in memory: decoding them all let a 4 MiB message cost
+/// ~100 MB).
+pub const MAX_ENTRIES: usize = 1024;
+/// The most block presences of one message decoded; the rest are skipped undecoded.
+pub const MAX_PRESENCES: usize = 4096;
+
+/// The next message's length, or None at a clean end of stream.
+pub async fn read_length<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<usize>, FrameError> {
     let mut len: u64 = 0;
     for i in 0..10 {
         let mut byte = [0u8; 1];
@@ -100,12 +109,84 @@ pub async fn read<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<Message
             if len > MAX_MESSAGE as u64 {
                 return Err(FrameError::TooLarge(len));
             }
-            let mut buf = vec![0u8; len as usize];
-            stream.read_exact(&mut buf).await?;
-            return Ok(Some(<Message as prost::Message>::decode(buf.as_slice())?));
+            return Ok(Some(len as usize));
         }
     }
     Err(FrameError::BadLength)
+}
+
+/// A message body of `len` bytes (from [`read_length`]), decoded within [`MAX_ENTRIES`] and
+/// [`MAX_PRESENCES`]. The buffer grows with what arrives, so a peer that announces 4 MiB and
+/// sends nothing holds nothing.
+pub async fn read_body<S: AsyncRead + Unpin>(stream: &mut S, len: usize) -> Result<Message, FrameError> {
+    let mut buf = Vec::with_capacity(len.min(64 << 10));
+    let got = (&mut *stream).take(len as u64).read_to_end(&mut buf).await?;
+    if got < len {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
+    decode(&buf)
+}
+
+/// The next message, or None at a clean end of stream.
+pub async fn read<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<Message>, FrameError> {
+    match read_length(stream).await? {
+        Some(len) => Ok(Some(read_body(stream, len).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Decodes a message, counting as it goes: at most [`MAX_ENTRIES`] wantlist entries and
+/// [`MAX_PRESENCES`] presences are decoded, the rest skipped (still checked to be well-formed
+/// protobuf). Blocks are bounded by the message's own size.
+pub fn decode(mut buf: &[u8]) -> Result<Message, FrameError> {
+    use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+    use prost::Message as _;
+    let mut m = Message::default();
+    let mut entries = 0usize;
+    // A length-delimited field's bytes, checked against what is left.
+    fn field<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], FrameError> {
+        let len = prost::encoding::decode_varint(buf)?;
+        if len > buf.len() as u64 {
+            return Err(FrameError::Truncated);
+        }
+        let (f, rest) = buf.split_at(len as usize);
+        *buf = rest;
+        Ok(f)
+    }
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf)?;
+        match (tag, wire) {
+            (1, WireType::LengthDelimited) => {
+                let mut w = field(&mut buf)?;
+                let list = m.wantlist.get_or_insert_with(Wantlist::default);
+                while !w.is_empty() {
+                    let (tag, wire) = decode_key(&mut w)?;
+                    match (tag, wire) {
+                        (1, WireType::LengthDelimited) => {
+                            let e = field(&mut w)?;
+                            if entries < MAX_ENTRIES {
+                                list.entries.push(Entry::decode(e)?);
+                                entries += 1;
+                            }
+                        }
+                        (2, WireType::Varint) => list.full = decode_varint(&mut w)? != 0,
+                        (tag, wire) => skip_field(wire, tag, &mut w, DecodeContext::default())?,
+                    }
+                }
+            }
+            (2, WireType::LengthDelimited) => m.blocks.push(field(&mut buf)?.to_vec()),
+            (3, WireType::LengthDelimited) => m.payload.push(Block::decode(field(&mut buf)?)?),
+            (4, WireType::LengthDelimited) => {
+                let p = field(&mut buf)?;
+                if m.block_presences.len() < MAX_PRESENCES {
+                    m.block_presences.push(BlockPresence::decode(p)?);
+                }
+            }
+            (5, WireType::Varint) => m.pending_bytes = decode_varint(&mut buf)? as i32,
+            (tag, wire) => skip_field(wire, tag, &mut buf, DecodeContext::default())?,
+        }
+    }
+    Ok(m)
 }
 
 /// Writes one message, length-prefixed.

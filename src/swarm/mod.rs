@@ -6,6 +6,7 @@
 //! in server mode (no providing yet), and the Bitswap server (`bitswap`), which answers wants
 //! through the exposure policy.
 
+mod admission;
 pub mod bitswap;
 pub mod fetch;
 pub mod keeper;
@@ -63,14 +64,13 @@ pub struct SwarmConfig {
 
 /// Connections the swarm holds at once unless configured otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 512;
-/// Connections one peer may hold (a peer dialling both ways, over TCP and QUIC).
-const MAX_PER_PEER: u32 = 4;
-/// Incoming connections in their handshake at once (Noise costs a key exchange each).
-const MAX_PENDING_INCOMING: u32 = 64;
+/// How long a connection has for its handshake (transport, Noise, Yamux); libp2p's default of
+/// 10 s let silent sockets hold the handshake slots (`admission`) at six a second.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(4);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
-    limits: libp2p::connection_limits::Behaviour,
+    limits: admission::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     autonat: libp2p::autonat::Behaviour,
@@ -227,6 +227,17 @@ fn build(seed: [u8; 32], policy: Arc<Policy>, config: &SwarmConfig) -> Result<Bu
     let mut seed = seed;
     let key = libp2p::identity::Keypair::ed25519_from_bytes(&mut seed).map_err(|e| SwarmError::Key(e.to_string()))?;
     let transport = |e: &dyn std::fmt::Display| SwarmError::Transport(e.to_string());
+    // The Bitswap server is made once the swarm exists; the admission of connections asks it how
+    // useful a peer has been.
+    let server: Arc<std::sync::OnceLock<std::sync::Weak<bitswap::Server>>> = Default::default();
+    let useful: admission::Usefulness = {
+        let server = server.clone();
+        Arc::new(move |peer: &PeerId| server.get().and_then(|s| s.upgrade()).map(|s| { let l = s.ledger(peer); l.sent + l.received }).unwrap_or(0))
+    };
+    let trusted: admission::Judge = {
+        let policy = policy.clone();
+        Arc::new(move |peer: &PeerId| policy.trusts(&peer.to_base58()))
+    };
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
@@ -249,12 +260,8 @@ fn build(seed: [u8; 32], policy: Arc<Policy>, config: &SwarmConfig) -> Result<Bu
             // stays a client, as Kubo's does, and does not poison others' routing tables.
             kad.set_mode(if config.announce.is_empty() { None } else { Some(kad::Mode::Server) });
             let agent = format!("af-registry/{}", env!("CARGO_PKG_VERSION"));
-            let limits = libp2p::connection_limits::ConnectionLimits::default()
-                .with_max_established(Some(config.max_connections))
-                .with_max_established_per_peer(Some(MAX_PER_PEER))
-                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING));
             Behaviour {
-                limits: libp2p::connection_limits::Behaviour::new(limits),
+                limits: admission::Behaviour::new(admission::Limits::new(config.max_connections as usize), trusted, useful),
                 identify: identify::Behaviour::new(identify::Config::new("ipfs/0.1.0".into(), key.public()).with_agent_version(agent)),
                 ping: ping::Behaviour::default(),
                 autonat: libp2p::autonat::Behaviour::new(peer_id, libp2p::autonat::Config::default()),
@@ -264,6 +271,7 @@ fn build(seed: [u8; 32], policy: Arc<Policy>, config: &SwarmConfig) -> Result<Bu
         })
         .map_err(|e| transport(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .with_connection_timeout(HANDSHAKE_DEADLINE)
         .build();
     for addr in &config.listen {
         swarm.listen_on(addr.clone()).map_err(|e| SwarmError::Listen { addr: addr.to_string(), detail: e.to_string() })?;
@@ -273,6 +281,7 @@ fn build(seed: [u8; 32], policy: Arc<Policy>, config: &SwarmConfig) -> Result<Bu
     }
     let (misbehaving, bad_peers) = mpsc::unbounded_channel();
     let bitswap = bitswap::Server::spawn(policy, swarm.behaviour().stream.new_control(), misbehaving);
+    let _ = server.set(Arc::downgrade(&bitswap));
     let (tx, rx) = mpsc::channel(64);
     let dht_server = Arc::new(std::sync::atomic::AtomicBool::new(!config.announce.is_empty()));
     let handle = Handle { commands: tx, peer_id: *swarm.local_peer_id(), bitswap: bitswap.clone(), dht_server: dht_server.clone() };

@@ -8,10 +8,18 @@ pub struct RawPeer {
     /// Every message the node sent, on whichever stream (it keeps one open while it talks).
     pub messages: tokio::sync::mpsc::UnboundedReceiver<af_registry::swarm::message::Message>,
     node: libp2p::PeerId,
+    /// Streams to the node kept open (silent, or with a message the node is still to answer).
+    held: Vec<libp2p::Stream>,
 }
 
 impl RawPeer {
     pub async fn connect(addr: &str) -> RawPeer {
+        Self::connect_reading(addr, true).await
+    }
+
+    /// A peer that accepts the node's reply streams and never reads them (with `reads` false):
+    /// the node's writes to it stall once the stream's window is full.
+    pub async fn connect_reading(addr: &str, reads: bool) -> RawPeer {
         use futures_util::StreamExt;
         let addr: libp2p::Multiaddr = addr.parse().unwrap();
         let node = af_registry::swarm::peer_of(&addr).unwrap();
@@ -27,7 +35,12 @@ impl RawPeer {
         let mut incoming = control.accept(af_registry::swarm::bitswap::BITSWAP_120).unwrap();
         let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
+            let mut unread = Vec::new();
             while let Some((_, mut stream)) = incoming.next().await {
+                if !reads {
+                    unread.push(stream);
+                    continue;
+                }
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     while let Ok(Some(m)) = af_registry::swarm::message::read(&mut stream).await {
@@ -45,7 +58,48 @@ impl RawPeer {
                 }
             }
         });
-        RawPeer { control, messages, node }
+        RawPeer { control, messages, node, held: Vec::new() }
+    }
+
+    async fn open(&mut self, protocol: libp2p::StreamProtocol) -> Result<libp2p::Stream, String> {
+        self.control.open_stream(self.node, protocol).await.map_err(|e| e.to_string())
+    }
+
+    /// Opens `n` Bitswap streams and sends nothing on them; returns how many opened.
+    pub async fn open_silent(&mut self, n: usize) -> usize {
+        let mut opened = 0;
+        for _ in 0..n {
+            match tokio::time::timeout(Duration::from_secs(5), self.open(af_registry::swarm::bitswap::BITSWAP_120)).await {
+                Ok(Ok(s)) => {
+                    self.held.push(s);
+                    opened += 1;
+                }
+                _ => break,
+            }
+        }
+        opened
+    }
+
+    /// Sends `m` on a new stream and keeps the stream open.
+    pub async fn send_keeping(&mut self, m: &af_registry::swarm::message::Message) {
+        use futures_util::AsyncWriteExt;
+        let Ok(mut s) = self.open(af_registry::swarm::bitswap::BITSWAP_120).await else { return };
+        let mut frame = Vec::new();
+        let body = prost::Message::encode_to_vec(m);
+        af_registry::varint::encode(&mut frame, body.len() as u64);
+        frame.extend_from_slice(&body);
+        if tokio::time::timeout(Duration::from_secs(5), s.write_all(&frame)).await.is_ok_and(|r| r.is_ok()) {
+            let _ = s.flush().await;
+        }
+        self.held.push(s);
+    }
+
+    /// Sends raw bytes on a new stream and keeps it open.
+    pub async fn send_raw_keeping(&mut self, bytes: &[u8]) {
+        use futures_util::AsyncWriteExt;
+        let Ok(mut s) = self.open(af_registry::swarm::bitswap::BITSWAP_120).await else { return };
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(bytes)).await;
+        self.held.push(s);
     }
 
     /// Sends raw bytes on a new Bitswap stream.
