@@ -602,7 +602,7 @@ pub async fn import_pinned(reg: &Registry, reader: Arc<Reader>, root: Cid, origi
             if claim.repository != repo {
                 return Err(refused());
             }
-            reg.replica_or_create(&repo, &claim.node, claim.public).await?.ok_or_else(refused)?
+            reg.replica_or_create(&repo, &claim.node, claim.public, claim.stamp).await?.ok_or_else(refused)?
         }
     };
     let mut record = Vec::new();

@@ -18,6 +18,9 @@ pub const META_VISIBILITY: &str = "af-visibility";
 pub const META_NODE: &str = "af-node";
 /// The signature, by `af-node`'s swarm key, of what the pin says (see [`Claim`]).
 pub const META_SIGNATURE: &str = "af-signature";
+/// When the claim was signed (ms since the epoch): a replica applies only claims newer than
+/// the last it applied, so a claim replayed from an older pin changes nothing.
+pub const META_STAMP: &str = "af-stamp";
 
 /// What a registry's pin says of an image, signed by the node that made it. Any cluster peer
 /// can write any pin's metadata, so only this signature tells a node that a registry node (and
@@ -32,12 +35,19 @@ pub struct Claim {
     pub public: bool,
     /// The origin node's peer ID (base58).
     pub node: String,
+    /// When it was signed, in ms since the epoch.
+    pub stamp: i64,
 }
 
 impl Claim {
     fn message(&self) -> Vec<u8> {
         let visibility = if self.public { "public" } else { "private" };
-        format!("af-registry cluster pin v1\n{}\n{}\n{}\n{}\n{}", self.cid, self.repository, self.digest, visibility, self.node).into_bytes()
+        format!("af-registry cluster pin v1\n{}\n{}\n{}\n{}\n{}\n{}", self.cid, self.repository, self.digest, visibility, self.node, self.stamp).into_bytes()
+    }
+
+    /// Whether two claims say the same, whenever they were signed.
+    pub fn says_same(&self, other: &Claim) -> bool {
+        (&self.cid, &self.repository, &self.digest, self.public, &self.node) == (&other.cid, &other.repository, &other.digest, other.public, &other.node)
     }
 
     /// The signature to put in [`META_SIGNATURE`], by the node's swarm key.
@@ -58,6 +68,7 @@ impl Claim {
                 _ => return None,
             },
             node: pin.meta(META_NODE)?.to_string(),
+            stamp: pin.meta(META_STAMP)?.parse().ok()?,
         };
         let signature = hex::decode(pin.meta(META_SIGNATURE)?).ok()?;
         let peer: libp2p::PeerId = claim.node.parse().ok()?;

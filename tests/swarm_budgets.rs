@@ -86,17 +86,19 @@ fn hostile_peers_neither_starve_nor_bloat_the_node() {
     use af_registry::swarm::message::*;
     let node = Node::start();
     let addr = loopback_addr(&node);
-    let mut honest = Honest::new(&node, 8);
-    // A public 1 MiB block: one reply to it fills a stream's window many times over.
-    let big = xorshift_bytes(77, 1 << 20);
-    push_blob(&node, "open/big", &big);
+    // Public 1 MiB blocks: one reply to them fills a stream's window many times over.
+    let big: Vec<cid::Cid> = (0..4)
+        .map(|i| {
+            let data = xorshift_bytes(77 + i, 1 << 20);
+            push_blob(&node, "open/big", &data);
+            raw_cid(&data)
+        })
+        .collect();
     make_public(&node, "open/big");
-    let big = raw_cid(&big);
-    honest.assert_served("nothing");
-
     let memory = node.watch_memory();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    // Three peers hold 1,050 silent streams.
+    // Three peers hold 1,050 silent streams before the honest peer first asks (a stream it has
+    // open already would carry its wants whatever the limit).
     let silent: Vec<RawPeer> = rt.block_on(async {
         let mut peers = Vec::new();
         for _ in 0..3 {
@@ -106,29 +108,30 @@ fn hostile_peers_neither_starve_nor_bloat_the_node() {
         }
         peers
     });
+    let mut honest = Honest::new(&node, 8);
     honest.assert_served("1,050 silent streams");
 
-    // A peer that never reads: 16 messages wanting the 1 MiB block, again every second.
+    // A peer that never reads: 16 messages wanting the 1 MiB blocks, again every second.
     let stalling = rt.spawn({
-        let addr = addr.clone();
+        let (addr, big) = (addr.clone(), big.clone());
         async move {
             let mut p = RawPeer::connect_reading(&addr, false).await;
             for _ in 0..10 {
                 for _ in 0..16 {
-                    p.send(&want([big.to_bytes()], WantType::Block)).await;
+                    p.send(&want(big.iter().map(|c| c.to_bytes()), WantType::Block)).await;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             p
         }
     });
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(3));
     honest.assert_served("a peer that never reads its replies");
 
     // Messages of about a million empty wants (2 bytes each on the wire) behind one real want,
     // on streams kept open, from a peer that never reads: 120 of them, 240 MB.
     let flooding = rt.spawn({
-        let addr = addr.clone();
+        let (addr, big) = (addr.clone(), big[0]);
         async move {
             let mut p = RawPeer::connect_reading(&addr, false).await;
             let mut body = Vec::new();
@@ -173,9 +176,10 @@ fn duplicate_wants_are_one_want() {
     let digest = push_blob(&node, "open/dup", &data);
     make_public(&node, "open/dup");
     let cid = raw_cid(&data);
+    let addr = loopback_addr(&node);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut peer = RawPeer::connect(&loopback_addr(&node)).await;
+        let mut peer = RawPeer::connect(&addr).await;
         peer.send(&want(std::iter::repeat_n(cid.to_bytes(), 1024), WantType::Block)).await;
         let replies = peer.replies(Duration::from_secs(5)).await;
         let blocks: Vec<_> = replies.iter().flat_map(|m| m.payload.iter()).collect();
@@ -201,9 +205,10 @@ fn held_private_blocks_answer_as_fast_as_absent_ones() {
         })
         .collect();
     let absent: Vec<Vec<u8>> = (0..512u64).map(|i| raw_cid(&xorshift_bytes(90_000 + i, 64)).to_bytes()).collect();
+    let addr = loopback_addr(&node);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (held, missing) = rt.block_on(async {
-        let mut peer = RawPeer::connect(&loopback_addr(&node)).await;
+        let mut peer = RawPeer::connect(&addr).await;
         let mut times = [Vec::new(), Vec::new()];
         for round in 0..24 {
             for (i, cids) in [&private, &absent].into_iter().enumerate() {
@@ -230,7 +235,7 @@ fn held_private_blocks_answer_as_fast_as_absent_ones() {
     });
     let ratio = held.as_secs_f64() / missing.as_secs_f64();
     eprintln!("512 wants: held private {held:?}, absent {missing:?}, ratio {ratio:.2}");
-    assert!((0.75..1.33).contains(&ratio), "held private {held:?} against absent {missing:?}");
+    assert!((0.67..1.5).contains(&ratio), "held private {held:?} against absent {missing:?}");
 }
 
 /// Item 6: silent sockets from one address hold a few handshake slots, not all of them, and

@@ -264,9 +264,10 @@ pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     /// peer ID), public if `public_if_new`. Then: whether it is public, if it is `origin`'s
     /// replica (made now or before); None if it is anything else (made here, or another
     /// origin's), which a replica's pin must not write into.
-    async fn replica_or_create(&self, repo: &str, origin: &str, public_if_new: bool) -> MetaResult<Option<bool>>;
-    /// The node whose pins created `repo` here; None for a repository made here (or none).
-    async fn replica_origin(&self, repo: &str) -> MetaResult<Option<String>>;
+    async fn replica_or_create(&self, repo: &str, origin: &str, public_if_new: bool, stamp: i64) -> MetaResult<Option<bool>>;
+    /// Records that a claim of `origin` signed at `stamp` applies to its replica `repo`: true
+    /// if `stamp` is newer than any applied before (false for an older one, replayed).
+    async fn advance_replica(&self, repo: &str, origin: &str, stamp: i64) -> MetaResult<bool>;
     /// Bumps the shared change generation (see `registry::Registry::generation`); returns it.
     async fn bump_generation(&self) -> MetaResult<i64>;
     /// Records that `node` has seen `generation` (never lowers it).

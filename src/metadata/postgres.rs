@@ -656,12 +656,12 @@ impl MetadataStore for PgStore {
         })
     }
 
-    async fn replica_or_create(&self, repo: &str, origin: &str, public_if_new: bool) -> MetaResult<Option<bool>> {
+    async fn replica_or_create(&self, repo: &str, origin: &str, public_if_new: bool, stamp: i64) -> MetaResult<Option<bool>> {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO repositories (name, created_at, visibility, replica_of) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
-                &[&repo, &now(), &if public_if_new { "public" } else { "private" }, &origin],
+                "INSERT INTO repositories (name, created_at, visibility, replica_of, replica_stamp) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
+                &[&repo, &now(), &if public_if_new { "public" } else { "private" }, &origin, &stamp],
             )
             .await
             .map_err(pg)?;
@@ -669,9 +669,14 @@ impl MetadataStore for PgStore {
         Ok(row.map(|r| r.get::<_, bool>(0)))
     }
 
-    async fn replica_origin(&self, repo: &str) -> MetaResult<Option<String>> {
-        let row = self.client().await?.query_opt("SELECT replica_of FROM repositories WHERE name = $1", &[&repo]).await.map_err(pg)?;
-        Ok(row.and_then(|r| r.get::<_, Option<String>>(0)))
+    async fn advance_replica(&self, repo: &str, origin: &str, stamp: i64) -> MetaResult<bool> {
+        let n = self
+            .client()
+            .await?
+            .execute("UPDATE repositories SET replica_stamp = $3 WHERE name = $1 AND replica_of = $2 AND replica_stamp < $3", &[&repo, &origin, &stamp])
+            .await
+            .map_err(pg)?;
+        Ok(n == 1)
     }
 
     async fn set_public(&self, repo: &str, public: bool) -> MetaResult<()> {

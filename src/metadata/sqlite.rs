@@ -563,12 +563,12 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn replica_or_create(&self, repo: &str, origin: &str, public_if_new: bool) -> MetaResult<Option<bool>> {
+    async fn replica_or_create(&self, repo: &str, origin: &str, public_if_new: bool, stamp: i64) -> MetaResult<Option<bool>> {
         let (repo, origin) = (repo.to_string(), origin.to_string());
         self.write(move |tx| {
             tx.execute(
-                "INSERT INTO repositories (name, created_at, visibility, replica_of) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(name) DO NOTHING",
-                params![repo, now(), if public_if_new { "public" } else { "private" }, origin],
+                "INSERT INTO repositories (name, created_at, visibility, replica_of, replica_stamp) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(name) DO NOTHING",
+                params![repo, now(), if public_if_new { "public" } else { "private" }, origin, stamp],
             )
             .map_err(backend)?;
             tx.query_row("SELECT visibility = 'public' FROM repositories WHERE name = ?1 AND replica_of = ?2", params![repo, origin], |r| r.get::<_, bool>(0))
@@ -578,10 +578,13 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn replica_origin(&self, repo: &str) -> MetaResult<Option<String>> {
-        let repo = repo.to_string();
-        self.read(move |c| {
-            c.query_row("SELECT replica_of FROM repositories WHERE name = ?1", [repo], |r| r.get::<_, Option<String>>(0)).optional().map(Option::flatten).map_err(backend)
+    async fn advance_replica(&self, repo: &str, origin: &str, stamp: i64) -> MetaResult<bool> {
+        let (repo, origin) = (repo.to_string(), origin.to_string());
+        self.write(move |tx| {
+            let n = tx
+                .execute("UPDATE repositories SET replica_stamp = ?3 WHERE name = ?1 AND replica_of = ?2 AND replica_stamp < ?3", params![repo, origin, stamp])
+                .map_err(backend)?;
+            Ok(n == 1)
         })
         .await
     }

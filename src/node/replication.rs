@@ -15,7 +15,7 @@
 //! and their repository follows the visibility the pin says, so an image made public where it
 //! was pushed becomes public on its replicas too.
 
-use crate::cluster::{Claim, Cluster, PinRequest, META_DIGEST, META_NODE, META_REPOSITORY, META_SIGNATURE, META_VISIBILITY};
+use crate::cluster::{Claim, Cluster, PinRequest, META_DIGEST, META_NODE, META_REPOSITORY, META_SIGNATURE, META_STAMP, META_VISIBILITY};
 use crate::metadata::{Page, Reference};
 use crate::registry::Registry;
 use std::collections::{HashMap, HashSet};
@@ -122,7 +122,8 @@ impl Replication {
             superseded.remove(cid);
             let replicas = w.replicas;
             let visibility = if w.public { "public" } else { "private" };
-            let claim = Claim { cid: cid.clone(), repository: w.repository.clone(), digest: w.digest.clone(), public: w.public, node: self.me.clone() };
+            let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            let claim = Claim { cid: cid.clone(), repository: w.repository.clone(), digest: w.digest.clone(), public: w.public, node: self.me.clone(), stamp };
             let mut request = PinRequest {
                 name: format!("{}:{}", w.repository, w.tag),
                 min_replicas: replicas,
@@ -133,6 +134,7 @@ impl Replication {
                     (META_DIGEST.into(), w.digest.clone()),
                     (META_VISIBILITY.into(), visibility.into()),
                     (META_NODE.into(), self.me.clone()),
+                    (META_STAMP.into(), claim.stamp.to_string()),
                     (META_SIGNATURE.into(), claim.sign(&self.key)),
                 ],
             };
@@ -152,7 +154,7 @@ impl Replication {
                     && p.meta(META_VISIBILITY) == Some(visibility)
                     && p.meta(META_REPOSITORY) == Some(&w.repository)
                     && p.name == request.name
-                    && Claim::verified(p).as_ref() == Some(&claim)
+                    && Claim::verified(p).is_some_and(|c| c.says_same(&claim))
             });
             if !same {
                 self.cluster.pin(cid, &request).await.map_err(|e| e.to_string())?;
@@ -188,7 +190,9 @@ impl Replication {
             let Some(claim) = Claim::verified(pin) else { continue };
             let repositories: HashSet<&String> = given.iter().map(|(r, _)| r).filter(|r| **r == claim.repository).collect();
             for repo in repositories {
-                if self.reg.replica_origin(repo).await.map_err(|e| e.to_string())?.as_deref() != Some(claim.node.as_str()) {
+                // Newer than the last claim applied, or a replay (or not this origin's replica).
+                let newest = self.reg.advance_replica(repo, &claim.node, claim.stamp).await.map_err(|e| e.to_string())?;
+                if !newest {
                     continue;
                 }
                 if self.reg.visibility(repo).await.map_err(|e| e.to_string())?.is_some_and(|v| v != claim.public) {

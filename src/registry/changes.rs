@@ -133,15 +133,16 @@ impl Registry {
 
     /// Whether `repo`, `origin`'s replica, is public; created as one (public if
     /// `public_if_new`) if it did not exist; None if it is not `origin`'s replica.
-    pub async fn replica_or_create(&self, repo: &str, origin: &str, public_if_new: bool) -> Result<Option<bool>> {
-        let public = self.meta.replica_or_create(repo, origin, public_if_new).await?;
+    pub async fn replica_or_create(&self, repo: &str, origin: &str, public_if_new: bool, stamp: i64) -> Result<Option<bool>> {
+        let public = self.meta.replica_or_create(repo, origin, public_if_new, stamp).await?;
         self.changed().await?;
         Ok(public)
     }
 
-    /// The node whose pins created `repo` here, if it is a replica.
-    pub async fn replica_origin(&self, repo: &str) -> Result<Option<String>> {
-        Ok(self.meta.replica_origin(repo).await?)
+    /// Whether a claim of `origin` signed at `stamp` is the newest applied to its replica
+    /// `repo` (recorded if so); false for an older claim, or a repository not `origin`'s.
+    pub async fn advance_replica(&self, repo: &str, origin: &str, stamp: i64) -> Result<bool> {
+        Ok(self.meta.advance_replica(repo, origin, stamp).await?)
     }
 
     /// Sets how many nodes IPFS Cluster keeps `repo`'s images on (None: the node's default).
