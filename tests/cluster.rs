@@ -462,3 +462,131 @@ fn the_registry_pins_follow_its_tags() {
     assert_eq!(client().delete(a.url(&format!("/v2/team/app/manifests/{digest}"))).send().unwrap().status(), 202);
     wait_for(3, "the deleted image unpinned", || pin_of(&second).is_none(), || a.log_text());
 }
+
+/// An image layout like `build_image`'s, with `text` in a file of its own: layers no other test
+/// image shares.
+fn variant(tmp: &Path, name: &str, text: &str) -> PathBuf {
+    let dir = tmp.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let layout = build_image(&dir);
+    std::fs::write(dir.join("variant.txt"), text).unwrap();
+    run(Command::new("umoci").args(["insert", "--image", &format!("{}:t", layout.display())]).arg(dir.join("variant.txt")).arg("/variant.txt"));
+    layout
+}
+
+/// What a compromised cluster peer can and cannot do to a node (SECURITY.md). V and M, each
+/// behind its cluster peer; M trusts V. The cluster peer of M is the attacker: it can pin
+/// anything with any metadata.
+/// - M's registry pins its public image of a repository V made itself (`team/secret`): V holds
+///   the bytes, but writes no tag into its own repository, and its private image stays private.
+/// - The attacker pins V's own private image with metadata saying public (signature forged):
+///   V holds it and serves nothing of it.
+/// - M's private image is replicated to V (a trusted peer), private there. The attacker re-pins
+///   it saying public, unsigned: nothing changes on V. M makes a public image private: V follows
+///   M's signed claim; the attacker then replays M's older claim (public): V stays private.
+#[test]
+fn a_compromised_cluster_peer_makes_a_node_hold_bytes_never_publish_or_tag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ips = ["127.0.0.5", "127.0.0.6"];
+    let ports: Vec<u16> = (0..2).map(|_| free_addr().port()).collect();
+    let mut peers: Vec<ClusterPeer> = ["pv", "pm"].iter().enumerate().map(|(i, name)| ClusterPeer::init(tmp.path(), name, ips[i], ports[i])).collect();
+    let start = |i: usize, extra: &[&str]| {
+        let (swarm, rpc) = (format!("/ip4/{}/tcp/0", ips[i]), format!("127.0.0.1:{}", ports[i]));
+        let mut args = vec!["--swarm", &swarm, "--rpc", &rpc, "--cluster-api", &peers[i].url, "--replicas", "2"];
+        args.extend_from_slice(extra);
+        Node::start_with(&args)
+    };
+    let v = start(0, &[]);
+    let v_id = rpc(&v, "id").json::<serde_json::Value>().unwrap()["ID"].as_str().unwrap().to_string();
+    let m = start(1, &["--trusted-peer", &v_id]);
+    let addrs: Vec<String> = peers.iter().map(|p| p.addr.clone()).collect();
+    for (i, p) in peers.iter_mut().enumerate() {
+        p.start(&[addrs[1 - i].clone()]);
+    }
+    let logs = || format!("--- V\n{}\n--- M\n{}", v.log_text(), m.log_text());
+    wait_for(60, "both peers' free-space metrics", || String::from_utf8_lossy(&peers[1].ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).matches("\"valid\": true").count() >= 2, logs);
+    let gateway = |node: &Node, path: &str| client().get(node.gateway_url(path)).send().unwrap().status().as_u16();
+    let tags = |node: &Node, repo: &str| -> Vec<String> {
+        let v: serde_json::Value = node.as_admin(client().get(node.url(&format!("/v2/{repo}/tags/list")))).send().unwrap().json().unwrap();
+        v["tags"].as_array().map(|t| t.iter().filter_map(|t| t.as_str().map(String::from)).collect()).unwrap_or_default()
+    };
+    let layer_of = |node: &Node, repo: &str| -> String {
+        let manifest: serde_json::Value = node.as_admin(client().get(node.url(&format!("/v2/{repo}/manifests/t"))).header("Accept", OCI_MANIFEST)).send().unwrap().json().unwrap();
+        let digest = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
+        let r = node.as_admin(client().head(node.url(&format!("/v2/{repo}/blobs/{digest}")))).send().unwrap();
+        r.headers()["Ipfs-Cid"].to_str().unwrap().to_string()
+    };
+    // The attacker's pin: any CID, any metadata, allocated to V.
+    let forge = |cid: &str, meta: &[(&str, &str)]| {
+        let mut cmd = peers[1].ctl();
+        cmd.args(["pin", "add", "--allocations", &peers[0].id, "--rmin", "1", "--rmax", "1"]);
+        for (k, val) in meta {
+            cmd.args(["--metadata", &format!("{k}={val}")]);
+        }
+        let out = cmd.arg(cid).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let pin_meta = |cid: &str| -> serde_json::Value {
+        let out = peers[1].ctl().args(["pin", "ls", cid]).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()["metadata"].clone()
+    };
+
+    // V's own private image.
+    let mine = variant(tmp.path(), "mine", "V's own");
+    push_layout(&mine, &format!("{}/team/secret:t", v.host()));
+    let secret_layer = layer_of(&v, "team/secret");
+    let secret_image = image_cid(&v, "team/secret", "t");
+    assert_eq!(gateway(&v, &format!("/ipfs/{secret_layer}")), 404);
+
+    // M's public image in a repository of the same name, tagged from-cluster.
+    let theirs = variant(tmp.path(), "theirs", "M's");
+    make_public(&m, "team/secret");
+    run(skopeo().args(["copy", "--dest-tls-verify=false"]).arg(format!("oci:{}:t", theirs.display())).arg(format!("docker://{}/team/secret:from-cluster", m.host())));
+    let injected = image_cid(&m, "team/secret", "from-cluster");
+    wait_for(120, "V holds M's image", || pinned(&v, &injected), logs);
+    assert_eq!(tags(&v, "team/secret"), ["t"], "a cluster pin wrote a tag into V's own repository");
+    assert!(v.log_text().contains("a cluster pin may not write into it"), "{}", v.log_text());
+
+    // The attacker pins V's private image saying public, with a forged signature.
+    forge(&secret_image, &[("af-repository", "team/secret"), ("af-visibility", "public"), ("af-node", &v_id), ("af-stamp", "1"), ("af-signature", &"ab".repeat(64))]);
+    wait_for(60, "V pins its own image for the attacker", || pinned(&v, &secret_image), logs);
+    std::thread::sleep(Duration::from_secs(12));
+    for path in [format!("/ipfs/{secret_layer}"), format!("/ipfs/{secret_image}/index.json")] {
+        assert_eq!(gateway(&v, &path), 404, "{path} became readable on V");
+    }
+
+    // M's private image, replicated to V (trusted), private there; the attacker says public.
+    let private = variant(tmp.path(), "private", "M's private");
+    push_layout(&private, &format!("{}/shared/private:t", m.host()));
+    let private_image = image_cid(&m, "shared/private", "t");
+    let private_layer = layer_of(&m, "shared/private");
+    wait_for(120, "V holds M's private image", || pinned(&v, &private_image) && tags(&v, "shared/private") == ["t"], logs);
+    assert_eq!(gateway(&v, &format!("/ipfs/{private_layer}")), 404);
+    let mut meta: Vec<(String, String)> = pin_meta(&private_image).as_object().unwrap().iter().map(|(k, val)| (k.clone(), val.as_str().unwrap().to_string())).collect();
+    for (k, val) in meta.iter_mut() {
+        if k == "af-visibility" {
+            *val = "public".into();
+        }
+    }
+    forge(&private_image, &meta.iter().map(|(k, val)| (k.as_str(), val.as_str())).collect::<Vec<_>>());
+    std::thread::sleep(Duration::from_secs(25));
+    assert_eq!(gateway(&v, &format!("/ipfs/{private_layer}")), 404, "an unsigned claim made a replica public");
+
+    // M's public image, replicated public; M makes it private (V follows); the attacker replays
+    // M's older, signed, public claim.
+    let open = variant(tmp.path(), "open", "M's open");
+    make_public(&m, "shared/open");
+    push_layout(&open, &format!("{}/shared/open:t", m.host()));
+    let open_image = image_cid(&m, "shared/open", "t");
+    let open_layer = layer_of(&m, "shared/open");
+    wait_for(120, "V serves M's public image", || gateway(&v, &format!("/ipfs/{open_layer}")) == 200, logs);
+    let old_claim = pin_meta(&open_image);
+    assert_eq!(old_claim["af-visibility"], "public");
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "shared/open", "private"]).arg("--data-dir").arg(&m.data_dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for(60, "V follows M's signed claim", || gateway(&v, &format!("/ipfs/{open_layer}")) == 404, logs);
+    let replay: Vec<(String, String)> = old_claim.as_object().unwrap().iter().map(|(k, val)| (k.clone(), val.as_str().unwrap().to_string())).collect();
+    forge(&open_image, &replay.iter().map(|(k, val)| (k.as_str(), val.as_str())).collect::<Vec<_>>());
+    std::thread::sleep(Duration::from_secs(25));
+    assert_eq!(gateway(&v, &format!("/ipfs/{open_layer}")), 404, "a replayed claim made a replica public again");
+}
