@@ -183,10 +183,8 @@ async fn config_created(registry: &Registry, repository: &str, digest: &str) -> 
     let url = registry.url(&format!("/v2/{repository}/blobs/{digest}"));
     let response = registry.check(registry.send(&format!("repository:{repository}:pull"), |http| http.get(&url)).await?).await?;
     // Configs are small; a huge one is not read for a date.
-    if response.content_length().is_some_and(|n| n > 4 << 20) {
-        return Ok(None);
-    }
-    let config: Value = response.json().await.unwrap_or(Value::Null);
+    let Ok(config) = af_registry::client::read_limited(response, 4 << 20).await else { return Ok(None) };
+    let config: Value = serde_json::from_slice(&config).unwrap_or(Value::Null);
     Ok(config.get("created").and_then(Value::as_str).map(str::to_string))
 }
 
@@ -197,7 +195,7 @@ use af_registry::range::human_size as human;
 pub async fn list(target: Target, namespace: Option<String>, as_json: bool) -> anyhow::Result<()> {
     let host = target.host(None)?;
     let registry = target.registry(&host)?;
-    let mut out = std::io::stdout().lock();
+    let mut out = Printable(std::io::stdout().lock());
     let mut first = true;
     if as_json {
         write!(out, "[")?;
@@ -281,7 +279,7 @@ pub async fn info(target: Target, reference: String, raw: bool, as_json: bool, g
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = Printable(std::io::stdout().lock());
     writeln!(out, "Reference:   {image}")?;
     writeln!(out, "Digest:      {}", s.digest)?;
     writeln!(out, "Media type:  {}", s.media_type)?;
@@ -602,4 +600,26 @@ pub async fn pull(target: Target, reference: String, to: Option<String>, platfor
         println!("{said}");
     }
     Ok(())
+}
+
+/// A terminal writer for what a registry named (repositories, tags, media types, errors): its
+/// control characters are shown as `\u{..}`, never sent, so a hostile registry cannot move the
+/// cursor, retitle the window or rewrite what the user sees (escape sequences).
+struct Printable<W: Write>(W);
+
+impl<W: Write> Write for Printable<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+            let shown: String = text.chars().map(|c| if c.is_control() && c != '\n' && c != '\t' { c.escape_unicode().to_string() } else { c.to_string() }).collect();
+            self.0.write_all(shown.as_bytes())?;
+        } else {
+            self.0.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }

@@ -123,7 +123,8 @@ impl Registry {
         }
         let response = request.send().await.map_err(|e| ClientError::Unreachable { registry: self.host.clone(), detail: root_cause(&e) })?;
         let response = self.check(response).await?;
-        let body: serde_json::Value = response.json().await.map_err(|e| self.protocol(format!("token service: {e}")))?;
+        let body = read_limited(response, MAX_ERROR_BODY).await.map_err(|e| self.protocol(format!("token service: {e}")))?;
+        let body: serde_json::Value = serde_json::from_slice(&body).map_err(|e| self.protocol(format!("token service: {e}")))?;
         body.get("token")
             .or_else(|| body.get("access_token"))
             .and_then(|t| t.as_str())
@@ -137,10 +138,12 @@ impl Registry {
         if status.is_success() {
             return Ok(response);
         }
-        let body = response.text().await.unwrap_or_default();
+        let body = read_limited(response, MAX_ERROR_BODY).await.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        // Shown on the user's terminal: no control characters (escape sequences) from a registry.
+        let body: String = body.chars().map(|c| if c.is_control() && c != '\n' { ' ' } else { c }).collect();
         let parsed: Option<serde_json::Value> = serde_json::from_str(&body).ok();
         let first = parsed.as_ref().and_then(|v| v.get("errors")).and_then(|e| e.get(0));
-        let field = |k: &str| first.and_then(|e| e.get(k)).and_then(|v| v.as_str()).map(str::to_string);
+        let field = |k: &str| first.and_then(|e| e.get(k)).and_then(|v| v.as_str()).map(|v| v.chars().filter(|c| !c.is_control()).take(1000).collect::<String>());
         let code = field("code").unwrap_or_else(|| match status {
             StatusCode::UNAUTHORIZED => "UNAUTHORIZED".into(),
             StatusCode::FORBIDDEN => "DENIED".into(),
@@ -163,7 +166,7 @@ impl Registry {
         let response = self.check(response).await?;
         let headers = response.headers().clone();
         let media_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-        let body = response.bytes().await.map_err(|e| self.protocol(e.to_string()))?;
+        let body = read_limited(response, crate::manifest::MAX_MANIFEST_BYTES).await.map_err(|e| self.protocol(format!("{repository}:{reference}: {e}")))?;
         Ok((body, media_type, headers))
     }
 
@@ -172,9 +175,32 @@ impl Registry {
         let url = self.url(path);
         let response = self.check(self.send(scope, |http| http.get(&url)).await?).await?;
         let next = response.headers().get("link").and_then(|v| v.to_str().ok()).and_then(next_link);
-        let body = response.json().await.map_err(|e| self.protocol(format!("{path}: {e}")))?;
+        let body = read_limited(response, MAX_JSON_PAGE).await.map_err(|e| self.protocol(format!("{path}: {e}")))?;
+        let body = serde_json::from_slice(&body).map_err(|e| self.protocol(format!("{path}: {e}")))?;
         Ok((body, next))
     }
+}
+
+/// The most a registry's error body, or a token service's answer, is read.
+const MAX_ERROR_BODY: usize = 64 << 10;
+/// The most one page of a listing (catalog, tags, referrers) is read: as the registry's own
+/// referrers pages, about 1 MiB, with room.
+const MAX_JSON_PAGE: usize = 4 << 20;
+
+/// A response's body, read as it comes and refused past `limit` bytes (a hostile registry can
+/// stream without end: 422 MiB once took the client past 1 GiB).
+pub async fn read_limited(mut response: Response, limit: usize) -> Result<bytes::Bytes, String> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(format!("the answer is over {limit} bytes"));
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| root_cause(&e))? {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("the answer is over {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 fn basic(login: &Login) -> String {
