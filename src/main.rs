@@ -248,8 +248,10 @@ fn main() {
     }
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        // One line: the error and its causes.
-        eprintln!("af: {e:#}");
+        // One line: the error and its causes, with no control characters (a registry's names
+        // and messages end up here: never escape sequences to the user's terminal).
+        let line: String = format!("{e:#}").chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        eprintln!("af: {line}");
         std::process::exit(1);
     }
 }

@@ -63,7 +63,7 @@ fn the_gateway_believes_forwarded_hosts_from_its_proxy_only() {
 fn the_rpc_beyond_loopback_keeps_the_operators_figures() {
     let port = free_addr().port();
     let bind = format!("0.0.0.0:{port}");
-    let node = Node::start_with_env(&["--rpc", &bind, "--auth", "token"], &[("AF_ADMIN_PASSWORD", "correct-horse-battery")]);
+    let _node = Node::start_with_env(&["--rpc", &bind, "--auth", "token"], &[("AF_ADMIN_PASSWORD", "correct-horse-battery")]);
     for call in ["repo/stat", "swarm/peers", "bitswap/stat", "bitswap/ledger?arg=12D3KooWLGjJ7wfdgLJGmALFXRxKrbdvu18DWrvACr3vUk4QKZv5"] {
         let r = client().post(format!("http://127.0.0.1:{port}/api/v0/{call}")).send().unwrap();
         assert!(matches!(r.status().as_u16(), 401 | 403), "{call} answered a stranger: {}", r.status());
