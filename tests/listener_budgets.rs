@@ -83,35 +83,48 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// Items 18 and 19: the home page names the host it was asked on, never a stranger's forwarded
-/// one, and is not cached; ten tags of 4 MiB manifests are parsed once, not on every request.
+/// one, and is not cached; ten tags of 4 MiB manifests (25,000 layers each) are parsed once,
+/// not on every request: a page after the first costs well under half what the first did.
 #[test]
 fn the_home_page_is_bounded_and_names_its_own_host() {
     let node = Node::start();
     let config = b"{\"created\":\"2026-01-01T00:00:00Z\"}".to_vec();
     let config_digest = push_blob(&node, "pub/big", &config);
+    let layer = serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": config_digest, "size": config.len()});
     for i in 0..10 {
         let manifest = serde_json::json!({
             "schemaVersion": 2, "mediaType": OCI_MANIFEST,
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-            "layers": [],
-            "annotations": {"padding": "x".repeat((4 << 20) - 600), "n": i.to_string()},
+            "layers": vec![layer.clone(); 25_000],
+            "annotations": {"n": i.to_string()},
         });
-        let r = put_manifest(&node, "pub/big", &format!("t{i}"), OCI_MANIFEST, manifest.to_string().as_bytes());
-        assert_eq!(r.status(), 201);
+        let body = manifest.to_string();
+        assert!(body.len() < 4 << 20, "{}", body.len());
+        let r = put_manifest(&node, "pub/big", &format!("t{i}"), OCI_MANIFEST, body.as_bytes());
+        assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+        // Read once, so the database's pages are warm before the pages are timed.
+        assert_eq!(client().get(node.url(&format!("/v2/pub/big/manifests/t{i}"))).header("Accept", OCI_MANIFEST).send().unwrap().status(), 200);
     }
     make_public(&node, "pub/big");
-    let r = client().get(node.url("/")).header("X-Forwarded-Host", "evil.example").send().unwrap();
-    assert_eq!(r.headers().get("cache-control").map(|v| v.to_str().unwrap()), Some("no-cache"));
-    let page = r.text().unwrap();
-    assert!(page.contains(&format!("docker pull {}/pub/big", node.host())), "{page}");
-    assert!(!page.contains("evil.example"));
-    let before = cpu_seconds(node.pid());
-    for _ in 0..10 {
-        assert!(client().get(node.url("/")).send().unwrap().status().is_success());
-    }
-    let spent = cpu_seconds(node.pid()) - before;
-    eprintln!("ten more pages with ten 4 MiB manifests: {spent:.2} CPU-s");
-    assert!(spent < 3.0, "ten pages cost {spent:.2} CPU seconds: manifests parsed on every request");
+    let page = |forwarded: Option<&str>| {
+        let mut rb = client().get(node.url("/"));
+        if let Some(f) = forwarded {
+            rb = rb.header("X-Forwarded-Host", f);
+        }
+        let before = cpu_seconds(node.pid());
+        let r = rb.send().unwrap();
+        assert!(r.status().is_success());
+        let cache = r.headers().get("cache-control").map(|v| v.to_str().unwrap().to_string());
+        let text = r.text().unwrap();
+        (cpu_seconds(node.pid()) - before, cache, text)
+    };
+    let (first, cache, text) = page(Some("evil.example"));
+    assert_eq!(cache.as_deref(), Some("no-cache"));
+    assert!(text.contains(&format!("docker pull {}/pub/big", node.host())), "{text}");
+    assert!(!text.contains("evil.example"));
+    let later: f64 = (0..5).map(|_| page(None).0).sum::<f64>() / 5.0;
+    eprintln!("the home page: first {first:.3} CPU-s, later {later:.3} CPU-s each");
+    assert!(later < first / 2.0, "every page parses the manifests again: first {first:.3} s, later {later:.3} s");
 }
 
 /// A DNS server of the test's own on UDP: answers `_dnslink.good.test` with `link`, and never
@@ -192,4 +205,53 @@ fn silent_domains_cannot_take_a_known_names_answers() {
     }
     assert_eq!(refused, 0, "a known name was refused {refused} of 30 times while silent names were looked up");
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// The entries of a tar archive a gateway sent, as far as it goes (an archive cut off by the
+/// gateway's refusal ends early).
+fn tar_entries(bytes: &[u8]) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    let mut archive = tar::Archive::new(bytes);
+    let Ok(entries) = archive.entries() else { return out };
+    for entry in entries {
+        let Ok(entry) = entry else { break };
+        let path = entry.path().map(|p| p.display().to_string()).unwrap_or_default();
+        let link = entry.link_name().ok().flatten().map(|l| l.display().to_string());
+        out.push((path, link));
+    }
+    out
+}
+
+/// Item 13: `?format=tar` never archives a symlink pointing out of the archive (an absolute
+/// target), nor an entry beneath a symlink whose name differs only by case (a case-insensitive
+/// file system would write through it). The directories are Kubo's (`ipfs add -r`).
+#[test]
+fn tar_archives_hold_no_way_out() {
+    let node = Node::start();
+    let kubo = Kubo::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let add = |dir: &std::path::Path| {
+        let out = kubo.cmd().args(["add", "-r", "-Q", "--cid-version=1", "--raw-leaves"]).arg(dir).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let root = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        import_from_kubo(&kubo, &node, &root);
+        root
+    };
+    let absolute = tmp.path().join("absolute");
+    std::fs::create_dir_all(&absolute).unwrap();
+    std::fs::write(absolute.join("readme.txt"), "hello").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", absolute.join("passwd")).unwrap();
+    let cased = tmp.path().join("cased");
+    std::fs::create_dir_all(cased.join("a")).unwrap();
+    std::fs::create_dir_all(cased.join("inner")).unwrap();
+    std::fs::write(cased.join("a/file.txt"), "written through A").unwrap();
+    std::os::unix::fs::symlink("inner", cased.join("A")).unwrap();
+    for (dir, what) in [(&absolute, "a symlink to /etc/passwd"), (&cased, "a/file.txt beneath the symlink A")] {
+        let root = add(dir);
+        let r = client().get(node.gateway_url(&format!("/ipfs/{root}?format=tar"))).send().unwrap();
+        let bytes = r.bytes().unwrap_or_default();
+        let entries = tar_entries(&bytes);
+        assert!(!entries.iter().any(|(_, link)| link.as_deref().is_some_and(|l| l.starts_with('/'))), "{what}: {entries:?}");
+        assert!(!entries.iter().any(|(path, _)| path.ends_with("a/file.txt")), "{what}: {entries:?}");
+    }
 }

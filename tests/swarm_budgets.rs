@@ -160,6 +160,7 @@ fn hostile_peers_neither_starve_nor_bloat_the_node() {
     let _flooding = rt.block_on(flooding).unwrap();
     honest.assert_served("after the floods");
     let peak = memory.peak_kib();
+    eprintln!("the node's peak anonymous memory under the attacks: {} MiB", peak >> 10);
     assert!(peak < 256 << 10, "the node's anonymous memory reached {} MiB", peak >> 10);
     drop(silent);
     // The node is well and answers over HTTP.

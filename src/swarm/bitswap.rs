@@ -222,20 +222,22 @@ impl Server {
         self.me.upgrade()
     }
 
-    fn peer(&self, peer: PeerId) -> Arc<PeerState> {
-        self.peers
-            .lock()
-            .expect("peers lock")
-            .entry(peer)
-            .or_insert_with(|| {
-                Arc::new(PeerState {
-                    streams: AtomicUsize::new(0),
-                    inbound: Arc::new(Semaphore::new(INBOUND_PER_PEER_KIB as usize)),
-                    wants: Default::default(),
-                    answering: AtomicBool::new(false),
-                })
+    /// `peer`'s state, made if it has none, with `streams` more streams counted (and how many it
+    /// now has): under the
+    /// peers' lock, so a state is never dropped (`forget_if_idle`) between its lookup and the
+    /// count of a new stream.
+    fn peer(&self, peer: PeerId, streams: usize) -> (Arc<PeerState>, usize) {
+        let mut peers = self.peers.lock().expect("peers lock");
+        let state = peers.entry(peer).or_insert_with(|| {
+            Arc::new(PeerState {
+                streams: AtomicUsize::new(0),
+                inbound: Arc::new(Semaphore::new(INBOUND_PER_PEER_KIB as usize)),
+                wants: Default::default(),
+                answering: AtomicBool::new(false),
             })
-            .clone()
+        });
+        let now = state.streams.fetch_add(streams, Ordering::AcqRel) + streams;
+        (state.clone(), now)
     }
 
     /// Drops a peer's state once it has no stream, no waiting want and no answer under way.
@@ -253,11 +255,10 @@ impl Server {
 
     /// Takes a stream slot of `peer`'s, if it has one left and the node too.
     fn open_stream(&self, peer: PeerId) -> Option<StreamSlot<'_>> {
-        let state = self.peer(peer);
-        let slot = StreamSlot { server: self, peer, state: state.clone() };
-        let mine = state.streams.fetch_add(1, Ordering::AcqRel);
-        let all = self.streams.fetch_add(1, Ordering::AcqRel);
-        (mine < STREAMS_PER_PEER && all < STREAMS_TOTAL).then_some(slot)
+        let (state, mine) = self.peer(peer, 1);
+        let all = self.streams.fetch_add(1, Ordering::AcqRel) + 1;
+        let slot = StreamSlot { server: self, peer, state };
+        (mine <= STREAMS_PER_PEER && all <= STREAMS_TOTAL).then_some(slot)
     }
 
     async fn serve_stream(&self, peer: PeerId, mut stream: libp2p::Stream, protocol: StreamProtocol) {
