@@ -78,8 +78,8 @@ impl Honest {
     }
 }
 
-/// Items 2 to 4: silent streams, a peer that never reads its replies, and messages of a million
-/// empty wants, from peers on one connection each. An honest Kubo gets each public block in
+/// Items 2 to 5: silent streams, a peer that never reads its replies, messages of a million
+/// empty wants, and a peer repeating its wants, from peers on one connection each. An honest Kubo gets each public block in
 /// under a second throughout, and the node's memory stays under 256 MiB.
 #[test]
 fn hostile_peers_neither_starve_nor_bloat_the_node() {
@@ -156,6 +156,21 @@ fn hostile_peers_neither_starve_nor_bloat_the_node() {
     });
     std::thread::sleep(Duration::from_secs(3));
     honest.assert_served("messages of a million wants");
+    // A peer that reads, asking for the 1 MiB blocks 1,024 times a message, ten messages a second.
+    let repeating = rt.spawn({
+        let (addr, big) = (addr.clone(), big.clone());
+        async move {
+            let mut p = RawPeer::connect(&addr).await;
+            for _ in 0..30 {
+                p.send(&want(big.iter().flat_map(|c| std::iter::repeat_n(c.to_bytes(), 256)), WantType::Block)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            p
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    honest.assert_served("a peer repeating its wants");
+    let _repeating = rt.block_on(repeating).unwrap();
     let _stalling = rt.block_on(stalling).unwrap();
     let _flooding = rt.block_on(flooding).unwrap();
     honest.assert_served("after the floods");
