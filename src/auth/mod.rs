@@ -437,6 +437,19 @@ impl Auth {
     }
 
     /// Whether `caller` may list the catalog (it then sees only what it may pull).
+    /// Whether `caller` holds the operator's rights (an RPC bound beyond loopback): an
+    /// administrator's password or Admin-capped access token given directly, or a JWT whose
+    /// scope grants `registry:operator:*`. A JWT asked for anything else (a repository's pull)
+    /// is not the operator, whoever holds it.
+    pub fn is_operator(caller: &Caller) -> bool {
+        let admin = |i: &Identity| i.is_admin && i.cap == Role::Admin;
+        match caller {
+            Caller::Anonymous => false,
+            Caller::Basic(i) => admin(i),
+            Caller::Bearer { identity, access } => admin(identity) && access.contains(&Scope::Operator),
+        }
+    }
+
     pub fn authorize_catalog(&self, caller: &Caller) -> Result<()> {
         match caller {
             Caller::Anonymous => Err(AuthError::Unauthenticated),
@@ -464,6 +477,8 @@ impl Auth {
                 }
                 Scope::Catalog if identity.is_some() => granted.push(Scope::Catalog),
                 Scope::Catalog => {}
+                Scope::Operator if identity.is_some_and(|i| i.is_admin && i.cap == Role::Admin) => granted.push(Scope::Operator),
+                Scope::Operator => {}
             }
         }
         let now = now_secs();
@@ -484,6 +499,7 @@ impl Auth {
                         actions: actions.iter().map(|a| a.as_str().to_string()).collect(),
                     },
                     Scope::Catalog => AccessEntry { kind: "registry".into(), name: "catalog".into(), actions: vec!["*".into()] },
+                    Scope::Operator => AccessEntry { kind: "registry".into(), name: "operator".into(), actions: vec!["*".into()] },
                 })
                 .collect(),
             tid: identity.and_then(|i| i.token_id.clone()),

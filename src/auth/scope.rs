@@ -35,6 +35,10 @@ pub enum Scope {
     Repository { name: String, actions: BTreeSet<Action> },
     /// `registry:catalog:*`.
     Catalog,
+    /// `registry:operator:*`: the operator's rights on an RPC bound beyond loopback. Granted
+    /// only to an administrator's credential whose cap is Admin, and only when asked for: a
+    /// token minted for a repository's pull carries nothing of it.
+    Operator,
 }
 
 impl Scope {
@@ -64,6 +68,7 @@ impl Scope {
                 Some(Scope::Repository { name: name.to_string(), actions: set })
             }
             "registry" if name == "catalog" => Some(Scope::Catalog),
+            "registry" if name == "operator" => Some(Scope::Operator),
             _ => None,
         }
     }
@@ -76,6 +81,7 @@ impl Scope {
                 format!("repository:{name}:{}", list.join(","))
             }
             Scope::Catalog => "registry:catalog:*".to_string(),
+            Scope::Operator => "registry:operator:*".to_string(),
         }
     }
 }
@@ -90,6 +96,7 @@ mod tests {
         assert_eq!(s.to_challenge(), "repository:a/b:pull,push");
         assert_eq!(Scope::parse("repository:x:*").unwrap().to_challenge(), "repository:x:pull,push,delete");
         assert_eq!(Scope::parse("registry:catalog:*"), Some(Scope::Catalog));
+        assert_eq!(Scope::parse("registry:operator:*"), Some(Scope::Operator));
         assert_eq!(Scope::parse("garbage"), None);
         // A registry host with a port in the name still splits at the last colon.
         assert!(matches!(Scope::parse("repository:a:b"), Some(Scope::Repository { name, .. }) if name == "a"));

@@ -103,6 +103,30 @@ fn run_helper(helper: &str, action: &str, input: &str) -> Result<String, Credent
     Ok(stdout)
 }
 
+/// An exclusive lock on the credentials file, held across a read-modify-write: two logins at
+/// once each read the file, added their entry and renamed their copy over it, and one of the
+/// two entries was lost (73 of 160 in a test). A lock file beside it, `flock`ed; released when
+/// dropped.
+struct ConfigLock {
+    _file: std::fs::File,
+}
+
+impl ConfigLock {
+    fn take() -> Result<ConfigLock, CredentialsError> {
+        use std::os::fd::AsRawFd;
+        let path = config_path()?;
+        let err = |detail: String| CredentialsError::File { path: path.display().to_string(), detail };
+        let dir = path.parent().ok_or_else(|| err("no parent directory".into()))?;
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(".config.json.lock")).map_err(|e| err(e.to_string()))?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(err(format!("locking: {}", std::io::Error::last_os_error())));
+        }
+        Ok(ConfigLock { _file: file })
+    }
+}
+
 /// The login kept for `registry`, if any.
 pub fn get(registry: &str) -> Result<Option<Login>, CredentialsError> {
     let (path, config) = read_config()?;
@@ -130,6 +154,7 @@ pub fn get(registry: &str) -> Result<Option<Login>, CredentialsError> {
 
 /// Keeps `login` for `registry` (through the helper, if the file names one).
 pub fn store(registry: &str, login: &Login) -> Result<(), CredentialsError> {
+    let _lock = ConfigLock::take()?;
     let (path, mut config) = read_config()?;
     if let Some(helper) = helper_for(&config, registry) {
         let input = json!({"ServerURL": registry, "Username": login.username, "Secret": login.secret}).to_string();
@@ -152,6 +177,7 @@ pub fn store(registry: &str, login: &Login) -> Result<(), CredentialsError> {
 
 /// Forgets the login for `registry`. False when there was none.
 pub fn erase(registry: &str) -> Result<bool, CredentialsError> {
+    let _lock = ConfigLock::take()?;
     let (path, mut config) = read_config()?;
     let mut found = false;
     if let Some(helper) = helper_for(&config, registry) {

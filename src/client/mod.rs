@@ -74,12 +74,21 @@ impl Registry {
         format!("{}{path}", self.base)
     }
 
+    /// Whether `url` is this registry's own origin (scheme, host and port): the only place its
+    /// credentials go, besides the token service the registry itself names.
+    fn is_own(&self, url: &reqwest::Url) -> bool {
+        reqwest::Url::parse(&self.base).is_ok_and(|base| base.origin() == url.origin())
+    }
+
     /// Sends the request `build` makes (again, if the registry challenges it) for an operation
-    /// needing `scope` (`repository:ns/app:pull`; empty for `/v2/`).
+    /// needing `scope` (`repository:ns/app:pull`; empty for `/v2/`). Credentials go only to the
+    /// registry's own origin: a request to another host (an upload `Location` elsewhere) carries
+    /// none, and a challenge is answered only when the registry itself made it, not a host a
+    /// redirect led to (which would otherwise be sent the stored password: CVE-2020-15157).
     pub async fn send(&self, scope: &str, build: impl Fn(&reqwest::Client) -> RequestBuilder) -> Result<Response, ClientError> {
         let cached = self.tokens.lock().expect("tokens lock").get(scope).cloned();
         let first = self.execute(build(&self.http), cached.as_deref()).await?;
-        if first.status() != StatusCode::UNAUTHORIZED {
+        if first.status() != StatusCode::UNAUTHORIZED || !self.is_own(first.url()) {
             return Ok(first);
         }
         let challenge = first.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
@@ -99,12 +108,14 @@ impl Registry {
     }
 
     async fn execute(&self, request: RequestBuilder, authorization: Option<&str>) -> Result<Response, ClientError> {
-        let request = match authorization {
-            Some(a) if a.starts_with("Bearer ") || a.starts_with("Basic ") => request.header(AUTHORIZATION, a),
-            Some(token) => request.header(AUTHORIZATION, format!("Bearer {token}")),
-            None => request,
-        };
-        request.send().await.map_err(|e| ClientError::Unreachable { registry: self.host.clone(), detail: root_cause(&e) })
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable { registry: self.host.clone(), detail: root_cause(&e) };
+        let mut request = request.build().map_err(unreachable)?;
+        if let Some(a) = authorization.filter(|_| self.is_own(request.url())) {
+            let value = if a.starts_with("Bearer ") || a.starts_with("Basic ") { a.to_string() } else { format!("Bearer {a}") };
+            let value = reqwest::header::HeaderValue::from_str(&value).map_err(|e| self.protocol(format!("a credential that is no header value: {e}")))?;
+            request.headers_mut().insert(AUTHORIZATION, value);
+        }
+        self.http.execute(request).await.map_err(unreachable)
     }
 
     /// A token from the registry's token service, for `scope`, with the login if there is one.

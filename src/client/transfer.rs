@@ -69,14 +69,83 @@ pub(super) fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }
 
-fn read_json(path: &Path) -> Result<Value> {
-    let bytes = std::fs::read(path).map_err(|e| layout_err(path, e))?;
+/// Index levels followed at most (an index of indexes of manifests is two): a hostile layout or
+/// registry nested 6,000 deep overflowed the stack.
+pub const MAX_DEPTH: usize = 8;
+/// The most bytes of `index.json` or a manifest read from a layout: the registry's own limit.
+const MAX_LAYOUT_JSON: usize = crate::manifest::MAX_MANIFEST_BYTES;
+
+/// Opens `path`, a file of the layout at `dir`, for reading: only a regular file inside the
+/// layout, reached through no symbolic link below `dir` (a blob linked to a key file elsewhere
+/// was read and sent), never a device or a FIFO (opened without waiting for a writer).
+fn open_inside(dir: &Path, path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let inside = path.strip_prefix(dir).map_err(|_| layout_err(path, "not inside the layout"))?;
+    let mut at = dir.to_path_buf();
+    for part in inside.components() {
+        at.push(part);
+        let meta = std::fs::symlink_metadata(&at).map_err(|e| layout_err(&at, e))?;
+        if meta.file_type().is_symlink() {
+            return Err(layout_err(&at, "a symbolic link: only the layout's own files are read"));
+        }
+    }
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).map_err(|e| layout_err(path, e))?;
+    let meta = file.metadata().map_err(|e| layout_err(path, e))?;
+    if !meta.is_file() {
+        return Err(layout_err(path, "not a regular file"));
+    }
+    Ok(file)
+}
+
+/// The bytes of a small file of the layout (at most `limit`).
+fn read_small(dir: &Path, path: &Path, limit: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = open_inside(dir, path)?;
+    let mut bytes = Vec::new();
+    file.take(limit as u64 + 1).read_to_end(&mut bytes).map_err(|e| layout_err(path, e))?;
+    if bytes.len() > limit {
+        return Err(layout_err(path, format!("over {limit} bytes")));
+    }
+    Ok(bytes)
+}
+
+fn read_json(dir: &Path, path: &Path) -> Result<Value> {
+    let bytes = read_small(dir, path, MAX_LAYOUT_JSON)?;
     serde_json::from_slice(&bytes).map_err(|e| layout_err(path, format!("not JSON: {e}")))
+}
+
+/// What a walk of manifests has seen: each digest is pushed or pulled once however often the
+/// indexes name it (a 319 KB layout named a million), and indexes nest [`MAX_DEPTH`] deep at most.
+#[derive(Default)]
+pub struct Walk {
+    seen: std::collections::HashSet<String>,
+    depth: usize,
+}
+
+impl Walk {
+    /// True the first time manifest `digest` is met.
+    fn first(&mut self, digest: &str) -> bool {
+        self.seen.insert(format!("manifest {digest}"))
+    }
+
+    /// True the first time blob `digest` is met (a manifest's bytes and a blob's go to
+    /// different endpoints, so one digest may be both).
+    fn first_blob(&mut self, digest: &str) -> bool {
+        self.seen.insert(format!("blob {digest}"))
+    }
+
+    fn deeper(&mut self, at: &str) -> Result<()> {
+        if self.depth >= MAX_DEPTH {
+            return Err(TransferError::Selection(format!("{at}: indexes nest more than {MAX_DEPTH} deep")));
+        }
+        self.depth += 1;
+        Ok(())
+    }
 }
 
 /// The manifest descriptor `tag` names in the layout's index.json (the only one, if no tag).
 fn select(dir: &Path, tag: Option<&str>) -> Result<Value> {
-    let index = read_json(&dir.join("index.json"))?;
+    let index = read_json(dir, &dir.join("index.json"))?;
     let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
     let found: Vec<&Value> = match tag {
         Some(t) => manifests.iter().filter(|m| m["annotations"][REF_NAME] == t).collect(),
@@ -92,7 +161,7 @@ fn select(dir: &Path, tag: Option<&str>) -> Result<Value> {
 
 /// The tags of the layout at `dir` (its index's `ref.name` annotations), in index order.
 pub fn layout_tags(dir: &Path) -> Result<Vec<String>> {
-    let index = read_json(&dir.join("index.json"))?;
+    let index = read_json(dir, &dir.join("index.json"))?;
     let mut tags: Vec<String> = index["manifests"].as_array().into_iter().flatten().filter_map(|m| m["annotations"][REF_NAME].as_str()).map(str::to_string).collect();
     tags.dedup();
     Ok(tags)
@@ -102,26 +171,33 @@ pub fn layout_tags(dir: &Path) -> Result<Vec<String>> {
 pub async fn push(registry: &Registry, dir: &Path, tag: Option<&str>, dst: &ImageRef, report: Report<'_>) -> Result<Moved> {
     let top = select(dir, tag)?;
     let mut moved = Moved::default();
-    let digest = push_manifest(registry, dir, &top, &dst.repository, Some(&dst.reference), report, &mut moved).await?;
+    let digest = push_manifest(registry, dir, &top, &dst.repository, Some(&dst.reference), report, &mut moved, &mut Walk::default()).await?;
     moved.digest = digest;
     Ok(moved)
 }
 
-/// Pushes the manifest `desc` names (its children and blobs first); returns its digest.
-async fn push_manifest(registry: &Registry, dir: &Path, desc: &Value, repo: &str, reference: Option<&str>, report: Report<'_>, moved: &mut Moved) -> Result<String> {
+/// Pushes the manifest `desc` names (its children and blobs first); returns its digest. A
+/// manifest this walk pushed already is not pushed again.
+#[allow(clippy::too_many_arguments)]
+async fn push_manifest(registry: &Registry, dir: &Path, desc: &Value, repo: &str, reference: Option<&str>, report: Report<'_>, moved: &mut Moved, walk: &mut Walk) -> Result<String> {
     let digest = desc["digest"].as_str().ok_or_else(|| layout_err(dir, "a descriptor without a digest"))?.to_string();
+    if reference.is_none() && !walk.first(&digest) {
+        return Ok(digest);
+    }
     let path = blob_path(dir, &digest)?;
-    let bytes = std::fs::read(&path).map_err(|e| layout_err(&path, e))?;
+    let bytes = read_small(dir, &path, MAX_LAYOUT_JSON)?;
     if sha256_digest(&bytes) != digest {
         return Err(layout_err(&path, format!("its bytes do not match {digest}")));
     }
     let doc: Value = serde_json::from_slice(&bytes).map_err(|e| layout_err(&path, format!("not JSON: {e}")))?;
     if let Some(children) = doc["manifests"].as_array() {
+        walk.deeper(&digest)?;
         for child in children {
-            Box::pin(push_manifest(registry, dir, child, repo, None, report, moved)).await?;
+            Box::pin(push_manifest(registry, dir, child, repo, None, report, moved, walk)).await?;
         }
+        walk.depth -= 1;
     }
-    each_blob(&doc, report, moved, |digest, size| async move { push_blob(registry, dir, repo, &digest, size, report).await }).await?;
+    each_blob(&doc, report, moved, walk, |digest, size| async move { push_blob(registry, dir, repo, &digest, size, report).await }).await?;
     let media_type = doc["mediaType"].as_str().or(desc["mediaType"].as_str()).unwrap_or("application/vnd.oci.image.manifest.v1+json").to_string();
     let url = registry.url(&format!("/v2/{repo}/manifests/{}", reference.unwrap_or(&digest)));
     let scope = format!("repository:{repo}:pull,push");
@@ -132,7 +208,7 @@ async fn push_manifest(registry: &Registry, dir: &Path, desc: &Value, repo: &str
 
 /// Runs `transfer` (true: bytes moved; false: already there) for the config and each layer of
 /// the image manifest `doc`, [`CONCURRENT`] at once, reporting and counting each.
-async fn each_blob<F, Fut>(doc: &Value, report: Report<'_>, moved: &mut Moved, transfer: F) -> Result<()>
+async fn each_blob<F, Fut>(doc: &Value, report: Report<'_>, moved: &mut Moved, walk: &mut Walk, transfer: F) -> Result<()>
 where
     F: Fn(String, u64) -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,
@@ -142,6 +218,7 @@ where
         .into_iter()
         .chain(doc["layers"].as_array().into_iter().flatten().filter_map(Value::as_object))
         .filter_map(|d| Some((d.get("digest")?.as_str()?.to_string(), d.get("size")?.as_u64()?)))
+        .filter(|(digest, _)| walk.first_blob(digest))
         .collect();
     let transfer = &transfer;
     let results: Vec<(u64, bool)> = futures_util::stream::iter(blobs.into_iter().map(|(digest, size)| async move {
@@ -163,14 +240,88 @@ where
     Ok(())
 }
 
-/// Sends blob `digest` unless the repository has it: true if it was sent.
+/// Sends blob `digest` unless the repository has it: true if it was sent. The layout's file is
+/// checked first, its size and then every byte against the digest, before a byte is sent; what
+/// is sent is read from the same open file.
 async fn push_blob(registry: &Registry, dir: &Path, repo: &str, digest: &str, size: u64, report: Report<'_>) -> Result<bool> {
     let path = blob_path(dir, digest)?;
-    let on_disk = std::fs::metadata(&path).map_err(|e| layout_err(&path, e))?.len();
+    let file = open_inside(dir, &path)?;
+    let on_disk = file.metadata().map_err(|e| layout_err(&path, e))?.len();
     if on_disk != size {
         return Err(layout_err(&path, format!("{on_disk} bytes, the manifest says {size}")));
     }
-    upload_range(registry, repo, digest, path, (0, size), report).await
+    let file = std::sync::Arc::new(file);
+    let actual = {
+        let (file, at) = (file.clone(), path.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut hasher = sha2::Sha256::new();
+            let mut reader = std::io::BufReader::with_capacity(1 << 20, ReadAt { file: &file, at: 0 });
+            std::io::copy(&mut reader, &mut HashWriter(&mut hasher)).map_err(|e| layout_err(&at, e))?;
+            Ok::<_, TransferError>(format!("sha256:{}", hex::encode(hasher.finalize())))
+        })
+        .await
+        .map_err(|e| layout_err(&path, e))??
+    };
+    if actual != digest {
+        return Err(layout_err(&path, format!("its bytes are {actual}, not {digest}: not sent")));
+    }
+    let progress = (report.clone(), digest.to_string());
+    upload(registry, repo, digest, size, report, move || {
+        let (report, digest) = progress.clone();
+        reqwest::Body::wrap_stream(chunks_at(file.clone(), 0, size).inspect_ok(move |chunk| report.advance(&digest, chunk.len() as u64)))
+    })
+    .await
+}
+
+/// Reads a file from `at` by position (`pread`), so copies of one open file read on their own.
+struct ReadAt<'a> {
+    file: &'a std::fs::File,
+    at: u64,
+}
+
+impl std::io::Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(self.file, buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+struct HashWriter<'a>(&'a mut sha2::Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The `size` bytes at `offset` of an open file, a MiB at a time, read by position on blocking
+/// threads.
+fn chunks_at(file: std::sync::Arc<std::fs::File>, offset: u64, size: u64) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    futures_util::stream::try_unfold((file, offset, size), |(file, at, left)| async move {
+        if left == 0 {
+            return Ok(None);
+        }
+        let want = (1u64 << 20).min(left) as usize;
+        let (file, chunk) = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; want];
+            let n = std::os::unix::fs::FileExt::read_at(&*file, &mut buf, at)?;
+            buf.truncate(n);
+            Ok::<_, std::io::Error>((file, buf))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        if chunk.is_empty() {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file ended early"));
+        }
+        let n = chunk.len() as u64;
+        Ok(Some((bytes::Bytes::from(chunk), (file, at + n, left - n))))
+    })
 }
 
 /// Sends blob `digest`, the `size` bytes at `offset` of the file at `path`, unless the repository
@@ -325,10 +476,10 @@ pub async fn pull(registry: &Registry, src: &ImageRef, dir: &Path, tag: Option<&
                 .find(|c| platform_matches(&c["platform"], wanted))
                 .ok_or_else(|| TransferError::Selection(format!("{src} has no image for {wanted}")))?;
             top = json!({"mediaType": child["mediaType"], "digest": child["digest"], "size": child["size"]});
-            pull_manifest(registry, &src.repository, dir, &top, report, &mut moved).await?;
+            pull_manifest(registry, &src.repository, dir, &top, report, &mut moved, &mut Walk::default()).await?;
         }
         _ => {
-            pull_children_and_blobs(registry, &src.repository, dir, &doc, report, &mut moved).await?;
+            pull_children_and_blobs(registry, &src.repository, dir, &doc, report, &mut moved, &mut Walk::default()).await?;
             write_blob_bytes(dir, &digest, &bytes)?;
         }
     }
@@ -341,25 +492,32 @@ pub async fn pull(registry: &Registry, src: &ImageRef, dir: &Path, tag: Option<&
 }
 
 /// Pulls the manifest `desc` names and everything under it.
-async fn pull_manifest(registry: &Registry, repo: &str, dir: &Path, desc: &Value, report: Report<'_>, moved: &mut Moved) -> Result<()> {
+async fn pull_manifest(registry: &Registry, repo: &str, dir: &Path, desc: &Value, report: Report<'_>, moved: &mut Moved, walk: &mut Walk) -> Result<()> {
     let digest = desc["digest"].as_str().ok_or_else(|| registry.protocol("a descriptor without a digest".into()))?;
+    // Each manifest once, however often indexes name it (two small indexes once meant 90,301
+    // requests).
+    if !walk.first(digest) {
+        return Ok(());
+    }
     let (bytes, _, _) = registry.manifest(repo, digest, reqwest::Method::GET).await?;
     let actual = sha256_digest(&bytes);
     if actual != digest {
         return Err(TransferError::Mismatch { digest: digest.to_string(), actual });
     }
     let doc: Value = serde_json::from_slice(&bytes).map_err(|e| registry.protocol(format!("{repo}@{digest}: not JSON: {e}")))?;
-    pull_children_and_blobs(registry, repo, dir, &doc, report, moved).await?;
+    pull_children_and_blobs(registry, repo, dir, &doc, report, moved, walk).await?;
     write_blob_bytes(dir, digest, &bytes)
 }
 
-async fn pull_children_and_blobs(registry: &Registry, repo: &str, dir: &Path, doc: &Value, report: Report<'_>, moved: &mut Moved) -> Result<()> {
+async fn pull_children_and_blobs(registry: &Registry, repo: &str, dir: &Path, doc: &Value, report: Report<'_>, moved: &mut Moved, walk: &mut Walk) -> Result<()> {
     if let Some(children) = doc["manifests"].as_array() {
+        walk.deeper(repo)?;
         for child in children {
-            Box::pin(pull_manifest(registry, repo, dir, child, report, moved)).await?;
+            Box::pin(pull_manifest(registry, repo, dir, child, report, moved, walk)).await?;
         }
+        walk.depth -= 1;
     }
-    each_blob(doc, report, moved, |digest, size| async move { pull_blob(registry, repo, dir, &digest, size, report).await }).await?;
+    each_blob(doc, report, moved, walk, |digest, size| async move { pull_blob(registry, repo, dir, &digest, size, report).await }).await?;
     Ok(())
 }
 
@@ -437,7 +595,7 @@ fn add_to_index(dir: &Path, desc: Value, tag: Option<&str>) -> Result<()> {
         std::fs::write(&layout_file, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(|e| layout_err(&layout_file, e))?;
     }
     let index_path = dir.join("index.json");
-    let mut index = if index_path.exists() { read_json(&index_path)? } else { json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}) };
+    let mut index = if index_path.exists() { read_json(dir, &index_path)? } else { json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}) };
     let manifests = index["manifests"].as_array_mut().ok_or_else(|| layout_err(&index_path, "manifests is not a list"))?;
     manifests.retain(|m| match tag {
         Some(t) => m["annotations"][REF_NAME] != t,

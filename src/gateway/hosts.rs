@@ -97,7 +97,8 @@ pub async fn route(req: &HttpRequest, naming: &Naming) -> Route {
     let forwarded_proto = from_proxy(req, naming).then(|| req.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok())).flatten();
     let scheme = match forwarded_proto {
         Some(p @ ("http" | "https")) => p.to_string(),
-        _ => req.connection_info().scheme().to_string(),
+        // Not `connection_info()`: it believes anyone's `X-Forwarded-Proto` and `Forwarded`.
+        _ => if req.app_config().secure() { "https" } else { "http" }.to_string(),
     };
     // `ipfs://` and `ipns://` links a browser hands over (`registerProtocolHandler`).
     if path == "/ipfs/" || path == "/ipns/" {

@@ -152,7 +152,7 @@ fn same_origin(req: &HttpRequest, state: &RpcState) -> Result<(), HttpResponse> 
     });
     if let Some(origin) = origin {
         let host = origin.strip_prefix("http://").unwrap_or("");
-        let allowed = own.iter().any(|h| h == host) || (!state.loopback && host == req.connection_info().host());
+        let allowed = own.iter().any(|h| h == host) || (!state.loopback && Some(host) == req.headers().get("host").and_then(|h| h.to_str().ok()));
         if !allowed {
             return Err(forbidden(format!("origin {origin:?} is not this RPC's")));
         }
@@ -400,12 +400,12 @@ async fn gc_shared(reg: &Arc<Registry>) -> Result<crate::storage::GcLock, HttpRe
 }
 
 async fn require_admin(req: &HttpRequest, state: &RpcState) -> Result<(), HttpResponse> {
-    let denied = || error(StatusCode::FORBIDDEN, "writes to this RPC need an administrator's credentials");
+    let denied = || error(StatusCode::FORBIDDEN, "this call needs the operator's credentials: an administrator's password or access token, or a token whose scope is registry:operator:*");
     let Some(auth) = state.auth.as_ref().filter(|a| a.config.enabled) else { return Err(denied()) };
     let header = req.headers().get("authorization").and_then(|v| v.to_str().ok());
     let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
     match auth.caller(header, &peer).await {
-        Ok(caller) if caller.identity().is_some_and(|i| i.is_admin && i.cap == crate::metadata::Role::Admin) => Ok(()),
+        Ok(caller) if crate::auth::Auth::is_operator(&caller) => Ok(()),
         _ => Err(denied()),
     }
 }

@@ -1,0 +1,287 @@
+//! The client trusts nothing it reads (issue 33): hostile OCI layouts made by the test, and
+//! hostile registries played by the test, which record every request they get.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+type Handler = Arc<dyn Fn(&Request) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync>;
+
+/// A registry of the test's own on 127.0.0.1: every request recorded, answered by `handler`.
+struct Fake {
+    addr: String,
+    seen: Arc<Mutex<Vec<Request>>>,
+}
+
+impl Fake {
+    fn start(handler: Handler) -> Fake {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen: Arc<Mutex<Vec<Request>>> = Default::default();
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (handler, log) = (handler.clone(), log.clone());
+                std::thread::spawn(move || serve(stream, handler, log));
+            }
+        });
+        Fake { addr, seen }
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn serve(stream: TcpStream, handler: Handler, log: Arc<Mutex<Vec<Request>>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut stream = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("/").to_string());
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = h.trim_end().split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let len: usize = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let request = Request { method, path, headers, body };
+        log.lock().unwrap().push(request.clone());
+        let (status, extra, body) = handler(&request);
+        let mut head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
+        for (k, v) in extra {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        if stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body)).is_err() {
+            return;
+        }
+    }
+}
+
+/// A registry that takes any push: no blob is there, uploads start at `/upload`, everything
+/// else is accepted.
+fn accepting() -> Handler {
+    Arc::new(|r: &Request| match (r.method.as_str(), r.path.as_str()) {
+        ("HEAD", p) if p.contains("/blobs/") => (404, vec![], vec![]),
+        ("POST", p) if p.contains("/blobs/uploads/") => (202, vec![("Location".into(), "/upload".into())], vec![]),
+        ("PUT", p) if p.contains("/manifests/") => (201, vec![], vec![]),
+        ("PUT", _) => (201, vec![], vec![]),
+        _ => (200, vec![("Content-Type".into(), "application/json".into())], b"{}".to_vec()),
+    })
+}
+
+fn af(home: &Path, args: &[&str], stdin: &str) -> (bool, String, u64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_af"))
+        .args(args)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let memory = MemoryWatch::start(child.id());
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(60), "{args:?} took {:?}", started.elapsed());
+    assert!(out.status.code().is_some(), "{args:?} died of a signal: {out:?}");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned(), memory.peak_kib())
+}
+
+/// Writes `bytes` as a blob of the layout at `dir`; its digest and size.
+fn blob(dir: &Path, bytes: &[u8]) -> (String, usize) {
+    let digest = sha256(bytes);
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    std::fs::write(dir.join("blobs/sha256").join(digest.trim_start_matches("sha256:")), bytes).unwrap();
+    (digest, bytes.len())
+}
+
+fn manifest_json(config: &(String, usize), layers: &[(String, usize)]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.0, "size": config.1},
+        "layers": layers.iter().map(|(d, s)| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": s})).collect::<Vec<_>>(),
+    }))
+    .unwrap()
+}
+
+fn index_json(dir: &Path, entries: &[serde_json::Value]) {
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": entries})).unwrap()).unwrap();
+}
+
+/// Item 1: a blob that is a symlink out of the layout (to a key file) is never read nor sent.
+#[test]
+fn a_symlinked_blob_is_never_sent() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("layout");
+    let secret = b"-----BEGIN KEY----- the user's private key, 98 bytes or so, that must never leave -----END KEY-----";
+    std::fs::write(home.path().join("id_key"), secret).unwrap();
+    let config = blob(&dir, b"{}");
+    let layer = blob(&dir, secret);
+    let layer_file = dir.join("blobs/sha256").join(layer.0.trim_start_matches("sha256:"));
+    std::fs::remove_file(&layer_file).unwrap();
+    std::os::unix::fs::symlink(home.path().join("id_key"), &layer_file).unwrap();
+    let manifest = blob(&dir, &manifest_json(&config, std::slice::from_ref(&layer)));
+    index_json(&dir, &[serde_json::json!({"mediaType": OCI_MANIFEST, "digest": manifest.0, "size": manifest.1, "annotations": {"org.opencontainers.image.ref.name": "t"}})]);
+    let fake = Fake::start(accepting());
+    let (ok, stderr, _) = af(home.path(), &["registry", "push", &format!("{}/x/y:t", fake.addr), "--from", &format!("oci:{}:t", dir.display())], "");
+    assert!(!ok);
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+    let sent: Vec<u8> = fake.requests().into_iter().flat_map(|r| r.body).collect();
+    assert!(!sent.windows(16).any(|w| w == &secret[..16]), "the key file's bytes reached the registry");
+}
+
+/// Item 1 too: a blob whose bytes do not match its digest is not sent (checked before a byte
+/// goes, not after the registry refuses it).
+#[test]
+fn a_blob_is_checked_before_it_is_sent() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("layout");
+    let config = blob(&dir, b"{}");
+    let layer = blob(&dir, b"the layer's bytes as the manifest knows them");
+    let mut other = b"other bytes".to_vec();
+    other.resize(layer.1, b'!');
+    std::fs::write(dir.join("blobs/sha256").join(layer.0.trim_start_matches("sha256:")), other).unwrap();
+    let manifest = blob(&dir, &manifest_json(&config, std::slice::from_ref(&layer)));
+    index_json(&dir, &[serde_json::json!({"mediaType": OCI_MANIFEST, "digest": manifest.0, "size": manifest.1})]);
+    let fake = Fake::start(accepting());
+    let (ok, stderr, _) = af(home.path(), &["registry", "push", &format!("{}/x/y:t", fake.addr), "--from", &format!("oci:{}", dir.display())], "");
+    assert!(!ok);
+    assert!(stderr.contains("not sent"), "{stderr}");
+    assert!(!fake.requests().iter().any(|r| r.body.windows(11).any(|w| w == b"other bytes")), "the wrong bytes were sent");
+}
+
+/// Items 5, 6 and 7: `index.json` linked to /dev/zero, indexes nested 6,000 deep, and one
+/// manifest named a thousand times: each push ends with one line, bounded memory, no crash,
+/// and each manifest goes once.
+#[test]
+fn hostile_layouts_are_bounded() {
+    let home = tempfile::tempdir().unwrap();
+    let fake = Fake::start(accepting());
+    let push = |dir: &Path| af(home.path(), &["registry", "push", &format!("{}/x/y:t", fake.addr), "--from", &format!("oci:{}", dir.display())], "");
+
+    let zero = home.path().join("zero");
+    std::fs::create_dir_all(&zero).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", zero.join("index.json")).unwrap();
+    let (ok, stderr, peak) = push(&zero);
+    assert!(!ok && peak < 96 << 10, "{stderr} ({} MiB)", peak >> 10);
+
+    let deep = home.path().join("deep");
+    let config = blob(&deep, b"{}");
+    let mut top = blob(&deep, &manifest_json(&config, &[]));
+    let mut media = OCI_MANIFEST;
+    for _ in 0..6000 {
+        let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [{"mediaType": media, "digest": top.0, "size": top.1}]});
+        top = blob(&deep, &serde_json::to_vec(&index).unwrap());
+        media = "application/vnd.oci.image.index.v1+json";
+    }
+    index_json(&deep, &[serde_json::json!({"mediaType": media, "digest": top.0, "size": top.1})]);
+    let (ok, stderr, _) = push(&deep);
+    assert!(!ok && stderr.contains("deep"), "{stderr}");
+
+    let repeated = home.path().join("repeated");
+    let config = blob(&repeated, b"{}");
+    let one = blob(&repeated, &manifest_json(&config, &[]));
+    let children: Vec<_> = (0..1000).map(|_| serde_json::json!({"mediaType": OCI_MANIFEST, "digest": one.0, "size": one.1})).collect();
+    let index = blob(&repeated, &serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": children})).unwrap());
+    index_json(&repeated, &[serde_json::json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": index.0, "size": index.1})]);
+    let before = fake.requests().len();
+    let (ok, stderr, _) = push(&repeated);
+    assert!(ok, "{stderr}");
+    let puts = fake.requests()[before..].iter().filter(|r| r.method == "PUT" && r.path.contains("/manifests/")).count();
+    assert_eq!(puts, 2, "the index and its one manifest, once each");
+}
+
+/// Items 3 and 12: the stored password goes to its registry only. A manifest GET redirected to
+/// another host that then challenges gets no credential, nor does an upload `Location` on
+/// another host.
+#[test]
+fn credentials_go_only_to_their_registry() {
+    let home = tempfile::tempdir().unwrap();
+    let other = Fake::start(Arc::new(|r: &Request| {
+        if r.path.starts_with("/token") {
+            return (200, vec![], br#"{"token":"t"}"#.to_vec());
+        }
+        (401, vec![("WWW-Authenticate".into(), "Basic realm=\"elsewhere\"".into())], b"{}".to_vec())
+    }));
+    let elsewhere = format!("http://{}", other.addr);
+    let registry = Fake::start(Arc::new(move |r: &Request| {
+        if r.header("authorization") != Some("Basic dXNlcjpzZWNyZXQtcGFzc3dvcmQ=") {
+            return (401, vec![("WWW-Authenticate".into(), "Basic realm=\"registry\"".into())], b"{}".to_vec());
+        }
+        match (r.method.as_str(), r.path.as_str()) {
+            ("GET", p) if p.contains("/manifests/") => (307, vec![("Location".into(), format!("{elsewhere}/moved"))], vec![]),
+            ("HEAD", p) if p.contains("/blobs/") => (404, vec![], vec![]),
+            ("POST", _) => (202, vec![("Location".into(), format!("{elsewhere}/upload"))], vec![]),
+            _ => (200, vec![], b"{}".to_vec()),
+        }
+    }));
+    let (ok, stderr, _) = af(home.path(), &["registry", "login", &registry.addr, "-u", "user", "--password-stdin"], "secret-password\n");
+    assert!(ok, "{stderr}");
+    let (ok, _, _) = af(home.path(), &["registry", "pull", &format!("{}/x/y:t", registry.addr), "--to", &format!("oci:{}", home.path().join("pulled").display())], "");
+    assert!(!ok);
+    let dir = home.path().join("layout");
+    let config = blob(&dir, b"{}");
+    let manifest = blob(&dir, &manifest_json(&config, &[]));
+    index_json(&dir, &[serde_json::json!({"mediaType": OCI_MANIFEST, "digest": manifest.0, "size": manifest.1})]);
+    let (ok, _, _) = af(home.path(), &["registry", "push", &format!("{}/x/y:t", registry.addr), "--from", &format!("oci:{}", dir.display())], "");
+    assert!(!ok);
+    let got = other.requests();
+    assert!(got.iter().any(|r| r.path == "/moved") && got.iter().any(|r| r.path.starts_with("/upload")), "{got:?}");
+    assert!(got.iter().all(|r| r.header("authorization").is_none()), "a credential went elsewhere: {got:?}");
+}
+
+/// Item 9: logins at once keep every entry.
+#[test]
+fn logins_at_once_keep_every_entry() {
+    let home = tempfile::tempdir().unwrap();
+    let fakes: Vec<Fake> = (0..40).map(|_| Fake::start(Arc::new(|_: &Request| (200, vec![], b"{}".to_vec())))).collect();
+    let threads: Vec<_> = fakes
+        .iter()
+        .map(|f| {
+            let (home, addr) = (home.path().to_path_buf(), f.addr.clone());
+            std::thread::spawn(move || af(&home, &["registry", "login", &addr, "-u", "u", "--password-stdin"], "password1\n").0)
+        })
+        .collect();
+    for t in threads {
+        assert!(t.join().unwrap());
+    }
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(home.path().join(".docker/config.json")).unwrap()).unwrap();
+    let kept = config["auths"].as_object().unwrap().len();
+    assert_eq!(kept, 40, "{config}");
+}
