@@ -61,8 +61,9 @@ const ANSWERS: usize = 16 << 10;
 const NEGATIVE_TTL: Duration = Duration::from_secs(60);
 const FAILED_TTL: Duration = Duration::from_secs(10);
 
-/// The longest time a DNSLink answer is cached by a client of ours (`Cache-Control`).
-const MAX_TTL: Duration = Duration::from_secs(3600);
+/// The longest time a DNSLink answer, or an IPNS record's value, is cached by a client of
+/// ours (`Cache-Control`).
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
 
 impl DnsLink {
     /// Through `server`, or the system's resolvers.

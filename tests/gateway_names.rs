@@ -77,8 +77,13 @@ fn published_names_resolve_and_kubo_verifies_their_records() {
     assert_eq!(header(&r, "Location"), format!("/ipns/{name}/x?y=1"));
 
     // A new value supersedes the old; the old record cannot come back, a tampered one is refused.
-    cli(&kubo, &node, &["name", "publish", &format!("/ipfs/{second}")]);
-    assert_eq!(client().get(node.gateway_url(&format!("/ipns/{name}"))).send().unwrap().text().unwrap(), "second\n");
+    // Its TTL, the publisher's word (here 50 years), is kept an hour at most by caches.
+    cli(&kubo, &node, &["name", "publish", "--ttl=438000h", &format!("/ipfs/{second}")]);
+    let r = client().get(node.gateway_url(&format!("/ipns/{name}"))).send().unwrap();
+    assert_eq!(header(&r, "Cache-Control"), "public, max-age=3600");
+    assert_eq!(r.text().unwrap(), "second\n");
+    let r = client().get(node.gateway_url(&format!("/ipns/{name}?format=ipns-record"))).send().unwrap();
+    assert_eq!(header(&r, "Cache-Control"), "public, max-age=3600");
     let stale = put_record(&node, &name, first_record.clone());
     assert_eq!(stale.status(), 400);
     assert!(stale.text().unwrap().contains("older"));

@@ -255,3 +255,31 @@ fn tar_archives_hold_no_way_out() {
         assert!(!entries.iter().any(|(path, _)| path.ends_with("a/file.txt")), "{what}: {entries:?}");
     }
 }
+
+/// Issue 33, item 2: on an RPC bound beyond loopback, a token means what its scope says. An
+/// administrator's token for `repository:pub/app:pull` reads public content only and writes
+/// nothing; one asked for `registry:operator:*` is the operator.
+#[test]
+fn an_rpc_token_carries_only_its_scope() {
+    let port = free_addr().port();
+    let password = "correct-horse-battery";
+    let node = Node::start_with_env(&["--rpc", &format!("0.0.0.0:{port}"), "--auth", "token"], &[("AF_ADMIN_PASSWORD", password)]);
+    let private = node.as_admin(client().post(node.url(&format!("/v2/team/secret/blobs/uploads/?digest={}", sha256(b"a private layer"))))).body(b"a private layer".to_vec()).send().unwrap();
+    assert_eq!(private.status(), 201);
+    let cid = af_registry::unixfs::cid_v1(af_registry::unixfs::RAW, &<sha2::Sha256 as sha2::Digest>::digest(b"a private layer").into());
+    let token = |scope: &str| -> String {
+        let r = client().get(node.url(&format!("/token?service=af-registry&scope={scope}"))).basic_auth("admin", Some(password)).send().unwrap();
+        let v: serde_json::Value = r.json().unwrap();
+        v["token"].as_str().unwrap().to_string()
+    };
+    let rpc = |call: &str, bearer: &str| client().post(format!("http://127.0.0.1:{port}/api/v0/{call}")).bearer_auth(bearer).send().unwrap();
+    let pull = token("repository:pub/app:pull");
+    assert!(!rpc(&format!("block/get?arg={cid}"), &pull).status().is_success(), "a pull token read a private block");
+    assert_eq!(rpc(&format!("pin/add?arg={cid}"), &pull).status(), 403, "a pull token pinned");
+    assert_eq!(rpc("repo/stat", &pull).status(), 403);
+    let operator = token("registry:operator:*");
+    let r = rpc(&format!("block/get?arg={cid}"), &operator);
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(r.bytes().unwrap().as_ref(), b"a private layer");
+    assert!(rpc("repo/stat", &operator).status().is_success());
+}

@@ -41,7 +41,7 @@ pub(super) async fn handle(req: HttpRequest, policy: web::Data<Policy>, swarm: O
     };
     let Some((bytes, record)) = held else { return unresolved(&name) };
     if wants_record(&req) {
-        let max_age = record.ttl.as_secs();
+        let max_age = record.ttl.min(crate::dnslink::MAX_TTL).as_secs();
         return HttpResponse::Ok()
             .content_type(RECORD_TYPE)
             .insert_header(("Content-Disposition", disposition(&req, &format!("{}.ipns-record", name.canonical()), true)))
@@ -106,6 +106,7 @@ async fn follow(
         Ok((_, more)) => segments.extend(more),
         Err(resp) => return resp,
     }
-    let shown = Shown { path: Some(shown_path), cache: format!("public, max-age={}", ttl.as_secs()) };
+    // A record's TTL is its publisher's word (584 years was seen): capped as DNSLink's is.
+    let shown = Shown { path: Some(shown_path), cache: format!("public, max-age={}", ttl.min(crate::dnslink::MAX_TTL).as_secs()) };
     serve(req, policy, swarm, root, segments, shown).await
 }
