@@ -290,3 +290,74 @@ fn silent_sockets_cannot_hold_the_handshake_slots() {
     }
     assert!(started.elapsed() < Duration::from_secs(7), "a silent socket was kept {:?}", started.elapsed());
 }
+
+/// Runs `swarm` for `for_ms` milliseconds.
+async fn drive(swarm: &mut libp2p::Swarm<Claimer>, for_ms: u64) {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(for_ms);
+    while tokio::time::timeout_at(deadline, swarm.select_next_some()).await.is_ok() {}
+}
+
+#[derive(libp2p::swarm::NetworkBehaviour)]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+struct Claimer {
+    identify: libp2p::identify::Behaviour,
+    kad: libp2p::kad::Behaviour<libp2p::kad::store::MemoryStore>,
+}
+
+/// Issue 33, item 4: a DHT peer that answers Identify again and again with new listen
+/// addresses (about 100 each time, on 107 connections) leaves a few of them in the node's routing table,
+/// not 10,000: the node's memory stays flat.
+#[test]
+fn identify_cannot_fill_the_peer_table() {
+    let node = Node::start();
+    let addr: libp2p::Multiaddr = loopback_addr(&node).parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let memory = node.watch_memory();
+    let claimer = rt.block_on(async {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(libp2p::tcp::Config::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
+            .unwrap()
+            .with_behaviour(|key| {
+                let me = key.public().to_peer_id();
+                let mut kad = libp2p::kad::Behaviour::with_config(me, libp2p::kad::store::MemoryStore::new(me), libp2p::kad::Config::new(af_registry::swarm::KAD_PROTOCOL));
+                kad.set_mode(Some(libp2p::kad::Mode::Server));
+                let identify = libp2p::identify::Behaviour::new(libp2p::identify::Config::new("ipfs/0.1.0".into(), key.public()).with_push_listen_addr_updates(true));
+                Claimer { identify, kad }
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        let node_id = af_registry::swarm::peer_of(&addr).unwrap();
+        swarm.dial(addr.clone()).unwrap();
+        drive(&mut swarm, 1000).await;
+        let mut claimed: Vec<libp2p::Multiaddr> = Vec::new();
+        for round in 0..107u32 {
+            for a in claimed.drain(..) {
+                swarm.remove_external_address(&a);
+            }
+            for i in 0..100u32 {
+                let a: libp2p::Multiaddr = format!("/ip4/10.{}.{}.{}/tcp/{}", round % 250, i, round / 250, 1000 + i).parse().unwrap();
+                swarm.add_external_address(a.clone());
+                claimed.push(a);
+            }
+            // Each new connection's Identify answer carries them.
+            let _ = swarm.disconnect_peer_id(node_id);
+            drive(&mut swarm, 30).await;
+            let _ = swarm.dial(addr.clone());
+            drive(&mut swarm, 150).await;
+        }
+        drive(&mut swarm, 1000).await;
+        *swarm.local_peer_id()
+    });
+    let known: serde_json::Value = rpc(&node, "swarm/addrs");
+    let kept = known["Addrs"][claimer.to_string()].as_array().map_or(0, Vec::len);
+    let all: usize = known["Addrs"].as_object().unwrap().values().map(|a| a.as_array().unwrap().len()).sum();
+    eprintln!("addresses the node keeps for the peer: {kept} (all peers: {all})");
+    assert!(kept > 0 && kept <= 8, "{kept} addresses kept of 10,700 claimed");
+    let growth = memory.growth_kib();
+    eprintln!("the node's memory grew {} MiB under 107 Identify answers of 100 new addresses", growth >> 10);
+    assert!(growth < 48 << 10, "the node's memory grew {} MiB", growth >> 10);
+    assert_eq!(client().get(node.url("/v2/")).send().unwrap().status(), 200);
+}

@@ -119,7 +119,7 @@ pub fn configure(state: Arc<RpcState>) -> impl FnOnce(&mut web::ServiceConfig) {
 const COMMANDS: &[&str] = &[
     "add", "bitswap/ledger", "bitswap/stat", "block/get", "block/put", "block/stat", "cat", "dag/export", "dag/import", "id", "ls", "name/publish",
     "name/resolve", "pin/add", "pin/ls", "pin/rm", "pin/update", "registry/import", "repo/gc", "repo/stat", "resolve", "routing/findprovs",
-    "routing/provide", "routing/put", "swarm/connect", "swarm/disconnect", "swarm/peers", "version",
+    "routing/provide", "routing/put", "swarm/addrs", "swarm/connect", "swarm/disconnect", "swarm/peers", "version",
 ];
 
 pub fn is_command(command: &str) -> bool {
@@ -127,13 +127,13 @@ pub fn is_command(command: &str) -> bool {
 }
 
 const READS: &[&str] = &[
-    "id", "version", "repo/stat", "block/get", "block/stat", "cat", "ls", "pin/ls", "dag/export", "swarm/peers", "bitswap/stat", "bitswap/ledger", "resolve",
+    "id", "version", "repo/stat", "block/get", "block/stat", "cat", "ls", "pin/ls", "dag/export", "swarm/peers", "swarm/addrs", "bitswap/stat", "bitswap/ledger", "resolve",
     "name/resolve",
 ];
 
 /// Reads that tell the node's own business (its size right after a push, its peers and their
 /// addresses, what went to each): the operator's alone, wherever the RPC is bound.
-const OPERATOR_READS: &[&str] = &["repo/stat", "swarm/peers", "bitswap/stat", "bitswap/ledger"];
+const OPERATOR_READS: &[&str] = &["repo/stat", "swarm/peers", "swarm/addrs", "bitswap/stat", "bitswap/ledger"];
 
 /// Kubo's rule against websites in the operator's browser: a request that names an origin
 /// (`Origin`, else `Referer`) must come from the RPC's own; and on loopback the `Host` must be a
@@ -225,6 +225,15 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
                 .iter()
                 .map(|(peer, addr)| json!({"Addr": addr.to_string(), "Peer": peer.to_string(), "Latency": "", "Muxer": "", "Direction": 0, "Streams": null}))
                 .collect::<Vec<_>>()})),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        },
+        // Kubo's `swarm addrs`: the addresses the routing table keeps, by peer.
+        "swarm/addrs" => match state.swarm.known_addresses().await {
+            Ok(known) => {
+                let addrs: serde_json::Map<String, serde_json::Value> =
+                    known.into_iter().map(|(peer, addrs)| (peer.to_string(), json!(addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>()))).collect();
+                HttpResponse::Ok().json(json!({"Addrs": addrs}))
+            }
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         },
         "swarm/connect" => {

@@ -82,6 +82,7 @@ enum Command {
     Connect(Multiaddr, oneshot::Sender<Result<PeerId, SwarmError>>),
     Disconnect(PeerId, oneshot::Sender<bool>),
     Peers(oneshot::Sender<Vec<(PeerId, Multiaddr)>>),
+    KnownAddresses(oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>>),
     Addresses(oneshot::Sender<Vec<Multiaddr>>),
     Provide(cid::Cid, oneshot::Sender<Result<(), SwarmError>>),
     Unprovide(cid::Cid),
@@ -141,6 +142,11 @@ impl Handle {
     /// Connected peers, each with the address of one connection.
     pub async fn peers(&self) -> Result<Vec<(PeerId, Multiaddr)>, SwarmError> {
         self.ask(Command::Peers).await
+    }
+
+    /// Every peer of the routing table with the addresses it keeps for it.
+    pub async fn known_addresses(&self) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, SwarmError> {
+        self.ask(Command::KnownAddresses).await
     }
 
     /// Announces on the DHT that this node provides `cid` (republished until withdrawn).
@@ -355,6 +361,15 @@ async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut inbox: Inbox, config: Swar
                     Command::Peers(reply) => {
                         let _ = reply.send(connected.iter().map(|(p, a)| (*p, a.clone())).collect());
                     }
+                    Command::KnownAddresses(reply) => {
+                        let mut known = Vec::new();
+                        for bucket in swarm.behaviour_mut().kad.kbuckets() {
+                            for entry in bucket.iter() {
+                                known.push((*entry.node.key.preimage(), entry.node.value.iter().cloned().collect()));
+                            }
+                        }
+                        let _ = reply.send(known);
+                    }
                     Command::Provide(cid, reply) => {
                         let result = swarm.behaviour_mut().kad.start_providing(key(&cid)).map(|_| ()).map_err(|e| SwarmError::Dial(e.to_string()));
                         let _ = reply.send(result);
@@ -420,11 +435,15 @@ async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut inbox: Inbox, config: Swar
                 SwarmEvent::Behaviour(BehaviourEvent::Autonat(libp2p::autonat::Event::StatusChanged { new, .. })) => {
                     tracing::info!(status = ?new, "reachability");
                 }
-                // What a peer says it listens on feeds the routing table, if it serves the DHT.
+                // What a peer says it listens on feeds the routing table, if it serves the DHT:
+                // a few addresses a peer at most, each short and of a transport this node dials.
+                // A peer answering Identify again and again with new addresses once filled the
+                // table with 42,265 of them (620 MiB), and the node dialled what it claimed.
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
                     if info.protocols.contains(&KAD_PROTOCOL) =>
                 {
-                    for addr in info.listen_addrs {
+                    let room = ADDRESSES_PER_PEER.saturating_sub(known_addresses(&mut swarm, &peer_id).len());
+                    for addr in info.listen_addrs.into_iter().filter(dialable).take(room) {
                         swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     }
                 }
@@ -441,6 +460,18 @@ fn answer(dialling: &mut HashMap<libp2p::swarm::ConnectionId, (Option<PeerId>, V
     for reply in dialling.remove(&id).map(|(_, w)| w).unwrap_or_default() {
         let _ = reply.send(result.clone());
     }
+}
+
+/// Addresses the routing table keeps for one peer, whatever it claims.
+const ADDRESSES_PER_PEER: usize = 8;
+
+/// Whether `addr` is one this node would dial: an IP address, then TCP or QUIC, nothing long.
+fn dialable(addr: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    let mut parts = addr.iter();
+    addr.len() <= 64
+        && matches!(parts.next(), Some(Protocol::Ip4(_) | Protocol::Ip6(_) | Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_)))
+        && matches!(parts.next(), Some(Protocol::Tcp(_) | Protocol::Udp(_)))
 }
 
 /// The addresses the routing table knows for `peer`.
