@@ -213,6 +213,10 @@ enum RegistryCommand {
         platform: Option<String>,
         #[arg(long, short)]
         quiet: bool,
+        /// Into a docker archive or the engine: how many times its compressed size a layer may
+        /// unpack to (past it, a gzip bomb is refused); layers up to 64 MiB unpacked always pass.
+        #[arg(long, default_value_t = af_registry::client::archive::DEFAULT_UNPACK_RATIO)]
+        max_unpack_ratio: u64,
         #[command(flatten)]
         target: Target,
     },
@@ -299,7 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             RegistryCommand::Tag { source, destination, target } => cli::block_on(cli::client::tag(target, source, destination)),
             RegistryCommand::Push { reference, from, all_tags, quiet, target } => cli::block_on(cli::client::push(target, reference, from, all_tags, quiet)),
-            RegistryCommand::Pull { reference, to, platform, quiet, target } => cli::block_on(cli::client::pull(target, reference, to, platform, quiet)),
+            RegistryCommand::Pull { reference, to, platform, quiet, max_unpack_ratio, target } => cli::block_on(cli::client::pull(target, reference, to, platform, quiet, max_unpack_ratio)),
             RegistryCommand::Delete { reference, target } => cli::block_on(cli::client::delete(target, reference)),
         },
         Command::Cid { file, profile } => cli::cid(file, profile),

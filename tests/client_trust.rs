@@ -285,3 +285,95 @@ fn logins_at_once_keep_every_entry() {
     let kept = config["auths"].as_object().unwrap().len();
     assert_eq!(kept, 40, "{config}");
 }
+
+/// A registry serving one image, `x/y:t`: `blobs` by digest, the manifest over them.
+fn serving(config: Vec<u8>, layers: Vec<(Vec<u8>, &'static str)>) -> Fake {
+    serving_lies(config, layers, None)
+}
+
+/// [`serving`], the blob of digest `lie.0` answered with `lie.1` instead.
+fn serving_lies(config: Vec<u8>, layers: Vec<(Vec<u8>, &'static str)>, lie: Option<(String, Vec<u8>)>) -> Fake {
+    let mut blobs: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
+    let config_digest = sha256(&config);
+    let mut descriptors = Vec::new();
+    for (bytes, media) in &layers {
+        let digest = sha256(bytes);
+        descriptors.push(serde_json::json!({"mediaType": media, "digest": digest, "size": bytes.len()}));
+        blobs.insert(digest, bytes.clone());
+    }
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": descriptors,
+    }))
+    .unwrap();
+    blobs.insert(config_digest, config);
+    if let Some((digest, bytes)) = lie {
+        blobs.insert(digest, bytes);
+    }
+    let blobs = Arc::new(blobs);
+    Fake::start(Arc::new(move |r: &Request| {
+        if r.path.contains("/manifests/") {
+            return (200, vec![("Content-Type".into(), OCI_MANIFEST.into()), ("Docker-Content-Digest".into(), sha256(&manifest))], manifest.clone());
+        }
+        match r.path.rsplit('/').next().and_then(|d| blobs.get(d)) {
+            Some(bytes) if r.method == "GET" => (200, vec![], bytes.clone()),
+            Some(_) => (200, vec![], vec![]),
+            None => (404, vec![], b"{}".to_vec()),
+        }
+    }))
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// Items 8 and 10: pulling into a docker archive, a gzip bomb (200 MiB of zeros in 200 KB) is
+/// refused with a clear error and nothing of it stays on disk; a 48 MiB image config is refused
+/// without being read whole.
+#[test]
+fn docker_archive_pulls_are_bounded() {
+    let home = tempfile::tempdir().unwrap();
+    let bomb = gzip(&vec![0u8; 200 << 20]);
+    let fake = serving(br#"{"rootfs":{"diff_ids":[]}}"#.to_vec(), vec![(bomb, "application/vnd.oci.image.layer.v1.tar+gzip")]);
+    let out = home.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let (ok, stderr, _) = af(home.path(), &["registry", "pull", &format!("{}/x/y:t", fake.addr), "--to", &format!("docker-archive:{}", out.join("image.tar").display())], "");
+    assert!(!ok && stderr.contains("gzip bomb"), "{stderr}");
+    let left: u64 = walk_sizes(&out);
+    assert!(left < 1 << 20, "{left} bytes left behind");
+
+    let mut config = br#"{"rootfs":{"diff_ids":[]},"history":["#.to_vec();
+    while config.len() < 48 << 20 {
+        config.extend_from_slice(br#"{"created_by":"padding padding padding padding padding"},"#);
+    }
+    config.extend_from_slice(br#"{}]}"#);
+    let fake = serving(config, vec![]);
+    let (ok, stderr, peak) = af(home.path(), &["registry", "pull", &format!("{}/x/y:t", fake.addr), "--to", &format!("docker-archive:{}", out.join("big.tar").display())], "");
+    assert!(!ok && stderr.contains("over"), "{stderr}");
+    assert!(peak < 128 << 10, "the client reached {} MiB", peak >> 10);
+}
+
+/// Bytes of every file under `dir`.
+fn walk_sizes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).unwrap().flatten().map(|e| if e.path().is_dir() { walk_sizes(&e.path()) } else { e.metadata().unwrap().len() }).sum()
+}
+
+/// Item 11: a pull into a layout that fails while other blobs are still coming leaves no
+/// `.part-` file behind.
+#[test]
+fn a_failed_pull_leaves_no_part_files() {
+    let home = tempfile::tempdir().unwrap();
+    let big: Vec<(Vec<u8>, &'static str)> = (0..3u64).map(|i| (xorshift_bytes(i, 32 << 20), "application/vnd.oci.image.layer.v1.tar")).collect();
+    let mut layers = vec![(b"the layer that lies".to_vec(), "application/vnd.oci.image.layer.v1.tar")];
+    layers.extend(big);
+    // The first layer's bytes are swapped for others as they are served: a digest mismatch.
+    let lying = serving_lies(b"{}".to_vec(), layers, Some((sha256(b"the layer that lies"), b"other bytes, 19 lon".to_vec())));
+    let layout = home.path().join("layout");
+    let (ok, stderr, _) = af(home.path(), &["registry", "pull", &format!("{}/x/y:t", lying.addr), "--to", &format!("oci:{}:t", layout.display())], "");
+    assert!(!ok, "{stderr}");
+    let parts: Vec<_> = std::fs::read_dir(layout.join("blobs/sha256")).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".part-")).collect()).unwrap_or_default();
+    assert!(parts.is_empty(), "left behind: {parts:?}");
+}

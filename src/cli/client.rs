@@ -568,7 +568,7 @@ pub async fn push(target: Target, reference: String, from: Option<String>, all_t
 }
 
 /// `af registry pull REF [--to oci:DIR[:TAG] | docker-archive:FILE[:REPO:TAG]] [--platform os/arch[/variant]]`.
-pub async fn pull(target: Target, reference: String, to: Option<String>, platform: Option<String>, quiet: bool) -> anyhow::Result<()> {
+pub async fn pull(target: Target, reference: String, to: Option<String>, platform: Option<String>, quiet: bool, unpack_ratio: u64) -> anyhow::Result<()> {
     let image = target.parse(&reference)?;
     let to = to.map(|t| local(&t, "--to")).transpose()?;
     let registry = target.registry(&image.registry)?;
@@ -583,11 +583,11 @@ pub async fn pull(target: Target, reference: String, to: Option<String>, platfor
         }
         Some(Local::Archive(file, name)) => {
             let name = name.clone().unwrap_or_else(archive_name);
-            af_registry::client::archive::pull(&registry, &image, file, &name, platform.as_deref(), &shown).await
+            af_registry::client::archive::pull(&registry, &image, file, &name, platform.as_deref(), unpack_ratio, &shown).await
         }
         None => {
             let engine = Engine::from_env()?;
-            af_registry::client::archive::pull_into_engine(&registry, &engine, &image, &archive_name(), platform.as_deref(), &shown).await.map(|(moved, engine_said)| {
+            af_registry::client::archive::pull_into_engine(&registry, &engine, &image, &archive_name(), platform.as_deref(), unpack_ratio, &shown).await.map(|(moved, engine_said)| {
                 said = Some(engine_said);
                 moved
             })

@@ -151,10 +151,10 @@ struct Fetched {
 
 /// Pulls `src` (one image: `platform` picks it from an index) into a new docker archive at
 /// `path`, named `repo_tag` in it.
-pub async fn pull(registry: &Registry, src: &ImageRef, path: &Path, repo_tag: &str, platform: Option<&str>, report: Report<'_>) -> Result<Moved> {
+pub async fn pull(registry: &Registry, src: &ImageRef, path: &Path, repo_tag: &str, platform: Option<&str>, unpack_ratio: u64, report: Report<'_>) -> Result<Moved> {
     let work = tempdir_beside(path)?;
     let result = async {
-        let fetched = fetch(registry, src, &work, platform, report).await?;
+        let fetched = fetch(registry, src, &work, platform, unpack_ratio, report).await?;
         let (path, repo_tag) = (path.to_path_buf(), repo_tag.to_string());
         let Fetched { moved, config_digest, config_file, layers } = fetched;
         tokio::task::spawn_blocking(move || write_archive(&path, &repo_tag, &config_digest, &config_file, &layers))
@@ -170,12 +170,12 @@ pub async fn pull(registry: &Registry, src: &ImageRef, path: &Path, repo_tag: &s
 /// Pulls `src` into the local engine (its load API), named `repo_tag` there: the archive is
 /// made as the engine reads it, from layers kept in a working directory under the system's
 /// temporary directory. Returns what moved and what the engine said.
-pub async fn pull_into_engine(registry: &Registry, engine: &Engine, src: &ImageRef, repo_tag: &str, platform: Option<&str>, report: Report<'_>) -> Result<(Moved, String)> {
+pub async fn pull_into_engine(registry: &Registry, engine: &Engine, src: &ImageRef, repo_tag: &str, platform: Option<&str>, unpack_ratio: u64, report: Report<'_>) -> Result<(Moved, String)> {
     engine.ping().await?;
     let work = std::env::temp_dir().join(format!("af-pull-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&work).map_err(|e| err(&work, e))?;
     let result = async {
-        let Fetched { moved, config_digest, config_file, layers } = fetch(registry, src, &work, platform, report).await?;
+        let Fetched { moved, config_digest, config_file, layers } = fetch(registry, src, &work, platform, unpack_ratio, report).await?;
         let (reader, writer) = tokio::io::duplex(1 << 20);
         let writer = tokio_util::io::SyncIoBridge::new(writer);
         let repo_tag = repo_tag.to_string();
@@ -196,7 +196,7 @@ pub async fn pull_into_engine(registry: &Registry, engine: &Engine, src: &ImageR
 
 /// Pulls `src`'s config and layers into `work`, each verified against its digest as it
 /// arrives and each layer's uncompressed bytes against the config's diff ID.
-async fn fetch(registry: &Registry, src: &ImageRef, work: &Path, platform: Option<&str>, report: Report<'_>) -> Result<Fetched> {
+async fn fetch(registry: &Registry, src: &ImageRef, work: &Path, platform: Option<&str>, unpack_ratio: u64, report: Report<'_>) -> Result<Fetched> {
     let (bytes, _, _) = registry.manifest(&src.repository, &src.reference, reqwest::Method::GET).await?;
     let mut doc: Value = serde_json::from_slice(&bytes).map_err(|e| registry.protocol(format!("{src}: not JSON: {e}")))?;
     let mut digest = super::transfer::sha256_digest(&bytes);
@@ -220,8 +220,23 @@ async fn fetch(registry: &Registry, src: &ImageRef, work: &Path, platform: Optio
     let config_file = work.join("config");
     super::transfer::download(registry, &src.repository, config_digest, config_desc["size"].as_u64().unwrap_or(0), &config_file, report).await?;
     report.end(config_digest, config_desc["size"].as_u64().unwrap_or(0), false);
-    let config: Value = serde_json::from_slice(&std::fs::read(&config_file).map_err(|e| err(&config_file, e))?).map_err(|e| err(&config_file, format!("the image config is not JSON: {e}")))?;
-    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"].as_array().map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect()).unwrap_or_default();
+    // Only its diff IDs are read, field by field: parsed whole, a 48 MiB config took 833 MiB.
+    #[derive(serde::Deserialize, Default)]
+    struct Config {
+        #[serde(default)]
+        rootfs: RootFs,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct RootFs {
+        #[serde(default)]
+        diff_ids: Vec<String>,
+    }
+    if std::fs::metadata(&config_file).map_err(|e| err(&config_file, e))?.len() > MAX_CONFIG {
+        return Err(err(&config_file, format!("the image config is over {MAX_CONFIG} bytes")));
+    }
+    let reader = std::io::BufReader::new(std::fs::File::open(&config_file).map_err(|e| err(&config_file, e))?);
+    let config: Config = serde_json::from_reader(reader).map_err(|e| err(&config_file, format!("the image config is not JSON: {e}")))?;
+    let diff_ids = config.rootfs.diff_ids;
     let mut moved = Moved { digest: digest.clone(), ..Default::default() };
     tally(&mut moved, config_desc["size"].as_u64().unwrap_or(0), true);
     let mut layers = Vec::new();
@@ -236,7 +251,7 @@ async fn fetch(registry: &Registry, src: &ImageRef, work: &Path, platform: Optio
         let tar = work.join(format!("layer{i}.tar"));
         let diff_id = tokio::task::spawn_blocking({
             let (blob, tar) = (blob.clone(), tar.clone());
-            move || uncompressed(&blob, &tar, gzip)
+            move || uncompressed(&blob, &tar, gzip, unpack_ratio)
         })
         .await
         .map_err(|e| err(&blob, e))??;
@@ -249,6 +264,14 @@ async fn fetch(registry: &Registry, src: &ImageRef, work: &Path, platform: Optio
     Ok(Fetched { moved, config_digest: config_digest.to_string(), config_file, layers })
 }
 
+/// The largest image config read (they are kilobytes; a hostile one was 48 MiB).
+const MAX_CONFIG: u64 = 16 << 20;
+
+/// How much larger than its compressed bytes a layer may unpack to, and the size any layer may
+/// unpack to: a gzip bomb of 1 MiB once wrote 2 GiB. `--max-unpack-ratio` raises it.
+pub const DEFAULT_UNPACK_RATIO: u64 = 100;
+const UNPACK_FLOOR: u64 = 64 << 20;
+
 /// A working directory next to `path` (same disk, removed by the caller).
 fn tempdir_beside(path: &Path) -> Result<PathBuf> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join(format!(".af-pull-{}", std::process::id()));
@@ -257,7 +280,10 @@ fn tempdir_beside(path: &Path) -> Result<PathBuf> {
 }
 
 /// Writes the layer in `blob` (gzip'd or not) to `tar` uncompressed; returns its diff ID.
-fn uncompressed(blob: &Path, tar: &Path, gzip: bool) -> Result<String> {
+fn uncompressed(blob: &Path, tar: &Path, gzip: bool, ratio: u64) -> Result<String> {
+    let compressed = std::fs::metadata(blob).map_err(|e| err(blob, e))?.len();
+    let limit = compressed.saturating_mul(ratio).max(UNPACK_FLOOR);
+    let mut written = 0u64;
     let input = std::io::BufReader::new(std::fs::File::open(blob).map_err(|e| err(blob, e))?);
     let mut reader: Box<dyn Read> = if gzip { Box::new(flate2::read::MultiGzDecoder::new(input)) } else { Box::new(input) };
     let mut out = std::io::BufWriter::new(std::fs::File::create(tar).map_err(|e| err(tar, e))?);
@@ -267,6 +293,12 @@ fn uncompressed(blob: &Path, tar: &Path, gzip: bool) -> Result<String> {
         let n = reader.read(&mut buf).map_err(|e| err(blob, format!("cannot decompress the layer: {e}")))?;
         if n == 0 {
             break;
+        }
+        written += n as u64;
+        if written > limit {
+            drop(out);
+            let _ = std::fs::remove_file(tar);
+            return Err(err(blob, format!("the layer unpacks to over {limit} bytes, {ratio} times its {compressed} (a gzip bomb?); pass --max-unpack-ratio to allow more")));
         }
         hasher.update(&buf[..n]);
         out.write_all(&buf[..n]).map_err(|e| err(tar, e))?;

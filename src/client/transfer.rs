@@ -538,6 +538,9 @@ pub async fn download(registry: &Registry, repo: &str, digest: &str, size: u64, 
     let url = registry.url(&format!("/v2/{repo}/blobs/{digest}"));
     let response = registry.check(registry.send(&format!("repository:{repo}:pull"), |http| http.get(&url)).await?).await?;
     let tmp = path.with_extension(format!("part-{}", std::process::id()));
+    // Removed however this ends: an error, or the future dropped mid-way (a sibling download
+    // failed and the others were cancelled), which once left `.part-` files of 32 MiB.
+    let guard = PartFile(tmp.clone());
     report.begin(digest, size);
     let result = async {
         let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| layout_err(&tmp, e))?;
@@ -562,10 +565,17 @@ pub async fn download(registry: &Registry, repo: &str, digest: &str, size: u64, 
         std::fs::rename(&tmp, path).map_err(|e| layout_err(path, e))
     }
     .await;
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    drop(guard);
     result
+}
+
+/// A temporary file removed when dropped (after a rename it is gone already).
+struct PartFile(PathBuf);
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 async fn hash_file(path: &Path) -> Result<String> {
