@@ -4,41 +4,20 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use common::fake_registry::{Answer, Fake, Request};
+use std::io::Write;
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// What the hostile registry answers to a request's path.
-type Answer = fn(&str, &mut TcpStream);
-
-/// A registry on 127.0.0.1 that answers every request with `answer`.
-fn hostile(answer: Answer) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut stream = stream;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-                    loop {
-                        let mut header = String::new();
-                        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
-                            break;
-                        }
-                    }
-                    answer(&path, &mut stream);
-                }
-            });
-        }
-    });
-    addr
+/// A registry on 127.0.0.1 that answers every request with `answer`, given the request's path
+/// and the connection to write its whole response on.
+fn hostile(answer: fn(&str, &mut TcpStream)) -> String {
+    Fake::start(std::sync::Arc::new(move |r: &Request| {
+        let path = r.path.clone();
+        Answer::Stream(Box::new(move |stream: &mut TcpStream| answer(&path, stream)))
+    }))
+    .addr
 }
 
 fn json(stream: &mut TcpStream, body: &str) {
@@ -84,7 +63,7 @@ fn answers_without_end_are_cut_off() {
     for args in [vec!["registry", "list", "--registry", &registry], vec!["registry", "info", "--registry", &registry, "team/app:t"]] {
         let (status, _, stderr, peak_kib) = af(&args);
         assert!(!status.success(), "{args:?}");
-        assert!(stderr.contains("bytes"), "{args:?}: {stderr}");
+        assert!(stderr.contains("over 4194304 bytes"), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(peak_kib < 96 << 10, "{args:?}: the client reached {} MiB", peak_kib >> 10);
     }

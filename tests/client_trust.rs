@@ -3,98 +3,17 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use common::fake_registry::{full, Fake, Request};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone)]
-struct Request {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-}
-
-type Handler = Arc<dyn Fn(&Request) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync>;
-
-/// A registry of the test's own on 127.0.0.1: every request recorded, answered by `handler`.
-struct Fake {
-    addr: String,
-    seen: Arc<Mutex<Vec<Request>>>,
-}
-
-impl Fake {
-    fn start(handler: Handler) -> Fake {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let seen: Arc<Mutex<Vec<Request>>> = Default::default();
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (handler, log) = (handler.clone(), log.clone());
-                std::thread::spawn(move || serve(stream, handler, log));
-            }
-        });
-        Fake { addr, seen }
-    }
-
-    fn requests(&self) -> Vec<Request> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-fn serve(stream: TcpStream, handler: Handler, log: Arc<Mutex<Vec<Request>>>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut stream = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("/").to_string());
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                break;
-            }
-            if let Some((k, v)) = h.trim_end().split_once(':') {
-                headers.push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
-        let len: usize = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
-        let mut body = vec![0u8; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let request = Request { method, path, headers, body };
-        log.lock().unwrap().push(request.clone());
-        let (status, extra, body) = handler(&request);
-        let mut head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
-        for (k, v) in extra {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        if stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body)).is_err() {
-            return;
-        }
-    }
-}
 
 /// A registry that takes any push: no blob is there, uploads start at `/upload`, everything
 /// else is accepted.
-fn accepting() -> Handler {
-    Arc::new(|r: &Request| match (r.method.as_str(), r.path.as_str()) {
+fn accepting() -> common::fake_registry::Handler {
+    full(|r: &Request| match (r.method.as_str(), r.path.as_str()) {
         ("HEAD", p) if p.contains("/blobs/") => (404, vec![], vec![]),
         ("POST", p) if p.contains("/blobs/uploads/") => (202, vec![("Location".into(), "/upload".into())], vec![]),
         ("PUT", p) if p.contains("/manifests/") => (201, vec![], vec![]),
@@ -233,14 +152,14 @@ fn hostile_layouts_are_bounded() {
 #[test]
 fn credentials_go_only_to_their_registry() {
     let home = tempfile::tempdir().unwrap();
-    let other = Fake::start(Arc::new(|r: &Request| {
+    let other = Fake::start(full(|r: &Request| {
         if r.path.starts_with("/token") {
             return (200, vec![], br#"{"token":"t"}"#.to_vec());
         }
         (401, vec![("WWW-Authenticate".into(), "Basic realm=\"elsewhere\"".into())], b"{}".to_vec())
     }));
     let elsewhere = format!("http://{}", other.addr);
-    let registry = Fake::start(Arc::new(move |r: &Request| {
+    let registry = Fake::start(full(move |r: &Request| {
         if r.header("authorization") != Some("Basic dXNlcjpzZWNyZXQtcGFzc3dvcmQ=") {
             return (401, vec![("WWW-Authenticate".into(), "Basic realm=\"registry\"".into())], b"{}".to_vec());
         }
@@ -270,7 +189,7 @@ fn credentials_go_only_to_their_registry() {
 #[test]
 fn logins_at_once_keep_every_entry() {
     let home = tempfile::tempdir().unwrap();
-    let fakes: Vec<Fake> = (0..40).map(|_| Fake::start(Arc::new(|_: &Request| (200, vec![], b"{}".to_vec())))).collect();
+    let fakes: Vec<Fake> = (0..40).map(|_| Fake::start(full(|_: &Request| (200, vec![], b"{}".to_vec())))).collect();
     let threads: Vec<_> = fakes
         .iter()
         .map(|f| {
@@ -312,7 +231,7 @@ fn serving_lies(config: Vec<u8>, layers: Vec<(Vec<u8>, &'static str)>, lie: Opti
         blobs.insert(digest, bytes);
     }
     let blobs = Arc::new(blobs);
-    Fake::start(Arc::new(move |r: &Request| {
+    Fake::start(full(move |r: &Request| {
         if r.path.contains("/manifests/") {
             return (200, vec![("Content-Type".into(), OCI_MANIFEST.into()), ("Docker-Content-Digest".into(), sha256(&manifest))], manifest.clone());
         }

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod cluster_peer;
 pub mod dags;
+pub mod fake_registry;
 pub mod images;
 pub mod kubo_daemon;
 pub mod raw_peer;
