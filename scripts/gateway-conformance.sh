@@ -24,17 +24,20 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-# The suite's source, copied once (and again when the vendored copy changed).
-if [ -d ../shared/vendor/gateway-conformance ]; then
-  stamp=$(find ../shared/vendor/gateway-conformance -type f -printf '%P %s %T@\n' | sort | sha256sum)
+# The suite's source, copied once (and again when the given copy changed): from
+# AF_GATEWAY_CONFORMANCE_SRC, else ../shared/vendor/gateway-conformance, else the Go module proxy.
+VENDORED=${AF_GATEWAY_CONFORMANCE_SRC:-../shared/vendor/gateway-conformance}
+if [ -d "$VENDORED" ]; then
+  stamp=$(find "$VENDORED" -type f -printf '%P %s %T@\n' | sort | sha256sum)
   if [ ! -f "$SRC/.af-stamp" ] || [ "$(cat "$SRC/.af-stamp")" != "$stamp" ]; then
     rm -rf "$SRC" && mkdir -p "$SRC"
-    cp -r ../shared/vendor/gateway-conformance/. "$SRC"
+    cp -r "$VENDORED/." "$SRC"
     chmod -R u+w "$SRC"
     echo "$stamp" > "$SRC/.af-stamp"
   fi
 elif [ ! -f "$SRC/go.mod" ]; then
-  dir=$(go mod download -json "$MODULE@$VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  dir=$(scripts/go-module-dir.sh "$MODULE@$VERSION" "the IPFS gateway conformance suite" \
+    "put its source at ../shared/vendor/gateway-conformance, or name a copy with AF_GATEWAY_CONFORMANCE_SRC=DIR, or set GOPROXY to a proxy that serves it") || exit 1
   rm -rf "$SRC" && mkdir -p "$SRC" && cp -r "$dir/." "$SRC" && chmod -R u+w "$SRC"
 fi
 (cd "$SRC" && go build -o gateway-conformance ./cmd/gateway-conformance)

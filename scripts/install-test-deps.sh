@@ -41,7 +41,7 @@ go_tool crane "github.com/google/go-containerregistry/cmd/crane@${CRANE_VERSION}
 # as downloaded from the proxy. (v0.43.1 replaces go-libp2p with a fork the proxy does not serve.)
 if [ ! -x "$GOBIN/ipfs" ]; then
   echo "building github.com/ipfs/kubo@${KUBO_VERSION}"
-  kubo_dir=$(go mod download -json "github.com/ipfs/kubo@${KUBO_VERSION}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  kubo_dir=$(scripts/go-module-dir.sh "github.com/ipfs/kubo@${KUBO_VERSION}" "Kubo" "set GOPROXY to a proxy that serves it, or put an ipfs binary of ${KUBO_VERSION} at $GOBIN/ipfs") || exit 1
   (cd "$kubo_dir" && go build -o "$GOBIN/ipfs" ./cmd/ipfs)
 fi
 
@@ -57,7 +57,8 @@ if ! "$GOBIN/ipfs-cluster-service" --version 2>/dev/null | grep -q "$CLUSTER_VER
     cp -r ../shared/vendor/ipfs-cluster/. "$cluster_src"
   else
     echo "building github.com/ipfs-cluster/ipfs-cluster@v${CLUSTER_VERSION} from the Go module proxy"
-    cluster_src=$(go mod download -json "github.com/ipfs-cluster/ipfs-cluster@v${CLUSTER_VERSION}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+    cluster_src=$(scripts/go-module-dir.sh "github.com/ipfs-cluster/ipfs-cluster@v${CLUSTER_VERSION}" "IPFS Cluster" \
+      "put its source at ../shared/vendor/ipfs-cluster, or set GOPROXY to a proxy that serves it") || exit 1
   fi
   (cd "$cluster_src" && go build -o "$GOBIN" ./cmd/ipfs-cluster-service ./cmd/ipfs-cluster-ctl)
 fi
