@@ -142,7 +142,10 @@ enum RegistryCommand {
     },
     /// Repositories you may read, with tags, sizes, creation dates and image CIDs.
     List {
-        /// Only this namespace's repositories.
+        /// `REGISTRY`, `REGISTRY/NAMESPACE` or `NAMESPACE` (only its repositories); the registry
+        /// is the first part when it has a dot or a port or is `localhost`, as in references
+        /// [default registry: --registry, AF_REGISTRY, or the client config's].
+        #[arg(value_name = "[REGISTRY/]NAMESPACE")]
         namespace: Option<String>,
         /// One JSON array, for scripts.
         #[arg(long)]

@@ -352,6 +352,11 @@ fn af_client_commands_work_against_an_authenticated_node() {
     assert!(rows[0]["created"].as_str().is_some(), "{rows:?}");
     let table = text(&af(&["registry", "list", "ci", "--registry", &host], ""));
     assert!(table.lines().next().unwrap().starts_with("REPOSITORY") && table.contains(&image_cid), "{table}");
+    // The registry as `login` takes it, positional, alone or with the namespace.
+    for given in [host.clone(), format!("{host}/ci")] {
+        let table = text(&af(&["registry", "list", &given], ""));
+        assert!(table.contains(&image_cid), "list {given}: {table}");
+    }
 
     let out = af(&["registry", "info", &format!("{host}/ci/app:t"), "--json", "--gateway-url", "http://127.0.0.1:8080"], "");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

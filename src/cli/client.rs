@@ -190,10 +190,28 @@ async fn config_created(registry: &Registry, repository: &str, digest: &str) -> 
 
 use af_registry::range::human_size as human;
 
-/// `af registry list [NAMESPACE]`: every repository the caller may read, each tag with its size,
-/// creation date and image CID, printed as it is read (the catalog and tag lists page by page).
-pub async fn list(target: Target, namespace: Option<String>, as_json: bool) -> anyhow::Result<()> {
-    let host = target.host(None)?;
+/// What `af registry list` was given: `REGISTRY`, `REGISTRY/NAMESPACE` or `NAMESPACE`, the
+/// registry told apart by Docker's rule (a first part with a dot or a port, or `localhost`),
+/// as `login` and image references take it.
+fn registry_and_namespace(given: Option<String>) -> (Option<String>, Option<String>) {
+    let Some(given) = given.map(|g| g.trim_end_matches('/').to_string()).filter(|g| !g.is_empty()) else { return (None, None) };
+    let (first, rest) = match given.split_once('/') {
+        Some((f, r)) => (f.to_string(), Some(r.to_string())),
+        None => (given.clone(), None),
+    };
+    if first.contains('.') || first.contains(':') || first == "localhost" {
+        (Some(first), rest.filter(|r| !r.is_empty()))
+    } else {
+        (None, Some(given))
+    }
+}
+
+/// `af registry list [REGISTRY][/NAMESPACE]`: every repository the caller may read, each tag with
+/// its size, creation date and image CID, printed as it is read (the catalog and tag lists page
+/// by page).
+pub async fn list(target: Target, given: Option<String>, as_json: bool) -> anyhow::Result<()> {
+    let (registry, namespace) = registry_and_namespace(given);
+    let host = target.host(registry)?;
     let registry = target.registry(&host)?;
     let mut out = Printable(std::io::stdout().lock());
     let mut first = true;
@@ -621,5 +639,18 @@ impl<W: Write> Write for Printable<W> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_registry_is_told_from_a_namespace() {
+        let split = |s: &str| super::registry_and_namespace(Some(s.to_string()));
+        assert_eq!(split("127.0.0.1:5000"), (Some("127.0.0.1:5000".into()), None));
+        assert_eq!(split("registry.example/team"), (Some("registry.example".into()), Some("team".into())));
+        assert_eq!(split("localhost/"), (Some("localhost".into()), None));
+        assert_eq!(split("team"), (None, Some("team".into())));
+        assert_eq!(super::registry_and_namespace(None), (None, None));
     }
 }
