@@ -33,7 +33,9 @@ impl ClusterPeer {
         assert!(out.status.success(), "ipfs-cluster-service init: {}", String::from_utf8_lossy(&out.stderr));
         let identity: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("identity.json")).unwrap()).unwrap();
         let id = identity["id"].as_str().unwrap().to_string();
-        let port = |_: &str| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // Free on the peer's own address: one free on 127.0.0.1 could be held on `ip` by another
+        // test's peer (a REST API once failed "address already in use" so).
+        let port = |_: &str| std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
         let (swarm, api, proxy, pinsvc) = (port("swarm"), port("api"), port("proxy"), port("pinsvc"));
         let path = dir.join("service.json");
         let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
