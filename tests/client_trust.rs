@@ -178,8 +178,8 @@ fn credentials_go_only_to_their_registry() {
     let config = blob(&dir, b"{}");
     let manifest = blob(&dir, &manifest_json(&config, &[]));
     index_json(&dir, &[serde_json::json!({"mediaType": OCI_MANIFEST, "digest": manifest.0, "size": manifest.1})]);
-    let (ok, _, _) = af(home.path(), &["registry", "push", &format!("{}/x/y:t", registry.addr), "--from", &format!("oci:{}", dir.display())], "");
-    assert!(!ok);
+    let (ok, pushed, _) = af(home.path(), &["registry", "push", &format!("{}/x/y:t", registry.addr), "--from", &format!("oci:{}", dir.display())], "");
+    assert!(!ok && pushed.contains("unauthorized"), "the upload elsewhere is refused for want of a credential: {pushed}");
     let got = other.requests();
     assert!(got.iter().any(|r| r.path == "/moved") && got.iter().any(|r| r.path.starts_with("/upload")), "{got:?}");
     assert!(got.iter().all(|r| r.header("authorization").is_none()), "a credential went elsewhere: {got:?}");

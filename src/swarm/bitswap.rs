@@ -30,8 +30,10 @@ pub const MAX_BLOCK: usize = 2 << 20;
 /// Blocks packed into one reply message, in bytes (a block larger than this goes alone).
 pub const BLOCKS_PER_MESSAGE: usize = 2 << 20;
 /// Inbound Bitswap streams one peer may hold open at once; a stream past it is reset at once.
-/// An honest peer keeps one open per direction while it has traffic (as this node does, `outbox`).
-pub const STREAMS_PER_PEER: usize = 8;
+/// Kubo keeps one open per direction while it has traffic (as this node does, `outbox`); Helia
+/// opens one per message and closes it once written, several at a time, so the bound leaves
+/// room for a burst of those (at 8, bursts lost blocks under load).
+pub const STREAMS_PER_PEER: usize = 64;
 /// Inbound streams of all peers together (the connection limit bounds peers first: this only
 /// caps what a flood of new peer IDs could add).
 pub const STREAMS_TOTAL: usize = 4096;

@@ -98,7 +98,10 @@ fn serve(stream: TcpStream, handler: Handler, log: Arc<Mutex<Vec<Request>>>) {
                     head.push_str(&format!("{k}: {v}\r\n"));
                 }
                 head.push_str("\r\n");
-                if stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body)).is_err() {
+                // A HEAD answer has its length but no body: one sent would be read as the start
+                // of the next answer on the connection.
+                let body = if request.method == "HEAD" { &[][..] } else { &body[..] };
+                if stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).is_err() {
                     return;
                 }
             }
