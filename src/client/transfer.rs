@@ -256,7 +256,7 @@ async fn push_blob(registry: &Registry, dir: &Path, repo: &str, digest: &str, si
         tokio::task::spawn_blocking(move || {
             let mut hasher = sha2::Sha256::new();
             let mut reader = std::io::BufReader::with_capacity(1 << 20, ReadAt { file: &file, at: 0 });
-            std::io::copy(&mut reader, &mut HashWriter(&mut hasher)).map_err(|e| layout_err(&at, e))?;
+            std::io::copy(&mut reader, &mut hasher).map_err(|e| layout_err(&at, e))?;
             Ok::<_, TransferError>(format!("sha256:{}", hex::encode(hasher.finalize())))
         })
         .await
@@ -287,19 +287,6 @@ impl std::io::Read for ReadAt<'_> {
     }
 }
 
-struct HashWriter<'a>(&'a mut sha2::Sha256);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The `size` bytes at `offset` of an open file, a MiB at a time, read by position on blocking
 /// threads.
 fn chunks_at(file: std::sync::Arc<std::fs::File>, offset: u64, size: u64) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
@@ -327,10 +314,11 @@ fn chunks_at(file: std::sync::Arc<std::fs::File>, offset: u64, size: u64) -> imp
 /// Sends blob `digest`, the `size` bytes at `offset` of the file at `path`, unless the repository
 /// has it: true if it was sent.
 pub async fn upload_range(registry: &Registry, repo: &str, digest: &str, path: PathBuf, (offset, size): (u64, u64), report: Report<'_>) -> Result<bool> {
+    let file = std::sync::Arc::new(std::fs::File::open(&path).map_err(|e| layout_err(&path, e))?);
     let progress = (report.clone(), digest.to_string());
     upload(registry, repo, digest, size, report, move || {
         let (report, digest) = progress.clone();
-        reqwest::Body::wrap_stream(file_chunks(path.clone(), offset, size).inspect_ok(move |chunk| report.advance(&digest, chunk.len() as u64)))
+        reqwest::Body::wrap_stream(chunks_at(file.clone(), offset, size).inspect_ok(move |chunk| report.advance(&digest, chunk.len() as u64)))
     })
     .await
 }
@@ -424,30 +412,6 @@ pub async fn upload_streamed(registry: &Registry, repo: &str, body: reqwest::Bod
     let put_url = with_digest(&location(registry, &patched)?, &digest);
     registry.check(registry.send(&scope, |http| http.put(&put_url)).await?).await?;
     Ok(digest)
-}
-
-/// `size` bytes at `offset` of the file at `path`, 1 MiB at a time, opened when first read.
-fn file_chunks(path: PathBuf, offset: u64, size: u64) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
-    futures_util::stream::try_unfold((path, None::<tokio::fs::File>, size), move |(path, file, left)| async move {
-        if left == 0 {
-            return Ok(None);
-        }
-        let mut file = match file {
-            Some(f) => f,
-            None => {
-                let mut f = tokio::fs::File::open(&path).await?;
-                tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::Start(offset)).await?;
-                f
-            }
-        };
-        let mut buf = vec![0u8; (1u64 << 20).min(left) as usize];
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("{} ended early", path.display())));
-        }
-        buf.truncate(n);
-        Ok(Some((bytes::Bytes::from(buf), (path, Some(file), left - n as u64))))
-    })
 }
 
 /// `os/arch[/variant]` as `--platform` gives it.
