@@ -145,6 +145,8 @@ pub struct Peer {
     pub id: String,
     pub name: String,
     pub ipfs: String,
+    /// The swarm addresses the IPFS node says it has.
+    pub addresses: Vec<String>,
 }
 
 /// How one cluster peer holds a CID (`pinned`, `pinning`, `pin_queued`, `pin_error`, ...).
@@ -242,6 +244,7 @@ impl Cluster {
                 id: v["id"].as_str().unwrap_or_default().to_string(),
                 name: v["peername"].as_str().unwrap_or_default().to_string(),
                 ipfs: v["ipfs"]["id"].as_str().unwrap_or_default().to_string(),
+                addresses: v["ipfs"]["addresses"].as_array().into_iter().flatten().filter_map(|a| a.as_str().map(String::from)).collect(),
             })
             .collect())
     }

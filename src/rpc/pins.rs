@@ -142,15 +142,18 @@ async fn add_direct(req: &HttpRequest, state: &RpcState, cids: &[Cid]) -> HttpRe
     HttpResponse::Ok().json(json!({"Pins": cids.iter().map(Cid::to_string).collect::<Vec<_>>()}))
 }
 
-/// Whether `cid` is an OCI image layout's root (its `index.json` and `oci-layout` found, from
-/// peers if need be); any failure says no, and the walk that follows reports it.
-async fn is_image_layout(reader: &Reader, cid: Cid) -> bool {
+/// Whether `cid` is an OCI image layout's root (its `oci-layout` and `index.json` found, from
+/// peers if need be). A block that could not be had is an error, not a "no": taken for a plain
+/// DAG, an image whose peers were slow would be held unserved for good, its pin done.
+async fn is_image_layout(reader: &Reader, cid: Cid) -> Result<bool, String> {
     for entry in ["oci-layout", "index.json"] {
-        if reader.resolve(cid, &[entry.to_string()]).await.is_err() {
-            return false;
+        match reader.resolve(cid, &[entry.to_string()]).await {
+            Ok(_) => {}
+            Err(e @ (DagError::Missing(_) | DagError::Registry(_))) => return Err(e.to_string()),
+            Err(_) => return Ok(false),
         }
     }
-    true
+    Ok(true)
 }
 
 /// The cluster's pin of `cid`; None without a cluster or such a pin (the operator's own
@@ -158,6 +161,32 @@ async fn is_image_layout(reader: &Reader, cid: Cid) -> bool {
 async fn pin_in_cluster(state: &RpcState, cid: Cid) -> Result<Option<crate::cluster::Pin>, String> {
     let Some(cluster) = &state.cluster else { return Ok(None) };
     cluster.pin_of(&cid.to_string()).await.map_err(|e| format!("cannot tell who asked for the pin: {e}"))
+}
+
+/// Cluster peers a pin's holders are looked for among: its allocations and its origin.
+const HOLDERS: usize = 8;
+
+/// Connects to the nodes behind the cluster peers `pin` is allocated to and to the node whose
+/// claim it carries (`origin`), at the addresses the cluster gives for them. Cluster's connector
+/// connects the nodes only when it starts; a private block is announced nowhere, so without a
+/// connection a replica could never find its origin (after an idle connection closed, a restart,
+/// or when the nodes were not yet up at the cluster's start). Best effort: the walk that follows
+/// fails as before if no holder answers.
+async fn connect_holders(state: &RpcState, pin: &crate::cluster::Pin, origin: Option<&str>) {
+    let Some(cluster) = &state.cluster else { return };
+    let Ok(peers) = cluster.peers().await else { return };
+    let allocated = pin.allocations.as_deref().unwrap_or_default();
+    let holders = peers.iter().filter(|p| allocated.contains(&p.id) || origin == Some(p.ipfs.as_str()));
+    for p in holders.take(HOLDERS) {
+        let Ok(peer) = p.ipfs.parse::<libp2p::PeerId>() else { continue };
+        if peer == state.swarm.peer_id {
+            continue;
+        }
+        let addrs = p.addresses.iter().filter_map(|a| a.parse().ok()).take(crate::swarm::ADDRESSES_PER_PEER).collect();
+        if !state.swarm.dial_any(peer, addrs).await {
+            tracing::debug!(%peer, cid = %pin.cid.cid, "a holder of a cluster pin did not answer");
+        }
+    }
 }
 
 /// Pins `cid` once its whole DAG is here, telling `progress` the blocks walked so far.
@@ -180,10 +209,16 @@ async fn pin_one(req: &HttpRequest, state: &RpcState, cid: Cid, progress: &mut u
     let probe = super::passing_reader(req, state);
     let pin = pin_in_cluster(state, cid).await?;
     let claim = pin.as_ref().and_then(crate::cluster::Claim::verified).filter(|c| c.cid == cid.to_string());
+    if let Some(pin) = &pin {
+        connect_holders(state, pin, claim.as_ref().map(|c| c.node.as_str())).await;
+    }
     let mut public = pin.as_ref().and_then(|p| p.meta(crate::cluster::META_VISIBILITY)).is_none_or(|v| v == "public");
-    if is_image_layout(&probe, cid).await {
+    if is_image_layout(&probe, cid).await? {
         use crate::car::{CarError, PinOrigin};
+        let own = claim.as_ref().is_some_and(|c| c.node == state.swarm.peer_id.to_string() || state.registry.is_fellow(&c.node));
         let origin = match (&pin, &claim) {
+            // This registry's own image, pinned here by its own replication: already served.
+            _ if own => None,
             (None, _) => Some(PinOrigin::Operator),
             (Some(_), Some(claim)) => Some(PinOrigin::Node(claim)),
             (Some(_), None) => None,
@@ -199,6 +234,7 @@ async fn pin_one(req: &HttpRequest, state: &RpcState, cid: Cid, progress: &mut u
                 Err(e @ (CarError::Registry(_) | CarError::Metadata(_) | CarError::Task(_))) => return Err(e.to_string()),
                 Err(e) => tracing::warn!(pin = %cid, error = %e, "pinned image held, not served"),
             },
+            None if own => {}
             None => tracing::warn!(pin = %cid, "a cluster pin of an image that no registry node signed: held, not served"),
         }
     }

@@ -463,7 +463,7 @@ fn answer(dialling: &mut HashMap<libp2p::swarm::ConnectionId, (Option<PeerId>, V
 }
 
 /// Addresses the routing table keeps for one peer, whatever it claims.
-const ADDRESSES_PER_PEER: usize = 8;
+pub(crate) const ADDRESSES_PER_PEER: usize = 8;
 
 /// Whether `addr` is one this node would dial: an IP address, then TCP or QUIC, nothing long.
 fn dialable(addr: &Multiaddr) -> bool {
