@@ -31,12 +31,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("data.bin");
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("head -c {} /dev/urandom > {}", size_mib << 20, file.display()))
-        .status()
-        .unwrap()
-        .success();
+    let ok = Command::new("sh").arg("-c").arg(format!("head -c {} /dev/urandom > {}", size_mib << 20, file.display())).status().unwrap().success();
     assert!(ok);
     let af = env!("CARGO_BIN_EXE_af");
     let ipfs_repo = dir.join("ipfs");
@@ -56,11 +51,7 @@ fn main() {
             af_t.push(time(Command::new(af).args(["cid", "--profile", profile]).arg(&file)));
             ssl_t.push(time(Command::new("openssl").args(["dgst", "-sha256"]).arg(&file)));
             if kubo {
-                let cfg = Command::new(&ipfs)
-                    .args(["config", "--json", "Import.UnixFSFileMaxLinks", &links.to_string()])
-                    .env("IPFS_PATH", &ipfs_repo)
-                    .status()
-                    .unwrap();
+                let cfg = Command::new(&ipfs).args(["config", "--json", "Import.UnixFSFileMaxLinks", &links.to_string()]).env("IPFS_PATH", &ipfs_repo).status().unwrap();
                 assert!(cfg.success());
                 kubo_t.push(time(
                     Command::new(&ipfs)

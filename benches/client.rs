@@ -196,7 +196,15 @@ fn engine_rounds(dir: &Path, mib: u64) {
         let pull_af = || timed(with_engine(af(&["registry", "pull", &af_repo, "-q"]), &docker_host));
         let pull_sk = || {
             let mut c = Command::new("skopeo");
-            c.args(["--insecure-policy", "copy", "--dest-daemon-host", &docker_host, "--src-tls-verify=false", &format!("docker://{sk_repo}"), &format!("docker-daemon:{sk_repo}")]);
+            c.args([
+                "--insecure-policy",
+                "copy",
+                "--dest-daemon-host",
+                &docker_host,
+                "--src-tls-verify=false",
+                &format!("docker://{sk_repo}"),
+                &format!("docker-daemon:{sk_repo}"),
+            ]);
             timed(c)
         };
         if round == 0 {

@@ -12,10 +12,10 @@
 //!   of the two cores one copy already keeps busy bounds what a second one at once can gain.
 //! - one of our holders killed with its cluster peer: the time until the fourth node holds it.
 
-mod common;
 #[allow(dead_code)]
 #[path = "../tests/common/cluster_peer.rs"]
 mod cluster_peer;
+mod common;
 
 use cluster_peer::ClusterPeer;
 use common::*;
@@ -108,7 +108,9 @@ fn start_cluster(peers: &mut [ClusterPeer]) {
         p.start(&others);
     }
     let n = peers.len();
-    wait(90, "every cluster peer's metric", || String::from_utf8_lossy(&peers[0].ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).matches("\"valid\": true").count() >= n);
+    wait(90, "every cluster peer's metric", || {
+        String::from_utf8_lossy(&peers[0].ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).matches("\"valid\": true").count() >= n
+    });
 }
 
 fn main() {
@@ -139,7 +141,10 @@ fn main() {
         .unwrap();
     assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
     let head = Command::new("curl").args(["-sI", "-H", "Accept: application/vnd.oci.image.manifest.v1+json", &format!("http://{host}/v2/bench/app/manifests/t")]).output().unwrap();
-    let cid = String::from_utf8_lossy(&head.stdout).lines().find_map(|l| l.strip_prefix("ipfs-image-cid: ").or(l.strip_prefix("Ipfs-Image-Cid: ")).map(|c| c.trim().to_string())).expect("an image CID");
+    let cid = String::from_utf8_lossy(&head.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("ipfs-image-cid: ").or(l.strip_prefix("Ipfs-Image-Cid: ")).map(|c| c.trim().to_string()))
+        .expect("an image CID");
     wait(60, "the image pinned on A", || pinned(&peers[0], &cid) == 1);
 
     // The reference: one fresh node copies it once over the swarm.

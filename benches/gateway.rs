@@ -98,10 +98,30 @@ fn main() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    curl(&["-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/octet-stream", "-T", &layer.display().to_string(), &format!("{}/v2/bench/layer/blobs/uploads?digest={digest}", node.api)]);
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "-T",
+        &layer.display().to_string(),
+        &format!("{}/v2/bench/layer/blobs/uploads?digest={digest}", node.api),
+    ]);
     let small = dir.join("small.bin");
     let small_digest = make_layer(&small, 4096);
-    curl(&["-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/octet-stream", "-T", &small.display().to_string(), &format!("{}/v2/bench/layer/blobs/uploads?digest={small_digest}", node.api)]);
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "-T",
+        &small.display().to_string(),
+        &format!("{}/v2/bench/layer/blobs/uploads?digest={small_digest}", node.api),
+    ]);
     af(&["registry", "visibility", "bench/layer", "public"], &node.data);
     let cid_of = |d: &str| {
         let h = curl(&["-I", &format!("{}/v2/bench/layer/blobs/{d}", node.api)]);
@@ -150,7 +170,17 @@ fn main() {
     });
     let manifest_file = dir.join("manifest.json");
     std::fs::write(&manifest_file, manifest.to_string()).unwrap();
-    let put = curl(&["-s", "-i", "-X", "PUT", "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json", "-T", &manifest_file.display().to_string(), &format!("{}/v2/bench/layer/manifests/t", node.api)]);
+    let put = curl(&[
+        "-s",
+        "-i",
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/vnd.oci.image.manifest.v1+json",
+        "-T",
+        &manifest_file.display().to_string(),
+        &format!("{}/v2/bench/layer/manifests/t", node.api),
+    ]);
     let image = put.lines().find_map(|l| l.strip_prefix("ipfs-image-cid: ").or_else(|| l.strip_prefix("Ipfs-Image-Cid: "))).map(|c| c.trim().to_string());
     let image = image.unwrap_or_else(|| {
         let h = curl(&["-I", "-H", "Accept: application/vnd.oci.image.manifest.v1+json", &format!("{}/v2/bench/layer/manifests/t", node.api)]);
@@ -181,11 +211,7 @@ fn main() {
     println!("against Kubo 0.42's gateway, the same DAG, medians of 3 interleaved rounds:");
     println!("?format=tar of the image: ours {to:.0} MB/s, Kubo {tk:.0} MB/s: ours/Kubo {:.2} (target >= 1)", to / tk);
     println!("?format=car of the layer: ours {co:.0} MB/s, Kubo {ck:.0} MB/s: ours/Kubo {:.2} (target >= 1)", co / ck);
-    println!(
-        "first byte of a cold directory listing (median of the image's 3 directories): ours {:.1} ms, Kubo {:.1} ms",
-        median(&mut ours_fb),
-        median(&mut kubo_fb)
-    );
+    println!("first byte of a cold directory listing (median of the image's 3 directories): ours {:.1} ms, Kubo {:.1} ms", median(&mut ours_fb), median(&mut kubo_fb));
     drop(kubo);
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);

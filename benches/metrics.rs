@@ -47,9 +47,29 @@ fn main() {
     // One small image: a config blob and a manifest naming it.
     let config = b"{}";
     let config_digest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(config)));
-    curl(&["-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/octet-stream", "--data-binary", "{}", &format!("{base}/v2/bench/app/blobs/uploads?digest={config_digest}")]);
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        "{}",
+        &format!("{base}/v2/bench/app/blobs/uploads?digest={config_digest}"),
+    ]);
     let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": 2}, "layers": []}).to_string();
-    curl(&["-o", "/dev/null", "-X", "PUT", "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json", "--data-binary", &manifest, &format!("{base}/v2/bench/app/manifests/t")]);
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/vnd.oci.image.manifest.v1+json",
+        "--data-binary",
+        &manifest,
+        &format!("{base}/v2/bench/app/manifests/t"),
+    ]);
     let url = format!("{base}/v2/bench/app/manifests/t");
     let scrape_url = format!("http://127.0.0.1:{metrics}/metrics");
     let scrape = || assert!(!curl(&["-sf", &scrape_url]).is_empty());

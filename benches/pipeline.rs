@@ -89,12 +89,7 @@ fn main() {
             }
         });
         let (w, wo) = (median(with), median(without));
-        println!(
-            "{place}: with the UnixFS DAG {:.0} MB/s, without {:.0} MB/s: with/without {:.3} (target >= 0.95)",
-            mb / w,
-            mb / wo,
-            wo / w
-        );
+        println!("{place}: with the UnixFS DAG {:.0} MB/s, without {:.0} MB/s: with/without {:.3} (target >= 0.95)", mb / w, mb / wo, wo / w);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

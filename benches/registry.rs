@@ -49,7 +49,21 @@ fn start_af(dir: &Path) -> Server {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_af"))
         .env("AF_SWARM", "/ip4/127.0.0.1/tcp/0")
-        .args(["registry", "serve", "--metrics", "127.0.0.1:0", "--auth", "none", "--gateway", "127.0.0.1:0", "--rpc", "127.0.0.1:0", "--api", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "registry",
+            "serve",
+            "--metrics",
+            "127.0.0.1:0",
+            "--auth",
+            "none",
+            "--gateway",
+            "127.0.0.1:0",
+            "--rpc",
+            "127.0.0.1:0",
+            "--api",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(dir.join("af"))
         .env("AF_LOG", "warn")
         .stdout(Stdio::null())
@@ -85,13 +99,7 @@ fn start_distribution(dir: &Path) -> Server {
 
 fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
+    status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()).map(|kb| kb / 1024.0).unwrap_or(f64::NAN)
 }
 
 /// dd's fsync'd write speed to the same disk, MB/s.
@@ -99,13 +107,7 @@ fn dd_mbps(src: &Path, dir: &Path, size: u64) -> f64 {
     settle();
     let out = dir.join("dd.out");
     let t = Instant::now();
-    let ok = Command::new("dd")
-        .arg(format!("if={}", src.display()))
-        .arg(format!("of={}", out.display()))
-        .args(["bs=1M", "conv=fsync", "status=none"])
-        .status()
-        .unwrap()
-        .success();
+    let ok = Command::new("dd").arg(format!("if={}", src.display())).arg(format!("of={}", out.display())).args(["bs=1M", "conv=fsync", "status=none"]).status().unwrap().success();
     assert!(ok);
     let secs = t.elapsed().as_secs_f64();
     std::fs::remove_file(out).ok();
@@ -224,10 +226,7 @@ fn main() {
     }
     let (a, d) = (rows[0], rows[1]);
     println!("\nlayer {size_mib} MiB; medians of {rounds} interleaved rounds; dd conv=fsync on the same disk: {dd:.0} MB/s");
-    println!(
-        "{:<14}{:>11}{:>16}{:>16}{:>14}{:>16}{:>9}",
-        "server", "push MB/s", "cold pull MB/s", "warm pull MB/s", "peak RSS MiB", "manifest req/s", "p99 ms"
-    );
+    println!("{:<14}{:>11}{:>16}{:>16}{:>14}{:>16}{:>9}", "server", "push MB/s", "cold pull MB/s", "warm pull MB/s", "peak RSS MiB", "manifest req/s", "p99 ms");
     for (name, push, pull, warm, rss, rps, p99) in &rows {
         println!("{name:<14}{push:>11.0}{pull:>16.0}{warm:>16.0}{rss:>14.1}{rps:>16.0}{p99:>9.2}");
     }

@@ -70,14 +70,7 @@ impl Filled {
     fn load(path: &Path) -> Option<Filled> {
         let text = std::fs::read_to_string(path).ok()?;
         let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        (v.len() == 6).then(|| Filled {
-            repos: v[0] as u64,
-            tags: v[1] as u64,
-            manifests: v[2] as u64,
-            blocks: v[3] as u64,
-            blob_bytes: v[4] as u64,
-            seconds: v[5],
-        })
+        (v.len() == 6).then(|| Filled { repos: v[0] as u64, tags: v[1] as u64, manifests: v[2] as u64, blocks: v[3] as u64, blob_bytes: v[4] as u64, seconds: v[5] })
     }
 }
 
@@ -342,12 +335,8 @@ fn fill(dir: &Path, shape: Shape) -> Filled {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .unwrap();
-        let mut reference = meta
-            .prepare("INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, kind) VALUES (?1, ?2, ?3, 'blob')")
-            .unwrap();
-        let mut tag_row = meta
-            .prepare("INSERT INTO tags (repository_id, name, manifest_digest, image_cid, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)")
-            .unwrap();
+        let mut reference = meta.prepare("INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, kind) VALUES (?1, ?2, ?3, 'blob')").unwrap();
+        let mut tag_row = meta.prepare("INSERT INTO tags (repository_id, name, manifest_digest, image_cid, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)").unwrap();
         let mut block = blocks
             .prepare(
                 "INSERT OR IGNORE INTO blocks (multihash, codec, blob, offset, length, data, owner_kind, owner, created_at)
@@ -396,8 +385,7 @@ fn prepared(shape: Shape) -> (PathBuf, Filled) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-scale").join(shape.name);
     let marker = dir.with_extension("filled");
     let expected = format!("{} {}", shape.repos, shape.wide_tags);
-    let reuse = std::env::var_os("AF_SCALE_REFILL").is_none()
-        && std::fs::read_to_string(dir.with_extension("shape")).is_ok_and(|s| s == expected);
+    let reuse = std::env::var_os("AF_SCALE_REFILL").is_none() && std::fs::read_to_string(dir.with_extension("shape")).is_ok_and(|s| s == expected);
     if reuse {
         if let Some(filled) = Filled::load(&marker) {
             println!("{}: reusing {} (AF_SCALE_REFILL=1 makes it again)", shape.name, dir.display());
@@ -446,11 +434,7 @@ fn walk(base: &str, first: &str, key: &str) -> (Vec<f64>, u64) {
         let t = Instant::now();
         let r = client.get(format!("{base}{path}")).send().unwrap();
         assert!(r.status().is_success(), "{path}: {}", r.status());
-        next = r
-            .headers()
-            .get("link")
-            .and_then(|l| l.to_str().ok())
-            .and_then(|l| l.split_once('<').and_then(|(_, rest)| rest.split_once('>')).map(|(p, _)| p.to_string()));
+        next = r.headers().get("link").and_then(|l| l.to_str().ok()).and_then(|l| l.split_once('<').and_then(|(_, rest)| rest.split_once('>')).map(|(p, _)| p.to_string()));
         let body: serde_json::Value = r.json().unwrap();
         times.push(t.elapsed().as_secs_f64() * 1e3);
         entries += body[key].as_array().map_or(0, |a| a.len() as u64);
@@ -463,21 +447,13 @@ fn walk(base: &str, first: &str, key: &str) -> (Vec<f64>, u64) {
 /// cache's, shared and reclaimable) RSS counts as the process's own.
 fn offline(dir: &Path, args: &[&str]) -> (f64, f64, String) {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_af"))
-        .arg("registry")
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .env("AF_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_af")).arg("registry").args(args).arg("--data-dir").arg(dir).env("AF_LOG", "warn").stdout(Stdio::piped()).spawn().unwrap();
     let status_file = format!("/proc/{}/status", child.id());
     let mut peak_kib = 0u64;
     while child.try_wait().unwrap().is_none() {
-        let anon = std::fs::read_to_string(&status_file).ok().and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("RssAnon:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        });
+        let anon = std::fs::read_to_string(&status_file)
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("RssAnon:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()));
         peak_kib = peak_kib.max(anon.unwrap_or(0));
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -545,10 +521,7 @@ fn measure(dir: &Path, shape: Shape, filled: &Filled) -> Figures {
     let script = dir.with_extension("lua");
     std::fs::write(
         &script,
-        format!(
-            "local paths = {{{}}}\nlocal i = 0\nrequest = function()\n  i = i + 1\n  return wrk.format(\"GET\", paths[(i % #paths) + 1])\nend\n",
-            paths.join(",")
-        ),
+        format!("local paths = {{{}}}\nlocal i = 0\nrequest = function()\n  i = i + 1\n  return wrk.format(\"GET\", paths[(i % #paths) + 1])\nend\n", paths.join(",")),
     )
     .unwrap();
     let accept = format!("Accept: {MANIFEST}");

@@ -46,7 +46,11 @@ fn rpc(port: u16, call: &str) -> serde_json::Value {
 fn ipfs_bin() -> PathBuf {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let p = Path::new(&home).join("go/bin/ipfs");
-    if p.exists() { p } else { PathBuf::from("ipfs") }
+    if p.exists() {
+        p
+    } else {
+        PathBuf::from("ipfs")
+    }
 }
 
 fn ipfs(repo: &Path, args: &[&str]) -> String {
@@ -88,7 +92,20 @@ fn push_image(api: u16, repo: &str, layer: &Path, digest: &str, size: u64) -> St
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": size}],
     })
     .to_string();
-    let headers = curl(&["-s", "-D", "-", "-o", "/dev/null", "-X", "PUT", "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json", "--data-binary", &manifest, &format!("{base}/manifests/v1")]);
+    let headers = curl(&[
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/vnd.oci.image.manifest.v1+json",
+        "--data-binary",
+        &manifest,
+        &format!("{base}/manifests/v1"),
+    ]);
     headers.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("ipfs-image-cid: ").map(|c| c.trim().to_string())).expect("Ipfs-Image-Cid")
 }
 
@@ -163,8 +180,24 @@ fn main() {
     let (a_api, a_rpc, a_swarm, b_api, b_rpc, b_swarm) = (free_port(), free_port(), free_port(), free_port(), free_port(), free_port());
     let a = node(&dir.join("a"), a_api, a_rpc, a_swarm);
     let b = node(&dir.join("b"), b_api, b_rpc, b_swarm);
-    curl(&["-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/octet-stream", "-T", &layer.display().to_string(), &format!("http://127.0.0.1:{a_api}/v2/bench/layer/blobs/uploads?digest={digest}")]);
-    let ok = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "bench/layer", "public", "--data-dir"]).arg(dir.join("a")).stdout(Stdio::null()).status().unwrap().success();
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "-T",
+        &layer.display().to_string(),
+        &format!("http://127.0.0.1:{a_api}/v2/bench/layer/blobs/uploads?digest={digest}"),
+    ]);
+    let ok = Command::new(env!("CARGO_BIN_EXE_af"))
+        .args(["registry", "visibility", "bench/layer", "public", "--data-dir"])
+        .arg(dir.join("a"))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
     assert!(ok);
     let head = curl(&["-I", &format!("http://127.0.0.1:{a_api}/v2/bench/layer/blobs/{digest}")]);
     let cid = head.lines().find_map(|l| l.strip_prefix("ipfs-cid: ").or_else(|| l.strip_prefix("Ipfs-Cid: "))).expect("Ipfs-Cid").trim().to_string();
@@ -210,10 +243,8 @@ fn main() {
     rpc(d_rpc, &format!("registry/import?arg={}&repo=mirror/image", providers[0].1));
     settle();
     let (_, four_rate) = pull_through(d_api, "mirror/image", &digest, size);
-    let shares: Vec<String> = providers
-        .iter()
-        .map(|(_, _, _, id)| format!("{:.0}", rpc(d_rpc, &format!("bitswap/ledger?arg={id}"))["Recv"].as_f64().unwrap_or(0.0) / 1e6))
-        .collect();
+    let shares: Vec<String> =
+        providers.iter().map(|(_, _, _, id)| format!("{:.0}", rpc(d_rpc, &format!("bitswap/ledger?arg={id}"))["Recv"].as_f64().unwrap_or(0.0) / 1e6)).collect();
     drop((d, providers));
 
     // Kubo → Kubo, same bytes, 256 KiB raw leaves (Kubo's default chunker).
@@ -243,7 +274,11 @@ fn main() {
         None => println!("Helia -> Helia: skipped (tests/interop has no node_modules: npm ci there)"),
     }
     println!("af HTTP blob GET from A: {http_rate:.0} MB/s; Bitswap/HTTP {:.2} (target >= 0.5)", af_rate / http_rate);
-    println!("af pull-through on C (blob GET, fetched from A as it is served): {through_rate:.0} MB/s, first byte after {:.1} ms (target < 100); pull-through/HTTP {:.2}", ttfb * 1e3, through_rate / http_rate);
+    println!(
+        "af pull-through on C (blob GET, fetched from A as it is served): {through_rate:.0} MB/s, first byte after {:.1} ms (target < 100); pull-through/HTTP {:.2}",
+        ttfb * 1e3,
+        through_rate / http_rate
+    );
     println!("af pull-through from 4 providers at once: {four_rate:.0} MB/s; MB from each: {}", shares.join(", "));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     println!(

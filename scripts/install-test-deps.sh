@@ -84,5 +84,7 @@ echo "test dependencies ready"
 # cargo fuzz (its targets build with the nightly toolchain these machines carry); cargo deny is
 # built by scripts/test.sh in the background.
 export PATH="$HOME/.cargo/bin:$PATH"
+# rustfmt and clippy: the formatting and lint steps of scripts/test.sh.
+for c in rustfmt clippy; do rustup component list --installed | grep -q "^$c" || rustup component add "$c"; done
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@0.13.2

@@ -24,6 +24,8 @@ AF_TEST_POSTGRES_URL=$(scripts/postgres.sh)
 export AF_TEST_POSTGRES_URL
 step check the Dockerfile
 scripts/check-dockerfile.sh
+step check the formatting
+cargo fmt --check || { echo "the code is not formatted as rustfmt.toml says: run cargo fmt" >&2; exit 1; }
 # Everything but the library's unit tests, which run below in a fresh clone (one build of them).
 step build
 cargo build --locked --lib --bins --test '*' --benches
@@ -35,14 +37,18 @@ git clone -q . "$fresh/af-registry"
 (cd "$fresh/af-registry" && CARGO_TARGET_DIR="$OLDPWD/target" cargo test --locked --lib -q) \
   || { rm -rf "$fresh"; echo "the unit tests fail in a fresh clone without ../shared" >&2; exit 1; }
 rm -rf "$fresh"
-# The fuzz targets (nightly, sanitizers, unoptimised: they run 20 s each) and cargo deny build
+# Clippy, the fuzz targets (nightly, sanitizers, unoptimised: they run 20 s each) and cargo deny build
 # meanwhile on what the tests leave of the cores: one compile job, lowest priority, idle I/O
 # class, so the timing-sensitive tests (swarm dials, visibility flips) do not feel it. Once the
 # tests are done the same builds are started again with every core; cargo carries on from what
 # the background build finished.
 export AF_FUZZ_PROFILE=${AF_FUZZ_PROFILE:-dev}
+# Clippy checks into a directory of its own: it would hold the build directory's lock, and the
+# integration tests' cargo waits on that lock.
+clippy() { CARGO_TARGET_DIR=target/clippy cargo clippy --locked --all-targets -q -- -D warnings; }
+export -f clippy
 tools_build() {
-  scripts/fuzz.sh --build-only &&
+  clippy && scripts/fuzz.sh --build-only &&
     { command -v cargo-deny >/dev/null || cargo install --locked --target-dir target/tools cargo-deny@0.20.2; }
 }
 export -f tools_build
@@ -57,9 +63,10 @@ step OCI conformance
 scripts/conformance.sh target/debug/af
 step gateway conformance
 scripts/gateway-conformance.sh target/debug/af
-step finish building the fuzz targets and cargo deny
+step clippy, and finish building the fuzz targets and cargo deny
 kill -- -"$background" 2>/dev/null || true
 wait "$background" 2>/dev/null || true
+clippy || { echo "clippy finds warnings (cargo clippy --all-targets -- -D warnings)" >&2; exit 1; }
 tools_build || { echo "the fuzz targets or cargo deny did not build" >&2; exit 1; }
 step fuzz
 scripts/fuzz.sh "${AF_FUZZ_SECONDS:-20}"

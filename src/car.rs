@@ -7,13 +7,13 @@
 //! the same path as an upload (so their DAGs are this node's, in its profile) and manifests and
 //! tags stored, children first.
 
+use crate::dag::{self, BlockSource, DagError, Reader};
 use crate::digest::Digest;
+use crate::exposure::Admission;
 use crate::image::{REF_NAME_ANNOTATION, REPOSITORY_ANNOTATION};
 use crate::manifest::{self, MAX_MANIFEST_BYTES};
 use crate::metadata::{MetadataError, Reference};
 use crate::registry::{Registry, RegistryError};
-use crate::dag::{self, BlockSource, DagError, Reader};
-use crate::exposure::Admission;
 use crate::unixfs::DecodedLink;
 use bytes::Bytes;
 use cid::Cid;
@@ -89,12 +89,7 @@ pub struct ExportSummary {
 
 /// Writes the image `reference` of `repo` as a CARv1 to `out`: the same depth-first walk, one
 /// verified block at a time, that the gateway's `?format=car` streams.
-pub async fn export<W: AsyncWrite + Send + Unpin>(
-    reg: Arc<Registry>,
-    repo: &str,
-    reference: &Reference,
-    mut out: W,
-) -> Result<ExportSummary> {
+pub async fn export<W: AsyncWrite + Send + Unpin>(reg: Arc<Registry>, repo: &str, reference: &Reference, mut out: W) -> Result<ExportSummary> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let name = match reference {
@@ -102,11 +97,7 @@ pub async fn export<W: AsyncWrite + Send + Unpin>(
         Reference::Digest(d) => format!("{repo}@{d}"),
     };
     let m = reg.manifest(repo, reference).await?.ok_or_else(|| CarError::UnknownImage(name.clone()))?;
-    let root: Cid = m
-        .image_cid
-        .ok_or(CarError::NoImage(name))?
-        .parse()
-        .map_err(|e| MetadataError::Corrupt(format!("image CID: {e}")))?;
+    let root: Cid = m.image_cid.ok_or(CarError::NoImage(name))?.parse().map_err(|e| MetadataError::Corrupt(format!("image CID: {e}")))?;
     let mut summary = ExportSummary { root, blocks: 0, bytes: 0 };
     let reader = crate::dag::Reader::new(&crate::exposure::Policy::new(reg, []), crate::exposure::Audience::Operator);
     let mut sections = std::pin::pin!(crate::dag::car::whole(reader, root));
@@ -176,9 +167,7 @@ pub fn sweep_staging(staging_dir: &Path) {
 
 /// Phase 1: reads and verifies every block into a staging file.
 pub fn stage(mut input: impl Read, staging_dir: &Path) -> Result<Staged> {
-    let header_len = crate::varint::read(&mut input)
-        .map_err(CarError::Read)?
-        .ok_or_else(|| CarError::Header("the file is empty".into()))? as usize;
+    let header_len = crate::varint::read(&mut input).map_err(CarError::Read)?.ok_or_else(|| CarError::Header("the file is empty".into()))? as usize;
     if header_len > MAX_SECTION {
         return Err(CarError::Header(format!("a header of {header_len} bytes")));
     }
@@ -191,15 +180,9 @@ pub fn stage(mut input: impl Read, staging_dir: &Path) -> Result<Staged> {
         [root] => *root,
         roots => return Err(CarError::Roots(roots.len())),
     };
-    std::fs::create_dir_all(staging_dir)
-        .map_err(|source| CarError::Staging { path: staging_dir.display().to_string(), source })?;
+    std::fs::create_dir_all(staging_dir).map_err(|source| CarError::Staging { path: staging_dir.display().to_string(), source })?;
     let path = staging_dir.join(format!("import-{}", uuid::Uuid::new_v4()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|source| CarError::Staging { path: path.display().to_string(), source })?;
+    let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(|source| CarError::Staging { path: path.display().to_string(), source })?;
     // Held while this import lives: a sweep of the staging directory skips locked files.
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a descriptor this function owns.
@@ -322,9 +305,10 @@ impl BlockSource for StagedBlocks {
         Box::pin(async move {
             let Some(&(offset, len)) = self.0.index.get(cid) else { return Ok(None) };
             let mut buf = vec![0u8; len];
-            self.0.file.read_exact_at(&mut buf, offset).map_err(|source| {
-                RegistryError::Storage(crate::storage::StorageError::Io { path: self.0.path.display().to_string(), source })
-            })?;
+            self.0
+                .file
+                .read_exact_at(&mut buf, offset)
+                .map_err(|source| RegistryError::Storage(crate::storage::StorageError::Io { path: self.0.path.display().to_string(), source }))?;
             Ok(Some((Bytes::from(buf), Admission::Vouching)))
         })
     }
@@ -436,10 +420,11 @@ struct Descriptor {
 async fn plan(staged: &Layout, repo_override: Option<String>, verify_blobs: bool) -> Result<Plan> {
     let root = staged.directory(&staged.root, "/").await?;
     let entry = |links: &[DecodedLink], name: &str, path: &str| -> Result<Cid> {
-        links.iter().find(|l| l.name == name).map(|l| l.cid).ok_or_else(|| CarError::Layout {
-            path: path.to_string(),
-            problem: "absent: the CAR's root is not an OCI image layout".into(),
-        })
+        links
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.cid)
+            .ok_or_else(|| CarError::Layout { path: path.to_string(), problem: "absent: the CAR's root is not an OCI image layout".into() })
     };
     let index_cid = entry(&root, "index.json", "index.json")?;
     entry(&root, "oci-layout", "oci-layout")?;
@@ -448,36 +433,24 @@ async fn plan(staged: &Layout, repo_override: Option<String>, verify_blobs: bool
         let dir = format!("blobs/{}", alg.name);
         for blob in staged.directory(&alg.cid, &dir).await? {
             let path = format!("{dir}/{}", blob.name);
-            let digest: Digest = format!("{}:{}", alg.name, blob.name)
-                .parse()
-                .map_err(|e| CarError::Layout { path: path.clone(), problem: format!("not a digest: {e}") })?;
+            let digest: Digest = format!("{}:{}", alg.name, blob.name).parse().map_err(|e| CarError::Layout { path: path.clone(), problem: format!("not a digest: {e}") })?;
             layout_blobs.insert(digest, blob.cid);
         }
     }
     let index: IndexJson = serde_json::from_slice(&staged.small_file(&index_cid, "index.json", MAX_MANIFEST_BYTES).await?)
         .map_err(|e| CarError::Layout { path: "index.json".into(), problem: e.to_string() })?;
-    let repository = repo_override
-        .or_else(|| index.manifests.iter().find_map(|d| d.annotations.get(REPOSITORY_ANNOTATION).cloned()))
-        .ok_or(CarError::NoRepository)?;
+    let repository = repo_override.or_else(|| index.manifests.iter().find_map(|d| d.annotations.get(REPOSITORY_ANNOTATION).cloned())).ok_or(CarError::NoRepository)?;
     if !crate::names::is_valid_name(&repository) {
         return Err(CarError::RepositoryName(repository));
     }
     let layout_path = |d: &Digest| format!("blobs/{}/{}", d.algorithm().as_str(), d.hex());
-    let locate = |d: &Digest| -> Result<Cid> {
-        layout_blobs
-            .get(d)
-            .copied()
-            .ok_or_else(|| CarError::Layout { path: layout_path(d), problem: "absent from the layout".into() })
-    };
+    let locate = |d: &Digest| -> Result<Cid> { layout_blobs.get(d).copied().ok_or_else(|| CarError::Layout { path: layout_path(d), problem: "absent from the layout".into() }) };
     let mut plan = Plan { repository, blobs: BTreeMap::new(), manifests: Vec::new() };
     let mut placed: HashSet<Digest> = HashSet::new();
     // Depth-first, children placed before their parents.
     let mut stack: Vec<(Digest, Option<String>, Vec<String>, bool)> = Vec::new();
     for d in index.manifests.iter().rev() {
-        let digest: Digest = d
-            .digest
-            .parse()
-            .map_err(|e| CarError::Layout { path: "index.json".into(), problem: format!("digest {:?}: {e}", d.digest) })?;
+        let digest: Digest = d.digest.parse().map_err(|e| CarError::Layout { path: "index.json".into(), problem: format!("digest {:?}: {e}", d.digest) })?;
         let tags: Vec<String> = d.annotations.get(REF_NAME_ANNOTATION).cloned().into_iter().collect();
         if let Some(bad) = tags.iter().find(|t| !crate::names::is_valid_tag(t)) {
             return Err(CarError::Layout { path: "index.json".into(), problem: format!("{bad:?} is not a valid tag") });
@@ -498,8 +471,7 @@ async fn plan(staged: &Layout, repo_override: Option<String>, verify_blobs: bool
             if actual != digest {
                 return Err(CarError::Layout { path, problem: format!("content digest is {actual}") });
             }
-            let parsed = manifest::parse(media_type.as_deref(), &content)
-                .map_err(|e| CarError::Layout { path, problem: e.to_string() })?;
+            let parsed = manifest::parse(media_type.as_deref(), &content).map_err(|e| CarError::Layout { path, problem: e.to_string() })?;
             contents.insert(digest.clone(), (content, parsed));
         }
         if !placed.insert(digest.clone()) && tags.is_empty() {
@@ -550,11 +522,7 @@ pub struct ImportSummary {
 }
 
 /// Imports an image CAR read from `input`; nothing is stored unless all of it verifies.
-pub async fn import<R: Read + Send + 'static>(
-    reg: &Registry,
-    input: R,
-    repo_override: Option<String>,
-) -> Result<ImportSummary> {
+pub async fn import<R: Read + Send + 'static>(reg: &Registry, input: R, repo_override: Option<String>) -> Result<ImportSummary> {
     let staging_dir = reg.staging_dir();
     let staged = tokio::task::spawn_blocking(move || {
         sweep_staging(&staging_dir);
@@ -634,14 +602,8 @@ pub async fn import_pinned(reg: &Registry, reader: Arc<Reader>, root: Cid, origi
 /// manifests and tags, children first.
 async fn store(reg: &Registry, plan: Plan, root: Cid, blobs: Option<Arc<Reader>>) -> Result<ImportSummary> {
     let repo = plan.repository.as_str();
-    let mut summary = ImportSummary {
-        repository: plan.repository.clone(),
-        car_root: root,
-        blobs: plan.blobs.len(),
-        new_blobs: 0,
-        manifests: plan.manifests.len(),
-        tags: Vec::new(),
-    };
+    let mut summary =
+        ImportSummary { repository: plan.repository.clone(), car_root: root, blobs: plan.blobs.len(), new_blobs: 0, manifests: plan.manifests.len(), tags: Vec::new() };
     for (digest, (cid, size)) in &plan.blobs {
         // Present already, here or in another repository: linked, not copied.
         if reg.blob_info(repo, digest).await?.is_some() || reg.mount(repo, None, digest).await?.is_some() {
@@ -660,9 +622,7 @@ async fn store(reg: &Registry, plan: Plan, root: Cid, blobs: Option<Arc<Reader>>
 async fn store_manifests(reg: &Registry, plan: &Plan, summary: &mut ImportSummary) -> Result<()> {
     let repo = plan.repository.as_str();
     for m in &plan.manifests {
-        let stored = reg
-            .put_manifest(repo, &Reference::Digest(m.digest.clone()), m.media_type.as_deref(), m.content.clone(), m.tags.clone())
-            .await?;
+        let stored = reg.put_manifest(repo, &Reference::Digest(m.digest.clone()), m.media_type.as_deref(), m.content.clone(), m.tags.clone()).await?;
         for tag in &m.tags {
             let image = reg.manifest(repo, &Reference::Tag(tag.clone())).await?.and_then(|r| r.image_cid);
             summary.tags.push((tag.clone(), image));

@@ -187,10 +187,8 @@ impl Cluster {
             Some((u, p)) => (u.to_string(), p.to_string()),
             None => (c.to_string(), String::new()),
         });
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(60))
-            .build()
-            .map_err(|e| ClusterError::Unreachable { url: url.clone(), detail: e.to_string() })?;
+        let http =
+            reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().map_err(|e| ClusterError::Unreachable { url: url.clone(), detail: e.to_string() })?;
         Ok(Cluster { url, credentials, http })
     }
 

@@ -293,8 +293,7 @@ pub enum ConfigError {
 impl Overrides {
     /// The optional TOML file: every key is optional and named like its flag.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Self::parse(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })
     }
 

@@ -74,15 +74,9 @@ impl FromStr for Digest {
     type Err = DigestError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (alg, hex) = s
-            .split_once(':')
-            .ok_or_else(|| DigestError::Malformed(s.to_string()))?;
+        let (alg, hex) = s.split_once(':').ok_or_else(|| DigestError::Malformed(s.to_string()))?;
         // The spec's grammar: algorithm-component [a-z0-9]+ separated by [+._-]
-        if alg.is_empty()
-            || !alg
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
-        {
+        if alg.is_empty() || !alg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)) {
             return Err(DigestError::Malformed(s.to_string()));
         }
         let algorithm = match alg {
@@ -90,15 +84,10 @@ impl FromStr for Digest {
             "sha512" => Algorithm::Sha512,
             other => return Err(DigestError::UnsupportedAlgorithm(other.to_string())),
         };
-        if hex.len() != algorithm.hex_len()
-            || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if hex.len() != algorithm.hex_len() || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(DigestError::BadEncoding(s.to_string()));
         }
-        Ok(Digest {
-            algorithm,
-            hex: hex.to_string(),
-        })
+        Ok(Digest { algorithm, hex: hex.to_string() })
     }
 }
 
@@ -128,10 +117,7 @@ impl Hasher {
             Hasher::Sha256(h) => (Algorithm::Sha256, h.finalize().to_vec()),
             Hasher::Sha512(h) => (Algorithm::Sha512, h.finalize().to_vec()),
         };
-        Digest {
-            algorithm,
-            hex: hex::encode(bytes),
-        }
+        Digest { algorithm, hex: hex::encode(bytes) }
     }
 }
 
@@ -141,9 +127,7 @@ mod tests {
 
     #[test]
     fn parses_and_prints_sha256_and_sha512() {
-        let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-            .parse()
-            .unwrap();
+        let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse().unwrap();
         assert_eq!(d, Digest::of_bytes(Algorithm::Sha256, b""));
         let s = Digest::of_bytes(Algorithm::Sha512, b"abc").to_string();
         assert!(s.starts_with("sha512:ddaf35a193617aba"));

@@ -71,11 +71,7 @@ impl LayoutBlobs {
     fn directory(&self, profile: Profile) -> (Root, Vec<(Cid, Vec<u8>)>) {
         let mut by_alg: BTreeMap<&str, Vec<DirEntry>> = BTreeMap::new();
         for (digest, root) in &self.entries {
-            by_alg.entry(digest.algorithm().as_str()).or_default().push(DirEntry {
-                name: digest.hex().to_string(),
-                cid: root.cid,
-                tsize: root.tsize,
-            });
+            by_alg.entry(digest.algorithm().as_str()).or_default().push(DirEntry { name: digest.hex().to_string(), cid: root.cid, tsize: root.tsize });
         }
         let mut blocks = self.blocks.clone();
         let mut algs = Vec::new();
@@ -120,11 +116,7 @@ pub fn build(top: &TopManifest<'_>, blobs: &LayoutBlobs, tag: Option<&str>, prof
     blocks.extend(index_blocks);
     blocks.extend(layout_blocks);
     let entry = |name: &str, root: &Root| DirEntry { name: name.into(), cid: root.cid, tsize: root.tsize };
-    let (root, bytes) = unixfs::directory(vec![
-        entry("blobs", &blobs_root),
-        entry("index.json", &index_root),
-        entry("oci-layout", &layout_root),
-    ]);
+    let (root, bytes) = unixfs::directory(vec![entry("blobs", &blobs_root), entry("index.json", &index_root), entry("oci-layout", &layout_root)]);
     blocks.push((root.cid, bytes));
     ImageDag { root: root.cid, blocks }
 }

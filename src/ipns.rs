@@ -136,8 +136,7 @@ pub fn validate(name: &Name, bytes: &[u8], now: SystemTime) -> Result<Record, Ip
         Some(Ipld::Integer(i)) if *i >= 0 => u64::try_from(*i).map_err(|_| IpnsError::Invalid(format!("{k} is out of range"))),
         _ => Err(IpnsError::Invalid(format!("its data has no {k} integer"))),
     };
-    let (value, validity, validity_type, sequence, ttl) =
-        (bytes_field("Value")?, bytes_field("Validity")?, int_field("ValidityType")?, int_field("Sequence")?, int_field("TTL")?);
+    let (value, validity, validity_type, sequence, ttl) = (bytes_field("Value")?, bytes_field("Validity")?, int_field("ValidityType")?, int_field("Sequence")?, int_field("TTL")?);
     // V1 fields, where present, must say what the signed data says.
     let differs = entry.value.as_ref().is_some_and(|v| *v != value)
         || entry.validity.as_ref().is_some_and(|v| *v != validity)

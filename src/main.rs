@@ -6,8 +6,8 @@ mod cli;
 use af_registry::config::Overrides;
 use clap::{Parser, Subcommand};
 use cli::accounts::{OrgCommand, TokenCommand, UserCommand};
-use cli::maintenance::PinCommand;
 use cli::client::Target;
+use cli::maintenance::PinCommand;
 use cli::DataDir;
 use std::path::PathBuf;
 
@@ -276,7 +276,9 @@ const DEFAULT_LOG: &str = "info,actix_server=warn,actix_web=warn";
 fn run(cli: Cli) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("AF_LOG").ok().filter(|v| !v.trim().is_empty()).and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok()).unwrap_or_else(|| DEFAULT_LOG.into()))
+        .with_env_filter(
+            std::env::var("AF_LOG").ok().filter(|v| !v.trim().is_empty()).and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok()).unwrap_or_else(|| DEFAULT_LOG.into()),
+        )
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, never into a file or a collector.
         .with_ansi(std::io::stderr().is_terminal());
@@ -306,7 +308,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             RegistryCommand::Tag { source, destination, target } => cli::block_on(cli::client::tag(target, source, destination)),
             RegistryCommand::Push { reference, from, all_tags, quiet, target } => cli::block_on(cli::client::push(target, reference, from, all_tags, quiet)),
-            RegistryCommand::Pull { reference, to, platform, quiet, max_unpack_ratio, target } => cli::block_on(cli::client::pull(target, reference, to, platform, quiet, max_unpack_ratio)),
+            RegistryCommand::Pull { reference, to, platform, quiet, max_unpack_ratio, target } => {
+                cli::block_on(cli::client::pull(target, reference, to, platform, quiet, max_unpack_ratio))
+            }
             RegistryCommand::Delete { reference, target } => cli::block_on(cli::client::delete(target, reference)),
         },
         Command::Cid { file, profile } => cli::cid(file, profile),

@@ -76,10 +76,9 @@ fn is_index(media_type: &str) -> bool {
 
 /// Layers the spec allows to be absent from the registry: non-distributable ("foreign") ones.
 fn is_non_distributable(d: &Descriptor) -> bool {
-    d.media_type.as_deref().is_some_and(|mt| {
-        mt.starts_with("application/vnd.oci.image.layer.nondistributable.")
-            || mt == "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-    })
+    d.media_type
+        .as_deref()
+        .is_some_and(|mt| mt.starts_with("application/vnd.oci.image.layer.nondistributable.") || mt == "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")
 }
 
 fn digest_of(d: &Descriptor, field: &'static str) -> Result<Digest, ManifestError> {
@@ -97,13 +96,9 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, 
     }
     let raw: Raw = serde_json::from_value(value).map_err(|e| ManifestError::Json(e.to_string()))?;
     // Content-Type may carry parameters; only the type itself matters.
-    let header = content_type
-        .map(|c| c.split(';').next().unwrap_or("").trim().to_string())
-        .filter(|c| !c.is_empty());
+    let header = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_string()).filter(|c| !c.is_empty());
     let media_type = match (&raw.media_type, &header) {
-        (Some(field), Some(h)) if MANIFEST_TYPES.contains(&h.as_str()) && field != h => {
-            return Err(ManifestError::TypeMismatch { field: field.clone(), header: h.clone() })
-        }
+        (Some(field), Some(h)) if MANIFEST_TYPES.contains(&h.as_str()) && field != h => return Err(ManifestError::TypeMismatch { field: field.clone(), header: h.clone() }),
         (Some(field), _) => field.clone(),
         (None, Some(h)) if MANIFEST_TYPES.contains(&h.as_str()) => h.clone(),
         // An OCI manifest may omit mediaType; its shape says which it is.
@@ -119,19 +114,8 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, 
         return Err(ManifestError::SchemaVersion);
     }
     let subject = raw.subject.as_ref().map(|s| digest_of(s, "subject")).transpose()?;
-    let annotations = raw
-        .annotations
-        .as_ref()
-        .filter(|a| !a.is_empty())
-        .map(|a| serde_json::to_string(a).expect("string map serialises"));
-    let mut parsed = ParsedManifest {
-        media_type: media_type.clone(),
-        blobs: Vec::new(),
-        manifests: Vec::new(),
-        subject,
-        artifact_type: raw.artifact_type.clone(),
-        annotations,
-    };
+    let annotations = raw.annotations.as_ref().filter(|a| !a.is_empty()).map(|a| serde_json::to_string(a).expect("string map serialises"));
+    let mut parsed = ParsedManifest { media_type: media_type.clone(), blobs: Vec::new(), manifests: Vec::new(), subject, artifact_type: raw.artifact_type.clone(), annotations };
     if is_index(&media_type) {
         let children = raw.manifests.ok_or(ManifestError::Field("manifests"))?;
         for child in &children {
@@ -203,10 +187,7 @@ mod tests {
         assert!(matches!(parse(None, b"not json"), Err(ManifestError::Json(_))));
         assert!(matches!(parse(None, b"[]"), Err(ManifestError::Json(_))));
         assert_eq!(parse(None, br#"{"schemaVersion":2}"#), Err(ManifestError::UnknownType));
-        assert!(matches!(
-            parse(Some("application/vnd.docker.distribution.manifest.v1+prettyjws"), br#"{"schemaVersion":1}"#),
-            Err(ManifestError::UnsupportedType(_))
-        ));
+        assert!(matches!(parse(Some("application/vnd.docker.distribution.manifest.v1+prettyjws"), br#"{"schemaVersion":1}"#), Err(ManifestError::UnsupportedType(_))));
         let mismatch = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#);
         assert!(matches!(parse(Some(OCI_MANIFEST), mismatch.as_bytes()), Err(ManifestError::TypeMismatch { .. })));
         let v1 = format!(r#"{{"schemaVersion":1,"mediaType":"{OCI_INDEX}","manifests":[]}}"#);

@@ -36,13 +36,23 @@ fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], bucke
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let registry = Registry::new();
-    let stored = IntGaugeVec::new(Opts::new("af_stored", "What the registry holds (every node on a shared database): repositories, manifests, blobs, blob_bytes, upload_sessions"), &["what"]).expect("a valid metric");
+    let stored = IntGaugeVec::new(
+        Opts::new("af_stored", "What the registry holds (every node on a shared database): repositories, manifests, blobs, blob_bytes, upload_sessions"),
+        &["what"],
+    )
+    .expect("a valid metric");
     registry.register(Box::new(stored.clone())).expect("registered once");
     let memory = IntGaugeVec::new(Opts::new("af_memory_bytes", "The node's heap, by whose it is: sqlite (what SQLite holds: page caches, statements), malloc_in_use (every live allocation, SQLite's included), malloc_held (what malloc holds from the system, free space in its arenas included)"), &["what"]).expect("a valid metric");
     registry.register(Box::new(memory.clone())).expect("registered once");
     Metrics {
         requests: counter(&registry, "af_http_requests_total", "HTTP requests answered, by listener, route, method and status", &["listener", "route", "method", "status"]),
-        duration: histogram(&registry, "af_http_request_duration_seconds", "Time until the response began, by listener and route", &["listener", "route"], prometheus::exponential_buckets(0.0005, 4.0, 9).expect("buckets")),
+        duration: histogram(
+            &registry,
+            "af_http_request_duration_seconds",
+            "Time until the response began, by listener and route",
+            &["listener", "route"],
+            prometheus::exponential_buckets(0.0005, 4.0, 9).expect("buckets"),
+        ),
         received: counter(&registry, "af_http_received_bytes_total", "Request body bytes received, by listener", &["listener"]),
         sent: counter(&registry, "af_http_sent_bytes_total", "Response body bytes sent, by listener", &["listener"]),
         gc_runs: counter(&registry, "af_gc_runs_total", "Garbage collections run by this node, by outcome", &["outcome"]),
@@ -52,7 +62,13 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             c
         },
         metadata_errors: counter(&registry, "af_metadata_errors_total", "Metadata store operations that failed, by backend and kind", &["backend", "kind"]),
-        pool_wait: histogram(&registry, "af_metadata_pool_wait_seconds", "Time waiting for a metadata store connection, by backend", &["backend"], prometheus::exponential_buckets(0.0001, 4.0, 9).expect("buckets")),
+        pool_wait: histogram(
+            &registry,
+            "af_metadata_pool_wait_seconds",
+            "Time waiting for a metadata store connection, by backend",
+            &["backend"],
+            prometheus::exponential_buckets(0.0001, 4.0, 9).expect("buckets"),
+        ),
         stored,
         memory,
         registry,

@@ -206,11 +206,7 @@ fn truncated_upload_is_not_published() {
     let loc = start_session(&node, "trunc/a");
     let full = vec![b'z'; 1000];
     // Announce 1000 bytes, send 400, hang up.
-    let mut req = format!(
-        "PATCH {loc} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n",
-        node.host()
-    )
-    .into_bytes();
+    let mut req = format!("PATCH {loc} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n", node.host()).into_bytes();
     req.extend_from_slice(&full[..400]);
     raw_request(&node, &req);
     std::thread::sleep(std::time::Duration::from_millis(200));

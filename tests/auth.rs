@@ -225,10 +225,7 @@ fn the_docker_token_flow() {
     assert_eq!(challenge("GET", "/v2/"), realm);
     assert_eq!(challenge("GET", "/v2/alice/private/manifests/t"), format!("{realm},scope=\"repository:alice/private:pull,push\""));
     assert_eq!(challenge("POST", "/v2/alice/private/blobs/uploads/"), format!("{realm},scope=\"repository:alice/private:pull,push\""));
-    assert_eq!(
-        challenge("DELETE", "/v2/alice/private/manifests/t"),
-        format!("{realm},scope=\"repository:alice/private:pull,push,delete\"")
-    );
+    assert_eq!(challenge("DELETE", "/v2/alice/private/manifests/t"), format!("{realm},scope=\"repository:alice/private:pull,push,delete\""));
 
     // GET /token: granted = requested ∩ permitted.
     let r = get_token(&node, &alice, &["repository:alice/private:pull,push", "repository:bob/private:pull", "repository:acme/app:pull"], "");
@@ -269,7 +266,13 @@ fn the_docker_token_flow() {
     let t: serde_json::Value = get_token(&node, &alice, &["repository:alice/private:pull"], "&offline_token=true&client_id=test").json().unwrap();
     let refresh = t["refresh_token"].as_str().unwrap().to_string();
     let post = |form: &[(&str, &str)]| client().post(node.url("/token")).form(form).send().unwrap();
-    let r = post(&[("grant_type", "refresh_token"), ("refresh_token", &refresh), ("service", "af-registry"), ("scope", "repository:alice/private:pull,push"), ("client_id", "containerd")]);
+    let r = post(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", &refresh),
+        ("service", "af-registry"),
+        ("scope", "repository:alice/private:pull,push"),
+        ("client_id", "containerd"),
+    ]);
     assert_eq!(r.status(), 200);
     let t: serde_json::Value = r.json().unwrap();
     assert_eq!(t["scope"], "repository:alice/private:pull,push");
@@ -277,7 +280,14 @@ fn the_docker_token_flow() {
     let from_refresh = Who::Bearer(t["access_token"].as_str().unwrap().to_string());
     let put = client().put(node.url("/v2/alice/private/manifests/refreshed")).header("Content-Type", OCI_MANIFEST).body(manifest.clone());
     assert_eq!(send(put, &from_refresh).status(), 201);
-    let r = post(&[("grant_type", "password"), ("username", "alice"), ("password", "alice-password"), ("service", "af-registry"), ("scope", "repository:acme/app:push repository:bob/private:pull"), ("access_type", "offline")]);
+    let r = post(&[
+        ("grant_type", "password"),
+        ("username", "alice"),
+        ("password", "alice-password"),
+        ("service", "af-registry"),
+        ("scope", "repository:acme/app:push repository:bob/private:pull"),
+        ("access_type", "offline"),
+    ]);
     assert_eq!(r.status(), 200);
     let t: serde_json::Value = r.json().unwrap();
     assert_eq!(t["scope"], "repository:acme/app:push");

@@ -228,10 +228,12 @@ fn rpc_writes_hold_one_block_or_one_bounded_file_at_a_time() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().unwrap().lines().count(), 200);
     // A CAR of 60 blocks of 2 MiB, streamed in.
-    let blocks: Vec<(cid::Cid, Vec<u8>)> = (0..60u32).map(|i| {
-        let data = vec![(i + 7) as u8; 2 << 20];
-        (cid_of(0x55, &data), data)
-    }).collect();
+    let blocks: Vec<(cid::Cid, Vec<u8>)> = (0..60u32)
+        .map(|i| {
+            let data = vec![(i + 7) as u8; 2 << 20];
+            (cid_of(0x55, &data), data)
+        })
+        .collect();
     let r = rpc_post(&node, "dag/import?pin-roots=false", vec![("c.car".into(), car(&blocks[0].0, &blocks))]);
     assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
     let grown = watch.growth_kib();
@@ -342,11 +344,7 @@ fn a_gc_racing_imports_keeps_every_pinned_block_and_verify_reports_missing_ones(
         std::thread::spawn(move || {
             let mut runs = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let out = std::process::Command::new(env!("CARGO_BIN_EXE_af"))
-                    .args(["registry", "gc", "--grace", "0s", "--data-dir"])
-                    .arg(&data_dir)
-                    .output()
-                    .unwrap();
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "gc", "--grace", "0s", "--data-dir"]).arg(&data_dir).output().unwrap();
                 assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
                 runs += 1;
             }
@@ -380,8 +378,7 @@ fn a_gc_racing_imports_keeps_every_pinned_block_and_verify_reports_missing_ones(
                     let cid = cid_of(0x70, &root);
                     let mut blocks = vec![(cid, root)];
                     blocks.extend(leaves);
-                    let form = reqwest::blocking::multipart::Form::new()
-                        .part("file", reqwest::blocking::multipart::Part::bytes(car(&cid, &blocks)).file_name("x.car"));
+                    let form = reqwest::blocking::multipart::Form::new().part("file", reqwest::blocking::multipart::Part::bytes(car(&cid, &blocks)).file_name("x.car"));
                     let r = client().post(format!("http://{rpc}/api/v0/dag/import")).multipart(form).send().unwrap();
                     let text = r.text().unwrap();
                     assert!(text.contains("\"PinErrorMsg\":\"\""), "{text}");
@@ -395,9 +392,7 @@ fn a_gc_racing_imports_keeps_every_pinned_block_and_verify_reports_missing_ones(
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let runs = gc.join().unwrap();
     assert!(runs >= 2, "{runs} GCs ran alongside");
-    let verify = |node: &Node| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "verify", "--data-dir"]).arg(&node.data_dir).output().unwrap()
-    };
+    let verify = |node: &Node| std::process::Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "verify", "--data-dir"]).arg(&node.data_dir).output().unwrap();
     for cid in &roots {
         let r = client().post(format!("http://{}/api/v0/dag/export?arg={cid}", node.rpc)).send().unwrap();
         assert_eq!(r.status(), 200);

@@ -24,7 +24,6 @@ fn js_car(car: &Path) -> serde_json::Value {
     serde_json::from_str(&run(Command::new("node").arg(script).arg(car))).unwrap()
 }
 
-
 #[test]
 fn an_image_travels_as_a_car_through_kubo_skopeo_and_a_second_node() {
     let Setup { node, tmp, layout, host: _ } = setup("img/x:t");
@@ -49,10 +48,7 @@ fn an_image_travels_as_a_car_through_kubo_skopeo_and_a_second_node() {
     assert!(kubo_car.stdout == std::fs::read(&car).unwrap(), "Kubo's export of the image DAG differs from ours");
     let unpacked = tmp.path().join("unpacked");
     run(kubo.cmd().args(["get", "-o"]).arg(&unpacked).arg(&cid));
-    let readded = run(kubo
-        .cmd()
-        .args(["add", "-r", "-Q", "--only-hash", "--cid-version=1", "--raw-leaves", "--chunker=size-1048576"])
-        .arg(&unpacked));
+    let readded = run(kubo.cmd().args(["add", "-r", "-Q", "--only-hash", "--cid-version=1", "--raw-leaves", "--chunker=size-1048576"]).arg(&unpacked));
     assert_eq!(readded.trim(), cid);
 
     // The unpacked directory is an OCI layout that skopeo reads by tag.
@@ -67,10 +63,7 @@ fn an_image_travels_as_a_car_through_kubo_skopeo_and_a_second_node() {
     assert!(report.contains(&format!("img/x:t image CID {cid}")), "{report}");
     assert_eq!(image_cid(&other, "img/x", "t"), cid);
     let pulled = tmp.path().join("pulled");
-    run(skopeo()
-        .args(["copy", "--src-tls-verify=false"])
-        .arg(format!("docker://{}/img/x:t", other.host()))
-        .arg(format!("oci:{}:t", pulled.display())));
+    run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{}/img/x:t", other.host())).arg(format!("oci:{}:t", pulled.display())));
     assert_same_blobs(&layout, &pulled, "t");
 
     // Into another repository of the same node: blobs are linked, not stored again.
@@ -85,8 +78,7 @@ fn a_tampered_or_truncated_car_imports_nothing() {
     let car = tmp.path().join("x.car");
     ok(af(&["registry", "export", "img/x:t", "-o", car.to_str().unwrap()], &node.data_dir));
     let bytes = std::fs::read(&car).unwrap();
-    let cids: Vec<String> =
-        js_car(&car)["cids"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
+    let cids: Vec<String> = js_car(&car)["cids"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
     let target = Node::start();
 
     // One bit flipped in the middle of the big layer: both readers name the same block.
@@ -94,11 +86,7 @@ fn a_tampered_or_truncated_car_imports_nothing() {
     tampered[bytes.len() / 2] ^= 1;
     let tampered_car = tmp.path().join("tampered.car");
     std::fs::write(&tampered_car, &tampered).unwrap();
-    let js = Command::new("node")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/car-verify.mjs"))
-        .arg(&tampered_car)
-        .output()
-        .unwrap();
+    let js = Command::new("node").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/car-verify.mjs")).arg(&tampered_car).output().unwrap();
     assert!(!js.status.success());
     let js_named = String::from_utf8_lossy(&js.stderr).split(':').next().unwrap().trim().to_string();
     assert!(cids.contains(&js_named), "{js_named}");
@@ -132,9 +120,7 @@ fn a_tampered_or_truncated_car_imports_nothing() {
     // Nothing of any of them reached the node: no repository, no blob file, no staging left.
     let catalog: serde_json::Value = client().get(target.url("/v2/_catalog")).send().unwrap().json().unwrap();
     assert_eq!(catalog["repositories"], serde_json::json!([]));
-    let files = |dir: &str| {
-        walk(&target.data_dir.join(dir))
-    };
+    let files = |dir: &str| walk(&target.data_dir.join(dir));
     assert_eq!(files("blobs"), 0);
     assert_eq!(files("staging"), 0);
 
@@ -147,10 +133,7 @@ fn a_tampered_or_truncated_car_imports_nothing() {
 /// Regular files under `dir` (0 if it does not exist).
 fn walk(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .map(|e| e.unwrap().path())
-        .map(|p| if p.is_dir() { walk(&p) } else { 1 })
-        .sum()
+    entries.map(|e| e.unwrap().path()).map(|p| if p.is_dir() { walk(&p) } else { 1 }).sum()
 }
 
 #[test]

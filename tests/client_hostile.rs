@@ -3,8 +3,8 @@
 //! terminal escape sequences reach the terminal as text, never as control characters.
 
 mod common;
-use common::*;
 use common::fake_registry::{Answer, Fake, Request};
+use common::*;
 use std::io::Write;
 use std::net::TcpStream;
 use std::process::{Command, Stdio};

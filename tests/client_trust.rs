@@ -2,8 +2,8 @@
 //! hostile registries played by the test, which record every request they get.
 
 mod common;
-use common::*;
 use common::fake_registry::{full, Fake, Request};
+use common::*;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -125,7 +125,8 @@ fn hostile_layouts_are_bounded() {
     let mut top = blob(&deep, &manifest_json(&config, &[]));
     let mut media = OCI_MANIFEST;
     for _ in 0..6000 {
-        let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [{"mediaType": media, "digest": top.0, "size": top.1}]});
+        let index =
+            serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [{"mediaType": media, "digest": top.0, "size": top.1}]});
         top = blob(&deep, &serde_json::to_vec(&index).unwrap());
         media = "application/vnd.oci.image.index.v1+json";
     }
@@ -137,7 +138,8 @@ fn hostile_layouts_are_bounded() {
     let config = blob(&repeated, b"{}");
     let one = blob(&repeated, &manifest_json(&config, &[]));
     let children: Vec<_> = (0..1000).map(|_| serde_json::json!({"mediaType": OCI_MANIFEST, "digest": one.0, "size": one.1})).collect();
-    let index = blob(&repeated, &serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": children})).unwrap());
+    let index =
+        blob(&repeated, &serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": children})).unwrap());
     index_json(&repeated, &[serde_json::json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": index.0, "size": index.1})]);
     let before = fake.requests().len();
     let (ok, stderr, _) = push(&repeated);
@@ -293,6 +295,8 @@ fn a_failed_pull_leaves_no_part_files() {
     let layout = home.path().join("layout");
     let (ok, stderr, _) = af(home.path(), &["registry", "pull", &format!("{}/x/y:t", lying.addr), "--to", &format!("oci:{}:t", layout.display())], "");
     assert!(!ok, "{stderr}");
-    let parts: Vec<_> = std::fs::read_dir(layout.join("blobs/sha256")).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".part-")).collect()).unwrap_or_default();
+    let parts: Vec<_> = std::fs::read_dir(layout.join("blobs/sha256"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".part-")).collect())
+        .unwrap_or_default();
     assert!(parts.is_empty(), "left behind: {parts:?}");
 }

@@ -3,8 +3,8 @@
 //! scripts/install-test-deps.sh; a missing tool fails the test rather than skipping it.
 
 mod common;
-use common::*;
 use common::images::*;
+use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -23,13 +23,7 @@ impl Containerd {
         let text = format!("version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{1}\"\n", root.display(), sock.display());
         std::fs::write(&config, text).unwrap();
         let log = std::fs::File::create(root.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
+        let child = Command::new("containerd").arg("--config").arg(&config).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("start containerd");
         for _ in 0..100 {
             if sock.exists() {
                 break;
@@ -78,10 +72,7 @@ fn podman_pulls_pushes_and_pushes_a_manifest_list() {
     let Setup { node, tmp, layout: _, host } = setup("podman/src:t");
     let podman = || {
         let mut c = Command::new("podman");
-        c.args(["--storage-driver", "vfs", "--root"])
-            .arg(tmp.path().join("root"))
-            .arg("--runroot")
-            .arg(tmp.path().join("runroot"));
+        c.args(["--storage-driver", "vfs", "--root"]).arg(tmp.path().join("root")).arg("--runroot").arg(tmp.path().join("runroot"));
         c
     };
     run(podman().args(["pull", "--tls-verify=false", &format!("{host}/podman/src:t")]));
@@ -222,11 +213,14 @@ fn clients_log_in_to_an_authenticated_node() {
     assert!(!without.status.success());
     run(skopeo().args(["copy", "--dest-tls-verify=false", "--dest-creds", creds]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{host}/ci/app:t")));
     let authfile = tmp.path().join("auth.json");
-    run(skopeo().args(["login", "--tls-verify=false", "-u", "ci", "--password-stdin", "--authfile"]).arg(&authfile).arg(&host).stdin(std::fs::File::open({
-        let p = tmp.path().join("pw");
-        std::fs::write(&p, &token).unwrap();
-        p
-    }).unwrap()));
+    run(skopeo().args(["login", "--tls-verify=false", "-u", "ci", "--password-stdin", "--authfile"]).arg(&authfile).arg(&host).stdin(
+        std::fs::File::open({
+            let p = tmp.path().join("pw");
+            std::fs::write(&p, &token).unwrap();
+            p
+        })
+        .unwrap(),
+    ));
     let back = tmp.path().join("back");
     run(skopeo().args(["copy", "--src-tls-verify=false", "--authfile"]).arg(&authfile).arg(format!("docker://{host}/ci/app:t")).arg(format!("oci:{}:t", back.display())));
     assert_same_blobs(&layout, &back, "t");
@@ -324,7 +318,10 @@ fn af_client_commands_work_against_an_authenticated_node() {
     assert!(af(&["registry", "user", "add", "ci"], "ci-password\n").status.success());
     let layout = build_image(tmp.path());
     run(skopeo().args(["copy", "--dest-tls-verify=false", "--dest-creds", "ci:ci-password"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{host}/ci/app:t")));
-    run(skopeo().args(["copy", "--dest-tls-verify=false", "--dest-creds", "admin:admin-password-1"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{host}/admin/secret:t")));
+    run(skopeo()
+        .args(["copy", "--dest-tls-verify=false", "--dest-creds", "admin:admin-password-1"])
+        .arg(format!("oci:{}:t", layout.display()))
+        .arg(format!("docker://{host}/admin/secret:t")));
 
     fails_with(af(&["registry", "login", &host, "-u", "ci", "--password-stdin"], "wrong\n"), "refused");
     let out = af(&["registry", "login", &host, "-u", "ci", "--password-stdin"], "ci-password\n");

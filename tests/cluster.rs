@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-
 /// `len` bytes no two chunks of which are alike.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
     xorshift_bytes(seed, len)
@@ -28,7 +27,6 @@ fn wait_for(secs: u64, what: &str, mut ok: impl FnMut() -> bool, context: impl F
 fn rpc(node: &Node, call: &str) -> reqwest::blocking::Response {
     client().post(format!("http://{}/api/v0/{call}", node.rpc)).send().unwrap()
 }
-
 
 fn pinned(node: &Node, cid: &str) -> bool {
     rpc(node, &format!("pin/ls?arg={cid}&type=recursive&stream=true")).status().is_success()
@@ -74,16 +72,26 @@ fn the_cluster_keeps_each_image_on_two_nodes_and_replaces_a_dead_one() {
         let nodes = nodes.iter().map(|n| format!("--- node {}\n{}", n.host(), n.log_text())).collect::<Vec<_>>().join("\n");
         format!("{cluster}\n{nodes}")
     };
-    wait_for(60, "three cluster peers, each with its node", || {
-        let out = peers[1].ctl().args(["peers", "ls"]).output().unwrap();
-        let ids: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out.stdout).into_iter().filter_map(Result::ok).collect();
-        ids.len() == 3 && ids.iter().all(|i| i["error"] == "" && i["ipfs"]["error"] == "" && i["ipfs"]["id"].as_str().is_some_and(|s| !s.is_empty()))
-    }, || logs(&peers, &nodes));
+    wait_for(
+        60,
+        "three cluster peers, each with its node",
+        || {
+            let out = peers[1].ctl().args(["peers", "ls"]).output().unwrap();
+            let ids: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out.stdout).into_iter().filter_map(Result::ok).collect();
+            ids.len() == 3 && ids.iter().all(|i| i["error"] == "" && i["ipfs"]["error"] == "" && i["ipfs"]["id"].as_str().is_some_and(|s| !s.is_empty()))
+        },
+        || logs(&peers, &nodes),
+    );
     // Allocation needs every peer's free-space metric (from our nodes' repo/stat), spread by pubsub.
-    wait_for(60, "every peer's free-space metric", || {
-        let out = peers[0].ctl().args(["health", "metrics", "freespace"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).matches("\"valid\": true").count() >= 3
-    }, || logs(&peers, &nodes));
+    wait_for(
+        60,
+        "every peer's free-space metric",
+        || {
+            let out = peers[0].ctl().args(["health", "metrics", "freespace"]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).matches("\"valid\": true").count() >= 3
+        },
+        || logs(&peers, &nodes),
+    );
     let pinned_on = |peer: &ClusterPeer, cid: &str| peer.status(cid).into_iter().filter(|(_, s)| s == "pinned").map(|(p, _)| p).collect::<Vec<String>>();
     let index_of = |cluster_id: &str| peers.iter().position(|p| p.id == cluster_id).unwrap();
 
@@ -103,7 +111,8 @@ fn the_cluster_keeps_each_image_on_two_nodes_and_replaces_a_dead_one() {
     assert_eq!(anonymous.status(), 200, "the replica of a public image is public");
     assert!(!pinned(&nodes[spare], &public));
 
-    let info = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "info", &format!("{}/team/app:t", nodes[0].host()), "--json", "--cluster-api", &peers[0].url]).output().unwrap();
+    let info =
+        Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "info", &format!("{}/team/app:t", nodes[0].host()), "--json", "--cluster-api", &peers[0].url]).output().unwrap();
     assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["replication"]["complete"], true, "{info}");
@@ -200,7 +209,12 @@ fn the_rpc_answers_as_clusters_connector_and_proxy_expect() {
     let proxy = config["api"]["ipfsproxy"]["listen_multiaddress"].as_str().unwrap().to_string();
     peer.start(&[]);
     wait_for(30, "the cluster peer", || peer.ctl().arg("id").output().unwrap().status.success(), || peer.log());
-    wait_for(30, "its free-space metric", || String::from_utf8_lossy(&peer.ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).contains("\"valid\": true"), || peer.log());
+    wait_for(
+        30,
+        "its free-space metric",
+        || String::from_utf8_lossy(&peer.ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).contains("\"valid\": true"),
+        || peer.log(),
+    );
     let file3 = tmp.path().join("h.bin");
     std::fs::write(&file3, noise(2_500_000, 3)).unwrap();
     let via_proxy = kubo.cmd().args(["--api", &proxy, "add", "-Q", "--cid-version=1", file3.to_str().unwrap()]).output().unwrap();
@@ -297,7 +311,12 @@ fn kubo_holds_a_replica_in_a_mixed_cluster() {
     peers[0].start(&addrs[1..]);
     peers[1].start(&addrs[..1]);
     let logs = || format!("{}\n{}\n--- node\n{}", peers[0].log(), peers[1].log(), a.log_text());
-    wait_for(60, "both peers' free-space metrics", || String::from_utf8_lossy(&peers[0].ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).matches("\"valid\": true").count() >= 2, logs);
+    wait_for(
+        60,
+        "both peers' free-space metrics",
+        || String::from_utf8_lossy(&peers[0].ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).matches("\"valid\": true").count() >= 2,
+        logs,
+    );
     let layout = build_image(tmp.path());
     make_public(&a, "team/app");
     push_layout(&layout, &format!("{}/team/app:t", a.host()));
@@ -328,7 +347,12 @@ fn corrupted_blocks_never_make_a_replica() {
     let b = Node::start_with(&["--swarm", "/ip4/127.0.0.3/tcp/0", "--rpc", &rpc_addr, "--cluster-api", &peer.url]);
     peer.start(&[]);
     let logs = || format!("{}\n--- node\n{}", peer.log(), b.log_text());
-    wait_for(60, "the peer's free-space metric", || String::from_utf8_lossy(&peer.ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).contains("\"valid\": true"), logs);
+    wait_for(
+        60,
+        "the peer's free-space metric",
+        || String::from_utf8_lossy(&peer.ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).contains("\"valid\": true"),
+        logs,
+    );
 
     let b_addr = loopback_addr(&b);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -400,7 +424,12 @@ fn a_node_restarted_mid_pin_completes_it() {
     let rpc_addr = format!("127.0.0.1:{port}");
     let mut b = Node::start_with(&["--swarm", "/ip4/127.0.0.3/tcp/0", "--rpc", &rpc_addr, "--cluster-api", &peer.url]);
     peer.start(&[]);
-    wait_for(60, "the peer's free-space metric", || String::from_utf8_lossy(&peer.ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).contains("\"valid\": true"), || peer.log());
+    wait_for(
+        60,
+        "the peer's free-space metric",
+        || String::from_utf8_lossy(&peer.ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).contains("\"valid\": true"),
+        || peer.log(),
+    );
     assert!(rpc(&b, &format!("swarm/connect?arg={holder_addr}")).status().is_success());
     let pin = peer.ctl().args(["pin", "add", "--rmin", "1", "--rmax", "1", "--metadata", "af-visibility=public", &cid]).output().unwrap();
     assert!(pin.status.success(), "{}", String::from_utf8_lossy(&pin.stderr));
@@ -432,7 +461,12 @@ fn the_registry_pins_follow_its_tags() {
     let rpc_addr = format!("127.0.0.1:{port}");
     let a = Node::start_with(&["--swarm", "/ip4/127.0.0.2/tcp/0", "--rpc", &rpc_addr, "--cluster-api", &peer.url, "--gc-grace", "4s"]);
     peer.start(&[]);
-    wait_for(60, "the peer's free-space metric", || String::from_utf8_lossy(&peer.ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).contains("\"valid\": true"), || peer.log());
+    wait_for(
+        60,
+        "the peer's free-space metric",
+        || String::from_utf8_lossy(&peer.ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).contains("\"valid\": true"),
+        || peer.log(),
+    );
     let pin_of = |cid: &str| -> Option<serde_json::Value> {
         let out = peer.ctl().args(["pin", "ls", cid]).output().unwrap();
         serde_json::from_slice::<serde_json::Value>(&out.stdout).ok().filter(|v| v["cid"] == cid)
@@ -519,7 +553,12 @@ fn a_compromised_cluster_peer_makes_a_node_hold_bytes_never_publish_or_tag() {
     // (a CI log keeps only the start and the end of a long output).
     let telling = |log: String| log.lines().filter(|l| !l.contains(" INFO ") || (l.contains("pin") && !l.contains("pin/ls"))).collect::<Vec<_>>().join("\n");
     let logs = || format!("--- V\n{}\n--- M\n{}\n--- V's cluster peer\n{}", telling(v.log_text()), telling(m.log_text()), telling(peers[0].log()));
-    wait_for(60, "both peers' free-space metrics", || String::from_utf8_lossy(&peers[1].ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).matches("\"valid\": true").count() >= 2, logs);
+    wait_for(
+        60,
+        "both peers' free-space metrics",
+        || String::from_utf8_lossy(&peers[1].ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).matches("\"valid\": true").count() >= 2,
+        logs,
+    );
     let gateway = |node: &Node, path: &str| client().get(node.gateway_url(path)).send().unwrap().status().as_u16();
     let tags = |node: &Node, repo: &str| -> Vec<String> {
         let v: serde_json::Value = node.as_admin(client().get(node.url(&format!("/v2/{repo}/tags/list")))).send().unwrap().json().unwrap();

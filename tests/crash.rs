@@ -45,11 +45,7 @@ fn upload_until_failure(base: String, repo: String, client_no: usize, log: Arc<M
         log.lock().unwrap()[idx].location = Some(loc.clone());
         for start in (0..BLOB).step_by(CHUNK) {
             let end = (start + CHUNK).min(BLOB);
-            let r = c
-                .patch(format!("{base}{loc}"))
-                .header("Content-Range", format!("{}-{}", start, end - 1))
-                .body(data[start..end].to_vec())
-                .send();
+            let r = c.patch(format!("{base}{loc}")).header("Content-Range", format!("{}-{}", start, end - 1)).body(data[start..end].to_vec()).send();
             match r {
                 Ok(r) if r.status() == 202 => {
                     loc = r.headers()["Location"].to_str().unwrap().to_string();
@@ -130,9 +126,7 @@ fn kill_9_during_concurrent_uploads() {
         live_sessions.insert(loc.rsplit('/').next().unwrap().to_string());
         let range = st.headers()["Range"].to_str().unwrap();
         let mut offset = range.strip_prefix("0-").unwrap().parse::<usize>().unwrap() + 1;
-        let patch = |offset: usize| {
-            c.patch(node.url(&loc)).header("Content-Range", format!("{}-{}", offset, BLOB - 1)).body(data[offset..].to_vec()).send().unwrap()
-        };
+        let patch = |offset: usize| c.patch(node.url(&loc)).header("Content-Range", format!("{}-{}", offset, BLOB - 1)).body(data[offset..].to_vec()).send().unwrap();
         assert!(offset <= BLOB);
         if offset < BLOB {
             let mut r = patch(offset);

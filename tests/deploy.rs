@@ -61,9 +61,12 @@ fn the_akash_sdl_parses_and_matches_the_container() {
             None => (p.parse().unwrap(), "TCP".to_string()),
         })
         .collect();
-    let in_sdl: BTreeSet<(u64, String)> = service["expose"].as_array().unwrap().iter().filter(|e| e["global"] == true).map(|e| (e["port"].as_u64().unwrap(), e["proto"].as_str().unwrap().to_string())).collect();
+    let in_sdl: BTreeSet<(u64, String)> =
+        service["expose"].as_array().unwrap().iter().filter(|e| e["global"] == true).map(|e| (e["port"].as_u64().unwrap(), e["proto"].as_str().unwrap().to_string())).collect();
     assert_eq!(exposed, in_sdl, "the SDL exposes exactly the container's ports");
-    assert!(exposed.contains(&(4001, "UDP".into())) && exposed.contains(&(4001, "TCP".into())) && exposed.contains(&(5000, "TCP".into())) && exposed.contains(&(8080, "TCP".into())));
+    assert!(
+        exposed.contains(&(4001, "UDP".into())) && exposed.contains(&(4001, "TCP".into())) && exposed.contains(&(5000, "TCP".into())) && exposed.contains(&(8080, "TCP".into()))
+    );
     assert!(!exposed.iter().any(|(p, _)| *p == 5001), "the RPC stays on loopback");
 
     // The data directory is on persistent storage.
@@ -113,7 +116,13 @@ fn metrics_are_scraped_by_prometheus_and_move_with_requests() {
     assert_eq!(client().get(node.url("/v2/team/app/manifests/nope")).send().unwrap().status(), 404);
 
     let text = client().get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().unwrap().text().unwrap();
-    let mut lint = Command::new("promtool").args(["check", "metrics"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("promtool (scripts/install-test-deps.sh)");
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/install-test-deps.sh)");
     std::io::Write::write_all(&mut lint.stdin.take().unwrap(), text.as_bytes()).unwrap();
     let lint = lint.wait_with_output().unwrap();
     assert!(lint.status.success(), "promtool: {}{}", String::from_utf8_lossy(&lint.stdout), String::from_utf8_lossy(&lint.stderr));
@@ -135,7 +144,8 @@ fn metrics_are_scraped_by_prometheus_and_move_with_requests() {
     // A real Prometheus server scrapes it every second.
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("prometheus.yml");
-    std::fs::write(&config, format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: af\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n")).unwrap();
+    std::fs::write(&config, format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: af\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n"))
+        .unwrap();
     let prom_port = free_addr().port();
     struct Kill(std::process::Child);
     impl Drop for Kill {
@@ -193,7 +203,10 @@ fn the_web_page_lists_public_images_only() {
     let tmp = tempfile::tempdir().unwrap();
     let layout = build_image(tmp.path());
     for repo in ["admin/open", "admin/secret"] {
-        run(skopeo().args(["copy", "--dest-tls-verify=false", "--dest-creds", "admin:admin-password-1"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker://{host}/{repo}:t")));
+        run(skopeo()
+            .args(["copy", "--dest-tls-verify=false", "--dest-creds", "admin:admin-password-1"])
+            .arg(format!("oci:{}:t", layout.display()))
+            .arg(format!("docker://{host}/{repo}:t")));
     }
     let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "admin/open", "public", "--data-dir"]).arg(&node.data_dir).output().unwrap();
     assert!(out.status.success());
@@ -220,6 +233,11 @@ fn the_web_page_lists_public_images_only() {
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("web-page.png");
     let _ = std::fs::remove_file(&shot);
-    let out = Command::new("chromium").args(["--headless", "--no-sandbox", "--disable-gpu", "--window-size=390,844"]).arg(format!("--screenshot={}", shot.display())).arg(node.url("/")).output().unwrap();
+    let out = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--window-size=390,844"])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(node.url("/"))
+        .output()
+        .unwrap();
     assert!(out.status.success() && shot.metadata().is_ok_and(|m| m.len() > 1000), "no screenshot: {}", String::from_utf8_lossy(&out.stderr));
 }

@@ -87,10 +87,7 @@ async fn events_are_sent_exactly_when_the_state_changed() {
     reg.set_visibility("team/app", false).await.unwrap();
     assert_eq!(
         drain(&mut rx),
-        vec![
-            Event::VisibilityChanged { repository: "team/app".into(), public: true },
-            Event::VisibilityChanged { repository: "team/app".into(), public: false },
-        ]
+        vec![Event::VisibilityChanged { repository: "team/app".into(), public: true }, Event::VisibilityChanged { repository: "team/app".into(), public: false },]
     );
     reg.set_visibility("other/new", false).await.unwrap();
     assert_eq!(drain(&mut rx), vec![], "a new private repository changes no visibility");
@@ -105,10 +102,7 @@ async fn events_are_sent_exactly_when_the_state_changed() {
     assert!(!reg.delete("team/app", &Reference::Digest(md.clone())).await.unwrap());
     assert_eq!(
         drain(&mut rx),
-        vec![
-            Event::Removed { repository: "team/app".into(), reference: "latest".into() },
-            Event::Removed { repository: "team/app".into(), reference: md.to_string() },
-        ]
+        vec![Event::Removed { repository: "team/app".into(), reference: "latest".into() }, Event::Removed { repository: "team/app".into(), reference: md.to_string() },]
     );
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let report = reg.gc(std::time::Duration::ZERO).await.unwrap();

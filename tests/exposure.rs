@@ -83,16 +83,10 @@ fn nothing_private_leaves_through_identity_cids_paths_or_pins() {
     // A pinned node (added through the loopback RPC by the operator) linking to private content:
     // the node is public while pinned, what it links to is not.
     let wrapper_bytes = wrap_layer.hash().digest().to_vec();
-    let form = reqwest::blocking::multipart::Form::new()
-        .part("file", reqwest::blocking::multipart::Part::bytes(wrapper_bytes).file_name("node"));
+    let form = reqwest::blocking::multipart::Form::new().part("file", reqwest::blocking::multipart::Part::bytes(wrapper_bytes).file_name("node"));
     // The operator: an administrator's credentials.
     let operator = |call: &str| node.as_admin(client().post(format!("http://127.0.0.1:{port}/api/v0/{call}")));
-    let put: serde_json::Value = operator("block/put?cid-codec=dag-pb&pin=true")
-        .multipart(form)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap_or_default();
+    let put: serde_json::Value = operator("block/put?cid-codec=dag-pb&pin=true").multipart(form).send().unwrap().json().unwrap_or_default();
     let pinned = put["Key"].as_str().expect("block/put answers the key").to_string();
     assert_eq!(get(&format!("/ipfs/{pinned}/")).status(), 200, "the pinned node itself is public");
     assert_eq!(get(&format!("/ipfs/{pinned}/x")).status(), 404);
@@ -179,10 +173,12 @@ fn a_flip_to_private_under_load_takes_effect_before_it_returns() {
     let private: Vec<u16> = seen.iter().filter(|(t, _)| *t > private_at && *t < public_asked).map(|(_, s)| *s).collect();
     let after: Vec<u16> = seen.iter().filter(|(t, _)| *t > public_at).map(|(_, s)| *s).collect();
     assert!(before.len() > 50 && private.len() > 50 && after.len() > 50, "{} {} {}", before.len(), private.len(), after.len());
-    let histogram = |v: &[u16]| v.iter().fold(std::collections::BTreeMap::<u16, usize>::new(), |mut m, s| {
-        *m.entry(*s).or_default() += 1;
-        m
-    });
+    let histogram = |v: &[u16]| {
+        v.iter().fold(std::collections::BTreeMap::<u16, usize>::new(), |mut m, s| {
+            *m.entry(*s).or_default() += 1;
+            m
+        })
+    };
     assert!(before.iter().all(|s| *s == 200), "served while public (status: count; 0 = no answer): {:?}", histogram(&before));
     assert!(private.iter().all(|s| *s == 404), "after the flip to private returned: {:?}", histogram(&private));
     assert!(after.iter().all(|s| *s == 200), "after the flip back to public returned: {:?}", histogram(&after));

@@ -280,7 +280,14 @@ fn work(kind: usize, round: usize, node_url: String, rpc: String, ack: std::sync
             }
             _ => {
                 // Issue refresh tokens (stored) and JWTs.
-                let form = [("grant_type", "password"), ("username", "admin"), ("password", ADMIN_PASSWORD), ("access_type", "offline"), ("service", "af-registry"), ("client_id", "crash")];
+                let form = [
+                    ("grant_type", "password"),
+                    ("username", "admin"),
+                    ("password", ADMIN_PASSWORD),
+                    ("access_type", "offline"),
+                    ("service", "af-registry"),
+                    ("client_id", "crash"),
+                ];
                 match c.post(format!("{node_url}/token")).form(&form).send() {
                     Ok(r) if r.status() == 200 => {
                         let t: serde_json::Value = r.json().unwrap_or_default();

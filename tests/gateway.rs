@@ -12,11 +12,7 @@ fn get(url: &str) -> reqwest::blocking::Response {
 }
 
 fn visibility(node: &Node, repo: &str, v: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_af"))
-        .args(["registry", "visibility", repo, v, "--data-dir"])
-        .arg(&node.data_dir)
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", repo, v, "--data-dir"]).arg(&node.data_dir).output().unwrap();
     assert!(out.status.success());
 }
 

@@ -204,7 +204,8 @@ fn dnslink_names_hosts_and_subdomains() {
     let image = private_image(&node);
     let addr = dns.addr;
     drop(dns);
-    let _dns = Dns::start_on(addr, &[("_dnslink.site.test", format!("dnslink=/ipfs/{dir}")), ("_dnslink.private.test", format!("dnslink=/ipfs/{image}"))]).expect("dnsmasq again on the port it held");
+    let _dns = Dns::start_on(addr, &[("_dnslink.site.test", format!("dnslink=/ipfs/{dir}")), ("_dnslink.private.test", format!("dnslink=/ipfs/{image}"))])
+        .expect("dnsmasq again on the port it held");
     assert_eq!(get_host(&node, "site.test", "/hello.txt").status(), 200, "the DNS server is back");
     for (host, path) in [
         ("private.test".to_string(), "/".to_string()),

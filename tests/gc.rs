@@ -80,12 +80,7 @@ fn gc_keeps_what_is_referenced_and_sweeps_the_rest() {
     let in_b = manifest_of(&x, &[], None);
     put("b", "t", OCI_MANIFEST, &in_b);
     assert_eq!(blob("a", "X"), x);
-    let u_image = client()
-        .head(node.url(&format!("/v2/a/manifests/{u}")))
-        .header("Accept", OCI_MANIFEST)
-        .send()
-        .unwrap()
-        .headers()["Ipfs-Image-Cid"]
+    let u_image = client().head(node.url(&format!("/v2/a/manifests/{u}"))).header("Accept", OCI_MANIFEST).send().unwrap().headers()["Ipfs-Image-Cid"]
         .to_str()
         .unwrap()
         .parse::<cid::Cid>()
@@ -114,9 +109,7 @@ fn gc_keeps_what_is_referenced_and_sweeps_the_rest() {
         assert_eq!(status(&node, &format!("/v2/a/blobs/{kept}")), 200, "{kept}");
     }
     let index_db = rusqlite::Connection::open(node.data_dir.join("blocks.sqlite")).unwrap();
-    let u_blocks: i64 = index_db
-        .query_row("SELECT count(*) FROM blocks WHERE multihash = ?1", [u_image.hash().to_bytes()], |r| r.get(0))
-        .unwrap();
+    let u_blocks: i64 = index_db.query_row("SELECT count(*) FROM blocks WHERE multihash = ?1", [u_image.hash().to_bytes()], |r| r.get(0)).unwrap();
     assert_eq!(u_blocks, 0);
     // Every kept image still has its whole DAG: each exports.
     let tmp = tempfile::tempdir().unwrap();
@@ -157,11 +150,7 @@ fn pushes_racing_gcs_lose_nothing() {
             let mut removed_blobs = 0u64;
             let mut runs = 0;
             while Instant::now() < stop {
-                let out = Command::new(env!("CARGO_BIN_EXE_af"))
-                    .args(["registry", "gc", "--grace", "2s", "--data-dir"])
-                    .arg(&data_dir)
-                    .output()
-                    .unwrap();
+                let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "gc", "--grace", "2s", "--data-dir"]).arg(&data_dir).output().unwrap();
                 assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
                 let text = String::from_utf8_lossy(&out.stdout).into_owned();
                 let blobs = text.split(", ").nth(2).and_then(|s| s.split(' ').next()).and_then(|n| n.parse::<u64>().ok());
@@ -200,12 +189,7 @@ fn pushes_racing_gcs_lose_nothing() {
                     std::thread::sleep(Duration::from_millis(n % 5 * 60));
                     let refs: Vec<&str> = layers.iter().map(String::as_str).collect();
                     let manifest = manifest_of(&config, &refs, None);
-                    let r = http
-                        .put(format!("{url}/v2/race/manifests/w{w}"))
-                        .header("Content-Type", OCI_MANIFEST)
-                        .body(manifest)
-                        .send()
-                        .unwrap();
+                    let r = http.put(format!("{url}/v2/race/manifests/w{w}")).header("Content-Type", OCI_MANIFEST).body(manifest).send().unwrap();
                     assert_eq!(r.status(), 201, "worker {w} push {n}: {}", r.text().unwrap_or_default());
                     for d in layers.iter().chain([&config]) {
                         let r = http.get(format!("{url}/v2/race/blobs/{d}")).send().unwrap();
@@ -231,16 +215,12 @@ fn pushes_racing_gcs_lose_nothing() {
     std::thread::sleep(Duration::from_millis(3100));
     gc(&node, "2s");
     for w in 0..4 {
-        let m: serde_json::Value =
-            client().get(node.url(&format!("/v2/race/manifests/w{w}"))).header("Accept", OCI_MANIFEST).send().unwrap().json().unwrap();
+        let m: serde_json::Value = client().get(node.url(&format!("/v2/race/manifests/w{w}"))).header("Accept", OCI_MANIFEST).send().unwrap().json().unwrap();
         for d in m["layers"].as_array().unwrap().iter().map(|l| &l["digest"]).chain([&m["config"]["digest"]]) {
             assert_eq!(status(&node, &format!("/v2/race/blobs/{}", d.as_str().unwrap())), 200);
         }
     }
-    let left = rusqlite::Connection::open(node.data_dir.join("metadata.sqlite"))
-        .unwrap()
-        .query_row("SELECT count(*) FROM manifests", [], |r| r.get::<_, i64>(0))
-        .unwrap();
+    let left = rusqlite::Connection::open(node.data_dir.join("metadata.sqlite")).unwrap().query_row("SELECT count(*) FROM manifests", [], |r| r.get::<_, i64>(0)).unwrap();
     assert_eq!(left, 4);
 }
 

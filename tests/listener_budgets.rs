@@ -264,7 +264,8 @@ fn an_rpc_token_carries_only_its_scope() {
     let port = free_addr().port();
     let password = "correct-horse-battery";
     let node = Node::start_with_env(&["--rpc", &format!("0.0.0.0:{port}"), "--auth", "token"], &[("AF_ADMIN_PASSWORD", password)]);
-    let private = node.as_admin(client().post(node.url(&format!("/v2/team/secret/blobs/uploads/?digest={}", sha256(b"a private layer"))))).body(b"a private layer".to_vec()).send().unwrap();
+    let private =
+        node.as_admin(client().post(node.url(&format!("/v2/team/secret/blobs/uploads/?digest={}", sha256(b"a private layer"))))).body(b"a private layer".to_vec()).send().unwrap();
     assert_eq!(private.status(), 201);
     let cid = af_registry::unixfs::cid_v1(af_registry::unixfs::RAW, &<sha2::Sha256 as sha2::Digest>::digest(b"a private layer").into());
     let token = |scope: &str| -> String {

@@ -28,10 +28,7 @@ enum Keep {
 impl Drop for Keep {
     fn drop(&mut self) {
         if let Keep::Database { admin, name } = self {
-            let _ = std::process::Command::new("psql")
-                .arg(admin.as_str())
-                .args(["-qc", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")])
-                .output();
+            let _ = std::process::Command::new("psql").arg(admin.as_str()).args(["-qc", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")]).output();
         }
     }
 }
@@ -49,8 +46,7 @@ async fn postgres() -> (Arc<dyn MetadataStore>, Keep) {
 
 /// A new, empty database on the test server: its URL and what drops it.
 fn pg_database() -> (String, Keep) {
-    let admin = std::env::var("AF_TEST_POSTGRES_URL")
-        .expect("AF_TEST_POSTGRES_URL: run scripts/test.sh, or start a server with scripts/postgres.sh");
+    let admin = std::env::var("AF_TEST_POSTGRES_URL").expect("AF_TEST_POSTGRES_URL: run scripts/test.sh, or start a server with scripts/postgres.sh");
     let name = format!("af_test_{}", uuid::Uuid::new_v4().simple());
     let out = std::process::Command::new("psql").arg(&admin).args(["-qc", &format!("CREATE DATABASE {name}")]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -318,8 +314,7 @@ async fn fresh_reads_while_a_tag_moves(reader: Arc<dyn MetadataStore>, writer: A
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let blob = digest("fresh-blob");
     writer.commit_blob("fresh", &blob, &info(), None).await.unwrap();
-    let versions: Vec<NewManifest> =
-        (0..=30).map(|i| manifest(&[&blob], &[], Some(&digest(&format!("v{i}"))), &["latest", &format!("t{i:02}")])).collect();
+    let versions: Vec<NewManifest> = (0..=30).map(|i| manifest(&[&blob], &[], Some(&digest(&format!("v{i}"))), &["latest", &format!("t{i:02}")])).collect();
     let index_of: HashMap<Digest, usize> = versions.iter().enumerate().map(|(i, v)| (v.record.digest.clone(), i)).collect();
     writer.put_manifest("fresh", versions[0].clone()).await.unwrap();
     let done = Arc::new(AtomicUsize::new(0));

@@ -307,9 +307,7 @@ fn two_nodes_under_concurrent_clients_keep_every_invariant() {
                         .iter()
                         .map(|&n| {
                             let (url, chunk, http) = (format!("{}{location}", bases[n]), chunk.clone(), &http);
-                            s.spawn(move || {
-                                http.patch(&url).header("Content-Range", "0-99999").body(chunk).send().unwrap().status().as_u16()
-                            })
+                            s.spawn(move || http.patch(&url).header("Content-Range", "0-99999").body(chunk).send().unwrap().status().as_u16())
                         })
                         .collect();
                     hs.into_iter().map(|h| h.join().unwrap()).collect()

@@ -25,17 +25,19 @@ fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
         static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
     }
     let from: IpAddr = from.parse().unwrap();
-    let stream = RT.with(|rt| rt.block_on(async {
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        // Closed with a reset: thousands of connections would otherwise leave as many sockets in
-        // TIME_WAIT for a minute, and the swarm tests that follow saw their dials refused
-        // ("Address already in use"). (Deprecated for blocking on drop; with no linger time it
-        // does not.)
-        #[allow(deprecated)]
-        socket.set_linger(Some(std::time::Duration::ZERO))?;
-        socket.bind(SocketAddr::new(from, 0))?;
-        socket.connect(to).await
-    }))?;
+    let stream = RT.with(|rt| {
+        rt.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            // Closed with a reset: thousands of connections would otherwise leave as many sockets in
+            // TIME_WAIT for a minute, and the swarm tests that follow saw their dials refused
+            // ("Address already in use"). (Deprecated for blocking on drop; with no linger time it
+            // does not.)
+            #[allow(deprecated)]
+            socket.set_linger(Some(std::time::Duration::ZERO))?;
+            socket.bind(SocketAddr::new(from, 0))?;
+            socket.connect(to).await
+        })
+    })?;
     let stream = stream.into_std()?;
     stream.set_nonblocking(false)?;
     Ok(stream)
@@ -84,7 +86,7 @@ fn mutate(rng: &mut Rng, path: &str) -> Vec<u8> {
                 p.splice(at..at, [0xff, 0xfe, 0xc3]);
             }
             _ => {
-                let seg = rng.pick(&["/../..", "/%2e%2e/%2e%2e", "/a%2Fb", "/./", "/" ]).as_bytes().to_vec();
+                let seg = rng.pick(&["/../..", "/%2e%2e/%2e%2e", "/a%2Fb", "/./", "/"]).as_bytes().to_vec();
                 p.splice(at..at, seg);
             }
         }
@@ -133,7 +135,18 @@ fn hostile(rng: &mut Rng, paths: &[String], n: usize) -> Vec<u8> {
             request(get, format!("{path}{sep}{q}").as_bytes(), &[], b"")
         }
         6 => {
-            let r = rng.pick(&["bytes=-5-3", "bytes=--1", "bytes=0-18446744073709551616", "bytes=18446744073709551615-", "bytes=-0", "bytes=5-1", "bytes=0-0,-1,99999999999-", "bytes=-99999999999999999999", "items=0-1", "bytes="]);
+            let r = rng.pick(&[
+                "bytes=-5-3",
+                "bytes=--1",
+                "bytes=0-18446744073709551616",
+                "bytes=18446744073709551615-",
+                "bytes=-0",
+                "bytes=5-1",
+                "bytes=0-0,-1,99999999999-",
+                "bytes=-99999999999999999999",
+                "items=0-1",
+                "bytes=",
+            ]);
             request(get, path.as_bytes(), &[h(&format!("Range: {r}"))], b"")
         }
         7 => {
@@ -152,9 +165,22 @@ fn hostile(rng: &mut Rng, paths: &[String], n: usize) -> Vec<u8> {
             let len = rng.below(512);
             (0..len).map(|_| rng.next() as u8).collect()
         }
-        12 => request(b"POST", path.as_bytes(), &[h("Content-Type: multipart/form-data; boundary=x"), h("Content-Length: 60")], b"--x\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nab"),
+        12 => request(
+            b"POST",
+            path.as_bytes(),
+            &[h("Content-Type: multipart/form-data; boundary=x"), h("Content-Length: 60")],
+            b"--x\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nab",
+        ),
         _ => {
-            let cred = rng.pick(&["Bearer a.b.c", "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.", "Basic YWRtaW46", "Basic !!!", "Digest x", "Bearer ", "Basic YWRtaW46YWRtaW4tcGFzc3dvcmQtMg=="]);
+            let cred = rng.pick(&[
+                "Bearer a.b.c",
+                "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.",
+                "Basic YWRtaW46",
+                "Basic !!!",
+                "Digest x",
+                "Bearer ",
+                "Basic YWRtaW46YWRtaW4tcGFzc3dvcmQtMg==",
+            ]);
             request(get, path.as_bytes(), &[h(&format!("Authorization: {cred}")), h("X-Forwarded-Host: evil.example"), h("Origin: https://evil.example")], b"")
         }
     }
@@ -170,13 +196,7 @@ fn stored_state(node: &Node, repos: &[&str], car_cid: &str) -> String {
         state.push_str(&tags);
         let tags: serde_json::Value = serde_json::from_str(&tags).unwrap();
         for tag in tags["tags"].as_array().unwrap() {
-            let m = node
-                .as_admin(c.get(node.url(&format!("/v2/{repo}/manifests/{}", tag.as_str().unwrap()))))
-                .header("Accept", OCI_MANIFEST)
-                .send()
-                .unwrap()
-                .bytes()
-                .unwrap();
+            let m = node.as_admin(c.get(node.url(&format!("/v2/{repo}/manifests/{}", tag.as_str().unwrap())))).header("Accept", OCI_MANIFEST).send().unwrap().bytes().unwrap();
             state.push_str(&sha256(&m));
             let m: serde_json::Value = serde_json::from_slice(&m).unwrap();
             for layer in m["layers"].as_array().unwrap().iter().chain([&m["config"]]) {
@@ -301,12 +321,7 @@ fn hostile_requests_on_every_listener_leave_the_node_answering_and_its_data_unch
     stop.store(true, Ordering::Relaxed);
     let (ok, failed) = good.join().unwrap();
     let bad = bad.lock().unwrap();
-    eprintln!(
-        "{} hostile requests in {:?}, {} answered; the well-behaved client got {ok} answers",
-        3 * PER_LISTENER,
-        started.elapsed(),
-        answered.load(Ordering::Relaxed)
-    );
+    eprintln!("{} hostile requests in {:?}, {} answered; the well-behaved client got {ok} answers", 3 * PER_LISTENER, started.elapsed(), answered.load(Ordering::Relaxed));
     assert!(bad.is_empty(), "{} 5xx answers, e.g. {:#?}", bad.len(), &bad[..bad.len().min(10)]);
     assert!(failed.is_empty(), "the well-behaved client was refused: {failed:#?}");
     assert!(ok > 20, "the well-behaved client got only {ok} answers");

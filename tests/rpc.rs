@@ -114,10 +114,7 @@ fn beyond_loopback_reads_are_public_only_and_writes_need_an_admin() {
     let d = sha256(&layer);
     let r = admin(client().post(node.url(&format!("/v2/team/app/blobs/uploads/?digest={d}")))).body(layer.clone()).send().unwrap();
     assert_eq!(r.status(), 201);
-    let layer_cid = admin(client().head(node.url(&format!("/v2/team/app/blobs/{d}")))).send().unwrap().headers()["Ipfs-Cid"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let layer_cid = admin(client().head(node.url(&format!("/v2/team/app/blobs/{d}")))).send().unwrap().headers()["Ipfs-Cid"].to_str().unwrap().to_string();
     let get = || client().post(url(&format!("block/get?arg={layer_cid}"))).send().unwrap();
     assert_eq!(get().status(), 400, "a private block is not found beyond loopback");
     assert_eq!(client().get(node.gateway_url(&format!("/ipfs/{layer_cid}"))).send().unwrap().status(), 404);

@@ -189,8 +189,7 @@ fn the_loopback_rpc_refuses_other_sites_and_other_host_names() {
     let port = node.rpc.port();
     let url = |call: &str| format!("http://127.0.0.1:{port}/api/v0/{call}");
     let form = || reqwest::blocking::multipart::Form::new().part("f", reqwest::blocking::multipart::Part::bytes(b"hello".to_vec()).file_name("f"));
-    let added: serde_json::Value =
-        serde_json::from_str(client().post(url("add?cid-version=1")).multipart(form()).send().unwrap().text().unwrap().lines().next().unwrap()).unwrap();
+    let added: serde_json::Value = serde_json::from_str(client().post(url("add?cid-version=1")).multipart(form()).send().unwrap().text().unwrap().lines().next().unwrap()).unwrap();
     let cid = added["Hash"].as_str().unwrap().to_string();
     // A website in the operator's browser: a simple cross-site POST.
     let r = client().post(url(&format!("pin/rm?arg={cid}"))).header("Origin", "https://evil.example").send().unwrap();
@@ -231,11 +230,7 @@ fn rpc_add_refuses_degenerate_layouts() {
     let node = Node::start();
     for links in ["0", "1", "x", "100000"] {
         let form = reqwest::blocking::multipart::Form::new().part("f", reqwest::blocking::multipart::Part::bytes(vec![7u8; 5000]).file_name("f"));
-        let r = client()
-            .post(format!("http://{}/api/v0/add?cid-version=1&raw-leaves=true&chunker=size-1000&max-file-links={links}", node.rpc))
-            .multipart(form)
-            .send()
-            .unwrap();
+        let r = client().post(format!("http://{}/api/v0/add?cid-version=1&raw-leaves=true&chunker=size-1000&max-file-links={links}", node.rpc)).multipart(form).send().unwrap();
         assert_eq!(r.status(), 400, "max-file-links={links}");
         let e: serde_json::Value = r.json().unwrap();
         assert_eq!(e["Type"], "error");
@@ -250,9 +245,8 @@ fn a_refused_chunk_leaves_the_upload_as_it_was() {
     let r = client().post(node.url("/v2/team/app/blobs/uploads/")).send().unwrap();
     assert_eq!(r.status(), 202);
     let location = node.url(r.headers()["Location"].to_str().unwrap());
-    let patch = |range: &str, body: &[u8]| {
-        client().patch(&location).header("Content-Range", range).header("Content-Type", "application/octet-stream").body(body.to_vec()).send().unwrap()
-    };
+    let patch =
+        |range: &str, body: &[u8]| client().patch(&location).header("Content-Range", range).header("Content-Type", "application/octet-stream").body(body.to_vec()).send().unwrap();
     assert_eq!(patch("0-9", b"12345").status(), 400, "five bytes are not ten");
     let status = client().get(&location).send().unwrap();
     assert_eq!(status.status(), 204);
@@ -267,9 +261,7 @@ fn a_refused_chunk_leaves_the_upload_as_it_was() {
 fn upload_sessions_are_capped_per_user() {
     let node = secure_node(&["--max-uploads", "3"]);
     add_user(&node, "carol", "carol-password");
-    let open = |user: &str, password: &str, repo: &str| {
-        client().post(node.url(&format!("/v2/{repo}/blobs/uploads/"))).basic_auth(user, Some(password)).send().unwrap()
-    };
+    let open = |user: &str, password: &str, repo: &str| client().post(node.url(&format!("/v2/{repo}/blobs/uploads/"))).basic_auth(user, Some(password)).send().unwrap();
     for _ in 0..3 {
         assert_eq!(open("carol", "carol-password", "carol/app").status(), 202);
     }

@@ -36,9 +36,7 @@ fn open_fds(pid: u32) -> usize {
 /// allocation's, what malloc holds.
 fn heap(metrics: &str) -> String {
     let page = client().get(format!("http://{metrics}/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
-    let mib = |what: &str| {
-        metric_sample(&page, &format!("af_memory_bytes{{what=\"{what}\"}}")).map_or("?".into(), |b| format!("{:.0}", b / 1048576.0))
-    };
+    let mib = |what: &str| metric_sample(&page, &format!("af_memory_bytes{{what=\"{what}\"}}")).map_or("?".into(), |b| format!("{:.0}", b / 1048576.0));
     format!("({}, {}, {})", mib("sqlite"), mib("malloc_in_use"), mib("malloc_held"))
 }
 
@@ -180,7 +178,8 @@ fn soak() {
         let ops: usize = s.latencies.values().map(Vec::len).sum();
         let mut p = |op: &str| s.latencies.get_mut(op).map_or(0, |v| p99(v)) / 1000;
         let (push, pull, retag, delete, gc) = (p("push"), p("pull"), p("retag"), p("delete"), p("gc"));
-        let (rss, anon, file, fds) = (status_kib(pid, "VmRSS").unwrap_or(0) / 1024, status_kib(pid, "RssAnon").unwrap_or(0) / 1024, status_kib(pid, "RssFile").unwrap_or(0) / 1024, open_fds(pid));
+        let (rss, anon, file, fds) =
+            (status_kib(pid, "VmRSS").unwrap_or(0) / 1024, status_kib(pid, "RssAnon").unwrap_or(0) / 1024, status_kib(pid, "RssFile").unwrap_or(0) / 1024, open_fds(pid));
         println!(
             "{minute:>6} {:>6} {push:>7}ms {pull:>7}ms {retag:>7}ms {delete:>8}ms {gc:>6}ms {:>8} {rss:>8} ({anon}, {file}) {fds:>4} {:>7}  {}",
             ops / 60,

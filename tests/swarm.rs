@@ -82,7 +82,12 @@ fn kubo_fetches_public_layers_over_bitswap_and_never_private_ones() {
     let added = kubo.ipfs(&["add", "-Q", "--cid-version=1", &file.path().display().to_string()]);
     let kubo_cid = String::from_utf8_lossy(&added.stdout).trim().to_string();
     let r = client().post(format!("http://{}/api/v0/pin/add?arg={kubo_cid}", node.rpc)).send().unwrap();
-    assert!(r.status().is_success(), "{}\n{}", r.text().unwrap(), node.log_text().lines().filter(|l| l.contains("swarm") || l.contains("bitswap") || l.contains("want")).collect::<Vec<_>>().join("\n"));
+    assert!(
+        r.status().is_success(),
+        "{}\n{}",
+        r.text().unwrap(),
+        node.log_text().lines().filter(|l| l.contains("swarm") || l.contains("bitswap") || l.contains("want")).collect::<Vec<_>>().join("\n")
+    );
     let pinned = rpc(&node, "pin/ls");
     assert!(pinned["Keys"].get(&kubo_cid).is_some(), "{pinned}");
     // Kept here by the time the pin answered: read without asking any peer.
@@ -221,7 +226,7 @@ fn hostile_bitswap_input_is_survived_and_bounded() {
         peer.send_raw(&[0x80, 0x80, 0x80, 0x04]).await; // 8 MiB announced, nothing sent
         peer.send_raw(&[100, 1, 2, 3]).await; // 100 announced, 3 sent
         peer.send_raw(&[12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).await; // not protobuf
-        // Kademlia gets the same: garbage, a length past its 4 MiB limit, a truncated message.
+                                                                                                            // Kademlia gets the same: garbage, a length past its 4 MiB limit, a truncated message.
         let kad = af_registry::swarm::KAD_PROTOCOL;
         peer.send_raw_on(kad.clone(), &[0xff; 64]).await;
         peer.send_raw_on(kad.clone(), &[0x80, 0x80, 0x80, 0x04]).await;
@@ -266,10 +271,7 @@ fn the_dht_finds_providers_both_ways() {
     rpc(&node, &format!("pin/add?arg={private_cid}"));
 
     let bootstrap = format!("[\"{listen}/p2p/{me}\"]");
-    let kubo = KuboDaemon::start_with(
-        &[("Routing.Type", "\"dhtserver\""), ("Bootstrap", &bootstrap), ("Provide.DHT.SweepEnabled", "false")],
-        &[("TEST_DHT_STUB", "1")],
-    );
+    let kubo = KuboDaemon::start_with(&[("Routing.Type", "\"dhtserver\""), ("Bootstrap", &bootstrap), ("Provide.DHT.SweepEnabled", "false")], &[("TEST_DHT_STUB", "1")]);
     let connect = kubo.ipfs(&["swarm", "connect", &format!("{listen}/p2p/{me}")]);
     assert!(connect.status.success(), "{}", String::from_utf8_lossy(&connect.stderr));
 
@@ -404,8 +406,6 @@ fn a_trusted_peer_gets_private_layers() {
     assert!(cat.status.success(), "{}", String::from_utf8_lossy(&cat.stderr));
     assert_eq!(sha256(&cat.stdout), digest);
 }
-
-
 
 /// `swarm/connect`, tried again a few times: on two loaded cores a dial can time out.
 fn connect(node: &Node, addr: &str) {

@@ -57,13 +57,7 @@ impl Honest {
     fn fetch(&mut self) -> Option<Duration> {
         let (cid, digest) = self.blocks.pop().expect("a block left to fetch");
         let started = Instant::now();
-        let r = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap()
-            .post(format!("{}/api/v0/block/get?arg={cid}", self.api))
-            .send()
-            .ok()?;
+        let r = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap().post(format!("{}/api/v0/block/get?arg={cid}", self.api)).send().ok()?;
         let bytes = r.bytes().ok()?;
         let took = started.elapsed();
         assert_eq!(sha256(&bytes), digest, "Kubo got the block's bytes");

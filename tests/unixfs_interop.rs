@@ -27,10 +27,7 @@ fn write_random(dir: &Path, rng: &mut Rng, size: u64) -> PathBuf {
 
 fn kubo_cid(kubo: &Kubo, file: &Path, chunk: usize, links: usize) -> String {
     run(kubo.cmd().args(["config", "--json", "Import.UnixFSFileMaxLinks", &links.to_string()]));
-    let out = run(kubo
-        .cmd()
-        .args(["add", "--only-hash", "-Q", "--cid-version=1", "--raw-leaves", &format!("--chunker=size-{chunk}")])
-        .arg(file));
+    let out = run(kubo.cmd().args(["add", "--only-hash", "-Q", "--cid-version=1", "--raw-leaves", &format!("--chunker=size-{chunk}")]).arg(file));
     out.trim().to_string()
 }
 

@@ -24,10 +24,7 @@ fn verify_quarantines_corrupt_blobs_and_blocks() {
     let inline: i64 = index.query_row("SELECT count(*) FROM blocks WHERE data IS NOT NULL", [], |r| r.get(0)).unwrap();
     assert!(inline > 1);
     let (code, out) = verify(&node);
-    assert_eq!(
-        (code, out.trim()),
-        (0, format!("verified 3 blobs ({} bytes) and {inline} blocks: 0 corrupt", a.len() + b.len() + 2).as_str())
-    );
+    assert_eq!((code, out.trim()), (0, format!("verified 3 blobs ({} bytes) and {inline} blocks: 0 corrupt", a.len() + b.len() + 2).as_str()));
 
     // One byte of blob A flips on disk.
     let path = node.data_dir.join("blobs/sha256").join(&da[7..9]).join(&da[7..]);
@@ -35,14 +32,8 @@ fn verify_quarantines_corrupt_blobs_and_blocks() {
     bytes[2_000_000] ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
     // And the inline interior node of A's DAG is altered in the block index.
-    let root: cid::Cid = client().head(node.url(&format!("/v2/v/a/blobs/{da}"))).send().unwrap().headers()["Ipfs-Cid"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let altered = index
-        .execute("UPDATE blocks SET data = CAST(X'00' || data AS BLOB) WHERE multihash = ?1", [root.hash().to_bytes()])
-        .unwrap();
+    let root: cid::Cid = client().head(node.url(&format!("/v2/v/a/blobs/{da}"))).send().unwrap().headers()["Ipfs-Cid"].to_str().unwrap().parse().unwrap();
+    let altered = index.execute("UPDATE blocks SET data = CAST(X'00' || data AS BLOB) WHERE multihash = ?1", [root.hash().to_bytes()]).unwrap();
     assert_eq!(altered, 1);
     drop(index);
 

@@ -103,12 +103,7 @@ pub fn wrk_script_load(url: &str, headers: &[&str], script: Option<&std::path::P
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("wrk output: {text}"));
     assert!(!text.contains("Non-2xx"), "{who} answered errors under load: {text}");
-    let p99 = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("99%"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .map(parse_wrk_duration)
-        .unwrap_or(f64::NAN);
+    let p99 = text.lines().find(|l| l.trim_start().starts_with("99%")).and_then(|l| l.split_whitespace().nth(1)).map(parse_wrk_duration).unwrap_or(f64::NAN);
     (rps, p99)
 }
 

@@ -15,7 +15,10 @@ use std::sync::Arc;
 pub enum Access {
     /// `--auth none`: everything is allowed.
     Open,
-    Checked { auth: Arc<Auth>, caller: Caller },
+    Checked {
+        auth: Arc<Auth>,
+        caller: Caller,
+    },
 }
 
 impl Access {
@@ -80,9 +83,7 @@ pub fn auth_error(e: AuthError, auth: &Auth, req: &HttpRequest, scope: Option<&S
         AuthError::Unauthenticated | AuthError::BadCredentials | AuthError::TokenInvalid => {
             ApiError::new(Code::Unauthorized, e.to_string()).with_header("WWW-Authenticate", challenge())
         }
-        AuthError::RateLimited(secs) => {
-            ApiError::new(Code::TooManyRequests, e.to_string()).with_header("Retry-After", secs.to_string())
-        }
+        AuthError::RateLimited(secs) => ApiError::new(Code::TooManyRequests, e.to_string()).with_header("Retry-After", secs.to_string()),
         AuthError::Denied => ApiError::new(Code::Denied, e.to_string()),
         AuthError::Metadata(m) => m.into(),
         AuthError::Secret(_) | AuthError::Task(_) => ApiError::new(Code::Internal, e.to_string()),

@@ -1,8 +1,8 @@
 //! `GET|HEAD|DELETE /v2/<name>/blobs/<digest>`.
 
 use super::errors::{ApiError, ApiResult, Code};
-use crate::range::{parse_range, RangeRequest};
 use super::{header, parse_digest};
+use crate::range::{parse_range, RangeRequest};
 use crate::registry::Registry;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
@@ -14,7 +14,8 @@ pub async fn get(req: &HttpRequest, reg: &Registry, name: &str, digest: &str) ->
     let digest = parse_digest(digest)?;
     let head = req.method() == actix_web::http::Method::HEAD;
     // A HEAD reads nothing: a blob this node lacks is not fetched for it.
-    let opened = if head { reg.stat_blob(name, &digest).await.map(|(len, info)| (None, len, info)) } else { reg.open_blob(name, &digest).await.map(|(b, len, info)| (Some(b), len, info)) };
+    let opened =
+        if head { reg.stat_blob(name, &digest).await.map(|(len, info)| (None, len, info)) } else { reg.open_blob(name, &digest).await.map(|(b, len, info)| (Some(b), len, info)) };
     let (bytes, len, info) = match opened {
         Ok(found) => found,
         // Another node holds the bytes and this one does not fetch (offline): send the client
@@ -25,9 +26,7 @@ pub async fn get(req: &HttpRequest, reg: &Registry, name: &str, digest: &str) ->
         }
         Err(e) => return Err(e.into()),
     };
-    let range = parse_range(header(req, "range"), len).map_err(|e| {
-        ApiError::new(Code::RangeInvalid, e.to_string()).with_header("Content-Range", format!("bytes */{len}"))
-    })?;
+    let range = parse_range(header(req, "range"), len).map_err(|e| ApiError::new(Code::RangeInvalid, e.to_string()).with_header("Content-Range", format!("bytes */{len}")))?;
     let (status, start, count) = match range {
         RangeRequest::Full => (StatusCode::OK, 0, len),
         RangeRequest::Partial(r) => (StatusCode::PARTIAL_CONTENT, r.start, r.end - r.start + 1),

@@ -20,11 +20,7 @@ struct Pagination {
 fn pagination(req: &HttpRequest) -> ApiResult<Pagination> {
     let requested = match query_value(req, "n") {
         None => None,
-        Some(n) => Some(
-            n.parse::<usize>()
-                .map_err(|_| ApiError::new(Code::PaginationInvalid, format!("n={n:?} is not a non-negative integer")))?
-                .min(MAX_PAGE),
-        ),
+        Some(n) => Some(n.parse::<usize>().map_err(|_| ApiError::new(Code::PaginationInvalid, format!("n={n:?} is not a non-negative integer")))?.min(MAX_PAGE)),
     };
     // Ask for one more than requested to learn whether a next page exists.
     let page = Page { last: query_value(req, "last"), limit: requested.map(|n| n + 1) };
@@ -55,10 +51,7 @@ fn respond(body: serde_json::Value, link: Option<String>) -> HttpResponse {
 
 pub async fn tags(req: &HttpRequest, reg: &Registry, name: &str) -> ApiResult<HttpResponse> {
     let p = pagination(req)?;
-    let tags = reg
-        .tags(name, &p.page)
-        .await?
-        .ok_or_else(|| ApiError::new(Code::NameUnknown, format!("repository {name} is unknown")))?;
+    let tags = reg.tags(name, &p.page).await?.ok_or_else(|| ApiError::new(Code::NameUnknown, format!("repository {name} is unknown")))?;
     let (tags, link) = paginate(tags, &p, &format!("/v2/{name}/tags/list"));
     Ok(respond(json!({"name": name, "tags": tags}), link))
 }

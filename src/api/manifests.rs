@@ -40,33 +40,19 @@ fn accepts(req: &HttpRequest, media_type: &str) -> bool {
 
 pub async fn get(req: &HttpRequest, reg: &Registry, name: &str, reference: &str) -> ApiResult<HttpResponse> {
     let reference = parse_reference(reference)?;
-    let m = reg
-        .manifest(name, &reference)
-        .await?
-        .ok_or_else(|| ApiError::new(Code::ManifestUnknown, format!("manifest unknown in {name}")))?;
+    let m = reg.manifest(name, &reference).await?.ok_or_else(|| ApiError::new(Code::ManifestUnknown, format!("manifest unknown in {name}")))?;
     if !accepts(req, &m.media_type) {
-        return Err(ApiError::new(
-            Code::ManifestUnknown,
-            format!("the manifest is {}, which the Accept header does not include", m.media_type),
-        ));
+        return Err(ApiError::new(Code::ManifestUnknown, format!("the manifest is {}, which the Accept header does not include", m.media_type)));
     }
     let mut resp = HttpResponse::Ok();
-    resp.content_type(m.media_type.as_str())
-        .insert_header(("Docker-Content-Digest", m.digest.to_string()))
-        .insert_header(("ETag", format!("\"{}\"", m.digest)));
+    resp.content_type(m.media_type.as_str()).insert_header(("Docker-Content-Digest", m.digest.to_string())).insert_header(("ETag", format!("\"{}\"", m.digest)));
     if let Some(cid) = &m.image_cid {
         resp.insert_header((IMAGE_CID_HEADER, cid.as_str()));
     }
     Ok(resp.body(m.content))
 }
 
-pub async fn put(
-    req: &HttpRequest,
-    mut body: web::Payload,
-    reg: &Registry,
-    name: &str,
-    reference: &str,
-) -> ApiResult<HttpResponse> {
+pub async fn put(req: &HttpRequest, mut body: web::Payload, reg: &Registry, name: &str, reference: &str) -> ApiResult<HttpResponse> {
     let reference = parse_reference(reference)?;
     let too_large = || ApiError::new(Code::ManifestTooLarge, format!("manifests are limited to {MAX_MANIFEST_BYTES} bytes"));
     if header(req, "content-length").and_then(|n| n.trim().parse::<usize>().ok()).is_some_and(|n| n > MAX_MANIFEST_BYTES) {

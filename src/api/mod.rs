@@ -5,8 +5,8 @@
 //! failure through the one error table in [`errors`]. This module never touches files or SQL.
 
 pub mod access;
-pub mod errors;
 mod blobs;
+pub mod errors;
 mod listing;
 mod manifests;
 
@@ -38,12 +38,8 @@ pub fn configure(registry: Arc<Registry>, auth: Option<Arc<crate::auth::Auth>>) 
         cfg.route("/", web::get().to(home::page))
             .route("/token", web::get().to(token::get))
             .route("/token", web::post().to(token::post))
-            .service(
-                web::scope("/v2").default_service(web::to(dispatch)),
-            )
-            .default_service(web::to(|req: HttpRequest| async move {
-                Err::<HttpResponse, _>(ApiError::new(Code::RouteUnknown, format!("no endpoint at {}", req.path())))
-            }));
+            .service(web::scope("/v2").default_service(web::to(dispatch)))
+            .default_service(web::to(|req: HttpRequest| async move { Err::<HttpResponse, _>(ApiError::new(Code::RouteUnknown, format!("no endpoint at {}", req.path()))) }));
     }
 }
 
@@ -63,21 +59,17 @@ async fn dispatch(req: HttpRequest, body: web::Payload, reg: web::Data<Registry>
         Route::Base if is_read(&m) => Ok(HttpResponse::Ok().json(serde_json::json!({}))),
         Route::Catalog if is_read(&m) => listing::catalog(&req, reg, &access).await,
         Route::Tags { name } if is_read(&m) => listing::tags(&req, reg, name).await,
-        Route::Manifest { name, reference } => {
-            match m {
-                Method::GET | Method::HEAD => manifests::get(&req, reg, name, reference).await,
-                Method::PUT => manifests::put(&req, body, reg, name, reference).await,
-                Method::DELETE => manifests::delete(reg, name, reference).await,
-                _ => Err(not_allowed(&m)),
-            }
-        }
-        Route::Blob { name, digest } => {
-            match m {
-                Method::GET | Method::HEAD => blobs::get(&req, reg, name, digest).await,
-                Method::DELETE => blobs::delete(reg, name, digest).await,
-                _ => Err(not_allowed(&m)),
-            }
-        }
+        Route::Manifest { name, reference } => match m {
+            Method::GET | Method::HEAD => manifests::get(&req, reg, name, reference).await,
+            Method::PUT => manifests::put(&req, body, reg, name, reference).await,
+            Method::DELETE => manifests::delete(reg, name, reference).await,
+            _ => Err(not_allowed(&m)),
+        },
+        Route::Blob { name, digest } => match m {
+            Method::GET | Method::HEAD => blobs::get(&req, reg, name, digest).await,
+            Method::DELETE => blobs::delete(reg, name, digest).await,
+            _ => Err(not_allowed(&m)),
+        },
         Route::UploadStart { name } if m == Method::POST => uploads::post(&req, body, reg, name, &access).await,
         Route::Upload { name, id } => {
             let id = uploads::session_id(id)?;
@@ -89,9 +81,7 @@ async fn dispatch(req: HttpRequest, body: web::Payload, reg: web::Data<Registry>
                 _ => Err(not_allowed(&m)),
             }
         }
-        Route::Referrers { name, digest } if is_read(&m) => {
-            referrers::list(&req, reg, name, digest).await
-        }
+        Route::Referrers { name, digest } if is_read(&m) => referrers::list(&req, reg, name, digest).await,
         _ => Err(not_allowed(&m)),
     }
 }
@@ -122,10 +112,7 @@ fn parse_digest(s: &str) -> ApiResult<Digest> {
 
 /// Every value of query parameter `key`, decoded.
 fn query_values(req: &HttpRequest, key: &str) -> Vec<String> {
-    form_urlencoded::parse(req.query_string().as_bytes())
-        .filter(|(k, _)| k == key)
-        .map(|(_, v)| v.into_owned())
-        .collect()
+    form_urlencoded::parse(req.query_string().as_bytes()).filter(|(k, _)| k == key).map(|(_, v)| v.into_owned()).collect()
 }
 
 fn query_value(req: &HttpRequest, key: &str) -> Option<String> {

@@ -21,10 +21,7 @@ pub async fn list(req: &HttpRequest, reg: &Registry, name: &str, digest: &str) -
     let after = query_value(req, "last").map(|l| parse_digest(&l)).transpose()?;
     let max = match query_value(req, "n") {
         None => PAGE_MAX,
-        Some(n) => n
-            .parse::<u32>()
-            .map_err(|_| ApiError::new(Code::PaginationInvalid, format!("n={n:?} is not a non-negative integer")))?
-            .clamp(1, PAGE_MAX),
+        Some(n) => n.parse::<u32>().map_err(|_| ApiError::new(Code::PaginationInvalid, format!("n={n:?} is not a non-negative integer")))?.clamp(1, PAGE_MAX),
     };
     let page = ReferrerPage { after, budget: PAGE_BYTES, max };
     let (referrers, more) = reg.referrers(name, &subject, filter.as_deref(), &page).await?;

@@ -36,9 +36,7 @@ pub fn parse(rest: &str) -> Option<Route<'_>> {
     if rest == "_catalog" {
         return Some(Route::Catalog);
     }
-    let split = |suffix: &str| -> Option<&str> {
-        rest.strip_suffix(suffix).filter(|n| !n.is_empty())
-    };
+    let split = |suffix: &str| -> Option<&str> { rest.strip_suffix(suffix).filter(|n| !n.is_empty()) };
     if let Some(name) = split("/blobs/uploads/").or_else(|| split("/blobs/uploads")) {
         return Some(Route::UploadStart { name });
     }
@@ -80,10 +78,7 @@ mod tests {
         assert_eq!(parse("a/tags/list"), Some(Route::Tags { name: "a" }));
         assert_eq!(parse("a/referrers/sha256:1"), Some(Route::Referrers { name: "a", digest: "sha256:1" }));
         // Resource words are valid name components too.
-        assert_eq!(
-            parse("manifests/blobs/manifests/x"),
-            Some(Route::Manifest { name: "manifests/blobs", reference: "x" })
-        );
+        assert_eq!(parse("manifests/blobs/manifests/x"), Some(Route::Manifest { name: "manifests/blobs", reference: "x" }));
     }
 
     #[test]

@@ -3,17 +3,14 @@
 
 use super::access::Access;
 use super::errors::{ApiError, ApiResult, Code};
-use crate::range::parse_content_range;
 use super::{header, parse_digest, query_value, valid_name};
+use crate::range::parse_content_range;
 use crate::registry::{ChunkRange, Registry, RegistryError};
 use actix_web::{web, HttpRequest, HttpResponse};
 use uuid::Uuid;
 
 pub fn session_id(id: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(id)
-        .ok()
-        .filter(|u| u.as_hyphenated().to_string() == id)
-        .ok_or_else(|| ApiError::new(Code::BlobUploadUnknown, format!("upload {id:?} is unknown")))
+    Uuid::parse_str(id).ok().filter(|u| u.as_hyphenated().to_string() == id).ok_or_else(|| ApiError::new(Code::BlobUploadUnknown, format!("upload {id:?} is unknown")))
 }
 
 fn session_location(name: &str, id: Uuid) -> String {
@@ -104,23 +101,17 @@ fn with_session_state(e: RegistryError, name: &str, id: Uuid) -> ApiError {
     };
     let err = ApiError::from(e);
     match offset {
-        Some(len) => err
-            .with_header("Location", session_location(name, id))
-            .with_header("Range", range_value(len))
-            .with_header("Docker-Upload-UUID", id.to_string()),
+        Some(len) => err.with_header("Location", session_location(name, id)).with_header("Range", range_value(len)).with_header("Docker-Upload-UUID", id.to_string()),
         None => err,
     }
 }
 
 pub async fn put(req: &HttpRequest, body: web::Payload, reg: &Registry, name: &str, id: Uuid) -> ApiResult<HttpResponse> {
-    let digest = query_value(req, "digest")
-        .ok_or_else(|| ApiError::new(Code::DigestInvalid, "the digest query parameter is required to complete an upload"))?;
+    let digest = query_value(req, "digest").ok_or_else(|| ApiError::new(Code::DigestInvalid, "the digest query parameter is required to complete an upload"))?;
     let digest = parse_digest(&digest)?;
     let range = chunk_range(req)?;
     let body = (has_body(req) || range.is_some()).then_some(body);
-    reg.finish_upload(name, id, &digest, range, body)
-        .await
-        .map_err(|e| with_session_state(e, name, id))?;
+    reg.finish_upload(name, id, &digest, range, body).await.map_err(|e| with_session_state(e, name, id))?;
     Ok(blob_created(name, &digest))
 }
 

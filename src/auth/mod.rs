@@ -89,7 +89,10 @@ pub enum Caller {
     /// Basic credentials, checked.
     Basic(Identity),
     /// A JWT, checked, with the access it grants.
-    Bearer { identity: Identity, access: Vec<Scope> },
+    Bearer {
+        identity: Identity,
+        access: Vec<Scope>,
+    },
 }
 
 impl Caller {
@@ -214,7 +217,6 @@ fn slow_checkers() -> Result<std::sync::mpsc::SyncSender<SlowCheck>> {
     Ok(tx)
 }
 
-
 impl Auth {
     pub async fn new(meta: Arc<dyn AuthStore>, config: AuthConfig) -> Result<Self> {
         let key = meta.signing_key(secrets::random_bytes::<32>()?.to_vec()).await?;
@@ -330,14 +332,7 @@ impl Auth {
         // A wrong name costs what a wrong password does.
         let ok = self.slow_verify(secret, phc.clone().unwrap_or_else(|| self.dummy_hash.clone())).await?;
         Ok(match (found, phc) {
-            (Some(u), Some(phc)) if ok => Some(Identity {
-                user: u.name,
-                uid: u.uid,
-                is_admin: u.is_admin,
-                cap: Role::Admin,
-                token_id: None,
-                stamp: Some(secrets::stamp(&phc)),
-            }),
+            (Some(u), Some(phc)) if ok => Some(Identity { user: u.name, uid: u.uid, is_admin: u.is_admin, cap: Role::Admin, token_id: None, stamp: Some(secrets::stamp(&phc)) }),
             _ => None,
         })
     }
@@ -416,9 +411,7 @@ impl Auth {
 
     /// Whether `caller` may do `action` in `repo`: Ok, or the error to answer with.
     pub async fn authorize(&self, caller: &Caller, repo: &str, action: Action) -> Result<()> {
-        let granted_by_jwt = |access: &[Scope]| {
-            access.iter().any(|s| matches!(s, Scope::Repository { name, actions } if name == repo && actions.contains(&action)))
-        };
+        let granted_by_jwt = |access: &[Scope]| access.iter().any(|s| matches!(s, Scope::Repository { name, actions } if name == repo && actions.contains(&action)));
         match caller {
             Caller::Bearer { access, .. } if granted_by_jwt(access) => return Ok(()),
             _ => {}
@@ -493,11 +486,9 @@ impl Auth {
             access: granted
                 .iter()
                 .map(|s| match s {
-                    Scope::Repository { name, actions } => AccessEntry {
-                        kind: "repository".into(),
-                        name: name.clone(),
-                        actions: actions.iter().map(|a| a.as_str().to_string()).collect(),
-                    },
+                    Scope::Repository { name, actions } => {
+                        AccessEntry { kind: "repository".into(), name: name.clone(), actions: actions.iter().map(|a| a.as_str().to_string()).collect() }
+                    }
                     Scope::Catalog => AccessEntry { kind: "registry".into(), name: "catalog".into(), actions: vec!["*".into()] },
                     Scope::Operator => AccessEntry { kind: "registry".into(), name: "operator".into(), actions: vec!["*".into()] },
                 })
@@ -507,8 +498,7 @@ impl Auth {
             uid: identity.map(|i| i.uid.clone()).unwrap_or_default(),
             pst: identity.and_then(|i| i.stamp.clone()),
         };
-        let jwt = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| AuthError::Task(format!("signing: {e}")))?;
+        let jwt = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| AuthError::Task(format!("signing: {e}")))?;
         let refresh_token = match identity {
             Some(i) if offline => Some(self.refresh_token_for(i).await?),
             _ => None,
@@ -575,18 +565,7 @@ pub async fn mint_token(
 ) -> Result<(String, String)> {
     let (id, token) = secrets::new_token()?;
     let secret_hash = secrets::hash_token(&token);
-    let record = TokenRecord {
-        id: id.clone(),
-        user: user.to_string(),
-        kind,
-        secret_hash,
-        scope,
-        description,
-        expires_at,
-        revoked: false,
-        created_at: now_secs() as i64,
-        parent,
-    };
+    let record = TokenRecord { id: id.clone(), user: user.to_string(), kind, secret_hash, scope, description, expires_at, revoked: false, created_at: now_secs() as i64, parent };
     meta.create_token(&record).await?;
     Ok((id, token))
 }
@@ -625,11 +604,7 @@ pub fn decode_jwt(jwt: &str, key: &DecodingKey, service: &str) -> Result<(Option
     validation.set_issuer(&[service]);
     validation.leeway = 5;
     let claims = jsonwebtoken::decode::<Claims>(jwt, key, &validation).map_err(|_| AuthError::TokenInvalid)?.claims;
-    let access = claims
-        .access
-        .iter()
-        .filter_map(|a| Scope::parse(&format!("{}:{}:{}", a.kind, a.name, a.actions.join(","))))
-        .collect();
+    let access = claims.access.iter().filter_map(|a| Scope::parse(&format!("{}:{}:{}", a.kind, a.name, a.actions.join(",")))).collect();
     if claims.sub.is_empty() {
         return Ok((None, access));
     }

@@ -32,7 +32,10 @@ impl Action {
 /// One requested or granted scope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
-    Repository { name: String, actions: BTreeSet<Action> },
+    Repository {
+        name: String,
+        actions: BTreeSet<Action>,
+    },
     /// `registry:catalog:*`.
     Catalog,
     /// `registry:operator:*`: the operator's rights on an RPC bound beyond loopback. Granted

@@ -39,10 +39,7 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], SecretError> {
 /// An argon2id PHC string for `secret` (tens of milliseconds: run it on a blocking thread).
 pub fn hash(secret: &str) -> Result<String, SecretError> {
     let salt = SaltString::encode_b64(&random_bytes::<16>()?).map_err(|e| SecretError::Hash(e.to_string()))?;
-    Argon2::default()
-        .hash_password(secret.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| SecretError::Hash(e.to_string()))
+    Argon2::default().hash_password(secret.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| SecretError::Hash(e.to_string()))
 }
 
 /// [`hash`] on a blocking thread, for async callers.
@@ -137,8 +134,7 @@ pub fn new_token() -> Result<(String, String), SecretError> {
 pub fn token_id(s: &str) -> Option<&str> {
     let rest = s.strip_prefix(PREFIX)?;
     let (id, secret) = (rest.get(..ID_LEN)?, rest.get(ID_LEN + 1..)?);
-    (rest.as_bytes().get(ID_LEN) == Some(&b'_') && id.bytes().all(|b| b.is_ascii_hexdigit()) && secret.len() >= 40)
-        .then_some(id)
+    (rest.as_bytes().get(ID_LEN) == Some(&b'_') && id.bytes().all(|b| b.is_ascii_hexdigit()) && secret.len() >= 40).then_some(id)
 }
 
 #[cfg(test)]

@@ -58,7 +58,11 @@ impl BlockIndexError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     /// `len` bytes at `offset` of the blob file of `blob`.
-    Blob { blob: Digest, offset: u64, len: u64 },
+    Blob {
+        blob: Digest,
+        offset: u64,
+        len: u64,
+    },
     Inline(Vec<u8>),
 }
 
@@ -191,11 +195,9 @@ impl Owner {
 
 fn location(blob: Option<String>, offset: Option<i64>, len: i64, data: Option<Vec<u8>>) -> Result<Location, BlockIndexError> {
     match (blob, offset, data) {
-        (Some(blob), Some(offset), None) => Ok(Location::Blob {
-            blob: blob.parse().map_err(|e| BlockIndexError::Corrupt(format!("{e}")))?,
-            offset: offset as u64,
-            len: len as u64,
-        }),
+        (Some(blob), Some(offset), None) => {
+            Ok(Location::Blob { blob: blob.parse().map_err(|e| BlockIndexError::Corrupt(format!("{e}")))?, offset: offset as u64, len: len as u64 })
+        }
         (None, None, Some(data)) => Ok(Location::Inline(data)),
         _ => Err(BlockIndexError::Corrupt("a block with neither or both locations".into())),
     }
@@ -216,8 +218,7 @@ fn read_range(store: &crate::storage::BlobStore, cid: &Cid, blob: &Digest, offse
     let missing = || BlockIndexError::Mismatch { cid: cid.to_string(), detail: "its blob file is missing".into() };
     let (file, _) = store.open_blob(blob)?.ok_or_else(missing)?;
     let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, offset)
-        .map_err(|source| crate::storage::StorageError::Io { path: store.blob_path(blob).display().to_string(), source })?;
+    file.read_exact_at(&mut buf, offset).map_err(|source| crate::storage::StorageError::Io { path: store.blob_path(blob).display().to_string(), source })?;
     checked(cid, bytes::Bytes::from(buf)).map(Some)
 }
 
@@ -234,7 +235,6 @@ fn checked(cid: &Cid, bytes: bytes::Bytes) -> Result<bytes::Bytes, BlockIndexErr
 const ADD_OWNER: &str = "INSERT OR IGNORE INTO block_owners (multihash, owner_kind, owner)
      SELECT ?1, ?2, ?3 WHERE ?2 IS NOT NULL
        AND EXISTS (SELECT 1 FROM blocks WHERE multihash = ?1 AND (owner_kind IS NOT ?2 OR owner IS NOT ?3))";
-
 
 /// An inline block; recording a known one again makes it young for the GC.
 const INSERT_INLINE: &str = "INSERT INTO blocks (multihash, codec, length, data, owner_kind, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -289,20 +289,11 @@ impl BlockIndex {
                 Ok(Mutex::new(c))
             })
             .collect::<Result<Vec<_>, BlockIndexError>>()?;
-        Ok(BlockIndex {
-            conn: Arc::new(Mutex::new(conn)),
-            readers: Arc::new(readers),
-            next_reader: std::sync::atomic::AtomicUsize::new(0),
-            path: path.to_path_buf(),
-            blobs,
-        })
+        Ok(BlockIndex { conn: Arc::new(Mutex::new(conn)), readers: Arc::new(readers), next_reader: std::sync::atomic::AtomicUsize::new(0), path: path.to_path_buf(), blobs })
     }
 
     /// A lookup on one of the reader connections: a free one if there is, else the next in turn.
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, BlockIndexError> + Send + 'static,
-    ) -> Result<T, BlockIndexError> {
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T, BlockIndexError> + Send + 'static) -> Result<T, BlockIndexError> {
         let readers = self.readers.clone();
         let start = self.next_reader.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
@@ -322,10 +313,7 @@ impl BlockIndex {
     /// the calling thread when a reader connection is free, since handing it to a blocking
     /// thread and back costs more than the query (two thread wake-ups, which dominated a raw
     /// block GET); on a blocking thread otherwise.
-    async fn lookup<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, BlockIndexError> + Send + 'static,
-    ) -> Result<T, BlockIndexError> {
+    async fn lookup<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T, BlockIndexError> + Send + 'static) -> Result<T, BlockIndexError> {
         let start = self.next_reader.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let n = self.readers.len();
         if let Some(conn) = (0..n).find_map(|i| self.readers[(start + i) % n].try_lock().ok()) {
@@ -334,14 +322,9 @@ impl BlockIndex {
         self.read(f).await
     }
 
-    async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, BlockIndexError> + Send + 'static,
-    ) -> Result<T, BlockIndexError> {
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T, BlockIndexError> + Send + 'static) -> Result<T, BlockIndexError> {
         let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || f(&mut conn.lock().expect("block index lock")))
-            .await
-            .map_err(|e| BlockIndexError::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || f(&mut conn.lock().expect("block index lock"))).await.map_err(|e| BlockIndexError::Task(e.to_string()))?
     }
 
     /// Records every block of the DAG of `blob` (leaves as ranges of its file), in one
@@ -418,9 +401,7 @@ impl BlockIndex {
             Location::Blob { blob, offset, len } if len <= INLINE_READ_MAX => read_range(&self.blobs, cid, &blob, offset, len),
             Location::Blob { blob, offset, len } => {
                 let (store, cid) = (self.blobs.clone(), *cid);
-                tokio::task::spawn_blocking(move || read_range(&store, &cid, &blob, offset, len))
-                    .await
-                    .map_err(|e| BlockIndexError::Task(e.to_string()))?
+                tokio::task::spawn_blocking(move || read_range(&store, &cid, &blob, offset, len)).await.map_err(|e| BlockIndexError::Task(e.to_string()))?
             }
         }
     }
@@ -475,14 +456,8 @@ impl BlockIndex {
     /// a peer's "do you have it?" needs).
     pub async fn size(&self, cid: &Cid) -> Result<Option<u64>, BlockIndexError> {
         let mh = cid.hash().to_bytes();
-        self.lookup(move |conn| {
-            Ok(conn
-                .prepare_cached("SELECT length FROM blocks WHERE multihash = ?1")?
-                .query_row([mh], |r| r.get::<_, i64>(0))
-                .optional()?
-                .map(|n| n as u64))
-        })
-        .await
+        self.lookup(move |conn| Ok(conn.prepare_cached("SELECT length FROM blocks WHERE multihash = ?1")?.query_row([mh], |r| r.get::<_, i64>(0)).optional()?.map(|n| n as u64)))
+            .await
     }
 
     /// Whether this node has block `cid` (see [`BlockIndex::size`]).
@@ -553,9 +528,7 @@ impl BlockIndex {
     /// for a scrub that pages through them.
     pub async fn inline_blocks_after(&self, after: Vec<u8>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BlockIndexError> {
         self.run(move |conn| {
-            let mut s = conn.prepare_cached(
-                "SELECT multihash, CAST(data AS BLOB) FROM blocks WHERE data IS NOT NULL AND multihash > ?1 ORDER BY multihash LIMIT ?2",
-            )?;
+            let mut s = conn.prepare_cached("SELECT multihash, CAST(data AS BLOB) FROM blocks WHERE data IS NOT NULL AND multihash > ?1 ORDER BY multihash LIMIT ?2")?;
             let rows = s.query_map(params![after, BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
@@ -696,10 +669,7 @@ impl BlockIndex {
             let tx = conn.transaction()?;
             tx.execute("DELETE FROM pin_tags WHERE root = ?1", [&root])?;
             for t in &tags {
-                tx.execute(
-                    "INSERT INTO pin_tags (root, repository, tag, digest, conflict) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![root, t.repository, t.tag, t.digest, t.conflict],
-                )?;
+                tx.execute("INSERT INTO pin_tags (root, repository, tag, digest, conflict) VALUES (?1, ?2, ?3, ?4, ?5)", params![root, t.repository, t.tag, t.digest, t.conflict])?;
             }
             tx.commit()?;
             Ok(())
@@ -735,12 +705,7 @@ impl BlockIndex {
     }
 
     /// Keeps `record` for `name` if `replaces` says it replaces the record held (given it).
-    pub async fn put_ipns_record(
-        &self,
-        name: &str,
-        record: Vec<u8>,
-        replaces: impl FnOnce(Option<&[u8]>) -> bool + Send + 'static,
-    ) -> Result<bool, BlockIndexError> {
+    pub async fn put_ipns_record(&self, name: &str, record: Vec<u8>, replaces: impl FnOnce(Option<&[u8]>) -> bool + Send + 'static) -> Result<bool, BlockIndexError> {
         let name = name.to_string();
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -766,12 +731,8 @@ impl BlockIndex {
 
     /// (number of blocks, bytes of inline blocks) for `repo/stat`.
     pub async fn stat(&self) -> Result<(u64, u64), BlockIndexError> {
-        self.run(|conn| {
-            Ok(conn.query_row("SELECT count(*), coalesce(sum(length(data)), 0) FROM blocks", [], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })?)
-        })
-        .await
+        self.run(|conn| Ok(conn.query_row("SELECT count(*), coalesce(sum(length(data)), 0) FROM blocks", [], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))?))
+            .await
     }
 
     /// Forgets one block.
@@ -799,8 +760,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blocks.sqlite");
         let digest = "sha256:".to_string() + &"ab".repeat(32);
-        let (leaf, node, image, pinned, plain) =
-            (cid(0x55, b"leaf"), cid(0x70, b"node"), cid(0x70, b"image"), cid(0x55, b"pinned"), cid(0x55, b"plain"));
+        let (leaf, node, image, pinned, plain) = (cid(0x55, b"leaf"), cid(0x70, b"node"), cid(0x70, b"image"), cid(0x55, b"pinned"), cid(0x55, b"plain"));
         {
             // A version-1 index, as an older node left it.
             let conn = Connection::open(&path).unwrap();

@@ -2,8 +2,8 @@
 //! node runs: everything goes through the metadata store's transactions).
 
 use super::{attach, DataDir};
-use af_registry::auth::secrets;
 use af_registry::auth::mint_token;
+use af_registry::auth::secrets;
 use af_registry::metadata::{Role, TokenKind};
 use anyhow::Context;
 use clap::Subcommand;
@@ -113,10 +113,7 @@ async fn hash(secret: String) -> anyhow::Result<String> {
 }
 
 fn namespace(name: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        af_registry::names::is_namespace(name),
-        "{name:?} is not a valid name (lowercase letters, digits and . _ - separators)"
-    );
+    anyhow::ensure!(af_registry::names::is_namespace(name), "{name:?} is not a valid name (lowercase letters, digits and . _ - separators)");
     Ok(())
 }
 
@@ -205,10 +202,7 @@ pub async fn org(command: OrgCommand) -> anyhow::Result<()> {
         OrgCommand::Member { organisation, user, role, data } => {
             let role: Option<Role> = if role == "none" { None } else { Some(role.parse()?) };
             let registry = attach(data, Default::default()).await?;
-            anyhow::ensure!(
-                registry.accounts().set_member(&organisation, &user, role).await?,
-                "no organisation {organisation:?} or no user {user:?}"
-            );
+            anyhow::ensure!(registry.accounts().set_member(&organisation, &user, role).await?, "no organisation {organisation:?} or no user {user:?}");
             match role {
                 Some(r) => println!("{user} is {} in {organisation}", r.as_str()),
                 None => println!("{user} is no longer a member of {organisation}"),

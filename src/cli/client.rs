@@ -57,7 +57,10 @@ impl Target {
 }
 
 fn client_config_path() -> Option<std::path::PathBuf> {
-    let base = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()).map(std::path::PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".config")))?;
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".config")))?;
     Some(base.join("af").join("client.toml"))
 }
 
@@ -136,7 +139,8 @@ async fn summarize(registry: &Registry, repository: &str, reference: &str, with_
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let digest = header("docker-content-digest").unwrap_or_else(|| format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body))));
     let doc: Value = serde_json::from_slice(&body).with_context(|| format!("{repository}@{digest}: the manifest is not JSON"))?;
-    let mut summary = Summary { digest, media_type: media_type.clone(), size: 0, created: None, image_cid: header("ipfs-image-cid"), platforms: Vec::new(), layers: Vec::new(), manifest: body };
+    let mut summary =
+        Summary { digest, media_type: media_type.clone(), size: 0, created: None, image_cid: header("ipfs-image-cid"), platforms: Vec::new(), layers: Vec::new(), manifest: body };
     let images: Vec<(Option<Value>, Value)> = if is_index(&media_type, &doc) {
         let mut children = Vec::new();
         for child in doc["manifests"].as_array().map(Vec::as_slice).unwrap_or_default() {
@@ -317,7 +321,14 @@ pub async fn info(target: Target, reference: String, raw: bool, as_json: bool, g
     }
     writeln!(out, "Layers:")?;
     for l in &s.layers {
-        writeln!(out, "  {}  {:>10}  {}  {}", l["digest"].as_str().unwrap_or_default(), human(l["size"].as_u64().unwrap_or(0)), l["mediaType"].as_str().unwrap_or_default(), l["cid"].as_str().unwrap_or("-"))?;
+        writeln!(
+            out,
+            "  {}  {:>10}  {}  {}",
+            l["digest"].as_str().unwrap_or_default(),
+            human(l["size"].as_u64().unwrap_or(0)),
+            l["mediaType"].as_str().unwrap_or_default(),
+            l["cid"].as_str().unwrap_or("-")
+        )?;
     }
     if !referrers.is_empty() {
         writeln!(out, "Referrers:")?;
@@ -384,7 +395,11 @@ async fn copy_referenced(registry: &Registry, from: &str, to: &str, doc: &Value)
         let url = registry.url(&format!("/v2/{to}/blobs/uploads/?mount={digest}&from={from}"));
         let scope = format!("repository:{to}:pull,push repository:{from}:pull");
         let response = registry.check(registry.send(&scope, |http| http.post(&url)).await?).await?;
-        anyhow::ensure!(response.status() == reqwest::StatusCode::CREATED, "{}: could not mount {digest} from {from} into {to} (the registry offered an upload instead)", registry.host);
+        anyhow::ensure!(
+            response.status() == reqwest::StatusCode::CREATED,
+            "{}: could not mount {digest} from {from} into {to} (the registry offered an upload instead)",
+            registry.host
+        );
     }
     Ok(())
 }
@@ -454,14 +469,15 @@ impl Shown {
             (false, false) => Shown::Lines,
             (false, true) => {
                 let multi = indicatif::MultiProgress::new();
-                let style = indicatif::ProgressStyle::with_template("{prefix:19} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {elapsed}").expect("a valid template").progress_chars("=> ");
+                let style = indicatif::ProgressStyle::with_template("{prefix:19} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {elapsed}")
+                    .expect("a valid template")
+                    .progress_chars("=> ");
                 let total = multi.add(indicatif::ProgressBar::new(0).with_style(style).with_prefix("total"));
                 Shown::Bars { multi, total, blobs: Default::default() }
             }
         };
         std::sync::Arc::new(shown)
     }
-
 }
 
 impl Drop for Shown {
@@ -538,7 +554,8 @@ async fn engine_name(engine: &Engine, typed: &str, image: &ImageRef) -> anyhow::
 /// The engine's `name:tag`s of repository `typed` (as typed, under the engines' default
 /// prefixes, or in full on the registry), each with its tag.
 fn engine_tags(all: &[String], typed: &str, image: &ImageRef) -> Vec<(String, String)> {
-    let forms = [typed.to_string(), format!("localhost/{typed}"), format!("docker.io/library/{typed}"), format!("docker.io/{typed}"), format!("{}/{}", image.registry, image.repository)];
+    let forms =
+        [typed.to_string(), format!("localhost/{typed}"), format!("docker.io/library/{typed}"), format!("docker.io/{typed}"), format!("{}/{}", image.registry, image.repository)];
     all.iter()
         .filter_map(|full| {
             let (repo, tag) = full.rsplit_once(':').filter(|(_, t)| !t.contains('/'))?;
@@ -605,10 +622,12 @@ pub async fn pull(target: Target, reference: String, to: Option<String>, platfor
         }
         None => {
             let engine = Engine::from_env()?;
-            af_registry::client::archive::pull_into_engine(&registry, &engine, &image, &archive_name(), platform.as_deref(), unpack_ratio, &shown).await.map(|(moved, engine_said)| {
-                said = Some(engine_said);
-                moved
-            })
+            af_registry::client::archive::pull_into_engine(&registry, &engine, &image, &archive_name(), platform.as_deref(), unpack_ratio, &shown).await.map(
+                |(moved, engine_said)| {
+                    said = Some(engine_said);
+                    moved
+                },
+            )
         }
     };
     drop(shown);

@@ -41,11 +41,8 @@ pub fn export(image: String, output: Option<PathBuf>, data: DataDir) -> anyhow::
 
 /// Imports the image CAR in `file` (`-`: standard input).
 pub fn import(file: PathBuf, repo: Option<String>, data: DataDir, cid_profile: Option<af_registry::unixfs::Profile>) -> anyhow::Result<()> {
-    let input: Box<dyn std::io::Read + Send> = if file.as_os_str() == "-" {
-        Box::new(std::io::stdin())
-    } else {
-        Box::new(std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?)
-    };
+    let input: Box<dyn std::io::Read + Send> =
+        if file.as_os_str() == "-" { Box::new(std::io::stdin()) } else { Box::new(std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?) };
     let input = std::io::BufReader::with_capacity(1 << 20, input);
     actix_web::rt::System::new().block_on(async {
         let registry = attach(data, cid_profile.unwrap_or_default()).await?;

@@ -4,9 +4,9 @@
 //! layer.v1.tar`, their digests their diff IDs); pulled, each layer is verified against its
 //! digest as it arrives, decompressed if gzip'd, and checked against the config's diff ID.
 
+use super::engine::Engine;
 use super::reference::ImageRef;
 use super::transfer::{Moved, Report, TransferError};
-use super::engine::Engine;
 use super::Registry;
 use serde_json::{json, Value};
 use sha2::Digest as _;
@@ -75,7 +75,10 @@ pub async fn push(registry: &Registry, path: &Path, tag: Option<&str>, dst: &Ima
         move || -> Result<_> {
             let (entries, list) = read_manifest_list(&path)?;
             let chosen: Vec<Value> = match &tag {
-                Some(t) => list.into_iter().filter(|m| m["RepoTags"].as_array().is_some_and(|tags| tags.iter().any(|x| x.as_str().is_some_and(|x| x == t || x.ends_with(&format!("/{t}")))))).collect(),
+                Some(t) => list
+                    .into_iter()
+                    .filter(|m| m["RepoTags"].as_array().is_some_and(|tags| tags.iter().any(|x| x.as_str().is_some_and(|x| x == t || x.ends_with(&format!("/{t}"))))))
+                    .collect(),
                 None => list,
             };
             match chosen.as_slice() {
@@ -157,9 +160,7 @@ pub async fn pull(registry: &Registry, src: &ImageRef, path: &Path, repo_tag: &s
         let fetched = fetch(registry, src, &work, platform, unpack_ratio, report).await?;
         let (path, repo_tag) = (path.to_path_buf(), repo_tag.to_string());
         let Fetched { moved, config_digest, config_file, layers } = fetched;
-        tokio::task::spawn_blocking(move || write_archive(&path, &repo_tag, &config_digest, &config_file, &layers))
-            .await
-            .map_err(|e| err(Path::new("archive"), e))??;
+        tokio::task::spawn_blocking(move || write_archive(&path, &repo_tag, &config_digest, &config_file, &layers)).await.map_err(|e| err(Path::new("archive"), e))??;
         Ok(moved)
     }
     .await;
@@ -170,7 +171,15 @@ pub async fn pull(registry: &Registry, src: &ImageRef, path: &Path, repo_tag: &s
 /// Pulls `src` into the local engine (its load API), named `repo_tag` there: the archive is
 /// made as the engine reads it, from layers kept in a working directory under the system's
 /// temporary directory. Returns what moved and what the engine said.
-pub async fn pull_into_engine(registry: &Registry, engine: &Engine, src: &ImageRef, repo_tag: &str, platform: Option<&str>, unpack_ratio: u64, report: Report<'_>) -> Result<(Moved, String)> {
+pub async fn pull_into_engine(
+    registry: &Registry,
+    engine: &Engine,
+    src: &ImageRef,
+    repo_tag: &str,
+    platform: Option<&str>,
+    unpack_ratio: u64,
+    report: Report<'_>,
+) -> Result<(Moved, String)> {
     engine.ping().await?;
     let work = std::env::temp_dir().join(format!("af-pull-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&work).map_err(|e| err(&work, e))?;
@@ -205,7 +214,10 @@ async fn fetch(registry: &Registry, src: &ImageRef, work: &Path, platform: Optio
     }
     if let Some(children) = doc["manifests"].as_array() {
         let wanted = platform.unwrap_or("linux/amd64");
-        let child = children.iter().find(|c| super::transfer::platform_matches(&c["platform"], wanted)).ok_or_else(|| TransferError::Selection(format!("{src} has no image for {wanted} (--platform)")))?;
+        let child = children
+            .iter()
+            .find(|c| super::transfer::platform_matches(&c["platform"], wanted))
+            .ok_or_else(|| TransferError::Selection(format!("{src} has no image for {wanted} (--platform)")))?;
         let child_digest = child["digest"].as_str().unwrap_or_default().to_string();
         let (child_bytes, _, _) = registry.manifest(&src.repository, &child_digest, reqwest::Method::GET).await?;
         let actual = super::transfer::sha256_digest(&child_bytes);

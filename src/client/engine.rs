@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
-use http_body_util::{combinators::UnsyncBoxBody as BoxBody, BodyExt, BodyDataStream, Empty, StreamBody};
+use http_body_util::{combinators::UnsyncBoxBody as BoxBody, BodyDataStream, BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
 use hyper::{Method, Request, StatusCode};
 use serde_json::Value;

@@ -136,11 +136,7 @@ impl Registry {
         let response = self.check(response).await?;
         let body = read_limited(response, MAX_ERROR_BODY).await.map_err(|e| self.protocol(format!("token service: {e}")))?;
         let body: serde_json::Value = serde_json::from_slice(&body).map_err(|e| self.protocol(format!("token service: {e}")))?;
-        body.get("token")
-            .or_else(|| body.get("access_token"))
-            .and_then(|t| t.as_str())
-            .map(str::to_string)
-            .ok_or_else(|| self.protocol("the token service gave no token".into()))
+        body.get("token").or_else(|| body.get("access_token")).and_then(|t| t.as_str()).map(str::to_string).ok_or_else(|| self.protocol("the token service gave no token".into()))
     }
 
     /// `response` if it succeeded, else the registry's error (its OCI error JSON when it sent one).

@@ -179,7 +179,16 @@ pub async fn push(registry: &Registry, dir: &Path, tag: Option<&str>, dst: &Imag
 /// Pushes the manifest `desc` names (its children and blobs first); returns its digest. A
 /// manifest this walk pushed already is not pushed again.
 #[allow(clippy::too_many_arguments)]
-async fn push_manifest(registry: &Registry, dir: &Path, desc: &Value, repo: &str, reference: Option<&str>, report: Report<'_>, moved: &mut Moved, walk: &mut Walk) -> Result<String> {
+async fn push_manifest(
+    registry: &Registry,
+    dir: &Path,
+    desc: &Value,
+    repo: &str,
+    reference: Option<&str>,
+    report: Report<'_>,
+    moved: &mut Moved,
+    walk: &mut Walk,
+) -> Result<String> {
     let digest = desc["digest"].as_str().ok_or_else(|| layout_err(dir, "a descriptor without a digest"))?.to_string();
     if reference.is_none() && !walk.first(&digest) {
         return Ok(digest);
@@ -342,9 +351,7 @@ async fn upload(registry: &Registry, repo: &str, digest: &str, size: u64, report
     let started = registry.check(registry.send(&scope, |http| http.post(&start_url)).await?).await?;
     let put_url = with_digest(&location(registry, &started)?, digest);
     report.begin(digest, size);
-    let response = registry
-        .send(&scope, |http| http.put(&put_url).header("content-type", "application/octet-stream").header("content-length", size).body(body()))
-        .await?;
+    let response = registry.send(&scope, |http| http.put(&put_url).header("content-type", "application/octet-stream").header("content-length", size).body(body())).await?;
     registry.check(response).await?;
     Ok(true)
 }
@@ -435,10 +442,7 @@ pub async fn pull(registry: &Registry, src: &ImageRef, dir: &Path, tag: Option<&
     let mut top = json!({"mediaType": doc["mediaType"].as_str().unwrap_or(&media_type), "digest": digest, "size": bytes.len()});
     match (doc["manifests"].as_array(), platform) {
         (Some(children), Some(wanted)) => {
-            let child = children
-                .iter()
-                .find(|c| platform_matches(&c["platform"], wanted))
-                .ok_or_else(|| TransferError::Selection(format!("{src} has no image for {wanted}")))?;
+            let child = children.iter().find(|c| platform_matches(&c["platform"], wanted)).ok_or_else(|| TransferError::Selection(format!("{src} has no image for {wanted}")))?;
             top = json!({"mediaType": child["mediaType"], "digest": child["digest"], "size": child["size"]});
             pull_manifest(registry, &src.repository, dir, &top, report, &mut moved, &mut Walk::default()).await?;
         }
@@ -569,7 +573,8 @@ fn add_to_index(dir: &Path, desc: Value, tag: Option<&str>) -> Result<()> {
         std::fs::write(&layout_file, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(|e| layout_err(&layout_file, e))?;
     }
     let index_path = dir.join("index.json");
-    let mut index = if index_path.exists() { read_json(dir, &index_path)? } else { json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}) };
+    let mut index =
+        if index_path.exists() { read_json(dir, &index_path)? } else { json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}) };
     let manifests = index["manifests"].as_array_mut().ok_or_else(|| layout_err(&index_path, "manifests is not a list"))?;
     manifests.retain(|m| match tag {
         Some(t) => m["annotations"][REF_NAME] != t,

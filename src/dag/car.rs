@@ -126,11 +126,9 @@ impl State {
         let node = super::decode(&cid, bytes.clone())?;
         let children: Vec<Work> = match (expand, node) {
             // A sharded directory's entity is its shards, not what they name.
-            (Expand::Entity, Node::Shard { links }) => links
-                .into_iter()
-                .filter(|l| crate::unixfs::hamt::entry_name(l).is_none())
-                .map(|l| Work::Visit { cid: l.cid, expand: Expand::Entity })
-                .collect(),
+            (Expand::Entity, Node::Shard { links }) => {
+                links.into_iter().filter(|l| crate::unixfs::hamt::entry_name(l).is_none()).map(|l| Work::Visit { cid: l.cid, expand: Expand::Entity }).collect()
+            }
             (Expand::Entity, Node::File { size, .. }) => match byte_range(self.entity_bytes, size) {
                 Some((start, end)) => return self.expand(cid, bytes, Expand::Range { offset: 0, start, end }),
                 None => Vec::new(),
@@ -155,12 +153,7 @@ impl State {
 }
 
 /// The CAR of a request for `root`, resolved to `chain` (root first, target last).
-pub fn stream(
-    reader: Arc<Reader>,
-    root: Cid,
-    chain: Vec<Cid>,
-    params: Params,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+pub fn stream(reader: Arc<Reader>, root: Cid, chain: Vec<Cid>, params: Params) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     let target = *chain.last().expect("a chain has a target");
     let expand = match params.scope {
         DagScope::All => Expand::All,
@@ -172,15 +165,8 @@ pub fn stream(
     for cid in chain[..chain.len() - 1].iter().rev() {
         stack.push(Work::Visit { cid: *cid, expand: Expand::Nothing });
     }
-    let state = State {
-        reader,
-        stack,
-        seen: HashSet::new(),
-        dups: params.dups,
-        skip_identity: params.skip_identity,
-        entity_bytes: params.entity_bytes,
-        header: Some(header(&root)),
-    };
+    let state =
+        State { reader, stack, seen: HashSet::new(), dups: params.dups, skip_identity: params.skip_identity, entity_bytes: params.entity_bytes, header: Some(header(&root)) };
     futures_util::stream::unfold(state, |mut s| async move { s.step().await.map(|item| (item, s)) })
 }
 

@@ -54,8 +54,7 @@ pub fn well_known(cid: &Cid) -> Option<Bytes> {
         return Some(Bytes::copy_from_slice(mh.digest()));
     }
     let empty: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(EMPTY_DIRECTORY).into();
-    (cid.codec() == unixfs::DAG_PB && mh.code() == unixfs::SHA2_256 && mh.digest() == empty)
-        .then(|| Bytes::from_static(&EMPTY_DIRECTORY))
+    (cid.codec() == unixfs::DAG_PB && mh.code() == unixfs::SHA2_256 && mh.digest() == empty).then(|| Bytes::from_static(&EMPTY_DIRECTORY))
 }
 
 /// Whether `cid` carries its own bytes (an identity multihash).
@@ -313,10 +312,19 @@ pub enum Node {
     /// A raw block: a whole file.
     Raw(Bytes),
     /// A file node; `size` is its content's length, checked against its parts' sizes.
-    File { links: Vec<DecodedLink>, content: Bytes, blocksizes: Vec<u64>, size: u64 },
-    Directory { links: Vec<DecodedLink> },
+    File {
+        links: Vec<DecodedLink>,
+        content: Bytes,
+        blocksizes: Vec<u64>,
+        size: u64,
+    },
+    Directory {
+        links: Vec<DecodedLink>,
+    },
     /// A node of a HAMT-sharded directory (see `unixfs::hamt`): its links as stored.
-    Shard { links: Vec<DecodedLink> },
+    Shard {
+        links: Vec<DecodedLink>,
+    },
     /// A UnixFS symbolic link: its target, as written.
     Symlink(Bytes),
     /// A DAG-CBOR or DAG-JSON block.
@@ -364,11 +372,8 @@ pub fn decode(cid: &Cid, bytes: Bytes) -> Result<Node> {
                     if data.blocksizes.len() != node.links.len() {
                         return Err(malformed(format!("{} links but {} blocksizes", node.links.len(), data.blocksizes.len())));
                     }
-                    let parts = data
-                        .blocksizes
-                        .iter()
-                        .try_fold(data.content.len() as u64, |a, b| a.checked_add(*b))
-                        .ok_or_else(|| malformed("its blocksizes add up past 2^64".into()))?;
+                    let parts =
+                        data.blocksizes.iter().try_fold(data.content.len() as u64, |a, b| a.checked_add(*b)).ok_or_else(|| malformed("its blocksizes add up past 2^64".into()))?;
                     if let Some(claimed) = data.filesize.filter(|f| *f != parts) {
                         return Err(malformed(format!("filesize {claimed} but its parts hold {parts} bytes")));
                     }
@@ -412,12 +417,7 @@ struct Pending {
 /// on the current path are held, every block is verified and admitted as it is read, the walk
 /// ends when the stream is dropped, and a part whose size disagrees with what its parent said is
 /// an error (the stream ends there).
-pub fn file_stream(
-    reader: Arc<Reader>,
-    cid: Cid,
-    start: u64,
-    end: u64,
-) -> impl futures_util::Stream<Item = std::result::Result<Bytes, std::io::Error>> {
+pub fn file_stream(reader: Arc<Reader>, cid: Cid, start: u64, end: u64) -> impl futures_util::Stream<Item = std::result::Result<Bytes, std::io::Error>> {
     let stack = vec![Pending { cid, offset: 0, size: None }];
     futures_util::stream::unfold((reader, stack), move |(reader, mut stack)| async move {
         loop {

@@ -4,8 +4,8 @@
 //! another's storage), and DNSLink hosts (a domain whose `_dnslink` TXT record points at content,
 //! served at its root).
 
-use crate::dnslink::{is_domain, DnsLink};
 use super::sniff::Origin;
+use crate::dnslink::{is_domain, DnsLink};
 use crate::ipns::Name;
 use actix_web::{HttpMessage, HttpRequest};
 use cid::Cid;
@@ -47,10 +47,8 @@ fn host_of(req: &HttpRequest, naming: &Naming) -> String {
     let forwarded = from_proxy(req, naming)
         .then(|| req.headers().get("x-forwarded-host").and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next()).map(|v| v.trim().to_string()))
         .flatten();
-    let host = forwarded
-        .or_else(|| req.headers().get("host").and_then(|v| v.to_str().ok()).map(str::to_string))
-        .or_else(|| req.uri().host().map(str::to_string))
-        .unwrap_or_default();
+    let host =
+        forwarded.or_else(|| req.headers().get("host").and_then(|v| v.to_str().ok()).map(str::to_string)).or_else(|| req.uri().host().map(str::to_string)).unwrap_or_default();
     let host = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or("").to_string(),
         None => host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host.as_str(), |(h, _)| h).to_string(),

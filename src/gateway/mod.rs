@@ -16,11 +16,11 @@ mod tar;
 
 pub use hosts::Naming;
 
-use crate::range::{parse_range, RangeRequest};
 use crate::dag::car::{self, DagScope, Params};
 use crate::dag::{self, DagError, Node, Reader};
 use crate::exposure::Audience;
 use crate::exposure::Policy;
+use crate::range::{parse_range, RangeRequest};
 use crate::registry::Registry;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
@@ -155,7 +155,11 @@ impl Data {
 
     /// The file extension of a download: `json` or `cbor`.
     fn extension(self) -> &'static str {
-        if self.is_json() { "json" } else { "cbor" }
+        if self.is_json() {
+            "json"
+        } else {
+            "cbor"
+        }
     }
 }
 
@@ -188,9 +192,7 @@ fn format(req: &HttpRequest) -> Result<Format, HttpResponse> {
             "application/json" => return Ok(Format::Data(Data::Json)),
             "application/cbor" => return Ok(Format::Data(Data::Cbor)),
             "application/x-tar" => return Ok(Format::Tar),
-            names::RECORD_TYPE => {
-                return Err(text(StatusCode::NOT_ACCEPTABLE, "an IPNS record is served for /ipns/<name> only"))
-            }
+            names::RECORD_TYPE => return Err(text(StatusCode::NOT_ACCEPTABLE, "an IPNS record is served for /ipns/<name> only")),
             _ => {}
         }
     }
@@ -351,10 +353,7 @@ async fn serve(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate:
     match answer {
         Answer::Raw => match reader.block(&target).await {
             Ok(bytes) => {
-                builder
-                    .content_type(RAW_TYPE)
-                    .insert_header(("Content-Disposition", disposition(&req, &format!("{target}.bin"), true)))
-                    .insert_header(("Vary", "Accept"));
+                builder.content_type(RAW_TYPE).insert_header(("Content-Disposition", disposition(&req, &format!("{target}.bin"), true))).insert_header(("Vary", "Accept"));
                 whole_block(&req, builder, bytes, head)
             }
             Err(e) => dag_error(e),
@@ -374,7 +373,11 @@ async fn serve(req: HttpRequest, policy: web::Data<Policy>, swarm: Option<crate:
             Ok(bytes) => {
                 builder.content_type("text/html; charset=utf-8").insert_header(("Cache-Control", LISTING_CACHE)).insert_header(("Vary", "Accept"));
                 let page = sniff::block_page(&target, &bytes);
-                if head { builder.finish() } else { builder.body(page) }
+                if head {
+                    builder.finish()
+                } else {
+                    builder.body(page)
+                }
             }
             Err(e) => dag_error(e),
         },
@@ -456,10 +459,7 @@ fn car_params(req: &HttpRequest) -> Result<Params, HttpResponse> {
     let q = |k: &str| query(req, k);
     let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
     let accept_param = |name: &str| -> Option<String> {
-        accept
-            .split(',')
-            .find(|i| i.trim().starts_with(CAR_TYPE))
-            .and_then(|i| i.split(';').skip(1).find_map(|p| p.trim().strip_prefix(&format!("{name}=")).map(str::to_string)))
+        accept.split(',').find(|i| i.trim().starts_with(CAR_TYPE)).and_then(|i| i.split(';').skip(1).find_map(|p| p.trim().strip_prefix(&format!("{name}=")).map(str::to_string)))
     };
     if let Some(v) = accept_param("version") {
         if v != "1" {
@@ -632,10 +632,7 @@ async fn unixfs(
         },
     };
     let shown_name = query(req, "filename").unwrap_or(name);
-    builder
-        .status(status)
-        .content_type(forced_type.unwrap_or_else(|| sniff::content_type(&shown_name, &head_bytes)))
-        .insert_header(("Accept-Ranges", "bytes"));
+    builder.status(status).content_type(forced_type.unwrap_or_else(|| sniff::content_type(&shown_name, &head_bytes))).insert_header(("Accept-Ranges", "bytes"));
     if query(req, "filename").is_some() || query(req, "download").is_some() {
         builder.insert_header(("Content-Disposition", disposition(req, &shown_name, false)));
     }

@@ -90,9 +90,7 @@ async fn follow(
     let (value, ttl) = match policy.registry().follow_ipns(value, ttl).await {
         Ok(crate::ipns::Followed::Path(value, ttl)) => (value, ttl),
         Ok(crate::ipns::Followed::NoRecord(name)) => return unresolved(&name),
-        Ok(crate::ipns::Followed::TooDeep(value)) => {
-            return text(StatusCode::BAD_GATEWAY, format!("{value}: more than {} names to follow", crate::ipns::MAX_HOPS))
-        }
+        Ok(crate::ipns::Followed::TooDeep(value)) => return text(StatusCode::BAD_GATEWAY, format!("{value}: more than {} names to follow", crate::ipns::MAX_HOPS)),
         Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
     let Some(content) = value.strip_prefix("/ipfs/") else {

@@ -145,13 +145,7 @@ pub fn listing(path: &str, (origin, content_path): (&Origin, &str), cid: &Cid, l
     for l in links {
         // Absolute, so they hold on a subdomain or DNSLink host as on the path gateway.
         let href = format!("{}{}", path, form_urlencoded::byte_serialize(l.name.as_bytes()).collect::<String>().replace('+', "%20"));
-        rows.push_str(&format!(
-            "<tr><td><a href=\"{href}\">{}</a></td><td>{}{}</a></td><td>{}</td></tr>\n",
-            escape(&l.name),
-            hash_link(origin, &l.cid, &l.name),
-            l.cid,
-            l.tsize
-        ));
+        rows.push_str(&format!("<tr><td><a href=\"{href}\">{}</a></td><td>{}{}</a></td><td>{}</td></tr>\n", escape(&l.name), hash_link(origin, &l.cid, &l.name), l.cid, l.tsize));
     }
     format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{p}</title></head><body>\n<h1>Index of {crumbs}</h1>\n<p>{cid}</p>\n<table>\n<tr><th>name</th><th>CID</th><th>size</th></tr>\n{rows}</table>\n</body></html>\n",

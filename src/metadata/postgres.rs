@@ -12,9 +12,8 @@
 use super::auth::{AuthStore, Role, TokenKind, TokenRecord, User};
 use super::batch::{Batcher, Loader};
 use super::{
-    NodeRecord,
-    BlobInfo, GarbageCollected, ManifestRecord, MetaResult, MetadataError, MetadataStore, NewManifest, Page,
-    PutManifestOutcome, Reference, Referrer, ReferrerPage, SweptBlob, Totals, UploadSession, REFERRERS_AFTER, REFERRERS_PAGE,
+    BlobInfo, GarbageCollected, ManifestRecord, MetaResult, MetadataError, MetadataStore, NewManifest, NodeRecord, Page, PutManifestOutcome, Reference, Referrer, ReferrerPage,
+    SweptBlob, Totals, UploadSession, REFERRERS_AFTER, REFERRERS_PAGE,
 };
 use crate::digest::Digest;
 use async_trait::async_trait;
@@ -93,9 +92,7 @@ fn classify(e: tokio_postgres::Error) -> MetadataError {
     use tokio_postgres::error::SqlState;
     match e.code() {
         _ if e.is_closed() => MetadataError::Unavailable(e.to_string()),
-        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED => {
-            MetadataError::Conflict(e.to_string())
-        }
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED => MetadataError::Conflict(e.to_string()),
         // Connection exceptions (08), a server shutting down or starting (57P), out of
         // resources (53): the database is away, not the statement wrong.
         Some(c) if ["08", "57P", "53"].iter().any(|p| c.code().starts_with(p)) => MetadataError::Unavailable(e.to_string()),
@@ -119,12 +116,7 @@ macro_rules! transaction {
         let mut attempt = 0;
         loop {
             let mut client = $self.client().await?;
-            let $tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::Serializable)
-                .start()
-                .await
-                .map_err(pg)?;
+            let $tx = client.build_transaction().isolation_level(IsolationLevel::Serializable).start().await.map_err(pg)?;
             let result = async { $body }.await;
             let outcome = match result {
                 Ok(v) => $tx.commit().await.map_err(pg).map(|()| v),
@@ -145,8 +137,7 @@ macro_rules! transaction {
 impl PgStore {
     /// Connects to `url` (`postgres://...`) and applies pending migrations.
     pub async fn connect(url: &str) -> MetaResult<Arc<Self>> {
-        let config: tokio_postgres::Config =
-            url.parse().map_err(|e| MetadataError::Backend(format!("database URL: {e}")))?;
+        let config: tokio_postgres::Config = url.parse().map_err(|e| MetadataError::Backend(format!("database URL: {e}")))?;
         let pool = new_pool(config, 16)?;
         let store = PgStore {
             heads: Batcher::new(BATCHES_IN_FLIGHT, loader(&pool, load_heads)),
@@ -203,20 +194,12 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg)?;
-        tx.batch_execute("CREATE TABLE IF NOT EXISTS af_schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
-            .await
-            .map_err(pg)?;
-        let current: i64 = tx
-            .query_one("SELECT coalesce(max(version), 0) FROM af_schema_migrations", &[])
-            .await
-            .map_err(pg)?
-            .get(0);
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS af_schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)").await.map_err(pg)?;
+        let current: i64 = tx.query_one("SELECT coalesce(max(version), 0) FROM af_schema_migrations", &[]).await.map_err(pg)?.get(0);
         for (version, sql) in MIGRATIONS {
             if *version > current {
                 tx.batch_execute(sql).await.map_err(pg)?;
-                tx.execute("INSERT INTO af_schema_migrations (version, applied_at) VALUES ($1, $2)", &[version, &now()])
-                    .await
-                    .map_err(pg)?;
+                tx.execute("INSERT INTO af_schema_migrations (version, applied_at) VALUES ($1, $2)", &[version, &now()]).await.map_err(pg)?;
             }
         }
         tx.commit().await.map_err(pg)
@@ -224,9 +207,7 @@ impl PgStore {
 }
 
 async fn ensure_repo(tx: &deadpool_postgres::Transaction<'_>, name: &str) -> MetaResult<i64> {
-    tx.execute("INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", &[&name, &now()])
-        .await
-        .map_err(pg)?;
+    tx.execute("INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", &[&name, &now()]).await.map_err(pg)?;
     Ok(tx.query_one("SELECT id FROM repositories WHERE name = $1", &[&name]).await.map_err(pg)?.get(0))
 }
 
@@ -288,11 +269,7 @@ where
 }
 
 /// Places each row (its first column: the 1-based position of the key it answers) beside its key.
-fn by_position<V: Clone>(
-    keys: usize,
-    rows: Vec<tokio_postgres::Row>,
-    value: impl Fn(&tokio_postgres::Row) -> MetaResult<V>,
-) -> MetaResult<Vec<Option<V>>> {
+fn by_position<V: Clone>(keys: usize, rows: Vec<tokio_postgres::Row>, value: impl Fn(&tokio_postgres::Row) -> MetaResult<V>) -> MetaResult<Vec<Option<V>>> {
     let mut out = vec![None; keys];
     for row in rows {
         let slot = usize::try_from(row.get::<_, i64>(0) - 1).ok().and_then(|i| out.get_mut(i));
@@ -325,10 +302,7 @@ async fn load_heads(client: deadpool_postgres::Object, keys: Vec<(String, Refere
         arm.2.push(reference);
     }
     let statement = client.prepare_cached(SQL).await.map_err(pg)?;
-    let rows = client
-        .query(&statement, &[&tags.0, &tags.1, &tags.2, &digests.0, &digests.1, &digests.2])
-        .await
-        .map_err(pg)?;
+    let rows = client.query(&statement, &[&tags.0, &tags.1, &tags.2, &digests.0, &digests.1, &digests.2]).await.map_err(pg)?;
     by_position(keys.len(), rows, |row| {
         Ok(ManifestRecord {
             digest: parse_digest(row.get(1))?,
@@ -483,24 +457,13 @@ impl MetadataStore for PgStore {
             };
             let id: i64 = row.get(0);
             let digest: Option<String> = match reference {
-                Reference::Digest(d) => tx
-                    .query_opt("SELECT digest FROM manifests WHERE repository_id = $1 AND digest = $2", &[&id, &d.to_string()])
-                    .await
-                    .map_err(pg)?
-                    .map(|r| r.get(0)),
-                Reference::Tag(t) => tx
-                    .query_opt("SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2", &[&id, t])
-                    .await
-                    .map_err(pg)?
-                    .map(|r| r.get(0)),
+                Reference::Digest(d) => {
+                    tx.query_opt("SELECT digest FROM manifests WHERE repository_id = $1 AND digest = $2", &[&id, &d.to_string()]).await.map_err(pg)?.map(|r| r.get(0))
+                }
+                Reference::Tag(t) => tx.query_opt("SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2", &[&id, t]).await.map_err(pg)?.map(|r| r.get(0)),
             };
             let Some(digest) = digest else { return Ok(None) };
-            tx.execute(
-                "INSERT INTO pins (repository_id, manifest_digest, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                &[&id, &digest, &now()],
-            )
-            .await
-            .map_err(pg)?;
+            tx.execute("INSERT INTO pins (repository_id, manifest_digest, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", &[&id, &digest, &now()]).await.map_err(pg)?;
             Ok::<_, MetadataError>(Some(parse_digest(digest)?))
         })
     }
@@ -571,10 +534,7 @@ impl MetadataStore for PgStore {
     }
 
     async fn blob_by_root(&self, cid: &str) -> MetaResult<Option<Digest>> {
-        let row = self
-            .read_opt("SELECT digest FROM blobs WHERE root_cid = $1 AND NOT missing LIMIT 1", &[&cid])
-            .await
-            .map_err(pg)?;
+        let row = self.read_opt("SELECT digest FROM blobs WHERE root_cid = $1 AND NOT missing LIMIT 1", &[&cid]).await.map_err(pg)?;
         row.map(|r| parse_digest(r.get(0))).transpose()
     }
 
@@ -596,9 +556,7 @@ impl MetadataStore for PgStore {
     async fn record_holder(&self, digest: &Digest, node: &str) -> MetaResult<()> {
         let digest = digest.to_string();
         transaction!(self, |tx| {
-            tx.execute("INSERT INTO blob_holders (digest, node_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&digest, &node])
-                .await
-                .map_err(pg)?;
+            tx.execute("INSERT INTO blob_holders (digest, node_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&digest, &node]).await.map_err(pg)?;
             Ok::<_, MetadataError>(())
         })
     }
@@ -616,10 +574,8 @@ impl MetadataStore for PgStore {
     }
 
     async fn live_nodes(&self, except: &str, alive_secs: i64) -> MetaResult<Vec<NodeRecord>> {
-        let rows = self
-            .read("SELECT id, api_url, swarm_addrs FROM nodes WHERE id != $1 AND heartbeat_at >= $2 ORDER BY id", &[&except, &(now() - alive_secs)])
-            .await
-            .map_err(pg)?;
+        let rows =
+            self.read("SELECT id, api_url, swarm_addrs FROM nodes WHERE id != $1 AND heartbeat_at >= $2 ORDER BY id", &[&except, &(now() - alive_secs)]).await.map_err(pg)?;
         Ok(rows.into_iter().map(|r| NodeRecord::from_columns(r.get(0), r.get(1), r.get(2))).collect())
     }
 
@@ -647,9 +603,7 @@ impl MetadataStore for PgStore {
             let existed: bool = tx.query_one("SELECT EXISTS (SELECT 1 FROM repositories WHERE name = $1)", &[&repo]).await.map_err(pg)?.get(0);
             let id = ensure_repo(&tx, repo).await?;
             if !existed {
-                tx.execute("UPDATE repositories SET visibility = $2 WHERE id = $1", &[&id, &if public_if_new { "public" } else { "private" }])
-                    .await
-                    .map_err(pg)?;
+                tx.execute("UPDATE repositories SET visibility = $2 WHERE id = $1", &[&id, &if public_if_new { "public" } else { "private" }]).await.map_err(pg)?;
             }
             let v: String = tx.query_one("SELECT visibility FROM repositories WHERE id = $1", &[&id]).await.map_err(pg)?.get(0);
             Ok::<_, MetadataError>(v == "public")
@@ -682,38 +636,28 @@ impl MetadataStore for PgStore {
     async fn set_public(&self, repo: &str, public: bool) -> MetaResult<()> {
         transaction!(self, |tx| {
             let id = ensure_repo(&tx, repo).await?;
-            tx.execute("UPDATE repositories SET visibility = $2 WHERE id = $1", &[&id, &if public { "public" } else { "private" }])
-                .await
-                .map_err(pg)?;
+            tx.execute("UPDATE repositories SET visibility = $2 WHERE id = $1", &[&id, &if public { "public" } else { "private" }]).await.map_err(pg)?;
             Ok::<_, MetadataError>(())
         })
     }
 
     async fn bump_generation(&self) -> MetaResult<i64> {
         transaction!(self, |tx| {
-            let row = tx
-                .query_one("UPDATE change_generation SET generation = generation + 1 WHERE id = 1 RETURNING generation", &[])
-                .await
-                .map_err(pg)?;
+            let row = tx.query_one("UPDATE change_generation SET generation = generation + 1 WHERE id = 1 RETURNING generation", &[]).await.map_err(pg)?;
             Ok::<_, MetadataError>(row.get(0))
         })
     }
 
     async fn ack_generation(&self, node: &str, generation: i64) -> MetaResult<()> {
         transaction!(self, |tx| {
-            tx.execute("UPDATE nodes SET seen_generation = $2 WHERE id = $1 AND seen_generation < $2", &[&node, &generation])
-                .await
-                .map_err(pg)?;
+            tx.execute("UPDATE nodes SET seen_generation = $2 WHERE id = $1 AND seen_generation < $2", &[&node, &generation]).await.map_err(pg)?;
             Ok::<_, MetadataError>(())
         })
     }
 
     async fn lagging_nodes(&self, generation: i64, except: &str, alive_secs: i64) -> MetaResult<Vec<String>> {
         let rows = self
-            .read(
-                "SELECT id FROM nodes WHERE seen_generation < $1 AND id != $2 AND heartbeat_at >= $3 ORDER BY id",
-                &[&generation, &except, &(now() - alive_secs)],
-            )
+            .read("SELECT id FROM nodes WHERE seen_generation < $1 AND id != $2 AND heartbeat_at >= $3 ORDER BY id", &[&generation, &except, &(now() - alive_secs)])
             .await
             .map_err(pg)?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
@@ -749,30 +693,20 @@ impl MetadataStore for PgStore {
     async fn create_upload(&self, repo: &str, id: Uuid, owner: &str, max_open: u64) -> MetaResult<bool> {
         transaction!(self, |tx| {
             let t = now();
-            let open: i64 =
-                tx.query_one("SELECT count(*) FROM upload_sessions WHERE owner = $1", &[&owner]).await.map_err(pg)?.get(0);
+            let open: i64 = tx.query_one("SELECT count(*) FROM upload_sessions WHERE owner = $1", &[&owner]).await.map_err(pg)?.get(0);
             if open as u64 >= max_open {
                 return Ok(false);
             }
-            tx.execute(
-                "INSERT INTO upload_sessions (id, repository, created_at, updated_at, owner) VALUES ($1, $2, $3, $3, $4)",
-                &[&id.to_string(), &repo, &t, &owner],
-            )
-            .await
-            .map_err(pg)?;
+            tx.execute("INSERT INTO upload_sessions (id, repository, created_at, updated_at, owner) VALUES ($1, $2, $3, $3, $4)", &[&id.to_string(), &repo, &t, &owner])
+                .await
+                .map_err(pg)?;
             Ok::<_, MetadataError>(true)
         })
     }
 
     async fn get_upload(&self, id: Uuid) -> MetaResult<Option<UploadSession>> {
-        let row = self
-            .read_opt("SELECT repository, finishing_digest FROM upload_sessions WHERE id = $1", &[&id.to_string()])
-            .await
-            .map_err(pg)?;
-        row.map(|r| {
-            Ok(UploadSession { id, repository: r.get(0), finishing: r.get::<_, Option<String>>(1).map(parse_digest).transpose()? })
-        })
-        .transpose()
+        let row = self.read_opt("SELECT repository, finishing_digest FROM upload_sessions WHERE id = $1", &[&id.to_string()]).await.map_err(pg)?;
+        row.map(|r| Ok(UploadSession { id, repository: r.get(0), finishing: r.get::<_, Option<String>>(1).map(parse_digest).transpose()? })).transpose()
     }
 
     async fn touch_upload(&self, id: Uuid) -> MetaResult<()> {
@@ -785,17 +719,13 @@ impl MetadataStore for PgStore {
     async fn mark_upload_finishing(&self, id: Uuid, digest: &Digest) -> MetaResult<()> {
         let digest = digest.to_string();
         transaction!(self, |tx| {
-            tx.execute("UPDATE upload_sessions SET finishing_digest = $2 WHERE id = $1", &[&id.to_string(), &digest])
-                .await
-                .map_err(pg)?;
+            tx.execute("UPDATE upload_sessions SET finishing_digest = $2 WHERE id = $1", &[&id.to_string(), &digest]).await.map_err(pg)?;
             Ok::<_, MetadataError>(())
         })
     }
 
     async fn delete_upload(&self, id: Uuid) -> MetaResult<bool> {
-        transaction!(self, |tx| {
-            Ok::<_, MetadataError>(tx.execute("DELETE FROM upload_sessions WHERE id = $1", &[&id.to_string()]).await.map_err(pg)? > 0)
-        })
+        transaction!(self, |tx| { Ok::<_, MetadataError>(tx.execute("DELETE FROM upload_sessions WHERE id = $1", &[&id.to_string()]).await.map_err(pg)? > 0) })
     }
 
     async fn totals(&self) -> MetaResult<Totals> {
@@ -818,32 +748,21 @@ impl MetadataStore for PgStore {
     }
 
     async fn idle_uploads(&self, idle_secs: u64) -> MetaResult<Vec<Uuid>> {
-        let rows = self
-            .read("SELECT id FROM upload_sessions WHERE updated_at <= $1", &[&(now() - idle_secs as i64)])
-            .await
-            .map_err(pg)?;
-        rows.into_iter()
-            .map(|r| Uuid::parse_str(&r.get::<_, String>(0)).map_err(|e| MetadataError::Corrupt(e.to_string())))
-            .collect()
+        let rows = self.read("SELECT id FROM upload_sessions WHERE updated_at <= $1", &[&(now() - idle_secs as i64)]).await.map_err(pg)?;
+        rows.into_iter().map(|r| Uuid::parse_str(&r.get::<_, String>(0)).map_err(|e| MetadataError::Corrupt(e.to_string()))).collect()
     }
 
     async fn put_manifest(&self, repo: &str, m: NewManifest) -> MetaResult<PutManifestOutcome> {
         self.wrote_after(transaction!(self, |tx| {
             let id = ensure_repo(&tx, repo).await?;
             for b in m.blobs.iter().filter(|_| m.require_references) {
-                let linked = tx
-                    .query_opt("SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2", &[&id, &b.to_string()])
-                    .await
-                    .map_err(pg)?;
+                let linked = tx.query_opt("SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2", &[&id, &b.to_string()]).await.map_err(pg)?;
                 if linked.is_none() {
                     return Ok(PutManifestOutcome::MissingReference(b.clone()));
                 }
             }
             for child in m.manifests.iter().filter(|_| m.require_references) {
-                let present = tx
-                    .query_opt("SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2", &[&id, &child.to_string()])
-                    .await
-                    .map_err(pg)?;
+                let present = tx.query_opt("SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2", &[&id, &child.to_string()]).await.map_err(pg)?;
                 if present.is_none() {
                     return Ok(PutManifestOutcome::MissingReference(child.clone()));
                 }
@@ -945,15 +864,7 @@ impl MetadataStore for PgStore {
         let rows = self.read(REFERRERS_PAGE, &[&repo, &subject, &artifact_type, &after, &budget, &max]).await.map_err(pg)?;
         let out = rows
             .into_iter()
-            .map(|r| {
-                Ok(Referrer {
-                    digest: parse_digest(r.get(0))?,
-                    media_type: r.get(1),
-                    size: r.get::<_, i32>(2) as u64,
-                    artifact_type: r.get(3),
-                    annotations: r.get(4),
-                })
-            })
+            .map(|r| Ok(Referrer { digest: parse_digest(r.get(0))?, media_type: r.get(1), size: r.get::<_, i32>(2) as u64, artifact_type: r.get(3), annotations: r.get(4) }))
             .collect::<MetaResult<Vec<_>>>()?;
         let more = match out.last() {
             Some(last) => self.read(REFERRERS_AFTER, &[&repo, &subject, &artifact_type, &last.digest.to_string()]).await.map_err(pg)?[0].get(0),
@@ -967,8 +878,7 @@ fn role(s: String) -> MetaResult<Role> {
     s.parse().map_err(|e| MetadataError::Corrupt(format!("{e}")))
 }
 
-const TOKEN_COLS: &str =
-    "t.id, u.name, t.kind, t.secret_hash, t.scope, t.description, t.expires_at, t.revoked, t.created_at, t.parent";
+const TOKEN_COLS: &str = "t.id, u.name, t.kind, t.secret_hash, t.scope, t.description, t.expires_at, t.revoked, t.created_at, t.parent";
 
 fn token(r: &tokio_postgres::Row) -> MetaResult<TokenRecord> {
     let kind = match r.get::<_, String>(2).as_str() {
@@ -991,14 +901,7 @@ fn token(r: &tokio_postgres::Row) -> MetaResult<TokenRecord> {
 }
 
 async fn name_taken(tx: &deadpool_postgres::Transaction<'_>, name: &str) -> MetaResult<bool> {
-    Ok(tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM users WHERE name = $1) OR EXISTS (SELECT 1 FROM organisations WHERE name = $1)",
-            &[&name],
-        )
-        .await
-        .map_err(pg)?
-        .get(0))
+    Ok(tx.query_one("SELECT EXISTS (SELECT 1 FROM users WHERE name = $1) OR EXISTS (SELECT 1 FROM organisations WHERE name = $1)", &[&name]).await.map_err(pg)?.get(0))
 }
 
 fn user(r: &tokio_postgres::Row) -> User {
@@ -1024,11 +927,7 @@ impl AuthStore for PgStore {
     }
 
     async fn set_password(&self, name: &str, password_hash: &str) -> MetaResult<bool> {
-        transaction!(self, |tx| {
-            Ok::<_, MetadataError>(
-                tx.execute("UPDATE users SET password_hash = $2 WHERE name = $1", &[&name, &password_hash]).await.map_err(pg)? > 0,
-            )
-        })
+        transaction!(self, |tx| { Ok::<_, MetadataError>(tx.execute("UPDATE users SET password_hash = $2 WHERE name = $1", &[&name, &password_hash]).await.map_err(pg)? > 0,) })
     }
 
     async fn get_user(&self, name: &str) -> MetaResult<Option<User>> {
@@ -1042,9 +941,7 @@ impl AuthStore for PgStore {
     }
 
     async fn remove_user(&self, name: &str) -> MetaResult<bool> {
-        transaction!(self, |tx| {
-            Ok::<_, MetadataError>(tx.execute("DELETE FROM users WHERE name = $1", &[&name]).await.map_err(pg)? > 0)
-        })
+        transaction!(self, |tx| { Ok::<_, MetadataError>(tx.execute("DELETE FROM users WHERE name = $1", &[&name]).await.map_err(pg)? > 0) })
     }
 
     async fn create_organisation(&self, name: &str) -> MetaResult<bool> {
@@ -1059,20 +956,18 @@ impl AuthStore for PgStore {
 
     async fn set_member(&self, organisation: &str, user: &str, role: Option<Role>) -> MetaResult<bool> {
         transaction!(self, |tx| {
-            let ids = tx
-                .query_opt("SELECT o.id, u.id FROM organisations o, users u WHERE o.name = $1 AND u.name = $2", &[&organisation, &user])
-                .await
-                .map_err(pg)?;
+            let ids = tx.query_opt("SELECT o.id, u.id FROM organisations o, users u WHERE o.name = $1 AND u.name = $2", &[&organisation, &user]).await.map_err(pg)?;
             let Some(ids) = ids else { return Ok(false) };
             let (org_id, user_id): (i64, i64) = (ids.get(0), ids.get(1));
             match role {
-                Some(role) => tx
-                    .execute(
+                Some(role) => {
+                    tx.execute(
                         "INSERT INTO organisation_members (organisation_id, user_id, role) VALUES ($1, $2, $3)
                          ON CONFLICT (organisation_id, user_id) DO UPDATE SET role = excluded.role",
                         &[&org_id, &user_id, &role.as_str()],
                     )
-                    .await,
+                    .await
+                }
                 None => tx.execute("DELETE FROM organisation_members WHERE organisation_id = $1 AND user_id = $2", &[&org_id, &user_id]).await,
             }
             .map_err(pg)?;
@@ -1117,10 +1012,7 @@ impl AuthStore for PgStore {
     }
 
     async fn get_token(&self, id: &str) -> MetaResult<Option<TokenRecord>> {
-        let row = self
-            .read_opt(&format!("SELECT {TOKEN_COLS} FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1"), &[&id])
-            .await
-            .map_err(pg)?;
+        let row = self.read_opt(&format!("SELECT {TOKEN_COLS} FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1"), &[&id]).await.map_err(pg)?;
         row.as_ref().map(token).transpose()
     }
 
@@ -1139,11 +1031,7 @@ impl AuthStore for PgStore {
     }
 
     async fn revoke_token(&self, id: &str) -> MetaResult<bool> {
-        transaction!(self, |tx| {
-            Ok::<_, MetadataError>(
-                tx.execute("UPDATE tokens SET revoked = TRUE WHERE id = $1 AND NOT revoked", &[&id]).await.map_err(pg)? > 0,
-            )
-        })
+        transaction!(self, |tx| { Ok::<_, MetadataError>(tx.execute("UPDATE tokens SET revoked = TRUE WHERE id = $1 AND NOT revoked", &[&id]).await.map_err(pg)? > 0,) })
     }
 
     async fn is_public(&self, repo: &str) -> MetaResult<Option<bool>> {
@@ -1185,12 +1073,7 @@ impl AuthStore for PgStore {
 
     async fn signing_key(&self, candidate: Vec<u8>) -> MetaResult<Vec<u8>> {
         transaction!(self, |tx| {
-            tx.execute(
-                "INSERT INTO settings (name, value) VALUES ('token-signing-key', $1) ON CONFLICT (name) DO NOTHING",
-                &[&candidate],
-            )
-            .await
-            .map_err(pg)?;
+            tx.execute("INSERT INTO settings (name, value) VALUES ('token-signing-key', $1) ON CONFLICT (name) DO NOTHING", &[&candidate]).await.map_err(pg)?;
             Ok::<_, MetadataError>(tx.query_one("SELECT value FROM settings WHERE name = 'token-signing-key'", &[]).await.map_err(pg)?.get(0))
         })
     }

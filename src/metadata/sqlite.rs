@@ -6,9 +6,9 @@
 
 use super::*;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
-use std::path::{Path, PathBuf};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -39,9 +39,7 @@ pub(super) fn backend(e: rusqlite::Error) -> MetadataError {
 
 fn classify(e: rusqlite::Error) -> MetadataError {
     match e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
-        {
+        rusqlite::Error::SqliteFailure(f, _) if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
             MetadataError::Unavailable(e.to_string())
         }
         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => MetadataError::Full(e.to_string()),
@@ -54,9 +52,7 @@ pub(super) use crate::clock::unix_now as now;
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
-    )?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
     conn.execute_batch(crate::storage::SQLITE_MMAP)?;
     Ok(conn)
 }
@@ -83,12 +79,7 @@ impl SqliteStore {
             idle.push(open_connection(path).map_err(backend)?);
         }
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-        Ok(Arc::new(SqliteStore {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            path: path.to_path_buf(),
-            idle: Mutex::new(idle),
-            permits: tokio::sync::Semaphore::new(POOL_SIZE),
-        }))
+        Ok(Arc::new(SqliteStore { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), path: path.to_path_buf(), idle: Mutex::new(idle), permits: tokio::sync::Semaphore::new(POOL_SIZE) }))
     }
 
     async fn with<T, F>(&self, f: F) -> MetaResult<T>
@@ -179,18 +170,12 @@ impl SqliteStore {
 }
 
 pub(super) fn ensure_repo(tx: &Transaction<'_>, name: &str) -> MetaResult<i64> {
-    tx.execute(
-        "INSERT INTO repositories (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
-        params![name, now()],
-    )
-    .map_err(backend)?;
+    tx.execute("INSERT INTO repositories (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING", params![name, now()]).map_err(backend)?;
     tx.query_row("SELECT id FROM repositories WHERE name = ?1", [name], |r| r.get(0)).map_err(backend)
 }
 
 fn repo_id(conn: &Connection, name: &str) -> MetaResult<Option<i64>> {
-    conn.prepare_cached("SELECT id FROM repositories WHERE name = ?1")
-        .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
-        .map_err(backend)
+    conn.prepare_cached("SELECT id FROM repositories WHERE name = ?1").and_then(|mut s| s.query_row([name], |r| r.get(0)).optional()).map_err(backend)
 }
 
 fn parse_digest(s: String) -> MetaResult<Digest> {
@@ -227,12 +212,7 @@ impl MetadataStore for SqliteStore {
                  JOIN repositories r ON r.id = rb.repository_id
                  WHERE r.name = ?1 AND b.digest = ?2 AND b.missing = 0",
             )
-            .and_then(|mut s| {
-                s.query_row(params![repo, digest], |r| {
-                    Ok(BlobInfo { size: r.get::<_, i64>(0)? as u64, root_cid: r.get(1)?, touched_at: r.get(2)? })
-                })
-                .optional()
-            })
+            .and_then(|mut s| s.query_row(params![repo, digest], |r| Ok(BlobInfo { size: r.get::<_, i64>(0)? as u64, root_cid: r.get(1)?, touched_at: r.get(2)? })).optional())
             .map_err(backend)
         })
         .await
@@ -334,28 +314,12 @@ impl MetadataStore for SqliteStore {
         self.write(move |tx| {
             let Some(id) = repo_id(tx, &repo)? else { return Ok(None) };
             let digest: Option<String> = match &reference {
-                Reference::Digest(d) => tx
-                    .query_row(
-                        "SELECT digest FROM manifests WHERE repository_id = ?1 AND digest = ?2",
-                        params![id, d.to_string()],
-                        |r| r.get(0),
-                    )
-                    .optional(),
-                Reference::Tag(t) => tx
-                    .query_row(
-                        "SELECT manifest_digest FROM tags WHERE repository_id = ?1 AND name = ?2",
-                        params![id, t],
-                        |r| r.get(0),
-                    )
-                    .optional(),
+                Reference::Digest(d) => tx.query_row("SELECT digest FROM manifests WHERE repository_id = ?1 AND digest = ?2", params![id, d.to_string()], |r| r.get(0)).optional(),
+                Reference::Tag(t) => tx.query_row("SELECT manifest_digest FROM tags WHERE repository_id = ?1 AND name = ?2", params![id, t], |r| r.get(0)).optional(),
             }
             .map_err(backend)?;
             let Some(digest) = digest else { return Ok(None) };
-            tx.execute(
-                "INSERT INTO pins (repository_id, manifest_digest, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                params![id, digest, now()],
-            )
-            .map_err(backend)?;
+            tx.execute("INSERT INTO pins (repository_id, manifest_digest, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING", params![id, digest, now()]).map_err(backend)?;
             parse_digest(digest).map(Some)
         })
         .await
@@ -402,12 +366,7 @@ impl MetadataStore for SqliteStore {
                  ) SELECT * FROM kept;"
             ))
             .map_err(backend)?;
-            let manifests = tx
-                .execute(
-                    "DELETE FROM manifests WHERE (repository_id, digest) NOT IN (SELECT repository_id, digest FROM temp.gc_kept)",
-                    [],
-                )
-                .map_err(backend)? as u64;
+            let manifests = tx.execute("DELETE FROM manifests WHERE (repository_id, digest) NOT IN (SELECT repository_id, digest FROM temp.gc_kept)", []).map_err(backend)? as u64;
             tx.execute_batch("DROP TABLE temp.gc_kept").map_err(backend)?;
             let links = tx
                 .execute(
@@ -427,9 +386,7 @@ impl MetadataStore for SqliteStore {
                          RETURNING digest, size, missing",
                     )
                     .map_err(backend)?;
-                let rows = s
-                    .query_map([cutoff], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, bool>(2)?)))
-                    .map_err(backend)?;
+                let rows = s.query_map([cutoff], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, bool>(2)?))).map_err(backend)?;
                 for row in rows {
                     let (digest, size, missing) = row.map_err(backend)?;
                     blobs.push(SweptBlob { digest: parse_digest(digest)?, size: size as u64, had_file: !missing });
@@ -471,8 +428,7 @@ impl MetadataStore for SqliteStore {
     async fn record_holder(&self, digest: &Digest, node: &str) -> MetaResult<()> {
         let (digest, node) = (digest.to_string(), node.to_string());
         self.write(move |tx| {
-            tx.execute("INSERT INTO blob_holders (digest, node_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![digest, node])
-                .map_err(backend)?;
+            tx.execute("INSERT INTO blob_holders (digest, node_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![digest, node]).map_err(backend)?;
             Ok(())
         })
         .await
@@ -496,9 +452,7 @@ impl MetadataStore for SqliteStore {
     async fn live_nodes(&self, except: &str, alive_secs: i64) -> MetaResult<Vec<NodeRecord>> {
         let except = except.to_string();
         self.read(move |c| {
-            let mut s = c
-                .prepare_cached("SELECT id, api_url, swarm_addrs FROM nodes WHERE id != ?1 AND heartbeat_at >= ?2 ORDER BY id")
-                .map_err(backend)?;
+            let mut s = c.prepare_cached("SELECT id, api_url, swarm_addrs FROM nodes WHERE id != ?1 AND heartbeat_at >= ?2 ORDER BY id").map_err(backend)?;
             let rows = s.query_map(params![except, now() - alive_secs], |r| Ok(NodeRecord::from_columns(r.get(0)?, r.get(1)?, r.get(2)?))).map_err(backend)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })
@@ -509,11 +463,7 @@ impl MetadataStore for SqliteStore {
         let repo = repo.to_string();
         self.write(move |tx| {
             let id = ensure_repo(tx, &repo)?;
-            tx.execute(
-                "UPDATE repositories SET visibility = ?2 WHERE id = ?1",
-                params![id, if public { "public" } else { "private" }],
-            )
-            .map_err(backend)?;
+            tx.execute("UPDATE repositories SET visibility = ?2 WHERE id = ?1", params![id, if public { "public" } else { "private" }]).map_err(backend)?;
             Ok(())
         })
         .await
@@ -532,20 +482,14 @@ impl MetadataStore for SqliteStore {
     async fn replicas(&self, repo: &str) -> MetaResult<Option<u32>> {
         let repo = repo.to_string();
         self.read(move |c| {
-            c.query_row("SELECT replicas FROM repositories WHERE name = ?1", [repo], |r| r.get::<_, Option<u32>>(0))
-                .optional()
-                .map(Option::flatten)
-                .map_err(backend)
+            c.query_row("SELECT replicas FROM repositories WHERE name = ?1", [repo], |r| r.get::<_, Option<u32>>(0)).optional().map(Option::flatten).map_err(backend)
         })
         .await
     }
 
     async fn visibility(&self, repo: &str) -> MetaResult<Option<bool>> {
         let repo = repo.to_string();
-        self.read(move |c| {
-            c.query_row("SELECT visibility = 'public' FROM repositories WHERE name = ?1", [repo], |r| r.get::<_, bool>(0)).optional().map_err(backend)
-        })
-        .await
+        self.read(move |c| c.query_row("SELECT visibility = 'public' FROM repositories WHERE name = ?1", [repo], |r| r.get::<_, bool>(0)).optional().map_err(backend)).await
     }
 
     async fn visibility_or_create(&self, repo: &str, public_if_new: bool) -> MetaResult<bool> {
@@ -554,8 +498,7 @@ impl MetadataStore for SqliteStore {
             let existed: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM repositories WHERE name = ?1)", [&repo], |r| r.get(0)).map_err(backend)?;
             let id = ensure_repo(tx, &repo)?;
             if !existed {
-                tx.execute("UPDATE repositories SET visibility = ?2 WHERE id = ?1", params![id, if public_if_new { "public" } else { "private" }])
-                    .map_err(backend)?;
+                tx.execute("UPDATE repositories SET visibility = ?2 WHERE id = ?1", params![id, if public_if_new { "public" } else { "private" }]).map_err(backend)?;
             }
             let v: String = tx.query_row("SELECT visibility FROM repositories WHERE id = ?1", [id], |r| r.get(0)).map_err(backend)?;
             Ok(v == "public")
@@ -590,18 +533,13 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn bump_generation(&self) -> MetaResult<i64> {
-        self.write(|tx| {
-            tx.query_row("UPDATE change_generation SET generation = generation + 1 WHERE id = 1 RETURNING generation", [], |r| r.get(0))
-                .map_err(backend)
-        })
-        .await
+        self.write(|tx| tx.query_row("UPDATE change_generation SET generation = generation + 1 WHERE id = 1 RETURNING generation", [], |r| r.get(0)).map_err(backend)).await
     }
 
     async fn ack_generation(&self, node: &str, generation: i64) -> MetaResult<()> {
         let node = node.to_string();
         self.write(move |tx| {
-            tx.execute("UPDATE nodes SET seen_generation = ?2 WHERE id = ?1 AND seen_generation < ?2", params![node, generation])
-                .map_err(backend)?;
+            tx.execute("UPDATE nodes SET seen_generation = ?2 WHERE id = ?1 AND seen_generation < ?2", params![node, generation]).map_err(backend)?;
             Ok(())
         })
         .await
@@ -610,9 +548,7 @@ impl MetadataStore for SqliteStore {
     async fn lagging_nodes(&self, generation: i64, except: &str, alive_secs: i64) -> MetaResult<Vec<String>> {
         let except = except.to_string();
         self.read(move |c| {
-            let mut s = c
-                .prepare_cached("SELECT id FROM nodes WHERE seen_generation < ?1 AND id != ?2 AND heartbeat_at >= ?3 ORDER BY id")
-                .map_err(backend)?;
+            let mut s = c.prepare_cached("SELECT id FROM nodes WHERE seen_generation < ?1 AND id != ?2 AND heartbeat_at >= ?3 ORDER BY id").map_err(backend)?;
             let rows = s.query_map(params![generation, except, now() - alive_secs], |r| r.get(0)).map_err(backend)?;
             rows.collect::<Result<Vec<String>, _>>().map_err(backend)
         })
@@ -620,8 +556,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn generation(&self) -> MetaResult<i64> {
-        self.read(|c| c.query_row("SELECT generation FROM change_generation WHERE id = 1", [], |r| r.get(0)).map_err(backend))
-            .await
+        self.read(|c| c.query_row("SELECT generation FROM change_generation WHERE id = 1", [], |r| r.get(0)).map_err(backend)).await
     }
 
     async fn public_roots(&self) -> MetaResult<Vec<String>> {
@@ -656,16 +591,12 @@ impl MetadataStore for SqliteStore {
         let (repo, owner) = (repo.to_string(), owner.to_string());
         self.write(move |tx| {
             let t = now();
-            let open: i64 =
-                tx.query_row("SELECT count(*) FROM upload_sessions WHERE owner = ?1", [&owner], |r| r.get(0)).map_err(backend)?;
+            let open: i64 = tx.query_row("SELECT count(*) FROM upload_sessions WHERE owner = ?1", [&owner], |r| r.get(0)).map_err(backend)?;
             if open as u64 >= max_open {
                 return Ok(false);
             }
-            tx.execute(
-                "INSERT INTO upload_sessions (id, repository, created_at, updated_at, owner) VALUES (?1, ?2, ?3, ?3, ?4)",
-                params![id.to_string(), repo, t, owner],
-            )
-            .map_err(backend)?;
+            tx.execute("INSERT INTO upload_sessions (id, repository, created_at, updated_at, owner) VALUES (?1, ?2, ?3, ?3, ?4)", params![id.to_string(), repo, t, owner])
+                .map_err(backend)?;
             Ok(true)
         })
         .await
@@ -675,23 +606,16 @@ impl MetadataStore for SqliteStore {
         self.read(move |c| {
             let row = c
                 .prepare_cached("SELECT repository, finishing_digest FROM upload_sessions WHERE id = ?1")
-                .and_then(|mut s| {
-                    s.query_row([id.to_string()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))
-                        .optional()
-                })
+                .and_then(|mut s| s.query_row([id.to_string()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))).optional())
                 .map_err(backend)?;
-            row.map(|(repository, finishing)| {
-                Ok(UploadSession { id, repository, finishing: finishing.map(parse_digest).transpose()? })
-            })
-            .transpose()
+            row.map(|(repository, finishing)| Ok(UploadSession { id, repository, finishing: finishing.map(parse_digest).transpose()? })).transpose()
         })
         .await
     }
 
     async fn touch_upload(&self, id: Uuid) -> MetaResult<()> {
         self.write(move |tx| {
-            tx.execute("UPDATE upload_sessions SET updated_at = ?2 WHERE id = ?1", params![id.to_string(), now()])
-                .map_err(backend)?;
+            tx.execute("UPDATE upload_sessions SET updated_at = ?2 WHERE id = ?1", params![id.to_string(), now()]).map_err(backend)?;
             Ok(())
         })
         .await
@@ -700,8 +624,7 @@ impl MetadataStore for SqliteStore {
     async fn mark_upload_finishing(&self, id: Uuid, digest: &Digest) -> MetaResult<()> {
         let digest = digest.to_string();
         self.write(move |tx| {
-            tx.execute("UPDATE upload_sessions SET finishing_digest = ?2 WHERE id = ?1", params![id.to_string(), digest])
-                .map_err(backend)?;
+            tx.execute("UPDATE upload_sessions SET finishing_digest = ?2 WHERE id = ?1", params![id.to_string(), digest]).map_err(backend)?;
             Ok(())
         })
         .await
@@ -717,7 +640,10 @@ impl MetadataStore for SqliteStore {
 
     async fn totals(&self) -> MetaResult<Totals> {
         self.read(|c| {
-            c.query_row(super::TOTALS_SQL, [], |r| Ok(Totals { repositories: r.get(0)?, manifests: r.get(1)?, blobs: r.get(2)?, blob_bytes: r.get(3)?, upload_sessions: r.get(4)? })).map_err(backend)
+            c.query_row(super::TOTALS_SQL, [], |r| {
+                Ok(Totals { repositories: r.get(0)?, manifests: r.get(1)?, blobs: r.get(2)?, blob_bytes: r.get(3)?, upload_sessions: r.get(4)? })
+            })
+            .map_err(backend)
         })
         .await
     }
@@ -725,11 +651,7 @@ impl MetadataStore for SqliteStore {
     async fn list_uploads(&self) -> MetaResult<Vec<UploadSession>> {
         self.read(|c| {
             let mut s = c.prepare("SELECT id, repository, finishing_digest FROM upload_sessions").map_err(backend)?;
-            let rows = s
-                .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))
-                })
-                .map_err(backend)?;
+            let rows = s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))).map_err(backend)?;
             let mut out = Vec::new();
             for row in rows {
                 let (id, repository, finishing) = row.map_err(backend)?;
@@ -761,11 +683,7 @@ impl MetadataStore for SqliteStore {
             let id = ensure_repo(tx, &repo)?;
             for b in m.blobs.iter().filter(|_| m.require_references) {
                 let linked: bool = tx
-                    .query_row(
-                        "SELECT EXISTS (SELECT 1 FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2)",
-                        params![id, b.to_string()],
-                        |r| r.get(0),
-                    )
+                    .query_row("SELECT EXISTS (SELECT 1 FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2)", params![id, b.to_string()], |r| r.get(0))
                     .map_err(backend)?;
                 if !linked {
                     return Ok(PutManifestOutcome::MissingReference(b.clone()));
@@ -773,11 +691,7 @@ impl MetadataStore for SqliteStore {
             }
             for child in m.manifests.iter().filter(|_| m.require_references) {
                 let present: bool = tx
-                    .query_row(
-                        "SELECT EXISTS (SELECT 1 FROM manifests WHERE repository_id = ?1 AND digest = ?2)",
-                        params![id, child.to_string()],
-                        |r| r.get(0),
-                    )
+                    .query_row("SELECT EXISTS (SELECT 1 FROM manifests WHERE repository_id = ?1 AND digest = ?2)", params![id, child.to_string()], |r| r.get(0))
                     .map_err(backend)?;
                 if !present {
                     return Ok(PutManifestOutcome::MissingReference(child.clone()));
@@ -790,17 +704,7 @@ impl MetadataStore for SqliteStore {
                    (repository_id, digest, media_type, artifact_type, subject, annotations, content, image_cid, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT DO UPDATE SET image_cid = coalesce(manifests.image_cid, excluded.image_cid)",
-                params![
-                    id,
-                    digest,
-                    r.media_type,
-                    r.artifact_type,
-                    r.subject.as_ref().map(|s| s.to_string()),
-                    r.annotations,
-                    &r.content[..],
-                    r.image_cid,
-                    now()
-                ],
+                params![id, digest, r.media_type, r.artifact_type, r.subject.as_ref().map(|s| s.to_string()), r.annotations, &r.content[..], r.image_cid, now()],
             )
             .map_err(backend)?;
             for (kind, list) in [("blob", &m.blobs), ("manifest", &m.manifests)] {
@@ -815,7 +719,7 @@ impl MetadataStore for SqliteStore {
             }
             for tag in &m.tags {
                 tx.execute(
-                        "INSERT INTO tags (repository_id, name, manifest_digest, image_cid, updated_at)
+                    "INSERT INTO tags (repository_id, name, manifest_digest, image_cid, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (repository_id, name) DO UPDATE SET manifest_digest = excluded.manifest_digest,
                        image_cid = excluded.image_cid, updated_at = excluded.updated_at",
@@ -915,13 +819,7 @@ impl MetadataStore for SqliteStore {
             let mut s = c.prepare_cached(&REFERRERS_PAGE.replace("::TEXT", "")).map_err(backend)?;
             let rows = s
                 .query_map(params![repo, subject, at, after, budget, max], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, Option<String>>(4)?,
-                    ))
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, Option<String>>(3)?, r.get::<_, Option<String>>(4)?))
                 })
                 .map_err(backend)?;
             let mut out = Vec::new();

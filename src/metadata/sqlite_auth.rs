@@ -10,8 +10,7 @@ fn role(s: String) -> MetaResult<Role> {
     s.parse().map_err(|e| MetadataError::Corrupt(format!("{e}")))
 }
 
-const TOKEN_COLS: &str =
-    "t.id, u.name, t.kind, t.secret_hash, t.scope, t.description, t.expires_at, t.revoked, t.created_at, t.parent";
+const TOKEN_COLS: &str = "t.id, u.name, t.kind, t.secret_hash, t.scope, t.description, t.expires_at, t.revoked, t.created_at, t.parent";
 
 type TokenRow = (String, String, String, String, String, Option<String>, Option<i64>, bool, i64, Option<String>);
 
@@ -30,12 +29,7 @@ fn token(row: TokenRow) -> MetaResult<TokenRecord> {
 }
 
 fn name_taken(tx: &rusqlite::Transaction<'_>, name: &str) -> MetaResult<bool> {
-    tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM users WHERE name = ?1) OR EXISTS (SELECT 1 FROM organisations WHERE name = ?1)",
-        [name],
-        |r| r.get(0),
-    )
-    .map_err(backend)
+    tx.query_row("SELECT EXISTS (SELECT 1 FROM users WHERE name = ?1) OR EXISTS (SELECT 1 FROM organisations WHERE name = ?1)", [name], |r| r.get(0)).map_err(backend)
 }
 
 #[async_trait]
@@ -46,11 +40,8 @@ impl AuthStore for SqliteStore {
             if name_taken(tx, &name)? {
                 return Ok(false);
             }
-            tx.execute(
-                "INSERT INTO users (name, password_hash, is_admin, created_at, uid) VALUES (?1, ?2, ?3, ?4, lower(hex(randomblob(8))))",
-                params![name, hash, admin, now()],
-            )
-            .map_err(backend)?;
+            tx.execute("INSERT INTO users (name, password_hash, is_admin, created_at, uid) VALUES (?1, ?2, ?3, ?4, lower(hex(randomblob(8))))", params![name, hash, admin, now()])
+                .map_err(backend)?;
             Ok(true)
         })
         .await
@@ -58,20 +49,14 @@ impl AuthStore for SqliteStore {
 
     async fn set_password(&self, name: &str, password_hash: &str) -> MetaResult<bool> {
         let (name, hash) = (name.to_string(), password_hash.to_string());
-        self.write(move |tx| {
-            Ok(tx.execute("UPDATE users SET password_hash = ?2 WHERE name = ?1", params![name, hash]).map_err(backend)? > 0)
-        })
-        .await
+        self.write(move |tx| Ok(tx.execute("UPDATE users SET password_hash = ?2 WHERE name = ?1", params![name, hash]).map_err(backend)? > 0)).await
     }
 
     async fn get_user(&self, name: &str) -> MetaResult<Option<User>> {
         let name = name.to_string();
         self.read(move |c| {
             c.prepare_cached("SELECT name, password_hash, is_admin, uid FROM users WHERE name = ?1")
-                .and_then(|mut s| {
-                    s.query_row([name], |r| Ok(User { name: r.get(0)?, password_hash: r.get(1)?, is_admin: r.get(2)?, uid: r.get(3)? }))
-                        .optional()
-                })
+                .and_then(|mut s| s.query_row([name], |r| Ok(User { name: r.get(0)?, password_hash: r.get(1)?, is_admin: r.get(2)?, uid: r.get(3)? })).optional())
                 .map_err(backend)
         })
         .await
@@ -80,9 +65,7 @@ impl AuthStore for SqliteStore {
     async fn list_users(&self) -> MetaResult<Vec<User>> {
         self.read(|c| {
             let mut s = c.prepare("SELECT name, password_hash, is_admin, uid FROM users ORDER BY name").map_err(backend)?;
-            let rows = s
-                .query_map([], |r| Ok(User { name: r.get(0)?, password_hash: r.get(1)?, is_admin: r.get(2)?, uid: r.get(3)? }))
-                .map_err(backend)?;
+            let rows = s.query_map([], |r| Ok(User { name: r.get(0)?, password_hash: r.get(1)?, is_admin: r.get(2)?, uid: r.get(3)? })).map_err(backend)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })
         .await
@@ -99,8 +82,7 @@ impl AuthStore for SqliteStore {
             if name_taken(tx, &name)? {
                 return Ok(false);
             }
-            tx.execute("INSERT INTO organisations (name, created_at) VALUES (?1, ?2)", params![name, now()])
-                .map_err(backend)?;
+            tx.execute("INSERT INTO organisations (name, created_at) VALUES (?1, ?2)", params![name, now()]).map_err(backend)?;
             Ok(true)
         })
         .await
@@ -110,11 +92,7 @@ impl AuthStore for SqliteStore {
         let (org, user) = (organisation.to_string(), user.to_string());
         self.write(move |tx| {
             let ids: Option<(i64, i64)> = tx
-                .query_row(
-                    "SELECT o.id, u.id FROM organisations o, users u WHERE o.name = ?1 AND u.name = ?2",
-                    params![org, user],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+                .query_row("SELECT o.id, u.id FROM organisations o, users u WHERE o.name = ?1 AND u.name = ?2", params![org, user], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()
                 .map_err(backend)?;
             let Some((org_id, user_id)) = ids else { return Ok(false) };
@@ -124,10 +102,7 @@ impl AuthStore for SqliteStore {
                      ON CONFLICT DO UPDATE SET role = excluded.role",
                     params![org_id, user_id, role.as_str()],
                 ),
-                None => tx.execute(
-                    "DELETE FROM organisation_members WHERE organisation_id = ?1 AND user_id = ?2",
-                    params![org_id, user_id],
-                ),
+                None => tx.execute("DELETE FROM organisation_members WHERE organisation_id = ?1 AND user_id = ?2", params![org_id, user_id]),
             }
             .map_err(backend)?;
             Ok(true)
@@ -208,20 +183,13 @@ impl AuthStore for SqliteStore {
 
     async fn revoke_token(&self, id: &str) -> MetaResult<bool> {
         let id = id.to_string();
-        self.write(move |tx| {
-            Ok(tx.execute("UPDATE tokens SET revoked = 1 WHERE id = ?1 AND revoked = 0", [id]).map_err(backend)? > 0)
-        })
-        .await
+        self.write(move |tx| Ok(tx.execute("UPDATE tokens SET revoked = 1 WHERE id = ?1 AND revoked = 0", [id]).map_err(backend)? > 0)).await
     }
 
     async fn is_public(&self, repo: &str) -> MetaResult<Option<bool>> {
         let repo = repo.to_string();
         let v: Option<String> = self
-            .read(move |c| {
-                c.prepare_cached("SELECT visibility FROM repositories WHERE name = ?1")
-                    .and_then(|mut s| s.query_row([repo], |r| r.get(0)).optional())
-                    .map_err(backend)
-            })
+            .read(move |c| c.prepare_cached("SELECT visibility FROM repositories WHERE name = ?1").and_then(|mut s| s.query_row([repo], |r| r.get(0)).optional()).map_err(backend))
             .await?;
         Ok(v.map(|v| v == "public"))
     }
@@ -260,8 +228,7 @@ impl AuthStore for SqliteStore {
 
     async fn signing_key(&self, candidate: Vec<u8>) -> MetaResult<Vec<u8>> {
         self.write(move |tx| {
-            tx.execute("INSERT INTO settings (name, value) VALUES ('token-signing-key', ?1) ON CONFLICT DO NOTHING", [candidate])
-                .map_err(backend)?;
+            tx.execute("INSERT INTO settings (name, value) VALUES ('token-signing-key', ?1) ON CONFLICT DO NOTHING", [candidate]).map_err(backend)?;
             tx.query_row("SELECT value FROM settings WHERE name = 'token-signing-key'", [], |r| r.get(0)).map_err(backend)
         })
         .await

@@ -31,7 +31,8 @@ async fn observe(listener: &'static str, req: ServiceRequest, next: Next<impl Me
     let route = crate::metrics::route(listener, &path);
     let received = METRICS.received.with_label_values(&[listener]);
     let (http, payload) = req.into_parts();
-    let counted: Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, actix_web::error::PayloadError>>>> = Box::pin(payload.inspect_ok(move |chunk| received.inc_by(chunk.len() as u64)));
+    let counted: Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, actix_web::error::PayloadError>>>> =
+        Box::pin(payload.inspect_ok(move |chunk| received.inc_by(chunk.len() as u64)));
     let req = ServiceRequest::from_parts(http, Payload::from(counted));
     let res = next.call(req).await;
     let ms = (started.elapsed().as_secs_f64() * 1e5).round() / 100.0;

@@ -7,9 +7,9 @@ mod tasks;
 
 use crate::api;
 use crate::auth::{Auth, AuthConfig};
-use crate::metadata::{MetadataStore, Role, TokenKind};
 use crate::config::ServeConfig;
 use crate::metadata::sqlite::SqliteStore;
+use crate::metadata::{MetadataStore, Role, TokenKind};
 use crate::registry::Registry;
 use crate::storage::BlobStore;
 use std::sync::Arc;
@@ -40,14 +40,8 @@ pub enum ServeError {
 
 /// Opens the stores of a data directory (creating them if absent); with `serving`, also
 /// reconciles its uploads, which only the process that serves it may do.
-pub async fn open_registry(
-    data_dir: &std::path::Path,
-    database_url: Option<&str>,
-    profile: crate::unixfs::Profile,
-    serving: bool,
-) -> Result<Registry, ServeError> {
-    std::fs::create_dir_all(data_dir)
-        .map_err(|source| ServeError::DataDir { path: data_dir.display().to_string(), source })?;
+pub async fn open_registry(data_dir: &std::path::Path, database_url: Option<&str>, profile: crate::unixfs::Profile, serving: bool) -> Result<Registry, ServeError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| ServeError::DataDir { path: data_dir.display().to_string(), source })?;
     if serving {
         private_modes(data_dir).map_err(|source| ServeError::DataDir { path: data_dir.display().to_string(), source })?;
         let clean = crate::storage::health::take_clean_stop(data_dir);
@@ -115,9 +109,7 @@ async fn bootstrap_admin(meta: &Arc<dyn crate::metadata::AuthStore>) -> Result<(
         // every refresh token and remembered login it minted, at each restart.
         if let Some(phc) = meta.get_user(&name).await?.and_then(|u| u.password_hash) {
             let given = password.clone();
-            let same = tokio::task::spawn_blocking(move || crate::auth::secrets::Verifier::default().verify(&given, &phc))
-                .await
-                .map_err(|e| admin(&e))?;
+            let same = tokio::task::spawn_blocking(move || crate::auth::secrets::Verifier::default().verify(&given, &phc)).await.map_err(|e| admin(&e))?;
             if same {
                 return Ok(());
             }
@@ -135,9 +127,7 @@ async fn bootstrap_admin(meta: &Arc<dyn crate::metadata::AuthStore>) -> Result<(
     meta.create_user(&name, None, true).await?;
     let expires_at = Some(crate::clock::unix_now() + 24 * 3600);
     let description = Some("bootstrap".to_string());
-    let (_, token) = crate::auth::mint_token(meta.as_ref(), &name, TokenKind::Access, Role::Admin, description, expires_at, None)
-        .await
-        .map_err(|e| admin(&e))?;
+    let (_, token) = crate::auth::mint_token(meta.as_ref(), &name, TokenKind::Access, Role::Admin, description, expires_at, None).await.map_err(|e| admin(&e))?;
     // Standard output, not the log: this is the only time the token is shown.
     println!("af: first start: administrator {name:?} created; its bootstrap token (valid 24 h, shown once):");
     println!("{token}");
@@ -161,12 +151,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     tasks::spawn_gc(registry.clone(), config.gc_interval, config.gc_grace);
     let auth = if config.auth == crate::config::AuthMode::Token {
         bootstrap_admin(&registry.accounts()).await?;
-        let auth_config = AuthConfig {
-            enabled: true,
-            public_url: config.public_url.clone(),
-            service: "af-registry".into(),
-            trusted_proxies: config.trusted_proxies.clone(),
-        };
+        let auth_config = AuthConfig { enabled: true, public_url: config.public_url.clone(), service: "af-registry".into(), trusted_proxies: config.trusted_proxies.clone() };
         Some(Arc::new(Auth::new(registry.accounts(), auth_config).await.map_err(|e| ServeError::Admin(e.to_string()))?))
     } else {
         tracing::warn!("authentication is off (--auth none): anyone who reaches the API can push, pull and delete");
@@ -228,7 +213,11 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         cluster: cluster.clone(),
     });
     let reg = registry.clone();
-    let links = actix_web::web::Data::new(api::home::Links { gateway_url: config.gateway_url.clone(), gateway_port: config.gateway.port(), trusted_proxies: config.trusted_proxies.clone() });
+    let links = actix_web::web::Data::new(api::home::Links {
+        gateway_url: config.gateway_url.clone(),
+        gateway_port: config.gateway.port(),
+        trusted_proxies: config.trusted_proxies.clone(),
+    });
     // Each listener counts its own connections: a client crowding the gateway leaves the API be.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_worker = config.max_connections.div_ceil(workers).max(1);
@@ -244,36 +233,33 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         actix_web::App::new()
             .app_data(links.clone())
             .wrap(api::version_header())
-            
             .wrap(actix_web::middleware::from_fn(access::api))
             .configure(api::configure(reg.clone(), auth.clone()))
     })
-        .workers(workers)
-        .max_connections(per_worker)
-        .on_connect(limits())
-        .disable_signals()
-        .shutdown_timeout(grace)
-        .bind(config.api)
-        .map_err(|source| ServeError::Bind { addr: config.api.to_string(), source })?;
+    .workers(workers)
+    .max_connections(per_worker)
+    .on_connect(limits())
+    .disable_signals()
+    .shutdown_timeout(grace)
+    .bind(config.api)
+    .map_err(|source| ServeError::Bind { addr: config.api.to_string(), source })?;
     for addr in server.addrs() {
         tracing::info!(%addr, version, %peer_id, data_dir = %config.data_dir.display(), "OCI Distribution API listening");
     }
     let gateway = actix_web::HttpServer::new(move || {
         actix_web::App::new().wrap(actix_web::middleware::from_fn(access::gateway)).configure(crate::gateway::configure(policy.clone(), gateway_swarm.clone(), naming.clone()))
     })
-        .workers(workers)
-        .max_connections(per_worker)
-        .on_connect(limits())
-        .disable_signals()
-        .shutdown_timeout(grace)
-        .bind(config.gateway)
-        .map_err(|source| ServeError::Bind { addr: config.gateway.to_string(), source })?;
+    .workers(workers)
+    .max_connections(per_worker)
+    .on_connect(limits())
+    .disable_signals()
+    .shutdown_timeout(grace)
+    .bind(config.gateway)
+    .map_err(|source| ServeError::Bind { addr: config.gateway.to_string(), source })?;
     for addr in gateway.addrs() {
         tracing::info!(%addr, version, %peer_id, "IPFS gateway listening");
     }
-    let rpc = actix_web::HttpServer::new(move || {
-        actix_web::App::new().wrap(actix_web::middleware::from_fn(access::rpc)).configure(crate::rpc::configure(rpc_state.clone()))
-    })
+    let rpc = actix_web::HttpServer::new(move || actix_web::App::new().wrap(actix_web::middleware::from_fn(access::rpc)).configure(crate::rpc::configure(rpc_state.clone())))
         .workers(workers)
         .max_connections(per_worker)
         .on_connect(limits())
@@ -295,11 +281,11 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             }),
         )
     })
-        .workers(1)
-        .disable_signals()
-        .shutdown_timeout(grace)
-        .bind(config.metrics)
-        .map_err(|source| ServeError::Bind { addr: config.metrics.to_string(), source })?;
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(grace)
+    .bind(config.metrics)
+    .map_err(|source| ServeError::Bind { addr: config.metrics.to_string(), source })?;
     for addr in metrics.addrs() {
         tracing::info!(%addr, version, %peer_id, "Prometheus metrics listening");
     }
@@ -321,7 +307,9 @@ async fn metrics_page(registry: &Registry) -> actix_web::HttpResponse {
     let stored = &crate::metrics::METRICS.stored;
     match registry.totals().await {
         Ok(t) => {
-            for (what, n) in [("repositories", t.repositories), ("manifests", t.manifests), ("blobs", t.blobs), ("blob_bytes", t.blob_bytes), ("upload_sessions", t.upload_sessions)] {
+            for (what, n) in
+                [("repositories", t.repositories), ("manifests", t.manifests), ("blobs", t.blobs), ("blob_bytes", t.blob_bytes), ("upload_sessions", t.upload_sessions)]
+            {
                 stored.with_label_values(&[what]).set(n);
             }
         }

@@ -99,10 +99,11 @@ impl Replication {
         let in_scope = |p: &&crate::cluster::Pin| p.meta(META_REPOSITORY).is_some_and(|r| only.is_none_or(|o| o.contains(r)));
         let ours: Vec<&crate::cluster::Pin> = pins.iter().filter(in_scope).filter(|p| self.is_ours(p)).collect();
         // Tags that replicas of other registries' images gave this node: theirs, not ours.
-        let pin_given: HashMap<String, HashSet<(String, String)>> = self.reg.pin_tags(None).await.map_err(|e| e.to_string())?.into_iter().filter(|(_, t)| !t.conflict).fold(HashMap::new(), |mut m, (root, t)| {
-            m.entry(root).or_default().insert((t.repository, t.tag));
-            m
-        });
+        let pin_given: HashMap<String, HashSet<(String, String)>> =
+            self.reg.pin_tags(None).await.map_err(|e| e.to_string())?.into_iter().filter(|(_, t)| !t.conflict).fold(HashMap::new(), |mut m, (root, t)| {
+                m.entry(root).or_default().insert((t.repository, t.tag));
+                m
+            });
         let given: HashSet<&(String, String)> = pin_given.values().flatten().collect();
         self.follow(pins.iter().filter(in_scope).filter(|p| !self.is_ours(p)), &pin_given).await?;
         let mut repositories: Vec<String> = match only {

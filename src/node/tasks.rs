@@ -69,4 +69,3 @@ pub(super) fn spawn_gc(registry: Arc<Registry>, interval: std::time::Duration, g
         }
     });
 }
-

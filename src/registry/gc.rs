@@ -12,8 +12,8 @@
 //! exclusive `gc.lock`, which publishing holds shared, so a blob re-uploaded during a GC keeps its
 //! file; they are unlinked from `trash/` after the lock is released.
 
-use crate::digest::Digest;
 use super::{Registry, Result};
+use crate::digest::Digest;
 use crate::storage::{BlobStore, StorageError};
 use std::collections::HashSet;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -133,10 +133,7 @@ impl Registry {
     /// Runs blob-store file-system calls (renames, directory walks, flock) on a blocking
     /// thread: on a disk mounted with `discard` an unlink alone takes milliseconds, and a GC makes
     /// thousands, which would stall every request sharing the runtime's thread.
-    pub(super) async fn on_disk<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&BlobStore) -> std::result::Result<T, StorageError> + Send + 'static,
-    ) -> Result<T> {
+    pub(super) async fn on_disk<T: Send + 'static>(&self, f: impl FnOnce(&BlobStore) -> std::result::Result<T, StorageError> + Send + 'static) -> Result<T> {
         let store = self.blobs.clone();
         Ok(tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| StorageError::Task(e.to_string()))??)
     }

@@ -12,30 +12,20 @@ use std::collections::HashMap;
 impl Registry {
     /// The root of a blob's DAG with its Tsize, read from the root block.
     async fn blob_root(&self, info: &BlobInfo) -> Result<Option<Root>> {
-        let cid: cid::Cid = info
-            .root_cid
-            .parse()
-            .map_err(|e| MetadataError::Corrupt(format!("root CID {}: {e}", info.root_cid)))?;
+        let cid: cid::Cid = info.root_cid.parse().map_err(|e| MetadataError::Corrupt(format!("root CID {}: {e}", info.root_cid)))?;
         // A raw root is the whole blob: its Tsize is the blob's size, no need to read it.
         if cid.codec() == unixfs::RAW {
             return Ok(Some(Root { cid, filesize: info.size, tsize: info.size }));
         }
         let Some(bytes) = self.get_block(&cid).await? else { return Ok(None) };
-        let node = unixfs::decode_node(&bytes)
-            .map_err(|e| RegistryError::BlockCorrupt { cid: cid.to_string(), detail: e.to_string() })?;
+        let node = unixfs::decode_node(&bytes).map_err(|e| RegistryError::BlockCorrupt { cid: cid.to_string(), detail: e.to_string() })?;
         let tsize = bytes.len() as u64 + node.links.iter().map(|l| l.tsize).sum::<u64>();
         Ok(Some(Root { cid, filesize: info.size, tsize }))
     }
 
     /// Everything the image layout of a manifest holds under `blobs/`, or None when some of it
     /// is absent from the repository (a sparse manifest has no image DAG).
-    async fn layout_blobs(
-        &self,
-        repo: &str,
-        digest: &Digest,
-        content: &[u8],
-        parsed: &manifest::ParsedManifest,
-    ) -> Result<Option<LayoutBlobs>> {
+    async fn layout_blobs(&self, repo: &str, digest: &Digest, content: &[u8], parsed: &manifest::ParsedManifest) -> Result<Option<LayoutBlobs>> {
         let mut layout = LayoutBlobs::default();
         layout.add_manifest(digest.clone(), content, self.profile);
         let mut pending = vec![(parsed.blobs.clone(), parsed.manifests.clone())];
@@ -64,23 +54,14 @@ impl Registry {
     }
 
     /// Stores a manifest under `reference` (a tag or its digest) plus extra `tags`.
-    pub async fn put_manifest(
-        &self,
-        repo: &str,
-        reference: &Reference,
-        content_type: Option<&str>,
-        body: Bytes,
-        mut tags: Vec<String>,
-    ) -> Result<ManifestRecord> {
+    pub async fn put_manifest(&self, repo: &str, reference: &Reference, content_type: Option<&str>, body: Bytes, mut tags: Vec<String>) -> Result<ManifestRecord> {
         let algorithm = match reference {
             Reference::Digest(d) => d.algorithm(),
             Reference::Tag(_) => Algorithm::Sha256,
         };
         let digest = Digest::of_bytes(algorithm, &body);
         match reference {
-            Reference::Digest(d) if d != &digest => {
-                return Err(RegistryError::ManifestDigest { expected: d.clone(), actual: digest })
-            }
+            Reference::Digest(d) if d != &digest => return Err(RegistryError::ManifestDigest { expected: d.clone(), actual: digest }),
             Reference::Tag(t) => tags.insert(0, t.clone()),
             Reference::Digest(_) => {}
         }
@@ -114,14 +95,7 @@ impl Registry {
             content: body,
             image_cid,
         };
-        let new = NewManifest {
-            record: record.clone(),
-            blobs: parsed.blobs,
-            manifests: parsed.manifests,
-            tags,
-            tag_images,
-            require_references: !self.settings.sparse_manifests,
-        };
+        let new = NewManifest { record: record.clone(), blobs: parsed.blobs, manifests: parsed.manifests, tags, tag_images, require_references: !self.settings.sparse_manifests };
         // What is new, for the event: the manifest itself, and tags that named something else.
         let existed = self.meta.get_manifest(repo, &Reference::Digest(new.record.digest.clone())).await?.is_some();
         let mut moved = Vec::new();

@@ -44,9 +44,7 @@ impl Registry {
         // A client that saw the blob may reference it next: keep it out of a GC's reach. The
         // read and the touch are two statements: a GC committed between them took the link, and
         // answering from the read would promise a blob that is gone.
-        if crate::clock::unix_now() - info.touched_at > self.settings.touch_after.as_secs() as i64
-            && !self.meta.touch_blob(repo, digest).await?
-        {
+        if crate::clock::unix_now() - info.touched_at > self.settings.touch_after.as_secs() as i64 && !self.meta.touch_blob(repo, digest).await? {
             return Err(RegistryError::BlobUnknown(digest.clone()));
         }
         Ok(info)
@@ -82,7 +80,6 @@ impl Registry {
         self.blocks.read_at(cid, location).await.map_err(corrupt)
     }
 
-
     /// What the metadata says of blob `digest` in `repo`, None when it is not linked there.
     pub async fn blob_info(&self, repo: &str, digest: &Digest) -> Result<Option<BlobInfo>> {
         Ok(self.meta.blob_info(repo, digest).await?)
@@ -109,13 +106,7 @@ impl Registry {
     }
 
     /// A page of the manifests in `repo` whose subject is `subject`; true when more follow.
-    pub async fn referrers(
-        &self,
-        repo: &str,
-        subject: &Digest,
-        artifact_type: Option<&str>,
-        page: &ReferrerPage,
-    ) -> Result<(Vec<Referrer>, bool)> {
+    pub async fn referrers(&self, repo: &str, subject: &Digest, artifact_type: Option<&str>, page: &ReferrerPage) -> Result<(Vec<Referrer>, bool)> {
         Ok(self.meta.referrers(repo, subject, artifact_type, page).await?)
     }
 

@@ -2,8 +2,8 @@
 //! matches its digest and mark it missing, so it is never served again until it is pushed anew.
 //! Raw leaves are ranges of blob files, so checking a blob checks its leaves.
 
-use crate::digest::Digest;
 use super::{Registry, Result};
+use crate::digest::Digest;
 use crate::storage::StorageError;
 
 /// One thing found wrong, and what was done about it.
@@ -55,16 +55,10 @@ impl Registry {
     }
 
     /// Checks a page of inline blocks against their hashes; removes those that do not match.
-    async fn verify_inline(
-        &self,
-        page: Vec<(Vec<u8>, Vec<u8>)>,
-        report: &mut ScrubReport,
-        on_finding: &mut impl FnMut(&Finding),
-    ) -> Result<()> {
+    async fn verify_inline(&self, page: Vec<(Vec<u8>, Vec<u8>)>, report: &mut ScrubReport, on_finding: &mut impl FnMut(&Finding)) -> Result<()> {
         for (multihash, data) in page {
             report.blocks += 1;
-            let matches = cid::multihash::Multihash::<64>::from_bytes(&multihash)
-                .is_ok_and(|mh| crate::blockstore::verify_multihash(&mh, &data).is_ok());
+            let matches = cid::multihash::Multihash::<64>::from_bytes(&multihash).is_ok_and(|mh| crate::blockstore::verify_multihash(&mh, &data).is_ok());
             if matches {
                 continue;
             }
@@ -93,11 +87,7 @@ impl Registry {
                 }
                 match self.blocks.locate(&cid).await? {
                     None => {
-                        let f = Finding {
-                            object: format!("pin {pin}"),
-                            problem: format!("block {cid} of its DAG is missing"),
-                            action: "none: add or import it again".into(),
-                        };
+                        let f = Finding { object: format!("pin {pin}"), problem: format!("block {cid} of its DAG is missing"), action: "none: add or import it again".into() };
                         on_finding(&f);
                         report.findings.push(f);
                     }

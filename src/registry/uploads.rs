@@ -86,8 +86,7 @@ impl Registry {
                 on_disk.insert(id);
             } else {
                 tracing::info!(path = %path.display(), "removing upload data without a session");
-                std::fs::remove_file(&path)
-                    .map_err(|source| StorageError::Io { path: path.display().to_string(), source })?;
+                std::fs::remove_file(&path).map_err(|source| StorageError::Io { path: path.display().to_string(), source })?;
             }
         }
         for s in &sessions {
@@ -123,14 +122,8 @@ impl Registry {
         Ok(())
     }
 
-
     fn session_lock(&self, id: Uuid) -> SessionLock {
-        self.sessions.0
-            .lock()
-            .expect("sessions lock")
-            .entry(id)
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(SessionState { hashed: None, progress: None })))
-            .clone()
+        self.sessions.0.lock().expect("sessions lock").entry(id).or_insert_with(|| Arc::new(tokio::sync::Mutex::new(SessionState { hashed: None, progress: None }))).clone()
     }
 
     fn forget_session(&self, id: Uuid) {
@@ -193,13 +186,7 @@ impl Registry {
         Ok(h)
     }
 
-    async fn append_locked<B: Body>(
-        &self,
-        id: Uuid,
-        state: &mut SessionState,
-        range: Option<ChunkRange>,
-        body: B,
-    ) -> Result<u64> {
+    async fn append_locked<B: Body>(&self, id: Uuid, state: &mut SessionState, range: Option<ChunkRange>, body: B) -> Result<u64> {
         let h = self.current_hash(id, state).await?;
         let offset = h.offset;
         if let Some(r) = range {
@@ -250,14 +237,7 @@ impl Registry {
 
     /// Completes an upload (PUT): appends the final chunk if any, verifies the digest, publishes
     /// the blob and commits it. On a digest mismatch the upload is discarded.
-    pub async fn finish_upload<B: Body>(
-        &self,
-        repo: &str,
-        id: Uuid,
-        digest: &Digest,
-        range: Option<ChunkRange>,
-        body: Option<B>,
-    ) -> Result<u64> {
+    pub async fn finish_upload<B: Body>(&self, repo: &str, id: Uuid, digest: &Digest, range: Option<ChunkRange>, body: Option<B>) -> Result<u64> {
         self.check_session(repo, id).await?;
         let lock = self.session_lock(id);
         let mut state = lock.lock().await;
@@ -269,11 +249,7 @@ impl Registry {
             Algorithm::Sha256 => hashes.digest.clone().finish(),
             other => {
                 let store = self.blobs.clone();
-                tokio::task::spawn_blocking(move || store.hash_upload(&id, other))
-                    .await
-                    .map_err(|e| StorageError::Task(e.to_string()))??
-                    .1
-                    .finish()
+                tokio::task::spawn_blocking(move || store.hash_upload(&id, other)).await.map_err(|e| StorageError::Task(e.to_string()))??.1.finish()
             }
         };
         if &actual != digest {

@@ -9,7 +9,6 @@
 // Handlers answer early with a finished response; boxing it would buy nothing.
 #![allow(clippy::result_large_err)]
 
-
 use crate::auth::Auth;
 use crate::blockstore::Owner;
 use crate::dag::{DagError, Node, Reader};
@@ -109,17 +108,43 @@ fn parse_path(s: &str) -> Result<(Cid, Vec<String>), HttpResponse> {
 
 pub fn configure(state: Arc<RpcState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
-        cfg.app_data(web::Data::from(state)).route("/api/v0/{command:.*}", web::to(dispatch)).default_service(web::to(|| async {
-            error(StatusCode::NOT_FOUND, "404 page not found")
-        }));
+        cfg.app_data(web::Data::from(state))
+            .route("/api/v0/{command:.*}", web::to(dispatch))
+            .default_service(web::to(|| async { error(StatusCode::NOT_FOUND, "404 page not found") }));
     }
 }
 
 /// Every command `dispatch` answers (what metrics may name; anything else is `<unknown>`).
 const COMMANDS: &[&str] = &[
-    "add", "bitswap/ledger", "bitswap/stat", "block/get", "block/put", "block/stat", "cat", "dag/export", "dag/import", "id", "ls", "name/publish",
-    "name/resolve", "pin/add", "pin/ls", "pin/rm", "pin/update", "registry/import", "repo/gc", "repo/stat", "resolve", "routing/findprovs",
-    "routing/provide", "routing/put", "swarm/addrs", "swarm/connect", "swarm/disconnect", "swarm/peers", "version",
+    "add",
+    "bitswap/ledger",
+    "bitswap/stat",
+    "block/get",
+    "block/put",
+    "block/stat",
+    "cat",
+    "dag/export",
+    "dag/import",
+    "id",
+    "ls",
+    "name/publish",
+    "name/resolve",
+    "pin/add",
+    "pin/ls",
+    "pin/rm",
+    "pin/update",
+    "registry/import",
+    "repo/gc",
+    "repo/stat",
+    "resolve",
+    "routing/findprovs",
+    "routing/provide",
+    "routing/put",
+    "swarm/addrs",
+    "swarm/connect",
+    "swarm/disconnect",
+    "swarm/peers",
+    "version",
 ];
 
 pub fn is_command(command: &str) -> bool {
@@ -127,7 +152,20 @@ pub fn is_command(command: &str) -> bool {
 }
 
 const READS: &[&str] = &[
-    "id", "version", "repo/stat", "block/get", "block/stat", "cat", "ls", "pin/ls", "dag/export", "swarm/peers", "swarm/addrs", "bitswap/stat", "bitswap/ledger", "resolve",
+    "id",
+    "version",
+    "repo/stat",
+    "block/get",
+    "block/stat",
+    "cat",
+    "ls",
+    "pin/ls",
+    "dag/export",
+    "swarm/peers",
+    "swarm/addrs",
+    "bitswap/stat",
+    "bitswap/ledger",
+    "resolve",
     "name/resolve",
 ];
 
@@ -362,10 +400,7 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
             Err(resp) => resp,
         },
         "dag/export" => match readable_path(&req, &state).await {
-            Ok((reader, cid)) => HttpResponse::Ok()
-                .insert_header(("X-Stream-Output", "1"))
-                .content_type("application/vnd.ipld.car")
-                .streaming(crate::dag::car::whole(reader, cid)),
+            Ok((reader, cid)) => HttpResponse::Ok().insert_header(("X-Stream-Output", "1")).content_type("application/vnd.ipld.car").streaming(crate::dag::car::whole(reader, cid)),
             Err(resp) => resp,
         },
         "pin/ls" => pins::ls(&req, &state).await,
@@ -409,7 +444,8 @@ async fn gc_shared(reg: &Arc<Registry>) -> Result<crate::storage::GcLock, HttpRe
 }
 
 async fn require_admin(req: &HttpRequest, state: &RpcState) -> Result<(), HttpResponse> {
-    let denied = || error(StatusCode::FORBIDDEN, "this call needs the operator's credentials: an administrator's password or access token, or a token whose scope is registry:operator:*");
+    let denied =
+        || error(StatusCode::FORBIDDEN, "this call needs the operator's credentials: an administrator's password or access token, or a token whose scope is registry:operator:*");
     let Some(auth) = state.auth.as_ref().filter(|a| a.config.enabled) else { return Err(denied()) };
     let header = req.headers().get("authorization").and_then(|v| v.to_str().ok());
     let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
@@ -495,10 +531,7 @@ async fn cat(reader: Arc<Reader>, cid: Cid) -> HttpResponse {
         Ok(None) => return bad_request("this dag node is a directory"),
         Err(e) => return dag_failure(e),
     };
-    HttpResponse::Ok()
-        .insert_header(("X-Stream-Output", "1"))
-        .content_type("text/plain")
-        .streaming(crate::dag::file_stream(reader, cid, 0, size))
+    HttpResponse::Ok().insert_header(("X-Stream-Output", "1")).content_type("text/plain").streaming(crate::dag::file_stream(reader, cid, 0, size))
 }
 
 async fn ls(reader: &Reader, cid: Cid) -> HttpResponse {
@@ -585,9 +618,11 @@ async fn registry_import(req: &HttpRequest, state: &RpcState) -> HttpResponse {
         })),
         // What the image holds is the caller's problem (a manifest the registry refuses); the
         // node's own failures are ours.
-        Err(e @ crate::car::CarError::Registry(crate::registry::RegistryError::Manifest(_) | crate::registry::RegistryError::ManifestReference(_) | crate::registry::RegistryError::ManifestDigest { .. })) => {
-            bad_request(format!("nothing more imported from {root}: {e}"))
-        }
+        Err(
+            e @ crate::car::CarError::Registry(
+                crate::registry::RegistryError::Manifest(_) | crate::registry::RegistryError::ManifestReference(_) | crate::registry::RegistryError::ManifestDigest { .. },
+            ),
+        ) => bad_request(format!("nothing more imported from {root}: {e}")),
         Err(e @ (crate::car::CarError::Registry(_) | crate::car::CarError::Metadata(_) | crate::car::CarError::Task(_))) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => bad_request(format!("nothing imported from {root}: {e}")),
     }
@@ -629,9 +664,10 @@ impl Parts {
                 Ok(f) => f,
                 Err(e) => return Some(Err(bad_request(format!("malformed multipart body: {e}")))),
             };
-            let name = field.content_disposition().and_then(|d| d.get_filename()).map(|n| {
-                form_urlencoded::parse(format!("x={n}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
-            });
+            let name = field
+                .content_disposition()
+                .and_then(|d| d.get_filename())
+                .map(|n| form_urlencoded::parse(format!("x={n}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default());
             if field.content_type().is_some_and(|t| t.essence_str() == "application/x-directory") {
                 return Some(Err(bad_request("directories are not supported by this node's add (add files one by one)")));
             }
@@ -757,7 +793,9 @@ async fn add(req: &HttpRequest, body: web::Payload, reg: &Registry) -> HttpRespo
                 importer.update(&chunk, &mut blocks);
                 data.extend_from_slice(&chunk);
                 if data.len() + blocks.len() * BLOCK_OVERHEAD > MAX_ADD {
-                    return bad_request("a file added through the RPC is limited to 128 MiB, counting 256 bytes per block (only-hash is not); push large content through the OCI API");
+                    return bad_request(
+                        "a file added through the RPC is limited to 128 MiB, counting 256 bytes per block (only-hash is not); push large content through the OCI API",
+                    );
                 }
             }
             Ok(Part::End(name)) => {

@@ -107,7 +107,7 @@ pub(super) async fn resolve(req: &HttpRequest, state: &RpcState) -> HttpResponse
     match state.registry.follow_ipns(value, ttl).await {
         Ok(ipns::Followed::Path(path, _)) => HttpResponse::Ok().json(json!({"Path": path})),
         Ok(ipns::Followed::NoRecord(name)) => unresolved(&name),
-        Ok(ipns::Followed::TooDeep(_)) => bad_request( format!("{raw}: more than {} IPNS hops", ipns::MAX_HOPS)),
+        Ok(ipns::Followed::TooDeep(_)) => bad_request(format!("{raw}: more than {} IPNS hops", ipns::MAX_HOPS)),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }

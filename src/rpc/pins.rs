@@ -7,13 +7,13 @@
 //! what the node lacks, each block verified before it is kept), flushes what it fetched, and only
 //! then records the pin.
 
-use super::{args, arg, audience, bad_request, dag_failure, error, fetching_reader_for, flag, parse_path, RpcState};
+use super::{arg, args, audience, bad_request, dag_failure, error, fetching_reader_for, flag, parse_path, RpcState};
 use crate::blockstore::Owner;
 use crate::dag::{DagError, Reader};
 use crate::swarm::keeper::Keeper;
 use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
 use actix_web::HttpRequest;
+use actix_web::HttpResponse;
 use bytes::Bytes;
 use cid::Cid;
 use futures_util::StreamExt;
@@ -318,11 +318,8 @@ pub(super) async fn ls(req: &HttpRequest, state: &RpcState) -> HttpResponse {
     match state.registry.pin_tags(None).await {
         Ok(all) => {
             for (root, t) in all {
-                let said = if t.conflict {
-                    format!("tag conflict: {}:{} stays where it was, not on {}", t.repository, t.tag, t.digest)
-                } else {
-                    format!("{}:{}", t.repository, t.tag)
-                };
+                let said =
+                    if t.conflict { format!("tag conflict: {}:{} stays where it was, not on {}", t.repository, t.tag, t.digest) } else { format!("{}:{}", t.repository, t.tag) };
                 names.entry(root).or_default().push(said);
             }
         }
@@ -333,7 +330,13 @@ pub(super) async fn ls(req: &HttpRequest, state: &RpcState) -> HttpResponse {
         let body: String = listed.iter().map(|(cid, t)| format!("{}\n", json!({"Cid": cid, "Type": t, "Name": name(cid)}))).collect();
         return HttpResponse::Ok().insert_header(("X-Chunked-Output", "1")).content_type("application/json").body(body);
     }
-    let keys: serde_json::Map<String, serde_json::Value> = listed.into_iter().map(|(cid, t)| { let n = name(&cid); (cid, json!({"Type": t, "Name": n})) }).collect();
+    let keys: serde_json::Map<String, serde_json::Value> = listed
+        .into_iter()
+        .map(|(cid, t)| {
+            let n = name(&cid);
+            (cid, json!({"Type": t, "Name": n}))
+        })
+        .collect();
     HttpResponse::Ok().json(json!({"Keys": keys}))
 }
 

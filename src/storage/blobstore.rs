@@ -1,9 +1,9 @@
 use super::{io_err, StorageError};
 use crate::digest::{Algorithm, Digest, Hasher};
-use std::sync::Arc;
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// Content-addressed blob files plus the upload area they are published from.
@@ -261,9 +261,7 @@ impl BlobStore {
     /// Feeds an upload's whole data file to `f` (to rebuild hash state after a restart).
     pub fn scan_upload(&self, id: &Uuid, f: impl FnMut(&[u8])) -> Result<u64, StorageError> {
         self.scan(&self.upload_path(id), f).map_err(|e| match e {
-            StorageError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                StorageError::UploadMissing(id.to_string())
-            }
+            StorageError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => StorageError::UploadMissing(id.to_string()),
             other => other,
         })
     }

@@ -98,10 +98,7 @@ pub fn read_range(file: File, start: u64, len: u64) -> impl Stream<Item = std::i
             }
         };
         if start.saturating_add(len) > file_len {
-            let _ = tx.blocking_send(Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "blob file is shorter than the range requested",
-            )));
+            let _ = tx.blocking_send(Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "blob file is shorter than the range requested")));
             return;
         }
         let mut offset = start;

@@ -17,8 +17,14 @@ const CLEAN_STOP: &str = "clean-stop";
 
 /// The SQLite files a data directory holds, each with what replaces it if it is lost.
 const FILES: [(&str, &str); 2] = [
-    ("metadata.sqlite", "restore it (with its -wal file) from a backup, or try `sqlite3 metadata.sqlite .recover`; the blobs under blobs/ are intact and `af registry verify` checks them"),
-    ("blocks.sqlite", "restore it from a backup taken while the node was stopped, or try `sqlite3 blocks.sqlite .recover`; `af registry verify` then reports any block the index lacks"),
+    (
+        "metadata.sqlite",
+        "restore it (with its -wal file) from a backup, or try `sqlite3 metadata.sqlite .recover`; the blobs under blobs/ are intact and `af registry verify` checks them",
+    ),
+    (
+        "blocks.sqlite",
+        "restore it from a backup taken while the node was stopped, or try `sqlite3 blocks.sqlite .recover`; `af registry verify` then reports any block the index lacks",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +56,7 @@ fn check_file(path: &Path, thorough: bool) -> Result<(), String> {
     // Read-write (not read-only): a WAL left by a crash is replayed, as the node will do.
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(|e| e.to_string())?;
     conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| e.to_string())?;
-    let schema: i64 = conn
-        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
+    let schema: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0)).map_err(|e| e.to_string())?;
     if schema == 0 && len > 0 {
         // A file with content but no schema: not one of ours, or its pages were lost.
         let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0)).map_err(|e| e.to_string())?;
@@ -62,11 +66,7 @@ fn check_file(path: &Path, thorough: bool) -> Result<(), String> {
     }
     if thorough {
         let mut stmt = conn.prepare("PRAGMA quick_check(5)").map_err(|e| e.to_string())?;
-        let problems: Vec<String> = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(|e| e.to_string())?
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
+        let problems: Vec<String> = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(|e| e.to_string())?.collect::<Result<_, _>>().map_err(|e| e.to_string())?;
         if problems != ["ok"] {
             return Err(problems.join("; "));
         }

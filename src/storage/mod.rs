@@ -13,8 +13,8 @@ mod download;
 pub mod health;
 mod upload;
 
-pub use blobstore::{BlobStore, GcLock};
 pub use arriving::{Arriving, Progress};
+pub use blobstore::{BlobStore, GcLock};
 pub use download::{read_range, BlobBytes};
 pub use upload::{append_stream, AppendOutcome, SideHasher, Written};
 

@@ -10,8 +10,8 @@ use super::{io_err, BlobStore, StorageError};
 use crate::digest::Hasher;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use std::fs::OpenOptions;
 use std::fs::File;
+use std::fs::OpenOptions;
 use std::io::{IoSlice, Write};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -130,10 +130,7 @@ where
         let len = file.metadata().map_err(io_err(&path))?.len();
         if len != offset {
             // The caller's view of the upload is stale; refuse rather than corrupt it.
-            return Err(StorageError::Io {
-                path: path.display().to_string(),
-                source: std::io::Error::other(format!("upload is {len} bytes, expected {offset}")),
-            });
+            return Err(StorageError::Io { path: path.display().to_string(), source: std::io::Error::other(format!("upload is {len} bytes, expected {offset}")) });
         }
         let mut out = Writeback::new(file, offset);
         let mut received = 0u64;
@@ -188,8 +185,6 @@ where
     drop(tx);
     drop(side_tx);
     let side = side_task.await.map_err(|e| StorageError::Task(e.to_string()))?;
-    let (len, hasher, received) = writer
-        .await
-        .map_err(|e| StorageError::Task(e.to_string()))??;
+    let (len, hasher, received) = writer.await.map_err(|e| StorageError::Task(e.to_string()))??;
     Ok(AppendOutcome { len, hasher, side, received, result })
 }

@@ -14,10 +14,7 @@
 use libp2p::core::transport::PortUse;
 use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::swarm::behaviour::{ConnectionClosed, ConnectionEstablished};
-use libp2p::swarm::{
-    dummy, CloseConnection, ConnectionDenied, ConnectionId, FromSwarm, ListenFailure, NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent,
-    ToSwarm,
-};
+use libp2p::swarm::{dummy, CloseConnection, ConnectionDenied, ConnectionId, FromSwarm, ListenFailure, NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm};
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -203,7 +200,14 @@ impl NetworkBehaviour for Behaviour {
         Ok(dummy::ConnectionHandler)
     }
 
-    fn handle_established_outbound_connection(&mut self, _id: ConnectionId, peer: PeerId, _addr: &Multiaddr, _role: Endpoint, _port: PortUse) -> Result<THandler<Self>, ConnectionDenied> {
+    fn handle_established_outbound_connection(
+        &mut self,
+        _id: ConnectionId,
+        peer: PeerId,
+        _addr: &Multiaddr,
+        _role: Endpoint,
+        _port: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
         self.admit(&peer, false)?;
         Ok(dummy::ConnectionHandler)
     }

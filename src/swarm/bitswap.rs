@@ -188,11 +188,7 @@ impl Drop for StreamSlot<'_> {
 
 impl Server {
     /// Registers the Bitswap protocols on `control` and serves them until the swarm ends.
-    pub fn spawn(
-        policy: Arc<Policy>,
-        mut control: libp2p_stream::Control,
-        misbehaving: tokio::sync::mpsc::UnboundedSender<PeerId>,
-    ) -> Arc<Server> {
+    pub fn spawn(policy: Arc<Policy>, mut control: libp2p_stream::Control, misbehaving: tokio::sync::mpsc::UnboundedSender<PeerId>) -> Arc<Server> {
         let server = Arc::new_cyclic(|me| Server {
             me: me.clone(),
             policy,
@@ -246,9 +242,7 @@ impl Server {
     fn forget_if_idle(&self, peer: &PeerId) {
         let mut peers = self.peers.lock().expect("peers lock");
         if let Some(state) = peers.get(peer) {
-            let idle = state.streams.load(Ordering::Acquire) == 0
-                && !state.answering.load(Ordering::Acquire)
-                && state.wants.lock().expect("wants lock").by_cid.is_empty();
+            let idle = state.streams.load(Ordering::Acquire) == 0 && !state.answering.load(Ordering::Acquire) && state.wants.lock().expect("wants lock").by_cid.is_empty();
             if idle {
                 peers.remove(peer);
             }

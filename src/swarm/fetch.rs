@@ -4,7 +4,7 @@
 //! one is misbehaving, and is disconnected and kept out of sessions for [`BAN`].
 
 use super::keeper::Keeper;
-use super::message::{Entry, Message, Wantlist, WantType};
+use super::message::{Entry, Message, WantType, Wantlist};
 use bytes::Bytes;
 use cid::Cid;
 use libp2p::PeerId;
@@ -23,9 +23,19 @@ const WANTED_LATELY: usize = 1 << 16;
 #[derive(Debug)]
 pub enum News {
     /// The block, verified: its bytes hash to `cid`.
-    Block { cid: Cid, data: Bytes, from: PeerId },
-    DontHave { cid: Cid, from: PeerId },
-    Have { cid: Cid, from: PeerId },
+    Block {
+        cid: Cid,
+        data: Bytes,
+        from: PeerId,
+    },
+    DontHave {
+        cid: Cid,
+        from: PeerId,
+    },
+    Have {
+        cid: Cid,
+        from: PeerId,
+    },
 }
 
 /// What a block that arrived was.
@@ -173,10 +183,7 @@ pub fn cancels_message(cids: &[Cid]) -> Message {
 
 /// A message wanting `cids` (`kind`, with send-dont-have).
 pub fn wants_message(cids: &[Cid], kind: WantType) -> Message {
-    let entries = cids
-        .iter()
-        .map(|cid| Entry { block: cid.to_bytes(), priority: 1, cancel: false, want_type: kind as i32, send_dont_have: true })
-        .collect();
+    let entries = cids.iter().map(|cid| Entry { block: cid.to_bytes(), priority: 1, cancel: false, want_type: kind as i32, send_dont_have: true }).collect();
     Message { wantlist: Some(Wantlist { entries, full: false }), ..Default::default() }
 }
 

@@ -238,7 +238,16 @@ fn build(seed: [u8; 32], policy: Arc<Policy>, config: &SwarmConfig) -> Result<Bu
     let server: Arc<std::sync::OnceLock<std::sync::Weak<bitswap::Server>>> = Default::default();
     let useful: admission::Usefulness = {
         let server = server.clone();
-        Arc::new(move |peer: &PeerId| server.get().and_then(|s| s.upgrade()).map(|s| { let l = s.ledger(peer); l.sent + l.received }).unwrap_or(0))
+        Arc::new(move |peer: &PeerId| {
+            server
+                .get()
+                .and_then(|s| s.upgrade())
+                .map(|s| {
+                    let l = s.ledger(peer);
+                    l.sent + l.received
+                })
+                .unwrap_or(0)
+        })
     };
     let trusted: admission::Judge = {
         let policy = policy.clone();

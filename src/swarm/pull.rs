@@ -12,8 +12,8 @@ use crate::dag::{self, Node};
 use crate::digest::Digest;
 use crate::metadata::{BlobInfo, NodeRecord};
 use crate::registry::{ReceivedDag, Registry};
-use crate::unixfs::DagBlock;
 use crate::storage::Arriving;
+use crate::unixfs::DagBlock;
 use bytes::Bytes;
 use cid::Cid;
 use libp2p::{Multiaddr, PeerId};
@@ -107,60 +107,60 @@ pub fn file_bytes(session: Session, root: Cid, limit: u64, dag: ReceivedDag) -> 
     futures_util::stream::unfold((session, parts, 0u64), move |(session, mut parts, mut sent)| {
         let dag = dag.clone();
         async move {
-        loop {
-            // Ask for what the window allows, in file order, once it is half empty: wants go in
-            // batches, so peers answer with few streams (a burst of reply streams loses some).
-            let mut ahead: u64 = parts.iter().filter(|p| p.fetch.is_some()).map(Part::cost).sum();
-            if ahead <= WINDOW / 2 {
-                for part in parts.iter_mut().filter(|p| p.fetch.is_none()) {
-                    if ahead > 0 && ahead + part.cost() > WINDOW {
-                        break;
+            loop {
+                // Ask for what the window allows, in file order, once it is half empty: wants go in
+                // batches, so peers answer with few streams (a burst of reply streams loses some).
+                let mut ahead: u64 = parts.iter().filter(|p| p.fetch.is_some()).map(Part::cost).sum();
+                if ahead <= WINDOW / 2 {
+                    for part in parts.iter_mut().filter(|p| p.fetch.is_none()) {
+                        if ahead > 0 && ahead + part.cost() > WINDOW {
+                            break;
+                        }
+                        ahead += part.cost();
+                        part.fetch = Some(session.ask(part.cid));
                     }
-                    ahead += part.cost();
-                    part.fetch = Some(session.ask(part.cid));
                 }
-            }
-            if let Some(front) = parts.front_mut().filter(|p| p.fetch.is_none()) {
-                front.fetch = Some(session.ask(front.cid));
-            }
-            let mut part = parts.pop_front()?;
-            let fail = |e: String| Some((Err(std::io::Error::other(e)), (session.clone(), VecDeque::new(), u64::MAX)));
-            let bytes = match part.fetch.take().expect("the front part was asked for").await {
-                Ok(Ok(bytes)) => bytes,
-                Ok(Err(e)) => return fail(e.to_string()),
-                Err(_) => return fail(SwarmError::Stopped.to_string()),
-            };
-            let node = match dag::decode(&part.cid, bytes.clone()) {
-                Ok(node) => node,
-                Err(e) => return fail(e.to_string()),
-            };
-            let (content, size) = match node {
-                Node::Raw(b) => {
-                    let len = b.len() as u64;
-                    dag.lock().expect("received DAG lock").push(DagBlock::Leaf { cid: part.cid, offset: sent, len });
-                    (b, len)
+                if let Some(front) = parts.front_mut().filter(|p| p.fetch.is_none()) {
+                    front.fetch = Some(session.ask(front.cid));
                 }
-                Node::File { links, content, blocksizes, size } => {
-                    dag.lock().expect("received DAG lock").push(DagBlock::Node { cid: part.cid, bytes: bytes.to_vec() });
-                    for (link, size) in links.iter().zip(blocksizes).rev() {
-                        parts.push_front(Part { cid: link.cid, size: Some(size), fetch: None });
+                let mut part = parts.pop_front()?;
+                let fail = |e: String| Some((Err(std::io::Error::other(e)), (session.clone(), VecDeque::new(), u64::MAX)));
+                let bytes = match part.fetch.take().expect("the front part was asked for").await {
+                    Ok(Ok(bytes)) => bytes,
+                    Ok(Err(e)) => return fail(e.to_string()),
+                    Err(_) => return fail(SwarmError::Stopped.to_string()),
+                };
+                let node = match dag::decode(&part.cid, bytes.clone()) {
+                    Ok(node) => node,
+                    Err(e) => return fail(e.to_string()),
+                };
+                let (content, size) = match node {
+                    Node::Raw(b) => {
+                        let len = b.len() as u64;
+                        dag.lock().expect("received DAG lock").push(DagBlock::Leaf { cid: part.cid, offset: sent, len });
+                        (b, len)
                     }
-                    (content, size)
+                    Node::File { links, content, blocksizes, size } => {
+                        dag.lock().expect("received DAG lock").push(DagBlock::Node { cid: part.cid, bytes: bytes.to_vec() });
+                        for (link, size) in links.iter().zip(blocksizes).rev() {
+                            parts.push_front(Part { cid: link.cid, size: Some(size), fetch: None });
+                        }
+                        (content, size)
+                    }
+                    _ => return fail(format!("{} is not part of a file", part.cid)),
+                };
+                if part.size.is_some_and(|s| s != size) {
+                    return fail(format!("{}: its parent says {} bytes, it holds {size}", part.cid, part.size.unwrap_or(0)));
                 }
-                _ => return fail(format!("{} is not part of a file", part.cid)),
-            };
-            if part.size.is_some_and(|s| s != size) {
-                return fail(format!("{}: its parent says {} bytes, it holds {size}", part.cid, part.size.unwrap_or(0)));
+                if content.is_empty() {
+                    continue;
+                }
+                sent += content.len() as u64;
+                if sent > limit {
+                    return fail(format!("the DAG at {root} holds more than the blob's {limit} bytes"));
+                }
+                return Some((Ok(content), (session, parts, sent)));
             }
-            if content.is_empty() {
-                continue;
-            }
-            sent += content.len() as u64;
-            if sent > limit {
-                return fail(format!("the DAG at {root} holds more than the blob's {limit} bytes"));
-            }
-            return Some((Ok(content), (session, parts, sent)));
-        }
         }
     })
 }

@@ -154,7 +154,20 @@ impl Task {
         }
         self.swarm.bitswap.wants.want(&self.inbox, cid);
         let now = Instant::now();
-        self.wants.insert(cid, Want { waiters: vec![reply], asked: None, refused: HashSet::new(), has: HashSet::new(), probed: false, told: HashSet::new(), since: now, searched: false, searching: false });
+        self.wants.insert(
+            cid,
+            Want {
+                waiters: vec![reply],
+                asked: None,
+                refused: HashSet::new(),
+                has: HashSet::new(),
+                probed: false,
+                told: HashSet::new(),
+                since: now,
+                searched: false,
+                searching: false,
+            },
+        );
     }
 
     /// Ends want `cid` with `result` (a block from `from`, or a failure); every other peer it
@@ -289,7 +302,10 @@ impl Task {
         for cid in unanswerable {
             self.settle(&cid, Err(SwarmError::NotFound(cid.to_string())), None);
         }
-        let messages = outbox.into_iter().map(|(p, c)| (p, super::fetch::wants_message(&c, WantType::Block))).chain(probes.into_iter().map(|(p, c)| (p, super::fetch::wants_message(&c, WantType::Have))));
+        let messages = outbox
+            .into_iter()
+            .map(|(p, c)| (p, super::fetch::wants_message(&c, WantType::Block)))
+            .chain(probes.into_iter().map(|(p, c)| (p, super::fetch::wants_message(&c, WantType::Have))));
         for (peer, message) in messages {
             self.send(peer, message);
         }

@@ -135,8 +135,7 @@ fn shard(entries: Vec<(u64, DirEntry)>, depth: usize, blocks: &mut Vec<(Cid, Vec
         occupied.push(index);
     }
     let cids: Vec<Vec<u8>> = targets.iter().map(|(c, _)| c.to_bytes()).collect();
-    let links: Vec<Link<'_>> =
-        names.iter().zip(&cids).zip(&targets).map(|((name, cid), (_, tsize))| Link { cid, name, tsize: *tsize }).collect();
+    let links: Vec<Link<'_>> = names.iter().zip(&cids).zip(&targets).map(|((name, cid), (_, tsize))| Link { cid, name, tsize: *tsize }).collect();
     let bytes = pb::dag_pb_node(&links, &shard_data(&occupied));
     let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
     let tsize = bytes.len() as u64 + targets.iter().map(|(_, t)| t).sum::<u64>();

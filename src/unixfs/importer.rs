@@ -70,15 +70,7 @@ impl Importer {
     /// allow (used to test deep trees with little data).
     pub fn with_layout(chunk_size: usize, max_links: usize) -> Self {
         assert!(chunk_size > 0 && max_links > 1, "chunks must hold bytes and nodes at least two links");
-        Importer {
-            chunk_size,
-            max_links,
-            hasher: Sha256::new(),
-            chunk_len: 0,
-            consumed: 0,
-            levels: vec![Vec::new()],
-            scratch: Vec::new(),
-        }
+        Importer { chunk_size, max_links, hasher: Sha256::new(), chunk_len: 0, consumed: 0, levels: vec![Vec::new()], scratch: Vec::new() }
     }
 
     /// Bytes consumed so far.
@@ -125,11 +117,7 @@ impl Importer {
         let blocksizes: Vec<u64> = children.iter().map(|c| c.filesize).collect();
         let data = unixfs_file_data(filesize, &blocksizes);
         let cid_bytes: Vec<Vec<u8>> = children.iter().map(|c| c.cid.to_bytes()).collect();
-        let links: Vec<Link<'_>> = children
-            .iter()
-            .zip(&cid_bytes)
-            .map(|(c, b)| Link { cid: b, name: "", tsize: c.tsize })
-            .collect();
+        let links: Vec<Link<'_>> = children.iter().zip(&cid_bytes).map(|(c, b)| Link { cid: b, name: "", tsize: c.tsize }).collect();
         self.scratch = dag_pb_node(&links, &data);
         let digest: [u8; 32] = Sha256::digest(&self.scratch).into();
         let cid = cid_v1(DAG_PB, &digest);
@@ -173,10 +161,7 @@ mod tests {
     #[test]
     fn literal_vectors() {
         for p in [Profile::UnixfsV1_2025, Profile::KuboV1] {
-            assert_eq!(
-                root_of(b"hello world", p, 3).cid.to_string(),
-                "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
-            );
+            assert_eq!(root_of(b"hello world", p, 3).cid.to_string(), "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e");
             assert_eq!(root_of(b"", p, 1).cid.to_string(), "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku");
         }
     }

@@ -5,12 +5,12 @@
 //! for the same bytes and profile (checked against Kubo's own golden CIDs and, in the test suite,
 //! against Kubo and the JavaScript importer).
 
-mod importer;
 pub mod hamt;
+mod importer;
 pub mod pb;
 
 pub use importer::{BlockSink, CollectingImporter, DagBlock, Importer, NewBlock, Root};
-pub use pb::{decode_node, file_data, unixfs_data, unixfs_type, UnixfsData, DecodeError, DecodedLink, DecodedNode};
+pub use pb::{decode_node, file_data, unixfs_data, unixfs_type, DecodeError, DecodedLink, DecodedNode, UnixfsData};
 
 /// UnixFS `Data.Type` of a directory.
 pub const UNIXFS_DIRECTORY: u64 = 1;
@@ -105,11 +105,7 @@ pub struct DirEntry {
 pub fn directory(mut entries: Vec<DirEntry>) -> (Root, Vec<u8>) {
     entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
     let cids: Vec<Vec<u8>> = entries.iter().map(|e| e.cid.to_bytes()).collect();
-    let links: Vec<pb::Link<'_>> = entries
-        .iter()
-        .zip(&cids)
-        .map(|(e, cid)| pb::Link { cid, name: &e.name, tsize: e.tsize })
-        .collect();
+    let links: Vec<pb::Link<'_>> = entries.iter().zip(&cids).map(|(e, cid)| pb::Link { cid, name: &e.name, tsize: e.tsize }).collect();
     let bytes = pb::dag_pb_node(&links, &pb::UNIXFS_DIRECTORY_DATA);
     let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
     let tsize = bytes.len() as u64 + entries.iter().map(|e| e.tsize).sum::<u64>();

@@ -126,9 +126,7 @@ pub fn decode_node(bytes: &[u8]) -> Result<DecodedNode, DecodeError> {
                 while let Some((field, wire)) = l.key()? {
                     match (field, wire) {
                         (1, 2) => cid = Some(cid::Cid::try_from(l.bytes()?).map_err(|_| DecodeError("bad link CID"))?),
-                        (2, 2) => {
-                            name = String::from_utf8(l.bytes()?.to_vec()).map_err(|_| DecodeError("link name not UTF-8"))?
-                        }
+                        (2, 2) => name = String::from_utf8(l.bytes()?.to_vec()).map_err(|_| DecodeError("link name not UTF-8"))?,
                         (3, 0) => tsize = l.varint()?,
                         (_, w) => l.skip(w)?,
                     }

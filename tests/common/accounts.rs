@@ -36,4 +36,3 @@ pub fn token(node: &Node, user: &str, extra: &[&str]) -> String {
 pub fn token_id(token: &str) -> &str {
     &token[3..19]
 }
-

@@ -29,7 +29,12 @@ impl ClusterPeer {
     /// [`Self::init`] in the cluster of `secret` (64 hex digits).
     pub fn init_in(root: &Path, name: &str, ip: &str, rpc: u16, secret: &str) -> ClusterPeer {
         let dir = root.join(name);
-        let out = Command::new("ipfs-cluster-service").arg("-c").arg(&dir).args(["init", "--consensus", "crdt"]).output().expect("ipfs-cluster-service (scripts/install-test-deps.sh builds it)");
+        let out = Command::new("ipfs-cluster-service")
+            .arg("-c")
+            .arg(&dir)
+            .args(["init", "--consensus", "crdt"])
+            .output()
+            .expect("ipfs-cluster-service (scripts/install-test-deps.sh builds it)");
         assert!(out.status.success(), "ipfs-cluster-service init: {}", String::from_utf8_lossy(&out.stderr));
         let identity: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("identity.json")).unwrap()).unwrap();
         let id = identity["id"].as_str().unwrap().to_string();

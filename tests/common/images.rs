@@ -73,4 +73,3 @@ pub fn assert_same_blobs(original: &Path, pulled: &Path, tag: &str) {
         assert_eq!(got, blob(original, &d));
     }
 }
-

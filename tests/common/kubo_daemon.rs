@@ -29,15 +29,7 @@ impl KuboDaemon {
             run(kubo.cmd().args(["config", "--json", key, value]));
         }
         let log = tempfile::NamedTempFile::new().unwrap();
-        let child = kubo
-            .cmd()
-            .args(["daemon"])
-            .env("IPFS_TELEMETRY", "off")
-            .envs(env.iter().copied())
-            .stdout(log.reopen().unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = kubo.cmd().args(["daemon"]).env("IPFS_TELEMETRY", "off").envs(env.iter().copied()).stdout(log.reopen().unwrap()).stderr(Stdio::null()).spawn().unwrap();
         let daemon = KuboDaemon { kubo, child };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !std::fs::read_to_string(log.path()).unwrap_or_default().contains("Daemon is ready") {
@@ -51,4 +43,3 @@ impl KuboDaemon {
         self.kubo.cmd().args(args).env("IPFS_TELEMETRY", "off").output().unwrap()
     }
 }
-

@@ -296,11 +296,7 @@ pub fn image_manifest(node: &Node, repo: &str, config: &[u8], layers: &[&[u8]]) 
 }
 
 pub fn put_manifest(node: &Node, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Response {
-    node.as_admin(client().put(node.url(&format!("/v2/{repo}/manifests/{reference}"))))
-        .header("Content-Type", media_type)
-        .body(body.to_vec())
-        .send()
-        .unwrap()
+    node.as_admin(client().put(node.url(&format!("/v2/{repo}/manifests/{reference}")))).header("Content-Type", media_type).body(body.to_vec()).send().unwrap()
 }
 
 /// Asserts an OCI error response: status, then the error body's first code.
@@ -317,20 +313,13 @@ pub fn assert_oci_error(resp: Response, status: u16, code: &str) {
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is it installed? scripts/install-test-deps.sh installs it)"));
     if !out.status.success() {
-        panic!(
-            "{cmd:?} failed with {}:\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        panic!("{cmd:?} failed with {}:\nstdout: {}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub fn tool(name: &str) -> PathBuf {
-    let gobin = std::env::var("GOBIN").map(PathBuf::from).unwrap_or_else(|_| {
-        Path::new(&std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join("go/bin")
-    });
+    let gobin = std::env::var("GOBIN").map(PathBuf::from).unwrap_or_else(|_| Path::new(&std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join("go/bin"));
     let candidate = gobin.join(name);
     if candidate.exists() {
         candidate
