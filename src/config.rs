@@ -11,6 +11,10 @@ pub const DEFAULT_GATEWAY: &str = "0.0.0.0:8080";
 pub const DEFAULT_RPC: &str = "127.0.0.1:5001";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:5002";
 pub const DEFAULT_DATA_DIR: &str = "./data";
+/// HTTP connections a listener holds at once, all clients together.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// HTTP connections one client address may hold on a listener.
+pub const DEFAULT_PER_ADDRESS: usize = 256;
 
 /// Declares every setting once: its doc (the flag's help), its clap attributes (flag and `AF_*`
 /// variable), its TOML key (the flag's name, kebab-case, unless renamed) and its default (none:
@@ -130,11 +134,11 @@ settings! {
     /// HTTP connections each listener (API, gateway, RPC) holds open at once; past it, new ones
     /// wait in the kernel's backlog [default: 4096].
     #[arg(long, env = "AF_MAX_CONNECTIONS")]
-    max_connections: usize = crate::node::connections::DEFAULT_MAX_CONNECTIONS;
+    max_connections: usize = DEFAULT_MAX_CONNECTIONS;
     /// HTTP connections one client address may hold open on each listener; past it, new ones
     /// are closed at once (a --trusted-proxy's are not counted) [default: 256].
     #[arg(long, env = "AF_MAX_CONNECTIONS_PER_IP")]
-    max_connections_per_ip: usize = crate::node::connections::DEFAULT_PER_ADDRESS;
+    max_connections_per_ip: usize = DEFAULT_PER_ADDRESS;
     /// libp2p listen address of the swarm (repeat, or comma-separate in AF_SWARM)
     /// [default: /ip4/0.0.0.0/tcp/4001 and /ip4/0.0.0.0/udp/4001/quic-v1].
     #[arg(long, env = "AF_SWARM", value_delimiter = ',')]

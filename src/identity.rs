@@ -27,7 +27,8 @@ pub fn load_or_create(data_dir: &Path) -> Result<Identity, IdentityError> {
     let seed: [u8; 32] = match std::fs::read(&path) {
         Ok(bytes) => bytes.try_into().map_err(|_| err("not a 32-byte Ed25519 seed".into()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let seed = crate::auth::secrets::random_bytes::<32>().map_err(|e| err(e.to_string()))?;
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| err(format!("no randomness: {e}")))?;
             let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode_0600().open(&path).map_err(|e| err(e.to_string()))?;
             f.write_all(&seed).and_then(|_| f.sync_all()).map_err(|e| err(e.to_string()))?;
             seed

@@ -17,6 +17,7 @@ pub mod exposure;
 pub mod gateway;
 pub mod identity;
 pub mod image;
+pub mod ipld;
 pub mod ipns;
 pub mod manifest;
 pub mod metadata;

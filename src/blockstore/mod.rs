@@ -556,7 +556,7 @@ impl BlockIndex {
             let reach = |cid: &Cid, stack: &mut Vec<Vec<u8>>, reached: &mut reached::Reached| {
                 let mh = cid.hash().to_bytes();
                 reached.mark(&mh);
-                if crate::dag::links_possible(cid.codec()) {
+                if crate::ipld::links_possible(cid.codec()) {
                     stack.push(mh);
                 }
             };
@@ -572,13 +572,13 @@ impl BlockIndex {
                         continue;
                     }
                     let found: Option<(Vec<u8>, i64)> = node
-                        .query_row(params![mh, crate::unixfs::DAG_PB as i64, crate::dag::DAG_CBOR as i64, crate::dag::DAG_JSON as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .query_row(params![mh, crate::unixfs::DAG_PB as i64, crate::ipld::DAG_CBOR as i64, crate::ipld::DAG_JSON as i64], |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()?;
                     // An undecodable node is left for `verify` to report; its children are then
                     // unreachable from here, and old enough ones go.
                     let links = found.and_then(|(data, codec)| {
                         let cid = Cid::new_v1(codec as u64, cid::multihash::Multihash::from_bytes(&mh).ok()?);
-                        crate::dag::block_links(&cid, &data).ok()
+                        crate::ipld::block_links(&cid, &data).ok()
                     });
                     for link in links.unwrap_or_default() {
                         reach(&link, &mut stack, &mut reached);

@@ -8,9 +8,9 @@
 //! and read at most [`MAX_BLOCKS_PER_WALK`] blocks.
 
 pub mod car;
-pub mod ipld;
 
 use crate::exposure::{Admission, Audience, Exposure, Policy};
+use crate::ipld;
 use crate::registry::{Registry, RegistryError};
 use crate::unixfs::{self, DecodedLink};
 use bytes::Bytes;
@@ -43,6 +43,12 @@ pub enum DagError {
     TooMuchWork(u64),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+}
+
+impl From<ipld::Malformed> for DagError {
+    fn from(e: ipld::Malformed) -> Self {
+        DagError::Malformed { cid: e.cid, detail: e.detail }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, DagError>;
@@ -347,11 +353,7 @@ pub fn codec_named(name: &str) -> Option<u64> {
     })
 }
 
-pub const DAG_CBOR: u64 = 0x71;
-pub const DAG_JSON: u64 = 0x0129;
-pub const JSON: u64 = 0x0200;
-pub const CBOR: u64 = 0x51;
-pub const LIBP2P_KEY: u64 = 0x72;
+pub use crate::ipld::{links_possible, CBOR, DAG_CBOR, DAG_JSON, JSON, LIBP2P_KEY};
 
 pub fn decode(cid: &Cid, bytes: Bytes) -> Result<Node> {
     let malformed = |detail: String| DagError::Malformed { cid: *cid, detail };
@@ -392,17 +394,8 @@ pub fn decode(cid: &Cid, bytes: Bytes) -> Result<Node> {
 }
 
 /// The CIDs a block links to, whatever its codec (none for raw, JSON and CBOR blocks).
-/// Whether a block of `codec` can link to others: what a walk must read to follow them.
-pub fn links_possible(codec: u64) -> bool {
-    codec == unixfs::DAG_PB || ipld::is_linking(codec)
-}
-
 pub fn block_links(cid: &Cid, bytes: &[u8]) -> Result<Vec<Cid>> {
-    match cid.codec() {
-        unixfs::DAG_PB => Ok(unixfs::decode_node(bytes).map_err(|e| DagError::Malformed { cid: *cid, detail: e.to_string() })?.links.into_iter().map(|l| l.cid).collect()),
-        c if ipld::is_linking(c) => Ok(ipld::links(&ipld::decode(cid, bytes)?)),
-        _ => Ok(Vec::new()),
-    }
+    Ok(ipld::block_links(cid, bytes)?)
 }
 
 /// A pending part of a file walk: a node whose content starts at `offset` of the file and that

@@ -159,12 +159,12 @@ pub fn listing(path: &str, (origin, content_path): (&Origin, &str), cid: &Cid, l
 pub fn block_page(cid: &Cid, bytes: &[u8]) -> String {
     use crate::dag;
     let value = match cid.codec() {
-        c if dag::ipld::is_linking(c) => dag::ipld::decode(cid, bytes).ok(),
+        c if crate::ipld::is_linking(c) => crate::ipld::decode(cid, bytes).ok(),
         dag::CBOR => serde_ipld_dagcbor::from_slice::<ipld_core::ipld::Ipld>(bytes).ok(),
         _ => None,
     };
     let (shown, links) = match &value {
-        Some(v) => (dag::ipld::to_pretty_json(v), dag::ipld::links(v)),
+        Some(v) => (crate::ipld::to_pretty_json(v), crate::ipld::links(v)),
         None => match serde_json::from_slice::<serde_json::Value>(bytes) {
             Ok(v) => (serde_json::to_string_pretty(&v).unwrap_or_default(), Vec::new()),
             Err(_) => (format!("{} bytes that do not decode as this codec", bytes.len()), Vec::new()),

@@ -84,7 +84,7 @@ impl IntoMeta for tokio_postgres::Error {
 
 fn pg(e: impl IntoMeta) -> MetadataError {
     let error = e.into_meta();
-    crate::metrics::metadata_error("postgres", &error);
+    crate::metrics::metadata_error("postgres", error.kind());
     error
 }
 

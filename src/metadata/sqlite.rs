@@ -33,7 +33,7 @@ pub struct SqliteStore {
 
 pub(super) fn backend(e: rusqlite::Error) -> MetadataError {
     let error = classify(e);
-    crate::metrics::metadata_error("sqlite", &error);
+    crate::metrics::metadata_error("sqlite", error.kind());
     error
 }
 

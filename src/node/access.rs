@@ -28,7 +28,7 @@ pub async fn rpc(req: ServiceRequest, next: Next<impl MessageBody + 'static>) ->
 async fn observe(listener: &'static str, req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = std::time::Instant::now();
     let (method, path) = (req.method().clone(), req.path().to_string());
-    let route = crate::metrics::route(listener, &path);
+    let route = route(listener, &path);
     let received = METRICS.received.with_label_values(&[listener]);
     let (http, payload) = req.into_parts();
     let counted: Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, actix_web::error::PayloadError>>>> =
@@ -76,5 +76,72 @@ impl MessageBody for Counted {
             }
             other => other,
         }
+    }
+}
+
+/// The route template of a request `path` on `listener` (`api`, `gateway`, `rpc`).
+pub fn route(listener: &str, path: &str) -> String {
+    match listener {
+        "api" => api_route(path),
+        "gateway" => match path.split('/').nth(1) {
+            Some("ipfs") => "/ipfs/<cid>".into(),
+            Some("ipns") => "/ipns/<name>".into(),
+            _ => "other".into(),
+        },
+        "rpc" => match path.strip_prefix("/api/v0/") {
+            // Commands are a closed set: an unknown one is not a label value of its own.
+            Some(cmd) if crate::rpc::is_command(cmd) => format!("/api/v0/{cmd}"),
+            Some(_) => "/api/v0/<unknown>".into(),
+            None => "other".into(),
+        },
+        _ => "other".into(),
+    }
+}
+
+fn api_route(path: &str) -> String {
+    match path {
+        "/v2" | "/v2/" => return "/v2/".into(),
+        "/v2/_catalog" => return "/v2/_catalog".into(),
+        "/token" => return "/token".into(),
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/v2/") else { return "other".into() };
+    for (marker, template) in [
+        ("/blobs/uploads/", "/v2/<name>/blobs/uploads/<id>"),
+        ("/blobs/", "/v2/<name>/blobs/<digest>"),
+        ("/manifests/", "/v2/<name>/manifests/<reference>"),
+        ("/referrers/", "/v2/<name>/referrers/<digest>"),
+    ] {
+        if let Some(i) = rest.find(marker) {
+            if marker == "/blobs/uploads/" && rest[i + marker.len()..].is_empty() {
+                return "/v2/<name>/blobs/uploads/".into();
+            }
+            return template.into();
+        }
+    }
+    if rest.ends_with("/blobs/uploads") {
+        return "/v2/<name>/blobs/uploads/".into();
+    }
+    if rest.ends_with("/tags/list") {
+        return "/v2/<name>/tags/list".into();
+    }
+    "other".into()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn routes_are_templates() {
+        use super::route;
+        assert_eq!(route("api", "/v2/"), "/v2/");
+        assert_eq!(route("api", "/v2/a/b/blobs/sha256:00"), "/v2/<name>/blobs/<digest>");
+        assert_eq!(route("api", "/v2/a/blobs/uploads/"), "/v2/<name>/blobs/uploads/");
+        assert_eq!(route("api", "/v2/a/blobs/uploads/1234"), "/v2/<name>/blobs/uploads/<id>");
+        assert_eq!(route("api", "/v2/a/manifests/latest"), "/v2/<name>/manifests/<reference>");
+        assert_eq!(route("api", "/v2/a/tags/list"), "/v2/<name>/tags/list");
+        assert_eq!(route("api", "/etc/passwd"), "other");
+        assert_eq!(route("gateway", "/ipfs/bafy/x"), "/ipfs/<cid>");
+        assert_eq!(route("rpc", "/api/v0/id"), "/api/v0/id");
+        assert_eq!(route("rpc", "/api/v0/made-up-thing"), "/api/v0/<unknown>");
     }
 }

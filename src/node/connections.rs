@@ -7,11 +7,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-/// Connections a listener holds at once, all clients together.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
-/// Connections one client address may hold on a listener.
-pub const DEFAULT_PER_ADDRESS: usize = 256;
-
 /// The open connections of one listener, by client address.
 #[derive(Clone)]
 pub struct PerAddress {

@@ -7,7 +7,7 @@
 //! are sent at once in their own message, never behind blocks; blocks are packed into messages
 //! of at most [`BLOCKS_PER_MESSAGE`] bytes.
 
-use super::fetch::Arrival;
+use super::wants::Arrival;
 use super::message::{self, Block, BlockPresence, Message, PresenceType, WantType};
 use crate::exposure::{Audience, Policy};
 use cid::Cid;
@@ -99,7 +99,7 @@ pub struct Server {
     /// Each peer with open streams or wants waiting.
     peers: Mutex<HashMap<PeerId, Arc<PeerState>>>,
     /// What this node waits for from peers (the client side, `fetch`).
-    pub wants: super::fetch::Wants,
+    pub wants: super::wants::Wants,
     ledgers: Mutex<HashMap<PeerId, Ledger>>,
 }
 

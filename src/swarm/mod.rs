@@ -9,6 +9,7 @@
 mod admission;
 pub mod bitswap;
 pub mod fetch;
+pub mod wants;
 pub mod keeper;
 pub mod message;
 mod outbox;
@@ -221,7 +222,7 @@ pub fn start(seed: [u8; 32], policy: Arc<Policy>, config: SwarmConfig) -> Result
 struct Inbox {
     commands: mpsc::Receiver<Command>,
     bad_peers: mpsc::UnboundedReceiver<PeerId>,
-    /// Whom Bitswap banned (see `fetch::Wants::ban`): their connections are closed as they open.
+    /// Whom Bitswap banned (see `wants::Wants::ban`): their connections are closed as they open.
     bitswap: Arc<bitswap::Server>,
     /// Kademlia's mode, for [`Handle::protocols`].
     dht_server: Arc<std::sync::atomic::AtomicBool>,

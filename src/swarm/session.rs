@@ -7,10 +7,10 @@
 //! answer ends with [`SwarmError::NotFound`]. When every peer it knows refused, it looks for
 //! providers on the DHT.
 //!
-//! Verification happens before a block reaches here (`fetch::Wants::arrived` hashes it), and a
+//! Verification happens before a block reaches here (`wants::Wants::arrived` hashes it), and a
 //! peer that sent a wrong block is banned there and skipped here.
 
-use super::fetch::{Inbox, News};
+use super::wants::{Inbox, News};
 use super::message::WantType;
 use super::{Handle, SwarmError};
 use bytes::Bytes;
@@ -304,8 +304,8 @@ impl Task {
         }
         let messages = outbox
             .into_iter()
-            .map(|(p, c)| (p, super::fetch::wants_message(&c, WantType::Block)))
-            .chain(probes.into_iter().map(|(p, c)| (p, super::fetch::wants_message(&c, WantType::Have))));
+            .map(|(p, c)| (p, super::wants::wants_message(&c, WantType::Block)))
+            .chain(probes.into_iter().map(|(p, c)| (p, super::wants::wants_message(&c, WantType::Have))));
         for (peer, message) in messages {
             self.send(peer, message);
         }
@@ -314,7 +314,7 @@ impl Task {
 
     fn send_cancels(&mut self) {
         for (peer, cids) in std::mem::take(&mut self.cancels) {
-            self.send(peer, super::fetch::cancels_message(&cids));
+            self.send(peer, super::wants::cancels_message(&cids));
         }
     }
 

@@ -1,9 +1,39 @@
-//! DAG-CBOR and DAG-JSON blocks: their links (for walks, CARs and vouching) and paths through
-//! them, as a gateway reads them. Plain JSON and CBOR blocks have no links.
+//! IPLD blocks, a ground layer beside `unixfs`: the codecs, the links of any block (for walks,
+//! CARs, vouching and the GC's mark), and paths through DAG-CBOR and DAG-JSON values, as a
+//! gateway reads them. Plain JSON and CBOR blocks have no links.
 
-use super::{DagError, Result, DAG_CBOR, DAG_JSON};
 use cid::Cid;
 use ipld_core::ipld::Ipld;
+
+pub const DAG_CBOR: u64 = 0x71;
+pub const DAG_JSON: u64 = 0x0129;
+pub const JSON: u64 = 0x0200;
+pub const CBOR: u64 = 0x51;
+pub const LIBP2P_KEY: u64 = 0x72;
+
+/// A block that does not decode as its codec says.
+#[derive(Debug, thiserror::Error)]
+#[error("block {cid}: {detail}")]
+pub struct Malformed {
+    pub cid: Cid,
+    pub detail: String,
+}
+
+pub type Result<T> = std::result::Result<T, Malformed>;
+
+/// Whether a block of `codec` can link to others: what a walk must read to follow them.
+pub fn links_possible(codec: u64) -> bool {
+    codec == crate::unixfs::DAG_PB || is_linking(codec)
+}
+
+/// The CIDs a block links to, whatever its codec (none for raw, JSON and CBOR blocks).
+pub fn block_links(cid: &Cid, bytes: &[u8]) -> Result<Vec<Cid>> {
+    match cid.codec() {
+        crate::unixfs::DAG_PB => Ok(crate::unixfs::decode_node(bytes).map_err(|e| Malformed { cid: *cid, detail: e.to_string() })?.links.into_iter().map(|l| l.cid).collect()),
+        c if is_linking(c) => Ok(links(&decode(cid, bytes)?)),
+        _ => Ok(Vec::new()),
+    }
+}
 
 /// Whether blocks of `codec` are IPLD data this module reads (links and paths).
 pub fn is_linking(codec: u64) -> bool {
@@ -12,7 +42,7 @@ pub fn is_linking(codec: u64) -> bool {
 
 /// The data model value of a DAG-CBOR or DAG-JSON block.
 pub fn decode(cid: &Cid, bytes: &[u8]) -> Result<Ipld> {
-    let malformed = |detail: String| DagError::Malformed { cid: *cid, detail };
+    let malformed = |detail: String| Malformed { cid: *cid, detail };
     match cid.codec() {
         DAG_CBOR => serde_ipld_dagcbor::from_slice(bytes).map_err(|e| malformed(format!("not DAG-CBOR: {e}"))),
         DAG_JSON => serde_ipld_dagjson::from_slice(bytes).map_err(|e| malformed(format!("not DAG-JSON: {e}"))),
