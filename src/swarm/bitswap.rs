@@ -7,8 +7,8 @@
 //! are sent at once in their own message, never behind blocks; blocks are packed into messages
 //! of at most [`BLOCKS_PER_MESSAGE`] bytes.
 
-use super::wants::Arrival;
 use super::message::{self, Block, BlockPresence, Message, PresenceType, WantType};
+use super::wants::Arrival;
 use crate::exposure::{Audience, Policy};
 use cid::Cid;
 use futures_util::StreamExt;

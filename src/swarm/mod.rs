@@ -9,7 +9,6 @@
 mod admission;
 pub mod bitswap;
 pub mod fetch;
-pub mod wants;
 pub mod keeper;
 pub mod message;
 mod outbox;
@@ -17,6 +16,7 @@ mod provided;
 mod providing;
 pub mod pull;
 pub mod session;
+pub mod wants;
 
 use crate::exposure::Policy;
 use futures_util::StreamExt;

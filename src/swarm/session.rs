@@ -10,8 +10,8 @@
 //! Verification happens before a block reaches here (`wants::Wants::arrived` hashes it), and a
 //! peer that sent a wrong block is banned there and skipped here.
 
-use super::wants::{Inbox, News};
 use super::message::WantType;
+use super::wants::{Inbox, News};
 use super::{Handle, SwarmError};
 use bytes::Bytes;
 use cid::Cid;
