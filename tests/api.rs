@@ -6,10 +6,6 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-fn header(r: &reqwest::blocking::Response, name: &str) -> String {
-    r.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
-}
-
 fn start_session(node: &Node, repo: &str) -> String {
     let r = client().post(node.url(&format!("/v2/{repo}/blobs/uploads/"))).send().unwrap();
     assert_eq!(r.status(), 202);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 fn import(node: &Node, car: Vec<u8>) {
     let form = reqwest::blocking::multipart::Form::new().part("file", reqwest::blocking::multipart::Part::bytes(car).file_name("x.car"));
-    let r = client().post(format!("http://{}/api/v0/dag/import", node.rpc)).multipart(form).send().unwrap();
+    let r = client().post(node.rpc_url("dag/import")).multipart(form).send().unwrap();
     assert_eq!(r.status(), 200);
     let text = r.text().unwrap();
     assert!(text.contains("\"PinErrorMsg\":\"\""), "{text}");
@@ -77,7 +77,7 @@ fn files_that_repeat_a_subtree_stream_in_bounded_memory_and_stop_with_the_client
         node.gateway_url(&format!("/ipfs/{root_cid}")),
         node.gateway_url(&format!("/ipfs/{deep}")),
         node.gateway_url(&format!("/ipfs/{deep}?format=car&car-dups=y")),
-        format!("http://{}/api/v0/cat?arg={deep}", node.rpc),
+        node.rpc_url(&format!("cat?arg={deep}")),
     ] {
         let first = if url.contains("/api/v0/") {
             let start = Instant::now();
@@ -215,7 +215,7 @@ fn rpc_post(node: &Node, call: &str, parts: Vec<(String, Vec<u8>)>) -> reqwest::
     for (name, data) in parts {
         form = form.part("file", reqwest::blocking::multipart::Part::bytes(data).file_name(name));
     }
-    client().post(format!("http://{}/api/v0/{call}", node.rpc)).multipart(form).send().unwrap()
+    client().post(node.rpc_url(&format!("{call}"))).multipart(form).send().unwrap()
 }
 
 #[test]
@@ -245,7 +245,7 @@ fn rpc_writes_hold_one_block_or_one_bounded_file_at_a_time() {
     assert_ne!(r.status(), 200);
     assert!(r.text().unwrap().contains("limited to"));
     assert_eq!(rpc_post(&node, "block/put", vec![("h".into(), huge)]).status(), 400);
-    assert_eq!(client().post(format!("http://{}/api/v0/block/stat?arg={huge_cid}", node.rpc)).send().unwrap().status(), 400, "not stored");
+    assert_eq!(node.rpc_post(&format!("block/stat?arg={huge_cid}")).status(), 400, "not stored");
     // One-byte chunks: the blocks count against the limit, and the request is refused early.
     let watch = node.watch_memory();
     let r = rpc_post(&node, "add?cid-version=1&chunker=size-1", vec![("f".into(), vec![5u8; 5 << 20])]);
@@ -394,7 +394,7 @@ fn a_gc_racing_imports_keeps_every_pinned_block_and_verify_reports_missing_ones(
     assert!(runs >= 2, "{runs} GCs ran alongside");
     let verify = |node: &Node| std::process::Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "verify", "--data-dir"]).arg(&node.data_dir).output().unwrap();
     for cid in &roots {
-        let r = client().post(format!("http://{}/api/v0/dag/export?arg={cid}", node.rpc)).send().unwrap();
+        let r = node.rpc_post(&format!("dag/export?arg={cid}"));
         assert_eq!(r.status(), 200);
         assert!(r.bytes().map(|b| b.len() > 80 << 20).unwrap_or(false), "a block of pinned {cid} was collected");
     }

@@ -9,10 +9,6 @@ use common::*;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn af(args: &[&str], data_dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_af")).args(args).arg("--data-dir").arg(data_dir).output().expect("run af")
-}
-
 fn ok(out: Output) -> String {
     assert!(out.status.success(), "af failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -33,7 +29,7 @@ fn an_image_travels_as_a_car_through_kubo_skopeo_and_a_second_node() {
     assert_ne!(cid, untagged, "the tag is part of the layout, so of the CID");
 
     let car = tmp.path().join("x.car");
-    ok(af(&["registry", "export", "img/x:t", "-o", car.to_str().unwrap()], &node.data_dir));
+    ok(node.af(&["registry", "export", "img/x:t", "-o", car.to_str().unwrap()]));
     let js = js_car(&car);
     assert_eq!(js["roots"], serde_json::json!([cid]));
     assert_eq!(js["duplicates"], 0);
@@ -58,7 +54,7 @@ fn an_image_travels_as_a_car_through_kubo_skopeo_and_a_second_node() {
 
     // A second node, seeded offline from the CAR while it runs, serves the same image.
     let other = Node::start();
-    let report = ok(af(&["registry", "import", car.to_str().unwrap()], &other.data_dir));
+    let report = ok(other.af(&["registry", "import", car.to_str().unwrap()]));
     assert!(report.contains("3 blobs (3 new)"), "{report}");
     assert!(report.contains(&format!("img/x:t image CID {cid}")), "{report}");
     assert_eq!(image_cid(&other, "img/x", "t"), cid);
@@ -67,7 +63,7 @@ fn an_image_travels_as_a_car_through_kubo_skopeo_and_a_second_node() {
     assert_same_blobs(&layout, &pulled, "t");
 
     // Into another repository of the same node: blobs are linked, not stored again.
-    let report = ok(af(&["registry", "import", car.to_str().unwrap(), "--repo", "copy/y"], &other.data_dir));
+    let report = ok(other.af(&["registry", "import", car.to_str().unwrap(), "--repo", "copy/y"]));
     assert!(report.contains("3 blobs (0 new)"), "{report}");
     assert_eq!(client().get(other.url("/v2/copy/y/tags/list")).send().unwrap().status(), 200);
 }
@@ -76,7 +72,7 @@ fn an_image_travels_as_a_car_through_kubo_skopeo_and_a_second_node() {
 fn a_tampered_or_truncated_car_imports_nothing() {
     let Setup { node, tmp, layout: _, host: _ } = setup("img/x:t");
     let car = tmp.path().join("x.car");
-    ok(af(&["registry", "export", "img/x:t", "-o", car.to_str().unwrap()], &node.data_dir));
+    ok(node.af(&["registry", "export", "img/x:t", "-o", car.to_str().unwrap()]));
     let bytes = std::fs::read(&car).unwrap();
     let cids: Vec<String> = js_car(&car)["cids"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
     let target = Node::start();
@@ -90,7 +86,7 @@ fn a_tampered_or_truncated_car_imports_nothing() {
     assert!(!js.status.success());
     let js_named = String::from_utf8_lossy(&js.stderr).split(':').next().unwrap().trim().to_string();
     assert!(cids.contains(&js_named), "{js_named}");
-    let out = af(&["registry", "import", tampered_car.to_str().unwrap()], &target.data_dir);
+    let out = target.af(&["registry", "import", tampered_car.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(err.contains(&format!("block {js_named}: its bytes do not match its hash")), "{err}");
@@ -99,7 +95,7 @@ fn a_tampered_or_truncated_car_imports_nothing() {
     // Cut in the middle of a block: that block is named.
     let truncated_car = tmp.path().join("truncated.car");
     std::fs::write(&truncated_car, &bytes[..bytes.len() / 2]).unwrap();
-    let out = af(&["registry", "import", truncated_car.to_str().unwrap()], &target.data_dir);
+    let out = target.af(&["registry", "import", truncated_car.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     let named = err.split("block ").nth(1).and_then(|s| s.split(':').next()).unwrap_or_default();
@@ -113,7 +109,7 @@ fn a_tampered_or_truncated_car_imports_nothing() {
     let plain = kubo.cmd().args(["dag", "export", file_cid.trim()]).output().unwrap();
     let plain_car = tmp.path().join("plain.car");
     std::fs::write(&plain_car, plain.stdout).unwrap();
-    let out = af(&["registry", "import", plain_car.to_str().unwrap(), "--repo", "x"], &target.data_dir);
+    let out = target.af(&["registry", "import", plain_car.to_str().unwrap(), "--repo", "x"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a directory"), "{}", String::from_utf8_lossy(&out.stderr));
 
@@ -125,7 +121,7 @@ fn a_tampered_or_truncated_car_imports_nothing() {
     assert_eq!(files("staging"), 0);
 
     // An image the node does not have is a one-line error.
-    let out = af(&["registry", "export", "img/x:nope"], &node.data_dir);
+    let out = node.af(&["registry", "export", "img/x:nope"]);
     assert!(!out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "af: img/x:nope is not in this registry");
 }
@@ -161,7 +157,7 @@ fn an_index_and_its_children_form_one_image() {
     let cid = r.headers()["Ipfs-Image-Cid"].to_str().unwrap().to_string();
 
     let car = tmp.path().join("multi.car");
-    ok(af(&["registry", "export", "multi:v1", "-o", car.to_str().unwrap()], &node.data_dir));
+    ok(node.af(&["registry", "export", "multi:v1", "-o", car.to_str().unwrap()]));
     let kubo = Kubo::new();
     run(kubo.cmd().args(["dag", "import"]).arg(&car));
     let unpacked = tmp.path().join("unpacked");
@@ -173,7 +169,7 @@ fn an_index_and_its_children_form_one_image() {
     assert_eq!(walk(&copied.join("blobs/sha256")), 7);
 
     let other = Node::start();
-    ok(af(&["registry", "import", car.to_str().unwrap()], &other.data_dir));
+    ok(other.af(&["registry", "import", car.to_str().unwrap()]));
     let r = client().get(other.url("/v2/multi/manifests/v1")).header("Accept", OCI_INDEX).send().unwrap();
     assert_eq!(r.headers()["Ipfs-Image-Cid"].to_str().unwrap(), cid);
     assert_eq!(r.bytes().unwrap().to_vec(), index);
@@ -209,7 +205,7 @@ fn a_large_index_shards_its_blobs_directory_as_kubo_does() {
     let cid = r.headers()["Ipfs-Image-Cid"].to_str().unwrap().to_string();
 
     // Through the gateway's shards: a child by its path, and the listing.
-    let public = af(&["registry", "visibility", "wide", "public"], &node.data_dir);
+    let public = node.af(&["registry", "visibility", "wide", "public"]);
     assert!(public.status.success());
     let child = children[1234]["digest"].as_str().unwrap().strip_prefix("sha256:").unwrap().to_string();
     let r = client().get(node.gateway_url(&format!("/ipfs/{cid}/blobs/sha256/{child}"))).send().unwrap();
@@ -226,7 +222,7 @@ fn a_large_index_shards_its_blobs_directory_as_kubo_does() {
     // Kubo imports the export, unpacks it, and re-adding the layout with the same profile gives
     // the same image CID: the shards are Kubo's own.
     let car = tmp.path().join("wide.car");
-    ok(af(&["registry", "export", "wide:v1", "-o", car.to_str().unwrap()], &node.data_dir));
+    ok(node.af(&["registry", "export", "wide:v1", "-o", car.to_str().unwrap()]));
     let kubo = Kubo::new();
     run(kubo.cmd().args(["config", "profile", "apply", "unixfs-v1-2025"]));
     run(kubo.cmd().args(["dag", "import"]).arg(&car));
@@ -237,7 +233,7 @@ fn a_large_index_shards_its_blobs_directory_as_kubo_does() {
     assert_eq!(readded.trim(), cid);
 
     let other = Node::start();
-    ok(af(&["registry", "import", car.to_str().unwrap()], &other.data_dir));
+    ok(other.af(&["registry", "import", car.to_str().unwrap()]));
     let r = client().get(other.url("/v2/wide/manifests/v1")).header("Accept", OCI_INDEX).send().unwrap();
     assert_eq!(r.headers()["Ipfs-Image-Cid"].to_str().unwrap(), cid);
 }

@@ -24,12 +24,8 @@ fn wait_for(secs: u64, what: &str, mut ok: impl FnMut() -> bool, context: impl F
     }
 }
 
-fn rpc(node: &Node, call: &str) -> reqwest::blocking::Response {
-    client().post(format!("http://{}/api/v0/{call}", node.rpc)).send().unwrap()
-}
-
 fn pinned(node: &Node, cid: &str) -> bool {
-    rpc(node, &format!("pin/ls?arg={cid}&type=recursive&stream=true")).status().is_success()
+    node.rpc_post(&format!("pin/ls?arg={cid}&type=recursive&stream=true")).status().is_success()
 }
 
 /// skopeo pulls `repo:t` from `node`: the same blobs as `layout`.
@@ -58,7 +54,7 @@ fn the_cluster_keeps_each_image_on_two_nodes_and_replaces_a_dead_one() {
         Node::start_with(&args)
     };
     let b = start(1, &[]);
-    let b_id = rpc(&b, "id").json::<serde_json::Value>().unwrap()["ID"].as_str().unwrap().to_string();
+    let b_id = b.rpc_post("id").json::<serde_json::Value>().unwrap()["ID"].as_str().unwrap().to_string();
     let a = start(0, &["--trusted-peer", &b_id]);
     let c = start(2, &[]);
     let mut nodes = vec![a, b, c];
@@ -138,7 +134,7 @@ fn the_cluster_keeps_each_image_on_two_nodes_and_replaces_a_dead_one() {
     pulls_same_image(&nodes[spare], "team/app", &layout, &tmp.path().join("from-spare"));
     std::thread::sleep(Duration::from_secs(3));
     assert!(!pinned(&nodes[2], &private), "a private image reached an untrusted node");
-    assert!(!rpc(&nodes[2], &format!("block/get?arg={private}&offline=true")).status().is_success(), "a private block reached an untrusted node");
+    assert!(!nodes[2].rpc_post(&format!("block/get?arg={private}&offline=true")).status().is_success(), "a private block reached an untrusted node");
 }
 
 /// What IPFS Cluster's `ipfshttp` connector asks of the RPC, answered in Kubo's shapes and read
@@ -165,7 +161,7 @@ fn the_rpc_answers_as_clusters_connector_and_proxy_expect() {
     // pin add with progress: Kubo's CLI reads the stream and says it pinned.
     let said = ok(ipfs(&["pin", "add", "--progress", &cid]));
     assert!(said.contains(&format!("pinned {cid} recursively")), "{said}");
-    let raw = client().post(format!("http://{}/api/v0/pin/add?arg={cid}&progress=true", node.rpc)).send().unwrap();
+    let raw = node.rpc_post(&format!("pin/add?arg={cid}&progress=true"));
     let lines: Vec<serde_json::Value> = raw.text().unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.last().unwrap()["Pins"], serde_json::json!([cid]), "{lines:?}");
     assert!(lines.last().unwrap()["Progress"].as_u64().unwrap() >= 3, "every block walked is counted: {lines:?}");
@@ -175,7 +171,7 @@ fn the_rpc_answers_as_clusters_connector_and_proxy_expect() {
     let other = ok(ipfs(&["add", "-Q", "--cid-version=1", "--pin=false", "--only-hash", "/etc/hostname"]));
     let not_pinned = ipfs(&["pin", "ls", "--type", "recursive", &other]);
     assert!(!not_pinned.status.success() && String::from_utf8_lossy(&not_pinned.stderr).trim_end().ends_with("not pinned"), "{}", String::from_utf8_lossy(&not_pinned.stderr));
-    let r = client().post(format!("http://{}/api/v0/pin/ls?arg={other}&type=recursive&stream=true", node.rpc)).send().unwrap();
+    let r = node.rpc_post(&format!("pin/ls?arg={other}&type=recursive&stream=true"));
     assert_eq!(r.status(), 400);
     assert!(r.json::<serde_json::Value>().unwrap()["Message"].as_str().unwrap().ends_with("not pinned"));
     let rm = ipfs(&["pin", "rm", &other]);
@@ -236,14 +232,14 @@ fn the_rpc_answers_as_clusters_connector_and_proxy_expect() {
 fn a_private_image_pinned_on_a_trusted_node_stays_private_there() {
     let tmp = tempfile::tempdir().unwrap();
     let b = Node::start_with(&["--swarm", "/ip4/127.0.0.3/tcp/0"]);
-    let b_id = rpc(&b, "id").json::<serde_json::Value>().unwrap()["ID"].as_str().unwrap().to_string();
+    let b_id = b.rpc_post("id").json::<serde_json::Value>().unwrap()["ID"].as_str().unwrap().to_string();
     let a = Node::start_with(&["--swarm", "/ip4/127.0.0.2/tcp/0", "--trusted-peer", &b_id]);
     let layout = build_image(tmp.path());
     push_layout(&layout, &format!("{}/team/secret:t", a.host()));
     push_layout(&layout, &format!("{}/team/secret:v2", a.host()));
     let private = image_cid(&a, "team/secret", "t");
     let addr = loopback_addr(&a);
-    assert!(rpc(&b, &format!("swarm/connect?arg={addr}")).status().is_success());
+    assert!(b.rpc_post(&format!("swarm/connect?arg={addr}")).status().is_success());
     // B already has a tag v2 of its own in that repository, on another image.
     let mut other = build_image(&tmp.path().join("other").tap_mkdir());
     other.pop();
@@ -253,9 +249,9 @@ fn a_private_image_pinned_on_a_trusted_node_stays_private_there() {
     push_layout(&other_layout, &format!("{}/team/secret:v2", b.host()));
     let b_v2 = client().head(b.url("/v2/team/secret/manifests/v2")).header("Accept", OCI_MANIFEST).send().unwrap().headers()["Docker-Content-Digest"].to_str().unwrap().to_string();
 
-    let read = rpc(&b, &format!("cat?arg={private}/index.json"));
+    let read = b.rpc_post(&format!("cat?arg={private}/index.json"));
     assert!(read.status().is_success(), "{}", read.text().unwrap());
-    let pin = rpc(&b, &format!("pin/add?arg={private}"));
+    let pin = b.rpc_post(&format!("pin/add?arg={private}"));
     assert!(pin.status().is_success(), "{}", pin.text().unwrap());
     for path in ["", "/index.json", "/oci-layout"] {
         assert_eq!(client().get(b.gateway_url(&format!("/ipfs/{private}{path}"))).send().unwrap().status(), 404, "{path}");
@@ -264,11 +260,11 @@ fn a_private_image_pinned_on_a_trusted_node_stays_private_there() {
     // A's v2 pinned on B, where v2 names another image: B's tag stays, the pin says so.
     let r = client().head(a.url("/v2/team/secret/manifests/v2")).header("Accept", OCI_MANIFEST).send().unwrap();
     let private_v2 = r.headers()["Ipfs-Image-Cid"].to_str().unwrap().to_string();
-    let pin = rpc(&b, &format!("pin/add?arg={private_v2}"));
+    let pin = b.rpc_post(&format!("pin/add?arg={private_v2}"));
     assert!(pin.status().is_success(), "{}", pin.text().unwrap());
     let v2 = client().head(b.url("/v2/team/secret/manifests/v2")).header("Accept", OCI_MANIFEST).send().unwrap().headers()["Docker-Content-Digest"].to_str().unwrap().to_string();
     assert_eq!(v2, b_v2, "the pin did not move B's own tag");
-    let listed: serde_json::Value = rpc(&b, "pin/ls?type=recursive").json().unwrap();
+    let listed: serde_json::Value = b.rpc_post("pin/ls?type=recursive").json().unwrap();
     assert_eq!(listed["Keys"][&private]["Name"], "team/secret:t", "{listed}");
     let name = listed["Keys"][&private_v2]["Name"].as_str().unwrap().to_string();
     assert!(name.starts_with("tag conflict: team/secret:v2"), "{name}");
@@ -277,7 +273,7 @@ fn a_private_image_pinned_on_a_trusted_node_stays_private_there() {
     make_public(&b, "team/secret");
     wait_for(10, "the image public on B", || client().get(b.gateway_url(&format!("/ipfs/{private}/index.json"))).send().unwrap().status() == 200, || b.log_text());
 
-    assert!(rpc(&b, &format!("pin/rm?arg={private}")).status().is_success());
+    assert!(b.rpc_post(&format!("pin/rm?arg={private}")).status().is_success());
     assert_eq!(client().head(b.url("/v2/team/secret/manifests/t")).send().unwrap().status(), 404, "the tag the pin gave went with it");
     assert_eq!(client().head(b.url("/v2/team/secret/manifests/v2")).header("Accept", OCI_MANIFEST).send().unwrap().headers()["Docker-Content-Digest"].to_str().unwrap(), b_v2);
 }
@@ -322,7 +318,7 @@ fn kubo_holds_a_replica_in_a_mixed_cluster() {
     push_layout(&layout, &format!("{}/team/app:t", a.host()));
     let cid = image_cid(&a, "team/app", "t");
     wait_for(120, "the image pinned on our node and on Kubo", || peers[0].status(&cid).iter().filter(|(_, s)| s == "pinned").count() == 2, logs);
-    let ours = client().post(format!("http://{}/api/v0/dag/export?arg={cid}&offline=true", a.rpc)).send().unwrap().bytes().unwrap();
+    let ours = a.rpc_post(&format!("dag/export?arg={cid}&offline=true")).bytes().unwrap();
     let theirs = kubo.ipfs(&["dag", "export", "--offline", &cid]);
     assert!(theirs.status.success(), "{}", String::from_utf8_lossy(&theirs.stderr));
     assert!(theirs.stdout == ours.to_vec(), "Kubo holds the image's DAG as our node has it");
@@ -377,11 +373,11 @@ fn corrupted_blocks_never_make_a_replica() {
     assert!(!pinned(&b, &cid));
     assert!(!peer.status(&cid).iter().any(|(_, s)| s == "pinned"), "a corrupted replica counted");
     assert!(b.log_text().contains("sent a block nobody asked for"), "{}", b.log_text());
-    assert!(!rpc(&b, &format!("dag/export?arg={cid}&offline=true")).status().is_success(), "the DAG is not whole from corrupted blocks");
+    assert!(!b.rpc_post(&format!("dag/export?arg={cid}&offline=true")).status().is_success(), "the DAG is not whole from corrupted blocks");
 
     // An honest holder within reach: the cluster's retry completes the pin.
     let holder_addr = loopback_addr(&holder);
-    assert!(rpc(&b, &format!("swarm/connect?arg={holder_addr}")).status().is_success());
+    assert!(b.rpc_post(&format!("swarm/connect?arg={holder_addr}")).status().is_success());
     wait_for(60, "the pin completed from the honest holder", || peer.status(&cid).iter().any(|(_, s)| s == "pinned"), logs);
     holds_same_dag(&b, &holder, &cid);
 }
@@ -391,7 +387,7 @@ fn corrupted_blocks_never_make_a_replica() {
 /// the bytes are what there is to compare.
 fn holds_same_dag(node: &Node, holder: &Node, cid: &str) {
     let export = |n: &Node| {
-        let r = rpc(n, &format!("dag/export?arg={cid}&offline=true"));
+        let r = n.rpc_post(&format!("dag/export?arg={cid}&offline=true"));
         assert!(r.status().is_success(), "{}", n.log_text());
         sha256(&r.bytes().unwrap())
     };
@@ -430,10 +426,10 @@ fn a_node_restarted_mid_pin_completes_it() {
         || String::from_utf8_lossy(&peer.ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).contains("\"valid\": true"),
         || peer.log(),
     );
-    assert!(rpc(&b, &format!("swarm/connect?arg={holder_addr}")).status().is_success());
+    assert!(b.rpc_post(&format!("swarm/connect?arg={holder_addr}")).status().is_success());
     let pin = peer.ctl().args(["pin", "add", "--rmin", "1", "--rmax", "1", "--metadata", "af-visibility=public", &cid]).output().unwrap();
     assert!(pin.status.success(), "{}", String::from_utf8_lossy(&pin.stderr));
-    let stored = |b: &Node| rpc(b, "repo/stat?size-only=true").json::<serde_json::Value>().ok().and_then(|v| v["RepoSize"].as_u64()).unwrap_or(0);
+    let stored = |b: &Node| b.rpc_post("repo/stat?size-only=true").json::<serde_json::Value>().ok().and_then(|v| v["RepoSize"].as_u64()).unwrap_or(0);
     wait_for(60, "part of the layer kept on B", || stored(&b) > 40 << 20, || b.log_text());
     assert!(!pinned(&b, &cid), "the pin finished before the kill: the layer is too small to catch it");
     b.kill9();
@@ -442,9 +438,9 @@ fn a_node_restarted_mid_pin_completes_it() {
         stored(&b)
     };
     assert!(kept > 40 << 20, "what B kept before the kill survived it: {kept}");
-    assert!(rpc(&b, &format!("swarm/connect?arg={holder_addr}")).status().is_success());
+    assert!(b.rpc_post(&format!("swarm/connect?arg={holder_addr}")).status().is_success());
     wait_for(90, "the cluster's retry to complete the pin", || peer.status(&cid).iter().any(|(_, s)| s == "pinned"), || format!("{}\n{}", peer.log(), b.log_text()));
-    let received = rpc(&b, "bitswap/stat").json::<serde_json::Value>().unwrap()["BlocksReceived"].as_u64().unwrap();
+    let received = b.rpc_post("bitswap/stat").json::<serde_json::Value>().unwrap()["BlocksReceived"].as_u64().unwrap();
     assert!(received < 230, "after the restart B fetched {received} blocks of ~260: it started over");
     holds_same_dag(&b, &holder, &cid);
 }
@@ -543,7 +539,7 @@ fn a_compromised_cluster_peer_makes_a_node_hold_bytes_never_publish_or_tag() {
         Node::start_with(&args)
     };
     let v = start(0, &[]);
-    let v_id = rpc(&v, "id").json::<serde_json::Value>().unwrap()["ID"].as_str().unwrap().to_string();
+    let v_id = v.rpc_post("id").json::<serde_json::Value>().unwrap()["ID"].as_str().unwrap().to_string();
     let m = start(1, &["--trusted-peer", &v_id]);
     let addrs: Vec<String> = peers.iter().map(|p| p.addr.clone()).collect();
     for (i, p) in peers.iter_mut().enumerate() {

@@ -5,7 +5,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 
 /// A dag-pb directory with one link `name` → `target`, as an identity CID (its bytes inline).
 fn identity_directory(name: &str, target: &cid::Cid) -> cid::Cid {
@@ -31,11 +30,6 @@ fn push_image(node: &Node, repo: &str, seed: u32) -> (cid::Cid, cid::Cid) {
     (image, layer)
 }
 
-fn af(node: &Node, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_af")).args(args).arg("--data-dir").arg(&node.data_dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
 #[test]
 fn nothing_private_leaves_through_identity_cids_paths_or_pins() {
     let port = free_addr().port();
@@ -44,7 +38,7 @@ fn nothing_private_leaves_through_identity_cids_paths_or_pins() {
     // Private first, so blocks both images share were first recorded for the private one.
     let (secret_image, secret_layer) = push_image(&node, "admin/secret", 1);
     let (public_image, public_layer) = push_image(&node, "team/open", 2);
-    af(&node, &["registry", "visibility", "team/open", "public"]);
+    common::accounts::af(&node, &["registry", "visibility", "team/open", "public"], None);
     let get = |path: &str| client().get(node.gateway_url(path)).send().unwrap();
 
     // The private roots themselves: absent.
@@ -132,7 +126,7 @@ fn a_flip_to_private_under_load_takes_effect_before_it_returns() {
     use std::time::{Duration, Instant};
     let node = Node::start_with_env(&["--auth", "token"], &[("AF_ADMIN_PASSWORD", "admin-password-1")]);
     let (image, layer) = push_image(&node, "team/flip", 3);
-    af(&node, &["registry", "visibility", "team/flip", "public"]);
+    common::accounts::af(&node, &["registry", "visibility", "team/flip", "public"], None);
     let targets = [format!("/ipfs/{layer}?format=raw"), format!("/ipfs/{image}?format=raw"), format!("/ipfs/{image}/index.json")];
     for t in &targets {
         assert_eq!(client().get(node.gateway_url(t)).send().unwrap().status(), 200, "{t}");
@@ -158,7 +152,7 @@ fn a_flip_to_private_under_load_takes_effect_before_it_returns() {
     let flip = |to: &str| {
         std::thread::sleep(Duration::from_millis(700));
         let started = Instant::now();
-        af(&node, &["registry", "visibility", "team/flip", to]);
+        common::accounts::af(&node, &["registry", "visibility", "team/flip", to], None);
         (started, Instant::now())
     };
     let (private_asked, private_at) = flip("private");

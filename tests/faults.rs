@@ -348,7 +348,7 @@ fn kill_9_at_random_points_of_pushes_gcs_imports_and_token_issuance_loses_nothin
             assert_eq!(sha256(&blob), *layer, "round {round}: {repo}:{tag}'s layer");
         }
         for root in &a.imports {
-            let r = client().post(format!("http://{}/api/v0/dag/export?arg={root}", node.rpc)).send().unwrap();
+            let r = node.rpc_post(&format!("dag/export?arg={root}"));
             assert_eq!(r.status(), 200, "round {round}: import {root} lost");
             let mut reader = af_registry::car::SectionReader::default();
             assert_eq!(reader.push(&r.bytes().unwrap()).unwrap().len(), 2, "round {round}: import {root} incomplete");
@@ -436,7 +436,7 @@ fn the_clock_jumping_forward_and_back_expires_what_is_due_and_nothing_else() {
     let token = jwt();
     assert_eq!(pull(&token), 200);
     let gc = || {
-        let r = c.post(format!("http://{}/api/v0/repo/gc", node.rpc)).send().unwrap();
+        let r = c.post(node.rpc_url("repo/gc")).send().unwrap();
         assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
     };
     let has = |blob: &[u8]| admin(c.head(node.url(&format!("/v2/t/app/blobs/{}", sha256(blob))))).send().unwrap().status() == 200;

@@ -16,10 +16,6 @@ fn visibility(node: &Node, repo: &str, v: &str) {
     assert!(out.status.success());
 }
 
-fn header(r: &reqwest::blocking::Response, name: &str) -> String {
-    r.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
-}
-
 /// `@ipld/car`'s view of a CAR file: roots and block CIDs in order.
 fn js_car(car: &Path) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/car-verify.mjs");

@@ -7,14 +7,6 @@ mod common;
 use common::*;
 use std::process::Command;
 
-fn rpc(node: &Node, call: &str) -> String {
-    format!("http://127.0.0.1:{}/api/v0/{call}", node.rpc.port())
-}
-
-fn cli(kubo: &Kubo, node: &Node, args: &[&str]) -> String {
-    run(kubo.cmd().args(["--api", &format!("/ip4/127.0.0.1/tcp/{}", node.rpc.port())]).args(args)).trim().to_string()
-}
-
 fn local(kubo: &Kubo, args: &[&str]) -> String {
     run(kubo.cmd().args(args)).trim().to_string()
 }
@@ -25,10 +17,6 @@ fn get(url: &str, accept: Option<&str>) -> reqwest::blocking::Response {
         rb = rb.header("Accept", a);
     }
     rb.send().unwrap()
-}
-
-fn header(r: &reqwest::blocking::Response, name: &str) -> String {
-    r.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
 }
 
 /// `car` (CARv1) without the section of block `drop`.
@@ -128,7 +116,7 @@ fn dag_cbor_and_dag_json_blocks_and_paths_through_them() {
 
     // A GC keeps what a pinned DAG-CBOR block links to (it walks DAG-CBOR links too).
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let gc = client().post(rpc(&node, "repo/gc")).send().unwrap();
+    let gc = client().post(node.rpc_url("repo/gc")).send().unwrap();
     assert_eq!(gc.status(), 200);
     gc.text().unwrap();
     assert_eq!(get(&gw(&format!("/ipfs/{cbor}/nested/file")), None).status(), 200);
@@ -145,13 +133,13 @@ fn every_multihash_kubo_accepts_and_direct_pins() {
     for mh in ["sha2-256", "sha2-512", "sha3-256", "sha3-512", "keccak-256", "blake2b-256", "blake2b-512", "blake2s-256", "blake3"] {
         for codec in ["raw", "dag-cbor"] {
             let args = ["block", "put", "--mhtype", mh, "--cid-codec", codec, d];
-            let ours = cli(&kubo, &node, &args);
+            let ours = kubo.against(&node, &args);
             assert_eq!(ours, local(&kubo, &args), "{mh} {codec}");
             // Kubo's CLI reads it back through our RPC, verified on its way.
             assert_eq!(run_bytes(kubo.cmd().args(["--api", &format!("/ip4/127.0.0.1/tcp/{}", node.rpc.port()), "block", "get", &ours])), b"a block hashed many ways");
         }
     }
-    let bad = client().post(rpc(&node, "block/put?mhtype=md5")).multipart(reqwest::blocking::multipart::Form::new().text("file", "x")).send().unwrap();
+    let bad = client().post(node.rpc_url("block/put?mhtype=md5")).multipart(reqwest::blocking::multipart::Form::new().text("file", "x")).send().unwrap();
     assert_eq!(bad.status(), 400);
 
     // A CAR that lacks one block of its file: the recursive pin fails, a direct pin stands, and
@@ -163,12 +151,12 @@ fn every_multihash_kubo_accepts_and_direct_pins() {
     assert_eq!(leaves.len(), 3);
     let car = car_without(&run_bytes(kubo.cmd().args(["dag", "export", &root])), &leaves[1]);
     let form = reqwest::blocking::multipart::Form::new().part("file", reqwest::blocking::multipart::Part::bytes(car).file_name("d.car"));
-    let out = client().post(rpc(&node, "dag/import?pin-roots=true")).multipart(form).send().unwrap().text().unwrap();
+    let out = client().post(node.rpc_url("dag/import?pin-roots=true")).multipart(form).send().unwrap().text().unwrap();
     assert!(out.contains("is not on this node"), "{out}");
     assert_eq!(client().get(node.gateway_url(&format!("/ipfs/{root}"))).header("Range", "bytes=0-9").send().unwrap().status(), 404, "not pinned: not public");
-    let pinned = client().post(rpc(&node, &format!("pin/add?arg={root}&recursive=false"))).send().unwrap();
+    let pinned = client().post(node.rpc_url(&format!("pin/add?arg={root}&recursive=false"))).send().unwrap();
     assert_eq!(pinned.status(), 200, "{}", pinned.text().unwrap());
-    let ls: serde_json::Value = client().post(rpc(&node, &format!("pin/ls?arg={root}"))).send().unwrap().json().unwrap();
+    let ls: serde_json::Value = client().post(node.rpc_url(&format!("pin/ls?arg={root}"))).send().unwrap().json().unwrap();
     assert_eq!(ls["Keys"][&root]["Type"], "direct", "{ls}");
     let r = client().get(node.gateway_url(&format!("/ipfs/{root}"))).header("Range", "bytes=2100-2109").send().unwrap();
     assert_eq!(r.status(), 206);
@@ -178,8 +166,8 @@ fn every_multihash_kubo_accepts_and_direct_pins() {
     // A GC keeps the direct pin's root and takes the leaves it does not promise (once a second
     // older than the grace of 0 s: ages are counted in seconds).
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    client().post(rpc(&node, "repo/gc")).send().unwrap().text().unwrap();
-    let has = |cid: &str| client().post(rpc(&node, &format!("block/stat?arg={cid}&offline=true"))).send().unwrap().status() == 200;
+    client().post(node.rpc_url("repo/gc")).send().unwrap().text().unwrap();
+    let has = |cid: &str| client().post(node.rpc_url(&format!("block/stat?arg={cid}&offline=true"))).send().unwrap().status() == 200;
     assert!(has(&root));
     assert!(!has(&leaves[0]));
 }
@@ -243,7 +231,7 @@ fn tar_of_directories_and_nothing_private_through_new_formats() {
     // A DAG-CBOR block of our own linking the private image makes none of it public.
     let doc = tmp.path().join("link.json");
     std::fs::write(&doc, format!(r#"{{"image":{{"/":"{image}"}}}}"#)).unwrap();
-    let linking = cli(&kubo, &node, &["block", "put", "--cid-codec", "dag-json", "--pin", doc.to_str().unwrap()]);
+    let linking = kubo.against(&node, &["block", "put", "--cid-codec", "dag-json", "--pin", doc.to_str().unwrap()]);
     let r = get(&node.gateway_url(&format!("/ipfs/{linking}/image/oci-layout")), None);
     assert_eq!(r.status(), 404);
     let r = get(&node.gateway_url(&format!("/ipfs/{linking}?format=tar")), None);

@@ -6,18 +6,6 @@ mod common;
 use common::*;
 use std::process::{Child, Command, Stdio};
 
-fn rpc(node: &Node, call: &str) -> String {
-    format!("http://127.0.0.1:{}/api/v0/{call}", node.rpc.port())
-}
-
-fn cli(kubo: &Kubo, node: &Node, args: &[&str]) -> String {
-    run(kubo.cmd().args(["--api", &format!("/ip4/127.0.0.1/tcp/{}", node.rpc.port())]).args(args)).trim().to_string()
-}
-
-fn header(r: &reqwest::blocking::Response, name: &str) -> String {
-    r.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
-}
-
 /// A client that does not follow redirects (they are what is checked).
 fn no_redirects() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
@@ -29,7 +17,7 @@ fn get_host(node: &Node, host: &str, path: &str) -> reqwest::blocking::Response 
 
 fn put_record(node: &Node, name: &str, record: Vec<u8>) -> reqwest::blocking::Response {
     let form = reqwest::blocking::multipart::Form::new().part("file", reqwest::blocking::multipart::Part::bytes(record).file_name("r"));
-    client().post(rpc(node, &format!("routing/put?arg=/ipns/{name}"))).multipart(form).send().unwrap()
+    client().post(node.rpc_url(&format!("routing/put?arg=/ipns/{name}"))).multipart(form).send().unwrap()
 }
 
 /// A private image's CID on `node`.
@@ -48,13 +36,13 @@ fn published_names_resolve_and_kubo_verifies_their_records() {
     std::fs::write(&a, "first\n").unwrap();
     std::fs::write(&b, "second\n").unwrap();
     // Added through our RPC by Kubo's CLI: pinned, so public.
-    let first = cli(&kubo, &node, &["add", "-Q", "--cid-version=1", a.to_str().unwrap()]);
-    let second = cli(&kubo, &node, &["add", "-Q", "--cid-version=1", b.to_str().unwrap()]);
+    let first = kubo.against(&node, &["add", "-Q", "--cid-version=1", a.to_str().unwrap()]);
+    let second = kubo.against(&node, &["add", "-Q", "--cid-version=1", b.to_str().unwrap()]);
 
-    let published = cli(&kubo, &node, &["name", "publish", "--ttl=90s", &format!("/ipfs/{first}")]);
+    let published = kubo.against(&node, &["name", "publish", "--ttl=90s", &format!("/ipfs/{first}")]);
     let name = published.split_whitespace().nth(2).unwrap().trim_end_matches(':').to_string();
     assert!(name.starts_with("k51"), "{published}");
-    assert_eq!(cli(&kubo, &node, &["name", "resolve", &format!("/ipns/{name}")]), format!("/ipfs/{first}"));
+    assert_eq!(kubo.against(&node, &["name", "resolve", &format!("/ipns/{name}")]), format!("/ipfs/{first}"));
     let r = client().get(node.gateway_url(&format!("/ipns/{name}"))).send().unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "X-Ipfs-Path"), format!("/ipns/{name}"));
@@ -71,14 +59,14 @@ fn published_names_resolve_and_kubo_verifies_their_records() {
     assert!(inspected.contains(&format!("/ipfs/{first}")) && inspected.contains("Valid: true"), "{inspected}");
 
     // The peer ID spelling of the name is sent to the canonical one.
-    let node_id: serde_json::Value = client().post(rpc(&node, "id")).send().unwrap().json().unwrap();
+    let node_id: serde_json::Value = client().post(node.rpc_url("id")).send().unwrap().json().unwrap();
     let r = no_redirects().get(node.gateway_url(&format!("/ipns/{}/x?y=1", node_id["ID"].as_str().unwrap()))).send().unwrap();
     assert_eq!(r.status(), 302);
     assert_eq!(header(&r, "Location"), format!("/ipns/{name}/x?y=1"));
 
     // A new value supersedes the old; the old record cannot come back, a tampered one is refused.
     // Its TTL, the publisher's word (here 50 years), is kept an hour at most by caches.
-    cli(&kubo, &node, &["name", "publish", "--ttl=438000h", &format!("/ipfs/{second}")]);
+    kubo.against(&node, &["name", "publish", "--ttl=438000h", &format!("/ipfs/{second}")]);
     let r = client().get(node.gateway_url(&format!("/ipns/{name}"))).send().unwrap();
     assert_eq!(header(&r, "Cache-Control"), "public, max-age=3600");
     assert_eq!(r.text().unwrap(), "second\n");
@@ -100,7 +88,7 @@ fn published_names_resolve_and_kubo_verifies_their_records() {
 
     // A name pointing at a private image opens nothing: the content stays 404.
     let image = private_image(&node);
-    cli(&kubo, &node, &["name", "publish", &format!("/ipfs/{image}")]);
+    kubo.against(&node, &["name", "publish", &format!("/ipfs/{image}")]);
     for path in [format!("/ipns/{name}/"), format!("/ipns/{name}/index.json"), format!("/ipns/{name}?format=car"), format!("/ipns/{name}?format=tar")] {
         assert_eq!(client().get(node.gateway_url(&path)).send().unwrap().status(), 404, "{path}");
     }
@@ -195,7 +183,7 @@ fn dnslink_names_hosts_and_subdomains() {
     assert_eq!(header(&r, "Location"), format!("http://{v1}.ipfs.gw.test/"));
     let r = get_host(&node, "site-test.ipns.gw.test", "/hello.txt");
     assert_eq!(r.status(), 200, "an inlined DNSLink name");
-    let published = cli(&kubo, &node, &["name", "publish", &format!("/ipfs/{dir}")]);
+    let published = kubo.against(&node, &["name", "publish", &format!("/ipfs/{dir}")]);
     let name = published.split_whitespace().nth(2).unwrap().trim_end_matches(':').to_string();
     assert_eq!(get_host(&node, &format!("{name}.ipns.gw.test"), "/docs/page.txt").status(), 200);
 

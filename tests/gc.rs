@@ -4,15 +4,11 @@
 
 mod common;
 use common::*;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn af(args: &[&str], node: &Node) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_af")).args(args).arg("--data-dir").arg(&node.data_dir).output().unwrap()
-}
-
 fn gc(node: &Node, grace: &str) -> String {
-    let out = af(&["registry", "gc", "--grace", grace], node);
+    let out = node.af(&["registry", "gc", "--grace", grace]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
@@ -58,7 +54,7 @@ fn gc_keeps_what_is_referenced_and_sweeps_the_rest() {
     let (c_p, l4) = (blob("a", "cP"), blob("a", "L4"));
     let pinned = manifest_of(&c_p, &[&l4], None);
     let p = put("a", &sha256(&pinned), OCI_MANIFEST, &pinned);
-    let out = af(&["registry", "pin", "add", &format!("a@{p}")], &node);
+    let out = node.af(&["registry", "pin", "add", &format!("a@{p}")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // A tagged index keeps its untagged child.
     let (c_c, l5) = (blob("a", "cC"), blob("a", "L5"));
@@ -115,19 +111,19 @@ fn gc_keeps_what_is_referenced_and_sweeps_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
     for image in ["a:t".to_string(), "a:multi".to_string(), format!("a@{p}"), format!("a@{r}")] {
         let car = tmp.path().join("x.car");
-        let out = af(&["registry", "export", &image, "-o", car.to_str().unwrap()], &node);
+        let out = node.af(&["registry", "export", &image, "-o", car.to_str().unwrap()]);
         assert!(out.status.success(), "{image}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     // Idempotent; and unpinning lets the pinned manifest go.
     assert!(gc(&node, "0s").starts_with("gc: removed 0 manifests, 0 blob links, 0 blobs"));
-    let pins = String::from_utf8(af(&["registry", "pin", "ls"], &node).stdout).unwrap();
+    let pins = String::from_utf8(node.af(&["registry", "pin", "ls"]).stdout).unwrap();
     assert_eq!(pins.trim(), format!("a@{p}"));
-    assert!(af(&["registry", "pin", "rm", &format!("a@{p}")], &node).status.success());
+    assert!(node.af(&["registry", "pin", "rm", &format!("a@{p}")]).status.success());
     let report = gc(&node, "0s");
     assert!(report.starts_with("gc: removed 1 manifests, 2 blob links, 2 blobs"), "{report}");
     assert_eq!(status(&node, &format!("/v2/a/manifests/{p}")), 404);
-    let out = af(&["registry", "pin", "add", "a:nope"], &node);
+    let out = node.af(&["registry", "pin", "add", "a:nope"]);
     assert!(!out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "af: a:nope is not in this registry");
 }
@@ -265,13 +261,13 @@ fn a_leaf_two_layers_share_outlives_the_first_layer() {
 
     let tmp = tempfile::tempdir().unwrap();
     let car = tmp.path().join("keep.car");
-    let out = af(&["registry", "export", "keep:t", "-o", car.to_str().unwrap()], &node);
+    let out = node.af(&["registry", "export", "keep:t", "-o", car.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let root = client().head(node.url(&format!("/v2/keep/blobs/{kept_digest}"))).send().unwrap().headers()["Ipfs-Cid"].to_str().unwrap().to_string();
     let r = client().get(node.gateway_url(&format!("/ipfs/{root}"))).send().unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(sha256(&r.bytes().unwrap()), kept_digest);
-    let out = af(&["registry", "verify"], &node);
+    let out = node.af(&["registry", "verify"]);
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     // With the second layer gone too, nothing of the leaf is left behind.
     assert_eq!(put_manifest(&node, "keep", "t", OCI_MANIFEST, &manifest_of(&config, &[], None)).status(), 201);

@@ -37,7 +37,7 @@ fn the_gateway_believes_forwarded_hosts_from_its_proxy_only() {
         args.extend_from_slice(extra);
         let node = Node::start_with(&args);
         let form = reqwest::blocking::multipart::Form::new().part("file", reqwest::blocking::multipart::Part::bytes(b"the attacker's page".to_vec()).file_name("p.html"));
-        let added: serde_json::Value = client().post(format!("http://{}/api/v0/add?cid-version=1", node.rpc)).multipart(form).send().unwrap().json().unwrap();
+        let added: serde_json::Value = client().post(node.rpc_url("add?cid-version=1")).multipart(form).send().unwrap().json().unwrap();
         let cid = added["Hash"].as_str().unwrap().to_string();
         let r = client().get(node.gateway_url("/")).header("Host", "example.com").header("X-Forwarded-Host", format!("{cid}.ipfs.example.com")).send().unwrap();
         (node, r.status().as_u16(), r.text().unwrap())
@@ -175,7 +175,7 @@ fn silent_domains_cannot_take_a_known_names_answers() {
     let dns = silent_dns(format!("/ipfs/{cid}"));
     let node = Node::start_with(&["--dns-resolver", &dns.to_string()]);
     let form = reqwest::blocking::multipart::Form::new().part("file", reqwest::blocking::multipart::Part::bytes(b"a good site".to_vec()).file_name("index.txt"));
-    let added: serde_json::Value = client().post(format!("http://{}/api/v0/add?cid-version=1", node.rpc)).multipart(form).send().unwrap().json().unwrap();
+    let added: serde_json::Value = client().post(node.rpc_url("add?cid-version=1")).multipart(form).send().unwrap().json().unwrap();
     assert_eq!(added["Hash"], cid.to_string());
     let good = || client().get(node.gateway_url("/ipns/good.test")).send().unwrap();
     let r = good();

@@ -6,14 +6,6 @@ mod common;
 use common::*;
 use std::process::Command;
 
-fn cli(kubo: &Kubo, node: &Node, args: &[&str]) -> String {
-    run(kubo.cmd().args(["--api", &format!("/ip4/127.0.0.1/tcp/{}", node.rpc.port())]).args(args))
-}
-
-fn rpc(node: &Node, call: &str) -> String {
-    format!("http://127.0.0.1:{}/api/v0/{call}", node.rpc.port())
-}
-
 #[test]
 fn kubos_cli_drives_the_rpc() {
     let node = Node::start();
@@ -25,10 +17,10 @@ fn kubos_cli_drives_the_rpc() {
     let f = file.to_str().unwrap();
 
     let local = |args: &[&str]| run(kubo.cmd().args(args)).trim().to_string();
-    let id: serde_json::Value = serde_json::from_str(&cli(&kubo, &node, &["id"])).unwrap();
+    let id: serde_json::Value = serde_json::from_str(&kubo.against(&node, &["id"])).unwrap();
     assert!(id["ID"].as_str().unwrap().starts_with("12D3KooW"), "{id}");
     assert!(id["AgentVersion"].as_str().unwrap().starts_with("af-registry/"));
-    let v: serde_json::Value = client().post(rpc(&node, "version")).send().unwrap().json().unwrap();
+    let v: serde_json::Value = client().post(node.rpc_url("version")).send().unwrap().json().unwrap();
     assert_eq!(v["Version"], env!("CARGO_PKG_VERSION"));
 
     // add: the same CIDs as Kubo's own, with each option.
@@ -36,9 +28,9 @@ fn kubos_cli_drives_the_rpc() {
         let mut args = vec!["add", "-Q", "--only-hash"];
         args.extend_from_slice(opts);
         args.push(f);
-        assert_eq!(cli(&kubo, &node, &args).trim(), local(&args), "{opts:?}");
+        assert_eq!(kubo.against(&node, &args).trim(), local(&args), "{opts:?}");
     }
-    let cid = cli(&kubo, &node, &["add", "-Q", "--cid-version=1", f]).trim().to_string();
+    let cid = kubo.against(&node, &["add", "-Q", "--cid-version=1", f]).trim().to_string();
     let refused = kubo.cmd().args(["--api", &format!("/ip4/127.0.0.1/tcp/{}", node.rpc.port()), "add", "-Q", f]).output().unwrap();
     assert!(!refused.status.success(), "CIDv0 adds are refused with a message");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("cid-version=1"));
@@ -46,12 +38,12 @@ fn kubos_cli_drives_the_rpc() {
     // Reading it back.
     let cat = kubo.cmd().args(["--api", &format!("/ip4/127.0.0.1/tcp/{}", node.rpc.port()), "cat", &cid]).output().unwrap();
     assert!(cat.stdout == data);
-    assert!(cli(&kubo, &node, &["block", "stat", &cid]).contains(&format!("Key: {cid}")));
+    assert!(kubo.against(&node, &["block", "stat", &cid]).contains(&format!("Key: {cid}")));
     let raw = kubo.cmd().args(["--api", &format!("/ip4/127.0.0.1/tcp/{}", node.rpc.port()), "block", "get", &cid]).output().unwrap();
     assert_eq!(sha256(&raw.stdout)[7..], hex::encode(cid::Cid::try_from(cid.as_str()).unwrap().hash().digest()));
-    let ls = cli(&kubo, &node, &["ls", &cid]);
+    let ls = kubo.against(&node, &["ls", &cid]);
     assert_eq!(ls.lines().count(), 3, "{ls}");
-    assert!(cli(&kubo, &node, &["pin", "ls"]).contains(&format!("{cid} recursive")));
+    assert!(kubo.against(&node, &["pin", "ls"]).contains(&format!("{cid} recursive")));
 
     // dag export equals Kubo's export of the same file, byte for byte.
     local(&["add", "-Q", "--cid-version=1", f]);
@@ -60,39 +52,39 @@ fn kubos_cli_drives_the_rpc() {
     assert!(ours.status.success() && ours.stdout == theirs.stdout);
 
     // Pins: rm, add back; dag import of a CAR Kubo made.
-    assert!(cli(&kubo, &node, &["pin", "rm", &cid]).contains(&format!("unpinned {cid}")));
-    assert!(!cli(&kubo, &node, &["pin", "ls"]).contains(&cid));
-    assert!(cli(&kubo, &node, &["pin", "add", &cid]).contains(&format!("pinned {cid} recursively")));
+    assert!(kubo.against(&node, &["pin", "rm", &cid]).contains(&format!("unpinned {cid}")));
+    assert!(!kubo.against(&node, &["pin", "ls"]).contains(&cid));
+    assert!(kubo.against(&node, &["pin", "add", &cid]).contains(&format!("pinned {cid} recursively")));
     let other = tmp.path().join("g.txt");
     std::fs::write(&other, "imported through dag import\n").unwrap();
     let other_cid = local(&["add", "-Q", "--cid-version=1", other.to_str().unwrap()]);
     let car = tmp.path().join("g.car");
     std::fs::write(&car, kubo.cmd().args(["dag", "export", &other_cid]).output().unwrap().stdout).unwrap();
-    let imported = cli(&kubo, &node, &["dag", "import", car.to_str().unwrap()]);
+    let imported = kubo.against(&node, &["dag", "import", car.to_str().unwrap()]);
     assert!(imported.contains(&format!("Pinned root\t{other_cid}\tsuccess")), "{imported}");
-    assert_eq!(cli(&kubo, &node, &["cat", &other_cid]), "imported through dag import\n");
+    assert_eq!(kubo.against(&node, &["cat", &other_cid]), "imported through dag import");
     let block = tmp.path().join("b.bin");
     std::fs::write(&block, b"a raw block").unwrap();
-    let put = cli(&kubo, &node, &["block", "put", block.to_str().unwrap()]);
+    let put = kubo.against(&node, &["block", "put", block.to_str().unwrap()]);
     assert_eq!(put.trim(), local(&["block", "put", block.to_str().unwrap()]));
     // What the RPC added is served by the gateway (pinned content is public).
     assert!(client().get(node.gateway_url(&format!("/ipfs/{other_cid}"))).send().unwrap().text().unwrap() == "imported through dag import\n");
 
     // Monitoring: GET on read-only calls, Kubo's fields; writes need POST; errors in Kubo's shape.
-    let stat: serde_json::Value = client().get(rpc(&node, "repo/stat")).send().unwrap().json().unwrap();
+    let stat: serde_json::Value = client().get(node.rpc_url("repo/stat")).send().unwrap().json().unwrap();
     for key in ["RepoSize", "StorageMax", "NumObjects", "RepoPath", "Version"] {
         assert!(!stat[key].is_null(), "{key} in {stat}");
     }
     assert!(stat["NumObjects"].as_u64().unwrap() >= 5);
-    assert!(cli(&kubo, &node, &["repo", "stat"]).contains("NumObjects"));
-    let r = client().get(rpc(&node, &format!("pin/add?arg={cid}"))).send().unwrap();
+    assert!(kubo.against(&node, &["repo", "stat"]).contains("NumObjects"));
+    let r = client().get(node.rpc_url(&format!("pin/add?arg={cid}"))).send().unwrap();
     assert_eq!(r.status(), 405);
     let e: serde_json::Value = r.json().unwrap();
     assert_eq!(e["Type"], "error");
-    let r = client().post(rpc(&node, "block/get?arg=bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy")).send().unwrap();
+    let r = client().post(node.rpc_url("block/get?arg=bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy")).send().unwrap();
     assert_eq!(r.status(), 400, "what the request named is not there: its fault, not the node's");
     assert!(r.text().unwrap().contains("not found"));
-    assert_eq!(cli(&kubo, &node, &["swarm", "peers"]).trim(), "");
+    assert_eq!(kubo.against(&node, &["swarm", "peers"]).trim(), "");
 }
 
 #[test]

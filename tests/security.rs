@@ -230,7 +230,7 @@ fn rpc_add_refuses_degenerate_layouts() {
     let node = Node::start();
     for links in ["0", "1", "x", "100000"] {
         let form = reqwest::blocking::multipart::Form::new().part("f", reqwest::blocking::multipart::Part::bytes(vec![7u8; 5000]).file_name("f"));
-        let r = client().post(format!("http://{}/api/v0/add?cid-version=1&raw-leaves=true&chunker=size-1000&max-file-links={links}", node.rpc)).multipart(form).send().unwrap();
+        let r = client().post(node.rpc_url(&format!("add?cid-version=1&raw-leaves=true&chunker=size-1000&max-file-links={links}"))).multipart(form).send().unwrap();
         assert_eq!(r.status(), 400, "max-file-links={links}");
         let e: serde_json::Value = r.json().unwrap();
         assert_eq!(e["Type"], "error");

@@ -9,14 +9,6 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn rpc(node: &Node, call: &str) -> serde_json::Value {
-    let r = client().post(format!("http://{}/api/v0/{call}", node.rpc)).send().unwrap();
-    let status = r.status();
-    let body = r.text().unwrap();
-    assert!(status.is_success(), "{call}: {status}: {body}");
-    serde_json::from_str(&body).unwrap()
-}
-
 fn layer(seed: u64, len: usize) -> Vec<u8> {
     xorshift_bytes(seed, len)
 }
@@ -46,7 +38,7 @@ fn kubo_fetches_public_layers_over_bitswap_and_never_private_ones() {
     let node = Node::start_with(&["--swarm", &listen, "--swarm-announce", &listen]);
     let (public, public_digest, public_cid, private_cid) = public_and_private(&node, 1, 3 << 20);
 
-    let id = rpc(&node, "id");
+    let id = node.rpc_json("id");
     let me = id["ID"].as_str().unwrap().to_string();
     let addr = id["Addresses"].as_array().unwrap().iter().filter_map(|a| a.as_str()).find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")).expect("a loopback TCP address").to_string();
     assert!(addr.ends_with(&format!("/p2p/{me}")), "{addr}");
@@ -81,34 +73,34 @@ fn kubo_fetches_public_layers_over_bitswap_and_never_private_ones() {
     std::io::Write::write_all(&mut file, &theirs).unwrap();
     let added = kubo.ipfs(&["add", "-Q", "--cid-version=1", &file.path().display().to_string()]);
     let kubo_cid = String::from_utf8_lossy(&added.stdout).trim().to_string();
-    let r = client().post(format!("http://{}/api/v0/pin/add?arg={kubo_cid}", node.rpc)).send().unwrap();
+    let r = node.rpc_post(&format!("pin/add?arg={kubo_cid}"));
     assert!(
         r.status().is_success(),
         "{}\n{}",
         r.text().unwrap(),
         node.log_text().lines().filter(|l| l.contains("swarm") || l.contains("bitswap") || l.contains("want")).collect::<Vec<_>>().join("\n")
     );
-    let pinned = rpc(&node, "pin/ls");
+    let pinned = node.rpc_json("pin/ls");
     assert!(pinned["Keys"].get(&kubo_cid).is_some(), "{pinned}");
     // Kept here by the time the pin answered: read without asking any peer.
-    let cat = client().post(format!("http://{}/api/v0/cat?arg={kubo_cid}&offline=true", node.rpc)).send().unwrap();
+    let cat = node.rpc_post(&format!("cat?arg={kubo_cid}&offline=true"));
     assert_eq!(sha256(&cat.bytes().unwrap()), sha256(&theirs));
     // A CID nobody has: Kubo says DONT_HAVE, so the pin fails at once rather than at a timeout.
     let started = Instant::now();
     let nowhere = af_registry::unixfs::cid_v1(af_registry::unixfs::RAW, &[9u8; 32]);
-    let r = client().post(format!("http://{}/api/v0/pin/add?arg={nowhere}", node.rpc)).send().unwrap();
+    let r = node.rpc_post(&format!("pin/add?arg={nowhere}"));
     assert!(!r.status().is_success());
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 
     // Our side of it.
-    let peers = rpc(&node, "swarm/peers");
+    let peers = node.rpc_json("swarm/peers");
     let kubo_id: serde_json::Value = serde_json::from_slice(&kubo.ipfs(&["id"]).stdout).unwrap();
     let kubo_id = kubo_id["ID"].as_str().unwrap();
     assert!(peers["Peers"].as_array().unwrap().iter().any(|p| p["Peer"] == kubo_id), "{peers}");
-    let stat = rpc(&node, "bitswap/stat");
+    let stat = node.rpc_json("bitswap/stat");
     assert!(stat["BlocksSent"].as_u64().unwrap() >= 4, "{stat}");
     assert!(stat["BlocksReceived"].as_u64().unwrap() >= 13, "{stat}");
-    let ledger = rpc(&node, &format!("bitswap/ledger?arg={kubo_id}"));
+    let ledger = node.rpc_json(&format!("bitswap/ledger?arg={kubo_id}"));
     assert!(ledger["Sent"].as_u64().unwrap() >= public.len() as u64, "{ledger}");
     assert!(ledger["Recv"].as_u64().unwrap() >= theirs.len() as u64, "{ledger}");
     assert!(stat["DataSent"].as_u64().unwrap() >= public.len() as u64, "{stat}");
@@ -180,13 +172,13 @@ fn settled_wants_are_cancelled() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut peer = rt.block_on(RawPeer::connect(&loopback_addr(&node)));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while rpc(&node, "swarm/peers")["Peers"].as_array().unwrap().is_empty() {
+    while node.rpc_json("swarm/peers")["Peers"].as_array().unwrap().is_empty() {
         assert!(Instant::now() < deadline, "the peer did not connect");
         std::thread::sleep(Duration::from_millis(50));
     }
     let absent = af_registry::unixfs::cid_v1(af_registry::unixfs::RAW, &[3u8; 32]);
     let pin = {
-        let url = format!("http://{}/api/v0/pin/add?arg={absent}", node.rpc);
+        let url = node.rpc_url(&format!("pin/add?arg={absent}"));
         std::thread::spawn(move || client().post(url).send().unwrap().status())
     };
     rt.block_on(async {
@@ -217,7 +209,7 @@ fn hostile_bitswap_input_is_survived_and_bounded() {
     let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/open", "public"]).arg("--data-dir").arg(&node.data_dir).output().unwrap();
     assert!(out.status.success());
     let root: cid::Cid = cid_of_blob(&node, "team/open", &digest).parse().unwrap();
-    let id = rpc(&node, "id");
+    let id = node.rpc_json("id");
     let addr = id["Addresses"].as_array().unwrap().iter().filter_map(|a| a.as_str()).find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")).unwrap().to_string();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -264,11 +256,11 @@ fn the_dht_finds_providers_both_ways() {
     let port = free_addr().port();
     let listen = format!("/ip4/127.0.0.1/tcp/{port}");
     let node = Node::start_with(&["--swarm", &listen, "--swarm-announce", &listen]);
-    let me = rpc(&node, "id")["ID"].as_str().unwrap().to_string();
+    let me = node.rpc_json("id")["ID"].as_str().unwrap().to_string();
     let (_, _, public_cid, private_cid) = public_and_private(&node, 11, 200_000);
     // Pinning a registry CID through the RPC keeps it from the GC but does not make it public:
     // not announced either.
-    rpc(&node, &format!("pin/add?arg={private_cid}"));
+    node.rpc_json(&format!("pin/add?arg={private_cid}"));
 
     let bootstrap = format!("[\"{listen}/p2p/{me}\"]");
     let kubo = KuboDaemon::start_with(&[("Routing.Type", "\"dhtserver\""), ("Bootstrap", &bootstrap), ("Provide.DHT.SweepEnabled", "false")], &[("TEST_DHT_STUB", "1")]);
@@ -289,7 +281,7 @@ fn the_dht_finds_providers_both_ways() {
     let kubo_id = kubo_id["ID"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = client().post(format!("http://{}/api/v0/routing/findprovs?arg={kubo_cid}&num-providers=1", node.rpc)).send().unwrap();
+        let r = node.rpc_post(&format!("routing/findprovs?arg={kubo_cid}&num-providers=1"));
         let text = r.text().unwrap();
         if text.contains(&kubo_id) {
             break;
@@ -312,7 +304,7 @@ fn node22(script: &str) -> Command {
 fn helia_and_our_node_fetch_from_each_other() {
     let node = Node::start();
     let (public, public_digest, public_cid, private_cid) = public_and_private(&node, 21, 3 << 20);
-    let id = rpc(&node, "id");
+    let id = node.rpc_json("id");
     let addr = id["Addresses"].as_array().unwrap().iter().filter_map(|a| a.as_str()).find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")).unwrap().to_string();
 
     let fetch = |cid: &str, timeout_ms: &str| node22("bitswap-fetch.mjs").args([&addr, cid, timeout_ms]).output().expect("Node 22 from tests/interop");
@@ -330,10 +322,10 @@ fn helia_and_our_node_fetch_from_each_other() {
     std::io::BufRead::read_line(&mut std::io::BufReader::new(helia.stdout.take().unwrap()), &mut line).unwrap();
     let held: serde_json::Value = serde_json::from_str(&line).expect("Helia's address and CID");
     let (helia_addr, helia_cid) = (held["addr"].as_str().unwrap(), held["cid"].as_str().unwrap());
-    rpc(&node, &format!("swarm/connect?arg={helia_addr}"));
-    let r = client().post(format!("http://{}/api/v0/pin/add?arg={helia_cid}", node.rpc)).send().unwrap();
+    node.rpc_json(&format!("swarm/connect?arg={helia_addr}"));
+    let r = node.rpc_post(&format!("pin/add?arg={helia_cid}"));
     assert!(r.status().is_success(), "{}", r.text().unwrap());
-    let cat = client().post(format!("http://{}/api/v0/cat?arg={helia_cid}", node.rpc)).send().unwrap();
+    let cat = node.rpc_post(&format!("cat?arg={helia_cid}"));
     assert_eq!(sha256(&cat.bytes().unwrap()), format!("sha256:{}", held["sha256"].as_str().unwrap()));
     drop(helia.stdin.take());
     let _ = helia.wait();
@@ -347,13 +339,13 @@ fn an_offline_node_never_fetches() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(helia.stdout.take().unwrap()), &mut line).unwrap();
     let held: serde_json::Value = serde_json::from_str(&line).expect("Helia's address and CID");
-    rpc(&node, &format!("swarm/connect?arg={}", held["addr"].as_str().unwrap()));
+    node.rpc_json(&format!("swarm/connect?arg={}", held["addr"].as_str().unwrap()));
     let started = Instant::now();
     let r = client().post(format!("http://{}/api/v0/pin/add?arg={}", node.rpc, held["cid"].as_str().unwrap())).send().unwrap();
     assert!(!r.status().is_success());
     assert!(r.text().unwrap().contains("not found locally"));
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert_eq!(rpc(&node, "bitswap/stat")["BlocksReceived"], 0);
+    assert_eq!(node.rpc_json("bitswap/stat")["BlocksReceived"], 0);
     drop(helia.stdin.take());
     let _ = helia.wait();
 }
@@ -376,14 +368,14 @@ fn kubo_exports_a_public_image_whatever_it_shares_with_a_private_one() {
     let open = push_image(&node, "team/open", 32);
     let out = Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "visibility", "team/open", "public"]).arg("--data-dir").arg(&node.data_dir).output().unwrap();
     assert!(out.status.success());
-    let id = rpc(&node, "id");
+    let id = node.rpc_json("id");
     let addr = id["Addresses"].as_array().unwrap().iter().filter_map(|a| a.as_str()).find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")).unwrap().to_string();
     let kubo = KuboDaemon::start();
     assert!(kubo.ipfs(&["swarm", "connect", &addr]).status.success());
     let export = kubo.ipfs(&["dag", "export", "--timeout=60s", &open]);
     assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
     // Our own export of the same image, byte for byte.
-    let ours = client().post(format!("http://{}/api/v0/dag/export?arg={open}", node.rpc)).send().unwrap().bytes().unwrap();
+    let ours = node.rpc_post(&format!("dag/export?arg={open}")).bytes().unwrap();
     assert_eq!(sha256(&export.stdout), sha256(&ours));
     let export = kubo.ipfs(&["dag", "export", "--timeout=8s", &secret]);
     assert!(!export.status.success(), "a private image left the node");
@@ -399,7 +391,7 @@ fn a_trusted_peer_gets_private_layers() {
     let private = layer(41, 2 << 20);
     let digest = push_blob(&node, "team/closed", &private);
     let cid = cid_of_blob(&node, "team/closed", &digest);
-    let id = rpc(&node, "id");
+    let id = node.rpc_json("id");
     let addr = id["Addresses"].as_array().unwrap().iter().filter_map(|a| a.as_str()).find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")).unwrap().to_string();
     assert!(kubo.ipfs(&["swarm", "connect", &addr]).status.success());
     let cat = kubo.ipfs(&["cat", "--timeout=60s", &cid]);
@@ -410,7 +402,7 @@ fn a_trusted_peer_gets_private_layers() {
 /// `swarm/connect`, tried again a few times: on two loaded cores a dial can time out.
 fn connect(node: &Node, addr: &str) {
     for attempt in 0..5 {
-        let r = client().post(format!("http://{}/api/v0/swarm/connect?arg={addr}", node.rpc)).send().unwrap();
+        let r = node.rpc_post(&format!("swarm/connect?arg={addr}"));
         if r.status().is_success() {
             return;
         }
@@ -421,7 +413,7 @@ fn connect(node: &Node, addr: &str) {
 }
 
 fn import(node: &Node, cid: &str, repo: &str) -> reqwest::blocking::Response {
-    client().post(format!("http://{}/api/v0/registry/import?arg={cid}&repo={repo}", node.rpc)).send().unwrap()
+    node.rpc_post(&format!("registry/import?arg={cid}&repo={repo}"))
 }
 
 /// skopeo pulls `repo:t` from `node` into `into`: the same blobs as `layout`.
@@ -441,7 +433,7 @@ fn pull_same_image(node: &Node, repo: &str, layout: &std::path::Path, into: &std
 fn our_nodes_pull_images_from_each_other_over_the_swarm() {
     use common::images::*;
     let trusted = Node::start_with(&["--swarm", "/ip4/127.0.0.4/tcp/0"]);
-    let trusted_id = rpc(&trusted, "id")["ID"].as_str().unwrap().to_string();
+    let trusted_id = trusted.rpc_json("id")["ID"].as_str().unwrap().to_string();
     // A chunks as Kubo does (256 KiB), B as IPIP-499 (1 MiB).
     let a = Node::start_with(&["--swarm", "/ip4/127.0.0.2/tcp/0", "--trusted-peer", &trusted_id, "--cid-profile", "kubo-v1"]);
     let b = Node::start_with(&["--swarm", "/ip4/127.0.0.3/tcp/0"]);
@@ -461,12 +453,12 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
     let evil = rt.block_on(RawPeer::connect(&loopback_addr(&b)));
     let wanted = open.clone();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while rpc(&b, "swarm/peers")["Peers"].as_array().unwrap().is_empty() {
+    while b.rpc_json("swarm/peers")["Peers"].as_array().unwrap().is_empty() {
         assert!(Instant::now() < deadline, "the peer did not connect");
         std::thread::sleep(Duration::from_millis(50));
     }
     let pin = {
-        let url = format!("http://{}/api/v0/pin/add?arg={wanted}", b.rpc);
+        let url = b.rpc_url(&format!("pin/add?arg={wanted}"));
         std::thread::spawn(move || client().post(url).send().unwrap().status())
     };
     rt.block_on(async {
@@ -480,9 +472,9 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
     });
     assert!(!pin.join().unwrap().is_success(), "nothing but the corrupted block was on offer");
     assert!(b.log_text().contains("sent a block nobody asked for"), "{}", b.log_text());
-    let peers = rpc(&b, "swarm/peers");
+    let peers = b.rpc_json("swarm/peers");
     assert!(peers["Peers"].as_array().unwrap().is_empty(), "the corrupting peer is still connected: {peers}");
-    assert_eq!(rpc(&b, "bitswap/stat")["BlocksReceived"], 0);
+    assert_eq!(b.rpc_json("bitswap/stat")["BlocksReceived"], 0);
 
     // B imports the public image by CID and serves it, fetching its layers from A.
     connect(&b, &a_addr);
@@ -506,7 +498,7 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
     // its CID, and B holds every block of it (its export, offline, is A's to the byte).
     let root = cid_of_blob(&a, "team/open", &largest);
     assert_eq!(cid_of_blob(&b, "mirror/open", &largest), root);
-    let export = |node: &Node| client().post(format!("http://{}/api/v0/dag/export?arg={root}&offline=true", node.rpc)).send().unwrap().bytes().unwrap();
+    let export = |node: &Node| node.rpc_post(&format!("dag/export?arg={root}&offline=true")).bytes().unwrap();
     assert_eq!(export(&b), export(&a));
     // B's gateway fetches public content B knows but lacks (the config blob, not pulled yet)
     // from peers, once B made its copy public; never anything else, nor a CID B does not know.
@@ -529,7 +521,7 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
     let r = import(&b, &closed, "mirror/closed");
     assert!(!r.status().is_success());
     assert!(client().get(b.url("/v2/mirror/closed/manifests/t")).send().unwrap().status() == 404);
-    let r = client().post(format!("http://{}/api/v0/block/get?arg={closed}", b.rpc)).send().unwrap();
+    let r = b.rpc_post(&format!("block/get?arg={closed}"));
     assert!(!r.status().is_success(), "a private block reached an untrusted node");
 
     // The trusted node gets it whole.
@@ -545,14 +537,14 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
 #[test]
 fn a_node_holds_at_most_max_peers_connections_and_keeps_room_for_its_own() {
     let trusted = Node::start();
-    let trusted_id = rpc(&trusted, "id")["ID"].as_str().unwrap().to_string();
+    let trusted_id = trusted.rpc_json("id")["ID"].as_str().unwrap().to_string();
     let x = Node::start_with(&["--max-peers", "4", "--trusted-peer", &trusted_id]);
     let x_addr = loopback_addr(&x);
     // Nothing announced and nothing confirmed on loopback: a DHT client, AutoNAT asking.
-    let protocols = rpc(&x, "id")["Protocols"].to_string();
+    let protocols = x.rpc_json("id")["Protocols"].to_string();
     assert!(!protocols.contains("/ipfs/kad/1.0.0") && protocols.contains("/libp2p/autonat/1.0.0"), "{protocols}");
     let held = || -> Vec<String> {
-        let peers = rpc(&x, "swarm/peers");
+        let peers = x.rpc_json("swarm/peers");
         peers["Peers"].as_array().unwrap().iter().filter_map(|p| p["Peer"].as_str().map(String::from)).collect()
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -578,7 +570,7 @@ fn a_node_holds_at_most_max_peers_connections_and_keeps_room_for_its_own() {
     let mut others = Vec::new();
     for _ in 0..2 {
         let other = Node::start();
-        let other_id = rpc(&other, "id")["ID"].as_str().unwrap().to_string();
+        let other_id = other.rpc_json("id")["ID"].as_str().unwrap().to_string();
         connect(&x, &loopback_addr(&other));
         std::thread::sleep(Duration::from_millis(500));
         let now = held();

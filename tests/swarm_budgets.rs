@@ -9,12 +9,6 @@ use common::raw_peer::RawPeer;
 use common::*;
 use std::time::{Duration, Instant};
 
-fn rpc(node: &Node, call: &str) -> serde_json::Value {
-    let r = client().post(format!("http://{}/api/v0/{call}", node.rpc)).send().unwrap();
-    assert!(r.status().is_success(), "{call}: {}", r.status());
-    r.json().unwrap()
-}
-
 fn raw_cid(data: &[u8]) -> cid::Cid {
     af_registry::unixfs::cid_v1(af_registry::unixfs::RAW, &<sha2::Sha256 as sha2::Digest>::digest(data).into())
 }
@@ -196,7 +190,7 @@ fn duplicate_wants_are_one_want() {
         assert_eq!(blocks.len(), 1, "the block came {} times", blocks.len());
         assert_eq!(sha256(&blocks[0].data), digest);
     });
-    let stat = rpc(&node, "bitswap/stat");
+    let stat = node.rpc_json("bitswap/stat");
     assert_eq!(stat["DataSent"].as_u64().unwrap(), 1 << 20, "{stat}");
 }
 
@@ -268,7 +262,7 @@ fn silent_sockets_cannot_hold_the_handshake_slots() {
     let others: Vec<Node> = (0..3).map(|_| Node::start()).collect();
     for other in &others {
         let started = Instant::now();
-        let r = client().post(format!("http://{}/api/v0/swarm/connect?arg={addr}", other.rpc)).send().unwrap();
+        let r = other.rpc_post(&format!("swarm/connect?arg={addr}"));
         assert!(r.status().is_success(), "an honest dial failed after {:?}: {}", started.elapsed(), r.text().unwrap());
     }
     // The node closes a silent socket at its handshake deadline (libp2p's default was 10 s).
@@ -345,7 +339,7 @@ fn identify_cannot_fill_the_peer_table() {
         drive(&mut swarm, 1000).await;
         *swarm.local_peer_id()
     });
-    let known: serde_json::Value = rpc(&node, "swarm/addrs");
+    let known: serde_json::Value = node.rpc_json("swarm/addrs");
     let kept = known["Addrs"][claimer.to_string()].as_array().map_or(0, Vec::len);
     let all: usize = known["Addrs"].as_object().unwrap().values().map(|a| a.as_array().unwrap().len()).sum();
     eprintln!("addresses the node keeps for the peer: {kept} (all peers: {all})");

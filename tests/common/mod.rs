@@ -78,6 +78,31 @@ impl Node {
         Self::start_with(&[])
     }
 
+    /// Runs `af <args> --data-dir <this node's>` (the commands that work on the data directory),
+    /// whatever it answers.
+    pub fn af(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_af")).args(args).arg("--data-dir").arg(&self.data_dir).output().expect("run af")
+    }
+
+    /// The URL of RPC command `call` (with its query string) on this node.
+    pub fn rpc_url(&self, call: &str) -> String {
+        format!("http://{}/api/v0/{call}", self.rpc)
+    }
+
+    /// POSTs RPC command `call`, whatever it answers.
+    pub fn rpc_post(&self, call: &str) -> Response {
+        client().post(self.rpc_url(call)).send().unwrap()
+    }
+
+    /// POSTs RPC command `call`, which must succeed, and reads its JSON answer.
+    pub fn rpc_json(&self, call: &str) -> serde_json::Value {
+        let r = self.rpc_post(call);
+        let status = r.status();
+        let body = r.text().unwrap();
+        assert!(status.is_success(), "{call}: {status}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{call}: {e}: {body}"))
+    }
+
     pub fn start_with(extra: &[&str]) -> Node {
         Self::start_with_env(extra, &[])
     }
@@ -259,6 +284,11 @@ pub fn client() -> Client {
     Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
 }
 
+/// A response header's value, or "" when it has none.
+pub fn header(r: &Response, name: &str) -> String {
+    r.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+}
+
 pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
@@ -345,6 +375,11 @@ impl Kubo {
     /// Its repository (`IPFS_PATH`); a running daemon writes its API address to `api` there.
     pub fn path(&self) -> &Path {
         self.repo.path()
+    }
+
+    /// Kubo's CLI against `node`'s RPC (`--api`), which must succeed: its output, trimmed.
+    pub fn against(&self, node: &Node, args: &[&str]) -> String {
+        run(self.cmd().args(["--api", &format!("/ip4/127.0.0.1/tcp/{}", node.rpc.port())]).args(args)).trim().to_string()
     }
 
     pub fn cmd(&self) -> Command {
