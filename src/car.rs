@@ -143,7 +143,7 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 fn verify_block(cid: &Cid, data: &[u8]) -> Result<()> {
-    crate::blockstore::verify(cid, data).map_err(|e| block_err(cid, e))
+    crate::multihash::verify(cid, data).map_err(|e| block_err(cid, e))
 }
 
 /// Removes staging files of imports that ended without cleaning up (killed, crashed); a live

@@ -1,5 +1,8 @@
-//! Whether a block may leave the node: the one place that decides it, for every block a gateway
-//! response, an RPC answer or a walk through a path contains.
+//! The block service: "may block X go to A, and here it is", the one place that decides whether
+//! a block may leave the node, for every block a gateway response, an RPC answer, a walk through
+//! a path or a Bitswap reply contains. Each block is looked up once (where it is, what it was
+//! recorded for), judged, and only then read and verified. It reads the block index and a
+//! read-only view of what is public (`metadata::Visibility`); the registry keeps the changes.
 //!
 //! The operator (loopback RPC, an administrator's credentials) may read everything. Anyone else
 //! may read a block when what it was recorded for is public:
@@ -17,8 +20,9 @@
 //! link to is judged on its own, like anything else. Pinning a registry CID through the RPC does
 //! not make it public: repository visibility decides for registry content.
 
-use crate::blockstore::Owner;
-use crate::registry::{Registry, Result};
+use crate::blockstore::{BlockIndex, Location, Owner};
+use crate::metadata::Visibility;
+use crate::registry::{corrupt, Registry, Result};
 use cid::Cid;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -42,12 +46,13 @@ const MAX_VOUCHED: usize = 1 << 20;
 /// Owner verdicts the node keeps between requests; past it, the cache starts again empty.
 const MAX_VERDICTS: usize = 1 << 16;
 
-/// The node's exposure policy: who is trusted, and the public/private verdict per owner, kept
-/// across requests for as long as the registry's change generation stays what it was when the
-/// verdict was read (see `Registry::generation`): every change that could alter a verdict bumps
-/// it before the change returns, so no verdict outlives the change.
+/// The node's block service and exposure policy: who is trusted, and the public/private verdict
+/// per owner, kept across requests for as long as the registry's change generation stays what it
+/// was when the verdict was read (see `Registry::generation`): every change that could alter a
+/// verdict bumps it before the change returns, so no verdict outlives the change.
 pub struct Policy {
     reg: Arc<Registry>,
+    public: Arc<dyn Visibility>,
     trusted: HashSet<String>,
     verdicts: Mutex<Verdicts>,
 }
@@ -58,13 +63,29 @@ struct Verdicts {
     by_owner: HashMap<Owner, bool>,
 }
 
+/// What the block service found for a request's block.
+#[derive(Debug)]
+pub enum Found {
+    /// Held, admitted (and why), its bytes verified.
+    Block(bytes::Bytes, Admission),
+    /// Held, but not for this audience.
+    Refused,
+    /// Not on this node.
+    Absent,
+}
+
 impl Policy {
     pub fn new(reg: Arc<Registry>, trusted_peers: impl IntoIterator<Item = String>) -> Arc<Self> {
-        Arc::new(Policy { reg, trusted: trusted_peers.into_iter().collect(), verdicts: Default::default() })
+        let public = reg.visibility_store();
+        Arc::new(Policy { reg, public, trusted: trusted_peers.into_iter().collect(), verdicts: Default::default() })
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.reg
+    }
+
+    fn index(&self) -> &BlockIndex {
+        self.reg.block_index()
     }
 
     /// Whether swarm peer `peer` (base58) is trusted with everything: a `--trusted-peer` or a node
@@ -78,16 +99,26 @@ impl Policy {
         match audience {
             Audience::Operator => true,
             Audience::Anyone => false,
-            Audience::Peer(id) => self.trusted.contains(id.as_ref()) || self.reg.is_fellow(id),
+            Audience::Peer(id) => self.trusts(id),
         }
     }
 
+    /// Where block `cid` is and what it was recorded for, without reading it.
+    async fn locate(&self, cid: &Cid) -> Result<Option<(Location, Owner)>> {
+        self.index().locate_owned(cid).await.map_err(corrupt)
+    }
+
+    /// The bytes at `location`, verified against `cid`.
+    async fn read(&self, cid: &Cid, location: Location) -> Result<Option<bytes::Bytes>> {
+        self.index().read_at(cid, location).await.map_err(corrupt)
+    }
+
     /// May block `cid` go to `audience`, judged on its own (no DAG it was reached through
-    /// vouches for it)? For a single block asked for by itself, as a Bitswap want is.
+    /// vouches for it)? For a single block asked for by itself, as a Bitswap want-have is.
     /// False for a block this node does not hold, whoever asks.
     /// An absent block costs what a refused one does (see [`Policy::as_if_refused`]).
     pub async fn may_send(&self, cid: &Cid, audience: &Audience) -> Result<bool> {
-        let Some((_, owner)) = self.reg.locate_block(cid).await? else {
+        let Some((_, owner)) = self.locate(cid).await? else {
             self.as_if_refused(cid, audience).await?;
             return Ok(false);
         };
@@ -100,25 +131,42 @@ impl Policy {
     /// answered in a third of the time of a held private one, which told the two apart.
     async fn as_if_refused(&self, cid: &Cid, audience: &Audience) -> Result<()> {
         if !self.sees_all(audience) {
-            for other in self.reg.other_block_owners(cid).await? {
+            for other in self.index().other_owners(cid).await.map_err(corrupt)? {
                 self.owner_is_public(&other).await?;
             }
-            self.reg.root_is_public(&cid.to_string()).await?;
+            self.public.cid_is_public(&cid.to_string()).await?;
         }
         Ok(())
     }
 
-    /// The verified bytes of block `cid` if this node holds it and `audience` may have it, with
-    /// one lookup (what a Bitswap want-block needs).
-    pub async fn block_for(&self, cid: &Cid, audience: &Audience) -> Result<Option<bytes::Bytes>> {
-        let Some((location, owner)) = self.reg.locate_block(cid).await? else {
+    /// The verified bytes of block `cid` if this node holds it and `audience` may have it, judged
+    /// on its own, with one lookup (what a Bitswap want-block needs).
+    pub async fn get(&self, cid: &Cid, audience: &Audience) -> Result<Option<bytes::Bytes>> {
+        let Some((location, owner)) = self.locate(cid).await? else {
             self.as_if_refused(cid, audience).await?;
             return Ok(None);
         };
         if !self.sees_all(audience) && self.judge(cid, &owner).await? == Admission::Refused {
             return Ok(None);
         }
-        self.reg.read_block(cid, location).await
+        self.read(cid, location).await
+    }
+
+    /// Whether the RPC pin of `root` makes what it holds public: it exists, and if it brought
+    /// an image into the registry, that image's repository is public.
+    async fn pin_is_public(&self, root: &Cid) -> Result<bool> {
+        if !self.index().is_pinned(root).await? {
+            return Ok(false);
+        }
+        let tags = self.index().pin_tags(Some(root)).await?;
+        let mut repositories: Vec<&str> = tags.iter().map(|(_, t)| t.repository.as_str()).collect();
+        repositories.dedup();
+        for repo in repositories {
+            if self.public.is_public(repo).await? != Some(true) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Is what `owner` names public? From the cache while the generation holds.
@@ -135,10 +183,10 @@ impl Policy {
             }
         }
         let v = match owner {
-            Owner::Blob(d) => self.reg.blob_is_public(d).await?,
-            Owner::Image(root) => self.reg.root_is_public(root).await?,
+            Owner::Blob(d) => self.public.blob_is_public(&d.to_string()).await?,
+            Owner::Image(root) => self.public.cid_is_public(root).await?,
             Owner::Pin(root) => match root.parse::<Cid>() {
-                Ok(root) => self.reg.pin_is_public(&root).await?,
+                Ok(root) => self.pin_is_public(&root).await?,
                 Err(_) => false,
             },
             Owner::Nothing => false,
@@ -158,7 +206,7 @@ impl Policy {
     async fn judge(&self, cid: &Cid, owner: &Owner) -> Result<Admission> {
         if let Owner::Nothing = owner {
             // About this block, not a class of them: not cached.
-            return Ok(if self.reg.pin_is_public(cid).await? { Admission::Alone } else { Admission::Refused });
+            return Ok(if self.pin_is_public(cid).await? { Admission::Alone } else { Admission::Refused });
         }
         let admitted = |owner: &Owner| match owner {
             Owner::Blob(_) | Owner::Image(_) => Admission::Vouching,
@@ -169,13 +217,13 @@ impl Policy {
         }
         // First recorded for something private, yet also part of something public (a leaf two
         // blobs share, the oci-layout file of every image).
-        for other in self.reg.other_block_owners(cid).await? {
+        for other in self.index().other_owners(cid).await.map_err(corrupt)? {
             if self.owner_is_public(&other).await? {
                 return Ok(admitted(&other));
             }
         }
         // Or the root of public content of its own.
-        Ok(if self.reg.root_is_public(&cid.to_string()).await? { Admission::Vouching } else { Admission::Refused })
+        Ok(if self.public.cid_is_public(&cid.to_string()).await? { Admission::Vouching } else { Admission::Refused })
     }
 }
 
@@ -213,12 +261,16 @@ impl Exposure {
         self.sees_all
     }
 
-    /// May `cid`, recorded for `owner`, go to this request's audience?
-    pub async fn admit(&self, cid: &Cid, owner: &Owner) -> Result<Admission> {
-        if self.sees_all || self.vouched.lock().expect("vouched lock").contains(cid) {
-            return Ok(Admission::Vouching);
+    /// Block `cid` for this request: looked up once, judged (a public DAG read earlier in the
+    /// request may vouch for it), then read and verified.
+    pub async fn get(&self, cid: &Cid) -> Result<Found> {
+        let Some((location, owner)) = self.policy.locate(cid).await? else { return Ok(Found::Absent) };
+        let admission = if self.sees_all || self.vouched.lock().expect("vouched lock").contains(cid) { Admission::Vouching } else { self.policy.judge(cid, &owner).await? };
+        if admission == Admission::Refused {
+            return Ok(Found::Refused);
         }
-        self.policy.judge(cid, owner).await
+        // Gone between the lookup and the read (a GC): as if it had never been here.
+        Ok(self.policy.read(cid, location).await?.map_or(Found::Absent, |bytes| Found::Block(bytes, admission)))
     }
 
     /// May `cid`, which this node lacks, be fetched from elsewhere for this request's audience?
@@ -230,7 +282,7 @@ impl Exposure {
         if self.sees_all || self.vouched.lock().expect("vouched lock").contains(cid) {
             return Ok(Admission::Vouching);
         }
-        Ok(if self.policy.reg.root_is_public(&cid.to_string()).await? { Admission::Vouching } else { Admission::Refused })
+        Ok(if self.policy.public.cid_is_public(&cid.to_string()).await? { Admission::Vouching } else { Admission::Refused })
     }
 
     /// Remembers that `links` (of a block admitted as `Vouching`) are the same content.

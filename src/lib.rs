@@ -22,6 +22,7 @@ pub mod ipns;
 pub mod manifest;
 pub mod metadata;
 pub mod metrics;
+pub mod multihash;
 pub mod names;
 pub mod node;
 pub mod range;

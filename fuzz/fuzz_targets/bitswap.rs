@@ -1,7 +1,7 @@
 //! Bitswap messages as a swarm peer sends them on a stream: the framing, the protobuf, the wants'
 //! CIDs and the blocks' prefixes.
 #![no_main]
-use af_registry::swarm::{fetch, message};
+use af_registry::swarm::{message, wants};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
@@ -20,9 +20,9 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             for b in &m.payload {
-                if let Some(cid) = fetch::cid_of(&b.prefix, &b.data) {
+                if let Some(cid) = wants::cid_of(&b.prefix, &b.data) {
                     // The CID names these bytes: what arrives is stored only if it verifies.
-                    af_registry::blockstore::verify(&cid, &b.data).expect("cid_of named a CID its bytes do not hash to");
+                    af_registry::multihash::verify(&cid, &b.data).expect("cid_of named a CID its bytes do not hash to");
                 }
             }
             for p in &m.block_presences {

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         match reader.push(piece) {
             Ok(blocks) => {
                 for (cid, bytes) in blocks {
-                    af_registry::blockstore::verify(&cid, &bytes).expect("an unverified block came out");
+                    af_registry::multihash::verify(&cid, &bytes).expect("an unverified block came out");
                 }
             }
             Err(_) => {

@@ -20,8 +20,8 @@ fuzz_target!(|data: &[u8]| {
     let cid = cid::Cid::new_v1(codec, cid::multihash::Multihash::wrap(0x12, &[0u8; 32]).unwrap());
     let _ = af_registry::dag::block_links(&cid, block);
     let _ = af_registry::dag::decode(&cid, bytes::Bytes::copy_from_slice(block));
-    if let Ok(value) = af_registry::dag::ipld::decode(&cid, block) {
-        let _ = af_registry::dag::ipld::to_pretty_json(&value);
-        let _ = af_registry::dag::ipld::links(&value);
+    if let Ok(value) = af_registry::ipld::decode(&cid, block) {
+        let _ = af_registry::ipld::to_pretty_json(&value);
+        let _ = af_registry::ipld::links(&value);
     }
 });

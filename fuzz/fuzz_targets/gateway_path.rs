@@ -13,9 +13,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = af_registry::dag::well_known(&root);
     }
     let _ = af_registry::ipns::Name::parse(s);
-    let _ = af_registry::blockstore::multihash_named(s);
+    let _ = af_registry::multihash::multihash_named(s);
     let _ = af_registry::dag::codec_named(s);
     if let Ok(cid) = cid::Cid::try_from(data) {
-        let _ = af_registry::blockstore::verify(&cid, b"");
+        let _ = af_registry::multihash::verify(&cid, b"");
     }
 });

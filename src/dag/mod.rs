@@ -9,9 +9,9 @@
 
 pub mod car;
 
-use crate::exposure::{Admission, Audience, Exposure, Policy};
+use crate::exposure::{Admission, Audience, Exposure, Found, Policy};
 use crate::ipld;
-use crate::registry::{Registry, RegistryError};
+use crate::registry::RegistryError;
 use crate::unixfs::{self, DecodedLink};
 use bytes::Bytes;
 use cid::Cid;
@@ -93,7 +93,6 @@ pub trait Elsewhere: Send + Sync + 'static {
 /// The node's block store, each block admitted by one request's exposure; a block it lacks
 /// comes from `elsewhere`, if there is one and the exposure admits it (`Exposure::admit_absent`).
 struct Store {
-    reg: Arc<Registry>,
     exposure: Exposure,
     elsewhere: Option<Box<dyn Elsewhere>>,
 }
@@ -101,19 +100,18 @@ struct Store {
 impl BlockSource for Store {
     fn fetch<'a>(&'a self, cid: &'a Cid) -> futures_util::future::BoxFuture<'a, Result<Option<(Bytes, Admission)>>> {
         Box::pin(async move {
-            let Some((location, owner)) = self.reg.locate_block(cid).await? else {
-                let Some(elsewhere) = &self.elsewhere else { return Ok(None) };
-                let admission = self.exposure.admit_absent(cid).await?;
-                if admission == Admission::Refused {
-                    return Ok(None);
+            match self.exposure.get(cid).await? {
+                Found::Block(bytes, admission) => Ok(Some((bytes, admission))),
+                Found::Refused => Ok(None),
+                Found::Absent => {
+                    let Some(elsewhere) = &self.elsewhere else { return Ok(None) };
+                    let admission = self.exposure.admit_absent(cid).await?;
+                    if admission == Admission::Refused {
+                        return Ok(None);
+                    }
+                    Ok(elsewhere.get(cid).await.map(|bytes| (bytes, admission)))
                 }
-                return Ok(elsewhere.get(cid).await.map(|bytes| (bytes, admission)));
-            };
-            let admission = self.exposure.admit(cid, &owner).await?;
-            if admission == Admission::Refused {
-                return Ok(None);
             }
-            Ok(self.reg.read_block(cid, location).await?.map(|bytes| (bytes, admission)))
         })
     }
 
@@ -155,7 +153,7 @@ impl Reader {
     /// A reader of the node's block store for `audience`.
     pub fn new(policy: &Arc<Policy>, audience: Audience) -> Arc<Reader> {
         let exposure = Exposure::new(policy.clone(), audience);
-        Self::over(Store { reg: policy.registry().clone(), exposure, elsewhere: None })
+        Self::over(Store { exposure, elsewhere: None })
     }
 
     /// A reader of the node's block store for `audience` that gets what the node lacks from
@@ -163,7 +161,7 @@ impl Reader {
     /// audience's). Nothing it gets is kept.
     pub fn fetching(policy: &Arc<Policy>, audience: Audience, elsewhere: impl Elsewhere) -> Arc<Reader> {
         let exposure = Exposure::new(policy.clone(), audience);
-        Self::over(Store { reg: policy.registry().clone(), exposure, elsewhere: Some(Box::new(elsewhere)) })
+        Self::over(Store { exposure, elsewhere: Some(Box::new(elsewhere)) })
     }
 
     /// A reader of another block source.

@@ -79,8 +79,21 @@ pub struct TokenRecord {
 
 /// Contract: names passed in are validated namespaces; a user and an organisation never share a
 /// name (both own the namespace of that name).
+/// What is public: the read-only questions the block service (`exposure`) and the access checks
+/// ask of the metadata, and nothing else of it.
 #[async_trait]
-pub trait AuthStore: Send + Sync {
+pub trait Visibility: Send + Sync {
+    /// Whether a repository is public; None if it does not exist.
+    async fn is_public(&self, repo: &str) -> MetaResult<Option<bool>>;
+    /// Whether `cid` is the root of a blob linked to a public repository, or the image CID of a
+    /// manifest or tag of one: content the gateway may serve.
+    async fn cid_is_public(&self, cid: &str) -> MetaResult<bool>;
+    /// Whether a blob is linked to a public repository.
+    async fn blob_is_public(&self, digest: &str) -> MetaResult<bool>;
+}
+
+#[async_trait]
+pub trait AuthStore: Visibility + Send + Sync {
     /// Creates a user; false if the name is taken (by a user or an organisation).
     async fn create_user(&self, name: &str, password_hash: Option<&str>, admin: bool) -> MetaResult<bool>;
     async fn set_password(&self, name: &str, password_hash: &str) -> MetaResult<bool>;
@@ -100,13 +113,6 @@ pub trait AuthStore: Send + Sync {
     /// Access and refresh tokens, of `user` or everyone's.
     async fn list_tokens(&self, user: Option<&str>) -> MetaResult<Vec<TokenRecord>>;
     async fn revoke_token(&self, id: &str) -> MetaResult<bool>;
-    /// Whether a repository is public; None if it does not exist.
-    async fn is_public(&self, repo: &str) -> MetaResult<Option<bool>>;
-    /// Whether `cid` is the root of a blob linked to a public repository, or the image CID of a
-    /// manifest or tag of one: content the gateway may serve.
-    async fn cid_is_public(&self, cid: &str) -> MetaResult<bool>;
-    /// Whether a blob is linked to a public repository.
-    async fn blob_is_public(&self, digest: &str) -> MetaResult<bool>;
     /// The token signing key: `candidate` is stored if there is none yet; the stored one returns.
     async fn signing_key(&self, candidate: Vec<u8>) -> MetaResult<Vec<u8>>;
 }

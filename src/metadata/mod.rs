@@ -9,7 +9,7 @@ pub mod postgres;
 pub mod sqlite;
 mod sqlite_auth;
 
-pub use auth::{AuthStore, Role, TokenKind, TokenRecord, User};
+pub use auth::{AuthStore, Role, TokenKind, TokenRecord, User, Visibility};
 
 use crate::digest::Digest;
 use async_trait::async_trait;

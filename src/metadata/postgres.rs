@@ -9,7 +9,7 @@
 //! Manifest and tag-list reads are batched (`batch.rs`): under load, one statement per round trip
 //! answers every concurrent read. Manifest bytes, immutable, are the only thing cached.
 
-use super::auth::{AuthStore, Role, TokenKind, TokenRecord, User};
+use super::auth::{AuthStore, Role, TokenKind, TokenRecord, User, Visibility};
 use super::batch::{Batcher, Loader};
 use super::{
     BlobInfo, GarbageCollected, ManifestRecord, MetaResult, MetadataError, MetadataStore, NewManifest, NodeRecord, Page, PutManifestOutcome, Reference, Referrer, ReferrerPage,
@@ -1034,11 +1034,20 @@ impl AuthStore for PgStore {
         transaction!(self, |tx| { Ok::<_, MetadataError>(tx.execute("UPDATE tokens SET revoked = TRUE WHERE id = $1 AND NOT revoked", &[&id]).await.map_err(pg)? > 0,) })
     }
 
+    async fn signing_key(&self, candidate: Vec<u8>) -> MetaResult<Vec<u8>> {
+        transaction!(self, |tx| {
+            tx.execute("INSERT INTO settings (name, value) VALUES ('token-signing-key', $1) ON CONFLICT (name) DO NOTHING", &[&candidate]).await.map_err(pg)?;
+            Ok::<_, MetadataError>(tx.query_one("SELECT value FROM settings WHERE name = 'token-signing-key'", &[]).await.map_err(pg)?.get(0))
+        })
+    }
+}
+
+#[async_trait]
+impl Visibility for PgStore {
     async fn is_public(&self, repo: &str) -> MetaResult<Option<bool>> {
         let row = self.read_opt("SELECT visibility FROM repositories WHERE name = $1", &[&repo]).await.map_err(pg)?;
         Ok(row.map(|r| r.get::<_, String>(0) == "public"))
     }
-
     async fn cid_is_public(&self, cid: &str) -> MetaResult<bool> {
         let client = self.client().await?;
         Ok(client
@@ -1056,7 +1065,6 @@ impl AuthStore for PgStore {
             .map_err(pg)?
             .get(0))
     }
-
     async fn blob_is_public(&self, digest: &str) -> MetaResult<bool> {
         let client = self.client().await?;
         Ok(client
@@ -1069,12 +1077,5 @@ impl AuthStore for PgStore {
             .await
             .map_err(pg)?
             .get(0))
-    }
-
-    async fn signing_key(&self, candidate: Vec<u8>) -> MetaResult<Vec<u8>> {
-        transaction!(self, |tx| {
-            tx.execute("INSERT INTO settings (name, value) VALUES ('token-signing-key', $1) ON CONFLICT (name) DO NOTHING", &[&candidate]).await.map_err(pg)?;
-            Ok::<_, MetadataError>(tx.query_one("SELECT value FROM settings WHERE name = 'token-signing-key'", &[]).await.map_err(pg)?.get(0))
-        })
     }
 }

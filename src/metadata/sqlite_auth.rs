@@ -1,6 +1,6 @@
 //! [`AuthStore`] on SQLite.
 
-use super::auth::{AuthStore, Role, TokenKind, TokenRecord, User};
+use super::auth::{AuthStore, Role, TokenKind, TokenRecord, User, Visibility};
 use super::sqlite::{backend, now, SqliteStore};
 use super::{MetaResult, MetadataError};
 use async_trait::async_trait;
@@ -186,6 +186,17 @@ impl AuthStore for SqliteStore {
         self.write(move |tx| Ok(tx.execute("UPDATE tokens SET revoked = 1 WHERE id = ?1 AND revoked = 0", [id]).map_err(backend)? > 0)).await
     }
 
+    async fn signing_key(&self, candidate: Vec<u8>) -> MetaResult<Vec<u8>> {
+        self.write(move |tx| {
+            tx.execute("INSERT INTO settings (name, value) VALUES ('token-signing-key', ?1) ON CONFLICT DO NOTHING", [candidate]).map_err(backend)?;
+            tx.query_row("SELECT value FROM settings WHERE name = 'token-signing-key'", [], |r| r.get(0)).map_err(backend)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Visibility for SqliteStore {
     async fn is_public(&self, repo: &str) -> MetaResult<Option<bool>> {
         let repo = repo.to_string();
         let v: Option<String> = self
@@ -193,7 +204,6 @@ impl AuthStore for SqliteStore {
             .await?;
         Ok(v.map(|v| v == "public"))
     }
-
     async fn cid_is_public(&self, cid: &str) -> MetaResult<bool> {
         let cid = cid.to_string();
         self.read(move |c| {
@@ -211,7 +221,6 @@ impl AuthStore for SqliteStore {
         })
         .await
     }
-
     async fn blob_is_public(&self, digest: &str) -> MetaResult<bool> {
         let digest = digest.to_string();
         self.read(move |c| {
@@ -222,14 +231,6 @@ impl AuthStore for SqliteStore {
             )
             .and_then(|mut s| s.query_row([digest], |r| r.get(0)))
             .map_err(backend)
-        })
-        .await
-    }
-
-    async fn signing_key(&self, candidate: Vec<u8>) -> MetaResult<Vec<u8>> {
-        self.write(move |tx| {
-            tx.execute("INSERT INTO settings (name, value) VALUES ('token-signing-key', ?1) ON CONFLICT DO NOTHING", [candidate]).map_err(backend)?;
-            tx.query_row("SELECT value FROM settings WHERE name = 'token-signing-key'", [], |r| r.get(0)).map_err(backend)
         })
         .await
     }

@@ -218,7 +218,6 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         gateway_port: config.gateway.port(),
         trusted_proxies: config.trusted_proxies.clone(),
     });
-    // Each listener counts its own connections: a client crowding the gateway leaves the API be.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_worker = config.max_connections.div_ceil(workers).max(1);
     let limits = || {
@@ -229,47 +228,51 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // answers must stop it cleanly too, not kill it (the default action until a handler is in
     // place), or the next start takes it for a crash.
     let stop = stop_signal();
-    let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new()
-            .app_data(links.clone())
-            .wrap(api::version_header())
-            .wrap(actix_web::middleware::from_fn(access::api))
-            .configure(api::configure(reg.clone(), auth.clone()))
-    })
-    .workers(workers)
-    .max_connections(per_worker)
-    .on_connect(limits())
-    .disable_signals()
-    .shutdown_timeout(grace)
-    .bind(config.api)
-    .map_err(|source| ServeError::Bind { addr: config.api.to_string(), source })?;
-    for addr in server.addrs() {
-        tracing::info!(%addr, version, %peer_id, data_dir = %config.data_dir.display(), "OCI Distribution API listening");
+    // The three public listeners are built alike: each counts its own connections (a client
+    // crowding the gateway leaves the API be), stops on the node's signal with its grace, and
+    // says where it listens.
+    macro_rules! public_listener {
+        ($app:expr, $addr:expr, $($said:tt)+) => {{
+            let listener = actix_web::HttpServer::new($app)
+                .workers(workers)
+                .max_connections(per_worker)
+                .on_connect(limits())
+                .disable_signals()
+                .shutdown_timeout(grace)
+                .bind($addr)
+                .map_err(|source| ServeError::Bind { addr: $addr.to_string(), source })?;
+            for addr in listener.addrs() {
+                tracing::info!(%addr, version, %peer_id, $($said)+);
+            }
+            listener
+        }};
     }
-    let gateway = actix_web::HttpServer::new(move || {
-        actix_web::App::new().wrap(actix_web::middleware::from_fn(access::gateway)).configure(crate::gateway::configure(policy.clone(), gateway_swarm.clone(), naming.clone()))
-    })
-    .workers(workers)
-    .max_connections(per_worker)
-    .on_connect(limits())
-    .disable_signals()
-    .shutdown_timeout(grace)
-    .bind(config.gateway)
-    .map_err(|source| ServeError::Bind { addr: config.gateway.to_string(), source })?;
-    for addr in gateway.addrs() {
-        tracing::info!(%addr, version, %peer_id, "IPFS gateway listening");
-    }
-    let rpc = actix_web::HttpServer::new(move || actix_web::App::new().wrap(actix_web::middleware::from_fn(access::rpc)).configure(crate::rpc::configure(rpc_state.clone())))
-        .workers(workers)
-        .max_connections(per_worker)
-        .on_connect(limits())
-        .disable_signals()
-        .shutdown_timeout(grace)
-        .bind(config.rpc)
-        .map_err(|source| ServeError::Bind { addr: config.rpc.to_string(), source })?;
-    for addr in rpc.addrs() {
-        tracing::info!(%addr, version, %peer_id, "Kubo-compatible RPC listening");
-    }
+    let server = public_listener!(
+        move || {
+            actix_web::App::new()
+                .app_data(links.clone())
+                .wrap(api::version_header())
+                .wrap(actix_web::middleware::from_fn(access::api))
+                .configure(api::configure(reg.clone(), auth.clone()))
+        },
+        config.api,
+        data_dir = %config.data_dir.display(),
+        "OCI Distribution API listening"
+    );
+    let gateway = public_listener!(
+        move || actix_web::App::new().wrap(actix_web::middleware::from_fn(access::gateway)).configure(crate::gateway::configure(
+            policy.clone(),
+            gateway_swarm.clone(),
+            naming.clone()
+        )),
+        config.gateway,
+        "IPFS gateway listening"
+    );
+    let rpc = public_listener!(
+        move || actix_web::App::new().wrap(actix_web::middleware::from_fn(access::rpc)).configure(crate::rpc::configure(rpc_state.clone())),
+        config.rpc,
+        "Kubo-compatible RPC listening"
+    );
     let totals = registry.clone();
     let metrics = actix_web::HttpServer::new(move || {
         let registry = totals.clone();

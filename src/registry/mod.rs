@@ -78,7 +78,7 @@ pub type Result<T> = std::result::Result<T, RegistryError>;
 pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A block that does not match its CID is the registry's `BlockCorrupt`.
-fn corrupt(e: BlockIndexError) -> RegistryError {
+pub(crate) fn corrupt(e: BlockIndexError) -> RegistryError {
     match e {
         BlockIndexError::Mismatch { cid, detail } => RegistryError::BlockCorrupt { cid, detail },
         other => other.into(),

@@ -1,11 +1,12 @@
 //! Reading what the registry holds: blobs as byte streams, blocks verified.
 
 use super::{corrupt, Registry, RegistryError, Result, NODE_ALIVE_SECS};
-use crate::blockstore::{Location, Owner};
+use crate::blockstore::BlockIndex;
 use crate::digest::Digest;
 use crate::metadata::{BlobInfo, ManifestRecord, Page, Reference, Referrer, ReferrerPage};
 use bytes::Bytes;
 use cid::Cid;
+use std::sync::Arc;
 
 impl Registry {
     /// Opens a blob of `repo` for reading: its bytes (a stream of any range), its length and what
@@ -68,16 +69,22 @@ impl Registry {
         }
     }
 
+    /// The block index: its reads are the block service's (`exposure::Policy`), its writes the
+    /// registry's.
+    pub fn block_index(&self) -> &BlockIndex {
+        &self.blocks
+    }
+
+    /// What is public, as the metadata says: the block service's view of it.
+    pub fn visibility_store(&self) -> Arc<dyn crate::metadata::Visibility> {
+        self.meta.clone()
+    }
+
     /// The bytes of block `cid` if this node holds it, verified (see `blockstore`). For the
     /// node's own use: whatever leaves the node is read through a `dag::Reader`, which asks the
     /// exposure policy.
     pub async fn get_block(&self, cid: &cid::Cid) -> Result<Option<Bytes>> {
         self.blocks.get(cid).await.map_err(corrupt)
-    }
-
-    /// The bytes at `location`, verified against `cid`.
-    pub async fn read_block(&self, cid: &cid::Cid, location: Location) -> Result<Option<Bytes>> {
-        self.blocks.read_at(cid, location).await.map_err(corrupt)
     }
 
     /// What the metadata says of blob `digest` in `repo`, None when it is not linked there.
@@ -121,23 +128,6 @@ impl Registry {
         Ok(self.meta.visibility(repo).await?)
     }
 
-    /// Whether the RPC pin of `root` makes what it holds public: it exists, and if it brought
-    /// an image into the registry, that image's repository is public.
-    pub async fn pin_is_public(&self, root: &Cid) -> Result<bool> {
-        if !self.blocks.is_pinned(root).await? {
-            return Ok(false);
-        }
-        let tags = self.blocks.pin_tags(Some(root)).await?;
-        let mut repositories: Vec<&str> = tags.iter().map(|(_, t)| t.repository.as_str()).collect();
-        repositories.dedup();
-        for repo in repositories {
-            if self.meta.visibility(repo).await? != Some(true) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
     /// The recursive pins.
     pub async fn block_pins(&self) -> Result<Vec<String>> {
         Ok(self.blocks.pins().await?)
@@ -171,26 +161,6 @@ impl Registry {
         Ok(self.blocks.direct_pins().await?)
     }
 
-    /// Where block `cid` is and what it was recorded for, without reading it.
-    pub async fn locate_block(&self, cid: &Cid) -> Result<Option<(Location, Owner)>> {
-        Ok(self.blocks.locate_owned(cid).await?)
-    }
-
-    /// What block `cid` was recorded for besides the owner `locate_block` gives.
-    pub async fn other_block_owners(&self, cid: &Cid) -> Result<Vec<Owner>> {
-        Ok(self.blocks.other_owners(cid).await?)
-    }
-
-    /// Whether this node holds block `cid`, without reading it.
-    pub async fn has_block(&self, cid: &Cid) -> Result<bool> {
-        Ok(self.blocks.has(cid).await?)
-    }
-
-    /// The size of block `cid` if this node holds it, without reading it.
-    pub async fn block_size(&self, cid: &Cid) -> Result<Option<u64>> {
-        Ok(self.blocks.size(cid).await?)
-    }
-
     /// Blob bytes the node holds plus inline block bytes, and how many blocks it indexes.
     pub async fn usage(&self) -> Result<(u64, u64)> {
         let blobs = self.meta.list_blobs().await?;
@@ -205,25 +175,9 @@ impl Registry {
         Ok(self.blobs.open_blob(&digest)?.filter(|(_, len)| *len == size).map(|(f, _)| f))
     }
 
-    /// Whether blob `digest` is linked to a public repository.
-    pub async fn blob_is_public(&self, digest: &Digest) -> Result<bool> {
-        Ok(self.meta.blob_is_public(&digest.to_string()).await?)
-    }
-
-    /// Whether `cid` is the root of a blob of a public repository or the image CID of one of
-    /// its manifests or tags.
-    pub async fn root_is_public(&self, cid: &str) -> Result<bool> {
-        Ok(self.meta.cid_is_public(cid).await?)
-    }
-
     /// Blob roots and image CIDs of public repositories.
     pub async fn public_roots(&self) -> Result<Vec<String>> {
         Ok(self.meta.public_roots().await?)
-    }
-
-    /// Whether `cid` is pinned through the RPC.
-    pub async fn is_block_pinned(&self, cid: &Cid) -> Result<bool> {
-        Ok(self.blocks.is_pinned(cid).await?)
     }
 
     /// Where a CAR import stages its blob files (on the blob store's file system).

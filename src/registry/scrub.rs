@@ -58,7 +58,7 @@ impl Registry {
     async fn verify_inline(&self, page: Vec<(Vec<u8>, Vec<u8>)>, report: &mut ScrubReport, on_finding: &mut impl FnMut(&Finding)) -> Result<()> {
         for (multihash, data) in page {
             report.blocks += 1;
-            let matches = cid::multihash::Multihash::<64>::from_bytes(&multihash).is_ok_and(|mh| crate::blockstore::verify_multihash(&mh, &data).is_ok());
+            let matches = cid::multihash::Multihash::<64>::from_bytes(&multihash).is_ok_and(|mh| crate::multihash::verify_multihash(&mh, &data).is_ok());
             if matches {
                 continue;
             }

@@ -32,7 +32,7 @@ pub(super) async fn put(req: &HttpRequest, body: web::Payload, reg: &Registry) -
         },
     };
     let mhtype = arg(req, "mhtype").unwrap_or_else(|| "sha2-256".into());
-    let Some((mh_code, default_len)) = crate::blockstore::multihash_named(&mhtype) else {
+    let Some((mh_code, default_len)) = crate::multihash::multihash_named(&mhtype) else {
         return bad_request(format!("mhtype {mhtype:?} is not supported"));
     };
     // -1, Kubo's default, is the hash's own length.
@@ -59,7 +59,7 @@ pub(super) async fn put(req: &HttpRequest, body: web::Payload, reg: &Registry) -
                 if codec == unixfs::DAG_PB && unixfs::decode_node(&data).is_err() {
                     return bad_request("the block is not valid dag-pb");
                 }
-                let digest = match crate::blockstore::hash_with(mh_code, if mh_code == 0 { data.len() } else { mh_len }, &data) {
+                let digest = match crate::multihash::hash_with(mh_code, if mh_code == 0 { data.len() } else { mh_len }, &data) {
                     Ok(d) => d,
                     Err(e) => return bad_request(format!("mhtype {mhtype}, mhlen {mh_len}: {e}")),
                 };

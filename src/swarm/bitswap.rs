@@ -362,8 +362,9 @@ impl Server {
         }
     }
 
-    /// Answers wants: presences first, in one message; then the blocks are read one by one and
-    /// sent in messages of at most [`BLOCKS_PER_MESSAGE`]. Every want costs the same lookups
+    /// Answers wants: presences of want-haves first, in one message; then the blocks of
+    /// want-blocks are looked up, judged and read one by one (a refused or absent one answered
+    /// DONT_HAVE in the same messages) and sent in messages of at most [`BLOCKS_PER_MESSAGE`]. Every want costs the same lookups
     /// whether its block is absent, refused or allowed, up to reading an allowed block, so how
     /// long an answer takes does not tell a held private block from an absent one.
     async fn answer(&self, peer: PeerId, wants: Vec<(Cid, Want)>) -> Result<(), String> {
@@ -372,12 +373,15 @@ impl Server {
         let mut blocks = Vec::new();
         for (cid, want) in wants {
             let presence = |kind: PresenceType| (want.protocol.clone(), BlockPresence { cid: cid.to_bytes(), r#type: kind as i32 });
-            let may = self.policy.may_send(&cid, &audience).await.map_err(|e| e.to_string())?;
-            match (may, want.block) {
-                (true, true) => blocks.push((cid, want)),
-                (true, false) => presences.push(presence(PresenceType::Have)),
-                (false, _) if want.dont_have => presences.push(presence(PresenceType::DontHave)),
-                (false, _) => {}
+            // A want-block is looked up once, when its block is read below.
+            if want.block {
+                blocks.push((cid, want));
+                continue;
+            }
+            match self.policy.may_send(&cid, &audience).await.map_err(|e| e.to_string())? {
+                true => presences.push(presence(PresenceType::Have)),
+                false if want.dont_have => presences.push(presence(PresenceType::DontHave)),
+                false => {}
             }
         }
         for protocol in PROTOCOLS {
@@ -397,10 +401,8 @@ impl Server {
                 self.outboxes.send(peer, &p, m).await?;
             }
             let (protocol, message, bytes) = batch.get_or_insert_with(|| (want.protocol.clone(), Message::default(), 0));
-            // Looked up again rather than keeping the first pass's location: an inline block's
-            // location holds its bytes, and a message may want 1024 of them.
             let Some(data) = self.block(&cid, &audience).await.map_err(|e| e.to_string())? else {
-                if *protocol == BITSWAP_120 {
+                if *protocol == BITSWAP_120 && want.dont_have {
                     message.block_presences.push(BlockPresence { cid: cid.to_bytes(), r#type: PresenceType::DontHave as i32 });
                 }
                 continue;
@@ -448,6 +450,6 @@ impl Server {
 
     /// The block's bytes (verified) if `audience` may have them.
     async fn block(&self, cid: &Cid, audience: &Audience) -> crate::registry::Result<Option<Vec<u8>>> {
-        Ok(self.policy.block_for(cid, audience).await?.filter(|b| b.len() <= MAX_BLOCK).map(|b| b.to_vec()))
+        Ok(self.policy.get(cid, audience).await?.filter(|b| b.len() <= MAX_BLOCK).map(|b| b.to_vec()))
     }
 }

@@ -73,7 +73,7 @@ impl Ahead {
             let ahead = self.clone();
             tokio::spawn(async move {
                 let mut fetched = None;
-                if ahead.keeper.waiting(&cid).is_none() && !ahead.reg.has_block(&cid).await.unwrap_or(true) {
+                if ahead.keeper.waiting(&cid).is_none() && !ahead.reg.block_index().has(&cid).await.unwrap_or(true) {
                     if let Ok(Ok(bytes)) = ahead.session.ask(cid).await {
                         ahead.keeper.keep(cid, bytes.clone()).await;
                         fetched = Some(bytes);
