@@ -215,7 +215,7 @@ fn rpc_post(node: &Node, call: &str, parts: Vec<(String, Vec<u8>)>) -> reqwest::
     for (name, data) in parts {
         form = form.part("file", reqwest::blocking::multipart::Part::bytes(data).file_name(name));
     }
-    client().post(node.rpc_url(&format!("{call}"))).multipart(form).send().unwrap()
+    client().post(node.rpc_url(call)).multipart(form).send().unwrap()
 }
 
 #[test]
