@@ -23,25 +23,8 @@ fn run(cmd: &mut Command) {
 
 /// A fresh node with its data in `data`: the process and its API's host:port.
 fn start_node(data: &Path) -> (Proc, String) {
-    let port = free_port();
-    let node = Proc(
-        Command::new(env!("CARGO_BIN_EXE_af"))
-            .args(["registry", "serve", "--auth", "none", "--metrics", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--rpc", "127.0.0.1:0", "--swarm", "/ip4/127.0.0.1/tcp/0"])
-            .args(["--api", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(data)
-            .env("AF_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    for _ in 0..200 {
-        if Command::new("curl").args(["-sf", "-o", "/dev/null", &format!("http://127.0.0.1:{port}/v2/")]).status().unwrap().success() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (node, format!("127.0.0.1:{port}"))
+    let node = Serve::new(data).spawn();
+    (node.proc, node.api)
 }
 
 fn af(args: &[&str]) -> Command {

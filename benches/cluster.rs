@@ -55,20 +55,12 @@ fn post(url: &str) -> String {
 
 /// One of our nodes: its swarm on `ip`, its RPC on `rpc`, in front of the cluster API `cluster`.
 fn start_node(dir: &Path, ip: &str, rpc: u16, cluster: Option<&str>) -> (Proc, String) {
-    let api = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_af"));
-    cmd.args(["registry", "serve", "--auth", "none", "--metrics", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--replicas", "1"])
-        .args(["--api", &format!("127.0.0.1:{api}"), "--rpc", &format!("127.0.0.1:{rpc}"), "--swarm", &format!("/ip4/{ip}/tcp/0"), "--data-dir"])
-        .arg(dir)
-        .env("AF_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.with_extension("log")).unwrap());
+    let mut serve = Serve::new(dir).set("--replicas", "1").set("--rpc", &format!("127.0.0.1:{rpc}")).set("--swarm", &format!("/ip4/{ip}/tcp/0")).log_to(&dir.with_extension("log"));
     if let Some(url) = cluster {
-        cmd.args(["--cluster-api", url]);
+        serve = serve.set("--cluster-api", url);
     }
-    let node = Proc(cmd.spawn().unwrap());
-    wait(30, "a node", || Command::new("curl").args(["-sf", "-o", "/dev/null", &format!("http://127.0.0.1:{api}/v2/")]).status().unwrap().success());
-    (node, format!("127.0.0.1:{api}"))
+    let node = serve.spawn();
+    (node.proc, node.api)
 }
 
 /// A Kubo daemon with no routing (it fetches from the peers it is connected to): the process, its

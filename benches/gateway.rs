@@ -17,17 +17,10 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 struct Node {
-    child: std::process::Child,
+    _proc: Proc,
     api: String,
     gateway: String,
     data: std::path::PathBuf,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn af(args: &[&str], data: &Path) {
@@ -80,24 +73,10 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let layer = dir.join("layer.bin");
     let digest = make_layer(&layer, size);
-    let (api_port, gw_port, rpc_port) = (free_port(), free_port(), free_port());
     let data = dir.join("af");
-    let child = Command::new(env!("CARGO_BIN_EXE_af"))
-        .env("AF_SWARM", "/ip4/127.0.0.1/tcp/0")
-        .args(["registry", "serve", "--metrics", "127.0.0.1:0", "--auth", "none", "--rpc", &format!("127.0.0.1:{rpc_port}")])
-        .args(["--api", &format!("127.0.0.1:{api_port}"), "--gateway", &format!("127.0.0.1:{gw_port}"), "--data-dir"])
-        .arg(&data)
-        .env("AF_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let node = Node { child, api: format!("http://127.0.0.1:{api_port}"), gateway: format!("http://127.0.0.1:{gw_port}"), data };
-    for _ in 0..200 {
-        if Command::new("curl").args(["-s", "-o", "/dev/null", &format!("{}/v2/", node.api)]).status().unwrap().success() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let started = Serve::new(&data).spawn();
+    let rpc = started.rpc.clone();
+    let node = Node { _proc: started.proc, api: format!("http://{}", started.api), gateway: format!("http://{}", started.gateway), data };
     curl(&[
         "-o",
         "/dev/null",
@@ -187,7 +166,7 @@ fn main() {
         h.lines().find_map(|l| l.strip_prefix("ipfs-image-cid: ").or_else(|| l.strip_prefix("Ipfs-Image-Cid: "))).expect("an image CID").trim().to_string()
     });
     let car_file = dir.join("image.car");
-    curl(&["-o", &car_file.display().to_string(), "-X", "POST", &format!("http://127.0.0.1:{rpc_port}/api/v0/dag/export?arg={image}")]);
+    curl(&["-o", &car_file.display().to_string(), "-X", "POST", &format!("http://{rpc}/api/v0/dag/export?arg={image}")]);
     let kubo_port = free_port();
     let (kubo, ipfs) = start_kubo(&dir.join("kubo"), kubo_port);
     assert!(ipfs().args(["dag", "import", "--pin-roots"]).arg(&car_file).stdout(Stdio::null()).status().unwrap().success());

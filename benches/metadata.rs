@@ -7,37 +7,21 @@
 mod common;
 
 use common::*;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-struct Node(std::process::Child, String);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A node, and its API's base URL.
+struct Node {
+    _proc: Proc,
+    base: String,
 }
 
 fn start(dir: &std::path::Path, database: Option<&str>) -> Node {
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_af"));
-    cmd.env("AF_SWARM", "/ip4/127.0.0.1/tcp/0");
-    cmd.args(["registry", "serve", "--metrics", "127.0.0.1:0", "--auth", "none", "--gateway", "127.0.0.1:0", "--rpc", "127.0.0.1:0"])
-        .args(["--api", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir)
-        .env("AF_LOG", "warn")
-        .stdout(Stdio::null());
+    let mut serve = Serve::new(dir);
     if let Some(url) = database {
-        cmd.args(["--database-url", url]);
+        serve = serve.set("--database-url", url);
     }
-    let node = Node(cmd.spawn().unwrap(), format!("http://127.0.0.1:{port}"));
-    for _ in 0..200 {
-        if Command::new("curl").args(["-sf", "-o", "/dev/null", &format!("{}/v2/", node.1)]).status().unwrap().success() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    node
+    let node = serve.spawn();
+    Node { _proc: node.proc, base: format!("http://{}", node.api) }
 }
 
 fn seed(base: &str) {
@@ -72,8 +56,8 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     let sqlite = start(&dir.join("sqlite"), None);
     let postgres = start(&dir.join("postgres"), Some(&url));
-    seed(&sqlite.1);
-    seed(&postgres.1);
+    seed(&sqlite.base);
+    seed(&postgres.base);
     let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
     // Every request names one of the 51 tags in turn, so batches carry distinct keys.
     let rotation = dir.join("rotation.lua");
@@ -97,11 +81,11 @@ fn main() {
                 p99.push(p);
             };
             if round % 2 == 0 {
-                run(&sqlite.1, "af on SQLite", &mut s_rps, &mut s_p99);
-                run(&postgres.1, "af on PostgreSQL", &mut p_rps, &mut p_p99);
+                run(&sqlite.base, "af on SQLite", &mut s_rps, &mut s_p99);
+                run(&postgres.base, "af on PostgreSQL", &mut p_rps, &mut p_p99);
             } else {
-                run(&postgres.1, "af on PostgreSQL", &mut p_rps, &mut p_p99);
-                run(&sqlite.1, "af on SQLite", &mut s_rps, &mut s_p99);
+                run(&postgres.base, "af on PostgreSQL", &mut p_rps, &mut p_p99);
+                run(&sqlite.base, "af on SQLite", &mut s_rps, &mut s_p99);
             }
         }
         let (s, p) = (median(&mut s_rps), median(&mut p_rps));

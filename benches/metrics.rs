@@ -7,7 +7,6 @@
 mod common;
 
 use common::*;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The process's CPU time so far (user + system), in seconds.
@@ -25,25 +24,8 @@ fn main() {
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-metrics");
     let _ = std::fs::remove_dir_all(&dir);
-    let (api, metrics) = (free_port(), free_port());
-    let node = Proc(
-        Command::new(env!("CARGO_BIN_EXE_af"))
-            .args(["registry", "serve", "--auth", "none", "--gateway", "127.0.0.1:0", "--rpc", "127.0.0.1:0", "--swarm", "/ip4/127.0.0.1/tcp/0"])
-            .args(["--api", &format!("127.0.0.1:{api}"), "--metrics", &format!("127.0.0.1:{metrics}"), "--data-dir"])
-            .arg(&dir)
-            .env("AF_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{api}");
-    for _ in 0..200 {
-        if Command::new("curl").args(["-sf", "-o", "/dev/null", &format!("{base}/v2/")]).status().unwrap().success() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let af = Serve::new(&dir).spawn();
+    let (node, base, metrics) = (af.proc, format!("http://{}", af.api), af.metrics);
     // One small image: a config blob and a manifest naming it.
     let config = b"{}";
     let config_digest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(config)));
@@ -71,7 +53,7 @@ fn main() {
         &format!("{base}/v2/bench/app/manifests/t"),
     ]);
     let url = format!("{base}/v2/bench/app/manifests/t");
-    let scrape_url = format!("http://127.0.0.1:{metrics}/metrics");
+    let scrape_url = format!("http://{metrics}/metrics");
     let scrape = || assert!(!curl(&["-sf", &scrape_url]).is_empty());
 
     // Load with a scrape a second, as Prometheus would.

@@ -12,22 +12,15 @@ mod common;
 use common::*;
 use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const DISTRIBUTION: &str = "github.com/distribution/distribution/v3/cmd/registry@v3.1.2";
 
 struct Server {
     name: &'static str,
-    child: Child,
+    child: Proc,
     base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn wait_ready(base: &str) {
@@ -46,32 +39,8 @@ fn gobin() -> PathBuf {
 }
 
 fn start_af(dir: &Path) -> Server {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_af"))
-        .env("AF_SWARM", "/ip4/127.0.0.1/tcp/0")
-        .args([
-            "registry",
-            "serve",
-            "--metrics",
-            "127.0.0.1:0",
-            "--auth",
-            "none",
-            "--gateway",
-            "127.0.0.1:0",
-            "--rpc",
-            "127.0.0.1:0",
-            "--api",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir.join("af"))
-        .env("AF_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&base);
-    Server { name: "af", child, base }
+    let node = Serve::new(&dir.join("af")).spawn();
+    Server { name: "af", child: node.proc, base: format!("http://{}", node.api) }
 }
 
 fn start_distribution(dir: &Path) -> Server {
@@ -94,7 +63,7 @@ fn start_distribution(dir: &Path) -> Server {
     let child = Command::new(bin).arg("serve").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&base);
-    Server { name: "distribution", child, base }
+    Server { name: "distribution", child: Proc(child), base }
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -212,7 +181,7 @@ fn main() {
     let pushes = [median(&mut af_push), median(&mut dist_push)];
     let mut rows = Vec::new();
     for (server, push_mbps) in [&af, &dist].into_iter().zip(pushes) {
-        let rss = peak_rss_mib(server.child.id());
+        let rss = peak_rss_mib(server.child.0.id());
         // Drop the page cache's copy of what was just written so the pull reads like a cold one
         // would for both servers (best effort: needs root).
         settle();

@@ -82,26 +82,9 @@ struct Node {
 impl Node {
     /// Starts a node on `dir`; returns it once `/v2/` answers, with how long that took.
     fn start(dir: &Path) -> (Node, Duration) {
-        let port = free_port();
-        let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_af"))
-            .env("AF_SWARM", "/ip4/127.0.0.1/tcp/0")
-            .env("AF_LOG", "warn")
-            .args(["registry", "serve", "--auth", "none", "--metrics", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--rpc", "127.0.0.1:0"])
-            .args(["--api", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let node = Node { child: Proc(child), base: format!("http://127.0.0.1:{port}") };
-        let client = reqwest::blocking::Client::new();
-        loop {
-            if client.get(format!("{}/v2/", node.base)).send().is_ok_and(|r| r.status().is_success()) {
-                return (node, started.elapsed());
-            }
-            assert!(started.elapsed() < Duration::from_secs(600), "the node on {} did not start", dir.display());
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let node = Serve::new(dir).spawn();
+        let ready_after = node.ready_after;
+        (Node { child: node.proc, base: format!("http://{}", node.api) }, ready_after)
     }
 
     /// SIGTERM, as an operator stops it; waits for the clean stop.

@@ -20,23 +20,7 @@ fn peak_rss_mib(pid: u32) -> f64 {
 }
 
 fn node(data: &Path, api: u16, rpc: u16, swarm: u16) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_af"))
-        .args(["registry", "serve", "--metrics", "127.0.0.1:0", "--auth", "none", "--gateway", "127.0.0.1:0"])
-        .args(["--api", &format!("127.0.0.1:{api}"), "--rpc", &format!("127.0.0.1:{rpc}")])
-        .args(["--swarm", &format!("/ip4/127.0.0.1/tcp/{swarm}"), "--data-dir"])
-        .arg(data)
-        .env("AF_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..200 {
-        if Command::new("curl").args(["-s", "-o", "/dev/null", &format!("http://127.0.0.1:{api}/v2/")]).status().unwrap().success() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Proc(child)
+    Serve::new(data).set("--api", &format!("127.0.0.1:{api}")).set("--rpc", &format!("127.0.0.1:{rpc}")).set("--swarm", &format!("/ip4/127.0.0.1/tcp/{swarm}")).spawn().proc
 }
 
 fn rpc(port: u16, call: &str) -> serde_json::Value {

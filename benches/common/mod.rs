@@ -1,4 +1,5 @@
-//! What the benchmarks share: ports, test data, the clients (curl, wrk) and statistics.
+//! What the benchmarks share: how a node starts, ports, test data, the clients (curl, wrk) and
+//! statistics.
 #![allow(dead_code)]
 
 use sha2::{Digest as _, Sha256};
@@ -19,6 +20,90 @@ impl Drop for Proc {
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `af registry serve` as every bench starts it: its data in one directory, no authentication,
+/// logs at warn, every listener on loopback at a free port and the swarm on a free TCP port of
+/// 127.0.0.1; [`Serve::set`] changes a flag or adds one, [`Serve::spawn`] starts it.
+pub struct Serve {
+    data: std::path::PathBuf,
+    flags: Vec<(String, String)>,
+    env: Vec<(String, String)>,
+    stderr: Option<std::fs::File>,
+}
+
+/// A node a bench started, killed when dropped.
+pub struct AfNode {
+    pub proc: Proc,
+    /// host:port of each listener.
+    pub api: String,
+    pub gateway: String,
+    pub rpc: String,
+    pub metrics: String,
+    /// From the spawn to the API's first answer.
+    pub ready_after: std::time::Duration,
+}
+
+impl Serve {
+    pub fn new(data: &Path) -> Serve {
+        let listen = || format!("127.0.0.1:{}", free_port());
+        let flags = [
+            ("--auth", "none".to_string()),
+            ("--api", listen()),
+            ("--gateway", listen()),
+            ("--rpc", listen()),
+            ("--metrics", listen()),
+            ("--swarm", "/ip4/127.0.0.1/tcp/0".to_string()),
+        ];
+        Serve { data: data.to_path_buf(), flags: flags.into_iter().map(|(f, v)| (f.to_string(), v)).collect(), env: vec![("AF_LOG".into(), "warn".into())], stderr: None }
+    }
+
+    /// Sets `flag` to `value` (replacing the default), or adds it.
+    pub fn set(mut self, flag: &str, value: &str) -> Serve {
+        match self.flags.iter_mut().find(|(f, _)| f == flag) {
+            Some((_, v)) => *v = value.to_string(),
+            None => self.flags.push((flag.to_string(), value.to_string())),
+        }
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Serve {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Where the node's log goes (default: nowhere).
+    pub fn log_to(mut self, file: &Path) -> Serve {
+        self.stderr = Some(std::fs::File::create(file).unwrap());
+        self
+    }
+
+    fn flag(&self, flag: &str) -> String {
+        self.flags.iter().find(|(f, _)| f == flag).map(|(_, v)| v.clone()).unwrap_or_default()
+    }
+
+    /// Starts the node and waits (up to 10 minutes) for its API to answer.
+    pub fn spawn(self) -> AfNode {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_af"));
+        cmd.args(["registry", "serve", "--data-dir"]).arg(&self.data);
+        for (flag, value) in &self.flags {
+            cmd.args([flag, value]);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v))).stdout(std::process::Stdio::null());
+        match &self.stderr {
+            Some(f) => cmd.stderr(f.try_clone().unwrap()),
+            None => cmd.stderr(std::process::Stdio::null()),
+        };
+        let started = std::time::Instant::now();
+        let proc = Proc(cmd.spawn().unwrap());
+        let api = self.flag("--api");
+        let client = reqwest::blocking::Client::new();
+        while !client.get(format!("http://{api}/v2/")).send().is_ok_and(|r| r.status().is_success()) {
+            assert!(started.elapsed() < std::time::Duration::from_secs(600), "the node on {} did not start", self.data.display());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        AfNode { proc, api, gateway: self.flag("--gateway"), rpc: self.flag("--rpc"), metrics: self.flag("--metrics"), ready_after: started.elapsed() }
+    }
 }
 
 /// Writes `size` pseudo-random (incompressible) bytes to `path`; returns their sha256 digest.

@@ -131,9 +131,13 @@ enum Holds {
     /// One of [`CONCURRENT_WRITES`] (bounded in total, not only per request), then the GC lock
     /// shared from the first block stored to the pin, as publishing a blob holds it.
     WriteAndGc,
+    /// The GC lock, handed to the handler ([`Call::gc`]): its answer streams on after the
+    /// handler returns, and the lock goes with the stream's end.
+    GcToTheEnd,
 }
 
-/// One call of a command: the request, its body, the node, and the GC lock if it holds one.
+/// One call of a command: the request, its body, the node, and the GC lock for a command that
+/// holds it to the end of its answer.
 struct Call {
     req: HttpRequest,
     body: web::Payload,
@@ -155,7 +159,7 @@ const fn command(name: &'static str, access: Access, holds: Holds, handler: Hand
 }
 
 use Access::{OperatorRead, Read, Write};
-use Holds::{Gc, Nothing, WriteAndGc};
+use Holds::{Gc, GcToTheEnd, Nothing, WriteAndGc};
 
 /// Every command the RPC answers: what dispatch runs, what the operator check and the method
 /// check read, and what metrics may name (anything else is `<unknown>`).
@@ -173,7 +177,7 @@ static COMMANDS: &[Command] = &[
     command("ls", Read, Nothing, |c| Box::pin(async move { files::ls(&c.req, &c.state).await })),
     command("name/publish", Write, Nothing, |c| Box::pin(async move { names::publish(&c.req, &c.state).await })),
     command("name/resolve", Read, Nothing, |c| Box::pin(async move { names::resolve(&c.req, &c.state).await })),
-    command("pin/add", Write, Gc, |mut c| {
+    command("pin/add", Write, GcToTheEnd, |mut c| {
         Box::pin(async move {
             let gc = c.gc.take().expect("pin/add holds the GC lock");
             pins::add(&c.req, &c.state, gc).await
@@ -275,12 +279,14 @@ async fn dispatch(req: HttpRequest, body: web::Payload, state: web::Data<RpcStat
     };
     let gc = match command.holds {
         Nothing => None,
-        Gc | WriteAndGc => match gc_shared(&state.registry).await {
+        Gc | WriteAndGc | GcToTheEnd => match gc_shared(&state.registry).await {
             Ok(lock) => Some(lock),
             Err(resp) => return resp,
         },
     };
-    (command.handler)(Call { req, body, state, gc }).await
+    // Held here until the handler is done, whatever the handler's future captures.
+    let (_held, handed) = if command.holds == GcToTheEnd { (None, gc) } else { (gc, None) };
+    (command.handler)(Call { req, body, state, gc: handed }).await
 }
 
 /// The GC lock, shared (see `gc`).
