@@ -77,30 +77,10 @@ fn main() {
     let started = Serve::new(&data).spawn();
     let rpc = started.rpc.clone();
     let node = Node { _proc: started.proc, api: format!("http://{}", started.api), gateway: format!("http://{}", started.gateway), data };
-    curl(&[
-        "-o",
-        "/dev/null",
-        "-X",
-        "POST",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "-T",
-        &layer.display().to_string(),
-        &format!("{}/v2/bench/layer/blobs/uploads?digest={digest}", node.api),
-    ]);
+    push_blob(&node.api, "bench/layer", &layer, &digest);
     let small = dir.join("small.bin");
     let small_digest = make_layer(&small, 4096);
-    curl(&[
-        "-o",
-        "/dev/null",
-        "-X",
-        "POST",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "-T",
-        &small.display().to_string(),
-        &format!("{}/v2/bench/layer/blobs/uploads?digest={small_digest}", node.api),
-    ]);
+    push_blob(&node.api, "bench/layer", &small, &small_digest);
     af(&["registry", "visibility", "bench/layer", "public"], &node.data);
     let cid_of = |d: &str| {
         let h = curl(&["-I", &format!("{}/v2/bench/layer/blobs/{d}", node.api)]);

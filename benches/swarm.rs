@@ -66,7 +66,7 @@ fn kubo(repo: &Path) -> Proc {
 /// Pushes `layer` and an image naming it to `repo:v1` on the node at `api`; returns the image CID.
 fn push_image(api: u16, repo: &str, layer: &Path, digest: &str, size: u64) -> String {
     let base = format!("http://127.0.0.1:{api}/v2/{repo}");
-    curl(&["-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/octet-stream", "-T", &layer.display().to_string(), &format!("{base}/blobs/uploads?digest={digest}")]);
+    push_blob(&format!("http://127.0.0.1:{api}"), repo, layer, digest);
     let config = b"{}";
     let config_digest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(config)));
     curl(&["-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/octet-stream", "--data-binary", "{}", &format!("{base}/blobs/uploads?digest={config_digest}")]);
@@ -164,17 +164,7 @@ fn main() {
     let (a_api, a_rpc, a_swarm, b_api, b_rpc, b_swarm) = (free_port(), free_port(), free_port(), free_port(), free_port(), free_port());
     let a = node(&dir.join("a"), a_api, a_rpc, a_swarm);
     let b = node(&dir.join("b"), b_api, b_rpc, b_swarm);
-    curl(&[
-        "-o",
-        "/dev/null",
-        "-X",
-        "POST",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "-T",
-        &layer.display().to_string(),
-        &format!("http://127.0.0.1:{a_api}/v2/bench/layer/blobs/uploads?digest={digest}"),
-    ]);
+    push_blob(&format!("http://127.0.0.1:{a_api}"), "bench/layer", &layer, &digest);
     let ok = Command::new(env!("CARGO_BIN_EXE_af"))
         .args(["registry", "visibility", "bench/layer", "public", "--data-dir"])
         .arg(dir.join("a"))

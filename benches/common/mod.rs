@@ -22,6 +22,22 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Pushes the file at `file` as blob `digest` of `repo` in one monolithic POST to the API at
+/// `api` (a base URL).
+pub fn push_blob(api: &str, repo: &str, file: &Path, digest: &str) {
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "-T",
+        &file.display().to_string(),
+        &format!("{api}/v2/{repo}/blobs/uploads?digest={digest}"),
+    ]);
+}
+
 /// `af registry serve` as every bench starts it: its data in one directory, no authentication,
 /// logs at warn, every listener on loopback at a free port and the swarm on a free TCP port of
 /// 127.0.0.1; [`Serve::set`] changes a flag or adds one, [`Serve::spawn`] starts it.
