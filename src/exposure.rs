@@ -152,6 +152,16 @@ impl Policy {
         self.read(cid, location).await
     }
 
+    /// The recursive pins (their whole DAGs kept).
+    pub async fn pins(&self) -> Result<Vec<String>> {
+        Ok(self.index().pins().await?)
+    }
+
+    /// The direct pins (their root blocks alone kept).
+    pub async fn direct_pins(&self) -> Result<Vec<String>> {
+        Ok(self.index().direct_pins().await?)
+    }
+
     /// Whether the RPC pin of `root` makes what it holds public: it exists, and if it brought
     /// an image into the registry, that image's repository is public.
     async fn pin_is_public(&self, root: &Cid) -> Result<bool> {

@@ -128,11 +128,6 @@ impl Registry {
         Ok(self.meta.visibility(repo).await?)
     }
 
-    /// The recursive pins.
-    pub async fn block_pins(&self) -> Result<Vec<String>> {
-        Ok(self.blocks.pins().await?)
-    }
-
     /// The valid IPNS record held for `name`, with what it says; None when there is none (or it
     /// expired).
     pub async fn ipns_record(&self, name: &crate::ipns::Name) -> Result<Option<(Vec<u8>, crate::ipns::Record)>> {
@@ -154,11 +149,6 @@ impl Registry {
             ttl = ttl.min(record.ttl);
         }
         Ok(Followed::TooDeep(value))
-    }
-
-    /// The direct pins (their root blocks alone kept).
-    pub async fn direct_block_pins(&self) -> Result<Vec<String>> {
-        Ok(self.blocks.direct_pins().await?)
     }
 
     /// Blob bytes the node holds plus inline block bytes, and how many blocks it indexes.

@@ -257,11 +257,11 @@ pub(super) async fn ls(req: &HttpRequest, state: &RpcState) -> HttpResponse {
     if !["all", "recursive", "direct", "indirect"].contains(&kind.as_str()) {
         return bad_request(format!("invalid type '{kind}', must be one of {{direct, indirect, recursive, all}}"));
     }
-    let pins = match state.registry.block_pins().await {
+    let pins = match state.policy.pins().await {
         Ok(p) => p,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    let direct_pins = match state.registry.direct_block_pins().await {
+    let direct_pins = match state.policy.direct_pins().await {
         Ok(p) => p,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
@@ -376,7 +376,7 @@ pub(super) async fn update(req: &HttpRequest, state: &RpcState) -> HttpResponse 
     let [from, to] = cids.as_slice() else {
         return bad_request("pin/update takes two paths: the pinned one and the new one");
     };
-    match state.registry.block_pins().await {
+    match state.policy.pins().await {
         Ok(pins) if pins.contains(&from.to_string()) => {}
         Ok(_) => return bad_request("'from' cid was not recursively pinned already"),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),

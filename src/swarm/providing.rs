@@ -92,7 +92,7 @@ async fn rescan(policy: &Policy, swarm: &Handle, provided: &mut HashSet<Cid>) {
             return;
         }
     };
-    let pins = reg.block_pins().await.unwrap_or_default();
+    let pins = policy.pins().await.unwrap_or_default();
     // No more than the DHT store takes (pins first: the operator asked for those): on a registry
     // with millions of roots, checking the rest would only find roots that cannot be provided.
     for root in pins.into_iter().chain(roots) {

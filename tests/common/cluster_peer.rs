@@ -54,6 +54,9 @@ impl ClusterPeer {
         c["cluster"]["state_sync_interval"] = "5s".into();
         c["cluster"]["pin_recover_interval"] = "5s".into();
         c["cluster"]["mdns_interval"] = "0s".into();
+        // A pinset update a peer missed (its pubsub mesh not formed yet) comes again within
+        // seconds, not the default minute: once, a peer never saw a pin in 120 s.
+        c["consensus"]["crdt"]["rebroadcast_interval"] = "5s".into();
         c["monitor"]["pubsubmon"]["check_interval"] = "1s".into();
         for informer in ["disk", "pinqueue", "tags"] {
             c["informer"][informer]["metric_ttl"] = "3s".into();
