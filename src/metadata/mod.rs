@@ -268,6 +268,9 @@ pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     /// Records that a claim of `origin` signed at `stamp` applies to its replica `repo`: true
     /// if `stamp` is newer than any applied before (false for an older one, replayed).
     async fn advance_replica(&self, repo: &str, origin: &str, stamp: i64) -> MetaResult<bool>;
+    /// The node whose cluster pins made `repo` here (a replica), or None (the registry's own,
+    /// or no such repository).
+    async fn replica_of(&self, repo: &str) -> MetaResult<Option<String>>;
     /// Bumps the shared change generation (see `registry::Registry::generation`); returns it.
     async fn bump_generation(&self) -> MetaResult<i64>;
     /// Records that `node` has seen `generation` (never lowers it).

@@ -623,6 +623,11 @@ impl MetadataStore for PgStore {
         Ok(row.map(|r| r.get::<_, bool>(0)))
     }
 
+    async fn replica_of(&self, repo: &str) -> MetaResult<Option<String>> {
+        let row = self.client().await?.query_opt("SELECT replica_of FROM repositories WHERE name = $1", &[&repo]).await.map_err(pg)?;
+        Ok(row.and_then(|r| r.get::<_, Option<String>>(0)))
+    }
+
     async fn advance_replica(&self, repo: &str, origin: &str, stamp: i64) -> MetaResult<bool> {
         let n = self
             .client()

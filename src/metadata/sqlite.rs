@@ -521,6 +521,14 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn replica_of(&self, repo: &str) -> MetaResult<Option<String>> {
+        let repo = repo.to_string();
+        self.read(move |c| {
+            c.query_row("SELECT replica_of FROM repositories WHERE name = ?1", [repo], |r| r.get::<_, Option<String>>(0)).optional().map(Option::flatten).map_err(backend)
+        })
+        .await
+    }
+
     async fn advance_replica(&self, repo: &str, origin: &str, stamp: i64) -> MetaResult<bool> {
         let (repo, origin) = (repo.to_string(), origin.to_string());
         self.write(move |tx| {

@@ -222,6 +222,12 @@ impl Replication {
     /// Each tag of `repo` with the image CID this node gives it, but those `given` by others'
     /// pins.
     async fn wanted_in(&self, repo: &str, given: &HashSet<&(String, String)>, wanted: &mut HashMap<String, Wanted>) -> Result<(), String> {
+        // A replica is its origin's to pin. Its tags are also recorded as pin-given, but only
+        // once the import that wrote them is done: a pass in between took them for this node's
+        // own, pinned them under this node's claim and unseated the origin's pin.
+        if self.reg.replica_of(repo).await.map_err(|e| e.to_string())?.is_some() {
+            return Ok(());
+        }
         let public = self.reg.visibility(repo).await.map_err(|e| e.to_string())? == Some(true);
         let replicas = match self.reg.replicas(repo).await.map_err(|e| e.to_string())? {
             Some(n) if n > 0 => n,

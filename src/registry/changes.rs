@@ -145,6 +145,11 @@ impl Registry {
         Ok(self.meta.advance_replica(repo, origin, stamp).await?)
     }
 
+    /// The node whose cluster pins made `repo` here, if it is a replica.
+    pub async fn replica_of(&self, repo: &str) -> Result<Option<String>> {
+        Ok(self.meta.replica_of(repo).await?)
+    }
+
     /// Sets how many nodes IPFS Cluster keeps `repo`'s images on (None: the node's default).
     pub async fn set_replicas(&self, repo: &str, replicas: Option<u32>) -> Result<()> {
         self.meta.set_replicas(repo, replicas).await?;
