@@ -44,7 +44,6 @@ pub fn push_blob(api: &str, repo: &str, file: &Path, digest: &str) {
 pub struct Serve {
     data: std::path::PathBuf,
     flags: Vec<(String, String)>,
-    env: Vec<(String, String)>,
     stderr: Option<std::fs::File>,
 }
 
@@ -71,7 +70,7 @@ impl Serve {
             ("--metrics", listen()),
             ("--swarm", "/ip4/127.0.0.1/tcp/0".to_string()),
         ];
-        Serve { data: data.to_path_buf(), flags: flags.into_iter().map(|(f, v)| (f.to_string(), v)).collect(), env: vec![("AF_LOG".into(), "warn".into())], stderr: None }
+        Serve { data: data.to_path_buf(), flags: flags.into_iter().map(|(f, v)| (f.to_string(), v)).collect(), stderr: None }
     }
 
     /// Sets `flag` to `value` (replacing the default), or adds it.
@@ -80,11 +79,6 @@ impl Serve {
             Some((_, v)) => *v = value.to_string(),
             None => self.flags.push((flag.to_string(), value.to_string())),
         }
-        self
-    }
-
-    pub fn env(mut self, key: &str, value: &str) -> Serve {
-        self.env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -105,7 +99,7 @@ impl Serve {
         for (flag, value) in &self.flags {
             cmd.args([flag, value]);
         }
-        cmd.envs(self.env.iter().map(|(k, v)| (k, v))).stdout(std::process::Stdio::null());
+        cmd.env("AF_LOG", "warn").stdout(std::process::Stdio::null());
         match &self.stderr {
             Some(f) => cmd.stderr(f.try_clone().unwrap()),
             None => cmd.stderr(std::process::Stdio::null()),
