@@ -10,7 +10,11 @@
 //! - a block of an image DAG: that image is a manifest or tag of a public repository;
 //! - a block added through the RPC (`add`, `block/put`, `dag/import`) or fetched by one of its
 //!   reads: its pin still exists (as a Kubo node serves what it pins), unless that pin brought an
-//!   image into a private repository (a private image replicated here stays private);
+//!   image into a private repository (a private image replicated here stays private), and
+//!   unless its blocks came from a peer this node trusts (which may have sent them only because
+//!   it trusts this node: a node passes on no more than its source would have given the
+//!   asker). While such a pin's DAG is still being fetched, its blocks already here go out on
+//!   the same terms, so nodes fetching one DAG at once feed each other;
 //! - a block that a public block of a DAG this node *built* (a blob's or an image's) links to,
 //!   within the same request: those DAGs are made from the public content itself, so everything
 //!   under them is that content, even where a block was first recorded for something private
@@ -55,6 +59,46 @@ pub struct Policy {
     public: Arc<dyn Visibility>,
     trusted: HashSet<String>,
     verdicts: Mutex<Verdicts>,
+    /// RPC pins whose DAG is being fetched from peers, by root.
+    underway: Mutex<HashMap<String, Arc<Underway>>>,
+}
+
+/// A pin's DAG being fetched from peers. Its blocks, stored as they arrive, are passed on while
+/// the fetch goes on (peers fetching the same DAG feed each other), as long as none came from a
+/// peer this node trusts: such a peer may have sent them only because it trusts this node, and
+/// a node passes on no more than its source would have given the asker.
+#[derive(Default)]
+pub struct Underway {
+    from_trusted: std::sync::atomic::AtomicBool,
+    fetches: std::sync::atomic::AtomicUsize,
+}
+
+impl Underway {
+    /// A block came from a peer this node trusts.
+    pub fn from_trusted(&self) {
+        self.from_trusted.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether any block so far came from a peer this node trusts.
+    pub fn came_from_trusted(&self) -> bool {
+        self.from_trusted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A fetch registered with [`Policy::fetching`]; withdrawn when dropped.
+pub struct Fetch {
+    policy: Arc<Policy>,
+    root: String,
+    pub underway: Arc<Underway>,
+}
+
+impl Drop for Fetch {
+    fn drop(&mut self) {
+        let mut underway = self.policy.underway.lock().expect("underway lock");
+        if self.underway.fetches.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            underway.remove(&self.root);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -77,7 +121,21 @@ pub enum Found {
 impl Policy {
     pub fn new(reg: Arc<Registry>, trusted_peers: impl IntoIterator<Item = String>) -> Arc<Self> {
         let public = reg.visibility_store();
-        Arc::new(Policy { reg, public, trusted: trusted_peers.into_iter().collect(), verdicts: Default::default() })
+        Arc::new(Policy { reg, public, trusted: trusted_peers.into_iter().collect(), verdicts: Default::default(), underway: Default::default() })
+    }
+
+    /// Registers a fetch from peers of the DAG of RPC pin `root` (which the fetch's blocks are
+    /// recorded for). Two fetches of one root share what they learn of their sources.
+    pub fn fetching(self: &Arc<Self>, root: &Cid) -> Fetch {
+        let root = root.to_string();
+        let underway = self.underway.lock().expect("underway lock").entry(root.clone()).or_default().clone();
+        underway.fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Fetch { policy: self.clone(), root, underway }
+    }
+
+    /// Whether the blocks of pin `root`, still being fetched, may go to strangers.
+    fn passing_on(&self, root: &str) -> bool {
+        self.underway.lock().expect("underway lock").get(root).is_some_and(|u| !u.came_from_trusted())
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -165,7 +223,7 @@ impl Policy {
     /// Whether the RPC pin of `root` makes what it holds public: it exists, and if it brought
     /// an image into the registry, that image's repository is public.
     async fn pin_is_public(&self, root: &Cid) -> Result<bool> {
-        if !self.index().is_pinned(root).await? {
+        if !self.index().is_pinned_for_anyone(root).await? {
             return Ok(false);
         }
         let tags = self.index().pin_tags(Some(root)).await?;
@@ -224,6 +282,15 @@ impl Policy {
         };
         if self.owner_is_public(owner).await? {
             return Ok(admitted(owner));
+        }
+        if let Owner::Pin(root) = owner {
+            // A pin that stands already is judged by what it is (a pin of blocks from trusted
+            // peers stays theirs, whoever sends the rest).
+            if let (true, Ok(cid)) = (self.passing_on(root), root.parse::<Cid>()) {
+                if !self.index().is_pinned(&cid).await? {
+                    return Ok(Admission::Alone);
+                }
+            }
         }
         // First recorded for something private, yet also part of something public (a leaf two
         // blobs share, the oci-layout file of every image).

@@ -13,13 +13,15 @@ pub struct PinTag {
 
 impl BlockIndex {
     /// Pins `cid`: recursively (a GC keeps its whole DAG) or directly (its root block only). A
-    /// recursive pin of a direct one makes it recursive; never the other way round.
-    pub async fn pin(&self, cid: &Cid, recursive: bool) -> Result<(), BlockIndexError> {
+    /// recursive pin of a direct one makes it recursive; never the other way round. A pin
+    /// `trusted_only` (its blocks came from a trusted peer) stays so.
+    pub async fn pin(&self, cid: &Cid, recursive: bool, trusted_only: bool) -> Result<(), BlockIndexError> {
         let cid = cid.to_string();
         self.run(move |conn| {
             conn.execute(
-                "INSERT INTO pins (cid, recursive) VALUES (?1, ?2) ON CONFLICT DO UPDATE SET recursive = MAX(recursive, excluded.recursive)",
-                params![cid, recursive as i64],
+                "INSERT INTO pins (cid, recursive, trusted_only) VALUES (?1, ?2, ?3) ON CONFLICT DO UPDATE SET recursive = MAX(recursive, excluded.recursive), \
+                 trusted_only = MAX(trusted_only, excluded.trusted_only)",
+                params![cid, recursive as i64, trusted_only as i64],
             )?;
             Ok(())
         })
@@ -87,6 +89,13 @@ impl BlockIndex {
     }
 
     /// Whether `cid` is pinned here.
+    /// Whether `cid` is pinned and what it holds may go to strangers (it came from none of the
+    /// peers this node trusts).
+    pub async fn is_pinned_for_anyone(&self, cid: &Cid) -> Result<bool, BlockIndexError> {
+        let cid = cid.to_string();
+        self.read(move |conn| Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM pins WHERE cid = ?1 AND trusted_only = 0)", [cid], |r| r.get(0))?)).await
+    }
+
     pub async fn is_pinned(&self, cid: &Cid) -> Result<bool, BlockIndexError> {
         let cid = cid.to_string();
         self.read(move |conn| Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM pins WHERE cid = ?1)", [cid], |r| r.get(0))?)).await

@@ -85,8 +85,14 @@ impl Registry {
     /// Pins `root` recursively, or directly (`pin/add?recursive=false`: the root block alone is
     /// kept; the blocks that came with it are public while it stands, but a GC may take them).
     pub async fn pin_block_as(&self, root: &Cid, recursive: bool) -> Result<()> {
+        self.pin_block_with(root, recursive, false).await
+    }
+
+    /// [`Registry::pin_block_as`]; `trusted_only`: its blocks came (in part) from peers this node
+    /// trusts, so what it holds goes to trusted peers and the operator only.
+    pub async fn pin_block_with(&self, root: &Cid, recursive: bool, trusted_only: bool) -> Result<()> {
         let new = !self.blocks.is_pinned(root).await?;
-        self.blocks.pin(root, recursive).await?;
+        self.blocks.pin(root, recursive, trusted_only).await?;
         self.changed().await?;
         if new {
             self.emit(Event::Pinned { root: root.to_string() });

@@ -338,16 +338,17 @@ fn stream_response(bytes: Bytes) -> HttpResponse {
 /// with the keeper to flush before the fetched blocks may be counted on.
 /// `offline=true` (Kubo's global option) keeps one request to what the node holds.
 fn fetching_reader(req: &HttpRequest, state: &RpcState, root: &Cid) -> (Arc<Reader>, Option<Keeper>) {
-    fetching_reader_for(req, state, Owner::Pin(root.to_string()))
+    fetching_reader_for(req, state, Owner::Pin(root.to_string()), None)
 }
 
-/// [`fetching_reader`], keeping what it fetches for `owner`.
-fn fetching_reader_for(req: &HttpRequest, state: &RpcState, owner: Owner) -> (Arc<Reader>, Option<Keeper>) {
+/// [`fetching_reader`], keeping what it fetches for `owner`, telling `underway` (a pin's fetch)
+/// when a block comes from a trusted peer.
+fn fetching_reader_for(req: &HttpRequest, state: &RpcState, owner: Owner, underway: Option<Arc<crate::exposure::Underway>>) -> (Arc<Reader>, Option<Keeper>) {
     if state.offline || flag(req, "offline") == Some(true) {
         return (Reader::new(&state.policy, Audience::Operator), None);
     }
-    let keeper = Keeper::new(state.registry.clone(), owner);
-    (Reader::over(crate::swarm::fetch::Fetching::new(state.registry.clone(), state.swarm.clone(), keeper.clone())), Some(keeper))
+    let keeper = Keeper::new(state.registry.clone(), owner, state.swarm.bitswap.clone());
+    (Reader::over(crate::swarm::fetch::Fetching::recording(state.registry.clone(), state.swarm.clone(), keeper.clone(), underway)), Some(keeper))
 }
 
 /// An operator's reader that fetches what the node lacks from peers without keeping it (unless

@@ -126,7 +126,8 @@ pub(super) async fn add(req: &HttpRequest, state: &actix_web::web::Data<RpcState
 /// `pin/add?recursive=false`: each root block kept (fetched if need be) and pinned alone.
 async fn add_direct(req: &HttpRequest, state: &RpcState, cids: &[Cid]) -> HttpResponse {
     for cid in cids {
-        let (reader, keeper) = fetching_reader_for(req, state, Owner::Pin(cid.to_string()));
+        let fetch = state.policy.fetching(cid);
+        let (reader, keeper) = fetching_reader_for(req, state, Owner::Pin(cid.to_string()), Some(fetch.underway.clone()));
         if let Err(e) = reader.block(cid).await {
             return dag_failure(e);
         }
@@ -135,7 +136,7 @@ async fn add_direct(req: &HttpRequest, state: &RpcState, cids: &[Cid]) -> HttpRe
                 return error(StatusCode::INTERNAL_SERVER_ERROR, e);
             }
         }
-        if let Err(e) = state.registry.pin_block_as(cid, false).await {
+        if let Err(e) = state.registry.pin_block_with(cid, false, fetch.underway.came_from_trusted()).await {
             return error(StatusCode::INTERNAL_SERVER_ERROR, e);
         }
     }
@@ -239,7 +240,10 @@ async fn pin_one(req: &HttpRequest, state: &RpcState, cid: Cid, progress: &mut u
         }
     }
     let owner = if public { Owner::Pin(cid.to_string()) } else { Owner::Image(cid.to_string()) };
-    let (reader, keeper) = fetching_reader_for(req, state, owner);
+    // Registered until the pin is recorded: its blocks may be passed on meanwhile (see
+    // `exposure::Underway`).
+    let fetch = state.policy.fetching(&cid);
+    let (reader, keeper) = fetching_reader_for(req, state, owner, Some(fetch.underway.clone()));
     let mut walk = Walk::new(reader, keeper, cid);
     while let Some(step) = walk.step().await {
         step?;
@@ -247,7 +251,7 @@ async fn pin_one(req: &HttpRequest, state: &RpcState, cid: Cid, progress: &mut u
         told(*progress);
     }
     walk.finish().await?;
-    state.registry.pin_block(&cid).await.map_err(|e| e.to_string())
+    state.registry.pin_block_with(&cid, true, fetch.underway.came_from_trusted()).await.map_err(|e| e.to_string())
 }
 
 /// `pin/ls[?arg=...][&type=all|recursive|direct|indirect][&stream=true]`. The blocks under

@@ -13,7 +13,7 @@ use crate::exposure::{Audience, Policy};
 use cid::Cid;
 use futures_util::StreamExt;
 use libp2p::{PeerId, StreamProtocol};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Semaphore;
@@ -51,6 +51,17 @@ const INBOUND_TOTAL_KIB: u32 = 128 << 10;
 /// answered (as boxo caps a peer's wantlist). Duplicates are one want.
 pub const WANTS_PER_PEER: usize = 1024;
 
+/// Wants this node answered DONT_HAVE (or silence) that it remembers, to tell the peer HAVE once
+/// the block arrives here (boxo keeps a peer's wants until cancelled, for the same reason): a
+/// node still fetching a DAG then feeds the peers fetching it with it. Per peer, all peers
+/// together, and for how long.
+pub const PENDING_PER_PEER: usize = WANTS_PER_PEER;
+const PENDING_TOTAL: usize = 1 << 16;
+const PENDING_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Want-blocks of one peer's taken from its queue at once.
+const BLOCKS_PER_BATCH: usize = 8;
+
 /// Replies being built or sent at once, all peers together; each holds at most a message of
 /// blocks (2 MiB). A peer's replies go one at a time, so a peer that never reads holds one slot,
 /// not the pool.
@@ -74,6 +85,9 @@ const MAX_LEDGERS: usize = 4096;
 #[derive(Default)]
 pub struct Stats {
     pub blocks_received: AtomicU64,
+    /// Bytes of the blocks received (wanted, and duplicates).
+    pub data_received: AtomicU64,
+    pub duplicate_data: AtomicU64,
     pub blocks_sent: AtomicU64,
     pub data_sent: AtomicU64,
     pub messages_received: AtomicU64,
@@ -101,6 +115,102 @@ pub struct Server {
     /// What this node waits for from peers (the client side, `fetch`).
     pub wants: super::wants::Wants,
     ledgers: Mutex<HashMap<PeerId, Ledger>>,
+    /// Wants answered "not here", remembered until the block arrives, the peer cancels, or
+    /// [`PENDING_FOR`] passes.
+    pending: Mutex<Pending>,
+}
+
+/// Peers told DONT_HAVE of a block, by block.
+#[derive(Default)]
+struct Pending {
+    by_cid: HashMap<Cid, Vec<(PeerId, std::time::Instant)>>,
+    per_peer: HashMap<PeerId, usize>,
+    total: usize,
+}
+
+impl Pending {
+    fn add(&mut self, peer: PeerId, cid: Cid) {
+        let now = std::time::Instant::now();
+        if self.total >= PENDING_TOTAL {
+            self.expire(now);
+        }
+        let mine = self.per_peer.get(&peer).copied().unwrap_or(0);
+        if mine >= PENDING_PER_PEER || self.total >= PENDING_TOTAL {
+            return;
+        }
+        let peers = self.by_cid.entry(cid).or_default();
+        match peers.iter_mut().find(|(p, _)| *p == peer) {
+            Some((_, at)) => *at = now,
+            None => {
+                peers.push((peer, now));
+                *self.per_peer.entry(peer).or_default() += 1;
+                self.total += 1;
+            }
+        }
+    }
+
+    fn remove(&mut self, peer: &PeerId, cid: &Cid) {
+        let Some(peers) = self.by_cid.get_mut(cid) else { return };
+        let before = peers.len();
+        peers.retain(|(p, _)| p != peer);
+        let (gone, empty) = (before - peers.len(), peers.is_empty());
+        if empty {
+            self.by_cid.remove(cid);
+        }
+        self.forgot(peer, gone);
+    }
+
+    /// Forgets every want of `peer`'s (a full wantlist replaced them).
+    fn clear_peer(&mut self, peer: &PeerId) {
+        if self.per_peer.get(peer).copied().unwrap_or(0) == 0 {
+            return;
+        }
+        let mut gone = 0;
+        self.by_cid.retain(|_, peers| {
+            let before = peers.len();
+            peers.retain(|(p, _)| p != peer);
+            gone += before - peers.len();
+            !peers.is_empty()
+        });
+        self.forgot(peer, gone);
+    }
+
+    /// The peers still waiting for `cid`, forgotten here.
+    fn take(&mut self, cid: &Cid) -> Vec<PeerId> {
+        let now = std::time::Instant::now();
+        let peers = self.by_cid.remove(cid).unwrap_or_default();
+        for (peer, _) in &peers {
+            self.forgot(peer, 1);
+        }
+        peers.into_iter().filter(|(_, at)| now.duration_since(*at) < PENDING_FOR).map(|(p, _)| p).collect()
+    }
+
+    fn expire(&mut self, now: std::time::Instant) {
+        let mut gone: Vec<PeerId> = Vec::new();
+        self.by_cid.retain(|_, peers| {
+            peers.retain(|(p, at)| {
+                let keep = now.duration_since(*at) < PENDING_FOR;
+                if !keep {
+                    gone.push(*p);
+                }
+                keep
+            });
+            !peers.is_empty()
+        });
+        for p in gone {
+            self.forgot(&p, 1);
+        }
+    }
+
+    fn forgot(&mut self, peer: &PeerId, n: usize) {
+        self.total = self.total.saturating_sub(n);
+        if let Some(c) = self.per_peer.get_mut(peer) {
+            *c = c.saturating_sub(n);
+            if *c == 0 {
+                self.per_peer.remove(peer);
+            }
+        }
+    }
 }
 
 /// One peer's share of the server: its streams, its message bytes, its waiting wants.
@@ -117,6 +227,8 @@ struct PeerState {
 struct Waiting {
     order: VecDeque<Cid>,
     by_cid: HashMap<Cid, Want>,
+    /// Cancels of wants already taken for an answer under way: their blocks are not sent.
+    cancelled: HashSet<Cid>,
 }
 
 #[derive(Clone)]
@@ -139,6 +251,8 @@ impl Waiting {
             if entry.cancel {
                 if self.by_cid.remove(&cid).is_some() {
                     self.order.retain(|c| *c != cid);
+                } else if self.cancelled.len() < BLOCKS_PER_BATCH * 4 {
+                    self.cancelled.insert(cid);
                 }
                 continue;
             }
@@ -159,11 +273,25 @@ impl Waiting {
         }
     }
 
+    /// A want-have the node makes for the peer itself: a block it once lacked arrived.
+    fn recheck(&mut self, cid: Cid) {
+        if self.by_cid.len() < WANTS_PER_PEER && !self.by_cid.contains_key(&cid) {
+            self.by_cid.insert(cid, Want { block: false, dont_have: false, protocol: BITSWAP_120 });
+            self.order.push_back(cid);
+        }
+    }
+
+    /// The next wants to answer, in order: up to `n`, of which at most [`BLOCKS_PER_BATCH`]
+    /// want-blocks (the rest wait in the queue, where a cancel still reaches them: a peer that
+    /// found a block elsewhere does not get it from here too).
     fn next(&mut self, n: usize) -> Vec<(Cid, Want)> {
         let mut out = Vec::new();
-        while out.len() < n {
+        let mut blocks = 0;
+        self.cancelled.clear();
+        while out.len() < n && blocks < BLOCKS_PER_BATCH {
             let Some(cid) = self.order.pop_front() else { break };
             if let Some(w) = self.by_cid.remove(&cid) {
+                blocks += w.block as usize;
                 out.push((cid, w));
             }
         }
@@ -201,6 +329,7 @@ impl Server {
             peers: Default::default(),
             wants: Default::default(),
             ledgers: Default::default(),
+            pending: Default::default(),
         });
         for protocol in PROTOCOLS {
             let mut incoming = control.accept(protocol.clone()).expect("each Bitswap protocol is registered once");
@@ -304,10 +433,12 @@ impl Server {
             match self.wants.arrived(peer, &prefix, data) {
                 Arrival::Wanted => {
                     self.stats.blocks_received.fetch_add(1, Ordering::Relaxed);
+                    self.stats.data_received.fetch_add(len, Ordering::Relaxed);
                     self.account(peer, |l| l.received += len);
                 }
                 Arrival::Late => {
                     self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    self.stats.duplicate_data.fetch_add(len, Ordering::Relaxed);
                 }
                 Arrival::Wrong => {
                     tracing::warn!(%peer, "bitswap: disconnecting a peer that sent a block nobody asked for (corrupted?)");
@@ -323,6 +454,17 @@ impl Server {
             }
         }
         let Some(list) = m.wantlist else { return Ok(()) };
+        {
+            let mut pending = self.pending.lock().expect("pending lock");
+            if list.full {
+                pending.clear_peer(&peer);
+            }
+            for entry in list.entries.iter().filter(|e| e.cancel) {
+                if let Ok(cid) = Cid::try_from(entry.block.as_slice()) {
+                    pending.remove(&peer, &cid);
+                }
+            }
+        }
         state.wants.lock().expect("wants lock").take(&list, protocol);
         self.answer_soon(peer, state);
         Ok(())
@@ -353,7 +495,7 @@ impl Server {
                 self.forget_if_idle(&peer);
                 return;
             }
-            if let Err(e) = self.answer(peer, batch).await {
+            if let Err(e) = self.answer(peer, &state, batch).await {
                 tracing::debug!(%peer, error = %e, "bitswap reply failed; the peer's waiting wants are dropped");
                 let mut wants = state.wants.lock().expect("wants lock");
                 wants.order.clear();
@@ -367,7 +509,7 @@ impl Server {
     /// DONT_HAVE in the same messages) and sent in messages of at most [`BLOCKS_PER_MESSAGE`]. Every want costs the same lookups
     /// whether its block is absent, refused or allowed, up to reading an allowed block, so how
     /// long an answer takes does not tell a held private block from an absent one.
-    async fn answer(&self, peer: PeerId, wants: Vec<(Cid, Want)>) -> Result<(), String> {
+    async fn answer(&self, peer: PeerId, state: &PeerState, wants: Vec<(Cid, Want)>) -> Result<(), String> {
         let audience = Audience::Peer(peer.to_base58().into());
         let mut presences: Vec<(StreamProtocol, BlockPresence)> = Vec::new();
         let mut blocks = Vec::new();
@@ -380,8 +522,12 @@ impl Server {
             }
             match self.policy.may_send(&cid, &audience).await.map_err(|e| e.to_string())? {
                 true => presences.push(presence(PresenceType::Have)),
-                false if want.dont_have => presences.push(presence(PresenceType::DontHave)),
-                false => {}
+                false => {
+                    self.remember(peer, cid, &want);
+                    if want.dont_have {
+                        presences.push(presence(PresenceType::DontHave));
+                    }
+                }
             }
         }
         for protocol in PROTOCOLS {
@@ -401,7 +547,11 @@ impl Server {
                 self.outboxes.send(peer, &p, m).await?;
             }
             let (protocol, message, bytes) = batch.get_or_insert_with(|| (want.protocol.clone(), Message::default(), 0));
+            if state.wants.lock().expect("wants lock").cancelled.contains(&cid) {
+                continue;
+            }
             let Some(data) = self.block(&cid, &audience).await.map_err(|e| e.to_string())? else {
+                self.remember(peer, cid, &want);
                 if *protocol == BITSWAP_120 && want.dont_have {
                     message.block_presences.push(BlockPresence { cid: cid.to_bytes(), r#type: PresenceType::DontHave as i32 });
                 }
@@ -430,6 +580,42 @@ impl Server {
         Ok(())
     }
 
+    /// Remembers a want this node could not answer with a block, to say HAVE once it can: a peer
+    /// of Bitswap 1.2.0 (the only one presences reach).
+    fn remember(&self, peer: PeerId, cid: Cid, want: &Want) {
+        if want.protocol == BITSWAP_120 {
+            self.pending.lock().expect("pending lock").add(peer, cid);
+        }
+    }
+
+    /// Blocks that just arrived in the store: every peer told earlier that this node lacked one
+    /// is asked, on its behalf, whether it may have it now (the answer goes through the exposure
+    /// policy as any want's: HAVE if it may, nothing if not).
+    pub fn arrived_here(&self, cids: &[Cid]) {
+        let mut due: HashMap<PeerId, Vec<Cid>> = HashMap::new();
+        {
+            let mut pending = self.pending.lock().expect("pending lock");
+            if pending.total == 0 {
+                return;
+            }
+            for cid in cids {
+                for peer in pending.take(cid) {
+                    due.entry(peer).or_default().push(*cid);
+                }
+            }
+        }
+        for (peer, cids) in due {
+            let (state, _) = self.peer(peer, 0);
+            {
+                let mut wants = state.wants.lock().expect("wants lock");
+                for cid in cids {
+                    wants.recheck(cid);
+                }
+            }
+            self.answer_soon(peer, &state);
+        }
+    }
+
     fn account(&self, peer: PeerId, f: impl FnOnce(&mut Ledger)) {
         let mut ledgers = self.ledgers.lock().expect("ledgers lock");
         if ledgers.len() >= MAX_LEDGERS && !ledgers.contains_key(&peer) {
@@ -444,6 +630,13 @@ impl Server {
     }
 
     /// What went between this node and `peer`.
+    /// Whether `peer` is trusted with everything (a `--trusted-peer`, a node on the same
+    /// database): what it sends this node may have been sent only because it trusts this node
+    /// back.
+    pub fn trusts(&self, peer: &PeerId) -> bool {
+        self.policy.trusts(&peer.to_base58())
+    }
+
     pub fn ledger(&self, peer: &PeerId) -> Ledger {
         self.ledgers.lock().expect("ledgers lock").get(peer).copied().unwrap_or_default()
     }

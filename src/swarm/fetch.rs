@@ -4,14 +4,19 @@
 use super::keeper::Keeper;
 use bytes::Bytes;
 use cid::Cid;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 /// A block source for the operator's walks that fetches what the node lacks from peers and keeps
 /// it (through a [`Keeper`], for the pin it arrives under): `pin/add` and `block/get` of content
-/// only peers have. The links of every dag-pb block the walk meets are wanted ahead of it, in
-/// the walk's order (depth first), at most [`PREFETCH`] at a time, so the walk finds its blocks
-/// arriving rather than asking one at a time.
+/// only peers have.
+///
+/// Ahead of the walk, the DAG's frontier (every link of every dag-pb block fetched so far) is
+/// fetched [`PREFETCH`] blocks at a time, each picked at random: nodes pulling one DAG at once
+/// then ask its seed for different blocks and trade the rest among themselves, where in one
+/// order they would all want the same block of the same seed at once. What arrives goes to the
+/// keeper (to disk), not to memory; the walk, in its own order, finds it there, and a block the
+/// walk reaches before its turn is fetched at once.
 pub struct Fetching {
     reg: Arc<crate::registry::Registry>,
     session: super::session::Session,
@@ -19,95 +24,103 @@ pub struct Fetching {
     ahead: Option<Arc<Ahead>>,
 }
 
-/// Links wanted ahead of a walk (with 1 MiB leaves, this many MiB in flight).
-pub const PREFETCH: usize = 16;
+/// Blocks wanted at once ahead of a walk.
+pub const PREFETCH: usize = 32;
+/// Links remembered as still to fetch; past it, the walk fetches the rest as it reaches them.
+const FRONTIER: usize = 1 << 18;
 
-/// The links a walk will want next, and the fetches under way for them. A block fetched ahead
-/// holds its place in the window until the walk takes it, so no more than [`PREFETCH`] blocks
-/// wait in memory however far the peers run ahead.
+/// The DAG's frontier and the fetches under way.
 struct Ahead {
     reg: Arc<crate::registry::Registry>,
     session: super::session::Session,
     keeper: Keeper,
     plan: Mutex<Plan>,
-    permits: Arc<tokio::sync::Semaphore>,
     arrived: tokio::sync::Notify,
 }
 
 #[derive(Default)]
 struct Plan {
-    /// In the walk's order.
-    queue: VecDeque<Cid>,
+    /// Links not asked for yet.
+    frontier: indexmap::IndexSet<Cid>,
     seen: HashSet<Cid>,
     in_flight: HashSet<Cid>,
-    ready: HashMap<Cid, (Bytes, tokio::sync::OwnedSemaphorePermit)>,
+    rng: Option<fastrand::Rng>,
 }
 
 impl Ahead {
-    /// `links` go first in line, in their order (the walk visits them before what was queued).
-    fn queue(self: &Arc<Self>, links: impl DoubleEndedIterator<Item = Cid>) {
+    /// Adds `links` to the frontier and starts fetches while there is room.
+    fn queue(self: &Arc<Self>, links: impl Iterator<Item = Cid>) {
         {
             let mut plan = self.plan.lock().expect("prefetch lock");
-            for cid in links.rev() {
-                if crate::dag::well_known(&cid).is_none() && plan.seen.insert(cid) {
-                    plan.queue.push_front(cid);
+            for cid in links {
+                if plan.frontier.len() < FRONTIER && crate::dag::well_known(&cid).is_none() && plan.seen.insert(cid) {
+                    plan.frontier.insert(cid);
                 }
             }
         }
         self.top_up();
     }
 
-    /// Starts fetches for what is next in line once half the window is free: wants go in
-    /// batches, one message per peer.
+    /// Starts fetches of frontier blocks picked at random while fewer than [`PREFETCH`] are
+    /// under way.
     fn top_up(self: &Arc<Self>) {
-        if self.permits.available_permits() < PREFETCH / 2 {
-            return;
-        }
-        while let Ok(permit) = self.permits.clone().try_acquire_owned() {
+        loop {
             let cid = {
                 let mut plan = self.plan.lock().expect("prefetch lock");
-                let Some(cid) = plan.queue.pop_front() else { break };
+                if plan.in_flight.len() >= PREFETCH || plan.frontier.is_empty() {
+                    return;
+                }
+                let n = plan.frontier.len();
+                let i = plan.rng.get_or_insert_with(fastrand::Rng::new).usize(..n);
+                let cid = plan.frontier.swap_remove_index(i).expect("an index below the length");
                 plan.in_flight.insert(cid);
                 cid
             };
-            let ahead = self.clone();
-            tokio::spawn(async move {
-                let mut fetched = None;
-                if ahead.keeper.waiting(&cid).is_none() && !ahead.reg.block_index().has(&cid).await.unwrap_or(true) {
-                    if let Ok(Ok(bytes)) = ahead.session.ask(cid).await {
-                        ahead.keeper.keep(cid, bytes.clone()).await;
-                        fetched = Some(bytes);
-                    }
-                }
-                {
-                    let mut plan = ahead.plan.lock().expect("prefetch lock");
-                    plan.in_flight.remove(&cid);
-                    if let Some(bytes) = fetched {
-                        plan.ready.insert(cid, (bytes, permit));
-                    }
-                }
-                ahead.arrived.notify_waiters();
-                ahead.top_up();
-            });
+            self.start(cid);
         }
     }
 
-    /// Block `cid` if it was fetched ahead (waiting for the fetch if it is under way); its place
-    /// in the window is freed.
-    async fn take(self: &Arc<Self>, cid: &Cid) -> Option<Bytes> {
+    /// Fetches `cid` (unless held), keeps it, and puts the links of a dag-pb block on the
+    /// frontier.
+    fn start(self: &Arc<Self>, cid: Cid) {
+        let ahead = self.clone();
+        tokio::spawn(async move {
+            let mut links = Vec::new();
+            let held = ahead.keeper.waiting(&cid).is_some() || ahead.reg.block_index().has(&cid).await.unwrap_or(false);
+            if !held {
+                if let Ok(Ok(bytes)) = ahead.session.ask(cid).await {
+                    if cid.codec() == crate::unixfs::DAG_PB {
+                        if let Ok(node) = crate::unixfs::decode_node(&bytes) {
+                            links = node.links.into_iter().map(|l| l.cid).collect();
+                        }
+                    }
+                    ahead.keeper.keep(cid, bytes).await;
+                }
+            }
+            ahead.plan.lock().expect("prefetch lock").in_flight.remove(&cid);
+            ahead.arrived.notify_waiters();
+            ahead.queue(links.into_iter());
+        });
+    }
+
+    /// Waits for `cid` if a fetch of it is under way or due (started at once if so); it is then
+    /// with the keeper or in the store, or its fetch failed.
+    async fn wait_for(self: &Arc<Self>, cid: &Cid) {
         loop {
             let arrived = self.arrived.notified();
-            let (taken, pending) = {
+            let start = {
                 let mut plan = self.plan.lock().expect("prefetch lock");
-                (plan.ready.remove(cid), plan.in_flight.contains(cid))
+                if plan.in_flight.contains(cid) {
+                    false
+                } else if plan.frontier.swap_remove(cid) {
+                    plan.in_flight.insert(*cid);
+                    true
+                } else {
+                    return;
+                }
             };
-            if let Some((bytes, permit)) = taken {
-                drop(permit);
-                self.top_up();
-                return Some(bytes);
-            }
-            if !pending {
-                return None;
+            if start {
+                self.start(*cid);
             }
             arrived.await;
         }
@@ -116,9 +129,13 @@ impl Ahead {
 
 impl Fetching {
     pub fn new(reg: Arc<crate::registry::Registry>, swarm: super::Handle, keeper: Keeper) -> Self {
-        let session = super::session::Session::new(swarm, Vec::new());
-        let permits = Arc::new(tokio::sync::Semaphore::new(PREFETCH));
-        let ahead = Arc::new(Ahead { reg: reg.clone(), session: session.clone(), keeper, plan: Mutex::default(), permits, arrived: tokio::sync::Notify::new() });
+        Self::recording(reg, swarm, keeper, None)
+    }
+
+    /// A fetching source that tells `underway` when a block comes from a peer this node trusts.
+    pub fn recording(reg: Arc<crate::registry::Registry>, swarm: super::Handle, keeper: Keeper, underway: Option<Arc<crate::exposure::Underway>>) -> Self {
+        let session = super::session::Session::recording(swarm, Vec::new(), underway);
+        let ahead = Arc::new(Ahead { reg: reg.clone(), session: session.clone(), keeper, plan: Mutex::default(), arrived: tokio::sync::Notify::new() });
         Fetching { reg, session, ahead: Some(ahead) }
     }
 
@@ -130,8 +147,8 @@ impl Fetching {
 
     /// The block, local or fetched (and kept, with a keeper).
     async fn get(&self, cid: &Cid) -> crate::dag::Result<Option<Bytes>> {
-        if let Some(bytes) = futures_util::future::OptionFuture::from(self.ahead.as_ref().map(|a| a.take(cid))).await.flatten() {
-            return Ok(Some(bytes));
+        if let Some(ahead) = &self.ahead {
+            ahead.wait_for(cid).await;
         }
         let keeper = self.ahead.as_ref().map(|a| &a.keeper);
         if let Some(bytes) = keeper.and_then(|k| k.waiting(cid)) {
@@ -140,7 +157,7 @@ impl Fetching {
         if let Some(bytes) = self.reg.get_block(cid).await? {
             return Ok(Some(bytes));
         }
-        let Ok(bytes) = self.session.get(*cid).await else { return Ok(None) };
+        let bytes = self.session.get(*cid).await.map_err(|e| crate::dag::DagError::NotFound(e.to_string()))?;
         if let Some(keeper) = keeper {
             keeper.keep(*cid, bytes.clone()).await;
         }

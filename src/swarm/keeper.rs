@@ -32,10 +32,12 @@ pub struct Keeper {
 }
 
 impl Keeper {
-    pub fn new(reg: Arc<Registry>, owner: Owner) -> Keeper {
+    /// A writer keeping blocks for `owner`; `server` is told of each batch committed, so peers
+    /// it told "not here" hear HAVE.
+    pub fn new(reg: Arc<Registry>, owner: Owner, server: Arc<super::bitswap::Server>) -> Keeper {
         let (jobs, rx) = mpsc::channel(QUEUE);
         let waiting = Arc::new(Mutex::new(HashMap::new()));
-        tokio::spawn(write(reg, owner, rx, waiting.clone()));
+        tokio::spawn(write(reg, owner, rx, waiting.clone(), server));
         Keeper { jobs, waiting }
     }
 
@@ -61,7 +63,7 @@ impl Keeper {
     }
 }
 
-async fn write(reg: Arc<Registry>, owner: Owner, mut rx: mpsc::Receiver<Job>, waiting: Arc<Mutex<HashMap<Cid, Bytes>>>) {
+async fn write(reg: Arc<Registry>, owner: Owner, mut rx: mpsc::Receiver<Job>, waiting: Arc<Mutex<HashMap<Cid, Bytes>>>, server: Arc<super::bitswap::Server>) {
     let mut failed: Option<String> = None;
     let mut flushes = Vec::new();
     while let Some(job) = rx.recv().await {
@@ -85,9 +87,12 @@ async fn write(reg: Arc<Registry>, owner: Owner, mut rx: mpsc::Receiver<Job>, wa
         }
         if !batch.is_empty() {
             let cids: Vec<Cid> = batch.iter().map(|(cid, _)| *cid).collect();
-            if let Err(e) = reg.store_blocks(batch, owner.clone()).await {
-                tracing::warn!(error = %e, "fetched blocks were not kept");
-                failed.get_or_insert(e.to_string());
+            match reg.store_blocks(batch, owner.clone()).await {
+                Ok(()) => server.arrived_here(&cids),
+                Err(e) => {
+                    tracing::warn!(error = %e, "fetched blocks were not kept");
+                    failed.get_or_insert(e.to_string());
+                }
             }
             let mut waiting = waiting.lock().expect("keeper lock");
             for cid in cids {

@@ -1,11 +1,19 @@
 //! A Bitswap session: one task that fetches blocks from a set of peers on behalf of one walk (a
 //! pull, a pin). Its callers ask for blocks ([`Session::get`]) as fast as they like; the task
-//! sends each want as want-block to one peer, the one with the fewest wants outstanding (so
-//! several providers serve one blob at once) among those that have not refused more than they
-//! gave, and every peer's new wants go in one message.
-//! DONT_HAVE moves a want to the next peer, silence for [`REWANT`] too; a want nobody can
-//! answer ends with [`SwarmError::NotFound`]. When every peer it knows refused, it looks for
-//! providers on the DHT.
+//! sends each want as want-block to one peer and as want-have to up to [`BROADCAST`] others, and
+//! every peer's new wants go in one message.
+//!
+//! Where a want goes: first to a peer that said HAVE, then to one that has not refused more than
+//! it gave, then to the least loaded. Peers fetching the same content answer DONT_HAVE at first
+//! and HAVE once they have the block (the server remembers what it could not answer), and a want
+//! waiting on a busier peer moves to the one that said HAVE: the busy seed serves what nobody
+//! else has, and nodes fetching one DAG at once feed each other.
+//!
+//! Contention is no failure: a want whose peer is silent while that peer sends nothing at all
+//! moves on after [`REWANT`] (and may come back); a peer that is still delivering is waited for.
+//! A want fails only when every peer it knows (connected, named by the DHT) said it lacks the
+//! block and none said HAVE for [`PARKED`], or when nothing at all arrived for
+//! [`FETCH_TIMEOUT`]; the error says which.
 //!
 //! Verification happens before a block reaches here (`wants::Wants::arrived` hashes it), and a
 //! peer that sent a wrong block is banned there and skipped here.
@@ -17,18 +25,24 @@ use bytes::Bytes;
 use cid::Cid;
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-/// How long a want waits for its peer before it goes to another.
+/// How long a want waits for a peer that sends nothing at all before it goes to another.
 pub const REWANT: Duration = Duration::from_secs(2);
-/// How long a want waits in all.
+/// How long a session goes on with nothing arriving from anyone before its wants fail.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
-/// Other peers asked want-have for a block, besides the one asked for it.
-const PROBES: usize = 2;
+/// How long a want every known peer refused waits for one of them to say HAVE (it may be
+/// fetching the block itself), once anything arrived in the session.
+pub const PARKED: Duration = Duration::from_secs(10);
+/// Peers asked want-have for a block, besides the one asked for it.
+pub const BROADCAST: usize = 8;
 /// Providers asked of the DHT when no known peer has a block.
 const PROVIDERS: usize = 8;
+/// How often the session looks at who is connected (peers joining, peers gone).
+const REFRESH: Duration = Duration::from_secs(2);
 
 type Reply = oneshot::Sender<Result<Bytes, SwarmError>>;
 
@@ -42,8 +56,13 @@ impl Session {
     /// A session over the connected peers and `hints` (peers said to hold the content, with
     /// addresses to dial them at).
     pub fn new(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>) -> Session {
+        Self::recording(swarm, hints, None)
+    }
+
+    /// A session that tells `underway` when a block comes from a peer this node trusts.
+    pub fn recording(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, underway: Option<Arc<crate::exposure::Underway>>) -> Session {
         let (asks, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(swarm, hints, rx));
+        tokio::spawn(run(swarm, hints, rx, underway));
         Session { asks }
     }
 
@@ -63,19 +82,24 @@ impl Session {
 
 struct Want {
     waiters: Vec<Reply>,
-    /// The peer asked last, and when.
+    /// The peer asked for the block last, and when.
     asked: Option<(PeerId, Instant)>,
+    /// Peers that said DONT_HAVE (and have not said HAVE since).
     refused: HashSet<PeerId>,
-    /// Peers that said HAVE: asked first when the want moves on.
+    /// Peers that said HAVE: asked first.
     has: HashSet<PeerId>,
+    /// Peers it was asked of that stayed silent while sending nothing: asked after the others.
+    silent: HashSet<PeerId>,
     /// Other peers were asked want-have for it.
-    probed: bool,
+    broadcast: bool,
     /// Every peer sent this want (either kind): told to cancel it once it is settled.
     told: HashSet<PeerId>,
     since: Instant,
     /// A DHT search for providers was made for it; `searching` while it runs.
     searched: bool,
     searching: bool,
+    /// Since when every known peer has refused it.
+    parked: Option<Instant>,
 }
 
 struct Task {
@@ -88,15 +112,36 @@ struct Task {
     found: mpsc::UnboundedSender<(Cid, Vec<PeerId>)>,
     /// Cancels owed, sent with the next dispatch.
     cancels: HashMap<PeerId, Vec<Cid>>,
-    /// Per peer, blocks it sent this session and wants it refused: a peer that refuses more
-    /// than it gives is asked last (it does not hold this content, or not yet).
+    /// Per peer, blocks it sent this session and want-blocks it refused: a peer that refuses
+    /// more than it gives is asked last (it does not hold this content, or not yet).
     record: HashMap<PeerId, (u64, u64)>,
+    /// When each peer last sent a block, and when anyone did.
+    delivered: HashMap<PeerId, Instant>,
+    progress: Option<Instant>,
+    started: Instant,
+    refreshed: Instant,
+    underway: Option<Arc<crate::exposure::Underway>>,
 }
 
-async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc::UnboundedReceiver<(Cid, Reply)>) {
+async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc::UnboundedReceiver<(Cid, Reply)>, underway: Option<Arc<crate::exposure::Underway>>) {
     let inbox = swarm.bitswap.wants.open();
     let (found, mut found_rx) = mpsc::unbounded_channel();
-    let mut task = Task { swarm, inbox, peers: Vec::new(), load: HashMap::new(), wants: HashMap::new(), found, cancels: HashMap::new(), record: HashMap::new() };
+    let now = Instant::now();
+    let mut task = Task {
+        swarm,
+        inbox,
+        peers: Vec::new(),
+        load: HashMap::new(),
+        wants: HashMap::new(),
+        found,
+        cancels: HashMap::new(),
+        record: HashMap::new(),
+        delivered: HashMap::new(),
+        progress: None,
+        started: now,
+        refreshed: now,
+        underway,
+    };
     task.gather(hints).await;
     let mut tick = tokio::time::interval(REWANT / 4);
     let mut open = true;
@@ -118,7 +163,12 @@ async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc
                 }
             }
             Some((cid, peers)) = found_rx.recv() => task.add_providers(cid, peers).await,
-            _ = tick.tick() => task.expire(),
+            _ = tick.tick() => {
+                if task.refreshed.elapsed() >= REFRESH && !task.wants.is_empty() {
+                    task.refresh().await;
+                }
+                task.expire();
+            }
         }
         task.dispatch();
     }
@@ -147,6 +197,27 @@ impl Task {
         }
     }
 
+    /// Takes peers that connected since, and drops those gone: a want asked of a peer that left
+    /// goes elsewhere at once.
+    async fn refresh(&mut self) {
+        self.refreshed = Instant::now();
+        let Ok(connected) = self.swarm.peers().await else { return };
+        let connected: HashSet<PeerId> = connected.into_iter().map(|(p, _)| p).collect();
+        self.peers.retain(|p| connected.contains(p));
+        for peer in &connected {
+            if !self.peers.contains(peer) {
+                self.peers.push(*peer);
+            }
+        }
+        for w in self.wants.values_mut() {
+            if let Some((peer, _)) = w.asked.filter(|(p, _)| !connected.contains(p)) {
+                w.asked = None;
+                w.refused.insert(peer);
+            }
+        }
+        self.load.retain(|p, _| connected.contains(p));
+    }
+
     fn ask(&mut self, cid: Cid, reply: Reply) {
         if let Some(w) = self.wants.get_mut(&cid) {
             w.waiters.push(reply);
@@ -161,11 +232,13 @@ impl Task {
                 asked: None,
                 refused: HashSet::new(),
                 has: HashSet::new(),
-                probed: false,
+                silent: HashSet::new(),
+                broadcast: false,
                 told: HashSet::new(),
                 since: now,
                 searched: false,
                 searching: false,
+                parked: None,
             },
         );
     }
@@ -187,102 +260,129 @@ impl Task {
 
     fn release(&mut self, w: &Want) {
         if let Some((peer, _)) = w.asked {
-            if let Some(n) = self.load.get_mut(&peer) {
-                *n = n.saturating_sub(1);
-            }
+            self.unload(&peer);
+        }
+    }
+
+    fn unload(&mut self, peer: &PeerId) {
+        if let Some(n) = self.load.get_mut(peer) {
+            *n = n.saturating_sub(1);
         }
     }
 
     fn hear(&mut self, news: News) {
         match news {
             News::Block { cid, data, from } => {
+                let now = Instant::now();
                 self.record.entry(from).or_default().0 += 1;
+                self.delivered.insert(from, now);
+                self.progress = Some(now);
+                if let Some(underway) = &self.underway {
+                    if self.swarm.bitswap.trusts(&from) {
+                        underway.from_trusted();
+                    }
+                }
                 self.settle(&cid, Ok(data), Some(from))
             }
             News::DontHave { cid, from } => {
-                self.record.entry(from).or_default().1 += 1;
                 let Some(w) = self.wants.get_mut(&cid) else { return };
                 w.refused.insert(from);
+                w.has.remove(&from);
                 if w.asked.is_some_and(|(p, _)| p == from) {
                     w.asked = None;
-                    if let Some(n) = self.load.get_mut(&from) {
-                        *n = n.saturating_sub(1);
-                    }
+                    self.record.entry(from).or_default().1 += 1;
+                    self.unload(&from);
                 }
             }
             News::Have { cid, from } => {
-                if let Some(w) = self.wants.get_mut(&cid) {
-                    w.has.insert(from);
+                let Some(w) = self.wants.get_mut(&cid) else { return };
+                w.has.insert(from);
+                w.refused.remove(&from);
+                w.parked = None;
+                // Waiting on a busier peer that has not sent it yet: it goes where it is, and
+                // the busy peer (a seed everyone asks) is left to serve what only it has.
+                if let Some((peer, _)) = w.asked.filter(|(p, _)| *p != from) {
+                    let busier = self.load.get(&peer).copied().unwrap_or(0) > self.load.get(&from).copied().unwrap_or(0) + 1;
+                    if busier {
+                        w.asked = None;
+                        w.told.remove(&peer);
+                        self.cancels.entry(peer).or_default().push(cid);
+                        self.unload(&peer);
+                    }
                 }
             }
         }
     }
 
-    /// Wants whose peer stayed silent go to another; wants too old, or nobody waits for any
-    /// more, end.
+    /// Wants whose peer sent nothing at all for [`REWANT`] go to another; wants nobody waits for
+    /// any more end; wants end when nothing arrived for [`FETCH_TIMEOUT`] or every peer refused
+    /// them for [`PARKED`].
     fn expire(&mut self) {
         let now = Instant::now();
+        let quiet_since = self.progress.unwrap_or(self.started);
         let mut dead = Vec::new();
         let mut silent = Vec::new();
         for (cid, w) in &self.wants {
-            if now.duration_since(w.since) >= FETCH_TIMEOUT || w.waiters.iter().all(|r| r.is_closed()) {
-                dead.push(*cid);
+            let stalled = now.duration_since(w.since) >= FETCH_TIMEOUT && now.duration_since(quiet_since) >= FETCH_TIMEOUT;
+            if stalled {
+                dead.push((*cid, format!("nothing arrived from any of {} peers for {} s", self.peers.len(), FETCH_TIMEOUT.as_secs())));
+            } else if w.waiters.iter().all(|r| r.is_closed()) {
+                dead.push((*cid, "nobody waits for it".into()));
+            } else if let Some(since) = w.parked.filter(|at| now.duration_since(*at) >= PARKED && !w.searching) {
+                let _ = since;
+                dead.push((*cid, format!("none of the {} peers known has it: each said DONT_HAVE, and none said HAVE for {} s", w.refused.len(), PARKED.as_secs())));
             } else if let Some((peer, at)) = w.asked {
-                if now.duration_since(at) >= REWANT {
+                let sending = self.delivered.get(&peer).is_some_and(|t| now.duration_since(*t) < REWANT);
+                if now.duration_since(at) >= REWANT && !sending {
                     silent.push((*cid, peer));
                 }
             }
         }
-        for cid in dead {
-            self.settle(&cid, Err(SwarmError::NotFound(cid.to_string())), None);
+        for (cid, why) in dead {
+            self.settle(&cid, Err(SwarmError::NotFound(format!("{cid}: {why}"))), None);
         }
         for (cid, peer) in silent {
-            if let Some(n) = self.load.get_mut(&peer) {
-                *n = n.saturating_sub(1);
-            }
+            self.unload(&peer);
             if let Some(w) = self.wants.get_mut(&cid) {
                 w.asked = None;
-                // Asked again later if no other peer can be (a reply lost to a reset stream).
-                if self.peers.len() > 1 {
-                    w.refused.insert(peer);
-                }
+                w.silent.insert(peer);
             }
         }
     }
 
-    /// Sends every unasked want as want-block to one peer that has not refused it (one that
-    /// said HAVE first, then one that has not refused more than it gave this session, then the
-    /// least loaded: among peers that do not all hold the content, wants go where it is); a want that had to move on (DONT_HAVE, silence)
-    /// also goes as want-have to up to [`PROBES`] others, so its next move goes where the block
-    /// is. (Probing every want from the start cost four providers two thirds of their speed:
-    /// each probe's answer is one more inbound stream, and libp2p-stream drops them in bursts.)
-    /// One message per peer and kind. A want every peer refused looks for providers, then fails.
+    /// Sends every unasked want as want-block to one peer that has not refused it (one that said
+    /// HAVE first, then one that did not stay silent, then one that has not refused more than it
+    /// gave this session, then the least loaded), and the first time also as want-have to up to
+    /// [`BROADCAST`] others, who say HAVE now or once they have it. One message per peer and
+    /// kind. A want every peer refused looks for providers on the DHT, then waits ([`PARKED`]).
     fn dispatch(&mut self) {
         let wants = &self.swarm.bitswap.wants;
         self.peers.retain(|p| !wants.is_banned(p));
         let mut outbox: HashMap<PeerId, Vec<Cid>> = HashMap::new();
         let mut probes: HashMap<PeerId, Vec<Cid>> = HashMap::new();
         let mut unanswerable = Vec::new();
+        let now = Instant::now();
         for (cid, w) in self.wants.iter_mut().filter(|(_, w)| w.asked.is_none() && !w.searching) {
             let open = || self.peers.iter().filter(|p| !w.refused.contains(p));
             let poor = |p: &PeerId| self.record.get(p).is_some_and(|(gave, refused)| refused > gave);
-            let choice = open().min_by_key(|p| (!w.has.contains(p), poor(p), self.load.get(p).copied().unwrap_or(0))).copied();
+            let choice = open().min_by_key(|p| (!w.has.contains(p), w.silent.contains(p), poor(p), self.load.get(p).copied().unwrap_or(0))).copied();
             match choice {
                 Some(peer) => {
-                    if !w.refused.is_empty() && !w.probed {
-                        w.probed = true;
-                        for other in open().filter(|p| **p != peer).take(PROBES) {
+                    w.parked = None;
+                    if !w.broadcast {
+                        w.broadcast = true;
+                        for other in open().filter(|p| **p != peer && !w.has.contains(p)).take(BROADCAST) {
                             probes.entry(*other).or_default().push(*cid);
                             w.told.insert(*other);
                         }
                     }
-                    w.asked = Some((peer, Instant::now()));
+                    w.asked = Some((peer, now));
                     w.told.insert(peer);
                     *self.load.entry(peer).or_default() += 1;
                     outbox.entry(peer).or_default().push(*cid);
                 }
                 None if !w.searched => {
-                    // Asked again once the search adds peers (or fails, and so does the want).
+                    // Asked again once the search adds peers (or parked, if it finds none).
                     (w.searched, w.searching) = (true, true);
                     let (swarm, found, cid) = (self.swarm.clone(), self.found.clone(), *cid);
                     tokio::spawn(async move {
@@ -296,11 +396,16 @@ impl Task {
                         let _ = found.send((cid, reached));
                     });
                 }
-                None => unanswerable.push(*cid),
+                // Nothing arrived yet from anyone: nobody here is fetching it either.
+                None if self.progress.is_none() => unanswerable.push((*cid, w.refused.len())),
+                None => {
+                    w.parked.get_or_insert(now);
+                }
             }
         }
-        for cid in unanswerable {
-            self.settle(&cid, Err(SwarmError::NotFound(cid.to_string())), None);
+        for (cid, refused) in unanswerable {
+            let why = format!("{cid}: none of the {refused} peers known has it (each said DONT_HAVE) and the DHT named no other");
+            self.settle(&cid, Err(SwarmError::NotFound(why)), None);
         }
         let messages = outbox
             .into_iter()
@@ -334,10 +439,12 @@ impl Task {
                 self.peers.push(peer);
             }
         }
+        let nobody = self.progress.is_none();
         if let Some(w) = self.wants.get_mut(&cid) {
             w.searching = false;
-            if self.peers.iter().all(|p| w.refused.contains(p)) {
-                self.settle(&cid, Err(SwarmError::NotFound(cid.to_string())), None);
+            if nobody && self.peers.iter().all(|p| w.refused.contains(p)) {
+                let why = format!("{cid}: none of the {} peers known has it (each said DONT_HAVE) and the DHT named no other", w.refused.len());
+                self.settle(&cid, Err(SwarmError::NotFound(why)), None);
             }
         }
     }

@@ -7,6 +7,7 @@ pub mod dags;
 pub mod fake_registry;
 pub mod images;
 pub mod kubo_daemon;
+pub mod lab;
 pub mod raw_peer;
 
 use reqwest::blocking::{Client, Response};

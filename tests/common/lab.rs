@@ -1,0 +1,319 @@
+//! A lab of real links: network namespaces on a bridge, each joined by a `veth` pair whose two
+//! directions are shaped with `tbf`, for tests and benchmarks of several nodes over links slower
+//! than loopback. Shared by `tests/` and `benches/`.
+//!
+//! Every address lives inside namespaces the lab creates (the bridge too sits in a namespace of
+//! its own, so the host's network is never touched): 10.77.0.0/24, member `i` at 10.77.0.(i+1).
+//! Kubo's Bitswap ignores peers in 198.18.0.0/15, so that range is not used. Everything is
+//! removed when the lab is dropped, and by a watchdog process when the test dies any other way
+//! (Ctrl-C, a kill, a panic that aborts): it outlives the test by at most a second.
+//! Root is required; [`Lab::available`] says why not when it is missing. Nodes are driven with
+//! `curl` inside their namespaces (standard library and `serde_json` only here).
+#![allow(dead_code)]
+
+use std::process::{Command, Stdio};
+
+/// The lab's members and the namespace holding their bridge.
+pub struct Lab {
+    prefix: String,
+    hub: String,
+    pub members: Vec<Member>,
+    watchdog: Option<std::process::Child>,
+}
+
+/// One namespace on the bridge.
+pub struct Member {
+    /// The namespace's name (`ip netns exec <ns> ...`).
+    pub ns: String,
+    pub ip: String,
+    /// The bridge's end of its veth pair (in the hub namespace).
+    port: String,
+}
+
+/// Runs `ip` with `args`; its error output on failure.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).stdin(Stdio::null()).output().map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Shapes what leaves `dev` (in namespace `ns`) to `mbit` megabits a second; `None` takes the
+/// shaping off.
+fn shape(ns: &str, dev: &str, mbit: Option<u32>) -> Result<(), String> {
+    let _ = Command::new("ip").args(["netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root"]).stderr(Stdio::null()).status();
+    let Some(mbit) = mbit else { return Ok(()) };
+    let rate = format!("{mbit}mbit");
+    // A burst of 256 kbit per 100 Mbit/s: one TCP stream then gets 12.0 MB/s of 100 Mbit/s.
+    let burst = format!("{}kbit", (256 * mbit / 100).max(32));
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", &rate, "burst", &burst, "latency", "50ms"])
+        .output()
+        .map_err(|e| format!("tc: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("tc on {dev} in {ns}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+impl Lab {
+    /// Why a lab cannot be built here, if it cannot (not root, no `ip` or `tc`).
+    pub fn available() -> Result<(), String> {
+        let uid = Command::new("id").arg("-u").output().map_err(|e| format!("id: {e}"))?;
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+            return Err("the lab of network namespaces needs root".into());
+        }
+        for tool in ["ip", "tc"] {
+            if Command::new(tool).arg("-V").output().is_err() {
+                return Err(format!("the lab needs `{tool}` (Debian package iproute2)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `n` namespaces on one bridge, every link unshaped (see [`Lab::shape`]).
+    pub fn new(n: usize) -> Result<Lab, String> {
+        Self::available()?;
+        assert!(n < 250, "one /24 holds the lab");
+        let prefix = format!("afl{}x{}", std::process::id(), LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let hub = format!("{prefix}hub");
+        let mut lab = Lab { prefix: prefix.clone(), hub: hub.clone(), members: Vec::new(), watchdog: None };
+        ip(&["netns", "add", &hub])?;
+        lab.watchdog = Some(lab.spawn_watchdog(n)?);
+        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &hub, "link", "set", "br0", "up"])?;
+        for i in 0..n {
+            let ns = format!("{prefix}n{i}");
+            let port = format!("p{i}");
+            let addr = format!("10.77.0.{}", i + 1);
+            ip(&["netns", "add", &ns])?;
+            ip(&["-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            ip(&["-n", &hub, "link", "set", &port, "master", "br0", "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            lab.members.push(Member { ns, ip: addr, port });
+        }
+        Ok(lab)
+    }
+
+    /// A process that removes the lab once this one is gone, however it ends: it ignores the
+    /// signals a Ctrl-C or a hang-up sends the whole process group.
+    fn spawn_watchdog(&self, n: usize) -> Result<std::process::Child, String> {
+        let namespaces: Vec<String> = (0..n).map(|i| format!("{}n{i}", self.prefix)).chain([self.hub.clone()]).collect();
+        let script = format!(
+            "trap '' INT TERM HUP; while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; for ns in {list}; do \
+             for p in $(ip netns pids $ns 2>/dev/null); do kill -9 $p; done; ip netns del $ns 2>/dev/null; done",
+            pid = std::process::id(),
+            list = namespaces.join(" ")
+        );
+        Command::new("sh").args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("sh: {e}"))
+    }
+
+    /// Shapes member `i`'s link: `up` what it sends, `down` what it receives, in Mbit/s (`None`:
+    /// unshaped).
+    pub fn shape(&self, i: usize, up: Option<u32>, down: Option<u32>) -> Result<(), String> {
+        let m = &self.members[i];
+        shape(&m.ns, "eth0", up)?;
+        shape(&self.hub, &m.port, down)
+    }
+
+    /// Shapes every member's link both ways to `mbit`.
+    pub fn shape_all(&self, mbit: u32) -> Result<(), String> {
+        (0..self.members.len()).try_for_each(|i| self.shape(i, Some(mbit), Some(mbit)))
+    }
+
+    /// `program` to run inside member `i`'s namespace.
+    pub fn command(&self, i: usize, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.members[i].ns, program]);
+        c
+    }
+
+    /// Bytes member `i` has sent and received on its link.
+    pub fn counters(&self, i: usize) -> (u64, u64) {
+        let read = |dir: &str| -> u64 {
+            let out = self.command(i, "cat").arg(format!("/sys/class/net/eth0/statistics/{dir}_bytes")).output();
+            out.ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(0)
+        };
+        (read("tx"), read("rx"))
+    }
+
+    /// Kills every process of member `i`'s namespace.
+    pub fn kill_all(&self, i: usize) {
+        kill_in(&self.members[i].ns);
+    }
+}
+
+fn kill_in(ns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+}
+
+static LABS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for m in &self.members {
+            kill_in(&m.ns);
+            let _ = ip(&["netns", "del", &m.ns]);
+        }
+        let _ = ip(&["netns", "del", &self.hub]);
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
+/// An `af registry serve` inside a lab member's namespace: its listeners on the namespace's own
+/// loopback (the same ports in every member), its swarm on the member's address.
+pub struct LabNode {
+    pub member: usize,
+    pub ns: String,
+    pub ip: String,
+    pub data_dir: std::path::PathBuf,
+    pub log: std::path::PathBuf,
+    pub peer_id: String,
+    bin: std::path::PathBuf,
+    extra: Vec<String>,
+    child: Option<std::process::Child>,
+}
+
+/// Ports every lab node uses on its namespace's loopback.
+pub const LAB_API: u16 = 5000;
+pub const LAB_RPC: u16 = 5001;
+pub const LAB_GATEWAY: u16 = 8080;
+pub const LAB_SWARM: u16 = 4001;
+
+impl Lab {
+    /// Starts `bin registry serve` in member `i` with its data in `dir` (made if missing) and
+    /// `extra` flags; waits until its RPC answers.
+    pub fn start_af(&self, i: usize, bin: &std::path::Path, dir: &std::path::Path, extra: &[&str]) -> Result<LabNode, String> {
+        let m = &self.members[i];
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut node = LabNode {
+            member: i,
+            ns: m.ns.clone(),
+            ip: m.ip.clone(),
+            data_dir: dir.join("data"),
+            log: dir.join("node.log"),
+            peer_id: String::new(),
+            bin: bin.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        node.spawn()?;
+        Ok(node)
+    }
+}
+
+impl LabNode {
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).map_err(|e| e.to_string())?;
+        let local = |port: u16| format!("127.0.0.1:{port}");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(&self.bin)
+            .args(["registry", "serve", "--auth", "none", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(["--api", &local(LAB_API), "--gateway", &local(LAB_GATEWAY), "--rpc", &local(LAB_RPC), "--metrics", &local(9090)])
+            .args(["--swarm", &format!("/ip4/{}/tcp/{LAB_SWARM}", self.ip)])
+            .args(&self.extra)
+            .env("AF_LOG", std::env::var("AF_TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("start af in {}: {e}", self.ns))?;
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(id) = self.rpc("id") {
+                let v: serde_json::Value = serde_json::from_str(&id).map_err(|e| format!("id: {e}: {id}"))?;
+                self.peer_id = v["ID"].as_str().unwrap_or_default().to_string();
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Err(format!("the node in {} exited with {status}: {}", self.ns, self.log_text()));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("the node in {} did not answer: {}", self.ns, self.log_text()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the node (SIGKILL) and starts it again with `extra` flags on the same data.
+    pub fn restart_with(&mut self, extra: &[&str]) -> Result<(), String> {
+        self.kill();
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.spawn()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The node's swarm address with its peer ID.
+    pub fn swarm_addr(&self) -> String {
+        format!("/ip4/{}/tcp/{LAB_SWARM}/p2p/{}", self.ip, self.peer_id)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `curl` inside the node's namespace with `args`: its output, or why it failed.
+    pub fn curl(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("ip").args(["netns", "exec", &self.ns, "curl", "-sS", "--fail-with-body"]).args(args).output().map_err(|e| format!("curl: {e}"))?;
+        let body = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() {
+            Ok(body)
+        } else {
+            Err(format!("{}: {}{}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim(), body))
+        }
+    }
+
+    /// POSTs RPC command `call` (with its query string).
+    pub fn rpc(&self, call: &str) -> Result<String, String> {
+        self.curl(&["-X", "POST", &format!("http://127.0.0.1:{LAB_RPC}/api/v0/{call}")])
+    }
+
+    /// RPC `add` of the file at `path`: its root CID.
+    pub fn add_file(&self, path: &std::path::Path) -> Result<String, String> {
+        let out = self.curl(&["-X", "POST", "-F", &format!("file=@{}", path.display()), &format!("http://127.0.0.1:{LAB_RPC}/api/v0/add?pin=true&cid-version=1")])?;
+        let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or_default()).map_err(|e| format!("add: {e}: {out}"))?;
+        v["Hash"].as_str().map(str::to_string).ok_or(format!("add: no hash: {out}"))
+    }
+
+    /// A number from RPC `bitswap/stat`.
+    pub fn bitswap_stat(&self, field: &str) -> u64 {
+        self.rpc("bitswap/stat").ok().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok()).and_then(|v| v[field].as_u64()).unwrap_or(0)
+    }
+}
+
+impl Drop for LabNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Connects every pair of `nodes` (RPC `swarm/connect`).
+pub fn mesh(nodes: &[&LabNode]) -> Result<(), String> {
+    for (i, a) in nodes.iter().enumerate() {
+        for b in &nodes[i + 1..] {
+            a.rpc(&format!("swarm/connect?arg={}", b.swarm_addr()))?;
+        }
+    }
+    Ok(())
+}
