@@ -437,6 +437,7 @@ impl Server {
                     self.account(peer, |l| l.received += len);
                 }
                 Arrival::Late => {
+                    tracing::debug!(%peer, "a block no longer wanted");
                     self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                     self.stats.duplicate_data.fetch_add(len, Ordering::Relaxed);
                 }

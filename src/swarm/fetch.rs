@@ -25,7 +25,7 @@ pub struct Fetching {
 }
 
 /// Blocks wanted at once ahead of a walk.
-pub const PREFETCH: usize = 32;
+pub const PREFETCH: usize = 64;
 /// Links remembered as still to fetch; past it, the walk fetches the rest as it reaches them.
 const FRONTIER: usize = 1 << 18;
 

@@ -39,6 +39,12 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PARKED: Duration = Duration::from_secs(10);
 /// Peers asked want-have for a block, besides the one asked for it.
 pub const BROADCAST: usize = 8;
+/// Want-blocks one peer has outstanding at most: the rest wait here, not in the peer's queue
+/// (nor in its socket buffers), so they can still go to a peer that says HAVE meanwhile.
+pub const PER_PEER: usize = 8;
+/// How long a want nobody said HAVE of waits before it goes to a peer that did not: a peer
+/// that holds it answers the want-have within this.
+const HAVE_GRACE: Duration = Duration::from_millis(150);
 /// Providers asked of the DHT when no known peer has a block.
 const PROVIDERS: usize = 8;
 /// How often the session looks at who is connected (peers joining, peers gone).
@@ -299,17 +305,6 @@ impl Task {
                 w.has.insert(from);
                 w.refused.remove(&from);
                 w.parked = None;
-                // Waiting on a busier peer that has not sent it yet: it goes where it is, and
-                // the busy peer (a seed everyone asks) is left to serve what only it has.
-                if let Some((peer, _)) = w.asked.filter(|(p, _)| *p != from) {
-                    let busier = self.load.get(&peer).copied().unwrap_or(0) > self.load.get(&from).copied().unwrap_or(0) + 1;
-                    if busier {
-                        w.asked = None;
-                        w.told.remove(&peer);
-                        self.cancels.entry(peer).or_default().push(cid);
-                        self.unload(&peer);
-                    }
-                }
             }
         }
     }
@@ -342,6 +337,7 @@ impl Task {
             self.settle(&cid, Err(SwarmError::NotFound(format!("{cid}: {why}"))), None);
         }
         for (cid, peer) in silent {
+            tracing::debug!(%cid, %peer, "a want moves on from a silent peer");
             self.unload(&peer);
             if let Some(w) = self.wants.get_mut(&cid) {
                 w.asked = None;
@@ -362,25 +358,36 @@ impl Task {
         let mut probes: HashMap<PeerId, Vec<Cid>> = HashMap::new();
         let mut unanswerable = Vec::new();
         let now = Instant::now();
-        for (cid, w) in self.wants.iter_mut().filter(|(_, w)| w.asked.is_none() && !w.searching) {
+        // Wants some peer said HAVE of go first, to those peers; the rest, once the peers asked
+        // had a moment to say HAVE, to whoever has room (a seed everyone asks then serves
+        // what nobody else has).
+        let mut order: Vec<(bool, Cid)> = self.wants.iter().filter(|(_, w)| w.asked.is_none() && !w.searching).map(|(c, w)| (w.has.is_empty(), *c)).collect();
+        order.sort_unstable_by_key(|(nobody_has, _)| *nobody_has);
+        for (nobody_has, cid) in order {
+            let w = self.wants.get_mut(&cid).expect("listed above");
             let open = || self.peers.iter().filter(|p| !w.refused.contains(p));
             let poor = |p: &PeerId| self.record.get(p).is_some_and(|(gave, refused)| refused > gave);
-            let choice = open().min_by_key(|p| (!w.has.contains(p), w.silent.contains(p), poor(p), self.load.get(p).copied().unwrap_or(0))).copied();
+            let load = |p: &PeerId| self.load.get(p).copied().unwrap_or(0);
+            let young = w.broadcast && nobody_has && now.duration_since(w.since) < HAVE_GRACE;
+            let choice = open().filter(|p| load(p) < PER_PEER && !young).min_by_key(|p| (!w.has.contains(p), w.silent.contains(p), poor(p), load(p))).copied();
+            if open().next().is_some() && !w.broadcast {
+                w.broadcast = true;
+                for other in open().filter(|p| Some(**p) != choice && !w.has.contains(p)).take(BROADCAST) {
+                    probes.entry(*other).or_default().push(cid);
+                    w.told.insert(*other);
+                }
+            }
+            let cid = &cid;
             match choice {
                 Some(peer) => {
                     w.parked = None;
-                    if !w.broadcast {
-                        w.broadcast = true;
-                        for other in open().filter(|p| **p != peer && !w.has.contains(p)).take(BROADCAST) {
-                            probes.entry(*other).or_default().push(*cid);
-                            w.told.insert(*other);
-                        }
-                    }
                     w.asked = Some((peer, now));
                     w.told.insert(peer);
                     *self.load.entry(peer).or_default() += 1;
                     outbox.entry(peer).or_default().push(*cid);
                 }
+                // Every peer that may have it is busy: it waits its turn.
+                None if open().next().is_some() => {}
                 None if !w.searched => {
                     // Asked again once the search adds peers (or parked, if it finds none).
                     (w.searched, w.searching) = (true, true);
