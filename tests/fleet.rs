@@ -159,3 +159,35 @@ fn a_private_layer_fetched_by_a_trusted_replica_never_reaches_a_stranger() {
     v.curl(&["-X", "POST", "-o", &out.display().to_string(), &format!("http://127.0.0.1:{}/api/v0/cat?arg={root}&offline=true", common::lab::LAB_RPC)]).unwrap();
     assert_eq!(common::sha256(&std::fs::read(&out).unwrap()), digest);
 }
+
+/// Two seeds hold the file, three nodes pin it at once, and one seed is killed a second and a
+/// half in (about half-way): every pin completes from the other seed and from each other.
+#[test]
+fn a_seed_killed_half_way_leaves_every_pin_complete() {
+    let Some(lab) = lab(5) else { return };
+    lab.shape_all(100).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<LabNode> = (0..5).map(|i| start(&lab, dir.path(), i, &[])).collect();
+    let file = dir.path().join("layer");
+    std::fs::write(&file, common::xorshift_bytes(32, 32 << 20)).unwrap();
+    let root = nodes[0].add_file(&file).unwrap();
+    assert_eq!(nodes[1].add_file(&file).unwrap(), root);
+    mesh(&nodes.iter().collect::<Vec<_>>()).unwrap();
+    let mut victim = nodes.remove(0);
+    let results: Vec<Result<String, String>> = std::thread::scope(|s| {
+        let pins: Vec<_> = nodes[1..].iter().map(|n| s.spawn(|| n.rpc(&format!("pin/add?arg={root}")))).collect();
+        std::thread::sleep(Duration::from_millis(1500));
+        let unfinished = pins.iter().filter(|p| !p.is_finished()).count();
+        victim.kill();
+        assert_eq!(unfinished, 3, "the pins were done before the seed was killed: the test shows nothing");
+        pins.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    for (i, r) in results.iter().enumerate() {
+        assert!(r.is_ok(), "node {} failed: {r:?}\n{}", i + 2, nodes[i + 1].log_text());
+    }
+    for n in &nodes[1..] {
+        let out = dir.path().join(format!("cat{}", n.member));
+        n.curl(&["-X", "POST", "-o", &out.display().to_string(), &format!("http://127.0.0.1:{}/api/v0/cat?arg={root}&offline=true", common::lab::LAB_RPC)]).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&file).unwrap(), "node {}", n.member);
+    }
+}

@@ -47,7 +47,7 @@ pub enum SwarmError {
     Stopped,
     #[error("{0}")]
     Dial(String),
-    #[error("no peer sent block {0}")]
+    #[error("block not found: {0}")]
     NotFound(String),
 }
 

@@ -116,6 +116,8 @@ struct Task {
     load: HashMap<PeerId, usize>,
     wants: HashMap<Cid, Want>,
     found: mpsc::UnboundedSender<(Cid, Vec<PeerId>)>,
+    /// Want-blocks that could not be sent, by peer.
+    unsent: mpsc::UnboundedSender<(PeerId, Vec<Cid>)>,
     /// Cancels owed, sent with the next dispatch.
     cancels: HashMap<PeerId, Vec<Cid>>,
     /// Per peer, blocks it sent this session and want-blocks it refused: a peer that refuses
@@ -132,6 +134,7 @@ struct Task {
 async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc::UnboundedReceiver<(Cid, Reply)>, underway: Option<Arc<crate::exposure::Underway>>) {
     let inbox = swarm.bitswap.wants.open();
     let (found, mut found_rx) = mpsc::unbounded_channel();
+    let (unsent, mut unsent_rx) = mpsc::unbounded_channel();
     let now = Instant::now();
     let mut task = Task {
         swarm,
@@ -140,6 +143,7 @@ async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc
         load: HashMap::new(),
         wants: HashMap::new(),
         found,
+        unsent,
         cancels: HashMap::new(),
         record: HashMap::new(),
         delivered: HashMap::new(),
@@ -169,6 +173,7 @@ async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc
                 }
             }
             Some((cid, peers)) = found_rx.recv() => task.add_providers(cid, peers).await,
+            Some((peer, cids)) = unsent_rx.recv() => task.unsent(peer, cids),
             _ = tick.tick() => {
                 if task.refreshed.elapsed() >= REFRESH && !task.wants.is_empty() {
                     task.refresh().await;
@@ -203,25 +208,29 @@ impl Task {
         }
     }
 
-    /// Takes peers that connected since, and drops those gone: a want asked of a peer that left
-    /// goes elsewhere at once.
+    /// Takes peers that connected since. A peer that left stays: a want sent to it dials it
+    /// again (a peer may drop a connection and take the next), and one it cannot be sent to is
+    /// taken for its refusal ([`Task::unsent`]).
     async fn refresh(&mut self) {
         self.refreshed = Instant::now();
         let Ok(connected) = self.swarm.peers().await else { return };
-        let connected: HashSet<PeerId> = connected.into_iter().map(|(p, _)| p).collect();
-        self.peers.retain(|p| connected.contains(p));
-        for peer in &connected {
-            if !self.peers.contains(peer) {
-                self.peers.push(*peer);
+        for (peer, _) in connected {
+            if !self.peers.contains(&peer) {
+                self.peers.push(peer);
             }
         }
-        for w in self.wants.values_mut() {
-            if let Some((peer, _)) = w.asked.filter(|(p, _)| !connected.contains(p)) {
+    }
+
+    /// Want-blocks that could not be sent to `peer` (it cannot be reached): they go elsewhere.
+    fn unsent(&mut self, peer: PeerId, cids: Vec<Cid>) {
+        for cid in cids {
+            let Some(w) = self.wants.get_mut(&cid) else { continue };
+            w.refused.insert(peer);
+            if w.asked.is_some_and(|(p, _)| p == peer) {
                 w.asked = None;
-                w.refused.insert(peer);
+                self.unload(&peer);
             }
         }
-        self.load.retain(|p, _| connected.contains(p));
     }
 
     fn ask(&mut self, cid: Cid, reply: Reply) {
@@ -414,12 +423,17 @@ impl Task {
             let why = format!("{cid}: none of the {refused} peers known has it (each said DONT_HAVE) and the DHT named no other");
             self.settle(&cid, Err(SwarmError::NotFound(why)), None);
         }
-        let messages = outbox
-            .into_iter()
-            .map(|(p, c)| (p, super::wants::wants_message(&c, WantType::Block)))
-            .chain(probes.into_iter().map(|(p, c)| (p, super::wants::wants_message(&c, WantType::Have))));
-        for (peer, message) in messages {
-            self.send(peer, message);
+        for (peer, cids) in outbox {
+            let (bitswap, unsent) = (self.swarm.bitswap.clone(), self.unsent.clone());
+            tokio::spawn(async move {
+                if let Err(e) = bitswap.outboxes.send(peer, &super::bitswap::BITSWAP_120, super::wants::wants_message(&cids, WantType::Block)).await {
+                    tracing::debug!(%peer, error = %e, "wants not sent");
+                    let _ = unsent.send((peer, cids));
+                }
+            });
+        }
+        for (peer, cids) in probes {
+            self.send(peer, super::wants::wants_message(&cids, WantType::Have));
         }
         self.send_cancels();
     }

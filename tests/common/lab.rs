@@ -172,8 +172,9 @@ impl Drop for Lab {
     }
 }
 
-/// An `af registry serve` inside a lab member's namespace: its listeners on the namespace's own
-/// loopback (the same ports in every member), its swarm on the member's address.
+/// A node inside a lab member's namespace, `af registry serve` or Kubo's daemon: its listeners
+/// on the namespace's own loopback (the same ports in every member), its swarm on the member's
+/// address. Both answer the same RPC.
 pub struct LabNode {
     pub member: usize,
     pub ns: String,
@@ -181,8 +182,9 @@ pub struct LabNode {
     pub data_dir: std::path::PathBuf,
     pub log: std::path::PathBuf,
     pub peer_id: String,
-    bin: std::path::PathBuf,
-    extra: Vec<String>,
+    program: std::path::PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<std::process::Child>,
 }
 
@@ -193,47 +195,96 @@ pub const LAB_GATEWAY: u16 = 8080;
 pub const LAB_SWARM: u16 = 4001;
 
 impl Lab {
-    /// Starts `bin registry serve` in member `i` with its data in `dir` (made if missing) and
-    /// `extra` flags; waits until its RPC answers.
-    pub fn start_af(&self, i: usize, bin: &std::path::Path, dir: &std::path::Path, extra: &[&str]) -> Result<LabNode, String> {
+    fn node(&self, i: usize, program: &std::path::Path, dir: &std::path::Path) -> Result<LabNode, String> {
         let m = &self.members[i];
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut node = LabNode {
+        Ok(LabNode {
             member: i,
             ns: m.ns.clone(),
             ip: m.ip.clone(),
             data_dir: dir.join("data"),
             log: dir.join("node.log"),
             peer_id: String::new(),
-            bin: bin.to_path_buf(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            program: program.to_path_buf(),
+            args: Vec::new(),
+            env: Vec::new(),
             child: None,
+        })
+    }
+
+    /// Starts `bin registry serve` in member `i` with its data in `dir` (made if missing) and
+    /// `extra` flags; waits until its RPC answers.
+    pub fn start_af(&self, i: usize, bin: &std::path::Path, dir: &std::path::Path, extra: &[&str]) -> Result<LabNode, String> {
+        let mut node = self.node(i, bin, dir)?;
+        node.args = node.af_args(extra);
+        node.env = vec![("AF_LOG".into(), std::env::var("AF_TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()))];
+        node.spawn()?;
+        Ok(node)
+    }
+
+    /// Starts Kubo's daemon (`ipfs`, a repository made in `dir`) in member `i`, with no routing
+    /// (it fetches from the peers it is connected to) and the lab's ports.
+    pub fn start_kubo(&self, i: usize, ipfs: &std::path::Path, dir: &std::path::Path) -> Result<LabNode, String> {
+        let mut node = self.node(i, ipfs, dir)?;
+        node.env = vec![("IPFS_PATH".into(), node.data_dir.display().to_string()), ("IPFS_TELEMETRY".into(), "off".into())];
+        let ipfs = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new(&node.program).args(args).envs(node.env.iter().map(|(k, v)| (k, v))).output().map_err(|e| format!("ipfs: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!("ipfs {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+            }
         };
+        ipfs(&["init", "--empty-repo", "--profile", "test"])?;
+        let swarm = format!("[\"/ip4/{}/tcp/{LAB_SWARM}\"]", node.ip);
+        for (key, value) in [
+            ("Addresses.Swarm", swarm.as_str()),
+            ("Addresses.API", &format!("\"/ip4/127.0.0.1/tcp/{LAB_RPC}\"")),
+            ("Addresses.Gateway", &format!("\"/ip4/127.0.0.1/tcp/{LAB_GATEWAY}\"")),
+            ("Routing.Type", "\"none\""),
+            ("Bootstrap", "[]"),
+        ] {
+            ipfs(&["config", "--json", key, value])?;
+        }
+        node.args = vec!["daemon".into()];
         node.spawn()?;
         Ok(node)
     }
 }
 
 impl LabNode {
+    fn af_args(&self, extra: &[&str]) -> Vec<String> {
+        let local = |port: u16| format!("127.0.0.1:{port}");
+        let mut args: Vec<String> = ["registry", "serve", "--auth", "none", "--data-dir"].map(String::from).to_vec();
+        args.push(self.data_dir.display().to_string());
+        for (flag, value) in [
+            ("--api", local(LAB_API)),
+            ("--gateway", local(LAB_GATEWAY)),
+            ("--rpc", local(LAB_RPC)),
+            ("--metrics", local(9090)),
+            ("--swarm", format!("/ip4/{}/tcp/{LAB_SWARM}", self.ip)),
+        ] {
+            args.push(flag.into());
+            args.push(value);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
     fn spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).map_err(|e| e.to_string())?;
-        let local = |port: u16| format!("127.0.0.1:{port}");
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns])
-            .arg(&self.bin)
-            .args(["registry", "serve", "--auth", "none", "--data-dir"])
-            .arg(&self.data_dir)
-            .args(["--api", &local(LAB_API), "--gateway", &local(LAB_GATEWAY), "--rpc", &local(LAB_RPC), "--metrics", &local(9090)])
-            .args(["--swarm", &format!("/ip4/{}/tcp/{LAB_SWARM}", self.ip)])
-            .args(&self.extra)
-            .env("AF_LOG", std::env::var("AF_TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()))
+            .arg(&self.program)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("start af in {}: {e}", self.ns))?;
+            .map_err(|e| format!("start {} in {}: {e}", self.program.display(), self.ns))?;
         self.child = Some(child);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             if let Ok(id) = self.rpc("id") {
                 let v: serde_json::Value = serde_json::from_str(&id).map_err(|e| format!("id: {e}: {id}"))?;
@@ -250,10 +301,21 @@ impl LabNode {
         }
     }
 
+    /// The node's process (`ip netns exec` runs it in its own place).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Its peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// Stops the node (SIGKILL) and starts it again with `extra` flags on the same data.
     pub fn restart_with(&mut self, extra: &[&str]) -> Result<(), String> {
         self.kill();
-        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.args = self.af_args(extra);
         self.spawn()
     }
 
@@ -291,7 +353,8 @@ impl LabNode {
 
     /// RPC `add` of the file at `path`: its root CID.
     pub fn add_file(&self, path: &std::path::Path) -> Result<String, String> {
-        let out = self.curl(&["-X", "POST", "-F", &format!("file=@{}", path.display()), &format!("http://127.0.0.1:{LAB_RPC}/api/v0/add?pin=true&cid-version=1")])?;
+        let url = format!("http://127.0.0.1:{LAB_RPC}/api/v0/add?pin=true&cid-version=1&raw-leaves=true");
+        let out = self.curl(&["-X", "POST", "-F", &format!("file=@{}", path.display()), &url])?;
         let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or_default()).map_err(|e| format!("add: {e}: {out}"))?;
         v["Hash"].as_str().map(str::to_string).ok_or(format!("add: no hash: {out}"))
     }

@@ -1,0 +1,263 @@
+//! `cargo bench --bench fleet`: a fleet pulling one public layer at once over real links. Nodes
+//! run in network namespaces of a lab (`tests/common/lab.rs`), every link shaped with `tbf` to
+//! 100 Mbit/s both ways (`AF_BENCH_LINK_MBIT`). Each pull is an RPC `pin/add` of the layer's
+//! CID (256 MiB, `AF_BENCH_SIZE_MIB`), the nodes fully meshed. In the same run, on the same
+//! links: af-registry and Kubo (`~/go/bin/ipfs`, when installed), each figure printed beside the
+//! link's limit, measured first with one HTTP stream (`python3 -m http.server` and curl).
+//!
+//! Cases: one seed → one node; one seed → N nodes at once (`AF_BENCH_FLEET`, 8): the slowest
+//! against one node alone, the bytes all nodes sent against what they needed, peak RSS per node;
+//! four seeds → one node whose own link is unshaped; two seeds → N nodes with one seed killed
+//! half-way (af-registry only). Needs root (the lab).
+
+#[path = "../tests/common/lab.rs"]
+mod lab;
+
+use lab::{mesh, Lab, LabNode};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Which node software a case runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Af,
+    Kubo,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Af => "af-registry",
+            Kind::Kubo => "Kubo",
+        }
+    }
+}
+
+struct Bench {
+    lab: Lab,
+    dir: tempfile::TempDir,
+    file: PathBuf,
+    size: u64,
+    kubo: Option<PathBuf>,
+    runs: usize,
+}
+
+fn kubo_bin() -> Option<PathBuf> {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let p = Path::new(&home).join("go/bin/ipfs");
+    if p.exists() {
+        return Some(p);
+    }
+    Command::new("ipfs").arg("version").output().ok().filter(|o| o.status.success()).map(|_| PathBuf::from("ipfs"))
+}
+
+impl Bench {
+    /// Starts `kind` in each of `members`, each on a fresh data directory.
+    fn start(&mut self, kind: Kind, members: &[usize]) -> Vec<LabNode> {
+        self.runs += 1;
+        members
+            .iter()
+            .map(|&i| {
+                let dir = self.dir.path().join(format!("run{}/n{i}", self.runs));
+                match kind {
+                    Kind::Af => self.lab.start_af(i, Path::new(env!("CARGO_BIN_EXE_af")), &dir, &[]),
+                    Kind::Kubo => self.lab.start_kubo(i, self.kubo.as_deref().expect("Kubo is installed"), &dir),
+                }
+                .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect()
+    }
+
+    /// The seeds add the layer; everyone is connected to everyone.
+    fn prepare(&self, seeds: &[&LabNode], all: &[&LabNode]) -> String {
+        let mut cid = String::new();
+        for s in seeds {
+            cid = s.add_file(&self.file).unwrap_or_else(|e| panic!("{e}"));
+        }
+        mesh(all).unwrap_or_else(|e| panic!("{e}"));
+        cid
+    }
+
+    /// The pulls of `cid` at `nodes`, all at once: each one's time, or its failure; `during`
+    /// runs meanwhile (given how long since the start).
+    fn pull_all(&self, nodes: &[&LabNode], cid: &str, during: impl Fn(Duration) + Sync) -> Vec<Result<Duration, String>> {
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            let pulls: Vec<_> = nodes.iter().map(|n| s.spawn(move || n.rpc(&format!("pin/add?arg={cid}")).map(|_| started.elapsed()))).collect();
+            while pulls.iter().any(|p| !p.is_finished()) {
+                during(started.elapsed());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            pulls.into_iter().map(|p| p.join().unwrap()).collect()
+        })
+    }
+
+    fn mib_s(&self, t: Duration) -> f64 {
+        self.size as f64 / 1048576.0 / t.as_secs_f64()
+    }
+}
+
+/// What one HTTP stream gets through a shaped link: member 0 serves the layer, member 1 reads it.
+fn link_limit(b: &Bench) -> f64 {
+    let mut server = b
+        .lab
+        .command(0, "python3")
+        .args(["-m", "http.server", "9000", "--bind", &b.lab.members[0].ip, "--directory"])
+        .arg(b.file.parent().unwrap())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    std::thread::sleep(Duration::from_millis(800));
+    let url = format!("http://{}:9000/{}", b.lab.members[0].ip, b.file.file_name().unwrap().to_string_lossy());
+    let out = b.lab.command(1, "curl").args(["-s", "-o", "/dev/null", "-w", "%{speed_download}", &url]).output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().unwrap_or(0.0) / 1048576.0
+}
+
+fn one_to_one(b: &mut Bench, kind: Kind, limit: f64) -> Option<Duration> {
+    let nodes = b.start(kind, &[0, 1]);
+    let cid = b.prepare(&[&nodes[0]], &[&nodes[0], &nodes[1]]);
+    let t = b.pull_all(&[&nodes[1]], &cid, |_| {}).remove(0);
+    match t {
+        Ok(t) => {
+            println!("{:<12} one seed → one node: {:>6.2} s, {:>6.2} MiB/s = {:>4.0}% of the link", kind.name(), t.as_secs_f64(), b.mib_s(t), 100.0 * b.mib_s(t) / limit);
+            Some(t)
+        }
+        Err(e) => {
+            println!("{:<12} one seed → one node: FAILED: {e}", kind.name());
+            None
+        }
+    }
+}
+
+fn one_to_many(b: &mut Bench, kind: Kind, n: usize, alone: Option<Duration>) {
+    let members: Vec<usize> = (0..=n).collect();
+    let nodes = b.start(kind, &members);
+    let all: Vec<&LabNode> = nodes.iter().collect();
+    let cid = b.prepare(&[all[0]], &all);
+    let results = b.pull_all(&all[1..], &cid, |_| {});
+    let times: Vec<f64> = results.iter().filter_map(|r| r.as_ref().ok()).map(|t| t.as_secs_f64()).collect();
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let slowest = times.iter().cloned().fold(0.0, f64::max);
+    let sent: Vec<u64> = nodes.iter().map(|n| n.bitswap_stat("DataSent")).collect();
+    let needed = n as f64 * b.size as f64;
+    let rss: Vec<u64> = nodes[1..].iter().filter_map(|n| n.peak_rss_kib()).map(|k| k >> 10).collect();
+    println!(
+        "{:<12} one seed → {n} nodes at once: {}/{n} complete; slowest {:.2} s = {} one node alone; fastest {:.2} s",
+        kind.name(),
+        times.len(),
+        slowest,
+        alone.map(|a| format!("{:.2}x", slowest / a.as_secs_f64())).unwrap_or("?".into()),
+        times.iter().cloned().fold(f64::MAX, f64::min),
+    );
+    println!(
+        "{:<12}   bytes sent by all = {:.3}x what the {n} needed (the seed {:.2}x the layer, each other node {:.2}x on average); peak RSS per node {} MiB",
+        "",
+        sent.iter().sum::<u64>() as f64 / needed,
+        sent[0] as f64 / b.size as f64,
+        sent[1..].iter().sum::<u64>() as f64 / n as f64 / b.size as f64,
+        rss.iter().max().map(|m| m.to_string()).unwrap_or("?".into())
+    );
+    for e in failed.iter().take(3) {
+        println!("{:<12}   a pull failed: {e}", "");
+    }
+}
+
+fn four_to_one(b: &mut Bench, kind: Kind, limit: f64) {
+    let link = env_or("AF_BENCH_LINK_MBIT", 100) as u32;
+    b.lab.shape(4, None, None).unwrap();
+    let nodes = b.start(kind, &[0, 1, 2, 3, 4]);
+    let all: Vec<&LabNode> = nodes.iter().collect();
+    let cid = b.prepare(&all[..4], &all);
+    let r = b.pull_all(&all[4..], &cid, |_| {}).remove(0);
+    let sent: Vec<String> = nodes[..4].iter().map(|n| format!("{:.0}%", 100.0 * n.bitswap_stat("DataSent") as f64 / b.size as f64)).collect();
+    match r {
+        Ok(t) => println!(
+            "{:<12} four seeds → one node (its link unshaped): {:.2} s, {:.2} MiB/s = {:.0}% of the four uplinks; each seed sent {}",
+            kind.name(),
+            t.as_secs_f64(),
+            b.mib_s(t),
+            100.0 * b.mib_s(t) / (4.0 * limit),
+            sent.join(" ")
+        ),
+        Err(e) => println!("{:<12} four seeds → one node: FAILED: {e}", kind.name()),
+    }
+    b.lab.shape(4, Some(link), Some(link)).unwrap();
+}
+
+fn seed_killed(b: &mut Bench, n: usize, alone: Option<Duration>) {
+    let members: Vec<usize> = (0..n + 2).collect();
+    let mut nodes = b.start(Kind::Af, &members);
+    let cid = {
+        let all: Vec<&LabNode> = nodes.iter().collect();
+        b.prepare(&all[..2], &all)
+    };
+    let half = alone.unwrap_or(Duration::from_secs(20)) / 2;
+    let victim = std::sync::Mutex::new(Some(nodes.remove(0)));
+    let rest: Vec<&LabNode> = nodes.iter().collect();
+    let results = b.pull_all(&rest[1..], &cid, |t| {
+        if t >= half {
+            if let Some(mut seed) = victim.lock().unwrap().take() {
+                seed.kill();
+            }
+        }
+    });
+    let done = results.iter().filter(|r| r.is_ok()).count();
+    let slowest = results.iter().filter_map(|r| r.as_ref().ok()).map(|t| t.as_secs_f64()).fold(0.0, f64::max);
+    println!("{:<12} two seeds → {n} nodes, one seed killed at {:.1} s: {done}/{n} complete, slowest {slowest:.2} s", Kind::Af.name(), half.as_secs_f64());
+    for e in results.iter().filter_map(|r| r.as_ref().err()).take(3) {
+        println!("{:<12}   a pull failed: {e}", "");
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let size = (env_or("AF_BENCH_SIZE_MIB", 256) as u64) << 20;
+    let n = env_or("AF_BENCH_FLEET", 8);
+    let link = env_or("AF_BENCH_LINK_MBIT", 100) as u32;
+    if let Err(e) = Lab::available() {
+        println!("fleet bench skipped: {e}");
+        return;
+    }
+    let lab = Lab::new(n + 2).unwrap_or_else(|e| panic!("{e}"));
+    lab.shape_all(link).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("layer");
+    {
+        // Bytes that never repeat a block: every leaf is a block of its own.
+        let mut state: u64 = 0x9e3779b97f4a7c15;
+        let mut data = Vec::with_capacity(size as usize);
+        while (data.len() as u64) < size {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            data.extend_from_slice(&state.to_le_bytes());
+        }
+        std::fs::write(&file, &data).unwrap();
+    }
+    let mut b = Bench { lab, dir, file, size, kubo: kubo_bin(), runs: 0 };
+    let limit = link_limit(&b);
+    println!("fleet: a {} MiB layer, links of {link} Mbit/s both ways; one HTTP stream gets {limit:.2} MiB/s (the link's limit)", size >> 20);
+    let mut kinds = vec![Kind::Af];
+    match &b.kubo {
+        Some(_) => kinds.push(Kind::Kubo),
+        None => println!("Kubo: not installed (scripts/install-test-deps.sh builds it); its figures are missing"),
+    }
+    for &kind in &kinds {
+        let alone = one_to_one(&mut b, kind, limit);
+        one_to_many(&mut b, kind, n, alone);
+        four_to_one(&mut b, kind, limit);
+        if kind == Kind::Af {
+            seed_killed(&mut b, n, alone);
+        }
+    }
+}
