@@ -73,11 +73,26 @@ impl Bench {
             .collect()
     }
 
-    /// The seeds add the layer; everyone is connected to everyone.
-    fn prepare(&self, seeds: &[&LabNode], all: &[&LabNode]) -> String {
+    /// The seeds hold the layer (af-registry: pushed to a public repository; Kubo: `add` with
+    /// the same 1 MiB chunks); everyone is connected to everyone.
+    fn prepare(&self, kind: Kind, seeds: &[&LabNode], all: &[&LabNode]) -> String {
         let mut cid = String::new();
+        let file = self.file.display().to_string();
         for s in seeds {
-            cid = s.add_file(&self.file).unwrap_or_else(|e| panic!("{e}"));
+            cid = match kind {
+                Kind::Af => s.push_public_layer(Path::new(env!("CARGO_BIN_EXE_af")), "fleet/layer", &self.file),
+                Kind::Kubo => s
+                    .curl(&[
+                        "-X",
+                        "POST",
+                        "-F",
+                        &format!("file=@{file}"),
+                        &format!("http://127.0.0.1:{}/api/v0/add?cid-version=1&raw-leaves=true&chunker=size-1048576", lab::LAB_RPC),
+                    ])
+                    .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).map_err(|e| e.to_string()))
+                    .map(|v| v["Hash"].as_str().unwrap_or_default().to_string()),
+            }
+            .unwrap_or_else(|e| panic!("{e}"));
         }
         mesh(all).unwrap_or_else(|e| panic!("{e}"));
         cid
@@ -123,7 +138,7 @@ fn link_limit(b: &Bench) -> f64 {
 
 fn one_to_one(b: &mut Bench, kind: Kind, limit: f64) -> Option<Duration> {
     let nodes = b.start(kind, &[0, 1]);
-    let cid = b.prepare(&[&nodes[0]], &[&nodes[0], &nodes[1]]);
+    let cid = b.prepare(kind, &[&nodes[0]], &[&nodes[0], &nodes[1]]);
     let t = b.pull_all(&[&nodes[1]], &cid, |_| {}).remove(0);
     match t {
         Ok(t) => {
@@ -141,12 +156,20 @@ fn one_to_many(b: &mut Bench, kind: Kind, n: usize, alone: Option<Duration>) {
     let members: Vec<usize> = (0..=n).collect();
     let nodes = b.start(kind, &members);
     let all: Vec<&LabNode> = nodes.iter().collect();
-    let cid = b.prepare(&[all[0]], &all);
-    let results = b.pull_all(&all[1..], &cid, |_| {});
+    let cid = b.prepare(kind, &[all[0]], &all);
+    let anon_peak = std::sync::Mutex::new(vec![0u64; n]);
+    let results = b.pull_all(&all[1..], &cid, |_| {
+        let mut peak = anon_peak.lock().unwrap();
+        for (i, node) in all[1..].iter().enumerate() {
+            peak[i] = peak[i].max(node.anon_kib().unwrap_or(0));
+        }
+    });
+    let anon = anon_peak.into_inner().unwrap().into_iter().max().unwrap_or(0) >> 10;
     let times: Vec<f64> = results.iter().filter_map(|r| r.as_ref().ok()).map(|t| t.as_secs_f64()).collect();
     let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     let slowest = times.iter().cloned().fold(0.0, f64::max);
     let sent: Vec<u64> = nodes.iter().map(|n| n.bitswap_stat("DataSent")).collect();
+    let duplicates: u64 = nodes[1..].iter().map(|n| n.bitswap_stat("DupDataReceived")).sum();
     let needed = n as f64 * b.size as f64;
     let rss: Vec<u64> = nodes[1..].iter().filter_map(|n| n.peak_rss_kib()).map(|k| k >> 10).collect();
     println!(
@@ -158,11 +181,12 @@ fn one_to_many(b: &mut Bench, kind: Kind, n: usize, alone: Option<Duration>) {
         times.iter().cloned().fold(f64::MAX, f64::min),
     );
     println!(
-        "{:<12}   bytes sent by all = {:.3}x what the {n} needed (the seed {:.2}x the layer, each other node {:.2}x on average); peak RSS per node {} MiB",
+        "{:<12}   bytes sent by all = {:.3}x what the {n} needed (the seed {:.2}x the layer, each other node {:.2}x on average; duplicates {} MiB); peak per node: RSS {} MiB (anonymous {anon} MiB)",
         "",
         sent.iter().sum::<u64>() as f64 / needed,
         sent[0] as f64 / b.size as f64,
         sent[1..].iter().sum::<u64>() as f64 / n as f64 / b.size as f64,
+        duplicates >> 20,
         rss.iter().max().map(|m| m.to_string()).unwrap_or("?".into())
     );
     for e in failed.iter().take(3) {
@@ -175,7 +199,7 @@ fn four_to_one(b: &mut Bench, kind: Kind, limit: f64) {
     b.lab.shape(4, None, None).unwrap();
     let nodes = b.start(kind, &[0, 1, 2, 3, 4]);
     let all: Vec<&LabNode> = nodes.iter().collect();
-    let cid = b.prepare(&all[..4], &all);
+    let cid = b.prepare(kind, &all[..4], &all);
     let r = b.pull_all(&all[4..], &cid, |_| {}).remove(0);
     let sent: Vec<String> = nodes[..4].iter().map(|n| format!("{:.0}%", 100.0 * n.bitswap_stat("DataSent") as f64 / b.size as f64)).collect();
     match r {
@@ -197,7 +221,7 @@ fn seed_killed(b: &mut Bench, n: usize, alone: Option<Duration>) {
     let mut nodes = b.start(Kind::Af, &members);
     let cid = {
         let all: Vec<&LabNode> = nodes.iter().collect();
-        b.prepare(&all[..2], &all)
+        b.prepare(Kind::Af, &all[..2], &all)
     };
     let half = alone.unwrap_or(Duration::from_secs(20)) / 2;
     let victim = std::sync::Mutex::new(Some(nodes.remove(0)));
@@ -231,6 +255,9 @@ fn main() {
     let lab = Lab::new(n + 2).unwrap_or_else(|e| panic!("{e}"));
     lab.shape_all(link).unwrap();
     let dir = tempfile::tempdir().unwrap();
+    if std::env::var("AF_BENCH_KEEP").is_ok() {
+        println!("the nodes' data and logs stay in {}", dir.path().display());
+    }
     let file = dir.path().join("layer");
     {
         // Bytes that never repeat a block: every leaf is a block of its own.
@@ -244,6 +271,7 @@ fn main() {
         }
         std::fs::write(&file, &data).unwrap();
     }
+    let keep = std::env::var("AF_BENCH_KEEP").is_ok();
     let mut b = Bench { lab, dir, file, size, kubo: kubo_bin(), runs: 0 };
     let limit = link_limit(&b);
     println!("fleet: a {} MiB layer, links of {link} Mbit/s both ways; one HTTP stream gets {limit:.2} MiB/s (the link's limit)", size >> 20);
@@ -252,6 +280,8 @@ fn main() {
         Some(_) => kinds.push(Kind::Kubo),
         None => println!("Kubo: not installed (scripts/install-test-deps.sh builds it); its figures are missing"),
     }
+    let only = std::env::var("AF_BENCH_ONLY").ok();
+    kinds.retain(|k| only.as_deref().is_none_or(|o| k.name().eq_ignore_ascii_case(o)));
     for &kind in &kinds {
         let alone = one_to_one(&mut b, kind, limit);
         one_to_many(&mut b, kind, n, alone);
@@ -259,5 +289,9 @@ fn main() {
         if kind == Kind::Af {
             seed_killed(&mut b, n, alone);
         }
+    }
+    if keep {
+        // Kept for reading the nodes' logs (AF_TEST_NODE_LOG sets their filter).
+        let _ = b.dir.keep();
     }
 }

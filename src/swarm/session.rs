@@ -9,8 +9,9 @@
 //! waiting on a busier peer moves to the one that said HAVE: the busy seed serves what nobody
 //! else has, and nodes fetching one DAG at once feed each other.
 //!
-//! Contention is no failure: a want whose peer is silent while that peer sends nothing at all
-//! moves on after [`REWANT`] (and may come back); a peer that is still delivering is waited for.
+//! Contention is no failure: a want whose peer sends nothing at all moves on after [`REWANT`]
+//! (and may come back), after [`STALLED`] if that peer delivered earlier in the session (it is
+//! busy, not gone); a peer that is still delivering is waited for.
 //! A want fails only when every peer it knows (connected, named by the DHT) said it lacks the
 //! block and none said HAVE for [`PARKED`], or when nothing at all arrived for
 //! [`FETCH_TIMEOUT`]; the error says which.
@@ -32,6 +33,9 @@ use tokio::time::Instant;
 
 /// How long a want waits for a peer that sends nothing at all before it goes to another.
 pub const REWANT: Duration = Duration::from_secs(2);
+/// How long a want waits for a peer that delivered blocks earlier and has sent nothing since:
+/// a seed serving many peers at once sends each of them a block now and then.
+pub const STALLED: Duration = Duration::from_secs(8);
 /// How long a session goes on with nothing arriving from anyone before its wants fail.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a want every known peer refused waits for one of them to say HAVE (it may be
@@ -336,8 +340,11 @@ impl Task {
                 let _ = since;
                 dead.push((*cid, format!("none of the {} peers known has it: each said DONT_HAVE, and none said HAVE for {} s", w.refused.len(), PARKED.as_secs())));
             } else if let Some((peer, at)) = w.asked {
-                let sending = self.delivered.get(&peer).is_some_and(|t| now.duration_since(*t) < REWANT);
-                if now.duration_since(at) >= REWANT && !sending {
+                // A peer that never sent this session anything is given REWANT; one that has,
+                // and may be busy serving others, STALLED since its last block.
+                let patience = if self.delivered.contains_key(&peer) { STALLED } else { REWANT };
+                let quiet = self.delivered.get(&peer).is_none_or(|t| now.duration_since(*t) >= patience);
+                if now.duration_since(at) >= patience && quiet {
                     silent.push((*cid, peer));
                 }
             }

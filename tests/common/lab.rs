@@ -306,6 +306,12 @@ impl LabNode {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Its anonymous memory now (heap and stacks, not the page cache of mapped files), in KiB.
+    pub fn anon_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("RssAnon:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// Its peak resident memory so far (VmHWM), in KiB.
     pub fn peak_rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
@@ -357,6 +363,25 @@ impl LabNode {
         let out = self.curl(&["-X", "POST", "-F", &format!("file=@{}", path.display()), &url])?;
         let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or_default()).map_err(|e| format!("add: {e}: {out}"))?;
         v["Hash"].as_str().map(str::to_string).ok_or(format!("add: no hash: {out}"))
+    }
+
+    /// Pushes the file at `path` as a layer of repository `repo` through the OCI API (streamed
+    /// from disk), makes the repository public with `af registry visibility` (`af`: the binary),
+    /// and answers the layer's root CID.
+    pub fn push_public_layer(&self, af: &std::path::Path, repo: &str, path: &std::path::Path) -> Result<String, String> {
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        std::io::copy(&mut std::fs::File::open(path).map_err(|e| e.to_string())?, &mut hasher).map_err(|e| e.to_string())?;
+        let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+        let api = |tail: &str| format!("http://127.0.0.1:{LAB_API}/v2/{repo}/blobs/{tail}");
+        self.curl(&["-X", "POST", "-H", "Content-Type: application/octet-stream", "-T", &path.display().to_string(), &api(&format!("uploads?digest={digest}"))])?;
+        let out = Command::new(af).args(["registry", "visibility", repo, "public", "--data-dir"]).arg(&self.data_dir).output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("visibility: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let head = self.curl(&["-I", &api(&digest)])?;
+        let line = head.lines().find(|l| l.to_ascii_lowercase().starts_with("ipfs-cid:")).ok_or(format!("no Ipfs-Cid: {head}"))?;
+        Ok(line.split_once(':').map(|(_, v)| v.trim().to_string()).unwrap_or_default())
     }
 
     /// A number from RPC `bitswap/stat`.
