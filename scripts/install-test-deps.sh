@@ -26,7 +26,8 @@ attempt() { # what, how to provide it, command...
 
 need_apt=()
 for pair in skopeo:skopeo podman:podman buildah:buildah umoci:umoci containerd:containerd \
-            ctr:containerd docker-registry:docker-registry wrk:wrk jq:jq tini:tini prometheus:prometheus promtool:prometheus chromium:chromium dnsmasq:dnsmasq-base faketime:faketime; do
+            ctr:containerd docker-registry:docker-registry wrk:wrk jq:jq tini:tini prometheus:prometheus promtool:prometheus chromium:chromium dnsmasq:dnsmasq-base faketime:faketime \
+            ip:iproute2 tc:iproute2 curl:curl python3:python3; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
