@@ -525,7 +525,9 @@ impl Server {
                 true => presences.push(presence(PresenceType::Have)),
                 false => {
                     self.remember(peer, cid, &want);
-                    if want.dont_have {
+                    // Being fetched to be passed on: HAVE follows, and a DONT_HAVE now would
+                    // send the asker to the seed for it too (see `Wants::fetching_for_anyone`).
+                    if want.dont_have && !(want.protocol == BITSWAP_120 && self.wants.fetching_for_anyone(&cid)) {
                         presences.push(presence(PresenceType::DontHave));
                     }
                 }

@@ -50,6 +50,9 @@ pub const PER_PEER: usize = 4;
 /// How long a want nobody said HAVE of waits before it goes to a peer that did not: a peer
 /// that holds it answers the want-have within this.
 const HAVE_GRACE: Duration = Duration::from_millis(150);
+/// How long a want waits for a peer fetching it (asked want-have, it said neither HAVE nor
+/// DONT_HAVE) to say HAVE before it goes elsewhere.
+const FETCHER_GRACE: Duration = Duration::from_secs(3);
 /// Providers asked of the DHT when no known peer has a block.
 const PROVIDERS: usize = 8;
 /// How often the session looks at who is connected (peers joining, peers gone).
@@ -99,6 +102,8 @@ struct Want {
     refused: HashSet<PeerId>,
     /// Peers that said HAVE: asked first.
     has: HashSet<PeerId>,
+    /// Peers that answered it at all (HAVE or DONT_HAVE).
+    answered: HashSet<PeerId>,
     /// Peers it was asked of that stayed silent while sending nothing: asked after the others.
     silent: HashSet<PeerId>,
     /// Other peers were asked want-have for it.
@@ -137,7 +142,7 @@ struct Task {
 }
 
 async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc::UnboundedReceiver<(Cid, Reply)>, underway: Option<Arc<crate::exposure::Underway>>) {
-    let inbox = swarm.bitswap.wants.open();
+    let inbox = swarm.bitswap.wants.open(underway.clone());
     let (found, mut found_rx) = mpsc::unbounded_channel();
     let (unsent, mut unsent_rx) = mpsc::unbounded_channel();
     let now = Instant::now();
@@ -252,6 +257,7 @@ impl Task {
                 asked: None,
                 refused: HashSet::new(),
                 has: HashSet::new(),
+                answered: HashSet::new(),
                 silent: HashSet::new(),
                 broadcast: false,
                 told: HashSet::new(),
@@ -306,6 +312,7 @@ impl Task {
             }
             News::DontHave { cid, from } => {
                 let Some(w) = self.wants.get_mut(&cid) else { return };
+                w.answered.insert(from);
                 w.refused.insert(from);
                 w.has.remove(&from);
                 if w.asked.is_some_and(|(p, _)| p == from) {
@@ -316,6 +323,7 @@ impl Task {
             }
             News::Have { cid, from } => {
                 let Some(w) = self.wants.get_mut(&cid) else { return };
+                w.answered.insert(from);
                 w.has.insert(from);
                 w.refused.remove(&from);
                 w.parked = None;
@@ -378,14 +386,22 @@ impl Task {
         // Wants some peer said HAVE of go first, to those peers; the rest, once the peers asked
         // had a moment to say HAVE, to whoever has room (a seed everyone asks then serves
         // what nobody else has).
-        let mut order: Vec<(bool, Cid)> = self.wants.iter().filter(|(_, w)| w.asked.is_none() && !w.searching).map(|(c, w)| (w.has.is_empty(), *c)).collect();
-        order.sort_unstable_by_key(|(nobody_has, _)| *nobody_has);
-        for (nobody_has, cid) in order {
+        // A want goes out first as want-have alone (when there is more than one peer); a peer
+        // that then says nothing is fetching it itself (a node fetching to pass on answers so)
+        // and its HAVE is waited for, up to FETCHER_GRACE, so a busy seed serves each block
+        // about once. Wants some peer said HAVE of go first.
+        let fetching_elsewhere = |w: &Want| w.broadcast && w.told.iter().any(|p| !w.answered.contains(p) && !w.has.contains(p));
+        let mut order: Vec<(bool, bool, Cid)> =
+            self.wants.iter().filter(|(_, w)| w.asked.is_none() && !w.searching).map(|(c, w)| (fetching_elsewhere(w), w.has.is_empty(), *c)).collect();
+        order.sort_unstable_by_key(|(elsewhere, nobody_has, _)| (*elsewhere, *nobody_has));
+        let several = self.peers.len() > 1;
+        for (elsewhere, nobody_has, cid) in order {
             let w = self.wants.get_mut(&cid).expect("listed above");
             let open = || self.peers.iter().filter(|p| !w.refused.contains(p));
             let poor = |p: &PeerId| self.record.get(p).is_some_and(|(gave, refused)| refused > gave);
             let load = |p: &PeerId| self.load.get(p).copied().unwrap_or(0);
-            let young = w.broadcast && nobody_has && now.duration_since(w.since) < HAVE_GRACE;
+            let waited = now.duration_since(w.since);
+            let young = (several && !w.broadcast) || (nobody_has && waited < HAVE_GRACE) || (elsewhere && waited < FETCHER_GRACE);
             let choice = open().filter(|p| load(p) < PER_PEER && !young).min_by_key(|p| (!w.has.contains(p), w.silent.contains(p), poor(p), load(p))).copied();
             if open().next().is_some() && !w.broadcast {
                 w.broadcast = true;
@@ -398,12 +414,13 @@ impl Task {
             match choice {
                 Some(peer) => {
                     w.parked = None;
+                    self.swarm.bitswap.wants.asked(&self.inbox, cid);
                     w.asked = Some((peer, now));
                     w.told.insert(peer);
                     *self.load.entry(peer).or_default() += 1;
                     outbox.entry(peer).or_default().push(*cid);
                 }
-                // Every peer that may have it is busy: it waits its turn.
+                // Every peer that may have it is busy, or it waits for a HAVE: its turn comes.
                 None if open().next().is_some() => {}
                 None if !w.searched => {
                     // Asked again once the search adds peers (or parked, if it finds none).

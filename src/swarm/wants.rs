@@ -49,8 +49,9 @@ pub enum Arrival {
 }
 
 type SessionId = u64;
-/// The sessions waiting for a block, each with its mailbox.
-type Waiting = Vec<(SessionId, mpsc::UnboundedSender<News>)>;
+/// The sessions waiting for a block, each with its mailbox and whether it has asked a peer for
+/// it to pass it on to strangers as it arrives.
+type Waiting = Vec<(SessionId, mpsc::UnboundedSender<News>, bool)>;
 
 #[derive(Default)]
 pub struct Wants {
@@ -65,20 +66,37 @@ pub struct Inbox {
     id: SessionId,
     tx: mpsc::UnboundedSender<News>,
     pub rx: mpsc::UnboundedReceiver<News>,
+    /// The fetch this session's blocks are kept for, if they go out while it runs.
+    underway: Option<std::sync::Arc<crate::exposure::Underway>>,
 }
 
 impl Wants {
-    pub fn open(&self) -> Inbox {
+    pub fn open(&self, underway: Option<std::sync::Arc<crate::exposure::Underway>>) -> Inbox {
         let (tx, rx) = mpsc::unbounded_channel();
-        Inbox { id: self.next.fetch_add(1, Ordering::Relaxed), tx, rx }
+        Inbox { id: self.next.fetch_add(1, Ordering::Relaxed), tx, rx, underway }
+    }
+
+    /// Whether a session has asked a peer for `cid`, for a pin whose blocks go to strangers as
+    /// they arrive (none came from a trusted peer): a stranger asking for it now will be told
+    /// HAVE soon, so being told nothing meanwhile reveals nothing it would not learn anyway.
+    pub fn fetching_for_anyone(&self, cid: &Cid) -> bool {
+        self.interest.lock().expect("wants lock").get(cid).is_some_and(|w| w.iter().any(|(_, _, passing)| *passing))
+    }
+
+    /// `inbox` has asked a peer for `cid`: see [`Wants::fetching_for_anyone`].
+    pub fn asked(&self, inbox: &Inbox, cid: &Cid) {
+        let passing = inbox.underway.as_ref().is_some_and(|u| !u.came_from_trusted());
+        if let Some(entry) = self.interest.lock().expect("wants lock").get_mut(cid).and_then(|w| w.iter_mut().find(|(id, _, _)| *id == inbox.id)) {
+            entry.2 = passing;
+        }
     }
 
     /// `inbox` waits for `cid`.
     pub fn want(&self, inbox: &Inbox, cid: Cid) {
         let mut interest = self.interest.lock().expect("wants lock");
         let waiting = interest.entry(cid).or_default();
-        if waiting.iter().all(|(id, _)| *id != inbox.id) {
-            waiting.push((inbox.id, inbox.tx.clone()));
+        if waiting.iter().all(|(id, _, _)| *id != inbox.id) {
+            waiting.push((inbox.id, inbox.tx.clone(), false));
         }
         drop(interest);
         let mut lately = self.lately.lock().expect("lately lock");
@@ -96,7 +114,7 @@ impl Wants {
     pub fn unwant(&self, inbox: &Inbox, cid: &Cid) {
         let mut interest = self.interest.lock().expect("wants lock");
         if let Some(waiting) = interest.get_mut(cid) {
-            waiting.retain(|(id, _)| *id != inbox.id);
+            waiting.retain(|(id, _, _)| *id != inbox.id);
             if waiting.is_empty() {
                 interest.remove(cid);
             }
@@ -118,7 +136,7 @@ impl Wants {
         match waiting {
             Some(waiting) => {
                 let data = Bytes::from(data);
-                for (_, tx) in waiting {
+                for (_, tx, _) in waiting {
                     let _ = tx.send(News::Block { cid, data: data.clone(), from });
                 }
                 Arrival::Wanted
@@ -131,7 +149,7 @@ impl Wants {
     /// `from` says whether it has `cid`.
     pub fn presence(&self, from: PeerId, cid: Cid, have: bool) {
         if let Some(waiting) = self.interest.lock().expect("wants lock").get(&cid) {
-            for (_, tx) in waiting {
+            for (_, tx, _) in waiting {
                 let news = if have { News::Have { cid, from } } else { News::DontHave { cid, from } };
                 let _ = tx.send(news);
             }
