@@ -1,13 +1,14 @@
 //! A Bitswap session: one task that fetches blocks from a set of peers on behalf of one walk (a
 //! pull, a pin). Its callers ask for blocks ([`Session::get`]) as fast as they like; the task
-//! sends each want as want-block to one peer and as want-have to up to [`BROADCAST`] others, and
-//! every peer's new wants go in one message.
+//! sends each new want first as want-have to up to [`BROADCAST`] peers, then as want-block to
+//! one peer, and every peer's new wants go in one message.
 //!
-//! Where a want goes: first to a peer that said HAVE, then to one that has not refused more than
-//! it gave, then to the least loaded. Peers fetching the same content answer DONT_HAVE at first
-//! and HAVE once they have the block (the server remembers what it could not answer), and a want
-//! waiting on a busier peer moves to the one that said HAVE: the busy seed serves what nobody
-//! else has, and nodes fetching one DAG at once feed each other.
+//! Where a want-block goes: first to a peer that said HAVE, then to one that has not refused
+//! more than it gave, then to the least loaded; at most [`PER_PEER`] at a time per peer, the
+//! rest waiting here. Peers fetching the same content answer DONT_HAVE (or, while they are
+//! fetching that very block to pass it on, nothing) and HAVE once they have the block (the
+//! server remembers what it could not answer); a want a peer is fetching waits for its HAVE, so
+//! a busy seed serves each block about once and nodes fetching one DAG at once feed each other.
 //!
 //! Contention is no failure: a want whose peer sends nothing at all moves on after [`REWANT`]
 //! (and may come back), after [`STALLED`] if that peer delivered earlier in the session (it is
