@@ -29,17 +29,9 @@ fn main() {
     // One small image: a config blob and a manifest naming it.
     let config = b"{}";
     let config_digest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(config)));
-    curl(&[
-        "-o",
-        "/dev/null",
-        "-X",
-        "POST",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "--data-binary",
-        "{}",
-        &format!("{base}/v2/bench/app/blobs/uploads?digest={config_digest}"),
-    ]);
+    let config_file = dir.join("config.json");
+    std::fs::write(&config_file, config).unwrap();
+    push_blob(&base, "bench/app", &config_file, &config_digest);
     let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": 2}, "layers": []}).to_string();
     curl(&[
         "-o",

@@ -29,7 +29,6 @@ fn start(lab: &Lab, dir: &Path, i: usize, extra: &[&str]) -> LabNode {
 #[test]
 fn one_seed_three_nodes_pin_one_file_at_once_over_shaped_links() {
     let Some(lab) = lab(4) else { return };
-    let keep = std::env::var("AF_TEST_KEEP_LOGS").ok();
     lab.shape_all(100).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let nodes: Vec<LabNode> = (0..4).map(|i| start(&lab, dir.path(), i, &[])).collect();
@@ -77,11 +76,6 @@ fn one_seed_three_nodes_pin_one_file_at_once_over_shaped_links() {
         sent[1..].iter().map(|s| s >> 20).collect::<Vec<_>>(),
         received as f64 / needed as f64
     );
-    if let Some(to) = &keep {
-        for n in &nodes {
-            let _ = std::fs::copy(&n.log, format!("{to}/node{}.log", n.member));
-        }
-    }
     assert!(sent[1..].iter().sum::<u64>() > 0, "the nodes passed nothing on to each other: {sent:?}");
     assert!(received as f64 <= 1.15 * needed as f64, "the nodes received {received} bytes for {needed} needed");
 }

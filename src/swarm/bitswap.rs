@@ -649,3 +649,48 @@ impl Server {
         Ok(self.policy.get(cid, audience).await?.filter(|b| b.len() <= MAX_BLOCK).map(|b| b.to_vec()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cid(n: u32) -> Cid {
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(n.to_be_bytes()).into();
+        Cid::new_v1(0x55, cid::multihash::Multihash::<64>::wrap(0x12, &digest).unwrap())
+    }
+
+    /// A peer asking for ever more blocks this node lacks is remembered for at most
+    /// PENDING_PER_PEER of them; all peers together for at most PENDING_TOTAL; a cancel, a full
+    /// wantlist or the block's arrival forgets them, and the counts follow.
+    #[test]
+    fn wants_remembered_for_later_are_bounded_per_peer_and_in_total() {
+        let mut pending = Pending::default();
+        let hostile = PeerId::random();
+        for n in 0..(PENDING_PER_PEER as u32 * 3) {
+            pending.add(hostile, cid(n));
+        }
+        assert_eq!(pending.per_peer[&hostile], PENDING_PER_PEER);
+        assert_eq!(pending.total, PENDING_PER_PEER);
+        // Asking again for the same block is one want.
+        pending.add(hostile, cid(0));
+        assert_eq!(pending.total, PENDING_PER_PEER);
+
+        let peers = PENDING_TOTAL / PENDING_PER_PEER + 4;
+        let others: Vec<PeerId> = (0..peers).map(|_| PeerId::random()).collect();
+        for (i, p) in others.iter().enumerate() {
+            for n in 0..PENDING_PER_PEER as u32 {
+                pending.add(*p, cid(1_000_000 + (i as u32) * 10_000 + n));
+            }
+        }
+        assert_eq!(pending.total, PENDING_TOTAL, "all peers together");
+        assert_eq!(pending.by_cid.values().map(Vec::len).sum::<usize>(), PENDING_TOTAL);
+
+        pending.remove(&hostile, &cid(0));
+        assert_eq!(pending.per_peer[&hostile], PENDING_PER_PEER - 1);
+        assert_eq!(pending.take(&cid(1)), vec![hostile], "the block arrived: the peer is told");
+        assert!(pending.take(&cid(1)).is_empty(), "once");
+        pending.clear_peer(&hostile);
+        assert!(!pending.per_peer.contains_key(&hostile));
+        assert_eq!(pending.total, pending.by_cid.values().map(Vec::len).sum::<usize>());
+    }
+}

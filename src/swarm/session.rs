@@ -346,8 +346,7 @@ impl Task {
                 dead.push((*cid, format!("nothing arrived from any of {} peers for {} s", self.peers.len(), FETCH_TIMEOUT.as_secs())));
             } else if w.waiters.iter().all(|r| r.is_closed()) {
                 dead.push((*cid, "nobody waits for it".into()));
-            } else if let Some(since) = w.parked.filter(|at| now.duration_since(*at) >= PARKED && !w.searching) {
-                let _ = since;
+            } else if w.parked.is_some_and(|at| now.duration_since(at) >= PARKED) && !w.searching {
                 dead.push((*cid, format!("none of the {} peers known has it: each said DONT_HAVE, and none said HAVE for {} s", w.refused.len(), PARKED.as_secs())));
             } else if let Some((peer, at)) = w.asked {
                 // A peer that never sent this session anything is given REWANT; one that has,

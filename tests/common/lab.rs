@@ -132,20 +132,6 @@ impl Lab {
         c.args(["netns", "exec", &self.members[i].ns, program]);
         c
     }
-
-    /// Bytes member `i` has sent and received on its link.
-    pub fn counters(&self, i: usize) -> (u64, u64) {
-        let read = |dir: &str| -> u64 {
-            let out = self.command(i, "cat").arg(format!("/sys/class/net/eth0/statistics/{dir}_bytes")).output();
-            out.ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(0)
-        };
-        (read("tx"), read("rx"))
-    }
-
-    /// Kills every process of member `i`'s namespace.
-    pub fn kill_all(&self, i: usize) {
-        kill_in(&self.members[i].ns);
-    }
 }
 
 fn kill_in(ns: &str) {
