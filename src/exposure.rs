@@ -15,6 +15,10 @@
 //!   it trusts this node: a node passes on no more than its source would have given the
 //!   asker). While such a pin's DAG is still being fetched, its blocks already here go out on
 //!   the same terms, so nodes fetching one DAG at once feed each other;
+//! - a block of a blob being pulled from peers (pull-through), already written here: as the
+//!   blob's (it is linked to its repository in the shared metadata already: that is how this
+//!   node knew to pull it, and the source judges it by the same metadata), so nodes pulling one
+//!   blob at once feed each other;
 //! - a block that a public block of a DAG this node *built* (a blob's or an image's) links to,
 //!   within the same request: those DAGs are made from the public content itself, so everything
 //!   under them is that content, even where a block was first recorded for something private
@@ -61,6 +65,73 @@ pub struct Policy {
     verdicts: Mutex<Verdicts>,
     /// RPC pins whose DAG is being fetched from peers, by root.
     underway: Mutex<HashMap<String, Arc<Underway>>>,
+    /// Blocks of blobs being pulled from peers, by CID (see [`Policy::receiving`]).
+    arriving: Mutex<HashMap<Cid, Arc<ArrivingBlock>>>,
+}
+
+/// The most blocks of blobs being pulled the node offers at once; past it, further blocks are
+/// offered once their blob is published.
+const MAX_ARRIVING: usize = 1 << 20;
+
+/// A block of a blob being pulled, where it is until the blob is published.
+struct ArrivingBlock {
+    blob: crate::digest::Digest,
+    held: Held,
+}
+
+enum Held {
+    /// Fetched and not yet written to the blob's file (the pull holds it in its window anyway),
+    /// or an inner node.
+    Memory(bytes::Bytes),
+    /// A leaf: `len` bytes at `offset` of the blob, once the pull has written them.
+    Leaf { file: Arc<crate::storage::Arriving>, offset: u64, len: u64 },
+}
+
+/// Where a block is.
+enum Spot {
+    Stored(Location),
+    Arriving(Arc<ArrivingBlock>),
+}
+
+/// A blob being pulled from peers, registered with [`Policy::receiving`]: the blocks recorded
+/// here may go out (judged as the blob's) until it is dropped, when the blob is published or
+/// the pull failed.
+pub struct Receiving {
+    policy: Arc<Policy>,
+    blob: crate::digest::Digest,
+    file: Arc<crate::storage::Arriving>,
+    cids: Mutex<Vec<Cid>>,
+}
+
+impl Receiving {
+    /// Block `cid` of the blob's DAG arrived (verified), held by the pull until it is written.
+    pub fn arrived(&self, cid: Cid, bytes: bytes::Bytes) {
+        let mut arriving = self.policy.arriving.lock().expect("arriving lock");
+        if arriving.len() < MAX_ARRIVING && !arriving.contains_key(&cid) {
+            arriving.insert(cid, Arc::new(ArrivingBlock { blob: self.blob.clone(), held: Held::Memory(bytes) }));
+            self.cids.lock().expect("receiving lock").push(cid);
+        }
+    }
+
+    /// Leaf `cid` is written: `len` bytes of the blob's file at `offset`, read from there from
+    /// now on.
+    pub fn leaf(&self, cid: Cid, offset: u64, len: u64) {
+        let mut arriving = self.policy.arriving.lock().expect("arriving lock");
+        if arriving.get(&cid).is_some_and(|a| a.blob == self.blob) {
+            arriving.insert(cid, Arc::new(ArrivingBlock { blob: self.blob.clone(), held: Held::Leaf { file: self.file.clone(), offset, len } }));
+        }
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        let mut arriving = self.policy.arriving.lock().expect("arriving lock");
+        for cid in self.cids.get_mut().expect("receiving lock").drain(..) {
+            if arriving.get(&cid).is_some_and(|a| a.blob == self.blob) {
+                arriving.remove(&cid);
+            }
+        }
+    }
 }
 
 /// A pin's DAG being fetched from peers. Its blocks, stored as they arrive, are passed on while
@@ -121,7 +192,7 @@ pub enum Found {
 impl Policy {
     pub fn new(reg: Arc<Registry>, trusted_peers: impl IntoIterator<Item = String>) -> Arc<Self> {
         let public = reg.visibility_store();
-        Arc::new(Policy { reg, public, trusted: trusted_peers.into_iter().collect(), verdicts: Default::default(), underway: Default::default() })
+        Arc::new(Policy { reg, public, trusted: trusted_peers.into_iter().collect(), verdicts: Default::default(), underway: Default::default(), arriving: Default::default() })
     }
 
     /// Registers a fetch from peers of the DAG of RPC pin `root` (which the fetch's blocks are
@@ -131,6 +202,11 @@ impl Policy {
         let underway = self.underway.lock().expect("underway lock").entry(root.clone()).or_default().clone();
         underway.fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Fetch { policy: self.clone(), root, underway }
+    }
+
+    /// Registers blob `blob`, being pulled from peers into `file`: see [`Receiving`].
+    pub fn receiving(self: &Arc<Self>, blob: crate::digest::Digest, file: Arc<crate::storage::Arriving>) -> Receiving {
+        Receiving { policy: self.clone(), blob, file, cids: Mutex::new(Vec::new()) }
     }
 
     /// Whether the blocks of pin `root`, still being fetched, may go to strangers.
@@ -161,14 +237,37 @@ impl Policy {
         }
     }
 
-    /// Where block `cid` is and what it was recorded for, without reading it.
-    async fn locate(&self, cid: &Cid) -> Result<Option<(Location, Owner)>> {
-        self.index().locate_owned(cid).await.map_err(corrupt)
+    /// Where block `cid` is and what it was recorded for, without reading it: in the store, or
+    /// a block of a blob being pulled (recorded for that blob).
+    async fn locate(&self, cid: &Cid) -> Result<Option<(Spot, Owner)>> {
+        if let Some((location, owner)) = self.index().locate_owned(cid).await.map_err(corrupt)? {
+            return Ok(Some((Spot::Stored(location), owner)));
+        }
+        let arriving = self.arriving.lock().expect("arriving lock").get(cid).cloned();
+        Ok(arriving.map(|a| {
+            let owner = Owner::Blob(a.blob.clone());
+            (Spot::Arriving(a), owner)
+        }))
     }
 
-    /// The bytes at `location`, verified against `cid`.
-    async fn read(&self, cid: &Cid, location: Location) -> Result<Option<bytes::Bytes>> {
-        self.index().read_at(cid, location).await.map_err(corrupt)
+    /// The bytes at `spot`, verified against `cid`; `None` if gone (or not written yet).
+    async fn read(&self, cid: &Cid, spot: Spot) -> Result<Option<bytes::Bytes>> {
+        let bytes = match spot {
+            Spot::Stored(location) => return self.index().read_at(cid, location).await.map_err(corrupt),
+            Spot::Arriving(a) => match &a.held {
+                Held::Memory(bytes) => bytes.clone(),
+                Held::Leaf { file, offset, len } => match file.written(*offset, *len).await {
+                    Ok(Some(bytes)) => bytes,
+                    Ok(None) => return Ok(None),
+                    // The pull failed and took its file: as if it had never been here.
+                    Err(e) => {
+                        tracing::debug!(%cid, error = %e, "a block of a blob being pulled could not be read");
+                        return Ok(None);
+                    }
+                },
+            },
+        };
+        crate::blockstore::checked(cid, bytes).map(Some).map_err(corrupt)
     }
 
     /// May block `cid` go to `audience`, judged on its own (no DAG it was reached through
@@ -200,14 +299,14 @@ impl Policy {
     /// The verified bytes of block `cid` if this node holds it and `audience` may have it, judged
     /// on its own, with one lookup (what a Bitswap want-block needs).
     pub async fn get(&self, cid: &Cid, audience: &Audience) -> Result<Option<bytes::Bytes>> {
-        let Some((location, owner)) = self.locate(cid).await? else {
+        let Some((spot, owner)) = self.locate(cid).await? else {
             self.as_if_refused(cid, audience).await?;
             return Ok(None);
         };
         if !self.sees_all(audience) && self.judge(cid, &owner).await? == Admission::Refused {
             return Ok(None);
         }
-        self.read(cid, location).await
+        self.read(cid, spot).await
     }
 
     /// The recursive pins (their whole DAGs kept).
@@ -341,13 +440,13 @@ impl Exposure {
     /// Block `cid` for this request: looked up once, judged (a public DAG read earlier in the
     /// request may vouch for it), then read and verified.
     pub async fn get(&self, cid: &Cid) -> Result<Found> {
-        let Some((location, owner)) = self.policy.locate(cid).await? else { return Ok(Found::Absent) };
+        let Some((spot, owner)) = self.policy.locate(cid).await? else { return Ok(Found::Absent) };
         let admission = if self.sees_all || self.vouched.lock().expect("vouched lock").contains(cid) { Admission::Vouching } else { self.policy.judge(cid, &owner).await? };
         if admission == Admission::Refused {
             return Ok(Found::Refused);
         }
         // Gone between the lookup and the read (a GC): as if it had never been here.
-        Ok(self.policy.read(cid, location).await?.map_or(Found::Absent, |bytes| Found::Block(bytes, admission)))
+        Ok(self.policy.read(cid, spot).await?.map_or(Found::Absent, |bytes| Found::Block(bytes, admission)))
     }
 
     /// May `cid`, which this node lacks, be fetched from elsewhere for this request's audience?

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::lab::{mesh, Lab, LabNode, LAB_API, LAB_GATEWAY};
+use common::lab::{mesh, Lab, LabNode, SharedDb, LAB_API, LAB_GATEWAY};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -183,5 +183,66 @@ fn a_seed_killed_half_way_leaves_every_pin_complete() {
         let out = dir.path().join(format!("cat{}", n.member));
         n.curl(&["-X", "POST", "-o", &out.display().to_string(), &format!("http://127.0.0.1:{}/api/v0/cat?arg={root}&offline=true", common::lab::LAB_RPC)]).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&file).unwrap(), "node {}", n.member);
+    }
+}
+
+/// Four nodes share one PostgreSQL; a layer is pushed to one of them, and the three others are
+/// asked for it through the OCI API at once (as `docker pull` of a new image does in a
+/// rollout), over 100 Mbit/s links: every node streams it whole and byte-identical (pull-through
+/// from peers), the three pass blocks to each other while they pull (not only the holder to
+/// each of them), and all of them together receive at most 1.15 times what they needed.
+#[test]
+fn three_nodes_pull_a_layer_only_one_holds_through_the_oci_api_at_once() {
+    let Some(lab) = lab(4) else { return };
+    lab.shape_all(100).unwrap();
+    let db = SharedDb::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<LabNode> = (0..4).map(|i| start(&lab, dir.path(), i, &["--database-url", &db.url])).collect();
+    let size = 32 << 20;
+    let file = dir.path().join("layer");
+    std::fs::write(&file, common::xorshift_bytes(33, size)).unwrap();
+    let digest = nodes[0].push_blob("fleet/app", &file).unwrap();
+    // Every node knows the others (heartbeats, then the shared change counter).
+    std::thread::sleep(Duration::from_secs(2));
+
+    let started = Instant::now();
+    let results: Vec<(Result<(), String>, Duration)> = std::thread::scope(|s| {
+        let pulls: Vec<_> = nodes[1..]
+            .iter()
+            .map(|n| {
+                let (digest, out) = (&digest, dir.path().join(format!("pulled{}", n.member)));
+                s.spawn(move || {
+                    let t = Instant::now();
+                    (n.get_blob("fleet/app", digest, &out), t.elapsed())
+                })
+            })
+            .collect();
+        pulls.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    let all = started.elapsed();
+    for (i, (result, took)) in results.iter().enumerate() {
+        let n = &nodes[i + 1];
+        assert!(result.is_ok(), "node {} failed after {took:?}: {result:?}\n{}", n.member, n.log_text());
+        let pulled = std::fs::read(dir.path().join(format!("pulled{}", n.member))).unwrap();
+        assert_eq!(common::sha256(&pulled), digest, "node {}", n.member);
+        eprintln!("node {} pulled {} MiB in {:.2} s", n.member, size >> 20, took.as_secs_f64());
+    }
+    let sent: Vec<u64> = nodes.iter().map(|n| n.bitswap_stat("DataSent")).collect();
+    let received: u64 = nodes[1..].iter().map(|n| n.bitswap_stat("DataReceived") + n.bitswap_stat("DupDataReceived")).sum();
+    let needed = 3 * size as u64;
+    eprintln!(
+        "all three in {:.2} s; the holder sent {:.2}x the layer, the others {:?} MiB; received {:.3}x what was needed",
+        all.as_secs_f64(),
+        sent[0] as f64 / size as f64,
+        sent[1..].iter().map(|s| s >> 20).collect::<Vec<_>>(),
+        received as f64 / needed as f64
+    );
+    assert!(sent[1..].iter().sum::<u64>() > 0, "the pulling nodes passed nothing on to each other: {sent:?}");
+    assert!(received as f64 <= 1.15 * needed as f64, "the nodes received {received} bytes for {needed} needed");
+    // Published on each: served from its own store afterwards.
+    for n in &nodes[1..] {
+        let again = dir.path().join(format!("again{}", n.member));
+        n.get_blob("fleet/app", &digest, &again).unwrap();
+        assert_eq!(std::fs::read(&again).unwrap().len(), size);
     }
 }

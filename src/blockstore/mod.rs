@@ -142,7 +142,8 @@ fn read_range(store: &crate::storage::BlobStore, cid: &Cid, blob: &Digest, offse
 }
 
 /// `bytes` if they match `cid`, else the mismatch (logged: it means corruption on disk).
-fn checked(cid: &Cid, bytes: bytes::Bytes) -> Result<bytes::Bytes, BlockIndexError> {
+/// `bytes` if they are block `cid`'s; a mismatch is logged and an error.
+pub fn checked(cid: &Cid, bytes: bytes::Bytes) -> Result<bytes::Bytes, BlockIndexError> {
     if let Err(e) = verify(cid, &bytes) {
         tracing::error!(%cid, error = %e, "block bytes do not match the CID");
         return Err(BlockIndexError::Mismatch { cid: cid.to_string(), detail: e.to_string() });

@@ -166,7 +166,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     };
     let swarm = crate::swarm::start(identity.seed, policy.clone(), swarm_config)?;
     if !config.offline {
-        registry.set_remote(crate::swarm::pull::Pulls::new(&registry, swarm.clone()));
+        registry.set_remote(crate::swarm::pull::Pulls::new(&registry, &policy, swarm.clone()));
     }
     tasks::spawn_heartbeat(registry.clone(), api_url, swarm.clone());
     let gateway_swarm = (!config.offline).then(|| swarm.clone());

@@ -274,6 +274,14 @@ impl Registry {
         Ok(())
     }
 
+    /// The other live nodes sharing this registry's metadata.
+    pub async fn live_fellows(&self) -> Result<Vec<crate::metadata::NodeRecord>> {
+        Ok(match &self.settings.node_id {
+            Some(me) => self.meta.live_nodes(me, NODE_ALIVE_SECS).await?,
+            None => Vec::new(),
+        })
+    }
+
     /// Is `peer` another live node sharing this registry's metadata?
     pub fn is_fellow(&self, peer: &str) -> bool {
         self.fellows.read().expect("fellows lock").contains(peer)

@@ -525,9 +525,13 @@ impl Server {
                 true => presences.push(presence(PresenceType::Have)),
                 false => {
                     self.remember(peer, cid, &want);
-                    // Being fetched to be passed on: HAVE follows, and a DONT_HAVE now would
-                    // send the asker to the seed for it too (see `Wants::fetching_for_anyone`).
-                    if want.dont_have && !(want.protocol == BITSWAP_120 && self.wants.fetching_for_anyone(&cid)) {
+                    // Being fetched to be passed on to this asker: HAVE follows, and a DONT_HAVE
+                    // now would send the asker to the seed for it too (see `Wants::fetching`).
+                    let passing = match self.wants.fetching(&cid) {
+                        Some(to_strangers) => to_strangers || self.trusts(&peer),
+                        None => false,
+                    };
+                    if want.dont_have && !(want.protocol == BITSWAP_120 && passing) {
                         presences.push(presence(PresenceType::DontHave));
                     }
                 }

@@ -61,6 +61,16 @@ const REFRESH: Duration = Duration::from_secs(2);
 
 type Reply = oneshot::Sender<Result<Bytes, SwarmError>>;
 
+/// Told of each block a session receives.
+pub type Arrived = Arc<dyn Fn(Cid, Bytes) + Send + Sync>;
+
+/// Who is told what a session receives.
+struct Observers {
+    /// Told when a block comes from a peer this node trusts.
+    underway: Option<Arc<crate::exposure::Underway>>,
+    arrived: Option<Arrived>,
+}
+
 /// The way to a session's task; cheap to clone. The task ends when the last one is dropped.
 #[derive(Clone)]
 pub struct Session {
@@ -77,7 +87,15 @@ impl Session {
     /// A session that tells `underway` when a block comes from a peer this node trusts.
     pub fn recording(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, underway: Option<Arc<crate::exposure::Underway>>) -> Session {
         let (asks, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(swarm, hints, rx, underway));
+        tokio::spawn(run(swarm, hints, rx, Observers { underway, arrived: None }));
+        Session { asks }
+    }
+
+    /// A session that hands each block to `arrived` (verified) as it comes, before its asker
+    /// has it: a pull that passes blocks on before it has consumed them.
+    pub fn passing_on(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, arrived: Arrived) -> Session {
+        let (asks, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(swarm, hints, rx, Observers { underway: None, arrived: Some(arrived) }));
         Session { asks }
     }
 
@@ -139,11 +157,11 @@ struct Task {
     progress: Option<Instant>,
     started: Instant,
     refreshed: Instant,
-    underway: Option<Arc<crate::exposure::Underway>>,
+    observers: Observers,
 }
 
-async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc::UnboundedReceiver<(Cid, Reply)>, underway: Option<Arc<crate::exposure::Underway>>) {
-    let inbox = swarm.bitswap.wants.open(underway.clone());
+async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc::UnboundedReceiver<(Cid, Reply)>, observers: Observers) {
+    let inbox = swarm.bitswap.wants.open(observers.underway.clone());
     let (found, mut found_rx) = mpsc::unbounded_channel();
     let (unsent, mut unsent_rx) = mpsc::unbounded_channel();
     let now = Instant::now();
@@ -161,7 +179,7 @@ async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc
         progress: None,
         started: now,
         refreshed: now,
-        underway,
+        observers,
     };
     task.gather(hints).await;
     let mut tick = tokio::time::interval(REWANT / 4);
@@ -304,10 +322,13 @@ impl Task {
                 self.record.entry(from).or_default().0 += 1;
                 self.delivered.insert(from, now);
                 self.progress = Some(now);
-                if let Some(underway) = &self.underway {
+                if let Some(underway) = &self.observers.underway {
                     if self.swarm.bitswap.trusts(&from) {
                         underway.from_trusted();
                     }
+                }
+                if let (Some(arrived), true) = (&self.observers.arrived, self.wants.contains_key(&cid)) {
+                    arrived(cid, data.clone());
                 }
                 self.settle(&cid, Ok(data), Some(from))
             }

@@ -76,14 +76,16 @@ impl Wants {
         Inbox { id: self.next.fetch_add(1, Ordering::Relaxed), tx, rx, underway }
     }
 
-    /// Whether a session has asked a peer for `cid`, for a pin whose blocks go to strangers as
-    /// they arrive (none came from a trusted peer): a stranger asking for it now will be told
-    /// HAVE soon, so being told nothing meanwhile reveals nothing it would not learn anyway.
-    pub fn fetching_for_anyone(&self, cid: &Cid) -> bool {
-        self.interest.lock().expect("wants lock").get(cid).is_some_and(|w| w.iter().any(|(_, _, passing)| *passing))
+    /// Whether a session has asked a peer for `cid`: `Some(true)` if for a pin whose blocks go
+    /// to strangers as they arrive (none came from a trusted peer), `Some(false)` if only for
+    /// content whose blocks go to strangers as its owner's do. A peer that will be told HAVE
+    /// soon (a stranger, for the first; a trusted peer, for either) learns nothing from being
+    /// told nothing meanwhile that it would not learn anyway.
+    pub fn fetching(&self, cid: &Cid) -> Option<bool> {
+        self.interest.lock().expect("wants lock").get(cid).map(|w| w.iter().any(|(_, _, passing)| *passing))
     }
 
-    /// `inbox` has asked a peer for `cid`: see [`Wants::fetching_for_anyone`].
+    /// `inbox` has asked a peer for `cid`: see [`Wants::fetching`].
     pub fn asked(&self, inbox: &Inbox, cid: &Cid) {
         let passing = inbox.underway.as_ref().is_some_and(|u| !u.came_from_trusted());
         if let Some(entry) = self.interest.lock().expect("wants lock").get_mut(cid).and_then(|w| w.iter_mut().find(|(id, _, _)| *id == inbox.id)) {

@@ -351,16 +351,29 @@ impl LabNode {
         v["Hash"].as_str().map(str::to_string).ok_or(format!("add: no hash: {out}"))
     }
 
-    /// Pushes the file at `path` as a layer of repository `repo` through the OCI API (streamed
-    /// from disk), makes the repository public with `af registry visibility` (`af`: the binary),
-    /// and answers the layer's root CID.
-    pub fn push_public_layer(&self, af: &std::path::Path, repo: &str, path: &std::path::Path) -> Result<String, String> {
+    /// Pushes the file at `path` as a blob of repository `repo` through the OCI API (streamed
+    /// from disk); answers its digest.
+    pub fn push_blob(&self, repo: &str, path: &std::path::Path) -> Result<String, String> {
         use sha2::Digest as _;
         let mut hasher = sha2::Sha256::new();
         std::io::copy(&mut std::fs::File::open(path).map_err(|e| e.to_string())?, &mut hasher).map_err(|e| e.to_string())?;
         let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+        let url = format!("http://127.0.0.1:{LAB_API}/v2/{repo}/blobs/uploads?digest={digest}");
+        self.curl(&["-X", "POST", "-H", "Content-Type: application/octet-stream", "-T", &path.display().to_string(), &url])?;
+        Ok(digest)
+    }
+
+    /// GETs blob `digest` of `repo` from the node's OCI API into file `out`.
+    pub fn get_blob(&self, repo: &str, digest: &str, out: &std::path::Path) -> Result<(), String> {
+        self.curl(&["-o", &out.display().to_string(), &format!("http://127.0.0.1:{LAB_API}/v2/{repo}/blobs/{digest}")]).map(drop)
+    }
+
+    /// Pushes the file at `path` as a layer of repository `repo` through the OCI API (streamed
+    /// from disk), makes the repository public with `af registry visibility` (`af`: the binary),
+    /// and answers the layer's root CID.
+    pub fn push_public_layer(&self, af: &std::path::Path, repo: &str, path: &std::path::Path) -> Result<String, String> {
+        let digest = self.push_blob(repo, path)?;
         let api = |tail: &str| format!("http://127.0.0.1:{LAB_API}/v2/{repo}/blobs/{tail}");
-        self.curl(&["-X", "POST", "-H", "Content-Type: application/octet-stream", "-T", &path.display().to_string(), &api(&format!("uploads?digest={digest}"))])?;
         let out = Command::new(af).args(["registry", "visibility", repo, "public", "--data-dir"]).arg(&self.data_dir).output().map_err(|e| e.to_string())?;
         if !out.status.success() {
             return Err(format!("visibility: {}", String::from_utf8_lossy(&out.stderr)));
@@ -390,4 +403,39 @@ pub fn mesh(nodes: &[&LabNode]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A database of its own on the test PostgreSQL server (`AF_TEST_POSTGRES_URL`, started by
+/// `scripts/postgres.sh`) for nodes of the lab to share: they reach it through the server's Unix
+/// socket (`AF_TEST_PG_DIR`), which no network namespace hides, so the lab needs no address
+/// outside itself. Dropped with the value.
+pub struct SharedDb {
+    admin: String,
+    name: String,
+    /// The URL the lab's nodes connect with.
+    pub url: String,
+}
+
+impl SharedDb {
+    pub fn new() -> Result<SharedDb, String> {
+        let admin = std::env::var("AF_TEST_POSTGRES_URL").map_err(|_| "AF_TEST_POSTGRES_URL is not set (scripts/postgres.sh)".to_string())?;
+        let port = admin.rsplit_once(':').and_then(|(_, tail)| tail.split('/').next()).and_then(|p| p.parse::<u16>().ok()).ok_or(format!("no port in {admin}"))?;
+        let socket_dir = std::env::var("AF_TEST_PG_DIR").unwrap_or_else(|_| "/tmp/af-test-pg".into());
+        if !std::path::Path::new(&format!("{socket_dir}/.s.PGSQL.{port}")).exists() {
+            return Err(format!("no PostgreSQL socket in {socket_dir} for port {port} (scripts/postgres.sh makes one; AF_TEST_PG_DIR says where)"));
+        }
+        let name = format!("af_lab_{}", uuid::Uuid::new_v4().simple());
+        let out = Command::new("psql").arg(&admin).args(["-qc", &format!("CREATE DATABASE {name}")]).output().map_err(|e| format!("psql: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("CREATE DATABASE: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let url = format!("postgresql:///{name}?host={socket_dir}&port={port}&user=postgres");
+        Ok(SharedDb { admin, name, url })
+    }
+}
+
+impl Drop for SharedDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql").arg(&self.admin).args(["-qc", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)]).output();
+    }
 }
