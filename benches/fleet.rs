@@ -8,7 +8,10 @@
 //! Cases: one seed → one node; one seed → N nodes at once (`AF_BENCH_FLEET`, 8): the slowest
 //! against one node alone, the bytes all nodes sent against what they needed, peak RSS per node;
 //! four seeds → one node whose own link is unshaped; two seeds → N nodes with one seed killed
-//! half-way (af-registry only). Needs root (the lab).
+//! half-way (af-registry only); `docker pull` (skopeo) of one image at N nodes sharing one
+//! PostgreSQL (`AF_TEST_POSTGRES_URL`, as the tests) where one node holds it, against one node
+//! pulling it alone (af-registry only). `AF_BENCH_CASES` picks some (pin, four, killed,
+//! docker). Needs root (the lab).
 
 #[path = "../tests/common/lab.rs"]
 mod lab;
@@ -241,6 +244,125 @@ fn seed_killed(b: &mut Bench, n: usize, alone: Option<Duration>) {
     }
 }
 
+/// An OCI layout in `dir` holding image `t`: a small config and the bench's file as its one
+/// layer (skopeo copies blobs as they are).
+fn layout(b: &Bench, dir: &Path) -> PathBuf {
+    use sha2::Digest as _;
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> String {
+        let hex = hex::encode(sha2::Sha256::digest(bytes));
+        std::fs::write(blobs.join(&hex), bytes).unwrap();
+        hex
+    };
+    let layer = hex::encode(sha2::Sha256::digest(std::fs::read(&b.file).unwrap()));
+    std::fs::copy(&b.file, blobs.join(&layer)).unwrap();
+    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config_hex = put(config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{config_hex}"), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{layer}"), "size": b.size}],
+    })
+    .to_string();
+    let manifest_hex = put(manifest.as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{manifest_hex}"), "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": "t"}}],
+    });
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    dir.to_path_buf()
+}
+
+/// `skopeo copy` in member `i`'s namespace, from `from` to `to`.
+fn skopeo(b: &Bench, i: usize, from: &str, to: &str) -> Result<(), String> {
+    let out = b.lab.command(i, "skopeo").args(["--insecure-policy", "copy", "--src-tls-verify=false", "--dest-tls-verify=false", "-q", from, to]).output().map_err(|e| format!("skopeo: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("skopeo copy {from} {to}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// `docker pull` of one image at `n` nodes at once (skopeo, through each node's OCI API) where
+/// only one node holds it, the nodes sharing one PostgreSQL: the slowest against one node
+/// pulling it alone (on fresh nodes and database, same links), every copy byte-identical.
+fn registry_pulls(b: &mut Bench, n: usize) {
+    let image = format!("docker://127.0.0.1:{}/fleet/app:t", lab::LAB_API);
+    let oci = layout(b, &b.dir.path().join("oci"));
+    // The layer as the registry holds it, the same for every node.
+    let layer = std::sync::Mutex::new(None::<String>);
+    let run = |b: &mut Bench, pullers: usize| -> Option<(Vec<Result<Duration, String>>, Vec<u64>)> {
+        let db = match lab::SharedDb::new() {
+            Ok(db) => db,
+            Err(e) => {
+                println!("{:<12} docker pull at N nodes: skipped: {e}", Kind::Af.name());
+                return None;
+            }
+        };
+        b.runs += 1;
+        let nodes: Vec<LabNode> = (0..=pullers)
+            .map(|i| {
+                let dir = b.dir.path().join(format!("run{}/n{i}", b.runs));
+                b.lab.start_af(i, Path::new(env!("CARGO_BIN_EXE_af")), &dir, &["--database-url", &db.url]).unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect();
+        skopeo(b, 0, &format!("oci:{}:t", oci.display()), &image).unwrap_or_else(|e| panic!("{e}"));
+        std::thread::sleep(Duration::from_secs(2));
+        let started = Instant::now();
+        let results: Vec<Result<Duration, String>> = std::thread::scope(|s| {
+            let pulls: Vec<_> = (1..=pullers)
+                .map(|i| {
+                    let (b, image) = (&*b, &image);
+                    let out = b.dir.path().join(format!("run{}/pulled{i}", b.runs));
+                    let layer = &layer;
+                    s.spawn(move || {
+                        skopeo(b, i, image, &format!("dir:{}", out.display()))?;
+                        let t = started.elapsed();
+                        // skopeo compressed the layer when it pushed it: the manifest names it.
+                        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+                        let digest = manifest["layers"][0]["digest"].as_str().unwrap_or_default().trim_start_matches("sha256:").to_string();
+                        let got = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(out.join(&digest)).map_err(|e| e.to_string())?));
+                        let mut first = layer.lock().unwrap();
+                        if got != digest || first.get_or_insert(digest.clone()) != &digest {
+                            return Err(format!("node {i}: the layer pulled is not the one pushed"));
+                        }
+                        Ok(t)
+                    })
+                })
+                .collect();
+            pulls.into_iter().map(|p| p.join().unwrap()).collect()
+        });
+        let sent = nodes.iter().map(|n| n.bitswap_stat("DataSent")).collect();
+        Some((results, sent))
+    };
+    let Some((alone, _)) = run(b, 1) else { return };
+    let alone = match &alone[0] {
+        Ok(t) => *t,
+        Err(e) => {
+            println!("{:<12} docker pull, one node alone: FAILED: {e}", Kind::Af.name());
+            return;
+        }
+    };
+    println!("{:<12} docker pull (skopeo), one node alone: {:.2} s, {:.2} MiB/s", Kind::Af.name(), alone.as_secs_f64(), b.mib_s(alone));
+    let Some((results, sent)) = run(b, n) else { return };
+    let times: Vec<f64> = results.iter().filter_map(|r| r.as_ref().ok()).map(|t| t.as_secs_f64()).collect();
+    let slowest = times.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "{:<12} docker pull (skopeo) at {n} nodes at once, one holder: {}/{n} complete and byte-identical; slowest {slowest:.2} s = {:.2}x one alone; the holder sent {:.2}x the layer, each other node {:.2}x on average",
+        Kind::Af.name(),
+        times.len(),
+        slowest / alone.as_secs_f64(),
+        sent[0] as f64 / b.size as f64,
+        sent[1..].iter().sum::<u64>() as f64 / n as f64 / b.size as f64,
+    );
+    for e in results.iter().filter_map(|r| r.as_ref().err()).take(3) {
+        println!("{:<12}   a pull failed: {e}", "");
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -282,12 +404,22 @@ fn main() {
     }
     let only = std::env::var("AF_BENCH_ONLY").ok();
     kinds.retain(|k| only.as_deref().is_none_or(|o| k.name().eq_ignore_ascii_case(o)));
+    // AF_BENCH_CASES: some of pin,four,killed,docker (all by default).
+    let cases = std::env::var("AF_BENCH_CASES").unwrap_or_else(|_| "pin,four,killed,docker".into());
+    let case = |name: &str| cases.split(',').any(|c| c.trim() == name);
     for &kind in &kinds {
-        let alone = one_to_one(&mut b, kind, limit);
-        one_to_many(&mut b, kind, n, alone);
-        four_to_one(&mut b, kind, limit);
-        if kind == Kind::Af {
+        let alone = if case("pin") || case("killed") { one_to_one(&mut b, kind, limit) } else { None };
+        if case("pin") {
+            one_to_many(&mut b, kind, n, alone);
+        }
+        if case("four") {
+            four_to_one(&mut b, kind, limit);
+        }
+        if kind == Kind::Af && case("killed") {
             seed_killed(&mut b, n, alone);
+        }
+        if kind == Kind::Af && case("docker") {
+            registry_pulls(&mut b, n);
         }
     }
     if keep {

@@ -80,11 +80,10 @@ struct ArrivingBlock {
 }
 
 enum Held {
-    /// Fetched and not yet written to the blob's file (the pull holds it in its window anyway),
-    /// or an inner node.
+    /// Just fetched, held by the pull until it is written down.
     Memory(bytes::Bytes),
-    /// A leaf: `len` bytes at `offset` of the blob, once the pull has written them.
-    Leaf { file: Arc<crate::storage::Arriving>, offset: u64, len: u64 },
+    /// `len` bytes at `offset` of the pull's scratch file.
+    Spilled { file: Arc<std::fs::File>, offset: u64, len: u64 },
 }
 
 /// Where a block is.
@@ -99,7 +98,6 @@ enum Spot {
 pub struct Receiving {
     policy: Arc<Policy>,
     blob: crate::digest::Digest,
-    file: Arc<crate::storage::Arriving>,
     cids: Mutex<Vec<Cid>>,
 }
 
@@ -113,12 +111,12 @@ impl Receiving {
         }
     }
 
-    /// Leaf `cid` is written: `len` bytes of the blob's file at `offset`, read from there from
-    /// now on.
-    pub fn leaf(&self, cid: Cid, offset: u64, len: u64) {
+    /// Block `cid` is written down: `len` bytes at `offset` of `file`, read from there from now
+    /// on.
+    pub fn spilled(&self, cid: Cid, file: Arc<std::fs::File>, offset: u64, len: u64) {
         let mut arriving = self.policy.arriving.lock().expect("arriving lock");
         if arriving.get(&cid).is_some_and(|a| a.blob == self.blob) {
-            arriving.insert(cid, Arc::new(ArrivingBlock { blob: self.blob.clone(), held: Held::Leaf { file: self.file.clone(), offset, len } }));
+            arriving.insert(cid, Arc::new(ArrivingBlock { blob: self.blob.clone(), held: Held::Spilled { file, offset, len } }));
         }
     }
 }
@@ -204,9 +202,9 @@ impl Policy {
         Fetch { policy: self.clone(), root, underway }
     }
 
-    /// Registers blob `blob`, being pulled from peers into `file`: see [`Receiving`].
-    pub fn receiving(self: &Arc<Self>, blob: crate::digest::Digest, file: Arc<crate::storage::Arriving>) -> Receiving {
-        Receiving { policy: self.clone(), blob, file, cids: Mutex::new(Vec::new()) }
+    /// Registers blob `blob`, being pulled from peers: see [`Receiving`].
+    pub fn receiving(self: &Arc<Self>, blob: crate::digest::Digest) -> Receiving {
+        Receiving { policy: self.clone(), blob, cids: Mutex::new(Vec::new()) }
     }
 
     /// Whether the blocks of pin `root`, still being fetched, may go to strangers.
@@ -256,15 +254,24 @@ impl Policy {
             Spot::Stored(location) => return self.index().read_at(cid, location).await.map_err(corrupt),
             Spot::Arriving(a) => match &a.held {
                 Held::Memory(bytes) => bytes.clone(),
-                Held::Leaf { file, offset, len } => match file.written(*offset, *len).await {
-                    Ok(Some(bytes)) => bytes,
-                    Ok(None) => return Ok(None),
-                    // The pull failed and took its file: as if it had never been here.
-                    Err(e) => {
-                        tracing::debug!(%cid, error = %e, "a block of a blob being pulled could not be read");
-                        return Ok(None);
+                Held::Spilled { file, offset, len } => {
+                    let (file, offset, len) = (file.clone(), *offset, *len);
+                    let read = tokio::task::spawn_blocking(move || -> std::io::Result<bytes::Bytes> {
+                        let mut buf = vec![0u8; len as usize];
+                        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, offset)?;
+                        Ok(buf.into())
+                    })
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r);
+                    match read {
+                        Ok(bytes) => bytes,
+                        Err(e) => {
+                            tracing::warn!(%cid, error = %e, "a block of a blob being pulled could not be read back");
+                            return Ok(None);
+                        }
                     }
-                },
+                }
             },
         };
         crate::blockstore::checked(cid, bytes).map(Some).map_err(corrupt)

@@ -44,37 +44,6 @@ impl Arriving {
         self.progress.borrow().end.is_some()
     }
 
-    /// `len` bytes from `offset` if the fetch has written them already (a block of the blob
-    /// asked for by a peer: never waited for), else `None`; also `None` once the fetch failed.
-    /// Unverified: the caller checks them against what it expects.
-    pub async fn written(&self, offset: u64, len: u64) -> std::io::Result<Option<Bytes>> {
-        // Twice: the upload file may be published (renamed) between the look and the read.
-        for _ in 0..2 {
-            let (path, written, failed) = {
-                let p = self.progress.borrow();
-                (p.file.clone(), p.written, matches!(p.end, Some(Err(_))))
-            };
-            let Some(path) = path.filter(|_| !failed && offset.saturating_add(len) <= written) else { return Ok(None) };
-            let read = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
-                let mut buf = vec![0u8; len as usize];
-                File::open(&path)?.read_exact_at(&mut buf, offset)?;
-                Ok(Bytes::from(buf))
-            })
-            .await
-            .map_err(std::io::Error::other)?;
-            match read {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                other => return other.map(Some),
-            }
-        }
-        Ok(None)
-    }
-
-    /// Where the fetch stands, followed as it changes.
-    pub fn follow(&self) -> watch::Receiver<Progress> {
-        self.progress.clone()
-    }
-
     /// `len` bytes from `start`, each chunk as soon as the fetch has written it.
     pub fn range(&self, start: u64, len: u64) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
         let state = (self.progress.clone(), None::<(PathBuf, File)>, start, start.saturating_add(len));

@@ -1,38 +1,41 @@
 //! Pull-through: a blob this node knows by its root CID but does not hold is fetched over
 //! Bitswap (from the nodes the metadata names as holders, the other nodes on the same metadata,
-//! the connected peers, or DHT providers) while the client reads it. The file's blocks are
-//! wanted up to [`WINDOW`] bytes ahead of the reader, each batch in a random order, from all
-//! peers at once (`session`); its bytes go in order to `Registry::receive_blob`, which writes
-//! them to an upload file, checks the digest at the end and publishes the blob; readers follow
-//! that file (`storage::Arriving`). One fetch per blob, whoever asks.
+//! the connected peers, or DHT providers) while the client reads it. Its bytes go in order to
+//! `Registry::receive_blob`, which writes them to an upload file, checks the digest at the end
+//! and publishes the blob; readers follow that file (`storage::Arriving`). One fetch per blob,
+//! whoever asks.
 //!
-//! While it runs, its blocks are offered to peers as they arrive (from memory, then from the
-//! upload file once written; see `exposure::Receiving`): nodes pulling one image at once, a
-//! rollout, feed each other instead of all asking its one holder for every block, and the
-//! random order makes them ask it for different blocks.
+//! Blocks are fetched ahead of the reader, [`PREFETCH`] at a time, each picked at random from
+//! the DAG's frontier (the links of every block fetched so far), and written down at once to a
+//! scratch file of the pull (unlinked: gone with the pull), so no more than the blocks in
+//! flight are in memory however far ahead the fetch runs; the reader, in file order, takes each
+//! from there. Nodes pulling one image at once, a rollout, then ask its holder for different
+//! blocks, offer each block to the others as soon as it is here (see `exposure::Receiving`),
+//! and take from each other what one of them has: the holder is asked only for what no other
+//! node said HAVE of (`Session::with_seeds`).
 
-use super::session::{Arrived, Session};
+use super::session::Session;
 use super::{Handle, SwarmError};
 use crate::dag::{self, Node};
-use crate::exposure::{Policy, Receiving};
 use crate::digest::Digest;
+use crate::exposure::{Policy, Receiving};
 use crate::metadata::{BlobInfo, NodeRecord};
 use crate::registry::{ReceivedDag, Registry};
-use crate::storage::{Arriving, Progress};
+use crate::storage::Arriving;
 use crate::unixfs::DagBlock;
 use bytes::Bytes;
 use cid::Cid;
 use libp2p::{Multiaddr, PeerId};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use tokio::sync::{oneshot, watch};
 
-/// Bytes of leaves wanted ahead of the one the reader waits for.
-pub const WINDOW: u64 = 24 << 20;
-/// What a part whose size is unknown or beyond a block (an inner node) counts for in the window.
-const INNER_NODE: u64 = 4 << 10;
-/// The largest block a peer may send (Kubo's limit): a part said to be smaller is a leaf.
-const MAX_LEAF: u64 = 2 << 20;
+/// Blocks fetched at once ahead of the reader.
+pub const PREFETCH: usize = 32;
+/// Links remembered as still to fetch; past it, the reader fetches the rest as it reaches them.
+const FRONTIER: usize = 1 << 18;
 
 /// The swarm's pull-through, as the registry's [`crate::registry::Remote`].
 pub struct Pulls {
@@ -61,13 +64,22 @@ impl crate::registry::Remote for Pulls {
             progress.send_modify(|p| p.end = Some(Err("the node is stopping".into())));
             return arriving;
         };
-        let receiving = Arc::new(policy.receiving(digest.clone(), arriving.clone()));
+        let receiving = Arc::new(policy.receiving(digest.clone()));
         let (repo, digest, info) = (repo.to_string(), digest.clone(), info.clone());
         let swarm = self.swarm.clone();
-        let written = arriving.follow();
         tokio::spawn(async move {
+            let fail = |why: String| progress.send_modify(|p| p.end = Some(Err(why.into())));
+            let root = match info.root_cid.parse::<Cid>() {
+                Ok(root) => root,
+                Err(e) => return fail(format!("root CID {:?}: {e}", info.root_cid)),
+            };
+            let scratch = match Scratch::create(&reg.staging_dir()) {
+                Ok(scratch) => Arc::new(scratch),
+                Err(e) => return fail(format!("no scratch file for the pull: {e}")),
+            };
             // The holders first, then the other nodes: they may be pulling it too.
             let mut hints: Vec<_> = holders.into_iter().filter_map(hint).collect();
+            let seeds: Vec<PeerId> = hints.iter().map(|(p, _)| *p).collect();
             match reg.live_fellows().await {
                 Ok(fellows) => {
                     for (peer, addrs) in fellows.into_iter().filter_map(hint) {
@@ -78,27 +90,21 @@ impl crate::registry::Remote for Pulls {
                 }
                 Err(e) => tracing::debug!(error = %e, "the other nodes are unknown; pulling from the holders"),
             }
-            let root = match info.root_cid.parse::<Cid>() {
-                Ok(root) => root,
-                Err(e) => {
-                    progress.send_modify(|p| p.end = Some(Err(format!("root CID {:?}: {e}", info.root_cid).into())));
-                    return;
-                }
-            };
             tracing::info!(%digest, %root, "pulling a blob from peers");
             let started = std::time::Instant::now();
             let dag = ReceivedDag::default();
-            let leaves = Leaves::default();
-            let server = swarm.bitswap.clone();
-            let arrived: Arrived = {
-                let (receiving, server) = (receiving.clone(), server.clone());
-                Arc::new(move |cid, bytes| {
-                    receiving.arrived(cid, bytes);
-                    server.arrived_here(&[cid]);
-                })
-            };
-            tokio::spawn(move_to_file(written, receiving.clone(), leaves.clone()));
-            let body = Box::pin(file_bytes(Session::passing_on(swarm, hints, arrived), root, info.size, dag.clone(), leaves));
+            let session = Session::with_seeds(swarm.clone(), hints, seeds);
+            let ahead = Arc::new(Ahead {
+                session,
+                scratch,
+                receiving: receiving.clone(),
+                server: swarm.bitswap.clone(),
+                // The DAG's inner nodes are a small part of it; past this, it is not the blob's.
+                budget: info.size + info.size / 16 + (1 << 20),
+                plan: Mutex::default(),
+                arrived: tokio::sync::Notify::new(),
+            });
+            let body = Box::pin(file_bytes(ahead, root, info.size, dag.clone()));
             match reg.receive_blob(&repo, &digest, "swarm", (root, dag), body, progress).await {
                 Ok(size) => tracing::info!(%digest, size, elapsed = ?started.elapsed(), "pulled a blob from peers"),
                 Err(e) => tracing::warn!(%digest, error = %e, "pull from peers failed"),
@@ -110,117 +116,210 @@ impl crate::registry::Remote for Pulls {
     }
 }
 
-/// Leaves consumed by the reader, in file order (CID, offset, length): each is offered from
-/// memory until its bytes are in the upload file.
-type Leaves = Arc<Mutex<VecDeque<(Cid, u64, u64)>>>;
-
-/// Offers each consumed leaf from the upload file once the fetch has written it, so its bytes
-/// are not held in memory; ends with the fetch.
-async fn move_to_file(mut written: watch::Receiver<Progress>, receiving: Arc<Receiving>, leaves: Leaves) {
-    loop {
-        let (upto, ended) = {
-            let p = written.borrow_and_update();
-            (p.written, p.end.is_some())
-        };
-        if ended {
-            return;
-        }
-        {
-            let mut leaves = leaves.lock().expect("leaves lock");
-            while let Some(&(cid, offset, len)) = leaves.front().filter(|(_, offset, len)| offset + len <= upto) {
-                receiving.leaf(cid, offset, len);
-                leaves.pop_front();
-            }
-        }
-        if written.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 /// A holder as a session hint: its peer ID and swarm addresses.
 fn hint(node: NodeRecord) -> Option<(PeerId, Vec<Multiaddr>)> {
     let peer = node.id.parse().ok()?;
     Some((peer, node.swarm_addrs.iter().filter_map(|a| a.parse().ok()).collect()))
 }
 
-/// A part of the file: a block whose parent says it holds `size` bytes of the file, and its
-/// fetch once started.
-struct Part {
-    cid: Cid,
-    size: Option<u64>,
-    /// Its answer, once asked for (dropped: the want is withdrawn).
-    fetch: Option<oneshot::Receiver<Result<Bytes, SwarmError>>>,
+/// The pull's scratch file: blocks fetched ahead, appended as they come. Unlinked once open,
+/// so it is gone when the pull is, whatever way it ends.
+struct Scratch {
+    file: Arc<File>,
+    end: AtomicU64,
 }
 
-impl Part {
-    fn cost(&self) -> u64 {
-        self.size.filter(|s| *s <= MAX_LEAF).unwrap_or(INNER_NODE)
+impl Scratch {
+    fn create(dir: &std::path::Path) -> std::io::Result<Scratch> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("pull-{}", uuid::Uuid::new_v4().simple()));
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        std::fs::remove_file(&path)?;
+        Ok(Scratch { file: Arc::new(file), end: AtomicU64::new(0) })
+    }
+
+    /// Appends `bytes`; where they went.
+    async fn put(&self, bytes: Bytes) -> std::io::Result<u64> {
+        let at = self.end.fetch_add(bytes.len() as u64, Ordering::SeqCst);
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.write_all_at(&bytes, at)).await.map_err(std::io::Error::other)??;
+        Ok(at)
+    }
+
+    async fn get(&self, at: u64, len: u64) -> std::io::Result<Bytes> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len as usize];
+            file.read_exact_at(&mut buf, at)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 }
 
-/// The bytes of the UnixFS file at `root`, in order, through `session`: up to [`WINDOW`] bytes
-/// of parts fetched ahead. At most `limit` bytes: a DAG that holds more is an error. Each block
-/// is recorded in `dag` before its bytes are passed on.
-fn file_bytes(session: Session, root: Cid, limit: u64, dag: ReceivedDag, leaves: Leaves) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    let parts = VecDeque::from([Part { cid: root, size: None, fetch: None }]);
-    let rng = fastrand::Rng::new();
-    futures_util::stream::unfold((session, parts, 0u64, rng), move |(session, mut parts, mut sent, mut rng)| {
-        let (dag, leaves) = (dag.clone(), leaves.clone());
+/// The fetch ahead of the reader.
+struct Ahead {
+    session: Session,
+    scratch: Arc<Scratch>,
+    receiving: Arc<Receiving>,
+    server: Arc<super::bitswap::Server>,
+    /// Bytes the fetch ahead may write down at most.
+    budget: u64,
+    plan: Mutex<Plan>,
+    /// A fetch ended (either way).
+    arrived: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Plan {
+    /// Links not asked for yet.
+    frontier: indexmap::IndexSet<Cid>,
+    seen: HashSet<Cid>,
+    in_flight: HashSet<Cid>,
+    /// Blocks written down: where in the scratch file.
+    here: HashMap<Cid, (u64, u64)>,
+    failed: HashMap<Cid, String>,
+    rng: Option<fastrand::Rng>,
+}
+
+impl Ahead {
+    /// Adds `links` to the frontier and starts fetches while there is room.
+    fn queue(self: &Arc<Self>, links: impl Iterator<Item = Cid>) {
+        {
+            let mut plan = self.plan.lock().expect("pull plan lock");
+            for cid in links {
+                if plan.frontier.len() < FRONTIER && plan.seen.insert(cid) {
+                    plan.frontier.insert(cid);
+                }
+            }
+        }
+        self.top_up();
+    }
+
+    /// Starts fetches of frontier blocks picked at random while fewer than [`PREFETCH`] are
+    /// under way and the budget allows.
+    fn top_up(self: &Arc<Self>) {
+        loop {
+            let cid = {
+                let mut plan = self.plan.lock().expect("pull plan lock");
+                if plan.in_flight.len() >= PREFETCH || plan.frontier.is_empty() || self.scratch.end.load(Ordering::SeqCst) > self.budget {
+                    return;
+                }
+                let n = plan.frontier.len();
+                let i = plan.rng.get_or_insert_with(fastrand::Rng::new).usize(..n);
+                let cid = plan.frontier.swap_remove_index(i).expect("an index below the length");
+                plan.in_flight.insert(cid);
+                cid
+            };
+            self.start(cid);
+        }
+    }
+
+    /// Fetches `cid`, offers it to peers, writes it down and puts its links on the frontier.
+    fn start(self: &Arc<Self>, cid: Cid) {
+        let ahead = self.clone();
+        tokio::spawn(async move {
+            let mut links = Vec::new();
+            let outcome = match ahead.session.ask(cid).await {
+                Ok(Ok(bytes)) => {
+                    ahead.receiving.arrived(cid, bytes.clone());
+                    ahead.server.arrived_here(&[cid]);
+                    if cid.codec() == crate::unixfs::DAG_PB {
+                        if let Ok(node) = crate::unixfs::decode_node(&bytes) {
+                            links = node.links.into_iter().map(|l| l.cid).collect();
+                        }
+                    }
+                    let len = bytes.len() as u64;
+                    match ahead.scratch.put(bytes).await {
+                        Ok(at) => {
+                            ahead.receiving.spilled(cid, ahead.scratch.file.clone(), at, len);
+                            Ok((at, len))
+                        }
+                        Err(e) => Err(format!("the pull's scratch file: {e}")),
+                    }
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(SwarmError::Stopped.to_string()),
+            };
+            {
+                let mut plan = ahead.plan.lock().expect("pull plan lock");
+                plan.in_flight.remove(&cid);
+                match outcome {
+                    Ok(at) => plan.here.insert(cid, at).map(drop),
+                    Err(e) => plan.failed.insert(cid, e).map(drop),
+                };
+            }
+            ahead.arrived.notify_waiters();
+            ahead.queue(links.into_iter());
+        });
+    }
+
+    /// Block `cid`, once fetched (at once if its turn had not come).
+    async fn take(self: &Arc<Self>, cid: &Cid) -> Result<Bytes, String> {
+        loop {
+            let arrived = self.arrived.notified();
+            let (here, start) = {
+                let mut plan = self.plan.lock().expect("pull plan lock");
+                if let Some(e) = plan.failed.get(cid) {
+                    return Err(e.clone());
+                }
+                let here = plan.here.get(cid).copied();
+                let start = here.is_none() && !plan.in_flight.contains(cid);
+                if start {
+                    plan.frontier.swap_remove(cid);
+                    plan.seen.insert(*cid);
+                    plan.in_flight.insert(*cid);
+                }
+                (here, start)
+            };
+            if let Some((at, len)) = here {
+                return self.scratch.get(at, len).await.map_err(|e| format!("the pull's scratch file: {e}"));
+            }
+            if start {
+                self.start(*cid);
+            }
+            arrived.await;
+        }
+    }
+}
+
+/// The bytes of the UnixFS file at `root`, in order, each block taken from `ahead`. At most
+/// `limit` bytes: a DAG that holds more is an error. Each block is recorded in `dag` before its
+/// bytes are passed on.
+fn file_bytes(ahead: Arc<Ahead>, root: Cid, limit: u64, dag: ReceivedDag) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    let parts: VecDeque<(Cid, Option<u64>)> = VecDeque::from([(root, None)]);
+    futures_util::stream::unfold((ahead, parts, 0u64), move |(ahead, mut parts, mut sent)| {
+        let dag = dag.clone();
         async move {
             loop {
-                // Ask for what the window allows once it is half empty, the front part first and
-                // the rest in a random order: wants go in batches, so peers answer with few
-                // streams (a burst of reply streams loses some), and nodes pulling the same file
-                // at once ask its holder for different blocks and trade the rest.
-                let mut ahead: u64 = parts.iter().filter(|p| p.fetch.is_some()).map(Part::cost).sum();
-                if let Some(front) = parts.front_mut().filter(|p| p.fetch.is_none()) {
-                    ahead += front.cost();
-                    front.fetch = Some(session.ask(front.cid));
-                }
-                if ahead <= WINDOW / 2 {
-                    let mut batch = Vec::new();
-                    for (i, part) in parts.iter().enumerate().filter(|(_, p)| p.fetch.is_none()) {
-                        if ahead > 0 && ahead + part.cost() > WINDOW {
-                            break;
-                        }
-                        ahead += part.cost();
-                        batch.push(i);
-                    }
-                    rng.shuffle(&mut batch);
-                    for i in batch {
-                        parts[i].fetch = Some(session.ask(parts[i].cid));
-                    }
-                }
-                let mut part = parts.pop_front()?;
-                let fail = |e: String| Some((Err(std::io::Error::other(e)), (session.clone(), VecDeque::new(), u64::MAX, fastrand::Rng::new())));
-                let bytes = match part.fetch.take().expect("the front part was asked for").await {
-                    Ok(Ok(bytes)) => bytes,
-                    Ok(Err(e)) => return fail(e.to_string()),
-                    Err(_) => return fail(SwarmError::Stopped.to_string()),
+                let (cid, expected) = parts.pop_front()?;
+                let fail = |e: String| Some((Err(std::io::Error::other(e)), (ahead.clone(), VecDeque::new(), u64::MAX)));
+                let bytes = match ahead.take(&cid).await {
+                    Ok(bytes) => bytes,
+                    Err(e) => return fail(e),
                 };
-                let node = match dag::decode(&part.cid, bytes.clone()) {
+                let node = match dag::decode(&cid, bytes.clone()) {
                     Ok(node) => node,
                     Err(e) => return fail(e.to_string()),
                 };
                 let (content, size) = match node {
                     Node::Raw(b) => {
                         let len = b.len() as u64;
-                        dag.lock().expect("received DAG lock").push(DagBlock::Leaf { cid: part.cid, offset: sent, len });
-                        leaves.lock().expect("leaves lock").push_back((part.cid, sent, len));
+                        dag.lock().expect("received DAG lock").push(DagBlock::Leaf { cid, offset: sent, len });
                         (b, len)
                     }
                     Node::File { links, content, blocksizes, size } => {
-                        dag.lock().expect("received DAG lock").push(DagBlock::Node { cid: part.cid, bytes: bytes.to_vec() });
+                        dag.lock().expect("received DAG lock").push(DagBlock::Node { cid, bytes: bytes.to_vec() });
                         for (link, size) in links.iter().zip(blocksizes).rev() {
-                            parts.push_front(Part { cid: link.cid, size: Some(size), fetch: None });
+                            parts.push_front((link.cid, Some(size)));
                         }
                         (content, size)
                     }
-                    _ => return fail(format!("{} is not part of a file", part.cid)),
+                    _ => return fail(format!("{cid} is not part of a file")),
                 };
-                if part.size.is_some_and(|s| s != size) {
-                    return fail(format!("{}: its parent says {} bytes, it holds {size}", part.cid, part.size.unwrap_or(0)));
+                if expected.is_some_and(|s| s != size) {
+                    return fail(format!("{cid}: its parent says {} bytes, it holds {size}", expected.unwrap_or(0)));
                 }
                 if content.is_empty() {
                     continue;
@@ -229,7 +328,7 @@ fn file_bytes(session: Session, root: Cid, limit: u64, dag: ReceivedDag, leaves:
                 if sent > limit {
                     return fail(format!("the DAG at {root} holds more than the blob's {limit} bytes"));
                 }
-                return Some((Ok(content), (session, parts, sent, rng)));
+                return Some((Ok(content), (ahead, parts, sent)));
             }
         }
     })

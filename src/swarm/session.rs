@@ -48,6 +48,8 @@ pub const BROADCAST: usize = 8;
 /// links with 1 MiB blocks, 8 queued more of a seed's uplink twice): the rest wait here, not in the peer's queue
 /// (nor in its socket buffers), so they can still go to a peer that says HAVE meanwhile.
 pub const PER_PEER: usize = 4;
+/// Wants asked of peers (want-have) and not sent yet, at most: the rest are asked as these go.
+const PROBE_AHEAD: usize = 24;
 /// How long a want nobody said HAVE of waits before it goes to a peer that did not: a peer
 /// that holds it answers the want-have within this.
 const HAVE_GRACE: Duration = Duration::from_millis(150);
@@ -61,14 +63,12 @@ const REFRESH: Duration = Duration::from_secs(2);
 
 type Reply = oneshot::Sender<Result<Bytes, SwarmError>>;
 
-/// Told of each block a session receives.
-pub type Arrived = Arc<dyn Fn(Cid, Bytes) + Send + Sync>;
-
-/// Who is told what a session receives.
+/// What a session is told at its start.
 struct Observers {
     /// Told when a block comes from a peer this node trusts.
     underway: Option<Arc<crate::exposure::Underway>>,
-    arrived: Option<Arrived>,
+    /// Asked last (see [`Session::with_seeds`]).
+    seeds: Vec<PeerId>,
 }
 
 /// The way to a session's task; cheap to clone. The task ends when the last one is dropped.
@@ -87,15 +87,17 @@ impl Session {
     /// A session that tells `underway` when a block comes from a peer this node trusts.
     pub fn recording(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, underway: Option<Arc<crate::exposure::Underway>>) -> Session {
         let (asks, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(swarm, hints, rx, Observers { underway, arrived: None }));
+        tokio::spawn(run(swarm, hints, rx, Observers { underway, seeds: Vec::new() }));
         Session { asks }
     }
 
-    /// A session that hands each block to `arrived` (verified) as it comes, before its asker
-    /// has it: a pull that passes blocks on before it has consumed them.
-    pub fn passing_on(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, arrived: Arrived) -> Session {
+    /// A session over `hints` where `seeds` (the origin of the content) are asked for a block
+    /// only when no other peer said HAVE of it: nodes pulling from one origin at once then take
+    /// from each other what one of them has, and leave the origin's uplink for what none has
+    /// yet.
+    pub fn with_seeds(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, seeds: Vec<PeerId>) -> Session {
         let (asks, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(swarm, hints, rx, Observers { underway: None, arrived: Some(arrived) }));
+        tokio::spawn(run(swarm, hints, rx, Observers { underway: None, seeds }));
         Session { asks }
     }
 
@@ -135,6 +137,9 @@ struct Want {
     searching: bool,
     /// Since when every known peer has refused it.
     parked: Option<Instant>,
+    /// Its place in the order the session was asked in: among wants alike, the earlier goes
+    /// first.
+    seq: u64,
 }
 
 struct Task {
@@ -158,6 +163,11 @@ struct Task {
     started: Instant,
     refreshed: Instant,
     observers: Observers,
+    /// Wants asked so far.
+    asked: u64,
+    /// Peers asked for a block last among those that said HAVE of it: the origin of content
+    /// many nodes fetch at once, whose uplink they share (see [`Session::with_seeds`]).
+    seeds: HashSet<PeerId>,
 }
 
 async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc::UnboundedReceiver<(Cid, Reply)>, observers: Observers) {
@@ -179,6 +189,8 @@ async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc
         progress: None,
         started: now,
         refreshed: now,
+        asked: 0,
+        seeds: observers.seeds.iter().copied().collect(),
         observers,
     };
     task.gather(hints).await;
@@ -284,8 +296,10 @@ impl Task {
                 searched: false,
                 searching: false,
                 parked: None,
+                seq: self.asked,
             },
         );
+        self.asked += 1;
     }
 
     /// Ends want `cid` with `result` (a block from `from`, or a failure); every other peer it
@@ -326,9 +340,6 @@ impl Task {
                     if self.swarm.bitswap.trusts(&from) {
                         underway.from_trusted();
                     }
-                }
-                if let (Some(arrived), true) = (&self.observers.arrived, self.wants.contains_key(&cid)) {
-                    arrived(cid, data.clone());
                 }
                 self.settle(&cid, Ok(data), Some(from))
             }
@@ -412,18 +423,28 @@ impl Task {
         // and its HAVE is waited for, up to FETCHER_GRACE, so a busy seed serves each block
         // about once. Wants some peer said HAVE of go first.
         let fetching_elsewhere = |w: &Want| w.broadcast && w.told.iter().any(|p| !w.answered.contains(p) && !w.has.contains(p));
-        let mut order: Vec<(bool, bool, Cid)> =
-            self.wants.iter().filter(|(_, w)| w.asked.is_none() && !w.searching).map(|(c, w)| (fetching_elsewhere(w), w.has.is_empty(), *c)).collect();
-        order.sort_unstable_by_key(|(elsewhere, nobody_has, _)| (*elsewhere, *nobody_has));
+        let mut order: Vec<(bool, bool, u64, Cid)> =
+            self.wants.iter().filter(|(_, w)| w.asked.is_none() && !w.searching).map(|(c, w)| (fetching_elsewhere(w), w.has.is_empty(), w.seq, *c)).collect();
+        order.sort_unstable_by_key(|(elsewhere, nobody_has, seq, _)| (*elsewhere, *nobody_has, *seq));
         let several = self.peers.len() > 1;
-        for (elsewhere, nobody_has, cid) in order {
+        let mut probing = self.wants.values().filter(|w| w.broadcast && w.asked.is_none() && !fetching_elsewhere(w)).count();
+        for (elsewhere, nobody_has, _, cid) in order {
             let w = self.wants.get_mut(&cid).expect("listed above");
+            // Asked of peers shortly before it can be sent, so their answers are fresh: a peer
+            // that said DONT_HAVE long ago may be fetching it by now.
+            if several && !w.broadcast {
+                if probing >= PROBE_AHEAD {
+                    continue;
+                }
+                probing += 1;
+            }
             let open = || self.peers.iter().filter(|p| !w.refused.contains(p));
             let poor = |p: &PeerId| self.record.get(p).is_some_and(|(gave, refused)| refused > gave);
             let load = |p: &PeerId| self.load.get(p).copied().unwrap_or(0);
             let waited = now.duration_since(w.since);
             let young = (several && !w.broadcast) || (nobody_has && waited < HAVE_GRACE) || (elsewhere && waited < FETCHER_GRACE);
-            let choice = open().filter(|p| load(p) < PER_PEER && !young).min_by_key(|p| (!w.has.contains(p), w.silent.contains(p), poor(p), load(p))).copied();
+            let seed = |p: &PeerId| self.seeds.contains(p);
+            let choice = open().filter(|p| load(p) < PER_PEER && !young).min_by_key(|p| (!w.has.contains(p), seed(p), w.silent.contains(p), poor(p), load(p))).copied();
             if open().next().is_some() && !w.broadcast {
                 w.broadcast = true;
                 for other in open().filter(|p| Some(**p) != choice && !w.has.contains(p)).take(BROADCAST) {

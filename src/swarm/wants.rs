@@ -49,9 +49,9 @@ pub enum Arrival {
 }
 
 type SessionId = u64;
-/// The sessions waiting for a block, each with its mailbox and whether it has asked a peer for
-/// it to pass it on to strangers as it arrives.
-type Waiting = Vec<(SessionId, mpsc::UnboundedSender<News>, bool)>;
+/// The sessions waiting for a block, each with its mailbox and, once it has asked a peer for the
+/// block, whether to pass it on to strangers as it arrives.
+type Waiting = Vec<(SessionId, mpsc::UnboundedSender<News>, Option<bool>)>;
 
 #[derive(Default)]
 pub struct Wants {
@@ -82,14 +82,16 @@ impl Wants {
     /// soon (a stranger, for the first; a trusted peer, for either) learns nothing from being
     /// told nothing meanwhile that it would not learn anyway.
     pub fn fetching(&self, cid: &Cid) -> Option<bool> {
-        self.interest.lock().expect("wants lock").get(cid).map(|w| w.iter().any(|(_, _, passing)| *passing))
+        let interest = self.interest.lock().expect("wants lock");
+        let asked = interest.get(cid).into_iter().flatten().filter_map(|(_, _, passing)| *passing);
+        asked.reduce(|a, b| a || b)
     }
 
     /// `inbox` has asked a peer for `cid`: see [`Wants::fetching`].
     pub fn asked(&self, inbox: &Inbox, cid: &Cid) {
         let passing = inbox.underway.as_ref().is_some_and(|u| !u.came_from_trusted());
         if let Some(entry) = self.interest.lock().expect("wants lock").get_mut(cid).and_then(|w| w.iter_mut().find(|(id, _, _)| *id == inbox.id)) {
-            entry.2 = passing;
+            entry.2 = Some(passing);
         }
     }
 
@@ -98,7 +100,7 @@ impl Wants {
         let mut interest = self.interest.lock().expect("wants lock");
         let waiting = interest.entry(cid).or_default();
         if waiting.iter().all(|(id, _, _)| *id != inbox.id) {
-            waiting.push((inbox.id, inbox.tx.clone(), false));
+            waiting.push((inbox.id, inbox.tx.clone(), None));
         }
         drop(interest);
         let mut lately = self.lately.lock().expect("lately lock");
