@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 /// Blocks fetched at once ahead of the reader.
-pub const PREFETCH: usize = 32;
+pub const PREFETCH: usize = 64;
 /// Links remembered as still to fetch; past it, the reader fetches the rest as it reaches them.
 const FRONTIER: usize = 1 << 18;
 

@@ -49,7 +49,7 @@ pub const BROADCAST: usize = 8;
 /// (nor in its socket buffers), so they can still go to a peer that says HAVE meanwhile.
 pub const PER_PEER: usize = 4;
 /// Wants asked of peers (want-have) and not sent yet, at most: the rest are asked as these go.
-const PROBE_AHEAD: usize = 24;
+const PROBE_AHEAD: usize = 48;
 /// How long a want nobody said HAVE of waits before it goes to a peer that did not: a peer
 /// that holds it answers the want-have within this.
 const HAVE_GRACE: Duration = Duration::from_millis(150);
@@ -444,7 +444,9 @@ impl Task {
             let waited = now.duration_since(w.since);
             let young = (several && !w.broadcast) || (nobody_has && waited < HAVE_GRACE) || (elsewhere && waited < FETCHER_GRACE);
             let seed = |p: &PeerId| self.seeds.contains(p);
-            let choice = open().filter(|p| load(p) < PER_PEER && !young).min_by_key(|p| (!w.has.contains(p), seed(p), w.silent.contains(p), poor(p), load(p))).copied();
+            // A peer that said HAVE and is no seed costs no seed anything: not waited on.
+            let ready = |p: &PeerId| !young || (w.has.contains(p) && !seed(p) && !self.seeds.is_empty());
+            let choice = open().filter(|p| load(p) < PER_PEER && ready(p)).min_by_key(|p| (!w.has.contains(p), seed(p), w.silent.contains(p), poor(p), load(p))).copied();
             if open().next().is_some() && !w.broadcast {
                 w.broadcast = true;
                 for other in open().filter(|p| Some(**p) != choice && !w.has.contains(p)).take(BROADCAST) {
