@@ -10,11 +10,15 @@
 //! four seeds → one node whose own link is unshaped; two seeds → N nodes with one seed killed
 //! half-way (af-registry only); `docker pull` (skopeo) of one image at N nodes sharing one
 //! PostgreSQL (`AF_TEST_POSTGRES_URL`, as the tests) where one node holds it, against one node
-//! pulling it alone (af-registry only). `AF_BENCH_CASES` picks some (pin, four, killed,
-//! docker). Needs root (the lab).
+//! pulling it alone (af-registry only); IPFS Cluster keeping an image (`AF_BENCH_CLUSTER_MIB`,
+//! 1024 MiB) on three nodes (`--replicas 3`) against one copy (af-registry only).
+//! `AF_BENCH_CASES` picks some (pin, four, killed, docker, cluster). Needs root (the lab).
 
 #[path = "../tests/common/lab.rs"]
 mod lab;
+#[allow(dead_code)]
+#[path = "../tests/common/cluster_peer.rs"]
+mod cluster_peer;
 
 use lab::{mesh, Lab, LabNode};
 use std::path::{Path, PathBuf};
@@ -244,9 +248,9 @@ fn seed_killed(b: &mut Bench, n: usize, alone: Option<Duration>) {
     }
 }
 
-/// An OCI layout in `dir` holding image `t`: a small config and the bench's file as its one
-/// layer (skopeo copies blobs as they are).
-fn layout(b: &Bench, dir: &Path) -> PathBuf {
+/// An OCI layout in `dir` holding image `t`: a small config and `layers` (files) as they are
+/// (skopeo compresses them when it pushes them).
+fn layout(dir: &Path, layers: &[&Path]) -> PathBuf {
     use sha2::Digest as _;
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
@@ -255,15 +259,22 @@ fn layout(b: &Bench, dir: &Path) -> PathBuf {
         std::fs::write(blobs.join(&hex), bytes).unwrap();
         hex
     };
-    let layer = hex::encode(sha2::Sha256::digest(std::fs::read(&b.file).unwrap()));
-    std::fs::copy(&b.file, blobs.join(&layer)).unwrap();
+    let mut descriptors = Vec::new();
+    for layer in layers {
+        let mut hasher = sha2::Sha256::new();
+        std::io::copy(&mut std::fs::File::open(layer).unwrap(), &mut hasher).unwrap();
+        let hex = hex::encode(hasher.finalize());
+        std::fs::copy(layer, blobs.join(&hex)).unwrap();
+        let size = std::fs::metadata(layer).unwrap().len();
+        descriptors.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{hex}"), "size": size}));
+    }
     let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let config_hex = put(config);
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{config_hex}"), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{layer}"), "size": b.size}],
+        "layers": descriptors,
     })
     .to_string();
     let manifest_hex = put(manifest.as_bytes());
@@ -274,6 +285,28 @@ fn layout(b: &Bench, dir: &Path) -> PathBuf {
     std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     dir.to_path_buf()
+}
+
+/// Writes `size` bytes that never repeat a block to `path`, a MiB at a time.
+fn noise_file(path: &Path, size: u64, seed: u64) {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut state: u64 = 0x9e3779b97f4a7c15 ^ seed.wrapping_mul(0x2545f4914f6cdd1d);
+    let mut chunk = Vec::with_capacity(1 << 20);
+    let mut written = 0;
+    while written < size {
+        chunk.clear();
+        while chunk.len() < (1 << 20) && written + (chunk.len() as u64) < size {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.extend_from_slice(&state.to_le_bytes());
+        }
+        chunk.truncate((size - written).min(chunk.len() as u64) as usize);
+        out.write_all(&chunk).unwrap();
+        written += chunk.len() as u64;
+    }
+    out.flush().unwrap();
 }
 
 /// `skopeo copy` in member `i`'s namespace, from `from` to `to`.
@@ -291,7 +324,7 @@ fn skopeo(b: &Bench, i: usize, from: &str, to: &str) -> Result<(), String> {
 /// pulling it alone (on fresh nodes and database, same links), every copy byte-identical.
 fn registry_pulls(b: &mut Bench, n: usize) {
     let image = format!("docker://127.0.0.1:{}/fleet/app:t", lab::LAB_API);
-    let oci = layout(b, &b.dir.path().join("oci"));
+    let oci = layout(&b.dir.path().join("oci"), &[&b.file]);
     // The layer as the registry holds it, the same for every node.
     let layer = std::sync::Mutex::new(None::<String>);
     let run = |b: &mut Bench, pullers: usize| -> Option<(Vec<Result<Duration, String>>, Vec<u64>)> {
@@ -363,6 +396,116 @@ fn registry_pulls(b: &mut Bench, n: usize) {
     }
 }
 
+/// `curl -s` in member `i`'s namespace: its output.
+fn curl_in(b: &Bench, i: usize, args: &[&str]) -> String {
+    String::from_utf8_lossy(&b.lab.command(i, "curl").arg("-s").args(args).output().unwrap().stdout).into_owned()
+}
+
+/// How many cluster peers report `cid` pinned (asked of peer 0's REST API, in its namespace).
+fn cluster_pinned(b: &Bench, peer: &cluster_peer::ClusterPeer, cid: &str) -> usize {
+    let v: serde_json::Value = serde_json::from_str(&curl_in(b, 0, &[&format!("{}/pins/{cid}", peer.url)])).unwrap_or_default();
+    v["peer_map"].as_object().map(|m| m.values().filter(|s| s["status"] == "pinned").count()).unwrap_or(0)
+}
+
+fn wait_until(secs: u64, what: &str, mut ok: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !ok() {
+        if start.elapsed() > Duration::from_secs(secs) {
+            println!("{:<12}   timed out waiting for {what}", "");
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    true
+}
+
+/// IPFS Cluster replicating an image (`AF_BENCH_CLUSTER_MIB`, 1024 MiB, four layers) held by
+/// node A to two more nodes at once (`--replicas 3`), each of the three behind a cluster peer
+/// in its own namespace, over the same shaped links: the time until both hold it whole,
+/// against one fresh node copying it once from A (`pin/add`), measured first.
+fn cluster_replicas(b: &mut Bench) {
+    let name = Kind::Af.name();
+    if Command::new("ipfs-cluster-service").arg("--version").output().is_err() {
+        println!("{name:<12} IPFS Cluster --replicas 3: skipped: ipfs-cluster-service is not installed (scripts/install-test-deps.sh)");
+        return;
+    }
+    let mib = env_or("AF_BENCH_CLUSTER_MIB", 1024) as u64;
+    let root = b.dir.path().join("cluster");
+    std::fs::create_dir_all(&root).unwrap();
+    let files: Vec<PathBuf> = (0..4u64)
+        .map(|i| {
+            let f = root.join(format!("layer{i}"));
+            noise_file(&f, (mib << 20) / 4, 100 + i);
+            f
+        })
+        .collect();
+    let oci = layout(&root.join("oci"), &files.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+    for f in &files {
+        let _ = std::fs::remove_file(f);
+    }
+    b.runs += 1;
+    let af = Path::new(env!("CARGO_BIN_EXE_af"));
+    let mut peers: Vec<cluster_peer::ClusterPeer> = (0..3).map(|i| cluster_peer::ClusterPeer::init_in_namespace(&root, &format!("p{i}"), &b.lab.members[i].ns, &b.lab.members[i].ip, lab::LAB_RPC)).collect();
+    let nodes: Vec<LabNode> = (0..3)
+        .map(|i| {
+            let dir = b.dir.path().join(format!("run{}/n{i}", b.runs));
+            b.lab.start_af(i, af, &dir, &["--replicas", "1", "--cluster-api", &peers[i].url]).unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    let addrs: Vec<String> = peers.iter().map(|p| p.addr.clone()).collect();
+    for (i, p) in peers.iter_mut().enumerate() {
+        let others: Vec<String> = addrs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| a.clone()).collect();
+        p.start(&others);
+    }
+    let metrics = wait_until(90, "every cluster peer's metric", || String::from_utf8_lossy(&peers[0].ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).matches("\"valid\": true").count() >= 3);
+    if !metrics {
+        return;
+    }
+    mesh(&nodes.iter().collect::<Vec<_>>()).unwrap_or_else(|e| panic!("{e}"));
+    let visibility = Command::new(af).args(["registry", "visibility", "bench/app", "public", "--data-dir"]).arg(&nodes[0].data_dir).output().unwrap();
+    assert!(visibility.status.success(), "{}", String::from_utf8_lossy(&visibility.stderr));
+    skopeo(b, 0, &format!("oci:{}:t", oci.display()), &format!("docker://127.0.0.1:{}/bench/app:t", lab::LAB_API)).unwrap_or_else(|e| panic!("{e}"));
+    let head = curl_in(b, 0, &["-I", "-H", "Accept: application/vnd.oci.image.manifest.v1+json", &format!("http://127.0.0.1:{}/v2/bench/app/manifests/t", lab::LAB_API)]);
+    let cid = head.lines().find_map(|l| l.to_ascii_lowercase().starts_with("ipfs-image-cid:").then(|| l.split_once(':').unwrap().1.trim().to_string())).expect("an image CID");
+    if !wait_until(120, "the image pinned on A", || cluster_pinned(b, &peers[0], &cid) == 1) {
+        return;
+    }
+
+    // The reference: one fresh node copies it once from A.
+    let reference = b.lab.start_af(3, af, &b.dir.path().join(format!("run{}/n3", b.runs)), &[]).unwrap_or_else(|e| panic!("{e}"));
+    reference.rpc(&format!("swarm/connect?arg={}", nodes[0].swarm_addr())).unwrap();
+    let t = Instant::now();
+    if let Err(e) = reference.rpc(&format!("pin/add?arg={cid}")) {
+        println!("{name:<12} IPFS Cluster: the reference copy failed: {e}");
+        return;
+    }
+    let copy = t.elapsed().as_secs_f64();
+    drop(reference);
+
+    // Three replicas: the cluster has two more nodes fetch it at once.
+    let t = Instant::now();
+    let replicas = Command::new(af).args(["registry", "replicas", "bench/app", "3", "--data-dir"]).arg(&nodes[0].data_dir).output().unwrap();
+    assert!(replicas.status.success(), "{}", String::from_utf8_lossy(&replicas.stderr));
+    let mut first = None;
+    let done = wait_until(900, "three replicas", || {
+        let n = cluster_pinned(b, &peers[0], &cid);
+        if n >= 2 && first.is_none() {
+            first = Some(t.elapsed().as_secs_f64());
+        }
+        n == 3
+    });
+    let both = t.elapsed().as_secs_f64();
+    let sent: Vec<String> = nodes.iter().map(|n| format!("{:.2}", n.bitswap_stat("DataSent") as f64 / (mib << 20) as f64)).collect();
+    println!(
+        "{name:<12} IPFS Cluster --replicas 3 of a {mib} MiB image (4 layers): one fresh node copies it from A in {copy:.2} s ({:.2} MiB/s); two more copies at once {}: {both:.2} s = {:.2}x one copy (the first in {:.2} s); each node sent {} times the image",
+        mib as f64 / copy,
+        if done { "done" } else { "NOT done" },
+        both / copy,
+        first.unwrap_or(both),
+        sent.join(" ")
+    );
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -381,18 +524,8 @@ fn main() {
         println!("the nodes' data and logs stay in {}", dir.path().display());
     }
     let file = dir.path().join("layer");
-    {
-        // Bytes that never repeat a block: every leaf is a block of its own.
-        let mut state: u64 = 0x9e3779b97f4a7c15;
-        let mut data = Vec::with_capacity(size as usize);
-        while (data.len() as u64) < size {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            data.extend_from_slice(&state.to_le_bytes());
-        }
-        std::fs::write(&file, &data).unwrap();
-    }
+    // Bytes that never repeat a block: every leaf is a block of its own.
+    noise_file(&file, size, 0);
     let keep = std::env::var("AF_BENCH_KEEP").is_ok();
     let mut b = Bench { lab, dir, file, size, kubo: kubo_bin(), runs: 0 };
     let limit = link_limit(&b);
@@ -404,8 +537,8 @@ fn main() {
     }
     let only = std::env::var("AF_BENCH_ONLY").ok();
     kinds.retain(|k| only.as_deref().is_none_or(|o| k.name().eq_ignore_ascii_case(o)));
-    // AF_BENCH_CASES: some of pin,four,killed,docker (all by default).
-    let cases = std::env::var("AF_BENCH_CASES").unwrap_or_else(|_| "pin,four,killed,docker".into());
+    // AF_BENCH_CASES: some of pin,four,killed,docker,cluster (all by default).
+    let cases = std::env::var("AF_BENCH_CASES").unwrap_or_else(|_| "pin,four,killed,docker,cluster".into());
     let case = |name: &str| cases.split(',').any(|c| c.trim() == name);
     for &kind in &kinds {
         let alone = if case("pin") || case("killed") { one_to_one(&mut b, kind, limit) } else { None };
@@ -420,6 +553,9 @@ fn main() {
         }
         if kind == Kind::Af && case("docker") {
             registry_pulls(&mut b, n);
+        }
+        if kind == Kind::Af && case("cluster") {
+            cluster_replicas(&mut b);
         }
     }
     if keep {

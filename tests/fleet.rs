@@ -186,22 +186,37 @@ fn a_seed_killed_half_way_leaves_every_pin_complete() {
     }
 }
 
-/// Four nodes share one PostgreSQL; a layer is pushed to one of them, and the three others are
-/// asked for it through the OCI API at once (as `docker pull` of a new image does in a
-/// rollout), over 100 Mbit/s links: every node streams it whole and byte-identical (pull-through
-/// from peers), the three pass blocks to each other while they pull (not only the holder to
-/// each of them), and all of them together receive at most 1.15 times what they needed.
+/// Four nodes share one PostgreSQL; a layer of a private repository is pushed to one of them,
+/// and the three others are asked for it through the OCI API at once (as `docker pull` of a new
+/// image does in a rollout), over 100 Mbit/s links: every node streams it whole and
+/// byte-identical (pull-through from peers), the three pass blocks to each other while they
+/// pull (not only the holder to each of them), and all of them together receive at most 1.15
+/// times what they needed. A stranger (a node of its own) connected to a puller asks it for
+/// the layer's blocks meanwhile and after, and never gets one.
 #[test]
 fn three_nodes_pull_a_layer_only_one_holds_through_the_oci_api_at_once() {
-    let Some(lab) = lab(4) else { return };
+    let Some(lab) = lab(5) else { return };
     lab.shape_all(100).unwrap();
     let db = SharedDb::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let nodes: Vec<LabNode> = (0..4).map(|i| start(&lab, dir.path(), i, &["--database-url", &db.url])).collect();
+    let stranger = start(&lab, dir.path(), 4, &[]);
     let size = 32 << 20;
     let file = dir.path().join("layer");
     std::fs::write(&file, common::xorshift_bytes(33, size)).unwrap();
     let digest = nodes[0].push_blob("fleet/app", &file).unwrap();
+    let head = nodes[0].curl(&["-I", &format!("http://127.0.0.1:{LAB_API}/v2/fleet/app/blobs/{digest}")]).unwrap();
+    let root = head.lines().find(|l| l.to_ascii_lowercase().starts_with("ipfs-cid:")).and_then(|l| l.split_once(':')).expect("the blob's root CID").1.trim().to_string();
+    let ls: serde_json::Value = serde_json::from_str(&nodes[0].rpc(&format!("ls?arg={root}")).unwrap()).unwrap();
+    let mut blocks: Vec<String> = ls["Objects"][0]["Links"].as_array().unwrap().iter().map(|l| l["Hash"].as_str().unwrap().to_string()).collect();
+    blocks.insert(0, root.clone());
+    stranger.rpc(&format!("swarm/connect?arg={}", nodes[1].swarm_addr())).unwrap();
+    let stranger_asks = |when: &str| {
+        for cid in blocks.iter().step_by(8) {
+            let got = stranger.curl(&["-X", "POST", "--max-time", "2", &format!("http://127.0.0.1:{}/api/v0/block/get?arg={cid}", common::lab::LAB_RPC)]);
+            assert!(got.is_err(), "{when}: the stranger got block {cid} of a private layer");
+        }
+    };
     // Every node knows the others (heartbeats, then the shared change counter).
     std::thread::sleep(Duration::from_secs(2));
 
@@ -217,8 +232,16 @@ fn three_nodes_pull_a_layer_only_one_holds_through_the_oci_api_at_once() {
                 })
             })
             .collect();
+        let mut rounds = 0;
+        while pulls.iter().any(|p| !p.is_finished()) {
+            stranger_asks("during the pulls");
+            rounds += 1;
+        }
+        assert!(rounds >= 1, "the stranger asked during the pulls");
         pulls.into_iter().map(|p| p.join().unwrap()).collect()
     });
+    stranger_asks("after the pulls");
+    assert_eq!(stranger.bitswap_stat("DataReceived"), 0, "the stranger received bytes");
     let all = started.elapsed();
     for (i, (result, took)) in results.iter().enumerate() {
         let n = &nodes[i + 1];

@@ -9,6 +9,8 @@ use std::process::{Child, Command};
 /// One `ipfs-cluster-service` peer in front of one node's RPC, stopped when dropped.
 pub struct ClusterPeer {
     child: Option<Child>,
+    /// The network namespace it runs in (a lab's member), if any.
+    ns: Option<String>,
     pub dir: PathBuf,
     pub id: String,
     /// The REST API, as ipfs-cluster-ctl's `--host` takes it, and as a URL.
@@ -28,6 +30,32 @@ impl ClusterPeer {
 
     /// [`Self::init`] in the cluster of `secret` (64 hex digits).
     pub fn init_in(root: &Path, name: &str, ip: &str, rpc: u16, secret: &str) -> ClusterPeer {
+        // Free on the peer's own address: one free on 127.0.0.1 could be held on `ip` by another
+        // test's peer (a REST API once failed "address already in use" so).
+        let port = || std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
+        Self::configure(root, name, None, ip, rpc, secret, (port(), port(), port(), port()))
+    }
+
+    /// A peer in network namespace `ns` (a lab's member, whose address is `ip`) for the node
+    /// whose RPC is on that namespace's 127.0.0.1:`rpc`: its ports are the usual ones (9096
+    /// swarm, 9094 REST API, 9095 proxy, 9097 pinning service), the namespace being its own.
+    pub fn init_in_namespace(root: &Path, name: &str, ns: &str, ip: &str, rpc: u16) -> ClusterPeer {
+        Self::configure(root, name, Some(ns), ip, rpc, SECRET, (9096, 9094, 9095, 9097))
+    }
+
+    /// `program`, run in this peer's namespace if it has one.
+    fn command(&self, program: &str) -> Command {
+        match &self.ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn configure(root: &Path, name: &str, ns: Option<&str>, ip: &str, rpc: u16, secret: &str, (swarm, api, proxy, pinsvc): (u16, u16, u16, u16)) -> ClusterPeer {
         let dir = root.join(name);
         let out = Command::new("ipfs-cluster-service")
             .arg("-c")
@@ -38,10 +66,6 @@ impl ClusterPeer {
         assert!(out.status.success(), "ipfs-cluster-service init: {}", String::from_utf8_lossy(&out.stderr));
         let identity: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("identity.json")).unwrap()).unwrap();
         let id = identity["id"].as_str().unwrap().to_string();
-        // Free on the peer's own address: one free on 127.0.0.1 could be held on `ip` by another
-        // test's peer (a REST API once failed "address already in use" so).
-        let port = |_: &str| std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
-        let (swarm, api, proxy, pinsvc) = (port("swarm"), port("api"), port("proxy"), port("pinsvc"));
         let path = dir.join("service.json");
         let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         let rpc = format!("/ip4/127.0.0.1/tcp/{rpc}");
@@ -69,7 +93,7 @@ impl ClusterPeer {
         c["ipfs_connector"]["ipfshttp"]["connect_swarms_delay"] = "1s".into();
         c["ipfs_connector"]["ipfshttp"]["pin_timeout"] = "30s".into();
         std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
-        ClusterPeer { child: None, dir, id: id.clone(), api: format!("/ip4/{ip}/tcp/{api}"), url: format!("http://{ip}:{api}"), addr: format!("/ip4/{ip}/tcp/{swarm}/p2p/{id}") }
+        ClusterPeer { child: None, ns: ns.map(str::to_string), dir, id: id.clone(), api: format!("/ip4/{ip}/tcp/{api}"), url: format!("http://{ip}:{api}"), addr: format!("/ip4/{ip}/tcp/{swarm}/p2p/{id}") }
     }
 
     /// Starts it knowing the `others`' addresses.
@@ -79,7 +103,8 @@ impl ClusterPeer {
         c["cluster"]["peer_addresses"] = serde_json::json!(others);
         std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
         let log = std::fs::File::create(self.dir.join("service.log")).unwrap();
-        let child = Command::new("ipfs-cluster-service")
+        let child = self
+            .command("ipfs-cluster-service")
             .arg("-c")
             .arg(&self.dir)
             .arg("daemon")
@@ -102,7 +127,7 @@ impl ClusterPeer {
     }
 
     pub fn ctl(&self) -> Command {
-        let mut c = Command::new("ipfs-cluster-ctl");
+        let mut c = self.command("ipfs-cluster-ctl");
         c.args(["--host", &self.api, "--enc", "json"]);
         c
     }
