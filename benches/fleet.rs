@@ -14,11 +14,11 @@
 //! 1024 MiB) on three nodes (`--replicas 3`) against one copy (af-registry only).
 //! `AF_BENCH_CASES` picks some (pin, four, killed, docker, cluster). Needs root (the lab).
 
-#[path = "../tests/common/lab.rs"]
-mod lab;
 #[allow(dead_code)]
 #[path = "../tests/common/cluster_peer.rs"]
 mod cluster_peer;
+#[path = "../tests/common/lab.rs"]
+mod lab;
 
 use lab::{mesh, Lab, LabNode};
 use std::path::{Path, PathBuf};
@@ -311,7 +311,12 @@ fn noise_file(path: &Path, size: u64, seed: u64) {
 
 /// `skopeo copy` in member `i`'s namespace, from `from` to `to`.
 fn skopeo(b: &Bench, i: usize, from: &str, to: &str) -> Result<(), String> {
-    let out = b.lab.command(i, "skopeo").args(["--insecure-policy", "copy", "--src-tls-verify=false", "--dest-tls-verify=false", "-q", from, to]).output().map_err(|e| format!("skopeo: {e}"))?;
+    let out = b
+        .lab
+        .command(i, "skopeo")
+        .args(["--insecure-policy", "copy", "--src-tls-verify=false", "--dest-tls-verify=false", "-q", from, to])
+        .output()
+        .map_err(|e| format!("skopeo: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -327,7 +332,11 @@ fn registry_pulls(b: &mut Bench, n: usize) {
     let oci = layout(&b.dir.path().join("oci"), &[&b.file]);
     // The layer as the registry holds it, the same for every node.
     let layer = std::sync::Mutex::new(None::<String>);
-    let run = |b: &mut Bench, pullers: usize| -> Option<(Vec<Result<Duration, String>>, Vec<u64>)> {
+    // The pulling nodes' peak anonymous memory and peak RSS, in KiB.
+    let (anon_peak, rss_peak) = (std::sync::Mutex::new(0u64), std::sync::Mutex::new(0u64));
+    // Each puller's time or failure, and the bytes each node sent.
+    type Pulled = (Vec<Result<Duration, String>>, Vec<u64>);
+    let run = |b: &mut Bench, pullers: usize| -> Option<Pulled> {
         let db = match lab::SharedDb::new() {
             Ok(db) => db,
             Err(e) => {
@@ -355,7 +364,8 @@ fn registry_pulls(b: &mut Bench, n: usize) {
                         skopeo(b, i, image, &format!("dir:{}", out.display()))?;
                         let t = started.elapsed();
                         // skopeo compressed the layer when it pushed it: the manifest names it.
-                        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+                        let manifest: serde_json::Value =
+                            serde_json::from_slice(&std::fs::read(out.join("manifest.json")).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
                         let digest = manifest["layers"][0]["digest"].as_str().unwrap_or_default().trim_start_matches("sha256:").to_string();
                         let got = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(out.join(&digest)).map_err(|e| e.to_string())?));
                         let mut first = layer.lock().unwrap();
@@ -366,9 +376,16 @@ fn registry_pulls(b: &mut Bench, n: usize) {
                     })
                 })
                 .collect();
+            while pulls.iter().any(|p| !p.is_finished()) {
+                let mut peak = anon_peak.lock().unwrap();
+                *peak = nodes[1..].iter().filter_map(LabNode::anon_kib).fold(*peak, u64::max);
+                drop(peak);
+                std::thread::sleep(Duration::from_millis(100));
+            }
             pulls.into_iter().map(|p| p.join().unwrap()).collect()
         });
         let sent = nodes.iter().map(|n| n.bitswap_stat("DataSent")).collect();
+        *rss_peak.lock().unwrap() = nodes[1..].iter().filter_map(LabNode::peak_rss_kib).max().unwrap_or(0);
         Some((results, sent))
     };
     let Some((alone, _)) = run(b, 1) else { return };
@@ -384,12 +401,14 @@ fn registry_pulls(b: &mut Bench, n: usize) {
     let times: Vec<f64> = results.iter().filter_map(|r| r.as_ref().ok()).map(|t| t.as_secs_f64()).collect();
     let slowest = times.iter().cloned().fold(0.0, f64::max);
     println!(
-        "{:<12} docker pull (skopeo) at {n} nodes at once, one holder: {}/{n} complete and byte-identical; slowest {slowest:.2} s = {:.2}x one alone; the holder sent {:.2}x the layer, each other node {:.2}x on average",
+        "{:<12} docker pull (skopeo) at {n} nodes at once, one holder: {}/{n} complete and byte-identical; slowest {slowest:.2} s = {:.2}x one alone; the holder sent {:.2}x the layer, each other node {:.2}x on average; peak per node: RSS {} MiB (anonymous {} MiB)",
         Kind::Af.name(),
         times.len(),
         slowest / alone.as_secs_f64(),
         sent[0] as f64 / b.size as f64,
         sent[1..].iter().sum::<u64>() as f64 / n as f64 / b.size as f64,
+        *rss_peak.lock().unwrap() >> 10,
+        *anon_peak.lock().unwrap() >> 10,
     );
     for e in results.iter().filter_map(|r| r.as_ref().err()).take(3) {
         println!("{:<12}   a pull failed: {e}", "");
@@ -445,7 +464,8 @@ fn cluster_replicas(b: &mut Bench) {
     }
     b.runs += 1;
     let af = Path::new(env!("CARGO_BIN_EXE_af"));
-    let mut peers: Vec<cluster_peer::ClusterPeer> = (0..3).map(|i| cluster_peer::ClusterPeer::init_in_namespace(&root, &format!("p{i}"), &b.lab.members[i].ns, &b.lab.members[i].ip, lab::LAB_RPC)).collect();
+    let mut peers: Vec<cluster_peer::ClusterPeer> =
+        (0..3).map(|i| cluster_peer::ClusterPeer::init_in_namespace(&root, &format!("p{i}"), &b.lab.members[i].ns, &b.lab.members[i].ip, lab::LAB_RPC)).collect();
     let nodes: Vec<LabNode> = (0..3)
         .map(|i| {
             let dir = b.dir.path().join(format!("run{}/n{i}", b.runs));
@@ -457,7 +477,9 @@ fn cluster_replicas(b: &mut Bench) {
         let others: Vec<String> = addrs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| a.clone()).collect();
         p.start(&others);
     }
-    let metrics = wait_until(90, "every cluster peer's metric", || String::from_utf8_lossy(&peers[0].ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).matches("\"valid\": true").count() >= 3);
+    let metrics = wait_until(90, "every cluster peer's metric", || {
+        String::from_utf8_lossy(&peers[0].ctl().args(["health", "metrics", "freespace"]).output().unwrap().stdout).matches("\"valid\": true").count() >= 3
+    });
     if !metrics {
         return;
     }

@@ -1,10 +1,10 @@
 //! Walks that fetch what the node lacks from peers: the operator's (`pin/add`, `block/get`),
 //! kept or passed on, and the gateway's on-demand reads.
 
+use super::frontier::{links_of, Frontier};
 use super::keeper::Keeper;
 use bytes::Bytes;
 use cid::Cid;
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 /// A block source for the operator's walks that fetches what the node lacks from peers and keeps
@@ -26,56 +26,21 @@ pub struct Fetching {
 
 /// Blocks wanted at once ahead of a walk.
 pub const PREFETCH: usize = 64;
-/// Links remembered as still to fetch; past it, the walk fetches the rest as it reaches them.
-const FRONTIER: usize = 1 << 18;
 
 /// The DAG's frontier and the fetches under way.
 struct Ahead {
     reg: Arc<crate::registry::Registry>,
     session: super::session::Session,
     keeper: Keeper,
-    plan: Mutex<Plan>,
+    plan: Mutex<Frontier>,
     arrived: tokio::sync::Notify,
-}
-
-#[derive(Default)]
-struct Plan {
-    /// Links not asked for yet.
-    frontier: indexmap::IndexSet<Cid>,
-    seen: HashSet<Cid>,
-    in_flight: HashSet<Cid>,
-    rng: Option<fastrand::Rng>,
 }
 
 impl Ahead {
     /// Adds `links` to the frontier and starts fetches while there is room.
-    fn queue(self: &Arc<Self>, links: impl Iterator<Item = Cid>) {
-        {
-            let mut plan = self.plan.lock().expect("prefetch lock");
-            for cid in links {
-                if plan.frontier.len() < FRONTIER && crate::dag::well_known(&cid).is_none() && plan.seen.insert(cid) {
-                    plan.frontier.insert(cid);
-                }
-            }
-        }
-        self.top_up();
-    }
-
-    /// Starts fetches of frontier blocks picked at random while fewer than [`PREFETCH`] are
-    /// under way.
-    fn top_up(self: &Arc<Self>) {
-        loop {
-            let cid = {
-                let mut plan = self.plan.lock().expect("prefetch lock");
-                if plan.in_flight.len() >= PREFETCH || plan.frontier.is_empty() {
-                    return;
-                }
-                let n = plan.frontier.len();
-                let i = plan.rng.get_or_insert_with(fastrand::Rng::new).usize(..n);
-                let cid = plan.frontier.swap_remove_index(i).expect("an index below the length");
-                plan.in_flight.insert(cid);
-                cid
-            };
+    fn queue(self: &Arc<Self>, links: impl IntoIterator<Item = Cid>) {
+        self.plan.lock().expect("prefetch lock").add(links);
+        while let Some(cid) = self.plan.lock().expect("prefetch lock").next(PREFETCH) {
             self.start(cid);
         }
     }
@@ -89,17 +54,13 @@ impl Ahead {
             let held = ahead.keeper.waiting(&cid).is_some() || ahead.reg.block_index().has(&cid).await.unwrap_or(false);
             if !held {
                 if let Ok(Ok(bytes)) = ahead.session.ask(cid).await {
-                    if cid.codec() == crate::unixfs::DAG_PB {
-                        if let Ok(node) = crate::unixfs::decode_node(&bytes) {
-                            links = node.links.into_iter().map(|l| l.cid).collect();
-                        }
-                    }
+                    links = links_of(&cid, &bytes);
                     ahead.keeper.keep(cid, bytes).await;
                 }
             }
-            ahead.plan.lock().expect("prefetch lock").in_flight.remove(&cid);
+            ahead.plan.lock().expect("prefetch lock").landed(&cid);
             ahead.arrived.notify_waiters();
-            ahead.queue(links.into_iter());
+            ahead.queue(links);
         });
     }
 
@@ -110,10 +71,9 @@ impl Ahead {
             let arrived = self.arrived.notified();
             let start = {
                 let mut plan = self.plan.lock().expect("prefetch lock");
-                if plan.in_flight.contains(cid) {
+                if plan.in_flight(cid) {
                     false
-                } else if plan.frontier.swap_remove(cid) {
-                    plan.in_flight.insert(*cid);
+                } else if plan.claim_due(cid) {
                     true
                 } else {
                     return;
@@ -169,10 +129,8 @@ impl crate::dag::BlockSource for Fetching {
     fn fetch<'a>(&'a self, cid: &'a Cid) -> futures_util::future::BoxFuture<'a, crate::dag::Result<Option<(Bytes, crate::exposure::Admission)>>> {
         Box::pin(async move {
             let Some(bytes) = self.get(cid).await? else { return Ok(None) };
-            if let (true, Some(ahead)) = (cid.codec() == crate::unixfs::DAG_PB, &self.ahead) {
-                if let Ok(node) = crate::unixfs::decode_node(&bytes) {
-                    ahead.queue(node.links.into_iter().map(|l| l.cid));
-                }
+            if let Some(ahead) = &self.ahead {
+                ahead.queue(links_of(cid, &bytes));
             }
             Ok(Some((bytes, crate::exposure::Admission::Vouching)))
         })

@@ -9,6 +9,7 @@
 mod admission;
 pub mod bitswap;
 pub mod fetch;
+mod frontier;
 pub mod keeper;
 pub mod message;
 mod outbox;

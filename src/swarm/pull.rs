@@ -14,6 +14,7 @@
 //! and take from each other what one of them has: the holder is asked only for what no other
 //! node said HAVE of (`Session::with_seeds`).
 
+use super::frontier::{links_of, Frontier};
 use super::session::Session;
 use super::{Handle, SwarmError};
 use crate::dag::{self, Node};
@@ -26,7 +27,7 @@ use crate::unixfs::DagBlock;
 use bytes::Bytes;
 use cid::Cid;
 use libp2p::{Multiaddr, PeerId};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,8 +35,6 @@ use std::sync::{Arc, Mutex, Weak};
 
 /// Blocks fetched at once ahead of the reader.
 pub const PREFETCH: usize = 64;
-/// Links remembered as still to fetch; past it, the reader fetches the rest as it reaches them.
-const FRONTIER: usize = 1 << 18;
 
 /// The swarm's pull-through, as the registry's [`crate::registry::Remote`].
 pub struct Pulls {
@@ -173,45 +172,18 @@ struct Ahead {
 
 #[derive(Default)]
 struct Plan {
-    /// Links not asked for yet.
-    frontier: indexmap::IndexSet<Cid>,
-    seen: HashSet<Cid>,
-    in_flight: HashSet<Cid>,
+    frontier: Frontier,
     /// Blocks written down: where in the scratch file.
     here: HashMap<Cid, (u64, u64)>,
     failed: HashMap<Cid, String>,
-    rng: Option<fastrand::Rng>,
 }
 
 impl Ahead {
-    /// Adds `links` to the frontier and starts fetches while there is room.
-    fn queue(self: &Arc<Self>, links: impl Iterator<Item = Cid>) {
-        {
-            let mut plan = self.plan.lock().expect("pull plan lock");
-            for cid in links {
-                if plan.frontier.len() < FRONTIER && plan.seen.insert(cid) {
-                    plan.frontier.insert(cid);
-                }
-            }
-        }
-        self.top_up();
-    }
-
-    /// Starts fetches of frontier blocks picked at random while fewer than [`PREFETCH`] are
-    /// under way and the budget allows.
-    fn top_up(self: &Arc<Self>) {
-        loop {
-            let cid = {
-                let mut plan = self.plan.lock().expect("pull plan lock");
-                if plan.in_flight.len() >= PREFETCH || plan.frontier.is_empty() || self.scratch.end.load(Ordering::SeqCst) > self.budget {
-                    return;
-                }
-                let n = plan.frontier.len();
-                let i = plan.rng.get_or_insert_with(fastrand::Rng::new).usize(..n);
-                let cid = plan.frontier.swap_remove_index(i).expect("an index below the length");
-                plan.in_flight.insert(cid);
-                cid
-            };
+    /// Adds `links` to the frontier and starts fetches while there is room and budget.
+    fn queue(self: &Arc<Self>, links: impl IntoIterator<Item = Cid>) {
+        self.plan.lock().expect("pull plan lock").frontier.add(links);
+        while self.scratch.end.load(Ordering::SeqCst) <= self.budget {
+            let Some(cid) = self.plan.lock().expect("pull plan lock").frontier.next(PREFETCH) else { return };
             self.start(cid);
         }
     }
@@ -225,11 +197,7 @@ impl Ahead {
                 Ok(Ok(bytes)) => {
                     ahead.receiving.arrived(cid, bytes.clone());
                     ahead.server.arrived_here(&[cid]);
-                    if cid.codec() == crate::unixfs::DAG_PB {
-                        if let Ok(node) = crate::unixfs::decode_node(&bytes) {
-                            links = node.links.into_iter().map(|l| l.cid).collect();
-                        }
-                    }
+                    links = links_of(&cid, &bytes);
                     let len = bytes.len() as u64;
                     match ahead.scratch.put(bytes).await {
                         Ok(at) => {
@@ -244,14 +212,14 @@ impl Ahead {
             };
             {
                 let mut plan = ahead.plan.lock().expect("pull plan lock");
-                plan.in_flight.remove(&cid);
+                plan.frontier.landed(&cid);
                 match outcome {
                     Ok(at) => plan.here.insert(cid, at).map(drop),
                     Err(e) => plan.failed.insert(cid, e).map(drop),
                 };
             }
             ahead.arrived.notify_waiters();
-            ahead.queue(links.into_iter());
+            ahead.queue(links);
         });
     }
 
@@ -265,11 +233,9 @@ impl Ahead {
                     return Err(e.clone());
                 }
                 let here = plan.here.get(cid).copied();
-                let start = here.is_none() && !plan.in_flight.contains(cid);
+                let start = here.is_none() && !plan.frontier.in_flight(cid);
                 if start {
-                    plan.frontier.swap_remove(cid);
-                    plan.seen.insert(*cid);
-                    plan.in_flight.insert(*cid);
+                    plan.frontier.claim(cid);
                 }
                 (here, start)
             };

@@ -93,7 +93,15 @@ impl ClusterPeer {
         c["ipfs_connector"]["ipfshttp"]["connect_swarms_delay"] = "1s".into();
         c["ipfs_connector"]["ipfshttp"]["pin_timeout"] = "30s".into();
         std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
-        ClusterPeer { child: None, ns: ns.map(str::to_string), dir, id: id.clone(), api: format!("/ip4/{ip}/tcp/{api}"), url: format!("http://{ip}:{api}"), addr: format!("/ip4/{ip}/tcp/{swarm}/p2p/{id}") }
+        ClusterPeer {
+            child: None,
+            ns: ns.map(str::to_string),
+            dir,
+            id: id.clone(),
+            api: format!("/ip4/{ip}/tcp/{api}"),
+            url: format!("http://{ip}:{api}"),
+            addr: format!("/ip4/{ip}/tcp/{swarm}/p2p/{id}"),
+        }
     }
 
     /// Starts it knowing the `others`' addresses.
