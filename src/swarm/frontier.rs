@@ -31,11 +31,28 @@ impl Frontier {
 
     /// A link picked at random, now in flight, while fewer than `at_most` are.
     pub fn next(&mut self, at_most: usize) -> Option<Cid> {
+        self.next_in(at_most, None)
+    }
+
+    /// [`Frontier::next`], preferring links of `stripe` (`(k, n)`: those whose multihash is `k`
+    /// modulo `n`), when there are any: `n` nodes fetching one DAG at once, each with its own
+    /// `k`, then start on different blocks, and each takes the rest from the others.
+    pub fn next_in(&mut self, at_most: usize, stripe: Option<(u64, u64)>) -> Option<Cid> {
         if self.in_flight.len() >= at_most || self.links.is_empty() {
             return None;
         }
         let n = self.links.len();
-        let i = self.rng.get_or_insert_with(fastrand::Rng::new).usize(..n);
+        let rng = self.rng.get_or_insert_with(fastrand::Rng::new);
+        let mut i = rng.usize(..n);
+        if let Some((k, of)) = stripe.filter(|(_, of)| *of > 1) {
+            // A few tries find one of the stripe (1 in `of` is) while the stripe has any.
+            for _ in 0..of * 4 {
+                if stripe_of(&self.links[i], of) == k {
+                    break;
+                }
+                i = rng.usize(..n);
+            }
+        }
         let cid = self.links.swap_remove_index(i).expect("an index below the length");
         self.in_flight.insert(cid);
         Some(cid)
@@ -67,10 +84,49 @@ impl Frontier {
     }
 }
 
+/// The stripe of `cid` among `of`.
+fn stripe_of(cid: &Cid, of: u64) -> u64 {
+    let digest = cid.hash().digest();
+    let mut word = [0u8; 8];
+    let tail = &digest[digest.len().saturating_sub(8)..];
+    word[..tail.len()].copy_from_slice(tail);
+    u64::from_le_bytes(word) % of
+}
+
 /// The links of block `cid` if it is a dag-pb node.
 pub fn links_of(cid: &Cid, bytes: &[u8]) -> Vec<Cid> {
     if cid.codec() != crate::unixfs::DAG_PB {
         return Vec::new();
     }
     crate::unixfs::decode_node(bytes).map(|node| node.links.into_iter().map(|l| l.cid).collect()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cid(n: u32) -> Cid {
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(n.to_be_bytes()).into();
+        Cid::new_v1(0x55, cid::multihash::Multihash::<64>::wrap(0x12, &digest).unwrap())
+    }
+
+    /// Nine nodes with a stripe each start on blocks of their own stripe, until it runs out;
+    /// then on anything left; each link goes out once.
+    #[test]
+    fn links_of_a_nodes_stripe_go_first() {
+        let mut frontier = Frontier::default();
+        frontier.add((0..900).map(cid));
+        let in_stripe = (0..900).map(cid).filter(|c| stripe_of(c, 9) == 4).count();
+        let mut picked = Vec::new();
+        while let Some(c) = frontier.next_in(usize::MAX, Some((4, 9))) {
+            picked.push(c);
+        }
+        assert_eq!(picked.len(), 900);
+        let first = &picked[..in_stripe / 2];
+        let of_stripe = first.iter().filter(|c| stripe_of(c, 9) == 4).count();
+        assert!(of_stripe * 100 >= first.len() * 95, "{of_stripe} of the first {} are of the stripe", first.len());
+        picked.sort();
+        picked.dedup();
+        assert_eq!(picked.len(), 900, "each link once");
+    }
 }

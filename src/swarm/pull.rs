@@ -79,9 +79,13 @@ impl crate::registry::Remote for Pulls {
             // The holders first, then the other nodes: they may be pulling it too.
             let mut hints: Vec<_> = holders.into_iter().filter_map(hint).collect();
             let seeds: Vec<PeerId> = hints.iter().map(|(p, _)| *p).collect();
+            let mut fleet = vec![swarm.peer_id];
             match reg.live_fellows().await {
                 Ok(fellows) => {
                     for (peer, addrs) in fellows.into_iter().filter_map(hint) {
+                        if !seeds.contains(&peer) {
+                            fleet.push(peer);
+                        }
                         if hints.iter().all(|(p, _)| *p != peer) {
                             hints.push((peer, addrs));
                         }
@@ -89,6 +93,10 @@ impl crate::registry::Remote for Pulls {
                 }
                 Err(e) => tracing::debug!(error = %e, "the other nodes are unknown; pulling from the holders"),
             }
+            // This node's place among the nodes on the metadata that may be pulling it too: its
+            // stripe of the blocks.
+            fleet.sort();
+            let stripe = (fleet.iter().position(|p| *p == swarm.peer_id).unwrap_or(0) as u64, fleet.len() as u64);
             tracing::info!(%digest, %root, "pulling a blob from peers");
             let started = std::time::Instant::now();
             let dag = ReceivedDag::default();
@@ -100,6 +108,7 @@ impl crate::registry::Remote for Pulls {
                 server: swarm.bitswap.clone(),
                 // The DAG's inner nodes are a small part of it; past this, it is not the blob's.
                 budget: info.size + info.size / 16 + (1 << 20),
+                stripe,
                 plan: Mutex::default(),
                 arrived: tokio::sync::Notify::new(),
             });
@@ -165,6 +174,8 @@ struct Ahead {
     server: Arc<super::bitswap::Server>,
     /// Bytes the fetch ahead may write down at most.
     budget: u64,
+    /// Whose blocks this node fetches first (see `Frontier::next_in`).
+    stripe: (u64, u64),
     plan: Mutex<Plan>,
     /// A fetch ended (either way).
     arrived: tokio::sync::Notify,
@@ -183,7 +194,7 @@ impl Ahead {
     fn queue(self: &Arc<Self>, links: impl IntoIterator<Item = Cid>) {
         self.plan.lock().expect("pull plan lock").frontier.add(links);
         while self.scratch.end.load(Ordering::SeqCst) <= self.budget {
-            let Some(cid) = self.plan.lock().expect("pull plan lock").frontier.next(PREFETCH) else { return };
+            let Some(cid) = self.plan.lock().expect("pull plan lock").frontier.next_in(PREFETCH, Some(self.stripe)) else { return };
             self.start(cid);
         }
     }
