@@ -623,6 +623,12 @@ impl Server {
         }
     }
 
+    /// `peer`'s last connection closed: the wants remembered for it are forgotten (it would not
+    /// hear the HAVE; if it comes back, it sends its wantlist again).
+    pub fn peer_gone(&self, peer: &PeerId) {
+        self.pending.lock().expect("pending lock").clear_peer(peer);
+    }
+
     fn account(&self, peer: PeerId, f: impl FnOnce(&mut Ledger)) {
         let mut ledgers = self.ledgers.lock().expect("ledgers lock");
         if ledgers.len() >= MAX_LEDGERS && !ledgers.contains_key(&peer) {

@@ -412,6 +412,7 @@ async fn run(mut swarm: libp2p::Swarm<Behaviour>, mut inbox: Inbox, config: Swar
                 }
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                     connected.remove(&peer_id);
+                    inbox.bitswap.peer_gone(&peer_id);
                 }
                 SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
                     answer(&mut dialling, connection_id, Err(SwarmError::Dial(error.to_string())));
