@@ -663,11 +663,7 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cid(n: u32) -> Cid {
-        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(n.to_be_bytes()).into();
-        Cid::new_v1(0x55, cid::multihash::Multihash::<64>::wrap(0x12, &digest).unwrap())
-    }
+    use crate::swarm::test_cid as cid;
 
     /// A peer asking for ever more blocks this node lacks is remembered for at most
     /// PENDING_PER_PEER of them; all peers together for at most PENDING_TOTAL; a cancel, a full

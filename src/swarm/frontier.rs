@@ -104,11 +104,7 @@ pub fn links_of(cid: &Cid, bytes: &[u8]) -> Vec<Cid> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cid(n: u32) -> Cid {
-        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(n.to_be_bytes()).into();
-        Cid::new_v1(0x55, cid::multihash::Multihash::<64>::wrap(0x12, &digest).unwrap())
-    }
+    use crate::swarm::test_cid as cid;
 
     /// Nine nodes with a stripe each start on blocks of their own stripe, until it runs out;
     /// then on anything left; each link goes out once.

@@ -497,3 +497,10 @@ fn known_addresses(swarm: &mut libp2p::Swarm<Behaviour>, peer: &PeerId) -> Vec<M
     }
     Vec::new()
 }
+
+/// A raw block's CID made from `n`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_cid(n: u32) -> cid::Cid {
+    let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(n.to_be_bytes()).into();
+    cid::Cid::new_v1(0x55, cid::multihash::Multihash::<64>::wrap(0x12, &digest).expect("a 32-byte digest"))
+}
