@@ -288,3 +288,158 @@ fn cid_bytes_of_raw(data: &[u8]) -> Vec<u8> {
     mh.extend_from_slice(&sha2::Sha256::digest(data));
     mh
 }
+
+/// One image pushed by a worker of the scale race: a config and a layer of its own, tagged.
+fn push_image(http: &reqwest::blocking::Client, url: &str, repo: &str, tag: &str, seed: u64) -> Result<(String, Vec<String>), String> {
+    let config = format!("{{\"image\":\"{tag}\"}}").into_bytes();
+    let layer = xorshift_bytes(seed, 40_000 + (seed % 7) as usize * 10_000);
+    let mut digests = Vec::new();
+    for blob in [&config, &layer] {
+        let d = sha256(blob);
+        let r = http.post(format!("{url}/v2/{repo}/blobs/uploads/?digest={d}")).body(blob.clone()).send().map_err(|e| e.to_string())?;
+        if r.status() != 201 {
+            return Err(format!("blob {d}: {} {}", r.status(), r.text().unwrap_or_default()));
+        }
+        digests.push(d);
+    }
+    let manifest = manifest_of(&digests[0], &[&digests[1]], None);
+    let r = http.put(format!("{url}/v2/{repo}/manifests/{tag}")).header("Content-Type", OCI_MANIFEST).body(manifest.clone()).send().map_err(|e| e.to_string())?;
+    if r.status() != 201 {
+        return Err(format!("manifest {tag}: {} {}", r.status(), r.text().unwrap_or_default()));
+    }
+    Ok((sha256(&manifest), digests))
+}
+
+/// Pulls `repo:tag` and checks the manifest and every blob against their digests.
+fn pull_image(http: &reqwest::blocking::Client, url: &str, repo: &str, tag: &str, manifest: &str, blobs: &[String]) -> Result<(), String> {
+    let r = http.get(format!("{url}/v2/{repo}/manifests/{tag}")).header("Accept", OCI_MANIFEST).send().map_err(|e| e.to_string())?;
+    if r.status() != 200 {
+        return Err(format!("manifest {repo}:{tag}: {}", r.status()));
+    }
+    if sha256(&r.bytes().map_err(|e| e.to_string())?) != manifest {
+        return Err(format!("manifest {repo}:{tag}: wrong bytes"));
+    }
+    for d in blobs {
+        let r = http.get(format!("{url}/v2/{repo}/blobs/{d}")).send().map_err(|e| e.to_string())?;
+        if r.status() != 200 {
+            return Err(format!("blob {d} of {repo}:{tag}: {}", r.status()));
+        }
+        if &sha256(&r.bytes().map_err(|e| e.to_string())?) != d {
+            return Err(format!("blob {d} of {repo}:{tag}: wrong bytes"));
+        }
+    }
+    Ok(())
+}
+
+/// The race at scale: a node holding a million blocks, nearly all of them a day old and
+/// reached by nothing, is collected by its own scheduled GC while 32 clients push images and 32
+/// pull them. The GC marks without a lock and sweeps in batches, so nobody waits for it for
+/// long: not one request fails, the GC removes the million, and every image acknowledged
+/// before, during or after it is pulled back whole.
+#[test]
+fn thirty_two_pushers_and_thirty_two_pullers_lose_nothing_while_a_million_blocks_are_collected() {
+    const GARBAGE: i64 = 1_000_000;
+    let mut node = Node::start_with(&["--gc-grace", "60s", "--gc-interval", "4s", "--max-connections-per-ip", "1024", "--max-uploads", "1024"]);
+    let url = node.url("");
+    let http = client();
+    let mut images: Vec<(String, String, Vec<String>)> = Vec::new();
+    for i in 0..16u64 {
+        let tag = format!("base{i}");
+        let (m, blobs) = push_image(&http, &url, "scale/base", &tag, 1_000 + i).unwrap();
+        images.push((tag, m, blobs));
+    }
+    node.terminate();
+    assert!(node.wait_exit(Duration::from_secs(20)).is_some_and(|s| s.success()), "the node did not stop");
+    // A million inline blocks recorded a day ago for nothing: garbage a GC must sweep.
+    let filled = Instant::now();
+    let mut conn = rusqlite::Connection::open(node.data_dir.join("blocks.sqlite")).unwrap();
+    let tx = conn.transaction().unwrap();
+    {
+        let mut insert = tx.prepare("INSERT INTO blocks (multihash, codec, length, data, created_at) VALUES (?1, 85, ?2, ?3, unixepoch() - 86400)").unwrap();
+        for i in 0..GARBAGE {
+            let data = format!("garbage block {i}").into_bytes();
+            let mut mh = vec![0x12, 0x20];
+            mh.extend(hex::decode(&sha256(&data)[7..]).unwrap());
+            insert.execute(rusqlite::params![mh, data.len() as i64, data]).unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    drop(conn);
+    eprintln!("{GARBAGE} blocks added in {:?}", filled.elapsed());
+    node.start_again();
+    let images = std::sync::Arc::new(std::sync::Mutex::new(images));
+    let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pushers: Vec<_> = (0..32u64)
+        .map(|w| {
+            let (url, images, errors, done) = (url.clone(), images.clone(), errors.clone(), done.clone());
+            std::thread::spawn(move || {
+                let http = client();
+                let mut n = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let tag = format!("w{w}-{n}");
+                    match push_image(&http, &url, "scale/pushed", &tag, w * 1_000_000 + n) {
+                        Ok((m, blobs)) => images.lock().unwrap().push((tag, m, blobs)),
+                        Err(e) => errors.lock().unwrap().push(format!("push: {e}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    let pullers: Vec<_> = (0..32u64)
+        .map(|p| {
+            let (url, images, errors, done) = (url.clone(), images.clone(), errors.clone(), done.clone());
+            std::thread::spawn(move || {
+                let http = client();
+                let mut rng = Rng(p + 7);
+                let mut pulls = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (tag, m, blobs) = {
+                        let all = images.lock().unwrap();
+                        all[rng.below(all.len() as u64) as usize].clone()
+                    };
+                    let repo = if tag.starts_with("base") { "scale/base" } else { "scale/pushed" };
+                    if let Err(e) = pull_image(&http, &url, repo, &tag, &m, &blobs) {
+                        errors.lock().unwrap().push(format!("pull: {e}"));
+                    }
+                    pulls += 1;
+                }
+                pulls
+            })
+        })
+        .collect();
+    // The node's scheduled GC (every 4 s) sweeps the million while the clients run; then the
+    // clients go on through one more GC.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let swept = loop {
+        let log = node.log_text();
+        let found = log.lines().filter(|l| l.contains("scheduled gc") && l.contains("removed")).find_map(|l| {
+            let blocks = l.split("orphan files, ").nth(1)?.split(' ').next()?.parse::<i64>().ok()?;
+            (blocks >= GARBAGE).then_some(blocks)
+        });
+        if let Some(blocks) = found {
+            break blocks;
+        }
+        assert!(Instant::now() < deadline, "no GC swept the million blocks in 300 s:\n{}", log.lines().filter(|l| l.contains("gc")).collect::<Vec<_>>().join("\n"));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let runs = node.log_text().matches("scheduled gc").count();
+    while node.log_text().matches("scheduled gc").count() < runs + 1 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    pushers.into_iter().for_each(|t| t.join().unwrap());
+    let pulls: u64 = pullers.into_iter().map(|t| t.join().unwrap()).sum();
+    let errors = errors.lock().unwrap().clone();
+    let images = images.lock().unwrap().clone();
+    eprintln!("the GC removed {swept} blocks; {} images pushed, {pulls} pulls, {} errors", images.len() - 16, errors.len());
+    assert!(errors.is_empty(), "{} requests failed during the GC, e.g. {:#?}", errors.len(), &errors[..errors.len().min(10)]);
+    assert!(images.len() > 16 + 32, "the pushers pushed almost nothing: the test raced nothing");
+    for (tag, m, blobs) in images.iter() {
+        let repo = if tag.starts_with("base") { "scale/base" } else { "scale/pushed" };
+        pull_image(&http, &url, repo, tag, m, blobs).unwrap_or_else(|e| panic!("after the GC: {e}"));
+    }
+    let out = node.af(&["registry", "verify"]);
+    assert!(out.status.success(), "verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}

@@ -35,6 +35,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../../migrations/blockstore/0006_ipns_records.sql")),
     (7, include_str!("../../migrations/blockstore/0007_owners_by_owner.sql")),
     (8, include_str!("../../migrations/blockstore/0008_pins_from_trusted_peers.sql")),
+    (9, include_str!("../../migrations/blockstore/0009_pinned_at.sql")),
 ];
 /// Connections that answer lookups side by side (WAL readers never wait for each other).
 const READERS: usize = 4;

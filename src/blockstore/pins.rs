@@ -19,8 +19,8 @@ impl BlockIndex {
         let cid = cid.to_string();
         self.run(move |conn| {
             conn.execute(
-                "INSERT INTO pins (cid, recursive, trusted_only) VALUES (?1, ?2, ?3) ON CONFLICT DO UPDATE SET recursive = MAX(recursive, excluded.recursive), \
-                 trusted_only = MAX(trusted_only, excluded.trusted_only)",
+                "INSERT INTO pins (cid, recursive, trusted_only, pinned_at) VALUES (?1, ?2, ?3, unixepoch()) ON CONFLICT DO UPDATE SET recursive = MAX(recursive, excluded.recursive), \
+                 trusted_only = MAX(trusted_only, excluded.trusted_only), pinned_at = excluded.pinned_at",
                 params![cid, recursive as i64, trusted_only as i64],
             )?;
             Ok(())

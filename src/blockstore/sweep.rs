@@ -73,59 +73,51 @@ impl BlockIndex {
         .await
     }
 
-    /// Deletes inline blocks older than `cutoff` that no DAG from `roots` reaches: their count
-    /// and bytes, and with `list`, their CIDs. Leaves held as blob ranges go with their blob
-    /// instead. `keep`: blocks kept for themselves, not for what they link to (direct pins).
+    /// Deletes inline blocks older than `cutoff` that no DAG from the roots reaches: the roots
+    /// `roots` brings a page at a time (the metadata's, read while the mark runs) and this index's own pins
+    /// (recursive ones whole, direct ones their root block). Their count and bytes, and with
+    /// `list`, their CIDs. Leaves held as blob ranges go with their blob instead.
     ///
-    /// On a connection of its own, so lookups never wait for it: the mark walks from the roots
-    /// reading only the nodes it reaches (memory: 16 bytes per block reached, [`reached`]), the
-    /// sweep pages through old blocks and deletes in short transactions, each re-checking a
-    /// block's age so one recorded again meanwhile stays.
-    pub async fn sweep_unreachable(&self, roots: Vec<Cid>, keep: Vec<Cid>, cutoff: i64, list: bool) -> Result<(u64, u64, Vec<Cid>), BlockIndexError> {
+    /// Online: the mark holds no lock, so pushes, pulls and pins go on. What it cannot see is
+    /// kept by construction: a block recorded or recorded again since `cutoff` is young (the
+    /// delete re-checks each block's age), and a pin made since the mark read the pins (so a
+    /// DAG already here, pinned without a block written) is read again, and its DAG marked,
+    /// before each batch of deletions, under `hold` (the GC lock, exclusive: pinning holds it
+    /// shared from its check that the blocks are here to its commit). So no batch deletes a
+    /// block a pin committed before it names, and a pin committed after it finds the block
+    /// gone and fetches it again or fails.
+    ///
+    /// On a connection of its own, so lookups never wait for it. Memory: 16 bytes a block of
+    /// the index, sized once ([`reached`]), and one page of the sweep.
+    pub async fn sweep_unreachable<G: Send + 'static>(
+        &self,
+        mut roots: tokio::sync::mpsc::Receiver<Vec<Cid>>,
+        cutoff: i64,
+        list: bool,
+        hold: impl Fn() -> Result<G, BlockIndexError> + Send + 'static,
+    ) -> Result<(u64, u64, Vec<Cid>), BlockIndexError> {
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = Connection::open(&path)?;
             conn.busy_timeout(std::time::Duration::from_secs(10))?;
             conn.execute_batch(crate::storage::SQLITE_MMAP)?;
-            let mut reached = reached::Reached::new();
-            // Only blocks of a linking codec are looked up; a raw block is marked without a read
-            // (most blocks are leaves, and a leaf links to nothing).
-            let mut stack: Vec<Vec<u8>> = Vec::new();
-            let reach = |cid: &Cid, stack: &mut Vec<Vec<u8>>, reached: &mut reached::Reached| {
-                let mh = cid.hash().to_bytes();
-                reached.mark(&mh);
-                if crate::ipld::links_possible(cid.codec()) {
-                    stack.push(mh);
-                }
-            };
-            for root in &roots {
-                reach(root, &mut stack, &mut reached);
-            }
+            let started = std::time::Instant::now();
+            let rows: i64 = conn.query_row("SELECT count(*) FROM blocks", [], |r| r.get(0))?;
+            let counted = started.elapsed();
+            let mut mark = Mark { reached: reached::Reached::with_capacity(rows as usize), stack: Vec::new() };
+            // Pins made from here on are read again before each batch; the margin covers a
+            // clock stepped back meanwhile.
+            let pins_since = crate::clock::unix_now() - 60;
             {
-                // Every codec that links: dag-pb, DAG-CBOR, DAG-JSON, as stored. A block reached
-                // only through a raw link is kept but not followed: that DAG holds it as bytes.
-                let mut node = conn.prepare("SELECT CAST(data AS BLOB), codec FROM blocks WHERE multihash = ?1 AND data IS NOT NULL AND codec IN (?2, ?3, ?4)")?;
-                while let Some(mh) = stack.pop() {
-                    if !reached.expand(&mh) {
-                        continue;
-                    }
-                    let found: Option<(Vec<u8>, i64)> = node
-                        .query_row(params![mh, crate::unixfs::DAG_PB as i64, crate::ipld::DAG_CBOR as i64, crate::ipld::DAG_JSON as i64], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()?;
-                    // An undecodable node is left for `verify` to report; its children are then
-                    // unreachable from here, and old enough ones go.
-                    let links = found.and_then(|(data, codec)| {
-                        let cid = Cid::new_v1(codec as u64, cid::multihash::Multihash::from_bytes(&mh).ok()?);
-                        crate::ipld::block_links(&cid, &data).ok()
-                    });
-                    for link in links.unwrap_or_default() {
-                        reach(&link, &mut stack, &mut reached);
+                let mut node = conn.prepare(NODE)?;
+                mark.pins(&conn, &mut node, 0)?;
+                while let Some(page) = roots.blocking_recv() {
+                    for root in &page {
+                        mark.walk(&mut node, root)?;
                     }
                 }
             }
-            for cid in &keep {
-                reached.mark(&cid.hash().to_bytes());
-            }
+            tracing::debug!(rows, table_mib = mark.reached.bytes() >> 20, count_ms = counted.as_millis() as u64, mark_ms = started.elapsed().as_millis() as u64, "gc mark done");
             let (mut count, mut bytes, mut removed) = (0u64, 0u64, Vec::new());
             let mut after: Vec<u8> = Vec::new();
             loop {
@@ -138,10 +130,15 @@ impl BlockIndex {
                     .collect::<Result<_, _>>()?;
                 let Some(last) = page.last() else { break };
                 after = last.0.clone();
+                if page.iter().all(|(mh, _, _)| mark.reached.is_marked(mh)) {
+                    continue;
+                }
+                let _held = hold()?;
+                mark.pins(&conn, &mut conn.prepare(NODE)?, pins_since)?;
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 {
                     let mut delete = tx.prepare_cached("DELETE FROM blocks WHERE multihash = ?1 AND created_at < ?2")?;
-                    for (mh, len, codec) in page.into_iter().filter(|(mh, _, _)| !reached.is_marked(mh)) {
+                    for (mh, len, codec) in page.into_iter().filter(|(mh, _, _)| !mark.reached.is_marked(mh)) {
                         if delete.execute(params![mh, cutoff])? > 0 {
                             drop_owners(&tx, &mh)?;
                             count += 1;
@@ -170,5 +167,68 @@ impl BlockIndex {
             Ok(())
         })
         .await
+    }
+}
+
+/// A node of a linking codec, for the mark: every codec that links (dag-pb, DAG-CBOR, DAG-JSON),
+/// as stored. A block reached only through a raw link is kept but not followed: that DAG holds
+/// it as bytes.
+const NODE: &str = "SELECT CAST(data AS BLOB), codec FROM blocks WHERE multihash = ?1 AND data IS NOT NULL AND codec IN (?2, ?3, ?4)";
+
+/// A GC's mark: what it reached, and the nodes whose links are still to follow.
+struct Mark {
+    reached: reached::Reached,
+    stack: Vec<Vec<u8>>,
+}
+
+impl Mark {
+    /// Marks the pins made since `since` (0: every pin): a recursive one with its DAG, a direct
+    /// one alone.
+    fn pins(&mut self, conn: &Connection, node: &mut rusqlite::Statement<'_>, since: i64) -> Result<(), BlockIndexError> {
+        let pins: Vec<(String, bool)> =
+            conn.prepare_cached("SELECT cid, recursive FROM pins WHERE pinned_at >= ?1")?.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        for (cid, recursive) in pins {
+            let Ok(cid) = cid.parse::<Cid>() else { continue };
+            if recursive {
+                self.walk(node, &cid)?;
+            } else {
+                self.reached.mark(&cid.hash().to_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks `root` and everything it links to, as far as the index holds it. Only blocks of a
+    /// linking codec are looked up; a raw block is marked without a read (most blocks are
+    /// leaves, and a leaf links to nothing).
+    fn walk(&mut self, node: &mut rusqlite::Statement<'_>, root: &Cid) -> Result<(), BlockIndexError> {
+        self.reach(root);
+        while let Some(mh) = self.stack.pop() {
+            if !self.reached.expand(&mh) {
+                continue;
+            }
+            let found: Option<(Vec<u8>, i64)> = node
+                .query_row(params![mh, crate::unixfs::DAG_PB as i64, crate::ipld::DAG_CBOR as i64, crate::ipld::DAG_JSON as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            // An undecodable node is left for `verify` to report; its children are then
+            // unreachable from here, and old enough ones go.
+            let links = found.and_then(|(data, codec)| {
+                let cid = Cid::new_v1(codec as u64, cid::multihash::Multihash::from_bytes(&mh).ok()?);
+                crate::ipld::block_links(&cid, &data).ok()
+            });
+            for link in links.unwrap_or_default() {
+                self.reach(&link);
+            }
+        }
+        Ok(())
+    }
+
+    fn reach(&mut self, cid: &Cid) {
+        let mh = cid.hash().to_bytes();
+        if crate::ipld::links_possible(cid.codec()) {
+            self.stack.push(mh);
+        } else {
+            self.reached.mark(&mh);
+        }
     }
 }

@@ -181,6 +181,29 @@ pub struct GarbageCollected {
     pub blobs: Vec<SweptBlob>,
 }
 
+/// Where a paged read of the live roots ([`MetadataStore::live_roots_page`]) goes on from: the
+/// source (0: blobs' roots, 1: manifests' image DAGs, 2: tags' image DAGs) and the last key read
+/// there (a repository id and a digest or tag; 0 for blobs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RootsCursor {
+    pub source: u8,
+    pub repository: i64,
+    pub key: String,
+}
+
+/// The three sources of live roots, in the order a paged read takes them.
+pub const ROOT_SOURCES: u8 = 3;
+
+/// A page of live roots from rows (repository id, key, root) read after `after`: the roots, and
+/// the cursor of the next page (the next source once this one gave fewer than `limit` rows).
+fn roots_page(after: RootsCursor, limit: u32, rows: Vec<(i64, String, Option<String>)>) -> (Vec<String>, Option<RootsCursor>) {
+    let next = match rows.last() {
+        Some((repository, key, _)) if rows.len() as u32 >= limit => Some(RootsCursor { source: after.source, repository: *repository, key: key.clone() }),
+        _ => (after.source + 1 < ROOT_SOURCES).then(|| RootsCursor { source: after.source + 1, ..Default::default() }),
+    };
+    (rows.into_iter().filter_map(|(_, _, root)| root).collect(), next)
+}
+
 /// A page of a sorted listing: items after `last` (exclusive), at most `limit` of them.
 #[derive(Debug, Clone, Default)]
 pub struct Page {
@@ -281,7 +304,26 @@ pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     async fn generation(&self) -> MetaResult<i64>;
     /// Blob roots and image CIDs of public repositories: what the node offers to anyone.
     async fn public_roots(&self) -> MetaResult<Vec<String>>;
-    async fn live_roots(&self) -> MetaResult<Vec<String>>;
+    /// Every live root, a page at a time: blob roots, image DAGs of manifests and of tags.
+    async fn live_roots(&self) -> MetaResult<Vec<String>> {
+        let (mut all, mut at) = (Vec::new(), Some(RootsCursor::default()));
+        while let Some(cursor) = at {
+            let (roots, next) = self.live_roots_page(&cursor, 1000).await?;
+            all.extend(roots);
+            at = next;
+        }
+        all.sort();
+        all.dedup();
+        Ok(all)
+    }
+    /// Up to `limit` rows of live roots after `after` (a row without a root, such as a sparse
+    /// manifest, counts and gives none), and where the next page starts (None: all read). Keyset
+    /// pages on primary keys: a GC reads millions without holding them, and rows written
+    /// meanwhile are young (kept by their age) if a page passed them.
+    async fn live_roots_page(&self, after: &RootsCursor, limit: u32) -> MetaResult<(Vec<String>, Option<RootsCursor>)>;
+    /// Which of `digests` have a blob row now, not marked missing (one a GC removed may have
+    /// been pushed again).
+    async fn existing_blobs(&self, digests: &[Digest]) -> MetaResult<Vec<Digest>>;
     /// Removes the link between `repo` and a blob; true if there was one.
     async fn unlink_blob(&self, repo: &str, digest: &Digest) -> MetaResult<bool>;
 

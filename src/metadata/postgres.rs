@@ -13,7 +13,7 @@ use super::auth::{AuthStore, Role, TokenKind, TokenRecord, User, Visibility};
 use super::batch::{Batcher, Loader};
 use super::{
     BlobInfo, GarbageCollected, ManifestRecord, MetaResult, MetadataError, MetadataStore, NewManifest, NodeRecord, Page, PutManifestOutcome, Reference, Referrer, ReferrerPage,
-    SweptBlob, Totals, UploadSession, REFERRERS_AFTER, REFERRERS_PAGE,
+    RootsCursor, SweptBlob, Totals, UploadSession, REFERRERS_AFTER, REFERRERS_PAGE, roots_page,
 };
 use crate::digest::Digest;
 use async_trait::async_trait;
@@ -678,17 +678,21 @@ impl MetadataStore for PgStore {
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
-    async fn live_roots(&self) -> MetaResult<Vec<String>> {
-        let rows = self
-            .read(
-                "SELECT root_cid FROM blobs
-                 UNION SELECT image_cid FROM manifests WHERE image_cid IS NOT NULL
-                 UNION SELECT image_cid FROM tags WHERE image_cid IS NOT NULL",
-                &[],
-            )
-            .await
-            .map_err(pg)?;
-        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    async fn live_roots_page(&self, after: &RootsCursor, limit: u32) -> MetaResult<(Vec<String>, Option<RootsCursor>)> {
+        let sql = match after.source {
+            0 => "SELECT 0::BIGINT, digest, root_cid FROM blobs WHERE $1::BIGINT = 0 AND digest > $2 ORDER BY digest LIMIT $3",
+            1 => "SELECT repository_id, digest, image_cid FROM manifests WHERE (repository_id, digest) > ($1, $2) ORDER BY repository_id, digest LIMIT $3",
+            _ => "SELECT repository_id, name, image_cid FROM tags WHERE (repository_id, name) > ($1, $2) ORDER BY repository_id, name LIMIT $3",
+        };
+        let rows = self.read(sql, &[&after.repository, &after.key, &(limit as i64)]).await.map_err(pg)?;
+        let rows = rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+        Ok(roots_page(after.clone(), limit, rows))
+    }
+
+    async fn existing_blobs(&self, digests: &[Digest]) -> MetaResult<Vec<Digest>> {
+        let digests: Vec<String> = digests.iter().map(Digest::to_string).collect();
+        let rows = self.read("SELECT digest FROM blobs WHERE digest = ANY($1) AND NOT missing", &[&digests]).await.map_err(pg)?;
+        rows.into_iter().map(|r| parse_digest(r.get(0))).collect()
     }
 
     async fn unlink_blob(&self, repo: &str, digest: &Digest) -> MetaResult<bool> {

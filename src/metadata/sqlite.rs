@@ -576,19 +576,38 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn live_roots(&self) -> MetaResult<Vec<String>> {
-        self.read(|c| {
-            let mut s = c
-                .prepare(
-                    "SELECT root_cid FROM blobs
-                     UNION SELECT image_cid FROM manifests WHERE image_cid IS NOT NULL
-                     UNION SELECT image_cid FROM tags WHERE image_cid IS NOT NULL",
-                )
-                .map_err(backend)?;
-            let rows = s.query_map([], |r| r.get(0)).map_err(backend)?;
-            rows.collect::<Result<Vec<String>, _>>().map_err(backend)
-        })
-        .await
+    async fn live_roots_page(&self, after: &RootsCursor, limit: u32) -> MetaResult<(Vec<String>, Option<RootsCursor>)> {
+        let after = after.clone();
+        let sql = match after.source {
+            0 => "SELECT 0, digest, root_cid FROM blobs WHERE ?1 = 0 AND digest > ?2 ORDER BY digest LIMIT ?3",
+            1 => "SELECT repository_id, digest, image_cid FROM manifests WHERE (repository_id, digest) > (?1, ?2) ORDER BY repository_id, digest LIMIT ?3",
+            _ => "SELECT repository_id, name, image_cid FROM tags WHERE (repository_id, name) > (?1, ?2) ORDER BY repository_id, name LIMIT ?3",
+        };
+        let rows: Vec<(i64, String, Option<String>)> = self
+            .read(|c| {
+                let mut s = c.prepare_cached(sql).map_err(backend)?;
+                let rows = s.query_map(params![after.repository, after.key, limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(backend)?;
+                rows.collect::<Result<_, _>>().map_err(backend)
+            })
+            .await?;
+        Ok(roots_page(after, limit, rows))
+    }
+
+    async fn existing_blobs(&self, digests: &[Digest]) -> MetaResult<Vec<Digest>> {
+        let digests: Vec<String> = digests.iter().map(Digest::to_string).collect();
+        let found: Vec<String> = self
+            .read(|c| {
+                let mut s = c.prepare_cached("SELECT EXISTS (SELECT 1 FROM blobs WHERE digest = ?1 AND missing = 0)").map_err(backend)?;
+                let mut found = Vec::new();
+                for d in digests {
+                    if s.query_row([&d], |r| r.get::<_, bool>(0)).map_err(backend)? {
+                        found.push(d);
+                    }
+                }
+                Ok(found)
+            })
+            .await?;
+        found.into_iter().map(parse_digest).collect()
     }
 
     async fn unlink_blob(&self, repo: &str, digest: &Digest) -> MetaResult<bool> {

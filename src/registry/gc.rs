@@ -7,18 +7,26 @@
 //! before its manifest, and a client that has just seen a blob may be about to reference it (blob
 //! reads refresh a link's age for this reason).
 //!
-//! The metadata sweep is one transaction, so it is atomic against manifest pushes (a manifest
-//! is stored only if its blobs are still there). Files are moved out of `blobs/` under the
-//! exclusive `gc.lock`, which publishing holds shared, so a blob re-uploaded during a GC keeps its
-//! file; they are unlinked from `trash/` after the lock is released.
+//! Online: nothing waits for a GC longer than one of its batches. The metadata sweep is one
+//! transaction, so it is atomic against manifest pushes (a manifest is stored only if its blobs
+//! are still there). Files are moved out of `blobs/` a batch at a time under the exclusive
+//! `gc.lock`, which publishing holds shared, so a blob pushed again during a GC keeps its file
+//! (its row is back when its batch looks); they are unlinked from `trash/` at the end. The
+//! block mark holds no lock (see `BlockIndex::sweep_unreachable` for why what it cannot see is
+//! kept), and the block sweep takes the lock per batch.
 
 use super::{Registry, Result};
 use crate::digest::Digest;
 use crate::storage::{BlobStore, StorageError};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::clock::unix_now;
+
+/// Blobs removed under one hold of the GC lock.
+const BLOBS_PER_BATCH: usize = 64;
+/// Live roots read from the metadata at a time.
+const ROOTS_PAGE: u32 = 1000;
 
 /// What a GC reclaimed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -73,54 +81,49 @@ impl Registry {
         let cutoff_time = UNIX_EPOCH + Duration::from_secs(cutoff.max(0) as u64);
         let mut report = GcReport::default();
         let mut phases = Phases::start();
-        let lock = self.on_disk(|store| store.gc_lock(true)).await?;
-        phases.mark("waited");
+        // One transaction: atomic against manifest pushes (one is stored only if its blobs are).
         let swept = self.meta.collect_garbage(cutoff).await?;
         phases.mark("metadata");
         report.manifests = swept.manifests;
         report.links = swept.links;
-        // Their blocks first, while the files are there to copy a leaf another DAG shares from.
-        self.blocks.forget_blobs(swept.blobs.iter().map(|b| b.digest.clone()).collect()).await?;
-        phases.mark("forget");
-        let with_files: Vec<Digest> = swept.blobs.iter().filter(|b| b.had_file).map(|b| b.digest.clone()).collect();
-        let trashed: HashSet<Digest> = self.on_disk(move |store| trash_all(store, with_files)).await?;
-        for blob in &swept.blobs {
-            if trashed.contains(&blob.digest) {
-                report.bytes += blob.size;
-            }
+        let sizes: HashMap<Digest, u64> = swept.blobs.iter().map(|b| (b.digest.clone(), b.size)).collect();
+        let digests: Vec<Digest> = swept.blobs.iter().map(|b| b.digest.clone()).collect();
+        for (digest, trashed) in self.remove_blobs(digests).await? {
+            let size = sizes.get(&digest).copied().unwrap_or(0);
             report.blobs += 1;
-            tracing::info!(digest = %blob.digest, size = blob.size, "gc removed a blob");
+            report.bytes += if trashed { size } else { 0 };
+            tracing::info!(%digest, size, "gc removed a blob");
         }
-        phases.mark("trash");
-        let known: HashSet<Digest> = self.meta.list_blobs().await?.into_iter().map(|(d, _)| d).collect();
+        phases.mark("blobs");
+        // Files no row names, a directory at a time (memory holds one directory's names).
         let publishing: HashSet<Digest> = self.meta.list_uploads().await?.into_iter().filter_map(|u| u.finishing).collect();
-        let orphans: Vec<_> = self
-            .on_disk(|store| store.list_blob_files())
-            .await?
-            .into_iter()
-            .filter(|(digest, _, mtime)| !known.contains(digest) && !publishing.contains(digest) && *mtime < cutoff_time)
-            .collect();
-        let orphan_digests: Vec<Digest> = orphans.iter().map(|(d, _, _)| d.clone()).collect();
-        self.blocks.forget_blobs(orphan_digests.clone()).await?;
-        for (_, path, _) in &orphans {
-            tracing::info!(path = %path.display(), "gc removed a blob file no metadata names");
+        for (alg, dir) in self.on_disk(|store| store.blob_dirs()).await? {
+            let old = self.on_disk(move |store| store.blob_files_in(alg, &dir, cutoff_time)).await?;
+            if old.is_empty() {
+                continue;
+            }
+            let named: HashSet<Digest> = self.meta.existing_blobs(&old).await?.into_iter().collect();
+            let orphans = old.into_iter().filter(|d| !named.contains(d) && !publishing.contains(d)).collect();
+            for (digest, trashed) in self.remove_blobs(orphans).await? {
+                if trashed {
+                    tracing::info!(%digest, "gc removed a blob file no metadata names");
+                    report.orphan_files += 1;
+                }
+            }
         }
-        report.orphan_files = self.on_disk(move |store| trash_all(store, orphan_digests)).await?.len() as u64;
         phases.mark("files");
-        // Still under the exclusive lock: RPC writes hold it shared from storing their blocks to
-        // pinning them, so the pins read here include every import that stored a block.
-        let mut roots: Vec<String> = self.meta.live_roots().await?;
-        roots.extend(self.blocks.pins().await?);
-        let roots = roots.iter().filter_map(|c| c.parse::<cid::Cid>().ok()).collect();
-        let direct = self.blocks.direct_pins().await?.iter().filter_map(|c| c.parse::<cid::Cid>().ok()).collect();
-        let (blocks, block_bytes, removed) = self.blocks.sweep_unreachable(roots, direct, cutoff, list).await?;
+        let (roots, reading) = self.stream_live_roots();
+        let store = self.blobs.clone();
+        let hold = move || store.gc_lock_for_batch().map_err(crate::blockstore::BlockIndexError::from);
+        let swept_blocks = self.blocks.sweep_unreachable(roots, cutoff, list, hold).await;
+        reading.await.map_err(|e| StorageError::Task(e.to_string()))??;
+        let (blocks, block_bytes, removed) = swept_blocks?;
         report.blocks = blocks;
         report.block_bytes = block_bytes;
         phases.mark("blocks");
-        drop(lock);
         self.on_disk(|store| store.empty_trash()).await?;
         phases.mark("unlink");
-        // Pushes wait through every phase from "metadata" to "blocks": the lock is held for those.
+        // No phase holds the GC lock for more than one batch: pushes wait for a batch at most.
         tracing::info!(phases_ms = ?phases.to_string(), blobs = report.blobs, blocks = report.blocks, "gc finished");
         if report.manifests + report.links + report.blobs + report.orphan_files + report.blocks > 0 {
             self.changed().await?;
@@ -128,6 +131,46 @@ impl Registry {
             self.emit(crate::events::Event::Swept { blobs, manifests: report.manifests, blocks: report.blocks });
         }
         Ok((report, removed))
+    }
+
+    /// Removes blobs the metadata no longer has (swept just now, or files no row names), a
+    /// batch at a time under the GC lock held exclusively: a blob pushed again since it was
+    /// swept (publishing holds the lock shared from its rename to its commit) has a row again
+    /// and keeps its file and blocks. Their blocks are forgotten first, while the files are there
+    /// to copy a leaf another DAG shares from; the files go to `trash/`. Each digest removed,
+    /// with whether it had a file.
+    async fn remove_blobs(&self, digests: Vec<Digest>) -> Result<Vec<(Digest, bool)>> {
+        let mut removed = Vec::new();
+        for batch in digests.chunks(BLOBS_PER_BATCH) {
+            let lock = self.on_disk(|store| store.gc_lock_for_batch()).await?;
+            let back: HashSet<Digest> = self.meta.existing_blobs(batch).await?.into_iter().collect();
+            let gone: Vec<Digest> = batch.iter().filter(|d| !back.contains(d)).cloned().collect();
+            self.blocks.forget_blobs(gone.clone()).await?;
+            let trashed = self.on_disk(move |store| trash_all(store, gone.clone()).map(|t| gone.into_iter().map(|d| (t.contains(&d), d)).collect::<Vec<_>>())).await?;
+            drop(lock);
+            removed.extend(trashed.into_iter().map(|(t, d)| (d, t)));
+        }
+        Ok(removed)
+    }
+
+    /// The metadata's live roots, read a page at a time into a bounded channel while the mark
+    /// takes them (memory holds a page, not millions of CIDs); the task ends with the read.
+    fn stream_live_roots(&self) -> (tokio::sync::mpsc::Receiver<Vec<cid::Cid>>, tokio::task::JoinHandle<Result<()>>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let meta = self.meta.clone();
+        let reading = tokio::spawn(async move {
+            let mut at = Some(crate::metadata::RootsCursor::default());
+            while let Some(cursor) = at {
+                let (roots, next) = meta.live_roots_page(&cursor, ROOTS_PAGE).await?;
+                let page = roots.iter().filter_map(|c| c.parse::<cid::Cid>().ok()).collect();
+                if tx.send(page).await.is_err() {
+                    return Ok(());
+                }
+                at = next;
+            }
+            Ok(())
+        });
+        (rx, reading)
     }
 
     /// Runs blob-store file-system calls (renames, directory walks, flock) on a blocking

@@ -59,6 +59,10 @@ struct TurnState {
 
 /// How long a waiting GC holds new publishers back before letting them by for a moment.
 const PREFERENCE: std::time::Duration = std::time::Duration::from_secs(2);
+/// A GC's batch (see [`BlobStore::gc_lock_for_batch`]) waits this long for a moment with no
+/// publisher before it holds new ones back, and then holds them back this long at a time.
+const POLITE: std::time::Duration = std::time::Duration::from_millis(100);
+const BRIEF: std::time::Duration = std::time::Duration::from_millis(50);
 
 struct TurnGuard {
     turn: Arc<Turnstile>,
@@ -91,6 +95,31 @@ impl Turnstile {
             s.shared += 1;
         }
         TurnGuard { turn: self.clone(), exclusive }
+    }
+
+    /// Exclusive, for one of a GC's short batches: taken in a moment no publisher holds the
+    /// turnstile; only if none comes for [`POLITE`] are new publishers held back, [`BRIEF`] at a
+    /// time. A push then waits for at most a batch, however long the GC.
+    fn enter_briefly(self: &Arc<Self>) -> TurnGuard {
+        let busy = |s: &mut TurnState| s.exclusive || s.shared > 0;
+        let mut s = self.state.lock().expect("turnstile");
+        loop {
+            let (mut polite, _) = self.changed.wait_timeout_while(s, POLITE, |s| busy(s) || s.exclusive_waiting > 0).expect("turnstile");
+            if !busy(&mut polite) && polite.exclusive_waiting == 0 {
+                polite.exclusive = true;
+                break;
+            }
+            polite.exclusive_waiting += 1;
+            let (mut held, _) = self.changed.wait_timeout_while(polite, BRIEF, busy).expect("turnstile");
+            held.exclusive_waiting -= 1;
+            if !busy(&mut held) {
+                held.exclusive = true;
+                break;
+            }
+            self.changed.notify_all();
+            s = held;
+        }
+        TurnGuard { turn: self.clone(), exclusive: true }
     }
 }
 
@@ -159,9 +188,20 @@ impl BlobStore {
 
     /// Blocks until `gc.lock` is held, shared (`exclusive` = false: publishing) or exclusive (a GC).
     pub fn gc_lock(&self, exclusive: bool) -> Result<GcLock, StorageError> {
+        let turn = self.turn.enter(exclusive);
+        self.flock(turn, exclusive)
+    }
+
+    /// `gc.lock` exclusive for one short batch of a GC's sweep, taken without holding
+    /// publishers back unless none lets go for a while (see `Turnstile::enter_briefly`).
+    pub fn gc_lock_for_batch(&self) -> Result<GcLock, StorageError> {
+        let turn = self.turn.enter_briefly();
+        self.flock(turn, true)
+    }
+
+    fn flock(&self, turn: TurnGuard, exclusive: bool) -> Result<GcLock, StorageError> {
         use std::os::fd::AsRawFd;
         let file = OpenOptions::new().create(true).truncate(false).write(true).open(&self.gc_lock).map_err(io_err(&self.gc_lock))?;
-        let turn = self.turn.enter(exclusive);
         let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
         loop {
             // SAFETY: flock on a descriptor this function owns.
@@ -175,24 +215,33 @@ impl BlobStore {
         }
     }
 
-    /// Every blob file with its modification time (for a GC's sweep of files without a row).
-    pub fn list_blob_files(&self) -> Result<Vec<(Digest, PathBuf, std::time::SystemTime)>, StorageError> {
+    /// The directories blob files are spread over (`blobs/<alg>/<xx>`), for a GC's sweep of
+    /// files without a row, which lists them one at a time ([`Self::blob_files_in`]).
+    pub fn blob_dirs(&self) -> Result<Vec<(Algorithm, PathBuf)>, StorageError> {
         let mut out = Vec::new();
         for alg in [Algorithm::Sha256, Algorithm::Sha512] {
             let root = self.blobs.join(alg.as_str());
             let Ok(prefixes) = fs::read_dir(&root) else { continue };
             for prefix in prefixes {
-                let prefix = prefix.map_err(io_err(&root))?.path();
-                for entry in fs::read_dir(&prefix).map_err(io_err(&prefix))? {
-                    let entry = entry.map_err(io_err(&prefix))?;
-                    let path = entry.path();
-                    let name = entry.file_name();
-                    let Ok(digest) = format!("{}:{}", alg.as_str(), name.to_string_lossy()).parse::<Digest>() else {
-                        continue;
-                    };
-                    let mtime = entry.metadata().and_then(|m| m.modified()).map_err(io_err(&path))?;
-                    out.push((digest, path, mtime));
-                }
+                out.push((alg, prefix.map_err(io_err(&root))?.path()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The blob files in `dir` (one of [`Self::blob_dirs`]) last modified before `before`.
+    pub fn blob_files_in(&self, alg: Algorithm, dir: &Path, before: std::time::SystemTime) -> Result<Vec<Digest>, StorageError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            let Ok(digest) = format!("{}:{}", alg.as_str(), entry.file_name().to_string_lossy()).parse::<Digest>() else {
+                continue;
+            };
+            match entry.metadata().and_then(|m| m.modified()) {
+                Ok(mtime) if mtime < before => out.push(digest),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&entry.path())(e)),
             }
         }
         Ok(out)
@@ -383,6 +432,43 @@ mod tests {
         store.publish(&id2, &d).unwrap();
         assert_eq!(store.upload_len(&id2).unwrap(), None);
         assert!(store.has_blob(&d));
+    }
+
+    /// A GC's batches under a steady stream of publishers: every batch gets the lock, and no
+    /// publisher waits much longer than a batch holds it plus [`BRIEF`] (a whole GC's exclusive
+    /// lock would have held them back for [`PREFERENCE`] at a time).
+    #[test]
+    fn publishers_wait_for_a_batch_at_most_while_a_gc_takes_many() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let longest_wait_us = Arc::new(AtomicU64::new(0));
+        let publishers: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, stop, longest) = (store.clone(), stop.clone(), longest_wait_us.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let asked = std::time::Instant::now();
+                        let _held = store.gc_lock(false).unwrap();
+                        longest.fetch_max(asked.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        std::thread::sleep(std::time::Duration::from_millis(3));
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let started = std::time::Instant::now();
+        for _ in 0..10 {
+            let _batch = store.gc_lock_for_batch().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let batches = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        publishers.into_iter().for_each(|p| p.join().unwrap());
+        assert!(batches < std::time::Duration::from_secs(5), "10 batches took {batches:?}");
+        let longest = std::time::Duration::from_micros(longest_wait_us.load(Ordering::Relaxed));
+        assert!(longest < BRIEF + std::time::Duration::from_millis(100), "a publisher waited {longest:?}");
     }
 
     #[test]
