@@ -120,6 +120,7 @@ impl BlockIndex {
             tracing::debug!(rows, table_mib = mark.reached.bytes() >> 20, count_ms = counted.as_millis() as u64, mark_ms = started.elapsed().as_millis() as u64, "gc mark done");
             let (mut count, mut bytes, mut removed) = (0u64, 0u64, Vec::new());
             let mut after: Vec<u8> = Vec::new();
+            let mut victims: Vec<(Vec<u8>, i64, i64)> = Vec::new();
             loop {
                 let page: Vec<(Vec<u8>, i64, i64)> = conn
                     .prepare_cached(
@@ -128,17 +129,25 @@ impl BlockIndex {
                     )?
                     .query_map(params![cutoff, after, BATCH], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect::<Result<_, _>>()?;
-                let Some(last) = page.last() else { break };
-                after = last.0.clone();
-                if page.iter().all(|(mh, _, _)| mark.reached.is_marked(mh)) {
+                let last_page = (page.len() as i64) < BATCH;
+                if let Some(last) = page.last() {
+                    after = last.0.clone();
+                }
+                victims.extend(page.into_iter().filter(|(mh, _, _)| !mark.reached.is_marked(mh)));
+                if victims.len() < DELETE_BATCH && !(last_page && !victims.is_empty()) {
+                    if last_page {
+                        break;
+                    }
                     continue;
                 }
+                let asked = std::time::Instant::now();
                 let _held = hold()?;
+                tracing::trace!(waited_us = asked.elapsed().as_micros() as u64, victims = victims.len(), "gc batch holds the lock");
                 mark.pins(&conn, &mut conn.prepare(NODE)?, pins_since)?;
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 {
                     let mut delete = tx.prepare_cached("DELETE FROM blocks WHERE multihash = ?1 AND created_at < ?2")?;
-                    for (mh, len, codec) in page.into_iter().filter(|(mh, _, _)| !mark.reached.is_marked(mh)) {
+                    for (mh, len, codec) in victims.drain(..).filter(|(mh, _, _)| !mark.reached.is_marked(mh)) {
                         if delete.execute(params![mh, cutoff])? > 0 {
                             drop_owners(&tx, &mh)?;
                             count += 1;
@@ -152,6 +161,9 @@ impl BlockIndex {
                     }
                 }
                 tx.commit()?;
+                if last_page {
+                    break;
+                }
             }
             Ok((count, bytes, removed))
         })
@@ -169,6 +181,9 @@ impl BlockIndex {
         .await
     }
 }
+
+/// Blocks deleted under one hold of the GC lock, at most (a few milliseconds of deletes).
+const DELETE_BATCH: usize = 4096;
 
 /// A node of a linking codec, for the mark: every codec that links (dag-pb, DAG-CBOR, DAG-JSON),
 /// as stored. A block reached only through a raw link is kept but not followed: that DAG holds
