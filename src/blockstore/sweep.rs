@@ -183,7 +183,7 @@ impl BlockIndex {
 }
 
 /// Blocks deleted under one hold of the GC lock, at most (a few milliseconds of deletes).
-const DELETE_BATCH: usize = 4096;
+const DELETE_BATCH: usize = 8192;
 
 /// A node of a linking codec, for the mark: every codec that links (dag-pb, DAG-CBOR, DAG-JSON),
 /// as stored. A block reached only through a raw link is kept but not followed: that DAG holds

@@ -95,6 +95,13 @@ pub fn replicas(repository: String, replicas: u32, data: DataDir) -> anyhow::Res
 
 /// Exits 1 when anything was found corrupt.
 pub fn verify(data: DataDir) -> anyhow::Result<()> {
+    // Every page of the SQLite files first: a node's start after a crash checks only the pages
+    // the crash could have touched.
+    let dir = data.data_dir.clone().unwrap_or_else(|| std::path::PathBuf::from(af_registry::config::DEFAULT_DATA_DIR));
+    if let Err(damaged) = af_registry::storage::health::check_every_page(&dir) {
+        println!("corrupt: {}: {}; {}", damaged.path, damaged.problem, damaged.remedy);
+        std::process::exit(1);
+    }
     block_on(async {
         // The profile only matters for new uploads, which verify does not make.
         let registry = attach(data, Default::default()).await?;

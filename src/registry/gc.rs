@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use crate::clock::unix_now;
 
 /// Blobs removed under one hold of the GC lock.
-const BLOBS_PER_BATCH: usize = 64;
+const BLOBS_PER_BATCH: usize = 256;
 /// Live roots read from the metadata at a time.
 const ROOTS_PAGE: u32 = 1000;
 

@@ -63,8 +63,8 @@ const PREFERENCE: std::time::Duration = std::time::Duration::from_secs(2);
 /// publisher before it holds new ones back until those holding the lock let go, for at most
 /// [`BRIEF`] at a time (a publisher holds it for one publish; something that holds it much
 /// longer, a pin fetching a large DAG, lets the others by again).
-const POLITE: std::time::Duration = std::time::Duration::from_millis(100);
-const BRIEF: std::time::Duration = std::time::Duration::from_millis(500);
+const POLITE: std::time::Duration = std::time::Duration::from_millis(20);
+const BRIEF: std::time::Duration = PREFERENCE;
 
 struct TurnGuard {
     turn: Arc<Turnstile>,
