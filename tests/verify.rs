@@ -64,7 +64,7 @@ fn verify_quarantines_corrupt_blobs_and_blocks() {
     assert_eq!(code, 0, "{out}");
 }
 
-/// A page of the block index scrambled where no write went (a bad sector): a start after a clean
+/// A page of the metadata scrambled where no write went (a bad sector): a start after a clean
 /// stop reads only the header, the length and the schema of a large file and a start after a
 /// crash only the pages the crash could have touched, so `verify` is what reads every page, and
 /// it names the file and what to do.
@@ -77,7 +77,7 @@ fn verify_reads_every_page_of_the_databases() {
     node.terminate();
     assert!(node.wait_exit(std::time::Duration::from_secs(30)).is_some_and(|s| s.success()));
     assert_eq!(verify(&node).0, 0, "clean to begin with");
-    let path = node.data_dir.join("blocks.sqlite");
+    let path = node.data_dir.join("metadata.sqlite");
     let mut bytes = std::fs::read(&path).unwrap();
     let page = 4096;
     let middle = (bytes.len() / page / 2) * page;
@@ -87,6 +87,6 @@ fn verify_reads_every_page_of_the_databases() {
     std::fs::write(&path, bytes).unwrap();
     let (code, out) = verify(&node);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("blocks.sqlite is damaged") || out.contains("blocks.sqlite:"), "{out}");
-    assert!(out.contains("restore it from a backup"), "{out}");
+    assert!(out.contains("metadata.sqlite:"), "{out}");
+    assert!(out.contains("from a backup"), "{out}");
 }
