@@ -222,9 +222,8 @@ impl Mark {
             if !self.reached.expand(&mh) {
                 continue;
             }
-            let found: Option<(Vec<u8>, i64)> = node
-                .query_row(params![mh, crate::unixfs::DAG_PB as i64, crate::ipld::DAG_CBOR as i64, crate::ipld::DAG_JSON as i64], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
+            let found: Option<(Vec<u8>, i64)> =
+                node.query_row(params![mh, crate::unixfs::DAG_PB as i64, crate::ipld::DAG_CBOR as i64, crate::ipld::DAG_JSON as i64], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
             // An undecodable node is left for `verify` to report; its children are then
             // unreachable from here, and old enough ones go.
             let links = found.and_then(|(data, codec)| {

@@ -12,8 +12,8 @@
 use super::auth::{AuthStore, Role, TokenKind, TokenRecord, User, Visibility};
 use super::batch::{Batcher, Loader};
 use super::{
-    BlobInfo, GarbageCollected, ManifestRecord, MetaResult, MetadataError, MetadataStore, NewManifest, NodeRecord, Page, PutManifestOutcome, Reference, Referrer, ReferrerPage,
-    RootsCursor, SweptBlob, Totals, UploadSession, REFERRERS_AFTER, REFERRERS_PAGE, roots_page,
+    roots_page, BlobInfo, GarbageCollected, ManifestRecord, MetaResult, MetadataError, MetadataStore, NewManifest, NodeRecord, Page, PutManifestOutcome, Reference, Referrer,
+    ReferrerPage, RootsCursor, SweptBlob, Totals, UploadSession, REFERRERS_AFTER, REFERRERS_PAGE,
 };
 use crate::digest::Digest;
 use async_trait::async_trait;
