@@ -40,7 +40,7 @@ impl Reached {
     fn slot(&self, fp: u128) -> usize {
         let n = self.slots.len();
         // The fingerprint's high bits spread over the table (a multiply-shift, any table size).
-        let mut i = ((fp >> 64) as u64 as u128 * n as u128 >> 64) as usize;
+        let mut i = (((fp >> 64) as u64 as u128 * n as u128) >> 64) as usize;
         loop {
             let s = self.slots[i];
             if s == 0 || s & !EXPANDED == fp {

@@ -134,10 +134,11 @@ impl BlockIndex {
                     after = last.0.clone();
                 }
                 victims.extend(page.into_iter().filter(|(mh, _, _)| !mark.reached.is_marked(mh)));
-                if victims.len() < DELETE_BATCH && !(last_page && !victims.is_empty()) {
-                    if last_page {
-                        break;
-                    }
+                // Deleted once enough are found, and at the end.
+                if victims.is_empty() && last_page {
+                    break;
+                }
+                if victims.len() < DELETE_BATCH && !last_page {
                     continue;
                 }
                 let asked = std::time::Instant::now();
