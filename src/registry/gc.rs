@@ -146,9 +146,20 @@ impl Registry {
             let back: HashSet<Digest> = self.meta.existing_blobs(batch).await?.into_iter().collect();
             let gone: Vec<Digest> = batch.iter().filter(|d| !back.contains(d)).cloned().collect();
             self.blocks.forget_blobs(gone.clone()).await?;
-            let trashed = self.on_disk(move |store| trash_all(store, gone.clone()).map(|t| gone.into_iter().map(|d| (t.contains(&d), d)).collect::<Vec<_>>())).await?;
+            let trashed = self
+                .on_disk(move |store| {
+                    trash_all(store, gone.clone()).map(|t| {
+                        gone.into_iter()
+                            .map(|d| {
+                                let had_file = t.contains(&d);
+                                (d, had_file)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .await?;
             drop(lock);
-            removed.extend(trashed.into_iter().map(|(t, d)| (d, t)));
+            removed.extend(trashed);
         }
         Ok(removed)
     }
