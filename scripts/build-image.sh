@@ -7,7 +7,8 @@
 #  2. the build stage's base (the Dockerfile's rust:X.Y-bookworm), unless present: that Debian
 #     with what the official Rust image builds with (gcc, libc, make, pkg-config, certificates)
 #     and this machine's Rust toolchain of version X.Y, where the official image puts it;
-#  3. `podman build` of the Dockerfile, unchanged, tagged IMAGE (default af-registry:latest).
+#  3. `podman build` of the Dockerfile, unchanged, tagged IMAGE (default af-registry:VERSION, the
+#     crate's version: the name akash/deploy.yaml deploys, under the operator's registry).
 # Then prints the image's size compressed (its layers as a registry stores them, gzip) and
 # unpacked. Root, podman, mmdebstrap (Debian packages); nothing else.
 #
@@ -15,7 +16,7 @@
 # Environment: AF_IMAGE_WORK (scratch space, default /var/tmp/af-image), PODMAN (the command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-image=${1:-af-registry:latest}
+image=${1:-af-registry:$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)}
 podman=${PODMAN:-podman}
 work=${AF_IMAGE_WORK:-/var/tmp/af-image}
 mkdir -p "$work"
@@ -40,6 +41,16 @@ if ! present "$runtime_base"; then
   command -v mmdebstrap >/dev/null || fail "mmdebstrap is not installed (apt-get install mmdebstrap): it makes $runtime_base from Debian's packages"
   echo "build-image: making $runtime_base from Debian's packages (mmdebstrap)"
   rm -f "$work/rootfs.tar"
+  # As in Debian's own images: apt keeps no package caches (80 MB after an `apt-get update`) and
+  # fetches no translations.
+  mkdir -p "$work/apt.conf.d"
+  cat >"$work/apt.conf.d/docker-clean" <<'EOF'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+EOF
+  echo 'Acquire::Languages "none";' >"$work/apt.conf.d/docker-no-languages"
   # The official slim image's exclusions: documentation, manuals, translations (copyrights stay).
   # /usr is merged by mmdebstrap's hook, as Debian's images are, not by the usrmerge package
   # (which would bring perl).
@@ -49,6 +60,7 @@ if ! present "$runtime_base"; then
     --dpkgopt='path-exclude=/usr/share/locale/*' --aptopt='APT::Install-Recommends "false"' \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
+    --customize-hook="copy-in $work/apt.conf.d/docker-clean $work/apt.conf.d/docker-no-languages /etc/apt/apt.conf.d/" \
     bookworm "$work/rootfs.tar" || fail "mmdebstrap could not make a Debian root file system (is a Debian mirror reachable?)"
   $podman import --quiet --change 'CMD ["bash"]' "$work/rootfs.tar" "$runtime_base" >/dev/null
   rm -f "$work/rootfs.tar"
@@ -67,10 +79,16 @@ if ! present "$build_base"; then
   mkdir -p "$ctx/toolchain"
   # The compiler and the standard library; documentation stays out.
   cp -a "$toolchain/bin" "$toolchain/lib" "$toolchain/libexec" "$ctx/toolchain/" 2>/dev/null || cp -a "$toolchain/bin" "$toolchain/lib" "$ctx/toolchain/"
+  # Certificate authorities this machine added to its own trust (a proxy that intercepts TLS on
+  # the way to crates.io, say) are trusted by the build stage too, as the host's cargo trusts them.
+  mkdir -p "$ctx/certs"
+  cp /usr/local/share/ca-certificates/*.crt "$ctx/certs/" 2>/dev/null || true
   cat >"$ctx/Containerfile" <<EOF
 FROM $runtime_base
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates gcc libc6-dev make pkg-config git \\
     && rm -rf /var/lib/apt/lists/*
+COPY certs /usr/local/share/ca-certificates/
+RUN update-ca-certificates
 COPY toolchain /usr/local/rustup/toolchains/$rust_version-x86_64-unknown-linux-gnu
 RUN mkdir -p /usr/local/cargo/bin && ln -s /usr/local/rustup/toolchains/$rust_version-x86_64-unknown-linux-gnu/bin/* /usr/local/cargo/bin/
 ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin RUST_VERSION=$rust_version
@@ -80,7 +98,8 @@ EOF
 fi
 
 echo "build-image: podman build of the Dockerfile as $image"
-$podman build --network host -t "$image" . || fail "podman build of the Dockerfile failed"
+# Docker's image format: OCI's has no HEALTHCHECK, and podman would drop it.
+$podman build --format docker --network host -t "$image" . || fail "podman build of the Dockerfile failed"
 
 # Compressed: each layer as a registry would store it (tar, gzip). Unpacked: podman's own figure.
 size_dir="$work/size"

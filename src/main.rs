@@ -48,6 +48,16 @@ enum RegistryCommand {
         #[command(flatten)]
         data: DataDir,
     },
+    /// Exit 0 if the node's API answers (`/v2/`: 200, or 401 with authentication on), else 1
+    /// with the reason: the container's HEALTHCHECK, with nothing but the node's own binary.
+    Health {
+        /// The API's address; an unspecified one (0.0.0.0) is asked on loopback.
+        #[arg(long, env = "AF_API", default_value = af_registry::config::DEFAULT_API)]
+        api: std::net::SocketAddr,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 4)]
+        timeout: u64,
+    },
     /// Write an image as a CARv1 whose root is the image CID (an OCI layout as a UnixFS
     /// directory; `ipfs dag import` + `ipfs get` unpack it for `skopeo copy oci:<dir>:<tag>`).
     Export {
@@ -299,6 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             RegistryCommand::Visibility { repository, visibility, data } => cli::maintenance::visibility(repository, visibility, data),
             RegistryCommand::Replicas { repository, replicas, data } => cli::maintenance::replicas(repository, replicas, data),
             RegistryCommand::Verify { data } => cli::maintenance::verify(data),
+            RegistryCommand::Health { api, timeout } => cli::block_on(cli::health(api, std::time::Duration::from_secs(timeout))),
             RegistryCommand::Login { host, username, password_stdin, target } => cli::block_on(cli::client::login(target, host, username, password_stdin)),
             RegistryCommand::Logout { host, target } => cli::client::logout(target, host),
             RegistryCommand::List { namespace, json, target } => cli::block_on(cli::client::list(target, namespace, json)),

@@ -2,8 +2,8 @@
 //! deployment, checked without an engine: the SDL through Akash's
 //! own parser (`@akashnetwork/akashjs`, installed in tests/akash by scripts/install-test-deps.sh),
 //! and against the Dockerfile: every port the node listens on is exposed, the data directory is
-//! on persistent storage, the environment is the one the README names. (The Dockerfile's build
-//! and run steps are exercised by scripts/check-dockerfile.sh.)
+//! on persistent storage, the environment is the one the README names. (The image itself is
+//! built and run in tests/container.rs.)
 
 mod common;
 use common::*;
@@ -240,4 +240,24 @@ fn the_web_page_lists_public_images_only() {
         .output()
         .unwrap();
     assert!(out.status.success() && shot.metadata().is_ok_and(|m| m.len() > 1000), "no screenshot: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `af registry health`, the image's HEALTHCHECK: exit 0 while the API answers `/v2/` (200 with
+/// authentication off, 401 with it on), exit 1 with the reason once nothing answers, and the
+/// address from `AF_API` as the image sets it (0.0.0.0 asked on loopback).
+#[test]
+fn the_health_command_says_whether_the_api_answers() {
+    let health = |api: &str| Command::new(env!("CARGO_BIN_EXE_af")).args(["registry", "health"]).env("AF_API", api).output().unwrap();
+    let open = Node::start_with(&["--auth", "none"]);
+    let authenticated = Node::start_with(&["--auth", "token"]);
+    for node in [&open, &authenticated] {
+        let out = health(&format!("0.0.0.0:{}", node.addr.port()));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let port = open.addr.port();
+    drop(open);
+    let out = health(&format!("0.0.0.0:{port}"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with(&format!("af: the API at http://127.0.0.1:{port}/v2/ does not answer")) && err.lines().count() == 1, "{err}");
 }

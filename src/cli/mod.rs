@@ -32,6 +32,20 @@ pub fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> an
     actix_web::rt::System::new().block_on(f)
 }
 
+/// `af registry health`: whether the API at `api` answers `/v2/` as a serving node does.
+pub async fn health(mut api: std::net::SocketAddr, timeout: std::time::Duration) -> anyhow::Result<()> {
+    if api.ip().is_unspecified() {
+        api.set_ip(if api.is_ipv4() { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+    }
+    let url = format!("http://{api}/v2/");
+    let client = reqwest::Client::builder().timeout(timeout).no_proxy().build()?;
+    let status = client.get(&url).send().await.with_context(|| format!("the API at {url} does not answer"))?.status();
+    match status.as_u16() {
+        200 | 401 => Ok(()),
+        _ => anyhow::bail!("the API at {url} answered {status}, not 200 or 401"),
+    }
+}
+
 /// `af registry serve`: the node, with settings from flags and AF_* over the file over defaults.
 pub fn serve(flags: af_registry::config::Overrides, config: Option<PathBuf>) -> anyhow::Result<()> {
     let file = match &config {
