@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs, idempotently, every independent client the test suite drives:
+# Installs, idempotently, every independent client the test suite drives (and mmdebstrap, which
+# makes the container image's Debian base):
 # Debian's registry clients, the OCI conformance suite and Go clients built from the Go module
 # proxy, and oras from PyPI. Safe to run again; skips what is already there.
 set -euo pipefail
@@ -25,7 +26,7 @@ attempt() { # what, how to provide it, command...
 }
 
 need_apt=()
-for pair in skopeo:skopeo podman:podman buildah:buildah umoci:umoci containerd:containerd \
+for pair in skopeo:skopeo podman:podman buildah:buildah mmdebstrap:mmdebstrap umoci:umoci containerd:containerd \
             ctr:containerd docker-registry:docker-registry wrk:wrk jq:jq tini:tini prometheus:prometheus promtool:prometheus chromium:chromium dnsmasq:dnsmasq-base faketime:faketime \
             ip:iproute2 tc:iproute2 curl:curl python3:python3; do
   cmd=${pair%%:*}; pkg=${pair##*:}
