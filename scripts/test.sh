@@ -14,6 +14,19 @@ export PATH="${GOBIN:-$HOME/go/bin}:$HOME/.cargo/bin:$PATH:/usr/sbin:/sbin"
 step() { printf '== %dm%02ds: %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 # A CI machine builds once: incremental state would only take disk (gigabytes of it).
 [ -n "${CI:-}" ] && export CARGO_INCREMENTAL=0
+# CI starts from a clean clone. What it compiles is kept between runs outside the clone, where
+# the machine keeps it (cargo's fingerprints decide what is stale), as the Go tools and cargo's
+# own are: a run then compiles the node, not its dependencies, for each of the debug build,
+# clippy and the fuzz targets (three cold builds of some 500 crates were most of a run's time).
+# Stale builds pile up as dependencies change: past 30 GB the cache starts again.
+if [ -n "${CI:-}" ] && [ ! -e target ]; then
+  cache=${AF_CI_CACHE:-$HOME/.cache/af-registry-ci}
+  if [ -d "$cache" ] && [ "$(du -s --block-size=1G "$cache" | cut -f1)" -gt 30 ]; then rm -rf "$cache"; fi
+  mkdir -p "$cache/target" "$cache/fuzz-target"
+  ln -s "$cache/target" target
+  [ -e fuzz/target ] || ln -s "$cache/fuzz-target" fuzz/target
+  echo "build cache: $cache ($(du -sh "$cache" | cut -f1))"
+fi
 # The disk is what ran out on a CI machine once; the log says how much there was.
 df -h . /tmp | sed 's/^/disk: /'
 trap 'df -h . /tmp | sed "s/^/disk at exit: /"' EXIT
