@@ -36,13 +36,15 @@ struct Podman {
     dir: tempfile::TempDir,
     name: String,
     service: Option<Child>,
+    /// Names the test gave images, taken off on drop (an image with another name keeps it).
+    names: std::cell::RefCell<Vec<String>>,
 }
 
 impl Podman {
     fn new() -> Podman {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("containers.conf"), "[containers]\ndefault_ulimits = []\n[engine]\nruntime = \"runc\"\n").unwrap();
-        Podman { dir, name: format!("af-container-test-{}", std::process::id()), service: None }
+        Podman { dir, name: format!("af-container-test-{}", std::process::id()), service: None, names: Default::default() }
     }
 
     fn cmd(&self) -> Command {
@@ -53,6 +55,11 @@ impl Podman {
 
     fn podman(&self, args: &[&str]) -> String {
         run(self.cmd().args(args))
+    }
+
+    /// Takes `image` off on drop.
+    fn named(&self, image: &str) {
+        self.names.borrow_mut().push(image.to_string());
     }
 
     fn authfile(&self) -> PathBuf {
@@ -99,6 +106,9 @@ impl Drop for Podman {
             let _ = service.wait();
         }
         let _ = self.cmd().args(["rm", "-f", "-t", "0", &self.name]).output();
+        for image in self.names.borrow().iter() {
+            let _ = self.cmd().args(["rmi", image]).output();
+        }
         let _ = self.cmd().args(["volume", "rm", "-f", &self.name]).output();
     }
 }
@@ -150,11 +160,13 @@ fn the_image_runs_as_akash_runs_it() {
     std::fs::write(work.path().join("payload"), &content).unwrap();
     std::fs::write(work.path().join("Containerfile"), "FROM scratch\nCOPY payload /payload\n").unwrap();
     let local = format!("localhost/af-container-test-small:{}", std::process::id());
+    podman.named(&local);
     podman.podman(&["build", "--quiet", "-t", &local, work.path().to_str().unwrap()]);
     let authfile = podman.authfile();
     let auth = ["--authfile", authfile.to_str().unwrap(), "--tls-verify=false"];
     podman.podman(&[&["login"][..], &auth, &["-u", "admin", "-p", PASSWORD, &registry]].concat());
     let remote = format!("{registry}/admin/small:1");
+    podman.named(&remote);
     podman.podman(&[&["push", "--quiet"][..], &auth, &[&local, &remote]].concat());
     let built_id = podman.podman(&["image", "inspect", "--format", "{{.Id}}", &local]).trim().to_string();
     podman.podman(&["rmi", &local]);
@@ -175,6 +187,7 @@ fn the_image_runs_as_akash_runs_it() {
     // Docker-compatible API); skopeo pulls it back, byte for byte what the engine holds.
     let tagged = format!("{registry}/admin/af-registry:{}", env!("CARGO_PKG_VERSION"));
     podman.podman(&["tag", &image, &tagged]);
+    podman.named(&tagged);
     let docker_config = work.path().join("docker");
     let af = |args: &[&str], stdin: Option<&str>| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_af"));
