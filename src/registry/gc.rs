@@ -81,6 +81,7 @@ impl Registry {
         let cutoff_time = UNIX_EPOCH + Duration::from_secs(cutoff.max(0) as u64);
         let mut report = GcReport::default();
         let mut phases = Phases::start();
+        let mut batches = BatchTimes::default();
         // One transaction: atomic against manifest pushes (one is stored only if its blobs are).
         let swept = self.meta.collect_garbage(cutoff).await?;
         phases.mark("metadata");
@@ -88,7 +89,7 @@ impl Registry {
         report.links = swept.links;
         let sizes: HashMap<Digest, u64> = swept.blobs.iter().map(|b| (b.digest.clone(), b.size)).collect();
         let digests: Vec<Digest> = swept.blobs.iter().map(|b| b.digest.clone()).collect();
-        for (digest, trashed) in self.remove_blobs(digests).await? {
+        for (digest, trashed) in self.remove_blobs(digests, &mut batches).await? {
             let size = sizes.get(&digest).copied().unwrap_or(0);
             report.blobs += 1;
             report.bytes += if trashed { size } else { 0 };
@@ -104,7 +105,7 @@ impl Registry {
             }
             let named: HashSet<Digest> = self.meta.existing_blobs(&old).await?.into_iter().collect();
             let orphans = old.into_iter().filter(|d| !named.contains(d) && !publishing.contains(d)).collect();
-            for (digest, trashed) in self.remove_blobs(orphans).await? {
+            for (digest, trashed) in self.remove_blobs(orphans, &mut batches).await? {
                 if trashed {
                     tracing::info!(%digest, "gc removed a blob file no metadata names");
                     report.orphan_files += 1;
@@ -124,7 +125,16 @@ impl Registry {
         self.on_disk(|store| store.empty_trash()).await?;
         phases.mark("unlink");
         // No phase holds the GC lock for more than one batch: pushes wait for a batch at most.
-        tracing::info!(phases_ms = ?phases.to_string(), blobs = report.blobs, blocks = report.blocks, "gc finished");
+        tracing::info!(
+            phases_ms = ?phases.to_string(),
+            blobs = report.blobs,
+            blocks = report.blocks,
+            blob_batches = batches.count,
+            blob_lock_wait_ms = batches.waited.as_millis() as u64,
+            blob_lock_hold_ms = batches.held.as_millis() as u64,
+            longest_blob_hold_ms = batches.longest.as_millis() as u64,
+            "gc finished"
+        );
         if report.manifests + report.links + report.blobs + report.orphan_files + report.blocks > 0 {
             self.changed().await?;
             let blobs = swept.blobs.iter().map(|b| b.digest.clone()).collect();
@@ -139,10 +149,12 @@ impl Registry {
     /// and keeps its file and blocks. Their blocks are forgotten first, while the files are there
     /// to copy a leaf another DAG shares from; the files go to `trash/`. Each digest removed,
     /// with whether it had a file.
-    async fn remove_blobs(&self, digests: Vec<Digest>) -> Result<Vec<(Digest, bool)>> {
+    async fn remove_blobs(&self, digests: Vec<Digest>, times: &mut BatchTimes) -> Result<Vec<(Digest, bool)>> {
         let mut removed = Vec::new();
         for batch in digests.chunks(BLOBS_PER_BATCH) {
+            let asked = Instant::now();
             let lock = self.on_disk(|store| store.gc_lock_for_batch()).await?;
+            let got = Instant::now();
             let back: HashSet<Digest> = self.meta.existing_blobs(batch).await?.into_iter().collect();
             let gone: Vec<Digest> = batch.iter().filter(|d| !back.contains(d)).cloned().collect();
             self.blocks.forget_blobs(gone.clone()).await?;
@@ -159,6 +171,7 @@ impl Registry {
                 })
                 .await?;
             drop(lock);
+            times.add(got - asked, got.elapsed());
             removed.extend(trashed);
         }
         Ok(removed)
@@ -202,6 +215,25 @@ fn trash_all(store: &BlobStore, digests: Vec<Digest>) -> std::result::Result<Has
         }
     }
     Ok(moved)
+}
+
+/// How the blob batches of a GC went: how many, how long they waited for the lock and held it
+/// (what a push may wait for), for its closing log line.
+#[derive(Default)]
+struct BatchTimes {
+    count: u64,
+    waited: Duration,
+    held: Duration,
+    longest: Duration,
+}
+
+impl BatchTimes {
+    fn add(&mut self, waited: Duration, held: Duration) {
+        self.count += 1;
+        self.waited += waited;
+        self.held += held;
+        self.longest = self.longest.max(held);
+    }
 }
 
 /// How long each phase of a GC took, in the order they ran, for its closing log line.
