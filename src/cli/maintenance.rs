@@ -97,8 +97,7 @@ pub fn replicas(repository: String, replicas: u32, data: DataDir) -> anyhow::Res
 pub fn verify(data: DataDir) -> anyhow::Result<()> {
     // Every page of the SQLite files first: a node's start after a crash checks only the pages
     // the crash could have touched.
-    let dir = data.data_dir.clone().unwrap_or_else(|| std::path::PathBuf::from(af_registry::config::DEFAULT_DATA_DIR));
-    if let Err(damaged) = af_registry::storage::health::check_every_page(&dir) {
+    if let Err(damaged) = af_registry::storage::health::check_every_page(&data.dir()) {
         println!("corrupt: {}: {}; {}", damaged.path, damaged.problem, damaged.remedy);
         std::process::exit(1);
     }

@@ -20,9 +20,16 @@ pub struct DataDir {
     pub database_url: Option<String>,
 }
 
+impl DataDir {
+    /// The directory: as given, else the default.
+    pub fn dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(af_registry::config::DEFAULT_DATA_DIR))
+    }
+}
+
 /// The registry of an existing data directory, alongside any node serving it.
 pub async fn attach(data: DataDir, profile: af_registry::unixfs::Profile) -> anyhow::Result<af_registry::registry::Registry> {
-    let data_dir = data.data_dir.unwrap_or_else(|| PathBuf::from(af_registry::config::DEFAULT_DATA_DIR));
+    let data_dir = data.dir();
     anyhow::ensure!(data_dir.is_dir(), "no data directory at {}", data_dir.display());
     Ok(af_registry::node::open_registry(&data_dir, data.database_url.as_deref(), profile, false).await?)
 }

@@ -158,18 +158,7 @@ impl Registry {
             let back: HashSet<Digest> = self.meta.existing_blobs(batch).await?.into_iter().collect();
             let gone: Vec<Digest> = batch.iter().filter(|d| !back.contains(d)).cloned().collect();
             self.blocks.forget_blobs(gone.clone()).await?;
-            let trashed = self
-                .on_disk(move |store| {
-                    trash_all(store, gone.clone()).map(|t| {
-                        gone.into_iter()
-                            .map(|d| {
-                                let had_file = t.contains(&d);
-                                (d, had_file)
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .await?;
+            let trashed = self.on_disk(move |store| trash_all(store, gone)).await?;
             drop(lock);
             times.add(got - asked, got.elapsed());
             removed.extend(trashed);
@@ -206,15 +195,15 @@ impl Registry {
     }
 }
 
-/// Moves each blob's file to `trash/`; returns the blobs whose file was there.
-fn trash_all(store: &BlobStore, digests: Vec<Digest>) -> std::result::Result<HashSet<Digest>, StorageError> {
-    let mut moved = HashSet::new();
-    for digest in digests {
-        if store.trash_blob(&digest)? {
-            moved.insert(digest);
-        }
-    }
-    Ok(moved)
+/// Moves each blob's file to `trash/`: each blob, with whether its file was there.
+fn trash_all(store: &BlobStore, digests: Vec<Digest>) -> std::result::Result<Vec<(Digest, bool)>, StorageError> {
+    digests
+        .into_iter()
+        .map(|digest| {
+            let had_file = store.trash_blob(&digest)?;
+            Ok((digest, had_file))
+        })
+        .collect()
 }
 
 /// How the blob batches of a GC went: how many, how long they waited for the lock and held it
