@@ -9,8 +9,11 @@ COPY benches ./benches
 # Downloaded crates and compiled dependencies stay in the builder's caches (BuildKit's, buildah's)
 # between builds, so a change to the node's code rebuilds the node alone. The binary leaves the
 # cache for the next stage stripped: symbols are for profiling on a workstation, not the image.
+# PROFILE is Cargo.toml's release profile for the image that ships; scripts/test.sh builds the
+# image it runs as Akash would with `image-test`, the same code without link-time optimisation.
+ARG PROFILE=release
 RUN --mount=type=cache,target=/usr/local/cargo/registry --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin af && strip -o /af target/release/af
+    cargo build --profile "$PROFILE" --locked --bin af && strip -o /af "target/$PROFILE/af"
 
 FROM debian:bookworm-slim
 # tini runs as PID 1: it forwards SIGTERM (docker stop, Akash) to the node, which then stops

@@ -13,7 +13,9 @@
 # unpacked. Root, podman, mmdebstrap (Debian packages); nothing else.
 #
 #   scripts/build-image.sh [IMAGE]
-# Environment: AF_IMAGE_WORK (scratch space, default /var/tmp/af-image), PODMAN (the command).
+# Environment: AF_IMAGE_WORK (scratch space, default /var/tmp/af-image), PODMAN (the command),
+# AF_IMAGE_PROFILE (the Dockerfile's PROFILE: Cargo's profile of the node's binary, default
+# release; scripts/test.sh builds its test image with image-test, a fraction of the CPU time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 image=${1:-af-registry:$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)}
@@ -97,9 +99,9 @@ EOF
   rm -rf "$ctx"
 fi
 
-echo "build-image: podman build of the Dockerfile as $image"
+echo "build-image: podman build of the Dockerfile as $image (profile ${AF_IMAGE_PROFILE:-release})"
 # Docker's image format: OCI's has no HEALTHCHECK, and podman would drop it.
-$podman build --format docker --network host -t "$image" . || fail "podman build of the Dockerfile failed"
+$podman build --format docker --network host --build-arg "PROFILE=${AF_IMAGE_PROFILE:-release}" -t "$image" . || fail "podman build of the Dockerfile failed"
 
 # Compressed: each layer as a registry would store it (tar, gzip). Unpacked: podman's own figure.
 size_dir="$work/size"

@@ -18,7 +18,7 @@ trap cleanup EXIT
 
 # Reads the Dockerfile into shell variables: copies, build command, env, port, command, health.
 eval "$(python3 - <<'PY'
-import json, shlex
+import json, re, shlex
 stages, cur = [], None
 text, joined = open("Dockerfile").read().splitlines(), []
 for raw in text:
@@ -54,7 +54,7 @@ health = [r.split(" CMD ", 1)[1].replace(" || exit 1", "") for w, r in runtime i
 # The exec form (a JSON array) as one shell command.
 health = [shlex.join(json.loads(h)) if h.startswith("[") else h for h in health]
 out = {
-    "copies": " ".join(copies), "build_cmd": run[0].replace(" --release", "") if run else "",
+    "copies": " ".join(copies), "build_cmd": re.sub(r' --release| --profile "?\$?\w+"?', "", run[0]) if run else "",
     "envs": " ".join(env), "expose": expose[0].split()[0] if expose else "", "entry": entry[0] if entry else "",
     "cmd": cmd[0] if cmd else "", "health": health[0] if health else "",
     "init": init, "init_installed": "yes" if (not init or " tini" in installs) else "",
