@@ -207,14 +207,27 @@ async fn garbage_collection(m: Arc<dyn MetadataStore>) {
     for x in [&tagged, &untagged, &pin] {
         m.put_manifest("r", x.clone()).await.unwrap();
     }
+    // An index's children live as long as the index; a referrer as long as its subject.
+    let (kept_child, gone_child) = (manifest(&[&kept, &pinned], &[], None, &[]), manifest(&[&pinned, &kept], &[], None, &[]));
+    let kept_index = manifest(&[], &[&kept_child.record.digest], None, &["index"]);
+    let gone_index = manifest(&[], &[&gone_child.record.digest], None, &[]);
+    let kept_referrer = manifest(&[], &[], Some(&tagged.record.digest), &[]);
+    let gone_referrer = manifest(&[], &[], Some(&untagged.record.digest), &[]);
+    for x in [&kept_child, &gone_child, &kept_index, &gone_index, &kept_referrer, &gone_referrer] {
+        m.put_manifest("r", x.clone()).await.unwrap();
+    }
     assert!(m.pin("r", &Reference::Digest(pin.record.digest.clone())).await.unwrap().is_some());
     assert_eq!(m.list_pins().await.unwrap(), vec![("r".to_string(), pin.record.digest.clone())]);
     // Everything is young: nothing goes.
     let none = m.collect_garbage(af_registry::clock::unix_now() - 3600).await.unwrap();
     assert_eq!((none.manifests, none.links, none.blobs.len()), (0, 0, 0));
     let swept = m.collect_garbage(af_registry::clock::unix_now() + 10).await.unwrap();
-    assert_eq!((swept.manifests, swept.links), (1, 1));
+    assert_eq!((swept.manifests, swept.links), (4, 1));
     assert_eq!(swept.blobs.iter().map(|b| b.digest.clone()).collect::<Vec<_>>(), vec![gone.clone()]);
+    for (x, stays) in [(&kept_child, true), (&kept_index, true), (&kept_referrer, true), (&gone_child, false), (&gone_index, false), (&gone_referrer, false), (&untagged, false)] {
+        let found = m.get_manifest("r", &Reference::Digest(x.record.digest.clone())).await.unwrap();
+        assert_eq!(found.is_some(), stays, "{:?}", x.record.content);
+    }
     assert!(m.blob_info("r", &kept).await.unwrap().is_some());
     assert!(m.blob_info("r", &pinned).await.unwrap().is_some());
     assert!(m.live_roots().await.unwrap().contains(&"image-t".to_string()));

@@ -253,11 +253,14 @@ pub trait MetadataStore: AuthStore + Send + Sync + 'static {
     async fn pin(&self, repo: &str, reference: &Reference) -> MetaResult<Option<Digest>>;
     async fn unpin(&self, repo: &str, digest: &Digest) -> MetaResult<bool>;
     async fn list_pins(&self) -> MetaResult<Vec<(String, Digest)>>;
-    /// In one transaction: deletes manifests that are not kept (tagged, pinned, created at or
-    /// after `cutoff`, an index child or a referrer of a kept one), then blob links no kept
-    /// manifest references and not touched since `cutoff`, then blobs left with no link, older
-    /// than `cutoff` and not being published by an upload. Returns what went; the caller
-    /// removes the files.
+    /// Deletes manifests that are not kept (tagged, pinned, created at or after `cutoff`, an
+    /// index child or a referrer of a kept one), then blob links no kept manifest references and
+    /// not touched since `cutoff`, then blobs left with no link, older than `cutoff` and not being
+    /// published by an upload. Returns what went; the caller removes the files. Atomic per row
+    /// against writers: a row goes only if it is garbage in the transaction that deletes it
+    /// (PostgreSQL: one transaction, which locks only the rows it deletes; SQLite, whose one
+    /// writer would stop every push meanwhile: short transactions of a few hundred rows, each
+    /// checking its rows again).
     async fn collect_garbage(&self, cutoff: i64) -> MetaResult<GarbageCollected>;
     /// The blob whose DAG has root `cid`, if one is stored (and not missing).
     async fn blob_by_root(&self, cid: &str) -> MetaResult<Option<Digest>>;

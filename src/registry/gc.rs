@@ -7,9 +7,10 @@
 //! before its manifest, and a client that has just seen a blob may be about to reference it (blob
 //! reads refresh a link's age for this reason).
 //!
-//! Online: nothing waits for a GC longer than one of its batches. The metadata sweep is one
-//! transaction, so it is atomic against manifest pushes (a manifest is stored only if its blobs
-//! are still there). Files are moved out of `blobs/` a batch at a time under the exclusive
+//! Online: nothing waits for a GC longer than one of its batches. The metadata sweep deletes a
+//! row only in a transaction that finds it garbage, so it is atomic against manifest pushes (a
+//! manifest is stored only if its blobs are still there); on SQLite, whose one writer every push
+//! needs, those transactions are short batches. Files are moved out of `blobs/` a batch at a time under the exclusive
 //! `gc.lock`, which publishing holds shared, so a blob pushed again during a GC keeps its file
 //! (its row is back when its batch looks); they are unlinked from `trash/` at the end. The
 //! block mark holds no lock (see `BlockIndex::sweep_unreachable` for why what it cannot see is
@@ -82,7 +83,7 @@ impl Registry {
         let mut report = GcReport::default();
         let mut phases = Phases::start();
         let mut batches = BatchTimes::default();
-        // One transaction: atomic against manifest pushes (one is stored only if its blobs are).
+        // Atomic per row against manifest pushes (one is stored only if its blobs are).
         let swept = self.meta.collect_garbage(cutoff).await?;
         phases.mark("metadata");
         report.manifests = swept.manifests;

@@ -261,7 +261,7 @@ impl Registry {
         self.meta.mark_upload_finishing(id, digest).await?;
         let store = self.blobs.clone();
         let d = digest.clone();
-        let (size, _gc_lock) = tokio::task::spawn_blocking(move || {
+        let (size, gc_lock) = tokio::task::spawn_blocking(move || {
             let lock = store.gc_lock(false)?;
             store.publish(&id, &d).map(|size| (size, lock))
         })
@@ -272,6 +272,8 @@ impl Registry {
         let info = BlobInfo { size, root_cid: root, touched_at: 0 };
         let known = self.meta.blob_info(repo, digest).await?.is_some();
         self.meta.commit_blob(repo, digest, &info, Some(id)).await?;
+        // Held from the rename to the commit, no longer: a GC's batch waits for every holder.
+        drop(gc_lock);
         if !known {
             self.changed().await?;
             let event = crate::events::Event::BlobPublished { repository: repo.to_string(), digest: digest.clone(), root: info.root_cid };
