@@ -68,18 +68,14 @@ git clone -q . "$fresh/af-registry"
 (cd "$fresh/af-registry" && CARGO_TARGET_DIR="$OLDPWD/target" cargo test --locked --lib -q) \
   || { rm -rf "$fresh"; echo "the unit tests fail in a fresh clone without ../shared" >&2; exit 1; }
 rm -rf "$fresh"
-# Clippy, the fuzz targets (nightly, sanitizers, unoptimised: they run 20 s each) and cargo deny build
+# The fuzz targets (nightly, sanitizers, their own target directory) and cargo deny build
 # meanwhile on what the tests leave of the cores: one compile job, lowest priority, idle I/O
 # class, so the timing-sensitive tests (swarm dials, visibility flips) do not feel it. Once the
 # tests are done the same builds are started again with every core; cargo carries on from what
 # the background build finished.
 export AF_FUZZ_PROFILE=${AF_FUZZ_PROFILE:-dev}
-# Clippy checks into a directory of its own: it would hold the build directory's lock, and the
-# integration tests' cargo waits on that lock.
-clippy() { CARGO_TARGET_DIR=target/clippy cargo clippy --locked --all-targets -q -- -D warnings; }
-export -f clippy
 tools_build() {
-  clippy && scripts/fuzz.sh --build-only &&
+  scripts/fuzz.sh --build-only &&
     { command -v cargo-deny >/dev/null || cargo install --locked --target-dir target/tools cargo-deny@0.20.2; }
 }
 export -f tools_build
@@ -100,10 +96,14 @@ if [ -n "$image_build" ]; then
   grep '^build-image:' target/image-build.log
   cargo test --locked --test container
 fi
-step clippy, and finish building the fuzz targets and cargo deny
+# Clippy checks in the build's own target directory, once the tests no longer use it: the
+# dependencies' build scripts (C compiles of SQLite and aws-lc among them) and proc macros are
+# the build's, not done again.
+step clippy
+cargo clippy --locked --all-targets -q -- -D warnings || { echo "clippy finds warnings (cargo clippy --all-targets -- -D warnings)" >&2; exit 1; }
+step finish building the fuzz targets and cargo deny
 kill -- -"$background" 2>/dev/null || true
 wait "$background" 2>/dev/null || true
-clippy || { echo "clippy finds warnings (cargo clippy --all-targets -- -D warnings)" >&2; exit 1; }
 tools_build || { echo "the fuzz targets or cargo deny did not build" >&2; exit 1; }
 step fuzz
 scripts/fuzz.sh "${AF_FUZZ_SECONDS:-20}"
