@@ -166,7 +166,10 @@ fn every_multihash_kubo_accepts_and_direct_pins() {
     // A GC keeps the direct pin's root and takes the leaves it does not promise (once a second
     // older than the grace of 0 s: ages are counted in seconds).
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    client().post(node.rpc_url("repo/gc")).send().unwrap().text().unwrap();
+    let removed = client().post(node.rpc_url("repo/gc")).send().unwrap().text().unwrap();
+    // Kubo's lines, one per block removed, streamed as the sweep goes.
+    assert!(removed.lines().any(|l| l == format!("{{\"Key\":{{\"/\":\"{}\"}}}}", leaves[0])), "{removed}");
+    assert!(!removed.contains(&format!("\"{root}\"")), "{removed}");
     let has = |cid: &str| client().post(node.rpc_url(&format!("block/stat?arg={cid}&offline=true"))).send().unwrap().status() == 200;
     assert!(has(&root));
     assert!(!has(&leaves[0]));

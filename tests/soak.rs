@@ -64,7 +64,7 @@ fn client_loop(id: usize, base: String, rpc: String, stop: Arc<AtomicBool>, stat
             30..=79 => ("pull", pull(&c, &base, &ledger, rng)),
             80..=89 => ("retag", retag(&c, &base, &ledger, rng, id, n)),
             90..=98 => ("delete", push_and_delete(&c, &base, &repo, id, n)),
-            _ if id == 0 => ("gc", c.post(format!("{rpc}/api/v0/repo/gc")).send().map_err(|e| e.to_string()).and_then(|r| ok(r, 200))),
+            _ if id == 0 => ("gc", gc(&c, &rpc)),
             _ => ("pull", pull(&c, &base, &ledger, rng)),
         };
         let mut s = stats.lock().unwrap();
@@ -72,6 +72,17 @@ fn client_loop(id: usize, base: String, rpc: String, stop: Arc<AtomicBool>, stat
         if let Err(e) = outcome {
             s.errors.push(format!("{op}: {e}"));
         }
+    }
+}
+
+/// A GC through the RPC, read to its end (its lines stream as it sweeps; a failure is the last).
+fn gc(c: &reqwest::blocking::Client, rpc: &str) -> Result<(), String> {
+    let r = c.post(format!("{rpc}/api/v0/repo/gc")).send().map_err(|e| e.to_string())?;
+    let status = r.status();
+    let body = r.text().map_err(|e| e.to_string())?;
+    match status.as_u16() == 200 && !body.contains("\"Error\"") {
+        true => Ok(()),
+        false => Err(format!("{status} {body}")),
     }
 }
 

@@ -75,8 +75,10 @@ impl BlockIndex {
 
     /// Deletes inline blocks older than `cutoff` that no DAG from the roots reaches: the roots
     /// `roots` brings a page at a time (the metadata's, read while the mark runs) and this index's own pins
-    /// (recursive ones whole, direct ones their root block). Their count and bytes, and with
-    /// `list`, their CIDs. Leaves held as blob ranges go with their blob instead.
+    /// (recursive ones whole, direct ones their root block). Their count and bytes; with
+    /// `list`, their CIDs go there a batch at a time, once the batch's lock is let go (a slow
+    /// reader paces the sweep, holding nothing; one that left is no longer told). Leaves held as
+    /// blob ranges go with their blob instead.
     ///
     /// Online: the mark holds no lock, so pushes, pulls and pins go on. What it cannot see is
     /// kept by construction: a block recorded or recorded again since `cutoff` is young (the
@@ -93,9 +95,9 @@ impl BlockIndex {
         &self,
         mut roots: tokio::sync::mpsc::Receiver<Vec<Cid>>,
         cutoff: i64,
-        list: bool,
+        mut list: Option<tokio::sync::mpsc::Sender<Cid>>,
         hold: impl Fn() -> Result<G, BlockIndexError> + Send + 'static,
-    ) -> Result<(u64, u64, Vec<Cid>), BlockIndexError> {
+    ) -> Result<(u64, u64), BlockIndexError> {
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = Connection::open(&path)?;
@@ -119,6 +121,7 @@ impl BlockIndex {
             }
             tracing::debug!(rows, table_mib = mark.reached.bytes() >> 20, count_ms = counted.as_millis() as u64, mark_ms = started.elapsed().as_millis() as u64, "gc mark done");
             let (mut count, mut bytes, mut removed) = (0u64, 0u64, Vec::new());
+            // Per batch: never more than DELETE_BATCH CIDs at a time.
             let mut after: Vec<u8> = Vec::new();
             let mut victims: Vec<(Vec<u8>, i64, i64)> = Vec::new();
             loop {
@@ -153,7 +156,7 @@ impl BlockIndex {
                             drop_owners(&tx, &mh)?;
                             count += 1;
                             bytes += len as u64;
-                            if list {
+                            if list.is_some() {
                                 if let Ok(hash) = cid::multihash::Multihash::<64>::from_bytes(&mh) {
                                     removed.push(Cid::new_v1(codec as u64, hash));
                                 }
@@ -162,11 +165,17 @@ impl BlockIndex {
                     }
                 }
                 tx.commit()?;
+                drop(_held);
+                if let Some(to) = &list {
+                    if removed.drain(..).try_for_each(|cid| to.blocking_send(cid)).is_err() {
+                        list = None;
+                    }
+                }
                 if last_page {
                     break;
                 }
             }
-            Ok((count, bytes, removed))
+            Ok((count, bytes))
         })
         .await
         .map_err(|e| BlockIndexError::Task(e.to_string()))?
@@ -269,7 +278,9 @@ mod tests {
 
         // Every block counts as old: the cutoff is an hour ahead.
         let (roots, rx) = tokio::sync::mpsc::channel::<Vec<Cid>>(1);
-        let sweep = index.sweep_unreachable(rx, crate::clock::unix_now() + 3600, true, || Ok(()));
+        // Room for every CID: the sweep sends them before this test reads them.
+        let (listed, mut removed_rx) = tokio::sync::mpsc::channel(garbage_blocks.len() + pinned_blocks.len());
+        let sweep = index.sweep_unreachable(rx, crate::clock::unix_now() + 3600, Some(listed), || Ok(()));
         let pinner = &index;
         let pin_during_the_mark = async move {
             // The first page fills the channel; the second goes in only once the mark took the
@@ -279,7 +290,11 @@ mod tests {
             pinner.pin(&pinned.cid, true, false).await.unwrap();
         };
         let (swept, ()) = tokio::join!(sweep, pin_during_the_mark);
-        let (count, _, removed) = swept.unwrap();
+        let (count, _) = swept.unwrap();
+        let mut removed = Vec::new();
+        while let Some(cid) = removed_rx.recv().await {
+            removed.push(cid);
+        }
 
         for (cid, _) in &pinned_blocks {
             assert!(index.has(cid).await.unwrap(), "{cid} of the DAG pinned during the mark was deleted");

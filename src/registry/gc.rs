@@ -57,27 +57,29 @@ impl std::fmt::Display for GcReport {
 impl Registry {
     /// Runs one GC; content younger than `grace` is kept whatever references it.
     pub async fn gc(&self, grace: Duration) -> Result<GcReport> {
-        self.gc_run(grace, false).await.map(|(report, _)| report)
+        self.gc_run(grace, None).await
     }
 
-    /// [`Self::gc`], with the CIDs of the blocks it removed from the block index (blobs' own
-    /// blocks go with their files and are counted, not listed).
-    pub async fn gc_listing(&self, grace: Duration) -> Result<(GcReport, Vec<cid::Cid>)> {
-        self.gc_run(grace, true).await
+    /// [`Self::gc`], telling `removed` the CID of each block it removes from the block index as
+    /// it goes, a batch at a time (blobs' own blocks go with their files and are counted, not
+    /// listed). Memory holds a batch, not every CID; a slow reader slows the sweep, and one that
+    /// goes away stops being told.
+    pub async fn gc_listing(&self, grace: Duration, removed: tokio::sync::mpsc::Sender<cid::Cid>) -> Result<GcReport> {
+        self.gc_run(grace, Some(removed)).await
     }
 
-    async fn gc_run(&self, grace: Duration, list: bool) -> Result<(GcReport, Vec<cid::Cid>)> {
+    async fn gc_run(&self, grace: Duration, list: Option<tokio::sync::mpsc::Sender<cid::Cid>>) -> Result<GcReport> {
         let outcome = self.collect(grace, list).await;
         release_free_heap();
         let metrics = &crate::metrics::METRICS;
         metrics.gc_runs.with_label_values(&[if outcome.is_ok() { "ok" } else { "error" }]).inc();
-        if let Ok((report, _)) = &outcome {
+        if let Ok(report) = &outcome {
             metrics.gc_reclaimed.inc_by(report.bytes);
         }
         outcome
     }
 
-    async fn collect(&self, grace: Duration, list: bool) -> Result<(GcReport, Vec<cid::Cid>)> {
+    async fn collect(&self, grace: Duration, list: Option<tokio::sync::mpsc::Sender<cid::Cid>>) -> Result<GcReport> {
         let cutoff = unix_now() - grace.as_secs() as i64;
         let cutoff_time = UNIX_EPOCH + Duration::from_secs(cutoff.max(0) as u64);
         let mut report = GcReport::default();
@@ -119,7 +121,7 @@ impl Registry {
         let hold = move || store.gc_lock_for_batch().map_err(crate::blockstore::BlockIndexError::from);
         let swept_blocks = self.blocks.sweep_unreachable(roots, cutoff, list, hold).await;
         reading.await.map_err(|e| StorageError::Task(e.to_string()))??;
-        let (blocks, block_bytes, removed) = swept_blocks?;
+        let (blocks, block_bytes) = swept_blocks?;
         report.blocks = blocks;
         report.block_bytes = block_bytes;
         phases.mark("blocks");
@@ -141,7 +143,7 @@ impl Registry {
             let blobs = swept.blobs.iter().map(|b| b.digest.clone()).collect();
             self.emit(crate::events::Event::Swept { blobs, manifests: report.manifests, blocks: report.blocks });
         }
-        Ok((report, removed))
+        Ok(report)
     }
 
     /// Removes blobs the metadata no longer has (swept just now, or files no row names), a

@@ -26,15 +26,32 @@ pub(super) fn version() -> HttpResponse {
 }
 
 /// `repo/gc`: a GC now, as `af registry gc` runs it (content younger than the grace period
-/// stays, unlike Kubo's); one line per block removed, Kubo's `{"Key": {"/": cid}}`.
+/// stays, unlike Kubo's); one line per block removed, Kubo's `{"Key": {"/": cid}}`, streamed
+/// as the sweep goes (millions of CIDs are never held at once). A failure is the last line,
+/// `{"Error": ...}` as Kubo's, and cuts the response short so that a client reading to the end
+/// sees it failed.
 pub(super) async fn repo_gc(state: &RpcState) -> HttpResponse {
-    match state.registry.gc_listing(state.gc_grace).await {
-        Ok((report, removed)) => {
-            tracing::info!(%report, "repo/gc");
-            chunked_json(removed.iter().map(|cid| json!({"Key": {"/": cid.to_string()}})).collect())
+    let (removed, mut cids) = tokio::sync::mpsc::channel::<cid::Cid>(64);
+    let (lines, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let registry = state.registry.clone();
+    let grace = state.gc_grace;
+    actix_web::rt::spawn(async move {
+        let gc = tokio::spawn(async move { registry.gc_listing(grace, removed).await });
+        while let Some(cid) = cids.recv().await {
+            let _ = lines.send(Ok(Bytes::from(format!("{}\n", json!({"Key": {"/": cid.to_string()}}))))).await;
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
+        match gc.await {
+            Ok(Ok(report)) => tracing::info!(%report, "repo/gc"),
+            outcome => {
+                let e = outcome.map_or_else(|e| e.to_string(), |r| r.err().map(|e| e.to_string()).unwrap_or_default());
+                tracing::warn!(error = %e, "repo/gc failed");
+                let _ = lines.send(Ok(Bytes::from(format!("{}\n", json!({"Error": e.clone()}))))).await;
+                let _ = lines.send(Err(std::io::Error::other(e))).await;
+            }
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|line| (line, rx)) });
+    HttpResponse::Ok().insert_header(("X-Chunked-Output", "1")).content_type("application/json").streaming(body)
 }
 
 pub(super) async fn repo_stat(req: &HttpRequest, state: &RpcState) -> HttpResponse {

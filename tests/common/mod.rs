@@ -53,7 +53,22 @@ pub fn xorshift_bytes(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A free port on loopback, picked at random below the kernel's ephemeral range: a port the
+/// kernel hands out (a listener on port 0, any outgoing connection) is never one of these, so
+/// one picked here stays free until the node that is given it binds it, unless another test
+/// picked the same (one in thousands). Ports given to other programs before the node starts
+/// (IPFS Cluster's connector) depend on that.
 pub fn free_addr() -> SocketAddr {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok().and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok()).unwrap_or(32768);
+    if ephemeral_low > 12_000 {
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 ^ ((std::process::id() as u64) << 32);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        for _ in 0..64 {
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", rng.u16(10_000..ephemeral_low))) {
+                return l.local_addr().unwrap();
+            }
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().unwrap()
 }
