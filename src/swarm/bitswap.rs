@@ -569,6 +569,9 @@ impl Server {
                 *bytes = 0;
             }
             *bytes += data.len();
+            // Which block went to whom, and when: what tells a fleet's seed sending a block
+            // twice (to two pullers) from one puller asking twice.
+            tracing::debug!(%peer, %cid, "bitswap block sent");
             self.stats.blocks_sent.fetch_add(1, Ordering::Relaxed);
             self.stats.data_sent.fetch_add(data.len() as u64, Ordering::Relaxed);
             let len = data.len() as u64;
