@@ -120,8 +120,8 @@ impl BlockIndex {
                 }
             }
             tracing::debug!(rows, table_mib = mark.reached.bytes() >> 20, count_ms = counted.as_millis() as u64, mark_ms = started.elapsed().as_millis() as u64, "gc mark done");
+            // `removed`: one batch's CIDs at a time, sent on once the batch is done.
             let (mut count, mut bytes, mut removed) = (0u64, 0u64, Vec::new());
-            // Per batch: never more than DELETE_BATCH CIDs at a time.
             let mut after: Vec<u8> = Vec::new();
             let mut victims: Vec<(Vec<u8>, i64, i64)> = Vec::new();
             loop {
@@ -145,7 +145,7 @@ impl BlockIndex {
                     continue;
                 }
                 let asked = std::time::Instant::now();
-                let _held = hold()?;
+                let held = hold()?;
                 tracing::trace!(waited_us = asked.elapsed().as_micros() as u64, victims = victims.len(), "gc batch holds the lock");
                 mark.pins(&conn, &mut *conn.prepare_cached(NODE)?, pins_since)?;
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -165,7 +165,7 @@ impl BlockIndex {
                     }
                 }
                 tx.commit()?;
-                drop(_held);
+                drop(held);
                 if let Some(to) = &list {
                     if removed.drain(..).try_for_each(|cid| to.blocking_send(cid)).is_err() {
                         list = None;

@@ -102,6 +102,13 @@ fn garbage_manifests(c: &Connection, cutoff: i64) -> rusqlite::Result<Vec<(i64, 
     rows.collect()
 }
 
+/// The rows `sql` selects with the cutoff as `?1`.
+fn read_rows<T>(c: &Connection, sql: &str, cutoff: i64, row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>) -> MetaResult<Vec<T>> {
+    let mut s = c.prepare(sql).map_err(backend)?;
+    let rows = s.query_map([cutoff], row).map_err(backend)?;
+    rows.collect::<Result<_, _>>().map_err(backend)
+}
+
 /// Deletes those of `batch` (from [`garbage_manifests`]) that are still garbage: a manifest is
 /// kept now if it or an ancestor (an index naming it, the subject it refers to, and theirs) is
 /// tagged, pinned or young. Walked upwards from the batch's rows, so the cost is the batch's, not
@@ -208,6 +215,22 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    /// Runs `delete` over `keys` in write transactions of [`GC_ROWS_PER_TXN`] keys each (SQLite's
+    /// one writer is held for one batch at a time); what each batch returned.
+    async fn delete_in_batches<K, T, F>(&self, keys: Vec<K>, delete: F) -> MetaResult<Vec<T>>
+    where
+        K: Clone + Send + 'static,
+        T: Send + 'static,
+        F: Fn(&Transaction<'_>, &[K]) -> MetaResult<T> + Clone + Send + 'static,
+    {
+        let mut out = Vec::new();
+        for batch in keys.chunks(GC_ROWS_PER_TXN) {
+            let (batch, delete) = (batch.to_vec(), delete.clone());
+            out.push(self.write(move |tx| delete(tx, &batch)).await?);
+        }
+        Ok(out)
+    }
+
     /// One page of the repository names `base` selects (`?1` is a placeholder, `?2` the last name).
     async fn repository_names(&self, base: &'static str, page: &Page) -> MetaResult<Vec<String>> {
         let page = page.clone();
@@ -424,59 +447,37 @@ impl MetadataStore for SqliteStore {
         // Manifests: not kept, where kept is tagged, pinned or young, a child of a kept index
         // or a referrer of a kept subject, transitively.
         let doomed = self.with(move |c| garbage_manifests(c, cutoff).map_err(backend)).await?;
-        let mut manifests = 0;
-        for batch in doomed.chunks(GC_ROWS_PER_TXN) {
-            let batch = batch.to_vec();
-            manifests += self.write(move |tx| delete_garbage_manifests(tx, &batch, cutoff).map_err(backend)).await?;
-        }
+        let manifests = self.delete_in_batches(doomed, move |tx, batch| delete_garbage_manifests(tx, batch, cutoff).map_err(backend)).await?.into_iter().sum();
         // Links no manifest of their repository references, untouched within the grace period.
-        let doomed: Vec<(i64, String)> = self
-            .with(move |c| {
-                let mut s = c.prepare(&format!("SELECT repository_id, digest FROM repository_blobs WHERE {UNUSED_LINK}")).map_err(backend)?;
-                let rows = s.query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
-                rows.collect::<Result<_, _>>().map_err(backend)
+        let sql = format!("SELECT repository_id, digest FROM repository_blobs WHERE {UNUSED_LINK}");
+        let doomed: Vec<(i64, String)> = self.with(move |c| read_rows(c, &sql, cutoff, |r| Ok((r.get(0)?, r.get(1)?)))).await?;
+        let links = self
+            .delete_in_batches(doomed, move |tx, batch| {
+                let mut delete = tx.prepare_cached(&format!("DELETE FROM repository_blobs WHERE repository_id = ?2 AND digest = ?3 AND {UNUSED_LINK}")).map_err(backend)?;
+                batch.iter().try_fold(0u64, |n, (repo, digest)| Ok(n + delete.execute(params![cutoff, repo, digest]).map_err(backend)? as u64))
             })
-            .await?;
-        let mut links = 0;
-        for batch in doomed.chunks(GC_ROWS_PER_TXN) {
-            let batch = batch.to_vec();
-            links += self
-                .write(move |tx| {
-                    let mut delete = tx.prepare_cached(&format!("DELETE FROM repository_blobs WHERE repository_id = ?2 AND digest = ?3 AND {UNUSED_LINK}")).map_err(backend)?;
-                    let mut n = 0;
-                    for (repo, digest) in &batch {
-                        n += delete.execute(params![cutoff, repo, digest]).map_err(backend)? as u64;
-                    }
-                    Ok(n)
-                })
-                .await?;
-        }
+            .await?
+            .into_iter()
+            .sum();
         // Blobs no repository links, old, and not being published by an upload.
-        let doomed: Vec<String> = self
-            .with(move |c| {
-                let mut s = c.prepare(&format!("SELECT digest FROM blobs WHERE {UNLINKED_BLOB}")).map_err(backend)?;
-                let rows = s.query_map([cutoff], |r| r.get(0)).map_err(backend)?;
-                rows.collect::<Result<_, _>>().map_err(backend)
-            })
-            .await?;
-        let mut blobs = Vec::new();
-        for batch in doomed.chunks(GC_ROWS_PER_TXN) {
-            let batch = batch.to_vec();
-            let swept = self
-                .write(move |tx| {
-                    let mut delete = tx.prepare_cached(&format!("DELETE FROM blobs WHERE digest = ?2 AND {UNLINKED_BLOB} RETURNING size, missing")).map_err(backend)?;
-                    let mut swept = Vec::new();
-                    for digest in batch {
-                        let row = delete.query_row(params![cutoff, digest], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?))).optional().map_err(backend)?;
-                        if let Some((size, missing)) = row {
-                            swept.push(SweptBlob { digest: parse_digest(digest)?, size: size as u64, had_file: !missing });
-                        }
+        let sql = format!("SELECT digest FROM blobs WHERE {UNLINKED_BLOB}");
+        let doomed: Vec<String> = self.with(move |c| read_rows(c, &sql, cutoff, |r| r.get(0))).await?;
+        let blobs = self
+            .delete_in_batches(doomed, move |tx, batch| {
+                let mut delete = tx.prepare_cached(&format!("DELETE FROM blobs WHERE digest = ?2 AND {UNLINKED_BLOB} RETURNING size, missing")).map_err(backend)?;
+                let mut swept = Vec::new();
+                for digest in batch {
+                    let row = delete.query_row(params![cutoff, digest], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?))).optional().map_err(backend)?;
+                    if let Some((size, missing)) = row {
+                        swept.push(SweptBlob { digest: parse_digest(digest.clone())?, size: size as u64, had_file: !missing });
                     }
-                    Ok(swept)
-                })
-                .await?;
-            blobs.extend(swept);
-        }
+                }
+                Ok(swept)
+            })
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
         Ok(GarbageCollected { manifests, links, blobs })
     }
 

@@ -411,6 +411,13 @@ impl Parts {
 /// Writes through the RPC at once: each holds up to [`MAX_ADD`] (`add`) or a few MiB.
 pub const CONCURRENT_WRITES: usize = 2;
 
+/// Lines streamed as they come, as Kubo streams a long command's outputs; an `Err` cuts the
+/// response short (no final chunk), so a client reading to the end sees a failure.
+fn streamed_lines(lines: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>) -> HttpResponse {
+    let body = futures_util::stream::unfold(lines, |mut rx| async move { rx.recv().await.map(|line| (line, rx)) });
+    HttpResponse::Ok().insert_header(("X-Chunked-Output", "1")).content_type("application/json").streaming(body)
+}
+
 /// Several JSON values, one per line, as Kubo streams a command's outputs.
 fn chunked_json(values: Vec<serde_json::Value>) -> HttpResponse {
     let body: String = values.iter().map(|v| format!("{v}\n")).collect();

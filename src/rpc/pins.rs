@@ -7,7 +7,7 @@
 //! what the node lacks, each block verified before it is kept), flushes what it fetched, and only
 //! then records the pin.
 
-use super::{arg, args, audience, bad_request, dag_failure, error, fetching_reader_for, flag, parse_path, RpcState};
+use super::{arg, args, audience, bad_request, dag_failure, error, fetching_reader_for, flag, parse_path, streamed_lines, RpcState};
 use crate::blockstore::Owner;
 use crate::dag::{DagError, Reader};
 use crate::swarm::keeper::Keeper;
@@ -119,8 +119,7 @@ pub(super) async fn add(req: &HttpRequest, state: &actix_web::web::Data<RpcState
         let pins: Vec<String> = cids.iter().map(Cid::to_string).collect();
         let _ = lines.send(Ok(Bytes::from(format!("{}\n", json!({"Pins": pins, "Progress": progress}))))).await;
     });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|line| (line, rx)) });
-    HttpResponse::Ok().insert_header(("X-Chunked-Output", "1")).content_type("application/json").streaming(body)
+    streamed_lines(rx)
 }
 
 /// `pin/add?recursive=false`: each root block kept (fetched if need be) and pinned alone.

@@ -25,6 +25,9 @@ pub(super) fn version() -> HttpResponse {
     }))
 }
 
+/// How long `repo/gc` waits for its client to take a line before it stops listing.
+const LISTING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// `repo/gc`: a GC now, as `af registry gc` runs it (content younger than the grace period
 /// stays, unlike Kubo's); one line per block removed, Kubo's `{"Key": {"/": cid}}`, streamed
 /// as the sweep goes (millions of CIDs are never held at once). A failure is the last line,
@@ -37,21 +40,28 @@ pub(super) async fn repo_gc(state: &RpcState) -> HttpResponse {
     let grace = state.gc_grace;
     actix_web::rt::spawn(async move {
         let gc = tokio::spawn(async move { registry.gc_listing(grace, removed).await });
+        // A client that stops reading for LISTING_PATIENCE is no longer told (the GC goes on
+        // without listing rather than waiting on it).
         while let Some(cid) = cids.recv().await {
-            let _ = lines.send(Ok(Bytes::from(format!("{}\n", json!({"Key": {"/": cid.to_string()}}))))).await;
-        }
-        match gc.await {
-            Ok(Ok(report)) => tracing::info!(%report, "repo/gc"),
-            outcome => {
-                let e = outcome.map_or_else(|e| e.to_string(), |r| r.err().map(|e| e.to_string()).unwrap_or_default());
-                tracing::warn!(error = %e, "repo/gc failed");
-                let _ = lines.send(Ok(Bytes::from(format!("{}\n", json!({"Error": e.clone()}))))).await;
-                let _ = lines.send(Err(std::io::Error::other(e))).await;
+            let line = Bytes::from(format!("{}\n", json!({"Key": {"/": cid.to_string()}})));
+            if !matches!(tokio::time::timeout(LISTING_PATIENCE, lines.send(Ok(line))).await, Ok(Ok(()))) {
+                break;
             }
         }
+        drop(cids);
+        let failure = match gc.await {
+            Ok(Ok(report)) => {
+                tracing::info!(%report, "repo/gc");
+                return;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(error = %failure, "repo/gc failed");
+        let _ = lines.send(Ok(Bytes::from(format!("{}\n", json!({"Error": failure.clone()}))))).await;
+        let _ = lines.send(Err(std::io::Error::other(failure))).await;
     });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|line| (line, rx)) });
-    HttpResponse::Ok().insert_header(("X-Chunked-Output", "1")).content_type("application/json").streaming(body)
+    streamed_lines(rx)
 }
 
 pub(super) async fn repo_stat(req: &HttpRequest, state: &RpcState) -> HttpResponse {
