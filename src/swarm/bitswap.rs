@@ -218,14 +218,26 @@ struct PeerState {
     streams: AtomicUsize,
     inbound: Arc<Semaphore>,
     wants: Mutex<Waiting>,
-    /// Whether a task is answering this peer's wants.
-    answering: AtomicBool,
+    /// Whether a task is answering this peer's want-haves, and its want-blocks.
+    answering: [AtomicBool; 2],
 }
 
-/// A peer's wants not answered yet, in arrival order, one per CID.
+/// A peer's two kinds of wants, each answered by a task of its own: a want-have is answered
+/// while blocks are being sent to the same peer, not after them (behind a megabyte of blocks
+/// on a shared uplink, a HAVE came seconds late, and the asker went to the seed instead).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Presences = 0,
+    Blocks = 1,
+}
+
+/// A peer's wants not answered yet, one per CID, in arrival order per kind.
 #[derive(Default)]
 struct Waiting {
-    order: VecDeque<Cid>,
+    /// Want-haves; one that became a want-block since is skipped here and answered with the
+    /// blocks.
+    haves: VecDeque<Cid>,
+    blocks: VecDeque<Cid>,
     by_cid: HashMap<Cid, Want>,
     /// Cancels of wants already taken for an answer under way: their blocks are not sent.
     cancelled: HashSet<Cid>,
@@ -243,14 +255,14 @@ impl Waiting {
     /// the one waiting), a full list replaces what waited.
     fn take(&mut self, list: &message::Wantlist, protocol: &StreamProtocol) {
         if list.full {
-            self.order.clear();
-            self.by_cid.clear();
+            self.clear();
         }
         for entry in &list.entries {
             let Ok(cid) = Cid::try_from(entry.block.as_slice()) else { continue };
             if entry.cancel {
-                if self.by_cid.remove(&cid).is_some() {
-                    self.order.retain(|c| *c != cid);
+                if let Some(w) = self.by_cid.remove(&cid) {
+                    let order = if w.block { &mut self.blocks } else { &mut self.haves };
+                    order.retain(|c| *c != cid);
                 } else if self.cancelled.len() < BLOCKS_PER_BATCH * 4 {
                     self.cancelled.insert(cid);
                 }
@@ -261,12 +273,15 @@ impl Waiting {
             let full = self.by_cid.len() >= WANTS_PER_PEER;
             match self.by_cid.get_mut(&cid) {
                 Some(w) => {
+                    if block && !w.block {
+                        self.blocks.push_back(cid);
+                    }
                     w.block |= block;
                     w.dont_have |= dont_have;
                 }
                 None if !full => {
                     self.by_cid.insert(cid, Want { block, dont_have, protocol: protocol.clone() });
-                    self.order.push_back(cid);
+                    if block { &mut self.blocks } else { &mut self.haves }.push_back(cid);
                 }
                 None => {}
             }
@@ -277,21 +292,50 @@ impl Waiting {
     fn recheck(&mut self, cid: Cid) {
         if self.by_cid.len() < WANTS_PER_PEER && !self.by_cid.contains_key(&cid) {
             self.by_cid.insert(cid, Want { block: false, dont_have: false, protocol: BITSWAP_120 });
-            self.order.push_back(cid);
+            self.haves.push_back(cid);
         }
     }
 
-    /// The next wants to answer, in order: up to `n`, of which at most [`BLOCKS_PER_BATCH`]
-    /// want-blocks (the rest wait in the queue, where a cancel still reaches them: a peer that
-    /// found a block elsewhere does not get it from here too).
-    fn next(&mut self, n: usize) -> Vec<(Cid, Want)> {
+    fn clear(&mut self) {
+        self.haves.clear();
+        self.blocks.clear();
+        self.by_cid.clear();
+    }
+
+    fn is_empty(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::Presences => self.haves.is_empty(),
+            Kind::Blocks => self.blocks.is_empty(),
+        }
+    }
+
+    /// The next wants of `kind` to answer: want-haves a message's worth, want-blocks
+    /// [`Self::next_blocks`].
+    fn next(&mut self, kind: Kind) -> Vec<(Cid, Want)> {
+        match kind {
+            Kind::Blocks => self.next_blocks(),
+            Kind::Presences => {
+                let mut out = Vec::new();
+                while out.len() < MAX_WANTS {
+                    let Some(cid) = self.haves.pop_front() else { break };
+                    if self.by_cid.get(&cid).is_some_and(|w| !w.block) {
+                        out.push((cid, self.by_cid.remove(&cid).expect("looked up")));
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// The next want-blocks to answer, in order: up to [`BLOCKS_PER_BATCH`] (the rest wait in
+    /// the queue, where a cancel still reaches them: a peer that found a block elsewhere does not
+    /// get it from here too).
+    fn next_blocks(&mut self) -> Vec<(Cid, Want)> {
         let mut out = Vec::new();
-        let mut blocks = 0;
         self.cancelled.clear();
-        while out.len() < n && blocks < BLOCKS_PER_BATCH {
-            let Some(cid) = self.order.pop_front() else { break };
+        while out.len() < BLOCKS_PER_BATCH {
+            let Some(cid) = self.blocks.pop_front() else { break };
             if let Some(w) = self.by_cid.remove(&cid) {
-                blocks += w.block as usize;
                 out.push((cid, w));
             }
         }
@@ -360,7 +404,7 @@ impl Server {
                 streams: AtomicUsize::new(0),
                 inbound: Arc::new(Semaphore::new(INBOUND_PER_PEER_KIB as usize)),
                 wants: Default::default(),
-                answering: AtomicBool::new(false),
+                answering: Default::default(),
             })
         });
         let now = state.streams.fetch_add(streams, Ordering::AcqRel) + streams;
@@ -371,7 +415,7 @@ impl Server {
     fn forget_if_idle(&self, peer: &PeerId) {
         let mut peers = self.peers.lock().expect("peers lock");
         if let Some(state) = peers.get(peer) {
-            let idle = state.streams.load(Ordering::Acquire) == 0 && !state.answering.load(Ordering::Acquire) && state.wants.lock().expect("wants lock").by_cid.is_empty();
+            let idle = state.streams.load(Ordering::Acquire) == 0 && !state.answering.iter().any(|a| a.load(Ordering::Acquire)) && state.wants.lock().expect("wants lock").by_cid.is_empty();
             if idle {
                 peers.remove(peer);
             }
@@ -471,26 +515,33 @@ impl Server {
         Ok(())
     }
 
-    /// Starts the peer's answering task unless one runs.
+    /// Starts the peer's answering task of each kind that has wants waiting, unless it runs.
     fn answer_soon(&self, peer: PeerId, state: &Arc<PeerState>) {
-        if state.answering.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
-            return;
+        for kind in [Kind::Presences, Kind::Blocks] {
+            if state.wants.lock().expect("wants lock").is_empty(kind) {
+                continue;
+            }
+            if state.answering[kind as usize].compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                continue;
+            }
+            let Some(server) = self.me() else { return };
+            let state = state.clone();
+            tokio::spawn(async move { server.answer_all(peer, state, kind).await });
         }
-        let Some(server) = self.me() else { return };
-        let state = state.clone();
-        tokio::spawn(async move { server.answer_all(peer, state).await });
     }
 
-    /// Answers `peer`'s waiting wants, a message's worth at a time, until none waits. One task a
-    /// peer: its answers go in order, and a peer that does not read waits on itself alone.
-    async fn answer_all(self: Arc<Self>, peer: PeerId, state: Arc<PeerState>) {
+    /// Answers `peer`'s waiting wants of `kind`, a message's worth at a time, until none waits.
+    /// One task a peer and kind: its answers go in order, and a peer that does not read waits on
+    /// itself alone.
+    async fn answer_all(self: Arc<Self>, peer: PeerId, state: Arc<PeerState>, kind: Kind) {
+        let answering = &state.answering[kind as usize];
         loop {
-            let batch = state.wants.lock().expect("wants lock").next(MAX_WANTS);
+            let batch = state.wants.lock().expect("wants lock").next(kind);
             if batch.is_empty() {
-                state.answering.store(false, Ordering::Release);
+                answering.store(false, Ordering::Release);
                 // A want queued between the look and the store would have found the flag set.
-                let more = !state.wants.lock().expect("wants lock").by_cid.is_empty();
-                if more && state.answering.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                let more = !state.wants.lock().expect("wants lock").is_empty(kind);
+                if more && answering.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                     continue;
                 }
                 self.forget_if_idle(&peer);
@@ -498,9 +549,7 @@ impl Server {
             }
             if let Err(e) = self.answer(peer, &state, batch).await {
                 tracing::debug!(%peer, error = %e, "bitswap reply failed; the peer's waiting wants are dropped");
-                let mut wants = state.wants.lock().expect("wants lock");
-                wants.order.clear();
-                wants.by_cid.clear();
+                state.wants.lock().expect("wants lock").clear();
             }
         }
     }

@@ -24,8 +24,10 @@ pub struct Fetching {
     ahead: Option<Arc<Ahead>>,
 }
 
-/// Blocks wanted at once ahead of a walk.
-pub const PREFETCH: usize = 64;
+/// Blocks wanted at once ahead of a walk, each asked of every peer (want-have): what any of
+/// them gets, this node hears of and can take from it. Memory does not grow with it: what
+/// arrives goes to the keeper, whose queue is bounded.
+pub const PREFETCH: usize = 256;
 
 /// The DAG's frontier and the fetches under way.
 struct Ahead {

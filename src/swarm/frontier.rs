@@ -85,7 +85,7 @@ impl Frontier {
 }
 
 /// The stripe of `cid` among `of`.
-fn stripe_of(cid: &Cid, of: u64) -> u64 {
+pub fn stripe_of(cid: &Cid, of: u64) -> u64 {
     let digest = cid.hash().digest();
     let mut word = [0u8; 8];
     let tail = &digest[digest.len().saturating_sub(8)..];

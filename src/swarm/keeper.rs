@@ -46,12 +46,15 @@ impl Keeper {
         self.waiting.lock().expect("keeper lock").get(cid).cloned()
     }
 
-    /// Hands `data` (verified against `cid`) to the writer; waits only when it is behind.
+    /// Hands `data` (verified against `cid`) to the writer; waits only when it is behind. The
+    /// writer's place is taken before the block is: blocks handed over and not committed stay
+    /// [`QUEUE`] and a batch, however many fetches end at once.
     pub async fn keep(&self, cid: Cid, data: Bytes) {
+        let Ok(place) = self.jobs.reserve().await else { return };
         if self.waiting.lock().expect("keeper lock").insert(cid, data).is_some() {
             return;
         }
-        let _ = self.jobs.send(Job::Keep(cid)).await;
+        place.send(Job::Keep(cid));
     }
 
     /// Waits until every block handed over so far is committed; the first failure to commit

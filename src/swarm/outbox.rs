@@ -1,6 +1,8 @@
-//! What this node sends a peer over Bitswap (wants, presences, blocks) goes through one
-//! outbound stream per peer and protocol, kept open while there is traffic, as boxo's message
-//! queue does. A stream per message would be simpler, but the receiving side of `libp2p-stream`
+//! What this node sends a peer over Bitswap (wants, presences, blocks) goes through two
+//! outbound streams per peer and protocol, kept open while there is traffic, as boxo's message
+//! queue does: one for messages that carry blocks, one for the rest (wants, cancels, HAVE and
+//! DONT_HAVE), so a want or a HAVE never waits behind megabytes of blocks to the same peer (boxo
+//! too sends its wants and its blocks on different streams). A stream per message would be simpler, but the receiving side of `libp2p-stream`
 //! accepts inbound streams through an unbuffered channel and drops those that arrive while it
 //! is full: a burst of reply streams from several providers lost replies (each a 2 s re-want),
 //! which cut a pull from four providers to a tenth of its speed.
@@ -20,8 +22,9 @@ const IDLE: Duration = Duration::from_secs(30);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 
 type Queued = (Message, oneshot::Sender<Result<(), String>>);
-/// Each peer's queue, by peer and protocol.
-type Queues = HashMap<(PeerId, StreamProtocol), mpsc::Sender<Queued>>;
+/// Each peer's queue, by peer, protocol and whether its messages carry blocks.
+type Queues = HashMap<Key, mpsc::Sender<Queued>>;
+type Key = (PeerId, StreamProtocol, bool);
 
 #[derive(Clone)]
 pub struct Outboxes {
@@ -38,14 +41,15 @@ impl Outboxes {
     /// message was written, or why it was not.
     pub async fn send(&self, peer: PeerId, protocol: &StreamProtocol, m: Message) -> Result<(), String> {
         let (done, result) = oneshot::channel();
+        let key = (peer, protocol.clone(), !m.payload.is_empty() || !m.blocks.is_empty());
         let mut queued = (m, done);
         for _ in 0..2 {
-            let queue = self.queue(peer, protocol);
+            let queue = self.queue(&key);
             match queue.send(queued).await {
                 Ok(()) => return result.await.map_err(|_| "the peer's queue closed".to_string())?,
                 // The queue idled out between lookup and send: take a new one.
                 Err(mpsc::error::SendError(back)) => {
-                    self.forget(peer, protocol, &queue);
+                    self.forget(&key, &queue);
                     queued = back;
                 }
             }
@@ -53,30 +57,29 @@ impl Outboxes {
         Err("no queue for the peer".into())
     }
 
-    fn queue(&self, peer: PeerId, protocol: &StreamProtocol) -> mpsc::Sender<Queued> {
+    fn queue(&self, key: &Key) -> mpsc::Sender<Queued> {
         let mut queues = self.queues.lock().expect("outbox lock");
-        let key = (peer, protocol.clone());
-        if let Some(q) = queues.get(&key).filter(|q| !q.is_closed()) {
+        if let Some(q) = queues.get(key).filter(|q| !q.is_closed()) {
             return q.clone();
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        queues.insert(key, tx.clone());
-        tokio::spawn(run(self.clone(), peer, protocol.clone(), rx, tx.clone()));
+        queues.insert(key.clone(), tx.clone());
+        tokio::spawn(run(self.clone(), key.clone(), rx, tx.clone()));
         tx
     }
 
-    fn forget(&self, peer: PeerId, protocol: &StreamProtocol, queue: &mpsc::Sender<Queued>) {
+    fn forget(&self, key: &Key, queue: &mpsc::Sender<Queued>) {
         let mut queues = self.queues.lock().expect("outbox lock");
-        let key = (peer, protocol.clone());
-        if queues.get(&key).is_some_and(|q| q.same_channel(queue)) {
-            queues.remove(&key);
+        if queues.get(key).is_some_and(|q| q.same_channel(queue)) {
+            queues.remove(key);
         }
     }
 }
 
 /// One peer's queue: writes each message on the open stream, opening one (again) when there is
 /// none; closes the stream and ends after [`IDLE`] without messages.
-async fn run(outboxes: Outboxes, peer: PeerId, protocol: StreamProtocol, mut rx: mpsc::Receiver<Queued>, me: mpsc::Sender<Queued>) {
+async fn run(outboxes: Outboxes, key: Key, mut rx: mpsc::Receiver<Queued>, me: mpsc::Sender<Queued>) {
+    let (peer, protocol) = (key.0, key.1.clone());
     let mut stream: Option<libp2p::Stream> = None;
     loop {
         let Ok(Some((m, done))) = tokio::time::timeout(IDLE, rx.recv()).await else { break };
@@ -106,7 +109,7 @@ async fn run(outboxes: Outboxes, peer: PeerId, protocol: StreamProtocol, mut rx:
         }
         let _ = done.send(result);
     }
-    outboxes.forget(peer, &protocol, &me);
+    outboxes.forget(&key, &me);
     drop(me);
     if let Some(mut s) = stream {
         let _ = futures_util::AsyncWriteExt::close(&mut s).await;

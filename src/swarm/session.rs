@@ -10,6 +10,11 @@
 //! server remembers what it could not answer); a want a peer is fetching waits for its HAVE, so
 //! a busy seed serves each block about once and nodes fetching one DAG at once feed each other.
 //!
+//! A seed (the content's origin: named by the caller, or a peer whose first answers were nearly
+//! all HAVE) is asked for a block another peer said HAVE of only after [`SEED_PATIENCE`], and
+//! each node fetching from it asks it first for blocks of its own stripe: the seed's uplink goes
+//! to blocks the fleet does not hold yet, each about once.
+//!
 //! Contention is no failure: a want whose peer sends nothing at all moves on after [`REWANT`]
 //! (and may come back), after [`STALLED`] if that peer delivered earlier in the session (it is
 //! busy, not gone); a peer that is still delivering is waited for.
@@ -49,7 +54,11 @@ pub const BROADCAST: usize = 8;
 /// (nor in its socket buffers), so they can still go to a peer that says HAVE meanwhile.
 pub const PER_PEER: usize = 4;
 /// Wants asked of peers (want-have) and not sent yet, at most: the rest are asked as these go.
-const PROBE_AHEAD: usize = 48;
+/// As many as a walk wants at once ([`super::fetch::PREFETCH`]): a node learns of every block
+/// it wants as soon as any peer has it (the peer remembers the want and says HAVE then), so it
+/// takes from the fleet whatever is there; with 48, a pulling node knew of a tenth of what the
+/// others held and its link idled (8 nodes at once: 2.2x one alone, 1.7x with every want asked).
+const PROBE_AHEAD: usize = 256;
 /// How long a want nobody said HAVE of waits before it goes to a peer that did not: a peer
 /// that holds it answers the want-have within this.
 const HAVE_GRACE: Duration = Duration::from_millis(150);
@@ -60,6 +69,14 @@ const FETCHER_GRACE: Duration = Duration::from_secs(3);
 const PROVIDERS: usize = 8;
 /// How often the session looks at who is connected (peers joining, peers gone).
 const REFRESH: Duration = Duration::from_secs(2);
+/// How long a want another (non-seed) peer said HAVE of waits for that peer before a seed is
+/// asked for it instead: a seed's uplink spent on a block the fleet already holds is a block of
+/// nobody's missing from the fleet.
+const SEED_PATIENCE: Duration = Duration::from_secs(5);
+/// A peer whose first answers to this many want-haves or more were HAVE, at least 9 in 10, holds
+/// the whole content: a seed, asked only for what no other peer has (a `pin/add` knows no
+/// origin beforehand, as a pull-through does).
+const SEED_ANSWERS: u32 = 32;
 
 type Reply = oneshot::Sender<Result<Bytes, SwarmError>>;
 
@@ -137,6 +154,8 @@ struct Want {
     searching: bool,
     /// Since when every known peer has refused it.
     parked: Option<Instant>,
+    /// When a peer that is no seed first said HAVE of it.
+    shared: Option<Instant>,
     /// Its place in the order the session was asked in: among wants alike, the earlier goes
     /// first.
     seq: u64,
@@ -166,8 +185,11 @@ struct Task {
     /// Wants asked so far.
     asked: u64,
     /// Peers asked for a block last among those that said HAVE of it: the origin of content
-    /// many nodes fetch at once, whose uplink they share (see [`Session::with_seeds`]).
+    /// many nodes fetch at once, whose uplink they share (see [`Session::with_seeds`]), given
+    /// or told by their answers (`SEED_ANSWERS`).
     seeds: HashSet<PeerId>,
+    /// Per peer, the want-haves whose first answer was HAVE, and all it first answered.
+    first_answers: HashMap<PeerId, (u32, u32)>,
 }
 
 async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc::UnboundedReceiver<(Cid, Reply)>, observers: Observers) {
@@ -191,6 +213,7 @@ async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc
         refreshed: now,
         asked: 0,
         seeds: observers.seeds.iter().copied().collect(),
+        first_answers: HashMap::new(),
         observers,
     };
     task.gather(hints).await;
@@ -296,6 +319,7 @@ impl Task {
                 searched: false,
                 searching: false,
                 parked: None,
+                shared: None,
                 seq: self.asked,
             },
         );
@@ -345,7 +369,9 @@ impl Task {
             }
             News::DontHave { cid, from } => {
                 let Some(w) = self.wants.get_mut(&cid) else { return };
-                w.answered.insert(from);
+                if w.answered.insert(from) {
+                    self.first_answers.entry(from).or_default().1 += 1;
+                }
                 w.refused.insert(from);
                 w.has.remove(&from);
                 if w.asked.is_some_and(|(p, _)| p == from) {
@@ -356,7 +382,16 @@ impl Task {
             }
             News::Have { cid, from } => {
                 let Some(w) = self.wants.get_mut(&cid) else { return };
-                w.answered.insert(from);
+                if w.answered.insert(from) {
+                    let (haves, all) = self.first_answers.entry(from).or_default();
+                    (*haves, *all) = (*haves + 1, *all + 1);
+                    if *all >= SEED_ANSWERS && *haves * 10 >= *all * 9 && self.seeds.insert(from) {
+                        tracing::debug!(peer = %from, "a peer holding the whole content is taken for a seed");
+                    }
+                }
+                if !self.seeds.contains(&from) {
+                    w.shared.get_or_insert_with(Instant::now);
+                }
                 w.has.insert(from);
                 w.refused.remove(&from);
                 w.parked = None;
@@ -369,6 +404,14 @@ impl Task {
     /// them for [`PARKED`].
     fn expire(&mut self) {
         let now = Instant::now();
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let placed = self.wants.values().filter(|w| w.asked.is_some()).count();
+            let held = self.wants.values().filter(|w| w.asked.is_none() && !w.has.is_empty()).count();
+            let held_free = self.wants.values().filter(|w| w.asked.is_none() && w.has.iter().any(|p| self.load.get(p).copied().unwrap_or(0) < PER_PEER)).count();
+            let mut loads: Vec<usize> = self.load.values().copied().collect();
+            loads.sort_unstable();
+            tracing::trace!(wants = self.wants.len(), placed, held, held_free, ?loads, "session state");
+        }
         let quiet_since = self.progress.unwrap_or(self.started);
         let mut dead = Vec::new();
         let mut silent = Vec::new();
@@ -423,15 +466,20 @@ impl Task {
         // and its HAVE is waited for, up to FETCHER_GRACE, so a busy seed serves each block
         // about once. Wants some peer said HAVE of go first.
         let fetching_elsewhere = |w: &Want| w.broadcast && w.told.iter().any(|p| !w.answered.contains(p) && !w.has.contains(p));
-        let mut order: Vec<(bool, bool, u64, Cid)> =
-            self.wants.iter().filter(|(_, w)| w.asked.is_none() && !w.searching).map(|(c, w)| (fetching_elsewhere(w), w.has.is_empty(), w.seq, *c)).collect();
-        order.sort_unstable_by_key(|(elsewhere, nobody_has, seq, _)| (*elsewhere, *nobody_has, *seq));
+        // Among wants alike, this node's stripe first: of what only a seed has, each of the
+        // nodes fetching from it asks first for blocks of its own stripe, so two seldom ask
+        // the seed for one block at once.
+        let stripe = self.stripe();
+        let mine = |c: &Cid| stripe.is_none_or(|(k, n)| super::frontier::stripe_of(c, n) == k);
+        let mut order: Vec<(bool, bool, bool, u64, Cid)> =
+            self.wants.iter().filter(|(_, w)| w.asked.is_none() && !w.searching).map(|(c, w)| (fetching_elsewhere(w), w.has.is_empty(), !mine(c), w.seq, *c)).collect();
+        order.sort_unstable_by_key(|(elsewhere, nobody_has, theirs, seq, _)| (*elsewhere, *nobody_has, *theirs, *seq));
         let several = self.peers.len() > 1;
         let mut probing = self.wants.values().filter(|w| w.broadcast && w.asked.is_none() && !fetching_elsewhere(w)).count();
-        for (elsewhere, nobody_has, _, cid) in order {
+        for (elsewhere, nobody_has, _, _, cid) in order {
             let w = self.wants.get_mut(&cid).expect("listed above");
-            // Asked of peers shortly before it can be sent, so their answers are fresh: a peer
-            // that said DONT_HAVE long ago may be fetching it by now.
+            // Asked of peers before it is sent, up to PROBE_AHEAD: a peer that said DONT_HAVE
+            // says HAVE once it has the block, so an early answer does not go stale.
             if several && !w.broadcast {
                 if probing >= PROBE_AHEAD {
                     continue;
@@ -446,7 +494,9 @@ impl Task {
             let seed = |p: &PeerId| self.seeds.contains(p);
             // A peer that said HAVE and is no seed costs no seed anything: not waited on.
             let ready = |p: &PeerId| !young || (w.has.contains(p) && !seed(p) && !self.seeds.is_empty());
-            let choice = open().filter(|p| load(p) < PER_PEER && ready(p)).min_by_key(|p| (!w.has.contains(p), seed(p), w.silent.contains(p), poor(p), load(p))).copied();
+            // A block another peer holds is left to it for a while, whatever its load.
+            let spared = w.shared.is_some_and(|at| now.duration_since(at) < SEED_PATIENCE);
+            let choice = open().filter(|p| load(p) < PER_PEER && ready(p) && !(spared && seed(p))).min_by_key(|p| (!w.has.contains(p), seed(p), w.silent.contains(p), poor(p), load(p))).copied();
             if open().next().is_some() && !w.broadcast {
                 w.broadcast = true;
                 for other in open().filter(|p| Some(**p) != choice && !w.has.contains(p)).take(BROADCAST) {
@@ -457,6 +507,7 @@ impl Task {
             let cid = &cid;
             match choice {
                 Some(peer) => {
+                    tracing::trace!(%cid, %peer, has = w.has.len(), chosen_has = w.has.contains(&peer), waited_ms = waited.as_millis() as u64, "want-block placed");
                     w.parked = None;
                     self.swarm.bitswap.wants.asked(&self.inbox, cid);
                     w.asked = Some((peer, now));
@@ -505,6 +556,20 @@ impl Task {
             self.send(peer, super::wants::wants_message(&cids, WantType::Have));
         }
         self.send_cancels();
+    }
+
+    /// This node's stripe `(k, n)`: its place `k` among itself and the session's peers that are
+    /// no seeds, `n` of them (the same places at every node of a fully connected fleet), once a
+    /// seed is known.
+    fn stripe(&self) -> Option<(u64, u64)> {
+        if self.seeds.is_empty() {
+            return None;
+        }
+        let mut fleet: Vec<PeerId> = self.peers.iter().filter(|p| !self.seeds.contains(p)).copied().collect();
+        fleet.push(self.swarm.peer_id);
+        fleet.sort_unstable();
+        let k = fleet.iter().position(|p| *p == self.swarm.peer_id).expect("pushed above");
+        Some((k as u64, fleet.len() as u64))
     }
 
     fn send_cancels(&mut self) {
