@@ -556,7 +556,15 @@ fn a_compromised_cluster_peer_makes_a_node_hold_bytes_never_publish_or_tag() {
     // What a failure shows: the nodes' warnings and their pin traffic, not every request line
     // (a CI log keeps only the start and the end of a long output).
     let telling = |log: String| log.lines().filter(|l| !l.contains(" INFO ") || (l.contains("pin") && !l.contains("pin/ls"))).collect::<Vec<_>>().join("\n");
-    let logs = || format!("--- V\n{}\n--- M\n{}\n--- V's cluster peer\n{}\n--- M's cluster peer\n{}", telling(v.log_text()), telling(m.log_text()), telling(peers[0].log()), telling(peers[1].log()));
+    let logs = || {
+        format!(
+            "--- V\n{}\n--- M\n{}\n--- V's cluster peer\n{}\n--- M's cluster peer\n{}",
+            telling(v.log_text()),
+            telling(m.log_text()),
+            telling(peers[0].log()),
+            telling(peers[1].log())
+        )
+    };
     wait_for(60, "both peers' free-space metrics", || metrics_everywhere(&peers), logs);
     let gateway = |node: &Node, path: &str| client().get(node.gateway_url(path)).send().unwrap().status().as_u16();
     let tags = |node: &Node, repo: &str| -> Vec<String> {

@@ -415,7 +415,9 @@ impl Server {
     fn forget_if_idle(&self, peer: &PeerId) {
         let mut peers = self.peers.lock().expect("peers lock");
         if let Some(state) = peers.get(peer) {
-            let idle = state.streams.load(Ordering::Acquire) == 0 && !state.answering.iter().any(|a| a.load(Ordering::Acquire)) && state.wants.lock().expect("wants lock").by_cid.is_empty();
+            let idle = state.streams.load(Ordering::Acquire) == 0
+                && !state.answering.iter().any(|a| a.load(Ordering::Acquire))
+                && state.wants.lock().expect("wants lock").by_cid.is_empty();
             if idle {
                 peers.remove(peer);
             }
@@ -716,6 +718,45 @@ impl Server {
 mod tests {
     use super::*;
     use crate::swarm::test_cid as cid;
+
+    fn wantlist(entries: &[(u32, WantType, bool)]) -> message::Wantlist {
+        let entries = entries
+            .iter()
+            .map(|(n, kind, cancel)| message::Entry { block: cid(*n).to_bytes(), want_type: *kind as i32, cancel: *cancel, send_dont_have: true, ..Default::default() })
+            .collect();
+        message::Wantlist { entries, full: false }
+    }
+
+    /// A want-have that comes after a peer's want-blocks is answered by the presence queue
+    /// first, not after those blocks went out; one that becomes a want-block is answered once,
+    /// with the blocks; a cancel withdraws a want from its queue.
+    #[test]
+    fn want_haves_do_not_wait_behind_a_peers_blocks() {
+        let mut waiting = Waiting::default();
+        let blocks: Vec<(u32, WantType, bool)> = (0..20).map(|n| (n, WantType::Block, false)).collect();
+        waiting.take(&wantlist(&blocks), &BITSWAP_120);
+        waiting.take(&wantlist(&[(100, WantType::Have, false), (101, WantType::Have, false), (102, WantType::Have, false)]), &BITSWAP_120);
+        // 101 becomes a want-block, 102 is cancelled.
+        waiting.take(&wantlist(&[(101, WantType::Block, false), (102, WantType::Have, true)]), &BITSWAP_120);
+
+        let presences: Vec<Cid> = waiting.next(Kind::Presences).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(presences, [cid(100)], "the want-have first, alone");
+        assert!(waiting.is_empty(Kind::Presences));
+        let mut sent = Vec::new();
+        loop {
+            let batch = waiting.next(Kind::Blocks);
+            if batch.is_empty() {
+                break;
+            }
+            assert!(batch.len() <= BLOCKS_PER_BATCH);
+            assert!(batch.iter().all(|(_, w)| w.block));
+            sent.extend(batch.into_iter().map(|(c, _)| c));
+        }
+        let mut expected: Vec<Cid> = (0..20).map(cid).collect();
+        expected.push(cid(101));
+        assert_eq!(sent, expected, "the want-blocks in order, the upgraded want-have last, once");
+        assert!(waiting.by_cid.is_empty());
+    }
 
     /// A peer asking for ever more blocks this node lacks is remembered for at most
     /// PENDING_PER_PEER of them; all peers together for at most PENDING_TOTAL; a cancel, a full

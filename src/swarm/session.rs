@@ -496,7 +496,10 @@ impl Task {
             let ready = |p: &PeerId| !young || (w.has.contains(p) && !seed(p) && !self.seeds.is_empty());
             // A block another peer holds is left to it for a while, whatever its load.
             let spared = w.shared.is_some_and(|at| now.duration_since(at) < SEED_PATIENCE);
-            let choice = open().filter(|p| load(p) < PER_PEER && ready(p) && !(spared && seed(p))).min_by_key(|p| (!w.has.contains(p), seed(p), w.silent.contains(p), poor(p), load(p))).copied();
+            let choice = open()
+                .filter(|p| load(p) < PER_PEER && ready(p) && !(spared && seed(p)))
+                .min_by_key(|p| (!w.has.contains(p), seed(p), w.silent.contains(p), poor(p), load(p)))
+                .copied();
             if open().next().is_some() && !w.broadcast {
                 w.broadcast = true;
                 for other in open().filter(|p| Some(**p) != choice && !w.has.contains(p)).take(BROADCAST) {
