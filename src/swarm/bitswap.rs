@@ -260,9 +260,10 @@ impl Waiting {
         for entry in &list.entries {
             let Ok(cid) = Cid::try_from(entry.block.as_slice()) else { continue };
             if entry.cancel {
-                if let Some(w) = self.by_cid.remove(&cid) {
-                    let order = if w.block { &mut self.blocks } else { &mut self.haves };
-                    order.retain(|c| *c != cid);
+                // A want-have that became a want-block is in both queues.
+                if self.by_cid.remove(&cid).is_some() {
+                    self.haves.retain(|c| *c != cid);
+                    self.blocks.retain(|c| *c != cid);
                 } else if self.cancelled.len() < BLOCKS_PER_BATCH * 4 {
                     self.cancelled.insert(cid);
                 }
