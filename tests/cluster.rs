@@ -370,7 +370,7 @@ fn corrupted_blocks_never_make_a_replica() {
         while let Ok(Some(m)) = tokio::time::timeout_at(deadline, evil.messages.recv()).await {
             for entry in m.wantlist.map(|w| w.entries).unwrap_or_default().into_iter().filter(|e| !e.cancel) {
                 let cid = cid::Cid::try_from(entry.block.as_slice()).unwrap();
-                let block = af_registry::swarm::message::Block { prefix: af_registry::swarm::message::prefix(&cid), data: b"not the block you wanted".to_vec() };
+                let block = af_registry::swarm::message::Block { prefix: af_registry::swarm::message::prefix(&cid), data: b"not the block you wanted".to_vec().into() };
                 evil.send(&af_registry::swarm::message::Message { payload: vec![block], ..Default::default() }).await;
                 answered += 1;
             }

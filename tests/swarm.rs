@@ -466,7 +466,7 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
         let m = tokio::time::timeout(Duration::from_secs(10), evil.messages.recv()).await.unwrap().expect("a want");
         let entry = &m.wantlist.unwrap().entries[0];
         let cid = cid::Cid::try_from(entry.block.as_slice()).unwrap();
-        let block = af_registry::swarm::message::Block { prefix: af_registry::swarm::message::prefix(&cid), data: b"not the block you wanted".to_vec() };
+        let block = af_registry::swarm::message::Block { prefix: af_registry::swarm::message::prefix(&cid), data: b"not the block you wanted".to_vec().into() };
         evil.send(&af_registry::swarm::message::Message { payload: vec![block], ..Default::default() }).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     });

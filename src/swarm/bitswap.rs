@@ -710,8 +710,8 @@ impl Server {
     }
 
     /// The block's bytes (verified) if `audience` may have them.
-    async fn block(&self, cid: &Cid, audience: &Audience) -> crate::registry::Result<Option<Vec<u8>>> {
-        Ok(self.policy.get(cid, audience).await?.filter(|b| b.len() <= MAX_BLOCK).map(|b| b.to_vec()))
+    async fn block(&self, cid: &Cid, audience: &Audience) -> crate::registry::Result<Option<bytes::Bytes>> {
+        Ok(self.policy.get(cid, audience).await?.filter(|b| b.len() <= MAX_BLOCK))
     }
 }
 

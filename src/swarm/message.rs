@@ -11,8 +11,8 @@ pub struct Message {
     #[prost(message, optional, tag = "1")]
     pub wantlist: Option<Wantlist>,
     /// Bitswap 1.0.0: whole blocks, their CIDs implied (CIDv0).
-    #[prost(bytes = "vec", repeated, tag = "2")]
-    pub blocks: Vec<Vec<u8>>,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub blocks: Vec<bytes::Bytes>,
     /// 1.1.0 and later: blocks with their CID prefix.
     #[prost(message, repeated, tag = "3")]
     pub payload: Vec<Block>,
@@ -57,8 +57,10 @@ pub struct Block {
     /// CID version, codec, multihash code and digest length, as varints.
     #[prost(bytes = "vec", tag = "1")]
     pub prefix: Vec<u8>,
-    #[prost(bytes = "vec", tag = "2")]
-    pub data: Vec<u8>,
+    /// A slice of the message it came in (decoded) or of the store's copy (sent): a block is
+    /// never copied between the socket and the keeper.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub data: bytes::Bytes,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -116,16 +118,27 @@ pub async fn read_length<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<
 }
 
 /// A message body of `len` bytes (from [`read_length`]), decoded within [`MAX_ENTRIES`] and
-/// [`MAX_PRESENCES`]. The buffer grows with what arrives, so a peer that announces 4 MiB and
-/// sends nothing holds nothing.
+/// [`MAX_PRESENCES`]. The buffer is filled in steps of [`READ_STEP`] as bytes arrive (its pages
+/// touched only then), so a peer that announces 4 MiB and sends nothing holds nothing, and a
+/// large body is never copied to grow it.
 pub async fn read_body<S: AsyncRead + Unpin>(stream: &mut S, len: usize) -> Result<Message, FrameError> {
-    let mut buf = Vec::with_capacity(len.min(64 << 10));
-    let got = (&mut *stream).take(len as u64).read_to_end(&mut buf).await?;
-    if got < len {
-        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let filled = buf.len();
+        buf.resize((filled + READ_STEP).min(len), 0);
+        let mut at = filled;
+        while at < buf.len() {
+            match stream.read(&mut buf[at..]).await? {
+                0 => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+                n => at += n,
+            }
+        }
     }
-    decode(&buf)
+    decode(bytes::Bytes::from(buf))
 }
+
+/// What a body is read in at a time.
+const READ_STEP: usize = 256 << 10;
 
 /// The next message, or None at a clean end of stream.
 pub async fn read<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<Message>, FrameError> {
@@ -137,8 +150,9 @@ pub async fn read<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<Message
 
 /// Decodes a message, counting as it goes: at most [`MAX_ENTRIES`] wantlist entries and
 /// [`MAX_PRESENCES`] presences are decoded, the rest skipped (still checked to be well-formed
-/// protobuf). Blocks are bounded by the message's own size.
-pub fn decode(mut buf: &[u8]) -> Result<Message, FrameError> {
+/// protobuf). Blocks are bounded by the message's own size, and are slices of `body`.
+pub fn decode(body: bytes::Bytes) -> Result<Message, FrameError> {
+    let mut buf: &[u8] = &body;
     use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
     use prost::Message as _;
     let mut m = Message::default();
@@ -174,8 +188,8 @@ pub fn decode(mut buf: &[u8]) -> Result<Message, FrameError> {
                     }
                 }
             }
-            (2, WireType::LengthDelimited) => m.blocks.push(field(&mut buf)?.to_vec()),
-            (3, WireType::LengthDelimited) => m.payload.push(Block::decode(field(&mut buf)?)?),
+            (2, WireType::LengthDelimited) => m.blocks.push(body.slice_ref(field(&mut buf)?)),
+            (3, WireType::LengthDelimited) => m.payload.push(Block::decode(body.slice_ref(field(&mut buf)?))?),
             (4, WireType::LengthDelimited) => {
                 let p = field(&mut buf)?;
                 if m.block_presences.len() < MAX_PRESENCES {
@@ -191,13 +205,11 @@ pub fn decode(mut buf: &[u8]) -> Result<Message, FrameError> {
 
 /// Writes one message, length-prefixed.
 pub async fn write<S: AsyncWrite + Unpin>(stream: &mut S, message: &Message) -> Result<(), FrameError> {
-    let body = prost::Message::encode_to_vec(message);
-    if body.len() > MAX_MESSAGE {
-        return Err(FrameError::TooLarge(body.len() as u64));
+    let len = prost::Message::encoded_len(message);
+    if len > MAX_MESSAGE {
+        return Err(FrameError::TooLarge(len as u64));
     }
-    let mut frame = Vec::with_capacity(body.len() + 10);
-    crate::varint::encode(&mut frame, body.len() as u64);
-    frame.extend_from_slice(&body);
+    let frame = prost::Message::encode_length_delimited_to_vec(message);
     stream.write_all(&frame).await?;
     stream.flush().await?;
     Ok(())

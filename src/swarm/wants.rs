@@ -134,12 +134,11 @@ impl Wants {
 
     /// A block arrived from `from`: handed to every session waiting for the CID its bytes hash
     /// to (each is then no longer waiting for it).
-    pub fn arrived(&self, from: PeerId, prefix: &[u8], data: Vec<u8>) -> Arrival {
+    pub fn arrived(&self, from: PeerId, prefix: &[u8], data: Bytes) -> Arrival {
         let Some(cid) = cid_of(prefix, &data) else { return Arrival::Wrong };
         let waiting = self.interest.lock().expect("wants lock").remove(&cid);
         match waiting {
             Some(waiting) => {
-                let data = Bytes::from(data);
                 for (_, tx, _) in waiting {
                     let _ = tx.send(News::Block { cid, data: data.clone(), from });
                 }
