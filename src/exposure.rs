@@ -13,8 +13,9 @@
 //!   image into a private repository (a private image replicated here stays private), and
 //!   unless its blocks came from a peer this node trusts (which may have sent them only because
 //!   it trusts this node: a node passes on no more than its source would have given the
-//!   asker). While such a pin's DAG is still being fetched, its blocks already here go out on
-//!   the same terms, so nodes fetching one DAG at once feed each other;
+//!   asker). While such a pin's DAG is still being fetched, its blocks already here (in the
+//!   block index, or verified and on their way to it: `Policy::landing`) go out on the same
+//!   terms, so nodes fetching one DAG at once feed each other;
 //! - a block of a blob being pulled from peers (pull-through), already written here: as the
 //!   blob's (it is linked to its repository in the shared metadata already: that is how this
 //!   node knew to pull it, and the source judges it by the same metadata), so nodes pulling one
@@ -73,9 +74,10 @@ pub struct Policy {
 /// offered once their blob is published.
 const MAX_ARRIVING: usize = 1 << 20;
 
-/// A block of a blob being pulled, where it is until the blob is published.
+/// A block being fetched from peers, verified and not written down yet (or, for a blob, not
+/// published yet), judged as what it is fetched for.
 struct ArrivingBlock {
-    blob: crate::digest::Digest,
+    owner: Owner,
     held: Held,
 }
 
@@ -92,12 +94,13 @@ enum Spot {
     Arriving(Arc<ArrivingBlock>),
 }
 
-/// A blob being pulled from peers, registered with [`Policy::receiving`]: the blocks recorded
-/// here may go out (judged as the blob's) until it is dropped, when the blob is published or
-/// the pull failed.
+/// Blocks being fetched from peers for one owner, registered with [`Policy::receiving`] (a blob
+/// being pulled) or [`Policy::landing`] (a pin's or an operator's read's blocks on their way to
+/// the block index): the blocks recorded here may go out, judged as the owner's, until they are
+/// written ([`Receiving::written`]) or it is dropped (the blob is published, the pull failed).
 pub struct Receiving {
     policy: Arc<Policy>,
-    blob: crate::digest::Digest,
+    owner: Owner,
     cids: Mutex<Vec<Cid>>,
 }
 
@@ -106,7 +109,7 @@ impl Receiving {
     pub fn arrived(&self, cid: Cid, bytes: bytes::Bytes) {
         let mut arriving = self.policy.arriving.lock().expect("arriving lock");
         if arriving.len() < MAX_ARRIVING && !arriving.contains_key(&cid) {
-            arriving.insert(cid, Arc::new(ArrivingBlock { blob: self.blob.clone(), held: Held::Memory(bytes) }));
+            arriving.insert(cid, Arc::new(ArrivingBlock { owner: self.owner.clone(), held: Held::Memory(bytes) }));
             self.cids.lock().expect("receiving lock").push(cid);
         }
     }
@@ -115,9 +118,21 @@ impl Receiving {
     /// on.
     pub fn spilled(&self, cid: Cid, file: Arc<std::fs::File>, offset: u64, len: u64) {
         let mut arriving = self.policy.arriving.lock().expect("arriving lock");
-        if arriving.get(&cid).is_some_and(|a| a.blob == self.blob) {
-            arriving.insert(cid, Arc::new(ArrivingBlock { blob: self.blob.clone(), held: Held::Spilled { file, offset, len } }));
+        if arriving.get(&cid).is_some_and(|a| a.owner == self.owner) {
+            arriving.insert(cid, Arc::new(ArrivingBlock { owner: self.owner.clone(), held: Held::Spilled { file, offset, len } }));
         }
+    }
+
+    /// Blocks `cids` are in the block index now, found there from now on.
+    pub fn written(&self, cids: &[Cid]) {
+        let mut arriving = self.policy.arriving.lock().expect("arriving lock");
+        let mut mine = self.cids.lock().expect("receiving lock");
+        for cid in cids {
+            if arriving.get(cid).is_some_and(|a| a.owner == self.owner) {
+                arriving.remove(cid);
+            }
+        }
+        mine.retain(|c| !cids.contains(c));
     }
 }
 
@@ -125,7 +140,7 @@ impl Drop for Receiving {
     fn drop(&mut self) {
         let mut arriving = self.policy.arriving.lock().expect("arriving lock");
         for cid in self.cids.get_mut().expect("receiving lock").drain(..) {
-            if arriving.get(&cid).is_some_and(|a| a.blob == self.blob) {
+            if arriving.get(&cid).is_some_and(|a| a.owner == self.owner) {
                 arriving.remove(&cid);
             }
         }
@@ -204,7 +219,12 @@ impl Policy {
 
     /// Registers blob `blob`, being pulled from peers: see [`Receiving`].
     pub fn receiving(self: &Arc<Self>, blob: crate::digest::Digest) -> Receiving {
-        Receiving { policy: self.clone(), blob, cids: Mutex::new(Vec::new()) }
+        self.landing(Owner::Blob(blob))
+    }
+
+    /// Registers blocks fetched for `owner` on their way to the block index: see [`Receiving`].
+    pub fn landing(self: &Arc<Self>, owner: Owner) -> Receiving {
+        Receiving { policy: self.clone(), owner, cids: Mutex::new(Vec::new()) }
     }
 
     /// Whether the blocks of pin `root`, still being fetched, may go to strangers.
@@ -243,7 +263,7 @@ impl Policy {
         }
         let arriving = self.arriving.lock().expect("arriving lock").get(cid).cloned();
         Ok(arriving.map(|a| {
-            let owner = Owner::Blob(a.blob.clone());
+            let owner = a.owner.clone();
             (Spot::Arriving(a), owner)
         }))
     }
@@ -480,5 +500,50 @@ impl Exposure {
             }
             vouched.insert(cid);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(bytes: &[u8]) -> Cid {
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(bytes).into();
+        Cid::new_v1(0x55, cid::multihash::Multihash::<64>::wrap(0x12, &digest).expect("a 32-byte digest"))
+    }
+
+    /// A pin's block on its way to the block index goes out on the pin's terms, as it will once
+    /// written: to strangers while the pin's fetch passes on what it gets, to nobody but the
+    /// operator and trusted peers once a block came from a trusted peer or for a read that is no
+    /// pin's; and it is found in the index alone once written.
+    #[tokio::test]
+    async fn a_landing_block_goes_out_on_its_owners_terms() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = crate::node::open_registry(dir.path(), None, Default::default(), false).await.unwrap();
+        let policy = Policy::new(Arc::new(reg), ["trusted".to_string()]);
+        let (root, leaf) = (raw(b"root"), bytes::Bytes::from_static(b"a leaf of the pin"));
+        let cid = raw(&leaf);
+        let stranger = Audience::Peer("stranger".into());
+        let trusted = Audience::Peer("trusted".into());
+
+        let landing = policy.landing(Owner::Pin(root.to_string()));
+        assert_eq!(policy.get(&cid, &Audience::Operator).await.unwrap(), None, "nothing before it lands");
+        landing.arrived(cid, leaf.clone());
+        // No fetch of that pin under way (an operator's read): the operator and trusted peers only.
+        assert_eq!(policy.get(&cid, &stranger).await.unwrap(), None);
+        assert_eq!(policy.get(&cid, &trusted).await.unwrap(), Some(leaf.clone()));
+        assert_eq!(policy.get(&cid, &Audience::Operator).await.unwrap(), Some(leaf.clone()));
+
+        let fetch = policy.fetching(&root);
+        assert_eq!(policy.get(&cid, &stranger).await.unwrap(), Some(leaf.clone()), "a pin's fetch passes on what it gets");
+        fetch.underway.from_trusted();
+        assert_eq!(policy.get(&cid, &stranger).await.unwrap(), None, "not once a block came from a trusted peer");
+        assert_eq!(policy.get(&cid, &trusted).await.unwrap(), Some(leaf.clone()));
+
+        landing.written(&[cid]);
+        assert_eq!(policy.get(&cid, &Audience::Operator).await.unwrap(), None, "written, it is the index's to find");
+        landing.arrived(cid, leaf.clone());
+        drop(landing);
+        assert_eq!(policy.get(&cid, &Audience::Operator).await.unwrap(), None, "withdrawn with its registration");
     }
 }

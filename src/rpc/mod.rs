@@ -347,7 +347,7 @@ fn fetching_reader_for(req: &HttpRequest, state: &RpcState, owner: Owner, underw
     if state.offline || flag(req, "offline") == Some(true) {
         return (Reader::new(&state.policy, Audience::Operator), None);
     }
-    let keeper = Keeper::new(state.registry.clone(), owner, state.swarm.bitswap.clone());
+    let keeper = Keeper::new(state.registry.clone(), owner, state.swarm.bitswap.clone(), &state.policy);
     (Reader::over(crate::swarm::fetch::Fetching::recording(state.registry.clone(), state.swarm.clone(), keeper.clone(), underway)), Some(keeper))
 }
 

@@ -26,7 +26,8 @@ pub struct Fetching {
 
 /// Blocks wanted at once ahead of a walk, each asked of every peer (want-have): what any of
 /// them gets, this node hears of and can take from it. Memory does not grow with it: what
-/// arrives goes to the keeper, whose queue is bounded.
+/// arrives goes to the keeper, and the session sends no want-block while the keeper holds
+/// [`super::keeper::HELD`] blocks.
 pub const PREFETCH: usize = 256;
 
 /// The DAG's frontier and the fetches under way.
@@ -96,7 +97,7 @@ impl Fetching {
 
     /// A fetching source that tells `underway` when a block comes from a peer this node trusts.
     pub fn recording(reg: Arc<crate::registry::Registry>, swarm: super::Handle, keeper: Keeper, underway: Option<Arc<crate::exposure::Underway>>) -> Self {
-        let session = super::session::Session::recording(swarm, Vec::new(), underway);
+        let session = super::session::Session::recording(swarm, Vec::new(), underway, Some(keeper.room()));
         let ahead = Arc::new(Ahead { reg: reg.clone(), session: session.clone(), keeper, plan: Mutex::default(), arrived: tokio::sync::Notify::new() });
         Fetching { reg, session, ahead: Some(ahead) }
     }

@@ -86,6 +86,8 @@ struct Observers {
     underway: Option<Arc<crate::exposure::Underway>>,
     /// Asked last (see [`Session::with_seeds`]).
     seeds: Vec<PeerId>,
+    /// The keeper of what it fetches: while it holds too much, no further want-block goes out.
+    room: Option<Arc<super::keeper::Room>>,
 }
 
 /// The way to a session's task; cheap to clone. The task ends when the last one is dropped.
@@ -98,13 +100,14 @@ impl Session {
     /// A session over the connected peers and `hints` (peers said to hold the content, with
     /// addresses to dial them at).
     pub fn new(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>) -> Session {
-        Self::recording(swarm, hints, None)
+        Self::recording(swarm, hints, None, None)
     }
 
-    /// A session that tells `underway` when a block comes from a peer this node trusts.
-    pub fn recording(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, underway: Option<Arc<crate::exposure::Underway>>) -> Session {
+    /// A session that tells `underway` when a block comes from a peer this node trusts, and
+    /// sends want-blocks only while the keeper of what it fetches has `room`.
+    pub fn recording(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, underway: Option<Arc<crate::exposure::Underway>>, room: Option<Arc<super::keeper::Room>>) -> Session {
         let (asks, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(swarm, hints, rx, Observers { underway, seeds: Vec::new() }));
+        tokio::spawn(run(swarm, hints, rx, Observers { underway, seeds: Vec::new(), room }));
         Session { asks }
     }
 
@@ -114,7 +117,7 @@ impl Session {
     /// yet.
     pub fn with_seeds(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, seeds: Vec<PeerId>) -> Session {
         let (asks, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(swarm, hints, rx, Observers { underway: None, seeds }));
+        tokio::spawn(run(swarm, hints, rx, Observers { underway: None, seeds, room: None }));
         Session { asks }
     }
 
@@ -217,6 +220,7 @@ async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc
         observers,
     };
     task.gather(hints).await;
+    let room = task.observers.room.clone();
     let mut tick = tokio::time::interval(REWANT / 4);
     let mut open = true;
     while open || !task.wants.is_empty() {
@@ -238,6 +242,7 @@ async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc
             }
             Some((cid, peers)) = found_rx.recv() => task.add_providers(cid, peers).await,
             Some((peer, cids)) = unsent_rx.recv() => task.unsent(peer, cids),
+            _ = freed(&room) => {}
             _ = tick.tick() => {
                 if task.refreshed.elapsed() >= REFRESH && !task.wants.is_empty() {
                     task.refresh().await;
@@ -250,6 +255,14 @@ async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc
     let cids: Vec<Cid> = task.wants.keys().copied().collect();
     task.swarm.bitswap.wants.close(&task.inbox, cids);
     task.send_cancels();
+}
+
+/// Resolves when the keeper committed blocks (never without a keeper).
+async fn freed(room: &Option<Arc<super::keeper::Room>>) {
+    match room {
+        Some(room) => room.freed().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Task {
@@ -410,7 +423,8 @@ impl Task {
             let held_free = self.wants.values().filter(|w| w.asked.is_none() && w.has.iter().any(|p| self.load.get(p).copied().unwrap_or(0) < PER_PEER)).count();
             let mut loads: Vec<usize> = self.load.values().copied().collect();
             loads.sort_unstable();
-            tracing::trace!(wants = self.wants.len(), placed, held, held_free, ?loads, "session state");
+            let room_full = self.observers.room.as_ref().is_some_and(|r| r.full());
+            tracing::trace!(wants = self.wants.len(), placed, held, held_free, ?loads, room_full, "session state");
         }
         let quiet_since = self.progress.unwrap_or(self.started);
         let mut dead = Vec::new();
@@ -475,6 +489,8 @@ impl Task {
             self.wants.iter().filter(|(_, w)| w.asked.is_none() && !w.searching).map(|(c, w)| (fetching_elsewhere(w), w.has.is_empty(), !mine(c), w.seq, *c)).collect();
         order.sort_unstable_by_key(|(elsewhere, nobody_has, theirs, seq, _)| (*elsewhere, *nobody_has, *theirs, *seq));
         let several = self.peers.len() > 1;
+        // The keeper holds enough: wants wait here (want-haves still go) until it commits some.
+        let room = self.observers.room.as_ref().is_none_or(|r| !r.full());
         let mut probing = self.wants.values().filter(|w| w.broadcast && w.asked.is_none() && !fetching_elsewhere(w)).count();
         for (elsewhere, nobody_has, _, _, cid) in order {
             let w = self.wants.get_mut(&cid).expect("listed above");
@@ -497,7 +513,7 @@ impl Task {
             // A block another peer holds is left to it for a while, whatever its load.
             let spared = w.shared.is_some_and(|at| now.duration_since(at) < SEED_PATIENCE);
             let choice = open()
-                .filter(|p| load(p) < PER_PEER && ready(p) && !(spared && seed(p)))
+                .filter(|p| room && load(p) < PER_PEER && ready(p) && !(spared && seed(p)))
                 .min_by_key(|p| (!w.has.contains(p), seed(p), w.silent.contains(p), poor(p), load(p)))
                 .copied();
             if open().next().is_some() && !w.broadcast {
