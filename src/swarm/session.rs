@@ -72,10 +72,6 @@ const REFRESH: Duration = Duration::from_secs(2);
 /// How long a want another (non-seed) peer said HAVE of waits for that peer before a seed is
 /// asked for it instead: a seed's uplink spent on a block the fleet already holds is a block of
 /// nobody's missing from the fleet.
-/// At least: a want waits twice as long as blocks from peers that are no seeds have lately taken
-/// to come (`Task::lag`), so on a slower link, where a busy peer's queue takes longer, the seed
-/// is not asked for what the fleet holds (at 40 Mbit/s, 5 s had the seed send 2.1 times the
-/// layer).
 const SEED_PATIENCE: Duration = Duration::from_secs(5);
 /// A peer whose first answers to this many want-haves or more were HAVE, at least 9 in 10, holds
 /// the whole content: a seed, asked only for what no other peer has (a `pin/add` knows no
@@ -197,9 +193,6 @@ struct Task {
     seeds: HashSet<PeerId>,
     /// Per peer, the want-haves whose first answer was HAVE, and all it first answered.
     first_answers: HashMap<PeerId, (u32, u32)>,
-    /// How long a want-block to a peer that is no seed has lately taken to be answered with
-    /// the block (a moving average).
-    lag: Duration,
 }
 
 async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc::UnboundedReceiver<(Cid, Reply)>, observers: Observers) {
@@ -224,7 +217,6 @@ async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc
         asked: 0,
         seeds: observers.seeds.iter().copied().collect(),
         first_answers: HashMap::new(),
-        lag: Duration::ZERO,
         observers,
     };
     task.gather(hints).await;
@@ -378,9 +370,6 @@ impl Task {
         match news {
             News::Block { cid, data, from } => {
                 let now = Instant::now();
-                if let Some((_, at)) = self.wants.get(&cid).and_then(|w| w.asked).filter(|(p, _)| *p == from && !self.seeds.contains(p)) {
-                    self.lag = (self.lag * 7 + now.duration_since(at)) / 8;
-                }
                 self.record.entry(from).or_default().0 += 1;
                 self.delivered.insert(from, now);
                 self.progress = Some(now);
@@ -504,7 +493,6 @@ impl Task {
         let several = self.peers.len() > 1;
         // The keeper holds enough: wants wait here (want-haves still go) until it commits some.
         let room = self.observers.room.as_ref().is_none_or(|r| !r.full());
-        let seed_patience = SEED_PATIENCE.max(self.lag * 2);
         let mut probing = self.wants.values().filter(|w| w.broadcast && w.asked.is_none() && !fetching_elsewhere(w)).count();
         for (elsewhere, nobody_has, _, _, cid) in order {
             let w = self.wants.get_mut(&cid).expect("listed above");
@@ -525,7 +513,7 @@ impl Task {
             // A peer that said HAVE and is no seed costs no seed anything: not waited on.
             let ready = |p: &PeerId| !young || (w.has.contains(p) && !seed(p) && !self.seeds.is_empty());
             // A block another peer holds is left to it for a while, whatever its load.
-            let spared = w.shared.is_some_and(|at| now.duration_since(at) < seed_patience);
+            let spared = w.shared.is_some_and(|at| now.duration_since(at) < SEED_PATIENCE);
             let choice = open()
                 .filter(|p| room && load(p) < PER_PEER && ready(p) && !(spared && seed(p)))
                 .min_by_key(|p| (!w.has.contains(p), seed(p), w.silent.contains(p), poor(p), load(p)))
