@@ -519,7 +519,10 @@ mod tests {
     #[tokio::test]
     async fn a_landing_block_goes_out_on_its_owners_terms() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = crate::node::open_registry(dir.path(), None, Default::default(), false).await.unwrap();
+        let blobs = crate::storage::BlobStore::open(dir.path()).unwrap();
+        let meta = crate::metadata::sqlite::SqliteStore::open(&dir.path().join("metadata.sqlite")).unwrap();
+        let blocks = BlockIndex::open(&dir.path().join("blocks.sqlite"), blobs.clone()).unwrap();
+        let reg = Registry::attach(meta, blobs, blocks, Default::default());
         let policy = Policy::new(Arc::new(reg), ["trusted".to_string()]);
         let (root, leaf) = (raw(b"root"), bytes::Bytes::from_static(b"a leaf of the pin"));
         let cid = raw(&leaf);
