@@ -268,6 +268,15 @@ impl Policy {
         }))
     }
 
+    /// What the block of `cid` is held for, stored or on its way to the index, without reading
+    /// its bytes.
+    async fn owner(&self, cid: &Cid) -> Result<Option<Owner>> {
+        if let Some(owner) = self.index().owner_of(cid).await.map_err(corrupt)? {
+            return Ok(Some(owner));
+        }
+        Ok(self.arriving.lock().expect("arriving lock").get(cid).map(|a| a.owner.clone()))
+    }
+
     /// The bytes at `spot`, verified against `cid`; `None` if gone (or not written yet).
     async fn read(&self, cid: &Cid, spot: Spot) -> Result<Option<bytes::Bytes>> {
         let bytes = match spot {
@@ -302,7 +311,7 @@ impl Policy {
     /// False for a block this node does not hold, whoever asks.
     /// An absent block costs what a refused one does (see [`Policy::as_if_refused`]).
     pub async fn may_send(&self, cid: &Cid, audience: &Audience) -> Result<bool> {
-        let Some((_, owner)) = self.locate(cid).await? else {
+        let Some(owner) = self.owner(cid).await? else {
             self.as_if_refused(cid, audience).await?;
             return Ok(false);
         };

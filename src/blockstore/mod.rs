@@ -36,6 +36,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../../migrations/blockstore/0007_owners_by_owner.sql")),
     (8, include_str!("../../migrations/blockstore/0008_pins_from_trusted_peers.sql")),
     (9, include_str!("../../migrations/blockstore/0009_pinned_at.sql")),
+    (10, include_str!("../../migrations/blockstore/0010_block_bytes_last.sql")),
 ];
 /// Connections that answer lookups side by side (WAL readers never wait for each other).
 const READERS: usize = 4;
@@ -321,6 +322,20 @@ impl BlockIndex {
     /// Where the block of `cid` is, if this node has it.
     pub async fn locate(&self, cid: &Cid) -> Result<Option<Location>, BlockIndexError> {
         Ok(self.locate_owned(cid).await?.map(|(location, _)| location))
+    }
+
+    /// What the block of `cid` was recorded for, if this node has it: one lookup that does not
+    /// read an inline block's bytes (what a want-have needs).
+    pub async fn owner_of(&self, cid: &Cid) -> Result<Option<Owner>, BlockIndexError> {
+        let mh = cid.hash().to_bytes();
+        self.lookup(move |conn| {
+            let row = conn
+                .prepare_cached("SELECT owner_kind, owner FROM blocks WHERE multihash = ?1")?
+                .query_row([mh], |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<String>>(1)?)))
+                .optional()?;
+            row.map(|(kind, owner)| Owner::from_columns(kind.as_deref(), owner)).transpose()
+        })
+        .await
     }
 
     /// Where the block of `cid` is and what it was recorded for, in one lookup.
