@@ -40,9 +40,9 @@ struct Ahead {
 }
 
 impl Ahead {
-    /// Adds `links` to the frontier and starts fetches while there is room.
-    fn queue(self: &Arc<Self>, links: impl IntoIterator<Item = Cid>) {
-        self.plan.lock().expect("prefetch lock").add(links);
+    /// Adds `links` (of block `parent`) to the frontier and starts fetches while there is room.
+    fn queue(self: &Arc<Self>, parent: &Cid, links: Vec<Cid>) {
+        self.plan.lock().expect("prefetch lock").add(parent, links);
         while let Some(cid) = self.plan.lock().expect("prefetch lock").next(PREFETCH) {
             self.start(cid);
         }
@@ -56,14 +56,15 @@ impl Ahead {
             let mut links = Vec::new();
             let held = ahead.keeper.waiting(&cid).is_some() || ahead.reg.block_index().has(&cid).await.unwrap_or(false);
             if !held {
-                if let Ok(Ok(bytes)) = ahead.session.ask(cid).await {
+                let place = ahead.plan.lock().expect("prefetch lock").place(&cid);
+                if let Ok(Ok(bytes)) = ahead.session.ask_at(cid, place).await {
                     links = links_of(&cid, &bytes);
                     ahead.keeper.keep(cid, bytes).await;
                 }
             }
             ahead.plan.lock().expect("prefetch lock").landed(&cid);
             ahead.arrived.notify_waiters();
-            ahead.queue(links);
+            ahead.queue(&cid, links);
         });
     }
 
@@ -133,7 +134,7 @@ impl crate::dag::BlockSource for Fetching {
         Box::pin(async move {
             let Some(bytes) = self.get(cid).await? else { return Ok(None) };
             if let Some(ahead) = &self.ahead {
-                ahead.queue(links_of(cid, &bytes));
+                ahead.queue(cid, links_of(cid, &bytes));
             }
             Ok(Some((bytes, crate::exposure::Admission::Vouching)))
         })

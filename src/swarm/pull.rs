@@ -191,9 +191,10 @@ struct Plan {
 }
 
 impl Ahead {
-    /// Adds `links` to the frontier and starts fetches while there is room and budget.
-    fn queue(self: &Arc<Self>, links: impl IntoIterator<Item = Cid>) {
-        self.plan.lock().expect("pull plan lock").frontier.add(links);
+    /// Adds `links` (of block `parent`) to the frontier and starts fetches while there is room
+    /// and budget.
+    fn queue(self: &Arc<Self>, parent: &Cid, links: Vec<Cid>) {
+        self.plan.lock().expect("pull plan lock").frontier.add(parent, links);
         while self.scratch.end.load(Ordering::SeqCst) <= self.budget {
             let Some(cid) = self.plan.lock().expect("pull plan lock").frontier.next_in(PREFETCH, Some(self.stripe)) else { return };
             self.start(cid);
@@ -205,7 +206,8 @@ impl Ahead {
         let ahead = self.clone();
         tokio::spawn(async move {
             let mut links = Vec::new();
-            let outcome = match ahead.session.ask(cid).await {
+            let place = ahead.plan.lock().expect("pull plan lock").frontier.place(&cid);
+            let outcome = match ahead.session.ask_at(cid, place).await {
                 Ok(Ok(bytes)) => {
                     ahead.receiving.arrived(cid, bytes.clone());
                     ahead.server.arrived_here(&[cid]);
@@ -231,7 +233,7 @@ impl Ahead {
                 };
             }
             ahead.arrived.notify_waiters();
-            ahead.queue(links);
+            ahead.queue(&cid, links);
         });
     }
 

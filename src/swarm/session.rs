@@ -77,6 +77,9 @@ const SEED_PATIENCE: Duration = Duration::from_secs(5);
 /// the whole content: a seed, asked only for what no other peer has (a `pin/add` knows no
 /// origin beforehand, as a pull-through does).
 const SEED_ANSWERS: u32 = 32;
+/// How long a node's DONT_HAVE of a block of its stripe (it is not fetching it) stands for
+/// taking that block from the seed instead.
+const RECHECK_FRESH: Duration = Duration::from_secs(1);
 
 type Reply = oneshot::Sender<Result<Bytes, SwarmError>>;
 
@@ -93,7 +96,7 @@ struct Observers {
 /// The way to a session's task; cheap to clone. The task ends when the last one is dropped.
 #[derive(Clone)]
 pub struct Session {
-    asks: mpsc::UnboundedSender<(Cid, Reply)>,
+    asks: mpsc::UnboundedSender<(Cid, u64, Reply)>,
 }
 
 impl Session {
@@ -129,8 +132,14 @@ impl Session {
     /// Asks for block `cid` at once; the answer comes on the receiver. Asks made together are
     /// sent together (one message per peer). Dropping the receiver withdraws the want.
     pub fn ask(&self, cid: Cid) -> oneshot::Receiver<Result<Bytes, SwarmError>> {
+        self.ask_at(cid, super::frontier::place_of(&cid))
+    }
+
+    /// [`Session::ask`] for a block at `place` in its DAG (`frontier::Frontier::place`), which
+    /// tells whose stripe it is.
+    pub fn ask_at(&self, cid: Cid, place: u64) -> oneshot::Receiver<Result<Bytes, SwarmError>> {
         let (tx, rx) = oneshot::channel();
-        let _ = self.asks.send((cid, tx));
+        let _ = self.asks.send((cid, place, tx));
         rx
     }
 }
@@ -162,6 +171,11 @@ struct Want {
     /// Its place in the order the session was asked in: among wants alike, the earlier goes
     /// first.
     seq: u64,
+    /// Its place in its DAG: whose stripe it is.
+    place: u64,
+    /// Of a block of another node's stripe that only a seed has: when that node was asked again
+    /// whether it has it, and whether it said DONT_HAVE since (it is not fetching it).
+    recheck: Option<(PeerId, Instant, bool)>,
 }
 
 struct Task {
@@ -195,7 +209,7 @@ struct Task {
     first_answers: HashMap<PeerId, (u32, u32)>,
 }
 
-async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc::UnboundedReceiver<(Cid, Reply)>, observers: Observers) {
+async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc::UnboundedReceiver<(Cid, u64, Reply)>, observers: Observers) {
     let inbox = swarm.bitswap.wants.open(observers.underway.clone());
     let (found, mut found_rx) = mpsc::unbounded_channel();
     let (unsent, mut unsent_rx) = mpsc::unbounded_channel();
@@ -226,10 +240,10 @@ async fn run(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, mut asks: mpsc
     while open || !task.wants.is_empty() {
         tokio::select! {
             ask = asks.recv(), if open => match ask {
-                Some((cid, reply)) => {
-                    task.ask(cid, reply);
-                    while let Ok((cid, reply)) = asks.try_recv() {
-                        task.ask(cid, reply);
+                Some((cid, place, reply)) => {
+                    task.ask(cid, place, reply);
+                    while let Ok((cid, place, reply)) = asks.try_recv() {
+                        task.ask(cid, place, reply);
                     }
                 }
                 None => open = false,
@@ -310,7 +324,7 @@ impl Task {
         }
     }
 
-    fn ask(&mut self, cid: Cid, reply: Reply) {
+    fn ask(&mut self, cid: Cid, place: u64, reply: Reply) {
         if let Some(w) = self.wants.get_mut(&cid) {
             w.waiters.push(reply);
             return;
@@ -334,6 +348,8 @@ impl Task {
                 parked: None,
                 shared: None,
                 seq: self.asked,
+                place,
+                recheck: None,
             },
         );
         self.asked += 1;
@@ -387,6 +403,11 @@ impl Task {
                 }
                 w.refused.insert(from);
                 w.has.remove(&from);
+                if let Some((owner, at, idle)) = &mut w.recheck {
+                    if *owner == from && !*idle {
+                        (*at, *idle) = (Instant::now(), true);
+                    }
+                }
                 if w.asked.is_some_and(|(p, _)| p == from) {
                     w.asked = None;
                     self.record.entry(from).or_default().1 += 1;
@@ -482,83 +503,129 @@ impl Task {
         // and its HAVE is waited for, up to FETCHER_GRACE, so a busy seed serves each block
         // about once. Wants some peer said HAVE of go first.
         let fetching_elsewhere = |w: &Want| w.broadcast && w.told.iter().any(|p| !w.answered.contains(p) && !w.has.contains(p));
-        // Among wants alike, this node's stripe first: of what only a seed has, each of the
-        // nodes fetching from it asks first for blocks of its own stripe, so two seldom ask
-        // the seed for one block at once.
-        let stripe = self.stripe();
-        let mine = |c: &Cid| stripe.is_none_or(|(k, n)| super::frontier::stripe_of(c, n) == k);
-        let mut order: Vec<(bool, bool, bool, u64, Cid)> =
-            self.wants.iter().filter(|(_, w)| w.asked.is_none() && !w.searching).map(|(c, w)| (fetching_elsewhere(w), w.has.is_empty(), !mine(c), w.seq, *c)).collect();
-        order.sort_unstable_by_key(|(elsewhere, nobody_has, theirs, seq, _)| (*elsewhere, *nobody_has, *theirs, *seq));
+        // Of what only a seed has, each of the nodes fetching from it asks first for the blocks
+        // of its own stripe, in the order of their places; then, when its stripe is done,
+        // takes over the blocks of the next node's stripe from their end (the other end from
+        // the one that node works from), then of the node after it: two seldom ask the seed
+        // for one block at once, and a node that falls behind is helped.
+        let fleet = self.fleet();
+        let me = self.swarm.peer_id;
+        let n = fleet.len() as u64;
+        let k = fleet.iter().position(|p| *p == me).unwrap_or(0) as u64;
+        let seeds = &self.seeds;
+        let held = |w: &Want| w.has.iter().any(|p| !seeds.contains(p));
+        let rank = |w: &Want| match n > 1 && !held(w) {
+            true if w.place % n == k => (0, w.place),
+            true => (1 + (w.place % n + n - k) % n, u64::MAX - w.place),
+            false => (0, w.seq),
+        };
+        let owner = |w: &Want| (n > 1).then(|| fleet[(w.place % n) as usize]).filter(|p| *p != me);
+        let mut order: Vec<(bool, bool, (u64, u64), Cid)> =
+            self.wants.iter().filter(|(_, w)| w.asked.is_none() && !w.searching).map(|(c, w)| (fetching_elsewhere(w), w.has.is_empty(), rank(w), *c)).collect();
+        order.sort_unstable_by_key(|(elsewhere, nobody_has, rank, _)| (*elsewhere, *nobody_has, *rank));
+        // Nodes asked again whether they are fetching a block of their stripe, at most as
+        // many as the seeds have room for.
+        let mut rechecks: usize = self.seeds.iter().map(|p| PER_PEER.saturating_sub(self.load.get(p).copied().unwrap_or(0))).sum();
         let several = self.peers.len() > 1;
         // The keeper holds enough: wants wait here (want-haves still go) until it commits some.
         let room = self.observers.room.as_ref().is_none_or(|r| !r.full());
         let mut probing = self.wants.values().filter(|w| w.broadcast && w.asked.is_none() && !fetching_elsewhere(w)).count();
-        for (elsewhere, nobody_has, _, _, cid) in order {
-            let w = self.wants.get_mut(&cid).expect("listed above");
-            // Asked of peers before it is sent, up to PROBE_AHEAD: a peer that said DONT_HAVE
-            // says HAVE once it has the block, so an early answer does not go stale.
-            if several && !w.broadcast {
-                if probing >= PROBE_AHEAD {
-                    continue;
+        let mut queue: Vec<(bool, bool, Cid)> = order.into_iter().map(|(e, n, _, c)| (e, n, c)).collect();
+        let mut later = Vec::new();
+        for pass in 0..2 {
+            for (elsewhere, nobody_has, cid) in std::mem::take(&mut queue) {
+                let w = self.wants.get_mut(&cid).expect("listed above");
+                // Asked of peers before it is sent, up to PROBE_AHEAD: a peer that said DONT_HAVE
+                // says HAVE once it has the block, so an early answer does not go stale.
+                if several && !w.broadcast {
+                    if probing >= PROBE_AHEAD {
+                        continue;
+                    }
+                    probing += 1;
                 }
-                probing += 1;
-            }
-            let open = || self.peers.iter().filter(|p| !w.refused.contains(p));
-            let poor = |p: &PeerId| self.record.get(p).is_some_and(|(gave, refused)| refused > gave);
-            let load = |p: &PeerId| self.load.get(p).copied().unwrap_or(0);
-            let waited = now.duration_since(w.since);
-            let young = (several && !w.broadcast) || (nobody_has && waited < HAVE_GRACE) || (elsewhere && waited < FETCHER_GRACE);
-            let seed = |p: &PeerId| self.seeds.contains(p);
-            // A peer that said HAVE and is no seed costs no seed anything: not waited on.
-            let ready = |p: &PeerId| !young || (w.has.contains(p) && !seed(p) && !self.seeds.is_empty());
-            // A block another peer holds is left to it for a while, whatever its load.
-            let spared = w.shared.is_some_and(|at| now.duration_since(at) < SEED_PATIENCE);
-            let choice = open()
-                .filter(|p| room && load(p) < PER_PEER && ready(p) && !(spared && seed(p)))
-                .min_by_key(|p| (!w.has.contains(p), seed(p), w.silent.contains(p), poor(p), load(p)))
-                .copied();
-            if open().next().is_some() && !w.broadcast {
-                w.broadcast = true;
-                for other in open().filter(|p| Some(**p) != choice && !w.has.contains(p)).take(BROADCAST) {
-                    probes.entry(*other).or_default().push(cid);
-                    w.told.insert(*other);
-                }
-            }
-            let cid = &cid;
-            match choice {
-                Some(peer) => {
-                    tracing::trace!(%cid, %peer, has = w.has.len(), chosen_has = w.has.contains(&peer), waited_ms = waited.as_millis() as u64, "want-block placed");
-                    w.parked = None;
-                    self.swarm.bitswap.wants.asked(&self.inbox, cid);
-                    w.asked = Some((peer, now));
-                    w.told.insert(peer);
-                    *self.load.entry(peer).or_default() += 1;
-                    outbox.entry(peer).or_default().push(*cid);
-                }
-                // Every peer that may have it is busy, or it waits for a HAVE: its turn comes.
-                None if open().next().is_some() => {}
-                None if !w.searched => {
-                    // Asked again once the search adds peers (or parked, if it finds none).
-                    (w.searched, w.searching) = (true, true);
-                    let (swarm, found, cid) = (self.swarm.clone(), self.found.clone(), *cid);
-                    tokio::spawn(async move {
-                        let providers = swarm.find_providers(cid, PROVIDERS).await.unwrap_or_default();
-                        let mut reached = Vec::new();
-                        for (peer, addrs) in providers {
-                            if peer != swarm.peer_id && swarm.dial_any(peer, addrs).await {
-                                reached.push(peer);
-                            }
+                let open = || self.peers.iter().filter(|p| !w.refused.contains(p));
+                let poor = |p: &PeerId| self.record.get(p).is_some_and(|(gave, refused)| refused > gave);
+                let load = |p: &PeerId| self.load.get(p).copied().unwrap_or(0);
+                let waited = now.duration_since(w.since);
+                let young = (several && !w.broadcast) || (nobody_has && waited < HAVE_GRACE) || (elsewhere && waited < FETCHER_GRACE);
+                let seed = |p: &PeerId| self.seeds.contains(p);
+                // A peer that said HAVE and is no seed costs no seed anything: not waited on.
+                let ready = |p: &PeerId| !young || (w.has.contains(p) && !seed(p) && !self.seeds.is_empty());
+                // A block another peer holds is left to it for a while, whatever its load.
+                let spared = w.shared.is_some_and(|at| now.duration_since(at) < SEED_PATIENCE);
+                // A block another node holds goes to the seed only with the room the seed's
+                // own blocks left (the second pass): it reaches this node all the same, where
+                // a block only the seed has reaches the fleet only through the seed.
+                let held_here = held(w);
+                let mut choice = open()
+                    .filter(|p| room && load(p) < PER_PEER && ready(p) && !(spared && seed(p)) && !(pass == 0 && held_here && seed(p)))
+                    .min_by_key(|p| (!w.has.contains(p), seed(p), w.silent.contains(p), poor(p), load(p)))
+                    .copied();
+                // A block of another node's stripe goes to the seed only once that node, asked
+                // again, said it is not fetching it, or has said nothing for STALLED (it is
+                // fetching it, or stuck): a block it fetches comes from it, HAVE first.
+                if let Some(owner) = owner(w).filter(|_| choice.is_some_and(|p| seed(&p)) && !held_here) {
+                    let taken = match w.recheck {
+                        Some((_, at, idle)) => (idle && now.duration_since(at) < RECHECK_FRESH) || (!idle && now.duration_since(at) >= STALLED),
+                        None => false,
+                    };
+                    if !taken {
+                        choice = None;
+                        let due = w.recheck.is_none_or(|(_, at, idle)| idle && now.duration_since(at) >= RECHECK_FRESH);
+                        if due && rechecks > 0 {
+                            rechecks -= 1;
+                            w.recheck = Some((owner, now, false));
+                            w.told.insert(owner);
+                            probes.entry(owner).or_default().push(cid);
                         }
-                        let _ = found.send((cid, reached));
-                    });
+                    }
                 }
-                // Nothing arrived yet from anyone: nobody here is fetching it either.
-                None if self.progress.is_none() => unanswerable.push((*cid, w.refused.len())),
-                None => {
-                    w.parked.get_or_insert(now);
+                if open().next().is_some() && !w.broadcast {
+                    w.broadcast = true;
+                    for other in open().filter(|p| Some(**p) != choice && !w.has.contains(p)).take(BROADCAST) {
+                        probes.entry(*other).or_default().push(cid);
+                        w.told.insert(*other);
+                    }
+                }
+                if pass == 0 && choice.is_none() && held_here && !spared && !self.seeds.is_empty() {
+                    later.push((elsewhere, nobody_has, cid));
+                }
+                let cid = &cid;
+                match choice {
+                    Some(peer) => {
+                        tracing::trace!(%cid, %peer, has = w.has.len(), chosen_has = w.has.contains(&peer), waited_ms = waited.as_millis() as u64, "want-block placed");
+                        w.parked = None;
+                        self.swarm.bitswap.wants.asked(&self.inbox, cid);
+                        w.asked = Some((peer, now));
+                        w.told.insert(peer);
+                        *self.load.entry(peer).or_default() += 1;
+                        outbox.entry(peer).or_default().push(*cid);
+                    }
+                    // Every peer that may have it is busy, or it waits for a HAVE: its turn comes.
+                    None if open().next().is_some() => {}
+                    None if !w.searched => {
+                        // Asked again once the search adds peers (or parked, if it finds none).
+                        (w.searched, w.searching) = (true, true);
+                        let (swarm, found, cid) = (self.swarm.clone(), self.found.clone(), *cid);
+                        tokio::spawn(async move {
+                            let providers = swarm.find_providers(cid, PROVIDERS).await.unwrap_or_default();
+                            let mut reached = Vec::new();
+                            for (peer, addrs) in providers {
+                                if peer != swarm.peer_id && swarm.dial_any(peer, addrs).await {
+                                    reached.push(peer);
+                                }
+                            }
+                            let _ = found.send((cid, reached));
+                        });
+                    }
+                    // Nothing arrived yet from anyone: nobody here is fetching it either.
+                    None if self.progress.is_none() => unanswerable.push((*cid, w.refused.len())),
+                    None => {
+                        w.parked.get_or_insert(now);
+                    }
                 }
             }
+            queue = std::mem::take(&mut later);
         }
         for (cid, refused) in unanswerable {
             let why = format!("{cid}: none of the {refused} peers known has it (each said DONT_HAVE) and the DHT named no other");
@@ -579,18 +646,17 @@ impl Task {
         self.send_cancels();
     }
 
-    /// This node's stripe `(k, n)`: its place `k` among itself and the session's peers that are
-    /// no seeds, `n` of them (the same places at every node of a fully connected fleet), once a
-    /// seed is known.
-    fn stripe(&self) -> Option<(u64, u64)> {
+    /// Once a seed is known: this node and the session's peers that are no seeds, in order
+    /// (the same at every node of a fully connected fleet). The blocks whose place is `k`
+    /// modulo their number are the stripe of the `k`-th. Before: none.
+    fn fleet(&self) -> Vec<PeerId> {
         if self.seeds.is_empty() {
-            return None;
+            return Vec::new();
         }
         let mut fleet: Vec<PeerId> = self.peers.iter().filter(|p| !self.seeds.contains(p)).copied().collect();
         fleet.push(self.swarm.peer_id);
         fleet.sort_unstable();
-        let k = fleet.iter().position(|p| *p == self.swarm.peer_id).expect("pushed above");
-        Some((k as u64, fleet.len() as u64))
+        fleet
     }
 
     fn send_cancels(&mut self) {
