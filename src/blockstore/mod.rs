@@ -422,6 +422,18 @@ mod tests {
         assert_eq!(owner(image).await, Owner::Image("bafyimage".into()));
         assert_eq!(owner(pinned).await, Owner::Pin("bafyroot".into()));
         assert_eq!(owner(plain).await, Owner::Nothing);
+        // The owner alone, as a want-have asks it, says the same; the bytes came through.
+        for c in [leaf, node, image, pinned, plain] {
+            assert_eq!(index.owner_of(&c).await.unwrap(), Some(owner(c).await));
+        }
+        assert_eq!(index.owner_of(&cid(0x55, b"absent")).await.unwrap(), None);
+        assert_eq!(index.get(&pinned).await.unwrap().unwrap(), &b"pinned"[..]);
+        assert_eq!(index.get(&node).await.unwrap().unwrap(), &b"node"[..]);
+        // A rowid table: a lookup by multihash compares index entries, never a row holding
+        // an inline block's bytes (in a WITHOUT ROWID table, it read such rows whole).
+        let conn = Connection::open(&path).unwrap();
+        let rows: i64 = conn.query_row("SELECT count(rowid) FROM blocks", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 5);
         // Sizes and presence without reading the bytes.
         assert_eq!(index.size(&pinned).await.unwrap(), Some(6));
         assert!(index.has(&leaf).await.unwrap());
