@@ -82,6 +82,12 @@ pub trait BlockSource: Send + Sync + 'static {
 
     /// Links of a block fetched as [`Admission::Vouching`]: the same content.
     fn vouch(&self, links: Vec<Cid>);
+
+    /// Whether the source has block `cid` (for a source that fetches what the node lacks: has
+    /// it now), as [`BlockSource::fetch`] would find it, without the bytes where it can tell.
+    fn holds<'a>(&'a self, cid: &'a Cid) -> futures_util::future::BoxFuture<'a, Result<bool>> {
+        Box::pin(async move { Ok(self.fetch(cid).await?.is_some()) })
+    }
 }
 
 /// Where a reader of the store gets a block the node lacks (peers, through the swarm): bytes
@@ -210,6 +216,19 @@ impl Reader {
             recent.blocks.insert(*cid, bytes.clone());
         }
         Ok(bytes)
+    }
+
+    /// Block `cid` is there ([`BlockSource::holds`]), for a walk that needs none of its bytes
+    /// (a raw leaf of a pin's DAG); counted as a block read.
+    pub async fn holds(&self, cid: &Cid) -> Result<()> {
+        let n = self.read.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > MAX_BLOCKS_PER_WALK {
+            return Err(DagError::TooMuchWork(MAX_BLOCKS_PER_WALK));
+        }
+        if well_known(cid).is_some() || self.source.holds(cid).await? {
+            return Ok(());
+        }
+        Err(DagError::Missing(*cid))
     }
 
     pub async fn node(&self, cid: &Cid) -> Result<Node> {

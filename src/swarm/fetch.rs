@@ -145,6 +145,23 @@ impl crate::dag::BlockSource for Fetching {
     }
 
     fn vouch(&self, _links: Vec<Cid>) {}
+
+    /// Held once its fetch ahead landed it with the keeper or in the store (verified on
+    /// arrival); fetched and kept now if not.
+    fn holds<'a>(&'a self, cid: &'a Cid) -> futures_util::future::BoxFuture<'a, crate::dag::Result<bool>> {
+        Box::pin(async move {
+            if let Some(ahead) = &self.ahead {
+                ahead.wait_for(cid).await;
+                if ahead.keeper.waiting(cid).is_some() {
+                    return Ok(true);
+                }
+            }
+            if self.reg.block_index().has(cid).await.unwrap_or(false) {
+                return Ok(true);
+            }
+            Ok(self.get(cid).await?.is_some())
+        })
+    }
 }
 
 /// Blocks from peers for a reader of the store (`dag::Reader::fetching`): the session is opened
