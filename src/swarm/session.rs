@@ -80,6 +80,9 @@ const SEED_ANSWERS: u32 = 32;
 /// How long a node's DONT_HAVE of a block of its stripe (it is not fetching it) stands for
 /// taking that block from the seed instead.
 const RECHECK_FRESH: Duration = Duration::from_secs(1);
+/// Blocks of other nodes' stripes a node has asked a seed for at once, at most: a node behind
+/// is helped, and the seed's uplink still goes mostly to blocks each node fetches for all.
+const STEALS: usize = 1;
 
 type Reply = oneshot::Sender<Result<Bytes, SwarmError>>;
 
@@ -526,6 +529,7 @@ impl Task {
         // Nodes asked again whether they are fetching a block of their stripe, at most as
         // many as the seeds have room for.
         let mut rechecks: usize = self.seeds.iter().map(|p| PER_PEER.saturating_sub(self.load.get(p).copied().unwrap_or(0))).sum();
+        let mut stealing = self.wants.values().filter(|w| w.recheck.is_some() && w.asked.is_some_and(|(p, _)| self.seeds.contains(&p))).count();
         let several = self.peers.len() > 1;
         // The keeper holds enough: wants wait here (want-haves still go) until it commits some.
         let room = self.observers.room.as_ref().is_none_or(|r| !r.full());
@@ -569,10 +573,12 @@ impl Task {
                         Some((_, at, idle)) => (idle && now.duration_since(at) < RECHECK_FRESH) || (!idle && now.duration_since(at) >= STALLED),
                         None => false,
                     };
-                    if !taken {
+                    if taken && stealing < STEALS {
+                        stealing += 1;
+                    } else {
                         choice = None;
                         let due = w.recheck.is_none_or(|(_, at, idle)| idle && now.duration_since(at) >= RECHECK_FRESH);
-                        if due && rechecks > 0 {
+                        if due && rechecks > 0 && stealing < STEALS {
                             rechecks -= 1;
                             w.recheck = Some((owner, now, false));
                             w.told.insert(owner);
