@@ -94,6 +94,10 @@ struct Observers {
     seeds: Vec<PeerId>,
     /// The keeper of what it fetches: while it holds too much, no further want-block goes out.
     room: Option<Arc<super::keeper::Room>>,
+    /// Its caller reads the blocks in order and waits for each (a pull-through streaming a
+    /// blob): a block other nodes hold goes to a seed once spared, not after what only the
+    /// seed has, or the reader stalls on it.
+    in_order: bool,
 }
 
 /// The way to a session's task; cheap to clone. The task ends when the last one is dropped.
@@ -113,7 +117,7 @@ impl Session {
     /// sends want-blocks only while the keeper of what it fetches has `room`.
     pub fn recording(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, underway: Option<Arc<crate::exposure::Underway>>, room: Option<Arc<super::keeper::Room>>) -> Session {
         let (asks, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(swarm, hints, rx, Observers { underway, seeds: Vec::new(), room }));
+        tokio::spawn(run(swarm, hints, rx, Observers { underway, seeds: Vec::new(), room, in_order: false }));
         Session { asks }
     }
 
@@ -123,7 +127,7 @@ impl Session {
     /// yet.
     pub fn with_seeds(swarm: Handle, hints: Vec<(PeerId, Vec<Multiaddr>)>, seeds: Vec<PeerId>) -> Session {
         let (asks, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(swarm, hints, rx, Observers { underway: None, seeds, room: None }));
+        tokio::spawn(run(swarm, hints, rx, Observers { underway: None, seeds, room: None, in_order: true }));
         Session { asks }
     }
 
@@ -531,6 +535,7 @@ impl Task {
         let mut rechecks: usize = self.seeds.iter().map(|p| PER_PEER.saturating_sub(self.load.get(p).copied().unwrap_or(0))).sum();
         let mut stealing = self.wants.values().filter(|w| w.recheck.is_some() && w.asked.is_some_and(|(p, _)| self.seeds.contains(&p))).count();
         let several = self.peers.len() > 1;
+        let in_order = self.observers.in_order;
         // The keeper holds enough: wants wait here (want-haves still go) until it commits some.
         let room = self.observers.room.as_ref().is_none_or(|r| !r.full());
         let mut probing = self.wants.values().filter(|w| w.broadcast && w.asked.is_none() && !fetching_elsewhere(w)).count();
@@ -562,7 +567,7 @@ impl Task {
                 // a block only the seed has reaches the fleet only through the seed.
                 let held_here = held(w);
                 let mut choice = open()
-                    .filter(|p| room && load(p) < PER_PEER && ready(p) && !(spared && seed(p)) && !(pass == 0 && held_here && seed(p)))
+                    .filter(|p| room && load(p) < PER_PEER && ready(p) && !(spared && seed(p)) && !(pass == 0 && held_here && seed(p) && !in_order))
                     .min_by_key(|p| (!w.has.contains(p), seed(p), w.silent.contains(p), poor(p), load(p)))
                     .copied();
                 // A block of another node's stripe goes to the seed only once that node, asked
