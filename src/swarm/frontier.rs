@@ -37,7 +37,7 @@ impl Frontier {
     /// The place of `cid` in its DAG: its index among its parent's links, from a start drawn
     /// from the parent's digest; of a block the frontier never listed, its digest's.
     pub fn place(&self, cid: &Cid) -> u64 {
-        self.seen.get(cid).copied().unwrap_or_else(|| place_of(cid))
+        place_in(&self.seen, cid)
     }
 
     /// A link picked at random, now in flight, while fewer than `at_most` are.
@@ -58,8 +58,7 @@ impl Frontier {
         if let Some((k, of)) = stripe.filter(|(_, of)| *of > 1) {
             // A few tries find one of the stripe (1 in `of` is) while the stripe has any.
             for _ in 0..of * 4 {
-                let cid = &self.links[i];
-                if self.seen.get(cid).copied().unwrap_or_else(|| place_of(cid)) % of == k {
+                if place_in(&self.seen, &self.links[i]) % of == k {
                     break;
                 }
                 i = rng.usize(..n);
@@ -94,6 +93,11 @@ impl Frontier {
     pub fn landed(&mut self, cid: &Cid) {
         self.in_flight.remove(cid);
     }
+}
+
+/// The place `seen` gives `cid`, or its digest's.
+fn place_in(seen: &HashMap<Cid, u64>, cid: &Cid) -> u64 {
+    seen.get(cid).copied().unwrap_or_else(|| place_of(cid))
 }
 
 /// A place drawn from `cid`'s digest: a root's, and where its links' places start.

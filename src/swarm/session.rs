@@ -521,9 +521,11 @@ impl Task {
         let k = fleet.iter().position(|p| *p == me).unwrap_or(0) as u64;
         let seeds = &self.seeds;
         let held = |w: &Want| w.has.iter().any(|p| !seeds.contains(p));
+        // Blocks another node holds first, in the order asked; then this node's stripe, by
+        // place; then the other stripes, the next node's first, each from its far end.
         let rank = |w: &Want| match n > 1 && !held(w) {
-            true if w.place % n == k => (0, w.place),
-            true => (1 + (w.place % n + n - k) % n, u64::MAX - w.place),
+            true if w.place % n == k => (1, w.place),
+            true => (2 + (w.place % n + n - k) % n, u64::MAX - w.place),
             false => (0, w.seq),
         };
         let owner = |w: &Want| (n > 1).then(|| fleet[(w.place % n) as usize]).filter(|p| *p != me);
