@@ -277,33 +277,30 @@ impl Policy {
         Ok(self.arriving.lock().expect("arriving lock").get(cid).map(|a| a.owner.clone()))
     }
 
-    /// The bytes at `spot`, verified against `cid`; `None` if gone (or not written yet).
+    /// The bytes at `spot`, verified against `cid`; `None` if gone (or not written yet). A
+    /// stored block is hashed again as it is read (disk and other processes can change it); an
+    /// arriving one was hashed as it arrived, moments ago, and is held in this process's memory
+    /// or in its pull's scratch file, unlinked from the start, which no other process can open:
+    /// hashing it again for each peer it goes to cost the fleet as much CPU as hashing it on
+    /// arrival (`perf`, 8 `docker pull`s at once), and changed nothing it could catch.
     async fn read(&self, cid: &Cid, spot: Spot) -> Result<Option<bytes::Bytes>> {
-        let bytes = match spot {
+        let held = match spot {
             Spot::Stored(location) => return self.index().read_at(cid, location).await.map_err(corrupt),
-            Spot::Arriving(a) => match &a.held {
-                Held::Memory(bytes) => bytes.clone(),
-                Held::Spilled { file, offset, len } => {
-                    let (file, offset, len) = (file.clone(), *offset, *len);
-                    let read = tokio::task::spawn_blocking(move || -> std::io::Result<bytes::Bytes> {
-                        let mut buf = vec![0u8; len as usize];
-                        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, offset)?;
-                        Ok(buf.into())
-                    })
-                    .await
-                    .map_err(std::io::Error::other)
-                    .and_then(|r| r);
-                    match read {
-                        Ok(bytes) => bytes,
-                        Err(e) => {
-                            tracing::warn!(%cid, error = %e, "a block of a blob being pulled could not be read back");
-                            return Ok(None);
-                        }
+            Spot::Arriving(a) => a,
+        };
+        match &held.held {
+            Held::Memory(bytes) => Ok(Some(bytes.clone())),
+            Held::Spilled { file, offset, len } => {
+                let (file, offset, len) = (file.clone(), *offset, *len);
+                match tokio::task::spawn_blocking(move || crate::storage::read_exact_at(&file, offset, len)).await.map_err(std::io::Error::other).and_then(|r| r) {
+                    Ok(bytes) => Ok(Some(bytes)),
+                    Err(e) => {
+                        tracing::warn!(%cid, error = %e, "a block of a blob being pulled could not be read back");
+                        Ok(None)
                     }
                 }
-            },
-        };
-        crate::blockstore::checked(cid, bytes).map(Some).map_err(corrupt)
+            }
+        }
     }
 
     /// May block `cid` go to `audience`, judged on its own (no DAG it was reached through

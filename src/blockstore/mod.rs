@@ -127,20 +127,19 @@ fn location(blob: Option<String>, offset: Option<i64>, len: i64, data: Option<Ve
 /// Blocks at most this large are read and hashed on the calling thread.
 const INLINE_READ_MAX: u64 = 64 << 10;
 
-/// `len` bytes of `blob`'s file at `offset`, verified against `cid`.
 /// Deletes every owner row of a block whose row is gone: a block's owners are only there to
 /// decide whether it may leave the node, and must not outlive it.
 fn drop_owners(conn: &rusqlite::Connection, multihash: &[u8]) -> rusqlite::Result<usize> {
     conn.prepare_cached("DELETE FROM block_owners WHERE multihash = ?1")?.execute([multihash])
 }
 
+/// `len` bytes of `blob`'s file at `offset`, verified against `cid`.
 fn read_range(store: &crate::storage::BlobStore, cid: &Cid, blob: &Digest, offset: u64, len: u64) -> Result<Option<bytes::Bytes>, BlockIndexError> {
-    use std::os::unix::fs::FileExt;
     let missing = || BlockIndexError::Mismatch { cid: cid.to_string(), detail: "its blob file is missing".into() };
     let (file, _) = store.open_blob(blob)?.ok_or_else(missing)?;
-    let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, offset).map_err(|source| crate::storage::StorageError::Io { path: store.blob_path(blob).display().to_string(), source })?;
-    checked(cid, bytes::Bytes::from(buf)).map(Some)
+    let bytes =
+        crate::storage::read_exact_at(&file, offset, len).map_err(|source| crate::storage::StorageError::Io { path: store.blob_path(blob).display().to_string(), source })?;
+    checked(cid, bytes).map(Some)
 }
 
 /// `bytes` if they match `cid`, else the mismatch (logged: it means corruption on disk).

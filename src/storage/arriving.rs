@@ -8,7 +8,6 @@
 use bytes::Bytes;
 use futures_util::Stream;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -79,9 +78,8 @@ impl Arriving {
                         (path, f)
                     }
                 };
-                let mut buf = vec![0u8; (upto - at) as usize];
-                file.read_exact_at(&mut buf, at)?;
-                Ok(((path, file), Bytes::from(buf)))
+                let bytes = super::read_exact_at(&file, at, upto - at)?;
+                Ok(((path, file), bytes))
             })
             .await
             .map_err(std::io::Error::other)

@@ -157,13 +157,7 @@ impl Scratch {
 
     async fn get(&self, at: u64, len: u64) -> std::io::Result<Bytes> {
         let file = self.file.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len as usize];
-            file.read_exact_at(&mut buf, at)?;
-            Ok(Bytes::from(buf))
-        })
-        .await
-        .map_err(std::io::Error::other)?
+        tokio::task::spawn_blocking(move || crate::storage::read_exact_at(&file, at, len)).await.map_err(std::io::Error::other)?
     }
 }
 
