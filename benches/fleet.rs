@@ -64,9 +64,18 @@ fn kubo_bin() -> Option<PathBuf> {
 }
 
 impl Bench {
+    /// Counts a new run, and removes the last run's data (unless `AF_BENCH_KEEP` is set): every
+    /// run leaves nine nodes' copies of the layer, and the whole bench's filled this machine's disk.
+    fn next_run(&mut self) {
+        if self.runs > 0 && std::env::var("AF_BENCH_KEEP").is_err() {
+            let _ = std::fs::remove_dir_all(self.dir.path().join(format!("run{}", self.runs)));
+        }
+        self.runs += 1;
+    }
+
     /// Starts `kind` in each of `members`, each on a fresh data directory.
     fn start(&mut self, kind: Kind, members: &[usize]) -> Vec<LabNode> {
-        self.runs += 1;
+        self.next_run();
         members
             .iter()
             .map(|&i| {
@@ -344,7 +353,7 @@ fn registry_pulls(b: &mut Bench, n: usize) {
                 return None;
             }
         };
-        b.runs += 1;
+        b.next_run();
         let nodes: Vec<LabNode> = (0..=pullers)
             .map(|i| {
                 let dir = b.dir.path().join(format!("run{}/n{i}", b.runs));
@@ -462,7 +471,7 @@ fn cluster_replicas(b: &mut Bench) {
     for f in &files {
         let _ = std::fs::remove_file(f);
     }
-    b.runs += 1;
+    b.next_run();
     let af = Path::new(env!("CARGO_BIN_EXE_af"));
     let mut peers: Vec<cluster_peer::ClusterPeer> =
         (0..3).map(|i| cluster_peer::ClusterPeer::init_in_namespace(&root, &format!("p{i}"), &b.lab.members[i].ns, &b.lab.members[i].ip, lab::LAB_RPC)).collect();
