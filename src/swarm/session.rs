@@ -12,8 +12,9 @@
 //!
 //! A seed (the content's origin: named by the caller, or a peer whose first answers were nearly
 //! all HAVE) is asked for a block another peer said HAVE of only after [`SEED_PATIENCE`], and
-//! each node fetching from it asks it first for blocks of its own stripe: the seed's uplink goes
-//! to blocks the fleet does not hold yet, each about once.
+//! only once no block this node wants is held by the seeds alone; each node fetching from it
+//! asks it first for blocks of its own stripe: the seed's uplink goes to blocks the fleet does
+//! not hold yet, each about once.
 //!
 //! Contention is no failure: a want whose peer sends nothing at all moves on after [`REWANT`]
 //! (and may come back), after [`STALLED`] if that peer delivered earlier in the session or said
