@@ -69,7 +69,6 @@ pub fn read_exact_at(file: &std::fs::File, offset: u64, len: u64) -> std::io::Re
     Ok(buf.freeze())
 }
 
-/// ENOSPC or EDQUOT.
 /// Lets SQLite read its files through a memory map instead of a copy per page read: at ten
 /// million blocks, copying the block index's 64 KiB pages took most of a GC's 450 s. Up to 1 TiB
 /// (`.cargo/config.toml` raises the bundled build's 2 GiB ceiling). The cost: an I/O error while
@@ -77,6 +76,7 @@ pub fn read_exact_at(file: &std::fs::File, offset: u64, len: u64) -> std::io::Re
 /// where it would have answered an error.
 pub const SQLITE_MMAP: &str = "PRAGMA mmap_size = 1099511627776;";
 
+/// ENOSPC or EDQUOT.
 pub fn is_full(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
