@@ -68,6 +68,9 @@ struct SessionState {
     hashed: Option<Hashes>,
     /// Told the file's length after each write, for readers of a blob arriving from peers.
     progress: Option<crate::storage::Written>,
+    /// Told once every byte matched the digest, before the blob is kept: those readers' last
+    /// bytes then wait for the digest, not for the file's sync and the metadata's commit.
+    verified: Option<Box<dyn FnOnce() + Send>>,
 }
 
 type SessionLock = Arc<tokio::sync::Mutex<SessionState>>;
@@ -123,7 +126,13 @@ impl Registry {
     }
 
     fn session_lock(&self, id: Uuid) -> SessionLock {
-        self.sessions.0.lock().expect("sessions lock").entry(id).or_insert_with(|| Arc::new(tokio::sync::Mutex::new(SessionState { hashed: None, progress: None }))).clone()
+        self.sessions
+            .0
+            .lock()
+            .expect("sessions lock")
+            .entry(id)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(SessionState { hashed: None, progress: None, verified: None })))
+            .clone()
     }
 
     fn forget_session(&self, id: Uuid) {
@@ -256,6 +265,9 @@ impl Registry {
             self.discard(id).await?;
             return Err(RegistryError::DigestMismatch { expected: digest.clone(), actual });
         }
+        if let Some(tell) = state.verified.take() {
+            tell();
+        }
         let (root, dag_blocks) = hashes.dag.finish();
         let root = root.to_string();
         self.meta.mark_upload_finishing(id, digest).await?;
@@ -337,8 +349,8 @@ impl Registry {
     /// its block's CID, as the DAG at `root` whose blocks `dag` records by the time the body
     /// ends), kept through the upload path: hashed as it is written, published only if its
     /// digest matches, with the DAG it came as. `progress` follows it for readers (see
-    /// `storage::Arriving`): the upload file and its length as it grows, then the published
-    /// file, or the failure.
+    /// `storage::Arriving`): the upload file and its length as it grows, that every byte
+    /// matched the digest, then the published file, or the failure.
     pub async fn receive_blob<B: Body>(
         &self,
         repo: &str,
@@ -357,6 +369,12 @@ impl Registry {
             let lock = self.session_lock(id);
             let mut state = lock.lock().await;
             state.progress = Some(Arc::new(move |n| report.send_modify(|p| p.written = n)));
+            let verdict = progress.clone();
+            let matched = digest.clone();
+            state.verified = Some(Box::new(move || {
+                tracing::debug!(digest = %matched, "every byte arrived and matched the digest; keeping the blob");
+                verdict.send_modify(|p| p.verified = true)
+            }));
             let dag = UploadDag::Received { root, consumed: 0, blocks: dag };
             state.hashed = Some(Hashes { offset: 0, digest: Algorithm::Sha256.hasher(), dag });
             drop(state);

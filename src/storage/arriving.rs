@@ -22,6 +22,10 @@ pub struct Progress {
     pub file: Option<PathBuf>,
     /// Bytes in that file so far.
     pub written: u64,
+    /// Every byte is written and matched the digest; the blob is not kept yet (the file's sync,
+    /// its move into place and the metadata's commit follow, and may still fail). The bytes a
+    /// reader has are right from here on: its last window need not wait for the keeping.
+    pub verified: bool,
     /// `Some(Ok)` once the blob is complete and matched its digest; `Some(Err)` when the fetch
     /// failed, with why.
     pub end: Option<Result<(), Arc<str>>>,
@@ -53,7 +57,7 @@ impl Arriving {
             let want = (at + WINDOW).min(end);
             // The range's last bytes wait for the verdict: a response must not end whole before
             // the digest matched.
-            let seen = progress.wait_for(|p| (p.written >= want && want < end) || p.end.is_some()).await.map(|p| p.clone());
+            let seen = progress.wait_for(|p| (p.written >= want && (want < end || p.verified)) || p.end.is_some()).await.map(|p| p.clone());
             let p = match seen {
                 Ok(p) => p,
                 Err(_) => return Some((Err(std::io::Error::other("the fetch stopped")), (progress, None, end, end))),
@@ -69,27 +73,41 @@ impl Arriving {
             let Some(path) = p.file.clone() else {
                 return Some((Err(std::io::Error::other("the fetch names no file")), (progress, None, end, end)));
             };
-            let read = tokio::task::spawn_blocking(move || -> std::io::Result<((PathBuf, File), Bytes)> {
-                let (path, file) = match open.take() {
-                    Some((p, f)) if p == path => (p, f),
-                    // The upload file was published (renamed) in between: the same bytes.
-                    _ => {
-                        let f = File::open(&path)?;
-                        (path, f)
-                    }
+            let mut read = read_window(open.take(), path, at, upto).await;
+            if matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::NotFound) && p.end.is_none() {
+                // Verified, and moved into place (or found there already) between the verdict
+                // and this first open: the kept blob's file has the same bytes once it ends.
+                read = match progress.wait_for(|p| p.end.is_some()).await.map(|p| p.clone()) {
+                    Ok(Progress { end: Some(Ok(())), file: Some(kept), .. }) => read_window(None, kept, at, upto).await,
+                    Ok(Progress { end: Some(Err(why)), .. }) => Err(std::io::Error::other(why.to_string())),
+                    _ => Err(std::io::Error::other("the fetch stopped")),
                 };
-                let bytes = super::read_exact_at(&file, at, upto - at)?;
-                Ok(((path, file), bytes))
-            })
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r);
+            }
             match read {
                 Ok((file, bytes)) => Some((Ok(bytes), (progress, Some(file), upto, end))),
                 Err(e) => Some((Err(e), (progress, None, end, end))),
             }
         })
     }
+}
+
+/// Bytes `at..upto` of the file at `path`, through `open` when it is that file's.
+async fn read_window(open: Option<(PathBuf, File)>, path: PathBuf, at: u64, upto: u64) -> std::io::Result<((PathBuf, File), Bytes)> {
+    tokio::task::spawn_blocking(move || {
+        let (path, file) = match open {
+            Some((p, f)) if p == path => (p, f),
+            // The upload file was published (renamed) in between: the same bytes.
+            _ => {
+                let f = File::open(&path)?;
+                (path, f)
+            }
+        };
+        let bytes = super::read_exact_at(&file, at, upto - at)?;
+        Ok(((path, file), bytes))
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|r| r)
 }
 
 #[cfg(test)]
@@ -125,5 +143,33 @@ mod tests {
                 assert!(body.next().await.is_none());
             }
         }
+    }
+
+    /// Every byte written and matched: the last window goes out before the blob is kept. A
+    /// reader whose first open comes after the file moved into place reads the kept file once
+    /// the fetch ends.
+    #[tokio::test]
+    async fn the_last_window_goes_once_the_digest_matched_before_the_keeping() {
+        let dir = tempfile::tempdir().unwrap();
+        let (upload, kept) = (dir.path().join("upload"), dir.path().join("kept"));
+        let data: Vec<u8> = (0..WINDOW + 10).map(|i| i as u8).collect();
+        std::fs::write(&upload, &data).unwrap();
+        let (arriving, progress) = Arriving::new();
+        progress.send_modify(|p| (p.file, p.written) = (Some(upload.clone()), data.len() as u64));
+        let mut early = Box::pin(arriving.range(0, data.len() as u64));
+        assert_eq!(early.next().await.unwrap().unwrap().len() as u64, WINDOW);
+        progress.send_modify(|p| p.verified = true);
+        let last = tokio::time::timeout(std::time::Duration::from_secs(5), early.next()).await.expect("the last window waited for the keeping");
+        assert_eq!(&last.unwrap().unwrap()[..], &data[WINDOW as usize..]);
+        assert!(early.next().await.is_none());
+
+        // Moved into place before a new reader's first open.
+        std::fs::rename(&upload, &kept).unwrap();
+        let late = tokio::spawn(arriving.range(WINDOW, 10).collect::<Vec<_>>());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        progress.send_modify(|p| (p.file, p.end) = (Some(kept.clone()), Some(Ok(()))));
+        let got = late.await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].as_ref().unwrap()[..], &data[WINDOW as usize..]);
     }
 }
