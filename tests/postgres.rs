@@ -201,7 +201,7 @@ fn three_nodes_one_registry() {
         let out = skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{}/multi/app:t", n.host())).arg(format!("oci:{}:t", back.display())).output().unwrap();
         assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), n.log_text());
         assert_same_blobs(&layout, &back, "t");
-        assert!(n.log_text().contains("pulled a blob from peers"), "{}", n.log_text());
+        assert!(n.logs_within("pulled a blob from peers", 30), "{}", n.log_text());
     }
     let digest = layout_manifest_digest(&layout, "t");
     let m: serde_json::Value = client().get(b.url(&format!("/v2/multi/app/manifests/{digest}"))).header("Accept", OCI_MANIFEST).send().unwrap().json().unwrap();

@@ -515,7 +515,7 @@ fn our_nodes_pull_images_from_each_other_over_the_swarm() {
         assert_ne!(r.status(), 200, "{cid}");
     }
     pull_same_image(&b, "mirror/open", &layout, &tmp.path().join("back"));
-    assert!(b.log_text().contains("pulled a blob from peers"));
+    assert!(b.logs_within("pulled a blob from peers", 30), "{}", b.log_text());
 
     // The private image: B (untrusted) gets none of it, not even its manifests.
     let r = import(&b, &closed, "mirror/closed");

@@ -216,6 +216,19 @@ impl Node {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Whether the log says `text` within `secs`: what a node does after a client's response
+    /// ended (a pull-through's last bytes go once the digest matched, before the blob is kept).
+    pub fn logs_within(&self, text: &str, secs: u64) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while !self.log_text().contains(text) {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        true
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
