@@ -290,16 +290,13 @@ impl Policy {
         };
         match &held.held {
             Held::Memory(bytes) => Ok(Some(bytes.clone())),
-            Held::Spilled { file, offset, len } => {
-                let (file, offset, len) = (file.clone(), *offset, *len);
-                match tokio::task::spawn_blocking(move || crate::storage::read_exact_at(&file, offset, len)).await.map_err(std::io::Error::other).and_then(|r| r) {
-                    Ok(bytes) => Ok(Some(bytes)),
-                    Err(e) => {
-                        tracing::warn!(%cid, error = %e, "a block of a blob being pulled could not be read back");
-                        Ok(None)
-                    }
+            Held::Spilled { file, offset, len } => match crate::storage::read_exact_at_blocking(file.clone(), *offset, *len).await {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) => {
+                    tracing::warn!(%cid, error = %e, "a block of a blob being pulled could not be read back");
+                    Ok(None)
                 }
-            }
+            },
         }
     }
 

@@ -64,6 +64,7 @@ impl SideHasher for UploadDag {
     }
 }
 
+#[derive(Default)]
 struct SessionState {
     hashed: Option<Hashes>,
     /// Told the file's length after each write, for readers of a blob arriving from peers.
@@ -126,13 +127,7 @@ impl Registry {
     }
 
     fn session_lock(&self, id: Uuid) -> SessionLock {
-        self.sessions
-            .0
-            .lock()
-            .expect("sessions lock")
-            .entry(id)
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(SessionState { hashed: None, progress: None, verified: None })))
-            .clone()
+        self.sessions.0.lock().expect("sessions lock").entry(id).or_default().clone()
     }
 
     fn forget_session(&self, id: Uuid) {

@@ -69,6 +69,11 @@ pub fn read_exact_at(file: &std::fs::File, offset: u64, len: u64) -> std::io::Re
     Ok(buf.freeze())
 }
 
+/// [`read_exact_at`] on a blocking thread, for async callers holding the file open.
+pub async fn read_exact_at_blocking(file: std::sync::Arc<std::fs::File>, offset: u64, len: u64) -> std::io::Result<bytes::Bytes> {
+    tokio::task::spawn_blocking(move || read_exact_at(&file, offset, len)).await.map_err(std::io::Error::other)?
+}
+
 /// Lets SQLite read its files through a memory map instead of a copy per page read: at ten
 /// million blocks, copying the block index's 64 KiB pages took most of a GC's 450 s. Up to 1 TiB
 /// (`.cargo/config.toml` raises the bundled build's 2 GiB ceiling). The cost: an I/O error while

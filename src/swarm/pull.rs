@@ -156,8 +156,7 @@ impl Scratch {
     }
 
     async fn get(&self, at: u64, len: u64) -> std::io::Result<Bytes> {
-        let file = self.file.clone();
-        tokio::task::spawn_blocking(move || crate::storage::read_exact_at(&file, at, len)).await.map_err(std::io::Error::other)?
+        crate::storage::read_exact_at_blocking(self.file.clone(), at, len).await
     }
 }
 
